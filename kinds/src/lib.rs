@@ -1,0 +1,16 @@
+//! Built-in op kinds as data, shared by the coordinator (which validates args
+//! and infers hazards) and the worker (which runs them), so both read an op's
+//! args through the same typed structs.
+//!
+//! # Layout
+//! - [`args`]: one struct per built-in kind, `parse_args`, `BUILTIN_KINDS`.
+//! - [`touches`]: the files and memory keys an op reads and writes.
+//! - [`template`]: `${ops.ID.output}`, `${ops.ID.status}`, `${memory.KEY}`.
+
+pub mod args;
+pub mod template;
+pub mod touches;
+
+pub use args::{ArgsError, BuiltinArgs, BUILTIN_KINDS, parse_args};
+pub use template::{Reference, TemplateError};
+pub use touches::{Target, Touches};

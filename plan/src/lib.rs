@@ -1,0 +1,19 @@
+//! Validation and planning: turns a submitted `volley.v1.Batch` into a
+//! [`Plan`] — ops by index, dependency edges (explicit `after`, implicit
+//! `${ops.X…}` references, hazard ordering), countdown sizes, memory waits —
+//! or into every [`Problem`] found at once, each naming the op and field.
+//! An invalid batch never reaches the store.
+//!
+//! # Layout
+//! - [`model`]: `Plan`, `PlannedOp`, `Limits`, `Problem`.
+//! - `validate`: the checks, `plan()`.
+//! - `hazards`: unordered ops touching the same file or key.
+//! - `graph`: cycles, reachability, critical path.
+
+mod graph;
+mod hazards;
+pub mod model;
+mod validate;
+
+pub use model::*;
+pub use validate::plan;

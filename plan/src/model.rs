@@ -1,0 +1,91 @@
+//! The planned batch and the problems validation reports.
+
+use std::collections::BTreeMap;
+
+use volley_proto::OpId;
+
+/// Bounds a submission must stay within.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Ops per batch (default 1,000,000).
+    pub max_ops: usize,
+    /// Bytes of one op's `args_json` (default 1 MiB).
+    pub max_arg_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_ops: 1_000_000, max_arg_bytes: 1024 * 1024 }
+    }
+}
+
+/// One thing wrong with a batch. `op_id` is empty for batch-level problems.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub op_id: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.op_id.is_empty() {
+            write!(formatter, "batch: field `{}`: {}", self.field, self.message)
+        } else {
+            write!(formatter, "op `{}`: field `{}`: {}", self.op_id, self.field, self.message)
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum HazardPolicy {
+    #[default]
+    Reject,
+    Order,
+    Allow,
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub name: String,
+    pub max_parallel: u32,
+    pub fail_fast: bool,
+    pub hazards: HazardPolicy,
+    pub ops: Vec<PlannedOp>,
+    /// Things worth saying that do not stop the batch.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PlannedOp {
+    pub id: OpId,
+    pub kind: String,
+    /// The args as submitted (a JSON object), templates not yet filled in.
+    pub args: serde_json::Value,
+    /// Indices this op runs after: `after`, `${ops.X…}` references and edges
+    /// added by `hazards: order`. Sorted, no duplicates.
+    pub deps: Vec<u32>,
+    /// Indices that run after this op (the reverse of `deps`). Sorted.
+    pub dependents: Vec<u32>,
+    pub run_if_always: bool,
+    /// 0 = critical … 3 = low (default medium = 2).
+    pub priority: u8,
+    /// At least 1 (default 1).
+    pub max_attempts: u32,
+    /// 0: no timeout.
+    pub timeout_ms: u64,
+    pub store_as: Option<String>,
+    /// `wait_for` keys and `${memory.K}` references, deduplicated.
+    pub wait_for: Vec<String>,
+    pub requires: BTreeMap<String, String>,
+    /// The args hold `${…}` templates to fill in at dispatch.
+    pub has_templates: bool,
+}
+
+impl Plan {
+    /// The longest chain of ops by the given durations (one per op, by
+    /// index): the ops on it in order and its total length.
+    pub fn critical_path(&self, durations_ms: &[u64]) -> (Vec<u32>, u64) {
+        crate::graph::critical_path(&self.ops, durations_ms)
+    }
+}

@@ -1,0 +1,23 @@
+//! Volley's public contract: the generated `volley.v1` messages and services,
+//! the id newtypes every crate passes around, and the table that maps error
+//! codes to gRPC codes.
+//!
+//! # Layout
+//! - `v1`: generated code (never edited by hand).
+//! - [`ids`]: `BatchId`, `OpId`, `WorkerId`.
+
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("volley.v1");
+}
+
+pub mod ids;
+
+pub use ids::{BatchId, OpId, WorkerId};
+
+/// Default port of the coordinator's gRPC endpoint.
+pub const DEFAULT_COORDINATOR_ADDR: &str = "127.0.0.1:7070";
+
+/// Largest gRPC message either side accepts. Batches are streamed in chunks
+/// well below this; reports of large batches may exceed gRPC's 4 MiB default.
+pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;

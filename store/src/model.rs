@@ -1,0 +1,267 @@
+//! The types the store's verbs take and return.
+
+use volley_proto::BatchId;
+
+/// Op states. The one-letter codes are how the Redis store keeps them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpState {
+    Waiting,
+    Ready,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl OpState {
+    pub fn code(self) -> &'static str {
+        match self {
+            OpState::Waiting => "W",
+            OpState::Ready => "R",
+            OpState::Running => "U",
+            OpState::Succeeded => "S",
+            OpState::Failed => "F",
+            OpState::Skipped => "K",
+            OpState::Cancelled => "C",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<OpState> {
+        Some(match code {
+            "W" => OpState::Waiting,
+            "R" => OpState::Ready,
+            "U" => OpState::Running,
+            "S" => OpState::Succeeded,
+            "F" => OpState::Failed,
+            "K" => OpState::Skipped,
+            "C" => OpState::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            OpState::Succeeded | OpState::Failed | OpState::Skipped | OpState::Cancelled
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BatchState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Lost,
+}
+
+impl BatchState {
+    pub fn code(self) -> &'static str {
+        match self {
+            BatchState::Running => "running",
+            BatchState::Succeeded => "succeeded",
+            BatchState::Failed => "failed",
+            BatchState::Cancelled => "cancelled",
+            BatchState::Lost => "lost",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<BatchState> {
+        Some(match code {
+            "running" => BatchState::Running,
+            "succeeded" => BatchState::Succeeded,
+            "failed" => BatchState::Failed,
+            "cancelled" => BatchState::Cancelled,
+            "lost" => BatchState::Lost,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnFailure {
+    #[default]
+    Continue,
+    FailFast,
+}
+
+/// Priorities, 0 = critical … 3 = low.
+pub const PRIORITY_LEVELS: u8 = 4;
+
+#[derive(Clone, Debug)]
+pub struct NewBatch {
+    pub id: BatchId,
+    pub name: String,
+    pub max_parallel: u32,
+    pub on_failure: OnFailure,
+    pub created_ms: u64,
+    /// Opaque to the store: the coordinator's encoding of the batch.
+    pub spec: Vec<u8>,
+    pub ops: Vec<NewOp>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct NewOp {
+    /// 0 = critical … 3 = low.
+    pub priority: u8,
+    /// Runs once its dependencies ended, whatever their end; otherwise it
+    /// needs every dependency to succeed and is skipped if one does not.
+    pub run_if_always: bool,
+    /// At least 1.
+    pub max_attempts: u32,
+    /// How many ops this one runs after (its in-degree).
+    pub deps: u32,
+    /// Indices of the ops that run after this one.
+    pub dependents: Vec<u32>,
+    /// Keys of the batch's memory this op waits for (all of them).
+    pub wait_for: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    pub index: u32,
+    pub attempt: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Completion {
+    pub index: u32,
+    pub attempt: u32,
+    pub ok: bool,
+    pub output: String,
+    pub error: String,
+    pub details_json: String,
+    pub worker: String,
+    /// Unix ms.
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    /// Key of the batch's memory the output is written to on success.
+    pub store_as: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompleteOutcome {
+    /// Results recorded as final (succeeded or failed).
+    pub recorded: u32,
+    /// Ops put back on the ready queue for another attempt.
+    pub retried: Vec<u32>,
+    /// Indices whose result was stale (op not running, or another attempt).
+    pub stale: Vec<u32>,
+    /// Ops that became ready because of these results.
+    pub became_ready: u32,
+    /// Set when these results ended the batch.
+    pub finished: Option<BatchState>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CancelOutcome {
+    /// Ops that were running when cancelled.
+    pub running: Vec<Claimed>,
+    /// Ops this call cancelled (running ones included).
+    pub cancelled: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    BatchSubmitted,
+    OpStarted,
+    OpSucceeded,
+    OpFailed,
+    OpSkipped,
+    OpCancelled,
+    OpRetrying,
+    BatchFinished,
+}
+
+impl EventKind {
+    pub fn code(self) -> &'static str {
+        match self {
+            EventKind::BatchSubmitted => "submitted",
+            EventKind::OpStarted => "started",
+            EventKind::OpSucceeded => "succeeded",
+            EventKind::OpFailed => "failed",
+            EventKind::OpSkipped => "skipped",
+            EventKind::OpCancelled => "cancelled",
+            EventKind::OpRetrying => "retrying",
+            EventKind::BatchFinished => "finished",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<EventKind> {
+        Some(match code {
+            "submitted" => EventKind::BatchSubmitted,
+            "started" => EventKind::OpStarted,
+            "succeeded" => EventKind::OpSucceeded,
+            "failed" => EventKind::OpFailed,
+            "skipped" => EventKind::OpSkipped,
+            "cancelled" => EventKind::OpCancelled,
+            "retrying" => EventKind::OpRetrying,
+            "finished" => EventKind::BatchFinished,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// 1, 2, 3, … with no gaps within a batch.
+    pub seq: u64,
+    pub at_ms: u64,
+    pub kind: EventKind,
+    pub op_index: Option<u32>,
+    pub attempt: u32,
+    pub worker: String,
+    /// Reason of a skip, error of a failure, … (may be empty).
+    pub message: String,
+    /// Set on `BatchFinished`.
+    pub batch_state: Option<BatchState>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchMeta {
+    pub id: BatchId,
+    pub name: String,
+    pub state: BatchState,
+    pub created_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub max_parallel: u32,
+    pub on_failure: OnFailure,
+    pub total: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    pub cancelled: u32,
+    pub running: u32,
+    /// Why the batch ended the way it did, when not all succeeded.
+    pub error: String,
+}
+
+impl BatchMeta {
+    pub fn done(&self) -> u32 {
+        self.succeeded + self.failed + self.skipped + self.cancelled
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpRecord {
+    pub state: OpState,
+    pub attempts: u32,
+    pub worker: String,
+    /// Unix ms; 0 when it never started.
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    pub output: String,
+    /// The error of a failure, or why it was skipped or cancelled.
+    pub error: String,
+    pub details_json: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Doorbell {
+    Batch(BatchId),
+    /// Bells may have been missed (the subscription reconnected): re-read
+    /// every active batch.
+    Resync,
+}
