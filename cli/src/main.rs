@@ -1,1 +1,75 @@
-fn main() {}
+//! `volley`: the one user-facing binary. Data goes to stdout, everything
+//! else (progress, logs) to stderr.
+//!
+//! Exit codes (the CLI contract): 0 every op succeeded; 1 the batch ran and
+//! some op failed or was cancelled; 2 the batch or the command line is
+//! invalid (nothing ran); 3 the cluster could not be reached.
+
+// The binary writes its data to stdout by design (libraries never do).
+#![allow(clippy::print_stdout)]
+
+mod commands;
+mod exit;
+mod render;
+mod telemetry;
+
+use clap::{Parser, Subcommand};
+
+use crate::exit::Exit;
+
+#[derive(Parser, Debug)]
+#[command(name = "volley", version, about = "Run batches of operations as fast as their dependencies allow")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a batch file on this machine: embedded coordinator and workers, no Redis.
+    Run(commands::run::RunArgs),
+    /// Serve the coordinator: accept batches, dispatch to workers, keep state in Redis.
+    Coordinator(commands::coordinator::CoordinatorArgs),
+    /// Serve a worker: run ops the coordinator assigns.
+    Worker(commands::worker::WorkerArgs),
+    /// Submit a batch file to a cluster.
+    Submit(commands::client::SubmitArgs),
+    /// Follow a batch's events until it finishes, then print its report.
+    Watch(commands::client::WatchArgs),
+    /// Print a batch's report.
+    Status(commands::client::StatusArgs),
+    /// Cancel a batch: pending ops at once, running ones are told to stop.
+    Cancel(commands::client::CancelArgs),
+    /// List recent batches.
+    List(commands::client::ListArgs),
+    /// List connected workers.
+    Workers(commands::client::WorkersArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return Exit::Invalid.into();
+        }
+    };
+    let exit = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => commands::run::run(args).await,
+            Command::Coordinator(args) => commands::coordinator::run(args).await,
+            Command::Worker(args) => commands::worker::run(args).await,
+            Command::Submit(args) => commands::client::submit(args).await,
+            Command::Watch(args) => commands::client::watch(args).await,
+            Command::Status(args) => commands::client::status(args).await,
+            Command::Cancel(args) => commands::client::cancel(args).await,
+            Command::List(args) => commands::client::list(args).await,
+            Command::Workers(args) => commands::client::workers(args).await,
+        }
+    });
+    // Dropping a runtime waits for blocking tasks; don't let a stuck one
+    // hold the exit code hostage.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    exit.into()
+}

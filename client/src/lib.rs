@@ -1,1 +1,17 @@
-//! placeholder
+//! Volley's Rust SDK: read batch files, submit batches (streamed in chunks,
+//! so no batch is too large for one gRPC message), watch their events,
+//! inspect, cancel, and use a batch's memory.
+//!
+//! # Layout
+//! - [`batch_file`]: YAML/JSON batch files → `volley.v1.Batch`.
+//! - [`client`]: `Client`, one connection to a coordinator.
+//! - [`error`]: `ClientError`, statuses mapped back to typed errors.
+
+pub mod batch_file;
+pub mod client;
+pub mod error;
+
+pub use batch_file::{BatchFileError, parse_batch, read_batch_file};
+pub use client::Client;
+pub use error::ClientError;
+pub use volley_proto::v1;

@@ -1,1 +1,30 @@
-//! placeholder
+//! Volley's coordinator: accepts batches, validates and plans them, stores
+//! them, dispatches ready ops to connected workers and streams progress.
+//!
+//! It keeps no state that the store does not also hold: plans are a cache of
+//! the spec stored with each batch, and a restarted coordinator picks the
+//! active batches up from the store.
+//!
+//! # Layout
+//! - [`config`]: `CoordinatorConfig`.
+//! - [`error`]: `CoordinatorError`, what every domain call can fail with.
+//! - [`service`]: `Coordinator`, the domain API the gRPC adapters call.
+//! - `dispatch`: the dispatcher task: worker credits, batch parallelism,
+//!   routing by kind and labels, templates filled in at dispatch.
+//! - `plans`: the cache of planned batches.
+//! - `report`: builds a batch's final report (timings, critical path).
+//! - [`grpc`]: thin tonic adapters and the server.
+
+pub mod config;
+mod convert;
+mod dispatch;
+pub mod error;
+pub mod grpc;
+mod plans;
+mod report;
+pub mod service;
+
+pub use config::CoordinatorConfig;
+pub use error::CoordinatorError;
+pub use grpc::serve;
+pub use service::Coordinator;

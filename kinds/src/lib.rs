@@ -11,6 +11,11 @@ pub mod args;
 pub mod template;
 pub mod touches;
 
-pub use args::{ArgsError, BuiltinArgs, BUILTIN_KINDS, parse_args};
-pub use template::{Reference, TemplateError};
-pub use touches::{Target, Touches};
+pub use args::{
+    ArgsError, BUILTIN_KINDS, BuiltinArgs, EchoArgs, GlobArgs, GrepArgs, MemoryGetArgs,
+    MemoryPutArgs, NoopArgs, ReadArgs, ShellArgs, SleepArgs, WriteArgs, parse_args,
+};
+pub use template::{
+    Reference, TemplateError, has_templates, located_references, references, render,
+};
+pub use touches::{Target, Touches, normalize_path, touches};

@@ -1,1 +1,431 @@
-//! placeholder
+//! `${ops.ID.output}`, `${ops.ID.status}` and `${memory.KEY}` in args: the
+//! planner reads them to add implicit dependencies, the worker fills them in
+//! at dispatch, and both go through this one parser so they never disagree.
+//!
+//! Templates live only in JSON string values (never in object keys). `$${`
+//! is a literal `${`.
+
+use std::fmt;
+
+use serde_json::Value;
+
+/// What a template refers to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reference {
+    /// `${ops.ID.output}`: the output of op `ID`.
+    OpOutput(String),
+    /// `${ops.ID.status}`: how op `ID` ended (`succeeded`, `failed`, …).
+    OpStatus(String),
+    /// `${memory.KEY}`: the value of memory key `KEY`.
+    Memory(String),
+}
+
+impl Reference {
+    /// The op this reference makes a dependency, if any.
+    pub fn op_id(&self) -> Option<&str> {
+        match self {
+            Reference::OpOutput(id) | Reference::OpStatus(id) => Some(id),
+            Reference::Memory(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::OpOutput(id) => write!(formatter, "${{ops.{id}.output}}"),
+            Reference::OpStatus(id) => write!(formatter, "${{ops.{id}.status}}"),
+            Reference::Memory(key) => write!(formatter, "${{memory.{key}}}"),
+        }
+    }
+}
+
+/// A malformed template, or one `render` had no value for. `path` is where
+/// in the args it sits, like `args.cmd` or `args.list[2]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct TemplateError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Every reference in the string values of `value` (an op's args), in the
+/// order they appear, duplicates included.
+pub fn references(value: &Value) -> Result<Vec<Reference>, TemplateError> {
+    let mut found = Vec::new();
+    walk(value, &JsonPath::Root, &mut |_, reference| {
+        found.push(reference)
+    })?;
+    Ok(found)
+}
+
+/// Like [`references`], with where each one sits (`args.cmd`, `args.l[0]`),
+/// so a reference to a missing op can be reported at its field.
+pub fn located_references(value: &Value) -> Result<Vec<(String, Reference)>, TemplateError> {
+    let mut found = Vec::new();
+    walk(value, &JsonPath::Root, &mut |path, reference| {
+        found.push((path.to_string(), reference))
+    })?;
+    Ok(found)
+}
+
+/// `value` with every template replaced by what `lookup` returns for it and
+/// every `$${` by `${`. A reference `lookup` has no value for is an error.
+pub fn render(
+    value: &Value,
+    lookup: &dyn Fn(&Reference) -> Option<String>,
+) -> Result<Value, TemplateError> {
+    render_at(value, &JsonPath::Root, lookup)
+}
+
+/// Whether `value` holds anything `render` would change (a template or a
+/// `$${` escape). Cheap: no parsing, no allocation.
+pub fn has_templates(value: &Value) -> bool {
+    match value {
+        Value::String(text) => string_has_templates(text),
+        Value::Array(items) => items.iter().any(has_templates),
+        Value::Object(map) => map.values().any(has_templates),
+        _ => false,
+    }
+}
+
+/// Whether one string holds anything `render` would change.
+pub fn string_has_templates(text: &str) -> bool {
+    text.contains("${")
+}
+
+/// Renders one string on its own (`path` is only used in errors).
+pub fn render_str(
+    text: &str,
+    path: &str,
+    lookup: &dyn Fn(&Reference) -> Option<String>,
+) -> Result<String, TemplateError> {
+    render_string(text, lookup).map_err(|message| TemplateError {
+        path: path.to_owned(),
+        message,
+    })
+}
+
+/// A JSON path built on the stack while walking, turned into text only when
+/// an error needs it.
+enum JsonPath<'a> {
+    Root,
+    Key(&'a JsonPath<'a>, &'a str),
+    Index(&'a JsonPath<'a>, usize),
+}
+
+impl fmt::Display for JsonPath<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JsonPath::Root => formatter.write_str("args"),
+            JsonPath::Key(parent, key) => write!(formatter, "{parent}.{key}"),
+            JsonPath::Index(parent, index) => write!(formatter, "{parent}[{index}]"),
+        }
+    }
+}
+
+/// Calls `on_reference` with every reference under `value` and its path.
+fn walk(
+    value: &Value,
+    path: &JsonPath<'_>,
+    on_reference: &mut dyn FnMut(&JsonPath<'_>, Reference),
+) -> Result<(), TemplateError> {
+    match value {
+        Value::String(text) if string_has_templates(text) => {
+            scan(text, &mut |reference| {
+                on_reference(path, reference);
+                Ok(())
+            })
+            .map_err(|message| TemplateError {
+                path: path.to_string(),
+                message,
+            })?;
+        }
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                walk(item, &JsonPath::Index(path, index), on_reference)?;
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                walk(item, &JsonPath::Key(path, key), on_reference)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn render_at(
+    value: &Value,
+    path: &JsonPath<'_>,
+    lookup: &dyn Fn(&Reference) -> Option<String>,
+) -> Result<Value, TemplateError> {
+    Ok(match value {
+        Value::String(text) if string_has_templates(text) => Value::String(
+            render_string(text, lookup).map_err(|message| TemplateError {
+                path: path.to_string(),
+                message,
+            })?,
+        ),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(index, item)| render_at(item, &JsonPath::Index(path, index), lookup))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, item)| {
+                    Ok((
+                        key.clone(),
+                        render_at(item, &JsonPath::Key(path, key), lookup)?,
+                    ))
+                })
+                .collect::<Result<_, TemplateError>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+fn render_string(
+    text: &str,
+    lookup: &dyn Fn(&Reference) -> Option<String>,
+) -> Result<String, String> {
+    let mut rendered = String::with_capacity(text.len());
+    let mut missing: Option<Reference> = None;
+    scan_pieces(text, &mut |piece| {
+        match piece {
+            Piece::Literal(range) => rendered.push_str(&text[range]),
+            Piece::Escape => rendered.push_str("${"),
+            Piece::Reference(reference) => match lookup(&reference) {
+                Some(replacement) => rendered.push_str(&replacement),
+                None => {
+                    if missing.is_none() {
+                        missing = Some(reference);
+                    }
+                }
+            },
+        }
+        Ok(())
+    })?;
+    match missing {
+        Some(reference) => Err(format!("no value for `{reference}`")),
+        None => Ok(rendered),
+    }
+}
+
+enum Piece {
+    Literal(std::ops::Range<usize>),
+    Escape,
+    Reference(Reference),
+}
+
+fn scan(
+    text: &str,
+    on_reference: &mut dyn FnMut(Reference) -> Result<(), String>,
+) -> Result<(), String> {
+    scan_pieces(text, &mut |piece| match piece {
+        Piece::Reference(reference) => on_reference(reference),
+        _ => Ok(()),
+    })
+}
+
+/// Splits `text` into literal runs, `$${` escapes and references.
+fn scan_pieces(
+    text: &str,
+    on_piece: &mut dyn FnMut(Piece) -> Result<(), String>,
+) -> Result<(), String> {
+    let bytes = text.as_bytes();
+    let mut literal_start = 0;
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] != b'$' {
+            index += 1;
+            continue;
+        }
+        if bytes[index..].starts_with(b"$${") {
+            if literal_start < index {
+                on_piece(Piece::Literal(literal_start..index))?;
+            }
+            on_piece(Piece::Escape)?;
+            index += 3;
+            literal_start = index;
+        } else if bytes[index..].starts_with(b"${") {
+            if literal_start < index {
+                on_piece(Piece::Literal(literal_start..index))?;
+            }
+            let body_start = index + 2;
+            let Some(length) = text[body_start..].find('}') else {
+                return Err(format!(
+                    "unterminated `${{` at byte {index}: expected `${{ops.ID.output}}`, `${{ops.ID.status}}` or `${{memory.KEY}}` (write `$${{` for a literal `${{`)"
+                ));
+            };
+            let body = &text[body_start..body_start + length];
+            on_piece(Piece::Reference(parse_body(body)?))?;
+            index = body_start + length + 1;
+            literal_start = index;
+        } else {
+            index += 1;
+        }
+    }
+    if literal_start < bytes.len() {
+        on_piece(Piece::Literal(literal_start..bytes.len()))?;
+    }
+    Ok(())
+}
+
+fn parse_body(body: &str) -> Result<Reference, String> {
+    let expected = "expected `${ops.ID.output}`, `${ops.ID.status}` or `${memory.KEY}`";
+    if let Some(rest) = body.strip_prefix("ops.") {
+        let Some((id, what)) = rest.rsplit_once('.') else {
+            return Err(format!("malformed reference `${{{body}}}`: {expected}"));
+        };
+        if id.is_empty() || !id.bytes().all(is_id_byte) {
+            return Err(format!(
+                "malformed reference `${{{body}}}`: bad op id `{id}`"
+            ));
+        }
+        return match what {
+            "output" => Ok(Reference::OpOutput(id.to_owned())),
+            "status" => Ok(Reference::OpStatus(id.to_owned())),
+            _ => Err(format!(
+                "malformed reference `${{{body}}}`: `{what}` is neither `output` nor `status`"
+            )),
+        };
+    }
+    if let Some(key) = body.strip_prefix("memory.") {
+        if key.is_empty() || !key.bytes().all(is_memory_key_byte) {
+            return Err(format!(
+                "malformed reference `${{{body}}}`: a memory key is letters, digits and `/ . - _ :`"
+            ));
+        }
+        return Ok(Reference::Memory(key.to_owned()));
+    }
+    Err(format!("unknown reference `${{{body}}}`: {expected}"))
+}
+
+/// `[A-Za-z0-9_.-]`: the bytes of an op id.
+pub fn is_id_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-')
+}
+
+/// Letters, digits and `/ . - _ :`: the bytes of a memory key.
+pub fn is_memory_key_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'/' | b'.' | b'-' | b'_' | b':')
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn finds_every_kind_of_reference() {
+        let args = json!({
+            "cmd": "echo ${ops.lint.output} ${ops.a.b.status}",
+            "env": {"K": "${memory.swarm/x:y-z_1.2}"},
+            "list": ["${ops.c.output}", 3, null]
+        });
+        let found = references(&args).unwrap();
+        assert_eq!(
+            found,
+            vec![
+                Reference::OpOutput("lint".into()),
+                Reference::OpStatus("a.b".into()),
+                Reference::Memory("swarm/x:y-z_1.2".into()),
+                Reference::OpOutput("c".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn located_references_name_their_path() {
+        let found =
+            located_references(&json!({"a": ["x", "${memory.k}"], "b": {"c": "${ops.o.status}"}}))
+                .unwrap();
+        assert_eq!(
+            found,
+            vec![
+                ("args.a[1]".to_owned(), Reference::Memory("k".into())),
+                ("args.b.c".to_owned(), Reference::OpStatus("o".into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn object_keys_are_not_templates() {
+        assert!(
+            references(&json!({"${ops.x}": "plain"}))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn malformed_templates_name_the_path() {
+        let error = references(&json!({"cmd": "x ${ops.x}"})).unwrap_err();
+        assert_eq!(error.path, "args.cmd");
+        assert!(error.message.contains("${ops.x}"), "{}", error.message);
+        let error = references(&json!({"list": ["ok", "${foo}"]})).unwrap_err();
+        assert_eq!(error.path, "args.list[1]");
+        assert!(
+            error.message.contains("unknown reference"),
+            "{}",
+            error.message
+        );
+        let error = references(&json!({"a": {"b": "${memory.k"}})).unwrap_err();
+        assert_eq!(error.path, "args.a.b");
+        assert!(error.message.contains("unterminated"), "{}", error.message);
+        let error = references(&json!({"a": "${ops.x.size}"})).unwrap_err();
+        assert!(error.message.contains("size"), "{}", error.message);
+    }
+
+    #[test]
+    fn escape_is_literal() {
+        let args = json!({"cmd": "echo $${HOME} $HOME ${memory.k} $"});
+        assert_eq!(
+            references(&args).unwrap(),
+            vec![Reference::Memory("k".into())]
+        );
+        let rendered = render(&args, &|_| Some("V".into())).unwrap();
+        assert_eq!(rendered, json!({"cmd": "echo ${HOME} $HOME V $"}));
+    }
+
+    #[test]
+    fn render_substitutes() {
+        let args =
+            json!({"text": "[${ops.a.output}|${ops.a.status}]", "n": 3, "l": ["${memory.k}"]});
+        let rendered = render(&args, &|reference| match reference {
+            Reference::OpOutput(id) => Some(format!("out-{id}")),
+            Reference::OpStatus(_) => Some("succeeded".into()),
+            Reference::Memory(key) => Some(format!("mem-{key}")),
+        })
+        .unwrap();
+        assert_eq!(
+            rendered,
+            json!({"text": "[out-a|succeeded]", "n": 3, "l": ["mem-k"]})
+        );
+    }
+
+    #[test]
+    fn render_without_value_names_the_reference() {
+        let error = render(&json!({"t": "${ops.a.output}"}), &|_| None).unwrap_err();
+        assert_eq!(error.path, "args.t");
+        assert!(
+            error.message.contains("${ops.a.output}"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn has_templates_is_a_fast_check() {
+        assert!(has_templates(&json!({"a": ["${memory.k}"]})));
+        assert!(has_templates(&json!({"a": "$${x}"})));
+        assert!(!has_templates(&json!({"a": "$x {y}", "${k}": 1})));
+    }
+}

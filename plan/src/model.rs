@@ -15,7 +15,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_ops: 1_000_000, max_arg_bytes: 1024 * 1024 }
+        Limits {
+            max_ops: 1_000_000,
+            max_arg_bytes: 1024 * 1024,
+        }
     }
 }
 
@@ -32,7 +35,11 @@ impl std::fmt::Display for Problem {
         if self.op_id.is_empty() {
             write!(formatter, "batch: field `{}`: {}", self.field, self.message)
         } else {
-            write!(formatter, "op `{}`: field `{}`: {}", self.op_id, self.field, self.message)
+            write!(
+                formatter,
+                "op `{}`: field `{}`: {}",
+                self.op_id, self.field, self.message
+            )
         }
     }
 }

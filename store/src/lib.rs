@@ -86,7 +86,9 @@ pub trait Store: Send + Sync + 'static {
     /// Pops up to `max` ready ops, highest priority first (FIFO within a
     /// priority), marks them running with `attempt + 1`, appends one
     /// `OpStarted` event each. Returns nothing once the batch is finished or
-    /// cancelled.
+    /// cancelled. Also capped by the batch's `max_parallel` (when > 0) minus
+    /// its running ops, so several coordinators never exceed it together.
+    /// `BatchNotFound` for an unknown batch.
     async fn claim(&self, batch: &BatchId, max: u32, now_ms: u64) -> StoreResult<Vec<Claimed>>;
 
     /// Records results of running ops in one atomic step: a result whose op
@@ -108,7 +110,12 @@ pub trait Store: Send + Sync + 'static {
     /// results become stale) and finishes the batch `Cancelled`. Returns the
     /// ops that were running, so their workers can be told to stop.
     /// Idempotent: cancelling a finished batch changes nothing.
-    async fn cancel(&self, batch: &BatchId, reason: &str, now_ms: u64) -> StoreResult<CancelOutcome>;
+    async fn cancel(
+        &self,
+        batch: &BatchId,
+        reason: &str,
+        now_ms: u64,
+    ) -> StoreResult<CancelOutcome>;
 
     async fn meta(&self, batch: &BatchId) -> StoreResult<Option<BatchMeta>>;
 
@@ -123,8 +130,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes a key of the batch's memory and makes ready the ops whose last
     /// missing input it was. Returns how many ops it unblocked.
-    async fn put_memory(&self, batch: &BatchId, key: &str, value: &[u8], now_ms: u64)
-    -> StoreResult<u32>;
+    async fn put_memory(
+        &self,
+        batch: &BatchId,
+        key: &str,
+        value: &[u8],
+        now_ms: u64,
+    ) -> StoreResult<u32>;
 
     async fn get_memory(&self, batch: &BatchId, key: &str) -> StoreResult<Option<Vec<u8>>>;
 

@@ -1,1 +1,60 @@
-fn main() {}
+//! A Volley worker with one user-defined kind, `wordcount`, next to the built-ins.
+//!
+//! Usage: `custom-worker [COORDINATOR_URL]` (or `VOLLEY_COORDINATOR`), default
+//! `http://127.0.0.1:7070`. Ctrl-C drains running ops and exits.
+
+use async_trait::async_trait;
+use volley_worker::{
+    BuiltinConfig, CancellationToken, Handler, HandlerError, OpContext, OpOutput, Registry,
+    WorkerConfig, run_worker,
+};
+
+/// `wordcount {text}` → the number of whitespace-separated words in `text`.
+struct WordCount;
+
+#[async_trait]
+impl Handler for WordCount {
+    async fn run(
+        &self,
+        _ctx: &OpContext,
+        args: serde_json::Value,
+    ) -> Result<OpOutput, HandlerError> {
+        let text = args
+            .get("text")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| HandlerError::permanent("wordcount needs args.text (a string)"))?;
+        let words = text.split_whitespace().count();
+        Ok(OpOutput::text(words.to_string()).with_details(serde_json::json!({"words": words})))
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let coordinator = std::env::args()
+        .nth(1)
+        .or_else(|| std::env::var("VOLLEY_COORDINATOR").ok())
+        .unwrap_or_else(|| "http://127.0.0.1:7070".to_owned());
+
+    // Built-ins as a cluster worker has them by default: no root (file kinds
+    // refused), no shell. The config and the registry must agree.
+    let builtin_config = BuiltinConfig::default();
+    let mut registry = Registry::with_builtins(&builtin_config);
+    registry.register("wordcount", WordCount);
+
+    let mut config = WorkerConfig::new(coordinator);
+    config.root = builtin_config.root.clone();
+    config.allow_shell = builtin_config.allow_shell;
+
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.cancel();
+        }
+    });
+    run_worker(config, registry, shutdown).await?;
+    Ok(())
+}

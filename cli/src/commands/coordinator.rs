@@ -1,0 +1,91 @@
+//! `volley coordinator`: serve the coordinator against Redis.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+use volley_coordinator::{Coordinator, CoordinatorConfig};
+use volley_store::RedisStore;
+
+use crate::exit::Exit;
+use crate::telemetry;
+
+#[derive(Args, Debug)]
+pub struct CoordinatorArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "VOLLEY_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Redis URL (the shared coordination state).
+    #[arg(long, env = "VOLLEY_REDIS", default_value = "redis://127.0.0.1:6379")]
+    pub redis: String,
+    /// Most ops one batch may hold.
+    #[arg(long, env = "VOLLEY_MAX_OPS", default_value_t = 1_000_000)]
+    pub max_ops: usize,
+    /// Most bytes one op's args may hold.
+    #[arg(long, env = "VOLLEY_MAX_ARG_BYTES", default_value_t = 1024 * 1024)]
+    pub max_arg_bytes: usize,
+    /// How often ready queues are re-read without a doorbell (safety net).
+    #[arg(long, env = "VOLLEY_RESYNC_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub resync_interval: std::time::Duration,
+}
+
+pub async fn run(args: CoordinatorArgs) -> Exit {
+    telemetry::init("info");
+    let shutdown = CancellationToken::new();
+    let store = match RedisStore::connect_with_shutdown(&args.redis, shutdown.child_token()).await {
+        Ok(store) => store,
+        Err(error) => {
+            error!(redis = %args.redis, %error, "cannot reach redis");
+            eprintln!("error: cannot reach redis at {}: {error}", args.redis);
+            return Exit::Unreachable;
+        }
+    };
+    let mut config = CoordinatorConfig::default();
+    config.limits.max_ops = args.max_ops;
+    config.limits.max_arg_bytes = args.max_arg_bytes;
+    config.resync_interval = args.resync_interval;
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("error: cannot listen on {}: {error}", args.listen);
+            return Exit::Invalid;
+        }
+    };
+    serve(Arc::new(store), config, listener, shutdown).await
+}
+
+/// Starts a coordinator on `listener` and serves until SIGINT/SIGTERM or
+/// `shutdown`. Shared with `volley run`.
+pub async fn serve(
+    store: Arc<dyn volley_store::Store>,
+    config: CoordinatorConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Exit {
+    let coordinator = match Coordinator::start(store, config, shutdown.child_token()).await {
+        Ok(coordinator) => coordinator,
+        Err(error) => {
+            eprintln!("error: cannot start the coordinator: {error}");
+            return Exit::Unreachable;
+        }
+    };
+    let address = listener.local_addr().map(|address| address.to_string()).unwrap_or_default();
+    info!(%address, "coordinator listening");
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        signal.cancel();
+    });
+    let served = volley_coordinator::serve(listener, coordinator.clone(), shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(volley_coordinator::service::SHUTDOWN_GRACE, coordinator.wait()).await;
+    match served {
+        Ok(()) => Exit::Success,
+        Err(error) => {
+            eprintln!("error: gRPC server failed: {error}");
+            Exit::Unreachable
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! `volley run FILE`: the whole cluster in one process — a coordinator on
+//! the in-memory store, listening on a loopback port (so programs the batch
+//! runs can reach it like a real one), and N workers with host kinds on,
+//! confined to the current directory. Same code paths as a cluster.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use volley_client::Client;
+use volley_coordinator::{Coordinator, CoordinatorConfig};
+use volley_store::MemoryStore;
+use volley_worker::{BuiltinConfig, Registry, WorkerConfig, run_worker};
+
+use super::OutputFormat;
+use super::client::submit_and_report;
+use crate::exit::{self, Exit};
+use crate::telemetry;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The batch file (YAML or JSON).
+    pub file: PathBuf,
+    /// Workers to start (default: one per CPU).
+    #[arg(long, env = "VOLLEY_WORKERS")]
+    pub workers: Option<u32>,
+    /// Slots of each worker: ops it runs at once.
+    #[arg(long, env = "VOLLEY_SLOTS", default_value_t = 4)]
+    pub slots: u32,
+    #[arg(long, value_enum, env = "VOLLEY_OUTPUT", default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+pub async fn run(args: RunArgs) -> Exit {
+    telemetry::init("warn");
+    // Read and parse first: a broken file needs nothing started.
+    let batch = match volley_client::read_batch_file(&args.file) {
+        Ok(batch) => batch,
+        Err(error) => return exit::batch_file_error(&error),
+    };
+    if args.slots == 0 || args.workers == Some(0) {
+        eprintln!("error: --workers and --slots must be at least 1");
+        return Exit::Invalid;
+    }
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map(|count| count.get() as u32).unwrap_or(1)
+    });
+    let root = match std::env::current_dir().and_then(std::fs::canonicalize) {
+        Ok(root) => root,
+        Err(error) => {
+            eprintln!("error: cannot resolve the current directory: {error}");
+            return Exit::Invalid;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let exit = run_embedded(batch, workers, args.slots, root, args.output, &shutdown, &tasks).await;
+    shutdown.cancel();
+    tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    exit
+}
+
+async fn run_embedded(
+    batch: volley_client::v1::Batch,
+    workers: u32,
+    slots: u32,
+    root: PathBuf,
+    output: OutputFormat,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Exit {
+    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("error: cannot listen on a loopback port: {error}");
+            return Exit::Unreachable;
+        }
+    };
+    let address = match listener.local_addr() {
+        Ok(address) => address,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Exit::Unreachable;
+        }
+    };
+    let store = Arc::new(MemoryStore::new());
+    let coordinator = match Coordinator::start(store, CoordinatorConfig::default(), shutdown.child_token()).await {
+        Ok(coordinator) => coordinator,
+        Err(error) => {
+            eprintln!("error: cannot start the embedded coordinator: {error}");
+            return Exit::Unreachable;
+        }
+    };
+    {
+        let coordinator = coordinator.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(error) = volley_coordinator::serve(listener, coordinator.clone(), shutdown.clone()).await {
+                tracing::error!(%error, "embedded coordinator failed");
+            }
+            coordinator.wait().await;
+        });
+    }
+    let url = format!("http://{address}");
+    for number in 1..=workers {
+        let mut config = WorkerConfig::new(url.clone());
+        config.slots = slots;
+        config.worker_id = Some(format!("local-{number}"));
+        config.root = Some(root.clone());
+        config.allow_shell = true;
+        // Embedded runs end when the batch does: nothing to drain.
+        config.drain_timeout = Duration::from_secs(1);
+        let registry = Registry::with_builtins(&BuiltinConfig { root: Some(root.clone()), allow_shell: true });
+        let shutdown = shutdown.child_token();
+        tasks.spawn(async move {
+            if let Err(error) = run_worker(config, registry, shutdown).await {
+                tracing::error!(%error, "embedded worker failed");
+            }
+        });
+    }
+    let client = match Client::connect(&url).await {
+        Ok(client) => client,
+        Err(error) => return exit::client_error(&error),
+    };
+    match client.wait_for_workers(workers as usize, Duration::from_secs(10)).await {
+        Ok(connected) if connected >= workers as usize => {}
+        Ok(connected) => {
+            eprintln!("error: only {connected} of {workers} embedded workers connected");
+            return Exit::Unreachable;
+        }
+        Err(error) => return exit::client_error(&error),
+    }
+    submit_and_report(&client, batch, true, output).await
+}

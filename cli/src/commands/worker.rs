@@ -1,0 +1,81 @@
+//! `volley worker`: serve a worker with the built-in kinds.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use volley_worker::{BuiltinConfig, Registry, WorkerConfig, run_worker};
+
+use crate::exit::Exit;
+use crate::telemetry;
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The coordinator's gRPC address.
+    #[arg(long, env = "VOLLEY_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    pub coordinator: String,
+    /// Ops run at once (default: one per CPU).
+    #[arg(long, env = "VOLLEY_SLOTS")]
+    pub slots: Option<u32>,
+    /// File kinds work only under this directory (without it they are refused).
+    #[arg(long, env = "VOLLEY_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Allow `shell` ops, which run host programs.
+    #[arg(long, env = "VOLLEY_ALLOW_SHELL", default_value_t = false)]
+    pub allow_shell: bool,
+    /// Labels matched against ops' `requires`, as key=value (repeatable).
+    #[arg(long = "label", env = "VOLLEY_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// This worker's id (default: hostname-pid-random).
+    #[arg(long, env = "VOLLEY_WORKER_ID")]
+    pub id: Option<String>,
+    /// On SIGTERM, how long running ops may take to finish.
+    #[arg(long, env = "VOLLEY_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("label `{text}` is not key=value")),
+    }
+}
+
+pub async fn run(args: WorkerArgs) -> Exit {
+    telemetry::init("info");
+    let root = match &args.root {
+        Some(root) => match std::fs::canonicalize(root) {
+            Ok(root) => Some(root),
+            Err(error) => {
+                eprintln!("error: --root {}: {error}", root.display());
+                return Exit::Invalid;
+            }
+        },
+        None => None,
+    };
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        signal.cancel();
+    });
+    let mut config = WorkerConfig::new(args.coordinator);
+    if let Some(slots) = args.slots {
+        config.slots = slots;
+    }
+    config.worker_id = args.id;
+    config.root = root.clone();
+    config.allow_shell = args.allow_shell;
+    config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
+    config.drain_timeout = args.drain_timeout;
+    let registry = Registry::with_builtins(&BuiltinConfig { root, allow_shell: args.allow_shell });
+    match run_worker(config, registry, shutdown).await {
+        Ok(()) => Exit::Success,
+        Err(error) => {
+            eprintln!("error: {error}");
+            Exit::Invalid
+        }
+    }
+}

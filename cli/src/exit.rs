@@ -1,0 +1,70 @@
+//! Exit codes of the CLI contract, and how errors map onto them.
+
+use volley_client::{BatchFileError, ClientError};
+use volley_proto::v1::BatchState;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Every op succeeded (or the command did what it was asked).
+    Success = 0,
+    /// The batch ran and some op failed or was cancelled.
+    OpsFailed = 1,
+    /// The batch or the command line is invalid; nothing ran.
+    Invalid = 2,
+    /// The cluster could not be reached.
+    Unreachable = 3,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> Self {
+        std::process::ExitCode::from(exit as u8)
+    }
+}
+
+impl Exit {
+    pub fn for_state(state: BatchState) -> Exit {
+        match state {
+            BatchState::Succeeded | BatchState::Running | BatchState::Unspecified => Exit::Success,
+            BatchState::Failed | BatchState::Cancelled | BatchState::Lost => Exit::OpsFailed,
+        }
+    }
+}
+
+/// Prints a client error the way a user wants to read it and says which
+/// exit code it means.
+pub fn client_error(error: &ClientError) -> Exit {
+    match error {
+        ClientError::Invalid { message, problems } => {
+            if problems.is_empty() {
+                eprintln!("error: {message}");
+            } else {
+                eprintln!("error: the batch is invalid ({} problem(s)); nothing ran:", problems.len());
+                for problem in problems {
+                    if problem.op_id.is_empty() {
+                        eprintln!("  batch: field `{}`: {}", problem.field, problem.message);
+                    } else {
+                        eprintln!("  op `{}`: field `{}`: {}", problem.op_id, problem.field, problem.message);
+                    }
+                }
+            }
+            Exit::Invalid
+        }
+        ClientError::Unreachable { .. } | ClientError::Unavailable(_) => {
+            eprintln!("error: {error}");
+            Exit::Unreachable
+        }
+        ClientError::NotFound(_) => {
+            eprintln!("error: {error}");
+            Exit::Invalid
+        }
+        ClientError::Other { .. } => {
+            eprintln!("error: {error}");
+            Exit::OpsFailed
+        }
+    }
+}
+
+pub fn batch_file_error(error: &BatchFileError) -> Exit {
+    eprintln!("error: {error}");
+    Exit::Invalid
+}

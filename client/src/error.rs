@@ -1,0 +1,55 @@
+//! Typed client errors: a gRPC status mapped back by its code (never by
+//! its message), with the validation problems decoded from its details.
+
+use prost::Message;
+use tonic::Code;
+use volley_proto::v1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The coordinator could not be reached (connection refused, DNS, …).
+    #[error("cannot reach the coordinator at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    /// The batch was rejected; nothing ran. Every problem is listed.
+    #[error("{message}")]
+    Invalid { message: String, problems: Vec<v1::Problem> },
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The coordinator is there but cannot serve now (store down, draining).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("{code:?}: {message}")]
+    Other { code: Code, message: String },
+}
+
+impl ClientError {
+    /// True when the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } | ClientError::Unavailable(_) => true,
+            ClientError::Other { code, .. } => matches!(code, Code::DeadlineExceeded | Code::Aborted),
+            ClientError::Invalid { .. } | ClientError::NotFound(_) => false,
+        }
+    }
+
+    pub(crate) fn unreachable(url: &str, error: impl std::fmt::Display) -> Self {
+        ClientError::Unreachable { url: url.to_owned(), message: error.to_string() }
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        let message = status.message().to_owned();
+        match status.code() {
+            Code::InvalidArgument => {
+                let problems = v1::ValidationFailure::decode(status.details())
+                    .map(|failure| failure.problems)
+                    .unwrap_or_default();
+                ClientError::Invalid { message, problems }
+            }
+            Code::NotFound => ClientError::NotFound(message),
+            Code::Unavailable => ClientError::Unavailable(message),
+            code => ClientError::Other { code, message },
+        }
+    }
+}

@@ -1,0 +1,587 @@
+//! The dispatcher: one task that owns the worker table (credits, kinds,
+//! labels) and the active batches (in-flight counts against `max_parallel`),
+//! claims ready ops from the store and routes them to workers.
+//!
+//! One task, not a lock: every dispatch decision reads and changes credits
+//! and in-flight counts together, and a single owner makes that trivially
+//! consistent. Store calls that are not dispatch decisions — recording
+//! results — happen on the workers' own stream tasks, in parallel, and only
+//! their effect on credits comes back here as a `Completed` command.
+//!
+//! Claims are bounded by free worker credits and the batch's parallelism, so
+//! ops never queue up inside the coordinator: a claimed op is either sent at
+//! once or, when no connected worker supports its kind or labels, parked
+//! until one connects.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use volley_kinds::Reference;
+use volley_proto::{BatchId, v1};
+use volley_store::{Claimed, CompleteOutcome, Completion, Doorbell, OpState, Store};
+
+use crate::plans::PlannedBatch;
+use crate::service::now_ms;
+
+/// Room for commands: workers send at most one `Completed` per results
+/// message and results are bounded by credits, so this only absorbs bursts.
+const COMMAND_CAPACITY: usize = 4096;
+
+pub(crate) enum Command {
+    WorkerJoined {
+        conn: u64,
+        worker_id: String,
+        kinds: HashSet<String>,
+        labels: BTreeMap<String, String>,
+        slots: u32,
+        outbound: mpsc::Sender<v1::CoordinatorMessage>,
+    },
+    WorkerLeft {
+        conn: u64,
+    },
+    Completed {
+        conn: u64,
+        returned: u32,
+        per_batch: Vec<BatchResults>,
+    },
+    BatchAdded(Arc<PlannedBatch>),
+    BatchCancelled {
+        batch: BatchId,
+        running: Vec<Claimed>,
+    },
+    ListWorkers(oneshot::Sender<Vec<v1::WorkerInfo>>),
+}
+
+/// Results of one worker flush for one batch, as recorded by the store.
+pub(crate) struct BatchResults {
+    pub(crate) batch: BatchId,
+    pub(crate) indices: Vec<u32>,
+    /// `None` when the store could not record them.
+    pub(crate) outcome: Option<CompleteOutcome>,
+}
+
+#[derive(Clone)]
+pub(crate) struct DispatchHandle {
+    commands: mpsc::Sender<Command>,
+    next_conn: Arc<AtomicU64>,
+}
+
+pub(crate) fn channel() -> (DispatchHandle, mpsc::Receiver<Command>) {
+    let (commands, receiver) = mpsc::channel(COMMAND_CAPACITY);
+    (DispatchHandle { commands, next_conn: Arc::new(AtomicU64::new(1)) }, receiver)
+}
+
+impl DispatchHandle {
+    pub(crate) async fn send(&self, command: Command) {
+        if self.commands.send(command).await.is_err() {
+            debug!("dispatcher stopped; command dropped");
+        }
+    }
+
+    pub(crate) fn next_conn(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) async fn workers(&self) -> Vec<v1::WorkerInfo> {
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::ListWorkers(reply)).await;
+        receiver.await.unwrap_or_default()
+    }
+}
+
+struct Worker {
+    worker_id: String,
+    kinds: HashSet<String>,
+    labels: BTreeMap<String, String>,
+    slots: u32,
+    free: u32,
+    outbound: mpsc::Sender<v1::CoordinatorMessage>,
+    /// What it runs now: (batch, op index) → attempt.
+    running: HashMap<(BatchId, u32), u32>,
+}
+
+impl Worker {
+    fn accepts(&self, kind: &str, requires: &BTreeMap<String, String>) -> bool {
+        self.kinds.contains(kind)
+            && requires
+                .iter()
+                .all(|(key, value)| self.labels.get(key) == Some(value))
+    }
+}
+
+struct ActiveBatch {
+    planned: Arc<PlannedBatch>,
+    /// Claimed and not yet ended: sent to a worker or parked.
+    in_flight: u32,
+    /// Claimed ops no connected worker can take yet.
+    parked: VecDeque<Claimed>,
+    /// The ready queue may hold ops (a doorbell rang, or a claim came back
+    /// full). Cleared when a claim returns fewer ops than asked.
+    maybe_ready: bool,
+}
+
+impl ActiveBatch {
+    fn capacity(&self) -> u32 {
+        let max_parallel = self.planned.plan.max_parallel;
+        if max_parallel == 0 {
+            u32::MAX
+        } else {
+            max_parallel.saturating_sub(self.in_flight)
+        }
+    }
+}
+
+pub(crate) struct Dispatcher {
+    store: Arc<dyn Store>,
+    commands: mpsc::Receiver<Command>,
+    doorbells: broadcast::Receiver<Doorbell>,
+    worker_kinds: Arc<RwLock<HashSet<String>>>,
+    resync_interval: Duration,
+    shutdown: CancellationToken,
+    workers: BTreeMap<u64, Worker>,
+    batches: HashMap<BatchId, ActiveBatch>,
+    /// Round-robin order of active batches.
+    order: VecDeque<BatchId>,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        commands: mpsc::Receiver<Command>,
+        worker_kinds: Arc<RwLock<HashSet<String>>>,
+        resync_interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let doorbells = store.doorbells();
+        Dispatcher {
+            store,
+            commands,
+            doorbells,
+            worker_kinds,
+            resync_interval,
+            shutdown,
+            workers: BTreeMap::new(),
+            batches: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut resync = tokio::time::interval(self.resync_interval);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                command = self.commands.recv() => match command {
+                    Some(command) => {
+                        self.handle(command).await;
+                        // Take every command already queued before pumping:
+                        // one claim serves many results.
+                        while let Ok(command) = self.commands.try_recv() {
+                            self.handle(command).await;
+                        }
+                    }
+                    None => break,
+                },
+                bell = self.doorbells.recv() => self.ring(bell),
+                _ = resync.tick() => self.mark_all_ready(),
+            }
+            while let Ok(bell) = self.doorbells.try_recv() {
+                self.ring(Ok(bell));
+            }
+            self.pump().await;
+        }
+        info!("dispatcher stopped");
+    }
+
+    fn ring(&mut self, bell: Result<Doorbell, broadcast::error::RecvError>) {
+        match bell {
+            Ok(Doorbell::Batch(batch)) => {
+                if let Some(active) = self.batches.get_mut(&batch) {
+                    active.maybe_ready = true;
+                }
+            }
+            Ok(Doorbell::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => self.mark_all_ready(),
+            Err(broadcast::error::RecvError::Closed) => {}
+        }
+    }
+
+    fn mark_all_ready(&mut self) {
+        for active in self.batches.values_mut() {
+            active.maybe_ready = true;
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::WorkerJoined { conn, worker_id, kinds, labels, slots, outbound } => {
+                self.workers.insert(
+                    conn,
+                    Worker {
+                        worker_id,
+                        kinds,
+                        labels,
+                        slots,
+                        free: slots,
+                        outbound,
+                        running: HashMap::new(),
+                    },
+                );
+                self.publish_kinds();
+            }
+            Command::WorkerLeft { conn } => {
+                if let Some(worker) = self.workers.remove(&conn) {
+                    self.publish_kinds();
+                    self.requeue_lost(worker).await;
+                }
+            }
+            Command::Completed { conn, returned, per_batch } => {
+                if let Some(worker) = self.workers.get_mut(&conn) {
+                    worker.free = (worker.free + returned).min(worker.slots);
+                    for results in &per_batch {
+                        for index in &results.indices {
+                            worker.running.remove(&(results.batch.clone(), *index));
+                        }
+                    }
+                }
+                for results in per_batch {
+                    self.apply_results(results);
+                }
+            }
+            Command::BatchAdded(planned) => {
+                let id = planned.id.clone();
+                if !self.batches.contains_key(&id) {
+                    self.order.push_back(id.clone());
+                    self.batches.insert(
+                        id,
+                        ActiveBatch { planned, in_flight: 0, parked: VecDeque::new(), maybe_ready: true },
+                    );
+                }
+            }
+            Command::BatchCancelled { batch, running } => {
+                self.remove_batch(&batch);
+                self.cancel_running(&batch, &running);
+            }
+            Command::ListWorkers(reply) => {
+                let workers = self
+                    .workers
+                    .values()
+                    .map(|worker| v1::WorkerInfo {
+                        worker_id: worker.worker_id.clone(),
+                        kinds: worker.kinds.iter().cloned().collect(),
+                        labels: worker.labels.clone().into_iter().collect(),
+                        slots: worker.slots,
+                        busy: worker.slots - worker.free,
+                    })
+                    .collect();
+                let _ = reply.send(workers);
+            }
+        }
+    }
+
+    fn apply_results(&mut self, results: BatchResults) {
+        let Some(active) = self.batches.get_mut(&results.batch) else {
+            return;
+        };
+        // Every result ends one claim, whatever the store made of it.
+        active.in_flight = active.in_flight.saturating_sub(results.indices.len() as u32);
+        match results.outcome {
+            Some(outcome) => {
+                if outcome.became_ready > 0 || !outcome.retried.is_empty() {
+                    active.maybe_ready = true;
+                }
+                if outcome.finished.is_some() {
+                    self.remove_batch(&results.batch);
+                }
+            }
+            // The store failed: look again rather than trust our counts.
+            None => active.maybe_ready = true,
+        }
+    }
+
+    fn remove_batch(&mut self, batch: &BatchId) {
+        if self.batches.remove(batch).is_some() {
+            self.order.retain(|id| id != batch);
+        }
+    }
+
+    fn cancel_running(&mut self, batch: &BatchId, running: &[Claimed]) {
+        let wanted: HashSet<u32> = running.iter().map(|claimed| claimed.index).collect();
+        for worker in self.workers.values() {
+            let ops: Vec<v1::OpRef> = worker
+                .running
+                .iter()
+                .filter(|((running_batch, index), _)| running_batch == batch && wanted.contains(index))
+                .map(|((_, index), attempt)| v1::OpRef {
+                    batch_id: batch.to_string(),
+                    op_index: *index,
+                    attempt: *attempt,
+                })
+                .collect();
+            if !ops.is_empty() {
+                let message = v1::CoordinatorMessage {
+                    msg: Some(v1::coordinator_message::Msg::Cancel(v1::CancelOps { ops })),
+                };
+                if worker.outbound.try_send(message).is_err() {
+                    warn!(worker = %worker.worker_id, "could not deliver a cancel");
+                }
+            }
+        }
+    }
+
+    fn publish_kinds(&self) {
+        let kinds: HashSet<String> = self
+            .workers
+            .values()
+            .flat_map(|worker| worker.kinds.iter().cloned())
+            .collect();
+        if let Ok(mut shared) = self.worker_kinds.write() {
+            *shared = kinds;
+        }
+    }
+
+    /// A worker left with ops running: they end as failed attempts ("worker
+    /// lost"), which puts them back on the ready queue while attempts remain.
+    async fn requeue_lost(&mut self, worker: Worker) {
+        let mut by_batch: HashMap<BatchId, Vec<Completion>> = HashMap::new();
+        for ((batch, index), attempt) in worker.running {
+            by_batch.entry(batch).or_default().push(Completion {
+                index,
+                attempt,
+                ok: false,
+                error: format!("worker {} was lost while running the op", worker.worker_id),
+                worker: worker.worker_id.clone(),
+                started_ms: now_ms(),
+                ..Completion::default()
+            });
+        }
+        for (batch, completions) in by_batch {
+            warn!(%batch, worker = %worker.worker_id, ops = completions.len(), "worker lost with ops running");
+            let indices = completions.iter().map(|completion| completion.index).collect();
+            let outcome = match self.store.complete(&batch, &completions, now_ms()).await {
+                Ok(outcome) => Some(outcome),
+                Err(error) => {
+                    warn!(%batch, %error, "could not record lost ops");
+                    None
+                }
+            };
+            self.apply_results(BatchResults { batch, indices, outcome });
+        }
+    }
+
+    fn free_credits(&self) -> u32 {
+        self.workers.values().map(|worker| worker.free).sum()
+    }
+
+    /// Claims and sends as much as credits and parallelism allow.
+    async fn pump(&mut self) {
+        loop {
+            let mut progress = false;
+            let rounds = self.order.len();
+            for _ in 0..rounds {
+                if self.free_credits() == 0 {
+                    return;
+                }
+                let Some(batch) = self.order.pop_front() else { return };
+                self.order.push_back(batch.clone());
+                progress |= self.pump_batch(&batch).await;
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    /// One round for one batch: route parked ops, then claim up to what the
+    /// batch and the free workers can take. Returns whether anything moved.
+    async fn pump_batch(&mut self, batch: &BatchId) -> bool {
+        let Some(active) = self.batches.get_mut(batch) else { return false };
+        let planned = active.planned.clone();
+        let parked: Vec<Claimed> = active.parked.drain(..).collect();
+        let mut progress = false;
+        if !parked.is_empty() {
+            let before = parked.len();
+            self.route(&planned, parked).await;
+            let after = self.batches.get(batch).map_or(0, |active| active.parked.len());
+            progress |= after < before;
+        }
+        let free = self.free_credits();
+        let Some(active) = self.batches.get_mut(batch) else { return progress };
+        if !active.maybe_ready || free == 0 {
+            return progress;
+        }
+        let want = active.capacity().min(free);
+        if want == 0 {
+            return progress;
+        }
+        let claimed = match self.store.claim(batch, want, now_ms()).await {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                warn!(%batch, %error, "claim failed");
+                return progress;
+            }
+        };
+        let Some(active) = self.batches.get_mut(batch) else { return progress };
+        if (claimed.len() as u32) < want {
+            active.maybe_ready = false;
+        }
+        if claimed.is_empty() {
+            return progress;
+        }
+        active.in_flight += claimed.len() as u32;
+        self.route(&planned, claimed).await;
+        true
+    }
+
+    /// Sends claimed ops to workers, many per message; parks what no worker
+    /// can take now.
+    async fn route(&mut self, planned: &Arc<PlannedBatch>, claimed: Vec<Claimed>) {
+        let args = self.fill_templates(planned, &claimed).await;
+        let mut outgoing: HashMap<u64, Vec<v1::Assignment>> = HashMap::new();
+        let mut parked = Vec::new();
+        let mut failed = Vec::new();
+        for (claim, args) in claimed.into_iter().zip(args) {
+            let op = &planned.plan.ops[claim.index as usize];
+            let args_json = match args {
+                Ok(args_json) => args_json,
+                Err(error) => {
+                    failed.push(Completion {
+                        index: claim.index,
+                        attempt: claim.attempt,
+                        ok: false,
+                        error,
+                        started_ms: now_ms(),
+                        ..Completion::default()
+                    });
+                    continue;
+                }
+            };
+            // The worker with the most free slots that accepts the op.
+            let chosen = self
+                .workers
+                .iter()
+                .filter(|(_, worker)| worker.free > 0 && worker.accepts(&op.kind, &op.requires))
+                .max_by_key(|(_, worker)| worker.free)
+                .map(|(conn, _)| *conn);
+            let Some(conn) = chosen else {
+                parked.push(claim);
+                continue;
+            };
+            let Some(worker) = self.workers.get_mut(&conn) else { continue };
+            worker.free -= 1;
+            worker.running.insert((planned.id.clone(), claim.index), claim.attempt);
+            outgoing.entry(conn).or_default().push(v1::Assignment {
+                batch_id: planned.id.to_string(),
+                op_index: claim.index,
+                op_id: op.id.to_string(),
+                kind: op.kind.clone(),
+                args_json,
+                attempt: claim.attempt,
+                timeout_ms: op.timeout_ms,
+                trace_context: Default::default(),
+            });
+        }
+        for (conn, assignments) in outgoing {
+            let Some(worker) = self.workers.get(&conn) else { continue };
+            let message = v1::CoordinatorMessage {
+                msg: Some(v1::coordinator_message::Msg::Assignments(v1::Assignments { assignments })),
+            };
+            // Assignments never exceed the worker's slots, so its channel
+            // (sized by slots) has room; if not, the worker is stuck.
+            if let Err(error) = worker.outbound.try_send(message) {
+                warn!(worker = %worker.worker_id, %error, "worker not taking assignments; dropping it");
+                if let Some(worker) = self.workers.remove(&conn) {
+                    self.publish_kinds();
+                    Box::pin(self.requeue_lost(worker)).await;
+                }
+            }
+        }
+        if let Some(active) = self.batches.get_mut(&planned.id) {
+            if !parked.is_empty() {
+                debug!(batch = %planned.id, parked = parked.len(), "no worker for some ops yet");
+            }
+            active.parked.extend(parked);
+        }
+        if !failed.is_empty() {
+            let indices = failed.iter().map(|completion| completion.index).collect();
+            let outcome = self.store.complete(&planned.id, &failed, now_ms()).await.ok();
+            self.apply_results(BatchResults { batch: planned.id.clone(), indices, outcome });
+        }
+    }
+
+    /// The args of each claimed op as JSON, `${…}` filled in from the outputs
+    /// and states of the ops they refer to and the batch's memory. One store
+    /// read serves every claimed op.
+    async fn fill_templates(&self, planned: &PlannedBatch, claimed: &[Claimed]) -> Vec<Result<String, String>> {
+        let ops = &planned.plan.ops;
+        let needs_records = claimed.iter().any(|claim| ops[claim.index as usize].has_templates);
+        if !needs_records {
+            return claimed
+                .iter()
+                .map(|claim| Ok(ops[claim.index as usize].args.to_string()))
+                .collect();
+        }
+        let records = match self.store.op_records(&planned.id).await {
+            Ok(records) => records,
+            Err(error) => {
+                let message = format!("could not read inputs: {error}");
+                return claimed.iter().map(|_| Err(message.clone())).collect();
+            }
+        };
+        let index_of: HashMap<&str, usize> = ops
+            .iter()
+            .enumerate()
+            .map(|(index, op)| (op.id.as_str(), index))
+            .collect();
+        let mut results = Vec::with_capacity(claimed.len());
+        for claim in claimed {
+            let op = &ops[claim.index as usize];
+            if !op.has_templates {
+                results.push(Ok(op.args.to_string()));
+                continue;
+            }
+            let mut memory = HashMap::new();
+            if let Ok(references) = volley_kinds::template::references(&op.args) {
+                for reference in references {
+                    if let Reference::Memory(key) = reference
+                        && !memory.contains_key(&key)
+                    {
+                        let value = self.store.get_memory(&planned.id, &key).await.ok().flatten();
+                        memory.insert(key, value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()));
+                    }
+                }
+            }
+            let lookup = |reference: &Reference| -> Option<String> {
+                match reference {
+                    Reference::OpOutput(id) => index_of.get(id.as_str()).map(|index| records[*index].output.clone()),
+                    Reference::OpStatus(id) => index_of.get(id.as_str()).map(|index| state_word(records[*index].state)),
+                    Reference::Memory(key) => memory.get(key).cloned().flatten(),
+                }
+            };
+            results.push(
+                volley_kinds::template::render(&op.args, &lookup)
+                    .map(|value| value.to_string())
+                    .map_err(|error| format!("cannot fill in the op's args: {error}")),
+            );
+        }
+        results
+    }
+}
+
+fn state_word(state: OpState) -> String {
+    match state {
+        OpState::Waiting => "waiting",
+        OpState::Ready => "ready",
+        OpState::Running => "running",
+        OpState::Succeeded => "succeeded",
+        OpState::Failed => "failed",
+        OpState::Skipped => "skipped",
+        OpState::Cancelled => "cancelled",
+    }
+    .to_owned()
+}

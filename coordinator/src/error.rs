@@ -1,0 +1,31 @@
+//! What the coordinator's domain calls fail with. `grpc::status` maps each
+//! variant to a precise `tonic::Code`.
+
+use volley_plan::Problem;
+use volley_proto::BatchId;
+use volley_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// The batch is invalid; nothing was stored.
+    #[error("invalid batch: {}", summarize(.0))]
+    Invalid(Vec<Problem>),
+    #[error("batch {0} not found")]
+    BatchNotFound(BatchId),
+    /// The request itself is malformed (not the batch's content).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+}
+
+fn summarize(problems: &[Problem]) -> String {
+    let mut text = format!("{} problem(s)", problems.len());
+    for problem in problems {
+        text.push_str("\n  ");
+        text.push_str(&problem.to_string());
+    }
+    text
+}

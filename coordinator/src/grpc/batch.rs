@@ -1,0 +1,97 @@
+//! `volley.v1.BatchService` over [`Coordinator`].
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use volley_proto::BatchId;
+use volley_proto::v1::batch_service_server::BatchService;
+use volley_proto::v1::{self, submit_batch_chunk::Part};
+
+use crate::service::Coordinator;
+
+pub(crate) struct BatchAdapter {
+    coordinator: Coordinator,
+}
+
+impl BatchAdapter {
+    pub(crate) fn new(coordinator: Coordinator) -> Self {
+        BatchAdapter { coordinator }
+    }
+}
+
+fn batch_id(value: String) -> Result<BatchId, Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument("batch_id is empty"));
+    }
+    Ok(BatchId::new(value))
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::BatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl BatchService for BatchAdapter {
+    #[tracing::instrument(name = "batch.SubmitBatch", skip_all)]
+    async fn submit_batch(
+        &self,
+        request: Request<Streaming<v1::SubmitBatchChunk>>,
+    ) -> Result<Response<v1::SubmitBatchResponse>, Status> {
+        let mut chunks = request.into_inner();
+        let mut batch: Option<v1::Batch> = None;
+        while let Some(chunk) = chunks.message().await? {
+            match (chunk.part, batch.as_mut()) {
+                (Some(Part::Header(header)), None) => batch = Some(header),
+                (Some(Part::Header(_)), Some(_)) => {
+                    return Err(Status::invalid_argument("a second header chunk"));
+                }
+                (Some(Part::Ops(ops)), Some(batch)) => batch.ops.extend(ops.ops),
+                (Some(Part::Ops(_)), None) => {
+                    return Err(Status::invalid_argument("ops before the header chunk"));
+                }
+                (None, _) => return Err(Status::invalid_argument("an empty chunk")),
+            }
+        }
+        let batch = batch.ok_or_else(|| Status::invalid_argument("no header chunk"))?;
+        Ok(Response::new(self.coordinator.submit(batch).await?))
+    }
+
+    type WatchBatchStream = EventStream;
+
+    #[tracing::instrument(name = "batch.WatchBatch", skip_all)]
+    async fn watch_batch(
+        &self,
+        request: Request<v1::WatchBatchRequest>,
+    ) -> Result<Response<Self::WatchBatchStream>, Status> {
+        let request = request.into_inner();
+        let batch = batch_id(request.batch_id)?;
+        let events = self.coordinator.watch(batch, request.after_seq).await?;
+        let stream = ReceiverStream::new(events).map(|event| event.map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    #[tracing::instrument(name = "batch.GetBatch", skip_all)]
+    async fn get_batch(&self, request: Request<v1::GetBatchRequest>) -> Result<Response<v1::BatchStatus>, Status> {
+        let request = request.into_inner();
+        let batch = batch_id(request.batch_id)?;
+        Ok(Response::new(self.coordinator.status(&batch, !request.omit_ops).await?))
+    }
+
+    #[tracing::instrument(name = "batch.CancelBatch", skip_all)]
+    async fn cancel_batch(
+        &self,
+        request: Request<v1::CancelBatchRequest>,
+    ) -> Result<Response<v1::CancelBatchResponse>, Status> {
+        let batch = batch_id(request.into_inner().batch_id)?;
+        Ok(Response::new(self.coordinator.cancel(&batch).await?))
+    }
+
+    #[tracing::instrument(name = "batch.ListBatches", skip_all)]
+    async fn list_batches(
+        &self,
+        request: Request<v1::ListBatchesRequest>,
+    ) -> Result<Response<v1::ListBatchesResponse>, Status> {
+        Ok(Response::new(self.coordinator.list(request.into_inner().limit).await?))
+    }
+}

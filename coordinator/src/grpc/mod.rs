@@ -1,0 +1,54 @@
+//! Thin tonic adapters: each converts proto ⇄ domain and calls
+//! [`Coordinator`]. No logic lives here.
+
+mod batch;
+mod memory;
+mod status;
+mod worker;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use volley_proto::MAX_MESSAGE_BYTES;
+use volley_proto::v1::batch_service_server::BatchServiceServer;
+use volley_proto::v1::memory_service_server::MemoryServiceServer;
+use volley_proto::v1::worker_service_server::WorkerServiceServer;
+
+use crate::service::Coordinator;
+
+/// Serves the coordinator's gRPC API (batches, memory, workers, health) on
+/// `listener` until `shutdown` fires. Taking the listener lets tests bind
+/// port 0.
+pub async fn serve(
+    listener: TcpListener,
+    coordinator: Coordinator,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<BatchServiceServer<batch::BatchAdapter>>()
+        .await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let batches = BatchServiceServer::new(batch::BatchAdapter::new(coordinator.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let memory = MemoryServiceServer::new(memory::MemoryAdapter::new(coordinator.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let workers = WorkerServiceServer::new(worker::WorkerAdapter::new(coordinator.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let shutdown_signal = shutdown.clone();
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(batches)
+        .add_service(memory)
+        .add_service(workers)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown_signal.cancelled().await;
+        })
+        .await
+}

@@ -1,0 +1,42 @@
+//! The one place domain errors become gRPC statuses. Every variant is
+//! matched explicitly so a new one cannot slip through as `Internal`.
+
+use prost::Message;
+use tonic::{Code, Status};
+use volley_proto::v1;
+use volley_store::StoreError;
+
+use crate::error::CoordinatorError;
+
+impl From<CoordinatorError> for Status {
+    fn from(error: CoordinatorError) -> Status {
+        let message = error.to_string();
+        match error {
+            CoordinatorError::Invalid(problems) => {
+                let details = v1::ValidationFailure {
+                    problems: problems
+                        .into_iter()
+                        .map(|problem| v1::Problem {
+                            op_id: problem.op_id,
+                            field: problem.field,
+                            message: problem.message,
+                        })
+                        .collect(),
+                }
+                .encode_to_vec();
+                Status::with_details(Code::InvalidArgument, message, details.into())
+            }
+            CoordinatorError::BatchNotFound(_) => Status::not_found(message),
+            CoordinatorError::BadRequest(_) => Status::invalid_argument(message),
+            CoordinatorError::ShuttingDown => Status::unavailable(message),
+            CoordinatorError::Store(store_error) => match store_error {
+                StoreError::BatchNotFound(_) => Status::not_found(message),
+                StoreError::BatchExists(_) => Status::already_exists(message),
+                StoreError::EpochLost { .. } => Status::data_loss(message),
+                StoreError::Corrupt(_) => Status::internal(message),
+                StoreError::Redis(_) if store_error.is_retryable() => Status::unavailable(message),
+                StoreError::Redis(_) => Status::internal(message),
+            },
+        }
+    }
+}

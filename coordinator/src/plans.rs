@@ -1,0 +1,136 @@
+//! The cache of planned batches. A plan is derived from the spec stored with
+//! its batch, so any coordinator can rebuild one it has not seen; the cache
+//! only saves re-planning.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use prost::Message;
+use volley_plan::{Limits, Plan};
+use volley_proto::{BatchId, v1};
+use volley_store::Store;
+
+use crate::error::CoordinatorError;
+
+/// A batch's plan with its id.
+#[derive(Debug)]
+pub(crate) struct PlannedBatch {
+    pub(crate) id: BatchId,
+    pub(crate) plan: Plan,
+}
+
+impl PlannedBatch {
+    pub(crate) fn op_id(&self, index: u32) -> &str {
+        self.plan
+            .ops
+            .get(index as usize)
+            .map(|op| op.id.as_str())
+            .unwrap_or("?")
+    }
+
+    /// Store messages name ops by index in backticks (`` `7` ``); say their
+    /// ids instead.
+    pub(crate) fn name_indices(&self, message: &str) -> String {
+        if !message.contains('`') {
+            return message.to_owned();
+        }
+        let mut named = String::with_capacity(message.len());
+        let mut rest = message;
+        while let Some(open) = rest.find('`') {
+            named.push_str(&rest[..=open]);
+            let after = &rest[open + 1..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            let closes = digits > 0 && after.as_bytes().get(digits) == Some(&b'`');
+            match after[..digits].parse::<u32>() {
+                Ok(index) if closes && (index as usize) < self.plan.ops.len() => {
+                    named.push_str(self.op_id(index));
+                    named.push('`');
+                    rest = &after[digits + 1..];
+                }
+                _ => rest = after,
+            }
+        }
+        named.push_str(rest);
+        named
+    }
+}
+
+pub(crate) struct PlanCache {
+    inner: Mutex<CacheInner>,
+    finished_capacity: usize,
+}
+
+struct CacheInner {
+    plans: HashMap<BatchId, Arc<PlannedBatch>>,
+    /// Finished batches, oldest first: evicted beyond the capacity.
+    finished: VecDeque<BatchId>,
+}
+
+impl PlanCache {
+    pub(crate) fn new(finished_capacity: usize) -> Self {
+        PlanCache {
+            inner: Mutex::new(CacheInner { plans: HashMap::new(), finished: VecDeque::new() }),
+            finished_capacity,
+        }
+    }
+
+    pub(crate) fn insert(&self, planned: Arc<PlannedBatch>) {
+        let mut inner = self.inner.lock().expect("plan cache lock poisoned");
+        inner.plans.insert(planned.id.clone(), planned);
+    }
+
+    pub(crate) fn cached(&self, batch: &BatchId) -> Option<Arc<PlannedBatch>> {
+        let inner = self.inner.lock().expect("plan cache lock poisoned");
+        inner.plans.get(batch).cloned()
+    }
+
+    /// Marks a batch finished: its plan stays for a while for reports.
+    pub(crate) fn finished(&self, batch: &BatchId) {
+        let mut inner = self.inner.lock().expect("plan cache lock poisoned");
+        if inner.finished.contains(batch) {
+            return;
+        }
+        inner.finished.push_back(batch.clone());
+        while inner.finished.len() > self.finished_capacity {
+            if let Some(evicted) = inner.finished.pop_front() {
+                inner.plans.remove(&evicted);
+            }
+        }
+    }
+
+    /// The plan of a batch, rebuilt from its stored spec when not cached.
+    pub(crate) async fn get(
+        &self,
+        store: &dyn Store,
+        batch: &BatchId,
+    ) -> Result<Arc<PlannedBatch>, CoordinatorError> {
+        if let Some(planned) = self.cached(batch) {
+            return Ok(planned);
+        }
+        let spec = store
+            .batch_spec(batch)
+            .await?
+            .ok_or_else(|| CoordinatorError::BatchNotFound(batch.clone()))?;
+        let planned = Arc::new(replan(batch, &spec)?);
+        self.insert(planned.clone());
+        if let Some(meta) = store.meta(batch).await?
+            && meta.finished_ms.is_some()
+        {
+            self.finished(batch);
+        }
+        Ok(planned)
+    }
+}
+
+/// Plans a stored spec again. It was valid when stored, so every kind is
+/// accepted now (the workers that knew it may be gone).
+pub(crate) fn replan(batch: &BatchId, spec: &[u8]) -> Result<PlannedBatch, CoordinatorError> {
+    let decoded = v1::Batch::decode(spec).map_err(|error| {
+        CoordinatorError::Store(volley_store::StoreError::Corrupt(format!(
+            "spec of batch {batch}: {error}"
+        )))
+    })?;
+    let limits = Limits { max_ops: usize::MAX, max_arg_bytes: usize::MAX };
+    let plan = volley_plan::plan(&decoded, &|_| true, &limits).map_err(CoordinatorError::Invalid)?;
+    Ok(PlannedBatch { id: batch.clone(), plan })
+}

@@ -1,0 +1,76 @@
+//! Builds a batch's report: every op's state, output and timing, and the
+//! batch's wall time, sequential-equivalent time, speedup and critical path.
+
+use volley_proto::v1;
+use volley_store::{BatchMeta, OpRecord};
+
+use crate::convert;
+use crate::plans::PlannedBatch;
+
+pub(crate) fn build(
+    planned: &PlannedBatch,
+    meta: &BatchMeta,
+    records: &[OpRecord],
+    include_ops: bool,
+    now_ms: u64,
+) -> v1::BatchStatus {
+    let plan = &planned.plan;
+    let end_ms = meta.finished_ms.unwrap_or(now_ms);
+    let wall_ms = end_ms.saturating_sub(meta.created_ms);
+    let durations: Vec<u64> = records.iter().map(|record| record.duration_ms).collect();
+    let sequential_ms: u64 = durations.iter().sum();
+    let speedup = if wall_ms == 0 { 0.0 } else { sequential_ms as f64 / wall_ms as f64 };
+    let (path, critical_path_ms) = plan.critical_path(&durations);
+    let critical_path = path
+        .iter()
+        .map(|index| planned.op_id(*index).to_owned())
+        .collect();
+    let ops = if include_ops {
+        plan.ops
+            .iter()
+            .zip(records)
+            .map(|(op, record)| v1::OpStatus {
+                id: op.id.to_string(),
+                kind: op.kind.clone(),
+                state: convert::op_state(record.state) as i32,
+                attempts: record.attempts,
+                worker: record.worker.clone(),
+                started_ms: if record.started_ms == 0 {
+                    0
+                } else {
+                    record.started_ms.saturating_sub(meta.created_ms)
+                },
+                duration_ms: record.duration_ms,
+                output: record.output.clone(),
+                error: planned.name_indices(&record.error),
+                details_json: record.details_json.clone(),
+                after: op
+                    .deps
+                    .iter()
+                    .map(|index| planned.op_id(*index).to_owned())
+                    .collect(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    v1::BatchStatus {
+        batch_id: meta.id.to_string(),
+        name: meta.name.clone(),
+        state: convert::batch_state(meta.state) as i32,
+        created_at_ms: meta.created_ms,
+        wall_ms,
+        sequential_ms,
+        speedup,
+        total: meta.total,
+        succeeded: meta.succeeded,
+        failed: meta.failed,
+        skipped: meta.skipped,
+        cancelled: meta.cancelled,
+        running: meta.running,
+        ops,
+        critical_path,
+        critical_path_ms,
+        error: planned.name_indices(&meta.error),
+    }
+}

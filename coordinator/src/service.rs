@@ -1,0 +1,440 @@
+//! `Coordinator`: the domain API behind the gRPC adapters — submit, report,
+//! cancel, list, watch, memory, and the worker sessions.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+use volley_plan::Plan;
+use volley_proto::{BatchId, v1};
+use volley_store::{Completion, Doorbell, NewBatch, NewOp, OnFailure, Store};
+
+use crate::config::CoordinatorConfig;
+use crate::convert;
+use crate::dispatch::{self, BatchResults, Command, DispatchHandle};
+use crate::error::CoordinatorError;
+use crate::plans::{PlanCache, PlannedBatch};
+use crate::report;
+
+/// The coordinator's domain API. Cheap to clone.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: CoordinatorConfig,
+    pub(crate) plans: PlanCache,
+    pub(crate) dispatch: DispatchHandle,
+    /// Kinds some connected worker registered (kept by the dispatcher).
+    pub(crate) worker_kinds: Arc<RwLock<HashSet<String>>>,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A connected worker. The gRPC adapter feeds it the worker's results and
+/// closes it when the stream ends.
+pub struct WorkerSession {
+    conn: u64,
+    worker_id: String,
+    coordinator: Coordinator,
+}
+
+impl Coordinator {
+    /// Checks the store, starts the dispatcher and resumes the batches the
+    /// store says are active.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        config: CoordinatorConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Coordinator, CoordinatorError> {
+        let epoch = store.epoch().await?;
+        info!(epoch = %epoch, "store epoch");
+        let tasks = TaskTracker::new();
+        let worker_kinds = Arc::new(RwLock::new(HashSet::new()));
+        let (dispatch, commands) = dispatch::channel();
+        let coordinator = Coordinator {
+            inner: Arc::new(Inner {
+                store: store.clone(),
+                config: config.clone(),
+                plans: PlanCache::new(config.finished_plans_cached),
+                dispatch,
+                worker_kinds: worker_kinds.clone(),
+                tasks: tasks.clone(),
+                shutdown: shutdown.clone(),
+            }),
+        };
+        let dispatcher = dispatch::Dispatcher::new(
+            store.clone(),
+            commands,
+            worker_kinds,
+            config.resync_interval,
+            shutdown.child_token(),
+        );
+        tasks.spawn(dispatcher.run().instrument(info_span!("coordinator.dispatch")));
+        for batch in store.active_batches().await? {
+            match coordinator.inner.plans.get(store.as_ref(), &batch).await {
+                Ok(planned) => coordinator.inner.dispatch.send(Command::BatchAdded(planned)).await,
+                Err(error) => warn!(%batch, %error, "cannot resume batch"),
+            }
+        }
+        Ok(coordinator)
+    }
+
+    /// Spawns a task the coordinator tracks, so shutdown can wait for it.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tasks.spawn(task);
+    }
+
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    /// Waits for every task the coordinator spawned to end (after shutdown).
+    pub async fn wait(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// Is `kind` runnable: built in, or registered by a connected worker.
+    fn known_kind(&self, kind: &str) -> bool {
+        volley_kinds::BUILTIN_KINDS.contains(&kind)
+            || self
+                .inner
+                .worker_kinds
+                .read()
+                .map(|kinds| kinds.contains(kind))
+                .unwrap_or(false)
+    }
+
+    /// Validates, plans and stores a batch, then hands it to the dispatcher.
+    /// An invalid batch stores nothing.
+    #[tracing::instrument(skip_all, fields(name = %batch.name, ops = batch.ops.len()))]
+    pub async fn submit(&self, batch: v1::Batch) -> Result<v1::SubmitBatchResponse, CoordinatorError> {
+        let coordinator = self.clone();
+        // Planning a large batch is CPU work: keep it off the async workers.
+        let (batch, plan) = tokio::task::spawn_blocking(move || {
+            let plan = volley_plan::plan(
+                &batch,
+                &|kind| coordinator.known_kind(kind),
+                &coordinator.inner.config.limits,
+            );
+            (batch, plan)
+        })
+        .await
+        .map_err(|error| CoordinatorError::BadRequest(format!("planning panicked: {error}")))?;
+        let plan = plan.map_err(CoordinatorError::Invalid)?;
+        let id = BatchId::new(uuid::Uuid::now_v7().to_string());
+        let new_batch = new_batch(&id, &batch, &plan);
+        let op_count = plan.ops.len() as u32;
+        let warnings = plan.warnings.clone();
+        self.inner.store.create_batch(new_batch).await?;
+        let planned = Arc::new(PlannedBatch { id: id.clone(), plan });
+        self.inner.plans.insert(planned.clone());
+        self.inner.dispatch.send(Command::BatchAdded(planned)).await;
+        info!(batch = %id, op_count, "batch accepted");
+        Ok(v1::SubmitBatchResponse { batch_id: id.into_string(), op_count, warnings })
+    }
+
+    /// The batch's status: states, outputs, timings, critical path.
+    #[tracing::instrument(skip_all, fields(batch = %batch))]
+    pub async fn status(&self, batch: &BatchId, include_ops: bool) -> Result<v1::BatchStatus, CoordinatorError> {
+        let meta = self
+            .store()
+            .meta(batch)
+            .await?
+            .ok_or_else(|| CoordinatorError::BatchNotFound(batch.clone()))?;
+        let planned = self.inner.plans.get(self.store(), batch).await?;
+        let records = self.store().op_records(batch).await?;
+        Ok(report::build(&planned, &meta, &records, include_ops, now_ms()))
+    }
+
+    /// Cancels a batch: pending ops at once, running ones are told to stop.
+    #[tracing::instrument(skip_all, fields(batch = %batch))]
+    pub async fn cancel(&self, batch: &BatchId) -> Result<v1::CancelBatchResponse, CoordinatorError> {
+        if self.store().meta(batch).await?.is_none() {
+            return Err(CoordinatorError::BatchNotFound(batch.clone()));
+        }
+        let outcome = self.store().cancel(batch, "cancelled by request", now_ms()).await?;
+        self.inner
+            .dispatch
+            .send(Command::BatchCancelled { batch: batch.clone(), running: outcome.running })
+            .await;
+        self.inner.plans.finished(batch);
+        let state = self
+            .store()
+            .meta(batch)
+            .await?
+            .map(|meta| convert::batch_state(meta.state) as i32)
+            .unwrap_or_default();
+        Ok(v1::CancelBatchResponse { state, cancelled: outcome.cancelled })
+    }
+
+    pub async fn list(&self, limit: u32) -> Result<v1::ListBatchesResponse, CoordinatorError> {
+        let limit = if limit == 0 { 50 } else { limit.min(1000) };
+        let batches = self
+            .store()
+            .list_batches(limit)
+            .await?
+            .into_iter()
+            .map(|meta| v1::BatchSummary {
+                batch_id: meta.id.to_string(),
+                name: meta.name.clone(),
+                state: convert::batch_state(meta.state) as i32,
+                created_at_ms: meta.created_ms,
+                total: meta.total,
+                done: meta.done(),
+            })
+            .collect();
+        Ok(v1::ListBatchesResponse { batches })
+    }
+
+    /// Streams a batch's events after `after_seq`, in order, until the batch
+    /// has finished. Wakes on doorbells, and re-reads on a slow timer in
+    /// case one was missed.
+    pub async fn watch(
+        &self,
+        batch: BatchId,
+        after_seq: u64,
+    ) -> Result<mpsc::Receiver<Result<v1::BatchEvent, CoordinatorError>>, CoordinatorError> {
+        let planned = self.inner.plans.get(self.store(), &batch).await?;
+        let (sender, receiver) = mpsc::channel(256);
+        let coordinator = self.clone();
+        let span = info_span!("coordinator.watch", batch = %batch);
+        self.inner.tasks.spawn(
+            async move {
+                coordinator.pump_events(planned, after_seq, sender).await;
+            }
+            .instrument(span),
+        );
+        Ok(receiver)
+    }
+
+    async fn pump_events(
+        &self,
+        planned: Arc<PlannedBatch>,
+        mut after_seq: u64,
+        sender: mpsc::Sender<Result<v1::BatchEvent, CoordinatorError>>,
+    ) {
+        let mut doorbells = self.store().doorbells();
+        loop {
+            let events = match self.store().events(&planned.id, after_seq, 1000).await {
+                Ok(events) => events,
+                Err(error) => {
+                    let _ = sender.send(Err(error.into())).await;
+                    return;
+                }
+            };
+            let fetched = events.len();
+            let mut finished = false;
+            for event in events {
+                after_seq = event.seq;
+                finished |= event.kind == volley_store::EventKind::BatchFinished;
+                if sender.send(Ok(convert::event(&planned, event))).await.is_err() {
+                    return; // the client went away
+                }
+            }
+            if finished {
+                return;
+            }
+            if fetched > 0 {
+                continue;
+            }
+            tokio::select! {
+                () = self.inner.shutdown.cancelled() => return,
+                () = sender.closed() => return,
+                () = wait_for_bell(&mut doorbells, &planned.id) => {}
+                () = tokio::time::sleep(self.inner.config.resync_interval) => {}
+            }
+        }
+    }
+
+    pub async fn get_memory(&self, batch: &BatchId, key: &str) -> Result<Option<Vec<u8>>, CoordinatorError> {
+        Ok(self.store().get_memory(batch, key).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch, key))]
+    pub async fn put_memory(&self, batch: &BatchId, key: &str, value: &[u8]) -> Result<u32, CoordinatorError> {
+        if key.is_empty() {
+            return Err(CoordinatorError::BadRequest("memory key is empty".into()));
+        }
+        if self.store().meta(batch).await?.is_none() {
+            return Err(CoordinatorError::BatchNotFound(batch.clone()));
+        }
+        Ok(self.store().put_memory(batch, key, value, now_ms()).await?)
+    }
+
+    /// Connected workers and how busy they are.
+    pub async fn workers(&self) -> Vec<v1::WorkerInfo> {
+        self.inner.dispatch.workers().await
+    }
+
+    /// Registers a worker. `outbound` carries what the coordinator sends it.
+    pub async fn connect_worker(
+        &self,
+        register: v1::Register,
+        outbound: mpsc::Sender<v1::CoordinatorMessage>,
+    ) -> Result<WorkerSession, CoordinatorError> {
+        if register.slots == 0 {
+            return Err(CoordinatorError::BadRequest("a worker needs at least one slot".into()));
+        }
+        let conn = self.inner.dispatch.next_conn();
+        let worker_id = if register.worker_id.is_empty() {
+            format!("worker-{conn}")
+        } else {
+            register.worker_id.clone()
+        };
+        info!(worker = %worker_id, slots = register.slots, kinds = ?register.kinds, "worker connected");
+        self.inner
+            .dispatch
+            .send(Command::WorkerJoined {
+                conn,
+                worker_id: worker_id.clone(),
+                kinds: register.kinds.into_iter().collect(),
+                labels: register.labels.into_iter().collect::<BTreeMap<_, _>>(),
+                slots: register.slots,
+                outbound,
+            })
+            .await;
+        Ok(WorkerSession { conn, worker_id, coordinator: self.clone() })
+    }
+}
+
+async fn wait_for_bell(doorbells: &mut broadcast::Receiver<Doorbell>, batch: &BatchId) {
+    loop {
+        match doorbells.recv().await {
+            Ok(Doorbell::Batch(rung)) if &rung == batch => return,
+            Ok(Doorbell::Batch(_)) => {}
+            // Missed bells or a resync: re-read to be sure.
+            Ok(Doorbell::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => {
+                // No more bells: fall back to the timer alone.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl WorkerSession {
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Records a flush of results: one store call per batch in it, then
+    /// returns the worker's credits to the dispatcher.
+    #[tracing::instrument(skip_all, fields(worker = %self.worker_id, results = results.len()))]
+    pub async fn results(&self, results: Vec<v1::OpResult>) {
+        let returned = results.len() as u32;
+        let mut by_batch: BTreeMap<String, Vec<v1::OpResult>> = BTreeMap::new();
+        for result in results {
+            by_batch.entry(result.batch_id.clone()).or_default().push(result);
+        }
+        let inner = &self.coordinator.inner;
+        let mut per_batch = Vec::with_capacity(by_batch.len());
+        for (batch, results) in by_batch {
+            let batch = BatchId::new(batch);
+            let indices: Vec<u32> = results.iter().map(|result| result.op_index).collect();
+            let outcome = match inner.plans.get(inner.store.as_ref(), &batch).await {
+                Ok(planned) => {
+                    let completions: Vec<Completion> = results
+                        .into_iter()
+                        .map(|result| completion(&planned.plan, &self.worker_id, result))
+                        .collect();
+                    match inner.store.complete(&batch, &completions, now_ms()).await {
+                        Ok(outcome) => {
+                            if !outcome.stale.is_empty() {
+                                warn!(%batch, stale = ?outcome.stale, "stale results ignored");
+                            }
+                            if outcome.finished.is_some() {
+                                inner.plans.finished(&batch);
+                            }
+                            Some(outcome)
+                        }
+                        Err(error) => {
+                            warn!(%batch, %error, "could not record results");
+                            None
+                        }
+                    }
+                }
+                Err(error) => {
+                    warn!(%batch, %error, "results for an unknown batch");
+                    None
+                }
+            };
+            per_batch.push(BatchResults { batch, indices, outcome });
+        }
+        inner
+            .dispatch
+            .send(Command::Completed { conn: self.conn, returned, per_batch })
+            .await;
+    }
+
+    /// The worker's stream ended: the dispatcher forgets it and re-queues
+    /// what it was running.
+    pub async fn close(self) {
+        info!(worker = %self.worker_id, "worker disconnected");
+        self.coordinator.inner.dispatch.send(Command::WorkerLeft { conn: self.conn }).await;
+    }
+}
+
+fn completion(plan: &Plan, worker: &str, result: v1::OpResult) -> Completion {
+    let store_as = plan
+        .ops
+        .get(result.op_index as usize)
+        .and_then(|op| op.store_as.clone());
+    Completion {
+        index: result.op_index,
+        attempt: result.attempt,
+        ok: result.ok,
+        output: result.output,
+        error: result.error,
+        details_json: result.details_json,
+        worker: worker.to_owned(),
+        started_ms: result.started_at_ms,
+        duration_ms: result.duration_ms,
+        store_as,
+    }
+}
+
+fn new_batch(id: &BatchId, batch: &v1::Batch, plan: &Plan) -> NewBatch {
+    NewBatch {
+        id: id.clone(),
+        name: plan.name.clone(),
+        max_parallel: plan.max_parallel,
+        on_failure: if plan.fail_fast { OnFailure::FailFast } else { OnFailure::Continue },
+        created_ms: now_ms(),
+        spec: batch.encode_to_vec(),
+        ops: plan
+            .ops
+            .iter()
+            .map(|op| NewOp {
+                priority: op.priority,
+                run_if_always: op.run_if_always,
+                max_attempts: op.max_attempts,
+                deps: op.deps.len() as u32,
+                dependents: op.dependents.clone(),
+                wait_for: op.wait_for.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Shutting the dispatcher down and waiting for it is `wait`'s job; this is
+/// how long a caller should give it.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

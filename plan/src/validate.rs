@@ -1,0 +1,1117 @@
+//! Checks a submitted batch and compiles it into a [`Plan`], reporting every
+//! problem at once so a user fixes a batch file in one round trip.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+use volley_kinds::template::{is_id_byte, is_memory_key_byte};
+use volley_kinds::touches::{is_glob, normalize_path};
+use volley_kinds::{BUILTIN_KINDS, Reference, Target};
+use volley_proto::OpId;
+use volley_proto::v1::{Batch, Hazards, OnFailure, Op, Priority, RunIf};
+
+use crate::graph::{Graph, Reachability};
+use crate::hazards::{Access, compile_glob, find_hazards};
+use crate::model::{HazardPolicy, Limits, Plan, PlannedOp, Problem};
+
+/// Most tries an op may ask for.
+const MAX_ATTEMPTS: u32 = 100;
+/// Longest op id.
+const MAX_ID_LEN: usize = 128;
+/// Ids compared, over the whole batch, when looking for a close id to
+/// suggest, so a batch full of typos stays linear.
+const SUGGESTION_BUDGET: usize = 2_000_000;
+/// Warnings kept; the rest are counted.
+const MAX_WARNINGS: usize = 100;
+
+/// Validates `batch` and compiles it into a [`Plan`], or returns every
+/// problem found. `known_kinds` says whether some worker (or the built-ins)
+/// runs a kind.
+pub fn plan(
+    batch: &Batch,
+    known_kinds: &dyn Fn(&str) -> bool,
+    limits: &Limits,
+) -> Result<Plan, Vec<Problem>> {
+    let ops = &batch.ops;
+    let mut problems = Problems::default();
+    if ops.is_empty() {
+        problems.batch("ops", "the batch has no ops".to_owned());
+    }
+    if ops.len() > limits.max_ops {
+        problems.batch(
+            "ops",
+            format!(
+                "the batch has {} ops, more than the limit of {}",
+                ops.len(),
+                limits.max_ops
+            ),
+        );
+        return Err(problems.into_sorted());
+    }
+    let fail_fast = match OnFailure::try_from(batch.on_failure) {
+        Ok(on_failure) => on_failure == OnFailure::FailFast,
+        Err(_) => {
+            problems.batch("on_failure", format!("unknown value {}", batch.on_failure));
+            false
+        }
+    };
+    let hazard_policy = match Hazards::try_from(batch.hazards) {
+        Ok(Hazards::Unspecified | Hazards::Reject) => HazardPolicy::Reject,
+        Ok(Hazards::Order) => HazardPolicy::Order,
+        Ok(Hazards::Allow) => HazardPolicy::Allow,
+        Err(_) => {
+            problems.batch("hazards", format!("unknown value {}", batch.hazards));
+            HazardPolicy::Reject
+        }
+    };
+
+    let index_of = index_ids(ops, &mut problems);
+    let mut checker = OpChecker {
+        ops,
+        index_of: &index_of,
+        known_kinds,
+        limits,
+        problems: &mut problems,
+        suggestion_budget: SUGGESTION_BUDGET,
+    };
+    // Built in place from the start: for a million ops, a second copy of the
+    // plan costs more in page faults than all the checks together.
+    let mut planned_ops: Vec<PlannedOp> = Vec::with_capacity(ops.len());
+    let mut accesses: Vec<Access> = Vec::new();
+    for (index, op) in ops.iter().enumerate() {
+        planned_ops.push(checker.check(index as u32, op, &mut accesses));
+    }
+
+    let deps: Vec<Vec<u32>> = planned_ops
+        .iter_mut()
+        .map(|op| std::mem::take(&mut op.deps))
+        .collect();
+    let mut graph = Graph::from_deps(deps);
+    // Without edges, file order is the topological order (and no heap needed).
+    let order = if graph.deps.iter().all(Vec::is_empty) {
+        (0..ops.len() as u32).collect()
+    } else {
+        graph.topological_order()
+    };
+    let cycles = graph.cycles(&order);
+    for cycle in &cycles {
+        let mut names: Vec<&str> = cycle
+            .iter()
+            .map(|&index| ops[index as usize].id.as_str())
+            .collect();
+        names.push(names[0]);
+        problems.op(
+            cycle[0],
+            &ops[cycle[0] as usize].id,
+            "after",
+            format!(
+                "cycle: {} (each runs after the one before it)",
+                names.join(" -> ")
+            ),
+        );
+    }
+    // A cyclic graph has no topological order to prune reachability with;
+    // the batch is rejected for its cycles anyway.
+    if cycles.is_empty() && !accesses.is_empty() {
+        let mut reach = Reachability::new(&order);
+        for (index, problem) in find_hazards(&accesses, ops, &mut graph, &mut reach, hazard_policy)
+        {
+            problems.list.push((index as u64 + 1, problem));
+        }
+    }
+    if !problems.list.is_empty() {
+        return Err(problems.into_sorted());
+    }
+
+    let warnings = unwritten_waits(&planned_ops);
+    let Graph { deps, dependents } = graph;
+    for ((planned, deps), dependents) in planned_ops.iter_mut().zip(deps).zip(dependents) {
+        planned.deps = deps;
+        planned.dependents = dependents;
+    }
+    Ok(Plan {
+        name: batch.name.clone(),
+        max_parallel: batch.max_parallel,
+        fail_fast,
+        hazards: hazard_policy,
+        ops: planned_ops,
+        warnings,
+    })
+}
+
+/// Problems with a sort key: 0 for the batch, op index + 1 for an op.
+#[derive(Default)]
+struct Problems {
+    list: Vec<(u64, Problem)>,
+}
+
+impl Problems {
+    fn batch(&mut self, field: &str, message: String) {
+        self.list.push((
+            0,
+            Problem {
+                op_id: String::new(),
+                field: field.to_owned(),
+                message,
+            },
+        ));
+    }
+
+    fn op(&mut self, index: u32, op_id: &str, field: &str, message: String) {
+        self.list.push((
+            index as u64 + 1,
+            Problem {
+                op_id: op_id.to_owned(),
+                field: field.to_owned(),
+                message,
+            },
+        ));
+    }
+
+    /// In file order, each op's problems in the order they were found.
+    fn into_sorted(mut self) -> Vec<Problem> {
+        self.list.sort_by_key(|(key, _)| *key);
+        self.list.into_iter().map(|(_, problem)| problem).collect()
+    }
+}
+
+/// Maps each id to its first position, reporting bad and duplicate ids.
+fn index_ids<'a>(ops: &'a [Op], problems: &mut Problems) -> HashMap<&'a str, u32> {
+    let mut index_of: HashMap<&str, u32> = HashMap::with_capacity(ops.len());
+    for (index, op) in ops.iter().enumerate() {
+        let index = index as u32;
+        if op.id.is_empty() {
+            problems.op(index, &op.id, "id", format!("op #{} has no id", index + 1));
+            continue;
+        }
+        if op.id.len() > MAX_ID_LEN || !op.id.bytes().all(is_id_byte) {
+            problems.op(
+                index,
+                &op.id,
+                "id",
+                format!("bad id: an id is 1 to {MAX_ID_LEN} of `A-Z a-z 0-9 _ . -`"),
+            );
+        }
+        match index_of.entry(op.id.as_str()) {
+            Entry::Occupied(first) => problems.op(
+                index,
+                &op.id,
+                "id",
+                format!(
+                    "duplicate id, also op #{} (this is op #{}, counting from 1)",
+                    first.get() + 1,
+                    index + 1
+                ),
+            ),
+            Entry::Vacant(slot) => {
+                slot.insert(index);
+            }
+        }
+    }
+    index_of
+}
+
+struct OpChecker<'a> {
+    ops: &'a [Op],
+    index_of: &'a HashMap<&'a str, u32>,
+    known_kinds: &'a dyn Fn(&str) -> bool,
+    limits: &'a Limits,
+    problems: &'a mut Problems,
+    suggestion_budget: usize,
+}
+
+impl OpChecker<'_> {
+    /// Checks one op and compiles it, `deps` holding its own dependencies
+    /// only (no hazard edges) and `dependents` left empty.
+    fn check(&mut self, index: u32, op: &Op, accesses: &mut Vec<Access>) -> PlannedOp {
+        let id = op.id.as_str();
+        if op.kind.is_empty() {
+            self.problems.op(
+                index,
+                id,
+                "kind",
+                format!("no kind; built-in kinds are {}", BUILTIN_KINDS.join(", ")),
+            );
+        } else if !(self.known_kinds)(&op.kind) {
+            self.problems.op(
+                index,
+                id,
+                "kind",
+                format!(
+                    "unknown kind `{}`: no worker runs it; built-in kinds are {}",
+                    op.kind,
+                    BUILTIN_KINDS.join(", ")
+                ),
+            );
+        }
+
+        // Args with a problem of their own are not checked against the kind.
+        let (args, args_ok) = match self.parse_args_json(index, op) {
+            Some(args) => (args, true),
+            None => (Value::Object(serde_json::Map::new()), false),
+        };
+        let mut deps: Vec<u32> = Vec::new();
+        let mut wait_for: Vec<String> = Vec::new();
+        let has_templates = volley_kinds::has_templates(&args);
+
+        let builtin = if args_ok {
+            volley_kinds::parse_args(&op.kind, &args)
+        } else {
+            Ok(None)
+        };
+        match builtin {
+            Ok(Some(builtin)) => {
+                let touched = volley_kinds::touches(&builtin);
+                for (targets, write) in [(touched.reads, false), (touched.writes, true)] {
+                    for target in targets {
+                        if let Target::File(pattern) = &target
+                            && is_glob(pattern)
+                            && let Err(message) = compile_glob(pattern)
+                        {
+                            self.problems.op(index, id, "args", message);
+                            continue;
+                        }
+                        accesses.push(Access {
+                            op: index,
+                            target,
+                            write,
+                        });
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(error) => self.problems.op(index, id, &error.field, error.message),
+        }
+
+        if has_templates {
+            match volley_kinds::located_references(&args) {
+                Ok(references) => {
+                    for (path, reference) in references {
+                        match reference {
+                            Reference::Memory(key) => wait_for.push(key),
+                            Reference::OpOutput(target) | Reference::OpStatus(target) => {
+                                if let Some(dep) =
+                                    self.resolve(index, id, &path, &target, "refers to")
+                                {
+                                    deps.push(dep);
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(error) => self.problems.op(index, id, &error.path, error.message),
+            }
+        }
+
+        for after in &op.after {
+            if let Some(dep) = self.resolve(index, id, "after", after, "runs after") {
+                deps.push(dep);
+            }
+        }
+        deps.sort_unstable();
+        deps.dedup();
+
+        if !op.store_as.is_empty() {
+            if let Err(message) = check_memory_key(&op.store_as) {
+                self.problems.op(index, id, "store_as", message);
+            } else {
+                accesses.push(Access {
+                    op: index,
+                    target: Target::Memory(op.store_as.clone()),
+                    write: true,
+                });
+            }
+        }
+        for key in &op.wait_for {
+            match check_memory_key(key) {
+                Ok(()) => wait_for.push(key.clone()),
+                Err(message) => self.problems.op(index, id, "wait_for", message),
+            }
+        }
+        if wait_for.len() > 1 {
+            let mut seen = HashSet::with_capacity(wait_for.len());
+            wait_for.retain(|key| seen.insert(key.clone()));
+        }
+
+        for (declared, field, write) in [(&op.reads, "reads", false), (&op.writes, "writes", true)]
+        {
+            for path in declared {
+                if path.trim().is_empty() {
+                    self.problems.op(index, id, field, "empty path".to_owned());
+                    continue;
+                }
+                let normalized = normalize_path(path);
+                if is_glob(&normalized)
+                    && let Err(message) = compile_glob(&normalized)
+                {
+                    self.problems.op(index, id, field, message);
+                    continue;
+                }
+                accesses.push(Access {
+                    op: index,
+                    target: Target::File(normalized),
+                    write,
+                });
+            }
+        }
+
+        if op.attempts > MAX_ATTEMPTS {
+            self.problems.op(
+                index,
+                id,
+                "attempts",
+                format!(
+                    "{} attempts, more than the limit of {MAX_ATTEMPTS}",
+                    op.attempts
+                ),
+            );
+        }
+        if Priority::try_from(op.priority).is_err() {
+            self.problems.op(
+                index,
+                id,
+                "priority",
+                format!("unknown priority {}", op.priority),
+            );
+        }
+        if RunIf::try_from(op.run_if).is_err() {
+            self.problems
+                .op(index, id, "run_if", format!("unknown run_if {}", op.run_if));
+        }
+
+        PlannedOp {
+            id: OpId::new(op.id.clone()),
+            kind: op.kind.clone(),
+            args,
+            deps,
+            dependents: Vec::new(),
+            run_if_always: op.run_if == RunIf::Always as i32,
+            priority: match Priority::try_from(op.priority) {
+                Ok(Priority::Critical) => 0,
+                Ok(Priority::High) => 1,
+                Ok(Priority::Low) => 3,
+                _ => 2,
+            },
+            max_attempts: op.attempts.max(1),
+            timeout_ms: op.timeout_ms,
+            store_as: (!op.store_as.is_empty()).then(|| op.store_as.clone()),
+            wait_for,
+            requires: op
+                .requires
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+            has_templates,
+        }
+    }
+
+    /// `args_json` as a JSON object (`{}` when absent); `None` after
+    /// reporting why it is not one.
+    fn parse_args_json(&mut self, index: u32, op: &Op) -> Option<Value> {
+        let empty = || Some(Value::Object(serde_json::Map::new()));
+        if op.args_json.len() > self.limits.max_arg_bytes {
+            self.problems.op(
+                index,
+                &op.id,
+                "args",
+                format!(
+                    "{} bytes, more than the limit of {}",
+                    op.args_json.len(),
+                    self.limits.max_arg_bytes
+                ),
+            );
+            return None;
+        }
+        let text = op.args_json.trim();
+        if text.is_empty() {
+            return empty();
+        }
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Null) => empty(),
+            Ok(value @ Value::Object(_)) => Some(value),
+            Ok(_) => {
+                self.problems
+                    .op(index, &op.id, "args", "must be a JSON object".to_owned());
+                None
+            }
+            Err(error) => {
+                self.problems
+                    .op(index, &op.id, "args", format!("not valid JSON: {error}"));
+                None
+            }
+        }
+    }
+
+    /// The index of op `target`, which op `index` depends on through `field`;
+    /// `None` (and a problem) when it does not exist or is the op itself.
+    fn resolve(
+        &mut self,
+        index: u32,
+        id: &str,
+        field: &str,
+        target: &str,
+        verb: &str,
+    ) -> Option<u32> {
+        match self.index_of.get(target) {
+            Some(&dep) if dep == index || target == id => {
+                self.problems.op(index, id, field, format!("{verb} itself"));
+                None
+            }
+            Some(&dep) => Some(dep),
+            None => {
+                let hint = match self.suggest(target) {
+                    Some(close) => format!("; did you mean `{close}`?"),
+                    None => String::new(),
+                };
+                self.problems.op(
+                    index,
+                    id,
+                    field,
+                    format!("{verb} `{target}`, which is no op of this batch{hint}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// The closest id within edit distance 2 of `missing`, while the budget
+    /// of comparisons lasts.
+    fn suggest(&mut self, missing: &str) -> Option<&str> {
+        if self.suggestion_budget < self.ops.len() {
+            return None;
+        }
+        self.suggestion_budget -= self.ops.len();
+        let mut best: Option<(usize, &str)> = None;
+        for op in self.ops {
+            if op.id.len().abs_diff(missing.len()) > 2 || op.id.is_empty() {
+                continue;
+            }
+            if let Some(distance) = bounded_edit_distance(missing, &op.id, 2)
+                && best.is_none_or(|(best_distance, _)| distance < best_distance)
+            {
+                best = Some((distance, op.id.as_str()));
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+}
+
+fn check_memory_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("empty memory key".to_owned());
+    }
+    if let Some(bad) = key
+        .chars()
+        .find(|&character| !character.is_ascii() || !is_memory_key_byte(character as u8))
+    {
+        return Err(format!(
+            "bad memory key `{key}`: `{bad}` is not allowed (letters, digits and `/ . - _ :`)"
+        ));
+    }
+    Ok(())
+}
+
+/// Levenshtein distance over bytes, `None` once it must exceed `bound`.
+fn bounded_edit_distance(left: &str, right: &str, bound: usize) -> Option<usize> {
+    let (left, right) = (left.as_bytes(), right.as_bytes());
+    let mut previous: Vec<usize> = (0..=right.len()).collect();
+    let mut current = vec![0; right.len() + 1];
+    for (row, &left_byte) in left.iter().enumerate() {
+        current[0] = row + 1;
+        let mut row_minimum = current[0];
+        for (column, &right_byte) in right.iter().enumerate() {
+            let substitution = previous[column] + usize::from(left_byte != right_byte);
+            current[column + 1] = substitution
+                .min(previous[column + 1] + 1)
+                .min(current[column] + 1);
+            row_minimum = row_minimum.min(current[column + 1]);
+        }
+        if row_minimum > bound {
+            return None;
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    let distance = previous[right.len()];
+    (distance <= bound).then_some(distance)
+}
+
+/// Warnings for keys ops wait for that no op of the batch writes.
+fn unwritten_waits(planned_ops: &[PlannedOp]) -> Vec<String> {
+    if planned_ops.iter().all(|op| op.wait_for.is_empty()) {
+        return Vec::new();
+    }
+    let mut written: HashSet<&str> = HashSet::new();
+    for op in planned_ops {
+        if let Some(key) = &op.store_as {
+            written.insert(key.as_str());
+        }
+        if op.kind == "memory.put"
+            && let Some(Value::String(key)) = op.args.get("key")
+        {
+            written.insert(key.as_str());
+        }
+    }
+    let mut warnings = Vec::new();
+    let mut more = 0usize;
+    for op in planned_ops {
+        for key in &op.wait_for {
+            if written.contains(key.as_str()) {
+                continue;
+            }
+            if warnings.len() < MAX_WARNINGS {
+                warnings.push(format!(
+                    "op `{}` waits for memory key `{key}`, which no op of this batch writes; it runs only when a client writes it",
+                    op.id
+                ));
+            } else {
+                more += 1;
+            }
+        }
+    }
+    if more > 0 {
+        warnings.push(format!(
+            "… and {more} more ops wait for memory keys no op of this batch writes"
+        ));
+    }
+    warnings
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn op(id: &str, kind: &str, args: Value) -> Op {
+        Op {
+            id: id.into(),
+            kind: kind.into(),
+            args_json: args.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn after(mut op: Op, after: &[&str]) -> Op {
+        op.after = after.iter().map(|id| id.to_string()).collect();
+        op
+    }
+
+    fn batch(ops: Vec<Op>) -> Batch {
+        Batch {
+            name: "test".into(),
+            ops,
+            ..Default::default()
+        }
+    }
+
+    fn known(kind: &str) -> bool {
+        BUILTIN_KINDS.contains(&kind) || kind == "agent"
+    }
+
+    fn plan_of(batch: &Batch) -> Result<Plan, Vec<Problem>> {
+        plan(batch, &known, &Limits::default())
+    }
+
+    fn problems_of(batch: &Batch) -> Vec<Problem> {
+        match plan_of(batch) {
+            Ok(_) => panic!("expected problems"),
+            Err(problems) => problems,
+        }
+    }
+
+    /// The only problem, checked to name `op_id` and `field`.
+    fn only_problem(batch: &Batch, op_id: &str, field: &str) -> Problem {
+        let problems = problems_of(batch);
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert_eq!(problems[0].op_id, op_id, "{problems:#?}");
+        assert_eq!(problems[0].field, field, "{problems:#?}");
+        problems[0].clone()
+    }
+
+    fn noop(id: &str) -> Op {
+        op(id, "noop", json!({}))
+    }
+
+    fn write(id: &str, path: &str) -> Op {
+        op(id, "write", json!({"path": path, "content": "x"}))
+    }
+
+    fn read(id: &str, path: &str) -> Op {
+        op(id, "read", json!({"path": path}))
+    }
+
+    #[test]
+    fn no_ops() {
+        let problem = only_problem(&batch(vec![]), "", "ops");
+        assert!(problem.message.contains("no ops"));
+    }
+
+    #[test]
+    fn too_many_ops() {
+        let limits = Limits {
+            max_ops: 2,
+            ..Limits::default()
+        };
+        let problems = plan(
+            &batch(vec![noop("a"), noop("b"), noop("c")]),
+            &known,
+            &limits,
+        )
+        .unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(
+            (problems[0].op_id.as_str(), problems[0].field.as_str()),
+            ("", "ops")
+        );
+        assert!(
+            problems[0].message.contains('3') && problems[0].message.contains('2'),
+            "{}",
+            problems[0].message
+        );
+    }
+
+    #[test]
+    fn bad_id_syntax() {
+        only_problem(&batch(vec![noop("has space")]), "has space", "id");
+        only_problem(&batch(vec![noop(&"x".repeat(129))]), &"x".repeat(129), "id");
+        only_problem(&batch(vec![noop("")]), "", "id");
+    }
+
+    #[test]
+    fn duplicate_id_names_both_positions() {
+        let problem = only_problem(&batch(vec![noop("a"), noop("b"), noop("a")]), "a", "id");
+        assert!(
+            problem.message.contains("also op #1") && problem.message.contains("op #3"),
+            "{}",
+            problem.message
+        );
+    }
+
+    #[test]
+    fn empty_kind() {
+        let problem = only_problem(&batch(vec![op("a", "", json!({}))]), "a", "kind");
+        assert!(problem.message.contains("echo"), "{}", problem.message);
+    }
+
+    #[test]
+    fn unknown_kind() {
+        let problem = only_problem(&batch(vec![op("a", "shel", json!({}))]), "a", "kind");
+        assert!(
+            problem.message.contains("`shel`") && problem.message.contains("shell"),
+            "{}",
+            problem.message
+        );
+    }
+
+    #[test]
+    fn args_not_an_object() {
+        only_problem(&batch(vec![op("a", "agent", json!([1, 2]))]), "a", "args");
+        let mut broken = noop("b");
+        broken.args_json = "{not json".into();
+        only_problem(&batch(vec![broken]), "b", "args");
+    }
+
+    #[test]
+    fn args_too_large() {
+        let limits = Limits {
+            max_arg_bytes: 10,
+            ..Limits::default()
+        };
+        let problems = plan(
+            &batch(vec![op("a", "echo", json!({"text": "a long text"}))]),
+            &known,
+            &limits,
+        )
+        .unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(
+            (problems[0].op_id.as_str(), problems[0].field.as_str()),
+            ("a", "args")
+        );
+    }
+
+    #[test]
+    fn builtin_args_name_the_field() {
+        let problem = only_problem(
+            &batch(vec![op("a", "echo", json!({"txt": "hi"}))]),
+            "a",
+            "args.txt",
+        );
+        assert!(
+            problem.message.contains("unknown field"),
+            "{}",
+            problem.message
+        );
+        let problem = only_problem(&batch(vec![op("a", "echo", json!({}))]), "a", "args.text");
+        assert_eq!(problem.message, "missing field `text`");
+    }
+
+    #[test]
+    fn after_unknown_op_suggests_a_close_id() {
+        let ops = vec![noop("build"), after(noop("test"), &["biuld"])];
+        let problem = only_problem(&batch(ops), "test", "after");
+        assert!(problem.message.contains("`biuld`"), "{}", problem.message);
+        assert!(
+            problem.message.contains("did you mean `build`"),
+            "{}",
+            problem.message
+        );
+        let problem = only_problem(&batch(vec![after(noop("a"), &["zzzzzz"])]), "a", "after");
+        assert!(
+            !problem.message.contains("did you mean"),
+            "{}",
+            problem.message
+        );
+    }
+
+    #[test]
+    fn after_itself() {
+        let problem = only_problem(&batch(vec![after(noop("a"), &["a"])]), "a", "after");
+        assert!(problem.message.contains("itself"));
+    }
+
+    #[test]
+    fn malformed_template() {
+        let problem = only_problem(
+            &batch(vec![op("a", "shell", json!({"cmd": "echo ${ops.x}"}))]),
+            "a",
+            "args.cmd",
+        );
+        assert!(problem.message.contains("${ops.x}"), "{}", problem.message);
+    }
+
+    #[test]
+    fn template_refers_to_missing_op() {
+        let ops = vec![
+            noop("lint"),
+            op("a", "shell", json!({"cmd": "echo ${ops.lnt.output}"})),
+        ];
+        let problem = only_problem(&batch(ops), "a", "args.cmd");
+        assert!(
+            problem.message.contains("`lnt`") && problem.message.contains("`lint`"),
+            "{}",
+            problem.message
+        );
+    }
+
+    #[test]
+    fn cycle_lists_its_ops_in_order() {
+        let ops = vec![
+            after(noop("a"), &["c"]),
+            after(noop("b"), &["a"]),
+            after(noop("c"), &["b"]),
+            after(noop("d"), &["a"]),
+            after(noop("x"), &["y"]),
+            after(noop("y"), &["x"]),
+        ];
+        let problems = problems_of(&batch(ops));
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert_eq!(
+            (problems[0].op_id.as_str(), problems[0].field.as_str()),
+            ("a", "after")
+        );
+        assert!(
+            problems[0].message.starts_with("cycle: a -> b -> c -> a"),
+            "{}",
+            problems[0].message
+        );
+        assert_eq!(problems[1].op_id, "x");
+        assert!(
+            problems[1].message.starts_with("cycle: x -> y -> x"),
+            "{}",
+            problems[1].message
+        );
+    }
+
+    #[test]
+    fn cycle_through_a_template() {
+        let ops = vec![
+            op("a", "echo", json!({"text": "${ops.b.output}"})),
+            after(noop("b"), &["a"]),
+        ];
+        let problem = only_problem(&batch(ops), "a", "after");
+        assert!(
+            problem.message.starts_with("cycle: a -> b -> a"),
+            "{}",
+            problem.message
+        );
+    }
+
+    #[test]
+    fn bad_store_as() {
+        let mut bad = noop("a");
+        bad.store_as = "has space".into();
+        only_problem(&batch(vec![bad]), "a", "store_as");
+    }
+
+    #[test]
+    fn bad_wait_for() {
+        let mut bad = noop("a");
+        bad.wait_for = vec!["".into()];
+        only_problem(&batch(vec![bad]), "a", "wait_for");
+    }
+
+    #[test]
+    fn too_many_attempts() {
+        let mut bad = noop("a");
+        bad.attempts = 101;
+        let problem = only_problem(&batch(vec![bad]), "a", "attempts");
+        assert!(problem.message.contains("101"));
+    }
+
+    #[test]
+    fn bad_declared_glob() {
+        let mut bad = noop("a");
+        bad.reads = vec!["src/[".into()];
+        only_problem(&batch(vec![bad]), "a", "reads");
+    }
+
+    #[test]
+    fn hazard_two_writers() {
+        let problem = only_problem(
+            &batch(vec![write("w1", "out.txt"), write("w2", "./out.txt")]),
+            "w2",
+            "writes",
+        );
+        assert!(
+            problem.message.contains("`w1`") && problem.message.contains("`out.txt`"),
+            "{}",
+            problem.message
+        );
+        assert!(
+            problem.message.contains("both write it"),
+            "{}",
+            problem.message
+        );
+    }
+
+    #[test]
+    fn hazard_reader_and_writer() {
+        let problem = only_problem(
+            &batch(vec![write("w", "a/b.txt"), read("r", "a/../a/b.txt")]),
+            "r",
+            "reads",
+        );
+        assert!(
+            problem.message.contains("`w`") && problem.message.contains("`a/b.txt`"),
+            "{}",
+            problem.message
+        );
+        // The later op is the writer: the problem is on it, field `writes`.
+        only_problem(&batch(vec![read("r", "x"), write("w", "x")]), "w", "writes");
+    }
+
+    #[test]
+    fn hazard_glob_read_matches_written_path() {
+        let ops = vec![
+            write("w", "src/a.rs"),
+            op("g", "glob", json!({"pattern": "src/*.rs"})),
+        ];
+        let problem = only_problem(&batch(ops), "g", "reads");
+        assert!(
+            problem.message.contains("`src/a.rs`") && problem.message.contains("src/*.rs"),
+            "{}",
+            problem.message
+        );
+        let ops = vec![
+            write("w", "docs/a.md"),
+            op("g", "glob", json!({"pattern": "src/*.rs"})),
+        ];
+        assert!(plan_of(&batch(ops)).is_ok());
+    }
+
+    #[test]
+    fn hazard_declared_writes() {
+        let mut build = op("build", "shell", json!({"cmd": "make"}));
+        build.writes = vec!["target/out".into()];
+        let mut ship = op("ship", "shell", json!({"cmd": "cp target/out /"}));
+        ship.reads = vec!["target/*".into()];
+        only_problem(&batch(vec![build, ship]), "ship", "reads");
+    }
+
+    #[test]
+    fn hazard_memory_writers_race_but_waiters_do_not() {
+        let mut first = noop("first");
+        first.store_as = "k".into();
+        let second = op("second", "memory.put", json!({"key": "k", "value": "v"}));
+        let problem = only_problem(&batch(vec![first.clone(), second]), "second", "writes");
+        assert!(
+            problem.message.contains("memory key `k`") && problem.message.contains("`first`"),
+            "{}",
+            problem.message
+        );
+        let mut waiter = noop("waiter");
+        waiter.wait_for = vec!["k".into()];
+        let templated = op("templated", "echo", json!({"text": "${memory.k}"}));
+        assert!(plan_of(&batch(vec![first, waiter, templated])).is_ok());
+    }
+
+    #[test]
+    fn ordered_ops_do_not_race() {
+        let ops = vec![
+            write("w", "x"),
+            noop("mid"),
+            after(read("r", "x"), &["mid"]),
+            after(noop("end"), &["r"]),
+        ];
+        let ops = {
+            let mut ops = ops;
+            ops[1].after = vec!["w".into()];
+            ops
+        };
+        assert!(plan_of(&batch(ops)).is_ok());
+    }
+
+    #[test]
+    fn hazards_order_adds_edges_in_file_order() {
+        let mut order = batch(vec![
+            write("w1", "x"),
+            read("r1", "x"),
+            read("r2", "x"),
+            write("w2", "x"),
+        ]);
+        order.hazards = Hazards::Order as i32;
+        let plan = plan_of(&order).unwrap();
+        assert_eq!(plan.hazards, HazardPolicy::Order);
+        let deps: Vec<&[u32]> = plan.ops.iter().map(|op| op.deps.as_slice()).collect();
+        // Readers stay parallel between the two writers.
+        assert_eq!(deps, vec![&[][..], &[0], &[0], &[1, 2]]);
+        assert_eq!(plan.ops[0].dependents, vec![1, 2]);
+    }
+
+    #[test]
+    fn hazards_allow_adds_nothing() {
+        let mut allow = batch(vec![write("w1", "x"), write("w2", "x")]);
+        allow.hazards = Hazards::Allow as i32;
+        let plan = plan_of(&allow).unwrap();
+        assert!(plan.ops.iter().all(|op| op.deps.is_empty()));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut many_attempts = noop("c");
+        many_attempts.attempts = 1000;
+        let ops = vec![
+            op("a", "nope", json!({})),
+            after(noop("b"), &["missing"]),
+            many_attempts,
+            noop("a"),
+            op("e", "echo", json!({})),
+            write("w1", "f"),
+            write("w2", "f"),
+        ];
+        let problems = problems_of(&batch(ops));
+        let named: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|problem| (problem.op_id.as_str(), problem.field.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            vec![
+                ("a", "kind"),
+                ("b", "after"),
+                ("c", "attempts"),
+                ("a", "id"),
+                ("e", "args.text"),
+                ("w2", "writes"),
+            ]
+        );
+    }
+
+    #[test]
+    fn compiles_a_good_batch() {
+        let mut lint = op("lint", "shell", json!({"cmd": "cargo clippy"}));
+        lint.priority = Priority::High as i32;
+        lint.attempts = 3;
+        lint.timeout_ms = 600_000;
+        lint.store_as = "swarm/lint".into();
+        lint.requires = [("gpu".to_owned(), "true".to_owned())].into();
+        let mut report = op(
+            "report",
+            "write",
+            json!({"path": "r.md", "content": "${ops.lint.status} ${ops.lint.output} ${memory.swarm/lint} ${memory.other}"}),
+        );
+        report.after = vec!["lint".into(), "lint".into()];
+        report.run_if = RunIf::Always as i32;
+        report.wait_for = vec!["swarm/lint".into()];
+        let mut empty_args = noop("empty");
+        empty_args.args_json = String::new();
+        let mut fail_fast = batch(vec![lint, report, empty_args]);
+        fail_fast.on_failure = OnFailure::FailFast as i32;
+        fail_fast.max_parallel = 4;
+
+        let plan = plan_of(&fail_fast).unwrap();
+        assert!(plan.fail_fast);
+        assert_eq!(plan.max_parallel, 4);
+        assert_eq!(plan.hazards, HazardPolicy::Reject);
+        let [lint, report, empty] = &plan.ops[..] else {
+            panic!("three ops")
+        };
+        assert_eq!(lint.priority, 1);
+        assert_eq!(lint.max_attempts, 3);
+        assert_eq!(lint.timeout_ms, 600_000);
+        assert_eq!(lint.store_as.as_deref(), Some("swarm/lint"));
+        assert_eq!(lint.requires.get("gpu").map(String::as_str), Some("true"));
+        assert_eq!(lint.dependents, vec![1]);
+        assert!(!lint.has_templates && !lint.run_if_always);
+        assert_eq!(report.deps, vec![0]);
+        assert!(report.has_templates && report.run_if_always);
+        assert_eq!(
+            report.wait_for,
+            vec!["swarm/lint".to_owned(), "other".to_owned()]
+        );
+        assert_eq!(report.priority, 2);
+        assert_eq!(report.max_attempts, 1);
+        assert_eq!(empty.args, json!({}));
+        assert_eq!(empty.id.as_str(), "empty");
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+        assert!(
+            plan.warnings[0].contains("`report`") && plan.warnings[0].contains("`other`"),
+            "{:?}",
+            plan.warnings
+        );
+    }
+
+    #[test]
+    fn edit_distance_is_bounded() {
+        assert_eq!(bounded_edit_distance("build", "biuld", 2), Some(2));
+        assert_eq!(bounded_edit_distance("build", "build", 2), Some(0));
+        assert_eq!(bounded_edit_distance("build", "bild", 2), Some(1));
+        assert_eq!(bounded_edit_distance("build", "xxxxx", 2), None);
+    }
+
+    #[test]
+    fn a_long_chain_plans() {
+        let op_count = 100_000;
+        let ops: Vec<Op> = (0..op_count)
+            .map(|index| {
+                if index == 0 {
+                    noop("op0")
+                } else {
+                    after(noop(&format!("op{index}")), &[&format!("op{}", index - 1)])
+                }
+            })
+            .collect();
+        let plan = plan_of(&batch(ops)).unwrap();
+        let (path, _) = plan.critical_path(&vec![1; op_count]);
+        assert_eq!(path.len(), op_count);
+    }
+
+    /// `cargo test -p volley-plan --release -- --ignored --nocapture`
+    #[test]
+    #[ignore = "timing; run in release"]
+    fn a_million_noops_plan_fast() {
+        let ops: Vec<Op> = (0..1_000_000)
+            .map(|index| noop(&format!("op{index}")))
+            .collect();
+        let batch = batch(ops);
+        let started = std::time::Instant::now();
+        let plan = plan_of(&batch).unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(plan.ops.len(), 1_000_000);
+        eprintln!("planned 1,000,000 noops in {elapsed:?}");
+        assert!(elapsed < std::time::Duration::from_secs(2), "{elapsed:?}");
+    }
+}

@@ -1,0 +1,183 @@
+-- common.lua: helpers shared by every Volley script. The Rust side prepends
+-- this file to each script (concat! of include_str!), so it is never run on
+-- its own.
+--
+-- Conventions of every script:
+--   KEYS[1]  the batch's key prefix `volley:{b:<batch>}:`. Every batch key is
+--            KEYS[1] .. <suffix> (suffixes spelled as in src/keys.rs). This
+--            is cluster-safe: all of them carry the batch's hash tag
+--            `{b:<batch>}`, so they live in KEYS[1]'s slot.
+--   ARGV[1]  doorbell channel (`volley:doorbell`)
+--   ARGV[2]  batch id (the doorbell payload)
+--   ARGV[3]  now, unix ms (written as given: no float arithmetic on times)
+-- Scripts never touch global keys (`volley:active`, `volley:batches`): the
+-- Rust side updates those with separate idempotent commands.
+
+local P = KEYS[1]
+local K_META = P .. 'meta'
+local K_STATE = P .. 'state'
+local K_ATTEMPTS = P .. 'attempts'
+local K_PENDING = P .. 'pending'
+local K_INFO = P .. 'info'
+local K_RESULT = P .. 'result'
+local K_EVENTS = P .. 'events'
+local CHANNEL = ARGV[1]
+local BATCH = ARGV[2]
+local NOW = ARGV[3]
+local PRIORITY_LEVELS = 4
+
+local function k_ready(priority) return P .. 'ready:' .. priority end
+local function k_waiters(key) return P .. 'waiters:' .. key end
+local function k_mem(key) return P .. 'mem:' .. key end
+
+local function ring()
+  redis.call('PUBLISH', CHANNEL, BATCH)
+end
+
+-- Appends an event with the next gapless seq as stream id `0-<seq>`.
+local function event(kind, idx, attempt, worker, message, batch_state)
+  local seq = redis.call('HINCRBY', K_META, 'seq', 1)
+  redis.call('XADD', K_EVENTS, '0-' .. seq,
+    't', NOW, 'k', kind, 'i', idx or '', 'a', attempt or 0,
+    'w', worker or '', 'm', message or '', 'b', batch_state or '')
+end
+
+-- info = "priority|run_if_always|max_attempts|d1,d2,..."
+local function op_info(idx)
+  local raw = redis.call('HGET', K_INFO, idx)
+  if not raw then return nil end
+  local priority, always, max_attempts, dependents =
+    string.match(raw, '^(%d+)|(%d)|(%d+)|(.*)$')
+  return tonumber(priority), always == '1', tonumber(max_attempts), dependents
+end
+
+local function attempts_of(idx)
+  return tonumber(redis.call('HGET', K_ATTEMPTS, idx) or '0')
+end
+
+local function push_ready(idx, priority)
+  redis.call('HSET', K_STATE, idx, 'R')
+  redis.call('RPUSH', k_ready(priority), idx)
+end
+
+-- One input of a Waiting op arrived: count down, ready at zero. Returns 1
+-- when the op became ready.
+local function count_down(idx)
+  if redis.call('HGET', K_STATE, idx) ~= 'W' then return 0 end
+  local left = redis.call('HINCRBY', K_PENDING, idx, -1)
+  if left > 0 then return 0 end
+  redis.call('HDEL', K_PENDING, idx)
+  local priority = op_info(idx)
+  push_ready(idx, priority or (PRIORITY_LEVELS - 1))
+  return 1
+end
+
+-- A memory key was written: unblock its waiters, in index order.
+local function key_written(key)
+  local waiters_key = k_waiters(key)
+  local members = redis.call('SMEMBERS', waiters_key)
+  if #members == 0 then return 0 end
+  redis.call('DEL', waiters_key)
+  local indices = {}
+  for position, member in ipairs(members) do indices[position] = tonumber(member) end
+  table.sort(indices)
+  local became_ready = 0
+  for _, idx in ipairs(indices) do became_ready = became_ready + count_down(idx) end
+  return became_ready
+end
+
+local COUNTER = { S = 'succeeded', F = 'failed', K = 'skipped', C = 'cancelled' }
+local ENDED_WORD = { F = 'failed', C = 'cancelled', K = 'skipped' }
+local FINAL = { S = true, F = true, K = true, C = true }
+
+local function end_op(idx, code, result_json)
+  redis.call('HSET', K_STATE, idx, code)
+  redis.call('HDEL', K_PENDING, idx)
+  redis.call('HINCRBY', K_META, COUNTER[code], 1)
+  redis.call('HSET', K_RESULT, idx, result_json)
+end
+
+-- `idx` just ended with `code`: count down or skip its dependents,
+-- transitively (a worklist, not recursion). Returns how many became ready.
+local function propagate(idx, code)
+  local became_ready = 0
+  local queue_idx, queue_code, head = { idx }, { code }, 1
+  while head <= #queue_idx do
+    local ended, ended_code = queue_idx[head], queue_code[head]
+    head = head + 1
+    local _, _, _, dependents = op_info(ended)
+    for dependent in string.gmatch(dependents or '', '%d+') do
+      local _, always = op_info(dependent)
+      if ended_code == 'S' or always then
+        became_ready = became_ready + count_down(dependent)
+      else
+        local state = redis.call('HGET', K_STATE, dependent)
+        if state and not FINAL[state] then
+          local reason = 'dependency `' .. ended .. '` ' .. (ENDED_WORD[ended_code] or 'skipped')
+          local attempt = attempts_of(dependent)
+          end_op(dependent, 'K', cjson.encode({ e = reason }))
+          event('skipped', dependent, attempt, '', reason, nil)
+          queue_idx[#queue_idx + 1] = dependent
+          queue_code[#queue_code + 1] = 'K'
+        end
+      end
+    end
+  end
+  return became_ready
+end
+
+-- Cancels every op whose state is in `states` (a set of codes), in index
+-- order, and empties the ready queues. Scans the state hash once (only
+-- cancel and fail_fast do this). Returns a flat list idx, attempt, was_running.
+local function cancel_where(states, reason)
+  local all = redis.call('HGETALL', K_STATE)
+  local selected = {}
+  for position = 1, #all, 2 do
+    if states[all[position + 1]] then
+      selected[#selected + 1] = tonumber(all[position])
+    end
+  end
+  table.sort(selected)
+  local out = {}
+  local result_json = cjson.encode({ e = reason })
+  for _, idx in ipairs(selected) do
+    local was_running = redis.call('HGET', K_STATE, idx) == 'U'
+    if was_running then redis.call('HINCRBY', K_META, 'running', -1) end
+    local attempt = attempts_of(idx)
+    end_op(idx, 'C', result_json)
+    event('cancelled', idx, attempt, '', reason, nil)
+    out[#out + 1] = idx
+    out[#out + 1] = attempt
+    out[#out + 1] = was_running and 1 or 0
+  end
+  for priority = 0, PRIORITY_LEVELS - 1 do redis.call('DEL', k_ready(priority)) end
+  return out
+end
+
+-- Finishes the batch when every op has ended. Returns the batch state code,
+-- or '' when it is not finished (or was already).
+local function finish_if_done()
+  local m = redis.call('HMGET', K_META, 'state', 'total', 'succeeded', 'failed',
+    'skipped', 'cancelled', 'cancel_requested')
+  if m[1] ~= 'running' then return '' end
+  local total = tonumber(m[2] or '0')
+  local succeeded, failed = tonumber(m[3] or '0'), tonumber(m[4] or '0')
+  local skipped, cancelled = tonumber(m[5] or '0'), tonumber(m[6] or '0')
+  if succeeded + failed + skipped + cancelled < total then return '' end
+  local state
+  if m[7] == '1' then
+    state = 'cancelled'
+  elseif succeeded == total then
+    state = 'succeeded'
+  else
+    state = 'failed'
+    redis.call('HSET', K_META, 'error', string.format('%d failed, %d skipped, %d cancelled',
+      failed, skipped, cancelled))
+  end
+  redis.call('HSET', K_META, 'state', state, 'finished_ms', NOW)
+  event('finished', nil, 0, '', redis.call('HGET', K_META, 'error') or '', state)
+  for priority = 0, PRIORITY_LEVELS - 1 do redis.call('DEL', k_ready(priority)) end
+  return state
+end
+
+-- ---- end of common.lua; the verb's script follows ----

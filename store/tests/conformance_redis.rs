@@ -1,0 +1,110 @@
+//! The conformance suite against the Redis store, each test on its own
+//! `redis-server` (never a shared database), plus Redis-only behaviour:
+//! doorbell resync and epoch loss across a restart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use volley_proto::BatchId;
+use volley_store::{Doorbell, RedisStore, Store};
+use volley_testkit::RedisServer;
+
+async fn make_store() -> (Arc<dyn Store>, RedisServer) {
+    let server = RedisServer::start().expect("start redis-server");
+    let store = RedisStore::connect(&server.url()).await.expect("connect");
+    (Arc::new(store), server)
+}
+
+volley_store::conformance_tests!(make_store());
+
+/// Only a guard against hanging; never asserted on.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_sends_resync_and_changes_the_epoch() {
+    let mut server = RedisServer::start().expect("start redis-server");
+    let store = RedisStore::connect(&server.url()).await.expect("connect");
+    let epoch = store.epoch().await.expect("epoch");
+    let mut receiver = store.doorbells();
+    server.restart().expect("restart");
+    let bell = tokio::time::timeout(DEADLINE, receiver.recv())
+        .await
+        .expect("a bell before the deadline")
+        .expect("channel open");
+    assert_eq!(bell, Doorbell::Resync);
+    // The store reconnects by itself; the restarted Redis is empty.
+    let new_epoch = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match store.epoch().await {
+                Ok(epoch) => return epoch,
+                Err(error) => {
+                    assert!(error.is_retryable(), "{error}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    })
+    .await
+    .expect("reconnected before the deadline");
+    assert_ne!(new_epoch, epoch);
+    // And bells flow again after the resubscription.
+    let batch_id = BatchId::new("after-restart");
+    store
+        .put_memory(&batch_id, "k", b"v", 1)
+        .await
+        .expect("put");
+    let bell = tokio::time::timeout(DEADLINE, receiver.recv())
+        .await
+        .expect("a bell before the deadline")
+        .expect("channel open");
+    assert_eq!(bell, Doorbell::Batch(batch_id));
+    store.shutdown().await;
+}
+
+/// A million-op batch is written in bounded pipelined steps (no giant
+/// command). Slow in debug builds, so opt-in:
+/// `cargo test -p volley-store --test conformance_redis -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn million_op_batch_is_writable() {
+    use volley_store::{NewBatch, NewOp, OnFailure};
+    let server = RedisServer::start().expect("start redis-server");
+    let store = RedisStore::connect(&server.url()).await.expect("connect");
+    let batch_id = BatchId::new("million");
+    let ops = (0..1_000_000u32)
+        .map(|index| NewOp {
+            priority: 2,
+            max_attempts: 1,
+            deps: u32::from(index % 2 == 1),
+            dependents: if index % 2 == 0 {
+                vec![index + 1]
+            } else {
+                vec![]
+            },
+            wait_for: if index % 10 == 0 {
+                vec![format!("k{}", index % 100)]
+            } else {
+                vec![]
+            },
+            ..NewOp::default()
+        })
+        .collect();
+    store
+        .create_batch(NewBatch {
+            id: batch_id.clone(),
+            name: "million".to_owned(),
+            max_parallel: 0,
+            on_failure: OnFailure::Continue,
+            created_ms: 1,
+            spec: vec![0; 1024],
+            ops,
+        })
+        .await
+        .expect("create");
+    let meta = store.meta(&batch_id).await.expect("meta").expect("exists");
+    assert_eq!(meta.total, 1_000_000);
+    let claimed = store.claim(&batch_id, 1_000, 2).await.expect("claim");
+    assert_eq!(claimed.len(), 1_000);
+    assert_eq!(claimed[0].index, 2);
+    store.shutdown().await;
+}

@@ -1,0 +1,328 @@
+//! Runs one assignment into one result: args, handler lookup, timeout, cancel, panics.
+
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+use volley_proto::v1::{Assignment, OpResult};
+
+use crate::handler::{HandlerError, OpContext, OpOutput};
+use crate::memory::MemoryStore;
+use crate::registry::Registry;
+
+/// Runs assignments with a registry's handlers. Shared by every op of a worker
+/// (and usable without a coordinator, with [`LocalMemory`](crate::LocalMemory)).
+#[derive(Clone)]
+pub struct Executor {
+    registry: Registry,
+    memory: Arc<dyn MemoryStore>,
+    root: Option<PathBuf>,
+    allow_shell: bool,
+}
+
+impl Executor {
+    /// `root` and `allow_shell` are what handlers see in their [`OpContext`];
+    /// pass the same values as the registry's [`BuiltinConfig`](crate::BuiltinConfig).
+    pub fn new(
+        registry: Registry,
+        memory: Arc<dyn MemoryStore>,
+        root: Option<PathBuf>,
+        allow_shell: bool,
+    ) -> Self {
+        Self {
+            registry,
+            memory,
+            root,
+            allow_shell,
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Runs `assignment` to its result. Never fails: every problem becomes a
+    /// failed [`OpResult`]. `cancel` aborts the op (its handler's future is
+    /// dropped, so a shell's process group is killed); so does `timeout_ms`.
+    #[tracing::instrument(skip_all, fields(batch, op, kind, attempt, traceparent))]
+    pub async fn run(&self, assignment: Assignment, cancel: CancellationToken) -> OpResult {
+        let span = tracing::Span::current();
+        span.record("batch", assignment.batch_id.as_str());
+        span.record("op", assignment.op_id.as_str());
+        span.record("kind", assignment.kind.as_str());
+        span.record("attempt", assignment.attempt);
+        // Until an OpenTelemetry layer joins the trace, at least log which trace the op belongs to.
+        if let Some(traceparent) = assignment.trace_context.get("traceparent") {
+            span.record("traceparent", traceparent.as_str());
+        }
+
+        let started_at_ms = unix_millis();
+        let started = Instant::now();
+        let outcome = self.outcome(&assignment, cancel).await;
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match &outcome {
+            Ok(_) => tracing::debug!(duration_ms, "op succeeded"),
+            Err(error) => tracing::info!(duration_ms, error = error.message(), "op failed"),
+        }
+        to_result(&assignment, outcome, started_at_ms, duration_ms)
+    }
+
+    async fn outcome(
+        &self,
+        assignment: &Assignment,
+        cancel: CancellationToken,
+    ) -> Result<OpOutput, HandlerError> {
+        let Some(handler) = self.registry.get(&assignment.kind) else {
+            return Err(HandlerError::permanent(format!(
+                "kind {} is not registered on this worker (op {})",
+                assignment.kind, assignment.op_id
+            )));
+        };
+        let args = if assignment.args_json.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&assignment.args_json).map_err(|error| {
+                HandlerError::permanent(format!(
+                    "op {}: args_json is not valid JSON: {error}",
+                    assignment.op_id
+                ))
+            })?
+        };
+        // A child token: firing it on timeout must not cancel anything else.
+        let op_cancel = cancel.child_token();
+        let ctx = OpContext::builder(assignment.kind.clone())
+            .batch(assignment.batch_id.clone())
+            .op(
+                assignment.op_id.clone(),
+                assignment.op_index,
+                assignment.attempt,
+            )
+            .cancel(op_cancel.clone())
+            .root(self.root.clone())
+            .allow_shell(self.allow_shell)
+            .memory(Arc::clone(&self.memory))
+            .build();
+        let run = AssertUnwindSafe(handler.run(&ctx, args)).catch_unwind();
+        let timeout =
+            (assignment.timeout_ms > 0).then(|| Duration::from_millis(assignment.timeout_ms));
+        let timer = async {
+            match timeout {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            outcome = run => outcome.unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                Err(HandlerError::retry(format!("handler of kind {} panicked: {message}", assignment.kind)))
+            }),
+            () = timer => {
+                op_cancel.cancel();
+                Err(HandlerError::retry(format!("timed out after {}", format_duration(assignment.timeout_ms))))
+            }
+            () = op_cancel.cancelled() => Err(HandlerError::retry("cancelled")),
+        }
+    }
+}
+
+fn to_result(
+    assignment: &Assignment,
+    outcome: Result<OpOutput, HandlerError>,
+    started_at_ms: u64,
+    duration_ms: u64,
+) -> OpResult {
+    let mut result = OpResult {
+        batch_id: assignment.batch_id.clone(),
+        op_index: assignment.op_index,
+        attempt: assignment.attempt,
+        started_at_ms,
+        duration_ms,
+        ..OpResult::default()
+    };
+    match outcome {
+        Ok(output) => {
+            result.ok = true;
+            result.output = output.output;
+            result.details_json = output
+                .details
+                .map(|details| details.to_string())
+                .unwrap_or_default();
+        }
+        Err(error) => {
+            result.ok = false;
+            result.error = error.message().to_owned();
+            result.details_json = failure_details(&error).to_string();
+        }
+    }
+    result
+}
+
+/// A failure's details: the handler's own (an object's fields, or under
+/// `details`), plus `retryable` and `retry_after_ms` so the coordinator can
+/// honour what the handler asked for.
+fn failure_details(error: &HandlerError) -> serde_json::Value {
+    let mut fields = match error.details() {
+        Some(serde_json::Value::Object(object)) => object.clone(),
+        Some(other) => {
+            let mut object = serde_json::Map::new();
+            object.insert("details".to_owned(), other.clone());
+            object
+        }
+        None => serde_json::Map::new(),
+    };
+    fields.insert("retryable".to_owned(), error.is_retryable().into());
+    if let Some(after) = error.retry_after_delay() {
+        let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        fields.insert("retry_after_ms".to_owned(), after_ms.into());
+    }
+    serde_json::Value::Object(fields)
+}
+
+fn format_duration(milliseconds: u64) -> String {
+    if milliseconds >= 1000 && milliseconds.is_multiple_of(1000) {
+        format!("{}s", milliseconds / 1000)
+    } else {
+        format!("{milliseconds}ms")
+    }
+}
+
+pub(crate) fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use crate::handler::handler_fn;
+    use crate::memory::LocalMemory;
+    use crate::registry::BuiltinConfig;
+
+    fn executor() -> Executor {
+        let mut registry = Registry::with_builtins(&BuiltinConfig::default());
+        registry.register(
+            "fail_later",
+            handler_fn(|_ctx, _args| async move {
+                Err(HandlerError::retry_after("busy", Duration::from_secs(2))
+                    .with_details(serde_json::json!({"n": 1})))
+            }),
+        );
+        registry.register(
+            "explode",
+            handler_fn(|_ctx, _args| async move { panic!("kaboom") }),
+        );
+        Executor::new(registry, Arc::new(LocalMemory::default()), None, false)
+    }
+
+    fn assignment(kind: &str, args_json: &str, timeout_ms: u64) -> Assignment {
+        Assignment {
+            batch_id: "b1".into(),
+            op_index: 7,
+            op_id: "op7".into(),
+            kind: kind.into(),
+            args_json: args_json.into(),
+            attempt: 2,
+            timeout_ms,
+            ..Assignment::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn success_carries_output_and_identity() {
+        let result = executor()
+            .run(
+                assignment("echo", r#"{"text":"hi"}"#, 0),
+                CancellationToken::new(),
+            )
+            .await;
+        assert!(result.ok, "{result:?}");
+        assert_eq!(result.output, "hi");
+        assert_eq!(
+            (result.batch_id.as_str(), result.op_index, result.attempt),
+            ("b1", 7, 2)
+        );
+        assert!(result.started_at_ms > 0);
+    }
+
+    #[tokio::test]
+    async fn unknown_kind_and_bad_json_are_permanent_failures() {
+        let result = executor()
+            .run(assignment("nope", "{}", 0), CancellationToken::new())
+            .await;
+        assert!(!result.ok);
+        assert!(
+            result.error.contains("kind nope is not registered"),
+            "{}",
+            result.error
+        );
+        let details: serde_json::Value = serde_json::from_str(&result.details_json).unwrap();
+        assert_eq!(details["retryable"], false);
+
+        let result = executor()
+            .run(assignment("echo", "{not json", 0), CancellationToken::new())
+            .await;
+        assert!(
+            result.error.contains("args_json is not valid JSON"),
+            "{}",
+            result.error
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_request_travels_in_details() {
+        let result = executor()
+            .run(assignment("fail_later", "{}", 0), CancellationToken::new())
+            .await;
+        assert_eq!(result.error, "busy");
+        let details: serde_json::Value = serde_json::from_str(&result.details_json).unwrap();
+        assert_eq!(
+            details,
+            serde_json::json!({"n": 1, "retryable": true, "retry_after_ms": 2000})
+        );
+    }
+
+    #[tokio::test]
+    async fn timeout_fails_the_op() {
+        let result = executor()
+            .run(
+                assignment("sleep", r#"{"ms":3600000}"#, 20),
+                CancellationToken::new(),
+            )
+            .await;
+        assert!(!result.ok);
+        assert_eq!(result.error, "timed out after 20ms");
+    }
+
+    #[tokio::test]
+    async fn cancel_fails_the_op() {
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let result = executor()
+            .run(assignment("sleep", r#"{"ms":3600000}"#, 0), cancel)
+            .await;
+        assert_eq!(result.error, "cancelled");
+    }
+
+    #[tokio::test]
+    async fn panic_becomes_a_failure() {
+        let result = executor()
+            .run(assignment("explode", "{}", 0), CancellationToken::new())
+            .await;
+        assert!(!result.ok);
+        assert!(
+            result.error.contains("panicked: kaboom"),
+            "{}",
+            result.error
+        );
+    }
+}

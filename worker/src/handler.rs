@@ -1,0 +1,343 @@
+//! The `Handler` trait users implement for their own op kinds, and what a handler sees and returns.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+use volley_proto::{BatchId, OpId};
+
+use crate::memory::{MemoryError, MemoryStore};
+
+/// Runs the ops of one kind. One instance serves every op of its kind, concurrently.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Runs one op. `args` is the op's JSON args with templates already filled in.
+    async fn run(&self, ctx: &OpContext, args: serde_json::Value)
+    -> Result<OpOutput, HandlerError>;
+}
+
+/// What a successful op produced: its text output and optional structured details.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OpOutput {
+    pub output: String,
+    pub details: Option<serde_json::Value>,
+}
+
+impl OpOutput {
+    /// An output with text and no details.
+    pub fn text(output: impl Into<String>) -> Self {
+        Self {
+            output: output.into(),
+            details: None,
+        }
+    }
+
+    /// An empty output (`noop`, `sleep`).
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Adds structured details (sent as the op's `details_json`).
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+}
+
+/// Why an op failed, and what the handler wants done about it: give up
+/// (`Permanent`) or try again, optionally not before `after`.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum HandlerError {
+    /// Retrying cannot help (bad args, a path outside the root, a disabled kind).
+    #[error("{message}")]
+    Permanent {
+        message: String,
+        details: Option<serde_json::Value>,
+    },
+    /// Another attempt may succeed (a failed command, a timeout, an unreachable service).
+    #[error("{message}")]
+    Retry {
+        message: String,
+        after: Option<Duration>,
+        details: Option<serde_json::Value>,
+    },
+}
+
+impl HandlerError {
+    /// A failure that retrying cannot fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::Permanent {
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// A failure another attempt may fix, as soon as the coordinator likes.
+    pub fn retry(message: impl Into<String>) -> Self {
+        Self::Retry {
+            message: message.into(),
+            after: None,
+            details: None,
+        }
+    }
+
+    /// A failure another attempt may fix, not before `after`.
+    pub fn retry_after(message: impl Into<String>, after: Duration) -> Self {
+        Self::Retry {
+            message: message.into(),
+            after: Some(after),
+            details: None,
+        }
+    }
+
+    /// Attaches structured details (sent as the op's `details_json`).
+    pub fn with_details(mut self, new_details: serde_json::Value) -> Self {
+        match &mut self {
+            Self::Permanent { details, .. } | Self::Retry { details, .. } => {
+                *details = Some(new_details)
+            }
+        }
+        self
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Permanent { message, .. } | Self::Retry { message, .. } => message,
+        }
+    }
+
+    pub fn details(&self) -> Option<&serde_json::Value> {
+        match self {
+            Self::Permanent { details, .. } | Self::Retry { details, .. } => details.as_ref(),
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retry { .. })
+    }
+
+    /// The delay a `Retry` asks for, if any.
+    pub fn retry_after_delay(&self) -> Option<Duration> {
+        match self {
+            Self::Retry { after, .. } => *after,
+            Self::Permanent { .. } => None,
+        }
+    }
+}
+
+impl From<MemoryError> for HandlerError {
+    fn from(error: MemoryError) -> Self {
+        // Classified by variant: a coordinator that cannot be reached now may be reachable later.
+        if error.is_retryable() {
+            Self::retry(error.to_string())
+        } else {
+            Self::permanent(error.to_string())
+        }
+    }
+}
+
+/// Everything a handler knows about the op it runs. Cheap to clone.
+#[derive(Clone)]
+pub struct OpContext {
+    inner: Arc<OpContextInner>,
+}
+
+struct OpContextInner {
+    batch_id: BatchId,
+    op_id: OpId,
+    op_index: u32,
+    attempt: u32,
+    kind: String,
+    cancel: CancellationToken,
+    root: Option<PathBuf>,
+    allow_shell: bool,
+    memory: Arc<dyn MemoryStore>,
+}
+
+impl std::fmt::Debug for OpContext {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("OpContext")
+            .field("batch_id", &self.inner.batch_id)
+            .field("op_id", &self.inner.op_id)
+            .field("op_index", &self.inner.op_index)
+            .field("attempt", &self.inner.attempt)
+            .field("kind", &self.inner.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`OpContext`]; the runtime does this for every assignment, tests
+/// and embedded runners do it by hand.
+pub struct OpContextBuilder {
+    inner: OpContextInner,
+}
+
+impl OpContextBuilder {
+    pub fn op(mut self, op_id: impl Into<OpId>, op_index: u32, attempt: u32) -> Self {
+        self.inner.op_id = op_id.into();
+        self.inner.op_index = op_index;
+        self.inner.attempt = attempt;
+        self
+    }
+
+    pub fn batch(mut self, batch_id: impl Into<BatchId>) -> Self {
+        self.inner.batch_id = batch_id.into();
+        self
+    }
+
+    pub fn cancel(mut self, cancel: CancellationToken) -> Self {
+        self.inner.cancel = cancel;
+        self
+    }
+
+    pub fn root(mut self, root: Option<PathBuf>) -> Self {
+        self.inner.root = root;
+        self
+    }
+
+    pub fn allow_shell(mut self, allow_shell: bool) -> Self {
+        self.inner.allow_shell = allow_shell;
+        self
+    }
+
+    pub fn memory(mut self, memory: Arc<dyn MemoryStore>) -> Self {
+        self.inner.memory = memory;
+        self
+    }
+
+    pub fn build(self) -> OpContext {
+        OpContext {
+            inner: Arc::new(self.inner),
+        }
+    }
+}
+
+impl OpContext {
+    /// A context for an op of `kind`, with a fresh cancel token, no root, shell
+    /// off and an in-process [`LocalMemory`](crate::LocalMemory); adjust with the builder.
+    pub fn builder(kind: impl Into<String>) -> OpContextBuilder {
+        OpContextBuilder {
+            inner: OpContextInner {
+                batch_id: BatchId::new("local"),
+                op_id: OpId::new("op"),
+                op_index: 0,
+                attempt: 1,
+                kind: kind.into(),
+                cancel: CancellationToken::new(),
+                root: None,
+                allow_shell: false,
+                memory: Arc::new(crate::memory::LocalMemory::default()),
+            },
+        }
+    }
+
+    pub fn batch_id(&self) -> &BatchId {
+        &self.inner.batch_id
+    }
+
+    pub fn op_id(&self) -> &OpId {
+        &self.inner.op_id
+    }
+
+    pub fn op_index(&self) -> u32 {
+        self.inner.op_index
+    }
+
+    /// 1 for the first try.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    pub fn kind(&self) -> &str {
+        &self.inner.kind
+    }
+
+    /// Fires when the op is cancelled or times out. The runtime also drops the
+    /// handler's future then; the token lets a handler clean up cooperatively.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.inner.cancel
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+
+    /// The worker's `--root`, if it has one.
+    pub fn root(&self) -> Option<&Path> {
+        self.inner.root.as_deref()
+    }
+
+    /// Whether the worker runs host programs (`--allow-shell`).
+    pub fn allow_shell(&self) -> bool {
+        self.inner.allow_shell
+    }
+
+    /// The memory of this op's batch.
+    pub fn memory(&self) -> MemoryHandle {
+        MemoryHandle {
+            store: Arc::clone(&self.inner.memory),
+            batch_id: self.inner.batch_id.clone(),
+        }
+    }
+}
+
+/// The memory of one batch, as seen from one of its ops.
+#[derive(Clone)]
+pub struct MemoryHandle {
+    store: Arc<dyn MemoryStore>,
+    batch_id: BatchId,
+}
+
+impl MemoryHandle {
+    /// The key's value, `None` if it is not set.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, MemoryError> {
+        self.store.get(&self.batch_id, key).await
+    }
+
+    /// The key's value as text (invalid UTF-8 replaced), `None` if it is not set.
+    pub async fn get_string(&self, key: &str) -> Result<Option<String>, MemoryError> {
+        Ok(self
+            .get(key)
+            .await?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Sets the key; ops that `wait_for` it are unblocked by the coordinator.
+    pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<(), MemoryError> {
+        self.store.put(&self.batch_id, key, value.into()).await
+    }
+}
+
+/// A [`Handler`] made of a closure; see [`handler_fn`].
+pub struct FnHandler<F> {
+    function: F,
+}
+
+/// Wraps `|ctx, args| async move { … }` as a [`Handler`]. The closure gets its
+/// own clone of the context so the future can own it.
+pub fn handler_fn<F, Fut>(function: F) -> FnHandler<F>
+where
+    F: Fn(OpContext, serde_json::Value) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<OpOutput, HandlerError>> + Send + 'static,
+{
+    FnHandler { function }
+}
+
+#[async_trait]
+impl<F, Fut> Handler for FnHandler<F>
+where
+    F: Fn(OpContext, serde_json::Value) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<OpOutput, HandlerError>> + Send + 'static,
+{
+    async fn run(
+        &self,
+        ctx: &OpContext,
+        args: serde_json::Value,
+    ) -> Result<OpOutput, HandlerError> {
+        (self.function)(ctx.clone(), args).await
+    }
+}
