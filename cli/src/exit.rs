@@ -38,12 +38,18 @@ pub fn client_error(error: &ClientError) -> Exit {
             if problems.is_empty() {
                 eprintln!("error: {message}");
             } else {
-                eprintln!("error: the batch is invalid ({} problem(s)); nothing ran:", problems.len());
+                eprintln!(
+                    "error: the batch is invalid ({} problem(s)); nothing ran:",
+                    problems.len()
+                );
                 for problem in problems {
                     if problem.op_id.is_empty() {
                         eprintln!("  batch: field `{}`: {}", problem.field, problem.message);
                     } else {
-                        eprintln!("  op `{}`: field `{}`: {}", problem.op_id, problem.field, problem.message);
+                        eprintln!(
+                            "  op `{}`: field `{}`: {}",
+                            problem.op_id, problem.field, problem.message
+                        );
                     }
                 }
             }

@@ -18,7 +18,11 @@ use clap::{Parser, Subcommand};
 use crate::exit::Exit;
 
 #[derive(Parser, Debug)]
-#[command(name = "volley", version, about = "Run batches of operations as fast as their dependencies allow")]
+#[command(
+    name = "volley",
+    version,
+    about = "Run batches of operations as fast as their dependencies allow"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,7 +52,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

@@ -29,8 +29,10 @@ pub async fn follow(
     let bar = if stderr_is_tty {
         let bar = ProgressBar::new(u64::from(total));
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.enable_steady_tick(Duration::from_millis(120));
         Some(bar)
@@ -60,7 +62,9 @@ pub async fn follow(
         }
         if let Some(bar) = &bar {
             bar.set_position(u64::from(succeeded + failed + other));
-            bar.set_message(format!("running {running} · succeeded {succeeded} · failed {failed}"));
+            bar.set_message(format!(
+                "running {running} · succeeded {succeeded} · failed {failed}"
+            ));
         } else if plain_lines {
             eprintln!("{}", event_line(&event));
         }
@@ -76,10 +80,21 @@ fn event_line(event: &v1::BatchEvent) -> String {
         EventKind::BatchSubmitted => "batch submitted".to_owned(),
         EventKind::OpStarted => format!("started   {} (attempt {})", event.op_id, event.attempt),
         EventKind::OpSucceeded => format!("succeeded {} on {}", event.op_id, event.worker),
-        EventKind::OpFailed => format!("failed    {} on {}: {}", event.op_id, event.worker, first_line(&event.message)),
-        EventKind::OpRetrying => format!("retrying  {}: {}", event.op_id, first_line(&event.message)),
-        EventKind::OpSkipped => format!("skipped   {}: {}", event.op_id, first_line(&event.message)),
-        EventKind::OpCancelled => format!("cancelled {}: {}", event.op_id, first_line(&event.message)),
+        EventKind::OpFailed => format!(
+            "failed    {} on {}: {}",
+            event.op_id,
+            event.worker,
+            first_line(&event.message)
+        ),
+        EventKind::OpRetrying => {
+            format!("retrying  {}: {}", event.op_id, first_line(&event.message))
+        }
+        EventKind::OpSkipped => {
+            format!("skipped   {}: {}", event.op_id, first_line(&event.message))
+        }
+        EventKind::OpCancelled => {
+            format!("cancelled {}: {}", event.op_id, first_line(&event.message))
+        }
         EventKind::BatchFinished => format!("batch {}", state_word(event.batch_state())),
         EventKind::Unspecified => "event".to_owned(),
     };
@@ -111,7 +126,10 @@ pub fn op_state_word(state: OpState) -> &'static str {
 }
 
 fn first_line(text: &str) -> String {
-    let line = text.lines().find(|line| !line.trim().is_empty()).unwrap_or("");
+    let line = text
+        .lines()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("");
     let mut shown: String = line.chars().take(80).collect();
     if line.chars().count() > 80 {
         shown.push('…');
@@ -134,7 +152,10 @@ pub fn report(status: &v1::BatchStatus, format: OutputFormat) {
     match format {
         OutputFormat::Json => {
             let document = report_json(status);
-            println!("{}", serde_json::to_string_pretty(&document).unwrap_or_else(|_| "{}".into()));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&document).unwrap_or_else(|_| "{}".into())
+            );
         }
         OutputFormat::Table => print!("{}", report_text(status)),
     }
@@ -182,16 +203,28 @@ pub fn report_json(status: &v1::BatchStatus) -> serde_json::Value {
 pub fn report_text(status: &v1::BatchStatus) -> String {
     let mut table = Table::new();
     table
-        .load_preset(UTF8_BORDERS_ONLY)
+        .load_style(UTF8_BORDERS_ONLY)
         .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(vec!["op", "kind", "state", "attempts", "worker", "duration", "output / error"]);
+        .set_header(vec![
+            "op",
+            "kind",
+            "state",
+            "attempts",
+            "worker",
+            "duration",
+            "output / error",
+        ]);
     // Failures first when the table must be cut: they are what one looks for.
     let mut rows: Vec<&v1::OpStatus> = status.ops.iter().collect();
     if rows.len() > MAX_TABLE_ROWS {
         rows.sort_by_key(|op| op.state() == OpState::Succeeded);
     }
     for op in rows.iter().take(MAX_TABLE_ROWS) {
-        let text = if op.error.is_empty() { first_line(&op.output) } else { first_line(&op.error) };
+        let text = if op.error.is_empty() {
+            first_line(&op.output)
+        } else {
+            first_line(&op.error)
+        };
         table.add_row(vec![
             op.id.clone(),
             op.kind.clone(),
@@ -215,7 +248,11 @@ pub fn report_text(status: &v1::BatchStatus) -> String {
     }
     text.push_str(&format!(
         "batch {} ({}): {} — {} succeeded, {} failed, {} skipped, {} cancelled of {}\n",
-        if status.name.is_empty() { "-" } else { &status.name },
+        if status.name.is_empty() {
+            "-"
+        } else {
+            &status.name
+        },
         status.batch_id,
         state_word(status.state()),
         status.succeeded,
@@ -231,7 +268,10 @@ pub fn report_text(status: &v1::BatchStatus) -> String {
         let path = if status.critical_path.len() > 12 {
             let head = status.critical_path[..5].join(" → ");
             let tail = status.critical_path[status.critical_path.len() - 5..].join(" → ");
-            format!("{head} → … {} more … → {tail}", status.critical_path.len() - 10)
+            format!(
+                "{head} → … {} more … → {tail}",
+                status.critical_path.len() - 10
+            )
         } else {
             status.critical_path.join(" → ")
         };

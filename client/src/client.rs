@@ -29,7 +29,11 @@ pub struct Client {
 impl Client {
     /// Connects to a coordinator, e.g. `http://127.0.0.1:7070`.
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        let url = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
+        let url = if url.contains("://") {
+            url.to_owned()
+        } else {
+            format!("http://{url}")
+        };
         let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|error| ClientError::unreachable(&url, error))?
             .connect_timeout(Duration::from_secs(5))
@@ -62,9 +66,14 @@ impl Client {
 
     /// Submits a batch, streamed as a header and chunks of ops.
     #[tracing::instrument(skip_all, fields(name = %batch.name, ops = batch.ops.len()))]
-    pub async fn submit(&self, mut batch: v1::Batch) -> Result<v1::SubmitBatchResponse, ClientError> {
+    pub async fn submit(
+        &self,
+        mut batch: v1::Batch,
+    ) -> Result<v1::SubmitBatchResponse, ClientError> {
         let ops = std::mem::take(&mut batch.ops);
-        let mut chunks = vec![v1::SubmitBatchChunk { part: Some(Part::Header(batch)) }];
+        let mut chunks = vec![v1::SubmitBatchChunk {
+            part: Some(Part::Header(batch)),
+        }];
         let mut current = Vec::new();
         let mut current_bytes = 0;
         for op in ops {
@@ -92,39 +101,76 @@ impl Client {
         batch_id: &str,
         after_seq: u64,
     ) -> Result<impl Stream<Item = Result<v1::BatchEvent, ClientError>> + use<>, ClientError> {
-        let request = v1::WatchBatchRequest { batch_id: batch_id.to_owned(), after_seq };
-        let stream = self.batches.clone().watch_batch(request).await?.into_inner();
+        let request = v1::WatchBatchRequest {
+            batch_id: batch_id.to_owned(),
+            after_seq,
+        };
+        let stream = self
+            .batches
+            .clone()
+            .watch_batch(request)
+            .await?
+            .into_inner();
         Ok(stream.map(|event| event.map_err(ClientError::from)))
     }
 
     pub async fn status(&self, batch_id: &str) -> Result<v1::BatchStatus, ClientError> {
-        let request = v1::GetBatchRequest { batch_id: batch_id.to_owned(), omit_ops: false };
+        let request = v1::GetBatchRequest {
+            batch_id: batch_id.to_owned(),
+            omit_ops: false,
+        };
         Ok(self.batches.clone().get_batch(request).await?.into_inner())
     }
 
     /// Counts and timings only, without the per-op list.
     pub async fn summary(&self, batch_id: &str) -> Result<v1::BatchStatus, ClientError> {
-        let request = v1::GetBatchRequest { batch_id: batch_id.to_owned(), omit_ops: true };
+        let request = v1::GetBatchRequest {
+            batch_id: batch_id.to_owned(),
+            omit_ops: true,
+        };
         Ok(self.batches.clone().get_batch(request).await?.into_inner())
     }
 
     pub async fn cancel(&self, batch_id: &str) -> Result<v1::CancelBatchResponse, ClientError> {
-        let request = v1::CancelBatchRequest { batch_id: batch_id.to_owned() };
-        Ok(self.batches.clone().cancel_batch(request).await?.into_inner())
+        let request = v1::CancelBatchRequest {
+            batch_id: batch_id.to_owned(),
+        };
+        Ok(self
+            .batches
+            .clone()
+            .cancel_batch(request)
+            .await?
+            .into_inner())
     }
 
     pub async fn list(&self, limit: u32) -> Result<Vec<v1::BatchSummary>, ClientError> {
         let request = v1::ListBatchesRequest { limit };
-        Ok(self.batches.clone().list_batches(request).await?.into_inner().batches)
+        Ok(self
+            .batches
+            .clone()
+            .list_batches(request)
+            .await?
+            .into_inner()
+            .batches)
     }
 
     pub async fn workers(&self) -> Result<Vec<v1::WorkerInfo>, ClientError> {
         let request = v1::ListWorkersRequest {};
-        Ok(self.workers.clone().list_workers(request).await?.into_inner().workers)
+        Ok(self
+            .workers
+            .clone()
+            .list_workers(request)
+            .await?
+            .into_inner()
+            .workers)
     }
 
     /// Waits until at least `count` workers are connected, or `timeout`.
-    pub async fn wait_for_workers(&self, count: usize, timeout: Duration) -> Result<usize, ClientError> {
+    pub async fn wait_for_workers(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<usize, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let connected = self.workers().await?.len();
@@ -135,21 +181,45 @@ impl Client {
         }
     }
 
-    pub async fn get_memory(&self, batch_id: &str, key: &str) -> Result<Option<Vec<u8>>, ClientError> {
-        let request = v1::GetMemoryRequest { batch_id: batch_id.to_owned(), key: key.to_owned() };
+    pub async fn get_memory(
+        &self,
+        batch_id: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let request = v1::GetMemoryRequest {
+            batch_id: batch_id.to_owned(),
+            key: key.to_owned(),
+        };
         let response = self.memory.clone().get_memory(request).await?.into_inner();
         Ok(response.found.then_some(response.value))
     }
 
     /// Writes a key of the batch's memory; returns how many ops it unblocked.
-    pub async fn put_memory(&self, batch_id: &str, key: &str, value: Vec<u8>) -> Result<u32, ClientError> {
-        let request = v1::PutMemoryRequest { batch_id: batch_id.to_owned(), key: key.to_owned(), value };
-        Ok(self.memory.clone().put_memory(request).await?.into_inner().unblocked)
+    pub async fn put_memory(
+        &self,
+        batch_id: &str,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<u32, ClientError> {
+        let request = v1::PutMemoryRequest {
+            batch_id: batch_id.to_owned(),
+            key: key.to_owned(),
+            value,
+        };
+        Ok(self
+            .memory
+            .clone()
+            .put_memory(request)
+            .await?
+            .into_inner()
+            .unblocked)
     }
 }
 
 fn ops_chunk(ops: Vec<v1::Op>) -> v1::SubmitBatchChunk {
-    v1::SubmitBatchChunk { part: Some(Part::Ops(v1::OpChunk { ops })) }
+    v1::SubmitBatchChunk {
+        part: Some(Part::Ops(v1::OpChunk { ops })),
+    }
 }
 
 /// A transport error's whole chain: its top line alone says only

@@ -12,7 +12,10 @@ pub enum ClientError {
     Unreachable { url: String, message: String },
     /// The batch was rejected; nothing ran. Every problem is listed.
     #[error("{message}")]
-    Invalid { message: String, problems: Vec<v1::Problem> },
+    Invalid {
+        message: String,
+        problems: Vec<v1::Problem>,
+    },
     #[error("not found: {0}")]
     NotFound(String),
     /// The coordinator is there but cannot serve now (store down, draining).
@@ -27,13 +30,18 @@ impl ClientError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ClientError::Unreachable { .. } | ClientError::Unavailable(_) => true,
-            ClientError::Other { code, .. } => matches!(code, Code::DeadlineExceeded | Code::Aborted),
+            ClientError::Other { code, .. } => {
+                matches!(code, Code::DeadlineExceeded | Code::Aborted)
+            }
             ClientError::Invalid { .. } | ClientError::NotFound(_) => false,
         }
     }
 
     pub(crate) fn unreachable(url: &str, error: impl std::fmt::Display) -> Self {
-        ClientError::Unreachable { url: url.to_owned(), message: error.to_string() }
+        ClientError::Unreachable {
+            url: url.to_owned(),
+            message: error.to_string(),
+        }
     }
 }
 

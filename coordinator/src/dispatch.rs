@@ -73,7 +73,13 @@ pub(crate) struct DispatchHandle {
 
 pub(crate) fn channel() -> (DispatchHandle, mpsc::Receiver<Command>) {
     let (commands, receiver) = mpsc::channel(COMMAND_CAPACITY);
-    (DispatchHandle { commands, next_conn: Arc::new(AtomicU64::new(1)) }, receiver)
+    (
+        DispatchHandle {
+            commands,
+            next_conn: Arc::new(AtomicU64::new(1)),
+        },
+        receiver,
+    )
 }
 
 impl DispatchHandle {
@@ -206,7 +212,9 @@ impl Dispatcher {
                     active.maybe_ready = true;
                 }
             }
-            Ok(Doorbell::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => self.mark_all_ready(),
+            Ok(Doorbell::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.mark_all_ready()
+            }
             Err(broadcast::error::RecvError::Closed) => {}
         }
     }
@@ -219,7 +227,14 @@ impl Dispatcher {
 
     async fn handle(&mut self, command: Command) {
         match command {
-            Command::WorkerJoined { conn, worker_id, kinds, labels, slots, outbound } => {
+            Command::WorkerJoined {
+                conn,
+                worker_id,
+                kinds,
+                labels,
+                slots,
+                outbound,
+            } => {
                 self.workers.insert(
                     conn,
                     Worker {
@@ -240,7 +255,11 @@ impl Dispatcher {
                     self.requeue_lost(worker).await;
                 }
             }
-            Command::Completed { conn, returned, per_batch } => {
+            Command::Completed {
+                conn,
+                returned,
+                per_batch,
+            } => {
                 if let Some(worker) = self.workers.get_mut(&conn) {
                     worker.free = (worker.free + returned).min(worker.slots);
                     for results in &per_batch {
@@ -259,7 +278,12 @@ impl Dispatcher {
                     self.order.push_back(id.clone());
                     self.batches.insert(
                         id,
-                        ActiveBatch { planned, in_flight: 0, parked: VecDeque::new(), maybe_ready: true },
+                        ActiveBatch {
+                            planned,
+                            in_flight: 0,
+                            parked: VecDeque::new(),
+                            maybe_ready: true,
+                        },
                     );
                 }
             }
@@ -289,7 +313,9 @@ impl Dispatcher {
             return;
         };
         // Every result ends one claim, whatever the store made of it.
-        active.in_flight = active.in_flight.saturating_sub(results.indices.len() as u32);
+        active.in_flight = active
+            .in_flight
+            .saturating_sub(results.indices.len() as u32);
         match results.outcome {
             Some(outcome) => {
                 if outcome.became_ready > 0 || !outcome.retried.is_empty() {
@@ -316,7 +342,9 @@ impl Dispatcher {
             let ops: Vec<v1::OpRef> = worker
                 .running
                 .iter()
-                .filter(|((running_batch, index), _)| running_batch == batch && wanted.contains(index))
+                .filter(|((running_batch, index), _)| {
+                    running_batch == batch && wanted.contains(index)
+                })
                 .map(|((_, index), attempt)| v1::OpRef {
                     batch_id: batch.to_string(),
                     op_index: *index,
@@ -362,7 +390,10 @@ impl Dispatcher {
         }
         for (batch, completions) in by_batch {
             warn!(%batch, worker = %worker.worker_id, ops = completions.len(), "worker lost with ops running");
-            let indices = completions.iter().map(|completion| completion.index).collect();
+            let indices = completions
+                .iter()
+                .map(|completion| completion.index)
+                .collect();
             let outcome = match self.store.complete(&batch, &completions, now_ms()).await {
                 Ok(outcome) => Some(outcome),
                 Err(error) => {
@@ -370,7 +401,11 @@ impl Dispatcher {
                     None
                 }
             };
-            self.apply_results(BatchResults { batch, indices, outcome });
+            self.apply_results(BatchResults {
+                batch,
+                indices,
+                outcome,
+            });
         }
     }
 
@@ -387,7 +422,9 @@ impl Dispatcher {
                 if self.free_credits() == 0 {
                     return;
                 }
-                let Some(batch) = self.order.pop_front() else { return };
+                let Some(batch) = self.order.pop_front() else {
+                    return;
+                };
                 self.order.push_back(batch.clone());
                 progress |= self.pump_batch(&batch).await;
             }
@@ -400,18 +437,25 @@ impl Dispatcher {
     /// One round for one batch: route parked ops, then claim up to what the
     /// batch and the free workers can take. Returns whether anything moved.
     async fn pump_batch(&mut self, batch: &BatchId) -> bool {
-        let Some(active) = self.batches.get_mut(batch) else { return false };
+        let Some(active) = self.batches.get_mut(batch) else {
+            return false;
+        };
         let planned = active.planned.clone();
         let parked: Vec<Claimed> = active.parked.drain(..).collect();
         let mut progress = false;
         if !parked.is_empty() {
             let before = parked.len();
             self.route(&planned, parked).await;
-            let after = self.batches.get(batch).map_or(0, |active| active.parked.len());
+            let after = self
+                .batches
+                .get(batch)
+                .map_or(0, |active| active.parked.len());
             progress |= after < before;
         }
         let free = self.free_credits();
-        let Some(active) = self.batches.get_mut(batch) else { return progress };
+        let Some(active) = self.batches.get_mut(batch) else {
+            return progress;
+        };
         if !active.maybe_ready || free == 0 {
             return progress;
         }
@@ -426,7 +470,9 @@ impl Dispatcher {
                 return progress;
             }
         };
-        let Some(active) = self.batches.get_mut(batch) else { return progress };
+        let Some(active) = self.batches.get_mut(batch) else {
+            return progress;
+        };
         if (claimed.len() as u32) < want {
             active.maybe_ready = false;
         }
@@ -454,6 +500,7 @@ impl Dispatcher {
                         index: claim.index,
                         attempt: claim.attempt,
                         ok: false,
+                        permanent: true,
                         error,
                         started_ms: now_ms(),
                         ..Completion::default()
@@ -472,9 +519,13 @@ impl Dispatcher {
                 parked.push(claim);
                 continue;
             };
-            let Some(worker) = self.workers.get_mut(&conn) else { continue };
+            let Some(worker) = self.workers.get_mut(&conn) else {
+                continue;
+            };
             worker.free -= 1;
-            worker.running.insert((planned.id.clone(), claim.index), claim.attempt);
+            worker
+                .running
+                .insert((planned.id.clone(), claim.index), claim.attempt);
             outgoing.entry(conn).or_default().push(v1::Assignment {
                 batch_id: planned.id.to_string(),
                 op_index: claim.index,
@@ -487,9 +538,13 @@ impl Dispatcher {
             });
         }
         for (conn, assignments) in outgoing {
-            let Some(worker) = self.workers.get(&conn) else { continue };
+            let Some(worker) = self.workers.get(&conn) else {
+                continue;
+            };
             let message = v1::CoordinatorMessage {
-                msg: Some(v1::coordinator_message::Msg::Assignments(v1::Assignments { assignments })),
+                msg: Some(v1::coordinator_message::Msg::Assignments(v1::Assignments {
+                    assignments,
+                })),
             };
             // Assignments never exceed the worker's slots, so its channel
             // (sized by slots) has room; if not, the worker is stuck.
@@ -509,17 +564,31 @@ impl Dispatcher {
         }
         if !failed.is_empty() {
             let indices = failed.iter().map(|completion| completion.index).collect();
-            let outcome = self.store.complete(&planned.id, &failed, now_ms()).await.ok();
-            self.apply_results(BatchResults { batch: planned.id.clone(), indices, outcome });
+            let outcome = self
+                .store
+                .complete(&planned.id, &failed, now_ms())
+                .await
+                .ok();
+            self.apply_results(BatchResults {
+                batch: planned.id.clone(),
+                indices,
+                outcome,
+            });
         }
     }
 
     /// The args of each claimed op as JSON, `${…}` filled in from the outputs
     /// and states of the ops they refer to and the batch's memory. One store
     /// read serves every claimed op.
-    async fn fill_templates(&self, planned: &PlannedBatch, claimed: &[Claimed]) -> Vec<Result<String, String>> {
+    async fn fill_templates(
+        &self,
+        planned: &PlannedBatch,
+        claimed: &[Claimed],
+    ) -> Vec<Result<String, String>> {
         let ops = &planned.plan.ops;
-        let needs_records = claimed.iter().any(|claim| ops[claim.index as usize].has_templates);
+        let needs_records = claimed
+            .iter()
+            .any(|claim| ops[claim.index as usize].has_templates);
         if !needs_records {
             return claimed
                 .iter()
@@ -551,15 +620,27 @@ impl Dispatcher {
                     if let Reference::Memory(key) = reference
                         && !memory.contains_key(&key)
                     {
-                        let value = self.store.get_memory(&planned.id, &key).await.ok().flatten();
-                        memory.insert(key, value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()));
+                        let value = self
+                            .store
+                            .get_memory(&planned.id, &key)
+                            .await
+                            .ok()
+                            .flatten();
+                        memory.insert(
+                            key,
+                            value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+                        );
                     }
                 }
             }
             let lookup = |reference: &Reference| -> Option<String> {
                 match reference {
-                    Reference::OpOutput(id) => index_of.get(id.as_str()).map(|index| records[*index].output.clone()),
-                    Reference::OpStatus(id) => index_of.get(id.as_str()).map(|index| state_word(records[*index].state)),
+                    Reference::OpOutput(id) => index_of
+                        .get(id.as_str())
+                        .map(|index| records[*index].output.clone()),
+                    Reference::OpStatus(id) => index_of
+                        .get(id.as_str())
+                        .map(|index| state_word(records[*index].state)),
                     Reference::Memory(key) => memory.get(key).cloned().flatten(),
                 }
             };

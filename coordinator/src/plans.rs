@@ -69,7 +69,10 @@ struct CacheInner {
 impl PlanCache {
     pub(crate) fn new(finished_capacity: usize) -> Self {
         PlanCache {
-            inner: Mutex::new(CacheInner { plans: HashMap::new(), finished: VecDeque::new() }),
+            inner: Mutex::new(CacheInner {
+                plans: HashMap::new(),
+                finished: VecDeque::new(),
+            }),
             finished_capacity,
         }
     }
@@ -130,7 +133,14 @@ pub(crate) fn replan(batch: &BatchId, spec: &[u8]) -> Result<PlannedBatch, Coord
             "spec of batch {batch}: {error}"
         )))
     })?;
-    let limits = Limits { max_ops: usize::MAX, max_arg_bytes: usize::MAX };
-    let plan = volley_plan::plan(&decoded, &|_| true, &limits).map_err(CoordinatorError::Invalid)?;
-    Ok(PlannedBatch { id: batch.clone(), plan })
+    let limits = Limits {
+        max_ops: usize::MAX,
+        max_arg_bytes: usize::MAX,
+    };
+    let plan =
+        volley_plan::plan(&decoded, &|_| true, &limits).map_err(CoordinatorError::Invalid)?;
+    Ok(PlannedBatch {
+        id: batch.clone(),
+        plan,
+    })
 }

@@ -19,7 +19,11 @@ pub(crate) fn build(
     let wall_ms = end_ms.saturating_sub(meta.created_ms);
     let durations: Vec<u64> = records.iter().map(|record| record.duration_ms).collect();
     let sequential_ms: u64 = durations.iter().sum();
-    let speedup = if wall_ms == 0 { 0.0 } else { sequential_ms as f64 / wall_ms as f64 };
+    let speedup = if wall_ms == 0 {
+        0.0
+    } else {
+        sequential_ms as f64 / wall_ms as f64
+    };
     let (path, critical_path_ms) = plan.critical_path(&durations);
     let critical_path = path
         .iter()

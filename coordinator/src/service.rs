@@ -84,10 +84,20 @@ impl Coordinator {
             config.resync_interval,
             shutdown.child_token(),
         );
-        tasks.spawn(dispatcher.run().instrument(info_span!("coordinator.dispatch")));
+        tasks.spawn(
+            dispatcher
+                .run()
+                .instrument(info_span!("coordinator.dispatch")),
+        );
         for batch in store.active_batches().await? {
             match coordinator.inner.plans.get(store.as_ref(), &batch).await {
-                Ok(planned) => coordinator.inner.dispatch.send(Command::BatchAdded(planned)).await,
+                Ok(planned) => {
+                    coordinator
+                        .inner
+                        .dispatch
+                        .send(Command::BatchAdded(planned))
+                        .await
+                }
                 Err(error) => warn!(%batch, %error, "cannot resume batch"),
             }
         }
@@ -126,7 +136,10 @@ impl Coordinator {
     /// Validates, plans and stores a batch, then hands it to the dispatcher.
     /// An invalid batch stores nothing.
     #[tracing::instrument(skip_all, fields(name = %batch.name, ops = batch.ops.len()))]
-    pub async fn submit(&self, batch: v1::Batch) -> Result<v1::SubmitBatchResponse, CoordinatorError> {
+    pub async fn submit(
+        &self,
+        batch: v1::Batch,
+    ) -> Result<v1::SubmitBatchResponse, CoordinatorError> {
         let coordinator = self.clone();
         // Planning a large batch is CPU work: keep it off the async workers.
         let (batch, plan) = tokio::task::spawn_blocking(move || {
@@ -145,16 +158,27 @@ impl Coordinator {
         let op_count = plan.ops.len() as u32;
         let warnings = plan.warnings.clone();
         self.inner.store.create_batch(new_batch).await?;
-        let planned = Arc::new(PlannedBatch { id: id.clone(), plan });
+        let planned = Arc::new(PlannedBatch {
+            id: id.clone(),
+            plan,
+        });
         self.inner.plans.insert(planned.clone());
         self.inner.dispatch.send(Command::BatchAdded(planned)).await;
         info!(batch = %id, op_count, "batch accepted");
-        Ok(v1::SubmitBatchResponse { batch_id: id.into_string(), op_count, warnings })
+        Ok(v1::SubmitBatchResponse {
+            batch_id: id.into_string(),
+            op_count,
+            warnings,
+        })
     }
 
     /// The batch's status: states, outputs, timings, critical path.
     #[tracing::instrument(skip_all, fields(batch = %batch))]
-    pub async fn status(&self, batch: &BatchId, include_ops: bool) -> Result<v1::BatchStatus, CoordinatorError> {
+    pub async fn status(
+        &self,
+        batch: &BatchId,
+        include_ops: bool,
+    ) -> Result<v1::BatchStatus, CoordinatorError> {
         let meta = self
             .store()
             .meta(batch)
@@ -162,19 +186,34 @@ impl Coordinator {
             .ok_or_else(|| CoordinatorError::BatchNotFound(batch.clone()))?;
         let planned = self.inner.plans.get(self.store(), batch).await?;
         let records = self.store().op_records(batch).await?;
-        Ok(report::build(&planned, &meta, &records, include_ops, now_ms()))
+        Ok(report::build(
+            &planned,
+            &meta,
+            &records,
+            include_ops,
+            now_ms(),
+        ))
     }
 
     /// Cancels a batch: pending ops at once, running ones are told to stop.
     #[tracing::instrument(skip_all, fields(batch = %batch))]
-    pub async fn cancel(&self, batch: &BatchId) -> Result<v1::CancelBatchResponse, CoordinatorError> {
+    pub async fn cancel(
+        &self,
+        batch: &BatchId,
+    ) -> Result<v1::CancelBatchResponse, CoordinatorError> {
         if self.store().meta(batch).await?.is_none() {
             return Err(CoordinatorError::BatchNotFound(batch.clone()));
         }
-        let outcome = self.store().cancel(batch, "cancelled by request", now_ms()).await?;
+        let outcome = self
+            .store()
+            .cancel(batch, "cancelled by request", now_ms())
+            .await?;
         self.inner
             .dispatch
-            .send(Command::BatchCancelled { batch: batch.clone(), running: outcome.running })
+            .send(Command::BatchCancelled {
+                batch: batch.clone(),
+                running: outcome.running,
+            })
             .await;
         self.inner.plans.finished(batch);
         let state = self
@@ -183,7 +222,10 @@ impl Coordinator {
             .await?
             .map(|meta| convert::batch_state(meta.state) as i32)
             .unwrap_or_default();
-        Ok(v1::CancelBatchResponse { state, cancelled: outcome.cancelled })
+        Ok(v1::CancelBatchResponse {
+            state,
+            cancelled: outcome.cancelled,
+        })
     }
 
     pub async fn list(&self, limit: u32) -> Result<v1::ListBatchesResponse, CoordinatorError> {
@@ -246,7 +288,11 @@ impl Coordinator {
             for event in events {
                 after_seq = event.seq;
                 finished |= event.kind == volley_store::EventKind::BatchFinished;
-                if sender.send(Ok(convert::event(&planned, event))).await.is_err() {
+                if sender
+                    .send(Ok(convert::event(&planned, event)))
+                    .await
+                    .is_err()
+                {
                     return; // the client went away
                 }
             }
@@ -265,12 +311,21 @@ impl Coordinator {
         }
     }
 
-    pub async fn get_memory(&self, batch: &BatchId, key: &str) -> Result<Option<Vec<u8>>, CoordinatorError> {
+    pub async fn get_memory(
+        &self,
+        batch: &BatchId,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, CoordinatorError> {
         Ok(self.store().get_memory(batch, key).await?)
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch, key))]
-    pub async fn put_memory(&self, batch: &BatchId, key: &str, value: &[u8]) -> Result<u32, CoordinatorError> {
+    pub async fn put_memory(
+        &self,
+        batch: &BatchId,
+        key: &str,
+        value: &[u8],
+    ) -> Result<u32, CoordinatorError> {
         if key.is_empty() {
             return Err(CoordinatorError::BadRequest("memory key is empty".into()));
         }
@@ -292,7 +347,9 @@ impl Coordinator {
         outbound: mpsc::Sender<v1::CoordinatorMessage>,
     ) -> Result<WorkerSession, CoordinatorError> {
         if register.slots == 0 {
-            return Err(CoordinatorError::BadRequest("a worker needs at least one slot".into()));
+            return Err(CoordinatorError::BadRequest(
+                "a worker needs at least one slot".into(),
+            ));
         }
         let conn = self.inner.dispatch.next_conn();
         let worker_id = if register.worker_id.is_empty() {
@@ -312,7 +369,11 @@ impl Coordinator {
                 outbound,
             })
             .await;
-        Ok(WorkerSession { conn, worker_id, coordinator: self.clone() })
+        Ok(WorkerSession {
+            conn,
+            worker_id,
+            coordinator: self.clone(),
+        })
     }
 }
 
@@ -343,7 +404,10 @@ impl WorkerSession {
         let returned = results.len() as u32;
         let mut by_batch: BTreeMap<String, Vec<v1::OpResult>> = BTreeMap::new();
         for result in results {
-            by_batch.entry(result.batch_id.clone()).or_default().push(result);
+            by_batch
+                .entry(result.batch_id.clone())
+                .or_default()
+                .push(result);
         }
         let inner = &self.coordinator.inner;
         let mut per_batch = Vec::with_capacity(by_batch.len());
@@ -377,11 +441,19 @@ impl WorkerSession {
                     None
                 }
             };
-            per_batch.push(BatchResults { batch, indices, outcome });
+            per_batch.push(BatchResults {
+                batch,
+                indices,
+                outcome,
+            });
         }
         inner
             .dispatch
-            .send(Command::Completed { conn: self.conn, returned, per_batch })
+            .send(Command::Completed {
+                conn: self.conn,
+                returned,
+                per_batch,
+            })
             .await;
     }
 
@@ -389,7 +461,11 @@ impl WorkerSession {
     /// what it was running.
     pub async fn close(self) {
         info!(worker = %self.worker_id, "worker disconnected");
-        self.coordinator.inner.dispatch.send(Command::WorkerLeft { conn: self.conn }).await;
+        self.coordinator
+            .inner
+            .dispatch
+            .send(Command::WorkerLeft { conn: self.conn })
+            .await;
     }
 }
 
@@ -398,10 +474,13 @@ fn completion(plan: &Plan, worker: &str, result: v1::OpResult) -> Completion {
         .ops
         .get(result.op_index as usize)
         .and_then(|op| op.store_as.clone());
+    // Workers say in the details whether another attempt could help.
+    let permanent = !result.ok && declared_permanent(&result.details_json);
     Completion {
         index: result.op_index,
         attempt: result.attempt,
         ok: result.ok,
+        permanent,
         output: result.output,
         error: result.error,
         details_json: result.details_json,
@@ -412,12 +491,30 @@ fn completion(plan: &Plan, worker: &str, result: v1::OpResult) -> Completion {
     }
 }
 
+fn declared_permanent(details_json: &str) -> bool {
+    if !details_json.contains("retryable") {
+        return false;
+    }
+    serde_json::from_str::<serde_json::Value>(details_json)
+        .ok()
+        .and_then(|details| {
+            details
+                .get("retryable")
+                .and_then(serde_json::Value::as_bool)
+        })
+        .is_some_and(|retryable| !retryable)
+}
+
 fn new_batch(id: &BatchId, batch: &v1::Batch, plan: &Plan) -> NewBatch {
     NewBatch {
         id: id.clone(),
         name: plan.name.clone(),
         max_parallel: plan.max_parallel,
-        on_failure: if plan.fail_fast { OnFailure::FailFast } else { OnFailure::Continue },
+        on_failure: if plan.fail_fast {
+            OnFailure::FailFast
+        } else {
+            OnFailure::Continue
+        },
         created_ms: now_ms(),
         spec: batch.encode_to_vec(),
         ops: plan

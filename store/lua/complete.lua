@@ -5,7 +5,7 @@
 -- KEYS[1]  batch prefix `volley:{b:<batch>}:`
 -- ARGV[1..3] channel, batch id, now (see common.lua)
 -- ARGV[4]  number of completions; then 11 fields per completion:
---          index, attempt, ok (1/0), output, error, details_json, worker,
+--          index, attempt, ok (1 ok, 0 failed, 2 failed permanently), output, error, details_json, worker,
 --          started_ms, duration_ms, has_store_as (1/0), store_as key
 -- Returns: { recorded (-1 if no such batch), {retried...}, {stale...},
 --            became_ready, finished batch state code or '' }
@@ -17,6 +17,7 @@ local count = tonumber(ARGV[4])
 for position = 0, count - 1 do
   local base = 5 + position * 11
   local idx, attempt, ok = ARGV[base], tonumber(ARGV[base + 1]), ARGV[base + 2] == '1'
+  local permanent = ARGV[base + 2] == '2'
   local output, err, details = ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
   local worker, started, duration = ARGV[base + 6], ARGV[base + 7], ARGV[base + 8]
   local has_store_as, store_as = ARGV[base + 9] == '1', ARGV[base + 10]
@@ -26,7 +27,7 @@ for position = 0, count - 1 do
     redis.call('HINCRBY', K_META, 'running', -1)
     local priority, _, max_attempts = op_info(idx)
     local fired = redis.call('HGET', K_META, 'fail_fast_fired') == '1'
-    if not ok and attempt < (max_attempts or 1) and not fired then
+    if not ok and not permanent and attempt < (max_attempts or 1) and not fired then
       push_ready(idx, priority or (PRIORITY_LEVELS - 1))
       event('retrying', idx, attempt, worker, err, nil)
       retried[#retried + 1] = tonumber(idx)

@@ -34,6 +34,7 @@ macro_rules! conformance_tests {
             case_claim_respects_max,
             case_max_parallel_caps_claims,
             case_retry_then_success,
+            case_permanent_failure_is_not_retried,
             case_failure_skips_dependents_transitively,
             case_fail_fast_cancels_waiting_and_ready,
             case_stale_completions_are_ignored,
@@ -98,6 +99,7 @@ fn success(claimed: Claimed) -> Completion {
         index: claimed.index,
         attempt: claimed.attempt,
         ok: true,
+        permanent: false,
         output: format!("out-{}", claimed.index),
         error: String::new(),
         details_json: format!("{{\"op\":{}}}", claimed.index),
@@ -335,6 +337,36 @@ pub async fn case_max_parallel_caps_claims(store: &dyn Store) {
         .expect("complete");
     assert_eq!(indices(store, &batch_id, 10).await, vec![2]);
     assert_eq!(meta(store, &batch_id).await.running, 2);
+}
+
+pub async fn case_permanent_failure_is_not_retried(store: &dyn Store) {
+    let batch_id = id("permanent");
+    store
+        .create_batch(batch(
+            "permanent",
+            vec![NewOp {
+                max_attempts: 3,
+                ..op(0, &[])
+            }],
+        ))
+        .await
+        .expect("create");
+    let first = store.claim(&batch_id, 10, NOW + 1).await.expect("claim");
+    let mut refused = failure(first[0], "path escapes the root");
+    refused.permanent = true;
+    let outcome = store
+        .complete(&batch_id, &[refused], NOW + 20)
+        .await
+        .expect("complete");
+    assert_eq!(outcome.recorded, 1);
+    assert!(outcome.retried.is_empty());
+    assert_eq!(outcome.finished, Some(BatchState::Failed));
+    let records = store.op_records(&batch_id).await.expect("records");
+    assert_eq!(
+        (records[0].state, records[0].attempts),
+        (OpState::Failed, 1)
+    );
+    assert_eq!(records[0].error, "path escapes the root");
 }
 
 pub async fn case_retry_then_success(store: &dyn Store) {

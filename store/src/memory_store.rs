@@ -455,7 +455,11 @@ impl Store for MemoryStore {
                     continue;
                 }
                 data.meta.running = data.meta.running.saturating_sub(1);
-                if !completion.ok && op.record.attempts < op.max_attempts && !data.fail_fast_fired {
+                if !completion.ok
+                    && !completion.permanent
+                    && op.record.attempts < op.max_attempts
+                    && !data.fail_fast_fired
+                {
                     data.push_ready(index);
                     data.event(
                         now_ms,

@@ -130,6 +130,9 @@ pub struct Completion {
     pub index: u32,
     pub attempt: u32,
     pub ok: bool,
+    /// A failure that another attempt cannot fix (bad args, refused path):
+    /// final even with attempts left.
+    pub permanent: bool,
     pub output: String,
     pub error: String,
     pub details_json: String,

@@ -543,7 +543,11 @@ impl Store for RedisStore {
             invocation
                 .arg(completion.index)
                 .arg(completion.attempt)
-                .arg(u8::from(completion.ok))
+                .arg(match (completion.ok, completion.permanent) {
+                    (true, _) => 1u8,
+                    (false, false) => 0,
+                    (false, true) => 2,
+                })
                 .arg(&completion.output)
                 .arg(&completion.error)
                 .arg(&completion.details_json)

@@ -13,7 +13,11 @@ use crate::{render, telemetry};
 #[derive(Args, Debug, Clone)]
 pub struct ClusterArgs {
     /// The coordinator's gRPC address.
-    #[arg(long, env = "VOLLEY_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "VOLLEY_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub coordinator: String,
 }
 
@@ -97,7 +101,12 @@ pub async fn submit(args: SubmitArgs) -> Exit {
 
 /// Submits, then either prints the id or follows the batch to its report.
 /// Shared by `submit` and `run`.
-pub async fn submit_and_report(client: &Client, batch: v1::Batch, watch: bool, output: OutputFormat) -> Exit {
+pub async fn submit_and_report(
+    client: &Client,
+    batch: v1::Batch,
+    watch: bool,
+    output: OutputFormat,
+) -> Exit {
     let total = batch.ops.len() as u32;
     let submitted = match client.submit(batch).await {
         Ok(submitted) => submitted,
@@ -108,18 +117,30 @@ pub async fn submit_and_report(client: &Client, batch: v1::Batch, watch: bool, o
     }
     if !watch {
         match output {
-            OutputFormat::Json => println!("{}", serde_json::json!({"batch_id": submitted.batch_id, "op_count": submitted.op_count, "warnings": submitted.warnings})),
+            OutputFormat::Json => println!(
+                "{}",
+                serde_json::json!({"batch_id": submitted.batch_id, "op_count": submitted.op_count, "warnings": submitted.warnings})
+            ),
             OutputFormat::Table => println!("{}", submitted.batch_id),
         }
         return Exit::Success;
     }
     if output == OutputFormat::Table {
-        eprintln!("batch {} submitted: {} ops", submitted.batch_id, submitted.op_count);
+        eprintln!(
+            "batch {} submitted: {} ops",
+            submitted.batch_id, submitted.op_count
+        );
     }
     follow_to_report(client, &submitted.batch_id, 0, total, output).await
 }
 
-async fn follow_to_report(client: &Client, batch_id: &str, after: u64, total: u32, output: OutputFormat) -> Exit {
+async fn follow_to_report(
+    client: &Client,
+    batch_id: &str,
+    after: u64,
+    total: u32,
+    output: OutputFormat,
+) -> Exit {
     let events = match client.watch(batch_id, after).await {
         Ok(events) => events,
         Err(error) => return exit::client_error(&error),
@@ -172,7 +193,11 @@ pub async fn cancel(args: CancelArgs) -> Exit {
     };
     match client.cancel(&args.batch_id).await {
         Ok(response) => {
-            println!("{}: {} ops cancelled", render::state_word(response.state()), response.cancelled);
+            println!(
+                "{}: {} ops cancelled",
+                render::state_word(response.state()),
+                response.cancelled
+            );
             Exit::Success
         }
         Err(error) => exit::client_error(&error),
@@ -197,7 +222,14 @@ pub async fn list(args: ListArgs) -> Exit {
                 }
                 OutputFormat::Table => {
                     for batch in &batches {
-                        println!("{}  {:<10} {:>7}/{:<7} {}", batch.batch_id, render::state_word(batch.state()), batch.done, batch.total, batch.name);
+                        println!(
+                            "{}  {:<10} {:>7}/{:<7} {}",
+                            batch.batch_id,
+                            render::state_word(batch.state()),
+                            batch.done,
+                            batch.total,
+                            batch.name
+                        );
                     }
                 }
             }
@@ -227,7 +259,13 @@ pub async fn workers(args: WorkersArgs) -> Exit {
                     for worker in &workers {
                         let mut kinds = worker.kinds.clone();
                         kinds.sort();
-                        println!("{}  busy {}/{}  kinds {}", worker.worker_id, worker.busy, worker.slots, kinds.join(","));
+                        println!(
+                            "{}  busy {}/{}  kinds {}",
+                            worker.worker_id,
+                            worker.busy,
+                            worker.slots,
+                            kinds.join(",")
+                        );
                     }
                 }
             }

@@ -71,7 +71,10 @@ pub async fn serve(
             return Exit::Unreachable;
         }
     };
-    let address = listener.local_addr().map(|address| address.to_string()).unwrap_or_default();
+    let address = listener
+        .local_addr()
+        .map(|address| address.to_string())
+        .unwrap_or_default();
     info!(%address, "coordinator listening");
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -80,7 +83,11 @@ pub async fn serve(
     });
     let served = volley_coordinator::serve(listener, coordinator.clone(), shutdown.clone()).await;
     shutdown.cancel();
-    let _ = tokio::time::timeout(volley_coordinator::service::SHUTDOWN_GRACE, coordinator.wait()).await;
+    let _ = tokio::time::timeout(
+        volley_coordinator::service::SHUTDOWN_GRACE,
+        coordinator.wait(),
+    )
+    .await;
     match served {
         Ok(()) => Exit::Success,
         Err(error) => {

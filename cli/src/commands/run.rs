@@ -46,7 +46,9 @@ pub async fn run(args: RunArgs) -> Exit {
         return Exit::Invalid;
     }
     let workers = args.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism().map(|count| count.get() as u32).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|count| count.get() as u32)
+            .unwrap_or(1)
     });
     let root = match std::env::current_dir().and_then(std::fs::canonicalize) {
         Ok(root) => root,
@@ -57,7 +59,16 @@ pub async fn run(args: RunArgs) -> Exit {
     };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let exit = run_embedded(batch, workers, args.slots, root, args.output, &shutdown, &tasks).await;
+    let exit = run_embedded(
+        batch,
+        workers,
+        args.slots,
+        root,
+        args.output,
+        &shutdown,
+        &tasks,
+    )
+    .await;
     shutdown.cancel();
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
@@ -88,18 +99,22 @@ async fn run_embedded(
         }
     };
     let store = Arc::new(MemoryStore::new());
-    let coordinator = match Coordinator::start(store, CoordinatorConfig::default(), shutdown.child_token()).await {
-        Ok(coordinator) => coordinator,
-        Err(error) => {
-            eprintln!("error: cannot start the embedded coordinator: {error}");
-            return Exit::Unreachable;
-        }
-    };
+    let coordinator =
+        match Coordinator::start(store, CoordinatorConfig::default(), shutdown.child_token()).await
+        {
+            Ok(coordinator) => coordinator,
+            Err(error) => {
+                eprintln!("error: cannot start the embedded coordinator: {error}");
+                return Exit::Unreachable;
+            }
+        };
     {
         let coordinator = coordinator.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(error) = volley_coordinator::serve(listener, coordinator.clone(), shutdown.clone()).await {
+            if let Err(error) =
+                volley_coordinator::serve(listener, coordinator.clone(), shutdown.clone()).await
+            {
                 tracing::error!(%error, "embedded coordinator failed");
             }
             coordinator.wait().await;
@@ -114,7 +129,10 @@ async fn run_embedded(
         config.allow_shell = true;
         // Embedded runs end when the batch does: nothing to drain.
         config.drain_timeout = Duration::from_secs(1);
-        let registry = Registry::with_builtins(&BuiltinConfig { root: Some(root.clone()), allow_shell: true });
+        let registry = Registry::with_builtins(&BuiltinConfig {
+            root: Some(root.clone()),
+            allow_shell: true,
+        });
         let shutdown = shutdown.child_token();
         tasks.spawn(async move {
             if let Err(error) = run_worker(config, registry, shutdown).await {
@@ -126,7 +144,10 @@ async fn run_embedded(
         Ok(client) => client,
         Err(error) => return exit::client_error(&error),
     };
-    match client.wait_for_workers(workers as usize, Duration::from_secs(10)).await {
+    match client
+        .wait_for_workers(workers as usize, Duration::from_secs(10))
+        .await
+    {
         Ok(connected) if connected >= workers as usize => {}
         Ok(connected) => {
             eprintln!("error: only {connected} of {workers} embedded workers connected");

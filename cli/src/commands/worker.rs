@@ -14,7 +14,11 @@ use crate::telemetry;
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
     /// The coordinator's gRPC address.
-    #[arg(long, env = "VOLLEY_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "VOLLEY_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub coordinator: String,
     /// Ops run at once (default: one per CPU).
     #[arg(long, env = "VOLLEY_SLOTS")]
@@ -70,7 +74,10 @@ pub async fn run(args: WorkerArgs) -> Exit {
     config.allow_shell = args.allow_shell;
     config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     config.drain_timeout = args.drain_timeout;
-    let registry = Registry::with_builtins(&BuiltinConfig { root, allow_shell: args.allow_shell });
+    let registry = Registry::with_builtins(&BuiltinConfig {
+        root,
+        allow_shell: args.allow_shell,
+    });
     match run_worker(config, registry, shutdown).await {
         Ok(()) => Exit::Success,
         Err(error) => {

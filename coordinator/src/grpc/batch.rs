@@ -72,10 +72,15 @@ impl BatchService for BatchAdapter {
     }
 
     #[tracing::instrument(name = "batch.GetBatch", skip_all)]
-    async fn get_batch(&self, request: Request<v1::GetBatchRequest>) -> Result<Response<v1::BatchStatus>, Status> {
+    async fn get_batch(
+        &self,
+        request: Request<v1::GetBatchRequest>,
+    ) -> Result<Response<v1::BatchStatus>, Status> {
         let request = request.into_inner();
         let batch = batch_id(request.batch_id)?;
-        Ok(Response::new(self.coordinator.status(&batch, !request.omit_ops).await?))
+        Ok(Response::new(
+            self.coordinator.status(&batch, !request.omit_ops).await?,
+        ))
     }
 
     #[tracing::instrument(name = "batch.CancelBatch", skip_all)]
@@ -92,6 +97,8 @@ impl BatchService for BatchAdapter {
         &self,
         request: Request<v1::ListBatchesRequest>,
     ) -> Result<Response<v1::ListBatchesResponse>, Status> {
-        Ok(Response::new(self.coordinator.list(request.into_inner().limit).await?))
+        Ok(Response::new(
+            self.coordinator.list(request.into_inner().limit).await?,
+        ))
     }
 }

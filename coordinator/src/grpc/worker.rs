@@ -37,14 +37,23 @@ impl WorkerService for WorkerAdapter {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = request.into_inner();
         let register = match inbound.message().await? {
-            Some(v1::WorkerMessage { msg: Some(Msg::Register(register)) }) => register,
-            _ => return Err(Status::invalid_argument("the first message on a worker stream must be Register")),
+            Some(v1::WorkerMessage {
+                msg: Some(Msg::Register(register)),
+            }) => register,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on a worker stream must be Register",
+                ));
+            }
         };
         // Assignments never exceed the worker's slots; the extra room is for
         // cancels and the greeting.
         let capacity = register.slots as usize + 16;
         let (outbound, outbound_receiver) = mpsc::channel(capacity);
-        let session = self.coordinator.connect_worker(register, outbound.clone()).await?;
+        let session = self
+            .coordinator
+            .connect_worker(register, outbound.clone())
+            .await?;
         let greeting = v1::CoordinatorMessage {
             msg: Some(v1::coordinator_message::Msg::Registered(v1::Registered {
                 worker_id: session.worker_id().to_owned(),
@@ -56,10 +65,14 @@ impl WorkerService for WorkerAdapter {
             async move {
                 loop {
                     match inbound.message().await {
-                        Ok(Some(v1::WorkerMessage { msg: Some(Msg::Results(results)) })) => {
+                        Ok(Some(v1::WorkerMessage {
+                            msg: Some(Msg::Results(results)),
+                        })) => {
                             session.results(results.results).await;
                         }
-                        Ok(Some(v1::WorkerMessage { msg: Some(Msg::Heartbeat(_)) })) => {}
+                        Ok(Some(v1::WorkerMessage {
+                            msg: Some(Msg::Heartbeat(_)),
+                        })) => {}
                         Ok(Some(_)) => warn!("unexpected message on a registered worker stream"),
                         Ok(None) => break,
                         Err(status) => {
@@ -81,6 +94,8 @@ impl WorkerService for WorkerAdapter {
         &self,
         _request: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
-        Ok(Response::new(v1::ListWorkersResponse { workers: self.coordinator.workers().await }))
+        Ok(Response::new(v1::ListWorkersResponse {
+            workers: self.coordinator.workers().await,
+        }))
     }
 }

@@ -1,0 +1,662 @@
+//! Batch files (YAML or JSON, the schema of the proto's `Batch`) read into a
+//! `volley.v1.Batch`, with errors that point at the file, line and field, so
+//! a typo is fixed before anything is sent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use volley_proto::v1;
+
+/// Why a batch file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchFileError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not well-formed YAML or JSON.
+    #[error("{source_name}:{line}:{column}: {message}")]
+    Syntax {
+        source_name: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// Well-formed, but a value does not fit the schema (an unknown field,
+    /// a bad priority, duration, …).
+    #[error("{source_name}: {}field `{field}`: {message}", op_prefix(op_id))]
+    Field {
+        source_name: String,
+        op_id: Option<String>,
+        field: String,
+        message: String,
+    },
+}
+
+fn op_prefix(op_id: &Option<String>) -> String {
+    match op_id {
+        Some(op_id) => format!("op `{op_id}`: "),
+        None => String::new(),
+    }
+}
+
+/// Reads and parses the batch file at `path`.
+pub fn read_batch_file(path: &Path) -> Result<v1::Batch, BatchFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BatchFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_batch(&text, &path.display().to_string())
+}
+
+/// Parses a batch file's text: JSON when it starts with `{`, YAML otherwise.
+/// `source_name` (usually the path) is only used in errors.
+pub fn parse_batch(text: &str, source_name: &str) -> Result<v1::Batch, BatchFileError> {
+    let text = text.trim_start_matches('\u{feff}');
+    let is_json = text.trim_start().starts_with('{');
+    let parsed = if is_json {
+        serde_json::from_str::<BatchFile>(text)
+            .map_err(|error| json_error(text, source_name, &error))
+    } else {
+        serde_yaml::from_str::<BatchFile>(text)
+            .map_err(|error| yaml_error(text, source_name, &error))
+    };
+    Ok(parsed?.into_batch())
+}
+
+fn json_error(text: &str, source_name: &str, error: &serde_json::Error) -> BatchFileError {
+    let message = strip_location(&error.to_string(), error.line(), error.column());
+    if !matches!(error.classify(), serde_json::error::Category::Data) {
+        return BatchFileError::Syntax {
+            source_name: source_name.to_owned(),
+            line: error.line(),
+            column: error.column(),
+            message,
+        };
+    }
+    // serde_json does not say where in the document a value was wrong;
+    // serde_yaml (JSON is YAML) does, so ask it for the path.
+    let path = serde_yaml::from_str::<BatchFile>(text)
+        .err()
+        .map(|yaml_error| split_path(&yaml_error.to_string()).0.to_owned())
+        .unwrap_or_default();
+    field_error(
+        text,
+        source_name,
+        &path,
+        &message,
+        Some((error.line(), error.column())),
+    )
+}
+
+fn yaml_error(text: &str, source_name: &str, error: &serde_yaml::Error) -> BatchFileError {
+    let location = error
+        .location()
+        .map(|location| (location.line(), location.column()));
+    let display = error.to_string();
+    let message = match location {
+        Some((line, column)) => strip_location(&display, line, column),
+        None => display,
+    };
+    // Only a document that is not YAML at all fails to load as a plain value.
+    if serde_yaml::from_str::<serde_yaml::Value>(text).is_err() {
+        let (line, column) = location.unwrap_or((1, 1));
+        return BatchFileError::Syntax {
+            source_name: source_name.to_owned(),
+            line,
+            column,
+            message,
+        };
+    }
+    let (path, message) = split_path(&message);
+    field_error(text, source_name, path, message, location)
+}
+
+/// A schema error at `path` (like `ops[2].timeout`, `ops[0]` or empty for
+/// the top level), naming the op by its id when the file gives one.
+fn field_error(
+    text: &str,
+    source_name: &str,
+    path: &str,
+    message: &str,
+    location: Option<(usize, usize)>,
+) -> BatchFileError {
+    let op_index = path
+        .strip_prefix("ops[")
+        .and_then(|rest| rest.split_once(']'))
+        .and_then(|(index, _)| index.parse::<usize>().ok());
+    let op_id =
+        op_index.map(|index| op_id_at(text, index).unwrap_or_else(|| format!("#{}", index + 1)));
+    // `unknown field `x`` and `missing field `x`` name the field in the
+    // message; otherwise it is the last part of the path.
+    let named = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|prefix| {
+            let rest = message.strip_prefix(prefix)?;
+            rest.split_once('`').map(|(name, _)| name.to_owned())
+        });
+    let field = named.unwrap_or_else(|| {
+        let last = path.rsplit('.').next().unwrap_or(path);
+        let last = last.split('[').next().unwrap_or(last);
+        if op_index.is_some() && !path.contains('.') {
+            "op"
+        } else {
+            last
+        }
+        .to_owned()
+    });
+    let message = match location {
+        Some((line, column)) => format!("{message} (line {line}, column {column})"),
+        None => message.to_owned(),
+    };
+    BatchFileError::Field {
+        source_name: source_name.to_owned(),
+        op_id,
+        field,
+        message,
+    }
+}
+
+/// The `id` of op `index`, read leniently from the document.
+fn op_id_at(text: &str, index: usize) -> Option<String> {
+    let document: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    document
+        .get("ops")?
+        .get(index)?
+        .get("id")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Splits serde_yaml's `path: message` (the path is left out at the top).
+fn split_path(display: &str) -> (&str, &str) {
+    match display.split_once(": ") {
+        Some((path, message))
+            if !path.is_empty()
+                && path
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b"_.[]?-".contains(&byte)) =>
+        {
+            (path, message)
+        }
+        _ => ("", display),
+    }
+}
+
+/// Drops the ` at line L column C` the parsers append, which the error
+/// carries in its own fields.
+fn strip_location(display: &str, line: usize, column: usize) -> String {
+    display.replacen(&format!(" at line {line} column {column}"), "", 1)
+}
+
+// ------------------------------------------------------------- the schema
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchFile {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    max_parallel: u32,
+    #[serde(default)]
+    on_failure: Option<OnFailureName>,
+    #[serde(default)]
+    hazards: Option<HazardsName>,
+    #[serde(default)]
+    namespace: String,
+    #[serde(default, deserialize_with = "string_map")]
+    labels: HashMap<String, String>,
+    #[serde(default)]
+    ops: Vec<OpEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpEntry {
+    id: String,
+    kind: String,
+    #[serde(default, deserialize_with = "args_object")]
+    args: Option<serde_json::Value>,
+    #[serde(default)]
+    after: Vec<String>,
+    #[serde(default)]
+    run_if: Option<RunIfName>,
+    #[serde(default, deserialize_with = "timeout_ms")]
+    timeout: Option<u64>,
+    #[serde(default)]
+    attempts: u32,
+    #[serde(default)]
+    priority: Option<PriorityName>,
+    #[serde(default)]
+    store_as: String,
+    #[serde(default)]
+    wait_for: Vec<String>,
+    #[serde(default)]
+    reads: Vec<String>,
+    #[serde(default)]
+    writes: Vec<String>,
+    #[serde(default, deserialize_with = "string_map")]
+    requires: HashMap<String, String>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum OnFailureName {
+    Continue,
+    FailFast,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum HazardsName {
+    Reject,
+    Order,
+    Allow,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RunIfName {
+    Success,
+    Always,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum PriorityName {
+    Critical,
+    High,
+    Medium,
+    Low,
+}
+
+impl BatchFile {
+    fn into_batch(self) -> v1::Batch {
+        v1::Batch {
+            name: self.name,
+            max_parallel: self.max_parallel,
+            on_failure: match self.on_failure {
+                None => v1::OnFailure::Unspecified,
+                Some(OnFailureName::Continue) => v1::OnFailure::Continue,
+                Some(OnFailureName::FailFast) => v1::OnFailure::FailFast,
+            } as i32,
+            hazards: match self.hazards {
+                None => v1::Hazards::Unspecified,
+                Some(HazardsName::Reject) => v1::Hazards::Reject,
+                Some(HazardsName::Order) => v1::Hazards::Order,
+                Some(HazardsName::Allow) => v1::Hazards::Allow,
+            } as i32,
+            ops: self.ops.into_iter().map(OpEntry::into_op).collect(),
+            namespace: self.namespace,
+            labels: self.labels,
+        }
+    }
+}
+
+impl OpEntry {
+    fn into_op(self) -> v1::Op {
+        v1::Op {
+            id: self.id,
+            kind: self.kind,
+            args_json: self.args.map(|args| args.to_string()).unwrap_or_default(),
+            after: self.after,
+            run_if: match self.run_if {
+                None => v1::RunIf::Unspecified,
+                Some(RunIfName::Success) => v1::RunIf::Success,
+                Some(RunIfName::Always) => v1::RunIf::Always,
+            } as i32,
+            timeout_ms: self.timeout.unwrap_or(0),
+            attempts: self.attempts,
+            priority: match self.priority {
+                None => v1::Priority::Unspecified,
+                Some(PriorityName::Critical) => v1::Priority::Critical,
+                Some(PriorityName::High) => v1::Priority::High,
+                Some(PriorityName::Medium) => v1::Priority::Medium,
+                Some(PriorityName::Low) => v1::Priority::Low,
+            } as i32,
+            store_as: self.store_as,
+            wait_for: self.wait_for,
+            reads: self.reads,
+            writes: self.writes,
+            requires: self.requires,
+        }
+    }
+}
+
+/// `args`: any mapping (null counts as none). A visitor rather than a
+/// check afterwards, so the error carries the path and line of `args`.
+fn args_object<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    struct ArgsVisitor;
+
+    impl<'de> Visitor<'de> for ArgsVisitor {
+        type Value = Option<serde_json::Value>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("a mapping of argument names to values")
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+
+    deserializer.deserialize_any(ArgsVisitor)
+}
+
+/// `timeout`: a humantime duration (`10m`, `1h 30m`, `250ms`) or whole
+/// milliseconds.
+fn timeout_ms<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    struct TimeoutVisitor;
+
+    impl<'de> Visitor<'de> for TimeoutVisitor {
+        type Value = Option<u64>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("a duration like `10m` or `1h 30m`, or whole milliseconds")
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_u64<E: de::Error>(self, millis: u64) -> Result<Self::Value, E> {
+            Ok(Some(millis))
+        }
+
+        fn visit_i64<E: de::Error>(self, millis: i64) -> Result<Self::Value, E> {
+            u64::try_from(millis).map(Some).map_err(|_| {
+                E::custom(format!(
+                    "bad duration {millis}: a timeout cannot be negative"
+                ))
+            })
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            let duration = humantime::parse_duration(text.trim()).map_err(|error| {
+                E::custom(format!(
+                    "bad duration `{text}`: {error} (try `90s`, `10m`, `1h 30m`)"
+                ))
+            })?;
+            u64::try_from(duration.as_millis())
+                .map(Some)
+                .map_err(|_| E::custom(format!("bad duration `{text}`: too long")))
+        }
+    }
+
+    deserializer.deserialize_any(TimeoutVisitor)
+}
+
+/// A mapping of strings to strings, where YAML's unquoted `true` or `8`
+/// count as the strings they spell.
+fn string_map<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<HashMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Flag(bool),
+        Unsigned(u64),
+        Signed(i64),
+        Float(f64),
+    }
+
+    let map: Option<BTreeMap<String, Scalar>> = Option::deserialize(deserializer)?;
+    Ok(map
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                Scalar::Text(text) => text,
+                Scalar::Flag(flag) => flag.to_string(),
+                Scalar::Unsigned(number) => number.to_string(),
+                Scalar::Signed(number) => number.to_string(),
+                Scalar::Float(number) => number.to_string(),
+            };
+            (key, value)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    const GOOD_YAML: &str = r#"
+name: release-check
+max_parallel: 8
+on_failure: fail_fast
+hazards: order
+namespace: team-a
+labels: {team: x}
+ops:
+  - id: lint
+    kind: shell
+    args: {cmd: "cargo clippy", env: {A: "1"}}
+    timeout: 10m
+    attempts: 3
+    priority: high
+    store_as: swarm/lint
+    requires: {gpu: true}
+  - id: report
+    kind: write
+    after: [lint]
+    run_if: always
+    timeout: 1500
+    args:
+      path: reports/ready.md
+      content: "lint: ${ops.lint.status}"
+    wait_for: [k1]
+    reads: [a.txt]
+    writes: [b.txt]
+  - id: idle
+    kind: noop
+"#;
+
+    #[test]
+    fn good_yaml() {
+        let batch = parse_batch(GOOD_YAML, "release.yaml").unwrap();
+        assert_eq!(batch.name, "release-check");
+        assert_eq!(batch.max_parallel, 8);
+        assert_eq!(batch.on_failure, v1::OnFailure::FailFast as i32);
+        assert_eq!(batch.hazards, v1::Hazards::Order as i32);
+        assert_eq!(batch.namespace, "team-a");
+        assert_eq!(batch.labels.get("team").map(String::as_str), Some("x"));
+        let [lint, report, idle] = &batch.ops[..] else {
+            panic!("three ops")
+        };
+        assert_eq!(lint.kind, "shell");
+        let args: serde_json::Value = serde_json::from_str(&lint.args_json).unwrap();
+        assert_eq!(
+            args,
+            serde_json::json!({"cmd": "cargo clippy", "env": {"A": "1"}})
+        );
+        assert_eq!(lint.timeout_ms, 600_000);
+        assert_eq!(lint.attempts, 3);
+        assert_eq!(lint.priority, v1::Priority::High as i32);
+        assert_eq!(lint.store_as, "swarm/lint");
+        assert_eq!(lint.requires.get("gpu").map(String::as_str), Some("true"));
+        assert_eq!(report.after, vec!["lint"]);
+        assert_eq!(report.run_if, v1::RunIf::Always as i32);
+        assert_eq!(report.timeout_ms, 1500);
+        assert!(report.args_json.contains("${ops.lint.status}"));
+        assert_eq!(
+            (
+                report.wait_for.clone(),
+                report.reads.clone(),
+                report.writes.clone()
+            ),
+            (
+                vec!["k1".to_owned()],
+                vec!["a.txt".to_owned()],
+                vec!["b.txt".to_owned()]
+            )
+        );
+        assert_eq!(idle.args_json, "");
+        assert_eq!(idle.priority, v1::Priority::Unspecified as i32);
+    }
+
+    #[test]
+    fn good_json() {
+        let text = r#"
+            {"name": "j", "ops": [
+                {"id": "a", "kind": "echo", "args": {"text": "hi"}, "timeout": "2s", "priority": "low"},
+                {"id": "b", "kind": "noop", "after": ["a"], "timeout": 50}
+            ]}"#;
+        let batch = parse_batch(text, "j.json").unwrap();
+        assert_eq!(batch.name, "j");
+        assert_eq!(batch.ops.len(), 2);
+        assert_eq!(batch.ops[0].args_json, r#"{"text":"hi"}"#);
+        assert_eq!(batch.ops[0].timeout_ms, 2000);
+        assert_eq!(batch.ops[0].priority, v1::Priority::Low as i32);
+        assert_eq!(batch.ops[1].after, vec!["a"]);
+        assert_eq!(batch.ops[1].timeout_ms, 50);
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_line_and_column() {
+        let text = "name: x\nops:\n  - id: a\n    after: [b\n";
+        let error = parse_batch(text, "bad.yaml").unwrap_err();
+        let BatchFileError::Syntax {
+            source_name,
+            line,
+            column,
+            ..
+        } = &error
+        else {
+            panic!("{error}")
+        };
+        assert_eq!((source_name.as_str(), *line, *column), ("bad.yaml", 5, 1));
+        assert!(error.to_string().starts_with("bad.yaml:5:1: "), "{error}");
+    }
+
+    #[test]
+    fn json_syntax_error_has_line_and_column() {
+        let error = parse_batch("{\"ops\": [\n  {\"id\": \"a\",, }\n]}", "bad.json").unwrap_err();
+        let BatchFileError::Syntax { line, column, .. } = &error else {
+            panic!("{error}")
+        };
+        assert_eq!((*line, *column), (2, 14));
+        assert!(error.to_string().starts_with("bad.json:2:14: "), "{error}");
+    }
+
+    #[test]
+    fn unknown_op_field() {
+        let text = "ops:\n  - id: a\n    kind: noop\n  - id: b\n    kind: noop\n    afer: [a]\n";
+        let error = parse_batch(text, "typo.yaml").unwrap_err();
+        let BatchFileError::Field {
+            op_id,
+            field,
+            message,
+            ..
+        } = &error
+        else {
+            panic!("{error}")
+        };
+        assert_eq!(op_id.as_deref(), Some("b"));
+        assert_eq!(field, "afer");
+        assert!(
+            message.contains("unknown field `afer`") && message.contains("line 6"),
+            "{message}"
+        );
+        assert!(
+            error
+                .to_string()
+                .starts_with("typo.yaml: op `b`: field `afer`: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_field() {
+        let error = parse_batch("nmae: x\nops: []\n", "typo.yaml").unwrap_err();
+        let BatchFileError::Field { op_id, field, .. } = &error else {
+            panic!("{error}")
+        };
+        assert_eq!((op_id.as_deref(), field.as_str()), (None, "nmae"));
+    }
+
+    #[test]
+    fn unknown_field_in_json() {
+        let error = parse_batch(
+            r#"{"ops": [{"id": "a", "kind": "noop", "afer": []}]}"#,
+            "t.json",
+        )
+        .unwrap_err();
+        let BatchFileError::Field { op_id, field, .. } = &error else {
+            panic!("{error}")
+        };
+        assert_eq!((op_id.as_deref(), field.as_str()), (Some("a"), "afer"));
+    }
+
+    #[test]
+    fn bad_duration() {
+        let text = "ops:\n  - id: slow\n    kind: noop\n    timeout: 10 parsecs\n";
+        let error = parse_batch(text, "t.yaml").unwrap_err();
+        let BatchFileError::Field {
+            op_id,
+            field,
+            message,
+            ..
+        } = &error
+        else {
+            panic!("{error}")
+        };
+        assert_eq!(
+            (op_id.as_deref(), field.as_str()),
+            (Some("slow"), "timeout")
+        );
+        assert!(
+            message.contains("10 parsecs") && message.contains("line 4"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn bad_priority() {
+        let text = "ops:\n  - id: p\n    kind: noop\n    priority: urgent\n";
+        let error = parse_batch(text, "t.yaml").unwrap_err();
+        let BatchFileError::Field {
+            op_id,
+            field,
+            message,
+            ..
+        } = &error
+        else {
+            panic!("{error}")
+        };
+        assert_eq!((op_id.as_deref(), field.as_str()), (Some("p"), "priority"));
+        assert!(
+            message.contains("urgent") && message.contains("critical"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn args_must_be_a_mapping() {
+        let error =
+            parse_batch("ops:\n  - id: a\n    kind: echo\n    args: [1]\n", "t.yaml").unwrap_err();
+        let BatchFileError::Field { op_id, field, .. } = &error else {
+            panic!("{error}")
+        };
+        assert_eq!((op_id.as_deref(), field.as_str()), (Some("a"), "args"));
+    }
+
+    #[test]
+    fn missing_file_is_io() {
+        let error = read_batch_file(Path::new("/nonexistent/volley/batch.yaml")).unwrap_err();
+        assert!(matches!(error, BatchFileError::Io { .. }), "{error}");
+    }
+}
