@@ -130,8 +130,12 @@ fn field_error(
         .strip_prefix("ops[")
         .and_then(|rest| rest.split_once(']'))
         .and_then(|(index, _)| index.parse::<usize>().ok());
-    let op_id =
-        op_index.map(|index| op_id_at(text, index).unwrap_or_else(|| format!("#{}", index + 1)));
+    // An op without a readable id is named by its position instead.
+    let (op_id, position) = match op_index.map(|index| (index, op_id_at(text, index))) {
+        Some((_, Some(op_id))) => (Some(op_id), String::new()),
+        Some((index, None)) => (None, format!("op #{} (counting from 1): ", index + 1)),
+        None => (None, String::new()),
+    };
     // `unknown field `x`` and `missing field `x`` name the field in the
     // message; otherwise it is the last part of the path.
     let named = ["unknown field `", "missing field `"]
@@ -143,16 +147,16 @@ fn field_error(
     let field = named.unwrap_or_else(|| {
         let last = path.rsplit('.').next().unwrap_or(path);
         let last = last.split('[').next().unwrap_or(last);
-        if op_index.is_some() && !path.contains('.') {
-            "op"
-        } else {
-            last
+        match (op_index, last) {
+            (Some(_), _) if !path.contains('.') => "op",
+            (None, "") => "batch",
+            _ => last,
         }
         .to_owned()
     });
     let message = match location {
-        Some((line, column)) => format!("{message} (line {line}, column {column})"),
-        None => message.to_owned(),
+        Some((line, column)) => format!("{position}{message} (line {line}, column {column})"),
+        None => format!("{position}{message}"),
     };
     BatchFileError::Field {
         source_name: source_name.to_owned(),
@@ -599,6 +603,32 @@ ops:
             panic!("{error}")
         };
         assert_eq!((op_id.as_deref(), field.as_str()), (Some("a"), "afer"));
+    }
+
+    #[test]
+    fn op_without_id_is_named_by_position() {
+        let text = "ops:\n  - id: a\n    kind: noop\n  - kind: noop\n";
+        let error = parse_batch(text, "t.yaml").unwrap_err();
+        let BatchFileError::Field {
+            op_id,
+            field,
+            message,
+            ..
+        } = &error
+        else {
+            panic!("{error}")
+        };
+        assert_eq!((op_id.as_deref(), field.as_str()), (None, "id"));
+        assert!(message.starts_with("op #2 "), "{message}");
+    }
+
+    #[test]
+    fn not_a_mapping() {
+        let error = parse_batch("- a\n- b\n", "t.yaml").unwrap_err();
+        let BatchFileError::Field { op_id, field, .. } = &error else {
+            panic!("{error}")
+        };
+        assert_eq!((op_id.as_deref(), field.as_str()), (None, "batch"));
     }
 
     #[test]

@@ -226,6 +226,7 @@ impl OpChecker<'_> {
     /// only (no hazard edges) and `dependents` left empty.
     fn check(&mut self, index: u32, op: &Op, accesses: &mut Vec<Access>) -> PlannedOp {
         let id = op.id.as_str();
+        let first_access = accesses.len();
         if op.kind.is_empty() {
             self.problems.op(
                 index,
@@ -332,6 +333,15 @@ impl OpChecker<'_> {
         if wait_for.len() > 1 {
             let mut seen = HashSet::with_capacity(wait_for.len());
             wait_for.retain(|key| seen.insert(key.clone()));
+        }
+        // Reading a key the op waits for cannot race with its writer: the op
+        // only starts once the key is written.
+        if !wait_for.is_empty() {
+            let own = accesses.split_off(first_access);
+            accesses.extend(own.into_iter().filter(|access| {
+                access.write
+                    || !matches!(&access.target, Target::Memory(key) if wait_for.contains(key))
+            }));
         }
 
         for (declared, field, write) in [(&op.reads, "reads", false), (&op.writes, "writes", true)]
@@ -946,6 +956,39 @@ mod tests {
         waiter.wait_for = vec!["k".into()];
         let templated = op("templated", "echo", json!({"text": "${memory.k}"}));
         assert!(plan_of(&batch(vec![first, waiter, templated])).is_ok());
+    }
+
+    #[test]
+    fn reading_a_key_waited_for_does_not_race() {
+        let mut writer = noop("writer");
+        writer.store_as = "k".into();
+        let mut reader = op("reader", "memory.get", json!({"key": "k"}));
+        assert!(plan_of(&batch(vec![writer.clone(), reader.clone()])).is_err());
+        reader.wait_for = vec!["k".into()];
+        assert!(plan_of(&batch(vec![writer, reader])).is_ok());
+    }
+
+    #[test]
+    fn hazards_order_chains_many_writers_in_linear_time() {
+        let op_count = 20_000;
+        let ops: Vec<Op> = (0..op_count)
+            .map(|index| {
+                op(
+                    &format!("w{index}"),
+                    "write",
+                    json!({"path": "log.txt", "content": "x", "append": true}),
+                )
+            })
+            .collect();
+        let mut ordered = batch(ops);
+        ordered.hazards = Hazards::Order as i32;
+        let plan = plan_of(&ordered).unwrap();
+        assert!(plan.ops[0].deps.is_empty());
+        for (index, planned) in plan.ops.iter().enumerate().skip(1) {
+            assert_eq!(planned.deps, vec![index as u32 - 1]);
+        }
+        ordered.hazards = Hazards::Reject as i32;
+        assert_eq!(problems_of(&ordered).len(), op_count - 1);
     }
 
     #[test]
