@@ -3,9 +3,9 @@
 //! inspect, cancel, and use a batch's memory.
 //!
 //! # Layout
-//! - [`batch_file`]: YAML/JSON batch files → `volley.v1.Batch`.
-//! - [`client`]: `Client`, one connection to a coordinator.
-//! - [`error`]: `ClientError`, statuses mapped back to typed errors.
+//! - [`batch_file`] — YAML/JSON batch files → `volley.v1.Batch`.
+//! - [`client`] — `Client`, one connection to a coordinator.
+//! - [`error`] — `ClientError`, statuses mapped back to typed errors.
 
 pub mod batch_file;
 pub mod client;

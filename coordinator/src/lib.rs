@@ -6,14 +6,14 @@
 //! active batches up from the store.
 //!
 //! # Layout
-//! - [`config`]: `CoordinatorConfig`.
-//! - [`error`]: `CoordinatorError`, what every domain call can fail with.
-//! - [`service`]: `Coordinator`, the domain API the gRPC adapters call.
+//! - [`config`] — `CoordinatorConfig`.
+//! - [`error`] — `CoordinatorError`, what every domain call can fail with.
+//! - [`service`] — `Coordinator`, the domain API the gRPC adapters call.
 //! - `dispatch`: the dispatcher task: worker credits, batch parallelism,
 //!   routing by kind and labels, templates filled in at dispatch.
 //! - `plans`: the cache of planned batches.
 //! - `report`: builds a batch's final report (timings, critical path).
-//! - [`grpc`]: thin tonic adapters and the server.
+//! - [`grpc`] — thin tonic adapters and the server.
 
 pub mod config;
 mod convert;

@@ -3,9 +3,9 @@
 //! args through the same typed structs.
 //!
 //! # Layout
-//! - [`args`]: one struct per built-in kind, `parse_args`, `BUILTIN_KINDS`.
-//! - [`touches`]: the files and memory keys an op reads and writes.
-//! - [`template`]: `${ops.ID.output}`, `${ops.ID.status}`, `${memory.KEY}`.
+//! - [`args`] — one struct per built-in kind, `parse_args`, `BUILTIN_KINDS`.
+//! - [`touches`] — the files and memory keys an op reads and writes.
+//! - [`template`] — `${ops.ID.output}`, `${ops.ID.status}`, `${memory.KEY}`.
 
 pub mod args;
 pub mod template;

@@ -254,7 +254,20 @@ impl Reachability {
 /// ops in run order and its total. Empty for an empty or cyclic plan.
 pub(crate) fn critical_path(ops: &[PlannedOp], durations_ms: &[u64]) -> (Vec<u32>, u64) {
     let op_count = ops.len();
-    let mut waiting_on: Vec<u32> = ops.iter().map(|op| op.deps.len() as u32).collect();
+    // Time edges: dependencies, and memory waits on the batch's own writers.
+    let predecessors = |index: usize| ops[index].deps.iter().chain(&ops[index].wait_writers);
+    let mut wait_dependents: Vec<Vec<u32>> = Vec::new();
+    if ops.iter().any(|op| !op.wait_writers.is_empty()) {
+        wait_dependents = vec![Vec::new(); op_count];
+        for (index, op) in ops.iter().enumerate() {
+            for &writer in &op.wait_writers {
+                wait_dependents[writer as usize].push(index as u32);
+            }
+        }
+    }
+    let mut waiting_on: Vec<u32> = (0..op_count)
+        .map(|index| predecessors(index).count() as u32)
+        .collect();
     let mut queue: VecDeque<u32> = (0..op_count as u32)
         .filter(|&index| waiting_on[index as usize] == 0)
         .collect();
@@ -266,9 +279,7 @@ pub(crate) fn critical_path(ops: &[PlannedOp], durations_ms: &[u64]) -> (Vec<u32
     while let Some(index) = queue.pop_front() {
         processed += 1;
         let own = durations_ms.get(index as usize).copied().unwrap_or(0);
-        let start = ops[index as usize]
-            .deps
-            .iter()
+        let start = predecessors(index as usize)
             .map(|&dep| (finish[dep as usize], dep))
             .max_by_key(|&(total, dep)| (total, Reverse(dep)));
         if let Some((total, dep)) = start {
@@ -277,7 +288,8 @@ pub(crate) fn critical_path(ops: &[PlannedOp], durations_ms: &[u64]) -> (Vec<u32
         } else {
             finish[index as usize] = own;
         }
-        for &dependent in &ops[index as usize].dependents {
+        let waiters = wait_dependents.get(index as usize).into_iter().flatten();
+        for &dependent in ops[index as usize].dependents.iter().chain(waiters) {
             let count = &mut waiting_on[dependent as usize];
             *count -= 1;
             if *count == 0 {
@@ -290,7 +302,8 @@ pub(crate) fn critical_path(ops: &[PlannedOp], durations_ms: &[u64]) -> (Vec<u32
     }
     let mut end = 0usize;
     for index in 1..op_count {
-        if finish[index] > finish[end] {
+        // On a tie, the later op: its chain holds the earlier one.
+        if finish[index] >= finish[end] {
             end = index;
         }
     }
@@ -381,6 +394,7 @@ mod tests {
                 timeout_ms: 0,
                 store_as: None,
                 wait_for: Vec::new(),
+                wait_writers: Vec::new(),
                 requires: Default::default(),
                 has_templates: false,
             })

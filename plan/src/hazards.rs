@@ -201,3 +201,96 @@ fn race_problem(ops: &[Op], target: &Target, earlier: Member<'_>, later: Member<
         ),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_do_not_cross_directories() {
+        let matcher = compile_glob("src/*.rs").unwrap();
+        assert!(matcher.is_match("src/a.rs"));
+        assert!(!matcher.is_match("src/deep/a.rs"));
+        assert!(
+            compile_glob("src/**/*.rs")
+                .unwrap()
+                .is_match("src/deep/a.rs")
+        );
+        assert!(compile_glob("src/[").unwrap_err().contains("src/["));
+    }
+
+    #[test]
+    fn an_op_reading_and_writing_a_target_counts_once_as_writer() {
+        let mut members = vec![
+            Member {
+                op: 1,
+                write: false,
+                through: None,
+            },
+            Member {
+                op: 0,
+                write: false,
+                through: None,
+            },
+            Member {
+                op: 1,
+                write: true,
+                through: Some("*"),
+            },
+        ];
+        merge_same_op(&mut members);
+        let merged: Vec<(u32, bool)> = members
+            .iter()
+            .map(|member| (member.op, member.write))
+            .collect();
+        assert_eq!(merged, vec![(0, false), (1, true)]);
+    }
+
+    #[test]
+    fn race_through_a_glob_names_the_pattern() {
+        let ops: Vec<Op> = ["writer", "lister"]
+            .map(|id| Op {
+                id: id.into(),
+                ..Default::default()
+            })
+            .into();
+        let accesses = vec![
+            Access {
+                op: 0,
+                target: Target::File("logs/a.log".into()),
+                write: true,
+            },
+            Access {
+                op: 1,
+                target: Target::File("logs/*.log".into()),
+                write: false,
+            },
+        ];
+        let mut graph = Graph::from_deps(vec![Vec::new(), Vec::new()]);
+        let mut reach = Reachability::new(&[0, 1]);
+        let problems = find_hazards(
+            &accesses,
+            &ops,
+            &mut graph,
+            &mut reach,
+            HazardPolicy::Reject,
+        );
+        assert_eq!(problems.len(), 1);
+        let (index, problem) = &problems[0];
+        assert_eq!(
+            (*index, problem.op_id.as_str(), problem.field.as_str()),
+            (1, "lister", "reads")
+        );
+        assert!(
+            problem.message.contains("`logs/a.log`") && problem.message.contains("`logs/*.log`")
+        );
+        assert!(
+            find_hazards(&accesses, &ops, &mut graph, &mut reach, HazardPolicy::Allow).is_empty()
+        );
+        assert!(
+            find_hazards(&accesses, &ops, &mut graph, &mut reach, HazardPolicy::Order).is_empty()
+        );
+        assert_eq!(graph.deps[1], vec![0]);
+    }
+}

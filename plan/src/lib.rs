@@ -5,7 +5,7 @@
 //! An invalid batch never reaches the store.
 //!
 //! # Layout
-//! - [`model`]: `Plan`, `PlannedOp`, `Limits`, `Problem`.
+//! - [`model`] — `Plan`, `PlannedOp`, `Limits`, `Problem`.
 //! - `validate`: the checks, `plan()`.
 //! - `hazards`: unordered ops touching the same file or key.
 //! - `graph`: cycles, reachability, critical path.

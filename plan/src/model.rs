@@ -85,6 +85,10 @@ pub struct PlannedOp {
     /// `wait_for` keys and `${memory.K}` references, deduplicated.
     pub wait_for: Vec<String>,
     pub requires: BTreeMap<String, String>,
+    /// Ops of this batch that write a key this op waits for (`store_as` or
+    /// `memory.put`). Not dispatch edges — a key may come from a client —
+    /// but they order ops in time, so the critical path follows them.
+    pub wait_writers: Vec<u32>,
     /// The args hold `${…}` templates to fill in at dispatch.
     pub has_templates: bool,
 }

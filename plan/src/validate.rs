@@ -125,6 +125,7 @@ pub fn plan(
     }
 
     let warnings = unwritten_waits(&planned_ops);
+    link_wait_writers(&mut planned_ops);
     let Graph { deps, dependents } = graph;
     for ((planned, deps), dependents) in planned_ops.iter_mut().zip(deps).zip(dependents) {
         planned.deps = deps;
@@ -407,6 +408,7 @@ impl OpChecker<'_> {
             timeout_ms: op.timeout_ms,
             store_as: (!op.store_as.is_empty()).then(|| op.store_as.clone()),
             wait_for,
+            wait_writers: Vec::new(),
             requires: op
                 .requires
                 .iter()
@@ -544,6 +546,38 @@ fn bounded_edit_distance(left: &str, right: &str, bound: usize) -> Option<usize>
     }
     let distance = previous[right.len()];
     (distance <= bound).then_some(distance)
+}
+
+/// Fills `wait_writers`: for each key an op waits for, the ops of the batch
+/// that write it.
+fn link_wait_writers(planned_ops: &mut [PlannedOp]) {
+    if planned_ops.iter().all(|op| op.wait_for.is_empty()) {
+        return;
+    }
+    let mut writers: HashMap<String, Vec<u32>> = HashMap::new();
+    for (index, op) in planned_ops.iter().enumerate() {
+        if let Some(key) = &op.store_as {
+            writers.entry(key.clone()).or_default().push(index as u32);
+        }
+        if op.kind == "memory.put"
+            && let Some(Value::String(key)) = op.args.get("key")
+        {
+            writers.entry(key.clone()).or_default().push(index as u32);
+        }
+    }
+    for (index, op) in planned_ops.iter_mut().enumerate() {
+        let mut linked: Vec<u32> = op
+            .wait_for
+            .iter()
+            .filter_map(|key| writers.get(key))
+            .flatten()
+            .copied()
+            .filter(|writer| *writer as usize != index)
+            .collect();
+        linked.sort_unstable();
+        linked.dedup();
+        op.wait_writers = linked;
+    }
 }
 
 /// Warnings for keys ops wait for that no op of the batch writes.

@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //! - `v1`: generated code (never edited by hand).
-//! - [`ids`]: `BatchId`, `OpId`, `WorkerId`.
+//! - [`ids`] — `BatchId`, `OpId`, `WorkerId`.
 
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]

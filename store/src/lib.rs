@@ -9,11 +9,11 @@
 //! hot path scans the batch.
 //!
 //! # Layout
-//! - [`model`]: the types the verbs take and return.
-//! - [`keys`]: every Redis key name (the only place one is spelled).
-//! - [`redis_store`]: the Redis implementation; its scripts live in `lua/`.
-//! - [`memory_store`]: the in-memory implementation, same semantics.
-//! - [`conformance`]: the suite both implementations must pass.
+//! - [`model`] — the types the verbs take and return.
+//! - [`keys`] — every Redis key name (the only place one is spelled).
+//! - [`redis_store`] — the Redis implementation; its scripts live in `lua/`.
+//! - [`memory_store`] — the in-memory implementation, same semantics.
+//! - [`conformance`] — the suite both implementations must pass.
 
 pub mod conformance;
 pub mod keys;

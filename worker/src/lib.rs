@@ -22,16 +22,16 @@
 //! ```
 //!
 //! # Layout
-//! - [`handler`]: `Handler`, `OpContext`, `OpOutput`, `HandlerError`, `handler_fn`.
-//! - [`registry`]: `Registry` (kind name → handler) and `BuiltinConfig`.
-//! - [`builtins`]: the built-in kinds, one module per family.
-//! - [`confine`]: resolving paths under the worker's root and refusing escapes.
-//! - [`memory`]: the `MemoryStore` the memory kinds use, `LocalMemory` for tests
+//! - [`handler`] — `Handler`, `OpContext`, `OpOutput`, `HandlerError`, `handler_fn`.
+//! - [`registry`] — `Registry` (kind name → handler) and `BuiltinConfig`.
+//! - [`builtins`] — the built-in kinds, one module per family.
+//! - [`confine`] — resolving paths under the worker's root and refusing escapes.
+//! - [`memory`] — the `MemoryStore` the memory kinds use, `LocalMemory` for tests
 //!   and embedded runs.
-//! - [`executor`]: runs one assignment (args, timeout, cancel) into a result.
-//! - [`runtime`]: `WorkerConfig`, `run_worker`: connect, register, dispatch,
+//! - [`executor`] — runs one assignment (args, timeout, cancel) into a result.
+//! - [`runtime`] — `WorkerConfig`, `run_worker`: connect, register, dispatch,
 //!   batch results, heartbeat, reconnect, drain.
-//! - [`grpc`]: the tonic side: channel setup, the session stream, the
+//! - [`grpc`] — the tonic side: channel setup, the session stream, the
 //!   coordinator-backed `MemoryStore`.
 
 pub mod builtins;
