@@ -477,3 +477,121 @@ async fn cancel_stops_pending_ops() {
         Some(EventKind::BatchFinished)
     );
 }
+
+async fn run_to_end(cluster: &common::Cluster, batch: v1::Batch) -> v1::BatchStatus {
+    let submitted = cluster.client.submit(batch).await.expect("submit");
+    let stream = cluster
+        .client
+        .watch(&submitted.batch_id, 0)
+        .await
+        .expect("watch");
+    let _: Vec<_> = tokio::time::timeout(Duration::from_secs(60), stream.collect::<Vec<_>>())
+        .await
+        .expect("batch finishes");
+    cluster
+        .client
+        .status(&submitted.batch_id)
+        .await
+        .expect("status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_parallel_bounds_how_many_ops_run_at_once() {
+    let cluster = common::Cluster::start(3).await;
+    let ops = (0..12)
+        .map(|index| op(&format!("s{index}"), "sleep", json!({"ms": 40})))
+        .collect();
+    let batch = v1::Batch {
+        name: "bounded".into(),
+        max_parallel: 2,
+        ops,
+        ..Default::default()
+    };
+    let status = run_to_end(&cluster, batch).await;
+    assert_eq!(status.state(), BatchState::Succeeded);
+    // Each op's recorded interval lies inside the time it held a claim, so
+    // overlapping recorded intervals are a lower bound on concurrency.
+    let mut edges: Vec<(u64, i32)> = Vec::new();
+    for op in &status.ops {
+        edges.push((op.started_ms, 1));
+        edges.push((op.started_ms + op.duration_ms, -1));
+    }
+    edges.sort_by_key(|&(at, delta)| (at, delta));
+    let (mut running, mut most) = (0, 0);
+    for (_, delta) in edges {
+        running += delta;
+        most = most.max(running);
+    }
+    assert!(most <= 2, "{most} ops ran at once with max_parallel 2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_that_require_labels_go_only_to_workers_that_have_them() {
+    let mut cluster = common::Cluster::start(2).await;
+    let mut ops: Vec<v1::Op> = Vec::new();
+    for index in 0..20 {
+        let mut gpu = op(&format!("gpu-{index}"), "echo", json!({"text": "on gpu"}));
+        gpu.requires = [("gpu".to_owned(), "yes".to_owned())].into_iter().collect();
+        ops.push(gpu);
+        ops.push(op(
+            &format!("any-{index}"),
+            "echo",
+            json!({"text": "anywhere"}),
+        ));
+    }
+    let batch = v1::Batch {
+        name: "labels".into(),
+        ops,
+        ..Default::default()
+    };
+    let submitted = cluster.client.submit(batch).await.expect("submit");
+    // No worker has the label yet: the gpu ops wait, the rest run.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = cluster
+            .client
+            .status(&submitted.batch_id)
+            .await
+            .expect("status");
+        let any_done = status
+            .ops
+            .iter()
+            .filter(|op| op.id.starts_with("any-") && op.state() == OpState::Succeeded)
+            .count();
+        if any_done == 20 {
+            assert!(
+                status
+                    .ops
+                    .iter()
+                    .filter(|op| op.id.starts_with("gpu-"))
+                    .all(|op| op.state() != OpState::Succeeded)
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "unlabelled ops never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster
+        .add_worker_with("gpu-worker", &["--label", "gpu=yes"])
+        .await;
+    let stream = cluster
+        .client
+        .watch(&submitted.batch_id, 0)
+        .await
+        .expect("watch");
+    let _: Vec<_> = tokio::time::timeout(Duration::from_secs(60), stream.collect::<Vec<_>>())
+        .await
+        .expect("batch finishes");
+    let status = cluster
+        .client
+        .status(&submitted.batch_id)
+        .await
+        .expect("status");
+    assert_eq!(status.state(), BatchState::Succeeded);
+    for op in status.ops.iter().filter(|op| op.id.starts_with("gpu-")) {
+        assert_eq!(op.worker, "gpu-worker", "op {} ran on {}", op.id, op.worker);
+    }
+}

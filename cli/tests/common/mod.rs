@@ -75,6 +75,11 @@ impl Cluster {
     }
 
     pub async fn add_worker(&mut self, id: &str) {
+        self.add_worker_with(id, &[]).await;
+    }
+
+    /// A worker with extra flags, e.g. `["--label", "gpu=yes"]`.
+    pub async fn add_worker_with(&mut self, id: &str, extra: &[&str]) {
         let worker = Command::new(volley_bin())
             .args([
                 "worker",
@@ -88,6 +93,7 @@ impl Cluster {
                 "--root",
             ])
             .arg(self.root.path())
+            .args(extra)
             .env("VOLLEY_LOG", "warn")
             .stdout(Stdio::null())
             .kill_on_drop(true)
