@@ -595,3 +595,47 @@ async fn ops_that_require_labels_go_only_to_workers_that_have_them() {
         assert_eq!(op.worker, "gpu-worker", "op {} ran on {}", op.id, op.worker);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_ops_go_only_to_workers_that_allow_shell() {
+    let redis = volley_testkit::RedisServer::start().expect("redis");
+    let port = common::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _coordinator = tokio::process::Command::new(common::volley_bin())
+        .args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--redis", &redis.url()])
+        .env("VOLLEY_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("coordinator");
+    let client = common::connect_with_deadline(&url, Duration::from_secs(20)).await;
+    let _plain = tokio::process::Command::new(common::volley_bin())
+        .args(["worker", "--coordinator", &url, "--id", "plain"])
+        .env("VOLLEY_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("worker");
+    client.wait_for_workers(1, Duration::from_secs(20)).await.expect("workers");
+    let ops = (0..10).map(|index| op(&format!("sh-{index}"), "shell", json!({"cmd": "echo hi"}))).collect();
+    let submitted = client
+        .submit(v1::Batch { name: "shell".into(), ops, ..Default::default() })
+        .await
+        .expect("submit");
+    assert!(
+        submitted.warnings.iter().any(|warning| warning.contains("`shell`") && warning.contains("--allow-shell")),
+        "warns that nothing runs shell: {:?}",
+        submitted.warnings
+    );
+    let _shell = tokio::process::Command::new(common::volley_bin())
+        .args(["worker", "--coordinator", &url, "--id", "shell-ok", "--allow-shell"])
+        .env("VOLLEY_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("worker");
+    let stream = client.watch(&submitted.batch_id, 0).await.expect("watch");
+    let _: Vec<_> = tokio::time::timeout(Duration::from_secs(60), stream.collect::<Vec<_>>())
+        .await
+        .expect("batch finishes");
+    let status = client.status(&submitted.batch_id).await.expect("status");
+    assert_eq!(status.state(), BatchState::Succeeded);
+    assert!(status.ops.iter().all(|op| op.worker == "shell-ok" && op.attempts == 1));
+}

@@ -133,6 +133,33 @@ impl Coordinator {
                 .unwrap_or(false)
     }
 
+    /// Warnings for kinds of the plan no connected worker runs now: their
+    /// ops wait until such a worker connects.
+    fn unserved_kinds(&self, plan: &Plan) -> Vec<String> {
+        let Ok(served) = self.inner.worker_kinds.read() else {
+            return Vec::new();
+        };
+        let mut waiting: BTreeMap<&str, usize> = BTreeMap::new();
+        for op in &plan.ops {
+            if !served.contains(&op.kind) {
+                *waiting.entry(op.kind.as_str()).or_default() += 1;
+            }
+        }
+        waiting
+            .into_iter()
+            .map(|(kind, count)| {
+                let hint = if volley_kinds::HOST_PROGRAM_KINDS.contains(&kind) {
+                    " (workers run it only when started with --allow-shell)"
+                } else if volley_kinds::FILE_KINDS.contains(&kind) {
+                    " (workers run it only when started with --root)"
+                } else {
+                    ""
+                };
+                format!("no connected worker runs `{kind}` ops{hint}; {count} op(s) wait until one connects")
+            })
+            .collect()
+    }
+
     /// Validates, plans and stores a batch, then hands it to the dispatcher.
     /// An invalid batch stores nothing.
     #[tracing::instrument(skip_all, fields(name = %batch.name, ops = batch.ops.len()))]
@@ -156,7 +183,8 @@ impl Coordinator {
         let id = BatchId::new(uuid::Uuid::now_v7().to_string());
         let new_batch = new_batch(&id, &batch, &plan);
         let op_count = plan.ops.len() as u32;
-        let warnings = plan.warnings.clone();
+        let mut warnings = plan.warnings.clone();
+        warnings.extend(self.unserved_kinds(&plan));
         self.inner.store.create_batch(new_batch).await?;
         let planned = Arc::new(PlannedBatch {
             id: id.clone(),

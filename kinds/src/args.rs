@@ -8,6 +8,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Every kind the stock worker runs without a user-registered handler.
+/// Built-in kinds that touch files: a worker runs them only under a root.
+pub const FILE_KINDS: &[&str] = &["read", "write", "glob", "grep"];
+
+/// Built-in kinds that run host programs: only on workers that allow it.
+pub const HOST_PROGRAM_KINDS: &[&str] = &["shell"];
+
 pub const BUILTIN_KINDS: &[&str] = &[
     "noop",
     "echo",

@@ -12,7 +12,7 @@ pub mod template;
 pub mod touches;
 
 pub use args::{
-    ArgsError, BUILTIN_KINDS, BuiltinArgs, EchoArgs, GlobArgs, GrepArgs, MemoryGetArgs,
+    ArgsError, BUILTIN_KINDS, BuiltinArgs, EchoArgs, FILE_KINDS, HOST_PROGRAM_KINDS, GlobArgs, GrepArgs, MemoryGetArgs,
     MemoryPutArgs, NoopArgs, ReadArgs, ShellArgs, SleepArgs, WriteArgs, parse_args,
 };
 pub use template::{

@@ -1,6 +1,6 @@
 //! The kinds a worker runs: kind name → handler.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,6 +20,10 @@ pub struct BuiltinConfig {
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: BTreeMap<String, Arc<dyn Handler>>,
+    /// Kinds held but switched off on this host (file kinds without a root,
+    /// `shell` without `allow_shell`): not advertised to the coordinator, so
+    /// it routes those ops to workers that run them.
+    disabled: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -38,18 +42,28 @@ impl Registry {
     }
 
     /// A registry with every built-in kind. File kinds without a root and
-    /// `shell` without `allow_shell` are still registered, and refuse each op
-    /// with an error that says how to enable them.
+    /// `shell` without `allow_shell` are held but not advertised (see
+    /// [`Registry::advertised_kinds`]); an op of theirs that arrives anyway
+    /// is refused with an error that says how to enable them.
     pub fn with_builtins(config: &BuiltinConfig) -> Self {
         let mut registry = Self::new();
         builtins::register_all(&mut registry, config);
+        if config.root.is_none() {
+            for kind in volley_kinds::FILE_KINDS {
+                registry.disabled.insert((*kind).to_owned());
+            }
+        }
+        if !config.allow_shell {
+            for kind in volley_kinds::HOST_PROGRAM_KINDS {
+                registry.disabled.insert((*kind).to_owned());
+            }
+        }
         registry
     }
 
     /// Adds (or replaces) the handler of `kind`.
     pub fn register(&mut self, kind: impl Into<String>, handler: impl Handler) -> &mut Self {
-        self.handlers.insert(kind.into(), Arc::new(handler));
-        self
+        self.register_arc(kind, Arc::new(handler))
     }
 
     /// Adds (or replaces) the handler of `kind`, already shared.
@@ -58,7 +72,9 @@ impl Registry {
         kind: impl Into<String>,
         handler: Arc<dyn Handler>,
     ) -> &mut Self {
-        self.handlers.insert(kind.into(), handler);
+        let kind = kind.into();
+        self.disabled.remove(&kind);
+        self.handlers.insert(kind, handler);
         self
     }
 
@@ -69,5 +85,36 @@ impl Registry {
     /// The registered kinds, sorted.
     pub fn kinds(&self) -> Vec<String> {
         self.handlers.keys().cloned().collect()
+    }
+
+    /// The kinds this worker offers the coordinator: registered and not
+    /// switched off on this host. Sorted.
+    pub fn advertised_kinds(&self) -> Vec<String> {
+        self.handlers
+            .keys()
+            .filter(|kind| !self.disabled.contains(*kind))
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod advertised_tests {
+    use super::*;
+
+    #[test]
+    fn switched_off_kinds_are_not_advertised() {
+        let bare = Registry::with_builtins(&BuiltinConfig::default());
+        let advertised = bare.advertised_kinds();
+        for kind in ["read", "write", "glob", "grep", "shell"] {
+            assert!(!advertised.contains(&kind.to_owned()), "{kind} advertised: {advertised:?}");
+            assert!(bare.get(kind).is_some(), "{kind} still refuses with a clear error");
+        }
+        assert!(advertised.contains(&"echo".to_owned()));
+        let full = Registry::with_builtins(&BuiltinConfig {
+            root: Some(std::env::temp_dir()),
+            allow_shell: true,
+        });
+        assert_eq!(full.advertised_kinds(), full.kinds());
     }
 }

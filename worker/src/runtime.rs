@@ -146,7 +146,7 @@ pub async fn run_worker(
         config.root.clone(),
         config.allow_shell,
     ));
-    tracing::info!(coordinator = %config.coordinator, slots = config.slots, kinds = ?executor.registry().kinds(), "worker starting");
+    tracing::info!(coordinator = %config.coordinator, slots = config.slots, kinds = ?executor.registry().advertised_kinds(), "worker starting");
     let params = SessionParams {
         worker_id,
         labels: config.labels.clone(),

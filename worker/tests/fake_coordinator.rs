@@ -225,7 +225,7 @@ async fn registers_runs_assignments_and_returns_results() {
         session.register.labels.get("zone").map(String::as_str),
         Some("test")
     );
-    for kind in ["echo", "noop", "shell", "read", "memory.get", "wordcount"] {
+    for kind in ["echo", "noop", "memory.get", "wordcount"] {
         assert!(
             session
                 .register
@@ -233,6 +233,13 @@ async fn registers_runs_assignments_and_returns_results() {
                 .iter()
                 .any(|registered| registered == kind),
             "missing {kind}"
+        );
+    }
+    // Without a root or --allow-shell these are switched off: not offered.
+    for kind in ["shell", "read"] {
+        assert!(
+            !session.register.kinds.iter().any(|registered| registered == kind),
+            "{kind} offered though switched off"
         );
     }
 

@@ -67,7 +67,7 @@ pub(crate) async fn run_session(
     let (outbound_tx, outbound_rx) = mpsc::channel::<WorkerMessage>(OUTBOUND_CAPACITY);
     let register = Register {
         worker_id: params.worker_id.clone(),
-        kinds: params.executor.registry().kinds(),
+        kinds: params.executor.registry().advertised_kinds(),
         labels: params.labels.clone().into_iter().collect(),
         slots: params.slots,
         version: env!("CARGO_PKG_VERSION").to_owned(),
