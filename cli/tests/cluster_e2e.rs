@@ -602,7 +602,13 @@ async fn shell_ops_go_only_to_workers_that_allow_shell() {
     let port = common::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let _coordinator = tokio::process::Command::new(common::volley_bin())
-        .args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--redis", &redis.url()])
+        .args([
+            "coordinator",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--redis",
+            &redis.url(),
+        ])
         .env("VOLLEY_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
@@ -614,19 +620,38 @@ async fn shell_ops_go_only_to_workers_that_allow_shell() {
         .kill_on_drop(true)
         .spawn()
         .expect("worker");
-    client.wait_for_workers(1, Duration::from_secs(20)).await.expect("workers");
-    let ops = (0..10).map(|index| op(&format!("sh-{index}"), "shell", json!({"cmd": "echo hi"}))).collect();
+    client
+        .wait_for_workers(1, Duration::from_secs(20))
+        .await
+        .expect("workers");
+    let ops = (0..10)
+        .map(|index| op(&format!("sh-{index}"), "shell", json!({"cmd": "echo hi"})))
+        .collect();
     let submitted = client
-        .submit(v1::Batch { name: "shell".into(), ops, ..Default::default() })
+        .submit(v1::Batch {
+            name: "shell".into(),
+            ops,
+            ..Default::default()
+        })
         .await
         .expect("submit");
     assert!(
-        submitted.warnings.iter().any(|warning| warning.contains("`shell`") && warning.contains("--allow-shell")),
+        submitted
+            .warnings
+            .iter()
+            .any(|warning| warning.contains("`shell`") && warning.contains("--allow-shell")),
         "warns that nothing runs shell: {:?}",
         submitted.warnings
     );
     let _shell = tokio::process::Command::new(common::volley_bin())
-        .args(["worker", "--coordinator", &url, "--id", "shell-ok", "--allow-shell"])
+        .args([
+            "worker",
+            "--coordinator",
+            &url,
+            "--id",
+            "shell-ok",
+            "--allow-shell",
+        ])
         .env("VOLLEY_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
@@ -637,5 +662,10 @@ async fn shell_ops_go_only_to_workers_that_allow_shell() {
         .expect("batch finishes");
     let status = client.status(&submitted.batch_id).await.expect("status");
     assert_eq!(status.state(), BatchState::Succeeded);
-    assert!(status.ops.iter().all(|op| op.worker == "shell-ok" && op.attempts == 1));
+    assert!(
+        status
+            .ops
+            .iter()
+            .all(|op| op.worker == "shell-ok" && op.attempts == 1)
+    );
 }

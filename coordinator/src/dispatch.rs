@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use volley_kinds::Reference;
 use volley_proto::{BatchId, v1};
-use volley_store::{Claimed, CompleteOutcome, Completion, Doorbell, OpState, Store};
+use volley_store::{Claimed, CompleteOutcome, Completion, Doorbell, OpRecord, OpState, Store};
 
 use crate::plans::PlannedBatch;
 use crate::service::now_ms;
@@ -595,17 +595,26 @@ impl Dispatcher {
                 .map(|claim| Ok(ops[claim.index as usize].args.to_string()))
                 .collect();
         }
-        let records = match self.store.op_records(&planned.id).await {
+        // Only the ops the templates refer to: their dependencies.
+        let mut referenced: Vec<u32> = claimed
+            .iter()
+            .map(|claim| &ops[claim.index as usize])
+            .filter(|op| op.has_templates)
+            .flat_map(|op| op.deps.iter().copied())
+            .collect();
+        referenced.sort_unstable();
+        referenced.dedup();
+        let records = match self.store.op_records_at(&planned.id, &referenced).await {
             Ok(records) => records,
             Err(error) => {
                 let message = format!("could not read inputs: {error}");
                 return claimed.iter().map(|_| Err(message.clone())).collect();
             }
         };
-        let index_of: HashMap<&str, usize> = ops
+        let record_of: HashMap<&str, &OpRecord> = referenced
             .iter()
-            .enumerate()
-            .map(|(index, op)| (op.id.as_str(), index))
+            .zip(&records)
+            .map(|(index, record)| (ops[*index as usize].id.as_str(), record))
             .collect();
         let mut results = Vec::with_capacity(claimed.len());
         for claim in claimed {
@@ -635,12 +644,12 @@ impl Dispatcher {
             }
             let lookup = |reference: &Reference| -> Option<String> {
                 match reference {
-                    Reference::OpOutput(id) => index_of
+                    Reference::OpOutput(id) => record_of
                         .get(id.as_str())
-                        .map(|index| records[*index].output.clone()),
-                    Reference::OpStatus(id) => index_of
+                        .map(|record| record.output.clone()),
+                    Reference::OpStatus(id) => record_of
                         .get(id.as_str())
-                        .map(|index| state_word(records[*index].state)),
+                        .map(|record| state_word(record.state)),
                     Reference::Memory(key) => memory.get(key).cloned().flatten(),
                 }
             };

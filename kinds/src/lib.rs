@@ -12,8 +12,9 @@ pub mod template;
 pub mod touches;
 
 pub use args::{
-    ArgsError, BUILTIN_KINDS, BuiltinArgs, EchoArgs, FILE_KINDS, HOST_PROGRAM_KINDS, GlobArgs, GrepArgs, MemoryGetArgs,
-    MemoryPutArgs, NoopArgs, ReadArgs, ShellArgs, SleepArgs, WriteArgs, parse_args,
+    ArgsError, BUILTIN_KINDS, BuiltinArgs, EchoArgs, FILE_KINDS, GlobArgs, GrepArgs,
+    HOST_PROGRAM_KINDS, MemoryGetArgs, MemoryPutArgs, NoopArgs, ReadArgs, ShellArgs, SleepArgs,
+    WriteArgs, parse_args,
 };
 pub use template::{
     Reference, TemplateError, has_templates, located_references, references, render,

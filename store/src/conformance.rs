@@ -30,6 +30,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $make;
             case_chain_completes_in_order,
             case_diamond_counts_down,
+            case_op_records_at_reads_the_given_ops,
             case_priorities_then_fifo,
             case_claim_respects_max,
             case_max_parallel_caps_claims,
@@ -261,6 +262,44 @@ pub async fn case_chain_completes_in_order(store: &dyn Store) {
         Vec::<BatchId>::new()
     );
     assert_eq!(indices(store, &batch_id, 10).await, Vec::<u32>::new());
+}
+
+pub async fn case_op_records_at_reads_the_given_ops(store: &dyn Store) {
+    let batch_id = id("records-at");
+    store
+        .create_batch(batch(
+            "records-at",
+            vec![op(0, &[]), op(0, &[]), op(0, &[])],
+        ))
+        .await
+        .expect("create");
+    let claimed = store.claim(&batch_id, 3, NOW + 1).await.expect("claim");
+    let second = claimed
+        .iter()
+        .copied()
+        .find(|claim| claim.index == 1)
+        .expect("op 1 claimed");
+    store
+        .complete(&batch_id, &[success(second)], NOW + 5)
+        .await
+        .expect("complete");
+    let records = store
+        .op_records_at(&batch_id, &[2, 1])
+        .await
+        .expect("records");
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].state, OpState::Running);
+    assert_eq!(records[1].state, OpState::Succeeded);
+    assert_eq!(records[1].output, "out-1");
+    assert_eq!(records[1].worker, "w1");
+    assert!(matches!(
+        store.op_records_at(&batch_id, &[7]).await,
+        Err(StoreError::BatchNotFound(_))
+    ));
+    assert!(matches!(
+        store.op_records_at(&id("no-such-batch"), &[0]).await,
+        Err(StoreError::BatchNotFound(_))
+    ));
 }
 
 pub async fn case_diamond_counts_down(store: &dyn Store) {

@@ -122,6 +122,11 @@ pub trait Store: Send + Sync + 'static {
     /// Per-op records in index order (`0..total`).
     async fn op_records(&self, batch: &BatchId) -> StoreResult<Vec<OpRecord>>;
 
+    /// The records of the given ops, in the order given: what dispatch reads
+    /// to fill in `${ops.X…}` without reading the whole batch. An index the
+    /// batch does not have is `BatchNotFound`.
+    async fn op_records_at(&self, batch: &BatchId, indices: &[u32]) -> StoreResult<Vec<OpRecord>>;
+
     /// Events with `seq > after_seq`, in order, at most `max`.
     async fn events(&self, batch: &BatchId, after_seq: u64, max: u32) -> StoreResult<Vec<Event>>;
 

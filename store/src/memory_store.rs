@@ -576,6 +576,23 @@ impl Store for MemoryStore {
         Ok(data.ops.iter().map(|op| op.record.clone()).collect())
     }
 
+    async fn op_records_at(&self, batch: &BatchId, indices: &[u32]) -> StoreResult<Vec<OpRecord>> {
+        let inner = self.lock();
+        let data = inner
+            .batches
+            .get(batch)
+            .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
+        indices
+            .iter()
+            .map(|index| {
+                data.ops
+                    .get(*index as usize)
+                    .map(|op| op.record.clone())
+                    .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))
+            })
+            .collect()
+    }
+
     async fn events(&self, batch: &BatchId, after_seq: u64, max: u32) -> StoreResult<Vec<Event>> {
         let inner = self.lock();
         let Some(data) = inner.batches.get(batch) else {

@@ -624,23 +624,28 @@ impl Store for RedisStore {
             .read_meta(batch)
             .await?
             .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
+        let indices: Vec<u32> = (0..meta.total).collect();
+        self.op_records_at(batch, &indices).await
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch, ops = indices.len()))]
+    async fn op_records_at(&self, batch: &BatchId, indices: &[u32]) -> StoreResult<Vec<OpRecord>> {
         let mut connection = self.connection();
-        let mut records = Vec::with_capacity(meta.total as usize);
-        let mut first = 0u32;
-        while first < meta.total {
-            let last = (first + READ_CHUNK as u32).min(meta.total);
-            let indices: Vec<u32> = (first..last).collect();
+        let mut records = Vec::with_capacity(indices.len());
+        for chunk in indices.chunks(READ_CHUNK) {
             let mut pipe = redis::pipe();
-            pipe.cmd("HMGET").arg(keys::state(batch)).arg(&indices);
-            pipe.cmd("HMGET").arg(keys::attempts(batch)).arg(&indices);
-            pipe.cmd("HMGET").arg(keys::result(batch)).arg(&indices);
+            pipe.cmd("HMGET").arg(keys::state(batch)).arg(chunk);
+            pipe.cmd("HMGET").arg(keys::attempts(batch)).arg(chunk);
+            pipe.cmd("HMGET").arg(keys::result(batch)).arg(chunk);
             let (states, attempts, results): (
                 Vec<Option<String>>,
                 Vec<Option<u32>>,
                 Vec<Option<String>>,
             ) = pipe.query_async(&mut connection).await?;
-            for (offset, index) in indices.iter().enumerate() {
-                let code = states.get(offset).cloned().flatten().unwrap_or_default();
+            for (offset, index) in chunk.iter().enumerate() {
+                let Some(code) = states.get(offset).cloned().flatten() else {
+                    return Err(StoreError::BatchNotFound(batch.clone()));
+                };
                 let state = OpState::from_code(&code)
                     .ok_or_else(|| corrupt(format_args!("op {index} has state `{code}`")))?;
                 let result: ResultJson = match results.get(offset).cloned().flatten() {
@@ -659,7 +664,6 @@ impl Store for RedisStore {
                     details_json: result.j,
                 });
             }
-            first = last;
         }
         Ok(records)
     }

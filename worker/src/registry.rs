@@ -107,8 +107,14 @@ mod advertised_tests {
         let bare = Registry::with_builtins(&BuiltinConfig::default());
         let advertised = bare.advertised_kinds();
         for kind in ["read", "write", "glob", "grep", "shell"] {
-            assert!(!advertised.contains(&kind.to_owned()), "{kind} advertised: {advertised:?}");
-            assert!(bare.get(kind).is_some(), "{kind} still refuses with a clear error");
+            assert!(
+                !advertised.contains(&kind.to_owned()),
+                "{kind} advertised: {advertised:?}"
+            );
+            assert!(
+                bare.get(kind).is_some(),
+                "{kind} still refuses with a clear error"
+            );
         }
         assert!(advertised.contains(&"echo".to_owned()));
         let full = Registry::with_builtins(&BuiltinConfig {

@@ -238,7 +238,11 @@ async fn registers_runs_assignments_and_returns_results() {
     // Without a root or --allow-shell these are switched off: not offered.
     for kind in ["shell", "read"] {
         assert!(
-            !session.register.kinds.iter().any(|registered| registered == kind),
+            !session
+                .register
+                .kinds
+                .iter()
+                .any(|registered| registered == kind),
             "{kind} offered though switched off"
         );
     }
