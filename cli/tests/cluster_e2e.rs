@@ -480,19 +480,16 @@ async fn cancel_stops_pending_ops() {
 
 async fn run_to_end(cluster: &common::Cluster, batch: v1::Batch) -> v1::BatchStatus {
     let submitted = cluster.client.submit(batch).await.expect("submit");
-    let stream = cluster
-        .client
-        .watch(&submitted.batch_id, 0)
-        .await
-        .expect("watch");
+    run_to_end_of(cluster, &submitted.batch_id).await
+}
+
+/// Follows a submitted batch's events to its end; returns its status.
+async fn run_to_end_of(cluster: &common::Cluster, batch_id: &str) -> v1::BatchStatus {
+    let stream = cluster.client.watch(batch_id, 0).await.expect("watch");
     let _: Vec<_> = tokio::time::timeout(Duration::from_secs(60), stream.collect::<Vec<_>>())
         .await
         .expect("batch finishes");
-    cluster
-        .client
-        .status(&submitted.batch_id)
-        .await
-        .expect("status")
+    cluster.client.status(batch_id).await.expect("status")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -598,28 +595,9 @@ async fn ops_that_require_labels_go_only_to_workers_that_have_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shell_ops_go_only_to_workers_that_allow_shell() {
-    let redis = volley_testkit::RedisServer::start().expect("redis");
-    let port = common::free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let _coordinator = tokio::process::Command::new(common::volley_bin())
-        .args([
-            "coordinator",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--redis",
-            &redis.url(),
-        ])
-        .env("VOLLEY_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("coordinator");
-    let client = common::connect_with_deadline(&url, Duration::from_secs(20)).await;
-    let _plain = tokio::process::Command::new(common::volley_bin())
-        .args(["worker", "--coordinator", &url, "--id", "plain"])
-        .env("VOLLEY_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("worker");
+    let mut cluster = common::Cluster::start(0).await;
+    cluster.add_bare_worker("plain", &[]).await;
+    let client = cluster.client.clone();
     client
         .wait_for_workers(1, Duration::from_secs(20))
         .await
@@ -643,24 +621,10 @@ async fn shell_ops_go_only_to_workers_that_allow_shell() {
         "warns that nothing runs shell: {:?}",
         submitted.warnings
     );
-    let _shell = tokio::process::Command::new(common::volley_bin())
-        .args([
-            "worker",
-            "--coordinator",
-            &url,
-            "--id",
-            "shell-ok",
-            "--allow-shell",
-        ])
-        .env("VOLLEY_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("worker");
-    let stream = client.watch(&submitted.batch_id, 0).await.expect("watch");
-    let _: Vec<_> = tokio::time::timeout(Duration::from_secs(60), stream.collect::<Vec<_>>())
-        .await
-        .expect("batch finishes");
-    let status = client.status(&submitted.batch_id).await.expect("status");
+    cluster
+        .add_bare_worker("shell-ok", &["--allow-shell"])
+        .await;
+    let status = run_to_end_of(&cluster, &submitted.batch_id).await;
     assert_eq!(status.state(), BatchState::Succeeded);
     assert!(
         status

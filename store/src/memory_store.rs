@@ -30,6 +30,20 @@ struct Shared {
     doorbell: broadcast::Sender<Doorbell>,
 }
 
+impl Inner {
+    fn batch(&self, batch: &BatchId) -> StoreResult<&BatchData> {
+        self.batches
+            .get(batch)
+            .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))
+    }
+
+    fn batch_mut(&mut self, batch: &BatchId) -> StoreResult<&mut BatchData> {
+        self.batches
+            .get_mut(batch)
+            .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     batches: HashMap<BatchId, BatchData>,
@@ -392,10 +406,7 @@ impl Store for MemoryStore {
     async fn claim(&self, batch: &BatchId, max: u32, now_ms: u64) -> StoreResult<Vec<Claimed>> {
         let claimed = {
             let mut inner = self.lock();
-            let data = inner
-                .batches
-                .get_mut(batch)
-                .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
+            let data = inner.batch_mut(batch)?;
             if data.meta.state != BatchState::Running {
                 return Ok(Vec::new());
             }
@@ -439,6 +450,7 @@ impl Store for MemoryStore {
         let outcome = {
             let mut guard = self.lock();
             let inner = &mut *guard;
+            // Field-wise borrow: `memories` is written below while `data` lives.
             let data = inner
                 .batches
                 .get_mut(batch)
@@ -533,10 +545,7 @@ impl Store for MemoryStore {
     ) -> StoreResult<CancelOutcome> {
         let outcome = {
             let mut inner = self.lock();
-            let data = inner
-                .batches
-                .get_mut(batch)
-                .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
+            let data = inner.batch_mut(batch)?;
             if data.meta.state != BatchState::Running {
                 return Ok(CancelOutcome::default());
             }
@@ -569,19 +578,13 @@ impl Store for MemoryStore {
 
     async fn op_records(&self, batch: &BatchId) -> StoreResult<Vec<OpRecord>> {
         let inner = self.lock();
-        let data = inner
-            .batches
-            .get(batch)
-            .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
+        let data = inner.batch(batch)?;
         Ok(data.ops.iter().map(|op| op.record.clone()).collect())
     }
 
     async fn op_records_at(&self, batch: &BatchId, indices: &[u32]) -> StoreResult<Vec<OpRecord>> {
         let inner = self.lock();
-        let data = inner
-            .batches
-            .get(batch)
-            .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
+        let data = inner.batch(batch)?;
         indices
             .iter()
             .map(|index| {

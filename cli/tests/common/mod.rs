@@ -74,26 +74,25 @@ impl Cluster {
         cluster
     }
 
+    /// A worker as `start` makes them (4 slots, shell allowed, rooted in
+    /// the cluster's temp dir).
     pub async fn add_worker(&mut self, id: &str) {
         self.add_worker_with(id, &[]).await;
     }
 
-    /// A worker with extra flags, e.g. `["--label", "gpu=yes"]`.
+    /// A worker as `start` makes them, with extra flags (`["--label", "gpu=yes"]`).
     pub async fn add_worker_with(&mut self, id: &str, extra: &[&str]) {
+        let root = self.root.path().to_string_lossy().into_owned();
+        let mut flags = vec!["--slots", "4", "--allow-shell", "--root", &root];
+        flags.extend_from_slice(extra);
+        self.add_bare_worker(id, &flags).await;
+    }
+
+    /// A worker with exactly these flags (besides its coordinator and id).
+    pub async fn add_bare_worker(&mut self, id: &str, flags: &[&str]) {
         let worker = Command::new(volley_bin())
-            .args([
-                "worker",
-                "--coordinator",
-                &self.url,
-                "--slots",
-                "4",
-                "--allow-shell",
-                "--id",
-                id,
-                "--root",
-            ])
-            .arg(self.root.path())
-            .args(extra)
+            .args(["worker", "--coordinator", &self.url, "--id", id])
+            .args(flags)
             .env("VOLLEY_LOG", "warn")
             .stdout(Stdio::null())
             .kill_on_drop(true)
