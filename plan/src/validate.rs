@@ -678,6 +678,22 @@ mod tests {
         op(id, "noop", json!({}))
     }
 
+    #[test]
+    fn critical_path_follows_memory_waits_on_the_batch_own_writers() {
+        let mut slow = op("slow", "echo", json!({"text": "x"}));
+        slow.store_as = "k".into();
+        let mut fast = op("fast", "echo", json!({"text": "y"}));
+        fast.store_as = "j".into();
+        let mut waiter = op("waiter", "echo", json!({"text": "${memory.k}"}));
+        waiter.wait_for = vec!["j".into()];
+        let plan = plan_of(&batch(vec![slow, fast, waiter])).unwrap();
+        assert_eq!(plan.ops[2].wait_writers, vec![0, 1]);
+        assert!(plan.ops[2].deps.is_empty(), "waits are not dispatch edges");
+        let (path, total) = plan.critical_path(&[300, 10, 5]);
+        assert_eq!(path, vec![0, 2]);
+        assert_eq!(total, 305);
+    }
+
     fn write(id: &str, path: &str) -> Op {
         op(id, "write", json!({"path": path, "content": "x"}))
     }
