@@ -48,6 +48,10 @@ enum Command {
     List(commands::client::ListArgs),
     /// List connected workers.
     Workers(commands::client::WorkersArgs),
+    /// Read and write memory: a batch's own, or a shared namespace.
+    Memory(commands::memory::MemoryArgs),
+    /// Add ops from a file to a running batch (what agents do to fan out).
+    Spawn(commands::spawn::SpawnArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +77,8 @@ fn main() -> std::process::ExitCode {
             Command::Cancel(args) => commands::client::cancel(args).await,
             Command::List(args) => commands::client::list(args).await,
             Command::Workers(args) => commands::client::workers(args).await,
+            Command::Memory(args) => commands::memory::run(args).await,
+            Command::Spawn(args) => commands::spawn::run(args).await,
         }
     });
     // Dropping a runtime waits for blocking tasks; don't let a stuck one

@@ -215,6 +215,10 @@ struct BatchFile {
     namespace: String,
     #[serde(default, deserialize_with = "string_map")]
     labels: HashMap<String, String>,
+    #[serde(default, deserialize_with = "timeout_ms")]
+    wait_timeout: Option<u64>,
+    #[serde(default)]
+    strict: bool,
     #[serde(default)]
     ops: Vec<OpEntry>,
 }
@@ -240,6 +244,10 @@ struct OpEntry {
     store_as: String,
     #[serde(default)]
     wait_for: Vec<String>,
+    #[serde(default)]
+    wait_for_any: Vec<String>,
+    #[serde(default, deserialize_with = "timeout_ms")]
+    wait_timeout: Option<u64>,
     #[serde(default)]
     reads: Vec<String>,
     #[serde(default)]
@@ -298,6 +306,8 @@ impl BatchFile {
             ops: self.ops.into_iter().map(OpEntry::into_op).collect(),
             namespace: self.namespace,
             labels: self.labels,
+            wait_timeout_ms: self.wait_timeout.unwrap_or(0),
+            strict: self.strict,
         }
     }
 }
@@ -325,6 +335,8 @@ impl OpEntry {
             } as i32,
             store_as: self.store_as,
             wait_for: self.wait_for,
+            wait_for_any: self.wait_for_any,
+            wait_timeout_ms: self.wait_timeout.unwrap_or(0),
             reads: self.reads,
             writes: self.writes,
             requires: self.requires,
@@ -358,7 +370,7 @@ fn args_object<'de, D: Deserializer<'de>>(
     deserializer.deserialize_any(ArgsVisitor)
 }
 
-/// `timeout`: a humantime duration (`10m`, `1h 30m`, `250ms`) or whole
+/// `timeout`, `wait_timeout`: a humantime duration (`10m`, `1h 30m`, `250ms`) or whole
 /// milliseconds.
 fn timeout_ms<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
     struct TimeoutVisitor;
@@ -463,6 +475,8 @@ ops:
       path: reports/ready.md
       content: "lint: ${ops.lint.status}"
     wait_for: [k1]
+    wait_for_any: [k2, k3]
+    wait_timeout: 30s
     reads: [a.txt]
     writes: [b.txt]
   - id: idle
@@ -477,6 +491,13 @@ ops:
         assert_eq!(batch.on_failure, v1::OnFailure::FailFast as i32);
         assert_eq!(batch.hazards, v1::Hazards::Order as i32);
         assert_eq!(batch.namespace, "team-a");
+        let waiter = batch
+            .ops
+            .iter()
+            .find(|op| !op.wait_for_any.is_empty())
+            .expect("waiter");
+        assert_eq!(waiter.wait_for_any, vec!["k2".to_owned(), "k3".to_owned()]);
+        assert_eq!(waiter.wait_timeout_ms, 30_000);
         assert_eq!(batch.labels.get("team").map(String::as_str), Some("x"));
         let [lint, report, idle] = &batch.ops[..] else {
             panic!("three ops")

@@ -181,38 +181,234 @@ impl Client {
         }
     }
 
-    pub async fn get_memory(
-        &self,
-        batch_id: &str,
-        key: &str,
-    ) -> Result<Option<Vec<u8>>, ClientError> {
-        let request = v1::GetMemoryRequest {
-            batch_id: batch_id.to_owned(),
-            key: key.to_owned(),
-        };
-        let response = self.memory.clone().get_memory(request).await?.into_inner();
-        Ok(response.found.then_some(response.value))
+    /// A handle on a memory scope: a batch's own memory or a shared namespace.
+    pub fn memory(&self, scope: Scope) -> Memory {
+        Memory {
+            client: self.memory.clone(),
+            scope,
+            writer: None,
+        }
     }
 
-    /// Writes a key of the batch's memory; returns how many ops it unblocked.
-    pub async fn put_memory(
+    /// Adds ops to a running batch; validated with the batch like a submission.
+    pub async fn spawn_ops(
         &self,
         batch_id: &str,
+        ops: Vec<v1::Op>,
+        spawned_by: &str,
+    ) -> Result<v1::SpawnOpsResponse, ClientError> {
+        let request = v1::SpawnOpsRequest {
+            batch_id: batch_id.to_owned(),
+            ops,
+            spawned_by: spawned_by.to_owned(),
+        };
+        Ok(self.batches.clone().spawn_ops(request).await?.into_inner())
+    }
+}
+
+/// Where memory calls go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// A batch's own memory (its id).
+    Batch(String),
+    /// A named namespace shared by batches and clients.
+    Namespace(String),
+}
+
+impl Scope {
+    /// `(batch_id, namespace)` as the requests carry them.
+    fn fields(&self) -> (String, String) {
+        match self {
+            Scope::Batch(batch) => (batch.clone(), String::new()),
+            Scope::Namespace(namespace) => (String::new(), namespace.clone()),
+        }
+    }
+}
+
+/// A value read from memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryEntry {
+    pub value: Vec<u8>,
+    pub content_type: String,
+    pub version: u64,
+}
+
+impl MemoryEntry {
+    fn from_response(response: v1::GetMemoryResponse) -> Option<MemoryEntry> {
+        response.found.then_some(MemoryEntry {
+            value: response.value,
+            content_type: response.content_type,
+            version: response.version,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PutOptions {
+    pub content_type: String,
+    pub ttl: Option<Duration>,
+    /// Compare-and-set: write only at this version (0: only if absent).
+    pub if_version: Option<u64>,
+}
+
+/// Memory calls on one scope. Cheap to clone.
+#[derive(Clone)]
+pub struct Memory {
+    client: MemoryServiceClient<Channel>,
+    scope: Scope,
+    /// `(op id, attempt)` of the op writing, so a stale attempt's writes
+    /// are refused.
+    writer: Option<(String, u32)>,
+}
+
+impl Memory {
+    /// Tags writes as coming from this attempt of an op.
+    pub fn with_writer(mut self, op_id: &str, attempt: u32) -> Memory {
+        self.writer = Some((op_id.to_owned(), attempt));
+        self
+    }
+
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<MemoryEntry>, ClientError> {
+        let (batch_id, namespace) = self.scope.fields();
+        let request = v1::GetMemoryRequest {
+            batch_id,
+            key: key.to_owned(),
+            namespace,
+        };
+        let response = self.client.clone().get_memory(request).await?.into_inner();
+        Ok(MemoryEntry::from_response(response))
+    }
+
+    /// Writes a key; returns the response (new version, ops unblocked).
+    pub async fn put(
+        &self,
         key: &str,
         value: Vec<u8>,
-    ) -> Result<u32, ClientError> {
+    ) -> Result<v1::PutMemoryResponse, ClientError> {
+        self.put_with(key, value, &PutOptions::default()).await
+    }
+
+    pub async fn put_with(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        options: &PutOptions,
+    ) -> Result<v1::PutMemoryResponse, ClientError> {
+        let (batch_id, namespace) = self.scope.fields();
+        let (writer_op, writer_attempt) = self.writer.clone().unwrap_or_default();
         let request = v1::PutMemoryRequest {
-            batch_id: batch_id.to_owned(),
+            batch_id,
             key: key.to_owned(),
             value,
+            namespace,
+            content_type: options.content_type.clone(),
+            ttl_ms: options.ttl.map_or(0, |ttl| ttl.as_millis() as u64),
+            if_version: options.if_version,
+            writer_op,
+            writer_attempt,
+        };
+        Ok(self.client.clone().put_memory(request).await?.into_inner())
+    }
+
+    /// Deletes a key (only at `if_version`, when given); whether it existed.
+    pub async fn delete(&self, key: &str, if_version: Option<u64>) -> Result<bool, ClientError> {
+        let (batch_id, namespace) = self.scope.fields();
+        let request = v1::DeleteMemoryRequest {
+            batch_id,
+            key: key.to_owned(),
+            namespace,
+            if_version,
         };
         Ok(self
-            .memory
+            .client
             .clone()
-            .put_memory(request)
+            .delete_memory(request)
             .await?
             .into_inner()
-            .unblocked)
+            .deleted)
+    }
+
+    /// One page of keys under `prefix`; pass the returned token for the next.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        page_token: &str,
+        limit: u32,
+    ) -> Result<v1::ListMemoryResponse, ClientError> {
+        let (batch_id, namespace) = self.scope.fields();
+        let request = v1::ListMemoryRequest {
+            batch_id,
+            namespace,
+            prefix: prefix.to_owned(),
+            page_token: page_token.to_owned(),
+            limit,
+        };
+        Ok(self.client.clone().list_memory(request).await?.into_inner())
+    }
+
+    pub async fn incr(&self, key: &str, delta: i64) -> Result<i64, ClientError> {
+        let (batch_id, namespace) = self.scope.fields();
+        let request = v1::IncrMemoryRequest {
+            batch_id,
+            key: key.to_owned(),
+            namespace,
+            delta,
+        };
+        Ok(self
+            .client
+            .clone()
+            .incr_memory(request)
+            .await?
+            .into_inner()
+            .value)
+    }
+
+    /// Changes under `prefix` after `after_revision` (0: from now on, with
+    /// every existing key first when `include_existing`).
+    pub async fn watch(
+        &self,
+        prefix: &str,
+        after_revision: u64,
+        include_existing: bool,
+    ) -> Result<impl Stream<Item = Result<v1::MemoryChange, ClientError>> + use<>, ClientError>
+    {
+        let (batch_id, namespace) = self.scope.fields();
+        let request = v1::WatchMemoryRequest {
+            batch_id,
+            namespace,
+            prefix: prefix.to_owned(),
+            after_revision,
+            include_existing,
+        };
+        let stream = self
+            .client
+            .clone()
+            .watch_memory(request)
+            .await?
+            .into_inner();
+        Ok(stream.map(|change| change.map_err(ClientError::from)))
+    }
+
+    /// The key's value once it exists; `None` for no timeout.
+    pub async fn wait(
+        &self,
+        key: &str,
+        timeout: Option<Duration>,
+    ) -> Result<MemoryEntry, ClientError> {
+        let (batch_id, namespace) = self.scope.fields();
+        let request = v1::WaitMemoryRequest {
+            batch_id,
+            key: key.to_owned(),
+            namespace,
+            timeout_ms: timeout.map_or(0, |timeout| timeout.as_millis() as u64),
+        };
+        let response = self.client.clone().wait_memory(request).await?.into_inner();
+        MemoryEntry::from_response(response)
+            .ok_or_else(|| ClientError::NotFound(format!("memory key {key}")))
     }
 }
 

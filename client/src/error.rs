@@ -21,6 +21,13 @@ pub enum ClientError {
     /// The coordinator is there but cannot serve now (store down, draining).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A compare-and-set found another version, or a write came from a
+    /// stale attempt.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A wait ran out of time.
+    #[error("timed out: {0}")]
+    TimedOut(String),
     #[error("{code:?}: {message}")]
     Other { code: Code, message: String },
 }
@@ -33,7 +40,10 @@ impl ClientError {
             ClientError::Other { code, .. } => {
                 matches!(code, Code::DeadlineExceeded | Code::Aborted)
             }
-            ClientError::Invalid { .. } | ClientError::NotFound(_) => false,
+            ClientError::Invalid { .. }
+            | ClientError::NotFound(_)
+            | ClientError::Conflict(_)
+            | ClientError::TimedOut(_) => false,
         }
     }
 
@@ -57,6 +67,8 @@ impl From<tonic::Status> for ClientError {
             }
             Code::NotFound => ClientError::NotFound(message),
             Code::Unavailable => ClientError::Unavailable(message),
+            Code::FailedPrecondition | Code::Aborted => ClientError::Conflict(message),
+            Code::DeadlineExceeded => ClientError::TimedOut(message),
             code => ClientError::Other { code, message },
         }
     }

@@ -13,6 +13,8 @@ pub struct CoordinatorConfig {
     pub resync_interval: Duration,
     /// Finished batches whose plans stay cached for reports and watchers.
     pub finished_plans_cached: usize,
+    /// Largest memory value accepted (default 64 MiB).
+    pub max_value_bytes: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -21,6 +23,7 @@ impl Default for CoordinatorConfig {
             limits: Limits::default(),
             resync_interval: Duration::from_secs(1),
             finished_plans_cached: 64,
+            max_value_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -37,6 +37,7 @@ pub(crate) fn event_kind(kind: EventKind) -> v1::EventKind {
         EventKind::OpCancelled => v1::EventKind::OpCancelled,
         EventKind::OpRetrying => v1::EventKind::OpRetrying,
         EventKind::BatchFinished => v1::EventKind::BatchFinished,
+        EventKind::OpsAdded => v1::EventKind::OpsAdded,
     }
 }
 

@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use volley_kinds::Reference;
 use volley_proto::{BatchId, v1};
-use volley_store::{Claimed, CompleteOutcome, Completion, Doorbell, OpRecord, OpState, Store};
+use volley_store::{
+    Claimed, CompleteOutcome, Completion, Doorbell, MemoryScope, OpRecord, OpState, Store,
+};
 
 use crate::plans::PlannedBatch;
 use crate::service::now_ms;
@@ -50,6 +52,8 @@ pub(crate) enum Command {
         per_batch: Vec<BatchResults>,
     },
     BatchAdded(Arc<PlannedBatch>),
+    /// The batch grew (spawned ops): dispatch from this plan on.
+    BatchReplanned(Arc<PlannedBatch>),
     BatchCancelled {
         batch: BatchId,
         running: Vec<Claimed>,
@@ -195,7 +199,10 @@ impl Dispatcher {
                     None => break,
                 },
                 bell = self.doorbells.recv() => self.ring(bell),
-                _ = resync.tick() => self.mark_all_ready(),
+                _ = resync.tick() => {
+                    self.mark_all_ready();
+                    self.expire_waits().await;
+                }
             }
             while let Ok(bell) = self.doorbells.try_recv() {
                 self.ring(Ok(bell));
@@ -215,7 +222,8 @@ impl Dispatcher {
             Ok(Doorbell::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
                 self.mark_all_ready()
             }
-            Err(broadcast::error::RecvError::Closed) => {}
+            // Memory writes that unblock ops ring those ops' batches too.
+            Ok(Doorbell::Memory(_)) | Err(broadcast::error::RecvError::Closed) => {}
         }
     }
 
@@ -285,6 +293,12 @@ impl Dispatcher {
                             maybe_ready: true,
                         },
                     );
+                }
+            }
+            Command::BatchReplanned(planned) => {
+                if let Some(active) = self.batches.get_mut(&planned.id) {
+                    active.planned = planned;
+                    active.maybe_ready = true;
                 }
             }
             Command::BatchCancelled { batch, running } => {
@@ -406,6 +420,38 @@ impl Dispatcher {
                 indices,
                 outcome,
             });
+        }
+    }
+
+    /// Fails ops whose wait for memory keys ran past its deadline, in the
+    /// batches that have such deadlines.
+    async fn expire_waits(&mut self) {
+        let due: Vec<BatchId> = self
+            .batches
+            .values()
+            .filter(|active| {
+                active
+                    .planned
+                    .plan
+                    .ops
+                    .iter()
+                    .any(|op| op.wait_timeout_ms > 0)
+            })
+            .map(|active| active.planned.id.clone())
+            .collect();
+        for batch in due {
+            match self.store.expire_waits(&batch, now_ms()).await {
+                Ok(outcome) if outcome.recorded > 0 || outcome.finished.is_some() => {
+                    warn!(%batch, failed = outcome.recorded, "ops waited too long for memory keys");
+                    self.apply_results(BatchResults {
+                        batch,
+                        indices: Vec::new(),
+                        outcome: Some(outcome),
+                    });
+                }
+                Ok(_) => {}
+                Err(error) => warn!(%batch, %error, "could not expire waits"),
+            }
         }
     }
 
@@ -535,6 +581,7 @@ impl Dispatcher {
                 attempt: claim.attempt,
                 timeout_ms: op.timeout_ms,
                 trace_context: Default::default(),
+                namespace: planned.plan.namespace.clone().unwrap_or_default(),
             });
         }
         for (conn, assignments) in outgoing {
@@ -623,21 +670,20 @@ impl Dispatcher {
                 results.push(Ok(op.args.to_string()));
                 continue;
             }
+            let scope = match &planned.plan.namespace {
+                Some(namespace) => MemoryScope::Shared(namespace.clone()),
+                None => MemoryScope::Batch(planned.id.clone()),
+            };
             let mut memory = HashMap::new();
             if let Ok(references) = volley_kinds::template::references(&op.args) {
                 for reference in references {
                     if let Reference::Memory(key) = reference
                         && !memory.contains_key(&key)
                     {
-                        let value = self
-                            .store
-                            .get_memory(&planned.id, &key)
-                            .await
-                            .ok()
-                            .flatten();
+                        let value = self.store.memory_get(&scope, &key).await.ok().flatten();
                         memory.insert(
                             key,
-                            value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+                            value.map(|value| String::from_utf8_lossy(&value.value).into_owned()),
                         );
                     }
                 }

@@ -19,6 +19,25 @@ pub enum CoordinatorError {
     Store(#[from] StoreError),
     #[error("the coordinator is shutting down")]
     ShuttingDown,
+    #[error("memory value for `{key}` is {size} bytes; the most is {max}")]
+    ValueTooLarge {
+        key: String,
+        size: usize,
+        max: usize,
+    },
+    #[error(
+        "stale write refused: op `{op_id}` attempt {attempt} is not running (its current attempt is {current})"
+    )]
+    StaleWriter {
+        op_id: String,
+        attempt: u32,
+        current: u32,
+    },
+    #[error("memory key `{key}` did not appear within {}", humantime::format_duration(*.waited))]
+    WaitTimedOut {
+        key: String,
+        waited: std::time::Duration,
+    },
 }
 
 fn summarize(problems: &[Problem]) -> String {

@@ -9,6 +9,8 @@
 //! - [`config`] — `CoordinatorConfig`.
 //! - [`error`] — `CoordinatorError`, what every domain call can fail with.
 //! - [`service`] — `Coordinator`, the domain API the gRPC adapters call.
+//! - [`memory`] — memory scopes, writes with fencing, watch and wait.
+//! - `spawn` — ops a running op adds to its batch.
 //! - `dispatch`: the dispatcher task: worker credits, batch parallelism,
 //!   routing by kind and labels, templates filled in at dispatch.
 //! - `plans`: the cache of planned batches.
@@ -20,9 +22,11 @@ mod convert;
 mod dispatch;
 pub mod error;
 pub mod grpc;
+pub mod memory;
 mod plans;
 mod report;
 pub mod service;
+mod spawn;
 
 pub use config::CoordinatorConfig;
 pub use error::CoordinatorError;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use prost::Message;
 use volley_plan::{Limits, Plan};
 use volley_proto::{BatchId, v1};
-use volley_store::Store;
+use volley_store::{Store, StoredSpec};
 
 use crate::error::CoordinatorError;
 
@@ -125,14 +125,31 @@ impl PlanCache {
     }
 }
 
+/// The whole batch a stored spec describes: the submission with every
+/// `SpawnOps` chunk (an encoded `OpChunk`) appended, in order.
+pub(crate) fn stored_batch(
+    batch: &BatchId,
+    spec: &StoredSpec,
+) -> Result<v1::Batch, CoordinatorError> {
+    let corrupt = |what: &str, error: prost::DecodeError| {
+        CoordinatorError::Store(volley_store::StoreError::Corrupt(format!(
+            "{what} of batch {batch}: {error}"
+        )))
+    };
+    let mut decoded =
+        v1::Batch::decode(spec.base.as_slice()).map_err(|error| corrupt("spec", error))?;
+    for chunk in &spec.added {
+        let added =
+            v1::OpChunk::decode(chunk.as_slice()).map_err(|error| corrupt("spawned ops", error))?;
+        decoded.ops.extend(added.ops);
+    }
+    Ok(decoded)
+}
+
 /// Plans a stored spec again. It was valid when stored, so every kind is
 /// accepted now (the workers that knew it may be gone).
-pub(crate) fn replan(batch: &BatchId, spec: &[u8]) -> Result<PlannedBatch, CoordinatorError> {
-    let decoded = v1::Batch::decode(spec).map_err(|error| {
-        CoordinatorError::Store(volley_store::StoreError::Corrupt(format!(
-            "spec of batch {batch}: {error}"
-        )))
-    })?;
+pub(crate) fn replan(batch: &BatchId, spec: &StoredSpec) -> Result<PlannedBatch, CoordinatorError> {
+    let decoded = stored_batch(batch, spec)?;
     let limits = Limits {
         max_ops: usize::MAX,
         max_arg_bytes: usize::MAX,

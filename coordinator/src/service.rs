@@ -10,9 +10,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
-use volley_plan::Plan;
+use volley_plan::{Plan, PlannedOp};
 use volley_proto::{BatchId, v1};
-use volley_store::{Completion, Doorbell, NewBatch, NewOp, OnFailure, Store};
+use volley_store::{Completion, Doorbell, MemoryScope, NewBatch, NewOp, OnFailure, Store};
 
 use crate::config::CoordinatorConfig;
 use crate::convert;
@@ -36,6 +36,8 @@ pub(crate) struct Inner {
     pub(crate) worker_kinds: Arc<RwLock<HashSet<String>>>,
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
+    /// Spawns re-plan a whole batch: one at a time.
+    pub(crate) spawn_lock: tokio::sync::Mutex<()>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -75,6 +77,7 @@ impl Coordinator {
                 worker_kinds: worker_kinds.clone(),
                 tasks: tasks.clone(),
                 shutdown: shutdown.clone(),
+                spawn_lock: tokio::sync::Mutex::new(()),
             }),
         };
         let dispatcher = dispatch::Dispatcher::new(
@@ -116,6 +119,34 @@ impl Coordinator {
         self.inner.store.as_ref()
     }
 
+    pub(crate) fn config(&self) -> &CoordinatorConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn plans(&self) -> &PlanCache {
+        &self.inner.plans
+    }
+
+    pub(crate) fn dispatch(&self) -> &DispatchHandle {
+        &self.inner.dispatch
+    }
+
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    pub(crate) fn spawn_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.spawn_lock
+    }
+
+    /// The batch's plan (cached, or rebuilt from its stored spec).
+    pub(crate) async fn plan_of(
+        &self,
+        batch: &BatchId,
+    ) -> Result<Arc<PlannedBatch>, CoordinatorError> {
+        self.inner.plans.get(self.store(), batch).await
+    }
+
     /// Waits for every task the coordinator spawned to end (after shutdown).
     pub async fn wait(&self) {
         self.inner.tasks.close();
@@ -123,7 +154,7 @@ impl Coordinator {
     }
 
     /// Is `kind` runnable: built in, or registered by a connected worker.
-    fn known_kind(&self, kind: &str) -> bool {
+    pub(crate) fn known_kind(&self, kind: &str) -> bool {
         volley_kinds::BUILTIN_KINDS.contains(&kind)
             || self
                 .inner
@@ -339,30 +370,6 @@ impl Coordinator {
         }
     }
 
-    pub async fn get_memory(
-        &self,
-        batch: &BatchId,
-        key: &str,
-    ) -> Result<Option<Vec<u8>>, CoordinatorError> {
-        Ok(self.store().get_memory(batch, key).await?)
-    }
-
-    #[tracing::instrument(skip_all, fields(batch = %batch, key))]
-    pub async fn put_memory(
-        &self,
-        batch: &BatchId,
-        key: &str,
-        value: &[u8],
-    ) -> Result<u32, CoordinatorError> {
-        if key.is_empty() {
-            return Err(CoordinatorError::BadRequest("memory key is empty".into()));
-        }
-        if self.store().meta(batch).await?.is_none() {
-            return Err(CoordinatorError::BatchNotFound(batch.clone()));
-        }
-        Ok(self.store().put_memory(batch, key, value, now_ms()).await?)
-    }
-
     /// Connected workers and how busy they are.
     pub async fn workers(&self) -> Vec<v1::WorkerInfo> {
         self.inner.dispatch.workers().await
@@ -409,7 +416,7 @@ async fn wait_for_bell(doorbells: &mut broadcast::Receiver<Doorbell>, batch: &Ba
     loop {
         match doorbells.recv().await {
             Ok(Doorbell::Batch(rung)) if &rung == batch => return,
-            Ok(Doorbell::Batch(_)) => {}
+            Ok(Doorbell::Batch(_) | Doorbell::Memory(_)) => {}
             // Missed bells or a resync: re-read to be sure.
             Ok(Doorbell::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => return,
             Err(broadcast::error::RecvError::Closed) => {
@@ -534,29 +541,43 @@ fn declared_permanent(details_json: &str) -> bool {
 }
 
 fn new_batch(id: &BatchId, batch: &v1::Batch, plan: &Plan) -> NewBatch {
+    let created_ms = now_ms();
     NewBatch {
         id: id.clone(),
         name: plan.name.clone(),
+        memory: match &plan.namespace {
+            Some(namespace) => MemoryScope::Shared(namespace.clone()),
+            None => MemoryScope::Batch(id.clone()),
+        },
         max_parallel: plan.max_parallel,
         on_failure: if plan.fail_fast {
             OnFailure::FailFast
         } else {
             OnFailure::Continue
         },
-        created_ms: now_ms(),
+        created_ms,
         spec: batch.encode_to_vec(),
-        ops: plan
-            .ops
-            .iter()
-            .map(|op| NewOp {
-                priority: op.priority,
-                run_if_always: op.run_if_always,
-                max_attempts: op.max_attempts,
-                deps: op.deps.len() as u32,
-                dependents: op.dependents.clone(),
-                wait_for: op.wait_for.clone(),
-            })
-            .collect(),
+        ops: plan.ops.iter().map(|op| new_op(op, created_ms)).collect(),
+    }
+}
+
+/// The store's view of a planned op; waits time out `wait_timeout_ms` after
+/// `since_ms` (its batch's creation, or its spawn).
+pub(crate) fn new_op(op: &PlannedOp, since_ms: u64) -> NewOp {
+    NewOp {
+        priority: op.priority,
+        run_if_always: op.run_if_always,
+        max_attempts: op.max_attempts,
+        deps: op.deps.len() as u32,
+        dependents: op.dependents.clone(),
+        wait_for: op.wait_for.clone(),
+        wait_for_any: op.wait_for_any.clone(),
+        wait_deadline_ms: if op.wait_timeout_ms == 0 {
+            0
+        } else {
+            since_ms + op.wait_timeout_ms
+        },
+        after: Vec::new(),
     }
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub const FILE_KINDS: &[&str] = &["read", "write", "glob", "grep"];
 
 /// Built-in kinds that run host programs: only on workers that allow it.
-pub const HOST_PROGRAM_KINDS: &[&str] = &["shell"];
+pub const HOST_PROGRAM_KINDS: &[&str] = &["shell", "agent"];
 
 pub const BUILTIN_KINDS: &[&str] = &[
     "noop",
@@ -25,6 +25,7 @@ pub const BUILTIN_KINDS: &[&str] = &[
     "shell",
     "memory.put",
     "memory.get",
+    "agent",
 ];
 
 /// `noop`: no args (an empty object or no args at all).
@@ -93,6 +94,19 @@ pub struct ShellArgs {
     pub env: BTreeMap<String, String>,
 }
 
+/// `agent`: runs `cmd` through the shell like `shell`, but is meant to run
+/// long and coordinate with other ops through memory: its environment names
+/// the coordinator, its batch, op, attempt and memory namespace.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentArgs {
+    pub cmd: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
 /// `memory.put`: writes `value` under `key`, expiring after `ttl` (humantime).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -123,6 +137,7 @@ pub enum BuiltinArgs {
     Shell(ShellArgs),
     MemoryPut(MemoryPutArgs),
     MemoryGet(MemoryGetArgs),
+    Agent(AgentArgs),
 }
 
 impl BuiltinArgs {
@@ -139,6 +154,7 @@ impl BuiltinArgs {
             BuiltinArgs::Shell(_) => "shell",
             BuiltinArgs::MemoryPut(_) => "memory.put",
             BuiltinArgs::MemoryGet(_) => "memory.get",
+            BuiltinArgs::Agent(_) => "agent",
         }
     }
 }
@@ -193,6 +209,11 @@ const SHELL_SCHEMA: Schema = &[
     ("cwd", FieldType::OptionalText),
     ("env", FieldType::TextMap),
 ];
+const AGENT_SCHEMA: Schema = &[
+    ("cmd", FieldType::Text),
+    ("cwd", FieldType::OptionalText),
+    ("env", FieldType::TextMap),
+];
 const MEMORY_PUT_SCHEMA: Schema = &[
     ("key", FieldType::Text),
     ("value", FieldType::Text),
@@ -243,6 +264,7 @@ pub fn parse_args(kind: &str, args: &serde_json::Value) -> Result<Option<Builtin
             BuiltinArgs::Grep(grep)
         }
         "shell" => BuiltinArgs::Shell(typed(args, SHELL_SCHEMA)?),
+        "agent" => BuiltinArgs::Agent(typed(args, AGENT_SCHEMA)?),
         "memory.put" => {
             let put: MemoryPutArgs = typed(args, MEMORY_PUT_SCHEMA)?;
             require_non_empty(&put.key, "args.key")?;
@@ -356,6 +378,10 @@ mod tests {
             ),
             ("memory.put", json!({"key": "k", "value": "v", "ttl": "1h"})),
             ("memory.get", json!({"key": "k"})),
+            (
+                "agent",
+                json!({"cmd": "./swarm.sh", "cwd": "agents", "env": {"ROLE": "architect"}}),
+            ),
         ];
         for (kind, args) in &cases {
             let parsed = parse_args(kind, args).unwrap().unwrap();
@@ -375,12 +401,12 @@ mod tests {
     #[test]
     fn unknown_kind_is_not_checked() {
         assert!(
-            parse_args("agent", &json!({"anything": 1}))
+            parse_args("wordcount", &json!({"anything": 1}))
                 .unwrap()
                 .is_none()
         );
         assert!(
-            parse_args("agent", &json!("not an object"))
+            parse_args("wordcount", &json!("not an object"))
                 .unwrap()
                 .is_none()
         );
@@ -413,6 +439,35 @@ mod tests {
         assert!(error.message.contains("invalid type"), "{}", error.message);
         let error = parse_args("shell", &json!({"cmd": "ls", "env": {"A": 1}})).unwrap_err();
         assert_eq!(error.field, "args.env");
+    }
+
+    #[test]
+    fn agent_args_are_checked_and_run_host_programs() {
+        let parsed = parse_args("agent", &json!({"cmd": "run-agent", "env": {"A": "1"}}))
+            .unwrap()
+            .unwrap();
+        let BuiltinArgs::Agent(agent) = parsed else {
+            panic!("not agent args: {parsed:?}");
+        };
+        assert_eq!(agent.cmd, "run-agent");
+        assert_eq!(agent.cwd, None);
+        assert_eq!(agent.env.get("A").map(String::as_str), Some("1"));
+        assert_eq!(
+            parse_args("agent", &json!({})).unwrap_err().field,
+            "args.cmd"
+        );
+        assert_eq!(
+            parse_args("agent", &json!({"cmd": "x", "role": "y"}))
+                .unwrap_err()
+                .field,
+            "args.role"
+        );
+        assert_eq!(
+            parse_args("agent", &json!([1, 2])).unwrap_err().field,
+            "args"
+        );
+        assert!(HOST_PROGRAM_KINDS.contains(&"agent"));
+        assert!(BUILTIN_KINDS.contains(&"agent"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod template;
 pub mod touches;
 
 pub use args::{
-    ArgsError, BUILTIN_KINDS, BuiltinArgs, EchoArgs, FILE_KINDS, GlobArgs, GrepArgs,
+    AgentArgs, ArgsError, BUILTIN_KINDS, BuiltinArgs, EchoArgs, FILE_KINDS, GlobArgs, GrepArgs,
     HOST_PROGRAM_KINDS, MemoryGetArgs, MemoryPutArgs, NoopArgs, ReadArgs, ShellArgs, SleepArgs,
     WriteArgs, parse_args,
 };

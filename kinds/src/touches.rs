@@ -40,7 +40,8 @@ pub fn touches(args: &BuiltinArgs) -> Touches {
         BuiltinArgs::Noop(_)
         | BuiltinArgs::Echo(_)
         | BuiltinArgs::Sleep(_)
-        | BuiltinArgs::Shell(_) => {}
+        | BuiltinArgs::Shell(_)
+        | BuiltinArgs::Agent(_) => {}
     }
     touched
 }

@@ -394,6 +394,8 @@ mod tests {
                 timeout_ms: 0,
                 store_as: None,
                 wait_for: Vec::new(),
+                wait_for_any: Vec::new(),
+                wait_timeout_ms: 0,
                 wait_writers: Vec::new(),
                 requires: Default::default(),
                 has_templates: false,

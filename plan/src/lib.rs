@@ -16,4 +16,4 @@ pub mod model;
 mod validate;
 
 pub use model::*;
-pub use validate::plan;
+pub use validate::{check_memory_key, plan};

@@ -61,6 +61,9 @@ pub struct Plan {
     pub ops: Vec<PlannedOp>,
     /// Things worth saying that do not stop the batch.
     pub warnings: Vec<String>,
+    /// The shared memory namespace the batch's keys live in; `None`: the
+    /// batch's own memory.
+    pub namespace: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -84,6 +87,11 @@ pub struct PlannedOp {
     pub store_as: Option<String>,
     /// `wait_for` keys and `${memory.K}` references, deduplicated.
     pub wait_for: Vec<String>,
+    /// `wait_for_any` keys, deduplicated: the first to appear is enough.
+    pub wait_for_any: Vec<String>,
+    /// How long the op may wait for its keys (its own `wait_timeout`, else
+    /// the batch's); 0: as long as it takes.
+    pub wait_timeout_ms: u64,
     pub requires: BTreeMap<String, String>,
     /// Ops of this batch that write a key this op waits for (`store_as` or
     /// `memory.put`). Not dispatch edges — a key may come from a client —

@@ -66,6 +66,12 @@ pub fn plan(
         }
     };
 
+    let namespace = (!batch.namespace.is_empty()).then(|| batch.namespace.clone());
+    if let Some(namespace) = &namespace
+        && let Err(message) = check_memory_key(namespace)
+    {
+        problems.batch("namespace", message.replace("memory key", "namespace"));
+    }
     let index_of = index_ids(ops, &mut problems);
     let mut checker = OpChecker {
         ops,
@@ -124,7 +130,30 @@ pub fn plan(
         return Err(problems.into_sorted());
     }
 
-    let warnings = unwritten_waits(&planned_ops);
+    // Keys of a shared namespace may come from other batches or clients:
+    // only a batch's own memory can be checked for writers.
+    let unwritten = if namespace.is_some() {
+        Vec::new()
+    } else {
+        unwritten_waits(&planned_ops)
+    };
+    if batch.strict && !unwritten.is_empty() {
+        for (index, field, key) in &unwritten {
+            problems.op(
+                *index as u32,
+                planned_ops[*index].id.as_str(),
+                field,
+                format!("waits for memory key `{key}`, which no op of this batch writes (strict)"),
+            );
+        }
+        return Err(problems.into_sorted());
+    }
+    let warnings = unwritten_warnings(&planned_ops, &unwritten);
+    for op in &mut planned_ops {
+        if op.wait_timeout_ms == 0 {
+            op.wait_timeout_ms = batch.wait_timeout_ms;
+        }
+    }
     link_wait_writers(&mut planned_ops);
     let Graph { deps, dependents } = graph;
     for ((planned, deps), dependents) in planned_ops.iter_mut().zip(deps).zip(dependents) {
@@ -138,6 +167,7 @@ pub fn plan(
         hazards: hazard_policy,
         ops: planned_ops,
         warnings,
+        namespace,
     })
 }
 
@@ -335,6 +365,14 @@ impl OpChecker<'_> {
             let mut seen = HashSet::with_capacity(wait_for.len());
             wait_for.retain(|key| seen.insert(key.clone()));
         }
+        let mut wait_for_any: Vec<String> = Vec::new();
+        for key in &op.wait_for_any {
+            match check_memory_key(key) {
+                Ok(()) if !wait_for_any.contains(key) => wait_for_any.push(key.clone()),
+                Ok(()) => {}
+                Err(message) => self.problems.op(index, id, "wait_for_any", message),
+            }
+        }
         // Reading a key the op waits for cannot race with its writer: the op
         // only starts once the key is written.
         if !wait_for.is_empty() {
@@ -408,6 +446,8 @@ impl OpChecker<'_> {
             timeout_ms: op.timeout_ms,
             store_as: (!op.store_as.is_empty()).then(|| op.store_as.clone()),
             wait_for,
+            wait_for_any,
+            wait_timeout_ms: op.wait_timeout_ms,
             wait_writers: Vec::new(),
             requires: op
                 .requires
@@ -509,7 +549,9 @@ impl OpChecker<'_> {
     }
 }
 
-fn check_memory_key(key: &str) -> Result<(), String> {
+/// Checks a memory key (or namespace name): non-empty, letters, digits and
+/// `/ . - _ :` only.
+pub fn check_memory_key(key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err("empty memory key".to_owned());
     }
@@ -551,7 +593,10 @@ fn bounded_edit_distance(left: &str, right: &str, bound: usize) -> Option<usize>
 /// Fills `wait_writers`: for each key an op waits for, the ops of the batch
 /// that write it.
 fn link_wait_writers(planned_ops: &mut [PlannedOp]) {
-    if planned_ops.iter().all(|op| op.wait_for.is_empty()) {
+    if planned_ops
+        .iter()
+        .all(|op| op.wait_for.is_empty() && op.wait_for_any.is_empty())
+    {
         return;
     }
     let mut writers: HashMap<String, Vec<u32>> = HashMap::new();
@@ -569,6 +614,7 @@ fn link_wait_writers(planned_ops: &mut [PlannedOp]) {
         let mut linked: Vec<u32> = op
             .wait_for
             .iter()
+            .chain(&op.wait_for_any)
             .filter_map(|key| writers.get(key))
             .flatten()
             .copied()
@@ -580,9 +626,13 @@ fn link_wait_writers(planned_ops: &mut [PlannedOp]) {
     }
 }
 
-/// Warnings for keys ops wait for that no op of the batch writes.
-fn unwritten_waits(planned_ops: &[PlannedOp]) -> Vec<String> {
-    if planned_ops.iter().all(|op| op.wait_for.is_empty()) {
+/// Waits for keys that no op of the batch writes: (op index, field, key).
+/// A `wait_for_any` group counts only when none of its keys is written.
+fn unwritten_waits(planned_ops: &[PlannedOp]) -> Vec<(usize, &'static str, String)> {
+    if planned_ops
+        .iter()
+        .all(|op| op.wait_for.is_empty() && op.wait_for_any.is_empty())
+    {
         return Vec::new();
     }
     let mut written: HashSet<&str> = HashSet::new();
@@ -596,26 +646,44 @@ fn unwritten_waits(planned_ops: &[PlannedOp]) -> Vec<String> {
             written.insert(key.as_str());
         }
     }
-    let mut warnings = Vec::new();
-    let mut more = 0usize;
-    for op in planned_ops {
+    let mut unwritten = Vec::new();
+    for (index, op) in planned_ops.iter().enumerate() {
         for key in &op.wait_for {
-            if written.contains(key.as_str()) {
-                continue;
-            }
-            if warnings.len() < MAX_WARNINGS {
-                warnings.push(format!(
-                    "op `{}` waits for memory key `{key}`, which no op of this batch writes; it runs only when a client writes it",
-                    op.id
-                ));
-            } else {
-                more += 1;
+            if !written.contains(key.as_str()) {
+                unwritten.push((index, "wait_for", key.clone()));
             }
         }
+        if !op.wait_for_any.is_empty()
+            && !op
+                .wait_for_any
+                .iter()
+                .any(|key| written.contains(key.as_str()))
+        {
+            unwritten.push((index, "wait_for_any", op.wait_for_any.join("`, `")));
+        }
     }
-    if more > 0 {
+    unwritten
+}
+
+/// The warnings for `unwritten_waits`, at most `MAX_WARNINGS` and a count.
+fn unwritten_warnings(
+    planned_ops: &[PlannedOp],
+    unwritten: &[(usize, &'static str, String)],
+) -> Vec<String> {
+    let mut warnings: Vec<String> = unwritten
+        .iter()
+        .take(MAX_WARNINGS)
+        .map(|(index, _, key)| {
+            format!(
+                "op `{}` waits for memory key `{key}`, which no op of this batch writes; it runs only when a client writes it",
+                planned_ops[*index].id
+            )
+        })
+        .collect();
+    if unwritten.len() > MAX_WARNINGS {
         warnings.push(format!(
-            "… and {more} more ops wait for memory keys no op of this batch writes"
+            "… and {} more ops wait for memory keys no op of this batch writes",
+            unwritten.len() - MAX_WARNINGS
         ));
     }
     warnings
@@ -676,6 +744,73 @@ mod tests {
 
     fn noop(id: &str) -> Op {
         op(id, "noop", json!({}))
+    }
+
+    #[test]
+    fn strict_turns_an_unwritten_wait_into_an_error_naming_op_and_field() {
+        let mut waiter = op("waiter", "echo", json!({"text": "x"}));
+        waiter.wait_for = vec!["nobody/writes".into()];
+        let mut lenient = batch(vec![waiter]);
+        let plan = plan_of(&lenient).unwrap();
+        assert_eq!(plan.warnings.len(), 1);
+        assert!(plan.warnings[0].contains("nobody/writes"));
+        lenient.strict = true;
+        let problem = only_problem(&lenient, "waiter", "wait_for");
+        assert!(problem.message.contains("nobody/writes"), "{problem:?}");
+    }
+
+    #[test]
+    fn waits_in_a_shared_namespace_are_not_warned_about() {
+        let mut waiter = op("waiter", "echo", json!({"text": "x"}));
+        waiter.wait_for = vec!["from/another/batch".into()];
+        let mut shared = batch(vec![waiter]);
+        shared.namespace = "team".into();
+        shared.strict = true;
+        let plan = plan_of(&shared).unwrap();
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        assert_eq!(plan.namespace.as_deref(), Some("team"));
+    }
+
+    #[test]
+    fn a_bad_namespace_is_named() {
+        let mut bad = batch(vec![noop("a")]);
+        bad.namespace = "has space".into();
+        let problems = problems_of(&bad);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            (problems[0].op_id.as_str(), problems[0].field.as_str()),
+            ("", "namespace")
+        );
+    }
+
+    #[test]
+    fn wait_for_any_keys_are_checked_deduplicated_and_warned_only_when_none_is_written() {
+        let mut bad = op("a", "echo", json!({"text": "x"}));
+        bad.wait_for_any = vec!["ok".into(), "not ok".into()];
+        only_problem(&batch(vec![bad]), "a", "wait_for_any");
+
+        let mut writer = op("w", "echo", json!({"text": "x"}));
+        writer.store_as = "k1".into();
+        let mut waiter = op("any", "echo", json!({"text": "x"}));
+        waiter.wait_for_any = vec!["k1".into(), "k2".into(), "k1".into()];
+        waiter.wait_timeout_ms = 0;
+        let mut both = batch(vec![writer, waiter]);
+        both.wait_timeout_ms = 5_000;
+        let plan = plan_of(&both).unwrap();
+        assert_eq!(
+            plan.ops[1].wait_for_any,
+            vec!["k1".to_owned(), "k2".to_owned()]
+        );
+        assert!(
+            plan.warnings.is_empty(),
+            "k1 is written: {:?}",
+            plan.warnings
+        );
+        assert_eq!(
+            plan.ops[1].wait_timeout_ms, 5_000,
+            "the batch's wait_timeout is the default"
+        );
+        assert_eq!(plan.ops[1].wait_writers, vec![0]);
     }
 
     #[test]

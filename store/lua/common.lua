@@ -8,7 +8,10 @@
 --            is cluster-safe: all of them carry the batch's hash tag
 --            `{b:<batch>}`, so they live in KEYS[1]'s slot.
 --   ARGV[1]  doorbell channel (`volley:doorbell`)
---   ARGV[2]  batch id (the doorbell payload)
+--   ARGV[2]  batch id (the doorbell payload is `b:<batch id>`); '' for a
+--            script on a shared memory namespace, whose KEYS[1] is then the
+--            namespace prefix `volley:{m:<namespace>}:` (and batch helpers
+--            are not used)
 --   ARGV[3]  now, unix ms (written as given: no float arithmetic on times)
 -- Scripts never touch global keys (`volley:active`, `volley:batches`): the
 -- Rust side updates those with separate idempotent commands.
@@ -21,6 +24,11 @@ local K_PENDING = P .. 'pending'
 local K_INFO = P .. 'info'
 local K_RESULT = P .. 'result'
 local K_EVENTS = P .. 'events'
+local K_ARRIVED = P .. 'arrived'
+local K_ANY_DONE = P .. 'any_done'
+local K_DEADLINES = P .. 'deadlines'
+local K_WAIT_INFO = P .. 'waitinfo'
+local K_SPEC_ADDED = P .. 'spec_added'
 local CHANNEL = ARGV[1]
 local BATCH = ARGV[2]
 local NOW = ARGV[3]
@@ -31,7 +39,7 @@ local function k_waiters(key) return P .. 'waiters:' .. key end
 local function k_mem(key) return P .. 'mem:' .. key end
 
 local function ring()
-  redis.call('PUBLISH', CHANNEL, BATCH)
+  redis.call('PUBLISH', CHANNEL, 'b:' .. BATCH)
 end
 
 -- Appends an event with the next gapless seq as stream id `0-<seq>`.
@@ -72,18 +80,32 @@ local function count_down(idx)
   return 1
 end
 
--- A memory key was written: unblock its waiters, in index order.
-local function key_written(key)
-  local waiters_key = k_waiters(key)
-  local members = redis.call('SMEMBERS', waiters_key)
-  if #members == 0 then return 0 end
-  redis.call('DEL', waiters_key)
-  local indices = {}
-  for position, member in ipairs(members) do indices[position] = tonumber(member) end
-  table.sort(indices)
-  local became_ready = 0
-  for _, idx in ipairs(indices) do became_ready = became_ready + count_down(idx) end
-  return became_ready
+-- Memory key `key` arrived for op `idx`, as one of its `wait_for` keys
+-- (mode 'all') or of its `wait_for_any` group (mode 'any'). Idempotent: the
+-- `arrived` / `any_done` sets remember what was counted, so a retried step
+-- (or a second key of an any-group) never counts twice. Returns two
+-- numbers: 1 if the op's countdown was decremented, 1 if it became ready.
+local function arrive(idx, key, mode)
+  if redis.call('HGET', K_STATE, idx) ~= 'W' then return 0, 0 end
+  if mode == 'any' then
+    if redis.call('SADD', K_ANY_DONE, idx) == 0 then return 0, 0 end
+  else
+    if redis.call('SADD', K_ARRIVED, idx .. '|' .. key) == 0 then return 0, 0 end
+  end
+  return 1, count_down(idx)
+end
+
+-- A waiter set member: `<batch>|<op>|<key>|<all|any>`.
+local function waiter_member(idx, key, mode)
+  return BATCH .. '|' .. idx .. '|' .. key .. '|' .. mode
+end
+
+-- Parses a member of this batch's waiter set of `key` into op index, mode.
+local function parse_waiter(member, key)
+  local head = BATCH .. '|'
+  local rest = string.sub(member, #head + 1)
+  local idx, mode = string.match(rest, '^(%d+)|.*|(%a+)$')
+  return tonumber(idx), mode
 end
 
 local COUNTER = { S = 'succeeded', F = 'failed', K = 'skipped', C = 'cancelled' }
@@ -178,6 +200,16 @@ local function finish_if_done()
   event('finished', nil, 0, '', redis.call('HGET', K_META, 'error') or '', state)
   for priority = 0, PRIORITY_LEVELS - 1 do redis.call('DEL', k_ready(priority)) end
   return state
+end
+
+-- `idx` failed for good: on a fail_fast batch, the first such failure
+-- cancels every op still waiting or ready.
+local function apply_fail_fast(idx)
+  local m = redis.call('HMGET', K_META, 'on_failure', 'fail_fast_fired')
+  if m[1] == 'fail_fast' and m[2] ~= '1' then
+    redis.call('HSET', K_META, 'fail_fast_fired', '1')
+    cancel_where({ W = true, R = true }, 'cancelled: fail_fast after op `' .. idx .. '` failed')
+  end
 end
 
 -- ---- end of common.lua; the verb's script follows ----

@@ -1,21 +1,26 @@
 -- complete.lua: records a whole slice of results in one call (see
 -- Store::complete): stale check, retry, final state + result, store_as into
--- the batch's memory, dependents counted down or skipped transitively,
--- fail_fast, and the batch's end.
--- KEYS[1]  batch prefix `volley:{b:<batch>}:`
--- ARGV[1..3] channel, batch id, now (see common.lua)
--- ARGV[4]  number of completions; then 11 fields per completion:
+-- the batch's own memory, dependents counted down or skipped transitively,
+-- fail_fast, and the batch's end. A store_as into a shared namespace lives
+-- in another slot: it is returned for the caller to write afterwards.
+-- KEYS[1]  batch prefix `volley:{b:<batch>}:` (also its memory scope prefix)
+-- ARGV[1..5] channel, batch id, now, memory bell, change cap (see memory.lua)
+-- ARGV[6]  number of completions; then 11 fields per completion:
 --          index, attempt, ok (1 ok, 0 failed, 2 failed permanently), output, error, details_json, worker,
 --          started_ms, duration_ms, has_store_as (1/0), store_as key
 -- Returns: { recorded (-1 if no such batch), {retried...}, {stale...},
---            became_ready, finished batch state code or '' }
-if redis.call('EXISTS', K_META) == 0 then return { -1, {}, {}, 0, '' } end
-local m = redis.call('HMGET', K_META, 'on_failure')
+--            became_ready, finished batch state code or '',
+--            {positions (0-based) of completions whose store_as goes to the
+--             shared namespace}, the batch's memory scope code }
+if redis.call('EXISTS', K_META) == 0 then return { -1, {}, {}, 0, '', {}, '' } end
+local m = redis.call('HMGET', K_META, 'on_failure', 'memory')
 local fail_fast = m[1] == 'fail_fast'
-local recorded, became_ready, retried, stale = 0, 0, {}, {}
-local count = tonumber(ARGV[4])
+local memory = m[2] or 'b'
+local shared = string.sub(memory, 1, 2) == 'm:'
+local recorded, became_ready, retried, stale, shared_writes = 0, 0, {}, {}, {}
+local count = tonumber(ARGV[6])
 for position = 0, count - 1 do
-  local base = 5 + position * 11
+  local base = 7 + position * 11
   local idx, attempt, ok = ARGV[base], tonumber(ARGV[base + 1]), ARGV[base + 2] == '1'
   local permanent = ARGV[base + 2] == '2'
   local output, err, details = ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
@@ -38,8 +43,13 @@ for position = 0, count - 1 do
       event(ok and 'succeeded' or 'failed', idx, attempt, worker, err, nil)
       recorded = recorded + 1
       if ok and has_store_as then
-        redis.call('SET', k_mem(store_as), output)
-        became_ready = became_ready + key_written(store_as)
+        if shared then
+          shared_writes[#shared_writes + 1] = position
+        else
+          local version = mem_store(store_as, 'text/plain', '', '0', output, nil, nil, #output)
+          local _, ready = mem_written(store_as, version, output, 'text/plain')
+          became_ready = became_ready + ready
+        end
       end
       became_ready = became_ready + propagate(idx, code)
       if not ok and fail_fast and not fired then
@@ -51,4 +61,4 @@ for position = 0, count - 1 do
 end
 local finished = finish_if_done()
 ring()
-return { recorded, retried, stale, became_ready, finished }
+return { recorded, retried, stale, became_ready, finished, shared_writes, memory }

@@ -1,19 +1,21 @@
--- register_waits.lua: during create_batch, for each (op, memory key) pair,
--- counts the key as satisfied if it is already in the batch's memory, else
--- registers the op as a waiter of the key. Check and register happen in one
--- script, so a concurrent put_memory of the key is seen by exactly one side.
--- Called in chunks of bounded size, pairs in index order.
+-- register_waits.lua: for a batch whose memory is its own (batch scope),
+-- during create_batch / add_ops: for each (op, key, mode) counts the key as
+-- arrived if it is already in the batch's memory, else registers the op as
+-- a waiter of the key. Check and register happen in one script, so a
+-- concurrent write of the key is seen by exactly one side.
+-- Called in chunks of bounded size, triples in index order.
 -- KEYS[1]  batch prefix `volley:{b:<batch>}:`
 -- ARGV[1..3] channel, batch id, now (see common.lua)
--- ARGV[4], ARGV[5], ...  op index, memory key (pairs)
+-- ARGV[4], ARGV[5], ARGV[6], ...  op index, memory key, 'all'|'any' (triples)
 -- Returns: how many ops became ready.
 local became_ready = 0
-for position = 4, #ARGV, 2 do
-  local idx, key = ARGV[position], ARGV[position + 1]
+for position = 4, #ARGV, 3 do
+  local idx, key, mode = ARGV[position], ARGV[position + 1], ARGV[position + 2]
   if redis.call('EXISTS', k_mem(key)) == 1 then
-    became_ready = became_ready + count_down(idx)
+    local _, ready = arrive(idx, key, mode)
+    became_ready = became_ready + ready
   else
-    redis.call('SADD', k_waiters(key), idx)
+    redis.call('SADD', k_waiters(key), waiter_member(idx, key, mode))
   end
 end
 return became_ready

@@ -20,13 +20,32 @@
 //! - `info` (hash index → `priority|run_if_always|max_attempts|d1,d2,…`).
 //! - `result` (hash index → JSON record of a final op).
 //! - `ready:<p>` (list of indices, p = 0 critical … 3 low).
-//! - `waiters:<key>` (set of indices waiting for memory key `<key>`).
-//! - `mem:<key>` (string: the batch's memory).
 //! - `events` (stream, ids `0-<seq>`).
+//! - `spec_added` (list: the spec chunk of each `add_ops`, in order).
+//! - `arrived` (set of `<op>|<key>`: `wait_for` keys counted for that op, so
+//!   a retried arrival never counts twice).
+//! - `any_done` (set of op indices whose `wait_for_any` group is satisfied).
+//! - `deadlines` (sorted set: op index scored by its `wait_deadline_ms`).
+//! - `waitinfo` (hash index → JSON `{"s": since_ms, "a": [all keys], "y":
+//!   [any keys]}`, for the error of an expired wait).
+//!
+//! Memory scope keys live under the scope's prefix ([`scope_prefix`]): the
+//! batch's prefix for a batch scope, `volley:{m:<namespace>}:` for a shared
+//! one, so a memory write and the waiters it wakes share one slot:
+//! - `mem:<key>` (hash: `ver`, `ct` content type, `size`, `exp` expiry ms or
+//!   0, and either `v` (the value) or `gen` + `n` (its chunks)).
+//! - `chunk:<gen>:<n>` (string: the n-th 256 KiB chunk of a large value;
+//!   `gen` is unique per write, so a new chunk set never overwrites the old).
+//! - `mkeys` (sorted set, all scores 0: the scope's keys, for `ZRANGEBYLEX`;
+//!   expired ones are dropped lazily by `memory_list`).
+//! - `changes` (stream, ids `0-<revision>`) and `revision` (its counter).
+//! - `waiters:<key>` (set of `<batch>|<op>|<key>|<all|any>`).
 //!
 //! Global keys: [`EPOCH`], [`BATCHES`], [`ACTIVE`], channel [`DOORBELL_CHANNEL`].
 
 use volley_proto::BatchId;
+
+use crate::model::MemoryScope;
 
 /// Written once (`SET NX`) with a random uuid; its loss means Redis restarted empty.
 pub const EPOCH: &str = "volley:epoch";
@@ -34,8 +53,14 @@ pub const EPOCH: &str = "volley:epoch";
 pub const BATCHES: &str = "volley:batches";
 /// Set of the ids of batches not yet finished.
 pub const ACTIVE: &str = "volley:active";
-/// Pub/sub channel on which scripts publish the id of a batch they changed.
+/// Pub/sub channel on which scripts publish what they changed: `b:<batch>`
+/// (a batch's ops or events), `m:<namespace>` (a shared memory scope) or
+/// `mb:<batch>` (a batch's memory scope).
 pub const DOORBELL_CHANNEL: &str = "volley:doorbell";
+/// Doorbell payload prefixes (see [`DOORBELL_CHANNEL`]).
+pub const BELL_BATCH: &str = "b:";
+pub const BELL_SHARED_MEMORY: &str = "m:";
+pub const BELL_BATCH_MEMORY: &str = "mb:";
 
 pub const META: &str = "meta";
 pub const SPEC: &str = "spec";
@@ -48,6 +73,15 @@ pub const EVENTS: &str = "events";
 pub const READY: &str = "ready:";
 pub const WAITERS: &str = "waiters:";
 pub const MEMORY: &str = "mem:";
+pub const SPEC_ADDED: &str = "spec_added";
+pub const ARRIVED: &str = "arrived";
+pub const ANY_DONE: &str = "any_done";
+pub const DEADLINES: &str = "deadlines";
+pub const WAIT_INFO: &str = "waitinfo";
+pub const CHUNK: &str = "chunk:";
+pub const MEMORY_KEYS: &str = "mkeys";
+pub const CHANGES: &str = "changes";
+pub const REVISION: &str = "revision";
 
 /// `volley:{b:<batch>}:` — the prefix of every key of the batch.
 pub fn batch_prefix(batch: &BatchId) -> String {
@@ -100,8 +134,52 @@ pub fn waiters(batch: &BatchId, memory_key: &str) -> String {
     format!("{}{WAITERS}{memory_key}", batch_prefix(batch))
 }
 
-pub fn memory(batch: &BatchId, memory_key: &str) -> String {
-    format!("{}{MEMORY}{memory_key}", batch_prefix(batch))
+pub fn spec_added(batch: &BatchId) -> String {
+    batch_key(batch, SPEC_ADDED)
+}
+
+pub fn deadlines(batch: &BatchId) -> String {
+    batch_key(batch, DEADLINES)
+}
+
+/// `volley:{m:<namespace>}:` — the prefix of every key of a shared namespace.
+pub fn namespace_prefix(namespace: &str) -> String {
+    format!("volley:{{m:{namespace}}}:")
+}
+
+/// The prefix the keys of a memory scope hang off: the batch's own prefix
+/// for a batch scope (its memory shares the batch's slot), the namespace's
+/// for a shared one.
+pub fn scope_prefix(scope: &MemoryScope) -> String {
+    match scope {
+        MemoryScope::Batch(batch) => batch_prefix(batch),
+        MemoryScope::Shared(namespace) => namespace_prefix(namespace),
+    }
+}
+
+/// The doorbell payload announcing a change of `scope`.
+pub fn memory_bell(scope: &MemoryScope) -> String {
+    match scope {
+        MemoryScope::Batch(batch) => format!("{BELL_BATCH_MEMORY}{}", batch.as_str()),
+        MemoryScope::Shared(namespace) => format!("{BELL_SHARED_MEMORY}{namespace}"),
+    }
+}
+
+/// The entry hash of memory key `memory_key`.
+pub fn memory(scope: &MemoryScope, memory_key: &str) -> String {
+    format!("{}{MEMORY}{memory_key}", scope_prefix(scope))
+}
+
+pub fn chunk(scope: &MemoryScope, generation: &str, number: u64) -> String {
+    format!("{}{CHUNK}{generation}:{number}", scope_prefix(scope))
+}
+
+pub fn changes(scope: &MemoryScope) -> String {
+    format!("{}{CHANGES}", scope_prefix(scope))
+}
+
+pub fn revision(scope: &MemoryScope) -> String {
+    format!("{}{REVISION}", scope_prefix(scope))
 }
 
 #[cfg(test)]
@@ -115,6 +193,18 @@ mod tests {
         assert_eq!(meta(&batch), "volley:{b:0193-abc}:meta");
         assert_eq!(ready(&batch, 2), "volley:{b:0193-abc}:ready:2");
         assert_eq!(waiters(&batch, "a/b"), "volley:{b:0193-abc}:waiters:a/b");
-        assert_eq!(memory(&batch, "a/b"), "volley:{b:0193-abc}:mem:a/b");
+        let scope = MemoryScope::Batch(batch.clone());
+        assert_eq!(memory(&scope, "a/b"), "volley:{b:0193-abc}:mem:a/b");
+        assert_eq!(memory_bell(&scope), "mb:0193-abc");
+    }
+
+    #[test]
+    fn namespace_keys_share_their_own_hash_tag() {
+        let scope = MemoryScope::Shared("team".to_owned());
+        assert_eq!(memory(&scope, "k"), "volley:{m:team}:mem:k");
+        assert_eq!(chunk(&scope, "g1", 3), "volley:{m:team}:chunk:g1:3");
+        assert_eq!(changes(&scope), "volley:{m:team}:changes");
+        assert_eq!(revision(&scope), "volley:{m:team}:revision");
+        assert_eq!(memory_bell(&scope), "m:team");
     }
 }

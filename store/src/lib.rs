@@ -41,6 +41,14 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store restarted empty (epoch {expected} is gone): state in flight was lost")]
     EpochLost { expected: String },
+    #[error("memory key `{key}` is at version {actual}, not {expected}")]
+    VersionMismatch { key: String, expected: u64, actual: u64 },
+    #[error("memory key `{key}` does not hold an integer")]
+    NotAnInteger { key: String },
+    #[error("changes of {scope} after revision {after} are no longer kept (oldest kept: {oldest}); read the keys again")]
+    ChangesTrimmed { scope: String, after: u64, oldest: u64 },
+    #[error("batch {batch} cannot grow: {reason}")]
+    CannotAddOps { batch: BatchId, reason: String },
 }
 
 impl StoreError {
@@ -53,7 +61,11 @@ impl StoreError {
             StoreError::BatchNotFound(_)
             | StoreError::BatchExists(_)
             | StoreError::Corrupt(_)
-            | StoreError::EpochLost { .. } => false,
+            | StoreError::EpochLost { .. }
+            | StoreError::VersionMismatch { .. }
+            | StoreError::NotAnInteger { .. }
+            | StoreError::ChangesTrimmed { .. }
+            | StoreError::CannotAddOps { .. } => false,
         }
     }
 }
@@ -77,8 +89,8 @@ pub trait Store: Send + Sync + 'static {
     async fn create_batch(&self, batch: NewBatch) -> StoreResult<()>;
 
     /// The opaque spec bytes given at creation (the coordinator's encoding of
-    /// the batch), so any coordinator can resume it.
-    async fn batch_spec(&self, batch: &BatchId) -> StoreResult<Option<Vec<u8>>>;
+    /// the batch) and by each `add_ops`, so any coordinator can resume it.
+    async fn batch_spec(&self, batch: &BatchId) -> StoreResult<Option<StoredSpec>>;
 
     /// Ids of batches not yet finished, oldest first.
     async fn active_batches(&self) -> StoreResult<Vec<BatchId>>;
@@ -133,17 +145,83 @@ pub trait Store: Send + Sync + 'static {
     /// Most recent batches first.
     async fn list_batches(&self, limit: u32) -> StoreResult<Vec<BatchMeta>>;
 
-    /// Writes a key of the batch's memory and makes ready the ops whose last
-    /// missing input it was. Returns how many ops it unblocked.
-    async fn put_memory(
+    /// Writes a memory key and unblocks the ops waiting for it — in the
+    /// batch for a batch scope, in every batch waiting on the namespace for
+    /// a shared one (idempotent steps, one slot at a time). Values above a
+    /// threshold are written in chunks so no single command is large.
+    /// Appends a change (`memory_changes`) and rings `Doorbell::Memory`.
+    async fn memory_put(
         &self,
-        batch: &BatchId,
+        scope: &MemoryScope,
         key: &str,
         value: &[u8],
+        options: &PutOptions,
         now_ms: u64,
-    ) -> StoreResult<u32>;
+    ) -> StoreResult<PutOutcome>;
 
-    async fn get_memory(&self, batch: &BatchId, key: &str) -> StoreResult<Option<Vec<u8>>>;
+    async fn memory_get(&self, scope: &MemoryScope, key: &str) -> StoreResult<Option<MemoryValue>>;
+
+    /// Deletes a key (if at `if_version`, when given). Returns whether it existed.
+    async fn memory_delete(
+        &self,
+        scope: &MemoryScope,
+        key: &str,
+        if_version: Option<u64>,
+        now_ms: u64,
+    ) -> StoreResult<bool>;
+
+    /// Live keys starting with `prefix`, sorted, those after `after_key`
+    /// only (pagination), at most `limit`.
+    async fn memory_list(
+        &self,
+        scope: &MemoryScope,
+        prefix: &str,
+        after_key: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<MemoryKeyInfo>>;
+
+    /// Adds `delta` to an integer key (a missing key counts as 0), atomically;
+    /// unblocks waiters like a put. Returns the new value.
+    async fn memory_incr(
+        &self,
+        scope: &MemoryScope,
+        key: &str,
+        delta: i64,
+        now_ms: u64,
+    ) -> StoreResult<(i64, PutOutcome)>;
+
+    /// Changes of keys under `prefix` with revision > `after_revision`, in
+    /// order, at most `max`. `ChangesTrimmed` when some were dropped.
+    async fn memory_changes(
+        &self,
+        scope: &MemoryScope,
+        prefix: &str,
+        after_revision: u64,
+        max: u32,
+    ) -> StoreResult<Vec<MemoryChange>>;
+
+    /// The scope's latest revision (0 before any write).
+    async fn memory_revision(&self, scope: &MemoryScope) -> StoreResult<u64>;
+
+    /// Fails the ops still waiting for keys past their `wait_deadline_ms`
+    /// ("memory key `k` never appeared"), like a final failure: dependents
+    /// skipped, fail_fast applied, the batch finished if that was the last.
+    async fn expire_waits(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome>;
+
+    /// Grows a running batch (dynamic fan-out): `ops` get indices
+    /// `first_index..`, which must equal the batch's current total (else
+    /// `CannotAddOps`, and the caller re-plans). Edges from existing ops are
+    /// added to their dependents; an edge from an op that already ended
+    /// counts down at once (or skips the new op, as `complete` would).
+    /// `spec` is appended to the stored spec. Appends `OpsAdded`.
+    async fn add_ops(
+        &self,
+        batch: &BatchId,
+        first_index: u32,
+        ops: Vec<NewOp>,
+        spec: Vec<u8>,
+        now_ms: u64,
+    ) -> StoreResult<CompleteOutcome>;
 
     /// Doorbells: a batch's ready queue may have grown or its events moved.
     /// Only a hint — the state is in the store. `Doorbell::Resync` after a

@@ -90,10 +90,95 @@ pub enum OnFailure {
 /// Priorities, 0 = critical … 3 = low.
 pub const PRIORITY_LEVELS: u8 = 4;
 
+/// Where a memory key lives: a batch's own memory, or a named namespace
+/// shared by batches and clients.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MemoryScope {
+    Batch(BatchId),
+    Shared(String),
+}
+
+impl std::fmt::Display for MemoryScope {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemoryScope::Batch(batch) => write!(formatter, "batch {batch}"),
+            MemoryScope::Shared(namespace) => write!(formatter, "namespace {namespace}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    pub content_type: String,
+    /// Expire the key this long after the write.
+    pub ttl_ms: Option<u64>,
+    /// Compare-and-set: write only if the key's version is this (0: the key
+    /// must not exist); otherwise `StoreError::VersionMismatch`.
+    pub if_version: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryValue {
+    pub value: Vec<u8>,
+    pub content_type: String,
+    /// 1 on the first write of the key, +1 on each later write.
+    pub version: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PutOutcome {
+    pub version: u64,
+    /// Ops (of any batch waiting on this scope's key) this write made ready
+    /// or moved closer to ready.
+    pub unblocked: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryKeyInfo {
+    pub key: String,
+    pub version: u64,
+    pub size: u64,
+    pub content_type: String,
+    /// Unix ms; 0: never.
+    pub expires_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryChangeKind {
+    Put,
+    Delete,
+}
+
+/// Largest value carried inside a change; larger ones are read with `memory_get`.
+pub const CHANGE_VALUE_LIMIT: usize = 64 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryChange {
+    /// Per scope: 1, 2, 3, … in write order, no gaps.
+    pub revision: u64,
+    pub key: String,
+    pub kind: MemoryChangeKind,
+    pub version: u64,
+    /// The value of a put up to `CHANGE_VALUE_LIMIT` bytes; `None` for
+    /// deletes and larger values.
+    pub value: Option<Vec<u8>>,
+    pub content_type: String,
+    pub at_ms: u64,
+}
+
+/// A batch's stored spec: the submission, then each `add_ops` chunk in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredSpec {
+    pub base: Vec<u8>,
+    pub added: Vec<Vec<u8>>,
+}
+
 #[derive(Clone, Debug)]
 pub struct NewBatch {
     pub id: BatchId,
     pub name: String,
+    /// Where the batch's `store_as` writes and `wait_for` keys live.
+    pub memory: MemoryScope,
     pub max_parallel: u32,
     pub on_failure: OnFailure,
     pub created_ms: u64,
@@ -115,8 +200,16 @@ pub struct NewOp {
     pub deps: u32,
     /// Indices of the ops that run after this one.
     pub dependents: Vec<u32>,
-    /// Keys of the batch's memory this op waits for (all of them).
+    /// Keys of the batch's memory scope this op waits for (all of them).
     pub wait_for: Vec<String>,
+    /// Keys of which any one is enough (on top of all of `wait_for`).
+    pub wait_for_any: Vec<String>,
+    /// Unix ms after which a still-waiting op fails ("memory key K never
+    /// appeared"); 0: it waits as long as it takes.
+    pub wait_deadline_ms: u64,
+    /// For `add_ops` only: the indices (existing or added) this op runs
+    /// after; `deps` must equal its length there.
+    pub after: Vec<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +269,8 @@ pub enum EventKind {
     OpCancelled,
     OpRetrying,
     BatchFinished,
+    /// `add_ops` grew the batch; the message says how many ops.
+    OpsAdded,
 }
 
 impl EventKind {
@@ -189,6 +284,7 @@ impl EventKind {
             EventKind::OpCancelled => "cancelled",
             EventKind::OpRetrying => "retrying",
             EventKind::BatchFinished => "finished",
+            EventKind::OpsAdded => "added",
         }
     }
 
@@ -202,6 +298,7 @@ impl EventKind {
             "cancelled" => EventKind::OpCancelled,
             "retrying" => EventKind::OpRetrying,
             "finished" => EventKind::BatchFinished,
+            "added" => EventKind::OpsAdded,
             _ => return None,
         })
     }
@@ -264,6 +361,8 @@ pub struct OpRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Doorbell {
     Batch(BatchId),
+    /// A memory scope changed (watchers re-read its changes).
+    Memory(MemoryScope),
     /// Bells may have been missed (the subscription reconnected): re-read
     /// every active batch.
     Resync,

@@ -12,6 +12,7 @@ use volley_proto::v1::{Assignment, OpResult};
 use crate::handler::{HandlerError, OpContext, OpOutput};
 use crate::memory::MemoryStore;
 use crate::registry::Registry;
+use crate::spawn::OpSpawner;
 
 /// Runs assignments with a registry's handlers. Shared by every op of a worker
 /// (and usable without a coordinator, with [`LocalMemory`](crate::LocalMemory)).
@@ -21,6 +22,8 @@ pub struct Executor {
     memory: Arc<dyn MemoryStore>,
     root: Option<PathBuf>,
     allow_shell: bool,
+    coordinator_url: Option<String>,
+    spawner: Option<Arc<dyn OpSpawner>>,
 }
 
 impl Executor {
@@ -37,7 +40,22 @@ impl Executor {
             memory,
             root,
             allow_shell,
+            coordinator_url: None,
+            spawner: None,
         }
+    }
+
+    /// The coordinator ops run for: its URL (agents get it as
+    /// `VOLLEY_COORDINATOR`) and where [`OpContext::spawn`] sends new ops.
+    /// Without it handlers see no coordinator URL and cannot spawn.
+    pub fn with_coordinator(
+        mut self,
+        coordinator_url: impl Into<String>,
+        spawner: Arc<dyn OpSpawner>,
+    ) -> Self {
+        self.coordinator_url = Some(coordinator_url.into());
+        self.spawner = Some(spawner);
+        self
     }
 
     pub fn registry(&self) -> &Registry {
@@ -100,10 +118,13 @@ impl Executor {
                 assignment.op_index,
                 assignment.attempt,
             )
+            .namespace(assignment.namespace.clone())
             .cancel(op_cancel.clone())
             .root(self.root.clone())
             .allow_shell(self.allow_shell)
             .memory(Arc::clone(&self.memory))
+            .coordinator_url(self.coordinator_url.clone())
+            .spawner(self.spawner.clone())
             .build();
         let run = AssertUnwindSafe(handler.run(&ctx, args)).catch_unwind();
         let timeout =

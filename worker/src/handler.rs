@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
+use volley_proto::v1::Op;
 use volley_proto::{BatchId, OpId};
 
-use crate::memory::{MemoryError, MemoryStore};
+use crate::memory::{MemoryError, MemoryScope, MemoryStore, MemoryWriter, PutOptions};
+use crate::spawn::{OpSpawner, SpawnError, SpawnOutcome};
 
 /// Runs the ops of one kind. One instance serves every op of its kind, concurrently.
 #[async_trait]
@@ -139,6 +141,29 @@ impl From<MemoryError> for HandlerError {
     }
 }
 
+impl From<SpawnError> for HandlerError {
+    fn from(error: SpawnError) -> Self {
+        match &error {
+            SpawnError::Invalid { problems } => {
+                let problems: Vec<serde_json::Value> = problems
+                    .iter()
+                    .map(|problem| {
+                        serde_json::json!({
+                            "op_id": problem.op_id,
+                            "field": problem.field,
+                            "message": problem.message,
+                        })
+                    })
+                    .collect();
+                Self::permanent(error.to_string())
+                    .with_details(serde_json::json!({ "problems": problems }))
+            }
+            _ if error.is_retryable() => Self::retry(error.to_string()),
+            _ => Self::permanent(error.to_string()),
+        }
+    }
+}
+
 /// Everything a handler knows about the op it runs. Cheap to clone.
 #[derive(Clone)]
 pub struct OpContext {
@@ -151,10 +176,14 @@ struct OpContextInner {
     op_index: u32,
     attempt: u32,
     kind: String,
+    /// The memory namespace of the op's batch; empty: the batch's own memory.
+    namespace: String,
     cancel: CancellationToken,
     root: Option<PathBuf>,
     allow_shell: bool,
     memory: Arc<dyn MemoryStore>,
+    coordinator_url: Option<String>,
+    spawner: Option<Arc<dyn OpSpawner>>,
 }
 
 impl std::fmt::Debug for OpContext {
@@ -166,6 +195,7 @@ impl std::fmt::Debug for OpContext {
             .field("op_index", &self.inner.op_index)
             .field("attempt", &self.inner.attempt)
             .field("kind", &self.inner.kind)
+            .field("namespace", &self.inner.namespace)
             .finish_non_exhaustive()
     }
 }
@@ -186,6 +216,25 @@ impl OpContextBuilder {
 
     pub fn batch(mut self, batch_id: impl Into<BatchId>) -> Self {
         self.inner.batch_id = batch_id.into();
+        self
+    }
+
+    /// The memory namespace of the op's batch (empty: the batch's own memory).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.inner.namespace = namespace.into();
+        self
+    }
+
+    /// The URL of the coordinator the worker serves (agents get it as `VOLLEY_COORDINATOR`).
+    pub fn coordinator_url(mut self, coordinator_url: Option<String>) -> Self {
+        self.inner.coordinator_url = coordinator_url;
+        self
+    }
+
+    /// Where [`OpContext::spawn`] sends new ops; without one it fails with
+    /// [`SpawnError::NoCoordinator`].
+    pub fn spawner(mut self, spawner: Option<Arc<dyn OpSpawner>>) -> Self {
+        self.inner.spawner = spawner;
         self
     }
 
@@ -218,7 +267,8 @@ impl OpContextBuilder {
 
 impl OpContext {
     /// A context for an op of `kind`, with a fresh cancel token, no root, shell
-    /// off and an in-process [`LocalMemory`](crate::LocalMemory); adjust with the builder.
+    /// off, an in-process [`LocalMemory`](crate::LocalMemory), no namespace, no
+    /// coordinator and no spawner; adjust with the builder.
     pub fn builder(kind: impl Into<String>) -> OpContextBuilder {
         OpContextBuilder {
             inner: OpContextInner {
@@ -227,10 +277,13 @@ impl OpContext {
                 op_index: 0,
                 attempt: 1,
                 kind: kind.into(),
+                namespace: String::new(),
                 cancel: CancellationToken::new(),
                 root: None,
                 allow_shell: false,
                 memory: Arc::new(crate::memory::LocalMemory::default()),
+                coordinator_url: None,
+                spawner: None,
             },
         }
     }
@@ -276,26 +329,78 @@ impl OpContext {
         self.inner.allow_shell
     }
 
-    /// The memory of this op's batch.
+    /// The memory namespace of the op's batch; empty when it uses its own memory.
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// The URL of the coordinator this worker serves; `None` when the op runs without one.
+    pub fn coordinator_url(&self) -> Option<&str> {
+        self.inner.coordinator_url.as_deref()
+    }
+
+    /// The op's memory: its batch's namespace when it has one, else the
+    /// batch's own. Writes through it are tagged with this op and attempt.
     pub fn memory(&self) -> MemoryHandle {
         MemoryHandle {
             store: Arc::clone(&self.inner.memory),
-            batch_id: self.inner.batch_id.clone(),
+            scope: MemoryScope::for_op(&self.inner.batch_id, &self.inner.namespace),
+            writer: MemoryWriter {
+                op_id: self.inner.op_id.clone(),
+                attempt: self.inner.attempt,
+            },
         }
+    }
+
+    /// Adds `ops` to this op's batch (`BatchService.SpawnOps`, `spawned_by`
+    /// this op). They are validated with the batch: new ids unique, `after`
+    /// may name existing ops, no cycles.
+    pub async fn spawn(&self, ops: Vec<Op>) -> Result<SpawnOutcome, SpawnError> {
+        let Some(spawner) = &self.inner.spawner else {
+            return Err(SpawnError::NoCoordinator);
+        };
+        spawner
+            .spawn(&self.inner.batch_id, ops, self.inner.op_id.as_str())
+            .await
     }
 }
 
-/// The memory of one batch, as seen from one of its ops.
+/// The memory one op sees (its batch's namespace, or the batch's own), with
+/// its writes tagged by the op's id and attempt.
 #[derive(Clone)]
 pub struct MemoryHandle {
     store: Arc<dyn MemoryStore>,
-    batch_id: BatchId,
+    scope: MemoryScope,
+    writer: MemoryWriter,
+}
+
+impl std::fmt::Debug for MemoryHandle {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("MemoryHandle")
+            .field("scope", &self.scope)
+            .field("writer", &self.writer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MemoryHandle {
+    /// Whose memory this is.
+    pub fn scope(&self) -> &MemoryScope {
+        &self.scope
+    }
+
     /// The key's value, `None` if it is not set.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, MemoryError> {
-        self.store.get(&self.batch_id, key).await
+        Ok(self.get_entry(key).await?.map(|entry| entry.value))
+    }
+
+    /// The key's value with its content type and version, `None` if it is not set.
+    pub async fn get_entry(
+        &self,
+        key: &str,
+    ) -> Result<Option<crate::memory::MemoryEntry>, MemoryError> {
+        self.store.get(&self.scope, key).await
     }
 
     /// The key's value as text (invalid UTF-8 replaced), `None` if it is not set.
@@ -308,7 +413,43 @@ impl MemoryHandle {
 
     /// Sets the key; ops that `wait_for` it are unblocked by the coordinator.
     pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<(), MemoryError> {
-        self.store.put(&self.batch_id, key, value.into()).await
+        self.put_with(key, value, PutOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Sets the key with a content type, an expiry or a compare-and-set
+    /// condition; returns the key's new version. A failed condition is
+    /// [`MemoryError::VersionMismatch`].
+    pub async fn put_with(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        options: PutOptions,
+    ) -> Result<u64, MemoryError> {
+        self.store
+            .put(&self.scope, key, value.into(), &options, Some(&self.writer))
+            .await
+    }
+
+    /// Removes the key; `false` if it was not set.
+    pub async fn delete(&self, key: &str) -> Result<bool, MemoryError> {
+        self.store.delete(&self.scope, key).await
+    }
+
+    /// Adds `delta` to the integer under the key (0 if unset); returns the sum.
+    pub async fn incr(&self, key: &str, delta: i64) -> Result<i64, MemoryError> {
+        self.store.incr(&self.scope, key, delta).await
+    }
+
+    /// The key's value once it exists; [`MemoryError::WaitTimedOut`] after
+    /// `timeout` (`None`: as long as it takes — the op's own timeout and
+    /// cancel still apply).
+    pub async fn wait_for(
+        &self,
+        key: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<u8>, MemoryError> {
+        self.store.wait_for(&self.scope, key, timeout).await
     }
 }
 

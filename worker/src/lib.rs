@@ -1,6 +1,6 @@
 //! Volley's worker library: the [`Handler`] trait users implement for their
 //! own op kinds, the built-in kinds (`noop`, `echo`, `sleep`, `read`, `write`,
-//! `glob`, `grep`, `shell`, `memory.put`, `memory.get`), and the runtime that
+//! `glob`, `grep`, `shell`, `memory.put`, `memory.get`, `agent`), and the runtime that
 //! connects to a coordinator, runs the ops it assigns and streams the results
 //! back.
 //!
@@ -26,13 +26,14 @@
 //! - [`registry`] — `Registry` (kind name → handler) and `BuiltinConfig`.
 //! - [`builtins`] — the built-in kinds, one module per family.
 //! - [`confine`] — resolving paths under the worker's root and refusing escapes.
-//! - [`memory`] — the `MemoryStore` the memory kinds use, `LocalMemory` for tests
-//!   and embedded runs.
+//! - [`memory`] — the `MemoryStore` behind `ctx.memory()` and the memory kinds
+//!   (scopes, versions, compare-and-set, ttl, waits), `LocalMemory` for tests.
+//! - [`spawn`] — `ctx.spawn`: adding ops to the running batch (`OpSpawner`).
 //! - [`executor`] — runs one assignment (args, timeout, cancel) into a result.
 //! - [`runtime`] — `WorkerConfig`, `run_worker`: connect, register, dispatch,
 //!   batch results, heartbeat, reconnect, drain.
 //! - [`grpc`] — the tonic side: channel setup, the session stream, the
-//!   coordinator-backed `MemoryStore`.
+//!   coordinator-backed `MemoryStore` and `OpSpawner`.
 
 pub mod builtins;
 pub mod confine;
@@ -42,19 +43,26 @@ pub mod handler;
 pub mod memory;
 pub mod registry;
 pub mod runtime;
+pub mod spawn;
 
 pub use confine::{ConfineError, Root};
 pub use executor::Executor;
-pub use grpc::{ConnectError, GrpcMemory, connect_channel};
+pub use grpc::{ConnectError, GrpcMemory, GrpcSpawner, connect_channel};
 pub use handler::{
     FnHandler, Handler, HandlerError, MemoryHandle, OpContext, OpContextBuilder, OpOutput,
     handler_fn,
 };
-pub use memory::{LocalMemory, MemoryError, MemoryStore};
+pub use memory::{
+    LocalMemory, MemoryEntry, MemoryError, MemoryScope, MemoryStore, MemoryWriter, PutOptions,
+};
 pub use registry::{BuiltinConfig, Registry};
 pub use runtime::{WorkerConfig, WorkerError, default_worker_id, run_worker};
+pub use spawn::{OpSpawner, SpawnError, SpawnOutcome};
 
 /// Re-exported so custom handlers can `#[volley_worker::async_trait]`.
 pub use async_trait::async_trait;
 /// Re-exported so users need not add tokio-util for the shutdown token.
 pub use tokio_util::sync::CancellationToken;
+/// The contract's messages (`v1::Op` for [`OpContext::spawn`], `v1::Problem`),
+/// re-exported so custom workers need not depend on `volley-proto`.
+pub use volley_proto::v1;

@@ -12,7 +12,7 @@ use crate::handler::Handler;
 pub struct BuiltinConfig {
     /// File kinds work only under this directory; without it they are refused.
     pub root: Option<PathBuf>,
-    /// `shell` runs host programs only when this is set.
+    /// `shell` and `agent` run host programs only when this is set.
     pub allow_shell: bool,
 }
 
@@ -21,7 +21,7 @@ pub struct BuiltinConfig {
 pub struct Registry {
     handlers: BTreeMap<String, Arc<dyn Handler>>,
     /// Kinds held but switched off on this host (file kinds without a root,
-    /// `shell` without `allow_shell`): not advertised to the coordinator, so
+    /// `shell` and `agent` without `allow_shell`): not advertised to the coordinator, so
     /// it routes those ops to workers that run them.
     disabled: BTreeSet<String>,
 }
@@ -42,7 +42,7 @@ impl Registry {
     }
 
     /// A registry with every built-in kind. File kinds without a root and
-    /// `shell` without `allow_shell` are held but not advertised (see
+    /// `shell`/`agent` without `allow_shell` are held but not advertised (see
     /// [`Registry::advertised_kinds`]); an op of theirs that arrives anyway
     /// is refused with an error that says how to enable them.
     pub fn with_builtins(config: &BuiltinConfig) -> Self {
@@ -106,7 +106,7 @@ mod advertised_tests {
     fn switched_off_kinds_are_not_advertised() {
         let bare = Registry::with_builtins(&BuiltinConfig::default());
         let advertised = bare.advertised_kinds();
-        for kind in ["read", "write", "glob", "grep", "shell"] {
+        for kind in ["read", "write", "glob", "grep", "shell", "agent"] {
             assert!(
                 !advertised.contains(&kind.to_owned()),
                 "{kind} advertised: {advertised:?}"

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::confine::Root;
 use crate::executor::Executor;
 use crate::grpc::session::{OpenError, SessionEnd, SessionParams, run_session};
-use crate::grpc::{ConnectError, GrpcMemory, lazy_channel};
+use crate::grpc::{ConnectError, GrpcMemory, GrpcSpawner, lazy_channel};
 use crate::registry::Registry;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -140,12 +140,11 @@ pub async fn run_worker(
     let worker_id = config.worker_id.clone().unwrap_or_else(default_worker_id);
     tracing::Span::current().record("worker", worker_id.as_str());
     let memory = Arc::new(GrpcMemory::new(channel.clone()));
-    let executor = Arc::new(Executor::new(
-        registry,
-        memory,
-        config.root.clone(),
-        config.allow_shell,
-    ));
+    let spawner = Arc::new(GrpcSpawner::new(channel.clone()));
+    let executor = Arc::new(
+        Executor::new(registry, memory, config.root.clone(), config.allow_shell)
+            .with_coordinator(config.coordinator.clone(), spawner),
+    );
     tracing::info!(coordinator = %config.coordinator, slots = config.slots, kinds = ?executor.registry().advertised_kinds(), "worker starting");
     let params = SessionParams {
         worker_id,

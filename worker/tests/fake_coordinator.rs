@@ -1,23 +1,37 @@
 //! The worker runtime against a fake coordinator: a tonic `WorkerService` on
-//! 127.0.0.1:0 that the test drives message by message.
+//! 127.0.0.1:0 that the test drives message by message, a `MemoryService`
+//! (Put/Get/Wait over a map) and a `BatchService` that only spawns ops.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use prost::Message;
+use tokio::sync::{Notify, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use volley_proto::v1::batch_service_server::{BatchService, BatchServiceServer};
+use volley_proto::v1::memory_service_server::{MemoryService, MemoryServiceServer};
 use volley_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use volley_proto::v1::{
-    Assignment, Assignments, CancelOps, CoordinatorMessage, ListWorkersRequest,
-    ListWorkersResponse, OpRef, OpResult, Register, Registered, WorkerMessage, coordinator_message,
-    worker_message,
+    Assignment, Assignments, BatchEvent, BatchStatus, CancelBatchRequest, CancelBatchResponse,
+    CancelOps, CoordinatorMessage, DeleteMemoryRequest, DeleteMemoryResponse, GetBatchRequest,
+    GetMemoryRequest, GetMemoryResponse, IncrMemoryRequest, IncrMemoryResponse, ListBatchesRequest,
+    ListBatchesResponse, ListMemoryRequest, ListMemoryResponse, ListWorkersRequest,
+    ListWorkersResponse, MemoryChange, Op, OpRef, OpResult, Problem, PutMemoryRequest,
+    PutMemoryResponse, Register, Registered, SpawnOpsRequest, SpawnOpsResponse, SubmitBatchChunk,
+    SubmitBatchResponse, ValidationFailure, WaitMemoryRequest, WatchBatchRequest,
+    WatchMemoryRequest, WorkerMessage, coordinator_message, worker_message,
 };
-use volley_worker::{BuiltinConfig, OpOutput, Registry, WorkerConfig, handler_fn, run_worker};
+use volley_worker::{
+    BuiltinConfig, HandlerError, MemoryError, OpOutput, PutOptions, Registry, WorkerConfig,
+    handler_fn, run_worker,
+};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -90,9 +104,251 @@ impl WorkerService for FakeCoordinator {
     }
 }
 
+/// (batch_id, namespace, key): the scope as the request names it, and the key.
+type MemoryKey = (String, String, String);
+/// A stored value and its version.
+type Versioned = (Vec<u8>, u64);
+
+/// A `MemoryService` over a map: Put, Get and Wait; the rest is unimplemented.
+#[derive(Clone, Default)]
+struct FakeMemory {
+    entries: Arc<Mutex<HashMap<MemoryKey, Versioned>>>,
+    /// Every put, as received, so tests can check scope and writer fields.
+    puts: Arc<Mutex<Vec<PutMemoryRequest>>>,
+    /// Rung on every put: wakes waiters and tests waiting for a put.
+    written: Arc<Notify>,
+}
+
+impl FakeMemory {
+    fn scope_key(batch_id: &str, namespace: &str, key: &str) -> Result<MemoryKey, Status> {
+        if batch_id.is_empty() == namespace.is_empty() {
+            return Err(Status::invalid_argument(
+                "exactly one of batch_id and namespace must be set",
+            ));
+        }
+        Ok((batch_id.to_owned(), namespace.to_owned(), key.to_owned()))
+    }
+
+    fn lookup(&self, key: &MemoryKey) -> Option<Versioned> {
+        self.entries.lock().unwrap().get(key).cloned()
+    }
+
+    /// Writes as a client would (the test playing another agent).
+    fn write(&self, key: MemoryKey, value: &[u8]) -> u64 {
+        let version = {
+            let mut entries = self.entries.lock().unwrap();
+            let version = entries.get(&key).map_or(0, |(_, version)| *version) + 1;
+            entries.insert(key, (value.to_vec(), version));
+            version
+        };
+        self.written.notify_waiters();
+        version
+    }
+
+    /// The first put that `matches`, once it has arrived; fails at the deadline.
+    async fn wait_for_put(&self, matches: impl Fn(&PutMemoryRequest) -> bool) -> PutMemoryRequest {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                let written = self.written.notified();
+                tokio::pin!(written);
+                written.as_mut().enable();
+                if let Some(put) = self.puts.lock().unwrap().iter().find(|put| matches(put)) {
+                    return put.clone();
+                }
+                written.await;
+            }
+        })
+        .await
+        .expect("the put did not arrive before the deadline")
+    }
+}
+
+type ChangeStream = Pin<Box<dyn Stream<Item = Result<MemoryChange, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<BatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl MemoryService for FakeMemory {
+    type WatchMemoryStream = ChangeStream;
+
+    async fn get_memory(
+        &self,
+        request: Request<GetMemoryRequest>,
+    ) -> Result<Response<GetMemoryResponse>, Status> {
+        let request = request.into_inner();
+        let key = Self::scope_key(&request.batch_id, &request.namespace, &request.key)?;
+        Ok(Response::new(match self.lookup(&key) {
+            Some((value, version)) => GetMemoryResponse {
+                found: true,
+                value,
+                version,
+                ..GetMemoryResponse::default()
+            },
+            None => GetMemoryResponse::default(),
+        }))
+    }
+
+    async fn put_memory(
+        &self,
+        request: Request<PutMemoryRequest>,
+    ) -> Result<Response<PutMemoryResponse>, Status> {
+        let request = request.into_inner();
+        let key = Self::scope_key(&request.batch_id, &request.namespace, &request.key)?;
+        if let Some(expected) = request.if_version {
+            let current = self.lookup(&key).map_or(0, |(_, version)| version);
+            if current != expected {
+                return Err(Status::failed_precondition(format!(
+                    "version is {current}, not {expected}"
+                )));
+            }
+        }
+        self.puts.lock().unwrap().push(request.clone());
+        let version = self.write(key, &request.value);
+        Ok(Response::new(PutMemoryResponse {
+            unblocked: 0,
+            version,
+        }))
+    }
+
+    async fn wait_memory(
+        &self,
+        request: Request<WaitMemoryRequest>,
+    ) -> Result<Response<GetMemoryResponse>, Status> {
+        let request = request.into_inner();
+        let key = Self::scope_key(&request.batch_id, &request.namespace, &request.key)?;
+        let wait = async {
+            loop {
+                let written = self.written.notified();
+                tokio::pin!(written);
+                written.as_mut().enable();
+                if let Some((value, version)) = self.lookup(&key) {
+                    return GetMemoryResponse {
+                        found: true,
+                        value,
+                        version,
+                        ..GetMemoryResponse::default()
+                    };
+                }
+                written.await;
+            }
+        };
+        let response = if request.timeout_ms == 0 {
+            wait.await
+        } else {
+            tokio::time::timeout(Duration::from_millis(request.timeout_ms), wait)
+                .await
+                .map_err(|_| Status::deadline_exceeded("key did not appear"))?
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn delete_memory(
+        &self,
+        _: Request<DeleteMemoryRequest>,
+    ) -> Result<Response<DeleteMemoryResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn list_memory(
+        &self,
+        _: Request<ListMemoryRequest>,
+    ) -> Result<Response<ListMemoryResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn incr_memory(
+        &self,
+        _: Request<IncrMemoryRequest>,
+    ) -> Result<Response<IncrMemoryResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn watch_memory(
+        &self,
+        _: Request<WatchMemoryRequest>,
+    ) -> Result<Response<Self::WatchMemoryStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+}
+
+/// A `BatchService` that only spawns: an op named `cycle` is refused with a
+/// `ValidationFailure`, anything else is accepted and recorded.
+#[derive(Clone, Default)]
+struct FakeBatches {
+    spawned: Arc<Mutex<Vec<SpawnOpsRequest>>>,
+}
+
+#[tonic::async_trait]
+impl BatchService for FakeBatches {
+    type WatchBatchStream = EventStream;
+
+    async fn spawn_ops(
+        &self,
+        request: Request<SpawnOpsRequest>,
+    ) -> Result<Response<SpawnOpsResponse>, Status> {
+        let request = request.into_inner();
+        if request.ops.iter().any(|op| op.id == "cycle") {
+            let failure = ValidationFailure {
+                problems: vec![Problem {
+                    op_id: "cycle".into(),
+                    field: "after".into(),
+                    message: "cycle: cycle -> cycle".into(),
+                }],
+            };
+            return Err(Status::with_details(
+                tonic::Code::InvalidArgument,
+                "spawned ops are invalid",
+                failure.encode_to_vec().into(),
+            ));
+        }
+        let op_count = u32::try_from(request.ops.len()).unwrap();
+        self.spawned.lock().unwrap().push(request);
+        Ok(Response::new(SpawnOpsResponse {
+            op_count,
+            warnings: vec!["nothing reads their output".into()],
+        }))
+    }
+
+    async fn submit_batch(
+        &self,
+        _: Request<Streaming<SubmitBatchChunk>>,
+    ) -> Result<Response<SubmitBatchResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn watch_batch(
+        &self,
+        _: Request<WatchBatchRequest>,
+    ) -> Result<Response<Self::WatchBatchStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn get_batch(
+        &self,
+        _: Request<GetBatchRequest>,
+    ) -> Result<Response<BatchStatus>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn cancel_batch(
+        &self,
+        _: Request<CancelBatchRequest>,
+    ) -> Result<Response<CancelBatchResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn list_batches(
+        &self,
+        _: Request<ListBatchesRequest>,
+    ) -> Result<Response<ListBatchesResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+}
+
 struct Harness {
     url: String,
     sessions: mpsc::Receiver<SessionHandle>,
+    memory: FakeMemory,
+    batches: FakeBatches,
     server_shutdown: CancellationToken,
     server: tokio::task::JoinHandle<()>,
 }
@@ -101,13 +357,18 @@ async fn start_fake_coordinator() -> Harness {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (sessions_tx, sessions) = mpsc::channel(4);
+    let memory = FakeMemory::default();
+    let batches = FakeBatches::default();
     let server_shutdown = CancellationToken::new();
     let shutdown_signal = server_shutdown.clone();
+    let services = (memory.clone(), batches.clone());
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(WorkerServiceServer::new(FakeCoordinator {
                 sessions: sessions_tx,
             }))
+            .add_service(MemoryServiceServer::new(services.0))
+            .add_service(BatchServiceServer::new(services.1))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),
                 shutdown_signal.cancelled_owned(),
@@ -118,6 +379,8 @@ async fn start_fake_coordinator() -> Harness {
     Harness {
         url,
         sessions,
+        memory,
+        batches,
         server_shutdown,
         server,
     }
@@ -460,4 +723,226 @@ async fn many_results_are_coalesced_into_few_messages() {
         .unwrap();
     harness.server_shutdown.cancel();
     harness.server.await.unwrap();
+}
+
+/// A registry with `coordinate` (puts `greeting`, then waits for `reply`
+/// and outputs it) and `fanout` (spawns an op per id in `args.ids`).
+fn coordination_registry() -> Registry {
+    let mut registry = Registry::new();
+    registry.register(
+        "coordinate",
+        handler_fn(|ctx, _args| async move {
+            let memory = ctx.memory();
+            memory.put("greeting", "hello from the op").await?;
+            let reply = memory.wait_for("reply", Some(DEADLINE)).await?;
+            Ok(OpOutput::text(String::from_utf8_lossy(&reply).into_owned()))
+        }),
+    );
+    registry.register(
+        "claim",
+        handler_fn(|ctx, _args| async move {
+            // Create-only: the second claim finds the key taken.
+            let only_if_absent = PutOptions {
+                if_version: Some(0),
+                content_type: Some("text/plain".into()),
+                ttl: Some(Duration::from_secs(30)),
+            };
+            let memory = ctx.memory();
+            let version = memory
+                .put_with("owner", ctx.op_id().as_str(), only_if_absent.clone())
+                .await?;
+            match memory
+                .put_with("owner", "someone else", only_if_absent)
+                .await
+            {
+                Err(MemoryError::VersionMismatch { .. }) => {
+                    Ok(OpOutput::text(format!("claimed at version {version}")))
+                }
+                other => Err(HandlerError::permanent(format!("no mismatch: {other:?}"))),
+            }
+        }),
+    );
+    registry.register(
+        "fanout",
+        handler_fn(|ctx, args| async move {
+            let ops = args["ids"]
+                .as_array()
+                .ok_or_else(|| HandlerError::permanent("fanout needs args.ids"))?
+                .iter()
+                .map(|id| Op {
+                    id: id.as_str().unwrap_or_default().to_owned(),
+                    kind: "noop".into(),
+                    after: vec!["cycle".into()],
+                    ..Op::default()
+                })
+                .collect();
+            // An invalid spawn fails the op permanently, its problems in the details.
+            let outcome = ctx.spawn(ops).await?;
+            Ok(OpOutput::text(format!(
+                "added {}; warnings: {}",
+                outcome.op_count,
+                outcome.warnings.join(", ")
+            )))
+        }),
+    );
+    registry
+}
+
+async fn stop(
+    harness: Harness,
+    session: SessionHandle,
+    shutdown: CancellationToken,
+    worker: tokio::task::JoinHandle<Result<(), volley_worker::WorkerError>>,
+) {
+    drop(session.to_worker); // lets the fake end its side once the worker half-closes
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, worker)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    harness.server_shutdown.cancel();
+    harness.server.await.unwrap();
+}
+
+#[tokio::test]
+async fn ops_write_and_wait_for_memory_in_their_namespace() {
+    let mut harness = start_fake_coordinator().await;
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(run_worker(
+        config(&harness.url),
+        coordination_registry(),
+        shutdown.clone(),
+    ));
+    let mut session = tokio::time::timeout(DEADLINE, harness.sessions.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut in_namespace = assignment(0, "coordinate", serde_json::json!({}));
+    in_namespace.namespace = "swarm".into();
+    in_namespace.attempt = 2;
+    send(
+        &session,
+        coordinator_message::Msg::Assignments(Assignments {
+            assignments: vec![in_namespace],
+        }),
+    )
+    .await;
+    // The op's write names the namespace (not the batch) and its attempt.
+    let put = harness
+        .memory
+        .wait_for_put(|put| put.key == "greeting")
+        .await;
+    assert_eq!(put.namespace, "swarm");
+    assert_eq!(put.batch_id, "");
+    assert_eq!(put.value, b"hello from the op");
+    assert_eq!((put.writer_op.as_str(), put.writer_attempt), ("op0", 2));
+    assert_eq!(put.if_version, None);
+    assert_eq!(put.ttl_ms, 0);
+
+    // Another party answers; the op, blocked in WaitMemory, finishes with it.
+    harness.memory.write(
+        (String::new(), "swarm".into(), "reply".into()),
+        b"hello back",
+    );
+    let results = collect_results(&mut session.from_worker, 1).await;
+    assert!(results[0].ok, "{:?}", results[0]);
+    assert_eq!(results[0].output, "hello back");
+
+    // Without a namespace the op's batch is its scope.
+    send(
+        &session,
+        coordinator_message::Msg::Assignments(Assignments {
+            assignments: vec![assignment(1, "coordinate", serde_json::json!({}))],
+        }),
+    )
+    .await;
+    let put = harness
+        .memory
+        .wait_for_put(|put| put.key == "greeting" && put.writer_op == "op1")
+        .await;
+    assert_eq!(
+        (put.batch_id.as_str(), put.namespace.as_str()),
+        ("batch-1", "")
+    );
+    harness.memory.write(
+        ("batch-1".into(), String::new(), "reply".into()),
+        b"own memory",
+    );
+    let results = collect_results(&mut session.from_worker, 1).await;
+    assert_eq!(results[0].output, "own memory");
+
+    // Compare-and-set: FAILED_PRECONDITION comes back as a version mismatch.
+    send(
+        &session,
+        coordinator_message::Msg::Assignments(Assignments {
+            assignments: vec![assignment(2, "claim", serde_json::json!({}))],
+        }),
+    )
+    .await;
+    let results = collect_results(&mut session.from_worker, 1).await;
+    assert!(results[0].ok, "{:?}", results[0]);
+    assert_eq!(results[0].output, "claimed at version 1");
+    let put = harness.memory.wait_for_put(|put| put.key == "owner").await;
+    assert_eq!(
+        (put.if_version, put.ttl_ms, put.content_type.as_str()),
+        (Some(0), 30_000, "text/plain")
+    );
+
+    stop(harness, session, shutdown, worker).await;
+}
+
+#[tokio::test]
+async fn ops_spawn_ops_and_see_why_invalid_ones_are_refused() {
+    let mut harness = start_fake_coordinator().await;
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(run_worker(
+        config(&harness.url),
+        coordination_registry(),
+        shutdown.clone(),
+    ));
+    let mut session = tokio::time::timeout(DEADLINE, harness.sessions.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    send(
+        &session,
+        coordinator_message::Msg::Assignments(Assignments {
+            assignments: vec![
+                assignment(0, "fanout", serde_json::json!({"ids": ["a", "b"]})),
+                assignment(1, "fanout", serde_json::json!({"ids": ["c", "cycle"]})),
+            ],
+        }),
+    )
+    .await;
+    let results = collect_results(&mut session.from_worker, 2).await;
+
+    assert!(results[0].ok, "{:?}", results[0]);
+    assert_eq!(
+        results[0].output,
+        "added 2; warnings: nothing reads their output"
+    );
+    let spawned = harness.batches.spawned.lock().unwrap().clone();
+    assert_eq!(spawned.len(), 1, "only the valid spawn is recorded");
+    assert_eq!(spawned[0].batch_id, "batch-1");
+    assert_eq!(spawned[0].spawned_by, "op0");
+    let ids: Vec<&str> = spawned[0].ops.iter().map(|op| op.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+
+    assert!(!results[1].ok);
+    assert!(
+        results[1]
+            .error
+            .contains("op cycle after: cycle: cycle -> cycle"),
+        "{}",
+        results[1].error
+    );
+    let details: serde_json::Value = serde_json::from_str(&results[1].details_json).unwrap();
+    assert_eq!(details["retryable"], false);
+    assert_eq!(details["problems"][0]["op_id"], "cycle");
+    assert_eq!(details["problems"][0]["field"], "after");
+
+    stop(harness, session, shutdown, worker).await;
 }

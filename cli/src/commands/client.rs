@@ -30,6 +30,8 @@ pub struct SubmitArgs {
     /// Follow the batch until it finishes and print its report.
     #[arg(long, env = "VOLLEY_WATCH", default_value_t = false)]
     pub watch: bool,
+    #[command(flatten)]
+    pub overrides: super::BatchOverrides,
     #[arg(long, value_enum, env = "VOLLEY_OUTPUT", default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }
@@ -88,10 +90,11 @@ async fn connect(cluster: &ClusterArgs) -> Result<Client, Exit> {
 
 pub async fn submit(args: SubmitArgs) -> Exit {
     telemetry::init("warn");
-    let batch = match volley_client::read_batch_file(&args.file) {
+    let mut batch = match volley_client::read_batch_file(&args.file) {
         Ok(batch) => batch,
         Err(error) => return exit::batch_file_error(&error),
     };
+    args.overrides.apply(&mut batch);
     let client = match connect(&args.cluster).await {
         Ok(client) => client,
         Err(exit) => return exit,

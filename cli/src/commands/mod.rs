@@ -2,10 +2,34 @@
 
 pub mod client;
 pub mod coordinator;
+pub mod memory;
 pub mod run;
+pub mod spawn;
 pub mod worker;
 
 use clap::ValueEnum;
+
+/// How a batch file is adjusted from the command line.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BatchOverrides {
+    /// Put the batch's memory in this shared namespace (overrides the file's).
+    #[arg(long, env = "VOLLEY_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Treat warnings (e.g. waiting for a key nothing writes) as errors.
+    #[arg(long, env = "VOLLEY_STRICT", default_value_t = false)]
+    pub strict: bool,
+}
+
+impl BatchOverrides {
+    pub fn apply(&self, batch: &mut volley_client::v1::Batch) {
+        if let Some(namespace) = &self.namespace {
+            batch.namespace = namespace.clone();
+        }
+        if self.strict {
+            batch.strict = true;
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {

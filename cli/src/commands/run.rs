@@ -32,15 +32,18 @@ pub struct RunArgs {
     pub slots: u32,
     #[arg(long, value_enum, env = "VOLLEY_OUTPUT", default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub overrides: super::BatchOverrides,
 }
 
 pub async fn run(args: RunArgs) -> Exit {
     telemetry::init("warn");
     // Read and parse first: a broken file needs nothing started.
-    let batch = match volley_client::read_batch_file(&args.file) {
+    let mut batch = match volley_client::read_batch_file(&args.file) {
         Ok(batch) => batch,
         Err(error) => return exit::batch_file_error(&error),
     };
+    args.overrides.apply(&mut batch);
     if args.slots == 0 || args.workers == Some(0) {
         eprintln!("error: --workers and --slots must be at least 1");
         return Exit::Invalid;

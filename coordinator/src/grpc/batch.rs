@@ -92,6 +92,20 @@ impl BatchService for BatchAdapter {
         Ok(Response::new(self.coordinator.cancel(&batch).await?))
     }
 
+    #[tracing::instrument(name = "batch.SpawnOps", skip_all)]
+    async fn spawn_ops(
+        &self,
+        request: Request<v1::SpawnOpsRequest>,
+    ) -> Result<Response<v1::SpawnOpsResponse>, Status> {
+        let request = request.into_inner();
+        let batch = batch_id(request.batch_id)?;
+        Ok(Response::new(
+            self.coordinator
+                .spawn_ops(&batch, request.ops, &request.spawned_by)
+                .await?,
+        ))
+    }
+
     #[tracing::instrument(name = "batch.ListBatches", skip_all)]
     async fn list_batches(
         &self,

@@ -1,10 +1,18 @@
 //! `volley.v1.MemoryService` over [`Coordinator`].
 
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use volley_proto::BatchId;
 use volley_proto::v1;
 use volley_proto::v1::memory_service_server::MemoryService;
+use volley_store::{MemoryValue, PutOptions};
 
+use crate::memory::Writer;
 use crate::service::Coordinator;
 
 pub(crate) struct MemoryAdapter {
@@ -17,6 +25,20 @@ impl MemoryAdapter {
     }
 }
 
+fn found(value: Option<MemoryValue>) -> v1::GetMemoryResponse {
+    match value {
+        Some(value) => v1::GetMemoryResponse {
+            found: true,
+            value: value.value,
+            content_type: value.content_type,
+            version: value.version,
+        },
+        None => v1::GetMemoryResponse::default(),
+    }
+}
+
+type ChangeStream = Pin<Box<dyn Stream<Item = Result<v1::MemoryChange, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl MemoryService for MemoryAdapter {
     #[tracing::instrument(name = "memory.GetMemory", skip_all)]
@@ -25,12 +47,12 @@ impl MemoryService for MemoryAdapter {
         request: Request<v1::GetMemoryRequest>,
     ) -> Result<Response<v1::GetMemoryResponse>, Status> {
         let request = request.into_inner();
-        let batch = BatchId::new(request.batch_id);
-        let value = self.coordinator.get_memory(&batch, &request.key).await?;
-        Ok(Response::new(v1::GetMemoryResponse {
-            found: value.is_some(),
-            value: value.unwrap_or_default(),
-        }))
+        let scope = self
+            .coordinator
+            .memory_scope(&request.batch_id, &request.namespace)
+            .await?;
+        let value = self.coordinator.memory_get(&scope, &request.key).await?;
+        Ok(Response::new(found(value)))
     }
 
     #[tracing::instrument(name = "memory.PutMemory", skip_all)]
@@ -39,11 +61,138 @@ impl MemoryService for MemoryAdapter {
         request: Request<v1::PutMemoryRequest>,
     ) -> Result<Response<v1::PutMemoryResponse>, Status> {
         let request = request.into_inner();
-        let batch = BatchId::new(request.batch_id);
-        let unblocked = self
+        let scope = self
             .coordinator
-            .put_memory(&batch, &request.key, &request.value)
+            .memory_scope(&request.batch_id, &request.namespace)
             .await?;
-        Ok(Response::new(v1::PutMemoryResponse { unblocked }))
+        let options = PutOptions {
+            content_type: request.content_type,
+            ttl_ms: (request.ttl_ms > 0).then_some(request.ttl_ms),
+            if_version: request.if_version,
+        };
+        let writer = Writer {
+            batch: (!request.batch_id.is_empty()).then(|| BatchId::new(request.batch_id)),
+            op_id: request.writer_op,
+            attempt: request.writer_attempt,
+        };
+        let outcome = self
+            .coordinator
+            .memory_put(&scope, &request.key, &request.value, &options, &writer)
+            .await?;
+        Ok(Response::new(v1::PutMemoryResponse {
+            unblocked: outcome.unblocked,
+            version: outcome.version,
+        }))
+    }
+
+    #[tracing::instrument(name = "memory.DeleteMemory", skip_all)]
+    async fn delete_memory(
+        &self,
+        request: Request<v1::DeleteMemoryRequest>,
+    ) -> Result<Response<v1::DeleteMemoryResponse>, Status> {
+        let request = request.into_inner();
+        let scope = self
+            .coordinator
+            .memory_scope(&request.batch_id, &request.namespace)
+            .await?;
+        let deleted = self
+            .coordinator
+            .memory_delete(&scope, &request.key, request.if_version)
+            .await?;
+        Ok(Response::new(v1::DeleteMemoryResponse { deleted }))
+    }
+
+    #[tracing::instrument(name = "memory.ListMemory", skip_all)]
+    async fn list_memory(
+        &self,
+        request: Request<v1::ListMemoryRequest>,
+    ) -> Result<Response<v1::ListMemoryResponse>, Status> {
+        let request = request.into_inner();
+        let scope = self
+            .coordinator
+            .memory_scope(&request.batch_id, &request.namespace)
+            .await?;
+        let (keys, next_page_token) = self
+            .coordinator
+            .memory_list(&scope, &request.prefix, &request.page_token, request.limit)
+            .await?;
+        let keys = keys
+            .into_iter()
+            .map(|info| v1::MemoryKeyInfo {
+                key: info.key,
+                version: info.version,
+                size: info.size,
+                content_type: info.content_type,
+                expires_at_ms: info.expires_at_ms,
+            })
+            .collect();
+        Ok(Response::new(v1::ListMemoryResponse {
+            keys,
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(name = "memory.IncrMemory", skip_all)]
+    async fn incr_memory(
+        &self,
+        request: Request<v1::IncrMemoryRequest>,
+    ) -> Result<Response<v1::IncrMemoryResponse>, Status> {
+        let request = request.into_inner();
+        let scope = self
+            .coordinator
+            .memory_scope(&request.batch_id, &request.namespace)
+            .await?;
+        let (value, outcome) = self
+            .coordinator
+            .memory_incr(&scope, &request.key, request.delta)
+            .await?;
+        Ok(Response::new(v1::IncrMemoryResponse {
+            value,
+            version: outcome.version,
+            unblocked: outcome.unblocked,
+        }))
+    }
+
+    type WatchMemoryStream = ChangeStream;
+
+    #[tracing::instrument(name = "memory.WatchMemory", skip_all)]
+    async fn watch_memory(
+        &self,
+        request: Request<v1::WatchMemoryRequest>,
+    ) -> Result<Response<Self::WatchMemoryStream>, Status> {
+        let request = request.into_inner();
+        let scope = self
+            .coordinator
+            .memory_scope(&request.batch_id, &request.namespace)
+            .await?;
+        let changes = self
+            .coordinator
+            .memory_watch(
+                scope,
+                request.prefix,
+                request.after_revision,
+                request.include_existing,
+            )
+            .await?;
+        let stream = ReceiverStream::new(changes).map(|change| change.map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    #[tracing::instrument(name = "memory.WaitMemory", skip_all)]
+    async fn wait_memory(
+        &self,
+        request: Request<v1::WaitMemoryRequest>,
+    ) -> Result<Response<v1::GetMemoryResponse>, Status> {
+        let request = request.into_inner();
+        let scope = self
+            .coordinator
+            .memory_scope(&request.batch_id, &request.namespace)
+            .await?;
+        let timeout = (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms));
+        let value = self
+            .coordinator
+            .memory_wait(&scope, &request.key, timeout)
+            .await?;
+        Ok(Response::new(found(Some(value))))
     }
 }

@@ -1,9 +1,11 @@
-//! A Volley worker with one user-defined kind, `wordcount`, next to the built-ins.
+//! A Volley worker with two user-defined kinds next to the built-ins:
+//! `wordcount` (pure) and `split` (uses the op's memory and spawns ops).
 //!
 //! Usage: `custom-worker [COORDINATOR_URL]` (or `VOLLEY_COORDINATOR`), default
 //! `http://127.0.0.1:7070`. Ctrl-C drains running ops and exits.
 
 use async_trait::async_trait;
+use volley_worker::v1::Op;
 use volley_worker::{
     BuiltinConfig, CancellationToken, Handler, HandlerError, OpContext, OpOutput, Registry,
     WorkerConfig, run_worker,
@@ -28,6 +30,39 @@ impl Handler for WordCount {
     }
 }
 
+/// `split {text}` → adds one `wordcount` op per line of `text` to the running
+/// batch, and counts in the batch's memory (`splits`) how often it ran.
+struct Split;
+
+#[async_trait]
+impl Handler for Split {
+    async fn run(
+        &self,
+        ctx: &OpContext,
+        args: serde_json::Value,
+    ) -> Result<OpOutput, HandlerError> {
+        let text = args
+            .get("text")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| HandlerError::permanent("split needs args.text (a string)"))?;
+        let ops = text
+            .lines()
+            .enumerate()
+            .map(|(index, line)| Op {
+                id: format!("{}-line-{index}", ctx.op_id()),
+                kind: "wordcount".to_owned(),
+                args_json: serde_json::json!({ "text": line }).to_string(),
+                ..Op::default()
+            })
+            .collect();
+        // An invalid spawn fails this op permanently, with the problems in its details.
+        let outcome = ctx.spawn(ops).await?;
+        let runs = ctx.memory().incr("splits", 1).await?;
+        Ok(OpOutput::text(outcome.op_count.to_string())
+            .with_details(serde_json::json!({"warnings": outcome.warnings, "runs": runs})))
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -43,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
     let builtin_config = BuiltinConfig::default();
     let mut registry = Registry::with_builtins(&builtin_config);
     registry.register("wordcount", WordCount);
+    registry.register("split", Split);
 
     let mut config = WorkerConfig::new(coordinator);
     config.root = builtin_config.root.clone();

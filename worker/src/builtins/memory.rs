@@ -1,19 +1,36 @@
-//! `memory.put` and `memory.get`: the batch's memory, through the coordinator.
+//! `memory.put` and `memory.get`: the op's memory (its batch's namespace, or the batch's own), through the coordinator.
 
 use volley_kinds::{MemoryGetArgs, MemoryPutArgs};
 
 use crate::handler::{HandlerError, OpContext, OpOutput};
+use crate::memory::PutOptions;
 
 pub(super) async fn put(ctx: &OpContext, args: MemoryPutArgs) -> Result<OpOutput, HandlerError> {
-    ctx.memory()
-        .put(&args.key, args.value.clone().into_bytes())
+    let ttl = args.ttl.as_deref().map(parse_ttl).transpose()?;
+    let options = PutOptions {
+        ttl,
+        ..PutOptions::default()
+    };
+    let version = ctx
+        .memory()
+        .put_with(&args.key, args.value.clone().into_bytes(), options)
         .await?;
-    let output = OpOutput::text(args.value);
-    // The memory service has no expiry yet; say so rather than pretend.
-    Ok(match args.ttl {
-        Some(ttl) => output.with_details(serde_json::json!({"ttl_ignored": ttl})),
-        None => output,
-    })
+    Ok(OpOutput::text(args.value).with_details(serde_json::json!({"version": version})))
+}
+
+/// A humantime ttl ("30s", "1h 30m"); zero is refused, as it would mean "never expires" on the wire.
+fn parse_ttl(ttl: &str) -> Result<std::time::Duration, HandlerError> {
+    let invalid = |message: String| {
+        HandlerError::permanent(format!(
+            "invalid args for kind memory.put: args.ttl: {message}"
+        ))
+    };
+    let parsed = humantime::parse_duration(ttl.trim())
+        .map_err(|error| invalid(format!("{ttl:?} is not a duration like \"30s\": {error}")))?;
+    if parsed.is_zero() {
+        return Err(invalid("must be more than 0".to_owned()));
+    }
+    Ok(parsed)
 }
 
 pub(super) async fn get(ctx: &OpContext, args: MemoryGetArgs) -> Result<OpOutput, HandlerError> {
@@ -33,8 +50,10 @@ mod tests {
 
     use serde_json::json;
 
+    use std::time::Duration;
+
     use crate::handler::OpContext;
-    use crate::memory::{LocalMemory, MemoryStore};
+    use crate::memory::{LocalMemory, MemoryScope, MemoryStore};
     use crate::registry::{BuiltinConfig, Registry};
 
     #[tokio::test]
@@ -70,5 +89,56 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.message(), "memory key swarm/x not found");
         assert!(!error.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn put_honours_ttl_and_refuses_a_bad_one() {
+        let registry = Registry::with_builtins(&BuiltinConfig::default());
+        let memory: Arc<dyn MemoryStore> = Arc::new(LocalMemory::default());
+        let ctx = OpContext::builder("memory.put")
+            .batch("b1")
+            .memory(Arc::clone(&memory))
+            .build();
+        let put = registry.get("memory.put").unwrap();
+        let output = put
+            .run(&ctx, json!({"key": "k", "value": "v", "ttl": "1h 30m"}))
+            .await
+            .unwrap();
+        assert_eq!(output.output, "v");
+        assert_eq!(output.details.unwrap()["version"], 1);
+
+        for bad in ["soon", "30", "0s"] {
+            let error = put
+                .run(&ctx, json!({"key": "k", "value": "v", "ttl": bad}))
+                .await
+                .unwrap_err();
+            assert!(!error.is_retryable(), "{bad}");
+            assert!(error.message().contains("args.ttl"), "{bad}: {error}");
+        }
+        assert_eq!(super::parse_ttl("30s").unwrap(), Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn put_and_get_use_the_namespace_when_the_batch_has_one() {
+        let registry = Registry::with_builtins(&BuiltinConfig::default());
+        let memory: Arc<dyn MemoryStore> = Arc::new(LocalMemory::default());
+        let ctx = OpContext::builder("memory.put")
+            .batch("b1")
+            .namespace("swarm")
+            .memory(Arc::clone(&memory))
+            .build();
+        registry
+            .get("memory.put")
+            .unwrap()
+            .run(&ctx, json!({"key": "k", "value": "shared"}))
+            .await
+            .unwrap();
+        let shared = MemoryScope::Namespace("swarm".to_owned());
+        assert_eq!(
+            memory.get(&shared, "k").await.unwrap().unwrap().value,
+            b"shared"
+        );
+        let own = MemoryScope::Batch("b1".into());
+        assert_eq!(memory.get(&own, "k").await.unwrap(), None);
     }
 }

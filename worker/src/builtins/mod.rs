@@ -3,11 +3,16 @@
 //! - `basic`: `noop`, `echo`, `sleep`.
 //! - `files`: `read`, `write`, `glob`, `grep` (confined to the worker's root).
 //! - `shell`: `shell` (only with `allow_shell`).
+//! - `agent`: `agent` (only with `allow_shell`), a long-running `shell` that
+//!   knows its batch, op and coordinator.
+//! - `process`: the `sh -c` runner `shell` and `agent` share.
 //! - `memory`: `memory.put`, `memory.get`.
 
+mod agent;
 mod basic;
 mod files;
 mod memory;
+mod process;
 mod shell;
 
 use std::sync::Arc;
@@ -111,6 +116,7 @@ impl Handler for Builtin {
             BuiltinArgs::Shell(shell_args) => shell::shell(state, ctx, shell_args).await,
             BuiltinArgs::MemoryPut(put) => memory::put(ctx, put).await,
             BuiltinArgs::MemoryGet(get) => memory::get(ctx, get).await,
+            BuiltinArgs::Agent(agent_args) => agent::agent(state, ctx, agent_args).await,
         }
     }
 }

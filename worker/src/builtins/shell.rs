@@ -1,15 +1,10 @@
-//! `shell`: `sh -c cmd` in its own process group, killed as a group when the op is cancelled or times out.
+//! `shell`: `sh -c cmd` through the shared process runner (own process group, killed as a group on cancel or timeout).
 
-use std::process::Stdio;
-
-use tokio::io::AsyncReadExt;
 use volley_kinds::ShellArgs;
 
 use super::BuiltinState;
+use super::process::{HostProgram, run_host_program};
 use crate::handler::{HandlerError, OpContext, OpOutput};
-
-/// Stderr kept in the op's details: its last 64 KiB, where the error usually is.
-const STDERR_LIMIT_BYTES: usize = 64 * 1024;
 
 pub(super) async fn shell(
     state: &BuiltinState,
@@ -21,133 +16,18 @@ pub(super) async fn shell(
             "shell is disabled on this worker; start it with --allow-shell",
         ));
     }
-    let mut command = tokio::process::Command::new("sh");
-    command.arg("-c").arg(&args.cmd);
-    match (state.optional_root()?, &args.cwd) {
-        (Some(root), Some(cwd)) => {
-            command.current_dir(root.resolve(cwd)?);
-        }
-        (Some(root), None) => {
-            command.current_dir(root.path());
-        }
-        (None, Some(cwd)) => {
-            command.current_dir(cwd);
-        }
-        (None, None) => {}
-    }
-    command
-        .envs(&args.env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own group, so a cancel kills the children `sh` started too.
-        .process_group(0)
-        .kill_on_drop(true);
-
-    let mut child = command
-        .spawn()
-        .map_err(|error| HandlerError::retry(format!("shell could not start sh: {error}")))?;
-    // Armed until the child is reaped: dropping this future (cancel, timeout)
-    // kills the whole group.
-    let mut group_guard = ProcessGroupGuard {
-        process_group_id: child.id(),
-        armed: true,
+    let env = args
+        .env
+        .into_iter()
+        .map(|(name, value)| (name.into(), value.into()))
+        .collect();
+    let program = HostProgram {
+        kind: "shell",
+        cmd: &args.cmd,
+        cwd: args.cwd.as_deref(),
+        env,
     };
-
-    let mut stdout_pipe = child.stdout.take();
-    let mut stderr_pipe = child.stderr.take();
-    let read_stdout = async {
-        let mut buffer = Vec::new();
-        if let Some(pipe) = stdout_pipe.as_mut() {
-            pipe.read_to_end(&mut buffer).await?;
-        }
-        Ok::<_, std::io::Error>(buffer)
-    };
-    let read_stderr = async {
-        let mut buffer = Vec::new();
-        if let Some(pipe) = stderr_pipe.as_mut() {
-            pipe.read_to_end(&mut buffer).await?;
-        }
-        Ok::<_, std::io::Error>(buffer)
-    };
-    let (stdout, stderr, status) = tokio::select! {
-        outcome = async { tokio::try_join!(read_stdout, read_stderr, child.wait()) } => {
-            outcome.map_err(|error| HandlerError::retry(format!("shell i/o failed: {error}")))?
-        }
-        () = ctx.cancellation().cancelled() => return Err(HandlerError::retry("cancelled")),
-    };
-    group_guard.armed = false;
-
-    let stdout = String::from_utf8_lossy(&stdout).into_owned();
-    let stderr_truncated = stderr.len() > STDERR_LIMIT_BYTES;
-    let stderr_tail = &stderr[stderr.len().saturating_sub(STDERR_LIMIT_BYTES)..];
-    let stderr = String::from_utf8_lossy(stderr_tail).into_owned();
-    let details = serde_json::json!({
-        "exit_code": status.code(),
-        "stderr": stderr,
-        "stderr_truncated": stderr_truncated,
-    });
-    if status.success() {
-        return Ok(OpOutput {
-            output: stdout,
-            details: Some(details),
-        });
-    }
-    let last_stderr_line = stderr
-        .lines()
-        .rev()
-        .find(|line| !line.trim().is_empty())
-        .unwrap_or("")
-        .trim();
-    let ended = match status.code() {
-        Some(code) => format!("shell exited with code {code}"),
-        None => {
-            use std::os::unix::process::ExitStatusExt;
-            format!(
-                "shell was killed by signal {}",
-                status.signal().unwrap_or_default()
-            )
-        }
-    };
-    let message = if last_stderr_line.is_empty() {
-        ended
-    } else {
-        format!("{ended}: {last_stderr_line}")
-    };
-    // A command may fail for reasons another attempt does not share; the op's
-    // `attempts` bounds how often.
-    Err(HandlerError::retry(message).with_details(details))
-}
-
-/// Kills the child's process group on drop unless disarmed.
-struct ProcessGroupGuard {
-    process_group_id: Option<u32>,
-    armed: bool,
-}
-
-impl Drop for ProcessGroupGuard {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        if let Some(process_group_id) = self.process_group_id.and_then(|id| i32::try_from(id).ok())
-        {
-            kill_process_group(process_group_id);
-        }
-    }
-}
-
-#[allow(unsafe_code)]
-fn kill_process_group(process_group_id: i32) {
-    if process_group_id <= 1 {
-        return; // never signal "every process" or init's group
-    }
-    // SAFETY: killpg takes plain integers and touches no memory of ours; the
-    // group is the one `process_group(0)` created for our child.
-    let result = unsafe { libc::killpg(process_group_id, libc::SIGKILL) };
-    if result != 0 {
-        tracing::debug!(process_group_id, error = %std::io::Error::last_os_error(), "killpg failed (group already gone?)");
-    }
+    run_host_program(state, ctx, program).await
 }
 
 #[cfg(test)]

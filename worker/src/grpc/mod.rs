@@ -5,12 +5,18 @@ pub(crate) mod session;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 use volley_proto::BatchId;
+use volley_proto::v1::batch_service_client::BatchServiceClient;
 use volley_proto::v1::memory_service_client::MemoryServiceClient;
-use volley_proto::v1::{GetMemoryRequest, PutMemoryRequest};
+use volley_proto::v1::{
+    DeleteMemoryRequest, GetMemoryRequest, IncrMemoryRequest, Op, PutMemoryRequest,
+    SpawnOpsRequest, ValidationFailure, WaitMemoryRequest,
+};
 
-use crate::memory::{MemoryError, MemoryStore};
+use crate::memory::{MemoryEntry, MemoryError, MemoryScope, MemoryStore, MemoryWriter, PutOptions};
+use crate::spawn::{OpSpawner, SpawnError, SpawnOutcome};
 
 /// How long one connection attempt may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -78,7 +84,30 @@ impl GrpcMemory {
     }
 }
 
-fn memory_error(key: &str, status: &tonic::Status) -> MemoryError {
+/// A scope as the proto spells it: `(batch_id, namespace)`, exactly one set.
+fn scope_fields(scope: &MemoryScope) -> (String, String) {
+    match scope {
+        MemoryScope::Batch(batch_id) => (batch_id.as_str().to_owned(), String::new()),
+        MemoryScope::Namespace(namespace) => (String::new(), namespace.clone()),
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whether the call carried a compare-and-set condition: the coordinator
+/// answers FAILED_PRECONDITION both to a failed condition and to other
+/// refusals (a stale writer, `incr` of a non-integer), so only a conditional
+/// call's FAILED_PRECONDITION is a version mismatch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Condition {
+    None,
+    IfVersion,
+}
+
+fn memory_error(key: &str, condition: Condition, status: &tonic::Status) -> MemoryError {
+    let key = key.to_owned();
     let message = status.message().to_owned();
     match status.code() {
         tonic::Code::Unavailable
@@ -87,12 +116,204 @@ fn memory_error(key: &str, status: &tonic::Status) -> MemoryError {
         | tonic::Code::Aborted
         | tonic::Code::Cancelled
         | tonic::Code::Unknown
-        | tonic::Code::Internal => MemoryError::Unavailable {
-            key: key.to_owned(),
-            message,
-        },
+        | tonic::Code::Internal => MemoryError::Unavailable { key, message },
+        tonic::Code::FailedPrecondition if condition == Condition::IfVersion => {
+            MemoryError::VersionMismatch { key, message }
+        }
         tonic::Code::Ok
+        | tonic::Code::FailedPrecondition
         | tonic::Code::InvalidArgument
+        | tonic::Code::NotFound
+        | tonic::Code::AlreadyExists
+        | tonic::Code::PermissionDenied
+        | tonic::Code::OutOfRange
+        | tonic::Code::Unimplemented
+        | tonic::Code::DataLoss
+        | tonic::Code::Unauthenticated => MemoryError::Refused { key, message },
+    }
+}
+
+#[async_trait]
+impl MemoryStore for GrpcMemory {
+    #[tracing::instrument(name = "volley.MemoryService/GetMemory", skip_all, fields(scope = %scope, key = %key))]
+    async fn get(
+        &self,
+        scope: &MemoryScope,
+        key: &str,
+    ) -> Result<Option<MemoryEntry>, MemoryError> {
+        let (batch_id, namespace) = scope_fields(scope);
+        let request = GetMemoryRequest {
+            batch_id,
+            key: key.to_owned(),
+            namespace,
+        };
+        let response = self
+            .client
+            .clone()
+            .get_memory(request)
+            .await
+            .map_err(|status| memory_error(key, Condition::None, &status))?
+            .into_inner();
+        Ok(response.found.then_some(MemoryEntry {
+            value: response.value,
+            content_type: response.content_type,
+            version: response.version,
+        }))
+    }
+
+    #[tracing::instrument(name = "volley.MemoryService/PutMemory", skip_all, fields(scope = %scope, key = %key))]
+    async fn put(
+        &self,
+        scope: &MemoryScope,
+        key: &str,
+        value: Vec<u8>,
+        options: &PutOptions,
+        writer: Option<&MemoryWriter>,
+    ) -> Result<u64, MemoryError> {
+        let (batch_id, namespace) = scope_fields(scope);
+        let request = PutMemoryRequest {
+            batch_id,
+            key: key.to_owned(),
+            value,
+            namespace,
+            content_type: options.content_type.clone().unwrap_or_default(),
+            // A ttl under a millisecond still expires, it does not mean "never".
+            ttl_ms: options.ttl.map_or(0, |ttl| millis(ttl).max(1)),
+            if_version: options.if_version,
+            writer_op: writer.map_or_else(String::new, |writer| writer.op_id.as_str().to_owned()),
+            writer_attempt: writer.map_or(0, |writer| writer.attempt),
+        };
+        let condition = if options.if_version.is_some() {
+            Condition::IfVersion
+        } else {
+            Condition::None
+        };
+        let response = self
+            .client
+            .clone()
+            .put_memory(request)
+            .await
+            .map_err(|status| memory_error(key, condition, &status))?
+            .into_inner();
+        Ok(response.version)
+    }
+
+    #[tracing::instrument(name = "volley.MemoryService/DeleteMemory", skip_all, fields(scope = %scope, key = %key))]
+    async fn delete(&self, scope: &MemoryScope, key: &str) -> Result<bool, MemoryError> {
+        let (batch_id, namespace) = scope_fields(scope);
+        let request = DeleteMemoryRequest {
+            batch_id,
+            key: key.to_owned(),
+            namespace,
+            if_version: None,
+        };
+        let response = self
+            .client
+            .clone()
+            .delete_memory(request)
+            .await
+            .map_err(|status| memory_error(key, Condition::None, &status))?
+            .into_inner();
+        Ok(response.deleted)
+    }
+
+    #[tracing::instrument(name = "volley.MemoryService/IncrMemory", skip_all, fields(scope = %scope, key = %key))]
+    async fn incr(&self, scope: &MemoryScope, key: &str, delta: i64) -> Result<i64, MemoryError> {
+        let (batch_id, namespace) = scope_fields(scope);
+        let request = IncrMemoryRequest {
+            batch_id,
+            key: key.to_owned(),
+            namespace,
+            delta,
+        };
+        let response = self
+            .client
+            .clone()
+            .incr_memory(request)
+            .await
+            .map_err(|status| memory_error(key, Condition::None, &status))?
+            .into_inner();
+        Ok(response.value)
+    }
+
+    #[tracing::instrument(name = "volley.MemoryService/WaitMemory", skip_all, fields(scope = %scope, key = %key))]
+    async fn wait_for(
+        &self,
+        scope: &MemoryScope,
+        key: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<u8>, MemoryError> {
+        let (batch_id, namespace) = scope_fields(scope);
+        let request = WaitMemoryRequest {
+            batch_id,
+            key: key.to_owned(),
+            namespace,
+            // 0 means "forever" on the wire, so a zero timeout becomes the shortest real one.
+            timeout_ms: timeout.map_or(0, |limit| millis(limit).max(1)),
+        };
+        let outcome = self.client.clone().wait_memory(request).await;
+        let response = match (outcome, timeout) {
+            (Ok(response), _) => response.into_inner(),
+            // The coordinator's way of saying the key did not appear in time.
+            (Err(status), Some(limit)) if status.code() == tonic::Code::DeadlineExceeded => {
+                return Err(MemoryError::WaitTimedOut {
+                    key: key.to_owned(),
+                    timeout: limit,
+                });
+            }
+            (Err(status), _) => return Err(memory_error(key, Condition::None, &status)),
+        };
+        if response.found {
+            Ok(response.value)
+        } else {
+            // A coordinator answering without the key breaks the contract; another try may not.
+            Err(MemoryError::Unavailable {
+                key: key.to_owned(),
+                message: "WaitMemory returned without the key".to_owned(),
+            })
+        }
+    }
+}
+
+/// The coordinator's `BatchService.SpawnOps` as an [`OpSpawner`].
+#[derive(Clone, Debug)]
+pub struct GrpcSpawner {
+    client: BatchServiceClient<Channel>,
+}
+
+impl GrpcSpawner {
+    pub fn new(channel: Channel) -> Self {
+        let client = BatchServiceClient::new(channel)
+            .max_decoding_message_size(volley_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(volley_proto::MAX_MESSAGE_BYTES);
+        Self { client }
+    }
+}
+
+fn spawn_error(status: &tonic::Status) -> SpawnError {
+    let message = status.message().to_owned();
+    match status.code() {
+        tonic::Code::InvalidArgument => match ValidationFailure::decode(status.details()) {
+            Ok(failure) if !failure.problems.is_empty() => SpawnError::Invalid {
+                problems: failure.problems,
+            },
+            // No (readable) details: still invalid, with the status message as the one problem.
+            _ => SpawnError::Invalid {
+                problems: vec![volley_proto::v1::Problem {
+                    op_id: String::new(),
+                    field: String::new(),
+                    message,
+                }],
+            },
+        },
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::ResourceExhausted
+        | tonic::Code::Aborted
+        | tonic::Code::Cancelled
+        | tonic::Code::Unknown
+        | tonic::Code::Internal => SpawnError::Unavailable { message },
+        tonic::Code::Ok
         | tonic::Code::NotFound
         | tonic::Code::AlreadyExists
         | tonic::Code::PermissionDenied
@@ -100,43 +321,102 @@ fn memory_error(key: &str, status: &tonic::Status) -> MemoryError {
         | tonic::Code::OutOfRange
         | tonic::Code::Unimplemented
         | tonic::Code::DataLoss
-        | tonic::Code::Unauthenticated => MemoryError::Refused {
-            key: key.to_owned(),
-            message,
-        },
+        | tonic::Code::Unauthenticated => SpawnError::Other { message },
     }
 }
 
 #[async_trait]
-impl MemoryStore for GrpcMemory {
-    #[tracing::instrument(name = "volley.MemoryService/GetMemory", skip_all, fields(batch = %batch_id, key = %key))]
-    async fn get(&self, batch_id: &BatchId, key: &str) -> Result<Option<Vec<u8>>, MemoryError> {
-        let request = GetMemoryRequest {
+impl OpSpawner for GrpcSpawner {
+    #[tracing::instrument(name = "volley.BatchService/SpawnOps", skip_all, fields(batch = %batch_id, spawned_by = %spawned_by, ops = ops.len()))]
+    async fn spawn(
+        &self,
+        batch_id: &BatchId,
+        ops: Vec<Op>,
+        spawned_by: &str,
+    ) -> Result<SpawnOutcome, SpawnError> {
+        let request = SpawnOpsRequest {
             batch_id: batch_id.as_str().to_owned(),
-            key: key.to_owned(),
+            ops,
+            spawned_by: spawned_by.to_owned(),
         };
         let response = self
             .client
             .clone()
-            .get_memory(request)
+            .spawn_ops(request)
             .await
-            .map_err(|status| memory_error(key, &status))?
+            .map_err(|status| spawn_error(&status))?
             .into_inner();
-        Ok(response.found.then_some(response.value))
+        Ok(SpawnOutcome {
+            op_count: response.op_count,
+            warnings: response.warnings,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use volley_proto::v1::Problem;
+
+    use super::*;
+
+    #[test]
+    fn invalid_argument_details_become_problems() {
+        let failure = ValidationFailure {
+            problems: vec![Problem {
+                op_id: "b".into(),
+                field: "after".into(),
+                message: "cycle".into(),
+            }],
+        };
+        let status = tonic::Status::with_details(
+            tonic::Code::InvalidArgument,
+            "invalid ops",
+            failure.encode_to_vec().into(),
+        );
+        assert_eq!(
+            spawn_error(&status),
+            SpawnError::Invalid {
+                problems: failure.problems
+            }
+        );
+        let bare = tonic::Status::invalid_argument("no details");
+        let SpawnError::Invalid { problems } = spawn_error(&bare) else {
+            panic!("not invalid");
+        };
+        assert_eq!(problems[0].message, "no details");
+        assert!(spawn_error(&tonic::Status::unavailable("down")).is_retryable());
+        assert!(matches!(
+            spawn_error(&tonic::Status::not_found("no batch")),
+            SpawnError::Other { .. }
+        ));
     }
 
-    #[tracing::instrument(name = "volley.MemoryService/PutMemory", skip_all, fields(batch = %batch_id, key = %key))]
-    async fn put(&self, batch_id: &BatchId, key: &str, value: Vec<u8>) -> Result<(), MemoryError> {
-        let request = PutMemoryRequest {
-            batch_id: batch_id.as_str().to_owned(),
-            key: key.to_owned(),
-            value,
-        };
-        self.client
-            .clone()
-            .put_memory(request)
-            .await
-            .map_err(|status| memory_error(key, &status))?;
-        Ok(())
+    #[test]
+    fn memory_statuses_are_classified_by_code() {
+        let precondition = tonic::Status::failed_precondition("version 3, not 2");
+        let mismatch = memory_error("k", Condition::IfVersion, &precondition);
+        assert!(matches!(mismatch, MemoryError::VersionMismatch { .. }));
+        assert!(!mismatch.is_retryable());
+        // Unconditional: a stale writer or a non-integer, not a version mismatch.
+        let refused = memory_error("k", Condition::None, &precondition);
+        assert!(matches!(refused, MemoryError::Refused { .. }));
+        assert!(!refused.is_retryable());
+        let down = tonic::Status::unavailable("down");
+        assert!(memory_error("k", Condition::None, &down).is_retryable());
+        let bad_key = tonic::Status::invalid_argument("bad key");
+        assert!(!memory_error("k", Condition::None, &bad_key).is_retryable());
+    }
+
+    #[test]
+    fn scope_sets_exactly_one_field() {
+        assert_eq!(
+            scope_fields(&MemoryScope::Batch(BatchId::new("b1"))),
+            ("b1".to_owned(), String::new())
+        );
+        assert_eq!(
+            scope_fields(&MemoryScope::Namespace("swarm".into())),
+            (String::new(), "swarm".to_owned())
+        );
     }
 }

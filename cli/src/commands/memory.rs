@@ -1,0 +1,269 @@
+//! `volley memory get|put|del|ls|watch|wait|incr`: the memory batches and
+//! agents coordinate through, from the shell. Inside an `agent` op the
+//! batch, namespace and token come from the environment the worker sets
+//! (`VOLLEY_BATCH`, `VOLLEY_NAMESPACE`, `VOLLEY_TOKEN`), so `volley memory
+//! put findings "…"` just works there.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use volley_client::{Client, Memory, PutOptions, Scope, v1};
+
+use super::OutputFormat;
+use super::client::ClusterArgs;
+use crate::exit::{self, Exit};
+use crate::telemetry;
+
+#[derive(Args, Debug)]
+pub struct MemoryArgs {
+    #[command(subcommand)]
+    pub command: MemoryCommand,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// A shared namespace (otherwise the batch's own memory).
+    #[arg(long, global = true, env = "VOLLEY_NAMESPACE", default_value = "")]
+    pub namespace: String,
+    /// The batch whose memory to use (when no namespace is given).
+    #[arg(long, global = true, env = "VOLLEY_BATCH", default_value = "")]
+    pub batch: String,
+    /// `OP@ATTEMPT` of the op writing (set by the worker for agents), so
+    /// writes from a stale attempt are refused.
+    #[arg(long, global = true, env = "VOLLEY_TOKEN", default_value = "", hide_env_values = true)]
+    pub token: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MemoryCommand {
+    /// Print a key's raw value (or, with --output json, value and version).
+    Get {
+        key: String,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Write a key (VALUE `-` reads standard input).
+    Put {
+        key: String,
+        value: String,
+        /// Expire the key after this long (e.g. 30s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Write only if the key is at this version (0: only if absent).
+        #[arg(long)]
+        if_version: Option<u64>,
+        #[arg(long, default_value = "")]
+        content_type: String,
+    },
+    /// Delete a key.
+    Del {
+        key: String,
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// List keys under a prefix.
+    Ls {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Print changes under a prefix as they happen (resumable with --after).
+    Watch {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Resume after this revision.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// First print every existing key.
+        #[arg(long)]
+        existing: bool,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Wait until a key exists, then print its value.
+    Wait {
+        key: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Add to an integer key (default 1); print the new value.
+    Incr {
+        key: String,
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        delta: i64,
+    },
+}
+
+fn scope(args: &MemoryArgs) -> Result<Scope, Exit> {
+    if !args.namespace.is_empty() {
+        Ok(Scope::Namespace(args.namespace.clone()))
+    } else if !args.batch.is_empty() {
+        Ok(Scope::Batch(args.batch.clone()))
+    } else {
+        eprintln!("error: name the memory: --namespace NAME or --batch ID (or VOLLEY_NAMESPACE / VOLLEY_BATCH)");
+        Err(Exit::Invalid)
+    }
+}
+
+fn with_token(memory: Memory, token: &str) -> Result<Memory, Exit> {
+    if token.is_empty() {
+        return Ok(memory);
+    }
+    match token.rsplit_once('@').map(|(op, attempt)| (op, attempt.parse::<u32>())) {
+        Some((op, Ok(attempt))) if !op.is_empty() => Ok(memory.with_writer(op, attempt)),
+        _ => {
+            eprintln!("error: VOLLEY_TOKEN `{token}` is not OP@ATTEMPT");
+            Err(Exit::Invalid)
+        }
+    }
+}
+
+fn write_raw(bytes: &[u8]) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(bytes);
+    let _ = stdout.flush();
+}
+
+pub async fn run(args: MemoryArgs) -> Exit {
+    telemetry::init("warn");
+    let scope = match scope(&args) {
+        Ok(scope) => scope,
+        Err(exit) => return exit,
+    };
+    let client = match Client::connect(&args.cluster.coordinator).await {
+        Ok(client) => client,
+        Err(error) => return exit::client_error(&error),
+    };
+    let memory = match with_token(client.memory(scope), &args.token) {
+        Ok(memory) => memory,
+        Err(exit) => return exit,
+    };
+    let result = match args.command {
+        MemoryCommand::Get { key, output } => match memory.get(&key).await {
+            Ok(Some(entry)) => {
+                match output {
+                    OutputFormat::Table => write_raw(&entry.value),
+                    OutputFormat::Json => println!(
+                        "{}",
+                        serde_json::json!({
+                            "key": key,
+                            "value": String::from_utf8_lossy(&entry.value),
+                            "version": entry.version,
+                            "content_type": entry.content_type,
+                        })
+                    ),
+                }
+                Ok(Exit::Success)
+            }
+            Ok(None) => {
+                eprintln!("error: memory key `{key}` not found");
+                Ok(Exit::OpsFailed)
+            }
+            Err(error) => Err(error),
+        },
+        MemoryCommand::Put { key, value, ttl, if_version, content_type } => {
+            let value = if value == "-" {
+                let mut bytes = Vec::new();
+                if let Err(error) = std::io::stdin().read_to_end(&mut bytes) {
+                    eprintln!("error: reading standard input: {error}");
+                    return Exit::Invalid;
+                }
+                bytes
+            } else {
+                value.into_bytes()
+            };
+            let options = PutOptions { content_type, ttl, if_version };
+            memory.put_with(&key, value, &options).await.map(|response| {
+                eprintln!("{key}: version {}, {} op(s) unblocked", response.version, response.unblocked);
+                Exit::Success
+            })
+        }
+        MemoryCommand::Del { key, if_version } => memory.delete(&key, if_version).await.map(|deleted| {
+            if deleted {
+                Exit::Success
+            } else {
+                eprintln!("memory key `{key}` did not exist");
+                Exit::OpsFailed
+            }
+        }),
+        MemoryCommand::Ls { prefix, output } => list(&memory, &prefix, output).await,
+        MemoryCommand::Watch { prefix, after, existing, output } => watch(&memory, &prefix, after, existing, output).await,
+        MemoryCommand::Wait { key, timeout } => memory.wait(&key, timeout).await.map(|entry| {
+            write_raw(&entry.value);
+            Exit::Success
+        }),
+        MemoryCommand::Incr { key, delta } => memory.incr(&key, delta).await.map(|value| {
+            println!("{value}");
+            Exit::Success
+        }),
+    };
+    match result {
+        Ok(exit) => exit,
+        Err(volley_client::ClientError::Conflict(message)) => {
+            eprintln!("error: {message}");
+            Exit::OpsFailed
+        }
+        Err(volley_client::ClientError::TimedOut(message)) => {
+            eprintln!("error: {message}");
+            Exit::OpsFailed
+        }
+        Err(error) => exit::client_error(&error),
+    }
+}
+
+async fn list(memory: &Memory, prefix: &str, output: OutputFormat) -> Result<Exit, volley_client::ClientError> {
+    let mut token = String::new();
+    let mut rows = Vec::new();
+    loop {
+        let page = memory.list(prefix, &token, 1000).await?;
+        rows.extend(page.keys);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    match output {
+        OutputFormat::Json => {
+            let rows: Vec<_> = rows
+                .iter()
+                .map(|info| serde_json::json!({"key": info.key, "version": info.version, "size": info.size, "content_type": info.content_type, "expires_at_ms": info.expires_at_ms}))
+                .collect();
+            println!("{}", serde_json::Value::Array(rows));
+        }
+        OutputFormat::Table => {
+            for info in &rows {
+                println!("{}\tv{}\t{} bytes", info.key, info.version, info.size);
+            }
+        }
+    }
+    Ok(Exit::Success)
+}
+
+async fn watch(
+    memory: &Memory,
+    prefix: &str,
+    after: u64,
+    existing: bool,
+    output: OutputFormat,
+) -> Result<Exit, volley_client::ClientError> {
+    let changes = memory.watch(prefix, after, existing).await?;
+    futures::pin_mut!(changes);
+    while let Some(change) = changes.next().await {
+        let change = change?;
+        let kind = match change.kind() {
+            v1::MemoryChangeKind::Put => "put",
+            v1::MemoryChangeKind::Delete => "del",
+            v1::MemoryChangeKind::Unspecified => "?",
+        };
+        let value = String::from_utf8_lossy(&change.value);
+        match output {
+            OutputFormat::Json => println!(
+                "{}",
+                serde_json::json!({"revision": change.revision, "kind": kind, "key": change.key, "version": change.version, "value": value, "value_omitted": change.value_omitted})
+            ),
+            OutputFormat::Table => println!("{}\t{kind}\t{}\t{}", change.revision, change.key, value),
+        }
+    }
+    Ok(Exit::Success)
+}

@@ -1,0 +1,368 @@
+//! Memory: the keys ops and clients coordinate through, in a batch's own
+//! memory or a shared namespace — get, put (TTL, compare-and-set), delete,
+//! list, incr, watch (resumable) and wait. Writes unblock waiting ops in
+//! every batch that waits on the scope; that is the store's job.
+
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tracing::{Instrument, info_span};
+use volley_proto::{BatchId, v1};
+use volley_store::{
+    Doorbell, MemoryChange, MemoryChangeKind, MemoryKeyInfo, MemoryScope, MemoryValue, PutOptions,
+    PutOutcome,
+};
+
+use crate::error::CoordinatorError;
+use crate::service::{Coordinator, now_ms};
+
+/// Changes read per store call while watching.
+const CHANGES_PER_READ: u32 = 1000;
+/// Longest page of `list`.
+const MAX_LIST_PAGE: u32 = 1000;
+
+/// Who is writing: an op's attempt, so a write from a stale attempt (the op
+/// was retried elsewhere) is refused.
+#[derive(Clone, Debug, Default)]
+pub struct Writer {
+    pub batch: Option<BatchId>,
+    pub op_id: String,
+    pub attempt: u32,
+}
+
+impl Coordinator {
+    /// Resolves a request's `(batch_id, namespace)`: a namespace names a
+    /// shared scope (the batch id then, if any, only says who writes);
+    /// otherwise the batch's own memory — or, when the batch was submitted
+    /// with a namespace, that namespace, so an op's plain reads and writes
+    /// land where its batch's `store_as` and `wait_for` do.
+    pub async fn memory_scope(
+        &self,
+        batch_id: &str,
+        namespace: &str,
+    ) -> Result<MemoryScope, CoordinatorError> {
+        if !namespace.is_empty() {
+            volley_plan::check_memory_key(namespace)
+                .map_err(|message| CoordinatorError::BadRequest(format!("namespace: {message}")))?;
+            return Ok(MemoryScope::Shared(namespace.to_owned()));
+        }
+        if batch_id.is_empty() {
+            return Err(CoordinatorError::BadRequest(
+                "name a memory scope: a batch id or a namespace".into(),
+            ));
+        }
+        let batch = BatchId::new(batch_id);
+        let planned = self.plan_of(&batch).await?;
+        Ok(match &planned.plan.namespace {
+            Some(namespace) => MemoryScope::Shared(namespace.clone()),
+            None => MemoryScope::Batch(batch),
+        })
+    }
+
+    fn check_key(key: &str) -> Result<(), CoordinatorError> {
+        volley_plan::check_memory_key(key).map_err(CoordinatorError::BadRequest)
+    }
+
+    pub async fn memory_get(
+        &self,
+        scope: &MemoryScope,
+        key: &str,
+    ) -> Result<Option<MemoryValue>, CoordinatorError> {
+        Self::check_key(key)?;
+        Ok(self.store().memory_get(scope, key).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(scope = %scope, key, bytes = value.len()))]
+    pub async fn memory_put(
+        &self,
+        scope: &MemoryScope,
+        key: &str,
+        value: &[u8],
+        options: &PutOptions,
+        writer: &Writer,
+    ) -> Result<PutOutcome, CoordinatorError> {
+        Self::check_key(key)?;
+        let max = self.config().max_value_bytes;
+        if value.len() > max {
+            return Err(CoordinatorError::ValueTooLarge {
+                key: key.to_owned(),
+                size: value.len(),
+                max,
+            });
+        }
+        self.check_writer(writer).await?;
+        Ok(self
+            .store()
+            .memory_put(scope, key, value, options, now_ms())
+            .await?)
+    }
+
+    pub async fn memory_delete(
+        &self,
+        scope: &MemoryScope,
+        key: &str,
+        if_version: Option<u64>,
+    ) -> Result<bool, CoordinatorError> {
+        Self::check_key(key)?;
+        Ok(self
+            .store()
+            .memory_delete(scope, key, if_version, now_ms())
+            .await?)
+    }
+
+    /// One page of keys under `prefix`, and the token of the next page
+    /// (empty on the last).
+    pub async fn memory_list(
+        &self,
+        scope: &MemoryScope,
+        prefix: &str,
+        page_token: &str,
+        limit: u32,
+    ) -> Result<(Vec<MemoryKeyInfo>, String), CoordinatorError> {
+        let limit = if limit == 0 {
+            100
+        } else {
+            limit.min(MAX_LIST_PAGE)
+        };
+        let after = (!page_token.is_empty()).then_some(page_token);
+        let keys = self
+            .store()
+            .memory_list(scope, prefix, after, limit)
+            .await?;
+        let next = if keys.len() as u32 == limit {
+            keys.last().map(|info| info.key.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((keys, next))
+    }
+
+    pub async fn memory_incr(
+        &self,
+        scope: &MemoryScope,
+        key: &str,
+        delta: i64,
+    ) -> Result<(i64, PutOutcome), CoordinatorError> {
+        Self::check_key(key)?;
+        Ok(self
+            .store()
+            .memory_incr(scope, key, delta, now_ms())
+            .await?)
+    }
+
+    /// Refuses a write from an op attempt that is no longer the op's
+    /// running attempt.
+    async fn check_writer(&self, writer: &Writer) -> Result<(), CoordinatorError> {
+        let Some(batch) = &writer.batch else {
+            return Ok(());
+        };
+        if writer.op_id.is_empty() {
+            return Ok(());
+        }
+        let planned = self.plan_of(batch).await?;
+        let Some(index) = planned
+            .plan
+            .ops
+            .iter()
+            .position(|op| op.id.as_str() == writer.op_id)
+        else {
+            return Err(CoordinatorError::BadRequest(format!(
+                "writer op `{}` is not in batch {batch}",
+                writer.op_id
+            )));
+        };
+        let records = self.store().op_records_at(batch, &[index as u32]).await?;
+        let current = records.first();
+        let live = current.is_some_and(|record| {
+            record.state == volley_store::OpState::Running && record.attempts == writer.attempt
+        });
+        if live {
+            Ok(())
+        } else {
+            Err(CoordinatorError::StaleWriter {
+                op_id: writer.op_id.clone(),
+                attempt: writer.attempt,
+                current: current.map_or(0, |record| record.attempts),
+            })
+        }
+    }
+
+    /// Streams changes under `prefix` after `after_revision` (0: from now,
+    /// after every existing key when `include_existing`), until the client
+    /// goes away. Wakes on memory doorbells, re-reads on a slow timer.
+    pub async fn memory_watch(
+        &self,
+        scope: MemoryScope,
+        prefix: String,
+        after_revision: u64,
+        include_existing: bool,
+    ) -> Result<mpsc::Receiver<Result<v1::MemoryChange, CoordinatorError>>, CoordinatorError> {
+        // Subscribe before reading the revision: a write in between rings.
+        let doorbells = self.store().doorbells();
+        let mut start = after_revision;
+        let mut existing = Vec::new();
+        if after_revision == 0 {
+            start = self.store().memory_revision(&scope).await?;
+            if include_existing {
+                existing = self.existing_as_changes(&scope, &prefix, start).await?;
+            }
+        }
+        let (sender, receiver) = mpsc::channel(256);
+        let coordinator = self.clone();
+        let span = info_span!("coordinator.watch_memory", scope = %scope, prefix = %prefix);
+        self.spawn(
+            async move {
+                for change in existing {
+                    if sender.send(Ok(change)).await.is_err() {
+                        return;
+                    }
+                }
+                coordinator
+                    .pump_changes(scope, prefix, start, doorbells, sender)
+                    .await;
+            }
+            .instrument(span),
+        );
+        Ok(receiver)
+    }
+
+    async fn existing_as_changes(
+        &self,
+        scope: &MemoryScope,
+        prefix: &str,
+        revision: u64,
+    ) -> Result<Vec<v1::MemoryChange>, CoordinatorError> {
+        let mut changes = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store()
+                .memory_list(scope, prefix, after.as_deref(), MAX_LIST_PAGE)
+                .await?;
+            let full = page.len() as u32 == MAX_LIST_PAGE;
+            for info in page {
+                let value = self.store().memory_get(scope, &info.key).await?;
+                if let Some(value) = value {
+                    after = Some(info.key.clone());
+                    changes.push(v1::MemoryChange {
+                        revision,
+                        key: info.key,
+                        kind: v1::MemoryChangeKind::Put as i32,
+                        version: value.version,
+                        value_omitted: value.value.len() > volley_store::CHANGE_VALUE_LIMIT,
+                        value: if value.value.len() > volley_store::CHANGE_VALUE_LIMIT {
+                            Vec::new()
+                        } else {
+                            value.value
+                        },
+                        content_type: value.content_type,
+                        at_ms: 0,
+                    });
+                } else {
+                    after = Some(info.key);
+                }
+            }
+            if !full {
+                return Ok(changes);
+            }
+        }
+    }
+
+    async fn pump_changes(
+        &self,
+        scope: MemoryScope,
+        prefix: String,
+        mut after: u64,
+        mut doorbells: broadcast::Receiver<Doorbell>,
+        sender: mpsc::Sender<Result<v1::MemoryChange, CoordinatorError>>,
+    ) {
+        loop {
+            let changes = match self
+                .store()
+                .memory_changes(&scope, &prefix, after, CHANGES_PER_READ)
+                .await
+            {
+                Ok(changes) => changes,
+                Err(error) => {
+                    let _ = sender.send(Err(error.into())).await;
+                    return;
+                }
+            };
+            let full = changes.len() as u32 == CHANGES_PER_READ;
+            for change in changes {
+                after = change.revision;
+                if sender.send(Ok(change_to_proto(change))).await.is_err() {
+                    return;
+                }
+            }
+            if full {
+                continue;
+            }
+            tokio::select! {
+                () = self.shutdown_token().cancelled() => return,
+                () = sender.closed() => return,
+                () = wait_for_memory_bell(&mut doorbells, &scope) => {}
+                () = tokio::time::sleep(self.config().resync_interval) => {}
+            }
+        }
+    }
+
+    /// The key's value once it exists, or `WaitTimedOut`.
+    pub async fn memory_wait(
+        &self,
+        scope: &MemoryScope,
+        key: &str,
+        timeout: Option<Duration>,
+    ) -> Result<MemoryValue, CoordinatorError> {
+        Self::check_key(key)?;
+        let mut doorbells = self.store().doorbells();
+        let deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
+        loop {
+            if let Some(value) = self.store().memory_get(scope, key).await? {
+                return Ok(value);
+            }
+            let until_deadline = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = self.shutdown_token().cancelled() => return Err(CoordinatorError::ShuttingDown),
+                () = until_deadline => {
+                    return Err(CoordinatorError::WaitTimedOut { key: key.to_owned(), waited: timeout.unwrap_or_default() });
+                }
+                () = wait_for_memory_bell(&mut doorbells, scope) => {}
+                () = tokio::time::sleep(self.config().resync_interval) => {}
+            }
+        }
+    }
+}
+
+async fn wait_for_memory_bell(doorbells: &mut broadcast::Receiver<Doorbell>, scope: &MemoryScope) {
+    loop {
+        match doorbells.recv().await {
+            Ok(Doorbell::Memory(rung)) if &rung == scope => return,
+            Ok(Doorbell::Memory(_) | Doorbell::Batch(_)) => {}
+            Ok(Doorbell::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+pub(crate) fn change_to_proto(change: MemoryChange) -> v1::MemoryChange {
+    let value_omitted = change.kind == MemoryChangeKind::Put && change.value.is_none();
+    v1::MemoryChange {
+        revision: change.revision,
+        key: change.key,
+        kind: match change.kind {
+            MemoryChangeKind::Put => v1::MemoryChangeKind::Put,
+            MemoryChangeKind::Delete => v1::MemoryChangeKind::Delete,
+        } as i32,
+        version: change.version,
+        value: change.value.unwrap_or_default(),
+        value_omitted,
+        content_type: change.content_type,
+        at_ms: change.at_ms,
+    }
+}

@@ -1,0 +1,101 @@
+//! Dynamic fan-out: ops a running op adds to its own batch. They are
+//! validated with the whole batch, like a submission (ids unique across the
+//! batch, `after` may name existing ops, no cycles, no hazards), then the
+//! store grows the batch in one step and the dispatcher gets the new plan.
+
+use std::sync::Arc;
+
+use prost::Message;
+use tracing::info;
+use volley_proto::{BatchId, v1};
+use volley_store::{NewOp, StoreError};
+
+use crate::dispatch::Command;
+use crate::error::CoordinatorError;
+use crate::plans::{PlannedBatch, stored_batch};
+use crate::service::{Coordinator, new_op, now_ms};
+
+/// Tries when another spawn into the same batch wins the race.
+const SPAWN_TRIES: usize = 5;
+
+impl Coordinator {
+    #[tracing::instrument(skip_all, fields(batch = %batch, ops = ops.len(), spawned_by))]
+    pub async fn spawn_ops(
+        &self,
+        batch: &BatchId,
+        ops: Vec<v1::Op>,
+        spawned_by: &str,
+    ) -> Result<v1::SpawnOpsResponse, CoordinatorError> {
+        if ops.is_empty() {
+            return Err(CoordinatorError::BadRequest("no ops to spawn".into()));
+        }
+        // One spawn at a time per coordinator: each re-plans the whole batch.
+        let _turn = self.spawn_lock().lock().await;
+        for _ in 0..SPAWN_TRIES {
+            let spec = self
+                .store()
+                .batch_spec(batch)
+                .await?
+                .ok_or_else(|| CoordinatorError::BatchNotFound(batch.clone()))?;
+            let mut combined = stored_batch(batch, &spec)?;
+            let first_index = combined.ops.len() as u32;
+            combined.ops.extend(ops.iter().cloned());
+            let coordinator = self.clone();
+            let plan = tokio::task::spawn_blocking(move || {
+                volley_plan::plan(
+                    &combined,
+                    &|kind| coordinator.known_kind(kind),
+                    &coordinator.config().limits,
+                )
+            })
+            .await
+            .map_err(|error| CoordinatorError::BadRequest(format!("planning panicked: {error}")))?
+            .map_err(CoordinatorError::Invalid)?;
+            let created_ms = self
+                .store()
+                .meta(batch)
+                .await?
+                .map_or(0, |meta| meta.created_ms);
+            let new_ops: Vec<NewOp> = plan.ops[first_index as usize..]
+                .iter()
+                .map(|op| {
+                    let mut new = new_op(op, created_ms.max(now_ms()));
+                    new.after = op.deps.clone();
+                    new
+                })
+                .collect();
+            let chunk = v1::OpChunk { ops: ops.clone() }.encode_to_vec();
+            match self
+                .store()
+                .add_ops(batch, first_index, new_ops, chunk, now_ms())
+                .await
+            {
+                Ok(outcome) => {
+                    let warnings = plan.warnings.clone();
+                    let planned = Arc::new(PlannedBatch {
+                        id: batch.clone(),
+                        plan,
+                    });
+                    self.plans().insert(planned.clone());
+                    self.dispatch().send(Command::BatchReplanned(planned)).await;
+                    if outcome.finished.is_some() {
+                        self.plans().finished(batch);
+                    }
+                    info!(%batch, added = ops.len(), spawned_by, "ops spawned");
+                    return Ok(v1::SpawnOpsResponse {
+                        op_count: ops.len() as u32,
+                        warnings,
+                    });
+                }
+                // Another spawn grew the batch first: plan again on top of it.
+                Err(StoreError::CannotAddOps { reason, .. }) if reason.contains("index") => {
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(CoordinatorError::BadRequest(format!(
+            "batch {batch} kept growing under this spawn; try again"
+        )))
+    }
+}
