@@ -63,7 +63,7 @@ pub fn client_error(error: &ClientError) -> Exit {
             eprintln!("error: {error}");
             Exit::Invalid
         }
-        ClientError::Other { .. } => {
+        ClientError::Conflict(_) | ClientError::TimedOut(_) | ClientError::Other { .. } => {
             eprintln!("error: {error}");
             Exit::OpsFailed
         }

@@ -58,6 +58,17 @@ pub async fn follow(
             }
             EventKind::OpRetrying => running = running.saturating_sub(1),
             EventKind::OpSkipped | EventKind::OpCancelled => other += 1,
+            EventKind::OpsAdded => {
+                // "N ops added": the batch grew while it ran.
+                let added = event
+                    .message
+                    .split_whitespace()
+                    .next()
+                    .and_then(|count| count.parse::<u64>().ok());
+                if let (Some(bar), Some(added)) = (&bar, added) {
+                    bar.inc_length(added);
+                }
+            }
             _ => {}
         }
         if let Some(bar) = &bar {
@@ -96,6 +107,15 @@ fn event_line(event: &v1::BatchEvent) -> String {
             format!("cancelled {}: {}", event.op_id, first_line(&event.message))
         }
         EventKind::BatchFinished => format!("batch {}", state_word(event.batch_state())),
+        EventKind::OpsAdded => format!(
+            "grew     {} (by {})",
+            event.message,
+            if event.op_id.is_empty() {
+                "a client"
+            } else {
+                &event.op_id
+            }
+        ),
         EventKind::Unspecified => "event".to_owned(),
     };
     format!("[{:>5}] {what}", event.seq)

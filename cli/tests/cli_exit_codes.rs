@@ -299,15 +299,37 @@ async fn strict_turns_an_unwritten_wait_into_exit_2_and_without_it_a_warning() {
         "ops:\n  - {id: waiter, kind: echo, wait_for: [nobody/writes], wait_timeout: 300ms, args: {text: hi}}\n",
     );
     let output = volley(dir.path(), &["run", "waits.yaml", "--strict"]).await;
-    assert_eq!(output.status.code(), Some(2), "stderr: {}", text(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "stderr: {}",
+        text(&output.stderr)
+    );
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("op `waiter`") && stderr.contains("wait_for") && stderr.contains("nobody/writes"), "{stderr}");
+    assert!(
+        stderr.contains("op `waiter`")
+            && stderr.contains("wait_for")
+            && stderr.contains("nobody/writes"),
+        "{stderr}"
+    );
 
     let output = volley(dir.path(), &["run", "waits.yaml"]).await;
-    assert_eq!(output.status.code(), Some(1), "the wait times out: {}", text(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "the wait times out: {}",
+        text(&output.stderr)
+    );
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("warning:") && stderr.contains("nobody/writes"), "{stderr}");
-    assert!(text(&output.stdout).contains("never appeared"), "{}", text(&output.stdout));
+    assert!(
+        stderr.contains("warning:") && stderr.contains("nobody/writes"),
+        "{stderr}"
+    );
+    assert!(
+        text(&output.stdout).contains("never appeared"),
+        "{}",
+        text(&output.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,7 +338,13 @@ async fn memory_commands_against_a_cluster() {
     let dir = cluster.root();
     let url = cluster.url.clone();
     let memory = |args: &[&str]| {
-        let mut all = vec!["memory", "--coordinator", url.as_str(), "--namespace", "cli-e2e"];
+        let mut all = vec![
+            "memory",
+            "--coordinator",
+            url.as_str(),
+            "--namespace",
+            "cli-e2e",
+        ];
         all.extend_from_slice(args);
         all.into_iter().map(str::to_owned).collect::<Vec<_>>()
     };
@@ -324,24 +352,54 @@ async fn memory_commands_against_a_cluster() {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         volley(dir, &refs).await
     };
-    assert_eq!(run(memory(&["put", "plan/a", "first"])).await.status.code(), Some(0));
+    assert_eq!(
+        run(memory(&["put", "plan/a", "first"])).await.status.code(),
+        Some(0)
+    );
     let got = run(memory(&["get", "plan/a"])).await;
-    assert_eq!((got.status.code(), text(&got.stdout)), (Some(0), "first".to_owned()), "raw value, no newline");
+    assert_eq!(
+        (got.status.code(), text(&got.stdout)),
+        (Some(0), "first".to_owned()),
+        "raw value, no newline"
+    );
     let json_get = run(memory(&["get", "plan/a", "--output", "json"])).await;
     let document: serde_json::Value = serde_json::from_slice(&json_get.stdout).expect("json");
-    assert_eq!((document["value"].as_str(), document["version"].as_u64()), (Some("first"), Some(1)));
+    assert_eq!(
+        (document["value"].as_str(), document["version"].as_u64()),
+        (Some("first"), Some(1))
+    );
     let conflict = run(memory(&["put", "plan/a", "x", "--if-version", "7"])).await;
-    assert_eq!(conflict.status.code(), Some(1), "{}", text(&conflict.stderr));
-    assert!(text(&conflict.stderr).contains("version"), "{}", text(&conflict.stderr));
-    assert_eq!(text(&run(memory(&["incr", "n", "5"])).await.stdout).trim(), "5");
-    assert_eq!(text(&run(memory(&["incr", "n", "-2"])).await.stdout).trim(), "3");
+    assert_eq!(
+        conflict.status.code(),
+        Some(1),
+        "{}",
+        text(&conflict.stderr)
+    );
+    assert!(
+        text(&conflict.stderr).contains("version"),
+        "{}",
+        text(&conflict.stderr)
+    );
+    assert_eq!(
+        text(&run(memory(&["incr", "n", "5"])).await.stdout).trim(),
+        "5"
+    );
+    assert_eq!(
+        text(&run(memory(&["incr", "n", "-2"])).await.stdout).trim(),
+        "3"
+    );
     let listed = text(&run(memory(&["ls", "plan/"])).await.stdout);
     assert!(listed.starts_with("plan/a\tv1"), "{listed}");
     let missing = run(memory(&["get", "nope"])).await;
     assert_eq!(missing.status.code(), Some(1));
     assert!(text(&missing.stderr).contains("nope"));
     let waited = run(memory(&["wait", "later", "--timeout", "300ms"])).await;
-    assert_eq!(waited.status.code(), Some(1), "timed out: {}", text(&waited.stderr));
+    assert_eq!(
+        waited.status.code(),
+        Some(1),
+        "timed out: {}",
+        text(&waited.stderr)
+    );
     assert_eq!(run(memory(&["del", "plan/a"])).await.status.code(), Some(0));
     assert_eq!(run(memory(&["get", "plan/a"])).await.status.code(), Some(1));
     // Naming no scope is a usage error; no cluster is exit 3.
@@ -349,6 +407,18 @@ async fn memory_commands_against_a_cluster() {
     assert_eq!(unscoped.status.code(), Some(2));
     let port = common::free_port();
     let nowhere = format!("http://127.0.0.1:{port}");
-    let unreachable = volley(dir, &["memory", "--coordinator", &nowhere, "--namespace", "x", "get", "k"]).await;
+    let unreachable = volley(
+        dir,
+        &[
+            "memory",
+            "--coordinator",
+            &nowhere,
+            "--namespace",
+            "x",
+            "get",
+            "k",
+        ],
+    )
+    .await;
     assert_eq!(unreachable.status.code(), Some(3));
 }

@@ -355,12 +355,13 @@ async fn failures_skip_dependents_and_a_client_put_unblocks_a_wait() {
         assert!(tokio::time::Instant::now() < deadline, "always never ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let unblocked = cluster
+    let written = cluster
         .client
-        .put_memory(&submitted.batch_id, "signal", b"now".to_vec())
+        .memory(volley_client::Scope::Batch(submitted.batch_id.clone()))
+        .put("signal", b"now".to_vec())
         .await
         .expect("put");
-    assert_eq!(unblocked, 1);
+    assert_eq!(written.unblocked, 1);
     let stream = cluster
         .client
         .watch(&submitted.batch_id, 0)

@@ -27,7 +27,7 @@ use volley_store::{
     Claimed, CompleteOutcome, Completion, Doorbell, MemoryScope, OpRecord, OpState, Store,
 };
 
-use crate::plans::PlannedBatch;
+use crate::plans::{PlannedBatch, replan};
 use crate::service::now_ms;
 
 /// Room for commands: workers send at most one `Completed` per results
@@ -296,7 +296,11 @@ impl Dispatcher {
                 }
             }
             Command::BatchReplanned(planned) => {
-                if let Some(active) = self.batches.get_mut(&planned.id) {
+                // Plans only grow; one reloaded from the store may already
+                // be newer than this one.
+                if let Some(active) = self.batches.get_mut(&planned.id)
+                    && planned.plan.ops.len() >= active.planned.plan.ops.len()
+                {
                     active.planned = planned;
                     active.maybe_ready = true;
                 }
@@ -526,8 +530,79 @@ impl Dispatcher {
             return progress;
         }
         active.in_flight += claimed.len() as u32;
-        self.route(&planned, claimed).await;
+        let planned = if claimed
+            .iter()
+            .any(|claim| claim.index as usize >= planned.plan.ops.len())
+        {
+            // The batch grew (spawned ops) and the store made the new ops
+            // ready before the new plan reached us: read it from the store.
+            match self.reload_plan(batch).await {
+                Some(reloaded) => reloaded,
+                None => planned,
+            }
+        } else {
+            planned
+        };
+        let (known, unknown): (Vec<Claimed>, Vec<Claimed>) = claimed
+            .into_iter()
+            .partition(|claim| (claim.index as usize) < planned.plan.ops.len());
+        if !unknown.is_empty() {
+            let failed: Vec<Completion> = unknown
+                .iter()
+                .map(|claim| Completion {
+                    index: claim.index,
+                    attempt: claim.attempt,
+                    ok: false,
+                    permanent: true,
+                    error: "the coordinator has no plan for this op".into(),
+                    started_ms: now_ms(),
+                    ..Completion::default()
+                })
+                .collect();
+            let indices = failed.iter().map(|completion| completion.index).collect();
+            let outcome = self.store.complete(batch, &failed, now_ms()).await.ok();
+            self.apply_results(BatchResults {
+                batch: batch.clone(),
+                indices,
+                outcome,
+            });
+        }
+        if !known.is_empty() {
+            self.route(&planned, known).await;
+        }
         true
+    }
+
+    /// Re-plans a batch from its stored spec (the submission and every
+    /// spawned chunk) and dispatches from that plan on.
+    async fn reload_plan(&mut self, batch: &BatchId) -> Option<Arc<PlannedBatch>> {
+        let spec = match self.store.batch_spec(batch).await {
+            Ok(Some(spec)) => spec,
+            Ok(None) => return None,
+            Err(error) => {
+                warn!(%batch, %error, "could not read the batch's spec");
+                return None;
+            }
+        };
+        let id = batch.clone();
+        let replanned = tokio::task::spawn_blocking(move || replan(&id, &spec)).await;
+        match replanned {
+            Ok(Ok(planned)) => {
+                let planned = Arc::new(planned);
+                if let Some(active) = self.batches.get_mut(batch) {
+                    active.planned = planned.clone();
+                }
+                Some(planned)
+            }
+            Ok(Err(error)) => {
+                warn!(%batch, %error, "could not re-plan the batch");
+                None
+            }
+            Err(error) => {
+                warn!(%batch, %error, "re-planning panicked");
+                None
+            }
+        }
     }
 
     /// Sends claimed ops to workers, many per message; parks what no worker

@@ -303,7 +303,9 @@ fn parse_body(body: &str) -> Result<Reference, String> {
         }
         return Ok(Reference::Memory(key.to_owned()));
     }
-    Err(format!("unknown reference `${{{body}}}`: {expected}"))
+    Err(format!(
+        "unknown reference `${{{body}}}`: {expected} (for a shell variable write `$${{{body}}}` or `${body}`)"
+    ))
 }
 
 /// `[A-Za-z0-9_.-]`: the bytes of an op id.

@@ -393,6 +393,7 @@ mod tests {
                 max_attempts: 1,
                 timeout_ms: 0,
                 store_as: None,
+                memory_writes: Vec::new(),
                 wait_for: Vec::new(),
                 wait_for_any: Vec::new(),
                 wait_timeout_ms: 0,

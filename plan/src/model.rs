@@ -85,6 +85,9 @@ pub struct PlannedOp {
     /// 0: no timeout.
     pub timeout_ms: u64,
     pub store_as: Option<String>,
+    /// Memory keys the op writes: `store_as`, a `memory.put` key, declared
+    /// `writes: [memory:KEY]`.
+    pub memory_writes: Vec<String>,
     /// `wait_for` keys and `${memory.K}` references, deduplicated.
     pub wait_for: Vec<String>,
     /// `wait_for_any` keys, deduplicated: the first to appear is enough.

@@ -15,6 +15,9 @@ use crate::graph::{Graph, Reachability};
 use crate::hazards::{Access, compile_glob, find_hazards};
 use crate::model::{HazardPolicy, Limits, Plan, PlannedOp, Problem};
 
+/// Declared `reads:`/`writes:` entries with this prefix name memory keys.
+const MEMORY_PREFIX: &str = "memory:";
+
 /// Most tries an op may ask for.
 const MAX_ATTEMPTS: u32 = 100;
 /// Longest op id.
@@ -390,6 +393,21 @@ impl OpChecker<'_> {
                     self.problems.op(index, id, field, "empty path".to_owned());
                     continue;
                 }
+                // `memory:KEY`: a key the op reads or writes while it runs
+                // (an agent's `volley memory put`), declared for the planner.
+                if let Some(key) = path.strip_prefix(MEMORY_PREFIX) {
+                    match check_memory_key(key) {
+                        Err(message) => self.problems.op(index, id, field, message),
+                        // Reading a key the op waits for cannot race its writer.
+                        Ok(()) if !write && wait_for.iter().any(|waited| waited == key) => {}
+                        Ok(()) => accesses.push(Access {
+                            op: index,
+                            target: Target::Memory(key.to_owned()),
+                            write,
+                        }),
+                    }
+                    continue;
+                }
                 let normalized = normalize_path(path);
                 if is_glob(&normalized)
                     && let Err(message) = compile_glob(&normalized)
@@ -445,6 +463,14 @@ impl OpChecker<'_> {
             max_attempts: op.attempts.max(1),
             timeout_ms: op.timeout_ms,
             store_as: (!op.store_as.is_empty()).then(|| op.store_as.clone()),
+            memory_writes: accesses[first_access.min(accesses.len())..]
+                .iter()
+                .filter(|access| access.write && access.op == index)
+                .filter_map(|access| match &access.target {
+                    Target::Memory(key) => Some(key.clone()),
+                    Target::File(_) => None,
+                })
+                .collect(),
             wait_for,
             wait_for_any,
             wait_timeout_ms: op.wait_timeout_ms,
@@ -601,12 +627,7 @@ fn link_wait_writers(planned_ops: &mut [PlannedOp]) {
     }
     let mut writers: HashMap<String, Vec<u32>> = HashMap::new();
     for (index, op) in planned_ops.iter().enumerate() {
-        if let Some(key) = &op.store_as {
-            writers.entry(key.clone()).or_default().push(index as u32);
-        }
-        if op.kind == "memory.put"
-            && let Some(Value::String(key)) = op.args.get("key")
-        {
+        for key in &op.memory_writes {
             writers.entry(key.clone()).or_default().push(index as u32);
         }
     }
@@ -635,17 +656,10 @@ fn unwritten_waits(planned_ops: &[PlannedOp]) -> Vec<(usize, &'static str, Strin
     {
         return Vec::new();
     }
-    let mut written: HashSet<&str> = HashSet::new();
-    for op in planned_ops {
-        if let Some(key) = &op.store_as {
-            written.insert(key.as_str());
-        }
-        if op.kind == "memory.put"
-            && let Some(Value::String(key)) = op.args.get("key")
-        {
-            written.insert(key.as_str());
-        }
-    }
+    let written: HashSet<&str> = planned_ops
+        .iter()
+        .flat_map(|op| op.memory_writes.iter().map(String::as_str))
+        .collect();
     let mut unwritten = Vec::new();
     for (index, op) in planned_ops.iter().enumerate() {
         for key in &op.wait_for {
@@ -811,6 +825,30 @@ mod tests {
             "the batch's wait_timeout is the default"
         );
         assert_eq!(plan.ops[1].wait_writers, vec![0]);
+    }
+
+    #[test]
+    fn declared_memory_writes_count_as_writers_and_can_race() {
+        let mut agent = op("agent", "agent", json!({"cmd": "volley memory put k v"}));
+        agent.writes = vec!["memory:k".into()];
+        let mut waiter = op("waiter", "echo", json!({"text": "x"}));
+        waiter.wait_for = vec!["k".into()];
+        let plan = plan_of(&batch(vec![agent.clone(), waiter])).unwrap();
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        assert_eq!(plan.ops[0].memory_writes, vec!["k".to_owned()]);
+        assert_eq!(plan.ops[1].wait_writers, vec![0]);
+
+        let mut other = op("other", "agent", json!({"cmd": "volley memory put k w"}));
+        other.writes = vec!["memory:k".into()];
+        let problem = only_problem(&batch(vec![agent.clone(), other]), "other", "writes");
+        assert!(
+            problem.message.contains("`agent`") && problem.message.contains('k'),
+            "{problem:?}"
+        );
+
+        let mut bad = agent;
+        bad.writes = vec!["memory:has space".into()];
+        only_problem(&batch(vec![bad]), "agent", "writes");
     }
 
     #[test]

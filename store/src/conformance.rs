@@ -7,10 +7,15 @@
 //! async fn make() -> (std::sync::Arc<dyn volley_store::Store>, ()) {
 //!     (std::sync::Arc::new(volley_store::MemoryStore::new()), ())
 //! }
-//! volley_store::conformance_tests!(make());
+//! async fn make_small_log() -> (std::sync::Arc<dyn volley_store::Store>, ()) {
+//!     let cap = volley_store::conformance::SMALL_CHANGE_LOG_CAP;
+//!     (std::sync::Arc::new(volley_store::MemoryStore::new().with_change_log_cap(cap)), ())
+//! }
+//! volley_store::conformance_tests!(make(), make_small_log());
 //! ```
 //!
-//! The second tuple element is a guard kept alive for the test (e.g. the
+//! The second expression builds a store whose change log keeps
+//! [`SMALL_CHANGE_LOG_CAP`] changes (for the trimming case). The second tuple element is a guard kept alive for the test (e.g. the
 //! `redis-server` the store talks to). Cases assert exact states, counters
 //! and event sequences, never timings. Panicking is how a case fails, so the
 //! `expect`s here are deliberate.
@@ -22,11 +27,12 @@ use volley_proto::BatchId;
 use crate::model::*;
 use crate::{Store, StoreError};
 
-/// Expands into one `#[tokio::test]` per conformance case. `$make` is an
-/// expression evaluating to a future of `(Arc<dyn Store>, guard)`.
+/// Expands into one `#[tokio::test]` per conformance case. Both arguments
+/// are expressions evaluating to a future of `(Arc<dyn Store>, guard)`; the
+/// second's store has a change log cap of [`SMALL_CHANGE_LOG_CAP`].
 #[macro_export]
 macro_rules! conformance_tests {
-    ($make:expr) => {
+    ($make:expr, $make_small_change_log:expr) => {
         $crate::conformance_tests!(@cases $make;
             case_chain_completes_in_order,
             case_diamond_counts_down,
@@ -50,6 +56,30 @@ macro_rules! conformance_tests {
             case_ten_thousand_ops_in_rounds_of_500,
             case_large_batch_with_waits_crosses_chunks,
             case_list_batches_newest_first,
+            case_memory_put_get_version_content_type,
+            case_memory_compare_and_set,
+            case_memory_delete_with_and_without_cas,
+            case_memory_list_prefix_pages,
+            case_memory_incr,
+            case_memory_ttl_expires,
+            case_memory_large_value_round_trips,
+            case_memory_changes_gapless_prefix_resumable,
+            case_wait_for_any_first_key_only,
+            case_shared_put_unblocks_two_batches,
+            case_shared_key_present_before_create_counts,
+            case_shared_store_as_unblocks_another_batch,
+            case_batch_scope_write_rings_both_bells,
+            case_expire_waits_fails_and_skips,
+            case_expire_waits_finishes_with_fail_fast,
+            case_add_ops_grows_a_running_batch,
+            case_add_ops_waits_on_a_shared_scope,
+        );
+        $crate::conformance_tests!(@shared_cases $make;
+            case_concurrent_cas_increments_lose_none,
+            case_concurrent_incr_from_four_tasks,
+        );
+        $crate::conformance_tests!(@cases $make_small_change_log;
+            case_memory_changes_trimmed,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -58,6 +88,15 @@ macro_rules! conformance_tests {
             async fn $case() {
                 let (store, _guard) = $make.await;
                 $crate::conformance::$case(&*store).await;
+            }
+        )*
+    };
+    (@shared_cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let (store, _guard) = $make.await;
+                $crate::conformance::$case(store.clone()).await;
             }
         )*
     };
@@ -79,7 +118,7 @@ fn op(deps: u32, dependents: &[u32]) -> NewOp {
         max_attempts: 1,
         deps,
         dependents: dependents.to_vec(),
-        wait_for: Vec::new(),
+        ..NewOp::default()
     }
 }
 
@@ -87,6 +126,7 @@ fn batch(batch_id: &str, ops: Vec<NewOp>) -> NewBatch {
     NewBatch {
         id: id(batch_id),
         name: format!("{batch_id}-name"),
+        memory: MemoryScope::Batch(id(batch_id)),
         max_parallel: 0,
         on_failure: OnFailure::Continue,
         created_ms: NOW,
@@ -165,6 +205,53 @@ async fn event_shapes(store: &dyn Store, batch_id: &BatchId) -> Vec<(EventKind, 
         .collect()
 }
 
+/// A batch's own memory scope.
+fn own(batch_id: &BatchId) -> MemoryScope {
+    MemoryScope::Batch(batch_id.clone())
+}
+
+fn shared(namespace: &str) -> MemoryScope {
+    MemoryScope::Shared(namespace.to_owned())
+}
+
+fn typed(content_type: &str) -> PutOptions {
+    PutOptions {
+        content_type: content_type.to_owned(),
+        ..PutOptions::default()
+    }
+}
+
+/// Puts a value (content type `text/plain`); returns how many ops it unblocked.
+async fn put(store: &dyn Store, scope: &MemoryScope, key: &str, value: &[u8]) -> u32 {
+    store
+        .memory_put(scope, key, value, &typed("text/plain"), NOW)
+        .await
+        .expect("memory_put")
+        .unblocked
+}
+
+async fn get(store: &dyn Store, scope: &MemoryScope, key: &str) -> Option<Vec<u8>> {
+    store
+        .memory_get(scope, key)
+        .await
+        .expect("memory_get")
+        .map(|value| value.value)
+}
+
+fn waiting_for(keys: &[&str]) -> NewOp {
+    NewOp {
+        wait_for: keys.iter().map(|key| key.to_string()).collect(),
+        ..op(0, &[])
+    }
+}
+
+fn waiting_for_any(keys: &[&str]) -> NewOp {
+    NewOp {
+        wait_for_any: keys.iter().map(|key| key.to_string()).collect(),
+        ..op(0, &[])
+    }
+}
+
 /// Claims and succeeds exactly the op `index` (it must be the only ready one).
 async fn run_one(store: &dyn Store, batch_id: &BatchId, index: u32) -> CompleteOutcome {
     let claimed = store.claim(batch_id, 10, NOW + 1).await.expect("claim");
@@ -184,7 +271,10 @@ pub async fn case_chain_completes_in_order(store: &dyn Store) {
         .expect("create");
     assert_eq!(
         store.batch_spec(&batch_id).await.expect("spec"),
-        Some(b"spec of chain".to_vec())
+        Some(StoredSpec {
+            base: b"spec of chain".to_vec(),
+            added: Vec::new(),
+        })
     );
     assert_eq!(
         store.active_batches().await.expect("active"),
@@ -707,10 +797,7 @@ pub async fn case_store_as_unblocks_a_waiter(store: &dyn Store) {
         .expect("complete");
     assert_eq!(outcome.became_ready, 1);
     assert_eq!(
-        store
-            .get_memory(&batch_id, "swarm/findings")
-            .await
-            .expect("get"),
+        get(store, &own(&batch_id), "swarm/findings").await,
         Some(b"the findings".to_vec())
     );
     assert_eq!(indices(store, &batch_id, 10).await, vec![1]);
@@ -719,13 +806,7 @@ pub async fn case_store_as_unblocks_a_waiter(store: &dyn Store) {
 pub async fn case_put_memory_unblocks_and_present_keys_count(store: &dyn Store) {
     let batch_id = id("memory");
     // Written before the batch exists: counts as present at creation.
-    assert_eq!(
-        store
-            .put_memory(&batch_id, "pre", b"early", NOW)
-            .await
-            .expect("put"),
-        0
-    );
+    assert_eq!(put(store, &own(&batch_id), "pre", b"early").await, 0);
     let waiting = |keys: &[&str]| NewOp {
         wait_for: keys.iter().map(|key| key.to_string()).collect(),
         ..op(0, &[])
@@ -759,35 +840,13 @@ pub async fn case_put_memory_unblocks_and_present_keys_count(store: &dyn Store) 
     );
     // Ops waiting for nothing queue first, then those satisfied by memory.
     assert_eq!(indices(store, &batch_id, 10).await, vec![3, 0]);
-    assert_eq!(
-        store
-            .put_memory(&batch_id, "a", b"1", NOW)
-            .await
-            .expect("put"),
-        1
-    );
-    assert_eq!(
-        store
-            .put_memory(&batch_id, "unrelated", b"x", NOW)
-            .await
-            .expect("put"),
-        0
-    );
-    assert_eq!(
-        store
-            .put_memory(&batch_id, "b", b"2", NOW)
-            .await
-            .expect("put"),
-        1
-    );
+    // `unblocked` counts countdowns decremented: ops 1 and 2 (2 is ready).
+    assert_eq!(put(store, &own(&batch_id), "a", b"1").await, 2);
+    assert_eq!(put(store, &own(&batch_id), "unrelated", b"x").await, 0);
+    // Ops 1 (now ready) and 4 (still waiting for op 3).
+    assert_eq!(put(store, &own(&batch_id), "b", b"2").await, 2);
     // Writing a key again unblocks nothing more.
-    assert_eq!(
-        store
-            .put_memory(&batch_id, "a", b"3", NOW)
-            .await
-            .expect("put"),
-        0
-    );
+    assert_eq!(put(store, &own(&batch_id), "a", b"3").await, 0);
     assert_eq!(indices(store, &batch_id, 10).await, vec![2, 1]);
     assert_eq!(states(store, &batch_id).await[4], OpState::Waiting);
     let outcome = store
@@ -796,22 +855,13 @@ pub async fn case_put_memory_unblocks_and_present_keys_count(store: &dyn Store) 
         .expect("complete");
     assert_eq!(outcome.became_ready, 1);
     assert_eq!(indices(store, &batch_id, 10).await, vec![4]);
+    assert_eq!(get(store, &own(&batch_id), "a").await, Some(b"3".to_vec()));
     assert_eq!(
-        store.get_memory(&batch_id, "a").await.expect("get"),
-        Some(b"3".to_vec())
-    );
-    assert_eq!(
-        store.get_memory(&batch_id, "pre").await.expect("get"),
+        get(store, &own(&batch_id), "pre").await,
         Some(b"early".to_vec())
     );
-    assert_eq!(
-        store.get_memory(&batch_id, "nope").await.expect("get"),
-        None
-    );
-    assert_eq!(
-        store.get_memory(&id("other"), "a").await.expect("get"),
-        None
-    );
+    assert_eq!(get(store, &own(&batch_id), "nope").await, None);
+    assert_eq!(get(store, &own(&id("other")), "a").await, None);
 }
 
 pub async fn case_cancel_returns_running_and_is_idempotent(store: &dyn Store) {
@@ -972,18 +1022,40 @@ async fn expect_bell(
     receiver: &mut tokio::sync::broadcast::Receiver<Doorbell>,
     expected: &BatchId,
 ) {
+    expect_exact_bell(receiver, &Doorbell::Batch(expected.clone())).await;
+}
+
+/// Waits for the next bell other than `Resync` and asserts it is `expected`.
+async fn expect_exact_bell(
+    receiver: &mut tokio::sync::broadcast::Receiver<Doorbell>,
+    expected: &Doorbell,
+) {
     loop {
         let bell = tokio::time::timeout(DOORBELL_DEADLINE, receiver.recv())
             .await
             .expect("a doorbell before the deadline")
             .expect("doorbell channel open");
-        match bell {
-            Doorbell::Resync => continue,
-            Doorbell::Batch(batch_id) => {
-                assert_eq!(&batch_id, expected);
-                return;
-            }
+        if bell == Doorbell::Resync {
+            continue;
         }
+        assert_eq!(&bell, expected);
+        return;
+    }
+}
+
+/// Waits until every bell of `expected` has rung (in any order, others
+/// ignored). The deadline only guards against hanging.
+async fn expect_bells(
+    receiver: &mut tokio::sync::broadcast::Receiver<Doorbell>,
+    expected: &[Doorbell],
+) {
+    let mut missing: Vec<Doorbell> = expected.to_vec();
+    while !missing.is_empty() {
+        let bell = tokio::time::timeout(DOORBELL_DEADLINE, receiver.recv())
+            .await
+            .expect("the expected doorbells before the deadline")
+            .expect("doorbell channel open");
+        missing.retain(|wanted| *wanted != bell);
     }
 }
 
@@ -1010,11 +1082,9 @@ pub async fn case_doorbell_rings_on_complete(store: &dyn Store) {
         .await
         .expect("complete");
     expect_bell(&mut receiver, &batch_id).await;
-    store
-        .put_memory(&marker, "k", b"v", NOW)
-        .await
-        .expect("put");
-    expect_bell(&mut receiver, &marker).await;
+    // A memory write nobody waits for rings only the memory bell.
+    put(store, &own(&marker), "k", b"v").await;
+    expect_exact_bell(&mut receiver, &Doorbell::Memory(own(&marker))).await;
 }
 
 pub async fn case_ten_thousand_ops_in_rounds_of_500(store: &dyn Store) {
@@ -1072,10 +1142,7 @@ pub async fn case_ten_thousand_ops_in_rounds_of_500(store: &dyn Store) {
 pub async fn case_large_batch_with_waits_crosses_chunks(store: &dyn Store) {
     let batch_id = id("large");
     const OPS: u32 = 25_000;
-    store
-        .put_memory(&batch_id, "present", b"1", NOW)
-        .await
-        .expect("put");
+    put(store, &own(&batch_id), "present", b"1").await;
     let ops = (0..OPS)
         .map(|index| {
             let wait_for = match index % 3 {
@@ -1104,10 +1171,7 @@ pub async fn case_large_batch_with_waits_crosses_chunks(store: &dyn Store) {
         Some(ready_now[expected_now - 1].index),
         last_satisfied_by_memory
     );
-    let unblocked = store
-        .put_memory(&batch_id, "later", b"2", NOW)
-        .await
-        .expect("put");
+    let unblocked = put(store, &own(&batch_id), "later", b"2").await;
     assert_eq!(unblocked as usize, OPS as usize - expected_now);
     let later = store.claim(&batch_id, OPS, NOW + 1).await.expect("claim");
     assert_eq!(later.len(), OPS as usize - expected_now);
@@ -1139,4 +1203,1078 @@ pub async fn case_list_batches_newest_first(store: &dyn Store) {
     let epoch = store.epoch().await.expect("epoch");
     assert!(!epoch.is_empty());
     assert_eq!(store.epoch().await.expect("epoch"), epoch);
+}
+
+// ---- memory verbs -------------------------------------------------------
+
+pub async fn case_memory_put_get_version_content_type(store: &dyn Store) {
+    let scope = shared("pg");
+    let first = store
+        .memory_put(&scope, "k", b"v1", &typed("application/json"), NOW)
+        .await
+        .expect("put");
+    assert_eq!(
+        first,
+        PutOutcome {
+            version: 1,
+            unblocked: 0
+        }
+    );
+    assert_eq!(
+        store.memory_get(&scope, "k").await.expect("get"),
+        Some(MemoryValue {
+            value: b"v1".to_vec(),
+            content_type: "application/json".to_owned(),
+            version: 1,
+        })
+    );
+    let second = store
+        .memory_put(&scope, "k", b"v2", &typed("text/csv"), NOW)
+        .await
+        .expect("put");
+    assert_eq!(second.version, 2);
+    assert_eq!(
+        store.memory_get(&scope, "k").await.expect("get"),
+        Some(MemoryValue {
+            value: b"v2".to_vec(),
+            content_type: "text/csv".to_owned(),
+            version: 2,
+        })
+    );
+    assert_eq!(store.memory_get(&scope, "nope").await.expect("get"), None);
+    // Scopes are apart: the same key of a batch scope or another namespace.
+    assert_eq!(get(store, &own(&id("pg")), "k").await, None);
+    assert_eq!(get(store, &shared("pg2"), "k").await, None);
+    assert_eq!(store.memory_revision(&scope).await.expect("revision"), 2);
+    assert_eq!(
+        store
+            .memory_revision(&shared("pg2"))
+            .await
+            .expect("revision"),
+        0
+    );
+}
+
+fn cas(if_version: u64) -> PutOptions {
+    PutOptions {
+        if_version: Some(if_version),
+        ..typed("text/plain")
+    }
+}
+
+pub async fn case_memory_compare_and_set(store: &dyn Store) {
+    let scope = shared("cas-basic");
+    // Create-only: version 0 means "must not exist".
+    let created = store
+        .memory_put(&scope, "k", b"a", &cas(0), NOW)
+        .await
+        .expect("create-only put");
+    assert_eq!(created.version, 1);
+    let again = store.memory_put(&scope, "k", b"b", &cas(0), NOW).await;
+    assert!(
+        matches!(again, Err(StoreError::VersionMismatch { ref key, expected: 0, actual: 1 }) if key == "k"),
+        "{again:?}"
+    );
+    let swapped = store
+        .memory_put(&scope, "k", b"c", &cas(1), NOW)
+        .await
+        .expect("cas put");
+    assert_eq!(swapped.version, 2);
+    let stale = store.memory_put(&scope, "k", b"d", &cas(1), NOW).await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::VersionMismatch {
+                expected: 1,
+                actual: 2,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    let missing = store.memory_put(&scope, "other", b"x", &cas(5), NOW).await;
+    assert!(
+        matches!(
+            missing,
+            Err(StoreError::VersionMismatch {
+                expected: 5,
+                actual: 0,
+                ..
+            })
+        ),
+        "{missing:?}"
+    );
+    let value = store
+        .memory_get(&scope, "k")
+        .await
+        .expect("get")
+        .expect("k exists");
+    assert_eq!((value.value, value.version), (b"c".to_vec(), 2));
+    assert_eq!(store.memory_get(&scope, "other").await.expect("get"), None);
+    // Refused writes log no change.
+    assert_eq!(store.memory_revision(&scope).await.expect("revision"), 2);
+}
+
+pub async fn case_memory_delete_with_and_without_cas(store: &dyn Store) {
+    let scope = shared("del");
+    put(store, &scope, "k", b"1").await;
+    let refused = store.memory_delete(&scope, "k", Some(2), NOW).await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::VersionMismatch {
+                expected: 2,
+                actual: 1,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(get(store, &scope, "k").await, Some(b"1".to_vec()));
+    assert!(
+        store
+            .memory_delete(&scope, "k", Some(1), NOW)
+            .await
+            .expect("delete")
+    );
+    assert_eq!(get(store, &scope, "k").await, None);
+    assert!(
+        !store
+            .memory_delete(&scope, "k", None, NOW)
+            .await
+            .expect("delete")
+    );
+    put(store, &scope, "plain", b"x").await;
+    assert!(
+        store
+            .memory_delete(&scope, "plain", None, NOW)
+            .await
+            .expect("delete")
+    );
+    // Written again after a delete, a key starts over at version 1.
+    let fresh = store
+        .memory_put(&scope, "k", b"2", &cas(0), NOW)
+        .await
+        .expect("put");
+    assert_eq!(fresh.version, 1);
+    let listed: Vec<String> = store
+        .memory_list(&scope, "", None, 10)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|info| info.key)
+        .collect();
+    assert_eq!(listed, vec!["k"]);
+}
+
+pub async fn case_memory_list_prefix_pages(store: &dyn Store) {
+    let scope = shared("list");
+    for key in ["a/3", "b/1", "a/1", "a", "a/5", "a/2", "ab", "a/4"] {
+        put(store, &scope, key, key.as_bytes()).await;
+    }
+    put(store, &scope, "a/2", b"again").await;
+    store
+        .memory_delete(&scope, "a/4", None, NOW)
+        .await
+        .expect("delete");
+    let keys = |infos: Vec<MemoryKeyInfo>| -> Vec<String> {
+        infos.into_iter().map(|info| info.key).collect()
+    };
+    let page1 = store
+        .memory_list(&scope, "a/", None, 2)
+        .await
+        .expect("list");
+    assert_eq!(page1[1].version, 2);
+    assert_eq!(page1[1].size, 5);
+    assert_eq!(page1[1].content_type, "text/plain");
+    assert_eq!(page1[1].expires_at_ms, 0);
+    assert_eq!(keys(page1), vec!["a/1", "a/2"]);
+    let page2 = store
+        .memory_list(&scope, "a/", Some("a/2"), 2)
+        .await
+        .expect("list");
+    assert_eq!(keys(page2), vec!["a/3", "a/5"]);
+    let page3 = store
+        .memory_list(&scope, "a/", Some("a/5"), 2)
+        .await
+        .expect("list");
+    assert_eq!(keys(page3), Vec::<String>::new());
+    // `after_key` before the prefix: starts at the prefix.
+    let from_start = store
+        .memory_list(&scope, "a/", Some("0"), 10)
+        .await
+        .expect("list");
+    assert_eq!(keys(from_start), vec!["a/1", "a/2", "a/3", "a/5"]);
+    let all = store
+        .memory_list(&scope, "", None, 100)
+        .await
+        .expect("list");
+    assert_eq!(
+        keys(all),
+        vec!["a", "a/1", "a/2", "a/3", "a/5", "ab", "b/1"]
+    );
+    assert_eq!(
+        store.memory_list(&scope, "", None, 0).await.expect("list"),
+        Vec::new()
+    );
+    assert_eq!(
+        store
+            .memory_list(&shared("list-empty"), "", None, 10)
+            .await
+            .expect("list"),
+        Vec::new()
+    );
+}
+
+pub async fn case_memory_incr(store: &dyn Store) {
+    let scope = shared("incr");
+    let (value, outcome) = store.memory_incr(&scope, "n", 5, NOW).await.expect("incr");
+    assert_eq!((value, outcome.version), (5, 1));
+    let (value, outcome) = store.memory_incr(&scope, "n", -8, NOW).await.expect("incr");
+    assert_eq!((value, outcome.version), (-3, 2));
+    let stored = store
+        .memory_get(&scope, "n")
+        .await
+        .expect("get")
+        .expect("n exists");
+    assert_eq!(
+        stored,
+        MemoryValue {
+            value: b"-3".to_vec(),
+            content_type: TEXT_CONTENT_TYPE.to_owned(),
+            version: 2,
+        }
+    );
+    put(store, &scope, "s", b"abc").await;
+    let refused = store.memory_incr(&scope, "s", 1, NOW).await;
+    assert!(
+        matches!(refused, Err(StoreError::NotAnInteger { ref key }) if key == "s"),
+        "{refused:?}"
+    );
+    let untouched = store
+        .memory_get(&scope, "s")
+        .await
+        .expect("get")
+        .expect("s exists");
+    assert_eq!((untouched.value, untouched.version), (b"abc".to_vec(), 1));
+    store
+        .memory_put(&scope, "t", b"41", &typed("application/json"), NOW)
+        .await
+        .expect("put");
+    let (value, outcome) = store.memory_incr(&scope, "t", 1, NOW).await.expect("incr");
+    assert_eq!((value, outcome.version), (42, 2));
+    let kept = store
+        .memory_get(&scope, "t")
+        .await
+        .expect("get")
+        .expect("t exists");
+    assert_eq!(kept.content_type, "application/json");
+    assert_eq!(kept.value, b"42".to_vec());
+}
+
+/// Only a guard against hanging while waiting for a TTL; never asserted on.
+const TTL_DEADLINE: Duration = Duration::from_secs(20);
+const TTL_POLL: Duration = Duration::from_millis(20);
+
+pub async fn case_memory_ttl_expires(store: &dyn Store) {
+    let scope = shared("ttl");
+    let short = PutOptions {
+        ttl_ms: Some(300),
+        ..typed("text/plain")
+    };
+    store
+        .memory_put(&scope, "short", b"s", &short, NOW)
+        .await
+        .expect("put");
+    let large = vec![7u8; MEMORY_CHUNK_BYTES * 2 + 1];
+    store
+        .memory_put(&scope, "short-large", &large, &short, NOW)
+        .await
+        .expect("put");
+    put(store, &scope, "long", b"l").await;
+    let listed = store.memory_list(&scope, "", None, 10).await.expect("list");
+    // The TTL may already have run out on a slow machine: only check what
+    // is listed.
+    for info in &listed {
+        let expected = if info.key == "long" { 0 } else { NOW + 300 };
+        assert_eq!(info.expires_at_ms, expected, "{}", info.key);
+    }
+    tokio::time::timeout(TTL_DEADLINE, async {
+        while get(store, &scope, "short").await.is_some()
+            || get(store, &scope, "short-large").await.is_some()
+        {
+            tokio::time::sleep(TTL_POLL).await;
+        }
+    })
+    .await
+    .expect("the short keys expired before the deadline");
+    let keys: Vec<String> = store
+        .memory_list(&scope, "", None, 10)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|info| info.key)
+        .collect();
+    assert_eq!(keys, vec!["long"]);
+    // An expired key is gone for compare-and-set too.
+    let recreated = store
+        .memory_put(&scope, "short", b"again", &cas(0), NOW)
+        .await
+        .expect("put");
+    assert_eq!(recreated.version, 1);
+}
+
+pub async fn case_memory_large_value_round_trips(store: &dyn Store) {
+    let scope = shared("large");
+    let big: Vec<u8> = (0..(1024 * 1024 + 17))
+        .map(|index: usize| (index * 31 % 251) as u8)
+        .collect();
+    let outcome = store
+        .memory_put(
+            &scope,
+            "blob",
+            &big,
+            &typed("application/octet-stream"),
+            NOW,
+        )
+        .await
+        .expect("put");
+    assert_eq!(outcome.version, 1);
+    let read = store
+        .memory_get(&scope, "blob")
+        .await
+        .expect("get")
+        .expect("blob exists");
+    assert_eq!(read.value.len(), big.len());
+    assert!(read.value == big, "the 1 MiB value came back different");
+    assert_eq!(read.content_type, "application/octet-stream");
+    let info = store
+        .memory_list(&scope, "blob", None, 1)
+        .await
+        .expect("list");
+    assert_eq!(info[0].size, big.len() as u64);
+    // Small over large, then large again (reversed) over small.
+    put(store, &scope, "blob", b"tiny").await;
+    assert_eq!(get(store, &scope, "blob").await, Some(b"tiny".to_vec()));
+    let reversed: Vec<u8> = big.iter().rev().copied().collect();
+    let outcome = store
+        .memory_put(&scope, "blob", &reversed, &typed("x"), NOW)
+        .await
+        .expect("put");
+    assert_eq!(outcome.version, 3);
+    assert!(get(store, &scope, "blob").await == Some(reversed));
+    let changes = store
+        .memory_changes(&scope, "", 0, 10)
+        .await
+        .expect("changes");
+    let carried: Vec<bool> = changes
+        .iter()
+        .map(|change| change.value.is_some())
+        .collect();
+    // Values above CHANGE_VALUE_LIMIT are not carried in changes.
+    assert_eq!(carried, vec![false, true, false]);
+}
+
+pub async fn case_memory_changes_gapless_prefix_resumable(store: &dyn Store) {
+    use MemoryChangeKind::*;
+    let scope = shared("log");
+    assert_eq!(store.memory_revision(&scope).await.expect("revision"), 0);
+    assert_eq!(
+        store
+            .memory_changes(&scope, "", 0, 10)
+            .await
+            .expect("changes"),
+        Vec::new()
+    );
+    put(store, &scope, "a/x", b"1").await;
+    put(store, &scope, "b/y", b"2").await;
+    store
+        .memory_incr(&scope, "a/n", 3, NOW + 1)
+        .await
+        .expect("incr");
+    store
+        .memory_delete(&scope, "a/x", None, NOW + 2)
+        .await
+        .expect("delete");
+    put(store, &scope, "a/x", b"5").await;
+    let all = store
+        .memory_changes(&scope, "", 0, 100)
+        .await
+        .expect("changes");
+    type Shape<'a> = (u64, &'a str, MemoryChangeKind, u64, Option<&'a [u8]>);
+    let shapes: Vec<Shape> = all
+        .iter()
+        .map(|change| {
+            (
+                change.revision,
+                change.key.as_str(),
+                change.kind,
+                change.version,
+                change.value.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shapes,
+        vec![
+            (1, "a/x", Put, 1, Some(b"1".as_slice())),
+            (2, "b/y", Put, 1, Some(b"2".as_slice())),
+            (3, "a/n", Put, 1, Some(b"3".as_slice())),
+            (4, "a/x", Delete, 1, None),
+            (5, "a/x", Put, 1, Some(b"5".as_slice())),
+        ]
+    );
+    assert_eq!(all[0].content_type, "text/plain");
+    assert_eq!(
+        (all[0].at_ms, all[2].at_ms, all[3].at_ms),
+        (NOW, NOW + 1, NOW + 2)
+    );
+    let prefixed: Vec<u64> = store
+        .memory_changes(&scope, "a/", 0, 100)
+        .await
+        .expect("changes")
+        .iter()
+        .map(|change| change.revision)
+        .collect();
+    assert_eq!(prefixed, vec![1, 3, 4, 5]);
+    for after in 0..=5u64 {
+        let page = store
+            .memory_changes(&scope, "", after, 2)
+            .await
+            .expect("changes");
+        let end = (after as usize + 2).min(all.len());
+        assert_eq!(page, all[after as usize..end].to_vec(), "after {after}");
+    }
+    let prefixed_page: Vec<u64> = store
+        .memory_changes(&scope, "a/", 1, 2)
+        .await
+        .expect("changes")
+        .iter()
+        .map(|change| change.revision)
+        .collect();
+    assert_eq!(prefixed_page, vec![3, 4]);
+    assert_eq!(store.memory_revision(&scope).await.expect("revision"), 5);
+}
+
+/// The change log cap of the store given to
+/// [`case_memory_changes_trimmed`] (see [`conformance_tests!`](crate::conformance_tests)).
+pub const SMALL_CHANGE_LOG_CAP: u64 = 10;
+
+/// Needs a store built with a change log cap of [`SMALL_CHANGE_LOG_CAP`].
+pub async fn case_memory_changes_trimmed(store: &dyn Store) {
+    let scope = shared("trimmed");
+    for index in 0..300u32 {
+        put(store, &scope, &format!("k{index}"), b"v").await;
+    }
+    assert_eq!(store.memory_revision(&scope).await.expect("revision"), 300);
+    let trimmed = store.memory_changes(&scope, "", 0, 10).await;
+    match trimmed {
+        Err(StoreError::ChangesTrimmed {
+            ref scope,
+            after,
+            oldest,
+        }) => {
+            assert_eq!(scope, "namespace trimmed");
+            assert_eq!(after, 0);
+            assert!(
+                oldest > 1 && oldest <= 300 - SMALL_CHANGE_LOG_CAP + 1,
+                "{oldest}"
+            );
+        }
+        other => panic!("expected ChangesTrimmed, got {other:?}"),
+    }
+    // The newest `cap` changes are kept, and resuming among them works.
+    let resumed: Vec<u64> = store
+        .memory_changes(&scope, "", 300 - SMALL_CHANGE_LOG_CAP, 100)
+        .await
+        .expect("changes")
+        .iter()
+        .map(|change| change.revision)
+        .collect();
+    assert_eq!(resumed, (291..=300).collect::<Vec<u64>>());
+    assert_eq!(
+        store
+            .memory_changes(&scope, "", 300, 10)
+            .await
+            .expect("changes"),
+        Vec::new()
+    );
+}
+
+// ---- waits ------------------------------------------------------------------
+
+pub async fn case_wait_for_any_first_key_only(store: &dyn Store) {
+    let batch_id = id("any");
+    let scope = own(&batch_id);
+    let ops = vec![
+        waiting_for_any(&["x", "y"]),
+        NewOp {
+            wait_for: vec!["x".to_owned()],
+            ..waiting_for_any(&["y", "z"])
+        },
+    ];
+    store.create_batch(batch("any", ops)).await.expect("create");
+    assert_eq!(
+        states(store, &batch_id).await,
+        vec![OpState::Waiting, OpState::Waiting]
+    );
+    // y satisfies both any-groups.
+    assert_eq!(put(store, &scope, "y", b"1").await, 2);
+    assert_eq!(
+        states(store, &batch_id).await,
+        vec![OpState::Ready, OpState::Waiting]
+    );
+    // x: op 0's group is already satisfied; op 1 still needed x.
+    assert_eq!(put(store, &scope, "x", b"2").await, 1);
+    // z: op 1's group was satisfied by y; later keys are ignored.
+    assert_eq!(put(store, &scope, "z", b"3").await, 0);
+    assert_eq!(put(store, &scope, "y", b"4").await, 0);
+    assert_eq!(indices(store, &batch_id, 10).await, vec![0, 1]);
+}
+
+fn shared_batch(batch_id: &str, namespace: &str, ops: Vec<NewOp>) -> NewBatch {
+    NewBatch {
+        memory: shared(namespace),
+        ..batch(batch_id, ops)
+    }
+}
+
+pub async fn case_shared_put_unblocks_two_batches(store: &dyn Store) {
+    let scope = shared("team");
+    let mut receiver = store.doorbells();
+    store
+        .create_batch(shared_batch(
+            "two-1",
+            "team",
+            vec![waiting_for(&["go"]), op(0, &[])],
+        ))
+        .await
+        .expect("create");
+    store
+        .create_batch(shared_batch(
+            "two-2",
+            "team",
+            vec![
+                waiting_for(&["go", "later"]),
+                waiting_for_any(&["nope", "go"]),
+            ],
+        ))
+        .await
+        .expect("create");
+    assert_eq!(put(store, &scope, "unrelated", b"x").await, 0);
+    let outcome = store
+        .memory_put(&scope, "go", b"now", &typed("text/plain"), NOW)
+        .await
+        .expect("put");
+    assert_eq!(outcome.unblocked, 3);
+    expect_bells(
+        &mut receiver,
+        &[
+            Doorbell::Batch(id("two-1")),
+            Doorbell::Batch(id("two-2")),
+            Doorbell::Memory(scope.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(indices(store, &id("two-1"), 10).await, vec![1, 0]);
+    assert_eq!(indices(store, &id("two-2"), 10).await, vec![1]);
+    assert_eq!(states(store, &id("two-2")).await[0], OpState::Waiting);
+    // The batches' own memory is untouched.
+    assert_eq!(get(store, &own(&id("two-1")), "go").await, None);
+    // Writing it again unblocks nothing more.
+    assert_eq!(put(store, &scope, "go", b"again").await, 0);
+    assert_eq!(put(store, &scope, "later", b"l").await, 1);
+    assert_eq!(indices(store, &id("two-2"), 10).await, vec![0]);
+}
+
+pub async fn case_shared_key_present_before_create_counts(store: &dyn Store) {
+    let scope = shared("present-ns");
+    put(store, &scope, "ready-key", b"1").await;
+    let batch_id = id("present");
+    store
+        .create_batch(shared_batch(
+            "present",
+            "present-ns",
+            vec![
+                waiting_for(&["ready-key"]),
+                waiting_for_any(&["missing", "ready-key"]),
+                waiting_for(&["ready-key", "missing"]),
+            ],
+        ))
+        .await
+        .expect("create");
+    assert_eq!(
+        states(store, &batch_id).await,
+        vec![OpState::Ready, OpState::Ready, OpState::Waiting]
+    );
+    assert_eq!(indices(store, &batch_id, 10).await, vec![0, 1]);
+    // The batch's own memory does not count for a shared-scope batch.
+    put(store, &own(&batch_id), "missing", b"wrong scope").await;
+    assert_eq!(states(store, &batch_id).await[2], OpState::Waiting);
+    assert_eq!(put(store, &scope, "missing", b"2").await, 1);
+    assert_eq!(indices(store, &batch_id, 10).await, vec![2]);
+}
+
+pub async fn case_shared_store_as_unblocks_another_batch(store: &dyn Store) {
+    let scope = shared("pipeline");
+    let producer = id("producer");
+    let consumer = id("consumer");
+    store
+        .create_batch(shared_batch("producer", "pipeline", vec![op(0, &[])]))
+        .await
+        .expect("create");
+    store
+        .create_batch(shared_batch(
+            "consumer",
+            "pipeline",
+            vec![waiting_for(&["result"])],
+        ))
+        .await
+        .expect("create");
+    let running = store.claim(&producer, 1, NOW + 1).await.expect("claim");
+    let completion = Completion {
+        output: "42".to_owned(),
+        store_as: Some("result".to_owned()),
+        ..success(running[0])
+    };
+    let outcome = store
+        .complete(&producer, &[completion], NOW + 20)
+        .await
+        .expect("complete");
+    assert_eq!(outcome.recorded, 1);
+    assert_eq!(outcome.finished, Some(BatchState::Succeeded));
+    assert_eq!(
+        store.memory_get(&scope, "result").await.expect("get"),
+        Some(MemoryValue {
+            value: b"42".to_vec(),
+            content_type: TEXT_CONTENT_TYPE.to_owned(),
+            version: 1,
+        })
+    );
+    assert_eq!(get(store, &own(&producer), "result").await, None);
+    assert_eq!(states(store, &consumer).await, vec![OpState::Ready]);
+    assert_eq!(indices(store, &consumer, 10).await, vec![0]);
+    let changes = store
+        .memory_changes(&scope, "", 0, 10)
+        .await
+        .expect("changes");
+    assert_eq!(changes.len(), 1);
+    assert_eq!(
+        (changes[0].key.as_str(), changes[0].at_ms),
+        ("result", NOW + 20)
+    );
+}
+
+pub async fn case_batch_scope_write_rings_both_bells(store: &dyn Store) {
+    let batch_id = id("both-bells");
+    store
+        .create_batch(batch("both-bells", vec![waiting_for(&["k"])]))
+        .await
+        .expect("create");
+    let mut receiver = store.doorbells();
+    let outcome = store
+        .memory_put(&own(&batch_id), "k", b"v", &typed("text/plain"), NOW)
+        .await
+        .expect("put");
+    assert_eq!(outcome.unblocked, 1);
+    expect_bells(
+        &mut receiver,
+        &[
+            Doorbell::Batch(batch_id.clone()),
+            Doorbell::Memory(own(&batch_id)),
+        ],
+    )
+    .await;
+    // The write is in the batch's change log.
+    let changes = store
+        .memory_changes(&own(&batch_id), "", 0, 10)
+        .await
+        .expect("changes");
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].key, "k");
+}
+
+pub async fn case_expire_waits_fails_and_skips(store: &dyn Store) {
+    use EventKind::*;
+    let batch_id = id("expire");
+    let ops = vec![
+        NewOp {
+            wait_deadline_ms: NOW + 1_000,
+            dependents: vec![1],
+            ..waiting_for(&["never", "also"])
+        },
+        op(1, &[]),
+        // Waits with no deadline: never expires.
+        waiting_for(&["never"]),
+        NewOp {
+            wait_for: vec!["p".to_owned(), "q".to_owned()],
+            wait_deadline_ms: NOW + 1_200,
+            ..waiting_for_any(&["r", "s"])
+        },
+        // Its key arrives in time.
+        NewOp {
+            wait_deadline_ms: NOW + 1_000,
+            ..waiting_for(&["also"])
+        },
+    ];
+    store
+        .create_batch(batch("expire", ops))
+        .await
+        .expect("create");
+    assert_eq!(put(store, &own(&batch_id), "also", b"1").await, 2);
+    let early = store
+        .expire_waits(&batch_id, NOW + 999)
+        .await
+        .expect("expire");
+    assert_eq!(early, CompleteOutcome::default());
+    assert_eq!(
+        states(store, &batch_id).await,
+        vec![
+            OpState::Waiting,
+            OpState::Waiting,
+            OpState::Waiting,
+            OpState::Waiting,
+            OpState::Ready
+        ]
+    );
+    let outcome = store
+        .expire_waits(&batch_id, NOW + 1_500)
+        .await
+        .expect("expire");
+    assert_eq!(
+        outcome,
+        CompleteOutcome {
+            recorded: 2,
+            ..CompleteOutcome::default()
+        }
+    );
+    assert_eq!(
+        states(store, &batch_id).await,
+        vec![
+            OpState::Failed,
+            OpState::Skipped,
+            OpState::Waiting,
+            OpState::Failed,
+            OpState::Ready
+        ]
+    );
+    let records = store.op_records(&batch_id).await.expect("records");
+    assert_eq!(
+        records[0].error,
+        "memory key `never` never appeared (waited 1500 ms)"
+    );
+    assert_eq!(records[1].error, "dependency `0` failed");
+    assert_eq!(
+        records[3].error,
+        "memory key `p`, `q`, `r`, `s` never appeared (waited 1500 ms)"
+    );
+    let shapes = event_shapes(store, &batch_id).await;
+    assert_eq!(
+        shapes,
+        vec![
+            (BatchSubmitted, None, 0),
+            (OpFailed, Some(0), 0),
+            (OpSkipped, Some(1), 0),
+            (OpFailed, Some(3), 0),
+        ]
+    );
+    let meta_now = meta(store, &batch_id).await;
+    assert_eq!((meta_now.failed, meta_now.skipped), (2, 1));
+    // Nothing left to expire.
+    assert_eq!(
+        store
+            .expire_waits(&batch_id, NOW + 5_000)
+            .await
+            .expect("expire"),
+        CompleteOutcome::default()
+    );
+    // A late key changes nothing for a failed op.
+    assert_eq!(put(store, &own(&batch_id), "never", b"late").await, 1);
+    assert_eq!(states(store, &batch_id).await[0], OpState::Failed);
+    assert!(matches!(
+        store.expire_waits(&id("no-such"), NOW).await,
+        Err(StoreError::BatchNotFound(_))
+    ));
+}
+
+pub async fn case_expire_waits_finishes_with_fail_fast(store: &dyn Store) {
+    let batch_id = id("expire-ff");
+    let ops = vec![
+        NewOp {
+            wait_deadline_ms: NOW + 10,
+            ..waiting_for(&["k"])
+        },
+        waiting_for(&["other"]),
+    ];
+    let mut new_batch = batch("expire-ff", ops);
+    new_batch.on_failure = OnFailure::FailFast;
+    store.create_batch(new_batch).await.expect("create");
+    let outcome = store
+        .expire_waits(&batch_id, NOW + 10)
+        .await
+        .expect("expire");
+    assert_eq!(outcome.recorded, 1);
+    assert_eq!(outcome.finished, Some(BatchState::Failed));
+    assert_eq!(
+        states(store, &batch_id).await,
+        vec![OpState::Failed, OpState::Cancelled]
+    );
+    assert_eq!(
+        store.active_batches().await.expect("active"),
+        Vec::<BatchId>::new()
+    );
+}
+
+// ---- add_ops ----------------------------------------------------------------
+
+fn after(before: &[u32]) -> NewOp {
+    NewOp {
+        after: before.to_vec(),
+        ..op(before.len() as u32, &[])
+    }
+}
+
+pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
+    use EventKind::*;
+    use OpState::*;
+    let batch_id = id("grow");
+    store
+        .create_batch(batch("grow", vec![op(0, &[]), op(0, &[]), op(0, &[])]))
+        .await
+        .expect("create");
+    let running = store.claim(&batch_id, 10, NOW + 1).await.expect("claim");
+    assert_eq!(running.len(), 3);
+    store
+        .complete(
+            &batch_id,
+            &[success(running[1]), failure(running[2], "boom")],
+            NOW + 5,
+        )
+        .await
+        .expect("complete");
+    let events_before = all_events(store, &batch_id).await.len();
+    let added = vec![
+        after(&[0]), // 3: after a running op
+        after(&[1]), // 4: after a succeeded op: ready at once
+        after(&[2]), // 5: after a failed op: skipped at once
+        after(&[5]), // 6: after 5: skipped too
+        NewOp {
+            run_if_always: true,
+            ..after(&[2])
+        }, // 7: run_if_always after a failed op: ready
+        after(&[3, 4]), // 8
+    ];
+    let outcome = store
+        .add_ops(&batch_id, 3, added, b"chunk-1".to_vec(), NOW + 10)
+        .await
+        .expect("add_ops");
+    assert_eq!(
+        outcome,
+        CompleteOutcome {
+            became_ready: 2,
+            ..CompleteOutcome::default()
+        }
+    );
+    assert_eq!(
+        states(store, &batch_id).await,
+        vec![
+            Running, Succeeded, Failed, Waiting, Ready, Skipped, Skipped, Ready, Waiting
+        ]
+    );
+    assert_eq!(meta(store, &batch_id).await.total, 9);
+    let events = all_events(store, &batch_id).await;
+    let new_events: Vec<(EventKind, Option<u32>, String)> = events[events_before..]
+        .iter()
+        .map(|event| (event.kind, event.op_index, event.message.clone()))
+        .collect();
+    assert_eq!(
+        new_events,
+        vec![
+            (OpsAdded, None, "6 ops added".to_owned()),
+            (OpSkipped, Some(5), "dependency `2` failed".to_owned()),
+            (OpSkipped, Some(6), "dependency `5` skipped".to_owned()),
+        ]
+    );
+    assert_eq!(events[events_before].seq, events_before as u64 + 1);
+    assert_eq!(events[events_before].at_ms, NOW + 10);
+    assert_eq!(indices(store, &batch_id, 10).await, vec![4, 7]);
+    // The running op's completion counts the new edge down.
+    let outcome = store
+        .complete(&batch_id, &[success(running[0])], NOW + 20)
+        .await
+        .expect("complete");
+    assert_eq!(outcome.became_ready, 1);
+    assert_eq!(indices(store, &batch_id, 10).await, vec![3]);
+    // A mismatched first_index is refused and changes nothing.
+    let refused = store
+        .add_ops(&batch_id, 5, vec![op(0, &[])], b"x".to_vec(), NOW + 21)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::CannotAddOps { ref batch, .. }) if *batch == batch_id),
+        "{refused:?}"
+    );
+    // A second chunk, with a memory wait already satisfied.
+    put(store, &own(&batch_id), "k", b"1").await;
+    let outcome = store
+        .add_ops(
+            &batch_id,
+            9,
+            vec![op(0, &[]), waiting_for(&["k"]), waiting_for(&["k2"])],
+            b"chunk-2".to_vec(),
+            NOW + 22,
+        )
+        .await
+        .expect("add_ops");
+    assert_eq!(outcome.became_ready, 2);
+    assert_eq!(meta(store, &batch_id).await.total, 12);
+    assert_eq!(
+        store.batch_spec(&batch_id).await.expect("spec"),
+        Some(StoredSpec {
+            base: b"spec of grow".to_vec(),
+            added: vec![b"chunk-1".to_vec(), b"chunk-2".to_vec()],
+        })
+    );
+    assert_eq!(put(store, &own(&batch_id), "k2", b"2").await, 1);
+    // Run everything to the end: first the ops claimed above.
+    let records = store.op_records(&batch_id).await.expect("records");
+    let claimed_before: Vec<Completion> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, record)| record.state == Running)
+        .map(|(index, record)| success(claimed(index as u32, record.attempts)))
+        .collect();
+    assert_eq!(claimed_before.len(), 3);
+    store
+        .complete(&batch_id, &claimed_before, NOW + 25)
+        .await
+        .expect("complete");
+    loop {
+        let running = store.claim(&batch_id, 100, NOW + 30).await.expect("claim");
+        if running.is_empty() {
+            break;
+        }
+        let completions: Vec<Completion> = running.iter().copied().map(success).collect();
+        store
+            .complete(&batch_id, &completions, NOW + 40)
+            .await
+            .expect("complete");
+    }
+    let meta_end = meta(store, &batch_id).await;
+    assert_eq!(meta_end.state, BatchState::Failed);
+    assert_eq!(
+        (meta_end.succeeded, meta_end.failed, meta_end.skipped),
+        (9, 1, 2)
+    );
+    // A finished batch cannot grow.
+    let finished = store
+        .add_ops(&batch_id, 12, vec![op(0, &[])], Vec::new(), NOW + 50)
+        .await;
+    assert!(
+        matches!(finished, Err(StoreError::CannotAddOps { .. })),
+        "{finished:?}"
+    );
+    assert!(matches!(
+        store
+            .add_ops(&id("no-such"), 0, vec![op(0, &[])], Vec::new(), NOW)
+            .await,
+        Err(StoreError::BatchNotFound(_))
+    ));
+}
+
+pub async fn case_add_ops_waits_on_a_shared_scope(store: &dyn Store) {
+    let scope = shared("grow-ns");
+    let batch_id = id("grow-shared");
+    store
+        .create_batch(shared_batch("grow-shared", "grow-ns", vec![op(0, &[])]))
+        .await
+        .expect("create");
+    put(store, &scope, "here", b"1").await;
+    let outcome = store
+        .add_ops(
+            &batch_id,
+            1,
+            vec![waiting_for(&["here"]), waiting_for_any(&["a", "b"])],
+            Vec::new(),
+            NOW + 1,
+        )
+        .await
+        .expect("add_ops");
+    assert_eq!(outcome.became_ready, 1);
+    assert_eq!(put(store, &scope, "b", b"2").await, 1);
+    assert_eq!(indices(store, &batch_id, 10).await, vec![0, 1, 2]);
+}
+
+// ---- concurrency (these take the store shared, to spawn tasks) ---------------
+
+pub async fn case_concurrent_cas_increments_lose_none(store: std::sync::Arc<dyn Store>) {
+    let scope = shared("cas-race");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        let scope = scope.clone();
+        tasks.spawn(async move {
+            let mut done = 0;
+            while done < 50 {
+                let current = store.memory_get(&scope, "n").await.expect("get");
+                let (value, version) = match current {
+                    Some(current) => {
+                        let text = String::from_utf8(current.value).expect("utf-8");
+                        (text.parse::<u64>().expect("a number"), current.version)
+                    }
+                    None => (0, 0),
+                };
+                let options = PutOptions {
+                    if_version: Some(version),
+                    ..PutOptions::default()
+                };
+                match store
+                    .memory_put(
+                        &scope,
+                        "n",
+                        (value + 1).to_string().as_bytes(),
+                        &options,
+                        NOW,
+                    )
+                    .await
+                {
+                    Ok(_) => done += 1,
+                    Err(StoreError::VersionMismatch { .. }) => {}
+                    Err(error) => panic!("put: {error}"),
+                }
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("task");
+    }
+    let value = store
+        .memory_get(&scope, "n")
+        .await
+        .expect("get")
+        .expect("n exists");
+    assert_eq!((value.value, value.version), (b"200".to_vec(), 200));
+}
+
+pub async fn case_concurrent_incr_from_four_tasks(store: std::sync::Arc<dyn Store>) {
+    let scope = shared("incr-race");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        let scope = scope.clone();
+        tasks.spawn(async move {
+            for _ in 0..50 {
+                store.memory_incr(&scope, "n", 1, NOW).await.expect("incr");
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("task");
+    }
+    let value = store
+        .memory_get(&scope, "n")
+        .await
+        .expect("get")
+        .expect("n exists");
+    assert_eq!((value.value, value.version), (b"200".to_vec(), 200));
+    assert_eq!(store.memory_revision(&scope).await.expect("revision"), 200);
 }

@@ -138,6 +138,10 @@ pub fn spec_added(batch: &BatchId) -> String {
     batch_key(batch, SPEC_ADDED)
 }
 
+pub fn wait_info(batch: &BatchId) -> String {
+    batch_key(batch, WAIT_INFO)
+}
+
 pub fn deadlines(batch: &BatchId) -> String {
     batch_key(batch, DEADLINES)
 }

@@ -42,11 +42,21 @@ pub enum StoreError {
     #[error("the store restarted empty (epoch {expected} is gone): state in flight was lost")]
     EpochLost { expected: String },
     #[error("memory key `{key}` is at version {actual}, not {expected}")]
-    VersionMismatch { key: String, expected: u64, actual: u64 },
+    VersionMismatch {
+        key: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("memory key `{key}` does not hold an integer")]
     NotAnInteger { key: String },
-    #[error("changes of {scope} after revision {after} are no longer kept (oldest kept: {oldest}); read the keys again")]
-    ChangesTrimmed { scope: String, after: u64, oldest: u64 },
+    #[error(
+        "changes of {scope} after revision {after} are no longer kept (oldest kept: {oldest}); read the keys again"
+    )]
+    ChangesTrimmed {
+        scope: String,
+        after: u64,
+        oldest: u64,
+    },
     #[error("batch {batch} cannot grow: {reason}")]
     CannotAddOps { batch: BatchId, reason: String },
 }
@@ -110,7 +120,11 @@ pub trait Store: Send + Sync + 'static {
     /// `store_as` into the batch's memory (unblocking waiters), counts down
     /// dependents (pushing those reaching zero onto the ready queues; those
     /// that needed this op to succeed end `Skipped`, transitively), applies
-    /// `fail_fast`, and finishes the batch when every op has ended.
+    /// `fail_fast`, and finishes the batch when every op has ended. A
+    /// `store_as` into a batch's own memory is part of that atomic step; into
+    /// a shared namespace it is written right after, with `memory_put`'s
+    /// code path (content type `text/plain`) — not atomic with the step: a
+    /// crash in between loses the write though the op is recorded.
     async fn complete(
         &self,
         batch: &BatchId,
@@ -149,7 +163,12 @@ pub trait Store: Send + Sync + 'static {
     /// batch for a batch scope, in every batch waiting on the namespace for
     /// a shared one (idempotent steps, one slot at a time). Values above a
     /// threshold are written in chunks so no single command is large.
-    /// Appends a change (`memory_changes`) and rings `Doorbell::Memory`.
+    /// Appends a change (`memory_changes`) and rings `Doorbell::Memory`;
+    /// also `Doorbell::Batch` for each batch whose countdowns it moved.
+    /// `ttl_ms` runs in real time from the call (Redis `PEXPIRE`; the
+    /// in-memory store uses the monotonic clock); `expires_at_ms` reports
+    /// `now_ms + ttl_ms`. Expiry logs no change. A write without `ttl_ms`
+    /// clears an earlier TTL.
     async fn memory_put(
         &self,
         scope: &MemoryScope,
@@ -206,6 +225,10 @@ pub trait Store: Send + Sync + 'static {
     /// Fails the ops still waiting for keys past their `wait_deadline_ms`
     /// ("memory key `k` never appeared"), like a final failure: dependents
     /// skipped, fail_fast applied, the batch finished if that was the last.
+    /// The error lists every key not yet arrived (`` `a`, `b` ``; all keys
+    /// of an unsatisfied any-group) and `(waited N ms)` since creation or
+    /// `add_ops`. An op whose keys all arrived but that still waits for
+    /// dependencies is left alone. `recorded` = ops failed.
     async fn expire_waits(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome>;
 
     /// Grows a running batch (dynamic fan-out): `ops` get indices
@@ -213,7 +236,12 @@ pub trait Store: Send + Sync + 'static {
     /// `CannotAddOps`, and the caller re-plans). Edges from existing ops are
     /// added to their dependents; an edge from an op that already ended
     /// counts down at once (or skips the new op, as `complete` would).
-    /// `spec` is appended to the stored spec. Appends `OpsAdded`.
+    /// `spec` is appended to the stored spec. Appends `OpsAdded` ("N ops
+    /// added"), then the skips it caused. Memory waits are registered as in
+    /// `create_batch`. Also `CannotAddOps` when the batch is not running,
+    /// after fail_fast fired, or when an op's `after` is inconsistent
+    /// (`deps != after.len()`, an index past the new ops, or itself).
+    /// `became_ready` counts ops made ready.
     async fn add_ops(
         &self,
         batch: &BatchId,

@@ -2,16 +2,23 @@
 //!
 //! One `std::sync::Mutex` guards everything: every verb is one short critical
 //! section with no `.await` inside, which is what makes each verb atomic (the
-//! Redis store gets the same from one Lua script per verb).
+//! Redis store gets the same from one Lua script per verb). Memory scopes,
+//! their change logs and their waiters live apart from batches (a key may be
+//! written before the batch that waits for it exists). TTLs run on the
+//! monotonic clock, as Redis's `PEXPIRE` runs on real time; expired keys are
+//! dropped when read or listed.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 use volley_proto::BatchId;
 
 use crate::model::*;
+use crate::redis_store::{pending_count, wait_keys, wait_triples};
 use crate::{Store, StoreError, StoreResult};
 
 /// Doorbell channel capacity; a receiver that lags gets `Lagged` and should
@@ -28,37 +35,79 @@ struct Shared {
     epoch: String,
     state: Mutex<Inner>,
     doorbell: broadcast::Sender<Doorbell>,
-}
-
-impl Inner {
-    fn batch(&self, batch: &BatchId) -> StoreResult<&BatchData> {
-        self.batches
-            .get(batch)
-            .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))
-    }
-
-    fn batch_mut(&mut self, batch: &BatchId) -> StoreResult<&mut BatchData> {
-        self.batches
-            .get_mut(batch)
-            .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))
-    }
+    /// Changes kept per memory scope (see [`MemoryStore::with_change_log_cap`]).
+    change_log_cap: AtomicU64,
 }
 
 #[derive(Default)]
 struct Inner {
     batches: HashMap<BatchId, BatchData>,
-    /// Memory lives apart from batches: a key may be written before its
-    /// batch is created, and then counts as present.
-    memories: HashMap<BatchId, HashMap<String, Vec<u8>>>,
+    scopes: HashMap<MemoryScope, ScopeData>,
+}
+
+/// One memory scope: its keys, change log and waiters.
+#[derive(Default)]
+struct ScopeData {
+    entries: BTreeMap<String, Entry>,
+    changes: VecDeque<MemoryChange>,
+    revision: u64,
+    /// Memory key → ops (of any batch) waiting for it, ordered so waking is
+    /// deterministic (batch, then index, as the Redis store does).
+    waiters: HashMap<String, BTreeSet<Waiter>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Waiter {
+    batch: BatchId,
+    index: u32,
+    any: bool,
+}
+
+struct Entry {
+    value: Vec<u8>,
+    content_type: String,
+    version: u64,
+    expires: Option<Instant>,
+    expires_at_ms: u64,
+}
+
+impl ScopeData {
+    /// The live entry of `key`; an expired one is dropped.
+    fn live(&mut self, key: &str) -> Option<&Entry> {
+        let expired = self
+            .entries
+            .get(key)
+            .is_some_and(|entry| entry.expires.is_some_and(|at| at <= Instant::now()));
+        if expired {
+            self.entries.remove(key);
+        }
+        self.entries.get(key)
+    }
+
+    fn version(&mut self, key: &str) -> u64 {
+        self.live(key).map_or(0, |entry| entry.version)
+    }
+
+    /// Appends a change with the next revision and trims to `cap`.
+    fn log(&mut self, mut change: MemoryChange, cap: u64) {
+        self.revision += 1;
+        change.revision = self.revision;
+        self.changes.push_back(change);
+        while self.changes.len() as u64 > cap.max(1) {
+            self.changes.pop_front();
+        }
+    }
 }
 
 struct BatchData {
     meta: BatchMeta,
+    memory: MemoryScope,
     spec: Vec<u8>,
+    spec_added: Vec<Vec<u8>>,
     ops: Vec<OpData>,
     ready: [VecDeque<u32>; PRIORITY_LEVELS as usize],
-    /// Memory key → ops waiting for it (ordered, so unblocking is deterministic).
-    waiters: HashMap<String, BTreeSet<u32>>,
+    /// (wait deadline, index) of ops with memory waits and a deadline.
+    deadlines: BTreeSet<(u64, u32)>,
     events: Vec<Event>,
     cancel_requested: bool,
     fail_fast_fired: bool,
@@ -70,7 +119,104 @@ struct OpData {
     max_attempts: u32,
     dependents: Vec<u32>,
     pending: u32,
+    /// `wait_for` and `wait_for_any` keys, sorted and deduplicated.
+    wait_all: Vec<String>,
+    wait_any: Vec<String>,
+    /// `wait_for` keys counted so far.
+    arrived: BTreeSet<String>,
+    any_done: bool,
+    /// When the op started waiting (for the error of an expired wait).
+    wait_since_ms: u64,
     record: OpRecord,
+}
+
+impl OpData {
+    fn new(op: &NewOp, dependents: Vec<u32>, since_ms: u64) -> OpData {
+        let (wait_all, wait_any) = wait_keys(op);
+        OpData {
+            priority: op.priority,
+            run_if_always: op.run_if_always,
+            max_attempts: op.max_attempts.max(1),
+            dependents,
+            pending: pending_count(op),
+            wait_all,
+            wait_any,
+            arrived: BTreeSet::new(),
+            any_done: false,
+            wait_since_ms: since_ms,
+            record: OpRecord {
+                state: OpState::Waiting,
+                attempts: 0,
+                worker: String::new(),
+                started_ms: 0,
+                duration_ms: 0,
+                output: String::new(),
+                error: String::new(),
+                details_json: String::new(),
+            },
+        }
+    }
+
+    fn has_deadline(&self, op: &NewOp) -> bool {
+        op.wait_deadline_ms > 0 && !(self.wait_all.is_empty() && self.wait_any.is_empty())
+    }
+}
+
+/// The edges of ops added to a batch, from their `after` lists.
+pub(crate) struct AddedEdges {
+    /// Per new op: the existing ops (index < first_index) it runs after.
+    pub(crate) existing_after: Vec<Vec<u32>>,
+    /// Per new op: the new ops that run after it.
+    pub(crate) new_dependents: Vec<Vec<u32>>,
+}
+
+/// Checks the `after` lists of ops added at `first_index` and splits them
+/// into edges from existing ops and edges among the new ones.
+pub(crate) fn added_edges(
+    batch: &BatchId,
+    first_index: u32,
+    ops: &[NewOp],
+) -> StoreResult<AddedEdges> {
+    let end = u64::from(first_index) + ops.len() as u64;
+    let mut edges = AddedEdges {
+        existing_after: vec![Vec::new(); ops.len()],
+        new_dependents: vec![Vec::new(); ops.len()],
+    };
+    for (offset, op) in ops.iter().enumerate() {
+        let index = first_index + offset as u32;
+        let cannot = |reason: String| StoreError::CannotAddOps {
+            batch: batch.clone(),
+            reason,
+        };
+        if op.deps as usize != op.after.len() {
+            return Err(cannot(format!(
+                "op {index} has deps {} but {} `after` entries",
+                op.deps,
+                op.after.len()
+            )));
+        }
+        for &before in &op.after {
+            if u64::from(before) >= end || before == index {
+                return Err(cannot(format!("op {index} runs after op {before}")));
+            }
+            if before < first_index {
+                edges.existing_after[offset].push(before);
+            } else {
+                edges.new_dependents[(before - first_index) as usize].push(index);
+            }
+        }
+    }
+    Ok(edges)
+}
+
+/// What one memory write did.
+struct Written {
+    version: u64,
+    unblocked: u32,
+    /// Ops of the batch passed as `current` that became ready.
+    became_ready_current: u32,
+    /// Batches whose countdowns were decremented (to ring).
+    touched: Vec<BatchId>,
 }
 
 impl Default for MemoryStore {
@@ -87,8 +233,23 @@ impl MemoryStore {
                 epoch: uuid::Uuid::now_v7().to_string(),
                 state: Mutex::new(Inner::default()),
                 doorbell,
+                change_log_cap: AtomicU64::new(DEFAULT_CHANGE_LOG_CAP),
             }),
         }
+    }
+
+    /// Keeps the last `cap` changes per memory scope instead of
+    /// [`DEFAULT_CHANGE_LOG_CAP`] (exactly; Redis keeps at least as many).
+    /// Applies to every clone of this store.
+    pub fn with_change_log_cap(self, cap: u64) -> MemoryStore {
+        self.shared
+            .change_log_cap
+            .store(cap.max(1), Ordering::Relaxed);
+        self
+    }
+
+    fn cap(&self) -> u64 {
+        self.shared.change_log_cap.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -103,6 +264,153 @@ impl MemoryStore {
     fn ring(&self, batch: &BatchId) {
         // No receiver is fine: the bell is only a hint.
         let _ = self.shared.doorbell.send(Doorbell::Batch(batch.clone()));
+    }
+
+    fn ring_all(&self, bells: Vec<Doorbell>) {
+        for bell in bells {
+            let _ = self.shared.doorbell.send(bell);
+        }
+    }
+}
+
+impl Inner {
+    fn batch(&self, batch: &BatchId) -> StoreResult<&BatchData> {
+        self.batches
+            .get(batch)
+            .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))
+    }
+
+    fn batch_mut(&mut self, batch: &BatchId) -> StoreResult<&mut BatchData> {
+        self.batches
+            .get_mut(batch)
+            .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))
+    }
+
+    /// Stores `value` under `key` (after the version check) and wakes its
+    /// waiters. `current` is a batch taken out of `batches` by the caller.
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        &mut self,
+        scope: &MemoryScope,
+        key: &str,
+        value: Vec<u8>,
+        options: &PutOptions,
+        now_ms: u64,
+        cap: u64,
+        current: Option<&mut BatchData>,
+    ) -> StoreResult<Written> {
+        let scope_data = self.scopes.entry(scope.clone()).or_default();
+        let actual = scope_data.version(key);
+        if let Some(expected) = options.if_version
+            && expected != actual
+        {
+            return Err(StoreError::VersionMismatch {
+                key: key.to_owned(),
+                expected,
+                actual,
+            });
+        }
+        let version = actual + 1;
+        let carried = (value.len() <= CHANGE_VALUE_LIMIT).then(|| value.clone());
+        scope_data.entries.insert(
+            key.to_owned(),
+            Entry {
+                value,
+                content_type: options.content_type.clone(),
+                version,
+                expires: options
+                    .ttl_ms
+                    .map(|ttl| Instant::now() + Duration::from_millis(ttl)),
+                expires_at_ms: options.ttl_ms.map_or(0, |ttl| now_ms.saturating_add(ttl)),
+            },
+        );
+        scope_data.log(
+            MemoryChange {
+                revision: 0,
+                key: key.to_owned(),
+                kind: MemoryChangeKind::Put,
+                version,
+                value: carried,
+                content_type: options.content_type.clone(),
+                at_ms: now_ms,
+            },
+            cap,
+        );
+        Ok(self.wake(scope, key, version, current))
+    }
+
+    /// Pops the waiters of a key just written and marks it arrived for each.
+    fn wake(
+        &mut self,
+        scope: &MemoryScope,
+        key: &str,
+        version: u64,
+        mut current: Option<&mut BatchData>,
+    ) -> Written {
+        let mut written = Written {
+            version,
+            unblocked: 0,
+            became_ready_current: 0,
+            touched: Vec::new(),
+        };
+        let waiters = self
+            .scopes
+            .get_mut(scope)
+            .and_then(|scope_data| scope_data.waiters.remove(key))
+            .unwrap_or_default();
+        for waiter in waiters {
+            let is_current = current
+                .as_deref()
+                .is_some_and(|data| data.meta.id == waiter.batch);
+            let (decremented, ready) = match (is_current, current.as_deref_mut()) {
+                (true, Some(data)) => data.arrive(waiter.index, key, waiter.any),
+                _ => match self.batches.get_mut(&waiter.batch) {
+                    Some(data) => data.arrive(waiter.index, key, waiter.any),
+                    None => (false, false),
+                },
+            };
+            if decremented {
+                written.unblocked += 1;
+                if !written.touched.contains(&waiter.batch) {
+                    written.touched.push(waiter.batch.clone());
+                }
+            }
+            if ready && is_current {
+                written.became_ready_current += 1;
+            }
+        }
+        written
+    }
+
+    /// Registers memory waits of ops of `data` (create_batch / add_ops):
+    /// present keys count as arrived at once, others get a waiter. Returns
+    /// how many ops became ready.
+    fn register_waits(
+        &mut self,
+        data: &mut BatchData,
+        triples: &[(u32, String, &'static str)],
+    ) -> u32 {
+        let scope_data = self.scopes.entry(data.memory.clone()).or_default();
+        let mut became_ready = 0;
+        for (index, key, mode) in triples {
+            let any = *mode == "any";
+            if scope_data.live(key).is_some() {
+                if data.arrive(*index, key, any).1 {
+                    became_ready += 1;
+                }
+            } else {
+                scope_data
+                    .waiters
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(Waiter {
+                        batch: data.meta.id.clone(),
+                        index: *index,
+                        any,
+                    });
+            }
+        }
+        became_ready
     }
 }
 
@@ -157,15 +465,53 @@ impl BatchData {
         false
     }
 
-    /// A memory key was written: unblocks its waiters.
-    fn key_written(&mut self, key: &str) -> u32 {
-        let Some(waiting) = self.waiters.remove(key) else {
-            return 0;
+    /// Memory key `key` arrived for op `index` (one of its `wait_for`
+    /// keys, or of its `wait_for_any` group when `any`). Idempotent, like
+    /// `arrive` in `lua/common.lua`. Returns (countdown decremented, op
+    /// became ready).
+    fn arrive(&mut self, index: u32, key: &str, any: bool) -> (bool, bool) {
+        let Some(op) = self.ops.get_mut(index as usize) else {
+            return (false, false);
         };
-        waiting
-            .into_iter()
-            .filter(|&index| self.count_down(index))
-            .count() as u32
+        if op.record.state != OpState::Waiting {
+            return (false, false);
+        }
+        if any {
+            if op.any_done {
+                return (false, false);
+            }
+            op.any_done = true;
+        } else if !op.arrived.insert(key.to_owned()) {
+            return (false, false);
+        }
+        (true, self.count_down(index))
+    }
+
+    /// `index` failed for good: on a fail_fast batch, the first such failure
+    /// cancels every op still waiting or ready.
+    fn apply_fail_fast(&mut self, index: u32, now_ms: u64) {
+        if self.meta.on_failure == OnFailure::FailFast && !self.fail_fast_fired {
+            self.fail_fast_fired = true;
+            let reason = format!("cancelled: fail_fast after op `{index}` failed");
+            self.cancel_where(&[OpState::Waiting, OpState::Ready], &reason, now_ms);
+        }
+    }
+
+    /// The keys op `index` still misses, as `` `a`, `b` `` (empty: none).
+    fn missing_keys(&self, index: u32) -> String {
+        let Some(op) = self.ops.get(index as usize) else {
+            return String::new();
+        };
+        let mut missing: Vec<String> = op
+            .wait_all
+            .iter()
+            .filter(|key| !op.arrived.contains(*key))
+            .map(|key| format!("`{key}`"))
+            .collect();
+        if !op.wait_any.is_empty() && !op.any_done {
+            missing.extend(op.wait_any.iter().map(|key| format!("`{key}`")));
+        }
+        missing.join(", ")
     }
 
     fn end_op(&mut self, index: u32, state: OpState, error: String) {
@@ -302,43 +648,25 @@ impl Store for MemoryStore {
     #[tracing::instrument(skip_all, fields(batch = %batch.id))]
     async fn create_batch(&self, batch: NewBatch) -> StoreResult<()> {
         let batch_id = batch.id.clone();
+        let mut bells = Vec::new();
         {
             let mut inner = self.lock();
             if inner.batches.contains_key(&batch.id) {
                 return Err(StoreError::BatchExists(batch.id));
             }
-            let memory = inner.memories.get(&batch.id);
-            let total = batch.ops.len() as u32;
-            let mut waiters: HashMap<String, BTreeSet<u32>> = HashMap::new();
+            // A batch scope is always the batch's own memory.
+            let memory = match batch.memory {
+                MemoryScope::Batch(_) => MemoryScope::Batch(batch.id.clone()),
+                shared @ MemoryScope::Shared(_) => shared,
+            };
             let mut ops = Vec::with_capacity(batch.ops.len());
-            let mut waits_for_keys = Vec::with_capacity(batch.ops.len());
-            for (index, new_op) in batch.ops.into_iter().enumerate() {
-                let mut pending = new_op.deps;
-                let keys: BTreeSet<String> = new_op.wait_for.into_iter().collect();
-                waits_for_keys.push(!keys.is_empty());
-                for key in keys {
-                    if !memory.is_some_and(|memory| memory.contains_key(&key)) {
-                        pending += 1;
-                        waiters.entry(key).or_default().insert(index as u32);
-                    }
+            let mut deadlines = BTreeSet::new();
+            for (index, new_op) in batch.ops.iter().enumerate() {
+                let op = OpData::new(new_op, new_op.dependents.clone(), batch.created_ms);
+                if op.has_deadline(new_op) {
+                    deadlines.insert((new_op.wait_deadline_ms, index as u32));
                 }
-                ops.push(OpData {
-                    priority: new_op.priority,
-                    run_if_always: new_op.run_if_always,
-                    max_attempts: new_op.max_attempts.max(1),
-                    dependents: new_op.dependents,
-                    pending,
-                    record: OpRecord {
-                        state: OpState::Waiting,
-                        attempts: 0,
-                        worker: String::new(),
-                        started_ms: 0,
-                        duration_ms: 0,
-                        output: String::new(),
-                        error: String::new(),
-                        details_json: String::new(),
-                    },
-                });
+                ops.push(op);
             }
             let mut data = BatchData {
                 meta: BatchMeta {
@@ -349,7 +677,7 @@ impl Store for MemoryStore {
                     finished_ms: None,
                     max_parallel: batch.max_parallel,
                     on_failure: batch.on_failure,
-                    total,
+                    total: batch.ops.len() as u32,
                     succeeded: 0,
                     failed: 0,
                     skipped: 0,
@@ -357,36 +685,40 @@ impl Store for MemoryStore {
                     running: 0,
                     error: String::new(),
                 },
+                memory,
                 spec: batch.spec,
+                spec_added: Vec::new(),
                 ops,
                 ready: Default::default(),
-                waiters,
+                deadlines,
                 events: Vec::new(),
                 cancel_requested: false,
                 fail_fast_fired: false,
             };
             // Same order as the Redis store: first the ops that wait for
-            // nothing, then those whose keys were all present already.
-            for satisfied_by_memory in [false, true] {
-                for index in 0..total {
-                    if data.ops[index as usize].pending == 0
-                        && waits_for_keys[index as usize] == satisfied_by_memory
-                    {
-                        data.push_ready(index);
-                    }
+            // nothing, then those whose keys are present already.
+            for index in 0..data.meta.total {
+                if data.ops[index as usize].pending == 0 {
+                    data.push_ready(index);
                 }
             }
+            let triples = wait_triples(0, &batch.ops);
+            inner.register_waits(&mut data, &triples);
             data.event(batch.created_ms, EventKind::BatchSubmitted, None, 0, "", "");
             // An empty batch is finished as soon as it exists.
             data.finish_if_done(batch.created_ms);
             inner.batches.insert(batch.id, data);
+            bells.push(Doorbell::Batch(batch_id));
         }
-        self.ring(&batch_id);
+        self.ring_all(bells);
         Ok(())
     }
 
-    async fn batch_spec(&self, batch: &BatchId) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.lock().batches.get(batch).map(|data| data.spec.clone()))
+    async fn batch_spec(&self, batch: &BatchId) -> StoreResult<Option<StoredSpec>> {
+        Ok(self.lock().batches.get(batch).map(|data| StoredSpec {
+            base: data.spec.clone(),
+            added: data.spec_added.clone(),
+        }))
     }
 
     async fn active_batches(&self) -> StoreResult<Vec<BatchId>> {
@@ -447,15 +779,21 @@ impl Store for MemoryStore {
         completions: &[Completion],
         now_ms: u64,
     ) -> StoreResult<CompleteOutcome> {
+        let cap = self.cap();
+        let mut bells = Vec::new();
         let outcome = {
             let mut guard = self.lock();
             let inner = &mut *guard;
-            // Field-wise borrow: `memories` is written below while `data` lives.
-            let data = inner
+            // Taken out of the map while it is worked on, so memory writes
+            // (which may wake other batches) can borrow `inner` meanwhile.
+            let mut data = inner
                 .batches
-                .get_mut(batch)
+                .remove(batch)
                 .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
+            let shared = matches!(data.memory, MemoryScope::Shared(_));
+            let memory = data.memory.clone();
             let mut outcome = CompleteOutcome::default();
+            let mut shared_writes: Vec<(String, Vec<u8>)> = Vec::new();
             for completion in completions {
                 let index = completion.index;
                 let Some(op) = data.ops.get_mut(index as usize) else {
@@ -512,27 +850,33 @@ impl Store for MemoryStore {
                 if completion.ok
                     && let Some(key) = &completion.store_as
                 {
-                    inner
-                        .memories
-                        .entry(batch.clone())
-                        .or_default()
-                        .insert(key.clone(), completion.output.as_bytes().to_vec());
-                    outcome.became_ready += data.key_written(key);
+                    let value = completion.output.as_bytes().to_vec();
+                    if shared {
+                        // Like the Redis store: after the completions.
+                        shared_writes.push((key.clone(), value));
+                    } else {
+                        let written = store_as(inner, &memory, key, value, now_ms, cap, &mut data);
+                        outcome.became_ready += written.became_ready_current;
+                        bells.push(Doorbell::Memory(memory.clone()));
+                    }
                 }
                 outcome.became_ready += data.propagate(index, state, now_ms);
-                if state == OpState::Failed
-                    && data.meta.on_failure == OnFailure::FailFast
-                    && !data.fail_fast_fired
-                {
-                    data.fail_fast_fired = true;
-                    let reason = format!("cancelled: fail_fast after op `{index}` failed");
-                    data.cancel_where(&[OpState::Waiting, OpState::Ready], &reason, now_ms);
+                if state == OpState::Failed {
+                    data.apply_fail_fast(index, now_ms);
                 }
             }
             outcome.finished = data.finish_if_done(now_ms);
+            for (key, value) in shared_writes {
+                let written = store_as(inner, &memory, &key, value, now_ms, cap, &mut data);
+                outcome.became_ready += written.became_ready_current;
+                bells.extend(written.touched.into_iter().map(Doorbell::Batch));
+                bells.push(Doorbell::Memory(memory.clone()));
+            }
+            inner.batches.insert(batch.clone(), data);
             outcome
         };
         self.ring(batch);
+        self.ring_all(bells);
         Ok(outcome)
     }
 
@@ -619,40 +963,396 @@ impl Store for MemoryStore {
         Ok(metas.into_iter().take(limit as usize).cloned().collect())
     }
 
-    #[tracing::instrument(skip_all, fields(batch = %batch))]
-    async fn put_memory(
+    #[tracing::instrument(skip_all, fields(scope = %scope, key, size = value.len()))]
+    async fn memory_put(
         &self,
-        batch: &BatchId,
+        scope: &MemoryScope,
         key: &str,
         value: &[u8],
-        _now_ms: u64,
-    ) -> StoreResult<u32> {
-        let unblocked = {
-            let mut inner = self.lock();
-            inner
-                .memories
-                .entry(batch.clone())
-                .or_default()
-                .insert(key.to_owned(), value.to_vec());
-            match inner.batches.get_mut(batch) {
-                Some(data) => data.key_written(key),
-                None => 0,
-            }
-        };
-        self.ring(batch);
-        Ok(unblocked)
+        options: &PutOptions,
+        now_ms: u64,
+    ) -> StoreResult<PutOutcome> {
+        let cap = self.cap();
+        let written = self
+            .lock()
+            .put(scope, key, value.to_vec(), options, now_ms, cap, None)?;
+        self.ring_all(written.touched.into_iter().map(Doorbell::Batch).collect());
+        self.ring_all(vec![Doorbell::Memory(scope.clone())]);
+        Ok(PutOutcome {
+            version: written.version,
+            unblocked: written.unblocked,
+        })
     }
 
-    async fn get_memory(&self, batch: &BatchId, key: &str) -> StoreResult<Option<Vec<u8>>> {
+    async fn memory_get(&self, scope: &MemoryScope, key: &str) -> StoreResult<Option<MemoryValue>> {
+        let mut inner = self.lock();
+        let Some(scope_data) = inner.scopes.get_mut(scope) else {
+            return Ok(None);
+        };
+        Ok(scope_data.live(key).map(|entry| MemoryValue {
+            value: entry.value.clone(),
+            content_type: entry.content_type.clone(),
+            version: entry.version,
+        }))
+    }
+
+    async fn memory_delete(
+        &self,
+        scope: &MemoryScope,
+        key: &str,
+        if_version: Option<u64>,
+        now_ms: u64,
+    ) -> StoreResult<bool> {
+        let cap = self.cap();
+        {
+            let mut inner = self.lock();
+            let scope_data = inner.scopes.entry(scope.clone()).or_default();
+            let actual = scope_data.version(key);
+            if let Some(expected) = if_version
+                && expected != actual
+            {
+                return Err(StoreError::VersionMismatch {
+                    key: key.to_owned(),
+                    expected,
+                    actual,
+                });
+            }
+            let Some(entry) = scope_data.entries.remove(key) else {
+                return Ok(false);
+            };
+            scope_data.log(
+                MemoryChange {
+                    revision: 0,
+                    key: key.to_owned(),
+                    kind: MemoryChangeKind::Delete,
+                    version: entry.version,
+                    value: None,
+                    content_type: entry.content_type,
+                    at_ms: now_ms,
+                },
+                cap,
+            );
+        }
+        self.ring_all(vec![Doorbell::Memory(scope.clone())]);
+        Ok(true)
+    }
+
+    async fn memory_list(
+        &self,
+        scope: &MemoryScope,
+        prefix: &str,
+        after_key: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<MemoryKeyInfo>> {
+        let mut inner = self.lock();
+        let Some(scope_data) = inner.scopes.get_mut(scope) else {
+            return Ok(Vec::new());
+        };
+        let now = Instant::now();
+        scope_data
+            .entries
+            .retain(|_, entry| entry.expires.is_none_or(|at| at > now));
+        let listed = scope_data
+            .entries
+            .iter()
+            .filter(|(key, _)| key.starts_with(prefix))
+            .filter(|(key, _)| after_key.is_none_or(|after| key.as_str() > after))
+            .take(limit as usize)
+            .map(|(key, entry)| MemoryKeyInfo {
+                key: key.clone(),
+                version: entry.version,
+                size: entry.value.len() as u64,
+                content_type: entry.content_type.clone(),
+                expires_at_ms: entry.expires_at_ms,
+            })
+            .collect();
+        Ok(listed)
+    }
+
+    async fn memory_incr(
+        &self,
+        scope: &MemoryScope,
+        key: &str,
+        delta: i64,
+        now_ms: u64,
+    ) -> StoreResult<(i64, PutOutcome)> {
+        let cap = self.cap();
+        let (new_value, written) = {
+            let mut inner = self.lock();
+            let scope_data = inner.scopes.entry(scope.clone()).or_default();
+            let not_an_integer = || StoreError::NotAnInteger {
+                key: key.to_owned(),
+            };
+            let (current, version, content_type, expires, expires_at_ms) =
+                match scope_data.live(key) {
+                    None => (0, 0, TEXT_CONTENT_TYPE.to_owned(), None, 0),
+                    Some(entry) => {
+                        let current: i64 = std::str::from_utf8(&entry.value)
+                            .ok()
+                            .and_then(|text| text.parse().ok())
+                            .ok_or_else(not_an_integer)?;
+                        (
+                            current,
+                            entry.version,
+                            entry.content_type.clone(),
+                            entry.expires,
+                            entry.expires_at_ms,
+                        )
+                    }
+                };
+            let new_value = current.checked_add(delta).ok_or_else(not_an_integer)?;
+            let text = new_value.to_string().into_bytes();
+            scope_data.entries.insert(
+                key.to_owned(),
+                Entry {
+                    value: text.clone(),
+                    content_type: content_type.clone(),
+                    version: version + 1,
+                    expires,
+                    expires_at_ms,
+                },
+            );
+            scope_data.log(
+                MemoryChange {
+                    revision: 0,
+                    key: key.to_owned(),
+                    kind: MemoryChangeKind::Put,
+                    version: version + 1,
+                    value: Some(text),
+                    content_type,
+                    at_ms: now_ms,
+                },
+                cap,
+            );
+            (new_value, inner.wake(scope, key, version + 1, None))
+        };
+        self.ring_all(written.touched.into_iter().map(Doorbell::Batch).collect());
+        self.ring_all(vec![Doorbell::Memory(scope.clone())]);
+        Ok((
+            new_value,
+            PutOutcome {
+                version: written.version,
+                unblocked: written.unblocked,
+            },
+        ))
+    }
+
+    async fn memory_changes(
+        &self,
+        scope: &MemoryScope,
+        prefix: &str,
+        after_revision: u64,
+        max: u32,
+    ) -> StoreResult<Vec<MemoryChange>> {
+        let inner = self.lock();
+        let Some(scope_data) = inner.scopes.get(scope) else {
+            return Ok(Vec::new());
+        };
+        let mut newer = scope_data
+            .changes
+            .iter()
+            .filter(|change| change.revision > after_revision)
+            .peekable();
+        if let Some(first) = newer.peek()
+            && first.revision != after_revision + 1
+        {
+            return Err(StoreError::ChangesTrimmed {
+                scope: scope.to_string(),
+                after: after_revision,
+                oldest: first.revision,
+            });
+        }
+        Ok(newer
+            .filter(|change| change.key.starts_with(prefix))
+            .take(max as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn memory_revision(&self, scope: &MemoryScope) -> StoreResult<u64> {
         Ok(self
             .lock()
-            .memories
-            .get(batch)
-            .and_then(|memory| memory.get(key))
-            .cloned())
+            .scopes
+            .get(scope)
+            .map_or(0, |scope_data| scope_data.revision))
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch))]
+    async fn expire_waits(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome> {
+        let outcome = {
+            let mut inner = self.lock();
+            let data = inner.batch_mut(batch)?;
+            let mut outcome = CompleteOutcome::default();
+            let due: Vec<(u64, u32)> = data
+                .deadlines
+                .iter()
+                .take_while(|(deadline, _)| *deadline <= now_ms)
+                .copied()
+                .collect();
+            if due.is_empty() {
+                return Ok(outcome);
+            }
+            if data.meta.state != BatchState::Running {
+                data.deadlines.clear();
+                return Ok(outcome);
+            }
+            let mut indices: Vec<u32> = due.iter().map(|(_, index)| *index).collect();
+            indices.sort_unstable();
+            for entry in &due {
+                data.deadlines.remove(entry);
+            }
+            for index in indices {
+                let op = &data.ops[index as usize];
+                if op.record.state != OpState::Waiting {
+                    continue;
+                }
+                let missing = data.missing_keys(index);
+                if missing.is_empty() {
+                    continue;
+                }
+                let waited = now_ms.saturating_sub(op.wait_since_ms);
+                let attempt = op.record.attempts;
+                let message = format!("memory key {missing} never appeared (waited {waited} ms)");
+                data.end_op(index, OpState::Failed, message.clone());
+                data.event(
+                    now_ms,
+                    EventKind::OpFailed,
+                    Some(index),
+                    attempt,
+                    "",
+                    &message,
+                );
+                outcome.recorded += 1;
+                outcome.became_ready += data.propagate(index, OpState::Failed, now_ms);
+                data.apply_fail_fast(index, now_ms);
+            }
+            outcome.finished = data.finish_if_done(now_ms);
+            outcome
+        };
+        self.ring(batch);
+        Ok(outcome)
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch, first_index, ops = ops.len()))]
+    async fn add_ops(
+        &self,
+        batch: &BatchId,
+        first_index: u32,
+        ops: Vec<NewOp>,
+        spec: Vec<u8>,
+        now_ms: u64,
+    ) -> StoreResult<CompleteOutcome> {
+        let edges = added_edges(batch, first_index, &ops)?;
+        let outcome = {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let data = inner.batch_mut(batch)?;
+            let cannot = |reason: String| StoreError::CannotAddOps {
+                batch: batch.clone(),
+                reason,
+            };
+            if data.meta.state != BatchState::Running {
+                return Err(cannot(format!("batch is {}", data.meta.state.code())));
+            }
+            if data.fail_fast_fired {
+                return Err(cannot("fail_fast fired".to_owned()));
+            }
+            if data.meta.total != first_index {
+                return Err(cannot(format!(
+                    "first_index is {first_index} but the batch has {} ops",
+                    data.meta.total
+                )));
+            }
+            let mut data = inner
+                .batches
+                .remove(batch)
+                .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
+            for (offset, new_op) in ops.iter().enumerate() {
+                let index = first_index + offset as u32;
+                let op = OpData::new(new_op, edges.new_dependents[offset].clone(), now_ms);
+                if op.has_deadline(new_op) {
+                    data.deadlines.insert((new_op.wait_deadline_ms, index));
+                }
+                data.ops.push(op);
+            }
+            data.meta.total += ops.len() as u32;
+            data.spec_added.push(spec);
+            let message = format!("{} ops added", ops.len());
+            data.event(now_ms, EventKind::OpsAdded, None, 0, "", &message);
+            let mut outcome = CompleteOutcome::default();
+            for offset in 0..ops.len() as u32 {
+                let index = first_index + offset;
+                if data.ops[index as usize].pending == 0 {
+                    data.push_ready(index);
+                    outcome.became_ready += 1;
+                }
+            }
+            for (offset, existing) in edges.existing_after.iter().enumerate() {
+                let index = first_index + offset as u32;
+                for &before in existing {
+                    let before_state = data.ops[before as usize].record.state;
+                    if !before_state.is_final() {
+                        data.ops[before as usize].dependents.push(index);
+                        continue;
+                    }
+                    let op = &data.ops[index as usize];
+                    if before_state == OpState::Succeeded || op.run_if_always {
+                        if data.count_down(index) {
+                            outcome.became_ready += 1;
+                        }
+                    } else if !op.record.state.is_final() {
+                        let reason = format!("dependency `{before}` {}", ended_word(before_state));
+                        let attempt = op.record.attempts;
+                        data.end_op(index, OpState::Skipped, reason.clone());
+                        data.event(
+                            now_ms,
+                            EventKind::OpSkipped,
+                            Some(index),
+                            attempt,
+                            "",
+                            &reason,
+                        );
+                        outcome.became_ready += data.propagate(index, OpState::Skipped, now_ms);
+                    }
+                }
+            }
+            let triples = wait_triples(first_index, &ops);
+            outcome.became_ready += inner.register_waits(&mut data, &triples);
+            outcome.finished = data.finish_if_done(now_ms);
+            inner.batches.insert(batch.clone(), data);
+            outcome
+        };
+        self.ring(batch);
+        Ok(outcome)
     }
 
     fn doorbells(&self) -> broadcast::Receiver<Doorbell> {
         self.shared.doorbell.subscribe()
+    }
+}
+
+/// A `store_as` write of `data`'s op into `memory` (the batch's scope).
+fn store_as(
+    inner: &mut Inner,
+    memory: &MemoryScope,
+    key: &str,
+    value: Vec<u8>,
+    now_ms: u64,
+    cap: u64,
+    data: &mut BatchData,
+) -> Written {
+    let options = PutOptions {
+        content_type: TEXT_CONTENT_TYPE.to_owned(),
+        ..PutOptions::default()
+    };
+    match inner.put(memory, key, value, &options, now_ms, cap, Some(data)) {
+        Ok(written) => written,
+        // No version check was asked for, so put cannot refuse.
+        Err(_) => Written {
+            version: 0,
+            unblocked: 0,
+            became_ready_current: 0,
+            touched: Vec::new(),
+        },
     }
 }

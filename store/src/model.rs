@@ -129,7 +129,8 @@ pub struct MemoryValue {
 pub struct PutOutcome {
     pub version: u64,
     /// Ops (of any batch waiting on this scope's key) this write made ready
-    /// or moved closer to ready.
+    /// or moved closer to ready: countdowns it decremented, across batches
+    /// (an op whose any-group was already satisfied is not counted).
     pub unblocked: u32,
 }
 
@@ -151,6 +152,19 @@ pub enum MemoryChangeKind {
 
 /// Largest value carried inside a change; larger ones are read with `memory_get`.
 pub const CHANGE_VALUE_LIMIT: usize = 64 * 1024;
+
+/// Values larger than this are written as chunks of this size (Redis: one
+/// bounded command each, then made visible at once by a small script).
+pub const MEMORY_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Changes kept per memory scope by default (older ones are trimmed; a
+/// reader resuming before them gets `StoreError::ChangesTrimmed`). Redis
+/// trims approximately (`MAXLEN ~`), so it may keep somewhat more.
+pub const DEFAULT_CHANGE_LOG_CAP: u64 = 100_000;
+
+/// Content type of values written by `store_as`, and of keys created by
+/// `memory_incr`.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryChange {
@@ -177,7 +191,9 @@ pub struct StoredSpec {
 pub struct NewBatch {
     pub id: BatchId,
     pub name: String,
-    /// Where the batch's `store_as` writes and `wait_for` keys live.
+    /// Where the batch's `store_as` writes and `wait_for` / `wait_for_any`
+    /// keys live. `MemoryScope::Batch` always means the batch's own memory
+    /// (the id inside is not looked at).
     pub memory: MemoryScope,
     pub max_parallel: u32,
     pub on_failure: OnFailure,
@@ -208,7 +224,10 @@ pub struct NewOp {
     /// appeared"); 0: it waits as long as it takes.
     pub wait_deadline_ms: u64,
     /// For `add_ops` only: the indices (existing or added) this op runs
-    /// after; `deps` must equal its length there.
+    /// after; `deps` must equal its length there, and `dependents` is not
+    /// looked at (edges among added ops are derived from `after`). In
+    /// `create_batch` it may be left empty: only `deps` and `dependents`
+    /// count there.
     pub after: Vec<u32>,
 }
 

@@ -5,12 +5,21 @@
 //! `cancel`/fail_fast (one scan of the state hash) and the read verbs
 //! (`op_records`, chunked) are proportional to a batch's size.
 //!
-//! Doorbells: scripts `PUBLISH` the batch id on [`keys::DOORBELL_CHANNEL`]; a
+//! Memory: a batch-scope key lives in the batch's slot, so one script
+//! writes it and counts down the batch's waiters. A shared namespace has its
+//! own slot: a write is one script there (write, log, pop the waiters), then
+//! one idempotent `arrive.lua` per waiting batch in that batch's slot. Large
+//! values are staged as chunks with separate bounded commands and flipped
+//! visible by the write script.
+//!
+//! Doorbells: scripts `PUBLISH` `b:<batch>` (a batch changed), `m:<namespace>`
+//! or `mb:<batch>` (a memory scope changed) on [`keys::DOORBELL_CHANNEL`]; a
 //! background task holds its own pub/sub connection and forwards them into a
 //! broadcast channel, resubscribing with backoff after a disconnect and then
 //! sending [`Doorbell::Resync`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use volley_proto::BatchId;
 
 use crate::keys;
-use crate::memory_store::DOORBELL_CAPACITY;
+use crate::memory_store::{DOORBELL_CAPACITY, added_edges};
 use crate::model::*;
 use crate::{Store, StoreError, StoreResult};
 
@@ -40,6 +49,15 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 const RESUBSCRIBE_MIN_BACKOFF: Duration = Duration::from_millis(100);
 const RESUBSCRIBE_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Chunks of a large value live this long until the write script makes them
+/// part of the value (then they get the value's TTL): a writer that dies
+/// between staging and the flip leaves no garbage behind for long.
+const STAGED_CHUNK_TTL_MS: u64 = 10 * 60 * 1000;
+/// Stream entries per `XRANGE` while reading changes.
+const CHANGES_PAGE: usize = 1_000;
+/// A read of a chunked value that raced an overwrite (its chunks deleted
+/// under it) starts over this many times before giving up.
+const CHUNKED_READ_ATTEMPTS: u32 = 5;
 
 /// Each script is `lua/common.lua` followed by the verb's file.
 macro_rules! lua_script {
@@ -51,13 +69,32 @@ macro_rules! lua_script {
     };
 }
 
+/// Scripts that write a memory scope: `lua/common.lua`, `lua/memory.lua`,
+/// then the verb's file.
+macro_rules! memory_script {
+    ($file:literal) => {
+        Script::new(concat!(
+            include_str!("../lua/common.lua"),
+            include_str!("../lua/memory.lua"),
+            include_str!(concat!("../lua/", $file))
+        ))
+    };
+}
+
 struct Scripts {
     create: Script,
     register_waits: Script,
+    register_shared: Script,
+    arrive: Script,
     claim: Script,
     complete: Script,
     cancel: Script,
-    put_memory: Script,
+    add_ops: Script,
+    expire_waits: Script,
+    memory_put: Script,
+    memory_incr: Script,
+    memory_delete: Script,
+    memory_list: Script,
 }
 
 impl Scripts {
@@ -65,10 +102,17 @@ impl Scripts {
         Scripts {
             create: lua_script!("create.lua"),
             register_waits: lua_script!("register_waits.lua"),
+            register_shared: lua_script!("register_shared.lua"),
+            arrive: lua_script!("arrive.lua"),
             claim: lua_script!("claim.lua"),
-            complete: lua_script!("complete.lua"),
+            complete: memory_script!("complete.lua"),
             cancel: lua_script!("cancel.lua"),
-            put_memory: lua_script!("put_memory.lua"),
+            add_ops: lua_script!("add_ops.lua"),
+            expire_waits: lua_script!("expire_waits.lua"),
+            memory_put: memory_script!("memory_put.lua"),
+            memory_incr: memory_script!("memory_incr.lua"),
+            memory_delete: memory_script!("memory_delete.lua"),
+            memory_list: lua_script!("memory_list.lua"),
         }
     }
 }
@@ -87,6 +131,8 @@ struct Shared {
     doorbell: broadcast::Sender<Doorbell>,
     listener_shutdown: CancellationToken,
     listener: Mutex<Option<JoinHandle<()>>>,
+    /// Changes kept per memory scope (see [`RedisStore::with_change_log_cap`]).
+    change_log_cap: AtomicU64,
 }
 
 impl Drop for Shared {
@@ -130,8 +176,20 @@ impl RedisStore {
                 doorbell,
                 listener_shutdown,
                 listener: Mutex::new(Some(listener)),
+                change_log_cap: AtomicU64::new(DEFAULT_CHANGE_LOG_CAP),
             }),
         })
+    }
+
+    /// Keeps about `cap` changes per memory scope instead of
+    /// [`DEFAULT_CHANGE_LOG_CAP`] (trimming is approximate, `MAXLEN ~`:
+    /// Redis drops whole stream nodes, so somewhat more may be kept). Applies
+    /// to every clone of this store.
+    pub fn with_change_log_cap(self, cap: u64) -> RedisStore {
+        self.shared
+            .change_log_cap
+            .store(cap.max(1), Ordering::Relaxed);
+        self
     }
 
     /// Stops the doorbell listener and waits for it to end.
@@ -155,6 +213,253 @@ impl RedisStore {
     async fn leave_active(&self, batch: &BatchId) -> StoreResult<()> {
         let _: i64 = self.connection().srem(keys::ACTIVE, batch.as_str()).await?;
         Ok(())
+    }
+
+    fn change_log_cap(&self) -> u64 {
+        self.shared.change_log_cap.load(Ordering::Relaxed)
+    }
+
+    /// An invocation of a memory script on `scope` with the header of
+    /// `lua/memory.lua` (ARGV 1..5) filled in.
+    fn memory_invocation<'a>(
+        &self,
+        script: &'a Script,
+        scope: &MemoryScope,
+        now_ms: u64,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.key(keys::scope_prefix(scope));
+        invocation
+            .arg(keys::DOORBELL_CHANNEL)
+            .arg(match scope {
+                MemoryScope::Batch(batch) => batch.as_str(),
+                MemoryScope::Shared(_) => "",
+            })
+            .arg(now_ms)
+            .arg(keys::memory_bell(scope))
+            .arg(self.change_log_cap());
+        invocation
+    }
+
+    /// Registers memory waits of `batch`'s ops, exactly as create_batch and
+    /// add_ops both need: in the batch's slot for its own memory; for a
+    /// shared namespace, first in the namespace's slot, then the keys found
+    /// present are applied in the batch's slot (`arrive.lua`). Returns how
+    /// many ops became ready.
+    async fn register_waits(
+        &self,
+        batch: &BatchId,
+        scope: &MemoryScope,
+        triples: &[(u32, String, &'static str)],
+        now_ms: u64,
+    ) -> StoreResult<u32> {
+        let mut connection = self.connection();
+        let mut became_ready = 0;
+        match scope {
+            MemoryScope::Batch(_) => {
+                for chunk in triples.chunks(WRITE_CHUNK) {
+                    let mut invocation = self
+                        .shared
+                        .scripts
+                        .register_waits
+                        .key(keys::batch_prefix(batch));
+                    invocation
+                        .arg(keys::DOORBELL_CHANNEL)
+                        .arg(batch.as_str())
+                        .arg(now_ms);
+                    for (index, key, mode) in chunk {
+                        invocation.arg(*index).arg(key).arg(*mode);
+                    }
+                    let ready: u32 = invocation.invoke_async(&mut connection).await?;
+                    became_ready += ready;
+                }
+            }
+            MemoryScope::Shared(_) => {
+                let mut present: Vec<(u32, String, &'static str)> = Vec::new();
+                for chunk in triples.chunks(WRITE_CHUNK) {
+                    let mut invocation = self
+                        .shared
+                        .scripts
+                        .register_shared
+                        .key(keys::scope_prefix(scope));
+                    invocation
+                        .arg(keys::DOORBELL_CHANNEL)
+                        .arg(batch.as_str())
+                        .arg(now_ms);
+                    for (index, key, mode) in chunk {
+                        invocation.arg(*index).arg(key).arg(*mode);
+                    }
+                    let found: Vec<String> = invocation.invoke_async(&mut connection).await?;
+                    for triple in found.chunks_exact(3) {
+                        let index = triple[0]
+                            .parse()
+                            .map_err(|_| corrupt(format_args!("waiter index `{}`", triple[0])))?;
+                        let mode = if triple[2] == "any" { "any" } else { "all" };
+                        present.push((index, triple[1].clone(), mode));
+                    }
+                }
+                let (_, ready) = self.arrive(batch, &present, now_ms).await?;
+                became_ready += ready;
+            }
+        }
+        Ok(became_ready)
+    }
+
+    /// Marks keys arrived for ops of `batch` (idempotent). Returns
+    /// (countdowns decremented, ops that became ready).
+    async fn arrive(
+        &self,
+        batch: &BatchId,
+        triples: &[(u32, String, &'static str)],
+        now_ms: u64,
+    ) -> StoreResult<(u32, u32)> {
+        let mut connection = self.connection();
+        let (mut unblocked, mut became_ready) = (0, 0);
+        for chunk in triples.chunks(WRITE_CHUNK) {
+            let mut invocation = self.shared.scripts.arrive.key(keys::batch_prefix(batch));
+            invocation
+                .arg(keys::DOORBELL_CHANNEL)
+                .arg(batch.as_str())
+                .arg(now_ms);
+            for (index, key, mode) in chunk {
+                invocation.arg(*index).arg(key).arg(*mode);
+            }
+            let (decremented, ready): (u32, u32) = invocation.invoke_async(&mut connection).await?;
+            unblocked += decremented;
+            became_ready += ready;
+        }
+        Ok((unblocked, became_ready))
+    }
+
+    /// Writes a memory key (the code path of `memory_put`, `memory_incr`'s
+    /// waiters and a shared `store_as`): stages chunks of a large value,
+    /// runs the write script in the scope's slot, then applies the popped
+    /// waiters of a shared scope batch by batch.
+    async fn write_memory(
+        &self,
+        scope: &MemoryScope,
+        key: &str,
+        value: &[u8],
+        options: &PutOptions,
+        now_ms: u64,
+    ) -> StoreResult<Written> {
+        let mut connection = self.connection();
+        let mut staged: Vec<String> = Vec::new();
+        let mut invocation = self.memory_invocation(&self.shared.scripts.memory_put, scope, now_ms);
+        invocation
+            .arg(key)
+            .arg(&options.content_type)
+            .arg(
+                options
+                    .ttl_ms
+                    .map(|ttl| ttl.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(options.ttl_ms.map_or(0, |ttl| now_ms.saturating_add(ttl)))
+            .arg(
+                options
+                    .if_version
+                    .map(|version| version.to_string())
+                    .unwrap_or_default(),
+            );
+        if value.len() > MEMORY_CHUNK_BYTES {
+            let generation = uuid::Uuid::now_v7().simple().to_string();
+            for (number, chunk) in value.chunks(MEMORY_CHUNK_BYTES).enumerate() {
+                let chunk_key = keys::chunk(scope, &generation, number as u64);
+                let _: () = redis::cmd("SET")
+                    .arg(&chunk_key)
+                    .arg(chunk)
+                    .arg("PX")
+                    .arg(STAGED_CHUNK_TTL_MS)
+                    .query_async(&mut connection)
+                    .await?;
+                staged.push(chunk_key);
+            }
+            invocation
+                .arg("c")
+                .arg(&generation)
+                .arg(staged.len())
+                .arg(value.len());
+        } else {
+            invocation.arg("i").arg(value);
+        }
+        let reply: Vec<Value> = invocation.invoke_async(&mut connection).await?;
+        let status = reply.first().map(value_i64).transpose()?.unwrap_or(-2);
+        if status < 0 {
+            if !staged.is_empty() {
+                let _: i64 = connection.del(&staged).await?;
+            }
+            if status == -1 {
+                let actual = reply.get(1).map(value_i64).transpose()?.unwrap_or(0);
+                return Err(StoreError::VersionMismatch {
+                    key: key.to_owned(),
+                    expected: options.if_version.unwrap_or(0),
+                    actual: actual as u64,
+                });
+            }
+            return Err(corrupt(format_args!(
+                "staged chunks of memory key `{key}` expired before the write"
+            )));
+        }
+        self.after_write(scope, key, status as u64, &reply[1..], now_ms)
+            .await
+    }
+
+    /// The common tail of a write script's reply `[unblocked, became_ready,
+    /// {members}]`: applies a shared scope's waiters in their batches.
+    async fn after_write(
+        &self,
+        scope: &MemoryScope,
+        key: &str,
+        version: u64,
+        tail: &[Value],
+        now_ms: u64,
+    ) -> StoreResult<Written> {
+        let field = |position: usize| tail.get(position).map(value_i64).transpose();
+        let unblocked = field(0)?.unwrap_or(0) as u32;
+        let became_ready = field(1)?.unwrap_or(0) as u32;
+        let members: Vec<String> = match tail.get(2) {
+            Some(value) => redis::from_redis_value(value.clone()).map_err(corrupt)?,
+            None => Vec::new(),
+        };
+        let mut written = Written {
+            version,
+            unblocked,
+            became_ready: Vec::new(),
+        };
+        if let MemoryScope::Batch(batch) = scope {
+            written.became_ready.push((batch.clone(), became_ready));
+        }
+        let mut by_batch: BTreeMap<BatchId, Vec<(u32, String, &'static str)>> = BTreeMap::new();
+        for member in &members {
+            match parse_waiter(member, key) {
+                Some((batch, index, mode)) => {
+                    by_batch
+                        .entry(batch)
+                        .or_default()
+                        .push((index, key.to_owned(), mode))
+                }
+                None => tracing::warn!(member, "unreadable waiter"),
+            }
+        }
+        for (batch, mut triples) in by_batch {
+            triples.sort();
+            let (decremented, ready) = self.arrive(&batch, &triples, now_ms).await?;
+            written.unblocked += decremented;
+            written.became_ready.push((batch, ready));
+        }
+        Ok(written)
+    }
+
+    /// Reads a script's finished-state code; a finished batch leaves the
+    /// active set.
+    async fn finished_state(&self, batch: &BatchId, code: &str) -> StoreResult<Option<BatchState>> {
+        if code.is_empty() {
+            return Ok(None);
+        }
+        let state = BatchState::from_code(code)
+            .ok_or_else(|| corrupt(format_args!("finished state `{code}`")))?;
+        self.leave_active(batch).await?;
+        Ok(Some(state))
     }
 
     async fn read_meta(&self, batch: &BatchId) -> StoreResult<Option<BatchMeta>> {
@@ -217,11 +522,110 @@ async fn listen_doorbells(
                 tracing::warn!("doorbell subscription lost");
                 break;
             };
-            let batch = String::from_utf8_lossy(message.get_payload_bytes()).into_owned();
-            // No receiver is fine: the bell is only a hint.
-            let _ = sender.send(Doorbell::Batch(BatchId::new(batch)));
+            let payload = String::from_utf8_lossy(message.get_payload_bytes()).into_owned();
+            match parse_bell(&payload) {
+                // No receiver is fine: the bell is only a hint.
+                Some(bell) => {
+                    let _ = sender.send(bell);
+                }
+                None => tracing::debug!(payload, "unknown doorbell payload"),
+            }
         }
     }
+}
+
+/// Reads a doorbell payload (see [`keys::DOORBELL_CHANNEL`]).
+fn parse_bell(payload: &str) -> Option<Doorbell> {
+    if let Some(batch) = payload.strip_prefix(keys::BELL_BATCH) {
+        return Some(Doorbell::Batch(BatchId::new(batch)));
+    }
+    if let Some(batch) = payload.strip_prefix(keys::BELL_BATCH_MEMORY) {
+        return Some(Doorbell::Memory(MemoryScope::Batch(BatchId::new(batch))));
+    }
+    payload
+        .strip_prefix(keys::BELL_SHARED_MEMORY)
+        .map(|namespace| Doorbell::Memory(MemoryScope::Shared(namespace.to_owned())))
+}
+
+/// How a batch's meta records its memory scope: `b` (its own) or `m:<namespace>`.
+fn memory_code(scope: &MemoryScope) -> String {
+    match scope {
+        MemoryScope::Batch(_) => "b".to_owned(),
+        MemoryScope::Shared(namespace) => format!("m:{namespace}"),
+    }
+}
+
+fn scope_from_code(batch: &BatchId, code: &str) -> MemoryScope {
+    match code.strip_prefix("m:") {
+        Some(namespace) => MemoryScope::Shared(namespace.to_owned()),
+        None => MemoryScope::Batch(batch.clone()),
+    }
+}
+
+/// `(op index, key, "all"|"any")` of every memory wait of `ops` (numbered
+/// from `first_index`), in index order; per op its `wait_for` keys sorted,
+/// then its `wait_for_any` keys sorted, duplicates dropped.
+pub(crate) fn wait_triples(first_index: u32, ops: &[NewOp]) -> Vec<(u32, String, &'static str)> {
+    let mut triples = Vec::new();
+    for (offset, op) in ops.iter().enumerate() {
+        let index = first_index + offset as u32;
+        let (all, any) = wait_keys(op);
+        triples.extend(all.into_iter().map(|key| (index, key, "all")));
+        triples.extend(any.into_iter().map(|key| (index, key, "any")));
+    }
+    triples
+}
+
+/// An op's `wait_for` and `wait_for_any` keys, each sorted and deduplicated.
+pub(crate) fn wait_keys(op: &NewOp) -> (Vec<String>, Vec<String>) {
+    let mut all = op.wait_for.clone();
+    all.sort_unstable();
+    all.dedup();
+    let mut any = op.wait_for_any.clone();
+    any.sort_unstable();
+    any.dedup();
+    (all, any)
+}
+
+/// Inputs an op waits for: its dependencies, each `wait_for` key, and one
+/// for its `wait_for_any` group.
+pub(crate) fn pending_count(op: &NewOp) -> u32 {
+    let (all, any) = wait_keys(op);
+    op.deps + all.len() as u32 + u32::from(!any.is_empty())
+}
+
+/// The `waitinfo` JSON of an op with a wait deadline and memory waits.
+fn wait_info_json(op: &NewOp, since_ms: u64) -> Option<String> {
+    let (all, any) = wait_keys(op);
+    if op.wait_deadline_ms == 0 || (all.is_empty() && any.is_empty()) {
+        return None;
+    }
+    Some(serde_json::json!({ "s": since_ms.to_string(), "a": all, "y": any }).to_string())
+}
+
+/// Parses `<batch>|<op>|<key>|<mode>`, a member of the waiter set of `key`.
+fn parse_waiter(member: &str, key: &str) -> Option<(BatchId, u32, &'static str)> {
+    let (head, mode) = if let Some(head) = member.strip_suffix("|all") {
+        (head, "all")
+    } else {
+        (member.strip_suffix("|any")?, "any")
+    };
+    let head = head.strip_suffix(key)?.strip_suffix('|')?;
+    let (batch, index) = head.rsplit_once('|')?;
+    Some((BatchId::new(batch), index.parse().ok()?, mode))
+}
+
+fn value_i64(value: &Value) -> StoreResult<i64> {
+    redis::from_redis_value::<i64>(value.clone()).map_err(corrupt)
+}
+
+/// What one memory write did.
+struct Written {
+    version: u64,
+    /// Countdowns decremented, across batches.
+    unblocked: u32,
+    /// Ops that became ready, per batch.
+    became_ready: Vec<(BatchId, u32)>,
 }
 
 fn on_failure_code(on_failure: OnFailure) -> &'static str {
@@ -353,8 +757,8 @@ fn claimed_pairs(values: &[i64]) -> StoreResult<Vec<Claimed>> {
         .collect())
 }
 
-fn packed_info(op: &NewOp) -> String {
-    let dependents: Vec<String> = op.dependents.iter().map(u32::to_string).collect();
+fn packed_info(op: &NewOp, dependents: &[u32]) -> String {
+    let dependents: Vec<String> = dependents.iter().map(u32::to_string).collect();
     format!(
         "{}|{}|{}|{}",
         op.priority.min(PRIORITY_LEVELS - 1),
@@ -393,10 +797,16 @@ impl Store for RedisStore {
         }
         let _: () = connection.set(keys::spec(&batch.id), &batch.spec).await?;
 
+        // A batch scope is always the batch's own memory.
+        let scope = match &batch.memory {
+            MemoryScope::Batch(_) => MemoryScope::Batch(batch.id.clone()),
+            shared @ MemoryScope::Shared(_) => shared.clone(),
+        };
+
         // Step 1, pipelined in bounded chunks: static info, state, pending
-        // counts, and the ready queues of ops that wait for nothing. Nothing
-        // can claim yet: claim requires meta state `running`.
-        let mut wait_pairs: Vec<(u32, &str)> = Vec::new();
+        // counts (memory waits included), wait deadlines, and the ready
+        // queues of ops that wait for nothing. Nothing can claim yet: claim
+        // requires meta state `running`.
         for (chunk_number, chunk) in batch.ops.chunks(WRITE_CHUNK).enumerate() {
             let first = (chunk_number * WRITE_CHUNK) as u32;
             let mut info = redis::cmd("HSET");
@@ -406,14 +816,16 @@ impl Store for RedisStore {
             let mut pending = redis::cmd("HSET");
             pending.arg(keys::pending(&batch.id));
             let mut any_pending = false;
+            let mut deadlines = redis::cmd("ZADD");
+            deadlines.arg(keys::deadlines(&batch.id));
+            let mut wait_info = redis::cmd("HSET");
+            wait_info.arg(keys::wait_info(&batch.id));
+            let mut any_deadline = false;
             let mut ready: [Vec<u32>; PRIORITY_LEVELS as usize] = Default::default();
             for (offset, op) in chunk.iter().enumerate() {
                 let index = first + offset as u32;
-                let mut keys_waited: Vec<&str> = op.wait_for.iter().map(String::as_str).collect();
-                keys_waited.sort_unstable();
-                keys_waited.dedup();
-                let count = op.deps + keys_waited.len() as u32;
-                info.arg(index).arg(packed_info(op));
+                let count = pending_count(op);
+                info.arg(index).arg(packed_info(op, &op.dependents));
                 if count == 0 {
                     state.arg(index).arg(OpState::Ready.code());
                     ready[usize::from(op.priority.min(PRIORITY_LEVELS - 1))].push(index);
@@ -422,13 +834,21 @@ impl Store for RedisStore {
                     pending.arg(index).arg(count);
                     any_pending = true;
                 }
-                wait_pairs.extend(keys_waited.into_iter().map(|key| (index, key)));
+                if let Some(json) = wait_info_json(op, batch.created_ms) {
+                    deadlines.arg(op.wait_deadline_ms).arg(index);
+                    wait_info.arg(index).arg(json);
+                    any_deadline = true;
+                }
             }
             let mut pipe = redis::pipe();
             pipe.add_command(info).ignore();
             pipe.add_command(state).ignore();
             if any_pending {
                 pipe.add_command(pending).ignore();
+            }
+            if any_deadline {
+                pipe.add_command(deadlines).ignore();
+                pipe.add_command(wait_info).ignore();
             }
             for (priority, indices) in ready.iter().enumerate() {
                 if !indices.is_empty() {
@@ -441,19 +861,12 @@ impl Store for RedisStore {
             let _: () = pipe.query_async(&mut connection).await?;
         }
 
-        // Step 2: check-and-register every wait_for key atomically per pair
-        // (see register_waits.lua), in bounded script calls.
-        for pairs in wait_pairs.chunks(WRITE_CHUNK) {
-            let mut invocation = self.shared.scripts.register_waits.key(&prefix);
-            invocation
-                .arg(keys::DOORBELL_CHANNEL)
-                .arg(batch.id.as_str())
-                .arg(batch.created_ms);
-            for (index, key) in pairs {
-                invocation.arg(*index).arg(*key);
-            }
-            let _: i64 = invocation.invoke_async(&mut connection).await?;
-        }
+        // Step 2: register every memory wait, check-and-register atomically
+        // per key (see register_waits.lua / register_shared.lua). The batch
+        // is written first, so a write racing this step finds its waiters.
+        let triples = wait_triples(0, &batch.ops);
+        self.register_waits(&batch.id, &scope, &triples, batch.created_ms)
+            .await?;
 
         // Step 3: make it visible, append `submitted`, ring.
         let finished: String = self
@@ -468,6 +881,7 @@ impl Store for RedisStore {
             .arg(batch.max_parallel)
             .arg(on_failure_code(batch.on_failure))
             .arg(batch.ops.len() as u64)
+            .arg(memory_code(&scope))
             .invoke_async(&mut connection)
             .await?;
         let _: i64 = connection
@@ -479,8 +893,13 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn batch_spec(&self, batch: &BatchId) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.connection().get(keys::spec(batch)).await?)
+    async fn batch_spec(&self, batch: &BatchId) -> StoreResult<Option<StoredSpec>> {
+        let (base, added): (Option<Vec<u8>>, Vec<Vec<u8>>) = redis::pipe()
+            .get(keys::spec(batch))
+            .lrange(keys::spec_added(batch), 0, -1)
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(base.map(|base| StoredSpec { base, added }))
     }
 
     async fn active_batches(&self) -> StoreResult<Vec<BatchId>> {
@@ -533,12 +952,10 @@ impl Store for RedisStore {
         completions: &[Completion],
         now_ms: u64,
     ) -> StoreResult<CompleteOutcome> {
-        let mut invocation = self.shared.scripts.complete.key(keys::batch_prefix(batch));
-        invocation
-            .arg(keys::DOORBELL_CHANNEL)
-            .arg(batch.as_str())
-            .arg(now_ms)
-            .arg(completions.len());
+        let own_scope = MemoryScope::Batch(batch.clone());
+        let mut invocation =
+            self.memory_invocation(&self.shared.scripts.complete, &own_scope, now_ms);
+        invocation.arg(completions.len());
         for completion in completions {
             invocation
                 .arg(completion.index)
@@ -557,24 +974,44 @@ impl Store for RedisStore {
                 .arg(u8::from(completion.store_as.is_some()))
                 .arg(completion.store_as.as_deref().unwrap_or(""));
         }
-        let (recorded, retried, stale, became_ready, finished): (
+        let (recorded, retried, stale, mut became_ready, finished, shared_writes, memory): (
             i64,
             Vec<u32>,
             Vec<u32>,
             u32,
             String,
+            Vec<usize>,
+            String,
         ) = invocation.invoke_async(&mut self.connection()).await?;
         if recorded < 0 {
             return Err(StoreError::BatchNotFound(batch.clone()));
         }
-        let finished = if finished.is_empty() {
-            None
-        } else {
-            let state = BatchState::from_code(&finished)
-                .ok_or_else(|| corrupt(format_args!("finished state `{finished}`")))?;
-            self.leave_active(batch).await?;
-            Some(state)
-        };
+        // store_as into a shared namespace: written after the completion
+        // script, with memory_put's code path. Not atomic with it: a crash in
+        // between loses the write (the op is recorded succeeded).
+        let scope = scope_from_code(batch, &memory);
+        for position in shared_writes {
+            let Some(completion) = completions.get(position) else {
+                return Err(corrupt(format_args!("store_as position {position}")));
+            };
+            let Some(key) = completion.store_as.as_deref() else {
+                continue;
+            };
+            let options = PutOptions {
+                content_type: TEXT_CONTENT_TYPE.to_owned(),
+                ..PutOptions::default()
+            };
+            let written = self
+                .write_memory(&scope, key, completion.output.as_bytes(), &options, now_ms)
+                .await?;
+            became_ready += written
+                .became_ready
+                .iter()
+                .filter(|(ready_batch, _)| ready_batch == batch)
+                .map(|(_, ready)| *ready)
+                .sum::<u32>();
+        }
+        let finished = self.finished_state(batch, &finished).await?;
         Ok(CompleteOutcome {
             recorded: recorded as u32,
             retried,
@@ -713,35 +1150,387 @@ impl Store for RedisStore {
         Ok(out)
     }
 
-    #[tracing::instrument(skip_all, fields(batch = %batch))]
-    async fn put_memory(
+    #[tracing::instrument(skip_all, fields(scope = %scope, key, size = value.len()))]
+    async fn memory_put(
         &self,
-        batch: &BatchId,
+        scope: &MemoryScope,
         key: &str,
         value: &[u8],
+        options: &PutOptions,
         now_ms: u64,
-    ) -> StoreResult<u32> {
-        let became_ready: u32 = self
+    ) -> StoreResult<PutOutcome> {
+        let written = self
+            .write_memory(scope, key, value, options, now_ms)
+            .await?;
+        Ok(PutOutcome {
+            version: written.version,
+            unblocked: written.unblocked,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(scope = %scope, key))]
+    async fn memory_get(&self, scope: &MemoryScope, key: &str) -> StoreResult<Option<MemoryValue>> {
+        let mut connection = self.connection();
+        for _ in 0..CHUNKED_READ_ATTEMPTS {
+            let fields: HashMap<String, Vec<u8>> =
+                connection.hgetall(keys::memory(scope, key)).await?;
+            if fields.is_empty() {
+                return Ok(None);
+            }
+            let text = |name: &str| {
+                fields
+                    .get(name)
+                    .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+                    .unwrap_or_default()
+            };
+            let version: u64 = text("ver").parse().unwrap_or(0);
+            let content_type = text("ct");
+            if let Some(value) = fields.get("v") {
+                return Ok(Some(MemoryValue {
+                    value: value.clone(),
+                    content_type,
+                    version,
+                }));
+            }
+            let generation = text("gen");
+            let count: u64 = text("n").parse().unwrap_or(0);
+            let mut pipe = redis::pipe();
+            for number in 0..count {
+                pipe.get(keys::chunk(scope, &generation, number));
+            }
+            let chunks: Vec<Option<Vec<u8>>> = pipe.query_async(&mut connection).await?;
+            // A chunk gone means the value was overwritten under us: read again.
+            if chunks.iter().all(Option::is_some) {
+                let value = chunks.into_iter().flatten().flatten().collect();
+                return Ok(Some(MemoryValue {
+                    value,
+                    content_type,
+                    version,
+                }));
+            }
+        }
+        Err(corrupt(format_args!(
+            "memory key `{key}` of {scope}: chunks kept vanishing while reading"
+        )))
+    }
+
+    #[tracing::instrument(skip_all, fields(scope = %scope, key))]
+    async fn memory_delete(
+        &self,
+        scope: &MemoryScope,
+        key: &str,
+        if_version: Option<u64>,
+        now_ms: u64,
+    ) -> StoreResult<bool> {
+        let mut invocation =
+            self.memory_invocation(&self.shared.scripts.memory_delete, scope, now_ms);
+        invocation.arg(key).arg(
+            if_version
+                .map(|version| version.to_string())
+                .unwrap_or_default(),
+        );
+        let reply: Vec<i64> = invocation.invoke_async(&mut self.connection()).await?;
+        match reply.as_slice() {
+            [-1, actual] => Err(StoreError::VersionMismatch {
+                key: key.to_owned(),
+                expected: if_version.unwrap_or(0),
+                actual: *actual as u64,
+            }),
+            [deleted] => Ok(*deleted == 1),
+            _ => Err(corrupt("memory_delete reply")),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(scope = %scope, prefix, limit))]
+    async fn memory_list(
+        &self,
+        scope: &MemoryScope,
+        prefix: &str,
+        after_key: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<MemoryKeyInfo>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // ZRANGEBYLEX bounds: past `after_key` when it is at or beyond the
+        // prefix, else from the prefix; up to the prefix followed by 0xff
+        // (no UTF-8 key has that byte).
+        let low: Vec<u8> = match after_key {
+            Some(after) if after.as_bytes() >= prefix.as_bytes() => {
+                [b"(".as_slice(), after.as_bytes()].concat()
+            }
+            _ => [b"[".as_slice(), prefix.as_bytes()].concat(),
+        };
+        let high: Vec<u8> = if prefix.is_empty() {
+            b"+".to_vec()
+        } else {
+            [b"[".as_slice(), prefix.as_bytes(), &[0xff]].concat()
+        };
+        let flat: Vec<String> = self
             .shared
             .scripts
-            .put_memory
+            .memory_list
+            .key(keys::scope_prefix(scope))
+            .arg(keys::DOORBELL_CHANNEL)
+            .arg("")
+            .arg(0)
+            .arg(low)
+            .arg(high)
+            .arg(prefix)
+            .arg(limit)
+            .invoke_async(&mut self.connection())
+            .await?;
+        if !flat.len().is_multiple_of(5) {
+            return Err(corrupt("memory_list reply"));
+        }
+        Ok(flat
+            .chunks_exact(5)
+            .map(|fields| MemoryKeyInfo {
+                key: fields[0].clone(),
+                version: fields[1].parse().unwrap_or(0),
+                size: fields[2].parse().unwrap_or(0),
+                content_type: fields[3].clone(),
+                expires_at_ms: fields[4].parse().unwrap_or(0),
+            })
+            .collect())
+    }
+
+    #[tracing::instrument(skip_all, fields(scope = %scope, key, delta))]
+    async fn memory_incr(
+        &self,
+        scope: &MemoryScope,
+        key: &str,
+        delta: i64,
+        now_ms: u64,
+    ) -> StoreResult<(i64, PutOutcome)> {
+        let mut invocation =
+            self.memory_invocation(&self.shared.scripts.memory_incr, scope, now_ms);
+        invocation.arg(key).arg(delta);
+        let reply: Vec<Value> = invocation.invoke_async(&mut self.connection()).await?;
+        if let Some(Value::Int(-3)) = reply.first() {
+            return Err(StoreError::NotAnInteger {
+                key: key.to_owned(),
+            });
+        }
+        let (Some(value), Some(version)) = (reply.first(), reply.get(1)) else {
+            return Err(corrupt("memory_incr reply"));
+        };
+        let text: String = redis::from_redis_value(value.clone()).map_err(corrupt)?;
+        let new_value: i64 = text
+            .parse()
+            .map_err(|_| corrupt(format_args!("memory_incr value `{text}`")))?;
+        let version = value_i64(version)? as u64;
+        let written = self
+            .after_write(scope, key, version, &reply[2..], now_ms)
+            .await?;
+        Ok((
+            new_value,
+            PutOutcome {
+                version,
+                unblocked: written.unblocked,
+            },
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(scope = %scope, prefix, after_revision))]
+    async fn memory_changes(
+        &self,
+        scope: &MemoryScope,
+        prefix: &str,
+        after_revision: u64,
+        max: u32,
+    ) -> StoreResult<Vec<MemoryChange>> {
+        let mut connection = self.connection();
+        let mut changes = Vec::new();
+        let mut cursor = after_revision;
+        let mut first_page = true;
+        while changes.len() < max as usize {
+            let entries: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XRANGE")
+                .arg(keys::changes(scope))
+                .arg(format!("(0-{cursor}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(CHANGES_PAGE)
+                .query_async(&mut connection)
+                .await?;
+            let page_len = entries.len();
+            for (id, fields) in entries {
+                let revision: u64 = id
+                    .split_once('-')
+                    .and_then(|(_, revision)| revision.parse().ok())
+                    .ok_or_else(|| corrupt(format_args!("change id `{id}`")))?;
+                // Revisions have no gaps, so the first one after the resume
+                // point must be the next: anything else was trimmed.
+                if first_page && revision != after_revision + 1 {
+                    return Err(StoreError::ChangesTrimmed {
+                        scope: scope.to_string(),
+                        after: after_revision,
+                        oldest: revision,
+                    });
+                }
+                first_page = false;
+                cursor = revision;
+                let text = |name: &str| {
+                    fields
+                        .get(name)
+                        .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+                        .unwrap_or_default()
+                };
+                let key = text("k");
+                if !key.starts_with(prefix) {
+                    continue;
+                }
+                changes.push(MemoryChange {
+                    revision,
+                    kind: if text("o") == "d" {
+                        MemoryChangeKind::Delete
+                    } else {
+                        MemoryChangeKind::Put
+                    },
+                    version: text("n").parse().unwrap_or(0),
+                    value: fields.get("v").cloned(),
+                    content_type: text("c"),
+                    at_ms: parse_ms(&text("t")),
+                    key,
+                });
+                if changes.len() >= max as usize {
+                    break;
+                }
+            }
+            if page_len < CHANGES_PAGE {
+                break;
+            }
+        }
+        Ok(changes)
+    }
+
+    async fn memory_revision(&self, scope: &MemoryScope) -> StoreResult<u64> {
+        let revision: Option<u64> = self.connection().get(keys::revision(scope)).await?;
+        Ok(revision.unwrap_or(0))
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch))]
+    async fn expire_waits(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome> {
+        let (failed, _, _, became_ready, finished): (i64, Vec<u32>, Vec<u32>, u32, String) = self
+            .shared
+            .scripts
+            .expire_waits
             .key(keys::batch_prefix(batch))
             .arg(keys::DOORBELL_CHANNEL)
             .arg(batch.as_str())
             .arg(now_ms)
-            .arg(key)
-            .arg(value)
             .invoke_async(&mut self.connection())
             .await?;
-        Ok(became_ready)
+        if failed < 0 {
+            return Err(StoreError::BatchNotFound(batch.clone()));
+        }
+        Ok(CompleteOutcome {
+            recorded: failed as u32,
+            became_ready,
+            finished: self.finished_state(batch, &finished).await?,
+            ..CompleteOutcome::default()
+        })
     }
 
-    #[tracing::instrument(skip_all, fields(batch = %batch))]
-    async fn get_memory(&self, batch: &BatchId, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.connection().get(keys::memory(batch, key)).await?)
+    #[tracing::instrument(skip_all, fields(batch = %batch, first_index, ops = ops.len()))]
+    async fn add_ops(
+        &self,
+        batch: &BatchId,
+        first_index: u32,
+        ops: Vec<NewOp>,
+        spec: Vec<u8>,
+        now_ms: u64,
+    ) -> StoreResult<CompleteOutcome> {
+        let edges = added_edges(batch, first_index, &ops)?;
+        let mut invocation = self.shared.scripts.add_ops.key(keys::batch_prefix(batch));
+        invocation
+            .arg(keys::DOORBELL_CHANNEL)
+            .arg(batch.as_str())
+            .arg(now_ms)
+            .arg(first_index)
+            .arg(ops.len())
+            .arg(spec);
+        for (offset, op) in ops.iter().enumerate() {
+            let existing: Vec<String> = edges.existing_after[offset]
+                .iter()
+                .map(u32::to_string)
+                .collect();
+            let wait_info = wait_info_json(op, now_ms);
+            invocation
+                .arg(packed_info(op, &edges.new_dependents[offset]))
+                .arg(pending_count(op))
+                .arg(existing.join(","))
+                .arg(if wait_info.is_some() {
+                    op.wait_deadline_ms
+                } else {
+                    0
+                })
+                .arg(wait_info.unwrap_or_default());
+        }
+        let (status, reason, mut became_ready, finished, memory): (
+            i64,
+            String,
+            u32,
+            String,
+            String,
+        ) = invocation.invoke_async(&mut self.connection()).await?;
+        match status {
+            -1 => return Err(StoreError::BatchNotFound(batch.clone())),
+            -2 => {
+                return Err(StoreError::CannotAddOps {
+                    batch: batch.clone(),
+                    reason,
+                });
+            }
+            _ => {}
+        }
+        let scope = scope_from_code(batch, &memory);
+        let triples = wait_triples(first_index, &ops);
+        became_ready += self.register_waits(batch, &scope, &triples, now_ms).await?;
+        Ok(CompleteOutcome {
+            became_ready,
+            finished: self.finished_state(batch, &finished).await?,
+            ..CompleteOutcome::default()
+        })
     }
 
     fn doorbells(&self) -> broadcast::Receiver<Doorbell> {
         self.shared.doorbell.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bells_are_told_apart() {
+        assert_eq!(
+            parse_bell("b:0193"),
+            Some(Doorbell::Batch(BatchId::new("0193")))
+        );
+        assert_eq!(
+            parse_bell("mb:0193"),
+            Some(Doorbell::Memory(MemoryScope::Batch(BatchId::new("0193"))))
+        );
+        assert_eq!(
+            parse_bell("m:team"),
+            Some(Doorbell::Memory(MemoryScope::Shared("team".to_owned())))
+        );
+        assert_eq!(parse_bell("0193"), None);
+    }
+
+    #[test]
+    fn waiter_members_parse_with_bars_in_the_key() {
+        assert_eq!(
+            parse_waiter("0193|12|a|b|any", "a|b"),
+            Some((BatchId::new("0193"), 12, "any"))
+        );
+        assert_eq!(
+            parse_waiter("0193|3|k|all", "k"),
+            Some((BatchId::new("0193"), 3, "all"))
+        );
+        assert_eq!(parse_waiter("0193|x|k|all", "k"), None);
+        assert_eq!(parse_waiter("0193|3|k|some", "k"), None);
     }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use volley_proto::BatchId;
-use volley_store::{Doorbell, RedisStore, Store};
+use volley_store::conformance::SMALL_CHANGE_LOG_CAP;
+use volley_store::{Doorbell, MemoryScope, PutOptions, RedisStore, Store};
 use volley_testkit::RedisServer;
 
 async fn make_store() -> (Arc<dyn Store>, RedisServer) {
@@ -15,7 +16,16 @@ async fn make_store() -> (Arc<dyn Store>, RedisServer) {
     (Arc::new(store), server)
 }
 
-volley_store::conformance_tests!(make_store());
+async fn make_small_change_log_store() -> (Arc<dyn Store>, RedisServer) {
+    let server = RedisServer::start().expect("start redis-server");
+    let store = RedisStore::connect(&server.url())
+        .await
+        .expect("connect")
+        .with_change_log_cap(SMALL_CHANGE_LOG_CAP);
+    (Arc::new(store), server)
+}
+
+volley_store::conformance_tests!(make_store(), make_small_change_log_store());
 
 /// Only a guard against hanging; never asserted on.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -49,15 +59,16 @@ async fn restart_sends_resync_and_changes_the_epoch() {
     assert_ne!(new_epoch, epoch);
     // And bells flow again after the resubscription.
     let batch_id = BatchId::new("after-restart");
+    let scope = MemoryScope::Batch(batch_id.clone());
     store
-        .put_memory(&batch_id, "k", b"v", 1)
+        .memory_put(&scope, "k", b"v", &PutOptions::default(), 1)
         .await
         .expect("put");
     let bell = tokio::time::timeout(DEADLINE, receiver.recv())
         .await
         .expect("a bell before the deadline")
         .expect("channel open");
-    assert_eq!(bell, Doorbell::Batch(batch_id));
+    assert_eq!(bell, Doorbell::Memory(scope));
     store.shutdown().await;
 }
 
@@ -93,6 +104,7 @@ async fn million_op_batch_is_writable() {
         .create_batch(NewBatch {
             id: batch_id.clone(),
             name: "million".to_owned(),
+            memory: MemoryScope::Batch(batch_id.clone()),
             max_parallel: 0,
             on_failure: OnFailure::Continue,
             created_ms: 1,

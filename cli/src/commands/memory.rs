@@ -30,7 +30,13 @@ pub struct MemoryArgs {
     pub batch: String,
     /// `OP@ATTEMPT` of the op writing (set by the worker for agents), so
     /// writes from a stale attempt are refused.
-    #[arg(long, global = true, env = "VOLLEY_TOKEN", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "VOLLEY_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub token: String,
 }
 
@@ -101,7 +107,9 @@ fn scope(args: &MemoryArgs) -> Result<Scope, Exit> {
     } else if !args.batch.is_empty() {
         Ok(Scope::Batch(args.batch.clone()))
     } else {
-        eprintln!("error: name the memory: --namespace NAME or --batch ID (or VOLLEY_NAMESPACE / VOLLEY_BATCH)");
+        eprintln!(
+            "error: name the memory: --namespace NAME or --batch ID (or VOLLEY_NAMESPACE / VOLLEY_BATCH)"
+        );
         Err(Exit::Invalid)
     }
 }
@@ -110,7 +118,10 @@ fn with_token(memory: Memory, token: &str) -> Result<Memory, Exit> {
     if token.is_empty() {
         return Ok(memory);
     }
-    match token.rsplit_once('@').map(|(op, attempt)| (op, attempt.parse::<u32>())) {
+    match token
+        .rsplit_once('@')
+        .map(|(op, attempt)| (op, attempt.parse::<u32>()))
+    {
         Some((op, Ok(attempt))) if !op.is_empty() => Ok(memory.with_writer(op, attempt)),
         _ => {
             eprintln!("error: VOLLEY_TOKEN `{token}` is not OP@ATTEMPT");
@@ -162,7 +173,13 @@ pub async fn run(args: MemoryArgs) -> Exit {
             }
             Err(error) => Err(error),
         },
-        MemoryCommand::Put { key, value, ttl, if_version, content_type } => {
+        MemoryCommand::Put {
+            key,
+            value,
+            ttl,
+            if_version,
+            content_type,
+        } => {
             let value = if value == "-" {
                 let mut bytes = Vec::new();
                 if let Err(error) = std::io::stdin().read_to_end(&mut bytes) {
@@ -173,22 +190,39 @@ pub async fn run(args: MemoryArgs) -> Exit {
             } else {
                 value.into_bytes()
             };
-            let options = PutOptions { content_type, ttl, if_version };
-            memory.put_with(&key, value, &options).await.map(|response| {
-                eprintln!("{key}: version {}, {} op(s) unblocked", response.version, response.unblocked);
-                Exit::Success
+            let options = PutOptions {
+                content_type,
+                ttl,
+                if_version,
+            };
+            memory
+                .put_with(&key, value, &options)
+                .await
+                .map(|response| {
+                    eprintln!(
+                        "{key}: version {}, {} op(s) unblocked",
+                        response.version, response.unblocked
+                    );
+                    Exit::Success
+                })
+        }
+        MemoryCommand::Del { key, if_version } => {
+            memory.delete(&key, if_version).await.map(|deleted| {
+                if deleted {
+                    Exit::Success
+                } else {
+                    eprintln!("memory key `{key}` did not exist");
+                    Exit::OpsFailed
+                }
             })
         }
-        MemoryCommand::Del { key, if_version } => memory.delete(&key, if_version).await.map(|deleted| {
-            if deleted {
-                Exit::Success
-            } else {
-                eprintln!("memory key `{key}` did not exist");
-                Exit::OpsFailed
-            }
-        }),
         MemoryCommand::Ls { prefix, output } => list(&memory, &prefix, output).await,
-        MemoryCommand::Watch { prefix, after, existing, output } => watch(&memory, &prefix, after, existing, output).await,
+        MemoryCommand::Watch {
+            prefix,
+            after,
+            existing,
+            output,
+        } => watch(&memory, &prefix, after, existing, output).await,
         MemoryCommand::Wait { key, timeout } => memory.wait(&key, timeout).await.map(|entry| {
             write_raw(&entry.value);
             Exit::Success
@@ -212,7 +246,11 @@ pub async fn run(args: MemoryArgs) -> Exit {
     }
 }
 
-async fn list(memory: &Memory, prefix: &str, output: OutputFormat) -> Result<Exit, volley_client::ClientError> {
+async fn list(
+    memory: &Memory,
+    prefix: &str,
+    output: OutputFormat,
+) -> Result<Exit, volley_client::ClientError> {
     let mut token = String::new();
     let mut rows = Vec::new();
     loop {
@@ -262,7 +300,9 @@ async fn watch(
                 "{}",
                 serde_json::json!({"revision": change.revision, "kind": kind, "key": change.key, "version": change.version, "value": value, "value_omitted": change.value_omitted})
             ),
-            OutputFormat::Table => println!("{}\t{kind}\t{}\t{}", change.revision, change.key, value),
+            OutputFormat::Table => {
+                println!("{}\t{kind}\t{}\t{}", change.revision, change.key, value)
+            }
         }
     }
     Ok(Exit::Success)
