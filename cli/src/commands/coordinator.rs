@@ -26,6 +26,9 @@ pub struct CoordinatorArgs {
     /// Most bytes one op's args may hold.
     #[arg(long, env = "VOLLEY_MAX_ARG_BYTES", default_value_t = 1024 * 1024)]
     pub max_arg_bytes: usize,
+    /// Largest memory value accepted, in bytes (default 64 MiB).
+    #[arg(long, env = "VOLLEY_MAX_VALUE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_value_bytes: usize,
     /// How often ready queues are re-read without a doorbell (safety net).
     #[arg(long, env = "VOLLEY_RESYNC_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub resync_interval: std::time::Duration,
@@ -46,6 +49,7 @@ pub async fn run(args: CoordinatorArgs) -> Exit {
     config.limits.max_ops = args.max_ops;
     config.limits.max_arg_bytes = args.max_arg_bytes;
     config.resync_interval = args.resync_interval;
+    config.max_value_bytes = args.max_value_bytes;
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(listener) => listener,
         Err(error) => {

@@ -36,6 +36,11 @@ impl Cluster {
     /// Redis, one coordinator and `workers` workers (4 slots each, shell
     /// allowed, rooted in a fresh temp dir), all connected.
     pub async fn start(workers: usize) -> Cluster {
+        Cluster::start_with(workers, &[]).await
+    }
+
+    /// `start`, with extra flags for the coordinator.
+    pub async fn start_with(workers: usize, coordinator_flags: &[&str]) -> Cluster {
         let redis = RedisServer::start().expect("redis-server starts");
         let root = tempfile::tempdir().expect("temp dir");
         let port = free_port();
@@ -48,6 +53,7 @@ impl Cluster {
                 "--redis",
                 &redis.url(),
             ])
+            .args(coordinator_flags)
             .env("VOLLEY_LOG", "warn")
             .stdout(Stdio::null())
             .kill_on_drop(true)
