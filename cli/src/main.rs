@@ -42,6 +42,8 @@ enum Command {
     Watch(commands::client::WatchArgs),
     /// Print a batch's report.
     Status(commands::client::StatusArgs),
+    /// Why an op is not running: what it waits for, which workers could take it.
+    Why(commands::client::WhyArgs),
     /// Cancel a batch: pending ops at once, running ones are told to stop.
     Cancel(commands::client::CancelArgs),
     /// List recent batches.
@@ -75,6 +77,7 @@ fn main() -> std::process::ExitCode {
             Command::Watch(args) => commands::client::watch(args).await,
             Command::Status(args) => commands::client::status(args).await,
             Command::Cancel(args) => commands::client::cancel(args).await,
+            Command::Why(args) => commands::client::why(args).await,
             Command::List(args) => commands::client::list(args).await,
             Command::Workers(args) => commands::client::workers(args).await,
             Command::Memory(args) => commands::memory::run(args).await,

@@ -219,6 +219,8 @@ struct BatchFile {
     wait_timeout: Option<u64>,
     #[serde(default)]
     strict: bool,
+    #[serde(default, deserialize_with = "timeout_ms")]
+    deadline: Option<u64>,
     #[serde(default)]
     ops: Vec<OpEntry>,
 }
@@ -249,11 +251,41 @@ struct OpEntry {
     #[serde(default, deserialize_with = "timeout_ms")]
     wait_timeout: Option<u64>,
     #[serde(default)]
+    backoff: Option<BackoffEntry>,
+    #[serde(default)]
+    retry_on: Vec<RetryOnName>,
+    #[serde(default)]
     reads: Vec<String>,
     #[serde(default)]
     writes: Vec<String>,
     #[serde(default, deserialize_with = "string_map")]
     requires: HashMap<String, String>,
+}
+
+/// `backoff: {initial: 1s, max: 30s, multiplier: 2, jitter: true}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackoffEntry {
+    #[serde(default, deserialize_with = "timeout_ms")]
+    initial: Option<u64>,
+    #[serde(default, deserialize_with = "timeout_ms")]
+    max: Option<u64>,
+    #[serde(default)]
+    multiplier: f64,
+    #[serde(default = "yes")]
+    jitter: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RetryOnName {
+    Failure,
+    Timeout,
+    LostWorker,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -308,6 +340,7 @@ impl BatchFile {
             labels: self.labels,
             wait_timeout_ms: self.wait_timeout.unwrap_or(0),
             strict: self.strict,
+            deadline_ms: self.deadline.unwrap_or(0),
         }
     }
 }
@@ -337,6 +370,21 @@ impl OpEntry {
             wait_for: self.wait_for,
             wait_for_any: self.wait_for_any,
             wait_timeout_ms: self.wait_timeout.unwrap_or(0),
+            backoff: self.backoff.map(|backoff| v1::Backoff {
+                initial_ms: backoff.initial.unwrap_or(0),
+                max_ms: backoff.max.unwrap_or(0),
+                multiplier: backoff.multiplier,
+                no_jitter: !backoff.jitter,
+            }),
+            retry_on: self
+                .retry_on
+                .into_iter()
+                .map(|name| match name {
+                    RetryOnName::Failure => v1::RetryOn::Failure,
+                    RetryOnName::Timeout => v1::RetryOn::Timeout,
+                    RetryOnName::LostWorker => v1::RetryOn::LostWorker,
+                } as i32)
+                .collect(),
             reads: self.reads,
             writes: self.writes,
             requires: self.requires,
@@ -477,6 +525,8 @@ ops:
     wait_for: [k1]
     wait_for_any: [k2, k3]
     wait_timeout: 30s
+    backoff: {initial: 250ms, max: 10s, multiplier: 3}
+    retry_on: [timeout, lost_worker]
     reads: [a.txt]
     writes: [b.txt]
   - id: idle
@@ -498,6 +548,20 @@ ops:
             .expect("waiter");
         assert_eq!(waiter.wait_for_any, vec!["k2".to_owned(), "k3".to_owned()]);
         assert_eq!(waiter.wait_timeout_ms, 30_000);
+        let backoff = waiter.backoff.clone().expect("backoff");
+        assert_eq!(
+            (
+                backoff.initial_ms,
+                backoff.max_ms,
+                backoff.multiplier,
+                backoff.no_jitter
+            ),
+            (250, 10_000, 3.0, false)
+        );
+        assert_eq!(
+            waiter.retry_on,
+            vec![v1::RetryOn::Timeout as i32, v1::RetryOn::LostWorker as i32]
+        );
         assert_eq!(batch.labels.get("team").map(String::as_str), Some("x"));
         let [lint, report, idle] = &batch.ops[..] else {
             panic!("three ops")

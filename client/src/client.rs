@@ -181,6 +181,12 @@ impl Client {
         }
     }
 
+    /// Why an op is not running (or how it ended).
+    pub async fn why(&self, batch_id: &str, op_id: &str) -> Result<v1::WhyResponse, ClientError> {
+        let request = v1::WhyRequest { batch_id: batch_id.to_owned(), op_id: op_id.to_owned() };
+        Ok(self.batches.clone().why(request).await?.into_inner())
+    }
+
     /// A handle on a memory scope: a batch's own memory or a shared namespace.
     pub fn memory(&self, scope: Scope) -> Memory {
         Memory {

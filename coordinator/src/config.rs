@@ -15,6 +15,9 @@ pub struct CoordinatorConfig {
     pub finished_plans_cached: usize,
     /// Largest memory value accepted (default 64 MiB).
     pub max_value_bytes: usize,
+    /// How long a claimed op's lease lasts without a heartbeat from its
+    /// worker; past it the op runs again elsewhere.
+    pub lease: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -24,6 +27,7 @@ impl Default for CoordinatorConfig {
             resync_interval: Duration::from_secs(1),
             finished_plans_cached: 64,
             max_value_bytes: 64 * 1024 * 1024,
+            lease: Duration::from_secs(15),
         }
     }
 }

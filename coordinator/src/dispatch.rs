@@ -24,7 +24,8 @@ use tracing::{debug, info, warn};
 use volley_kinds::Reference;
 use volley_proto::{BatchId, v1};
 use volley_store::{
-    Claimed, CompleteOutcome, Completion, Doorbell, MemoryScope, OpRecord, OpState, Store,
+    Claimed, CompleteOutcome, Completion, Doorbell, FailureKind, MemoryScope, OpRecord, OpState,
+    Store,
 };
 
 use crate::plans::{PlannedBatch, replan};
@@ -59,6 +60,16 @@ pub(crate) enum Command {
         running: Vec<Claimed>,
     },
     ListWorkers(oneshot::Sender<Vec<v1::WorkerInfo>>),
+    /// A worker is alive: renew the leases of what it runs.
+    Heartbeat {
+        conn: u64,
+    },
+    /// Why is this op not running: the dispatcher's side of the answer.
+    Why {
+        batch: BatchId,
+        index: u32,
+        reply: oneshot::Sender<Vec<String>>,
+    },
 }
 
 /// Results of one worker flush for one batch, as recorded by the store.
@@ -113,6 +124,8 @@ struct Worker {
     outbound: mpsc::Sender<v1::CoordinatorMessage>,
     /// What it runs now: (batch, op index) → attempt.
     running: HashMap<(BatchId, u32), u32>,
+    /// When it last said anything (a heartbeat or results).
+    last_seen: tokio::time::Instant,
 }
 
 impl Worker {
@@ -152,6 +165,12 @@ pub(crate) struct Dispatcher {
     doorbells: broadcast::Receiver<Doorbell>,
     worker_kinds: Arc<RwLock<HashSet<String>>>,
     resync_interval: Duration,
+    lease: Duration,
+    /// The store's epoch when we started: another value later means the
+    /// store restarted empty.
+    epoch: String,
+    /// When a retry delayed by backoff becomes ready: look again then.
+    next_retry_at_ms: Option<u64>,
     shutdown: CancellationToken,
     workers: BTreeMap<u64, Worker>,
     batches: HashMap<BatchId, ActiveBatch>,
@@ -165,6 +184,8 @@ impl Dispatcher {
         commands: mpsc::Receiver<Command>,
         worker_kinds: Arc<RwLock<HashSet<String>>>,
         resync_interval: Duration,
+        lease: Duration,
+        epoch: String,
         shutdown: CancellationToken,
     ) -> Self {
         let doorbells = store.doorbells();
@@ -174,6 +195,9 @@ impl Dispatcher {
             doorbells,
             worker_kinds,
             resync_interval,
+            lease,
+            epoch,
+            next_retry_at_ms: None,
             shutdown,
             workers: BTreeMap::new(),
             batches: HashMap::new(),
@@ -201,7 +225,11 @@ impl Dispatcher {
                 bell = self.doorbells.recv() => self.ring(bell),
                 _ = resync.tick() => {
                     self.mark_all_ready();
-                    self.expire_waits().await;
+                    self.housekeeping().await;
+                }
+                () = sleep_until_ms(self.next_retry_at_ms) => {
+                    self.next_retry_at_ms = None;
+                    self.mark_all_ready();
                 }
             }
             while let Ok(bell) = self.doorbells.try_recv() {
@@ -253,6 +281,7 @@ impl Dispatcher {
                         free: slots,
                         outbound,
                         running: HashMap::new(),
+                        last_seen: tokio::time::Instant::now(),
                     },
                 );
                 self.publish_kinds();
@@ -269,6 +298,7 @@ impl Dispatcher {
                 per_batch,
             } => {
                 if let Some(worker) = self.workers.get_mut(&conn) {
+                    worker.last_seen = tokio::time::Instant::now();
                     worker.free = (worker.free + returned).min(worker.slots);
                     for results in &per_batch {
                         for index in &results.indices {
@@ -309,6 +339,10 @@ impl Dispatcher {
                 self.remove_batch(&batch);
                 self.cancel_running(&batch, &running);
             }
+            Command::Heartbeat { conn } => self.renew(conn).await,
+            Command::Why { batch, index, reply } => {
+                let _ = reply.send(self.why(&batch, index));
+            }
             Command::ListWorkers(reply) => {
                 let workers = self
                     .workers
@@ -338,6 +372,10 @@ impl Dispatcher {
             Some(outcome) => {
                 if outcome.became_ready > 0 || !outcome.retried.is_empty() {
                     active.maybe_ready = true;
+                }
+                if let Some(at) = outcome.next_retry_at_ms {
+                    self.next_retry_at_ms =
+                        Some(self.next_retry_at_ms.map_or(at, |next| next.min(at)));
                 }
                 if outcome.finished.is_some() {
                     self.remove_batch(&results.batch);
@@ -400,6 +438,7 @@ impl Dispatcher {
                 index,
                 attempt,
                 ok: false,
+                failure: FailureKind::LostWorker,
                 error: format!("worker {} was lost while running the op", worker.worker_id),
                 worker: worker.worker_id.clone(),
                 started_ms: now_ms(),
@@ -427,36 +466,212 @@ impl Dispatcher {
         }
     }
 
-    /// Fails ops whose wait for memory keys ran past its deadline, in the
-    /// batches that have such deadlines.
-    async fn expire_waits(&mut self) {
-        let due: Vec<BatchId> = self
+    /// Fails ops of the batch whose wait for memory keys ran past its deadline.
+    async fn expire_waits_of(&mut self, batch: &BatchId) {
+        match self.store.expire_waits(batch, now_ms()).await {
+            Ok(outcome) if outcome.recorded > 0 || outcome.finished.is_some() => {
+                warn!(%batch, failed = outcome.recorded, "ops waited too long for memory keys");
+                self.apply_results(BatchResults {
+                    batch: batch.clone(),
+                    indices: Vec::new(),
+                    outcome: Some(outcome),
+                });
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%batch, %error, "could not expire waits"),
+        }
+    }
+
+    /// A heartbeat: the worker is alive, so the ops it runs keep their leases.
+    async fn renew(&mut self, conn: u64) {
+        let Some(worker) = self.workers.get_mut(&conn) else {
+            return;
+        };
+        worker.last_seen = tokio::time::Instant::now();
+        let mut by_batch: HashMap<BatchId, Vec<Claimed>> = HashMap::new();
+        for ((batch, index), attempt) in &worker.running {
+            by_batch.entry(batch.clone()).or_default().push(Claimed {
+                index: *index,
+                attempt: *attempt,
+            });
+        }
+        let until = now_ms() + self.lease.as_millis() as u64;
+        for (batch, claims) in by_batch {
+            if let Err(error) = self.store.renew_leases(&batch, &claims, until).await {
+                warn!(%batch, %error, "could not renew leases");
+            }
+        }
+    }
+
+    /// The slow timer's work: notice a store that restarted empty, drop
+    /// workers that went silent, and end what ran out of time — leases of
+    /// ops whose worker died or hung (also those a previous coordinator
+    /// handed out), batch deadlines, waits for keys.
+    async fn housekeeping(&mut self) {
+        self.check_epoch().await;
+        self.drop_silent_workers().await;
+        let now = now_ms();
+        let batches: Vec<(BatchId, bool, bool)> = self
             .batches
             .values()
-            .filter(|active| {
-                active
-                    .planned
-                    .plan
-                    .ops
-                    .iter()
-                    .any(|op| op.wait_timeout_ms > 0)
+            .map(|active| {
+                let plan = &active.planned.plan;
+                (
+                    active.planned.id.clone(),
+                    plan.deadline_ms > 0,
+                    plan.ops.iter().any(|op| op.wait_timeout_ms > 0),
+                )
             })
-            .map(|active| active.planned.id.clone())
             .collect();
-        for batch in due {
-            match self.store.expire_waits(&batch, now_ms()).await {
-                Ok(outcome) if outcome.recorded > 0 || outcome.finished.is_some() => {
-                    warn!(%batch, failed = outcome.recorded, "ops waited too long for memory keys");
+        for (batch, has_deadline, has_wait_timeouts) in batches {
+            match self.store.expire_leases(&batch, now).await {
+                Ok(outcome) => {
+                    if outcome.recorded > 0 || !outcome.retried.is_empty() {
+                        warn!(%batch, retried = outcome.retried.len(), failed = outcome.recorded, "leases ran out");
+                    }
+                    // Ops whose lease ran out are not ours any more, or are
+                    // counted when their silent worker is dropped.
                     self.apply_results(BatchResults {
-                        batch,
+                        batch: batch.clone(),
                         indices: Vec::new(),
                         outcome: Some(outcome),
                     });
                 }
-                Ok(_) => {}
-                Err(error) => warn!(%batch, %error, "could not expire waits"),
+                Err(error) => warn!(%batch, %error, "could not expire leases"),
+            }
+            if has_deadline {
+                match self.store.expire_deadline(&batch, now).await {
+                    Ok(outcome) if outcome.finished.is_some() => {
+                        warn!(%batch, "the batch's deadline passed");
+                        self.cancel_running_of(&batch);
+                        self.apply_results(BatchResults {
+                            batch: batch.clone(),
+                            indices: Vec::new(),
+                            outcome: Some(outcome),
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(error) => warn!(%batch, %error, "could not check the deadline"),
+                }
+            }
+            if has_wait_timeouts {
+                self.expire_waits_of(&batch).await;
             }
         }
+    }
+
+    /// Tells workers to stop the ops of a batch that ended under them.
+    fn cancel_running_of(&mut self, batch: &BatchId) {
+        let running: Vec<Claimed> = self
+            .workers
+            .values()
+            .flat_map(|worker| worker.running.iter())
+            .filter(|((running_batch, _), _)| running_batch == batch)
+            .map(|((_, index), attempt)| Claimed {
+                index: *index,
+                attempt: *attempt,
+            })
+            .collect();
+        self.cancel_running(batch, &running);
+    }
+
+    /// A store that comes back with another epoch restarted empty: every
+    /// batch in flight is gone. Say so (`Lost`) rather than let them look
+    /// finished or hang.
+    async fn check_epoch(&mut self) {
+        let epoch = match self.store.epoch().await {
+            Ok(epoch) => epoch,
+            Err(error) => {
+                warn!(%error, "store unreachable");
+                return;
+            }
+        };
+        if epoch == self.epoch {
+            return;
+        }
+        let lost: Vec<BatchId> = self.batches.keys().cloned().collect();
+        tracing::error!(old = %self.epoch, new = %epoch, batches = lost.len(), "the store restarted empty: batches in flight are lost");
+        let reason = "lost: the store restarted empty and the batch's state went with it";
+        if let Err(error) = self.store.mark_lost(&lost, reason, now_ms()).await {
+            warn!(%error, "could not mark lost batches");
+        }
+        for batch in &lost {
+            self.cancel_running_of(batch);
+            self.remove_batch(batch);
+        }
+        self.epoch = epoch;
+    }
+
+    /// Workers silent for a whole lease period are hung or gone: drop them
+    /// (their stream ends) and re-queue what they ran.
+    async fn drop_silent_workers(&mut self) {
+        let silent: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|(_, worker)| worker.last_seen.elapsed() > self.lease)
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in silent {
+            if let Some(worker) = self.workers.remove(&conn) {
+                warn!(worker = %worker.worker_id, "worker silent for a whole lease period; dropping it");
+                self.publish_kinds();
+                self.requeue_lost(worker).await;
+            }
+        }
+    }
+
+    /// The dispatcher's view of why an op is not running.
+    fn why(&self, batch: &BatchId, index: u32) -> Vec<String> {
+        let mut reasons = Vec::new();
+        let Some(active) = self.batches.get(batch) else {
+            reasons.push(
+                "this coordinator is not dispatching the batch (it has ended, or another coordinator runs it)"
+                    .to_owned(),
+            );
+            return reasons;
+        };
+        let Some(op) = active.planned.plan.ops.get(index as usize) else {
+            return reasons;
+        };
+        let able: Vec<&Worker> = self
+            .workers
+            .values()
+            .filter(|worker| worker.accepts(&op.kind, &op.requires))
+            .collect();
+        if able.is_empty() {
+            let requires = if op.requires.is_empty() {
+                String::new()
+            } else {
+                let labels: Vec<String> = op
+                    .requires
+                    .iter()
+                    .map(|(key, value)| format!("{key}={value}"))
+                    .collect();
+                format!(" with labels {}", labels.join(","))
+            };
+            reasons.push(format!(
+                "no connected worker runs `{}` ops{requires} ({} worker(s) connected)",
+                op.kind,
+                self.workers.len()
+            ));
+        } else if able.iter().all(|worker| worker.free == 0) {
+            reasons.push(format!(
+                "all {} worker(s) that run `{}` ops are busy",
+                able.len(),
+                op.kind
+            ));
+        }
+        let max_parallel = active.planned.plan.max_parallel;
+        if max_parallel > 0 && active.in_flight >= max_parallel {
+            reasons.push(format!(
+                "max_parallel {max_parallel} holds it back: {} of the batch's ops are in flight",
+                active.in_flight
+            ));
+        }
+        if active.parked.iter().any(|claim| claim.index == index) {
+            reasons.push("claimed, waiting for a worker that can take it".to_owned());
+        }
+        reasons
     }
 
     fn free_credits(&self) -> u32 {
@@ -513,7 +728,9 @@ impl Dispatcher {
         if want == 0 {
             return progress;
         }
-        let claimed = match self.store.claim(batch, want, now_ms()).await {
+        let now = now_ms();
+        let lease_until = now + self.lease.as_millis() as u64;
+        let claimed = match self.store.claim(batch, want, now, lease_until).await {
             Ok(claimed) => claimed,
             Err(error) => {
                 warn!(%batch, %error, "claim failed");
@@ -781,6 +998,17 @@ impl Dispatcher {
             );
         }
         results
+    }
+}
+
+/// Sleeps until the unix ms `at`; forever when there is none.
+async fn sleep_until_ms(at: Option<u64>) {
+    match at {
+        Some(at) => {
+            let wait = at.saturating_sub(now_ms());
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`service`] — `Coordinator`, the domain API the gRPC adapters call.
 //! - [`memory`] — memory scopes, writes with fencing, watch and wait.
 //! - `spawn` — ops a running op adds to its batch.
+//! - `why` — why an op is not running.
 //! - `dispatch`: the dispatcher task: worker credits, batch parallelism,
 //!   routing by kind and labels, templates filled in at dispatch.
 //! - `plans`: the cache of planned batches.
@@ -27,6 +28,7 @@ mod plans;
 mod report;
 pub mod service;
 mod spawn;
+mod why;
 
 pub use config::CoordinatorConfig;
 pub use error::CoordinatorError;

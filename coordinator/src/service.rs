@@ -12,7 +12,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 use volley_plan::{Plan, PlannedOp};
 use volley_proto::{BatchId, v1};
-use volley_store::{Completion, Doorbell, MemoryScope, NewBatch, NewOp, OnFailure, Store};
+use volley_store::{
+    Claimed, Completion, Doorbell, FailureKind, MemoryScope, NewBatch, NewOp, OnFailure, RetryPolicy, Store,
+};
 
 use crate::config::CoordinatorConfig;
 use crate::convert;
@@ -85,6 +87,8 @@ impl Coordinator {
             commands,
             worker_kinds,
             config.resync_interval,
+            config.lease,
+            epoch,
             shutdown.child_token(),
         );
         tasks.spawn(
@@ -492,6 +496,48 @@ impl WorkerSession {
             .await;
     }
 
+    /// The worker is alive: extend the leases of what it runs.
+    pub async fn heartbeat(&self) {
+        self.coordinator
+            .inner
+            .dispatch
+            .send(Command::Heartbeat { conn: self.conn })
+            .await;
+    }
+
+    /// Ops the worker hands back unrun (it is draining): ready again at once,
+    /// without counting an attempt; their slots come back.
+    #[tracing::instrument(skip_all, fields(worker = %self.worker_id, ops = ops.len()))]
+    pub async fn return_ops(&self, ops: Vec<v1::OpRef>, reason: &str) {
+        let returned = ops.len() as u32;
+        let mut by_batch: BTreeMap<String, Vec<Claimed>> = BTreeMap::new();
+        for op in ops {
+            by_batch.entry(op.batch_id).or_default().push(Claimed {
+                index: op.op_index,
+                attempt: op.attempt,
+            });
+        }
+        let inner = &self.coordinator.inner;
+        let mut per_batch = Vec::with_capacity(by_batch.len());
+        for (batch, claims) in by_batch {
+            let batch = BatchId::new(batch);
+            info!(%batch, ops = claims.len(), reason, "ops handed back");
+            if let Err(error) = inner.store.return_ops(&batch, &claims, now_ms()).await {
+                warn!(%batch, %error, "could not take ops back; their leases will run out");
+            }
+            per_batch.push(BatchResults {
+                batch,
+                indices: claims.iter().map(|claim| claim.index).collect(),
+                // Look at the queue again: the ops are ready.
+                outcome: None,
+            });
+        }
+        inner
+            .dispatch
+            .send(Command::Completed { conn: self.conn, returned, per_batch })
+            .await;
+    }
+
     /// The worker's stream ended: the dispatcher forgets it and re-queues
     /// what it was running.
     pub async fn close(self) {
@@ -509,13 +555,13 @@ fn completion(plan: &Plan, worker: &str, result: v1::OpResult) -> Completion {
         .ops
         .get(result.op_index as usize)
         .and_then(|op| op.store_as.clone());
-    // Workers say in the details whether another attempt could help.
-    let permanent = !result.ok && declared_permanent(&result.details_json);
+    let failure = failure_kind(&result);
     Completion {
         index: result.op_index,
         attempt: result.attempt,
         ok: result.ok,
-        permanent,
+        failure,
+        retry_after_ms: result.retry_after_ms,
         output: result.output,
         error: result.error,
         details_json: result.details_json,
@@ -523,6 +569,25 @@ fn completion(plan: &Plan, worker: &str, result: v1::OpResult) -> Completion {
         started_ms: result.started_at_ms,
         duration_ms: result.duration_ms,
         store_as,
+    }
+}
+
+/// What kind of failure a worker reported: its `failure_kind`, or for a
+/// worker that predates it, the `retryable` flag in its details.
+fn failure_kind(result: &v1::OpResult) -> FailureKind {
+    match v1::FailureKind::try_from(result.failure_kind) {
+        Ok(v1::FailureKind::Timeout) => FailureKind::Timeout,
+        Ok(v1::FailureKind::Permanent) => FailureKind::Permanent,
+        // A cancel came from us (a cancelled batch): nothing to retry.
+        Ok(v1::FailureKind::Cancelled) => FailureKind::Permanent,
+        Ok(v1::FailureKind::Error) => FailureKind::Error,
+        Ok(v1::FailureKind::Unspecified) | Err(_) => {
+            if declared_permanent(&result.details_json) {
+                FailureKind::Permanent
+            } else {
+                FailureKind::Error
+            }
+        }
     }
 }
 
@@ -556,6 +621,11 @@ fn new_batch(id: &BatchId, batch: &v1::Batch, plan: &Plan) -> NewBatch {
             OnFailure::Continue
         },
         created_ms,
+        deadline_ms: if plan.deadline_ms == 0 {
+            0
+        } else {
+            created_ms + plan.deadline_ms
+        },
         spec: batch.encode_to_vec(),
         ops: plan.ops.iter().map(|op| new_op(op, created_ms)).collect(),
     }
@@ -578,6 +648,15 @@ pub(crate) fn new_op(op: &PlannedOp, since_ms: u64) -> NewOp {
             since_ms + op.wait_timeout_ms
         },
         after: Vec::new(),
+        retry: RetryPolicy {
+            on_failure: op.retry.on_failure,
+            on_timeout: op.retry.on_timeout,
+            on_lost_worker: op.retry.on_lost_worker,
+            backoff_initial_ms: op.retry.backoff_initial_ms,
+            backoff_max_ms: op.retry.backoff_max_ms,
+            backoff_multiplier: op.retry.backoff_multiplier,
+            backoff_jitter: op.retry.backoff_jitter,
+        },
     }
 }
 

@@ -391,6 +391,7 @@ mod tests {
                 run_if_always: false,
                 priority: 2,
                 max_attempts: 1,
+                retry: Default::default(),
                 timeout_ms: 0,
                 store_as: None,
                 memory_writes: Vec::new(),

@@ -64,6 +64,36 @@ pub struct Plan {
     /// The shared memory namespace the batch's keys live in; `None`: the
     /// batch's own memory.
     pub namespace: Option<String>,
+    /// The batch ends this long after submission; 0: never.
+    pub deadline_ms: u64,
+}
+
+/// Which failures get another attempt, and how long to wait first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Retry {
+    pub on_failure: bool,
+    pub on_timeout: bool,
+    pub on_lost_worker: bool,
+    /// 0: retry at once.
+    pub backoff_initial_ms: u64,
+    /// 0: no cap.
+    pub backoff_max_ms: u64,
+    pub backoff_multiplier: f64,
+    pub backoff_jitter: bool,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            on_failure: true,
+            on_timeout: true,
+            on_lost_worker: true,
+            backoff_initial_ms: 0,
+            backoff_max_ms: 0,
+            backoff_multiplier: 2.0,
+            backoff_jitter: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -82,6 +112,7 @@ pub struct PlannedOp {
     pub priority: u8,
     /// At least 1 (default 1).
     pub max_attempts: u32,
+    pub retry: Retry,
     /// 0: no timeout.
     pub timeout_ms: u64,
     pub store_as: Option<String>,

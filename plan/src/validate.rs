@@ -9,11 +9,11 @@ use volley_kinds::template::{is_id_byte, is_memory_key_byte};
 use volley_kinds::touches::{is_glob, normalize_path};
 use volley_kinds::{BUILTIN_KINDS, Reference, Target};
 use volley_proto::OpId;
-use volley_proto::v1::{Batch, Hazards, OnFailure, Op, Priority, RunIf};
+use volley_proto::v1::{Batch, Hazards, OnFailure, Op, Priority, RetryOn, RunIf};
 
 use crate::graph::{Graph, Reachability};
 use crate::hazards::{Access, compile_glob, find_hazards};
-use crate::model::{HazardPolicy, Limits, Plan, PlannedOp, Problem};
+use crate::model::{HazardPolicy, Limits, Plan, PlannedOp, Problem, Retry};
 
 /// Declared `reads:`/`writes:` entries with this prefix name memory keys.
 const MEMORY_PREFIX: &str = "memory:";
@@ -171,6 +171,7 @@ pub fn plan(
         ops: planned_ops,
         warnings,
         namespace,
+        deadline_ms: batch.deadline_ms,
     })
 }
 
@@ -256,6 +257,58 @@ struct OpChecker<'a> {
 }
 
 impl OpChecker<'_> {
+    /// The op's retry policy: `retry_on` (empty: every kind of failure) and
+    /// `backoff`.
+    fn retry(&mut self, index: u32, id: &str, op: &Op) -> Retry {
+        let mut retry = Retry::default();
+        if !op.retry_on.is_empty() {
+            retry.on_failure = false;
+            retry.on_timeout = false;
+            retry.on_lost_worker = false;
+            for value in &op.retry_on {
+                match RetryOn::try_from(*value) {
+                    Ok(RetryOn::Failure) => retry.on_failure = true,
+                    Ok(RetryOn::Timeout) => retry.on_timeout = true,
+                    Ok(RetryOn::LostWorker) => retry.on_lost_worker = true,
+                    Ok(RetryOn::Unspecified) | Err(_) => self.problems.op(
+                        index,
+                        id,
+                        "retry_on",
+                        format!("unknown value {value}: use failure, timeout or lost_worker"),
+                    ),
+                }
+            }
+        }
+        if let Some(backoff) = &op.backoff {
+            retry.backoff_initial_ms = backoff.initial_ms;
+            retry.backoff_max_ms = backoff.max_ms;
+            retry.backoff_jitter = !backoff.no_jitter;
+            if backoff.multiplier != 0.0 {
+                retry.backoff_multiplier = backoff.multiplier;
+            }
+            if !(1.0..=100.0).contains(&retry.backoff_multiplier) {
+                self.problems.op(
+                    index,
+                    id,
+                    "backoff.multiplier",
+                    format!("{} is not between 1 and 100", backoff.multiplier),
+                );
+            }
+            if backoff.max_ms != 0 && backoff.max_ms < backoff.initial_ms {
+                self.problems.op(
+                    index,
+                    id,
+                    "backoff.max",
+                    format!(
+                        "{} ms is below the initial delay of {} ms",
+                        backoff.max_ms, backoff.initial_ms
+                    ),
+                );
+            }
+        }
+        retry
+    }
+
     /// Checks one op and compiles it, `deps` holding its own dependencies
     /// only (no hazard edges) and `dependents` left empty.
     fn check(&mut self, index: u32, op: &Op, accesses: &mut Vec<Access>) -> PlannedOp {
@@ -461,6 +514,7 @@ impl OpChecker<'_> {
                 _ => 2,
             },
             max_attempts: op.attempts.max(1),
+            retry: self.retry(index, id, op),
             timeout_ms: op.timeout_ms,
             store_as: (!op.store_as.is_empty()).then(|| op.store_as.clone()),
             memory_writes: accesses[first_access.min(accesses.len())..]
@@ -849,6 +903,55 @@ mod tests {
         let mut bad = agent;
         bad.writes = vec!["memory:has space".into()];
         only_problem(&batch(vec![bad]), "agent", "writes");
+    }
+
+    #[test]
+    fn retry_policies_are_read_and_bad_ones_named() {
+        let mut flaky = op("flaky", "echo", json!({"text": "x"}));
+        flaky.attempts = 3;
+        flaky.retry_on = vec![RetryOn::LostWorker as i32];
+        flaky.backoff = Some(volley_proto::v1::Backoff {
+            initial_ms: 100,
+            max_ms: 1000,
+            multiplier: 3.0,
+            no_jitter: true,
+        });
+        let mut timed = batch(vec![flaky.clone()]);
+        timed.deadline_ms = 60_000;
+        let plan = plan_of(&timed).unwrap();
+        let retry = &plan.ops[0].retry;
+        assert!(!retry.on_failure && !retry.on_timeout && retry.on_lost_worker);
+        assert_eq!(
+            (
+                retry.backoff_initial_ms,
+                retry.backoff_max_ms,
+                retry.backoff_multiplier,
+                retry.backoff_jitter
+            ),
+            (100, 1000, 3.0, false)
+        );
+        assert_eq!(plan.deadline_ms, 60_000);
+        assert!(plan_of(&batch(vec![noop("plain")])).unwrap().ops[0].retry == Retry::default());
+
+        let mut bad = flaky.clone();
+        bad.retry_on = vec![42];
+        only_problem(&batch(vec![bad]), "flaky", "retry_on");
+        let mut bad = flaky.clone();
+        bad.backoff = Some(volley_proto::v1::Backoff {
+            initial_ms: 500,
+            max_ms: 100,
+            multiplier: 0.0,
+            no_jitter: false,
+        });
+        only_problem(&batch(vec![bad]), "flaky", "backoff.max");
+        let mut bad = flaky;
+        bad.backoff = Some(volley_proto::v1::Backoff {
+            initial_ms: 5,
+            max_ms: 0,
+            multiplier: 0.5,
+            no_jitter: false,
+        });
+        only_problem(&batch(vec![bad]), "flaky", "backoff.multiplier");
     }
 
     #[test]

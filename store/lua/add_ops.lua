@@ -10,7 +10,7 @@
 -- ARGV[4] first_index  ARGV[5] count  ARGV[6] spec chunk
 -- then 5 fields per new op: packed info (dependents among the new ops),
 --   pending count, existing ops it runs after (comma-separated),
---   wait deadline ms ('0' none), wait info JSON ('' none)
+--   wait deadline ms ('0' none), wait info JSON ('' when it waits for no key)
 -- Returns: { status (0 ok, -1 no such batch, -2 cannot add), reason,
 --            became_ready, finished batch state code or '', memory scope code }
 local m = redis.call('HMGET', K_META, 'state', 'total', 'fail_fast_fired', 'memory')
@@ -29,10 +29,8 @@ for offset = 0, count - 1 do
   redis.call('HSET', K_INFO, idx, field(offset, 0))
   redis.call('HSET', K_STATE, idx, 'W')
   if pending > 0 then redis.call('HSET', K_PENDING, idx, pending) end
-  if field(offset, 3) ~= '0' then
-    redis.call('ZADD', K_DEADLINES, field(offset, 3), idx)
-    redis.call('HSET', K_WAIT_INFO, idx, field(offset, 4))
-  end
+  if field(offset, 3) ~= '0' then redis.call('ZADD', K_DEADLINES, field(offset, 3), idx) end
+  if field(offset, 4) ~= '' then redis.call('HSET', K_WAIT_INFO, idx, field(offset, 4)) end
 end
 redis.call('HSET', K_META, 'total', total + count)
 redis.call('RPUSH', K_SPEC_ADDED, ARGV[6])

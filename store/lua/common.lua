@@ -29,6 +29,9 @@ local K_ANY_DONE = P .. 'any_done'
 local K_DEADLINES = P .. 'deadlines'
 local K_WAIT_INFO = P .. 'waitinfo'
 local K_SPEC_ADDED = P .. 'spec_added'
+local K_LEASES = P .. 'leases'
+local K_DELAYED = P .. 'delayed'
+local K_HANDED_BACK = P .. 'handed_back'
 local CHANNEL = ARGV[1]
 local BATCH = ARGV[2]
 local NOW = ARGV[3]
@@ -50,22 +53,130 @@ local function event(kind, idx, attempt, worker, message, batch_state)
     'w', worker or '', 'm', message or '', 'b', batch_state or '')
 end
 
--- info = "priority|run_if_always|max_attempts|d1,d2,..."
+-- info = "priority|run_if_always|max_attempts|retry|d1,d2,..." where retry =
+-- "<on_failure><on_timeout><on_lost_worker>,<initial_ms>,<max_ms>,<multiplier>,<jitter>"
+-- (flags and jitter 0/1). Returns priority, run_if_always, max_attempts,
+-- dependents, retry (the raw retry field; '' = the default policy).
 local function op_info(idx)
   local raw = redis.call('HGET', K_INFO, idx)
   if not raw then return nil end
-  local priority, always, max_attempts, dependents =
-    string.match(raw, '^(%d+)|(%d)|(%d+)|(.*)$')
-  return tonumber(priority), always == '1', tonumber(max_attempts), dependents
+  local priority, always, max_attempts, retry, dependents =
+    string.match(raw, '^(%d+)|(%d)|(%d+)|([^|]*)|(.*)$')
+  if not priority then
+    -- Written before retry policies existed: no retry field.
+    priority, always, max_attempts, dependents = string.match(raw, '^(%d+)|(%d)|(%d+)|(.*)$')
+    retry = ''
+  end
+  return tonumber(priority), always == '1', tonumber(max_attempts), dependents, retry
 end
 
 local function attempts_of(idx)
   return tonumber(redis.call('HGET', K_ATTEMPTS, idx) or '0')
 end
 
+-- Attempts that count against max_attempts: started minus handed back.
+local function used_attempts(idx)
+  return attempts_of(idx) - tonumber(redis.call('HGET', K_HANDED_BACK, idx) or '0')
+end
+
+-- Failure kinds (complete.lua's encoding) → the policy flag that allows a retry.
+local KIND_FLAG = { error = 1, timeout = 2, lost = 3 }
+-- Longest backoff delay, so times stay exact integers in Lua's doubles.
+local MAX_DELAY_MS = 1e15
+
+-- The delay (ms, 0 = at once) before another attempt of `idx`, which just
+-- failed with `kind` ('error', 'timeout', 'lost', 'permanent'); nil when
+-- there is none: permanent, the policy refuses the kind, attempts used up,
+-- or fail_fast fired. Backoff: initial * multiplier^(used - 1), at most
+-- max (0: no cap), with jitter uniform in [delay/2, delay] (math.random,
+-- seeded per call by the caller); at least `retry_after`.
+local function retry_delay(idx, kind, retry_after)
+  local flag = KIND_FLAG[kind]
+  if not flag then return nil end
+  if redis.call('HGET', K_META, 'fail_fast_fired') == '1' then return nil end
+  local _, _, max_attempts, _, retry = op_info(idx)
+  local flags, initial, cap, multiplier, jitter =
+    string.match(retry or '', '^([01][01][01]),(%d+),(%d+),([^,]+),([01])$')
+  if flags and string.sub(flags, flag, flag) ~= '1' then return nil end
+  local used = used_attempts(idx)
+  if used >= (max_attempts or 1) then return nil end
+  local delay = 0
+  initial = tonumber(initial or '0') or 0
+  if initial > 0 then
+    multiplier = tonumber(multiplier) or 1
+    cap = tonumber(cap) or 0
+    local exponent = used - 1
+    if exponent < 0 then exponent = 0 end
+    delay = initial * multiplier ^ exponent
+    if delay ~= delay then delay = initial end
+    if cap > 0 and delay > cap then delay = cap end
+    if delay > MAX_DELAY_MS then delay = MAX_DELAY_MS end
+    delay = math.floor(delay)
+    if jitter == '1' then
+      local half = math.floor(delay / 2)
+      local jittered = half + math.floor(math.random() * (delay - half + 1))
+      if jittered > delay then jittered = delay end
+      delay = jittered
+    end
+  end
+  retry_after = tonumber(retry_after or '0') or 0
+  if retry_after > MAX_DELAY_MS then retry_after = MAX_DELAY_MS end
+  if retry_after > delay then delay = retry_after end
+  return delay
+end
+
 local function push_ready(idx, priority)
   redis.call('HSET', K_STATE, idx, 'R')
   redis.call('RPUSH', k_ready(priority), idx)
+end
+
+-- The op leaves Running (not ended): running counter -1, lease dropped.
+local function leave_running(idx)
+  redis.call('HINCRBY', K_META, 'running', -1)
+  redis.call('ZREM', K_LEASES, idx)
+end
+
+-- Another attempt of `idx` after `delay` ms: onto its ready queue at once,
+-- or (state Ready) into the delayed set scored by its ready-at. Returns the
+-- ready-at, unix ms.
+local function requeue(idx, delay)
+  local priority = op_info(idx)
+  if delay <= 0 then
+    push_ready(idx, priority or (PRIORITY_LEVELS - 1))
+    return tonumber(NOW)
+  end
+  local ready_at = tonumber(NOW) + delay
+  redis.call('HSET', K_STATE, idx, 'R')
+  redis.call('ZADD', K_DELAYED, string.format('%d', ready_at), idx)
+  return ready_at
+end
+
+-- The message of a `retrying` event: the failure, then when.
+local function retry_message(err, delay, ready_at)
+  if delay <= 0 then return err end
+  local when = string.format('next attempt at %d (in %d ms)', ready_at, delay)
+  if err == nil or err == '' then return when end
+  return err .. '; ' .. when
+end
+
+-- The earliest ready-at still in the delayed set, as a string ('' none).
+local function next_retry_at()
+  local first = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+  if #first < 2 then return '' end
+  return string.format('%d', tonumber(first[2]))
+end
+
+-- Moves delayed retries whose ready-at passed onto their ready queues
+-- (those no longer Ready — cancelled meanwhile — are just dropped).
+local function promote_due()
+  local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', NOW)
+  for _, idx in ipairs(due) do
+    redis.call('ZREM', K_DELAYED, idx)
+    if redis.call('HGET', K_STATE, idx) == 'R' then
+      local priority = op_info(idx)
+      redis.call('RPUSH', k_ready(priority or (PRIORITY_LEVELS - 1)), idx)
+    end
+  end
 end
 
 -- One input of a Waiting op arrived: count down, ready at zero. Returns 1
@@ -115,6 +226,8 @@ local FINAL = { S = true, F = true, K = true, C = true }
 local function end_op(idx, code, result_json)
   redis.call('HSET', K_STATE, idx, code)
   redis.call('HDEL', K_PENDING, idx)
+  redis.call('ZREM', K_LEASES, idx)
+  redis.call('ZREM', K_DELAYED, idx)
   redis.call('HINCRBY', K_META, COUNTER[code], 1)
   redis.call('HSET', K_RESULT, idx, result_json)
 end
@@ -180,7 +293,7 @@ end
 -- or '' when it is not finished (or was already).
 local function finish_if_done()
   local m = redis.call('HMGET', K_META, 'state', 'total', 'succeeded', 'failed',
-    'skipped', 'cancelled', 'cancel_requested')
+    'skipped', 'cancelled', 'cancel_requested', 'deadline_fired')
   if m[1] ~= 'running' then return '' end
   local total = tonumber(m[2] or '0')
   local succeeded, failed = tonumber(m[3] or '0'), tonumber(m[4] or '0')
@@ -189,6 +302,9 @@ local function finish_if_done()
   local state
   if m[7] == '1' then
     state = 'cancelled'
+  elseif m[8] == '1' then
+    -- expire_deadline set the error already.
+    state = 'failed'
   elseif succeeded == total then
     state = 'succeeded'
   else
@@ -199,6 +315,7 @@ local function finish_if_done()
   redis.call('HSET', K_META, 'state', state, 'finished_ms', NOW)
   event('finished', nil, 0, '', redis.call('HGET', K_META, 'error') or '', state)
   for priority = 0, PRIORITY_LEVELS - 1 do redis.call('DEL', k_ready(priority)) end
+  redis.call('DEL', K_LEASES, K_DELAYED)
   return state
 end
 

@@ -111,7 +111,38 @@ pub trait Store: Send + Sync + 'static {
     /// cancelled. Also capped by the batch's `max_parallel` (when > 0) minus
     /// its running ops, so several coordinators never exceed it together.
     /// `BatchNotFound` for an unknown batch.
-    async fn claim(&self, batch: &BatchId, max: u32, now_ms: u64) -> StoreResult<Vec<Claimed>>;
+    async fn claim(
+        &self,
+        batch: &BatchId,
+        max: u32,
+        now_ms: u64,
+        lease_until_ms: u64,
+    ) -> StoreResult<Vec<Claimed>>;
+
+    /// Extends the leases of these running attempts (stale ones ignored).
+    async fn renew_leases(&self, batch: &BatchId, ops: &[Claimed], lease_until_ms: u64) -> StoreResult<()>;
+
+    /// Running ops whose lease ran out (their worker died or hung) end as a
+    /// `LostWorker` failure: another attempt per their retry policy, else
+    /// failed "lost: …". Their earlier attempt's late results are stale.
+    async fn expire_leases(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome>;
+
+    /// Running attempts a worker hands back unrun (it is draining): ready
+    /// again at once; the handed-back attempt does not count against the
+    /// op's attempts. Returns how many were handed back.
+    async fn return_ops(&self, batch: &BatchId, ops: &[Claimed], now_ms: u64) -> StoreResult<u32>;
+
+    /// Ends the batch if its deadline passed: ops not yet ended are
+    /// cancelled ("deadline exceeded"), the batch ends `Failed`.
+    async fn expire_deadline(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome>;
+
+    /// Marks batches the store no longer holds as `Lost` with `reason` —
+    /// after the store restarted empty. Writes a minimal record so status
+    /// and watchers see it. Returns those it marked.
+    async fn mark_lost(&self, batches: &[BatchId], reason: &str, now_ms: u64) -> StoreResult<Vec<BatchId>>;
+
+    /// The countdown of an op: what it still waits for (for `volley why`).
+    async fn op_waits(&self, batch: &BatchId, index: u32) -> StoreResult<OpWaits>;
 
     /// Records results of running ops in one atomic step: a result whose op
     /// is not running or whose attempt differs is stale and ignored (listed in

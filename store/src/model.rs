@@ -198,9 +198,40 @@ pub struct NewBatch {
     pub max_parallel: u32,
     pub on_failure: OnFailure,
     pub created_ms: u64,
+    /// Unix ms at which the batch ends: unfinished ops are cancelled
+    /// ("deadline exceeded") and the batch ends `Failed`. 0: no deadline.
+    pub deadline_ms: u64,
     /// Opaque to the store: the coordinator's encoding of the batch.
     pub spec: Vec<u8>,
     pub ops: Vec<NewOp>,
+}
+
+/// When and how an op gets another attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    pub on_failure: bool,
+    pub on_timeout: bool,
+    pub on_lost_worker: bool,
+    /// Delay before attempt n+1: `initial_ms * multiplier^(n-1)`, at most
+    /// `max_ms`; with `jitter`, a uniform random part of that. 0: at once.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub backoff_multiplier: f64,
+    pub backoff_jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            on_failure: true,
+            on_timeout: true,
+            on_lost_worker: true,
+            backoff_initial_ms: 0,
+            backoff_max_ms: 0,
+            backoff_multiplier: 2.0,
+            backoff_jitter: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -229,6 +260,7 @@ pub struct NewOp {
     /// `create_batch` it may be left empty: only `deps` and `dependents`
     /// count there.
     pub after: Vec<u32>,
+    pub retry: RetryPolicy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,9 +274,11 @@ pub struct Completion {
     pub index: u32,
     pub attempt: u32,
     pub ok: bool,
-    /// A failure that another attempt cannot fix (bad args, refused path):
-    /// final even with attempts left.
-    pub permanent: bool,
+    /// What kind of failure (ignored when `ok`): decides, with the op's
+    /// `RetryPolicy`, whether another attempt follows.
+    pub failure: FailureKind,
+    /// The handler asked to wait at least this long before another attempt.
+    pub retry_after_ms: u64,
     pub output: String,
     pub error: String,
     pub details_json: String,
@@ -254,6 +288,18 @@ pub struct Completion {
     pub duration_ms: u64,
     /// Key of the batch's memory the output is written to on success.
     pub store_as: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailureKind {
+    /// An ordinary failure: retried when the policy says `on_failure`.
+    #[default]
+    Error,
+    Timeout,
+    /// The worker died, hung (lease expired) or went away.
+    LostWorker,
+    /// Another attempt cannot help (bad args, refused path): never retried.
+    Permanent,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -268,6 +314,9 @@ pub struct CompleteOutcome {
     pub became_ready: u32,
     /// Set when these results ended the batch.
     pub finished: Option<BatchState>,
+    /// The earliest unix ms at which a retry delayed by backoff becomes
+    /// ready (the dispatcher looks again then); `None`: none pending.
+    pub next_retry_at_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -385,4 +434,17 @@ pub enum Doorbell {
     /// Bells may have been missed (the subscription reconnected): re-read
     /// every active batch.
     Resync,
+}
+
+/// What an op still waits for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpWaits {
+    /// Dependencies not yet counted down plus keys not yet arrived.
+    pub pending: u32,
+    /// `wait_for` / `wait_for_any` keys not yet arrived.
+    pub missing_keys: Vec<String>,
+    /// Unix ms its lease runs out, when running.
+    pub lease_until_ms: Option<u64>,
+    /// Unix ms a backoff-delayed retry becomes ready, when delayed.
+    pub retry_at_ms: Option<u64>,
 }

@@ -91,6 +91,12 @@ struct Scripts {
     cancel: Script,
     add_ops: Script,
     expire_waits: Script,
+    renew_leases: Script,
+    expire_leases: Script,
+    return_ops: Script,
+    expire_deadline: Script,
+    mark_lost: Script,
+    op_waits: Script,
     memory_put: Script,
     memory_incr: Script,
     memory_delete: Script,
@@ -109,6 +115,12 @@ impl Scripts {
             cancel: lua_script!("cancel.lua"),
             add_ops: lua_script!("add_ops.lua"),
             expire_waits: lua_script!("expire_waits.lua"),
+            renew_leases: lua_script!("renew_leases.lua"),
+            expire_leases: lua_script!("expire_leases.lua"),
+            return_ops: lua_script!("return_ops.lua"),
+            expire_deadline: lua_script!("expire_deadline.lua"),
+            mark_lost: lua_script!("mark_lost.lua"),
+            op_waits: lua_script!("op_waits.lua"),
             memory_put: memory_script!("memory_put.lua"),
             memory_incr: memory_script!("memory_incr.lua"),
             memory_delete: memory_script!("memory_delete.lua"),
@@ -594,10 +606,11 @@ pub(crate) fn pending_count(op: &NewOp) -> u32 {
     op.deps + all.len() as u32 + u32::from(!any.is_empty())
 }
 
-/// The `waitinfo` JSON of an op with a wait deadline and memory waits.
+/// The `waitinfo` JSON of an op with memory waits (what `expire_waits`
+/// names and `op_waits` reports); `None` when it waits for no key.
 fn wait_info_json(op: &NewOp, since_ms: u64) -> Option<String> {
     let (all, any) = wait_keys(op);
-    if op.wait_deadline_ms == 0 || (all.is_empty() && any.is_empty()) {
+    if all.is_empty() && any.is_empty() {
         return None;
     }
     Some(serde_json::json!({ "s": since_ms.to_string(), "a": all, "y": any }).to_string())
@@ -757,15 +770,76 @@ fn claimed_pairs(values: &[i64]) -> StoreResult<Vec<Claimed>> {
         .collect())
 }
 
+/// `priority|run_if_always|max_attempts|retry|d1,d2,…` (see `op_info` in
+/// `lua/common.lua`).
 fn packed_info(op: &NewOp, dependents: &[u32]) -> String {
     let dependents: Vec<String> = dependents.iter().map(u32::to_string).collect();
     format!(
-        "{}|{}|{}|{}",
+        "{}|{}|{}|{}|{}",
         op.priority.min(PRIORITY_LEVELS - 1),
         u8::from(op.run_if_always),
         op.max_attempts.max(1),
+        packed_retry(&op.retry),
         dependents.join(",")
     )
+}
+
+/// `<on_failure><on_timeout><on_lost_worker>,<initial>,<max>,<multiplier>,<jitter>`.
+fn packed_retry(policy: &RetryPolicy) -> String {
+    format!(
+        "{}{}{},{},{},{},{}",
+        u8::from(policy.on_failure),
+        u8::from(policy.on_timeout),
+        u8::from(policy.on_lost_worker),
+        policy.backoff_initial_ms,
+        policy.backoff_max_ms,
+        crate::memory_store::sane_multiplier(policy.backoff_multiplier),
+        u8::from(policy.backoff_jitter)
+    )
+}
+
+/// How `complete.lua` spells a completion's outcome.
+fn outcome_code(completion: &Completion) -> &'static str {
+    if completion.ok {
+        return "ok";
+    }
+    match completion.failure {
+        FailureKind::Error => "error",
+        FailureKind::Timeout => "timeout",
+        FailureKind::LostWorker => "lost",
+        FailureKind::Permanent => "permanent",
+    }
+}
+
+/// A fresh seed for the scripts' `math.random` (backoff jitter): Redis
+/// would otherwise start every script from the same seed.
+fn random_seed() -> u32 {
+    // The low bits of a v7 uuid are random.
+    (uuid::Uuid::now_v7().as_u128() & 0x7fff_ffff) as u32
+}
+
+/// A `next_retry_at_ms` as a script returns it ('' for none).
+fn parse_next_retry(text: &str) -> StoreResult<Option<u64>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| corrupt(format_args!("next retry at `{text}`")))
+}
+
+/// The invocation of a batch script with the common header (ARGV 1..3).
+fn batch_invocation<'a>(
+    script: &'a Script,
+    batch: &BatchId,
+    now_ms: u64,
+) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.key(keys::batch_prefix(batch));
+    invocation
+        .arg(keys::DOORBELL_CHANNEL)
+        .arg(batch.as_str())
+        .arg(now_ms);
+    invocation
 }
 
 #[async_trait]
@@ -821,6 +895,7 @@ impl Store for RedisStore {
             let mut wait_info = redis::cmd("HSET");
             wait_info.arg(keys::wait_info(&batch.id));
             let mut any_deadline = false;
+            let mut any_wait_info = false;
             let mut ready: [Vec<u32>; PRIORITY_LEVELS as usize] = Default::default();
             for (offset, op) in chunk.iter().enumerate() {
                 let index = first + offset as u32;
@@ -835,9 +910,12 @@ impl Store for RedisStore {
                     any_pending = true;
                 }
                 if let Some(json) = wait_info_json(op, batch.created_ms) {
-                    deadlines.arg(op.wait_deadline_ms).arg(index);
+                    if op.wait_deadline_ms > 0 {
+                        deadlines.arg(op.wait_deadline_ms).arg(index);
+                        any_deadline = true;
+                    }
                     wait_info.arg(index).arg(json);
-                    any_deadline = true;
+                    any_wait_info = true;
                 }
             }
             let mut pipe = redis::pipe();
@@ -848,6 +926,8 @@ impl Store for RedisStore {
             }
             if any_deadline {
                 pipe.add_command(deadlines).ignore();
+            }
+            if any_wait_info {
                 pipe.add_command(wait_info).ignore();
             }
             for (priority, indices) in ready.iter().enumerate() {
@@ -882,6 +962,7 @@ impl Store for RedisStore {
             .arg(on_failure_code(batch.on_failure))
             .arg(batch.ops.len() as u64)
             .arg(memory_code(&scope))
+            .arg(batch.deadline_ms)
             .invoke_async(&mut connection)
             .await?;
         let _: i64 = connection
@@ -923,19 +1004,19 @@ impl Store for RedisStore {
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch))]
-    async fn claim(&self, batch: &BatchId, max: u32, now_ms: u64) -> StoreResult<Vec<Claimed>> {
+    async fn claim(
+        &self,
+        batch: &BatchId,
+        max: u32,
+        now_ms: u64,
+        lease_until_ms: u64,
+    ) -> StoreResult<Vec<Claimed>> {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let reply: Value = self
-            .shared
-            .scripts
-            .claim
-            .key(keys::batch_prefix(batch))
-            .arg(keys::DOORBELL_CHANNEL)
-            .arg(batch.as_str())
-            .arg(now_ms)
+        let reply: Value = batch_invocation(&self.shared.scripts.claim, batch, now_ms)
             .arg(max)
+            .arg(lease_until_ms)
             .invoke_async(&mut self.connection())
             .await?;
         if let Value::Int(-1) = reply {
@@ -955,16 +1036,12 @@ impl Store for RedisStore {
         let own_scope = MemoryScope::Batch(batch.clone());
         let mut invocation =
             self.memory_invocation(&self.shared.scripts.complete, &own_scope, now_ms);
-        invocation.arg(completions.len());
+        invocation.arg(random_seed()).arg(completions.len());
         for completion in completions {
             invocation
                 .arg(completion.index)
                 .arg(completion.attempt)
-                .arg(match (completion.ok, completion.permanent) {
-                    (true, _) => 1u8,
-                    (false, false) => 0,
-                    (false, true) => 2,
-                })
+                .arg(outcome_code(completion))
                 .arg(&completion.output)
                 .arg(&completion.error)
                 .arg(&completion.details_json)
@@ -972,15 +1049,18 @@ impl Store for RedisStore {
                 .arg(completion.started_ms)
                 .arg(completion.duration_ms)
                 .arg(u8::from(completion.store_as.is_some()))
-                .arg(completion.store_as.as_deref().unwrap_or(""));
+                .arg(completion.store_as.as_deref().unwrap_or(""))
+                .arg(completion.retry_after_ms);
         }
-        let (recorded, retried, stale, mut became_ready, finished, shared_writes, memory): (
+        #[allow(clippy::type_complexity)]
+        let (recorded, retried, stale, mut became_ready, finished, shared_writes, memory, next): (
             i64,
             Vec<u32>,
             Vec<u32>,
             u32,
             String,
             Vec<usize>,
+            String,
             String,
         ) = invocation.invoke_async(&mut self.connection()).await?;
         if recorded < 0 {
@@ -1018,6 +1098,148 @@ impl Store for RedisStore {
             stale,
             became_ready,
             finished,
+            next_retry_at_ms: parse_next_retry(&next)?,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch, ops = ops.len()))]
+    async fn renew_leases(
+        &self,
+        batch: &BatchId,
+        ops: &[Claimed],
+        lease_until_ms: u64,
+    ) -> StoreResult<()> {
+        let mut connection = self.connection();
+        // An empty slice still checks that the batch exists.
+        let chunks: Vec<&[Claimed]> = if ops.is_empty() {
+            vec![ops]
+        } else {
+            ops.chunks(WRITE_CHUNK).collect()
+        };
+        for chunk in chunks {
+            let mut invocation = batch_invocation(&self.shared.scripts.renew_leases, batch, 0);
+            invocation.arg(lease_until_ms);
+            for claimed in chunk {
+                invocation.arg(claimed.index).arg(claimed.attempt);
+            }
+            let renewed: i64 = invocation.invoke_async(&mut connection).await?;
+            if renewed < 0 {
+                return Err(StoreError::BatchNotFound(batch.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch))]
+    async fn expire_leases(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome> {
+        let (failed, retried, _, became_ready, finished, next): (
+            i64,
+            Vec<u32>,
+            Vec<u32>,
+            u32,
+            String,
+            String,
+        ) = batch_invocation(&self.shared.scripts.expire_leases, batch, now_ms)
+            .arg(random_seed())
+            .invoke_async(&mut self.connection())
+            .await?;
+        if failed < 0 {
+            return Err(StoreError::BatchNotFound(batch.clone()));
+        }
+        Ok(CompleteOutcome {
+            recorded: failed as u32,
+            retried,
+            became_ready,
+            finished: self.finished_state(batch, &finished).await?,
+            next_retry_at_ms: parse_next_retry(&next)?,
+            ..CompleteOutcome::default()
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch, ops = ops.len()))]
+    async fn return_ops(&self, batch: &BatchId, ops: &[Claimed], now_ms: u64) -> StoreResult<u32> {
+        let mut connection = self.connection();
+        let chunks: Vec<&[Claimed]> = if ops.is_empty() {
+            vec![ops]
+        } else {
+            ops.chunks(WRITE_CHUNK).collect()
+        };
+        let mut returned = 0;
+        for chunk in chunks {
+            let mut invocation = batch_invocation(&self.shared.scripts.return_ops, batch, now_ms);
+            for claimed in chunk {
+                invocation.arg(claimed.index).arg(claimed.attempt);
+            }
+            let count: i64 = invocation.invoke_async(&mut connection).await?;
+            if count < 0 {
+                return Err(StoreError::BatchNotFound(batch.clone()));
+            }
+            returned += count as u32;
+        }
+        Ok(returned)
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch))]
+    async fn expire_deadline(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome> {
+        let (cancelled, _, _, _, finished, _): (i64, Vec<u32>, Vec<u32>, u32, String, String) =
+            batch_invocation(&self.shared.scripts.expire_deadline, batch, now_ms)
+                .invoke_async(&mut self.connection())
+                .await?;
+        if cancelled < 0 {
+            return Err(StoreError::BatchNotFound(batch.clone()));
+        }
+        Ok(CompleteOutcome {
+            recorded: cancelled as u32,
+            finished: self.finished_state(batch, &finished).await?,
+            ..CompleteOutcome::default()
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(batches = batches.len()))]
+    async fn mark_lost(
+        &self,
+        batches: &[BatchId],
+        reason: &str,
+        now_ms: u64,
+    ) -> StoreResult<Vec<BatchId>> {
+        let mut connection = self.connection();
+        let mut marked = Vec::new();
+        for batch in batches {
+            let fresh: i64 = batch_invocation(&self.shared.scripts.mark_lost, batch, now_ms)
+                .arg(reason)
+                .invoke_async(&mut connection)
+                .await?;
+            if fresh == 1 {
+                let _: i64 = connection
+                    .zadd(keys::BATCHES, batch.as_str(), now_ms)
+                    .await?;
+                self.leave_active(batch).await?;
+                marked.push(batch.clone());
+            }
+        }
+        Ok(marked)
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch, index))]
+    async fn op_waits(&self, batch: &BatchId, index: u32) -> StoreResult<OpWaits> {
+        let (status, pending, missing_keys, lease, retry_at): (
+            i64,
+            u32,
+            Vec<String>,
+            String,
+            String,
+        ) = batch_invocation(&self.shared.scripts.op_waits, batch, 0)
+            .arg(index)
+            .invoke_async(&mut self.connection())
+            .await?;
+        if status < 0 {
+            return Err(StoreError::BatchNotFound(batch.clone()));
+        }
+        Ok(OpWaits {
+            pending,
+            missing_keys,
+            lease_until_ms: parse_next_retry(&lease)?,
+            retry_at_ms: parse_next_retry(&retry_at)?,
         })
     }
 

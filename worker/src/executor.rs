@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
-use volley_proto::v1::{Assignment, OpResult};
+use volley_proto::v1::{Assignment, FailureKind, OpResult};
 
 use crate::handler::{HandlerError, OpContext, OpOutput};
 use crate::memory::MemoryStore;
@@ -63,8 +63,11 @@ impl Executor {
     }
 
     /// Runs `assignment` to its result. Never fails: every problem becomes a
-    /// failed [`OpResult`]. `cancel` aborts the op (its handler's future is
-    /// dropped, so a shell's process group is killed); so does `timeout_ms`.
+    /// failed [`OpResult`] with its `failure_kind` set: the handler's error's
+    /// ([`HandlerError::failure_kind`]; a panic is `ERROR`), `TIMEOUT` past
+    /// `timeout_ms`, `CANCELLED` once `cancel` fired.
+    /// `cancel` aborts the op (its handler's future is dropped, so a shell's
+    /// process group is killed); so does `timeout_ms`.
     #[tracing::instrument(skip_all, fields(batch, op, kind, attempt, traceparent))]
     pub async fn run(&self, assignment: Assignment, cancel: CancellationToken) -> OpResult {
         let span = tracing::Span::current();
@@ -83,7 +86,12 @@ impl Executor {
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match &outcome {
             Ok(_) => tracing::debug!(duration_ms, "op succeeded"),
-            Err(error) => tracing::info!(duration_ms, error = error.message(), "op failed"),
+            Err(failure) => tracing::info!(
+                duration_ms,
+                error = failure.error.message(),
+                kind = failure.kind.as_str_name(),
+                "op failed"
+            ),
         }
         to_result(&assignment, outcome, started_at_ms, duration_ms)
     }
@@ -92,21 +100,21 @@ impl Executor {
         &self,
         assignment: &Assignment,
         cancel: CancellationToken,
-    ) -> Result<OpOutput, HandlerError> {
+    ) -> Result<OpOutput, Failure> {
         let Some(handler) = self.registry.get(&assignment.kind) else {
-            return Err(HandlerError::permanent(format!(
+            return Err(Failure::handler(HandlerError::permanent(format!(
                 "kind {} is not registered on this worker (op {})",
                 assignment.kind, assignment.op_id
-            )));
+            ))));
         };
         let args = if assignment.args_json.trim().is_empty() {
             serde_json::Value::Null
         } else {
             serde_json::from_str(&assignment.args_json).map_err(|error| {
-                HandlerError::permanent(format!(
+                Failure::handler(HandlerError::permanent(format!(
                     "op {}: args_json is not valid JSON: {error}",
                     assignment.op_id
-                ))
+                )))
             })?
         };
         // A child token: firing it on timeout must not cancel anything else.
@@ -135,27 +143,60 @@ impl Executor {
                 None => std::future::pending().await,
             }
         };
+        // Biased: a handler that finished wins over a timer or cancel that
+        // fired in the same poll.
         tokio::select! {
-            outcome = run => outcome.unwrap_or_else(|panic| {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|text| (*text).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned());
-                Err(HandlerError::retry(format!("handler of kind {} panicked: {message}", assignment.kind)))
-            }),
+            biased;
+            outcome = run => match outcome {
+                Ok(Ok(output)) => Ok(output),
+                // A handler that gave up because it saw the cancel was cancelled, not failing.
+                Ok(Err(error)) if cancel.is_cancelled() => Err(Failure { error, kind: FailureKind::Cancelled }),
+                Ok(Err(error)) => Err(Failure::handler(error)),
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|text| (*text).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".to_owned());
+                    Err(Failure {
+                        error: HandlerError::retry(format!("handler of kind {} panicked: {message}", assignment.kind)),
+                        kind: FailureKind::Error,
+                    })
+                }
+            },
             () = timer => {
                 op_cancel.cancel();
-                Err(HandlerError::retry(format!("timed out after {}", format_duration(assignment.timeout_ms))))
+                Err(Failure {
+                    error: HandlerError::retry(format!("timed out after {}", format_duration(assignment.timeout_ms))),
+                    kind: FailureKind::Timeout,
+                })
             }
-            () = op_cancel.cancelled() => Err(HandlerError::retry("cancelled")),
+            () = op_cancel.cancelled() => Err(Failure {
+                error: HandlerError::retry("cancelled"),
+                kind: FailureKind::Cancelled,
+            }),
         }
+    }
+}
+
+/// Why an op failed: the error it reports and how the coordinator should see it.
+struct Failure {
+    error: HandlerError,
+    kind: FailureKind,
+}
+
+impl Failure {
+    /// A handler's own error (or the executor's refusal to run it),
+    /// classified by [`HandlerError::failure_kind`].
+    fn handler(error: HandlerError) -> Self {
+        let kind = error.failure_kind();
+        Self { error, kind }
     }
 }
 
 fn to_result(
     assignment: &Assignment,
-    outcome: Result<OpOutput, HandlerError>,
+    outcome: Result<OpOutput, Failure>,
     started_at_ms: u64,
     duration_ms: u64,
 ) -> OpResult {
@@ -176,10 +217,14 @@ fn to_result(
                 .map(|details| details.to_string())
                 .unwrap_or_default();
         }
-        Err(error) => {
+        Err(Failure { error, kind }) => {
             result.ok = false;
             result.error = error.message().to_owned();
             result.details_json = failure_details(&error).to_string();
+            result.set_failure_kind(kind);
+            result.retry_after_ms = error.retry_after_delay().map_or(0, |after| {
+                u64::try_from(after.as_millis()).unwrap_or(u64::MAX)
+            });
         }
     }
     result
@@ -239,6 +284,27 @@ mod tests {
             }),
         );
         registry.register(
+            "refuse",
+            handler_fn(|_ctx, _args| async move {
+                Err(HandlerError::permanent("never").with_details(serde_json::json!({"n": 2})))
+            }),
+        );
+        registry.register(
+            "flaky",
+            handler_fn(|_ctx, _args| async move { Err(HandlerError::retry("try again")) }),
+        );
+        registry.register(
+            // Sees the cancel itself and returns its own error.
+            "cooperative",
+            handler_fn(|ctx, _args| async move {
+                ctx.cancellation().cancelled().await;
+                Err(HandlerError::retry_after(
+                    "stopped on cancel",
+                    Duration::from_millis(5),
+                ))
+            }),
+        );
+        registry.register(
             "explode",
             handler_fn(|_ctx, _args| async move { panic!("kaboom") }),
         );
@@ -268,6 +334,8 @@ mod tests {
             .await;
         assert!(result.ok, "{result:?}");
         assert_eq!(result.output, "hi");
+        assert_eq!(result.failure_kind(), FailureKind::Unspecified);
+        assert_eq!(result.retry_after_ms, 0);
         assert_eq!(
             (result.batch_id.as_str(), result.op_index, result.attempt),
             ("b1", 7, 2)
@@ -288,6 +356,7 @@ mod tests {
         );
         let details: serde_json::Value = serde_json::from_str(&result.details_json).unwrap();
         assert_eq!(details["retryable"], false);
+        assert_eq!(result.failure_kind(), FailureKind::Permanent);
 
         let result = executor()
             .run(assignment("echo", "{not json", 0), CancellationToken::new())
@@ -297,6 +366,57 @@ mod tests {
             "{}",
             result.error
         );
+        assert_eq!(result.failure_kind(), FailureKind::Permanent);
+
+        // Args that parse but do not fit the kind.
+        let result = executor()
+            .run(
+                assignment("echo", r#"{"txt":"x"}"#, 0),
+                CancellationToken::new(),
+            )
+            .await;
+        assert!(
+            result.error.contains("invalid args for kind echo"),
+            "{}",
+            result.error
+        );
+        assert_eq!(result.failure_kind(), FailureKind::Permanent);
+        assert_eq!(result.retry_after_ms, 0);
+    }
+
+    #[tokio::test]
+    async fn refusals_of_builtins_are_permanent() {
+        // No --allow-shell, no --root.
+        for (kind, args) in [
+            ("shell", r#"{"cmd":"echo hi"}"#),
+            ("read", r#"{"path":"a"}"#),
+        ] {
+            let result = executor()
+                .run(assignment(kind, args, 0), CancellationToken::new())
+                .await;
+            assert!(!result.ok, "{kind}");
+            assert_eq!(result.failure_kind(), FailureKind::Permanent, "{kind}");
+            let details: serde_json::Value = serde_json::from_str(&result.details_json).unwrap();
+            assert_eq!(details["retryable"], false, "{kind}");
+        }
+    }
+
+    #[tokio::test]
+    async fn handler_errors_map_to_permanent_and_error() {
+        let result = executor()
+            .run(assignment("refuse", "{}", 0), CancellationToken::new())
+            .await;
+        assert_eq!(result.error, "never");
+        assert_eq!(result.failure_kind(), FailureKind::Permanent);
+        assert_eq!(result.retry_after_ms, 0);
+        let details: serde_json::Value = serde_json::from_str(&result.details_json).unwrap();
+        assert_eq!(details, serde_json::json!({"n": 2, "retryable": false}));
+
+        let result = executor()
+            .run(assignment("flaky", "{}", 0), CancellationToken::new())
+            .await;
+        assert_eq!(result.failure_kind(), FailureKind::Error);
+        assert_eq!(result.retry_after_ms, 0);
     }
 
     #[tokio::test]
@@ -310,6 +430,8 @@ mod tests {
             details,
             serde_json::json!({"n": 1, "retryable": true, "retry_after_ms": 2000})
         );
+        assert_eq!(result.failure_kind(), FailureKind::Error);
+        assert_eq!(result.retry_after_ms, 2000);
     }
 
     #[tokio::test]
@@ -322,6 +444,9 @@ mod tests {
             .await;
         assert!(!result.ok);
         assert_eq!(result.error, "timed out after 20ms");
+        assert_eq!(result.failure_kind(), FailureKind::Timeout);
+        let details: serde_json::Value = serde_json::from_str(&result.details_json).unwrap();
+        assert_eq!(details["retryable"], true);
     }
 
     #[tokio::test]
@@ -332,6 +457,24 @@ mod tests {
             .run(assignment("sleep", r#"{"ms":3600000}"#, 0), cancel)
             .await;
         assert_eq!(result.error, "cancelled");
+        assert_eq!(result.failure_kind(), FailureKind::Cancelled);
+
+        // Cancelled while running, by the cancel branch or by the handler's own error.
+        for kind in ["sleep", "cooperative"] {
+            let cancel = CancellationToken::new();
+            let executor = executor();
+            let run = executor.run(assignment(kind, r#"{"ms":3600000}"#, 0), cancel.clone());
+            tokio::pin!(run);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(20), &mut run)
+                    .await
+                    .is_err()
+            );
+            cancel.cancel();
+            let result = run.await;
+            assert!(!result.ok, "{kind}");
+            assert_eq!(result.failure_kind(), FailureKind::Cancelled, "{kind}");
+        }
     }
 
     #[tokio::test]
@@ -345,5 +488,6 @@ mod tests {
             "{}",
             result.error
         );
+        assert_eq!(result.failure_kind(), FailureKind::Error);
     }
 }

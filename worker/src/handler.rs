@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
-use volley_proto::v1::Op;
+use volley_proto::v1::{FailureKind, Op};
 use volley_proto::{BatchId, OpId};
 
 use crate::memory::{MemoryError, MemoryScope, MemoryStore, MemoryWriter, PutOptions};
@@ -119,6 +119,16 @@ impl HandlerError {
 
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Retry { .. })
+    }
+
+    /// How the coordinator sees this error: `Permanent` is
+    /// [`FailureKind::Permanent`], `Retry` is [`FailureKind::Error`] (a
+    /// retryable failure). Timeouts and cancels are classified by the executor.
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            Self::Permanent { .. } => FailureKind::Permanent,
+            Self::Retry { .. } => FailureKind::Error,
+        }
     }
 
     /// The delay a `Retry` asks for, if any.

@@ -24,9 +24,10 @@ use volley_proto::v1::{
     GetMemoryRequest, GetMemoryResponse, IncrMemoryRequest, IncrMemoryResponse, ListBatchesRequest,
     ListBatchesResponse, ListMemoryRequest, ListMemoryResponse, ListWorkersRequest,
     ListWorkersResponse, MemoryChange, Op, OpRef, OpResult, Problem, PutMemoryRequest,
-    PutMemoryResponse, Register, Registered, SpawnOpsRequest, SpawnOpsResponse, SubmitBatchChunk,
-    SubmitBatchResponse, ValidationFailure, WaitMemoryRequest, WatchBatchRequest,
-    WatchMemoryRequest, WorkerMessage, coordinator_message, worker_message,
+    PutMemoryResponse, Register, Registered, ReturnOps, SpawnOpsRequest, SpawnOpsResponse,
+    SubmitBatchChunk, SubmitBatchResponse, ValidationFailure, WaitMemoryRequest, WatchBatchRequest,
+    WatchMemoryRequest, WhyRequest, WhyResponse, WorkerMessage, coordinator_message,
+    worker_message,
 };
 use volley_worker::{
     BuiltinConfig, HandlerError, MemoryError, OpOutput, PutOptions, Registry, WorkerConfig,
@@ -340,6 +341,10 @@ impl BatchService for FakeBatches {
         &self,
         _: Request<ListBatchesRequest>,
     ) -> Result<Response<ListBatchesResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn why(&self, _: Request<WhyRequest>) -> Result<Response<WhyResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
 }
@@ -945,4 +950,250 @@ async fn ops_spawn_ops_and_see_why_invalid_ones_are_refused() {
     assert_eq!(details["problems"][0]["field"], "after");
 
     stop(harness, session, shutdown, worker).await;
+}
+
+/// Everything the worker sends until its stream ends (it half-closed after a
+/// drain), as results and hand-backs; fails at the deadline.
+async fn collect_until_closed(
+    from_worker: &mut mpsc::Receiver<WorkerMessage>,
+) -> (Vec<OpResult>, Vec<ReturnOps>) {
+    let mut results = Vec::new();
+    let mut returned = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(message) = from_worker.recv().await {
+            match message.msg {
+                Some(worker_message::Msg::Results(batch)) => results.extend(batch.results),
+                Some(worker_message::Msg::ReturnOps(ops)) => returned.push(ops),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the worker's stream did not end before the deadline");
+    results.sort_by_key(|result| result.op_index);
+    (results, returned)
+}
+
+fn returned_indexes(returned: &[ReturnOps], reason: &str) -> Vec<u32> {
+    let mut indexes: Vec<u32> = returned
+        .iter()
+        .filter(|ops| ops.reason == reason)
+        .flat_map(|ops| ops.ops.iter())
+        .map(|op| {
+            assert_eq!((op.batch_id.as_str(), op.attempt), ("batch-1", 1));
+            op.op_index
+        })
+        .collect();
+    indexes.sort_unstable();
+    indexes
+}
+
+async fn wait_worker(
+    harness: Harness,
+    worker: tokio::task::JoinHandle<Result<(), volley_worker::WorkerError>>,
+) {
+    tokio::time::timeout(DEADLINE, worker)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    harness.server_shutdown.cancel();
+    harness.server.await.unwrap();
+}
+
+#[tokio::test]
+async fn assignments_arriving_during_a_drain_are_handed_back() {
+    let mut harness = start_fake_coordinator().await;
+    let shutdown = CancellationToken::new();
+    let (started_tx, mut started) = mpsc::channel(4);
+    let worker = tokio::spawn(run_worker(
+        config(&harness.url),
+        test_registry_with_gate(started_tx),
+        shutdown.clone(),
+    ));
+    let mut session = tokio::time::timeout(DEADLINE, harness.sessions.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Keeps the drain going while the late assignments arrive.
+    send(
+        &session,
+        coordinator_message::Msg::Assignments(Assignments {
+            assignments: vec![assignment(0, "gated", serde_json::json!({"ms": 500}))],
+        }),
+    )
+    .await;
+    tokio::time::timeout(DEADLINE, started.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    shutdown.cancel();
+    send(
+        &session,
+        coordinator_message::Msg::Assignments(Assignments {
+            assignments: vec![
+                assignment(1, "echo", serde_json::json!({"text": "too late"})),
+                assignment(2, "noop", serde_json::json!({})),
+            ],
+        }),
+    )
+    .await;
+    // Handed back at once, while op 0 is still running.
+    let returned = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let message = session.from_worker.recv().await.expect("stream ended");
+            match message.msg {
+                Some(worker_message::Msg::ReturnOps(ops)) => return ops,
+                Some(worker_message::Msg::Results(results)) => {
+                    panic!("a result before the hand-back: {results:?}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("no ReturnOps before the deadline");
+    assert_eq!(returned.reason, "worker is draining");
+    assert_eq!(returned_indexes(&[returned], "worker is draining"), [1, 2]);
+
+    drop(session.to_worker); // lets the fake end its side once the worker half-closes
+    let (results, returned) = collect_until_closed(&mut session.from_worker).await;
+    assert!(returned.is_empty(), "{returned:?}");
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!((results[0].op_index, results[0].ok), (0, true));
+    wait_worker(harness, worker).await;
+}
+
+#[tokio::test]
+async fn an_op_finishing_within_the_drain_timeout_reports_its_result() {
+    let mut harness = start_fake_coordinator().await;
+    let shutdown = CancellationToken::new();
+    let (started_tx, mut started) = mpsc::channel(4);
+    let mut worker_config = config(&harness.url);
+    worker_config.drain_timeout = Duration::from_secs(5);
+    let worker = tokio::spawn(run_worker(
+        worker_config,
+        test_registry_with_gate(started_tx),
+        shutdown.clone(),
+    ));
+    let mut session = tokio::time::timeout(DEADLINE, harness.sessions.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    send(
+        &session,
+        coordinator_message::Msg::Assignments(Assignments {
+            assignments: vec![assignment(0, "gated", serde_json::json!({"ms": 300}))],
+        }),
+    )
+    .await;
+    tokio::time::timeout(DEADLINE, started.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(session.to_worker);
+    shutdown.cancel();
+    let (results, returned) = collect_until_closed(&mut session.from_worker).await;
+    assert!(returned.is_empty(), "{returned:?}");
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert!(results[0].ok, "{:?}", results[0]);
+    assert_eq!(results[0].output, "finished");
+    wait_worker(harness, worker).await;
+}
+
+#[tokio::test]
+async fn ops_outliving_the_drain_timeout_are_cancelled_and_handed_back() {
+    let mut harness = start_fake_coordinator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("sleep.pid");
+    let shutdown = CancellationToken::new();
+    let (started_tx, mut started) = mpsc::channel(4);
+    let mut worker_config = config(&harness.url);
+    worker_config.drain_timeout = Duration::from_millis(300);
+    worker_config.allow_shell = true;
+    let mut registry = test_registry_with_gate(started_tx);
+    let shell_config = BuiltinConfig {
+        root: None,
+        allow_shell: true,
+    };
+    let shell = Registry::with_builtins(&shell_config)
+        .get("shell")
+        .unwrap()
+        .clone();
+    registry.register_arc("shell", shell);
+    let worker = tokio::spawn(run_worker(worker_config, registry, shutdown.clone()));
+    let mut session = tokio::time::timeout(DEADLINE, harness.sessions.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut long_sleep = assignment(0, "sleep", serde_json::json!({"ms": 3_600_000}));
+    long_sleep.timeout_ms = 0;
+    let mut long_shell = assignment(
+        1,
+        "shell",
+        serde_json::json!({"cmd": format!("sleep 3600 & echo $! > {}; wait", pid_file.display())}),
+    );
+    long_shell.timeout_ms = 0;
+    send(
+        &session,
+        coordinator_message::Msg::Assignments(Assignments {
+            assignments: vec![
+                long_sleep,
+                long_shell,
+                assignment(2, "gated", serde_json::json!({"ms": 20})),
+            ],
+        }),
+    )
+    .await;
+    tokio::time::timeout(DEADLINE, started.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let sleep_pid = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&pid_file)
+                && let Ok(pid) = text.trim().parse::<u32>()
+            {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the shell op did not start");
+    drop(session.to_worker);
+    shutdown.cancel();
+    let (results, returned) = collect_until_closed(&mut session.from_worker).await;
+    // The short op finished within the drain timeout: a normal result.
+    assert_eq!(
+        results.len(),
+        1,
+        "interrupted ops must not fail: {results:?}"
+    );
+    assert_eq!((results[0].op_index, results[0].ok), (2, true));
+    // The long ones come back to be run elsewhere, without a failed attempt.
+    assert_eq!(returned_indexes(&returned, "drain timeout"), [0, 1]);
+    assert!(
+        returned.iter().all(|ops| ops.reason == "drain timeout"),
+        "{returned:?}"
+    );
+    wait_worker(harness, worker).await;
+
+    // The shell's process group was killed, grandchildren included.
+    let gone = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{sleep_pid}/stat"));
+            // Gone, or a zombie waiting for its reaper.
+            match stat {
+                Err(_) => return,
+                Ok(stat) if stat.contains(") Z ") => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "sleep {sleep_pid} outlived the drain");
 }

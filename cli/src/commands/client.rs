@@ -188,6 +188,32 @@ pub async fn status(args: StatusArgs) -> Exit {
     }
 }
 
+#[derive(Args, Debug)]
+pub struct WhyArgs {
+    pub batch_id: String,
+    pub op_id: String,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+pub async fn why(args: WhyArgs) -> Exit {
+    telemetry::init("warn");
+    let client = match connect(&args.cluster).await {
+        Ok(client) => client,
+        Err(exit) => return exit,
+    };
+    match client.why(&args.batch_id, &args.op_id).await {
+        Ok(response) => {
+            println!("{}: {}", response.op_id, render::op_state_word(response.state()));
+            for reason in &response.reasons {
+                println!("  - {reason}");
+            }
+            Exit::Success
+        }
+        Err(error) => exit::client_error(&error),
+    }
+}
+
 pub async fn cancel(args: CancelArgs) -> Exit {
     telemetry::init("warn");
     let client = match connect(&args.cluster).await {

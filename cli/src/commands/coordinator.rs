@@ -26,6 +26,10 @@ pub struct CoordinatorArgs {
     /// Most bytes one op's args may hold.
     #[arg(long, env = "VOLLEY_MAX_ARG_BYTES", default_value_t = 1024 * 1024)]
     pub max_arg_bytes: usize,
+    /// How long an op's lease lasts without a heartbeat from its worker;
+    /// past it the op runs again elsewhere.
+    #[arg(long, env = "VOLLEY_LEASE", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease: std::time::Duration,
     /// Largest memory value accepted, in bytes (default 64 MiB).
     #[arg(long, env = "VOLLEY_MAX_VALUE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_value_bytes: usize,
@@ -50,6 +54,7 @@ pub async fn run(args: CoordinatorArgs) -> Exit {
     config.limits.max_arg_bytes = args.max_arg_bytes;
     config.resync_interval = args.resync_interval;
     config.max_value_bytes = args.max_value_bytes;
+    config.lease = args.lease;
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(listener) => listener,
         Err(error) => {

@@ -35,6 +35,10 @@ pub struct WorkerArgs {
     /// This worker's id (default: hostname-pid-random).
     #[arg(long, env = "VOLLEY_WORKER_ID")]
     pub id: Option<String>,
+    /// How often the worker tells the coordinator it is alive (keeps its
+    /// ops' leases).
+    #[arg(long, env = "VOLLEY_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
     /// On SIGTERM, how long running ops may take to finish.
     #[arg(long, env = "VOLLEY_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -74,6 +78,7 @@ pub async fn run(args: WorkerArgs) -> Exit {
     config.allow_shell = args.allow_shell;
     config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     config.drain_timeout = args.drain_timeout;
+    config.heartbeat = args.heartbeat;
     let registry = Registry::with_builtins(&BuiltinConfig {
         root,
         allow_shell: args.allow_shell,

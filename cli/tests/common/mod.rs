@@ -107,6 +107,33 @@ impl Cluster {
         self.workers.push(worker);
     }
 
+    /// Kills the coordinator (SIGKILL) and starts a new one on the same
+    /// address and Redis, with the same flags.
+    pub async fn restart_coordinator(&mut self, coordinator_flags: &[&str]) {
+        let _ = self.coordinator.start_kill();
+        let _ = self.coordinator.wait().await;
+        let address = self.url.trim_start_matches("http://").to_owned();
+        self.coordinator = Command::new(volley_bin())
+            .args(["coordinator", "--listen", &address, "--redis", &self.redis.url()])
+            .args(coordinator_flags)
+            .env("VOLLEY_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("coordinator restarts");
+        self.client = connect_with_deadline(&self.url, Duration::from_secs(20)).await;
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `TERM`, `KILL`) to a process.
+    pub fn signal(child: &Child, signal: &str) {
+        let pid = child.id().expect("process still running");
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     pub fn root(&self) -> &Path {
         self.root.path()
     }

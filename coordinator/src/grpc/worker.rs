@@ -72,7 +72,10 @@ impl WorkerService for WorkerAdapter {
                         }
                         Ok(Some(v1::WorkerMessage {
                             msg: Some(Msg::Heartbeat(_)),
-                        })) => {}
+                        })) => session.heartbeat().await,
+                        Ok(Some(v1::WorkerMessage {
+                            msg: Some(Msg::ReturnOps(returned)),
+                        })) => session.return_ops(returned.ops, &returned.reason).await,
                         Ok(Some(_)) => warn!("unexpected message on a registered worker stream"),
                         Ok(None) => break,
                         Err(status) => {

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use volley_proto::v1::worker_service_client::WorkerServiceClient;
 use volley_proto::v1::{
-    Assignment, CoordinatorMessage, Heartbeat, OpResult, Register, Results, WorkerMessage,
-    coordinator_message, worker_message,
+    Assignment, CoordinatorMessage, FailureKind, Heartbeat, OpRef, OpResult, Register, Results,
+    ReturnOps, WorkerMessage, coordinator_message, worker_message,
 };
 
 use crate::executor::Executor;
@@ -27,6 +27,10 @@ const MAX_RESULTS_BYTES: usize = 8 * 1024 * 1024;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long cancelled ops get to report before they are aborted.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
+/// Why assignments that arrive during a drain are handed back.
+const REASON_DRAINING: &str = "worker is draining";
+/// Why ops still running when the drain timeout passes are handed back.
+const REASON_DRAIN_TIMEOUT: &str = "drain timeout";
 
 /// What a session needs that outlives it.
 pub(crate) struct SessionParams {
@@ -57,6 +61,15 @@ pub(crate) enum OpenError {
 
 /// (batch id, op index, attempt): an op as the coordinator names it.
 type OpKey = (String, u32, u32);
+
+/// How an op task ended.
+#[derive(Debug, PartialEq, Eq)]
+enum OpEnd {
+    /// Its result went to the results channel (or the session was gone).
+    Reported,
+    /// The drain timeout cancelled it: no result was sent, the session hands it back.
+    Interrupted,
+}
 
 /// Opens a `Session` stream on `channel` and serves it until it breaks or `shutdown` fires.
 #[tracing::instrument(name = "volley.WorkerService/Session", skip_all, fields(worker = %params.worker_id))]
@@ -108,10 +121,16 @@ struct Session<'a> {
     helpers: JoinSet<()>,
     helpers_cancel: CancellationToken,
     /// Every running op; each returns its key when it finishes.
-    ops: JoinSet<OpKey>,
+    ops: JoinSet<(OpKey, OpEnd)>,
     /// Parent of every op's token: cancelling it cancels them all.
     ops_cancel: CancellationToken,
+    /// Fired (before `ops_cancel`) when the drain timeout passes, so op
+    /// tasks know a cancel is the drain's and not the coordinator's.
+    drain_expired: CancellationToken,
+    /// Running ops and the token the coordinator's `CancelOps` fires.
     running: HashMap<OpKey, CancellationToken>,
+    /// Ops the drain timeout interrupted, to hand back.
+    interrupted: Vec<OpKey>,
 }
 
 impl<'a> Session<'a> {
@@ -145,7 +164,9 @@ impl<'a> Session<'a> {
             helpers_cancel,
             ops: JoinSet::new(),
             ops_cancel: CancellationToken::new(),
+            drain_expired: CancellationToken::new(),
             running: HashMap::new(),
+            interrupted: Vec::new(),
         }
     }
 
@@ -156,7 +177,7 @@ impl<'a> Session<'a> {
                 () = self.params.shutdown.cancelled() => break None,
                 Some(joined) = self.ops.join_next(), if !self.ops.is_empty() => self.reap(joined),
                 message = self.inbound.message() => match message {
-                    Ok(Some(message)) => self.handle(message, true),
+                    Ok(Some(message)) => self.handle(message, true).await,
                     Ok(None) => break Some("coordinator closed the stream".to_owned()),
                     Err(status) => break Some(format!("stream failed: {status}")),
                 },
@@ -177,19 +198,28 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn handle(&mut self, message: CoordinatorMessage, accepting: bool) {
+    /// Acts on one coordinator message. Not `accepting` (draining):
+    /// assignments are handed straight back with `ReturnOps`.
+    async fn handle(&mut self, message: CoordinatorMessage, accepting: bool) {
         match message.msg {
             Some(coordinator_message::Msg::Registered(registered)) => {
                 self.registered = true;
                 tracing::info!(worker = %registered.worker_id, "registered with the coordinator");
             }
             Some(coordinator_message::Msg::Assignments(assignments)) => {
-                for assignment in assignments.assignments {
-                    if accepting {
+                if accepting {
+                    for assignment in assignments.assignments {
                         self.start(assignment);
-                    } else {
-                        self.refuse(assignment);
                     }
+                } else {
+                    let refused = assignments
+                        .assignments
+                        .into_iter()
+                        .map(|assignment| {
+                            (assignment.batch_id, assignment.op_index, assignment.attempt)
+                        })
+                        .collect();
+                    self.return_ops(refused, REASON_DRAINING).await;
                 }
             }
             Some(coordinator_message::Msg::Cancel(cancel)) => {
@@ -221,55 +251,90 @@ impl<'a> Session<'a> {
                 "coordinator sent more ops than free slots"
             );
         }
+        // Two ways to stop an op: the coordinator's cancel (its own token) and
+        // the drain's (the parent of every op's token).
+        let coordinator_cancel = CancellationToken::new();
+        self.running.insert(key.clone(), coordinator_cancel.clone());
         let op_cancel = self.ops_cancel.child_token();
-        self.running.insert(key.clone(), op_cancel.clone());
+        let drain_expired = self.drain_expired.clone();
         let executor = Arc::clone(&self.params.executor);
         self.ops.spawn(async move {
-            let result = executor.run(assignment, op_cancel).await;
+            let run = executor.run(assignment, op_cancel.clone());
+            tokio::pin!(run);
+            let result = tokio::select! {
+                biased;
+                result = &mut run => result,
+                () = coordinator_cancel.cancelled() => {
+                    op_cancel.cancel();
+                    run.await
+                }
+            };
+            // Cut short by the drain, not by the coordinator: the op did not
+            // really fail, so it goes back to the queue instead.
+            if result.failure_kind() == FailureKind::Cancelled
+                && drain_expired.is_cancelled()
+                && !coordinator_cancel.is_cancelled()
+            {
+                return (key, OpEnd::Interrupted);
+            }
             if result_tx.send(result).await.is_err() {
                 tracing::warn!(batch = %key.0, op_index = key.1, "result dropped: the session ended first");
             }
-            key
+            (key, OpEnd::Reported)
         });
     }
 
-    /// An assignment that arrives while draining: fail it retryably so it runs elsewhere.
-    fn refuse(&mut self, assignment: Assignment) {
-        let Some(result_tx) = self.result_tx.clone() else {
+    /// Hands `ops` back to the coordinator (`ReturnOps`): it requeues them at
+    /// once without counting an attempt.
+    async fn return_ops(&self, ops: Vec<OpKey>, reason: &str) {
+        if ops.is_empty() {
             return;
+        }
+        tracing::info!(
+            count = ops.len(),
+            reason,
+            "handing ops back to the coordinator"
+        );
+        let ops = ops
+            .into_iter()
+            .map(|(batch_id, op_index, attempt)| OpRef {
+                batch_id,
+                op_index,
+                attempt,
+            })
+            .collect();
+        let message = WorkerMessage {
+            msg: Some(worker_message::Msg::ReturnOps(ReturnOps {
+                ops,
+                reason: reason.to_owned(),
+            })),
         };
-        let result = OpResult {
-            batch_id: assignment.batch_id,
-            op_index: assignment.op_index,
-            attempt: assignment.attempt,
-            ok: false,
-            error: "worker is shutting down".to_owned(),
-            details_json: serde_json::json!({"retryable": true}).to_string(),
-            started_at_ms: crate::executor::unix_millis(),
-            ..OpResult::default()
-        };
-        self.ops.spawn(async move {
-            let key = (result.batch_id.clone(), result.op_index, result.attempt);
-            let _ = result_tx.send(result).await;
-            key
-        });
+        if self.outbound_tx.send(message).await.is_err() {
+            tracing::warn!(reason, "ops not handed back: the stream closed");
+        }
     }
 
-    fn reap(&mut self, joined: Result<OpKey, tokio::task::JoinError>) {
+    fn reap(&mut self, joined: Result<(OpKey, OpEnd), tokio::task::JoinError>) {
         match joined {
-            Ok(key) => {
+            Ok((key, end)) => {
                 self.running.remove(&key);
+                if end == OpEnd::Interrupted {
+                    self.interrupted.push(key);
+                }
             }
             Err(error) => tracing::error!(%error, "op task failed"),
         }
     }
 
-    /// Shutdown: let running ops finish (up to `drain_timeout`), cancel the
-    /// rest, send every result, then close our side and let the coordinator close its own.
+    /// Shutdown: take no more work (assignments arriving now are handed
+    /// back), let running ops finish and report (up to `drain_timeout`),
+    /// then cancel the rest and hand them back, and finally close our side
+    /// and let the coordinator close its own.
     async fn drain(mut self) {
-        tracing::info!(running = self.ops.len(), "draining");
+        tracing::info!(running = self.ops.len(), drain_timeout = ?self.params.drain_timeout, "draining");
         let deadline = tokio::time::sleep(self.params.drain_timeout);
         tokio::pin!(deadline);
+        let mut expired = false;
         loop {
             tokio::select! {
                 biased;
@@ -278,17 +343,33 @@ impl<'a> Session<'a> {
                     None => break,
                 },
                 () = &mut deadline => {
+                    if expired {
+                        // Cancelled ops that still have not ended (a handler
+                        // blocking its thread): stop waiting for them.
+                        tracing::warn!(running = self.ops.len(), "ops ignored cancel: aborting them");
+                        self.ops.abort_all();
+                        while let Some(joined) = self.ops.join_next().await {
+                            self.reap(joined);
+                        }
+                        break;
+                    }
+                    expired = true;
                     tracing::warn!(running = self.ops.len(), "drain timeout: cancelling running ops");
+                    // Tell the tasks first, so each sees its cancel was the drain's.
+                    self.drain_expired.cancel();
                     self.ops_cancel.cancel();
-                    self.finish_ops_within(CANCEL_GRACE).await;
-                    break;
+                    deadline.as_mut().reset(tokio::time::Instant::now() + CANCEL_GRACE);
                 }
                 message = self.inbound.message(), if self.inbound_open => match message {
-                    Ok(Some(message)) => self.handle(message, false),
+                    Ok(Some(message)) => self.handle(message, false).await,
                     Ok(None) | Err(_) => self.inbound_open = false,
                 },
             }
         }
+        // Interrupted ops, and any aborted before they could say so.
+        let mut interrupted = std::mem::take(&mut self.interrupted);
+        interrupted.extend(self.running.drain().map(|(key, _)| key));
+        self.return_ops(interrupted, REASON_DRAIN_TIMEOUT).await;
         // Every op task is done, so dropping ours closes the results channel:
         // the sender flushes what is left and finishes.
         self.result_tx = None;
@@ -304,8 +385,17 @@ impl<'a> Session<'a> {
         if inbound_open {
             // Our half-close is queued behind the last results; once the
             // coordinator ends its side, everything we sent has arrived.
+            // Nothing can be handed back any more: an assignment arriving now
+            // is left to the coordinator's lost-worker handling.
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                while let Ok(Some(_)) = inbound.message().await {}
+                while let Ok(Some(message)) = inbound.message().await {
+                    if let Some(coordinator_message::Msg::Assignments(assignments)) = message.msg {
+                        tracing::warn!(
+                            count = assignments.assignments.len(),
+                            "assignments after the stream closed: not run"
+                        );
+                    }
+                }
             })
             .await;
         }
@@ -331,23 +421,6 @@ impl<'a> Session<'a> {
         self.helpers_cancel.cancel();
         self.helpers.abort_all();
         while self.helpers.join_next().await.is_some() {}
-    }
-
-    async fn finish_ops_within(&mut self, grace: Duration) {
-        let finished = tokio::time::timeout(grace, async {
-            while let Some(joined) = self.ops.join_next().await {
-                self.reap(joined);
-            }
-        })
-        .await;
-        if finished.is_err() {
-            tracing::warn!(
-                running = self.ops.len(),
-                "ops ignored cancel: aborting them"
-            );
-            self.ops.abort_all();
-            while self.ops.join_next().await.is_some() {}
-        }
     }
 }
 
