@@ -502,14 +502,29 @@ async fn large_values_round_trip_in_chunks_and_oversized_ones_are_refused() {
     let memory = cluster.client.memory(Scope::Namespace("big-e2e".into()));
     // 2.5 MB: stored in chunks, read back whole.
     let big: Vec<u8> = (0..2_500_000u32).map(|index| (index % 251) as u8).collect();
-    memory.put("blob", big.clone()).await.expect("put a large value");
+    memory
+        .put("blob", big.clone())
+        .await
+        .expect("put a large value");
     let read = memory.get("blob").await.expect("get").expect("present");
     assert_eq!(read.value.len(), big.len());
     assert!(read.value == big, "the value came back intact");
     // Over the configured maximum: refused with the key and the sizes.
-    let error = memory.put("huge", vec![0u8; 3_000_001]).await.expect_err("too large");
+    let error = memory
+        .put("huge", vec![0u8; 3_000_001])
+        .await
+        .expect_err("too large");
     let message = error.to_string();
-    assert!(matches!(error, volley_client::ClientError::Invalid { .. }), "{error:?}");
-    assert!(message.contains("huge") && message.contains("3000001") && message.contains("3000000"), "{message}");
-    assert!(memory.get("huge").await.expect("get").is_none(), "nothing stored");
+    assert!(
+        matches!(error, volley_client::ClientError::Invalid { .. }),
+        "{error:?}"
+    );
+    assert!(
+        message.contains("huge") && message.contains("3000001") && message.contains("3000000"),
+        "{message}"
+    );
+    assert!(
+        memory.get("huge").await.expect("get").is_none(),
+        "nothing stored"
+    );
 }

@@ -548,7 +548,7 @@ ops:
             .expect("waiter");
         assert_eq!(waiter.wait_for_any, vec!["k2".to_owned(), "k3".to_owned()]);
         assert_eq!(waiter.wait_timeout_ms, 30_000);
-        let backoff = waiter.backoff.clone().expect("backoff");
+        let backoff = waiter.backoff.expect("backoff");
         assert_eq!(
             (
                 backoff.initial_ms,

@@ -183,7 +183,10 @@ impl Client {
 
     /// Why an op is not running (or how it ended).
     pub async fn why(&self, batch_id: &str, op_id: &str) -> Result<v1::WhyResponse, ClientError> {
-        let request = v1::WhyRequest { batch_id: batch_id.to_owned(), op_id: op_id.to_owned() };
+        let request = v1::WhyRequest {
+            batch_id: batch_id.to_owned(),
+            op_id: op_id.to_owned(),
+        };
         Ok(self.batches.clone().why(request).await?.into_inner())
     }
 

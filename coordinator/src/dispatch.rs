@@ -64,12 +64,24 @@ pub(crate) enum Command {
     Heartbeat {
         conn: u64,
     },
+    /// A worker handed ops back: it is draining and takes no more work.
+    Draining {
+        conn: u64,
+    },
     /// Why is this op not running: the dispatcher's side of the answer.
     Why {
         batch: BatchId,
         index: u32,
-        reply: oneshot::Sender<Vec<String>>,
+        reply: oneshot::Sender<WhyAnswer>,
     },
+}
+
+/// The dispatcher's side of `why`.
+#[derive(Debug, Default)]
+pub(crate) struct WhyAnswer {
+    /// Claimed (the store says running) but no connected worker can take it.
+    pub(crate) parked: bool,
+    pub(crate) reasons: Vec<String>,
 }
 
 /// Results of one worker flush for one batch, as recorded by the store.
@@ -126,6 +138,8 @@ struct Worker {
     running: HashMap<(BatchId, u32), u32>,
     /// When it last said anything (a heartbeat or results).
     last_seen: tokio::time::Instant,
+    /// It is shutting down: nothing more is assigned to it.
+    draining: bool,
 }
 
 impl Worker {
@@ -282,6 +296,7 @@ impl Dispatcher {
                         outbound,
                         running: HashMap::new(),
                         last_seen: tokio::time::Instant::now(),
+                        draining: false,
                     },
                 );
                 self.publish_kinds();
@@ -340,7 +355,19 @@ impl Dispatcher {
                 self.cancel_running(&batch, &running);
             }
             Command::Heartbeat { conn } => self.renew(conn).await,
-            Command::Why { batch, index, reply } => {
+            Command::Draining { conn } => {
+                if let Some(worker) = self.workers.get_mut(&conn)
+                    && !worker.draining
+                {
+                    info!(worker = %worker.worker_id, "worker is draining; no more work for it");
+                    worker.draining = true;
+                }
+            }
+            Command::Why {
+                batch,
+                index,
+                reply,
+            } => {
                 let _ = reply.send(self.why(&batch, index));
             }
             Command::ListWorkers(reply) => {
@@ -621,7 +648,18 @@ impl Dispatcher {
     }
 
     /// The dispatcher's view of why an op is not running.
-    fn why(&self, batch: &BatchId, index: u32) -> Vec<String> {
+    fn why(&self, batch: &BatchId, index: u32) -> WhyAnswer {
+        let parked = self
+            .batches
+            .get(batch)
+            .is_some_and(|active| active.parked.iter().any(|claim| claim.index == index));
+        WhyAnswer {
+            parked,
+            reasons: self.why_reasons(batch, index),
+        }
+    }
+
+    fn why_reasons(&self, batch: &BatchId, index: u32) -> Vec<String> {
         let mut reasons = Vec::new();
         let Some(active) = self.batches.get(batch) else {
             reasons.push(
@@ -675,7 +713,11 @@ impl Dispatcher {
     }
 
     fn free_credits(&self) -> u32 {
-        self.workers.values().map(|worker| worker.free).sum()
+        self.workers
+            .values()
+            .filter(|worker| !worker.draining)
+            .map(|worker| worker.free)
+            .sum()
     }
 
     /// Claims and sends as much as credits and parallelism allow.
@@ -770,7 +812,7 @@ impl Dispatcher {
                     index: claim.index,
                     attempt: claim.attempt,
                     ok: false,
-                    permanent: true,
+                    failure: FailureKind::Permanent,
                     error: "the coordinator has no plan for this op".into(),
                     started_ms: now_ms(),
                     ..Completion::default()
@@ -838,7 +880,7 @@ impl Dispatcher {
                         index: claim.index,
                         attempt: claim.attempt,
                         ok: false,
-                        permanent: true,
+                        failure: FailureKind::Permanent,
                         error,
                         started_ms: now_ms(),
                         ..Completion::default()
@@ -850,7 +892,9 @@ impl Dispatcher {
             let chosen = self
                 .workers
                 .iter()
-                .filter(|(_, worker)| worker.free > 0 && worker.accepts(&op.kind, &op.requires))
+                .filter(|(_, worker)| {
+                    worker.free > 0 && !worker.draining && worker.accepts(&op.kind, &op.requires)
+                })
                 .max_by_key(|(_, worker)| worker.free)
                 .map(|(conn, _)| *conn);
             let Some(conn) = chosen else {

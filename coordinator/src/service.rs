@@ -13,7 +13,8 @@ use tracing::{Instrument, info, info_span, warn};
 use volley_plan::{Plan, PlannedOp};
 use volley_proto::{BatchId, v1};
 use volley_store::{
-    Claimed, Completion, Doorbell, FailureKind, MemoryScope, NewBatch, NewOp, OnFailure, RetryPolicy, Store,
+    Claimed, Completion, Doorbell, FailureKind, MemoryScope, NewBatch, NewOp, OnFailure,
+    RetryPolicy, Store,
 };
 
 use crate::config::CoordinatorConfig;
@@ -510,6 +511,12 @@ impl WorkerSession {
     #[tracing::instrument(skip_all, fields(worker = %self.worker_id, ops = ops.len()))]
     pub async fn return_ops(&self, ops: Vec<v1::OpRef>, reason: &str) {
         let returned = ops.len() as u32;
+        // Handing back is what a draining worker does: assign it nothing more.
+        self.coordinator
+            .inner
+            .dispatch
+            .send(Command::Draining { conn: self.conn })
+            .await;
         let mut by_batch: BTreeMap<String, Vec<Claimed>> = BTreeMap::new();
         for op in ops {
             by_batch.entry(op.batch_id).or_default().push(Claimed {
@@ -534,7 +541,11 @@ impl WorkerSession {
         }
         inner
             .dispatch
-            .send(Command::Completed { conn: self.conn, returned, per_batch })
+            .send(Command::Completed {
+                conn: self.conn,
+                returned,
+                per_batch,
+            })
             .await;
     }
 

@@ -7,20 +7,25 @@ use volley_proto::{BatchId, v1};
 use volley_store::OpState;
 
 use crate::convert;
-use crate::dispatch::Command;
+use crate::dispatch::{Command, WhyAnswer};
 use crate::error::CoordinatorError;
 use crate::service::{Coordinator, now_ms};
 
 impl Coordinator {
     #[tracing::instrument(skip_all, fields(batch = %batch, op = op_id))]
-    pub async fn why(&self, batch: &BatchId, op_id: &str) -> Result<v1::WhyResponse, CoordinatorError> {
+    pub async fn why(
+        &self,
+        batch: &BatchId,
+        op_id: &str,
+    ) -> Result<v1::WhyResponse, CoordinatorError> {
         let planned = self.plan_of(batch).await?;
         let ops = &planned.plan.ops;
         let index = ops
             .iter()
             .position(|op| op.id.as_str() == op_id)
-            .ok_or_else(|| CoordinatorError::BadRequest(format!("batch {batch} has no op `{op_id}`")))?
-            as u32;
+            .ok_or_else(|| {
+                CoordinatorError::BadRequest(format!("batch {batch} has no op `{op_id}`"))
+            })? as u32;
         let op = &ops[index as usize];
         let record = self
             .store()
@@ -34,18 +39,36 @@ impl Coordinator {
             OpState::Succeeded | OpState::Failed | OpState::Skipped | OpState::Cancelled => {
                 let error = planned.name_indices(&record.error);
                 reasons.push(if error.is_empty() {
-                    format!("it has ended: {:?} after {} attempt(s)", record.state, record.attempts).to_lowercase()
+                    format!(
+                        "it has ended: {:?} after {} attempt(s)",
+                        record.state, record.attempts
+                    )
+                    .to_lowercase()
                 } else {
                     format!("it has ended ({:?}): {error}", record.state).to_lowercase()
                 });
             }
             OpState::Running => {
-                let waits = self.store().op_waits(batch, index).await?;
-                let lease = waits
-                    .lease_until_ms
-                    .map(|until| format!("; its lease runs {} ms more", until.saturating_sub(now_ms())))
-                    .unwrap_or_default();
-                reasons.push(format!("it is running (attempt {}){lease}", record.attempts));
+                let answer = self.ask_dispatcher(batch, index).await;
+                if answer.parked {
+                    // Claimed, but no connected worker can take it.
+                    reasons.extend(answer.reasons);
+                } else {
+                    let waits = self.store().op_waits(batch, index).await?;
+                    let lease = waits
+                        .lease_until_ms
+                        .map(|until| {
+                            format!(
+                                "; its lease runs {} ms more",
+                                until.saturating_sub(now_ms())
+                            )
+                        })
+                        .unwrap_or_default();
+                    reasons.push(format!(
+                        "it is running (attempt {}){lease}",
+                        record.attempts
+                    ));
+                }
             }
             OpState::Waiting | OpState::Ready => {
                 let waits = self.store().op_waits(batch, index).await?;
@@ -62,7 +85,9 @@ impl Coordinator {
                     }
                 }
                 for key in &waits.missing_keys {
-                    reasons.push(format!("it waits for memory key `{key}`, which nothing has written yet"));
+                    reasons.push(format!(
+                        "it waits for memory key `{key}`, which nothing has written yet"
+                    ));
                 }
                 if let Some(at) = waits.retry_at_ms {
                     reasons.push(format!(
@@ -72,17 +97,34 @@ impl Coordinator {
                     ));
                 }
                 if record.state == OpState::Ready || (reasons.is_empty() && waits.pending == 0) {
-                    let (reply, answer) = oneshot::channel();
-                    self.dispatch().send(Command::Why { batch: batch.clone(), index, reply }).await;
-                    let dispatcher = answer.await.unwrap_or_default();
+                    let dispatcher = self.ask_dispatcher(batch, index).await.reasons;
                     if dispatcher.is_empty() {
-                        reasons.push("it is ready and will be dispatched as soon as a slot frees up".to_owned());
+                        reasons.push(
+                            "it is ready and will be dispatched as soon as a slot frees up"
+                                .to_owned(),
+                        );
                     } else {
                         reasons.extend(dispatcher);
                     }
                 }
             }
         }
-        Ok(v1::WhyResponse { op_id: op_id.to_owned(), state: convert::op_state(record.state) as i32, reasons })
+        Ok(v1::WhyResponse {
+            op_id: op_id.to_owned(),
+            state: convert::op_state(record.state) as i32,
+            reasons,
+        })
+    }
+
+    async fn ask_dispatcher(&self, batch: &BatchId, index: u32) -> WhyAnswer {
+        let (reply, answer) = oneshot::channel();
+        self.dispatch()
+            .send(Command::Why {
+                batch: batch.clone(),
+                index,
+                reply,
+            })
+            .await;
+        answer.await.unwrap_or_default()
     }
 }

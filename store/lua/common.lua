@@ -168,9 +168,20 @@ end
 
 -- Moves delayed retries whose ready-at passed onto their ready queues
 -- (those no longer Ready — cancelled meanwhile — are just dropped).
+-- In (ready-at, index) order, indices compared as numbers (as the memory
+-- store does; Redis would break ties lexicographically).
 local function promote_due()
-  local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', NOW)
-  for _, idx in ipairs(due) do
+  local flat = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', NOW, 'WITHSCORES')
+  local due = {}
+  for position = 1, #flat, 2 do
+    due[#due + 1] = { tonumber(flat[position + 1]), tonumber(flat[position]) }
+  end
+  table.sort(due, function(left, right)
+    if left[1] ~= right[1] then return left[1] < right[1] end
+    return left[2] < right[2]
+  end)
+  for _, entry in ipairs(due) do
+    local idx = entry[2]
     redis.call('ZREM', K_DELAYED, idx)
     if redis.call('HGET', K_STATE, idx) == 'R' then
       local priority = op_info(idx)

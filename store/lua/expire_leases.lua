@@ -21,7 +21,6 @@ math.randomseed(tonumber(ARGV[4]))
 local indices = {}
 for position, member in ipairs(due) do indices[position] = tonumber(member) end
 table.sort(indices)
-local fail_fast = redis.call('HGET', K_META, 'on_failure') == 'fail_fast'
 local failed, became_ready, retried = 0, 0, {}
 for _, idx in ipairs(indices) do
   local deadline = redis.call('ZSCORE', K_LEASES, idx)
@@ -30,19 +29,18 @@ for _, idx in ipairs(indices) do
   else
     leave_running(idx)
     local attempt = attempts_of(idx)
-    local err = string.format('lost: the worker\'s lease ran out at %d', tonumber(deadline))
+    local err = string.format('lost: the worker\'s lease ran out at %d', tonumber(deadline or NOW))
     local delay = retry_delay(idx, 'lost', 0)
     if delay then
       local ready_at = requeue(idx, delay)
       event('retrying', idx, attempt, '', retry_message(err, delay, ready_at), nil)
       retried[#retried + 1] = idx
     else
-      local fired = redis.call('HGET', K_META, 'fail_fast_fired') == '1'
       end_op(idx, 'F', cjson.encode({ e = err }))
       event('failed', idx, attempt, '', err, nil)
       failed = failed + 1
       became_ready = became_ready + propagate(idx, 'F')
-      if fail_fast and not fired then apply_fail_fast(idx) end
+      apply_fail_fast(idx)
     end
   end
 end

@@ -73,6 +73,17 @@ macro_rules! conformance_tests {
             case_expire_waits_finishes_with_fail_fast,
             case_add_ops_grows_a_running_batch,
             case_add_ops_waits_on_a_shared_scope,
+            case_lease_expiry_requeues_and_the_old_attempt_is_stale,
+            case_renew_keeps_a_lease_alive,
+            case_lost_worker_fails_when_the_policy_says_no,
+            case_losses_exhaust_max_attempts,
+            case_failure_kinds_follow_the_policy,
+            case_backoff_delays_a_retry,
+            case_lost_worker_without_backoff_is_ready_at_once,
+            case_return_ops_hands_back_without_an_attempt,
+            case_deadline_cancels_and_fails_the_batch,
+            case_mark_lost_marks_unknown_batches_only,
+            case_op_waits_reports_pending_and_missing_keys,
         );
         $crate::conformance_tests!(@shared_cases $make;
             case_concurrent_cas_increments_lose_none,
@@ -103,6 +114,9 @@ macro_rules! conformance_tests {
 }
 
 const NOW: u64 = 1_700_000_000_000;
+/// The lease of every claim that is not about leases: far past any `now_ms`
+/// a case passes.
+const LEASE: u64 = NOW + 3_600_000;
 /// Only a guard against hanging forever; never asserted on.
 const DOORBELL_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -130,6 +144,7 @@ fn batch(batch_id: &str, ops: Vec<NewOp>) -> NewBatch {
         max_parallel: 0,
         on_failure: OnFailure::Continue,
         created_ms: NOW,
+        deadline_ms: 0,
         spec: format!("spec of {batch_id}").into_bytes(),
         ops,
     }
@@ -140,7 +155,8 @@ fn success(claimed: Claimed) -> Completion {
         index: claimed.index,
         attempt: claimed.attempt,
         ok: true,
-        permanent: false,
+        failure: FailureKind::Error,
+        retry_after_ms: 0,
         output: format!("out-{}", claimed.index),
         error: String::new(),
         details_json: format!("{{\"op\":{}}}", claimed.index),
@@ -166,7 +182,7 @@ fn claimed(index: u32, attempt: u32) -> Claimed {
 
 async fn indices(store: &dyn Store, batch_id: &BatchId, max: u32) -> Vec<u32> {
     store
-        .claim(batch_id, max, NOW + 1)
+        .claim(batch_id, max, NOW + 1, LEASE)
         .await
         .expect("claim")
         .iter()
@@ -254,7 +270,10 @@ fn waiting_for_any(keys: &[&str]) -> NewOp {
 
 /// Claims and succeeds exactly the op `index` (it must be the only ready one).
 async fn run_one(store: &dyn Store, batch_id: &BatchId, index: u32) -> CompleteOutcome {
-    let claimed = store.claim(batch_id, 10, NOW + 1).await.expect("claim");
+    let claimed = store
+        .claim(batch_id, 10, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     assert_eq!(claimed, vec![Claimed { index, attempt: 1 }]);
     store
         .complete(batch_id, &[success(claimed[0])], NOW + 20)
@@ -284,7 +303,10 @@ pub async fn case_chain_completes_in_order(store: &dyn Store) {
         states(store, &batch_id).await,
         vec![OpState::Ready, OpState::Waiting, OpState::Waiting]
     );
-    let first = store.claim(&batch_id, 10, NOW + 1).await.expect("claim");
+    let first = store
+        .claim(&batch_id, 10, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     assert_eq!(first, vec![claimed(0, 1)]);
     assert_eq!(indices(store, &batch_id, 10).await, Vec::<u32>::new());
     assert_eq!(meta(store, &batch_id).await.running, 1);
@@ -363,7 +385,10 @@ pub async fn case_op_records_at_reads_the_given_ops(store: &dyn Store) {
         ))
         .await
         .expect("create");
-    let claimed = store.claim(&batch_id, 3, NOW + 1).await.expect("claim");
+    let claimed = store
+        .claim(&batch_id, 3, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     let second = claimed
         .iter()
         .copied()
@@ -403,7 +428,10 @@ pub async fn case_diamond_counts_down(store: &dyn Store) {
         .expect("create");
     let outcome = run_one(store, &batch_id, 0).await;
     assert_eq!(outcome.became_ready, 2);
-    let middle = store.claim(&batch_id, 10, NOW + 1).await.expect("claim");
+    let middle = store
+        .claim(&batch_id, 10, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     assert_eq!(middle, vec![claimed(1, 1), claimed(2, 1)]);
     let outcome = store
         .complete(&batch_id, &[success(middle[0])], NOW + 20)
@@ -457,7 +485,10 @@ pub async fn case_max_parallel_caps_claims(store: &dyn Store) {
     let mut new_batch = batch("parallel", (0..5).map(|_| op(0, &[])).collect());
     new_batch.max_parallel = 2;
     store.create_batch(new_batch).await.expect("create");
-    let first = store.claim(&batch_id, 10, NOW + 1).await.expect("claim");
+    let first = store
+        .claim(&batch_id, 10, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     assert_eq!(first, vec![claimed(0, 1), claimed(1, 1)]);
     assert_eq!(indices(store, &batch_id, 10).await, Vec::<u32>::new());
     store
@@ -480,9 +511,12 @@ pub async fn case_permanent_failure_is_not_retried(store: &dyn Store) {
         ))
         .await
         .expect("create");
-    let first = store.claim(&batch_id, 10, NOW + 1).await.expect("claim");
+    let first = store
+        .claim(&batch_id, 10, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     let mut refused = failure(first[0], "path escapes the root");
-    refused.permanent = true;
+    refused.failure = FailureKind::Permanent;
     let outcome = store
         .complete(&batch_id, &[refused], NOW + 20)
         .await
@@ -511,7 +545,10 @@ pub async fn case_retry_then_success(store: &dyn Store) {
         ))
         .await
         .expect("create");
-    let first = store.claim(&batch_id, 10, NOW + 1).await.expect("claim");
+    let first = store
+        .claim(&batch_id, 10, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     assert_eq!(first, vec![claimed(0, 1)]);
     let outcome = store
         .complete(&batch_id, &[failure(first[0], "boom")], NOW + 20)
@@ -526,7 +563,10 @@ pub async fn case_retry_then_success(store: &dyn Store) {
     );
     assert_eq!(states(store, &batch_id).await, vec![OpState::Ready]);
     assert_eq!(meta(store, &batch_id).await.running, 0);
-    let second = store.claim(&batch_id, 10, NOW + 30).await.expect("claim");
+    let second = store
+        .claim(&batch_id, 10, NOW + 30, LEASE)
+        .await
+        .expect("claim");
     assert_eq!(second, vec![claimed(0, 2)]);
     let outcome = store
         .complete(&batch_id, &[success(second[0])], NOW + 40)
@@ -571,7 +611,10 @@ pub async fn case_failure_skips_dependents_transitively(store: &dyn Store) {
         .create_batch(batch("skips", ops))
         .await
         .expect("create");
-    let first = store.claim(&batch_id, 10, NOW + 1).await.expect("claim");
+    let first = store
+        .claim(&batch_id, 10, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     let outcome = store
         .complete(&batch_id, &[failure(first[0], "exit 1")], NOW + 20)
         .await
@@ -648,7 +691,10 @@ pub async fn case_fail_fast_cancels_waiting_and_ready(store: &dyn Store) {
     let mut new_batch = batch("failfast", ops);
     new_batch.on_failure = OnFailure::FailFast;
     store.create_batch(new_batch).await.expect("create");
-    let running = store.claim(&batch_id, 2, NOW + 1).await.expect("claim");
+    let running = store
+        .claim(&batch_id, 2, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     assert_eq!(running, vec![claimed(0, 1), claimed(1, 1)]);
     let outcome = store
         .complete(&batch_id, &[failure(running[0], "bad")], NOW + 20)
@@ -710,7 +756,10 @@ pub async fn case_stale_completions_are_ignored(store: &dyn Store) {
         .create_batch(batch("stale", vec![op(0, &[1]), op(1, &[]), op(0, &[])]))
         .await
         .expect("create");
-    let running = store.claim(&batch_id, 1, NOW + 1).await.expect("claim");
+    let running = store
+        .claim(&batch_id, 1, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     assert_eq!(running, vec![claimed(0, 1)]);
     let events_before = all_events(store, &batch_id).await.len();
     // Wrong attempt, an op that is waiting, an op that is ready, an index out of range.
@@ -751,7 +800,10 @@ pub async fn case_stale_completions_are_ignored(store: &dyn Store) {
     assert_eq!((outcome.recorded, outcome.stale.clone()), (1, vec![0]));
     assert_eq!(meta(store, &batch_id).await.succeeded, 1);
     // After cancel, a running op's late result is stale.
-    let late = store.claim(&batch_id, 1, NOW + 1).await.expect("claim");
+    let late = store
+        .claim(&batch_id, 1, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     assert_eq!(late, vec![claimed(2, 1)]);
     store
         .cancel(&batch_id, "user", NOW + 30)
@@ -784,7 +836,10 @@ pub async fn case_store_as_unblocks_a_waiter(store: &dyn Store) {
         states(store, &batch_id).await,
         vec![OpState::Ready, OpState::Waiting]
     );
-    let first = store.claim(&batch_id, 10, NOW + 1).await.expect("claim");
+    let first = store
+        .claim(&batch_id, 10, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     assert_eq!(first, vec![claimed(0, 1)]);
     let completion = Completion {
         output: "the findings".to_owned(),
@@ -871,7 +926,10 @@ pub async fn case_cancel_returns_running_and_is_idempotent(store: &dyn Store) {
         .create_batch(batch("cancel", vec![op(0, &[2]), op(0, &[]), op(1, &[])]))
         .await
         .expect("create");
-    let running = store.claim(&batch_id, 1, NOW + 1).await.expect("claim");
+    let running = store
+        .claim(&batch_id, 1, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     assert_eq!(running, vec![claimed(0, 1)]);
     let outcome = store
         .cancel(&batch_id, "user asked", NOW + 50)
@@ -978,7 +1036,7 @@ pub async fn case_unknown_batch(store: &dyn Store) {
     assert_eq!(store.meta(&batch_id).await.expect("meta"), None);
     assert_eq!(store.batch_spec(&batch_id).await.expect("spec"), None);
     assert!(matches!(
-        store.claim(&batch_id, 1, NOW).await,
+        store.claim(&batch_id, 1, NOW, LEASE).await,
         Err(StoreError::BatchNotFound(_))
     ));
     assert!(matches!(
@@ -993,6 +1051,26 @@ pub async fn case_unknown_batch(store: &dyn Store) {
     ));
     assert!(matches!(
         store.op_records(&batch_id).await,
+        Err(StoreError::BatchNotFound(_))
+    ));
+    assert!(matches!(
+        store.renew_leases(&batch_id, &[claimed(0, 1)], NOW).await,
+        Err(StoreError::BatchNotFound(_))
+    ));
+    assert!(matches!(
+        store.expire_leases(&batch_id, NOW).await,
+        Err(StoreError::BatchNotFound(_))
+    ));
+    assert!(matches!(
+        store.return_ops(&batch_id, &[claimed(0, 1)], NOW).await,
+        Err(StoreError::BatchNotFound(_))
+    ));
+    assert!(matches!(
+        store.expire_deadline(&batch_id, NOW).await,
+        Err(StoreError::BatchNotFound(_))
+    ));
+    assert!(matches!(
+        store.op_waits(&batch_id, 0).await,
         Err(StoreError::BatchNotFound(_))
     ));
 }
@@ -1068,7 +1146,10 @@ pub async fn case_doorbell_rings_on_complete(store: &dyn Store) {
         .await
         .expect("create");
     expect_bell(&mut receiver, &batch_id).await;
-    let running = store.claim(&batch_id, 1, NOW + 1).await.expect("claim");
+    let running = store
+        .claim(&batch_id, 1, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     expect_bell(&mut receiver, &batch_id).await;
     // Bells arrive in order, so once the marker's bell is in, nothing of
     // the first batch is still under way.
@@ -1100,7 +1181,10 @@ pub async fn case_ten_thousand_ops_in_rounds_of_500(store: &dyn Store) {
     let mut next_index = 0;
     let mut finished = None;
     loop {
-        let running = store.claim(&batch_id, 500, NOW + 1).await.expect("claim");
+        let running = store
+            .claim(&batch_id, 500, NOW + 1, LEASE)
+            .await
+            .expect("claim");
         if running.is_empty() {
             break;
         }
@@ -1160,7 +1244,10 @@ pub async fn case_large_batch_with_waits_crosses_chunks(store: &dyn Store) {
         .create_batch(batch("large", ops))
         .await
         .expect("create");
-    let ready_now = store.claim(&batch_id, OPS, NOW + 1).await.expect("claim");
+    let ready_now = store
+        .claim(&batch_id, OPS, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     let expected_now = (0..OPS).filter(|index| index % 3 != 2).count();
     assert_eq!(ready_now.len(), expected_now);
     // Waiting for nothing first (index order), then satisfied by memory.
@@ -1173,7 +1260,10 @@ pub async fn case_large_batch_with_waits_crosses_chunks(store: &dyn Store) {
     );
     let unblocked = put(store, &own(&batch_id), "later", b"2").await;
     assert_eq!(unblocked as usize, OPS as usize - expected_now);
-    let later = store.claim(&batch_id, OPS, NOW + 1).await.expect("claim");
+    let later = store
+        .claim(&batch_id, OPS, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     assert_eq!(later.len(), OPS as usize - expected_now);
     assert_eq!(later[0].index, 2);
 }
@@ -1831,7 +1921,10 @@ pub async fn case_shared_store_as_unblocks_another_batch(store: &dyn Store) {
         ))
         .await
         .expect("create");
-    let running = store.claim(&producer, 1, NOW + 1).await.expect("claim");
+    let running = store
+        .claim(&producer, 1, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     let completion = Completion {
         output: "42".to_owned(),
         store_as: Some("result".to_owned()),
@@ -2042,7 +2135,10 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
         .create_batch(batch("grow", vec![op(0, &[]), op(0, &[]), op(0, &[])]))
         .await
         .expect("create");
-    let running = store.claim(&batch_id, 10, NOW + 1).await.expect("claim");
+    let running = store
+        .claim(&batch_id, 10, NOW + 1, LEASE)
+        .await
+        .expect("claim");
     assert_eq!(running.len(), 3);
     store
         .complete(
@@ -2149,7 +2245,10 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
         .await
         .expect("complete");
     loop {
-        let running = store.claim(&batch_id, 100, NOW + 30).await.expect("claim");
+        let running = store
+            .claim(&batch_id, 100, NOW + 30, LEASE)
+            .await
+            .expect("claim");
         if running.is_empty() {
             break;
         }
@@ -2277,4 +2376,836 @@ pub async fn case_concurrent_incr_from_four_tasks(store: std::sync::Arc<dyn Stor
         .expect("n exists");
     assert_eq!((value.value, value.version), (b"200".to_vec(), 200));
     assert_eq!(store.memory_revision(&scope).await.expect("revision"), 200);
+}
+
+/// An op with `max_attempts` and `retry` (no waits, medium priority).
+fn retrying(max_attempts: u32, retry: RetryPolicy) -> NewOp {
+    NewOp {
+        max_attempts,
+        retry,
+        ..op(0, &[])
+    }
+}
+
+fn no_jitter(initial_ms: u64, max_ms: u64) -> RetryPolicy {
+    RetryPolicy {
+        backoff_initial_ms: initial_ms,
+        backoff_max_ms: max_ms,
+        backoff_multiplier: 2.0,
+        backoff_jitter: false,
+        ..RetryPolicy::default()
+    }
+}
+
+fn failed_with(claimed: Claimed, kind: FailureKind) -> Completion {
+    Completion {
+        failure: kind,
+        ..failure(claimed, "it went wrong")
+    }
+}
+
+async fn op_waits(store: &dyn Store, batch_id: &BatchId, index: u32) -> OpWaits {
+    store.op_waits(batch_id, index).await.expect("op_waits")
+}
+
+pub async fn case_lease_expiry_requeues_and_the_old_attempt_is_stale(store: &dyn Store) {
+    use EventKind::*;
+    let batch_id = id("lease-expiry");
+    store
+        .create_batch(batch(
+            "lease-expiry",
+            vec![retrying(3, RetryPolicy::default())],
+        ))
+        .await
+        .expect("create");
+    let first = store
+        .claim(&batch_id, 10, NOW + 1, NOW + 100)
+        .await
+        .expect("claim");
+    assert_eq!(first, vec![claimed(0, 1)]);
+    assert_eq!(
+        op_waits(store, &batch_id, 0).await.lease_until_ms,
+        Some(NOW + 100)
+    );
+    // Not due yet: nothing happens.
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 99)
+        .await
+        .expect("expire");
+    assert_eq!(outcome, CompleteOutcome::default());
+    assert_eq!(states(store, &batch_id).await, vec![OpState::Running]);
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 100)
+        .await
+        .expect("expire");
+    assert_eq!(
+        outcome,
+        CompleteOutcome {
+            retried: vec![0],
+            ..CompleteOutcome::default()
+        }
+    );
+    assert_eq!(states(store, &batch_id).await, vec![OpState::Ready]);
+    assert_eq!(meta(store, &batch_id).await.running, 0);
+    assert_eq!(op_waits(store, &batch_id, 0).await.lease_until_ms, None);
+    let second = store
+        .claim(&batch_id, 10, NOW + 110, NOW + 300)
+        .await
+        .expect("claim");
+    assert_eq!(second, vec![claimed(0, 2)]);
+    // The lost attempt's late result is stale.
+    let outcome = store
+        .complete(&batch_id, &[success(first[0])], NOW + 120)
+        .await
+        .expect("complete");
+    assert_eq!(outcome.stale, vec![0]);
+    assert_eq!(outcome.recorded, 0);
+    let outcome = store
+        .complete(&batch_id, &[success(second[0])], NOW + 130)
+        .await
+        .expect("complete");
+    assert_eq!(outcome.recorded, 1);
+    assert_eq!(outcome.finished, Some(BatchState::Succeeded));
+    assert_eq!(
+        event_shapes(store, &batch_id).await,
+        vec![
+            (BatchSubmitted, None, 0),
+            (OpStarted, Some(0), 1),
+            (OpRetrying, Some(0), 1),
+            (OpStarted, Some(0), 2),
+            (OpSucceeded, Some(0), 2),
+            (BatchFinished, None, 0),
+        ]
+    );
+    let events = all_events(store, &batch_id).await;
+    assert!(
+        events[2].message.starts_with("lost"),
+        "{}",
+        events[2].message
+    );
+    // Finished: nothing is leased any more.
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 10_000)
+        .await
+        .expect("expire");
+    assert_eq!(outcome, CompleteOutcome::default());
+}
+
+pub async fn case_renew_keeps_a_lease_alive(store: &dyn Store) {
+    let batch_id = id("lease-renew");
+    store
+        .create_batch(batch(
+            "lease-renew",
+            vec![retrying(3, RetryPolicy::default())],
+        ))
+        .await
+        .expect("create");
+    let running = store
+        .claim(&batch_id, 10, NOW + 1, NOW + 100)
+        .await
+        .expect("claim");
+    store
+        .renew_leases(&batch_id, &running, NOW + 500)
+        .await
+        .expect("renew");
+    // Another attempt and an unknown op are ignored.
+    store
+        .renew_leases(&batch_id, &[claimed(0, 2), claimed(9, 1)], NOW + 9_000)
+        .await
+        .expect("renew");
+    assert_eq!(
+        op_waits(store, &batch_id, 0).await.lease_until_ms,
+        Some(NOW + 500)
+    );
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 200)
+        .await
+        .expect("expire");
+    assert_eq!(outcome, CompleteOutcome::default());
+    assert_eq!(states(store, &batch_id).await, vec![OpState::Running]);
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 500)
+        .await
+        .expect("expire");
+    assert_eq!(outcome.retried, vec![0]);
+    // A renewal of the lost attempt does not bring it back.
+    store
+        .renew_leases(&batch_id, &running, NOW + 9_000)
+        .await
+        .expect("renew");
+    assert_eq!(op_waits(store, &batch_id, 0).await.lease_until_ms, None);
+    assert_eq!(states(store, &batch_id).await, vec![OpState::Ready]);
+}
+
+pub async fn case_lost_worker_fails_when_the_policy_says_no(store: &dyn Store) {
+    use EventKind::*;
+    let batch_id = id("lost-no-retry");
+    let ops = vec![
+        NewOp {
+            dependents: vec![1],
+            ..retrying(
+                3,
+                RetryPolicy {
+                    on_lost_worker: false,
+                    ..RetryPolicy::default()
+                },
+            )
+        },
+        op(1, &[]),
+    ];
+    store
+        .create_batch(batch("lost-no-retry", ops))
+        .await
+        .expect("create");
+    store
+        .claim(&batch_id, 10, NOW + 1, NOW + 100)
+        .await
+        .expect("claim");
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 150)
+        .await
+        .expect("expire");
+    assert_eq!(
+        outcome,
+        CompleteOutcome {
+            recorded: 1,
+            finished: Some(BatchState::Failed),
+            ..CompleteOutcome::default()
+        }
+    );
+    let records = store.op_records(&batch_id).await.expect("records");
+    assert_eq!(records[0].state, OpState::Failed);
+    assert!(records[0].error.starts_with("lost"), "{}", records[0].error);
+    assert_eq!(records[1].state, OpState::Skipped);
+    let meta = meta(store, &batch_id).await;
+    assert_eq!((meta.failed, meta.skipped, meta.running), (1, 1, 0));
+    assert_eq!(
+        event_shapes(store, &batch_id).await,
+        vec![
+            (BatchSubmitted, None, 0),
+            (OpStarted, Some(0), 1),
+            (OpFailed, Some(0), 1),
+            (OpSkipped, Some(1), 0),
+            (BatchFinished, None, 0),
+        ]
+    );
+    // A lost worker reported through complete is refused the same way.
+    let batch_id = id("lost-no-retry-2");
+    store
+        .create_batch(batch(
+            "lost-no-retry-2",
+            vec![retrying(
+                3,
+                RetryPolicy {
+                    on_lost_worker: false,
+                    ..RetryPolicy::default()
+                },
+            )],
+        ))
+        .await
+        .expect("create");
+    let running = store
+        .claim(&batch_id, 1, NOW + 1, LEASE)
+        .await
+        .expect("claim");
+    let outcome = store
+        .complete(
+            &batch_id,
+            &[failed_with(running[0], FailureKind::LostWorker)],
+            NOW + 5,
+        )
+        .await
+        .expect("complete");
+    assert_eq!((outcome.recorded, outcome.retried), (1, vec![]));
+}
+
+pub async fn case_losses_exhaust_max_attempts(store: &dyn Store) {
+    let batch_id = id("lost-twice");
+    store
+        .create_batch(batch(
+            "lost-twice",
+            vec![retrying(2, RetryPolicy::default())],
+        ))
+        .await
+        .expect("create");
+    let first = store
+        .claim(&batch_id, 1, NOW + 1, NOW + 100)
+        .await
+        .expect("claim");
+    assert_eq!(first, vec![claimed(0, 1)]);
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 100)
+        .await
+        .expect("expire");
+    assert_eq!(outcome.retried, vec![0]);
+    let second = store
+        .claim(&batch_id, 1, NOW + 101, NOW + 200)
+        .await
+        .expect("claim");
+    assert_eq!(second, vec![claimed(0, 2)]);
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 250)
+        .await
+        .expect("expire");
+    assert_eq!(outcome.retried, Vec::<u32>::new());
+    assert_eq!(outcome.recorded, 1);
+    assert_eq!(outcome.finished, Some(BatchState::Failed));
+    let records = store.op_records(&batch_id).await.expect("records");
+    assert_eq!(
+        (records[0].state, records[0].attempts),
+        (OpState::Failed, 2)
+    );
+    assert!(records[0].error.starts_with("lost"), "{}", records[0].error);
+}
+
+pub async fn case_failure_kinds_follow_the_policy(store: &dyn Store) {
+    let batch_id = id("kinds");
+    let no_timeout = RetryPolicy {
+        on_timeout: false,
+        ..RetryPolicy::default()
+    };
+    let no_failure = RetryPolicy {
+        on_failure: false,
+        ..RetryPolicy::default()
+    };
+    let ops = vec![
+        retrying(3, RetryPolicy::default()),
+        retrying(3, no_timeout.clone()),
+        retrying(3, no_failure.clone()),
+        retrying(3, no_timeout),
+        retrying(3, RetryPolicy::default()),
+        retrying(3, RetryPolicy::default()),
+    ];
+    store
+        .create_batch(batch("kinds", ops))
+        .await
+        .expect("create");
+    let running = store
+        .claim(&batch_id, 10, NOW + 1, LEASE)
+        .await
+        .expect("claim");
+    assert_eq!(running.len(), 6);
+    let outcome = store
+        .complete(
+            &batch_id,
+            &[
+                failed_with(running[0], FailureKind::Timeout),
+                failed_with(running[1], FailureKind::Timeout),
+                failed_with(running[2], FailureKind::Error),
+                failed_with(running[3], FailureKind::Error),
+                failed_with(running[4], FailureKind::Permanent),
+                failed_with(running[5], FailureKind::LostWorker),
+            ],
+            NOW + 10,
+        )
+        .await
+        .expect("complete");
+    assert_eq!(outcome.retried, vec![0, 3, 5]);
+    assert_eq!(outcome.recorded, 3);
+    assert_eq!(outcome.next_retry_at_ms, None);
+    assert_eq!(
+        states(store, &batch_id).await,
+        vec![
+            OpState::Ready,
+            OpState::Failed,
+            OpState::Failed,
+            OpState::Ready,
+            OpState::Failed,
+            OpState::Ready
+        ]
+    );
+    // No backoff: ready at once.
+    assert_eq!(indices(store, &batch_id, 10).await, vec![0, 3, 5]);
+}
+
+pub async fn case_backoff_delays_a_retry(store: &dyn Store) {
+    use EventKind::*;
+    let batch_id = id("backoff");
+    store
+        .create_batch(batch(
+            "backoff",
+            vec![retrying(4, no_jitter(1_000, 1_500)), op(0, &[])],
+        ))
+        .await
+        .expect("create");
+    let first = store
+        .claim(&batch_id, 1, NOW + 1, LEASE)
+        .await
+        .expect("claim");
+    assert_eq!(first, vec![claimed(0, 1)]);
+    let outcome = store
+        .complete(&batch_id, &[failure(first[0], "boom")], NOW + 10)
+        .await
+        .expect("complete");
+    assert_eq!(outcome.retried, vec![0]);
+    assert_eq!(outcome.next_retry_at_ms, Some(NOW + 1_010));
+    assert_eq!(states(store, &batch_id).await[0], OpState::Ready);
+    assert_eq!(
+        op_waits(store, &batch_id, 0).await.retry_at_ms,
+        Some(NOW + 1_010)
+    );
+    // Not claimable before its ready-at; the other op is.
+    let early = store
+        .claim(&batch_id, 10, NOW + 1_009, LEASE)
+        .await
+        .expect("claim");
+    assert_eq!(early, vec![claimed(1, 1)]);
+    // expire_leases reports the pending retry too.
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 1_009)
+        .await
+        .expect("expire");
+    assert_eq!(outcome.next_retry_at_ms, Some(NOW + 1_010));
+    let second = store
+        .claim(&batch_id, 10, NOW + 1_010, LEASE)
+        .await
+        .expect("claim");
+    assert_eq!(second, vec![claimed(0, 2)]);
+    assert_eq!(op_waits(store, &batch_id, 0).await.retry_at_ms, None);
+    // 1000 * 2 = 2000, capped at 1500.
+    let outcome = store
+        .complete(&batch_id, &[failure(second[0], "boom")], NOW + 2_000)
+        .await
+        .expect("complete");
+    assert_eq!(outcome.next_retry_at_ms, Some(NOW + 3_500));
+    assert!(
+        store
+            .claim(&batch_id, 10, NOW + 3_499, LEASE)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let third = store
+        .claim(&batch_id, 10, NOW + 3_500, LEASE)
+        .await
+        .expect("claim");
+    assert_eq!(third, vec![claimed(0, 3)]);
+    // The handler asked for more than the backoff.
+    let asked = Completion {
+        retry_after_ms: 5_000,
+        ..failure(third[0], "rate limited")
+    };
+    let outcome = store
+        .complete(&batch_id, &[asked], NOW + 4_000)
+        .await
+        .expect("complete");
+    assert_eq!(outcome.next_retry_at_ms, Some(NOW + 9_000));
+    let fourth = store
+        .claim(&batch_id, 10, NOW + 9_000, LEASE)
+        .await
+        .expect("claim");
+    assert_eq!(fourth, vec![claimed(0, 4)]);
+    let outcome = store
+        .complete(&batch_id, &[failure(fourth[0], "boom")], NOW + 9_100)
+        .await
+        .expect("complete");
+    assert_eq!((outcome.recorded, outcome.next_retry_at_ms), (1, None));
+    let events = all_events(store, &batch_id).await;
+    let retry_events: Vec<&Event> = events
+        .iter()
+        .filter(|event| event.kind == OpRetrying)
+        .collect();
+    assert_eq!(retry_events.len(), 3);
+    assert!(
+        retry_events[0]
+            .message
+            .contains(&format!("next attempt at {}", NOW + 1_010)),
+        "{}",
+        retry_events[0].message
+    );
+    assert!(retry_events[0].message.starts_with("boom"));
+    // With jitter: somewhere in [delay/2, delay].
+    let batch_id = id("backoff-jitter");
+    store
+        .create_batch(batch(
+            "backoff-jitter",
+            vec![retrying(
+                2,
+                RetryPolicy {
+                    backoff_jitter: true,
+                    ..no_jitter(1_000, 0)
+                },
+            )],
+        ))
+        .await
+        .expect("create");
+    let first = store
+        .claim(&batch_id, 1, NOW + 1, LEASE)
+        .await
+        .expect("claim");
+    let outcome = store
+        .complete(&batch_id, &[failure(first[0], "boom")], NOW + 10)
+        .await
+        .expect("complete");
+    let at = outcome.next_retry_at_ms.expect("a delayed retry");
+    assert!((NOW + 510..=NOW + 1_010).contains(&at), "{at}");
+    // Cancelling drops it.
+    store
+        .cancel(&batch_id, "user", NOW + 20)
+        .await
+        .expect("cancel");
+    assert_eq!(op_waits(store, &batch_id, 0).await.retry_at_ms, None);
+    assert!(
+        store
+            .claim(&batch_id, 1, NOW + 5_000, LEASE)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+}
+
+pub async fn case_lost_worker_without_backoff_is_ready_at_once(store: &dyn Store) {
+    let batch_id = id("lost-at-once");
+    store
+        .create_batch(batch(
+            "lost-at-once",
+            vec![retrying(2, RetryPolicy::default())],
+        ))
+        .await
+        .expect("create");
+    store
+        .claim(&batch_id, 1, NOW + 1, NOW + 10)
+        .await
+        .expect("claim");
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 10)
+        .await
+        .expect("expire");
+    assert_eq!((outcome.retried, outcome.next_retry_at_ms), (vec![0], None));
+    let again = store
+        .claim(&batch_id, 1, NOW + 10, LEASE)
+        .await
+        .expect("claim");
+    assert_eq!(again, vec![claimed(0, 2)]);
+}
+
+pub async fn case_return_ops_hands_back_without_an_attempt(store: &dyn Store) {
+    use EventKind::*;
+    let batch_id = id("hand-back");
+    store
+        .create_batch(batch(
+            "hand-back",
+            vec![
+                retrying(1, RetryPolicy::default()),
+                retrying(2, RetryPolicy::default()),
+                op(0, &[]),
+            ],
+        ))
+        .await
+        .expect("create");
+    let running = store
+        .claim(&batch_id, 2, NOW + 1, LEASE)
+        .await
+        .expect("claim");
+    assert_eq!(running, vec![claimed(0, 1), claimed(1, 1)]);
+    // Stale attempts and ops not running are ignored.
+    let returned = store
+        .return_ops(
+            &batch_id,
+            &[running[0], running[1], claimed(0, 7), claimed(2, 0)],
+            NOW + 5,
+        )
+        .await
+        .expect("return");
+    assert_eq!(returned, 2);
+    let meta_now = meta(store, &batch_id).await;
+    assert_eq!(meta_now.running, 0);
+    assert_eq!(
+        states(store, &batch_id).await,
+        vec![OpState::Ready, OpState::Ready, OpState::Ready]
+    );
+    assert_eq!(op_waits(store, &batch_id, 0).await.lease_until_ms, None);
+    // The handed-back attempt's late result is stale.
+    let outcome = store
+        .complete(&batch_id, &[success(running[0])], NOW + 6)
+        .await
+        .expect("complete");
+    assert_eq!(outcome.stale, vec![0]);
+    // Back at the front of the queue, in the order given.
+    let again = store
+        .claim(&batch_id, 2, NOW + 7, LEASE)
+        .await
+        .expect("claim");
+    assert_eq!(again, vec![claimed(0, 2), claimed(1, 2)]);
+    let outcome = store
+        .complete(&batch_id, &[success(running[0])], NOW + 8)
+        .await
+        .expect("complete");
+    assert_eq!(outcome.stale, vec![0]);
+    // max_attempts 1 got its next attempt; a failure of it is final.
+    // max_attempts 2 with one attempt handed back still has one retry.
+    let outcome = store
+        .complete(
+            &batch_id,
+            &[failure(again[0], "boom"), failure(again[1], "boom")],
+            NOW + 9,
+        )
+        .await
+        .expect("complete");
+    assert_eq!((outcome.recorded, outcome.retried), (1, vec![1]));
+    let records = store.op_records(&batch_id).await.expect("records");
+    assert_eq!(
+        (records[0].state, records[0].attempts),
+        (OpState::Failed, 2)
+    );
+    assert_eq!((records[1].state, records[1].attempts), (OpState::Ready, 2));
+    let events = all_events(store, &batch_id).await;
+    let handed: Vec<(Option<u32>, u32, &str)> = events
+        .iter()
+        .filter(|event| event.kind == OpRetrying)
+        .map(|event| (event.op_index, event.attempt, event.message.as_str()))
+        .collect();
+    assert_eq!(
+        handed[..2],
+        [
+            (Some(0), 1, "handed back by its worker"),
+            (Some(1), 1, "handed back by its worker"),
+        ]
+    );
+    let shapes = event_shapes(store, &batch_id).await;
+    assert_eq!(
+        shapes[..5],
+        [
+            (BatchSubmitted, None, 0),
+            (OpStarted, Some(0), 1),
+            (OpStarted, Some(1), 1),
+            (OpRetrying, Some(0), 1),
+            (OpRetrying, Some(1), 1),
+        ]
+    );
+    assert_eq!(
+        store
+            .return_ops(&batch_id, &[], NOW + 10)
+            .await
+            .expect("return"),
+        0
+    );
+}
+
+pub async fn case_deadline_cancels_and_fails_the_batch(store: &dyn Store) {
+    use EventKind::*;
+    let batch_id = id("deadline");
+    let mut new_batch = batch(
+        "deadline",
+        vec![op(0, &[]), op(0, &[]), op(0, &[3]), op(1, &[])],
+    );
+    new_batch.deadline_ms = NOW + 1_000;
+    store.create_batch(new_batch).await.expect("create");
+    let running = store
+        .claim(&batch_id, 2, NOW + 1, LEASE)
+        .await
+        .expect("claim");
+    assert_eq!(running, vec![claimed(0, 1), claimed(1, 1)]);
+    store
+        .complete(&batch_id, &[success(running[1])], NOW + 5)
+        .await
+        .expect("complete");
+    let outcome = store
+        .expire_deadline(&batch_id, NOW + 999)
+        .await
+        .expect("deadline");
+    assert_eq!(outcome, CompleteOutcome::default());
+    assert_eq!(meta(store, &batch_id).await.state, BatchState::Running);
+    let outcome = store
+        .expire_deadline(&batch_id, NOW + 1_000)
+        .await
+        .expect("deadline");
+    assert_eq!(outcome.finished, Some(BatchState::Failed));
+    assert_eq!(outcome.recorded, 3);
+    let meta_after = meta(store, &batch_id).await;
+    assert_eq!(meta_after.state, BatchState::Failed);
+    assert_eq!(meta_after.error, "deadline exceeded");
+    assert_eq!(meta_after.finished_ms, Some(NOW + 1_000));
+    assert_eq!(
+        (
+            meta_after.succeeded,
+            meta_after.cancelled,
+            meta_after.running
+        ),
+        (1, 3, 0)
+    );
+    let records = store.op_records(&batch_id).await.expect("records");
+    assert_eq!(
+        records
+            .iter()
+            .map(|record| record.state)
+            .collect::<Vec<_>>(),
+        vec![
+            OpState::Cancelled,
+            OpState::Succeeded,
+            OpState::Cancelled,
+            OpState::Cancelled
+        ]
+    );
+    assert_eq!(records[0].error, "cancelled: the batch's deadline passed");
+    let shapes = event_shapes(store, &batch_id).await;
+    assert_eq!(
+        shapes[shapes.len() - 4..],
+        [
+            (OpCancelled, Some(0), 1),
+            (OpCancelled, Some(2), 0),
+            (OpCancelled, Some(3), 0),
+            (BatchFinished, None, 0),
+        ]
+    );
+    let events = all_events(store, &batch_id).await;
+    let finished = events.last().expect("events");
+    assert_eq!(finished.batch_state, Some(BatchState::Failed));
+    assert_eq!(finished.message, "deadline exceeded");
+    assert_eq!(
+        store.active_batches().await.expect("active"),
+        Vec::<BatchId>::new()
+    );
+    // The running op's late result is stale; again changes nothing.
+    let outcome = store
+        .complete(&batch_id, &[success(running[0])], NOW + 1_001)
+        .await
+        .expect("complete");
+    assert_eq!(outcome.stale, vec![0]);
+    let outcome = store
+        .expire_deadline(&batch_id, NOW + 2_000)
+        .await
+        .expect("deadline");
+    assert_eq!(outcome, CompleteOutcome::default());
+    assert_eq!(all_events(store, &batch_id).await.len(), events.len());
+    // No deadline: never.
+    let batch_id = id("no-deadline");
+    store
+        .create_batch(batch("no-deadline", vec![op(0, &[])]))
+        .await
+        .expect("create");
+    let outcome = store
+        .expire_deadline(&batch_id, u64::MAX / 2)
+        .await
+        .expect("deadline");
+    assert_eq!(outcome, CompleteOutcome::default());
+    assert_eq!(meta(store, &batch_id).await.state, BatchState::Running);
+}
+
+pub async fn case_mark_lost_marks_unknown_batches_only(store: &dyn Store) {
+    let kept = id("kept");
+    store
+        .create_batch(batch("kept", vec![op(0, &[])]))
+        .await
+        .expect("create");
+    let reason = "the store restarted empty";
+    let marked = store
+        .mark_lost(&[id("lost-a"), kept.clone(), id("lost-b")], reason, NOW + 5)
+        .await
+        .expect("mark_lost");
+    assert_eq!(marked, vec![id("lost-a"), id("lost-b")]);
+    let lost = meta(store, &id("lost-a")).await;
+    assert_eq!(lost.state, BatchState::Lost);
+    assert_eq!(lost.error, reason);
+    assert_eq!(lost.name, "");
+    assert_eq!((lost.total, lost.running, lost.done()), (0, 0, 0));
+    assert_eq!(lost.created_ms, NOW + 5);
+    assert_eq!(lost.finished_ms, Some(NOW + 5));
+    let events = all_events(store, &id("lost-a")).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].seq, 1);
+    assert_eq!(events[0].kind, EventKind::BatchFinished);
+    assert_eq!(events[0].batch_state, Some(BatchState::Lost));
+    assert_eq!(events[0].message, reason);
+    assert_eq!(events[0].at_ms, NOW + 5);
+    let kept_meta = meta(store, &kept).await;
+    assert_eq!(kept_meta.state, BatchState::Running);
+    assert_eq!(all_events(store, &kept).await.len(), 1);
+    assert_eq!(
+        store.active_batches().await.expect("active"),
+        vec![kept.clone()]
+    );
+    let listed: Vec<BatchId> = store
+        .list_batches(10)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|meta| meta.id)
+        .collect();
+    assert!(listed.contains(&id("lost-a")), "{listed:?}");
+    // Marked once: held now, so left alone.
+    let again = store
+        .mark_lost(&[id("lost-a")], "again", NOW + 9)
+        .await
+        .expect("mark_lost");
+    assert_eq!(again, Vec::<BatchId>::new());
+    assert_eq!(meta(store, &id("lost-a")).await.error, reason);
+    assert!(
+        store
+            .claim(&id("lost-a"), 1, NOW + 10, LEASE)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+}
+
+pub async fn case_op_waits_reports_pending_and_missing_keys(store: &dyn Store) {
+    let batch_id = id("why");
+    let ops = vec![
+        op(0, &[2]),
+        NewOp {
+            wait_for: vec!["b".to_owned(), "a".to_owned()],
+            wait_for_any: vec!["y".to_owned(), "x".to_owned()],
+            ..op(0, &[])
+        },
+        NewOp {
+            deps: 1,
+            wait_for: vec!["a".to_owned()],
+            wait_deadline_ms: NOW + 60_000,
+            ..op(0, &[])
+        },
+    ];
+    store.create_batch(batch("why", ops)).await.expect("create");
+    let strings = |keys: &[&str]| keys.iter().map(|key| key.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        op_waits(store, &batch_id, 1).await,
+        OpWaits {
+            pending: 3,
+            missing_keys: strings(&["a", "b", "x", "y"]),
+            ..OpWaits::default()
+        }
+    );
+    assert_eq!(
+        op_waits(store, &batch_id, 2).await,
+        OpWaits {
+            pending: 2,
+            missing_keys: strings(&["a"]),
+            ..OpWaits::default()
+        }
+    );
+    assert_eq!(op_waits(store, &batch_id, 0).await, OpWaits::default());
+    put(store, &own(&batch_id), "a", b"1").await;
+    put(store, &own(&batch_id), "y", b"1").await;
+    assert_eq!(
+        op_waits(store, &batch_id, 1).await,
+        OpWaits {
+            pending: 1,
+            missing_keys: strings(&["b"]),
+            ..OpWaits::default()
+        }
+    );
+    assert_eq!(
+        op_waits(store, &batch_id, 2).await,
+        OpWaits {
+            pending: 1,
+            missing_keys: Vec::new(),
+            ..OpWaits::default()
+        }
+    );
+    let running = store
+        .claim(&batch_id, 1, NOW + 1, NOW + 77)
+        .await
+        .expect("claim");
+    assert_eq!(running, vec![claimed(0, 1)]);
+    assert_eq!(
+        op_waits(store, &batch_id, 0).await,
+        OpWaits {
+            lease_until_ms: Some(NOW + 77),
+            ..OpWaits::default()
+        }
+    );
+    assert!(matches!(
+        store.op_waits(&batch_id, 3).await,
+        Err(StoreError::BatchNotFound(_))
+    ));
 }

@@ -11,13 +11,19 @@
 //!
 //! Batch keys:
 //! - `meta` (hash): name, state, created_ms, finished_ms, max_parallel,
-//!   on_failure, total, the counters, error, `seq` (last event), and the
-//!   flags `cancel_requested` / `fail_fast_fired`.
+//!   on_failure, total, the counters, error, `seq` (last event),
+//!   `deadline_ms` (0: none), and the flags `cancel_requested` /
+//!   `fail_fast_fired` / `deadline_fired`.
 //! - `spec` (string): the opaque spec bytes.
 //! - `state` (hash index → [`crate::OpState::code`]).
 //! - `attempts` (hash index → attempts started; absent = 0).
 //! - `pending` (hash index → inputs still missing; absent = 0).
-//! - `info` (hash index → `priority|run_if_always|max_attempts|d1,d2,…`).
+//! - `info` (hash index → `priority|run_if_always|max_attempts|retry|d1,d2,…`,
+//!   retry = `<on_failure><on_timeout><on_lost_worker>,<initial_ms>,<max_ms>,<multiplier>,<jitter>`).
+//! - `handed_back` (hash index → attempts handed back by `return_ops`; absent = 0).
+//! - `leases` (sorted set: running op index scored by its lease deadline).
+//! - `delayed` (sorted set: index of an op waiting out a retry backoff, state
+//!   Ready but on no ready queue, scored by when it becomes ready).
 //! - `result` (hash index → JSON record of a final op).
 //! - `ready:<p>` (list of indices, p = 0 critical … 3 low).
 //! - `events` (stream, ids `0-<seq>`).
@@ -27,7 +33,8 @@
 //! - `any_done` (set of op indices whose `wait_for_any` group is satisfied).
 //! - `deadlines` (sorted set: op index scored by its `wait_deadline_ms`).
 //! - `waitinfo` (hash index → JSON `{"s": since_ms, "a": [all keys], "y":
-//!   [any keys]}`, for the error of an expired wait).
+//!   [any keys]}` of every op with memory waits, for the error of an expired
+//!   wait and for `op_waits`).
 //!
 //! Memory scope keys live under the scope's prefix ([`scope_prefix`]): the
 //! batch's prefix for a batch scope, `volley:{m:<namespace>}:` for a shared
@@ -82,6 +89,9 @@ pub const CHUNK: &str = "chunk:";
 pub const MEMORY_KEYS: &str = "mkeys";
 pub const CHANGES: &str = "changes";
 pub const REVISION: &str = "revision";
+pub const LEASES: &str = "leases";
+pub const DELAYED: &str = "delayed";
+pub const HANDED_BACK: &str = "handed_back";
 
 /// `volley:{b:<batch>}:` — the prefix of every key of the batch.
 pub fn batch_prefix(batch: &BatchId) -> String {
@@ -144,6 +154,18 @@ pub fn wait_info(batch: &BatchId) -> String {
 
 pub fn deadlines(batch: &BatchId) -> String {
     batch_key(batch, DEADLINES)
+}
+
+pub fn leases(batch: &BatchId) -> String {
+    batch_key(batch, LEASES)
+}
+
+pub fn delayed(batch: &BatchId) -> String {
+    batch_key(batch, DELAYED)
+}
+
+pub fn handed_back(batch: &BatchId) -> String {
+    batch_key(batch, HANDED_BACK)
 }
 
 /// `volley:{m:<namespace>}:` — the prefix of every key of a shared namespace.

@@ -110,6 +110,9 @@ pub trait Store: Send + Sync + 'static {
     /// `OpStarted` event each. Returns nothing once the batch is finished or
     /// cancelled. Also capped by the batch's `max_parallel` (when > 0) minus
     /// its running ops, so several coordinators never exceed it together.
+    /// Each claimed attempt is leased until `lease_until_ms`. First, in the
+    /// same atomic step, retries delayed by backoff whose ready-at is at or
+    /// before `now_ms` join the back of their ready queues.
     /// `BatchNotFound` for an unknown batch.
     async fn claim(
         &self,
@@ -119,35 +122,72 @@ pub trait Store: Send + Sync + 'static {
         lease_until_ms: u64,
     ) -> StoreResult<Vec<Claimed>>;
 
-    /// Extends the leases of these running attempts (stale ones ignored).
-    async fn renew_leases(&self, batch: &BatchId, ops: &[Claimed], lease_until_ms: u64) -> StoreResult<()>;
+    /// Extends the leases of these running attempts (stale ones ignored):
+    /// each lease is set to `lease_until_ms`. No event, no doorbell.
+    async fn renew_leases(
+        &self,
+        batch: &BatchId,
+        ops: &[Claimed],
+        lease_until_ms: u64,
+    ) -> StoreResult<()>;
 
     /// Running ops whose lease ran out (their worker died or hung) end as a
     /// `LostWorker` failure: another attempt per their retry policy, else
-    /// failed "lost: …". Their earlier attempt's late results are stale.
+    /// failed "lost: the worker's lease ran out at <ms>" (`OpFailed`, no
+    /// worker; dependents skipped, fail_fast applied, as in `complete`).
+    /// A retry is `OpRetrying` with that message (plus when, after a
+    /// backoff). Their earlier attempt's late results are stale. `recorded`
+    /// = ops failed, `retried` = ops given another attempt.
     async fn expire_leases(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome>;
 
     /// Running attempts a worker hands back unrun (it is draining): ready
     /// again at once; the handed-back attempt does not count against the
-    /// op's attempts. Returns how many were handed back.
+    /// op's attempts (a per-op count of handed-back attempts is subtracted
+    /// wherever attempts are compared with `max_attempts`, and from the
+    /// backoff exponent); the attempt number stays, so a late result of the
+    /// handed-back attempt is stale. They go to the FRONT of their ready
+    /// queues, in the order given. One `OpRetrying` each ("handed back by
+    /// its worker"). Returns how many were handed back.
     async fn return_ops(&self, batch: &BatchId, ops: &[Claimed], now_ms: u64) -> StoreResult<u32>;
 
     /// Ends the batch if its deadline passed: ops not yet ended are
-    /// cancelled ("deadline exceeded"), the batch ends `Failed`.
+    /// cancelled ("cancelled: the batch's deadline passed", running ones
+    /// included: their late results are stale), the batch ends `Failed`
+    /// with error "deadline exceeded" (also the `BatchFinished` message).
+    /// `recorded` = ops cancelled. A no-op before the deadline, without
+    /// one, or once the batch ended.
     async fn expire_deadline(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome>;
 
     /// Marks batches the store no longer holds as `Lost` with `reason` —
     /// after the store restarted empty. Writes a minimal record so status
-    /// and watchers see it. Returns those it marked.
-    async fn mark_lost(&self, batches: &[BatchId], reason: &str, now_ms: u64) -> StoreResult<Vec<BatchId>>;
+    /// and watchers see it: state `Lost`, error `reason`, name "", total 0,
+    /// created and finished `now_ms`, one `BatchFinished` event (seq 1,
+    /// message `reason`), listed by `list_batches`, not active. Returns
+    /// those it marked; batches it holds are left alone.
+    async fn mark_lost(
+        &self,
+        batches: &[BatchId],
+        reason: &str,
+        now_ms: u64,
+    ) -> StoreResult<Vec<BatchId>>;
 
     /// The countdown of an op: what it still waits for (for `volley why`).
+    /// An op not `Waiting` waits for nothing (pending 0, no keys); missing
+    /// keys are its `wait_for` keys sorted, then its whole `wait_for_any`
+    /// group sorted (while none arrived). `BatchNotFound` for an unknown
+    /// batch or index.
     async fn op_waits(&self, batch: &BatchId, index: u32) -> StoreResult<OpWaits>;
 
     /// Records results of running ops in one atomic step: a result whose op
     /// is not running or whose attempt differs is stale and ignored (listed in
-    /// `stale`). A failure with attempts left puts the op back on the ready
-    /// queue (`OpRetrying`). A final result records state and result, writes
+    /// `stale`). A failure whose kind the op's `RetryPolicy` allows, with
+    /// attempts left and fail_fast not fired, gets another attempt
+    /// (`OpRetrying`, message = the error, then "; next attempt at <ms> (in
+    /// <n> ms)" when delayed): the delay is the backoff (jitter drawn by the
+    /// store: a per-call random seed for the Redis scripts' `math.random`)
+    /// or `retry_after_ms` if larger; 0 → ready queue at once, else the
+    /// op stays `Ready` in a delayed set until `claim` sees its ready-at.
+    /// `next_retry_at_ms` = the earliest ready-at still delayed. A final result records state and result, writes
     /// `store_as` into the batch's memory (unblocking waiters), counts down
     /// dependents (pushing those reaching zero onto the ready queues; those
     /// that needed this op to succeed end `Skipped`, transitively), applies

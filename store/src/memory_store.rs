@@ -108,9 +108,17 @@ struct BatchData {
     ready: [VecDeque<u32>; PRIORITY_LEVELS as usize],
     /// (wait deadline, index) of ops with memory waits and a deadline.
     deadlines: BTreeSet<(u64, u32)>,
+    /// (lease deadline, index) of running ops (mirrors `OpData::lease_until`).
+    leases: BTreeSet<(u64, u32)>,
+    /// (ready-at, index) of ops waiting out a retry backoff: state Ready but
+    /// on no ready queue (mirrors `OpData::retry_at`).
+    delayed: BTreeSet<(u64, u32)>,
     events: Vec<Event>,
+    /// Unix ms; 0: none.
+    deadline_ms: u64,
     cancel_requested: bool,
     fail_fast_fired: bool,
+    deadline_fired: bool,
 }
 
 struct OpData {
@@ -127,6 +135,11 @@ struct OpData {
     any_done: bool,
     /// When the op started waiting (for the error of an expired wait).
     wait_since_ms: u64,
+    retry: RetryPolicy,
+    /// Attempts handed back by `return_ops` (not counted against `max_attempts`).
+    handed_back: u32,
+    lease_until: Option<u64>,
+    retry_at: Option<u64>,
     record: OpRecord,
 }
 
@@ -144,6 +157,10 @@ impl OpData {
             arrived: BTreeSet::new(),
             any_done: false,
             wait_since_ms: since_ms,
+            retry: op.retry.clone(),
+            handed_back: 0,
+            lease_until: None,
+            retry_at: None,
             record: OpRecord {
                 state: OpState::Waiting,
                 attempts: 0,
@@ -418,6 +435,50 @@ fn clamp_priority(priority: u8) -> usize {
     usize::from(priority.min(PRIORITY_LEVELS - 1))
 }
 
+/// Longest backoff delay (as `MAX_DELAY_MS` in `lua/common.lua`).
+const MAX_DELAY_MS: f64 = 1e15;
+
+/// A backoff multiplier both stores can use: not finite or negative → 1.
+pub(crate) fn sane_multiplier(multiplier: f64) -> f64 {
+    if multiplier.is_finite() && multiplier >= 0.0 {
+        multiplier
+    } else {
+        1.0
+    }
+}
+
+/// The backoff before the attempt after `used` attempts (as `retry_delay`
+/// in `lua/common.lua`): `initial * multiplier^(used - 1)`, at most `max`
+/// (0: no cap); with jitter, `delay/2 + floor(random * (delay - delay/2 + 1))`
+/// for `random` in [0, 1). 0 without backoff.
+pub(crate) fn backoff_delay(policy: &RetryPolicy, used: u32, random: f64) -> u64 {
+    if policy.backoff_initial_ms == 0 {
+        return 0;
+    }
+    let exponent = used.saturating_sub(1);
+    let initial = policy.backoff_initial_ms as f64;
+    let mut delay = initial
+        * sane_multiplier(policy.backoff_multiplier).powi(exponent.min(i32::MAX as u32) as i32);
+    if delay.is_nan() {
+        delay = initial;
+    }
+    if policy.backoff_max_ms > 0 && delay > policy.backoff_max_ms as f64 {
+        delay = policy.backoff_max_ms as f64;
+    }
+    let delay = delay.min(MAX_DELAY_MS).floor() as u64;
+    if !policy.backoff_jitter {
+        return delay;
+    }
+    let half = delay / 2;
+    let jittered = half + (random * (delay - half + 1) as f64).floor() as u64;
+    jittered.min(delay)
+}
+
+/// A uniform random number in [0, 1) (the low bits of a v7 uuid are random).
+fn random_unit() -> f64 {
+    (uuid::Uuid::now_v7().as_u128() & 0xffff_ffff) as f64 / 4_294_967_296.0
+}
+
 impl BatchData {
     fn event(
         &mut self,
@@ -463,6 +524,114 @@ impl BatchData {
             return true;
         }
         false
+    }
+
+    fn clear_lease(&mut self, index: u32) {
+        if let Some(until) = self.ops[index as usize].lease_until.take() {
+            self.leases.remove(&(until, index));
+        }
+    }
+
+    fn set_lease(&mut self, index: u32, until: u64) {
+        self.clear_lease(index);
+        self.ops[index as usize].lease_until = Some(until);
+        self.leases.insert((until, index));
+    }
+
+    fn clear_delay(&mut self, index: u32) {
+        if let Some(at) = self.ops[index as usize].retry_at.take() {
+            self.delayed.remove(&(at, index));
+        }
+    }
+
+    /// The op leaves Running (not ended): running counter -1, lease dropped.
+    fn leave_running(&mut self, index: u32) {
+        self.meta.running = self.meta.running.saturating_sub(1);
+        self.clear_lease(index);
+    }
+
+    /// The delay (ms, 0 = at once) before another attempt of `index`, which
+    /// just failed with `kind`; `None` when there is none (see
+    /// `retry_delay` in `lua/common.lua`).
+    fn retry_delay(&self, index: u32, kind: FailureKind, retry_after_ms: u64) -> Option<u64> {
+        let op = &self.ops[index as usize];
+        let allowed = match kind {
+            FailureKind::Error => op.retry.on_failure,
+            FailureKind::Timeout => op.retry.on_timeout,
+            FailureKind::LostWorker => op.retry.on_lost_worker,
+            FailureKind::Permanent => false,
+        };
+        let used = op.record.attempts.saturating_sub(op.handed_back);
+        if !allowed || self.fail_fast_fired || used >= op.max_attempts {
+            return None;
+        }
+        let delay = backoff_delay(&op.retry, used, random_unit());
+        Some(delay.max(retry_after_ms.min(MAX_DELAY_MS as u64)))
+    }
+
+    /// Another attempt of `index` after `delay` ms: onto its ready queue at
+    /// once, or (state Ready) into the delayed set. Returns the ready-at.
+    fn requeue(&mut self, index: u32, delay: u64, now_ms: u64) -> u64 {
+        if delay == 0 {
+            self.push_ready(index);
+            return now_ms;
+        }
+        let ready_at = now_ms.saturating_add(delay);
+        let op = &mut self.ops[index as usize];
+        op.record.state = OpState::Ready;
+        op.retry_at = Some(ready_at);
+        self.delayed.insert((ready_at, index));
+        ready_at
+    }
+
+    fn next_retry_at(&self) -> Option<u64> {
+        self.delayed.first().map(|(at, _)| *at)
+    }
+
+    /// Moves delayed retries whose ready-at passed onto their ready queues.
+    fn promote_due(&mut self, now_ms: u64) {
+        while let Some(&(at, index)) = self.delayed.first() {
+            if at > now_ms {
+                break;
+            }
+            self.delayed.remove(&(at, index));
+            let op = &mut self.ops[index as usize];
+            op.retry_at = None;
+            if op.record.state == OpState::Ready {
+                let priority = clamp_priority(op.priority);
+                self.ready[priority].push_back(index);
+            }
+        }
+    }
+
+    /// Attempt `attempt` of running op `index` failed with `kind`: another
+    /// attempt (a `retrying` event, returns true) or failed for good (the
+    /// caller records the end and returns false).
+    #[allow(clippy::too_many_arguments)]
+    fn retry_or_not(
+        &mut self,
+        index: u32,
+        attempt: u32,
+        kind: FailureKind,
+        retry_after_ms: u64,
+        worker: &str,
+        error: &str,
+        now_ms: u64,
+    ) -> bool {
+        let Some(delay) = self.retry_delay(index, kind, retry_after_ms) else {
+            return false;
+        };
+        let ready_at = self.requeue(index, delay, now_ms);
+        let message = retry_message(error, delay, ready_at);
+        self.event(
+            now_ms,
+            EventKind::OpRetrying,
+            Some(index),
+            attempt,
+            worker,
+            &message,
+        );
+        true
     }
 
     /// Memory key `key` arrived for op `index` (one of its `wait_for`
@@ -515,6 +684,8 @@ impl BatchData {
     }
 
     fn end_op(&mut self, index: u32, state: OpState, error: String) {
+        self.clear_lease(index);
+        self.clear_delay(index);
         let op = &mut self.ops[index as usize];
         op.record.state = state;
         op.record.error = error;
@@ -603,13 +774,22 @@ impl BatchData {
         }
         let state = if self.cancel_requested {
             BatchState::Cancelled
+        } else if self.deadline_fired {
+            // expire_deadline set the error already.
+            BatchState::Failed
         } else if self.meta.succeeded == self.meta.total {
             BatchState::Succeeded
         } else {
             BatchState::Failed
         };
-        if state == BatchState::Failed {
+        if state == BatchState::Failed && !self.deadline_fired {
             self.meta.error = failed_summary(&self.meta);
+        }
+        for (_, index) in std::mem::take(&mut self.leases) {
+            self.ops[index as usize].lease_until = None;
+        }
+        for (_, index) in std::mem::take(&mut self.delayed) {
+            self.ops[index as usize].retry_at = None;
         }
         self.meta.state = state;
         self.meta.finished_ms = Some(now_ms);
@@ -619,6 +799,20 @@ impl BatchData {
             last.batch_state = Some(state);
         }
         Some(state)
+    }
+}
+
+/// The message of a `retrying` event: the failure, then when (as
+/// `retry_message` in `lua/common.lua`).
+fn retry_message(error: &str, delay: u64, ready_at: u64) -> String {
+    if delay == 0 {
+        return error.to_owned();
+    }
+    let when = format!("next attempt at {ready_at} (in {delay} ms)");
+    if error.is_empty() {
+        when
+    } else {
+        format!("{error}; {when}")
     }
 }
 
@@ -691,9 +885,13 @@ impl Store for MemoryStore {
                 ops,
                 ready: Default::default(),
                 deadlines,
+                leases: BTreeSet::new(),
+                delayed: BTreeSet::new(),
                 events: Vec::new(),
+                deadline_ms: batch.deadline_ms,
                 cancel_requested: false,
                 fail_fast_fired: false,
+                deadline_fired: false,
             };
             // Same order as the Redis store: first the ops that wait for
             // nothing, then those whose keys are present already.
@@ -735,13 +933,20 @@ impl Store for MemoryStore {
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch))]
-    async fn claim(&self, batch: &BatchId, max: u32, now_ms: u64) -> StoreResult<Vec<Claimed>> {
+    async fn claim(
+        &self,
+        batch: &BatchId,
+        max: u32,
+        now_ms: u64,
+        lease_until_ms: u64,
+    ) -> StoreResult<Vec<Claimed>> {
         let claimed = {
             let mut inner = self.lock();
             let data = inner.batch_mut(batch)?;
-            if data.meta.state != BatchState::Running {
+            if data.meta.state != BatchState::Running || max == 0 {
                 return Ok(Vec::new());
             }
+            data.promote_due(now_ms);
             let mut limit = max;
             if data.meta.max_parallel > 0 {
                 limit = limit.min(data.meta.max_parallel.saturating_sub(data.meta.running));
@@ -760,6 +965,7 @@ impl Store for MemoryStore {
                     op.record.attempts += 1;
                     let attempt = op.record.attempts;
                     data.meta.running += 1;
+                    data.set_lease(index, lease_until_ms);
                     data.event(now_ms, EventKind::OpStarted, Some(index), attempt, "", "");
                     claimed.push(Claimed { index, attempt });
                 }
@@ -804,24 +1010,22 @@ impl Store for MemoryStore {
                     outcome.stale.push(index);
                     continue;
                 }
-                data.meta.running = data.meta.running.saturating_sub(1);
+                data.leave_running(index);
                 if !completion.ok
-                    && !completion.permanent
-                    && op.record.attempts < op.max_attempts
-                    && !data.fail_fast_fired
-                {
-                    data.push_ready(index);
-                    data.event(
-                        now_ms,
-                        EventKind::OpRetrying,
-                        Some(index),
+                    && data.retry_or_not(
+                        index,
                         completion.attempt,
+                        completion.failure,
+                        completion.retry_after_ms,
                         &completion.worker,
                         &completion.error,
-                    );
+                        now_ms,
+                    )
+                {
                     outcome.retried.push(index);
                     continue;
                 }
+                let op = &mut data.ops[index as usize];
                 let state = if completion.ok {
                     OpState::Succeeded
                 } else {
@@ -872,12 +1076,252 @@ impl Store for MemoryStore {
                 bells.extend(written.touched.into_iter().map(Doorbell::Batch));
                 bells.push(Doorbell::Memory(memory.clone()));
             }
+            outcome.next_retry_at_ms = data.next_retry_at();
             inner.batches.insert(batch.clone(), data);
             outcome
         };
         self.ring(batch);
         self.ring_all(bells);
         Ok(outcome)
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch, ops = ops.len()))]
+    async fn renew_leases(
+        &self,
+        batch: &BatchId,
+        ops: &[Claimed],
+        lease_until_ms: u64,
+    ) -> StoreResult<()> {
+        let mut inner = self.lock();
+        let data = inner.batch_mut(batch)?;
+        for claimed in ops {
+            let running_it = data.ops.get(claimed.index as usize).is_some_and(|op| {
+                op.record.state == OpState::Running && op.record.attempts == claimed.attempt
+            });
+            if running_it {
+                data.set_lease(claimed.index, lease_until_ms);
+            }
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch))]
+    async fn expire_leases(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome> {
+        let outcome = {
+            let mut inner = self.lock();
+            let data = inner.batch_mut(batch)?;
+            let mut outcome = CompleteOutcome::default();
+            let due: Vec<(u64, u32)> = data
+                .leases
+                .iter()
+                .take_while(|(until, _)| *until <= now_ms)
+                .copied()
+                .collect();
+            if due.is_empty() {
+                outcome.next_retry_at_ms = data.next_retry_at();
+                return Ok(outcome);
+            }
+            if data.meta.state != BatchState::Running {
+                return Ok(outcome);
+            }
+            let mut due_sorted: Vec<(u32, u64)> =
+                due.iter().map(|(until, index)| (*index, *until)).collect();
+            due_sorted.sort_unstable();
+            for (index, until) in due_sorted {
+                let op = &data.ops[index as usize];
+                if op.record.state != OpState::Running {
+                    data.clear_lease(index);
+                    continue;
+                }
+                let attempt = op.record.attempts;
+                data.leave_running(index);
+                let error = format!("lost: the worker's lease ran out at {until}");
+                if data.retry_or_not(
+                    index,
+                    attempt,
+                    FailureKind::LostWorker,
+                    0,
+                    "",
+                    &error,
+                    now_ms,
+                ) {
+                    outcome.retried.push(index);
+                    continue;
+                }
+                data.end_op(index, OpState::Failed, error.clone());
+                data.event(
+                    now_ms,
+                    EventKind::OpFailed,
+                    Some(index),
+                    attempt,
+                    "",
+                    &error,
+                );
+                outcome.recorded += 1;
+                outcome.became_ready += data.propagate(index, OpState::Failed, now_ms);
+                data.apply_fail_fast(index, now_ms);
+            }
+            outcome.finished = data.finish_if_done(now_ms);
+            outcome.next_retry_at_ms = data.next_retry_at();
+            outcome
+        };
+        self.ring(batch);
+        Ok(outcome)
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch, ops = ops.len()))]
+    async fn return_ops(&self, batch: &BatchId, ops: &[Claimed], now_ms: u64) -> StoreResult<u32> {
+        let returned = {
+            let mut inner = self.lock();
+            let data = inner.batch_mut(batch)?;
+            let mut returned = Vec::new();
+            for claimed in ops {
+                let running_it = data.ops.get(claimed.index as usize).is_some_and(|op| {
+                    op.record.state == OpState::Running && op.record.attempts == claimed.attempt
+                });
+                if !running_it {
+                    continue;
+                }
+                data.leave_running(claimed.index);
+                let op = &mut data.ops[claimed.index as usize];
+                op.handed_back += 1;
+                op.record.state = OpState::Ready;
+                data.event(
+                    now_ms,
+                    EventKind::OpRetrying,
+                    Some(claimed.index),
+                    claimed.attempt,
+                    "",
+                    "handed back by its worker",
+                );
+                returned.push(claimed.index);
+            }
+            // To the front of their queues, in the order given.
+            for &index in returned.iter().rev() {
+                let priority = clamp_priority(data.ops[index as usize].priority);
+                data.ready[priority].push_front(index);
+            }
+            returned.len() as u32
+        };
+        if returned > 0 {
+            self.ring(batch);
+        }
+        Ok(returned)
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch))]
+    async fn expire_deadline(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome> {
+        let outcome = {
+            let mut inner = self.lock();
+            let data = inner.batch_mut(batch)?;
+            if data.meta.state != BatchState::Running
+                || data.deadline_ms == 0
+                || now_ms < data.deadline_ms
+            {
+                return Ok(CompleteOutcome::default());
+            }
+            data.deadline_fired = true;
+            data.meta.error = "deadline exceeded".to_owned();
+            let cancelled = data.cancel_where(
+                &[OpState::Waiting, OpState::Ready, OpState::Running],
+                "cancelled: the batch's deadline passed",
+                now_ms,
+            );
+            CompleteOutcome {
+                recorded: cancelled.len() as u32,
+                finished: data.finish_if_done(now_ms),
+                ..CompleteOutcome::default()
+            }
+        };
+        self.ring(batch);
+        Ok(outcome)
+    }
+
+    #[tracing::instrument(skip_all, fields(batches = batches.len()))]
+    async fn mark_lost(
+        &self,
+        batches: &[BatchId],
+        reason: &str,
+        now_ms: u64,
+    ) -> StoreResult<Vec<BatchId>> {
+        let marked = {
+            let mut inner = self.lock();
+            let mut marked = Vec::new();
+            for batch in batches {
+                if inner.batches.contains_key(batch) {
+                    continue;
+                }
+                let mut data = BatchData {
+                    meta: BatchMeta {
+                        id: batch.clone(),
+                        name: String::new(),
+                        state: BatchState::Lost,
+                        created_ms: now_ms,
+                        finished_ms: Some(now_ms),
+                        max_parallel: 0,
+                        on_failure: OnFailure::Continue,
+                        total: 0,
+                        succeeded: 0,
+                        failed: 0,
+                        skipped: 0,
+                        cancelled: 0,
+                        running: 0,
+                        error: reason.to_owned(),
+                    },
+                    memory: MemoryScope::Batch(batch.clone()),
+                    spec: Vec::new(),
+                    spec_added: Vec::new(),
+                    ops: Vec::new(),
+                    ready: Default::default(),
+                    deadlines: BTreeSet::new(),
+                    leases: BTreeSet::new(),
+                    delayed: BTreeSet::new(),
+                    events: Vec::new(),
+                    deadline_ms: 0,
+                    cancel_requested: false,
+                    fail_fast_fired: false,
+                    deadline_fired: false,
+                };
+                data.event(now_ms, EventKind::BatchFinished, None, 0, "", reason);
+                if let Some(last) = data.events.last_mut() {
+                    last.batch_state = Some(BatchState::Lost);
+                }
+                inner.batches.insert(batch.clone(), data);
+                marked.push(batch.clone());
+            }
+            marked
+        };
+        for batch in &marked {
+            self.ring(batch);
+        }
+        Ok(marked)
+    }
+
+    async fn op_waits(&self, batch: &BatchId, index: u32) -> StoreResult<OpWaits> {
+        let inner = self.lock();
+        let data = inner.batch(batch)?;
+        let op = data
+            .ops
+            .get(index as usize)
+            .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
+        let mut waits = OpWaits {
+            lease_until_ms: op.lease_until,
+            retry_at_ms: op.retry_at,
+            ..OpWaits::default()
+        };
+        if op.record.state == OpState::Waiting {
+            waits.pending = op.pending;
+            waits.missing_keys = op
+                .wait_all
+                .iter()
+                .filter(|key| !op.arrived.contains(*key))
+                .cloned()
+                .collect();
+            if !op.wait_any.is_empty() && !op.any_done {
+                waits.missing_keys.extend(op.wait_any.iter().cloned());
+            }
+        }
+        Ok(waits)
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch))]

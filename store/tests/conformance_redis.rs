@@ -108,6 +108,7 @@ async fn million_op_batch_is_writable() {
             max_parallel: 0,
             on_failure: OnFailure::Continue,
             created_ms: 1,
+            deadline_ms: 0,
             spec: vec![0; 1024],
             ops,
         })
@@ -115,7 +116,10 @@ async fn million_op_batch_is_writable() {
         .expect("create");
     let meta = store.meta(&batch_id).await.expect("meta").expect("exists");
     assert_eq!(meta.total, 1_000_000);
-    let claimed = store.claim(&batch_id, 1_000, 2).await.expect("claim");
+    let claimed = store
+        .claim(&batch_id, 1_000, 2, 60_000)
+        .await
+        .expect("claim");
     assert_eq!(claimed.len(), 1_000);
     assert_eq!(claimed[0].index, 2);
     store.shutdown().await;

@@ -399,6 +399,27 @@ mod tests {
             let details: serde_json::Value = serde_json::from_str(&result.details_json).unwrap();
             assert_eq!(details["retryable"], false, "{kind}");
         }
+        // A path escaping the worker's root.
+        let dir = tempfile::tempdir().unwrap();
+        let config = BuiltinConfig {
+            root: Some(dir.path().to_path_buf()),
+            allow_shell: false,
+        };
+        let rooted = Executor::new(
+            Registry::with_builtins(&config),
+            Arc::new(LocalMemory::default()),
+            config.root.clone(),
+            false,
+        );
+        let result = rooted
+            .run(
+                assignment("read", r#"{"path":"../../etc/passwd"}"#, 0),
+                CancellationToken::new(),
+            )
+            .await;
+        assert!(!result.ok);
+        assert!(result.error.contains("escapes"), "{}", result.error);
+        assert_eq!(result.failure_kind(), FailureKind::Permanent);
     }
 
     #[tokio::test]

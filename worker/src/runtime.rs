@@ -32,7 +32,8 @@ pub struct WorkerConfig {
     /// What handlers see as `allow_shell` (give the registry's `BuiltinConfig` the same).
     pub allow_shell: bool,
     pub heartbeat: Duration,
-    /// On shutdown, how long running ops may take to finish before they are cancelled.
+    /// On shutdown, how long running ops may take to finish before they are
+    /// cancelled and handed back to the coordinator (`ReturnOps`).
     pub drain_timeout: Duration,
 }
 
@@ -124,8 +125,12 @@ fn validate(config: &WorkerConfig) -> Result<(), WorkerError> {
 }
 
 /// Serves the coordinator at `config.coordinator` with `registry`'s kinds
-/// until `shutdown` fires, then drains running ops (up to
-/// `config.drain_timeout`), sends their results and returns. While the
+/// until `shutdown` fires, then drains: it takes no more work (assignments
+/// arriving now are handed back with `ReturnOps`, reason "worker is
+/// draining"), lets running ops finish and sends their results for up to
+/// `config.drain_timeout`, then cancels the ops still running (killing their
+/// process groups), hands them back too (reason "drain timeout"), closes its
+/// stream and returns. While the
 /// coordinator is unreachable it retries with backoff (100 ms → 5 s); when
 /// the stream breaks it abandons running ops (the coordinator re-runs them)
 /// and reconnects. Fails only on invalid config.

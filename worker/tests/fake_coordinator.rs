@@ -20,14 +20,14 @@ use volley_proto::v1::memory_service_server::{MemoryService, MemoryServiceServer
 use volley_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use volley_proto::v1::{
     Assignment, Assignments, BatchEvent, BatchStatus, CancelBatchRequest, CancelBatchResponse,
-    CancelOps, CoordinatorMessage, DeleteMemoryRequest, DeleteMemoryResponse, GetBatchRequest,
-    GetMemoryRequest, GetMemoryResponse, IncrMemoryRequest, IncrMemoryResponse, ListBatchesRequest,
-    ListBatchesResponse, ListMemoryRequest, ListMemoryResponse, ListWorkersRequest,
-    ListWorkersResponse, MemoryChange, Op, OpRef, OpResult, Problem, PutMemoryRequest,
-    PutMemoryResponse, Register, Registered, ReturnOps, SpawnOpsRequest, SpawnOpsResponse,
-    SubmitBatchChunk, SubmitBatchResponse, ValidationFailure, WaitMemoryRequest, WatchBatchRequest,
-    WatchMemoryRequest, WhyRequest, WhyResponse, WorkerMessage, coordinator_message,
-    worker_message,
+    CancelOps, CoordinatorMessage, DeleteMemoryRequest, DeleteMemoryResponse, FailureKind,
+    GetBatchRequest, GetMemoryRequest, GetMemoryResponse, IncrMemoryRequest, IncrMemoryResponse,
+    ListBatchesRequest, ListBatchesResponse, ListMemoryRequest, ListMemoryResponse,
+    ListWorkersRequest, ListWorkersResponse, MemoryChange, Op, OpRef, OpResult, Problem,
+    PutMemoryRequest, PutMemoryResponse, Register, Registered, ReturnOps, SpawnOpsRequest,
+    SpawnOpsResponse, SubmitBatchChunk, SubmitBatchResponse, ValidationFailure, WaitMemoryRequest,
+    WatchBatchRequest, WatchMemoryRequest, WhyRequest, WhyResponse, WorkerMessage,
+    coordinator_message, worker_message,
 };
 use volley_worker::{
     BuiltinConfig, HandlerError, MemoryError, OpOutput, PutOptions, Registry, WorkerConfig,
@@ -550,6 +550,7 @@ async fn registers_runs_assignments_and_returns_results() {
         "{}",
         results[0].error
     );
+    assert_eq!(results[0].failure_kind(), FailureKind::Permanent);
 
     drop(session.to_worker); // lets the fake end its side once the worker half-closes
     shutdown.cancel();
@@ -601,6 +602,7 @@ async fn cancel_aborts_a_running_op_and_shutdown_drains() {
     let results = collect_results(&mut session.from_worker, 1).await;
     assert!(!results[0].ok);
     assert_eq!(results[0].error, "cancelled");
+    assert_eq!(results[0].failure_kind(), FailureKind::Cancelled);
 
     // An op running at shutdown finishes and its result is delivered before the worker returns.
     send(

@@ -204,7 +204,11 @@ pub async fn why(args: WhyArgs) -> Exit {
     };
     match client.why(&args.batch_id, &args.op_id).await {
         Ok(response) => {
-            println!("{}: {}", response.op_id, render::op_state_word(response.state()));
+            println!(
+                "{}: {}",
+                response.op_id,
+                render::op_state_word(response.state())
+            );
             for reason in &response.reasons {
                 println!("  - {reason}");
             }

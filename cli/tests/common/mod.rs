@@ -89,7 +89,15 @@ impl Cluster {
     /// A worker as `start` makes them, with extra flags (`["--label", "gpu=yes"]`).
     pub async fn add_worker_with(&mut self, id: &str, extra: &[&str]) {
         let root = self.root.path().to_string_lossy().into_owned();
-        let mut flags = vec!["--slots", "4", "--allow-shell", "--root", &root];
+        let mut flags = vec![
+            "--slots",
+            "4",
+            "--allow-shell",
+            "--heartbeat",
+            "500ms",
+            "--root",
+            &root,
+        ];
         flags.extend_from_slice(extra);
         self.add_bare_worker(id, &flags).await;
     }
@@ -114,7 +122,13 @@ impl Cluster {
         let _ = self.coordinator.wait().await;
         let address = self.url.trim_start_matches("http://").to_owned();
         self.coordinator = Command::new(volley_bin())
-            .args(["coordinator", "--listen", &address, "--redis", &self.redis.url()])
+            .args([
+                "coordinator",
+                "--listen",
+                &address,
+                "--redis",
+                &self.redis.url(),
+            ])
             .args(coordinator_flags)
             .env("VOLLEY_LOG", "warn")
             .stdout(Stdio::null())

@@ -107,10 +107,15 @@ impl BatchService for BatchAdapter {
     }
 
     #[tracing::instrument(name = "batch.Why", skip_all)]
-    async fn why(&self, request: Request<v1::WhyRequest>) -> Result<Response<v1::WhyResponse>, Status> {
+    async fn why(
+        &self,
+        request: Request<v1::WhyRequest>,
+    ) -> Result<Response<v1::WhyResponse>, Status> {
         let request = request.into_inner();
         let batch = batch_id(request.batch_id)?;
-        Ok(Response::new(self.coordinator.why(&batch, &request.op_id).await?))
+        Ok(Response::new(
+            self.coordinator.why(&batch, &request.op_id).await?,
+        ))
     }
 
     #[tracing::instrument(name = "batch.ListBatches", skip_all)]
