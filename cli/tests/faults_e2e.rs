@@ -510,10 +510,14 @@ async fn why_says_what_an_op_waits_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_a_worker_finishing_running_ops_and_handing_back_the_rest() {
     let mut cluster = common::Cluster::start_with(0, LEASE).await;
+    let root = cluster.root().to_string_lossy().into_owned();
     cluster
         .add_bare_worker(
             "drains",
             &[
+                "--allow-shell",
+                "--root",
+                &root,
                 "--heartbeat",
                 "200ms",
                 "--slots",
@@ -528,9 +532,18 @@ async fn sigterm_drains_a_worker_finishing_running_ops_and_handing_back_the_rest
         .wait_for_workers(1, Duration::from_secs(20))
         .await
         .expect("workers");
-    let mut short = op("short", "sleep", json!({"ms": 400}));
+    // Each op marks that it really started on the worker before it sleeps.
+    let mut short = op(
+        "short",
+        "shell",
+        json!({"cmd": "touch started-short; sleep 0.4"}),
+    );
     short.attempts = 1;
-    let mut long = op("long", "sleep", json!({"ms": 4_000}));
+    let mut long = op(
+        "long",
+        "shell",
+        json!({"cmd": "touch started-long; sleep 4"}),
+    );
     long.attempts = 1;
     let submitted = cluster
         .client
@@ -541,12 +554,12 @@ async fn sigterm_drains_a_worker_finishing_running_ops_and_handing_back_the_rest
         })
         .await
         .expect("submit");
-    let client = cluster.client.clone();
-    let id = submitted.batch_id.clone();
-    wait_until("both run", || {
-        let client = client.clone();
-        let id = id.clone();
-        async move { running(&client, &id).await == 2 }
+    let root_path = cluster.root().to_path_buf();
+    wait_until("both started on the worker", || {
+        let root_path = root_path.clone();
+        async move {
+            root_path.join("started-short").exists() && root_path.join("started-long").exists()
+        }
     })
     .await;
     common::Cluster::signal(&cluster.workers[0], "TERM");
@@ -558,16 +571,78 @@ async fn sigterm_drains_a_worker_finishing_running_ops_and_handing_back_the_rest
     // The short op finished during the drain; the long one was handed back
     // (not failed — it had a single attempt) and runs on the next worker.
     cluster
-        .add_bare_worker("next", &["--heartbeat", "200ms"])
+        .add_bare_worker(
+            "next",
+            &["--allow-shell", "--root", &root, "--heartbeat", "200ms"],
+        )
         .await;
     let status = finish(&cluster.client, &submitted.batch_id).await;
     let ops = by_id(&status);
     assert_eq!(
         (ops["short"].state(), ops["short"].worker.as_str()),
-        (OpState::Succeeded, "drains")
+        (OpState::Succeeded, "drains"),
+        "short: {}",
+        ops["short"].error
     );
     assert_eq!(
         (ops["long"].state(), ops["long"].worker.as_str()),
         (OpState::Succeeded, "next")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_shell_does_not_live_on_as_an_orphan() {
+    let mut cluster = common::Cluster::start_with(0, LEASE).await;
+    let root = cluster.root().to_string_lossy().into_owned();
+    cluster
+        .add_bare_worker(
+            "doomed",
+            &["--allow-shell", "--root", &root, "--heartbeat", "200ms"],
+        )
+        .await;
+    cluster
+        .client
+        .wait_for_workers(1, Duration::from_secs(20))
+        .await
+        .expect("workers");
+    // The shell writes its pid, then loops (as a runaway script would).
+    let looping = op(
+        "loops",
+        "shell",
+        json!({"cmd": "echo $$ > pid.txt; while :; do sleep 0.1; done"}),
+    );
+    let submitted = cluster
+        .client
+        .submit(v1::Batch {
+            name: "orphan".into(),
+            ops: vec![looping],
+            ..Default::default()
+        })
+        .await
+        .expect("submit");
+    let pid_file = cluster.root().join("pid.txt");
+    wait_until("the shell wrote its pid", || {
+        let pid_file = pid_file.clone();
+        async move {
+            std::fs::read_to_string(&pid_file)
+                .map(|text| !text.trim().is_empty())
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let pid = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .to_owned();
+    common::Cluster::signal(&cluster.workers[0], "KILL");
+    wait_until("the shell died with its worker", || {
+        let pid = pid.clone();
+        async move { !std::path::Path::new(&format!("/proc/{pid}")).exists() }
+    })
+    .await;
+    cluster
+        .client
+        .cancel(&submitted.batch_id)
+        .await
+        .expect("cancel");
 }

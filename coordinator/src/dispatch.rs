@@ -46,6 +46,8 @@ pub(crate) enum Command {
     },
     WorkerLeft {
         conn: u64,
+        /// It ended its stream itself: what it still holds never started.
+        clean: bool,
     },
     Completed {
         conn: u64,
@@ -301,10 +303,14 @@ impl Dispatcher {
                 );
                 self.publish_kinds();
             }
-            Command::WorkerLeft { conn } => {
+            Command::WorkerLeft { conn, clean } => {
                 if let Some(worker) = self.workers.remove(&conn) {
                     self.publish_kinds();
-                    self.requeue_lost(worker).await;
+                    if clean {
+                        self.hand_back_unstarted(worker).await;
+                    } else {
+                        self.requeue_lost(worker).await;
+                    }
                 }
             }
             Command::Completed {
@@ -506,6 +512,31 @@ impl Dispatcher {
             }
             Ok(_) => {}
             Err(error) => warn!(%batch, %error, "could not expire waits"),
+        }
+    }
+
+    /// A worker that ended its stream cleanly had reported every op it ran:
+    /// the assignments still on its books crossed its goodbye and never
+    /// started. They go back to the queue without costing an attempt.
+    async fn hand_back_unstarted(&mut self, worker: Worker) {
+        let mut by_batch: HashMap<BatchId, Vec<Claimed>> = HashMap::new();
+        for ((batch, index), attempt) in worker.running {
+            by_batch
+                .entry(batch)
+                .or_default()
+                .push(Claimed { index, attempt });
+        }
+        for (batch, claims) in by_batch {
+            info!(%batch, worker = %worker.worker_id, ops = claims.len(), "assignments a leaving worker never started go back");
+            if let Err(error) = self.store.return_ops(&batch, &claims, now_ms()).await {
+                warn!(%batch, %error, "could not take ops back; their leases will run out");
+            }
+            let indices = claims.iter().map(|claim| claim.index).collect();
+            self.apply_results(BatchResults {
+                batch,
+                indices,
+                outcome: None,
+            });
         }
     }
 

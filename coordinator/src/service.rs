@@ -551,12 +551,18 @@ impl WorkerSession {
 
     /// The worker's stream ended: the dispatcher forgets it and re-queues
     /// what it was running.
-    pub async fn close(self) {
-        info!(worker = %self.worker_id, "worker disconnected");
+    /// `clean`: the worker ended its stream itself, after reporting every
+    /// op it ran (a drain); what is still assigned to it never started.
+    /// Otherwise the stream broke and its running ops are lost.
+    pub async fn close(self, clean: bool) {
+        info!(worker = %self.worker_id, clean, "worker disconnected");
         self.coordinator
             .inner
             .dispatch
-            .send(Command::WorkerLeft { conn: self.conn })
+            .send(Command::WorkerLeft {
+                conn: self.conn,
+                clean,
+            })
             .await;
     }
 }

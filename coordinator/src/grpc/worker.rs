@@ -77,14 +77,18 @@ impl WorkerService for WorkerAdapter {
                             msg: Some(Msg::ReturnOps(returned)),
                         })) => session.return_ops(returned.ops, &returned.reason).await,
                         Ok(Some(_)) => warn!("unexpected message on a registered worker stream"),
-                        Ok(None) => break,
+                        Ok(None) => {
+                            // A clean end: the worker reported all it ran.
+                            session.close(true).await;
+                            return;
+                        }
                         Err(status) => {
                             warn!(%status, "worker stream broke");
                             break;
                         }
                     }
                 }
-                session.close().await;
+                session.close(false).await;
             }
             .instrument(span),
         );

@@ -53,6 +53,7 @@ pub(super) async fn run_host_program(
         // Its own group, so a cancel kills the children `sh` started too.
         .process_group(0)
         .kill_on_drop(true);
+    die_with_worker(&mut command);
 
     let mut child = command
         .spawn()
@@ -146,6 +147,27 @@ impl Drop for ProcessGroupGuard {
         }
     }
 }
+
+/// A worker killed with SIGKILL cannot kill its children: the kernel does it
+/// (`PR_SET_PDEATHSIG`), so an op whose lease moved elsewhere does not keep
+/// running — and writing — as an orphan.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_worker(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls prctl, which is async-signal-safe; it touches no memory of ours.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_worker(_command: &mut tokio::process::Command) {}
 
 #[allow(unsafe_code)]
 fn kill_process_group(process_group_id: i32) {
