@@ -123,6 +123,17 @@ async fn a_killed_worker_s_ops_run_again_elsewhere_and_succeed_once() {
         async move { running(&client, &id).await == 3 }
     })
     .await;
+    // Claimed is not started: kill only once every shell wrote its line.
+    let ledger_path = cluster.root().join("ledger.txt");
+    wait_until("all three started", || {
+        let ledger_path = ledger_path.clone();
+        async move {
+            std::fs::read_to_string(&ledger_path)
+                .map(|text| text.lines().count() == 3)
+                .unwrap_or(false)
+        }
+    })
+    .await;
     common::Cluster::signal(&cluster.workers[0], "KILL");
     cluster
         .add_bare_worker("survivor", &[&base[..], FAST_HEARTBEAT].concat())
