@@ -657,3 +657,74 @@ async fn a_killed_worker_s_shell_does_not_live_on_as_an_orphan() {
         .await
         .expect("cancel");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_freezes_for_seconds_loses_nothing() {
+    let mut cluster = common::Cluster::start_with(0, LEASE).await;
+    for id in ["w1", "w2"] {
+        cluster.add_bare_worker(id, FAST_HEARTBEAT).await;
+    }
+    cluster
+        .client
+        .wait_for_workers(2, Duration::from_secs(20))
+        .await
+        .expect("workers");
+    let ops: Vec<v1::Op> = (0..200)
+        .map(|index| {
+            let mut sleeper = op(&format!("s{index}"), "sleep", json!({"ms": 20}));
+            sleeper.attempts = 3;
+            sleeper
+        })
+        .collect();
+    let submitted = cluster
+        .client
+        .submit(v1::Batch {
+            name: "freeze".into(),
+            max_parallel: 4,
+            ops,
+            ..Default::default()
+        })
+        .await
+        .expect("submit");
+    let client = cluster.client.clone();
+    let id = submitted.batch_id.clone();
+    wait_until("some ops have run", || {
+        let client = client.clone();
+        let id = id.clone();
+        async move {
+            client
+                .summary(&id)
+                .await
+                .map(|s| s.succeeded >= 20)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let pid = cluster.redis.pid().expect("redis runs").to_string();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    };
+    signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(3)).await; // the outage itself, not a wait for a condition
+    signal("-CONT");
+    let status = finish(&cluster.client, &submitted.batch_id).await;
+    assert_eq!(status.state(), BatchState::Succeeded);
+    assert_eq!(status.succeeded, 200);
+    let events: Vec<_> = cluster
+        .client
+        .watch(&submitted.batch_id, 0)
+        .await
+        .expect("watch")
+        .collect()
+        .await;
+    let succeeded = events
+        .iter()
+        .filter_map(|event| event.as_ref().ok())
+        .filter(|event| event.kind() == EventKind::OpSucceeded)
+        .count();
+    assert_eq!(succeeded, 200, "each op reported succeeded exactly once");
+}

@@ -72,6 +72,11 @@ impl RedisServer {
         self.port
     }
 
+    /// The server's process id, while it runs (to SIGSTOP it, say).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server with SIGKILL (no clean shutdown, no save) and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
