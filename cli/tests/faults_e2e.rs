@@ -75,6 +75,56 @@ async fn finish(client: &volley_client::Client, batch: &str) -> v1::BatchStatus 
     }
 }
 
+/// A cluster with two fast-heartbeat workers running a batch of `count`
+/// sleepers (3 attempts each), returned once `started` of them succeeded.
+async fn sleepers_under_way(
+    lease: &[&str],
+    name: &str,
+    count: usize,
+    sleep_ms: u64,
+    max_parallel: u32,
+    started: u32,
+) -> (common::Cluster, String) {
+    let mut cluster = common::Cluster::start_with(0, lease).await;
+    for id in ["w1", "w2"] {
+        cluster.add_bare_worker(id, FAST_HEARTBEAT).await;
+    }
+    cluster
+        .client
+        .wait_for_workers(2, Duration::from_secs(20))
+        .await
+        .expect("workers");
+    let ops: Vec<v1::Op> = (0..count)
+        .map(|index| {
+            let mut sleeper = op(&format!("s{index}"), "sleep", json!({"ms": sleep_ms}));
+            sleeper.attempts = 3;
+            sleeper
+        })
+        .collect();
+    let batch = v1::Batch {
+        name: name.into(),
+        max_parallel,
+        ops,
+        ..Default::default()
+    };
+    let batch_id = cluster.client.submit(batch).await.expect("submit").batch_id;
+    let client = cluster.client.clone();
+    let id = batch_id.clone();
+    wait_until("some ops have run", || {
+        let client = client.clone();
+        let id = id.clone();
+        async move {
+            client
+                .summary(&id)
+                .await
+                .map(|status| status.succeeded >= started)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    (cluster, batch_id)
+}
+
 fn by_id(status: &v1::BatchStatus) -> HashMap<&str, &v1::OpStatus> {
     status.ops.iter().map(|op| (op.id.as_str(), op)).collect()
 }
@@ -227,47 +277,9 @@ async fn a_hung_worker_loses_its_leases_and_its_ops_run_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_coordinator_resumes_the_batch() {
-    let mut cluster = common::Cluster::start_with(0, SHORT_LEASE).await;
-    for id in ["w1", "w2"] {
-        cluster.add_bare_worker(id, FAST_HEARTBEAT).await;
-    }
-    cluster
-        .client
-        .wait_for_workers(2, Duration::from_secs(20))
-        .await
-        .expect("workers");
-    let ops: Vec<v1::Op> = (0..30)
-        .map(|index| {
-            let mut sleeper = op(&format!("s{index}"), "sleep", json!({"ms": 300}));
-            sleeper.attempts = 3;
-            sleeper
-        })
-        .collect();
-    let submitted = cluster
-        .client
-        .submit(v1::Batch {
-            name: "resume".into(),
-            ops,
-            ..Default::default()
-        })
-        .await
-        .expect("submit");
-    let client = cluster.client.clone();
-    let id = submitted.batch_id.clone();
-    wait_until("some ops have run", || {
-        let client = client.clone();
-        let id = id.clone();
-        async move {
-            client
-                .summary(&id)
-                .await
-                .map(|s| s.succeeded >= 4)
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    let (mut cluster, batch_id) = sleepers_under_way(SHORT_LEASE, "resume", 30, 300, 0, 4).await;
     cluster.restart_coordinator(SHORT_LEASE).await;
-    let status = finish(&cluster.client, &submitted.batch_id).await;
+    let status = finish(&cluster.client, &batch_id).await;
     assert_eq!(
         status.state(),
         BatchState::Succeeded,
@@ -660,46 +672,7 @@ async fn a_killed_worker_s_shell_does_not_live_on_as_an_orphan() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_freezes_for_seconds_loses_nothing() {
-    let mut cluster = common::Cluster::start_with(0, LEASE).await;
-    for id in ["w1", "w2"] {
-        cluster.add_bare_worker(id, FAST_HEARTBEAT).await;
-    }
-    cluster
-        .client
-        .wait_for_workers(2, Duration::from_secs(20))
-        .await
-        .expect("workers");
-    let ops: Vec<v1::Op> = (0..200)
-        .map(|index| {
-            let mut sleeper = op(&format!("s{index}"), "sleep", json!({"ms": 20}));
-            sleeper.attempts = 3;
-            sleeper
-        })
-        .collect();
-    let submitted = cluster
-        .client
-        .submit(v1::Batch {
-            name: "freeze".into(),
-            max_parallel: 4,
-            ops,
-            ..Default::default()
-        })
-        .await
-        .expect("submit");
-    let client = cluster.client.clone();
-    let id = submitted.batch_id.clone();
-    wait_until("some ops have run", || {
-        let client = client.clone();
-        let id = id.clone();
-        async move {
-            client
-                .summary(&id)
-                .await
-                .map(|s| s.succeeded >= 20)
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    let (cluster, batch_id) = sleepers_under_way(LEASE, "freeze", 200, 20, 4, 20).await;
     let pid = cluster.redis.pid().expect("redis runs").to_string();
     let signal = |name: &str| {
         let status = std::process::Command::new("kill")
@@ -711,12 +684,12 @@ async fn a_redis_that_freezes_for_seconds_loses_nothing() {
     signal("-STOP");
     tokio::time::sleep(Duration::from_secs(3)).await; // the outage itself, not a wait for a condition
     signal("-CONT");
-    let status = finish(&cluster.client, &submitted.batch_id).await;
+    let status = finish(&cluster.client, &batch_id).await;
     assert_eq!(status.state(), BatchState::Succeeded);
     assert_eq!(status.succeeded, 200);
     let events: Vec<_> = cluster
         .client
-        .watch(&submitted.batch_id, 0)
+        .watch(&batch_id, 0)
         .await
         .expect("watch")
         .collect()
