@@ -44,14 +44,6 @@ where
     }
 }
 
-async fn running(client: &volley_client::Client, batch: &str) -> u32 {
-    client
-        .summary(batch)
-        .await
-        .map(|status| status.running)
-        .unwrap_or(0)
-}
-
 async fn finish(client: &volley_client::Client, batch: &str) -> v1::BatchStatus {
     let until = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
@@ -140,55 +132,51 @@ fn ledger_op(id: &str, ledger: &str, sleep: &str) -> v1::Op {
     op
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_worker_s_ops_run_again_elsewhere_and_succeed_once() {
-    let mut cluster = common::Cluster::start_with(0, LEASE).await;
-    let root = cluster.root().to_string_lossy().into_owned();
-    let base = ["--allow-shell", "--root", root.as_str()];
-    cluster
-        .add_bare_worker("doomed", &[&base[..], FAST_HEARTBEAT].concat())
-        .await;
+/// A cluster whose one worker, `worker` (the harness's usual worker: shell
+/// allowed, rooted in the cluster's dir), runs `count` ledger ops; returned
+/// once every op really started — claimed is not started.
+async fn ledger_ops_under_way(
+    lease: &[&str],
+    worker: &str,
+    name: &str,
+    prefix: &str,
+    count: usize,
+) -> (common::Cluster, String) {
+    let mut cluster = common::Cluster::start_with(0, lease).await;
+    cluster.add_worker(worker).await;
     cluster
         .client
         .wait_for_workers(1, Duration::from_secs(20))
         .await
         .expect("workers");
-    let ops = (0..3)
-        .map(|index| ledger_op(&format!("slow-{index}"), "ledger.txt", "1"))
+    let ops = (0..count)
+        .map(|index| ledger_op(&format!("{prefix}-{index}"), "ledger.txt", "1"))
         .collect();
-    let submitted = cluster
-        .client
-        .submit(v1::Batch {
-            name: "kill".into(),
-            ops,
-            ..Default::default()
-        })
-        .await
-        .expect("submit");
-    let client = cluster.client.clone();
-    let id = submitted.batch_id.clone();
-    wait_until("all three run on the doomed worker", || {
-        let client = client.clone();
-        let id = id.clone();
-        async move { running(&client, &id).await == 3 }
-    })
-    .await;
-    // Claimed is not started: kill only once every shell wrote its line.
+    let batch = v1::Batch {
+        name: name.into(),
+        ops,
+        ..Default::default()
+    };
+    let batch_id = cluster.client.submit(batch).await.expect("submit").batch_id;
     let ledger_path = cluster.root().join("ledger.txt");
-    wait_until("all three started", || {
+    wait_until("every op started on the worker", || {
         let ledger_path = ledger_path.clone();
         async move {
             std::fs::read_to_string(&ledger_path)
-                .map(|text| text.lines().count() == 3)
+                .map(|text| text.lines().count() == count)
                 .unwrap_or(false)
         }
     })
     .await;
+    (cluster, batch_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_ops_run_again_elsewhere_and_succeed_once() {
+    let (mut cluster, batch_id) = ledger_ops_under_way(LEASE, "doomed", "kill", "slow", 3).await;
     common::Cluster::signal(&cluster.workers[0], "KILL");
-    cluster
-        .add_bare_worker("survivor", &[&base[..], FAST_HEARTBEAT].concat())
-        .await;
-    let status = finish(&cluster.client, &submitted.batch_id).await;
+    cluster.add_worker("survivor").await;
+    let status = finish(&cluster.client, &batch_id).await;
     assert_eq!(status.state(), BatchState::Succeeded);
     for op in &status.ops {
         assert_eq!(
@@ -214,7 +202,7 @@ async fn a_killed_worker_s_ops_run_again_elsewhere_and_succeed_once() {
     // Each op is reported succeeded exactly once.
     let events: Vec<_> = cluster
         .client
-        .watch(&submitted.batch_id, 0)
+        .watch(&batch_id, 0)
         .await
         .expect("watch")
         .collect()
@@ -229,42 +217,10 @@ async fn a_killed_worker_s_ops_run_again_elsewhere_and_succeed_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_worker_loses_its_leases_and_its_ops_run_elsewhere() {
-    let mut cluster = common::Cluster::start_with(0, SHORT_LEASE).await;
-    let root = cluster.root().to_string_lossy().into_owned();
-    let base = ["--allow-shell", "--root", root.as_str()];
-    cluster
-        .add_bare_worker("hangs", &[&base[..], FAST_HEARTBEAT].concat())
-        .await;
-    cluster
-        .client
-        .wait_for_workers(1, Duration::from_secs(20))
-        .await
-        .expect("workers");
-    let ops = (0..2)
-        .map(|index| ledger_op(&format!("op-{index}"), "ledger.txt", "1"))
-        .collect();
-    let submitted = cluster
-        .client
-        .submit(v1::Batch {
-            name: "hang".into(),
-            ops,
-            ..Default::default()
-        })
-        .await
-        .expect("submit");
-    let client = cluster.client.clone();
-    let id = submitted.batch_id.clone();
-    wait_until("both run on the worker that will hang", || {
-        let client = client.clone();
-        let id = id.clone();
-        async move { running(&client, &id).await == 2 }
-    })
-    .await;
+    let (mut cluster, batch_id) = ledger_ops_under_way(SHORT_LEASE, "hangs", "hang", "op", 2).await;
     common::Cluster::signal(&cluster.workers[0], "STOP");
-    cluster
-        .add_bare_worker("healthy", &[&base[..], FAST_HEARTBEAT].concat())
-        .await;
-    let status = finish(&cluster.client, &submitted.batch_id).await;
+    cluster.add_worker("healthy").await;
+    let status = finish(&cluster.client, &batch_id).await;
     common::Cluster::signal(&cluster.workers[0], "CONT");
     assert_eq!(status.state(), BatchState::Succeeded);
     for op in &status.ops {
