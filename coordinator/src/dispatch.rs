@@ -386,6 +386,7 @@ impl Dispatcher {
                         labels: worker.labels.clone().into_iter().collect(),
                         slots: worker.slots,
                         busy: worker.slots - worker.free,
+                        coordinator: String::new(),
                     })
                     .collect();
                 let _ = reply.send(workers);

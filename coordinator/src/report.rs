@@ -76,5 +76,6 @@ pub(crate) fn build(
         critical_path,
         critical_path_ms,
         error: planned.name_indices(&meta.error),
+        owner: String::new(),
     }
 }

@@ -84,6 +84,7 @@ pub(crate) async fn run_session(
         labels: params.labels.clone().into_iter().collect(),
         slots: params.slots,
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        running: Vec::new(),
     };
     // Queued before the call: a coordinator may wait for Register before answering.
     outbound_tx
