@@ -222,6 +222,8 @@ struct BatchFile {
     #[serde(default, deserialize_with = "timeout_ms")]
     deadline: Option<u64>,
     #[serde(default)]
+    retry_failed: Option<RetryFailedName>,
+    #[serde(default)]
     ops: Vec<OpEntry>,
 }
 
@@ -297,6 +299,13 @@ enum OnFailureName {
 
 #[derive(Deserialize, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
+enum RetryFailedName {
+    None,
+    Sequential,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
 enum HazardsName {
     Reject,
     Order,
@@ -341,6 +350,11 @@ impl BatchFile {
             wait_timeout_ms: self.wait_timeout.unwrap_or(0),
             strict: self.strict,
             deadline_ms: self.deadline.unwrap_or(0),
+            retry_failed: match self.retry_failed {
+                None => v1::RetryFailed::Unspecified,
+                Some(RetryFailedName::None) => v1::RetryFailed::None,
+                Some(RetryFailedName::Sequential) => v1::RetryFailed::Sequential,
+            } as i32,
         }
     }
 }
