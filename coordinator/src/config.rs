@@ -6,28 +6,57 @@ use volley_plan::Limits;
 
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
+    /// This coordinator's name among those sharing one store: in the worker
+    /// registry, in batch ownership and in `volley status`. Defaults to
+    /// `<hostname>-<pid>-<4 hex>` ([`default_coordinator_id`]).
+    pub id: String,
     /// Bounds on what a submission may hold.
     pub limits: Limits,
     /// How often every active batch's ready queue is re-read even without a
-    /// doorbell: the safety net for a missed pub/sub message.
+    /// doorbell: the safety net for a missed pub/sub message. Also the
+    /// housekeeping period (leases, ownership, deadlines, registry).
     pub resync_interval: Duration,
     /// Finished batches whose plans stay cached for reports and watchers.
     pub finished_plans_cached: usize,
     /// Largest memory value accepted (default 64 MiB).
     pub max_value_bytes: usize,
-    /// How long a claimed op's lease lasts without a heartbeat from its
-    /// worker; past it the op runs again elsewhere.
+    /// How long a claimed op's lease lasts without its worker being heard
+    /// from; past it the op runs again elsewhere.
     pub lease: Duration,
+    /// How long a batch stays owned by a coordinator that stopped renewing
+    /// its hold (it died): another takes the batch over after this.
+    pub ownership_ttl: Duration,
+    /// How long the ops of a worker whose stream broke stay leased to it,
+    /// so it can reconnect (to this or another coordinator) and carry on;
+    /// past it they run again elsewhere.
+    pub reconnect_grace: Duration,
 }
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
         CoordinatorConfig {
+            id: default_coordinator_id(),
             limits: Limits::default(),
             resync_interval: Duration::from_secs(1),
             finished_plans_cached: 64,
             max_value_bytes: 64 * 1024 * 1024,
             lease: Duration::from_secs(15),
+            ownership_ttl: Duration::from_secs(5),
+            reconnect_grace: Duration::from_secs(3),
         }
     }
+}
+
+/// `<hostname>-<pid>-<4 random hex>`; the hostname from `/etc/hostname`,
+/// else `$HOSTNAME`, else `coordinator`.
+pub fn default_coordinator_id() -> String {
+    let hostname = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|text| text.trim().to_owned())
+        .filter(|text| !text.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|text| !text.is_empty()))
+        .unwrap_or_else(|| "coordinator".to_owned());
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    let suffix = &random[random.len() - 4..];
+    format!("{hostname}-{}-{suffix}", std::process::id())
 }

@@ -10,8 +10,24 @@
 //!
 //! Claims are bounded by free worker credits and the batch's parallelism, so
 //! ops never queue up inside the coordinator: a claimed op is either sent at
-//! once or, when no connected worker supports its kind or labels, parked
-//! until one connects.
+//! once or, when no connected worker supports its kind or labels, handed
+//! back for another coordinator whose workers do, or parked until one
+//! connects.
+//!
+//! # Several coordinators
+//! Every coordinator dispatches every active batch to its own workers:
+//! claims and completions are atomic in the store, so they never hand out
+//! the same attempt twice, and a batch's workers are wherever they happened
+//! to connect. What must happen once per batch — expiring leases, the
+//! deadline, waits that timed out — is done by the batch's *owner*: the
+//! coordinator holding its renewable, fenced hold in the store (see
+//! `Store::hold_batch`). When an owner dies its hold runs out and another
+//! coordinator takes the batch over at its next tick; a coordinator that
+//! shuts down releases its holds so others take over at once. Leases of
+//! running ops are renewed every tick by the coordinator their worker is
+//! connected to, and a worker that reconnects (anywhere) reports what it
+//! still runs, so that coordinator adopts those ops instead of re-running
+//! them.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,12 +40,21 @@ use tracing::{debug, info, warn};
 use volley_kinds::Reference;
 use volley_proto::{BatchId, v1};
 use volley_store::{
-    Claimed, CompleteOutcome, Completion, Doorbell, FailureKind, MemoryScope, OpRecord, OpState,
-    Store,
+    Claimed, CompleteOutcome, Completion, Doorbell, FailureKind, Fence, MemoryScope, OpRecord,
+    OpState, Store, StoreError, WorkerEntry,
 };
 
-use crate::plans::{PlannedBatch, replan};
+use crate::config::CoordinatorConfig;
+use crate::plans::{PlanCache, PlannedBatch, replan};
 use crate::service::now_ms;
+
+/// The first pause before claiming again from a batch whose last claim held
+/// only ops this coordinator's workers cannot run (handed back for others);
+/// doubled on each such claim in a row, up to [`DECLINE_HOLD_OFF_MAX`].
+const DECLINE_HOLD_OFF: Duration = Duration::from_millis(250);
+const DECLINE_HOLD_OFF_MAX: Duration = Duration::from_secs(4);
+/// How long releasing batch holds may take at shutdown.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Room for commands: workers send at most one `Completed` per results
 /// message and results are bounded by credits, so this only absorbs bursts.
@@ -43,6 +68,9 @@ pub(crate) enum Command {
         labels: BTreeMap<String, String>,
         slots: u32,
         outbound: mpsc::Sender<v1::CoordinatorMessage>,
+        /// Ops it still runs from a session with another (or an earlier)
+        /// coordinator: adopted, not re-run.
+        running: Vec<(BatchId, Claimed)>,
     },
     WorkerLeft {
         conn: u64,
@@ -55,6 +83,8 @@ pub(crate) enum Command {
         per_batch: Vec<BatchResults>,
     },
     BatchAdded(Arc<PlannedBatch>),
+    /// A batch learned of from the store could not be loaded.
+    BatchLoadFailed(BatchId),
     /// The batch grew (spawned ops): dispatch from this plan on.
     BatchReplanned(Arc<PlannedBatch>),
     BatchCancelled {
@@ -129,6 +159,21 @@ impl DispatchHandle {
     }
 }
 
+/// The kinds some live worker runs: those connected to this coordinator
+/// (kept by the dispatcher as they come and go) and those of the whole
+/// cluster (from the store's worker registry, refreshed every tick).
+#[derive(Debug, Default)]
+pub(crate) struct KnownKinds {
+    pub(crate) local: HashSet<String>,
+    pub(crate) cluster: HashSet<String>,
+}
+
+impl KnownKinds {
+    pub(crate) fn contains(&self, kind: &str) -> bool {
+        self.local.contains(kind) || self.cluster.contains(kind)
+    }
+}
+
 struct Worker {
     worker_id: String,
     kinds: HashSet<String>,
@@ -162,6 +207,11 @@ struct ActiveBatch {
     /// The ready queue may hold ops (a doorbell rang, or a claim came back
     /// full). Cleared when a claim returns fewer ops than asked.
     maybe_ready: bool,
+    /// No claims before this: the last ones held only ops our workers
+    /// cannot run, handed back for other coordinators to take.
+    claim_after: Option<tokio::time::Instant>,
+    /// The pause after the next claim that holds nothing we can run.
+    hold_off: Duration,
 }
 
 impl ActiveBatch {
@@ -177,11 +227,24 @@ impl ActiveBatch {
 
 pub(crate) struct Dispatcher {
     store: Arc<dyn Store>,
+    /// This coordinator's id (registry, batch holds).
+    id: String,
     commands: mpsc::Receiver<Command>,
+    /// For tasks that load batches learned of from the store.
+    handle: DispatchHandle,
+    plans: Arc<PlanCache>,
     doorbells: broadcast::Receiver<Doorbell>,
-    worker_kinds: Arc<RwLock<HashSet<String>>>,
+    kinds: Arc<RwLock<KnownKinds>>,
     resync_interval: Duration,
     lease: Duration,
+    ownership_ttl: Duration,
+    reconnect_grace: Duration,
+    /// Batches being loaded (planned from their stored spec).
+    loading: HashSet<BatchId>,
+    /// Batches this coordinator owns, with its fence for each.
+    owned: HashMap<BatchId, Fence>,
+    /// Every live worker of the cluster, by coordinator (last tick's view).
+    cluster: Vec<(String, WorkerEntry)>,
     /// The store's epoch when we started: another value later means the
     /// store restarted empty.
     epoch: String,
@@ -195,23 +258,33 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         store: Arc<dyn Store>,
+        config: &CoordinatorConfig,
         commands: mpsc::Receiver<Command>,
-        worker_kinds: Arc<RwLock<HashSet<String>>>,
-        resync_interval: Duration,
-        lease: Duration,
+        handle: DispatchHandle,
+        plans: Arc<PlanCache>,
+        kinds: Arc<RwLock<KnownKinds>>,
         epoch: String,
         shutdown: CancellationToken,
     ) -> Self {
         let doorbells = store.doorbells();
         Dispatcher {
             store,
+            id: config.id.clone(),
             commands,
+            handle,
+            plans,
             doorbells,
-            worker_kinds,
-            resync_interval,
-            lease,
+            kinds,
+            resync_interval: config.resync_interval,
+            lease: config.lease,
+            ownership_ttl: config.ownership_ttl,
+            reconnect_grace: config.reconnect_grace,
+            loading: HashSet::new(),
+            owned: HashMap::new(),
+            cluster: Vec::new(),
             epoch,
             next_retry_at_ms: None,
             shutdown,
@@ -253,7 +326,32 @@ impl Dispatcher {
             }
             self.pump().await;
         }
+        self.release_holds().await;
         info!("dispatcher stopped");
+    }
+
+    /// Shutting down: let other coordinators take our batches over at once
+    /// rather than after our holds run out. Our workers reconnect to them
+    /// and report what they still run, so nothing is re-run.
+    async fn release_holds(&mut self) {
+        let owned: Vec<(BatchId, Fence)> = self.owned.drain().collect();
+        if owned.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let count = owned.len();
+        let released = tokio::time::timeout(RELEASE_TIMEOUT, async move {
+            for (batch, fence) in owned {
+                if let Err(error) = store.release_batch(&batch, &fence).await {
+                    warn!(%batch, %error, "could not release the batch");
+                }
+            }
+        })
+        .await;
+        match released {
+            Ok(()) => info!(batches = count, "released our batches for other coordinators"),
+            Err(_) => warn!("releasing batches timed out; their holds run out instead"),
+        }
     }
 
     fn ring(&mut self, bell: Result<Doorbell, broadcast::error::RecvError>) {
@@ -263,11 +361,45 @@ impl Dispatcher {
                     active.maybe_ready = true;
                 }
             }
+            // Submitted to another coordinator: dispatch it to our workers too.
+            Ok(Doorbell::Started(batch)) => self.load(batch),
+            // Finished anywhere (or cancelled): stop what our workers run of it.
+            Ok(Doorbell::Ended(batch)) => self.batch_ended(&batch),
             Ok(Doorbell::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
                 self.mark_all_ready()
             }
             // Memory writes that unblock ops ring those ops' batches too.
             Ok(Doorbell::Memory(_)) | Err(broadcast::error::RecvError::Closed) => {}
+        }
+    }
+
+    /// Starts loading a batch this coordinator does not dispatch yet (its
+    /// plan is rebuilt from the stored spec, off the dispatcher's task).
+    fn load(&mut self, batch: BatchId) {
+        if self.batches.contains_key(&batch) || !self.loading.insert(batch.clone()) {
+            return;
+        }
+        let store = self.store.clone();
+        let plans = self.plans.clone();
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            match plans.get(store.as_ref(), &batch).await {
+                Ok(planned) => handle.send(Command::BatchAdded(planned)).await,
+                Err(error) => {
+                    warn!(%batch, %error, "cannot load the batch");
+                    handle.send(Command::BatchLoadFailed(batch)).await;
+                }
+            }
+        });
+    }
+
+    /// The batch ended (here or at another coordinator): forget it and stop
+    /// what our workers still run of it.
+    fn batch_ended(&mut self, batch: &BatchId) {
+        self.cancel_running_of(batch);
+        if self.batches.contains_key(batch) {
+            self.remove_batch(batch);
+            self.plans.finished(batch);
         }
     }
 
@@ -286,7 +418,22 @@ impl Dispatcher {
                 labels,
                 slots,
                 outbound,
+                running,
             } => {
+                let adopted = running.len();
+                let running: HashMap<(BatchId, u32), u32> = running
+                    .into_iter()
+                    .map(|(batch, claim)| ((batch, claim.index), claim.attempt))
+                    .collect();
+                for (batch, _) in running.keys() {
+                    if let Some(active) = self.batches.get_mut(batch) {
+                        active.in_flight += 1;
+                    }
+                }
+                let free = slots.saturating_sub(running.len() as u32);
+                if adopted > 0 {
+                    info!(worker = %worker_id, ops = adopted, "worker still runs ops from an earlier session: adopting them");
+                }
                 self.workers.insert(
                     conn,
                     Worker {
@@ -294,14 +441,19 @@ impl Dispatcher {
                         kinds,
                         labels,
                         slots,
-                        free: slots,
+                        free,
                         outbound,
-                        running: HashMap::new(),
+                        running,
                         last_seen: tokio::time::Instant::now(),
                         draining: false,
                     },
                 );
                 self.publish_kinds();
+                if adopted > 0 {
+                    // Their leases are ours to keep now; stale ones are stopped.
+                    self.renew_leases().await;
+                }
+                self.refresh_registry().await;
             }
             Command::WorkerLeft { conn, clean } => {
                 if let Some(worker) = self.workers.remove(&conn) {
@@ -309,8 +461,11 @@ impl Dispatcher {
                     if clean {
                         self.hand_back_unstarted(worker).await;
                     } else {
-                        self.requeue_lost(worker).await;
+                        // It may reconnect (here or elsewhere) and carry on.
+                        let until = now_ms() + self.reconnect_grace.as_millis() as u64;
+                        self.orphan(worker, until, "its stream broke").await;
                     }
+                    self.refresh_registry().await;
                 }
             }
             Command::Completed {
@@ -333,18 +488,31 @@ impl Dispatcher {
             }
             Command::BatchAdded(planned) => {
                 let id = planned.id.clone();
+                self.loading.remove(&id);
                 if !self.batches.contains_key(&id) {
+                    // Ops our workers already run (adopted before we knew the batch).
+                    let in_flight = self
+                        .workers
+                        .values()
+                        .flat_map(|worker| worker.running.keys())
+                        .filter(|(batch, _)| batch == &id)
+                        .count() as u32;
                     self.order.push_back(id.clone());
                     self.batches.insert(
                         id,
                         ActiveBatch {
                             planned,
-                            in_flight: 0,
+                            in_flight,
                             parked: VecDeque::new(),
                             maybe_ready: true,
+                            claim_after: None,
+                            hold_off: DECLINE_HOLD_OFF,
                         },
                     );
                 }
+            }
+            Command::BatchLoadFailed(batch) => {
+                self.loading.remove(&batch);
             }
             Command::BatchReplanned(planned) => {
                 // Plans only grow; one reloaded from the store may already
@@ -360,7 +528,12 @@ impl Dispatcher {
                 self.remove_batch(&batch);
                 self.cancel_running(&batch, &running);
             }
-            Command::Heartbeat { conn } => self.renew(conn).await,
+            // Leases are renewed every tick for workers heard from lately.
+            Command::Heartbeat { conn } => {
+                if let Some(worker) = self.workers.get_mut(&conn) {
+                    worker.last_seen = tokio::time::Instant::now();
+                }
+            }
             Command::Draining { conn } => {
                 if let Some(worker) = self.workers.get_mut(&conn)
                     && !worker.draining
@@ -385,8 +558,8 @@ impl Dispatcher {
                         kinds: worker.kinds.iter().cloned().collect(),
                         labels: worker.labels.clone().into_iter().collect(),
                         slots: worker.slots,
-                        busy: worker.slots - worker.free,
-                        coordinator: String::new(),
+                        busy: worker.slots.saturating_sub(worker.free),
+                        coordinator: self.id.clone(),
                     })
                     .collect();
                 let _ = reply.send(workers);
@@ -421,6 +594,7 @@ impl Dispatcher {
     }
 
     fn remove_batch(&mut self, batch: &BatchId) {
+        self.owned.remove(batch);
         if self.batches.remove(batch).is_some() {
             self.order.retain(|id| id != batch);
         }
@@ -458,51 +632,97 @@ impl Dispatcher {
             .values()
             .flat_map(|worker| worker.kinds.iter().cloned())
             .collect();
-        if let Ok(mut shared) = self.worker_kinds.write() {
-            *shared = kinds;
+        if let Ok(mut shared) = self.kinds.write() {
+            shared.local = kinds;
         }
     }
 
-    /// A worker left with ops running: they end as failed attempts ("worker
-    /// lost"), which puts them back on the ready queue while attempts remain.
-    async fn requeue_lost(&mut self, worker: Worker) {
-        let mut by_batch: HashMap<BatchId, Vec<Completion>> = HashMap::new();
-        for ((batch, index), attempt) in worker.running {
-            by_batch.entry(batch).or_default().push(Completion {
-                index,
-                attempt,
-                ok: false,
-                failure: FailureKind::LostWorker,
-                error: format!("worker {} was lost while running the op", worker.worker_id),
-                worker: worker.worker_id.clone(),
-                started_ms: now_ms(),
-                ..Completion::default()
-            });
-        }
-        for (batch, completions) in by_batch {
-            warn!(%batch, worker = %worker.worker_id, ops = completions.len(), "worker lost with ops running");
-            let indices = completions
-                .iter()
-                .map(|completion| completion.index)
-                .collect();
-            let outcome = match self.store.complete(&batch, &completions, now_ms()).await {
-                Ok(outcome) => Some(outcome),
-                Err(error) => {
-                    warn!(%batch, %error, "could not record lost ops");
-                    None
+    /// Writes our workers into the store's registry (so every coordinator
+    /// knows the kinds the cluster runs, and `volley workers` lists them
+    /// all) and reads the whole cluster's back.
+    async fn refresh_registry(&mut self) {
+        let now = now_ms();
+        let entries: Vec<WorkerEntry> = self
+            .workers
+            .values()
+            .map(|worker| {
+                let mut kinds: Vec<String> = worker.kinds.iter().cloned().collect();
+                kinds.sort();
+                WorkerEntry {
+                    worker_id: worker.worker_id.clone(),
+                    kinds,
+                    labels: worker.labels.clone(),
+                    slots: worker.slots,
+                    busy: worker.slots.saturating_sub(worker.free),
                 }
-            };
+            })
+            .collect();
+        let ttl = (self.resync_interval * 3).max(Duration::from_secs(5));
+        if let Err(error) = self
+            .store
+            .publish_workers(&self.id, &entries, now + ttl.as_millis() as u64)
+            .await
+        {
+            warn!(%error, "could not publish our workers");
+        }
+        match self.store.workers(now).await {
+            Ok(cluster) => {
+                let kinds: HashSet<String> = cluster
+                    .iter()
+                    .flat_map(|(_, entry)| entry.kinds.iter().cloned())
+                    .collect();
+                if let Ok(mut shared) = self.kinds.write() {
+                    shared.cluster = kinds;
+                }
+                self.cluster = cluster;
+            }
+            Err(error) => warn!(%error, "could not read the worker registry"),
+        }
+    }
+
+    /// Whether a worker connected to another coordinator runs the op: then
+    /// we hand the op back for that coordinator instead of parking it.
+    fn elsewhere_accepts(&self, kind: &str, requires: &BTreeMap<String, String>) -> bool {
+        self.cluster.iter().any(|(coordinator, entry)| {
+            coordinator != &self.id
+                && entry.kinds.iter().any(|known| known == kind)
+                && requires
+                    .iter()
+                    .all(|(key, value)| entry.labels.get(key) == Some(value))
+        })
+    }
+
+    /// A worker is gone (its stream broke, it went silent, or it stopped
+    /// taking assignments): the leases of what it ran now end at
+    /// `until_ms`. If it reconnects by then (to any coordinator) and reports
+    /// those ops, they are adopted and carry on; otherwise the batch's owner
+    /// expires the leases and the ops run again (attempt + 1, a lost-worker
+    /// failure for their retry policy).
+    async fn orphan(&mut self, worker: Worker, until_ms: u64, why: &str) {
+        let mut by_batch: HashMap<BatchId, Vec<Claimed>> = HashMap::new();
+        for ((batch, index), attempt) in worker.running {
+            by_batch
+                .entry(batch)
+                .or_default()
+                .push(Claimed { index, attempt });
+        }
+        for (batch, claims) in by_batch {
+            warn!(%batch, worker = %worker.worker_id, ops = claims.len(), why, lease_until_ms = until_ms, "worker gone with ops running; they run again unless it comes back");
+            if let Err(error) = self.store.renew_leases(&batch, &claims, until_ms).await {
+                warn!(%batch, %error, "could not shorten the leases; they run out as they were");
+            }
+            let indices = claims.iter().map(|claim| claim.index).collect();
             self.apply_results(BatchResults {
                 batch,
                 indices,
-                outcome,
+                outcome: None,
             });
         }
     }
 
     /// Fails ops of the batch whose wait for memory keys ran past its deadline.
-    async fn expire_waits_of(&mut self, batch: &BatchId) {
-        match self.store.expire_waits(batch, now_ms()).await {
+    async fn expire_waits_of(&mut self, batch: &BatchId, fence: &Fence) {
+        match self.store.expire_waits(batch, now_ms(), fence).await {
             Ok(outcome) if outcome.recorded > 0 || outcome.finished.is_some() => {
                 warn!(%batch, failed = outcome.recorded, "ops waited too long for memory keys");
                 self.apply_results(BatchResults {
@@ -512,7 +732,7 @@ impl Dispatcher {
                 });
             }
             Ok(_) => {}
-            Err(error) => warn!(%batch, %error, "could not expire waits"),
+            Err(error) => self.housekeeping_failed(batch, "expire waits", error),
         }
     }
 
@@ -541,34 +761,92 @@ impl Dispatcher {
         }
     }
 
-    /// A heartbeat: the worker is alive, so the ops it runs keep their leases.
-    async fn renew(&mut self, conn: u64) {
-        let Some(worker) = self.workers.get_mut(&conn) else {
-            return;
-        };
-        worker.last_seen = tokio::time::Instant::now();
+    /// Renews the lease of every op our live workers run and of every op
+    /// parked here. Stale ones (their attempt ended meanwhile — an adopted
+    /// op whose lease had already run out, say) are stopped on the worker,
+    /// which then reports them and gets its slot back; parked ones are
+    /// dropped.
+    async fn renew_leases(&mut self) {
         let mut by_batch: HashMap<BatchId, Vec<Claimed>> = HashMap::new();
-        for ((batch, index), attempt) in &worker.running {
-            by_batch.entry(batch.clone()).or_default().push(Claimed {
-                index: *index,
-                attempt: *attempt,
-            });
+        for worker in self.workers.values() {
+            for ((batch, index), attempt) in &worker.running {
+                by_batch.entry(batch.clone()).or_default().push(Claimed {
+                    index: *index,
+                    attempt: *attempt,
+                });
+            }
+        }
+        for active in self.batches.values() {
+            if !active.parked.is_empty() {
+                by_batch
+                    .entry(active.planned.id.clone())
+                    .or_default()
+                    .extend(active.parked.iter().cloned());
+            }
         }
         let until = now_ms() + self.lease.as_millis() as u64;
         for (batch, claims) in by_batch {
-            if let Err(error) = self.store.renew_leases(&batch, &claims, until).await {
-                warn!(%batch, %error, "could not renew leases");
+            let stale = match self.store.renew_leases(&batch, &claims, until).await {
+                Ok(stale) => stale,
+                Err(error) => {
+                    warn!(%batch, %error, "could not renew leases");
+                    continue;
+                }
+            };
+            if stale.is_empty() {
+                continue;
+            }
+            let stale: HashSet<(u32, u32)> = stale
+                .iter()
+                .map(|claim| (claim.index, claim.attempt))
+                .collect();
+            if let Some(active) = self.batches.get_mut(&batch) {
+                let before = active.parked.len();
+                active
+                    .parked
+                    .retain(|claim| !stale.contains(&(claim.index, claim.attempt)));
+                let dropped = (before - active.parked.len()) as u32;
+                active.in_flight = active.in_flight.saturating_sub(dropped);
+            }
+            for worker in self.workers.values() {
+                let ops: Vec<v1::OpRef> = worker
+                    .running
+                    .iter()
+                    .filter(|((running_batch, index), attempt)| {
+                        running_batch == &batch && stale.contains(&(*index, **attempt))
+                    })
+                    .map(|((_, index), attempt)| v1::OpRef {
+                        batch_id: batch.to_string(),
+                        op_index: *index,
+                        attempt: *attempt,
+                    })
+                    .collect();
+                if ops.is_empty() {
+                    continue;
+                }
+                info!(%batch, worker = %worker.worker_id, ops = ops.len(), "stopping stale attempts");
+                let message = v1::CoordinatorMessage {
+                    msg: Some(v1::coordinator_message::Msg::Cancel(v1::CancelOps { ops })),
+                };
+                if worker.outbound.try_send(message).is_err() {
+                    warn!(worker = %worker.worker_id, "could not deliver a cancel");
+                }
             }
         }
     }
 
     /// The slow timer's work: notice a store that restarted empty, drop
-    /// workers that went silent, and end what ran out of time — leases of
-    /// ops whose worker died or hung (also those a previous coordinator
-    /// handed out), batch deadlines, waits for keys.
+    /// workers that went silent, keep the worker registry and the set of
+    /// active batches current, renew the leases of what our workers run,
+    /// and for the batches we own end what ran out of time — leases of ops
+    /// whose worker died or hung (also those another coordinator handed
+    /// out), batch deadlines, waits for keys.
     async fn housekeeping(&mut self) {
         self.check_epoch().await;
         self.drop_silent_workers().await;
+        self.refresh_registry().await;
+        self.discover().await;
+        self.renew_leases().await;
         let now = now_ms();
         let batches: Vec<(BatchId, bool, bool)> = self
             .batches
@@ -583,7 +861,10 @@ impl Dispatcher {
             })
             .collect();
         for (batch, has_deadline, has_wait_timeouts) in batches {
-            match self.store.expire_leases(&batch, now).await {
+            let Some(fence) = self.hold(&batch, now).await else {
+                continue;
+            };
+            match self.store.expire_leases(&batch, now, &fence).await {
                 Ok(outcome) => {
                     if outcome.recorded > 0 || !outcome.retried.is_empty() {
                         warn!(%batch, retried = outcome.retried.len(), failed = outcome.recorded, "leases ran out");
@@ -596,10 +877,13 @@ impl Dispatcher {
                         outcome: Some(outcome),
                     });
                 }
-                Err(error) => warn!(%batch, %error, "could not expire leases"),
+                Err(error) => {
+                    self.housekeeping_failed(&batch, "expire leases", error);
+                    continue;
+                }
             }
             if has_deadline {
-                match self.store.expire_deadline(&batch, now).await {
+                match self.store.expire_deadline(&batch, now, &fence).await {
                     Ok(outcome) if outcome.finished.is_some() => {
                         warn!(%batch, "the batch's deadline passed");
                         self.cancel_running_of(&batch);
@@ -610,12 +894,72 @@ impl Dispatcher {
                         });
                     }
                     Ok(_) => {}
-                    Err(error) => warn!(%batch, %error, "could not check the deadline"),
+                    Err(error) => self.housekeeping_failed(&batch, "check the deadline", error),
                 }
             }
             if has_wait_timeouts {
-                self.expire_waits_of(&batch).await;
+                self.expire_waits_of(&batch, &fence).await;
             }
+        }
+    }
+
+    /// Takes or keeps the batch's hold; `None` when another coordinator
+    /// owns it (or the store cannot say).
+    async fn hold(&mut self, batch: &BatchId, now: u64) -> Option<Fence> {
+        let ttl = self.ownership_ttl.as_millis() as u64;
+        match self.store.hold_batch(batch, &self.id, ttl, now).await {
+            Ok(Some(fence)) => {
+                if self.owned.get(batch) != Some(&fence) {
+                    info!(%batch, token = fence.token, "this coordinator owns the batch now");
+                    self.owned.insert(batch.clone(), fence.clone());
+                }
+                Some(fence)
+            }
+            Ok(None) => {
+                if self.owned.remove(batch).is_some() {
+                    warn!(%batch, "another coordinator owns the batch now");
+                }
+                None
+            }
+            Err(error) => {
+                warn!(%batch, %error, "could not renew our hold on the batch");
+                None
+            }
+        }
+    }
+
+    fn housekeeping_failed(&mut self, batch: &BatchId, what: &str, error: StoreError) {
+        if let StoreError::NotOwner { .. } = error {
+            warn!(%batch, %error, "lost the batch to another coordinator");
+            self.owned.remove(batch);
+        } else {
+            warn!(%batch, %error, "could not {what}");
+        }
+    }
+
+    /// Brings the set of batches we dispatch in line with the store's
+    /// active set: batches submitted elsewhere are loaded, batches that
+    /// ended while a bell was missed are dropped.
+    async fn discover(&mut self) {
+        let active = match self.store.active_batches().await {
+            Ok(active) => active,
+            Err(error) => {
+                warn!(%error, "could not read the active batches");
+                return;
+            }
+        };
+        let live: HashSet<&BatchId> = active.iter().collect();
+        let ended: Vec<BatchId> = self
+            .batches
+            .keys()
+            .filter(|batch| !live.contains(batch))
+            .cloned()
+            .collect();
+        for batch in ended {
+            self.batch_ended(&batch);
+        }
+        for batch in active {
+            self.load(batch);
         }
     }
 
@@ -674,7 +1018,7 @@ impl Dispatcher {
             if let Some(worker) = self.workers.remove(&conn) {
                 warn!(worker = %worker.worker_id, "worker silent for a whole lease period; dropping it");
                 self.publish_kinds();
-                self.requeue_lost(worker).await;
+                self.orphan(worker, now_ms(), "it went silent").await;
             }
         }
     }
@@ -703,12 +1047,32 @@ impl Dispatcher {
         let Some(op) = active.planned.plan.ops.get(index as usize) else {
             return reasons;
         };
-        let able: Vec<&Worker> = self
-            .workers
-            .values()
-            .filter(|worker| worker.accepts(&op.kind, &op.requires))
-            .collect();
-        if able.is_empty() {
+        // Our workers as they are now, the others' as of the last tick.
+        let mut live = self.workers.len();
+        let mut able = 0;
+        let mut able_free = 0;
+        for worker in self.workers.values() {
+            if worker.accepts(&op.kind, &op.requires) {
+                able += 1;
+                able_free += usize::from(worker.free > 0 && !worker.draining);
+            }
+        }
+        for (coordinator, entry) in &self.cluster {
+            if coordinator == &self.id {
+                continue;
+            }
+            live += 1;
+            let accepts = entry.kinds.iter().any(|kind| kind == &op.kind)
+                && op
+                    .requires
+                    .iter()
+                    .all(|(key, value)| entry.labels.get(key) == Some(value));
+            if accepts {
+                able += 1;
+                able_free += usize::from(entry.busy < entry.slots);
+            }
+        }
+        if able == 0 {
             let requires = if op.requires.is_empty() {
                 String::new()
             } else {
@@ -720,14 +1084,12 @@ impl Dispatcher {
                 format!(" with labels {}", labels.join(","))
             };
             reasons.push(format!(
-                "no connected worker runs `{}` ops{requires} ({} worker(s) connected)",
+                "no live worker runs `{}` ops{requires} ({live} worker(s) live in the cluster)",
                 op.kind,
-                self.workers.len()
             ));
-        } else if able.iter().all(|worker| worker.free == 0) {
+        } else if able_free == 0 {
             reasons.push(format!(
-                "all {} worker(s) that run `{}` ops are busy",
-                able.len(),
+                "all {able} worker(s) that run `{}` ops are busy",
                 op.kind
             ));
         }
@@ -797,6 +1159,12 @@ impl Dispatcher {
         };
         if !active.maybe_ready || free == 0 {
             return progress;
+        }
+        if let Some(after) = active.claim_after {
+            if after > tokio::time::Instant::now() {
+                return progress;
+            }
+            active.claim_after = None;
         }
         let want = active.capacity().min(free);
         if want == 0 {
@@ -902,7 +1270,9 @@ impl Dispatcher {
         let args = self.fill_templates(planned, &claimed).await;
         let mut outgoing: HashMap<u64, Vec<v1::Assignment>> = HashMap::new();
         let mut parked = Vec::new();
+        let mut declined = Vec::new();
         let mut failed = Vec::new();
+        let total = claimed.len();
         for (claim, args) in claimed.into_iter().zip(args) {
             let op = &planned.plan.ops[claim.index as usize];
             let args_json = match args {
@@ -930,7 +1300,11 @@ impl Dispatcher {
                 .max_by_key(|(_, worker)| worker.free)
                 .map(|(conn, _)| *conn);
             let Some(conn) = chosen else {
-                parked.push(claim);
+                if self.elsewhere_accepts(&op.kind, &op.requires) {
+                    declined.push(claim);
+                } else {
+                    parked.push(claim);
+                }
                 continue;
             };
             let Some(worker) = self.workers.get_mut(&conn) else {
@@ -967,7 +1341,7 @@ impl Dispatcher {
                 warn!(worker = %worker.worker_id, %error, "worker not taking assignments; dropping it");
                 if let Some(worker) = self.workers.remove(&conn) {
                     self.publish_kinds();
-                    Box::pin(self.requeue_lost(worker)).await;
+                    Box::pin(self.orphan(worker, now_ms(), "it stopped taking assignments")).await;
                 }
             }
         }
@@ -976,6 +1350,25 @@ impl Dispatcher {
                 debug!(batch = %planned.id, parked = parked.len(), "no worker for some ops yet");
             }
             active.parked.extend(parked);
+            if !declined.is_empty() && declined.len() == total {
+                // Nothing here for our workers: let the others claim first.
+                active.claim_after = Some(tokio::time::Instant::now() + active.hold_off);
+                active.hold_off = (active.hold_off * 2).min(DECLINE_HOLD_OFF_MAX);
+            } else if declined.len() < total {
+                active.hold_off = DECLINE_HOLD_OFF;
+            }
+        }
+        if !declined.is_empty() {
+            debug!(batch = %planned.id, ops = declined.len(), "only workers of other coordinators run these ops: handing them back");
+            if let Err(error) = self.store.return_ops(&planned.id, &declined, now_ms()).await {
+                warn!(batch = %planned.id, %error, "could not hand ops back; their leases run out instead");
+            }
+            let indices = declined.iter().map(|claim| claim.index).collect();
+            self.apply_results(BatchResults {
+                batch: planned.id.clone(),
+                indices,
+                outcome: None,
+            });
         }
         if !failed.is_empty() {
             let indices = failed.iter().map(|completion| completion.index).collect();

@@ -19,7 +19,7 @@ use volley_store::{
 
 use crate::config::CoordinatorConfig;
 use crate::convert;
-use crate::dispatch::{self, BatchResults, Command, DispatchHandle};
+use crate::dispatch::{self, BatchResults, Command, DispatchHandle, KnownKinds};
 use crate::error::CoordinatorError;
 use crate::plans::{PlanCache, PlannedBatch};
 use crate::report;
@@ -33,10 +33,11 @@ pub struct Coordinator {
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) config: CoordinatorConfig,
-    pub(crate) plans: PlanCache,
+    pub(crate) plans: Arc<PlanCache>,
     pub(crate) dispatch: DispatchHandle,
-    /// Kinds some connected worker registered (kept by the dispatcher).
-    pub(crate) worker_kinds: Arc<RwLock<HashSet<String>>>,
+    /// Kinds some live worker registered, here or anywhere in the cluster
+    /// (kept by the dispatcher).
+    pub(crate) kinds: Arc<RwLock<KnownKinds>>,
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
     /// Spawns re-plan a whole batch: one at a time.
@@ -67,17 +68,18 @@ impl Coordinator {
         shutdown: CancellationToken,
     ) -> Result<Coordinator, CoordinatorError> {
         let epoch = store.epoch().await?;
-        info!(epoch = %epoch, "store epoch");
+        info!(epoch = %epoch, coordinator = %config.id, "store epoch");
         let tasks = TaskTracker::new();
-        let worker_kinds = Arc::new(RwLock::new(HashSet::new()));
+        let kinds = Arc::new(RwLock::new(KnownKinds::default()));
+        let plans = Arc::new(PlanCache::new(config.finished_plans_cached));
         let (dispatch, commands) = dispatch::channel();
         let coordinator = Coordinator {
             inner: Arc::new(Inner {
                 store: store.clone(),
                 config: config.clone(),
-                plans: PlanCache::new(config.finished_plans_cached),
-                dispatch,
-                worker_kinds: worker_kinds.clone(),
+                plans: plans.clone(),
+                dispatch: dispatch.clone(),
+                kinds: kinds.clone(),
                 tasks: tasks.clone(),
                 shutdown: shutdown.clone(),
                 spawn_lock: tokio::sync::Mutex::new(()),
@@ -85,10 +87,11 @@ impl Coordinator {
         };
         let dispatcher = dispatch::Dispatcher::new(
             store.clone(),
+            &config,
             commands,
-            worker_kinds,
-            config.resync_interval,
-            config.lease,
+            dispatch,
+            plans,
+            kinds,
             epoch,
             shutdown.child_token(),
         );
@@ -158,21 +161,42 @@ impl Coordinator {
         self.inner.tasks.wait().await;
     }
 
-    /// Is `kind` runnable: built in, or registered by a connected worker.
+    /// Is `kind` runnable: built in, or registered by a live worker.
     pub(crate) fn known_kind(&self, kind: &str) -> bool {
         volley_kinds::BUILTIN_KINDS.contains(&kind)
             || self
                 .inner
-                .worker_kinds
+                .kinds
                 .read()
                 .map(|kinds| kinds.contains(kind))
                 .unwrap_or(false)
     }
 
+    /// Re-reads the cluster's kinds from the worker registry when the batch
+    /// names one we have not seen: a worker may have joined another
+    /// coordinator since our last tick.
+    async fn refresh_kinds_for(&self, batch: &v1::Batch) {
+        let unknown = batch.ops.iter().any(|op| !self.known_kind(&op.kind));
+        if !unknown {
+            return;
+        }
+        match self.store().workers(now_ms()).await {
+            Ok(cluster) => {
+                if let Ok(mut kinds) = self.inner.kinds.write() {
+                    kinds.cluster = cluster
+                        .into_iter()
+                        .flat_map(|(_, entry)| entry.kinds)
+                        .collect();
+                }
+            }
+            Err(error) => warn!(%error, "could not read the worker registry"),
+        }
+    }
+
     /// Warnings for kinds of the plan no connected worker runs now: their
     /// ops wait until such a worker connects.
     fn unserved_kinds(&self, plan: &Plan) -> Vec<String> {
-        let Ok(served) = self.inner.worker_kinds.read() else {
+        let Ok(served) = self.inner.kinds.read() else {
             return Vec::new();
         };
         let mut waiting: BTreeMap<&str, usize> = BTreeMap::new();
@@ -203,6 +227,7 @@ impl Coordinator {
         &self,
         batch: v1::Batch,
     ) -> Result<v1::SubmitBatchResponse, CoordinatorError> {
+        self.refresh_kinds_for(&batch).await;
         let coordinator = self.clone();
         // Planning a large batch is CPU work: keep it off the async workers.
         let (batch, plan) = tokio::task::spawn_blocking(move || {
@@ -250,13 +275,16 @@ impl Coordinator {
             .ok_or_else(|| CoordinatorError::BatchNotFound(batch.clone()))?;
         let planned = self.inner.plans.get(self.store(), batch).await?;
         let records = self.store().op_records(batch).await?;
-        Ok(report::build(
-            &planned,
-            &meta,
-            &records,
-            include_ops,
-            now_ms(),
-        ))
+        let mut status = report::build(&planned, &meta, &records, include_ops, now_ms());
+        if meta.finished_ms.is_none() {
+            status.owner = self
+                .store()
+                .batch_owner(batch, now_ms())
+                .await?
+                .map(|fence| fence.coordinator)
+                .unwrap_or_default();
+        }
+        Ok(status)
     }
 
     /// Cancels a batch: pending ops at once, running ones are told to stop.
@@ -375,9 +403,27 @@ impl Coordinator {
         }
     }
 
-    /// Connected workers and how busy they are.
+    /// Live workers of the whole cluster and how busy they are: ours as
+    /// they are now, those of other coordinators from the registry.
     pub async fn workers(&self) -> Vec<v1::WorkerInfo> {
-        self.inner.dispatch.workers().await
+        let mut workers = self.inner.dispatch.workers().await;
+        match self.store().workers(now_ms()).await {
+            Ok(cluster) => workers.extend(
+                cluster
+                    .into_iter()
+                    .filter(|(coordinator, _)| coordinator != &self.inner.config.id)
+                    .map(|(coordinator, entry)| v1::WorkerInfo {
+                        worker_id: entry.worker_id,
+                        kinds: entry.kinds,
+                        labels: entry.labels.into_iter().collect(),
+                        slots: entry.slots,
+                        busy: entry.busy,
+                        coordinator,
+                    }),
+            ),
+            Err(error) => warn!(%error, "could not read the worker registry; listing ours only"),
+        }
+        workers
     }
 
     /// Registers a worker. `outbound` carries what the coordinator sends it.
@@ -397,7 +443,20 @@ impl Coordinator {
         } else {
             register.worker_id.clone()
         };
-        info!(worker = %worker_id, slots = register.slots, kinds = ?register.kinds, "worker connected");
+        info!(worker = %worker_id, slots = register.slots, kinds = ?register.kinds, running = register.running.len(), "worker connected");
+        let running = register
+            .running
+            .into_iter()
+            .map(|op| {
+                (
+                    BatchId::new(op.batch_id),
+                    Claimed {
+                        index: op.op_index,
+                        attempt: op.attempt,
+                    },
+                )
+            })
+            .collect();
         self.inner
             .dispatch
             .send(Command::WorkerJoined {
@@ -407,6 +466,7 @@ impl Coordinator {
                 labels: register.labels.into_iter().collect::<BTreeMap<_, _>>(),
                 slots: register.slots,
                 outbound,
+                running,
             })
             .await;
         Ok(WorkerSession {

@@ -32,6 +32,7 @@ local K_SPEC_ADDED = P .. 'spec_added'
 local K_LEASES = P .. 'leases'
 local K_DELAYED = P .. 'delayed'
 local K_HANDED_BACK = P .. 'handed_back'
+local K_OWNER = P .. 'owner'
 local CHANNEL = ARGV[1]
 local BATCH = ARGV[2]
 local NOW = ARGV[3]
@@ -43,6 +44,28 @@ local function k_mem(key) return P .. 'mem:' .. key end
 
 local function ring()
   redis.call('PUBLISH', CHANNEL, 'b:' .. BATCH)
+end
+
+-- The owner hold `<coordinator>|<token>` split into coordinator, token
+-- (the coordinator id may itself contain '|': the token is after the last).
+local function parse_owner(value)
+  return string.match(value, '^(.*)|(%d+)$')
+end
+
+-- Checks a fenced verb's fence (`<coordinator>|<token>`) against the
+-- batch's live hold (the `owner` key, gone once its PX ran out). Returns
+-- nil when it is the hold; else what the script must return at once:
+-- `missing` when the batch does not exist, or the error reply
+-- `NOTOWNER <holder>` (holder: the coordinator holding the batch now, ''
+-- when nobody does), which the Rust side maps to StoreError::NotOwner.
+-- A live hold is checked first, so the fast path is one GET.
+local function refuse_fence(fence, missing)
+  local current = redis.call('GET', K_OWNER)
+  if current == fence then return nil end
+  if redis.call('EXISTS', K_META) == 0 then return missing end
+  local holder = ''
+  if current then holder = parse_owner(current) or '' end
+  return redis.error_reply('NOTOWNER ' .. holder)
 end
 
 -- Appends an event with the next gapless seq as stream id `0-<seq>`.

@@ -4,8 +4,12 @@
 -- one HMGET.
 -- KEYS[1]  batch prefix `volley:{b:<batch>}:`
 -- ARGV[1..3] channel, batch id, now (see common.lua)
+-- ARGV[4]  the caller's fence `<coordinator>|<token>`: unless it is the
+--          batch's live hold, nothing changes (see refuse_fence)
 -- Returns: { cancelled (-1 if no such batch), {}, {}, 0, finished batch
---            state code or '', '' }
+--            state code or '', '' }, or the error reply `NOTOWNER <holder>`
+local refused = refuse_fence(ARGV[4], { -1, {}, {}, 0, '', '' })
+if refused then return refused end
 local m = redis.call('HMGET', K_META, 'state', 'deadline_ms')
 if not m[1] then return { -1, {}, {}, 0, '', '' } end
 local deadline = tonumber(m[2] or '0') or 0

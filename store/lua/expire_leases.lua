@@ -6,13 +6,15 @@
 -- KEYS[1]  batch prefix `volley:{b:<batch>}:`
 -- ARGV[1..3] channel, batch id, now (see common.lua)
 -- ARGV[4]  random seed of this call (backoff jitter)
+-- ARGV[5]  the caller's fence `<coordinator>|<token>`: unless it is the
+--          batch's live hold, nothing changes (see refuse_fence)
 -- Returns: { failed (-1 if no such batch), {retried...}, {}, became_ready,
---            finished batch state code or '', next delayed ready-at or '' }
+--            finished batch state code or '', next delayed ready-at or '' },
+--          or the error reply `NOTOWNER <holder>`
+local refused = refuse_fence(ARGV[5], { -1, {}, {}, 0, '', '' })
+if refused then return refused end
 local due = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', NOW)
-if #due == 0 then
-  if redis.call('EXISTS', K_META) == 0 then return { -1, {}, {}, 0, '', '' } end
-  return { 0, {}, {}, 0, '', next_retry_at() }
-end
+if #due == 0 then return { 0, {}, {}, 0, '', next_retry_at() } end
 if redis.call('HGET', K_META, 'state') ~= 'running' then
   redis.call('DEL', K_LEASES)
   return { 0, {}, {}, 0, '', '' }

@@ -4,13 +4,15 @@
 -- Nothing due is one ZRANGEBYSCORE.
 -- KEYS[1]  batch prefix `volley:{b:<batch>}:`
 -- ARGV[1..3] channel, batch id, now (see common.lua)
+-- ARGV[4]  the caller's fence `<coordinator>|<token>`: unless it is the
+--          batch's live hold, nothing changes (see refuse_fence)
 -- Returns: { failed (-1 if no such batch), {}, {}, became_ready, finished
---            batch state code or '' } (complete.lua's shape)
+--            batch state code or '' } (complete.lua's shape), or the error
+--          reply `NOTOWNER <holder>`
+local refused = refuse_fence(ARGV[4], { -1, {}, {}, 0, '' })
+if refused then return refused end
 local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', NOW)
-if #due == 0 then
-  if redis.call('EXISTS', K_META) == 0 then return { -1, {}, {}, 0, '' } end
-  return { 0, {}, {}, 0, '' }
-end
+if #due == 0 then return { 0, {}, {}, 0, '' } end
 if redis.call('HGET', K_META, 'state') ~= 'running' then
   redis.call('DEL', K_DEADLINES)
   return { 0, {}, {}, 0, '' }

@@ -12,8 +12,11 @@
 //! Batch keys:
 //! - `meta` (hash): name, state, created_ms, finished_ms, max_parallel,
 //!   on_failure, total, the counters, error, `seq` (last event),
-//!   `deadline_ms` (0: none), and the flags `cancel_requested` /
-//!   `fail_fast_fired` / `deadline_fired`.
+//!   `deadline_ms` (0: none), the flags `cancel_requested` /
+//!   `fail_fast_fired` / `deadline_fired`, and `owner_token` (the last fence
+//!   token handed out by `hold.lua`; absent = 0).
+//! - `owner` (string `<coordinator>|<token>`, with `PX` = the hold's ttl):
+//!   the coordinator holding the batch and its fence token.
 //! - `spec` (string): the opaque spec bytes.
 //! - `state` (hash index → [`crate::OpState::code`]).
 //! - `attempts` (hash index → attempts started; absent = 0).
@@ -48,7 +51,8 @@
 //! - `changes` (stream, ids `0-<revision>`) and `revision` (its counter).
 //! - `waiters:<key>` (set of `<batch>|<op>|<key>|<all|any>`).
 //!
-//! Global keys: [`EPOCH`], [`BATCHES`], [`ACTIVE`], channel [`DOORBELL_CHANNEL`].
+//! Global keys: [`EPOCH`], [`BATCHES`], [`ACTIVE`], [`WORKERS`], channel
+//! [`DOORBELL_CHANNEL`].
 
 use volley_proto::BatchId;
 
@@ -60,14 +64,22 @@ pub const EPOCH: &str = "volley:epoch";
 pub const BATCHES: &str = "volley:batches";
 /// Set of the ids of batches not yet finished.
 pub const ACTIVE: &str = "volley:active";
+/// Hash of the cluster's worker registry: field = coordinator id, value =
+/// JSON `{"until_ms": <unix ms>, "workers": [<WorkerEntry>…]}`. One global
+/// key (its own slot), written by `publish_workers` with one `HSET`.
+pub const WORKERS: &str = "volley:workers";
 /// Pub/sub channel on which scripts publish what they changed: `b:<batch>`
 /// (a batch's ops or events), `m:<namespace>` (a shared memory scope) or
-/// `mb:<batch>` (a batch's memory scope).
+/// `mb:<batch>` (a batch's memory scope); and on which the Rust side
+/// publishes, right after it changes [`ACTIVE`], `n:<batch>` (the batch
+/// entered the active set) or `e:<batch>` (it left it).
 pub const DOORBELL_CHANNEL: &str = "volley:doorbell";
 /// Doorbell payload prefixes (see [`DOORBELL_CHANNEL`]).
 pub const BELL_BATCH: &str = "b:";
 pub const BELL_SHARED_MEMORY: &str = "m:";
 pub const BELL_BATCH_MEMORY: &str = "mb:";
+pub const BELL_STARTED: &str = "n:";
+pub const BELL_ENDED: &str = "e:";
 
 pub const META: &str = "meta";
 pub const SPEC: &str = "spec";
@@ -92,6 +104,7 @@ pub const REVISION: &str = "revision";
 pub const LEASES: &str = "leases";
 pub const DELAYED: &str = "delayed";
 pub const HANDED_BACK: &str = "handed_back";
+pub const OWNER: &str = "owner";
 
 /// `volley:{b:<batch>}:` — the prefix of every key of the batch.
 pub fn batch_prefix(batch: &BatchId) -> String {
@@ -168,6 +181,20 @@ pub fn handed_back(batch: &BatchId) -> String {
     batch_key(batch, HANDED_BACK)
 }
 
+pub fn owner(batch: &BatchId) -> String {
+    batch_key(batch, OWNER)
+}
+
+/// The doorbell payload announcing that `batch` entered the active set.
+pub fn started_bell(batch: &BatchId) -> String {
+    format!("{BELL_STARTED}{}", batch.as_str())
+}
+
+/// The doorbell payload announcing that `batch` left the active set.
+pub fn ended_bell(batch: &BatchId) -> String {
+    format!("{BELL_ENDED}{}", batch.as_str())
+}
+
 /// `volley:{m:<namespace>}:` — the prefix of every key of a shared namespace.
 pub fn namespace_prefix(namespace: &str) -> String {
     format!("volley:{{m:{namespace}}}:")
@@ -219,6 +246,9 @@ mod tests {
         assert_eq!(meta(&batch), "volley:{b:0193-abc}:meta");
         assert_eq!(ready(&batch, 2), "volley:{b:0193-abc}:ready:2");
         assert_eq!(waiters(&batch, "a/b"), "volley:{b:0193-abc}:waiters:a/b");
+        assert_eq!(owner(&batch), "volley:{b:0193-abc}:owner");
+        assert_eq!(started_bell(&batch), "n:0193-abc");
+        assert_eq!(ended_bell(&batch), "e:0193-abc");
         let scope = MemoryScope::Batch(batch.clone());
         assert_eq!(memory(&scope, "a/b"), "volley:{b:0193-abc}:mem:a/b");
         assert_eq!(memory_bell(&scope), "mb:0193-abc");

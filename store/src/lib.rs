@@ -59,6 +59,25 @@ pub enum StoreError {
     },
     #[error("batch {batch} cannot grow: {reason}")]
     CannotAddOps { batch: BatchId, reason: String },
+    /// A verb that takes a [`Fence`] was called with one that is not the
+    /// batch's current live hold: another coordinator took the batch over
+    /// (or the hold ran out or was released). Nothing was changed.
+    #[error(
+        "batch {batch} is owned by {}, not by this coordinator's fence",
+        owner_words(.holder)
+    )]
+    NotOwner {
+        batch: BatchId,
+        /// The coordinator holding the batch now, if any.
+        holder: Option<String>,
+    },
+}
+
+fn owner_words(holder: &Option<String>) -> String {
+    match holder {
+        Some(coordinator) => format!("coordinator `{coordinator}`"),
+        None => "nobody (its hold ran out or was released)".to_owned(),
+    }
 }
 
 impl StoreError {
@@ -75,7 +94,8 @@ impl StoreError {
             | StoreError::VersionMismatch { .. }
             | StoreError::NotAnInteger { .. }
             | StoreError::ChangesTrimmed { .. }
-            | StoreError::CannotAddOps { .. } => false,
+            | StoreError::CannotAddOps { .. }
+            | StoreError::NotOwner { .. } => false,
         }
     }
 }
@@ -85,6 +105,13 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// The verbs the coordinator needs. Every verb that changes more than one
 /// thing does it atomically (one Lua script in Redis, one lock in memory).
 /// Mutating verbs ring the doorbell for the batch they touched.
+///
+/// Several coordinators may share one store. Each running batch is driven
+/// by the coordinator holding it ([`Store::hold_batch`]); the verbs that
+/// judge time for the whole batch (`expire_leases`, `expire_deadline`,
+/// `expire_waits`) take that holder's [`Fence`] and refuse a stale one, so a
+/// coordinator that lost its hold (paused, partitioned) cannot act on the
+/// batch alongside its new owner.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Returns this store's epoch, writing a new one if none exists yet.
@@ -122,14 +149,17 @@ pub trait Store: Send + Sync + 'static {
         lease_until_ms: u64,
     ) -> StoreResult<Vec<Claimed>>;
 
-    /// Extends the leases of these running attempts (stale ones ignored):
-    /// each lease is set to `lease_until_ms`. No event, no doorbell.
+    /// Extends the leases of these running attempts: each lease is set to
+    /// `lease_until_ms`. No event, no doorbell. Returns the given attempts
+    /// that are stale — the op is not running, runs another attempt, or does
+    /// not exist — in the order given: they got no lease (their worker
+    /// should stop them).
     async fn renew_leases(
         &self,
         batch: &BatchId,
         ops: &[Claimed],
         lease_until_ms: u64,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Vec<Claimed>>;
 
     /// Running ops whose lease ran out (their worker died or hung) end as a
     /// `LostWorker` failure: another attempt per their retry policy, else
@@ -138,7 +168,14 @@ pub trait Store: Send + Sync + 'static {
     /// A retry is `OpRetrying` with that message (plus when, after a
     /// backoff). Their earlier attempt's late results are stale. `recorded`
     /// = ops failed, `retried` = ops given another attempt.
-    async fn expire_leases(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome>;
+    /// `NotOwner` (nothing changed) unless `fence` is the batch's live hold,
+    /// checked in the same atomic step; `BatchNotFound` first.
+    async fn expire_leases(
+        &self,
+        batch: &BatchId,
+        now_ms: u64,
+        fence: &Fence,
+    ) -> StoreResult<CompleteOutcome>;
 
     /// Running attempts a worker hands back unrun (it is draining): ready
     /// again at once; the handed-back attempt does not count against the
@@ -155,8 +192,15 @@ pub trait Store: Send + Sync + 'static {
     /// included: their late results are stale), the batch ends `Failed`
     /// with error "deadline exceeded" (also the `BatchFinished` message).
     /// `recorded` = ops cancelled. A no-op before the deadline, without
-    /// one, or once the batch ended.
-    async fn expire_deadline(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome>;
+    /// one, or once the batch ended. `NotOwner` (nothing changed) unless
+    /// `fence` is the batch's live hold, checked in the same atomic step;
+    /// `BatchNotFound` first.
+    async fn expire_deadline(
+        &self,
+        batch: &BatchId,
+        now_ms: u64,
+        fence: &Fence,
+    ) -> StoreResult<CompleteOutcome>;
 
     /// Marks batches the store no longer holds as `Lost` with `reason` —
     /// after the store restarted empty. Writes a minimal record so status
@@ -299,8 +343,15 @@ pub trait Store: Send + Sync + 'static {
     /// The error lists every key not yet arrived (`` `a`, `b` ``; all keys
     /// of an unsatisfied any-group) and `(waited N ms)` since creation or
     /// `add_ops`. An op whose keys all arrived but that still waits for
-    /// dependencies is left alone. `recorded` = ops failed.
-    async fn expire_waits(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome>;
+    /// dependencies is left alone. `recorded` = ops failed. `NotOwner`
+    /// (nothing changed) unless `fence` is the batch's live hold, checked in
+    /// the same atomic step; `BatchNotFound` first.
+    async fn expire_waits(
+        &self,
+        batch: &BatchId,
+        now_ms: u64,
+        fence: &Fence,
+    ) -> StoreResult<CompleteOutcome>;
 
     /// Grows a running batch (dynamic fan-out): `ops` get indices
     /// `first_index..`, which must equal the batch's current total (else
@@ -322,8 +373,53 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> StoreResult<CompleteOutcome>;
 
-    /// Doorbells: a batch's ready queue may have grown or its events moved.
-    /// Only a hint — the state is in the store. `Doorbell::Resync` after a
-    /// reconnect, when some bells may have been missed.
+    /// Takes or keeps `coordinator`'s hold on a running batch for `ttl_ms`
+    /// (at least 1). Nobody holds it, or the last hold ran out or was
+    /// released: the caller becomes its owner with a new fence token,
+    /// strictly greater than every earlier token of the batch. The caller
+    /// holds it already: the hold is extended and the same fence returned.
+    /// Another coordinator holds it: `None`. A batch no longer running
+    /// (finished, cancelled, lost): `None`, and no hold is taken.
+    /// `BatchNotFound` for an unknown batch. Time: the Redis store lets the
+    /// hold expire on the server's clock (`PX`); the in-memory store judges
+    /// it by the `now_ms` its verbs are given (held until `now_ms + ttl_ms`).
+    async fn hold_batch(
+        &self,
+        batch: &BatchId,
+        coordinator: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> StoreResult<Option<Fence>>;
+
+    /// Drops the hold if it is still exactly `fence`, so another coordinator
+    /// can take the batch at once; otherwise (taken over, ran out, unknown
+    /// batch) does nothing.
+    async fn release_batch(&self, batch: &BatchId, fence: &Fence) -> StoreResult<()>;
+
+    /// The batch's live hold, if any (also `None` for an unknown batch).
+    async fn batch_owner(&self, batch: &BatchId, now_ms: u64) -> StoreResult<Option<Fence>>;
+
+    /// Replaces `coordinator`'s entry in the cluster's worker registry with
+    /// `workers` (an empty slice is an entry with no workers), listed by
+    /// [`Store::workers`] while `now_ms <= until_ms`. A coordinator
+    /// republishes before `until_ms`; one that dies drops out by itself.
+    async fn publish_workers(
+        &self,
+        coordinator: &str,
+        workers: &[WorkerEntry],
+        until_ms: u64,
+    ) -> StoreResult<()>;
+
+    /// `(coordinator, worker)` of every entry whose `until_ms >= now_ms`,
+    /// sorted by coordinator, then `worker_id`. Entries that ran out more
+    /// than [`WORKERS_FORGET_AFTER_MS`] before `now_ms` are deleted on the
+    /// way.
+    async fn workers(&self, now_ms: u64) -> StoreResult<Vec<(String, WorkerEntry)>>;
+
+    /// Doorbells: a batch's ready queue may have grown or its events moved
+    /// (`Batch`), a memory scope changed (`Memory`), a batch entered
+    /// (`Started`) or left (`Ended`) the active set. Only a hint — the state
+    /// is in the store. `Doorbell::Resync` after a reconnect, when some
+    /// bells may have been missed.
     fn doorbells(&self) -> tokio::sync::broadcast::Receiver<Doorbell>;
 }

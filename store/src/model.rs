@@ -1,5 +1,7 @@
 //! The types the store's verbs take and return.
 
+use std::collections::BTreeMap;
+
 use volley_proto::BatchId;
 
 /// Op states. The one-letter codes are how the Redis store keeps them.
@@ -429,6 +431,13 @@ pub struct OpRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Doorbell {
     Batch(BatchId),
+    /// The batch was created and is in the active set (a batch that ends at
+    /// creation, being empty, never is: no `Started`, no `Ended`). Other
+    /// coordinators sharing the store learn of new work from it.
+    Started(BatchId),
+    /// The batch left the active set: it finished (`complete`, `expire_*`,
+    /// `add_ops`), was cancelled, or was marked lost by `mark_lost`.
+    Ended(BatchId),
     /// A memory scope changed (watchers re-read its changes).
     Memory(MemoryScope),
     /// Bells may have been missed (the subscription reconnected): re-read
@@ -447,4 +456,33 @@ pub struct OpWaits {
     pub lease_until_ms: Option<u64>,
     /// Unix ms a backoff-delayed retry becomes ready, when delayed.
     pub retry_at_ms: Option<u64>,
+}
+
+/// A coordinator's hold on a batch (see `Store::hold_batch`). `token` grows
+/// with every new hold of the batch, so a coordinator whose hold ran out and
+/// was taken over carries a smaller token than the new owner: verbs that take
+/// a fence refuse it (`StoreError::NotOwner`) instead of acting twice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub coordinator: String,
+    pub token: u64,
+}
+
+/// A `publish_workers` entry is dropped for good (not only left out of
+/// `workers`) once its `until_ms` is this far in the past.
+pub const WORKERS_FORGET_AFTER_MS: u64 = 60_000;
+
+/// One worker connected to some coordinator, as that coordinator publishes
+/// it to the cluster (`Store::publish_workers`).
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct WorkerEntry {
+    pub worker_id: String,
+    /// Op kinds it runs.
+    pub kinds: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Ops it runs at once.
+    pub slots: u32,
+    /// Slots in use when published.
+    pub busy: u32,
 }

@@ -33,9 +33,22 @@ pub struct CoordinatorArgs {
     /// Largest memory value accepted, in bytes (default 64 MiB).
     #[arg(long, env = "VOLLEY_MAX_VALUE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_value_bytes: usize,
-    /// How often ready queues are re-read without a doorbell (safety net).
+    /// How often ready queues are re-read without a doorbell (safety net);
+    /// also the housekeeping period (leases, batch holds, deadlines).
     #[arg(long, env = "VOLLEY_RESYNC_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub resync_interval: std::time::Duration,
+    /// This coordinator's name among those sharing the Redis (default:
+    /// hostname-pid-random).
+    #[arg(long, env = "VOLLEY_COORDINATOR_ID")]
+    pub id: Option<String>,
+    /// How long a batch stays owned by a coordinator that stopped renewing
+    /// its hold (it died) before another takes it over.
+    #[arg(long, env = "VOLLEY_OWNERSHIP_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub ownership_ttl: std::time::Duration,
+    /// How long the ops of a worker whose stream broke wait for it to
+    /// reconnect (anywhere) before they run again elsewhere.
+    #[arg(long, env = "VOLLEY_RECONNECT_GRACE", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub reconnect_grace: std::time::Duration,
 }
 
 pub async fn run(args: CoordinatorArgs) -> Exit {
@@ -55,6 +68,15 @@ pub async fn run(args: CoordinatorArgs) -> Exit {
     config.resync_interval = args.resync_interval;
     config.max_value_bytes = args.max_value_bytes;
     config.lease = args.lease;
+    config.ownership_ttl = args.ownership_ttl;
+    config.reconnect_grace = args.reconnect_grace;
+    if let Some(id) = args.id {
+        if id.trim().is_empty() {
+            eprintln!("error: --id: must not be empty");
+            return Exit::Invalid;
+        }
+        config.id = id;
+    }
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(listener) => listener,
         Err(error) => {
