@@ -66,6 +66,9 @@ pub struct Plan {
     pub namespace: Option<String>,
     /// The batch ends this long after submission; 0: never.
     pub deadline_ms: u64,
+    /// `retry_failed: sequential`: once nothing else can run, the ops that
+    /// failed get one more attempt each, one at a time.
+    pub retry_failed_sequential: bool,
 }
 
 /// Which failures get another attempt, and how long to wait first.

@@ -9,7 +9,7 @@ use volley_kinds::template::{is_id_byte, is_memory_key_byte};
 use volley_kinds::touches::{is_glob, normalize_path};
 use volley_kinds::{BUILTIN_KINDS, Reference, Target};
 use volley_proto::OpId;
-use volley_proto::v1::{Batch, Hazards, OnFailure, Op, Priority, RetryOn, RunIf};
+use volley_proto::v1::{Batch, Hazards, OnFailure, Op, Priority, RetryFailed, RetryOn, RunIf};
 
 use crate::graph::{Graph, Reachability};
 use crate::hazards::{Access, compile_glob, find_hazards};
@@ -56,6 +56,25 @@ pub fn plan(
         Ok(on_failure) => on_failure == OnFailure::FailFast,
         Err(_) => {
             problems.batch("on_failure", format!("unknown value {}", batch.on_failure));
+            false
+        }
+    };
+    let retry_failed_sequential = match RetryFailed::try_from(batch.retry_failed) {
+        Ok(RetryFailed::Unspecified | RetryFailed::None) => false,
+        Ok(RetryFailed::Sequential) => {
+            if fail_fast {
+                problems.batch(
+                    "retry_failed",
+                    "`sequential` cannot be combined with `on_failure: fail_fast`: the batch stops at its first failure, so there is no failed op to retry".to_owned(),
+                );
+            }
+            true
+        }
+        Err(_) => {
+            problems.batch(
+                "retry_failed",
+                format!("unknown value {}", batch.retry_failed),
+            );
             false
         }
     };
@@ -172,6 +191,7 @@ pub fn plan(
         warnings,
         namespace,
         deadline_ms: batch.deadline_ms,
+        retry_failed_sequential,
     })
 }
 
@@ -1387,6 +1407,34 @@ mod tests {
                 ("w2", "writes"),
             ]
         );
+    }
+
+    #[test]
+    fn retry_failed_sequential_is_planned_and_refused_with_fail_fast() {
+        let mut sequential = batch(vec![op("a", "noop", json!({}))]);
+        sequential.retry_failed = RetryFailed::Sequential as i32;
+        assert!(plan_of(&sequential).unwrap().retry_failed_sequential);
+        assert!(
+            !plan_of(&batch(vec![op("a", "noop", json!({}))]))
+                .unwrap()
+                .retry_failed_sequential
+        );
+
+        sequential.on_failure = OnFailure::FailFast as i32;
+        let problems = plan_of(&sequential).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "retry_failed");
+        assert!(
+            problems[0].message.contains("fail_fast"),
+            "{}",
+            problems[0].message
+        );
+
+        let mut unknown = batch(vec![op("a", "noop", json!({}))]);
+        unknown.retry_failed = 9;
+        let problems = plan_of(&unknown).unwrap_err();
+        assert_eq!(problems[0].field, "retry_failed");
+        assert!(problems[0].message.contains("unknown value 9"));
     }
 
     #[test]
