@@ -5,7 +5,9 @@ use std::time::Duration;
 use futures::Stream;
 use prost::Message;
 use tokio_stream::StreamExt;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status, Streaming};
 use volley_proto::MAX_MESSAGE_BYTES;
 use volley_proto::v1::batch_service_client::BatchServiceClient;
 use volley_proto::v1::memory_service_client::MemoryServiceClient;
@@ -95,23 +97,52 @@ impl Client {
         Ok(response.into_inner())
     }
 
-    /// The batch's events after `after_seq`, until it finishes.
+    /// The batch's events after `after_seq`, until it finishes, riding out
+    /// coordinator failover with the default [`WatchOptions`].
     pub async fn watch(
         &self,
         batch_id: &str,
         after_seq: u64,
     ) -> Result<impl Stream<Item = Result<v1::BatchEvent, ClientError>> + use<>, ClientError> {
-        let request = v1::WatchBatchRequest {
+        self.watch_with(batch_id, after_seq, WatchOptions::default())
+            .await
+    }
+
+    /// The batch's events after `after_seq`, each exactly once and in `seq`
+    /// order, until the `BatchFinished` event.
+    ///
+    /// When the stream breaks in a way a reconnection can cure (the
+    /// coordinator is unavailable, the call was cancelled, the connection
+    /// died under it, or the stream ended before the batch finished), the
+    /// watch reconnects with backoff and resumes after the last event it
+    /// yielded, until `options.reconnect_budget` runs out. Other errors end
+    /// the stream, as does an event whose `seq` does not follow the last one
+    /// (events are gapless, so that is a coordinator bug, surfaced rather
+    /// than hidden). Errors opening the first stream that cannot be retried
+    /// (a batch that does not exist, say) are returned here.
+    #[tracing::instrument(name = "client.watch", skip_all, fields(batch = batch_id, after_seq))]
+    pub async fn watch_with(
+        &self,
+        batch_id: &str,
+        after_seq: u64,
+        options: WatchOptions,
+    ) -> Result<impl Stream<Item = Result<v1::BatchEvent, ClientError>> + use<>, ClientError> {
+        let mut watch = ResumableWatch {
+            batches: self.batches.clone(),
             batch_id: batch_id.to_owned(),
-            after_seq,
+            last_seq: after_seq,
+            stream: None,
+            outage_started: None,
+            backoff: options.initial_backoff,
+            attempts: 0,
+            ended: false,
+            options,
         };
-        let stream = self
-            .batches
-            .clone()
-            .watch_batch(request)
-            .await?
-            .into_inner();
-        Ok(stream.map(|event| event.map_err(ClientError::from)))
+        watch.open().await?;
+        Ok(futures::stream::unfold(watch, |mut watch| async move {
+            let item = watch.next().await?;
+            Some((item, watch))
+        }))
     }
 
     pub async fn status(&self, batch_id: &str) -> Result<v1::BatchStatus, ClientError> {
@@ -212,6 +243,232 @@ impl Client {
             spawned_by: spawned_by.to_owned(),
         };
         Ok(self.batches.clone().spawn_ops(request).await?.into_inner())
+    }
+}
+
+/// How a watch rides out a coordinator going away (see
+/// [`Client::watch_with`]).
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    /// How long the watch keeps trying to reconnect before it gives up with
+    /// the last error, counted from the moment it lost its stream; an
+    /// event or a newly opened stream starts the count afresh. Zero: never
+    /// reconnect.
+    pub reconnect_budget: Duration,
+    /// The pause before the first reconnection attempt of an outage; it
+    /// doubles after each failed attempt.
+    pub initial_backoff: Duration,
+    /// The longest pause between two reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> WatchOptions {
+        WatchOptions {
+            reconnect_budget: Duration::from_secs(60),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a watch lost its stream.
+enum Interruption {
+    /// The call failed with a status a reconnection may cure.
+    Status(Status),
+    /// The coordinator closed the stream before the batch finished (it
+    /// shut down, say).
+    EndedEarly,
+}
+
+impl Interruption {
+    /// The error the caller sees if the watch gives up on this.
+    fn into_error(self, batch_id: &str, last_seq: u64) -> ClientError {
+        match self {
+            Interruption::Status(status) => ClientError::from(status),
+            Interruption::EndedEarly => ClientError::Unavailable(format!(
+                "the watch of batch {batch_id} ended after event {last_seq}, before the batch finished"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Interruption {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Interruption::Status(status) => {
+                write!(formatter, "{:?}: {}", status.code(), status.message())
+            }
+            Interruption::EndedEarly => formatter.write_str("stream ended before the batch finished"),
+        }
+    }
+}
+
+/// One watch's state: enough to reopen its stream right after the last
+/// event it yielded.
+struct ResumableWatch {
+    batches: BatchServiceClient<Channel>,
+    batch_id: String,
+    options: WatchOptions,
+    /// The last event yielded (or the caller's `after_seq`): the next one
+    /// must be `last_seq + 1`, and a new stream starts after it.
+    last_seq: u64,
+    stream: Option<Streaming<v1::BatchEvent>>,
+    /// When the watch lost its stream, while it is trying to get one back.
+    outage_started: Option<Instant>,
+    /// The pause before the next reconnection attempt. Only an event resets
+    /// it, so a coordinator that accepts watches and fails them at once is
+    /// retried at `max_backoff`, not in a tight loop.
+    backoff: Duration,
+    /// Reconnection attempts in the current outage, for the logs.
+    attempts: u32,
+    /// Set once the batch finished or an error ended the watch.
+    ended: bool,
+}
+
+impl ResumableWatch {
+    /// The next item; `None` once the watch ended.
+    async fn next(&mut self) -> Option<Result<v1::BatchEvent, ClientError>> {
+        if self.ended {
+            return None;
+        }
+        let item = self.next_event().await;
+        let goes_on = matches!(&item, Ok(event) if event.kind() != v1::EventKind::BatchFinished);
+        if !goes_on {
+            // Done: drop the stream even if the coordinator keeps it open.
+            self.ended = true;
+            self.stream = None;
+        }
+        Some(item)
+    }
+
+    async fn next_event(&mut self) -> Result<v1::BatchEvent, ClientError> {
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                self.open().await?;
+                continue;
+            };
+            let interruption = match stream.message().await {
+                Ok(Some(event)) => return self.accept(event),
+                Ok(None) => Interruption::EndedEarly,
+                Err(status) if watch_can_resume(&status) => Interruption::Status(status),
+                Err(status) => return Err(ClientError::from(status)),
+            };
+            self.stream = None;
+            self.pause_before_retry(interruption).await?;
+        }
+    }
+
+    /// Checks that `event` follows the last one (never repeat, never skip).
+    fn accept(&mut self, event: v1::BatchEvent) -> Result<v1::BatchEvent, ClientError> {
+        let expected = self.last_seq + 1;
+        if event.seq != expected {
+            tracing::error!(
+                batch = %self.batch_id,
+                expected,
+                received = event.seq,
+                "watch: event out of sequence"
+            );
+            return Err(ClientError::Other {
+                code: Code::Internal,
+                message: format!(
+                    "watch of batch {}: expected event {expected}, received event {} \
+                     (events are gapless; stopping rather than skip or repeat)",
+                    self.batch_id, event.seq
+                ),
+            });
+        }
+        self.last_seq = event.seq;
+        self.outage_started = None;
+        self.attempts = 0;
+        self.backoff = self.options.initial_backoff;
+        Ok(event)
+    }
+
+    /// Opens a stream of the events after `last_seq`, retrying what a
+    /// reconnection may cure until the budget runs out.
+    async fn open(&mut self) -> Result<(), ClientError> {
+        loop {
+            let request = v1::WatchBatchRequest {
+                batch_id: self.batch_id.clone(),
+                after_seq: self.last_seq,
+            };
+            match self.batches.clone().watch_batch(request).await {
+                Ok(response) => {
+                    if self.outage_started.take().is_some() {
+                        tracing::info!(
+                            batch = %self.batch_id,
+                            after_seq = self.last_seq,
+                            attempts = self.attempts,
+                            "watch resumed"
+                        );
+                    }
+                    self.attempts = 0;
+                    self.stream = Some(response.into_inner());
+                    return Ok(());
+                }
+                Err(status) if watch_can_resume(&status) => {
+                    self.pause_before_retry(Interruption::Status(status)).await?;
+                }
+                Err(status) => return Err(ClientError::from(status)),
+            }
+        }
+    }
+
+    /// Waits out the backoff before the next attempt, or gives up with
+    /// `interruption`'s error once the outage has lasted the whole budget.
+    async fn pause_before_retry(&mut self, interruption: Interruption) -> Result<(), ClientError> {
+        let now = Instant::now();
+        let outage_started = *self.outage_started.get_or_insert(now);
+        let outage = now.duration_since(outage_started);
+        let budget = self.options.reconnect_budget;
+        if outage >= budget {
+            tracing::warn!(
+                batch = %self.batch_id,
+                after_seq = self.last_seq,
+                attempts = self.attempts,
+                outage_ms = outage.as_millis() as u64,
+                error = %interruption,
+                "watch: giving up reconnecting"
+            );
+            return Err(interruption.into_error(&self.batch_id, self.last_seq));
+        }
+        let delay = self.backoff.min(budget - outage);
+        if self.attempts == 0 {
+            tracing::warn!(
+                batch = %self.batch_id,
+                after_seq = self.last_seq,
+                delay_ms = delay.as_millis() as u64,
+                error = %interruption,
+                "watch interrupted; reconnecting"
+            );
+        } else {
+            tracing::debug!(
+                batch = %self.batch_id,
+                after_seq = self.last_seq,
+                attempt = self.attempts,
+                delay_ms = delay.as_millis() as u64,
+                error = %interruption,
+                "watch: reconnection failed; retrying"
+            );
+        }
+        self.attempts += 1;
+        tokio::time::sleep(delay).await;
+        self.backoff = (self.backoff * 2).min(self.options.max_backoff);
+        Ok(())
+    }
+}
+
+/// Whether a watch that failed with `status` may reconnect and resume: the
+/// coordinator cannot serve now (`Unavailable`), the call was cut
+/// (`Cancelled`), or the transport failed under it. Tonic builds an
+/// `Unknown` status on this side from an I/O or HTTP/2 error and keeps that
+/// error as its source; a status a coordinator sent never has one.
+fn watch_can_resume(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::Cancelled => true,
+        Code::Unknown => std::error::Error::source(status).is_some(),
+        _ => false,
     }
 }
 

@@ -12,6 +12,6 @@ pub mod client;
 pub mod error;
 
 pub use batch_file::{BatchFileError, parse_batch, read_batch_file};
-pub use client::{Client, Memory, MemoryEntry, PutOptions, Scope};
+pub use client::{Client, Memory, MemoryEntry, PutOptions, Scope, WatchOptions};
 pub use error::ClientError;
 pub use volley_proto::v1;

@@ -245,6 +245,11 @@ pub(crate) struct Dispatcher {
     owned: HashMap<BatchId, Fence>,
     /// Every live worker of the cluster, by coordinator (last tick's view).
     cluster: Vec<(String, WorkerEntry)>,
+    /// The store could not be reached at the last tick.
+    store_down: bool,
+    /// No lease expiry before this: the store just came back, and every
+    /// coordinator must first renew what its workers ran meanwhile.
+    expire_after: Option<tokio::time::Instant>,
     /// The store's epoch when we started: another value later means the
     /// store restarted empty.
     epoch: String,
@@ -285,6 +290,8 @@ impl Dispatcher {
             loading: HashSet::new(),
             owned: HashMap::new(),
             cluster: Vec::new(),
+            store_down: false,
+            expire_after: None,
             epoch,
             next_retry_at_ms: None,
             shutdown,
@@ -847,6 +854,16 @@ impl Dispatcher {
         self.refresh_registry().await;
         self.discover().await;
         self.renew_leases().await;
+        if self.store_down {
+            return;
+        }
+        let may_expire = match self.expire_after {
+            Some(after) if after > tokio::time::Instant::now() => false,
+            _ => {
+                self.expire_after = None;
+                true
+            }
+        };
         let now = now_ms();
         let batches: Vec<(BatchId, bool, bool)> = self
             .batches
@@ -864,6 +881,9 @@ impl Dispatcher {
             let Some(fence) = self.hold(&batch, now).await else {
                 continue;
             };
+            if !may_expire {
+                continue;
+            }
             match self.store.expire_leases(&batch, now, &fence).await {
                 Ok(outcome) => {
                     if outcome.recorded > 0 || !outcome.retried.is_empty() {
@@ -985,10 +1005,21 @@ impl Dispatcher {
         let epoch = match self.store.epoch().await {
             Ok(epoch) => epoch,
             Err(error) => {
-                warn!(%error, "store unreachable");
+                if !self.store_down {
+                    warn!(%error, "store unreachable; carrying on and retrying");
+                }
+                self.store_down = true;
                 return;
             }
         };
+        if self.store_down {
+            // Leases could not be renewed while it was away: give every
+            // coordinator a few ticks to renew its workers' before any
+            // lease is judged run out.
+            info!("store reachable again");
+            self.store_down = false;
+            self.expire_after = Some(tokio::time::Instant::now() + self.resync_interval * 3);
+        }
         if epoch == self.epoch {
             return;
         }

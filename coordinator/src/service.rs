@@ -520,7 +520,7 @@ impl WorkerSession {
                         .into_iter()
                         .map(|result| completion(&planned.plan, &self.worker_id, result))
                         .collect();
-                    match inner.store.complete(&batch, &completions, now_ms()).await {
+                    match self.record(&batch, &completions).await {
                         Ok(outcome) => {
                             if !outcome.stale.is_empty() {
                                 warn!(%batch, stale = ?outcome.stale, "stale results ignored");
@@ -555,6 +555,32 @@ impl WorkerSession {
                 per_batch,
             })
             .await;
+    }
+
+    /// Records completions, retrying while the store is unreachable (with
+    /// backoff, until shutdown): a result the worker delivered is never
+    /// dropped because Redis was away for a while. The worker's stream
+    /// waits meanwhile, which is the backpressure we want.
+    async fn record(
+        &self,
+        batch: &BatchId,
+        completions: &[Completion],
+    ) -> Result<volley_store::CompleteOutcome, volley_store::StoreError> {
+        let inner = &self.coordinator.inner;
+        let mut backoff = STORE_RETRY_START;
+        loop {
+            match inner.store.complete(batch, completions, now_ms()).await {
+                Err(error) if error.is_retryable() && !inner.shutdown.is_cancelled() => {
+                    warn!(%batch, %error, retry_in = ?backoff, "store unreachable; keeping the results and retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = inner.shutdown.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(STORE_RETRY_MAX);
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// The worker is alive: extend the leases of what it runs.
@@ -736,6 +762,11 @@ pub(crate) fn new_op(op: &PlannedOp, since_ms: u64) -> NewOp {
         },
     }
 }
+
+/// Retrying a store call that failed for want of a connection: the first
+/// pause, doubled up to the second.
+const STORE_RETRY_START: Duration = Duration::from_millis(100);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Shutting the dispatcher down and waiting for it is `wait`'s job; this is
 /// how long a caller should give it.

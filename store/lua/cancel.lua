@@ -4,10 +4,11 @@
 -- ARGV[1..3] channel, batch id, now (see common.lua)
 -- ARGV[4]  reason
 -- Returns: { cancelled count (-1 if no such batch), {idx, attempt, ... of the
---            ops that were running} }
+--            ops that were running}, batch state code if this call finished
+--            it, else '' }
 local state = redis.call('HGET', K_META, 'state')
-if not state then return { -1, {} } end
-if state ~= 'running' then return { 0, {} } end
+if not state then return { -1, {}, '' } end
+if state ~= 'running' then return { 0, {}, '' } end
 local reason = 'cancelled: ' .. ARGV[4]
 redis.call('HSET', K_META, 'cancel_requested', '1', 'error', reason)
 local cancelled = cancel_where({ W = true, R = true, U = true }, reason)
@@ -18,6 +19,6 @@ for position = 1, #cancelled, 3 do
     running[#running + 1] = cancelled[position + 1]
   end
 end
-finish_if_done()
+local finished = finish_if_done()
 ring()
-return { #cancelled / 3, running }
+return { #cancelled / 3, running, finished }

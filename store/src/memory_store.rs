@@ -6,7 +6,8 @@
 //! their change logs and their waiters live apart from batches (a key may be
 //! written before the batch that waits for it exists). TTLs run on the
 //! monotonic clock, as Redis's `PEXPIRE` runs on real time; expired keys are
-//! dropped when read or listed.
+//! dropped when read or listed. Batch holds, on the other hand, are judged by
+//! the `now_ms` the verbs are given (there is one process, so one clock).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +44,8 @@ struct Shared {
 struct Inner {
     batches: HashMap<BatchId, BatchData>,
     scopes: HashMap<MemoryScope, ScopeData>,
+    /// The worker registry: coordinator → (until_ms, its workers).
+    workers: BTreeMap<String, (u64, Vec<WorkerEntry>)>,
 }
 
 /// One memory scope: its keys, change log and waiters.
@@ -119,6 +122,10 @@ struct BatchData {
     cancel_requested: bool,
     fail_fast_fired: bool,
     deadline_fired: bool,
+    /// The coordinator holding the batch, until when (unix ms, exclusive).
+    owner: Option<(Fence, u64)>,
+    /// The last fence token handed out (0: none yet).
+    owner_token: u64,
 }
 
 struct OpData {
@@ -286,6 +293,13 @@ impl MemoryStore {
     fn ring_all(&self, bells: Vec<Doorbell>) {
         for bell in bells {
             let _ = self.shared.doorbell.send(bell);
+        }
+    }
+
+    /// Rings `Ended` when a verb's outcome says it finished the batch.
+    fn ring_if_ended(&self, batch: &BatchId, finished: Option<BatchState>) {
+        if finished.is_some() {
+            let _ = self.shared.doorbell.send(Doorbell::Ended(batch.clone()));
         }
     }
 }
@@ -480,6 +494,25 @@ fn random_unit() -> f64 {
 }
 
 impl BatchData {
+    /// The hold still live at `now_ms`, if any.
+    fn live_owner(&self, now_ms: u64) -> Option<&Fence> {
+        self.owner
+            .as_ref()
+            .filter(|(_, until_ms)| *until_ms > now_ms)
+            .map(|(fence, _)| fence)
+    }
+
+    /// `NotOwner` unless `fence` is the live hold at `now_ms`.
+    fn check_fence(&self, fence: &Fence, now_ms: u64) -> StoreResult<()> {
+        match self.live_owner(now_ms) {
+            Some(live) if live == fence => Ok(()),
+            live => Err(StoreError::NotOwner {
+                batch: self.meta.id.clone(),
+                holder: live.map(|live| live.coordinator.clone()),
+            }),
+        }
+    }
+
     fn event(
         &mut self,
         at_ms: u64,
@@ -892,6 +925,8 @@ impl Store for MemoryStore {
                 cancel_requested: false,
                 fail_fast_fired: false,
                 deadline_fired: false,
+                owner: None,
+                owner_token: 0,
             };
             // Same order as the Redis store: first the ops that wait for
             // nothing, then those whose keys are present already.
@@ -904,9 +939,12 @@ impl Store for MemoryStore {
             inner.register_waits(&mut data, &triples);
             data.event(batch.created_ms, EventKind::BatchSubmitted, None, 0, "", "");
             // An empty batch is finished as soon as it exists.
-            data.finish_if_done(batch.created_ms);
+            let finished = data.finish_if_done(batch.created_ms);
             inner.batches.insert(batch.id, data);
-            bells.push(Doorbell::Batch(batch_id));
+            bells.push(Doorbell::Batch(batch_id.clone()));
+            if finished.is_none() {
+                bells.push(Doorbell::Started(batch_id));
+            }
         }
         self.ring_all(bells);
         Ok(())
@@ -1082,6 +1120,7 @@ impl Store for MemoryStore {
         };
         self.ring(batch);
         self.ring_all(bells);
+        self.ring_if_ended(batch, outcome.finished);
         Ok(outcome)
     }
 
@@ -1091,25 +1130,34 @@ impl Store for MemoryStore {
         batch: &BatchId,
         ops: &[Claimed],
         lease_until_ms: u64,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Vec<Claimed>> {
         let mut inner = self.lock();
         let data = inner.batch_mut(batch)?;
+        let mut stale = Vec::new();
         for claimed in ops {
             let running_it = data.ops.get(claimed.index as usize).is_some_and(|op| {
                 op.record.state == OpState::Running && op.record.attempts == claimed.attempt
             });
             if running_it {
                 data.set_lease(claimed.index, lease_until_ms);
+            } else {
+                stale.push(*claimed);
             }
         }
-        Ok(())
+        Ok(stale)
     }
 
-    #[tracing::instrument(skip_all, fields(batch = %batch))]
-    async fn expire_leases(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome> {
+    #[tracing::instrument(skip_all, fields(batch = %batch, token = fence.token))]
+    async fn expire_leases(
+        &self,
+        batch: &BatchId,
+        now_ms: u64,
+        fence: &Fence,
+    ) -> StoreResult<CompleteOutcome> {
         let outcome = {
             let mut inner = self.lock();
             let data = inner.batch_mut(batch)?;
+            data.check_fence(fence, now_ms)?;
             let mut outcome = CompleteOutcome::default();
             let due: Vec<(u64, u32)> = data
                 .leases
@@ -1166,6 +1214,7 @@ impl Store for MemoryStore {
             outcome
         };
         self.ring(batch);
+        self.ring_if_ended(batch, outcome.finished);
         Ok(outcome)
     }
 
@@ -1209,11 +1258,17 @@ impl Store for MemoryStore {
         Ok(returned)
     }
 
-    #[tracing::instrument(skip_all, fields(batch = %batch))]
-    async fn expire_deadline(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome> {
+    #[tracing::instrument(skip_all, fields(batch = %batch, token = fence.token))]
+    async fn expire_deadline(
+        &self,
+        batch: &BatchId,
+        now_ms: u64,
+        fence: &Fence,
+    ) -> StoreResult<CompleteOutcome> {
         let outcome = {
             let mut inner = self.lock();
             let data = inner.batch_mut(batch)?;
+            data.check_fence(fence, now_ms)?;
             if data.meta.state != BatchState::Running
                 || data.deadline_ms == 0
                 || now_ms < data.deadline_ms
@@ -1234,6 +1289,7 @@ impl Store for MemoryStore {
             }
         };
         self.ring(batch);
+        self.ring_if_ended(batch, outcome.finished);
         Ok(outcome)
     }
 
@@ -1281,6 +1337,8 @@ impl Store for MemoryStore {
                     cancel_requested: false,
                     fail_fast_fired: false,
                     deadline_fired: false,
+                    owner: None,
+                    owner_token: 0,
                 };
                 data.event(now_ms, EventKind::BatchFinished, None, 0, "", reason);
                 if let Some(last) = data.events.last_mut() {
@@ -1293,6 +1351,8 @@ impl Store for MemoryStore {
         };
         for batch in &marked {
             self.ring(batch);
+            // Lost is an end: watchers of the batch learn it here.
+            self.ring_if_ended(batch, Some(BatchState::Lost));
         }
         Ok(marked)
     }
@@ -1331,7 +1391,7 @@ impl Store for MemoryStore {
         reason: &str,
         now_ms: u64,
     ) -> StoreResult<CancelOutcome> {
-        let outcome = {
+        let (outcome, finished) = {
             let mut inner = self.lock();
             let data = inner.batch_mut(batch)?;
             if data.meta.state != BatchState::Running {
@@ -1353,10 +1413,11 @@ impl Store for MemoryStore {
                     .map(|(claimed, _)| claimed)
                     .collect(),
             };
-            data.finish_if_done(now_ms);
-            outcome
+            let finished = data.finish_if_done(now_ms);
+            (outcome, finished)
         };
         self.ring(batch);
+        self.ring_if_ended(batch, finished);
         Ok(outcome)
     }
 
@@ -1621,11 +1682,17 @@ impl Store for MemoryStore {
             .map_or(0, |scope_data| scope_data.revision))
     }
 
-    #[tracing::instrument(skip_all, fields(batch = %batch))]
-    async fn expire_waits(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome> {
+    #[tracing::instrument(skip_all, fields(batch = %batch, token = fence.token))]
+    async fn expire_waits(
+        &self,
+        batch: &BatchId,
+        now_ms: u64,
+        fence: &Fence,
+    ) -> StoreResult<CompleteOutcome> {
         let outcome = {
             let mut inner = self.lock();
             let data = inner.batch_mut(batch)?;
+            data.check_fence(fence, now_ms)?;
             let mut outcome = CompleteOutcome::default();
             let due: Vec<(u64, u32)> = data
                 .deadlines
@@ -1674,6 +1741,7 @@ impl Store for MemoryStore {
             outcome
         };
         self.ring(batch);
+        self.ring_if_ended(batch, outcome.finished);
         Ok(outcome)
     }
 
@@ -1767,7 +1835,93 @@ impl Store for MemoryStore {
             outcome
         };
         self.ring(batch);
+        self.ring_if_ended(batch, outcome.finished);
         Ok(outcome)
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch, coordinator, ttl_ms))]
+    async fn hold_batch(
+        &self,
+        batch: &BatchId,
+        coordinator: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> StoreResult<Option<Fence>> {
+        let mut inner = self.lock();
+        let data = inner.batch_mut(batch)?;
+        if data.meta.state != BatchState::Running {
+            return Ok(None);
+        }
+        let until_ms = now_ms.saturating_add(ttl_ms.max(1));
+        let fence = match data.live_owner(now_ms) {
+            Some(live) if live.coordinator == coordinator => live.clone(),
+            Some(_) => return Ok(None),
+            None => {
+                data.owner_token += 1;
+                Fence {
+                    coordinator: coordinator.to_owned(),
+                    token: data.owner_token,
+                }
+            }
+        };
+        data.owner = Some((fence.clone(), until_ms));
+        Ok(Some(fence))
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch, token = fence.token))]
+    async fn release_batch(&self, batch: &BatchId, fence: &Fence) -> StoreResult<()> {
+        let mut inner = self.lock();
+        if let Some(data) = inner.batches.get_mut(batch)
+            && data
+                .owner
+                .as_ref()
+                .is_some_and(|(held, _)| held == fence)
+        {
+            data.owner = None;
+        }
+        Ok(())
+    }
+
+    async fn batch_owner(&self, batch: &BatchId, now_ms: u64) -> StoreResult<Option<Fence>> {
+        let inner = self.lock();
+        Ok(inner
+            .batches
+            .get(batch)
+            .and_then(|data| data.live_owner(now_ms).cloned()))
+    }
+
+    #[tracing::instrument(skip_all, fields(coordinator, workers = workers.len()))]
+    async fn publish_workers(
+        &self,
+        coordinator: &str,
+        workers: &[WorkerEntry],
+        until_ms: u64,
+    ) -> StoreResult<()> {
+        self.lock()
+            .workers
+            .insert(coordinator.to_owned(), (until_ms, workers.to_vec()));
+        Ok(())
+    }
+
+    async fn workers(&self, now_ms: u64) -> StoreResult<Vec<(String, WorkerEntry)>> {
+        let mut inner = self.lock();
+        inner.workers.retain(|_, (until_ms, _)| {
+            until_ms.saturating_add(WORKERS_FORGET_AFTER_MS) >= now_ms
+        });
+        let mut listed: Vec<(String, WorkerEntry)> = inner
+            .workers
+            .iter()
+            .filter(|(_, (until_ms, _))| *until_ms >= now_ms)
+            .flat_map(|(coordinator, (_, workers))| {
+                workers
+                    .iter()
+                    .map(|worker| (coordinator.clone(), worker.clone()))
+            })
+            .collect();
+        listed.sort_by(|left, right| {
+            (&left.0, &left.1.worker_id).cmp(&(&right.0, &right.1.worker_id))
+        });
+        Ok(listed)
     }
 
     fn doorbells(&self) -> broadcast::Receiver<Doorbell> {

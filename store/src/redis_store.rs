@@ -13,10 +13,17 @@
 //! visible by the write script.
 //!
 //! Doorbells: scripts `PUBLISH` `b:<batch>` (a batch changed), `m:<namespace>`
-//! or `mb:<batch>` (a memory scope changed) on [`keys::DOORBELL_CHANNEL`]; a
+//! or `mb:<batch>` (a memory scope changed) on [`keys::DOORBELL_CHANNEL`];
+//! the Rust side publishes `n:<batch>` / `e:<batch>` right after its
+//! `SADD` / `SREM` of [`keys::ACTIVE`] (scripts never touch global keys). A
 //! background task holds its own pub/sub connection and forwards them into a
 //! broadcast channel, resubscribing with backoff after a disconnect and then
 //! sending [`Doorbell::Resync`].
+//!
+//! Ownership: a batch's hold is its `owner` key (`<coordinator>|<token>`,
+//! expiring with `PX` on the server's clock); fenced scripts compare it with
+//! the caller's fence first and answer a mismatch with the error reply
+//! [`NOT_OWNER_REPLY`], mapped to [`StoreError::NotOwner`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +65,11 @@ const CHANGES_PAGE: usize = 1_000;
 /// A read of a chunked value that raced an overwrite (its chunks deleted
 /// under it) starts over this many times before giving up.
 const CHUNKED_READ_ATTEMPTS: u32 = 5;
+
+/// The error code a fenced script replies with when the caller's fence is not
+/// the batch's live hold (`refuse_fence` in `lua/common.lua`): `NOTOWNER
+/// <holder>`, the holder '' when nobody holds the batch.
+const NOT_OWNER_REPLY: &str = "NOTOWNER";
 
 /// Each script is `lua/common.lua` followed by the verb's file.
 macro_rules! lua_script {
@@ -101,6 +113,9 @@ struct Scripts {
     memory_incr: Script,
     memory_delete: Script,
     memory_list: Script,
+    hold: Script,
+    release: Script,
+    workers: Script,
 }
 
 impl Scripts {
@@ -125,6 +140,10 @@ impl Scripts {
             memory_incr: memory_script!("memory_incr.lua"),
             memory_delete: memory_script!("memory_delete.lua"),
             memory_list: lua_script!("memory_list.lua"),
+            hold: lua_script!("hold.lua"),
+            release: lua_script!("release.lua"),
+            // Touches no batch: not prefixed with common.lua.
+            workers: Script::new(include_str!("../lua/workers.lua")),
         }
     }
 }
@@ -222,8 +241,19 @@ impl RedisStore {
         self.shared.connection.clone()
     }
 
-    async fn leave_active(&self, batch: &BatchId) -> StoreResult<()> {
-        let _: i64 = self.connection().srem(keys::ACTIVE, batch.as_str()).await?;
+    /// Removes the batch from the active set; true when it was in it.
+    async fn leave_active(&self, batch: &BatchId) -> StoreResult<bool> {
+        let removed: i64 = self.connection().srem(keys::ACTIVE, batch.as_str()).await?;
+        Ok(removed > 0)
+    }
+
+    /// Publishes a bell the Rust side owns (`n:` / `e:`): right after the
+    /// change of the active set it announces, as scripts never touch it.
+    async fn publish_bell(&self, payload: String) -> StoreResult<()> {
+        let _: i64 = self
+            .connection()
+            .publish(keys::DOORBELL_CHANNEL, payload)
+            .await?;
         Ok(())
     }
 
@@ -463,7 +493,7 @@ impl RedisStore {
     }
 
     /// Reads a script's finished-state code; a finished batch leaves the
-    /// active set.
+    /// active set, and `Ended` rings (a script reports a finish only once).
     async fn finished_state(&self, batch: &BatchId, code: &str) -> StoreResult<Option<BatchState>> {
         if code.is_empty() {
             return Ok(None);
@@ -471,6 +501,7 @@ impl RedisStore {
         let state = BatchState::from_code(code)
             .ok_or_else(|| corrupt(format_args!("finished state `{code}`")))?;
         self.leave_active(batch).await?;
+        self.publish_bell(keys::ended_bell(batch)).await?;
         Ok(Some(state))
     }
 
@@ -550,6 +581,12 @@ async fn listen_doorbells(
 fn parse_bell(payload: &str) -> Option<Doorbell> {
     if let Some(batch) = payload.strip_prefix(keys::BELL_BATCH) {
         return Some(Doorbell::Batch(BatchId::new(batch)));
+    }
+    if let Some(batch) = payload.strip_prefix(keys::BELL_STARTED) {
+        return Some(Doorbell::Started(BatchId::new(batch)));
+    }
+    if let Some(batch) = payload.strip_prefix(keys::BELL_ENDED) {
+        return Some(Doorbell::Ended(BatchId::new(batch)));
     }
     if let Some(batch) = payload.strip_prefix(keys::BELL_BATCH_MEMORY) {
         return Some(Doorbell::Memory(MemoryScope::Batch(BatchId::new(batch))));
@@ -650,6 +687,50 @@ fn on_failure_code(on_failure: OnFailure) -> &'static str {
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
+}
+
+/// How the `owner` key and the fenced scripts spell a fence.
+fn packed_fence(fence: &Fence) -> String {
+    format!("{}|{}", fence.coordinator, fence.token)
+}
+
+/// Reads an `owner` value `<coordinator>|<token>` (the coordinator id may
+/// contain '|': the token is after the last one).
+fn parse_fence(value: &str) -> StoreResult<Fence> {
+    value
+        .rsplit_once('|')
+        .and_then(|(coordinator, token)| {
+            Some(Fence {
+                coordinator: coordinator.to_owned(),
+                token: token.parse().ok()?,
+            })
+        })
+        .ok_or_else(|| corrupt(format_args!("owner hold `{value}`")))
+}
+
+/// A fenced script's error: its `NOTOWNER <holder>` reply becomes
+/// [`StoreError::NotOwner`]; anything else stays a Redis error.
+fn fenced_error(batch: &BatchId, error: redis::RedisError) -> StoreError {
+    if error.code() != Some(NOT_OWNER_REPLY) {
+        return StoreError::Redis(error);
+    }
+    let holder = error
+        .detail()
+        .map(str::trim)
+        .filter(|holder| !holder.is_empty())
+        .map(str::to_owned);
+    StoreError::NotOwner {
+        batch: batch.clone(),
+        holder,
+    }
+}
+
+/// The JSON value of a coordinator's field in [`keys::WORKERS`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PublishedWorkers {
+    until_ms: u64,
+    #[serde(default)]
+    workers: Vec<WorkerEntry>,
 }
 
 fn number<T: std::str::FromStr + Default>(
@@ -970,6 +1051,7 @@ impl Store for RedisStore {
             .await?;
         if finished.is_empty() {
             let _: i64 = connection.sadd(keys::ACTIVE, batch.id.as_str()).await?;
+            self.publish_bell(keys::started_bell(&batch.id)).await?;
         }
         Ok(())
     }
@@ -1108,7 +1190,7 @@ impl Store for RedisStore {
         batch: &BatchId,
         ops: &[Claimed],
         lease_until_ms: u64,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Vec<Claimed>> {
         let mut connection = self.connection();
         // An empty slice still checks that the batch exists.
         let chunks: Vec<&[Claimed]> = if ops.is_empty() {
@@ -1116,22 +1198,30 @@ impl Store for RedisStore {
         } else {
             ops.chunks(WRITE_CHUNK).collect()
         };
+        let mut stale = Vec::new();
         for chunk in chunks {
             let mut invocation = batch_invocation(&self.shared.scripts.renew_leases, batch, 0);
             invocation.arg(lease_until_ms);
             for claimed in chunk {
                 invocation.arg(claimed.index).arg(claimed.attempt);
             }
-            let renewed: i64 = invocation.invoke_async(&mut connection).await?;
-            if renewed < 0 {
+            let reply: Value = invocation.invoke_async(&mut connection).await?;
+            if let Value::Int(-1) = reply {
                 return Err(StoreError::BatchNotFound(batch.clone()));
             }
+            let values: Vec<i64> = redis::from_redis_value(reply).map_err(corrupt)?;
+            stale.extend(claimed_pairs(&values)?);
         }
-        Ok(())
+        Ok(stale)
     }
 
-    #[tracing::instrument(skip_all, fields(batch = %batch))]
-    async fn expire_leases(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome> {
+    #[tracing::instrument(skip_all, fields(batch = %batch, token = fence.token))]
+    async fn expire_leases(
+        &self,
+        batch: &BatchId,
+        now_ms: u64,
+        fence: &Fence,
+    ) -> StoreResult<CompleteOutcome> {
         let (failed, retried, _, became_ready, finished, next): (
             i64,
             Vec<u32>,
@@ -1141,8 +1231,10 @@ impl Store for RedisStore {
             String,
         ) = batch_invocation(&self.shared.scripts.expire_leases, batch, now_ms)
             .arg(random_seed())
+            .arg(packed_fence(fence))
             .invoke_async(&mut self.connection())
-            .await?;
+            .await
+            .map_err(|error| fenced_error(batch, error))?;
         if failed < 0 {
             return Err(StoreError::BatchNotFound(batch.clone()));
         }
@@ -1179,12 +1271,19 @@ impl Store for RedisStore {
         Ok(returned)
     }
 
-    #[tracing::instrument(skip_all, fields(batch = %batch))]
-    async fn expire_deadline(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome> {
+    #[tracing::instrument(skip_all, fields(batch = %batch, token = fence.token))]
+    async fn expire_deadline(
+        &self,
+        batch: &BatchId,
+        now_ms: u64,
+        fence: &Fence,
+    ) -> StoreResult<CompleteOutcome> {
         let (cancelled, _, _, _, finished, _): (i64, Vec<u32>, Vec<u32>, u32, String, String) =
             batch_invocation(&self.shared.scripts.expire_deadline, batch, now_ms)
+                .arg(packed_fence(fence))
                 .invoke_async(&mut self.connection())
-                .await?;
+                .await
+                .map_err(|error| fenced_error(batch, error))?;
         if cancelled < 0 {
             return Err(StoreError::BatchNotFound(batch.clone()));
         }
@@ -1214,6 +1313,8 @@ impl Store for RedisStore {
                     .zadd(keys::BATCHES, batch.as_str(), now_ms)
                     .await?;
                 self.leave_active(batch).await?;
+                // Lost is an end: watchers of the batch learn it here.
+                self.publish_bell(keys::ended_bell(batch)).await?;
                 marked.push(batch.clone());
             }
         }
@@ -1250,7 +1351,7 @@ impl Store for RedisStore {
         reason: &str,
         now_ms: u64,
     ) -> StoreResult<CancelOutcome> {
-        let (cancelled, running): (i64, Vec<i64>) = self
+        let (cancelled, running, finished): (i64, Vec<i64>, String) = self
             .shared
             .scripts
             .cancel
@@ -1264,8 +1365,12 @@ impl Store for RedisStore {
         if cancelled < 0 {
             return Err(StoreError::BatchNotFound(batch.clone()));
         }
-        // Idempotent: also repairs a previous call that died before this step.
-        self.leave_active(batch).await?;
+        // Idempotent: also repairs a previous call that died before this
+        // step (then it is this call that takes the batch out: it rings).
+        let removed = self.leave_active(batch).await?;
+        if removed || !finished.is_empty() {
+            self.publish_bell(keys::ended_bell(batch)).await?;
+        }
         Ok(CancelOutcome {
             running: claimed_pairs(&running)?,
             cancelled: cancelled as u32,
@@ -1631,18 +1736,19 @@ impl Store for RedisStore {
         Ok(revision.unwrap_or(0))
     }
 
-    #[tracing::instrument(skip_all, fields(batch = %batch))]
-    async fn expire_waits(&self, batch: &BatchId, now_ms: u64) -> StoreResult<CompleteOutcome> {
-        let (failed, _, _, became_ready, finished): (i64, Vec<u32>, Vec<u32>, u32, String) = self
-            .shared
-            .scripts
-            .expire_waits
-            .key(keys::batch_prefix(batch))
-            .arg(keys::DOORBELL_CHANNEL)
-            .arg(batch.as_str())
-            .arg(now_ms)
-            .invoke_async(&mut self.connection())
-            .await?;
+    #[tracing::instrument(skip_all, fields(batch = %batch, token = fence.token))]
+    async fn expire_waits(
+        &self,
+        batch: &BatchId,
+        now_ms: u64,
+        fence: &Fence,
+    ) -> StoreResult<CompleteOutcome> {
+        let (failed, _, _, became_ready, finished): (i64, Vec<u32>, Vec<u32>, u32, String) =
+            batch_invocation(&self.shared.scripts.expire_waits, batch, now_ms)
+                .arg(packed_fence(fence))
+                .invoke_async(&mut self.connection())
+                .await
+                .map_err(|error| fenced_error(batch, error))?;
         if failed < 0 {
             return Err(StoreError::BatchNotFound(batch.clone()));
         }
@@ -1716,6 +1822,95 @@ impl Store for RedisStore {
         })
     }
 
+    #[tracing::instrument(skip_all, fields(batch = %batch, coordinator, ttl_ms))]
+    async fn hold_batch(
+        &self,
+        batch: &BatchId,
+        coordinator: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> StoreResult<Option<Fence>> {
+        let (status, token, _holder): (i64, u64, String) =
+            batch_invocation(&self.shared.scripts.hold, batch, now_ms)
+                .arg(coordinator)
+                .arg(ttl_ms.max(1))
+                .invoke_async(&mut self.connection())
+                .await?;
+        match status {
+            -1 => Err(StoreError::BatchNotFound(batch.clone())),
+            1 => Ok(Some(Fence {
+                coordinator: coordinator.to_owned(),
+                token,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch, token = fence.token))]
+    async fn release_batch(&self, batch: &BatchId, fence: &Fence) -> StoreResult<()> {
+        let _: i64 = batch_invocation(&self.shared.scripts.release, batch, 0)
+            .arg(packed_fence(fence))
+            .invoke_async(&mut self.connection())
+            .await?;
+        Ok(())
+    }
+
+    async fn batch_owner(&self, batch: &BatchId, _now_ms: u64) -> StoreResult<Option<Fence>> {
+        let value: Option<String> = self.connection().get(keys::owner(batch)).await?;
+        value.as_deref().map(parse_fence).transpose()
+    }
+
+    #[tracing::instrument(skip_all, fields(coordinator, workers = workers.len()))]
+    async fn publish_workers(
+        &self,
+        coordinator: &str,
+        workers: &[WorkerEntry],
+        until_ms: u64,
+    ) -> StoreResult<()> {
+        let json = serde_json::to_string(&PublishedWorkers {
+            until_ms,
+            workers: workers.to_vec(),
+        })
+        .map_err(|error| corrupt(format_args!("workers of {coordinator}: {error}")))?;
+        let _: i64 = self
+            .connection()
+            .hset(keys::WORKERS, coordinator, json)
+            .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn workers(&self, now_ms: u64) -> StoreResult<Vec<(String, WorkerEntry)>> {
+        let flat: Vec<String> = self
+            .shared
+            .scripts
+            .workers
+            .key(keys::WORKERS)
+            .arg(now_ms)
+            .arg(WORKERS_FORGET_AFTER_MS)
+            .invoke_async(&mut self.connection())
+            .await?;
+        let mut listed = Vec::new();
+        for pair in flat.chunks_exact(2) {
+            let (coordinator, json) = (&pair[0], &pair[1]);
+            match serde_json::from_str::<PublishedWorkers>(json) {
+                // The script judged until_ms in a double; judge it again exactly.
+                Ok(published) if published.until_ms >= now_ms => listed.extend(
+                    published
+                        .workers
+                        .into_iter()
+                        .map(|worker| (coordinator.clone(), worker)),
+                ),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(coordinator, %error, "unreadable worker registry entry"),
+            }
+        }
+        listed.sort_by(|left, right| {
+            (&left.0, &left.1.worker_id).cmp(&(&right.0, &right.1.worker_id))
+        });
+        Ok(listed)
+    }
+
     fn doorbells(&self) -> broadcast::Receiver<Doorbell> {
         self.shared.doorbell.subscribe()
     }
@@ -1738,6 +1933,14 @@ mod tests {
         assert_eq!(
             parse_bell("m:team"),
             Some(Doorbell::Memory(MemoryScope::Shared("team".to_owned())))
+        );
+        assert_eq!(
+            parse_bell("n:0193"),
+            Some(Doorbell::Started(BatchId::new("0193")))
+        );
+        assert_eq!(
+            parse_bell("e:0193"),
+            Some(Doorbell::Ended(BatchId::new("0193")))
         );
         assert_eq!(parse_bell("0193"), None);
     }
