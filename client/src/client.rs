@@ -696,3 +696,484 @@ fn source_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::net::SocketAddr;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::sync::oneshot;
+    use tokio_stream::wrappers::TcpListenerStream;
+    use volley_proto::v1::batch_service_server::{BatchService, BatchServiceServer};
+
+    use super::*;
+
+    /// Every test is bounded by this, so a broken watch fails instead of hanging.
+    const TEST_DEADLINE: Duration = Duration::from_secs(30);
+
+    /// What the fake coordinator does with one `WatchBatch` call.
+    #[derive(Clone, Debug)]
+    enum Serve {
+        /// Sends the events after `after_seq` through `through`, then `end`.
+        Through { through: u64, end: End },
+        /// Refuses the call.
+        Refuse(Code),
+        /// Starts `skip` events too late (a buggy coordinator).
+        Skipping { skip: u64 },
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum End {
+        Status(Code),
+        /// Closes the stream without an error.
+        Clean,
+        /// Keeps the stream open, sending nothing more.
+        Hang,
+    }
+
+    /// A coordinator that only watches: batch `b1` has `total` events, the
+    /// last one `BatchFinished`. Each call takes the next step of `plan`
+    /// (once the plan runs out: everything, then hang).
+    struct FakeBatchService {
+        total: u64,
+        plan: Mutex<VecDeque<Serve>>,
+        /// The `after_seq` of every call, in order.
+        after_seqs: Mutex<Vec<u64>>,
+    }
+
+    impl FakeBatchService {
+        fn new(total: u64, plan: Vec<Serve>) -> Arc<FakeBatchService> {
+            Arc::new(FakeBatchService {
+                total,
+                plan: Mutex::new(plan.into()),
+                after_seqs: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn after_seqs(&self) -> Vec<u64> {
+            self.after_seqs.lock().expect("after_seqs lock").clone()
+        }
+
+        fn event(&self, seq: u64) -> v1::BatchEvent {
+            let finished = seq == self.total;
+            v1::BatchEvent {
+                seq,
+                at_ms: seq * 10,
+                kind: if seq == 1 {
+                    v1::EventKind::BatchSubmitted
+                } else if finished {
+                    v1::EventKind::BatchFinished
+                } else {
+                    v1::EventKind::OpSucceeded
+                } as i32,
+                op_id: format!("op-{seq}"),
+                batch_state: if finished {
+                    v1::BatchState::Succeeded as i32
+                } else {
+                    v1::BatchState::Unspecified as i32
+                },
+                ..v1::BatchEvent::default()
+            }
+        }
+    }
+
+    type EventStream = Pin<Box<dyn Stream<Item = Result<v1::BatchEvent, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl BatchService for FakeBatchService {
+        type WatchBatchStream = EventStream;
+
+        async fn watch_batch(
+            &self,
+            request: tonic::Request<v1::WatchBatchRequest>,
+        ) -> Result<tonic::Response<EventStream>, Status> {
+            let request = request.into_inner();
+            if request.batch_id != "b1" {
+                return Err(Status::not_found(format!("batch {}", request.batch_id)));
+            }
+            self.after_seqs
+                .lock()
+                .expect("after_seqs lock")
+                .push(request.after_seq);
+            let step = self.plan.lock().expect("plan lock").pop_front();
+            let step = step.unwrap_or(Serve::Through {
+                through: self.total,
+                end: End::Hang,
+            });
+            let (first, through, end) = match step {
+                Serve::Refuse(code) => return Err(Status::new(code, "refused by the plan")),
+                Serve::Through { through, end } => (request.after_seq + 1, through, end),
+                Serve::Skipping { skip } => (request.after_seq + 1 + skip, self.total, End::Hang),
+            };
+            let events: Vec<Result<v1::BatchEvent, Status>> =
+                (first..=through).map(|seq| Ok(self.event(seq))).collect();
+            let events = tokio_stream::iter(events);
+            let stream: EventStream = match end {
+                End::Status(code) => Box::pin(events.chain(tokio_stream::iter([Err(
+                    Status::new(code, "broken by the plan"),
+                )]))),
+                End::Clean => Box::pin(events),
+                End::Hang => Box::pin(events.chain(futures::stream::pending())),
+            };
+            Ok(tonic::Response::new(stream))
+        }
+
+        async fn submit_batch(
+            &self,
+            _request: tonic::Request<tonic::Streaming<v1::SubmitBatchChunk>>,
+        ) -> Result<tonic::Response<v1::SubmitBatchResponse>, Status> {
+            Err(Status::unimplemented("fake coordinator"))
+        }
+
+        async fn get_batch(
+            &self,
+            _request: tonic::Request<v1::GetBatchRequest>,
+        ) -> Result<tonic::Response<v1::BatchStatus>, Status> {
+            Err(Status::unimplemented("fake coordinator"))
+        }
+
+        async fn cancel_batch(
+            &self,
+            _request: tonic::Request<v1::CancelBatchRequest>,
+        ) -> Result<tonic::Response<v1::CancelBatchResponse>, Status> {
+            Err(Status::unimplemented("fake coordinator"))
+        }
+
+        async fn list_batches(
+            &self,
+            _request: tonic::Request<v1::ListBatchesRequest>,
+        ) -> Result<tonic::Response<v1::ListBatchesResponse>, Status> {
+            Err(Status::unimplemented("fake coordinator"))
+        }
+
+        async fn spawn_ops(
+            &self,
+            _request: tonic::Request<v1::SpawnOpsRequest>,
+        ) -> Result<tonic::Response<v1::SpawnOpsResponse>, Status> {
+            Err(Status::unimplemented("fake coordinator"))
+        }
+
+        async fn why(
+            &self,
+            _request: tonic::Request<v1::WhyRequest>,
+        ) -> Result<tonic::Response<v1::WhyResponse>, Status> {
+            Err(Status::unimplemented("fake coordinator"))
+        }
+    }
+
+    /// The fake coordinator served on its own thread and runtime, so that
+    /// stopping it drops every connection task, as a dying process would.
+    struct FakeCoordinator {
+        addr: SocketAddr,
+        stop: Option<oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl FakeCoordinator {
+        /// Serves `service` on `addr` (port 0: a free one).
+        fn start(addr: SocketAddr, service: Arc<FakeBatchService>) -> FakeCoordinator {
+            let listener = std::net::TcpListener::bind(addr).expect("bind the fake coordinator");
+            listener.set_nonblocking(true).expect("nonblocking listener");
+            let addr = listener.local_addr().expect("local addr");
+            let (stop, stopped) = oneshot::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("fake coordinator runtime");
+                runtime.block_on(async move {
+                    let listener =
+                        tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                    let server = tonic::transport::Server::builder()
+                        .add_service(BatchServiceServer::from_arc(service))
+                        .serve_with_incoming(TcpListenerStream::new(listener));
+                    tokio::select! {
+                        result = server => result.expect("fake coordinator serves"),
+                        _ = stopped => {}
+                    }
+                });
+                // Dropping the runtime here drops the listener and every
+                // connection: the port is closed once the thread is joined.
+            });
+            FakeCoordinator {
+                addr,
+                stop: Some(stop),
+                thread: Some(thread),
+            }
+        }
+
+        fn url(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+
+        /// Stops serving and closes every connection, abruptly.
+        fn stop(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(thread) = self.thread.take() {
+                thread.join().expect("fake coordinator thread");
+            }
+        }
+    }
+
+    impl Drop for FakeCoordinator {
+        fn drop(&mut self) {
+            self.stop();
+        }
+    }
+
+    fn fast_options() -> WatchOptions {
+        WatchOptions {
+            reconnect_budget: Duration::from_secs(10),
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(50),
+        }
+    }
+
+    fn any_port() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    /// Every item of the watch, until it ends.
+    async fn collect(
+        client: &Client,
+        after_seq: u64,
+        options: WatchOptions,
+    ) -> Vec<Result<v1::BatchEvent, ClientError>> {
+        let events = client
+            .watch_with("b1", after_seq, options)
+            .await
+            .expect("watch opens");
+        tokio::time::timeout(TEST_DEADLINE, events.collect::<Vec<_>>())
+            .await
+            .expect("the watch ends in time")
+    }
+
+    fn seqs(items: &[Result<v1::BatchEvent, ClientError>]) -> Vec<u64> {
+        items
+            .iter()
+            .map(|item| item.as_ref().expect("an event, not an error").seq)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn watch_resumes_after_each_broken_stream_where_it_stopped() {
+        let service = FakeBatchService::new(
+            12,
+            vec![
+                Serve::Through {
+                    through: 3,
+                    end: End::Status(Code::Unavailable),
+                },
+                Serve::Refuse(Code::Unavailable),
+                Serve::Through {
+                    through: 6,
+                    end: End::Clean,
+                },
+                Serve::Through {
+                    through: 9,
+                    end: End::Status(Code::Cancelled),
+                },
+            ],
+        );
+        let _coordinator = FakeCoordinator::start(any_port(), service.clone());
+        let client = Client::connect(&_coordinator.url()).await.expect("connect");
+
+        let items = collect(&client, 0, fast_options()).await;
+
+        assert_eq!(seqs(&items), (1..=12).collect::<Vec<_>>());
+        assert_eq!(service.after_seqs(), vec![0, 3, 3, 6, 9]);
+    }
+
+    #[tokio::test]
+    async fn watch_starts_after_the_callers_seq_and_stops_at_batch_finished() {
+        // The stream stays open after BatchFinished: the watch ends anyway.
+        let service = FakeBatchService::new(5, Vec::new());
+        let coordinator = FakeCoordinator::start(any_port(), service.clone());
+        let client = Client::connect(&coordinator.url()).await.expect("connect");
+
+        let items = collect(&client, 2, fast_options()).await;
+
+        assert_eq!(seqs(&items), vec![3, 4, 5]);
+        let last = items.last().expect("events").as_ref().expect("event");
+        assert_eq!(last.kind(), v1::EventKind::BatchFinished);
+        assert_eq!(last.batch_state(), v1::BatchState::Succeeded);
+        assert_eq!(service.after_seqs(), vec![2]);
+    }
+
+    #[tokio::test]
+    async fn watch_resumes_when_the_coordinator_dies_and_comes_back_on_the_same_port() {
+        let service = FakeBatchService::new(
+            10,
+            vec![Serve::Through {
+                through: 4,
+                end: End::Hang,
+            }],
+        );
+        let mut coordinator = FakeCoordinator::start(any_port(), service.clone());
+        let addr = coordinator.addr;
+        let client = Client::connect(&coordinator.url()).await.expect("connect");
+        let mut events = Box::pin(
+            client
+                .watch_with("b1", 0, fast_options())
+                .await
+                .expect("watch opens"),
+        );
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let event = tokio::time::timeout(TEST_DEADLINE, events.next())
+                .await
+                .expect("an event in time")
+                .expect("the watch goes on")
+                .expect("an event");
+            seen.push(event.seq);
+        }
+
+        // The coordinator dies with the watch open; its port is closed.
+        coordinator.stop();
+        assert!(std::net::TcpStream::connect(addr).is_err(), "port closed");
+        let rest = tokio::spawn(async move {
+            let mut rest = Vec::new();
+            while let Some(item) = events.next().await {
+                rest.push(item);
+            }
+            rest
+        });
+        let _coordinator = FakeCoordinator::start(addr, service.clone());
+
+        let rest = tokio::time::timeout(TEST_DEADLINE, rest)
+            .await
+            .expect("the watch ends in time")
+            .expect("the watch task");
+        seen.extend(seqs(&rest));
+        assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+        assert_eq!(service.after_seqs(), vec![0, 4]);
+    }
+
+    #[tokio::test]
+    async fn watch_ends_with_an_error_that_reconnecting_cannot_cure() {
+        let service = FakeBatchService::new(
+            10,
+            vec![Serve::Through {
+                through: 2,
+                end: End::Status(Code::OutOfRange),
+            }],
+        );
+        let coordinator = FakeCoordinator::start(any_port(), service.clone());
+        let client = Client::connect(&coordinator.url()).await.expect("connect");
+
+        let items = collect(&client, 0, fast_options()).await;
+
+        assert_eq!(seqs(&items[..2]), vec![1, 2]);
+        assert!(matches!(
+            items[2],
+            Err(ClientError::Other {
+                code: Code::OutOfRange,
+                ..
+            })
+        ));
+        assert_eq!(items.len(), 3);
+        assert_eq!(service.after_seqs(), vec![0]);
+
+        let missing = client.watch_with("nope", 0, fast_options()).await;
+        assert!(matches!(missing, Err(ClientError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn watch_surfaces_a_gap_instead_of_skipping_events() {
+        let service = FakeBatchService::new(
+            10,
+            vec![
+                Serve::Through {
+                    through: 3,
+                    end: End::Status(Code::Unavailable),
+                },
+                Serve::Skipping { skip: 1 },
+            ],
+        );
+        let coordinator = FakeCoordinator::start(any_port(), service.clone());
+        let client = Client::connect(&coordinator.url()).await.expect("connect");
+
+        let items = collect(&client, 0, fast_options()).await;
+
+        assert_eq!(seqs(&items[..3]), vec![1, 2, 3]);
+        assert!(matches!(
+            items[3],
+            Err(ClientError::Other {
+                code: Code::Internal,
+                ..
+            })
+        ));
+        assert_eq!(items.len(), 4);
+        assert_eq!(service.after_seqs(), vec![0, 3]);
+    }
+
+    #[tokio::test]
+    async fn watch_gives_up_once_the_reconnect_budget_is_spent() {
+        let mut plan = vec![Serve::Through {
+            through: 2,
+            end: End::Status(Code::Unavailable),
+        }];
+        plan.extend(std::iter::repeat_n(Serve::Refuse(Code::Unavailable), 1000));
+        let service = FakeBatchService::new(10, plan);
+        let coordinator = FakeCoordinator::start(any_port(), service.clone());
+        let client = Client::connect(&coordinator.url()).await.expect("connect");
+        let options = WatchOptions {
+            reconnect_budget: Duration::from_millis(200),
+            ..fast_options()
+        };
+
+        let items = collect(&client, 0, options).await;
+
+        assert_eq!(seqs(&items[..2]), vec![1, 2]);
+        assert!(matches!(items[2], Err(ClientError::Unavailable(_))));
+        assert_eq!(items.len(), 3);
+        let after_seqs = service.after_seqs();
+        assert!(after_seqs.len() > 2, "it retried: {after_seqs:?}");
+        assert!(after_seqs[1..].iter().all(|&after_seq| after_seq == 2));
+    }
+
+    #[tokio::test]
+    async fn watch_with_a_zero_budget_never_reconnects() {
+        let service = FakeBatchService::new(
+            10,
+            vec![Serve::Through {
+                through: 2,
+                end: End::Clean,
+            }],
+        );
+        let coordinator = FakeCoordinator::start(any_port(), service.clone());
+        let client = Client::connect(&coordinator.url()).await.expect("connect");
+        let options = WatchOptions {
+            reconnect_budget: Duration::ZERO,
+            ..fast_options()
+        };
+
+        let items = collect(&client, 0, options).await;
+
+        assert_eq!(seqs(&items[..2]), vec![1, 2]);
+        assert!(matches!(items[2], Err(ClientError::Unavailable(_))));
+        assert_eq!(service.after_seqs(), vec![0]);
+    }
+
+    #[test]
+    fn only_transport_failures_make_an_unknown_status_resumable() {
+        let io_error = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let local = Status::from_error(Box::new(io_error));
+        assert_eq!(local.code(), Code::Unknown);
+        assert!(watch_can_resume(&local));
+
+        let transport = Status::from_error("connection went away".into());
+        assert_eq!(transport.code(), Code::Unknown);
+        assert!(watch_can_resume(&transport));
+
+        assert!(!watch_can_resume(&Status::unknown("sent by a coordinator")));
+        assert!(watch_can_resume(&Status::cancelled("cut")));
+        assert!(!watch_can_resume(&Status::not_found("batch")));
+        assert!(!watch_can_resume(&Status::invalid_argument("batch id")));
+        assert!(!watch_can_resume(&Status::out_of_range("seq")));
+    }
+}

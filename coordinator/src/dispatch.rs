@@ -851,12 +851,12 @@ impl Dispatcher {
     async fn housekeeping(&mut self) {
         self.check_epoch().await;
         self.drop_silent_workers().await;
-        self.refresh_registry().await;
-        self.discover().await;
-        self.renew_leases().await;
         if self.store_down {
             return;
         }
+        self.refresh_registry().await;
+        self.discover().await;
+        self.renew_leases().await;
         let may_expire = match self.expire_after {
             Some(after) if after > tokio::time::Instant::now() => false,
             _ => {

@@ -1033,6 +1033,7 @@ pub async fn case_duplicate_batch_id_is_rejected(store: &dyn Store) {
 
 pub async fn case_unknown_batch(store: &dyn Store) {
     let batch_id = id("ghost");
+    let fence = stranger();
     assert_eq!(store.meta(&batch_id).await.expect("meta"), None);
     assert_eq!(store.batch_spec(&batch_id).await.expect("spec"), None);
     assert!(matches!(
@@ -1058,7 +1059,7 @@ pub async fn case_unknown_batch(store: &dyn Store) {
         Err(StoreError::BatchNotFound(_))
     ));
     assert!(matches!(
-        store.expire_leases(&batch_id, NOW).await,
+        store.expire_leases(&batch_id, NOW, &fence).await,
         Err(StoreError::BatchNotFound(_))
     ));
     assert!(matches!(
@@ -1066,7 +1067,7 @@ pub async fn case_unknown_batch(store: &dyn Store) {
         Err(StoreError::BatchNotFound(_))
     ));
     assert!(matches!(
-        store.expire_deadline(&batch_id, NOW).await,
+        store.expire_deadline(&batch_id, NOW, &fence).await,
         Err(StoreError::BatchNotFound(_))
     ));
     assert!(matches!(
@@ -2014,9 +2015,10 @@ pub async fn case_expire_waits_fails_and_skips(store: &dyn Store) {
         .create_batch(batch("expire", ops))
         .await
         .expect("create");
+    let fence = hold(store, &batch_id, NOW).await;
     assert_eq!(put(store, &own(&batch_id), "also", b"1").await, 2);
     let early = store
-        .expire_waits(&batch_id, NOW + 999)
+        .expire_waits(&batch_id, NOW + 999, &fence)
         .await
         .expect("expire");
     assert_eq!(early, CompleteOutcome::default());
@@ -2031,7 +2033,7 @@ pub async fn case_expire_waits_fails_and_skips(store: &dyn Store) {
         ]
     );
     let outcome = store
-        .expire_waits(&batch_id, NOW + 1_500)
+        .expire_waits(&batch_id, NOW + 1_500, &fence)
         .await
         .expect("expire");
     assert_eq!(
@@ -2076,7 +2078,7 @@ pub async fn case_expire_waits_fails_and_skips(store: &dyn Store) {
     // Nothing left to expire.
     assert_eq!(
         store
-            .expire_waits(&batch_id, NOW + 5_000)
+            .expire_waits(&batch_id, NOW + 5_000, &fence)
             .await
             .expect("expire"),
         CompleteOutcome::default()
@@ -2085,7 +2087,7 @@ pub async fn case_expire_waits_fails_and_skips(store: &dyn Store) {
     assert_eq!(put(store, &own(&batch_id), "never", b"late").await, 1);
     assert_eq!(states(store, &batch_id).await[0], OpState::Failed);
     assert!(matches!(
-        store.expire_waits(&id("no-such"), NOW).await,
+        store.expire_waits(&id("no-such"), NOW, &stranger()).await,
         Err(StoreError::BatchNotFound(_))
     ));
 }
@@ -2102,8 +2104,9 @@ pub async fn case_expire_waits_finishes_with_fail_fast(store: &dyn Store) {
     let mut new_batch = batch("expire-ff", ops);
     new_batch.on_failure = OnFailure::FailFast;
     store.create_batch(new_batch).await.expect("create");
+    let fence = hold(store, &batch_id, NOW).await;
     let outcome = store
-        .expire_waits(&batch_id, NOW + 10)
+        .expire_waits(&batch_id, NOW + 10, &fence)
         .await
         .expect("expire");
     assert_eq!(outcome.recorded, 1);
@@ -2418,6 +2421,7 @@ pub async fn case_lease_expiry_requeues_and_the_old_attempt_is_stale(store: &dyn
         ))
         .await
         .expect("create");
+    let fence = hold(store, &batch_id, NOW).await;
     let first = store
         .claim(&batch_id, 10, NOW + 1, NOW + 100)
         .await
@@ -2429,13 +2433,13 @@ pub async fn case_lease_expiry_requeues_and_the_old_attempt_is_stale(store: &dyn
     );
     // Not due yet: nothing happens.
     let outcome = store
-        .expire_leases(&batch_id, NOW + 99)
+        .expire_leases(&batch_id, NOW + 99, &fence)
         .await
         .expect("expire");
     assert_eq!(outcome, CompleteOutcome::default());
     assert_eq!(states(store, &batch_id).await, vec![OpState::Running]);
     let outcome = store
-        .expire_leases(&batch_id, NOW + 100)
+        .expire_leases(&batch_id, NOW + 100, &fence)
         .await
         .expect("expire");
     assert_eq!(
@@ -2485,7 +2489,7 @@ pub async fn case_lease_expiry_requeues_and_the_old_attempt_is_stale(store: &dyn
     );
     // Finished: nothing is leased any more.
     let outcome = store
-        .expire_leases(&batch_id, NOW + 10_000)
+        .expire_leases(&batch_id, NOW + 10_000, &fence)
         .await
         .expect("expire");
     assert_eq!(outcome, CompleteOutcome::default());
@@ -2500,6 +2504,7 @@ pub async fn case_renew_keeps_a_lease_alive(store: &dyn Store) {
         ))
         .await
         .expect("create");
+    let fence = hold(store, &batch_id, NOW).await;
     let running = store
         .claim(&batch_id, 10, NOW + 1, NOW + 100)
         .await
@@ -2518,13 +2523,13 @@ pub async fn case_renew_keeps_a_lease_alive(store: &dyn Store) {
         Some(NOW + 500)
     );
     let outcome = store
-        .expire_leases(&batch_id, NOW + 200)
+        .expire_leases(&batch_id, NOW + 200, &fence)
         .await
         .expect("expire");
     assert_eq!(outcome, CompleteOutcome::default());
     assert_eq!(states(store, &batch_id).await, vec![OpState::Running]);
     let outcome = store
-        .expire_leases(&batch_id, NOW + 500)
+        .expire_leases(&batch_id, NOW + 500, &fence)
         .await
         .expect("expire");
     assert_eq!(outcome.retried, vec![0]);
@@ -2557,12 +2562,13 @@ pub async fn case_lost_worker_fails_when_the_policy_says_no(store: &dyn Store) {
         .create_batch(batch("lost-no-retry", ops))
         .await
         .expect("create");
+    let fence = hold(store, &batch_id, NOW).await;
     store
         .claim(&batch_id, 10, NOW + 1, NOW + 100)
         .await
         .expect("claim");
     let outcome = store
-        .expire_leases(&batch_id, NOW + 150)
+        .expire_leases(&batch_id, NOW + 150, &fence)
         .await
         .expect("expire");
     assert_eq!(
@@ -2628,13 +2634,14 @@ pub async fn case_losses_exhaust_max_attempts(store: &dyn Store) {
         ))
         .await
         .expect("create");
+    let fence = hold(store, &batch_id, NOW).await;
     let first = store
         .claim(&batch_id, 1, NOW + 1, NOW + 100)
         .await
         .expect("claim");
     assert_eq!(first, vec![claimed(0, 1)]);
     let outcome = store
-        .expire_leases(&batch_id, NOW + 100)
+        .expire_leases(&batch_id, NOW + 100, &fence)
         .await
         .expect("expire");
     assert_eq!(outcome.retried, vec![0]);
@@ -2644,7 +2651,7 @@ pub async fn case_losses_exhaust_max_attempts(store: &dyn Store) {
         .expect("claim");
     assert_eq!(second, vec![claimed(0, 2)]);
     let outcome = store
-        .expire_leases(&batch_id, NOW + 250)
+        .expire_leases(&batch_id, NOW + 250, &fence)
         .await
         .expect("expire");
     assert_eq!(outcome.retried, Vec::<u32>::new());
@@ -2728,6 +2735,7 @@ pub async fn case_backoff_delays_a_retry(store: &dyn Store) {
         ))
         .await
         .expect("create");
+    let fence = hold(store, &batch_id, NOW).await;
     let first = store
         .claim(&batch_id, 1, NOW + 1, LEASE)
         .await
@@ -2752,7 +2760,7 @@ pub async fn case_backoff_delays_a_retry(store: &dyn Store) {
     assert_eq!(early, vec![claimed(1, 1)]);
     // expire_leases reports the pending retry too.
     let outcome = store
-        .expire_leases(&batch_id, NOW + 1_009)
+        .expire_leases(&batch_id, NOW + 1_009, &fence)
         .await
         .expect("expire");
     assert_eq!(outcome.next_retry_at_ms, Some(NOW + 1_010));
@@ -2863,12 +2871,13 @@ pub async fn case_lost_worker_without_backoff_is_ready_at_once(store: &dyn Store
         ))
         .await
         .expect("create");
+    let fence = hold(store, &batch_id, NOW).await;
     store
         .claim(&batch_id, 1, NOW + 1, NOW + 10)
         .await
         .expect("claim");
     let outcome = store
-        .expire_leases(&batch_id, NOW + 10)
+        .expire_leases(&batch_id, NOW + 10, &fence)
         .await
         .expect("expire");
     assert_eq!((outcome.retried, outcome.next_retry_at_ms), (vec![0], None));
@@ -2991,6 +3000,7 @@ pub async fn case_deadline_cancels_and_fails_the_batch(store: &dyn Store) {
     );
     new_batch.deadline_ms = NOW + 1_000;
     store.create_batch(new_batch).await.expect("create");
+    let fence = hold(store, &batch_id, NOW).await;
     let running = store
         .claim(&batch_id, 2, NOW + 1, LEASE)
         .await
@@ -3001,13 +3011,13 @@ pub async fn case_deadline_cancels_and_fails_the_batch(store: &dyn Store) {
         .await
         .expect("complete");
     let outcome = store
-        .expire_deadline(&batch_id, NOW + 999)
+        .expire_deadline(&batch_id, NOW + 999, &fence)
         .await
         .expect("deadline");
     assert_eq!(outcome, CompleteOutcome::default());
     assert_eq!(meta(store, &batch_id).await.state, BatchState::Running);
     let outcome = store
-        .expire_deadline(&batch_id, NOW + 1_000)
+        .expire_deadline(&batch_id, NOW + 1_000, &fence)
         .await
         .expect("deadline");
     assert_eq!(outcome.finished, Some(BatchState::Failed));
@@ -3063,7 +3073,7 @@ pub async fn case_deadline_cancels_and_fails_the_batch(store: &dyn Store) {
         .expect("complete");
     assert_eq!(outcome.stale, vec![0]);
     let outcome = store
-        .expire_deadline(&batch_id, NOW + 2_000)
+        .expire_deadline(&batch_id, NOW + 2_000, &fence)
         .await
         .expect("deadline");
     assert_eq!(outcome, CompleteOutcome::default());
@@ -3074,8 +3084,9 @@ pub async fn case_deadline_cancels_and_fails_the_batch(store: &dyn Store) {
         .create_batch(batch("no-deadline", vec![op(0, &[])]))
         .await
         .expect("create");
+    let late_fence = hold(store, &batch_id, u64::MAX / 2).await;
     let outcome = store
-        .expire_deadline(&batch_id, u64::MAX / 2)
+        .expire_deadline(&batch_id, u64::MAX / 2, &late_fence)
         .await
         .expect("deadline");
     assert_eq!(outcome, CompleteOutcome::default());

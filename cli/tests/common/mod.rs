@@ -177,3 +177,156 @@ pub fn batch_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write batch file");
     path
 }
+
+/// Several coordinators behind one address (a TCP balancer standing in for
+/// a Kubernetes Service), workers and a client connected through it, on
+/// one Redis. Coordinator `i` is named `c<i>`.
+pub struct Fleet {
+    pub redis: RedisServer,
+    pub balancer: volley_testkit::TcpBalancer,
+    /// One per coordinator slot: its port and its process (None: stopped).
+    pub coordinators: Vec<(u16, Option<Child>)>,
+    pub coordinator_flags: Vec<String>,
+    pub workers: Vec<(String, Child)>,
+    pub root: tempfile::TempDir,
+    pub client: Client,
+}
+
+impl Fleet {
+    /// `coordinators` coordinators (with `flags`) and no workers yet.
+    pub async fn start(redis: RedisServer, coordinators: usize, flags: &[&str]) -> Fleet {
+        let ports: Vec<u16> = (0..coordinators).map(|_| free_port()).collect();
+        let backends = ports
+            .iter()
+            .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], *port)))
+            .collect();
+        let balancer = volley_testkit::TcpBalancer::start(backends).expect("balancer starts");
+        let mut fleet = Fleet {
+            redis,
+            balancer,
+            coordinators: ports.into_iter().map(|port| (port, None)).collect(),
+            coordinator_flags: flags.iter().map(|flag| (*flag).to_owned()).collect(),
+            workers: Vec::new(),
+            root: tempfile::tempdir().expect("temp dir"),
+            client: Client::from_channel(String::new(), lazy_channel("http://127.0.0.1:1")),
+        };
+        for index in 0..coordinators {
+            fleet.start_coordinator(index).await;
+        }
+        fleet.client = connect_with_deadline(&fleet.url(), Duration::from_secs(20)).await;
+        fleet
+    }
+
+    /// The one address everything connects to.
+    pub fn url(&self) -> String {
+        self.balancer.url()
+    }
+
+    pub fn coordinator_id(index: usize) -> String {
+        format!("c{index}")
+    }
+
+    /// Starts coordinator `index` (again) on its port, and waits until it
+    /// answers there directly.
+    pub async fn start_coordinator(&mut self, index: usize) {
+        let port = self.coordinators[index].0;
+        let child = Command::new(volley_bin())
+            .args([
+                "coordinator",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--redis",
+                &self.redis.url(),
+                "--id",
+                &Fleet::coordinator_id(index),
+            ])
+            .args(&self.coordinator_flags)
+            .env("VOLLEY_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("coordinator starts");
+        self.coordinators[index].1 = Some(child);
+        connect_with_deadline(&format!("http://127.0.0.1:{port}"), Duration::from_secs(20)).await;
+    }
+
+    /// kill -9 coordinator `index`.
+    pub async fn kill_coordinator(&mut self, index: usize) {
+        if let Some(mut child) = self.coordinators[index].1.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// SIGTERM coordinator `index` and waits for it to exit.
+    pub async fn stop_coordinator(&mut self, index: usize) -> std::process::ExitStatus {
+        let mut child = self.coordinators[index].1.take().expect("coordinator running");
+        Cluster::signal(&child, "TERM");
+        tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("coordinator exits after SIGTERM")
+            .expect("wait for coordinator")
+    }
+
+    /// The slot of the coordinator named `id` (`c<i>`).
+    pub fn index_of(id: &str) -> Option<usize> {
+        id.strip_prefix('c')?.parse().ok()
+    }
+
+    /// A worker through the balancer (4 slots, shell allowed, heartbeat
+    /// 200 ms, rooted in the fleet's temp dir), with extra flags.
+    pub async fn add_worker(&mut self, id: &str, extra: &[&str]) {
+        let root = self.root.path().to_string_lossy().into_owned();
+        let worker = Command::new(volley_bin())
+            .args(["worker", "--coordinator", &self.url(), "--id", id])
+            .args([
+                "--slots",
+                "4",
+                "--allow-shell",
+                "--heartbeat",
+                "200ms",
+                "--root",
+                &root,
+            ])
+            .args(extra)
+            .env("VOLLEY_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("worker starts");
+        self.workers.push((id.to_owned(), worker));
+    }
+
+    /// kill -9 the worker named `id`.
+    pub async fn kill_worker(&mut self, id: &str) {
+        if let Some(position) = self.workers.iter().position(|(name, _)| name == id) {
+            let (_, mut child) = self.workers.remove(position);
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Waits until the cluster lists exactly `count` workers.
+    pub async fn wait_for_workers(&self, count: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(workers) = self.client.workers().await
+                && workers.len() == count
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the cluster never listed {count} workers"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A channel that connects on first use (for placeholders).
+pub fn lazy_channel(url: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("valid url")
+        .connect_lazy()
+}

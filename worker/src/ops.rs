@@ -1,0 +1,448 @@
+//! The ops a worker runs and the results it still owes a coordinator, kept across coordinator sessions.
+//!
+//! [`WorkerOps`] belongs to [`run_worker`](crate::run_worker), not to one
+//! `Session` stream: when a stream breaks, ops keep running and their
+//! results wait here until a session (to the same coordinator or another one
+//! behind the same address) takes them. It also runs the drain's clock, so a
+//! drain carries on across sessions and while disconnected.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::{Id as TaskId, JoinError, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use volley_proto::v1::{Assignment, FailureKind, OpRef, OpResult};
+
+use crate::executor::Executor;
+
+/// How long cancelled ops get to end (and report) before they are aborted.
+pub(crate) const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// An op as the coordinator names it: (batch, op index, attempt).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct OpKey {
+    pub(crate) batch_id: String,
+    pub(crate) op_index: u32,
+    pub(crate) attempt: u32,
+}
+
+impl OpKey {
+    pub(crate) fn of_assignment(assignment: &Assignment) -> Self {
+        Self {
+            batch_id: assignment.batch_id.clone(),
+            op_index: assignment.op_index,
+            attempt: assignment.attempt,
+        }
+    }
+
+    pub(crate) fn of_result(result: &OpResult) -> Self {
+        Self {
+            batch_id: result.batch_id.clone(),
+            op_index: result.op_index,
+            attempt: result.attempt,
+        }
+    }
+
+    pub(crate) fn from_ref(op: OpRef) -> Self {
+        Self {
+            batch_id: op.batch_id,
+            op_index: op.op_index,
+            attempt: op.attempt,
+        }
+    }
+
+    pub(crate) fn into_ref(self) -> OpRef {
+        OpRef {
+            batch_id: self.batch_id,
+            op_index: self.op_index,
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// How an op task ended.
+#[derive(Debug)]
+enum OpEnd {
+    /// It has a result to report.
+    Finished(OpResult),
+    /// The drain's cancel cut it short: no result, it is handed back instead.
+    Interrupted,
+}
+
+/// A running op: the token a coordinator's `CancelOps` fires, and its task
+/// (to find the op again if the task is aborted or panics).
+struct RunningOp {
+    coordinator_cancel: CancellationToken,
+    task: TaskId,
+}
+
+/// Where a shutdown is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DrainPhase {
+    /// No shutdown: ops run to the end and report.
+    Serving,
+    /// Shutdown: running ops may finish until `deadline`.
+    Draining { deadline: Instant },
+    /// The deadline passed and every op was cancelled; stragglers are aborted at `abort_at`.
+    Cancelling { deadline: Instant, abort_at: Instant },
+    /// Stragglers were aborted; waiting for their tasks, up to `give_up_at`.
+    Aborted {
+        deadline: Instant,
+        give_up_at: Instant,
+    },
+}
+
+/// The ops this worker runs, and what it owes a coordinator: results not
+/// delivered yet and ops to hand back. Owned by `run_worker`, lent to each
+/// session in turn.
+pub(crate) struct WorkerOps {
+    executor: Arc<Executor>,
+    /// The worker's span: ops are its children, not a session's, since they
+    /// outlive sessions.
+    span: tracing::Span,
+    /// Every op task; each returns its key and how it ended.
+    tasks: JoinSet<(OpKey, OpEnd)>,
+    running: HashMap<OpKey, RunningOp>,
+    /// Parent of every op's token: the drain timeout cancels them all at once.
+    drain_cancel: CancellationToken,
+    phase: DrainPhase,
+    /// Finished results no session has sent yet, oldest first. Bounded by the
+    /// coordinator: it assigns no more than the worker's free slots, and a
+    /// slot only frees up when its result arrives.
+    undelivered: VecDeque<OpResult>,
+    /// Ops the drain timeout interrupted, to hand back (`ReturnOps`).
+    interrupted: Vec<OpKey>,
+}
+
+impl WorkerOps {
+    /// Ops run with `executor`, as children of the current span.
+    pub(crate) fn new(executor: Arc<Executor>) -> Self {
+        Self {
+            executor,
+            span: tracing::Span::current(),
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+            drain_cancel: CancellationToken::new(),
+            phase: DrainPhase::Serving,
+            undelivered: VecDeque::new(),
+            interrupted: Vec::new(),
+        }
+    }
+
+    /// Starts `assignment` unless it already runs here (or its result waits
+    /// to be sent): an op never runs twice at once on one worker.
+    pub(crate) fn start(&mut self, assignment: Assignment) {
+        let key = OpKey::of_assignment(&assignment);
+        if self.holds(&key) {
+            tracing::warn!(batch = %key.batch_id, op_index = key.op_index, attempt = key.attempt, "assignment for an op this worker already holds: ignored");
+            return;
+        }
+        // Two ways to stop an op: the coordinator's cancel (its own token)
+        // and the drain's (the parent of every op's token).
+        let coordinator_cancel = CancellationToken::new();
+        let op_cancel = self.drain_cancel.child_token();
+        let drain_cancel = self.drain_cancel.clone();
+        let executor = Arc::clone(&self.executor);
+        let task_key = key.clone();
+        let task_cancel = coordinator_cancel.clone();
+        let op = async move {
+            let run = executor.run(assignment, op_cancel.clone());
+            tokio::pin!(run);
+            let result = tokio::select! {
+                biased;
+                result = &mut run => result,
+                () = task_cancel.cancelled() => {
+                    op_cancel.cancel();
+                    run.await
+                }
+            };
+            // Cut short by the drain, not by the coordinator: the op did not
+            // really fail, so it goes back to the queue instead.
+            if result.failure_kind() == FailureKind::Cancelled
+                && drain_cancel.is_cancelled()
+                && !task_cancel.is_cancelled()
+            {
+                return (task_key, OpEnd::Interrupted);
+            }
+            (task_key, OpEnd::Finished(result))
+        };
+        let task = self.tasks.spawn(op.instrument(self.span.clone())).id();
+        self.running.insert(
+            key,
+            RunningOp {
+                coordinator_cancel,
+                task,
+            },
+        );
+    }
+
+    /// Whether `key` runs here or its result waits to be sent.
+    fn holds(&self, key: &OpKey) -> bool {
+        self.running.contains_key(key)
+            || self
+                .undelivered
+                .iter()
+                .any(|result| OpKey::of_result(result) == *key)
+    }
+
+    /// A coordinator's `CancelOps`: the op ends and reports `CANCELLED`. Works
+    /// for ops started in an earlier session too. False if it does not run here.
+    pub(crate) fn cancel(&self, key: &OpKey) -> bool {
+        match self.running.get(key) {
+            Some(running) => {
+                running.coordinator_cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ops still running.
+    pub(crate) fn running_count(&self) -> usize {
+        self.running.len()
+    }
+
+    pub(crate) fn undelivered_count(&self) -> usize {
+        self.undelivered.len()
+    }
+
+    /// What a (re)registration lists in `Register.running`: the ops still
+    /// running and those whose result is not delivered yet. The latter count
+    /// too: the coordinator frees their slots (and renews nothing) when the
+    /// results arrive, right after the `Register`.
+    pub(crate) fn held(&self) -> Vec<OpRef> {
+        let mut keys: Vec<OpKey> = self
+            .running
+            .keys()
+            .cloned()
+            .chain(self.undelivered.iter().map(OpKey::of_result))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.into_iter().map(OpKey::into_ref).collect()
+    }
+
+    pub(crate) fn has_undelivered(&self) -> bool {
+        !self.undelivered.is_empty()
+    }
+
+    /// The oldest undelivered results, at least one (if any) and no more
+    /// than `max_bytes` (as [`result_size`] counts) in all.
+    pub(crate) fn take_results(&mut self, max_bytes: usize) -> Vec<OpResult> {
+        let mut results = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = self.undelivered.front() {
+            let size = result_size(next);
+            if !results.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            results.extend(self.undelivered.pop_front());
+        }
+        results
+    }
+
+    /// Results a broken session may not have delivered: sent again first, in
+    /// their order (a coordinator ignores a result it already has).
+    pub(crate) fn requeue(&mut self, results: impl DoubleEndedIterator<Item = OpResult>) {
+        for result in results.rev() {
+            self.undelivered.push_front(result);
+        }
+    }
+
+    pub(crate) fn has_interrupted(&self) -> bool {
+        !self.interrupted.is_empty()
+    }
+
+    /// Ops the drain interrupted, to hand back now.
+    pub(crate) fn take_interrupted(&mut self) -> Vec<OpKey> {
+        std::mem::take(&mut self.interrupted)
+    }
+
+    /// Nothing runs and nothing is owed a coordinator.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.tasks.is_empty()
+            && self.running.is_empty()
+            && self.undelivered.is_empty()
+            && self.interrupted.is_empty()
+    }
+
+    /// Starts the drain (once; later calls keep the first deadline): running
+    /// ops may finish until `timeout` from now, then they are cancelled.
+    pub(crate) fn begin_drain(&mut self, timeout: Duration) -> Instant {
+        if let Some(deadline) = self.drain_deadline() {
+            return deadline;
+        }
+        let deadline = Instant::now() + timeout;
+        tracing::info!(running = self.running.len(), drain_timeout = ?timeout, "draining");
+        self.phase = DrainPhase::Draining { deadline };
+        deadline
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.phase != DrainPhase::Serving
+    }
+
+    pub(crate) fn drain_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            DrainPhase::Serving => None,
+            DrainPhase::Draining { deadline }
+            | DrainPhase::Cancelling { deadline, .. }
+            | DrainPhase::Aborted { deadline, .. } => Some(deadline),
+        }
+    }
+
+    /// The drain timeout passed: ops still running were cancelled.
+    pub(crate) fn drain_expired(&self) -> bool {
+        matches!(
+            self.phase,
+            DrainPhase::Cancelling { .. } | DrainPhase::Aborted { .. }
+        ) || self
+            .drain_deadline()
+            .is_some_and(|deadline| deadline <= Instant::now())
+    }
+
+    /// Waits for the next change: an op ends (its result is buffered, or it
+    /// joins the ops to hand back), the drain deadline passes (every op is
+    /// cancelled), or cancelled ops outlive their grace (aborted). Never
+    /// returns while nothing can change. Cancel-safe.
+    pub(crate) async fn progress(&mut self) {
+        let has_tasks = !self.tasks.is_empty();
+        let phase = self.phase;
+        let timer = async move {
+            match phase {
+                DrainPhase::Serving => std::future::pending().await,
+                DrainPhase::Draining { deadline } => tokio::time::sleep_until(deadline).await,
+                DrainPhase::Cancelling { abort_at, .. } if has_tasks => {
+                    tokio::time::sleep_until(abort_at).await;
+                }
+                DrainPhase::Aborted { give_up_at, .. } if has_tasks => {
+                    tokio::time::sleep_until(give_up_at).await;
+                }
+                DrainPhase::Cancelling { .. } | DrainPhase::Aborted { .. } => {
+                    std::future::pending().await;
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            Some(joined) = self.tasks.join_next_with_id(), if has_tasks => self.reap(joined),
+            () = timer => self.advance_drain(),
+        }
+    }
+
+    /// The drain's timer fired: cancel every op, then abort stragglers, then
+    /// stop waiting for them.
+    fn advance_drain(&mut self) {
+        let now = Instant::now();
+        match self.phase {
+            DrainPhase::Serving => {}
+            DrainPhase::Draining { deadline } => {
+                if !self.running.is_empty() {
+                    tracing::warn!(
+                        running = self.running.len(),
+                        "drain timeout: cancelling running ops"
+                    );
+                }
+                self.drain_cancel.cancel();
+                self.phase = DrainPhase::Cancelling {
+                    deadline,
+                    abort_at: now + CANCEL_GRACE,
+                };
+            }
+            DrainPhase::Cancelling { deadline, .. } => {
+                // Cancelled ops that still have not ended (a handler that
+                // ignores its cancel): drop their futures.
+                tracing::warn!(
+                    running = self.tasks.len(),
+                    "ops ignored cancel: aborting them"
+                );
+                self.tasks.abort_all();
+                self.phase = DrainPhase::Aborted {
+                    deadline,
+                    give_up_at: now + CANCEL_GRACE,
+                };
+            }
+            DrainPhase::Aborted { .. } => {
+                // Tasks that do not even end when aborted block their thread:
+                // nothing more can be done for them.
+                tracing::error!(
+                    running = self.tasks.len(),
+                    "ops blocking their thread ignored abort: leaving them"
+                );
+                self.tasks.detach_all();
+                let stuck: Vec<OpKey> = self.running.drain().map(|(key, _)| key).collect();
+                self.interrupted.extend(stuck);
+            }
+        }
+    }
+
+    /// Cancels every op now (the drain timeout passed with no coordinator to
+    /// hand them back to) and waits for them to end, aborting stragglers.
+    pub(crate) async fn stop_all(&mut self) {
+        if let DrainPhase::Serving | DrainPhase::Draining { .. } = self.phase {
+            let deadline = self.drain_deadline().unwrap_or_else(Instant::now);
+            self.phase = DrainPhase::Draining { deadline };
+            self.advance_drain();
+        }
+        while !self.tasks.is_empty() {
+            self.progress().await;
+        }
+    }
+
+    fn reap(&mut self, joined: Result<(TaskId, (OpKey, OpEnd)), JoinError>) {
+        match joined {
+            Ok((_, (key, OpEnd::Finished(result)))) => {
+                self.running.remove(&key);
+                self.undelivered.push_back(result);
+            }
+            Ok((_, (key, OpEnd::Interrupted))) => {
+                self.running.remove(&key);
+                self.interrupted.push(key);
+            }
+            Err(error) => {
+                let task = error.id();
+                let Some(key) = self
+                    .running
+                    .iter()
+                    .find(|(_, running)| running.task == task)
+                    .map(|(key, _)| key.clone())
+                else {
+                    tracing::error!(%error, "unknown op task ended");
+                    return;
+                };
+                self.running.remove(&key);
+                if error.is_cancelled() {
+                    // Aborted by the drain: handed back like the interrupted.
+                    self.interrupted.push(key);
+                } else {
+                    // The executor catches handler panics, so this is ours;
+                    // still, the coordinator must hear of the op.
+                    tracing::error!(%error, batch = %key.batch_id, op_index = key.op_index, "op task failed");
+                    let mut result = OpResult {
+                        batch_id: key.batch_id,
+                        op_index: key.op_index,
+                        attempt: key.attempt,
+                        ok: false,
+                        error: format!("op task failed: {error}"),
+                        ..OpResult::default()
+                    };
+                    result.set_failure_kind(FailureKind::Error);
+                    self.undelivered.push_back(result);
+                }
+            }
+        }
+    }
+}
+
+/// Roughly what `result` adds to a `Results` message.
+pub(crate) fn result_size(result: &OpResult) -> usize {
+    result.output.len()
+        + result.error.len()
+        + result.details_json.len()
+        + result.batch_id.len()
+        + 32
+}
