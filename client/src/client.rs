@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use futures::Stream;
 use prost::Message;
-use tokio_stream::StreamExt;
 use tokio::time::Instant;
+use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 use volley_proto::MAX_MESSAGE_BYTES;
@@ -118,8 +118,9 @@ impl Client {
     /// yielded, until `options.reconnect_budget` runs out. Other errors end
     /// the stream, as does an event whose `seq` does not follow the last one
     /// (events are gapless, so that is a coordinator bug, surfaced rather
-    /// than hidden). Errors opening the first stream that cannot be retried
-    /// (a batch that does not exist, say) are returned here.
+    /// than hidden). The first stream is opened here, retried the same way;
+    /// an error that cannot be retried (a batch that does not exist, say)
+    /// is returned here.
     #[tracing::instrument(name = "client.watch", skip_all, fields(batch = batch_id, after_seq))]
     pub async fn watch_with(
         &self,
@@ -139,10 +140,14 @@ impl Client {
             options,
         };
         watch.open().await?;
-        Ok(futures::stream::unfold(watch, |mut watch| async move {
-            let item = watch.next().await?;
-            Some((item, watch))
-        }))
+        // Boxed so that callers can poll it without pinning it themselves.
+        Ok(Box::pin(futures::stream::unfold(
+            watch,
+            |mut watch| async move {
+                let item = watch.next().await?;
+                Some((item, watch))
+            },
+        )))
     }
 
     pub async fn status(&self, batch_id: &str) -> Result<v1::BatchStatus, ClientError> {
@@ -299,7 +304,9 @@ impl std::fmt::Display for Interruption {
             Interruption::Status(status) => {
                 write!(formatter, "{:?}: {}", status.code(), status.message())
             }
-            Interruption::EndedEarly => formatter.write_str("stream ended before the batch finished"),
+            Interruption::EndedEarly => {
+                formatter.write_str("stream ended before the batch finished")
+            }
         }
     }
 }
@@ -408,7 +415,8 @@ impl ResumableWatch {
                     return Ok(());
                 }
                 Err(status) if watch_can_resume(&status) => {
-                    self.pause_before_retry(Interruption::Status(status)).await?;
+                    self.pause_before_retry(Interruption::Status(status))
+                        .await?;
                 }
                 Err(status) => return Err(ClientError::from(status)),
             }
@@ -875,7 +883,9 @@ mod tests {
         /// Serves `service` on `addr` (port 0: a free one).
         fn start(addr: SocketAddr, service: Arc<FakeBatchService>) -> FakeCoordinator {
             let listener = std::net::TcpListener::bind(addr).expect("bind the fake coordinator");
-            listener.set_nonblocking(true).expect("nonblocking listener");
+            listener
+                .set_nonblocking(true)
+                .expect("nonblocking listener");
             let addr = listener.local_addr().expect("local addr");
             let (stop, stopped) = oneshot::channel::<()>();
             let thread = std::thread::spawn(move || {
@@ -947,10 +957,14 @@ mod tests {
             .watch_with("b1", after_seq, options)
             .await
             .expect("watch opens");
+        assert_send_and_unpin(&events);
         tokio::time::timeout(TEST_DEADLINE, events.collect::<Vec<_>>())
             .await
             .expect("the watch ends in time")
     }
+
+    /// Callers spawn watches and poll them without pinning them.
+    fn assert_send_and_unpin<T: Send + Unpin + 'static>(_: &T) {}
 
     fn seqs(items: &[Result<v1::BatchEvent, ClientError>]) -> Vec<u64> {
         items
@@ -1016,12 +1030,10 @@ mod tests {
         let mut coordinator = FakeCoordinator::start(any_port(), service.clone());
         let addr = coordinator.addr;
         let client = Client::connect(&coordinator.url()).await.expect("connect");
-        let mut events = Box::pin(
-            client
-                .watch_with("b1", 0, fast_options())
-                .await
-                .expect("watch opens"),
-        );
+        let mut events = client
+            .watch_with("b1", 0, fast_options())
+            .await
+            .expect("watch opens");
         let mut seen = Vec::new();
         for _ in 0..4 {
             let event = tokio::time::timeout(TEST_DEADLINE, events.next())
@@ -1035,19 +1047,15 @@ mod tests {
         // The coordinator dies with the watch open; its port is closed.
         coordinator.stop();
         assert!(std::net::TcpStream::connect(addr).is_err(), "port closed");
-        let rest = tokio::spawn(async move {
-            let mut rest = Vec::new();
-            while let Some(item) = events.next().await {
-                rest.push(item);
-            }
-            rest
-        });
+        // While it is down, the watch keeps trying (connections refused)
+        // and yields nothing: no error within the budget.
+        let while_down = tokio::time::timeout(Duration::from_millis(200), events.next()).await;
+        assert!(while_down.is_err(), "nothing while down: {while_down:?}");
         let _coordinator = FakeCoordinator::start(addr, service.clone());
 
-        let rest = tokio::time::timeout(TEST_DEADLINE, rest)
+        let rest = tokio::time::timeout(TEST_DEADLINE, events.collect::<Vec<_>>())
             .await
-            .expect("the watch ends in time")
-            .expect("the watch task");
+            .expect("the watch ends in time");
         seen.extend(seqs(&rest));
         assert_eq!(seen, (1..=10).collect::<Vec<_>>());
         assert_eq!(service.after_seqs(), vec![0, 4]);

@@ -320,6 +320,11 @@ impl Dispatcher {
                 },
                 bell = self.doorbells.recv() => self.ring(bell),
                 _ = resync.tick() => {
+                    // Heartbeats queued while a store call blocked must count
+                    // before anyone is judged silent.
+                    while let Ok(command) = self.commands.try_recv() {
+                        self.handle(command).await;
+                    }
                     self.mark_all_ready();
                     self.housekeeping().await;
                 }

@@ -123,6 +123,8 @@ pub trait Store: Send + Sync + 'static {
     /// `wait_for` key go onto the ready queues; `wait_for` keys that already
     /// exist in the batch's memory count as satisfied. Appends the
     /// `BatchSubmitted` event (seq 1). Fails with `BatchExists` on a reused id.
+    /// Rings `Batch`, then `Started` once the batch is in the active set
+    /// (not for an empty batch, which ends at once).
     async fn create_batch(&self, batch: NewBatch) -> StoreResult<()>;
 
     /// The opaque spec bytes given at creation (the coordinator's encoding of
@@ -206,8 +208,9 @@ pub trait Store: Send + Sync + 'static {
     /// after the store restarted empty. Writes a minimal record so status
     /// and watchers see it: state `Lost`, error `reason`, name "", total 0,
     /// created and finished `now_ms`, one `BatchFinished` event (seq 1,
-    /// message `reason`), listed by `list_batches`, not active. Returns
-    /// those it marked; batches it holds are left alone.
+    /// message `reason`), listed by `list_batches`, not active; rings
+    /// `Ended` for each. Returns those it marked; batches it holds are left
+    /// alone.
     async fn mark_lost(
         &self,
         batches: &[BatchId],
@@ -250,7 +253,8 @@ pub trait Store: Send + Sync + 'static {
     /// Cancels every op not yet ended (running ones included: their late
     /// results become stale) and finishes the batch `Cancelled`. Returns the
     /// ops that were running, so their workers can be told to stop.
-    /// Idempotent: cancelling a finished batch changes nothing.
+    /// Idempotent: cancelling a finished batch changes nothing. Rings
+    /// `Ended` when this call ended the batch.
     async fn cancel(
         &self,
         batch: &BatchId,
@@ -422,4 +426,31 @@ pub trait Store: Send + Sync + 'static {
     /// is in the store. `Doorbell::Resync` after a reconnect, when some
     /// bells may have been missed.
     fn doorbells(&self) -> tokio::sync::broadcast::Receiver<Doorbell>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_owner_names_the_holder_or_nobody() {
+        let batch = BatchId::new("0193");
+        let taken = StoreError::NotOwner {
+            batch: batch.clone(),
+            holder: Some("coord-b".to_owned()),
+        };
+        assert_eq!(
+            taken.to_string(),
+            "batch 0193 is owned by coordinator `coord-b`, not by this coordinator's fence"
+        );
+        let free = StoreError::NotOwner {
+            batch,
+            holder: None,
+        };
+        assert_eq!(
+            free.to_string(),
+            "batch 0193 is owned by nobody (its hold ran out or was released), not by this coordinator's fence"
+        );
+        assert!(!free.is_retryable());
+    }
 }

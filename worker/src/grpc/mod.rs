@@ -20,6 +20,11 @@ use crate::spawn::{OpSpawner, SpawnError, SpawnOutcome};
 
 /// How long one connection attempt may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle connection is pinged, to notice a coordinator that
+/// vanished without closing the connection.
+pub(crate) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a ping may go unanswered before the connection counts as dead.
+pub(crate) const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The coordinator's address could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +51,8 @@ pub(crate) fn endpoint(url: &str) -> Result<Endpoint, ConnectError> {
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         // Notice a coordinator that vanished without closing the connection.
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .keep_alive_while_idle(true))
 }
 
