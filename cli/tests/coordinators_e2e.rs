@@ -79,22 +79,19 @@ where
 
 /// The owner of a running batch, once it has one.
 async fn owner_of(client: &Client, batch: &str) -> String {
-    let mut owner = String::new();
-    wait_until("the batch has an owner", || {
-        let client = client.clone();
-        let owner = &mut owner;
-        async move {
-            match client.summary(batch).await {
-                Ok(status) if !status.owner.is_empty() => {
-                    *owner = status.owner;
-                    true
-                }
-                _ => false,
-            }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(status) = client.summary(batch).await
+            && !status.owner.is_empty()
+        {
+            return status.owner;
         }
-    })
-    .await;
-    owner
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the batch never had an owner"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Collects a batch's whole event stream through the balancer.

@@ -343,7 +343,12 @@ async fn wait_for_memory_bell(doorbells: &mut broadcast::Receiver<Doorbell>, sco
     loop {
         match doorbells.recv().await {
             Ok(Doorbell::Memory(rung)) if &rung == scope => return,
-            Ok(Doorbell::Memory(_) | Doorbell::Batch(_)) => {}
+            Ok(
+                Doorbell::Memory(_)
+                | Doorbell::Batch(_)
+                | Doorbell::Started(_)
+                | Doorbell::Ended(_),
+            ) => {}
             Ok(Doorbell::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => return,
             Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
         }

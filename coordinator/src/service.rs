@@ -1,7 +1,7 @@
 //! `Coordinator`: the domain API behind the gRPC adapters — submit, report,
 //! cancel, list, watch, memory, and the worker sessions.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -481,7 +481,11 @@ async fn wait_for_bell(doorbells: &mut broadcast::Receiver<Doorbell>, batch: &Ba
     loop {
         match doorbells.recv().await {
             Ok(Doorbell::Batch(rung)) if &rung == batch => return,
-            Ok(Doorbell::Batch(_) | Doorbell::Memory(_)) => {}
+            // The batch ended: its last events are there to read.
+            Ok(Doorbell::Ended(rung)) if &rung == batch => return,
+            Ok(
+                Doorbell::Batch(_) | Doorbell::Memory(_) | Doorbell::Started(_) | Doorbell::Ended(_),
+            ) => {}
             // Missed bells or a resync: re-read to be sure.
             Ok(Doorbell::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => return,
             Err(broadcast::error::RecvError::Closed) => {

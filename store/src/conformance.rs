@@ -3625,10 +3625,7 @@ pub async fn case_hold_refuses_finished_and_unknown_batches(store: &dyn Store) {
         .create_batch(batch("hold-cancelled", vec![op(0, &[])]))
         .await
         .expect("create");
-    store
-        .cancel(&cancelled, "user", NOW)
-        .await
-        .expect("cancel");
+    store.cancel(&cancelled, "user", NOW).await.expect("cancel");
     assert_eq!(
         store
             .hold_batch(&cancelled, "c1", 60_000, now)
@@ -3682,7 +3679,11 @@ pub async fn case_worker_registry_lists_live_entries(store: &dyn Store) {
         Vec::<(String, WorkerEntry)>::new()
     );
     store
-        .publish_workers("c2", &[worker("w-b", 4, 1), worker("w-a", 2, 0)], NOW + 10_000)
+        .publish_workers(
+            "c2",
+            &[worker("w-b", 4, 1), worker("w-a", 2, 0)],
+            NOW + 10_000,
+        )
         .await
         .expect("publish");
     store

@@ -85,7 +85,13 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         match self {
             StoreError::Redis(error) => {
-                error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
+                error.is_io_error()
+                    || error.is_connection_dropped()
+                    || error.is_connection_refusal()
+                    || error.is_timeout()
+                    // A restarted Redis answers LOADING while it reads its AOF.
+                    || error.kind() == redis::ErrorKind::BusyLoadingError
+                    || error.kind() == redis::ErrorKind::TryAgain
             }
             StoreError::BatchNotFound(_)
             | StoreError::BatchExists(_)

@@ -1872,10 +1872,7 @@ impl Store for MemoryStore {
     async fn release_batch(&self, batch: &BatchId, fence: &Fence) -> StoreResult<()> {
         let mut inner = self.lock();
         if let Some(data) = inner.batches.get_mut(batch)
-            && data
-                .owner
-                .as_ref()
-                .is_some_and(|(held, _)| held == fence)
+            && data.owner.as_ref().is_some_and(|(held, _)| held == fence)
         {
             data.owner = None;
         }
@@ -1905,9 +1902,9 @@ impl Store for MemoryStore {
 
     async fn workers(&self, now_ms: u64) -> StoreResult<Vec<(String, WorkerEntry)>> {
         let mut inner = self.lock();
-        inner.workers.retain(|_, (until_ms, _)| {
-            until_ms.saturating_add(WORKERS_FORGET_AFTER_MS) >= now_ms
-        });
+        inner
+            .workers
+            .retain(|_, (until_ms, _)| until_ms.saturating_add(WORKERS_FORGET_AFTER_MS) >= now_ms);
         let mut listed: Vec<(String, WorkerEntry)> = inner
             .workers
             .iter()

@@ -1830,7 +1830,7 @@ impl Store for RedisStore {
         ttl_ms: u64,
         now_ms: u64,
     ) -> StoreResult<Option<Fence>> {
-        let (status, token, _holder): (i64, u64, String) =
+        let (status, token, holder): (i64, u64, String) =
             batch_invocation(&self.shared.scripts.hold, batch, now_ms)
                 .arg(coordinator)
                 .arg(ttl_ms.max(1))
@@ -1842,7 +1842,12 @@ impl Store for RedisStore {
                 coordinator: coordinator.to_owned(),
                 token,
             })),
-            _ => Ok(None),
+            _ => {
+                if !holder.is_empty() {
+                    tracing::debug!(holder, "the batch is held by another coordinator");
+                }
+                Ok(None)
+            }
         }
     }
 
@@ -1902,7 +1907,9 @@ impl Store for RedisStore {
                         .map(|worker| (coordinator.clone(), worker)),
                 ),
                 Ok(_) => {}
-                Err(error) => tracing::warn!(coordinator, %error, "unreadable worker registry entry"),
+                Err(error) => {
+                    tracing::warn!(coordinator, %error, "unreadable worker registry entry")
+                }
             }
         }
         listed.sort_by(|left, right| {

@@ -41,6 +41,7 @@ impl From<CoordinatorError> for Status {
                 StoreError::NotAnInteger { .. } => Status::failed_precondition(message),
                 StoreError::ChangesTrimmed { .. } => Status::out_of_range(message),
                 StoreError::CannotAddOps { .. } => Status::failed_precondition(message),
+                StoreError::NotOwner { .. } => Status::failed_precondition(message),
                 StoreError::Redis(_) if store_error.is_retryable() => Status::unavailable(message),
                 StoreError::Redis(_) => Status::internal(message),
             },
