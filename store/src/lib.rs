@@ -90,8 +90,14 @@ impl StoreError {
                     || error.is_connection_refusal()
                     || error.is_timeout()
                     // A restarted Redis answers LOADING while it reads its AOF.
-                    || error.kind() == redis::ErrorKind::BusyLoadingError
-                    || error.kind() == redis::ErrorKind::TryAgain
+                    || matches!(
+                        error.kind(),
+                        redis::ErrorKind::Server(
+                            redis::ServerErrorKind::BusyLoading
+                                | redis::ServerErrorKind::TryAgain
+                                | redis::ServerErrorKind::MasterDown
+                        )
+                    )
             }
             StoreError::BatchNotFound(_)
             | StoreError::BatchExists(_)
