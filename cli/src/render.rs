@@ -116,6 +116,9 @@ fn event_line(event: &v1::BatchEvent) -> String {
                 &event.op_id
             }
         ),
+        EventKind::OpBlocked => {
+            format!("blocked   {}: {}", event.op_id, first_line(&event.message))
+        }
         EventKind::Unspecified => "event".to_owned(),
     };
     format!("[{:>5}] {what}", event.seq)
