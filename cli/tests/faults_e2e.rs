@@ -433,7 +433,7 @@ async fn why_says_what_an_op_waits_for() {
                 .await
                 .map(|why| {
                     why.reasons.iter().any(|reason| {
-                        reason.contains("no connected worker runs `noop` ops with labels gpu=yes")
+                        reason.contains("no live worker runs `noop` ops with labels gpu=yes")
                     })
                 })
                 .unwrap_or(false)

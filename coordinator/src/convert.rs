@@ -38,6 +38,7 @@ pub(crate) fn event_kind(kind: EventKind) -> v1::EventKind {
         EventKind::OpRetrying => v1::EventKind::OpRetrying,
         EventKind::BatchFinished => v1::EventKind::BatchFinished,
         EventKind::OpsAdded => v1::EventKind::OpsAdded,
+        EventKind::OpBlocked => v1::EventKind::OpBlocked,
     }
 }
 

@@ -55,6 +55,9 @@ const DECLINE_HOLD_OFF: Duration = Duration::from_millis(250);
 const DECLINE_HOLD_OFF_MAX: Duration = Duration::from_secs(4);
 /// How long releasing batch holds may take at shutdown.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an op may wait for a worker that runs its kind (and labels)
+/// before its batch's events say it is blocked.
+const BLOCKED_AFTER: Duration = Duration::from_secs(10);
 
 /// Room for commands: workers send at most one `Completed` per results
 /// message and results are bounded by credits, so this only absorbs bursts.
@@ -212,6 +215,10 @@ struct ActiveBatch {
     claim_after: Option<tokio::time::Instant>,
     /// The pause after the next claim that holds nothing we can run.
     hold_off: Duration,
+    /// Parked ops no live worker of the cluster runs, since when.
+    unrunnable_since: HashMap<u32, tokio::time::Instant>,
+    /// Parked ops already reported blocked (an `OP_BLOCKED` event).
+    reported_blocked: HashSet<u32>,
 }
 
 impl ActiveBatch {
@@ -519,6 +526,8 @@ impl Dispatcher {
                             maybe_ready: true,
                             claim_after: None,
                             hold_off: DECLINE_HOLD_OFF,
+                            unrunnable_since: HashMap::new(),
+                            reported_blocked: HashSet::new(),
                         },
                     );
                 }
@@ -862,6 +871,7 @@ impl Dispatcher {
         self.refresh_registry().await;
         self.discover().await;
         self.renew_leases().await;
+        self.report_blocked().await;
         let may_expire = match self.expire_after {
             Some(after) if after > tokio::time::Instant::now() => false,
             _ => {
@@ -924,6 +934,71 @@ impl Dispatcher {
             }
             if has_wait_timeouts {
                 self.expire_waits_of(&batch, &fence).await;
+            }
+        }
+    }
+
+    /// Parked ops that no live worker anywhere runs, for a while now: the
+    /// batch's events say so once (`OP_BLOCKED`), so a user watching sees
+    /// why nothing moves; the op stays parked until such a worker connects.
+    async fn report_blocked(&mut self) {
+        let now = tokio::time::Instant::now();
+        let mut notes: Vec<(BatchId, u32, String)> = Vec::new();
+        for active in self.batches.values_mut() {
+            let mut still: HashSet<u32> = HashSet::new();
+            for claim in &active.parked {
+                let Some(op) = active.planned.plan.ops.get(claim.index as usize) else {
+                    continue;
+                };
+                let runnable = self
+                    .workers
+                    .values()
+                    .any(|worker| worker.accepts(&op.kind, &op.requires))
+                    || self.cluster.iter().any(|(_, entry)| {
+                        entry.kinds.iter().any(|kind| kind == &op.kind)
+                            && op
+                                .requires
+                                .iter()
+                                .all(|(key, value)| entry.labels.get(key) == Some(value))
+                    });
+                if runnable {
+                    continue;
+                }
+                still.insert(claim.index);
+                let since = *active.unrunnable_since.entry(claim.index).or_insert(now);
+                if now.duration_since(since) >= BLOCKED_AFTER
+                    && active.reported_blocked.insert(claim.index)
+                {
+                    let labels = if op.requires.is_empty() {
+                        String::new()
+                    } else {
+                        let labels: Vec<String> = op
+                            .requires
+                            .iter()
+                            .map(|(key, value)| format!("{key}={value}"))
+                            .collect();
+                        format!(" with labels {}", labels.join(","))
+                    };
+                    notes.push((
+                        active.planned.id.clone(),
+                        claim.index,
+                        format!(
+                            "no live worker runs `{}` ops{labels}; it waits until one connects",
+                            op.kind
+                        ),
+                    ));
+                }
+            }
+            active.unrunnable_since.retain(|index, _| still.contains(index));
+        }
+        for (batch, index, message) in notes {
+            warn!(%batch, op_index = index, %message, "op blocked");
+            if let Err(error) = self
+                .store
+                .note_blocked(&batch, index, &message, now_ms())
+                .await
+            {
+                warn!(%batch, %error, "could not note a blocked op");
             }
         }
     }

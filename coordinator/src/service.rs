@@ -1,7 +1,7 @@
 //! `Coordinator`: the domain API behind the gRPC adapters — submit, report,
 //! cancel, list, watch, memory, and the worker sessions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -247,6 +247,7 @@ impl Coordinator {
         let mut warnings = plan.warnings.clone();
         warnings.extend(self.unserved_kinds(&plan));
         self.inner.store.create_batch(new_batch).await?;
+        self.note_unwritten_waits(&id, &plan).await;
         let planned = Arc::new(PlannedBatch {
             id: id.clone(),
             plan,
@@ -259,6 +260,51 @@ impl Coordinator {
             op_count,
             warnings,
         })
+    }
+
+    /// Ops of a batch with its own memory that wait for a key no op of the
+    /// batch writes can only be unblocked by a client or an agent: say so
+    /// in the batch's events (`OP_BLOCKED`), once, as it starts.
+    async fn note_unwritten_waits(&self, batch: &BatchId, plan: &Plan) {
+        if plan.namespace.is_some() {
+            return; // other batches and clients write shared keys
+        }
+        let written: HashSet<&str> = plan
+            .ops
+            .iter()
+            .flat_map(|op| op.memory_writes.iter().map(String::as_str))
+            .collect();
+        for (index, op) in plan.ops.iter().enumerate() {
+            let mut unwritten: Vec<&str> = op
+                .wait_for
+                .iter()
+                .map(String::as_str)
+                .filter(|key| !written.contains(key))
+                .collect();
+            if !op.wait_for_any.is_empty()
+                && op
+                    .wait_for_any
+                    .iter()
+                    .all(|key| !written.contains(key.as_str()))
+            {
+                unwritten.extend(op.wait_for_any.iter().map(String::as_str));
+            }
+            if unwritten.is_empty() {
+                continue;
+            }
+            let keys: Vec<String> = unwritten.iter().map(|key| format!("`{key}`")).collect();
+            let message = format!(
+                "waits for memory key {} that no op of the batch writes: only a client or an agent's put can unblock it",
+                keys.join(", ")
+            );
+            if let Err(error) = self
+                .store()
+                .note_blocked(batch, index as u32, &message, now_ms())
+                .await
+            {
+                warn!(%batch, %error, "could not note a blocked op");
+            }
+        }
     }
 
     /// The batch's status: states, outputs, timings, critical path.
