@@ -657,3 +657,91 @@ async fn a_redis_that_freezes_for_seconds_loses_nothing() {
         .count();
     assert_eq!(succeeded, 200, "each op reported succeeded exactly once");
 }
+
+/// Redis killed mid-batch and unreachable (connection refused) for 30 s,
+/// then started again from its append-only file: two coordinators and their
+/// workers ride it out — no crash, results kept and recorded once it is
+/// back, every op succeeded exactly once, none run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_down_for_30_s_and_back_from_its_aof_loses_nothing() {
+    let redis = volley_testkit::RedisServer::start_with(volley_testkit::RedisOptions { aof: true })
+        .expect("redis-server with AOF");
+    let mut fleet = common::Fleet::start(redis, 2, LEASE).await;
+    for number in 0..2 {
+        fleet.add_worker(&format!("w{number}"), &[]).await;
+    }
+    fleet.wait_for_workers(2).await;
+    let mut ops = Vec::new();
+    for index in 0..60 {
+        let mut sleeper = op(&format!("s{index}"), "sleep", json!({ "ms": 400 }));
+        sleeper.attempts = 3;
+        ops.push(sleeper);
+        let mut echo = op(
+            &format!("e{index}"),
+            "echo",
+            json!({ "text": format!("{index}: ${{ops.s{index}.status}}") }),
+        );
+        echo.after = vec![format!("s{index}")];
+        ops.push(echo);
+    }
+    let submitted = fleet
+        .client
+        .submit(v1::Batch {
+            name: "redis-outage".into(),
+            max_parallel: 4,
+            ops,
+            ..Default::default()
+        })
+        .await
+        .expect("submit");
+    let batch = submitted.batch_id.clone();
+    wait_until("a few ops succeeded", || {
+        let client = fleet.client.clone();
+        let batch = batch.clone();
+        async move {
+            client
+                .summary(&batch)
+                .await
+                .is_ok_and(|status| status.succeeded >= 10 && status.running > 0)
+        }
+    })
+    .await;
+
+    fleet.redis.stop();
+    // The outage itself (connection refused), not a wait for a condition.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    for (index, (_, coordinator)) in fleet.coordinators.iter_mut().enumerate() {
+        let coordinator = coordinator.as_mut().expect("coordinator was started");
+        assert!(
+            coordinator.try_wait().expect("poll").is_none(),
+            "coordinator {index} is still up"
+        );
+    }
+    for (id, worker) in &mut fleet.workers {
+        assert!(worker.try_wait().expect("poll").is_none(), "worker {id} is still up");
+    }
+    fleet.redis.start_again().expect("redis starts from its AOF");
+
+    let status = finish(&fleet.client, &batch).await;
+    assert_eq!(status.state(), BatchState::Succeeded, "{}", status.error);
+    assert_eq!(status.succeeded, 120);
+    for op in &status.ops {
+        assert_eq!(op.attempts, 1, "nothing ran twice: {op:?}");
+        if let Some(index) = op.id.strip_prefix('e') {
+            assert_eq!(op.output, format!("{index}: succeeded"));
+        }
+    }
+    let events: Vec<_> = fleet
+        .client
+        .watch(&batch, 0)
+        .await
+        .expect("watch")
+        .collect()
+        .await;
+    let succeeded = events
+        .iter()
+        .filter_map(|event| event.as_ref().ok())
+        .filter(|event| event.kind() == EventKind::OpSucceeded)
+        .count();
+    assert_eq!(succeeded, 120, "each op reported succeeded exactly once");
+}
