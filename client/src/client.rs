@@ -257,8 +257,9 @@ impl Client {
 pub struct WatchOptions {
     /// How long the watch keeps trying to reconnect before it gives up with
     /// the last error, counted from the moment it lost its stream; an
-    /// event or a newly opened stream starts the count afresh. Zero: never
-    /// reconnect.
+    /// event or a newly opened stream starts the count afresh (so a
+    /// coordinator that keeps accepting the watch and failing it at once is
+    /// retried, every `max_backoff`, without end). Zero: never reconnect.
     pub reconnect_budget: Duration,
     /// The pause before the first reconnection attempt of an outage; it
     /// doubles after each failed attempt.

@@ -440,6 +440,17 @@ impl Coordinator {
             if fetched > 0 {
                 continue;
             }
+            // Resumed at or past the end of a finished batch: nothing more comes.
+            if let Ok(Some(meta)) = self.store().meta(&planned.id).await
+                && meta.finished_ms.is_some()
+                && self
+                    .store()
+                    .events(&planned.id, after_seq, 1)
+                    .await
+                    .is_ok_and(|events| events.is_empty())
+            {
+                return;
+            }
             tokio::select! {
                 () = self.inner.shutdown.cancelled() => return,
                 () = sender.closed() => return,
