@@ -30,8 +30,10 @@
 //!   (scopes, versions, compare-and-set, ttl, waits), `LocalMemory` for tests.
 //! - [`spawn`] — `ctx.spawn`: adding ops to the running batch (`OpSpawner`).
 //! - [`executor`] — runs one assignment (args, timeout, cancel) into a result.
+//! - `ops` — the ops a worker runs and the results it still owes, kept
+//!   across coordinator sessions; the drain's clock.
 //! - [`runtime`] — `WorkerConfig`, `run_worker`: connect, register, dispatch,
-//!   batch results, heartbeat, reconnect, drain.
+//!   batch results, heartbeat, reconnect (ops carry on), drain.
 //! - [`grpc`] — the tonic side: channel setup, the session stream, the
 //!   coordinator-backed `MemoryStore` and `OpSpawner`.
 
@@ -41,6 +43,7 @@ pub mod executor;
 pub mod grpc;
 pub mod handler;
 pub mod memory;
+pub(crate) mod ops;
 pub mod registry;
 pub mod runtime;
 pub mod spawn;

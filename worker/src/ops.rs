@@ -87,7 +87,10 @@ enum DrainPhase {
     /// Shutdown: running ops may finish until `deadline`.
     Draining { deadline: Instant },
     /// The deadline passed and every op was cancelled; stragglers are aborted at `abort_at`.
-    Cancelling { deadline: Instant, abort_at: Instant },
+    Cancelling {
+        deadline: Instant,
+        abort_at: Instant,
+    },
     /// Stragglers were aborted; waiting for their tasks, up to `give_up_at`.
     Aborted {
         deadline: Instant,
@@ -211,8 +214,10 @@ impl WorkerOps {
 
     /// What a (re)registration lists in `Register.running`: the ops still
     /// running and those whose result is not delivered yet. The latter count
-    /// too: the coordinator frees their slots (and renews nothing) when the
-    /// results arrive, right after the `Register`.
+    /// too: the coordinator takes `slots - running.len()` as free and each
+    /// result returns a slot, so leaving them out would free their slots
+    /// twice; and listed, they are not taken for lost before their results
+    /// (sent right after the `Register`) arrive.
     pub(crate) fn held(&self) -> Vec<OpRef> {
         let mut keys: Vec<OpKey> = self
             .running
@@ -323,7 +328,7 @@ impl WorkerOps {
                     tokio::time::sleep_until(give_up_at).await;
                 }
                 DrainPhase::Cancelling { .. } | DrainPhase::Aborted { .. } => {
-                    std::future::pending().await;
+                    std::future::pending::<()>().await;
                 }
             }
         };
@@ -445,4 +450,138 @@ pub(crate) fn result_size(result: &OpResult) -> usize {
         + result.details_json.len()
         + result.batch_id.len()
         + 32
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use crate::memory::LocalMemory;
+    use crate::registry::{BuiltinConfig, Registry};
+
+    /// A hang guard, never a timing assertion.
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    fn worker_ops() -> WorkerOps {
+        let registry = Registry::with_builtins(&BuiltinConfig::default());
+        let executor = Executor::new(registry, Arc::new(LocalMemory::default()), None, false);
+        WorkerOps::new(Arc::new(executor))
+    }
+
+    fn assignment(op_index: u32, kind: &str, args: serde_json::Value) -> Assignment {
+        Assignment {
+            batch_id: "b".into(),
+            op_index,
+            op_id: format!("op{op_index}"),
+            kind: kind.into(),
+            args_json: args.to_string(),
+            attempt: 1,
+            ..Assignment::default()
+        }
+    }
+
+    fn result(op_index: u32, output_bytes: usize) -> OpResult {
+        OpResult {
+            batch_id: "b".into(),
+            op_index,
+            attempt: 1,
+            ok: true,
+            output: "x".repeat(output_bytes),
+            ..OpResult::default()
+        }
+    }
+
+    fn indexes(results: &[OpResult]) -> Vec<u32> {
+        results.iter().map(|result| result.op_index).collect()
+    }
+
+    async fn settle(ops: &mut WorkerOps) {
+        tokio::time::timeout(DEADLINE, async {
+            while ops.running_count() > 0 {
+                ops.progress().await;
+            }
+        })
+        .await
+        .expect("ops did not end before the deadline");
+    }
+
+    #[tokio::test]
+    async fn results_wait_in_order_and_requeued_ones_go_first() {
+        let mut ops = worker_ops();
+        ops.requeue([result(0, 10), result(1, 10)].into_iter());
+        let size = result_size(&result(0, 10));
+        // Coalesced up to the cap, in order.
+        let first = ops.take_results(size * 2 - 1);
+        assert_eq!(indexes(&first), [0]);
+        // Past the cap, one still goes: a big result is never stuck.
+        ops.requeue([result(2, 100)].into_iter());
+        assert_eq!(indexes(&ops.take_results(1)), [2]);
+        // Sent again (the stream broke): ahead of what waited, in order.
+        ops.requeue(first.into_iter().chain([result(3, 10)]));
+        assert_eq!(indexes(&ops.take_results(usize::MAX)), [0, 3, 1]);
+        assert!(ops.is_idle());
+    }
+
+    #[tokio::test]
+    async fn running_and_undelivered_ops_are_held_and_not_started_twice() {
+        let mut ops = worker_ops();
+        let long_sleep = assignment(0, "sleep", serde_json::json!({"ms": 3_600_000}));
+        ops.start(long_sleep.clone());
+        ops.start(long_sleep);
+        assert_eq!(ops.running_count(), 1, "an op never runs twice at once");
+        ops.start(assignment(1, "noop", serde_json::json!({})));
+        tokio::time::timeout(DEADLINE, async {
+            while !ops.has_undelivered() {
+                ops.progress().await;
+            }
+        })
+        .await
+        .unwrap();
+        // Its result is still owed: held, and not started again.
+        ops.start(assignment(1, "noop", serde_json::json!({})));
+        assert_eq!(ops.running_count(), 1);
+        let held: Vec<u32> = ops.held().iter().map(|op| op.op_index).collect();
+        assert_eq!(held, [0, 1]);
+
+        assert!(ops.cancel(&OpKey::of_assignment(&assignment(
+            0,
+            "sleep",
+            serde_json::json!({})
+        ))));
+        settle(&mut ops).await;
+        let results = ops.take_results(usize::MAX);
+        assert_eq!(indexes(&results), [1, 0]);
+        assert_eq!(results[1].failure_kind(), FailureKind::Cancelled);
+        assert!(ops.is_idle());
+    }
+
+    #[tokio::test]
+    async fn the_drain_timeout_interrupts_ops_instead_of_failing_them() {
+        let mut ops = worker_ops();
+        ops.start(assignment(0, "sleep", serde_json::json!({"ms": 3_600_000})));
+        ops.start(assignment(1, "noop", serde_json::json!({})));
+        ops.begin_drain(Duration::ZERO);
+        settle(&mut ops).await;
+        assert!(ops.drain_expired());
+        assert_eq!(indexes(&ops.take_results(usize::MAX)), [1]);
+        let interrupted: Vec<u32> = ops
+            .take_interrupted()
+            .iter()
+            .map(|key| key.op_index)
+            .collect();
+        assert_eq!(interrupted, [0], "handed back, not failed");
+        assert!(ops.is_idle());
+    }
+
+    #[tokio::test]
+    async fn stop_all_cancels_what_still_runs() {
+        let mut ops = worker_ops();
+        ops.start(assignment(0, "sleep", serde_json::json!({"ms": 3_600_000})));
+        ops.begin_drain(Duration::from_secs(3600));
+        tokio::time::timeout(DEADLINE, ops.stop_all())
+            .await
+            .unwrap();
+        assert_eq!(ops.running_count(), 0);
+        assert_eq!(ops.take_interrupted().len(), 1);
+    }
 }

@@ -1,4 +1,4 @@
-//! The worker's life: validate config, connect (with backoff), serve sessions, reconnect, drain on shutdown.
+//! The worker's life: validate config, connect (with backoff), serve sessions, reconnect with ops still running, drain on shutdown.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use crate::confine::Root;
 use crate::executor::Executor;
 use crate::grpc::session::{OpenError, SessionEnd, SessionParams, run_session};
 use crate::grpc::{ConnectError, GrpcMemory, GrpcSpawner, lazy_channel};
+use crate::ops::WorkerOps;
 use crate::registry::Registry;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -130,10 +131,18 @@ fn validate(config: &WorkerConfig) -> Result<(), WorkerError> {
 /// draining"), lets running ops finish and sends their results for up to
 /// `config.drain_timeout`, then cancels the ops still running (killing their
 /// process groups), hands them back too (reason "drain timeout"), closes its
-/// stream and returns. While the
-/// coordinator is unreachable it retries with backoff (100 ms → 5 s); when
-/// the stream breaks it abandons running ops (the coordinator re-runs them)
-/// and reconnects. Fails only on invalid config.
+/// stream and returns.
+///
+/// While the coordinator is unreachable it retries with backoff (100 ms →
+/// 5 s). Running ops outlive the stream: when it breaks they carry on, and
+/// the worker reconnects (perhaps to another coordinator behind the same
+/// address), lists them in `Register.running` so the coordinator adopts
+/// them (or cancels stale ones), and sends the results that finished in the
+/// meantime, as well as those sent just before the break (a coordinator may
+/// get a result twice, never zero times). A shutdown while disconnected
+/// keeps reconnecting to deliver results and hand ops back until the drain
+/// timeout; if no coordinator answers by then, the ops still running are
+/// cancelled and the worker returns. Fails only on invalid config.
 #[tracing::instrument(name = "volley.worker", skip_all, fields(worker))]
 pub async fn run_worker(
     config: WorkerConfig,
@@ -146,29 +155,40 @@ pub async fn run_worker(
     tracing::Span::current().record("worker", worker_id.as_str());
     let memory = Arc::new(GrpcMemory::new(channel.clone()));
     let spawner = Arc::new(GrpcSpawner::new(channel.clone()));
+    let kinds = registry.advertised_kinds();
     let executor = Arc::new(
         Executor::new(registry, memory, config.root.clone(), config.allow_shell)
             .with_coordinator(config.coordinator.clone(), spawner),
     );
-    tracing::info!(coordinator = %config.coordinator, slots = config.slots, kinds = ?executor.registry().advertised_kinds(), "worker starting");
+    tracing::info!(coordinator = %config.coordinator, slots = config.slots, ?kinds, "worker starting");
     let params = SessionParams {
         worker_id,
+        kinds,
         labels: config.labels.clone(),
         slots: config.slots,
         heartbeat: config.heartbeat,
         drain_timeout: config.drain_timeout,
-        executor,
         shutdown: shutdown.clone(),
     };
+    // Outlives every session: the ops and the results owed a coordinator.
+    let mut ops = WorkerOps::new(executor);
 
     let mut backoff = BACKOFF_START;
     let mut failures: u32 = 0;
     loop {
         if shutdown.is_cancelled() {
-            return Ok(());
+            if ops.is_idle() {
+                tracing::info!("worker stopped");
+                return Ok(());
+            }
+            ops.begin_drain(config.drain_timeout);
+            if ops.drain_expired() {
+                stop_unreachable(&mut ops).await;
+                return Ok(());
+            }
         }
-        match run_session(channel.clone(), &params).await {
-            Ok(SessionEnd::Shutdown) | Err(OpenError::Shutdown) => {
+        match run_session(channel.clone(), &params, &mut ops).await {
+            Ok(SessionEnd::Drained) => {
                 tracing::info!("worker stopped");
                 return Ok(());
             }
@@ -177,7 +197,13 @@ pub async fn run_worker(
                     backoff = BACKOFF_START;
                     failures = 0;
                 }
-                tracing::warn!(%reason, retry_in = ?backoff, "coordinator stream ended; reconnecting");
+                tracing::warn!(
+                    %reason,
+                    running = ops.running_count(),
+                    undelivered = ops.undelivered_count(),
+                    retry_in = ?backoff,
+                    "coordinator stream ended; ops carry on, reconnecting"
+                );
             }
             Err(OpenError::Status(status)) => {
                 failures += 1;
@@ -187,13 +213,42 @@ pub async fn run_worker(
                     tracing::warn!(coordinator = %config.coordinator, error = %status, failures, retry_in = ?backoff, "coordinator still unreachable");
                 }
             }
+            // Shutdown fired, or the drain deadline passed: decide above.
+            Err(OpenError::Stopped) => continue,
         }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = shutdown.cancelled() => return Ok(()),
+        // Back off. Ops keep running meanwhile, their results are kept, and
+        // the drain's clock (if any) keeps ticking.
+        let retry_at = tokio::time::Instant::now() + backoff;
+        loop {
+            let draining = ops.is_draining();
+            tokio::select! {
+                biased;
+                // Shutdown: stop now if nothing is owed, else start the drain
+                // and reconnect at once to finish it.
+                () = shutdown.cancelled(), if !draining => break,
+                () = ops.progress() => {
+                    if ops.drain_expired() {
+                        break;
+                    }
+                }
+                () = tokio::time::sleep_until(retry_at) => break,
+            }
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// The drain timeout passed with no coordinator reachable: cancel what still
+/// runs (killing process groups) and give up on what is owed.
+async fn stop_unreachable(ops: &mut WorkerOps) {
+    let running = ops.running_count();
+    ops.stop_all().await;
+    tracing::warn!(
+        cancelled = running,
+        undelivered = ops.undelivered_count(),
+        "drain timeout and no coordinator reachable: ops cancelled, results and hand-backs not delivered"
+    );
+    tracing::info!("worker stopped");
 }
 
 #[cfg(test)]
@@ -258,5 +313,544 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(outcome.is_ok());
+    }
+
+    // ---- ops across sessions, against a fake coordinator ----
+
+    use std::collections::HashMap;
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio::sync::{Semaphore, mpsc};
+    use tokio_stream::Stream;
+    use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+    use tonic::{Request, Response, Status, Streaming};
+    use volley_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+    use volley_proto::v1::{
+        Assignment, Assignments, CancelOps, CoordinatorMessage, FailureKind, ListWorkersRequest,
+        ListWorkersResponse, OpRef, OpResult, Register, Registered, ReturnOps, WorkerMessage,
+        coordinator_message, worker_message,
+    };
+
+    use crate::handler::{OpOutput, handler_fn};
+
+    /// A hang guard, never a timing assertion.
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    /// One accepted session, as the test sees it.
+    struct FakeSession {
+        register: Register,
+        to_worker: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+        from_worker: mpsc::Receiver<WorkerMessage>,
+    }
+
+    impl FakeSession {
+        async fn send(&self, msg: coordinator_message::Msg) {
+            self.to_worker
+                .send(Ok(CoordinatorMessage { msg: Some(msg) }))
+                .await
+                .unwrap();
+        }
+
+        async fn assign(&self, assignments: Vec<Assignment>) {
+            self.send(coordinator_message::Msg::Assignments(Assignments {
+                assignments,
+            }))
+            .await;
+        }
+
+        /// The coordinator goes away: the stream ends with an error.
+        async fn cut(self) {
+            self.to_worker
+                .send(Err(Status::unavailable("coordinator restarting")))
+                .await
+                .unwrap();
+        }
+
+        /// The next results, until `count` arrived; fails at the deadline.
+        async fn results(&mut self, count: usize) -> Vec<OpResult> {
+            let mut results = Vec::new();
+            tokio::time::timeout(DEADLINE, async {
+                while results.len() < count {
+                    let message = self.from_worker.recv().await.expect("stream ended early");
+                    if let Some(worker_message::Msg::Results(batch)) = message.msg {
+                        results.extend(batch.results);
+                    }
+                }
+            })
+            .await
+            .expect("results did not arrive before the deadline");
+            results.sort_by_key(|result| result.op_index);
+            results
+        }
+
+        /// Everything the worker sends until it closes its side (having let
+        /// the fake close its own), as results and hand-backs.
+        async fn until_closed(mut self) -> (Vec<OpResult>, Vec<ReturnOps>) {
+            drop(self.to_worker);
+            let mut results = Vec::new();
+            let mut returned = Vec::new();
+            tokio::time::timeout(DEADLINE, async {
+                while let Some(message) = self.from_worker.recv().await {
+                    match message.msg {
+                        Some(worker_message::Msg::Results(batch)) => results.extend(batch.results),
+                        Some(worker_message::Msg::ReturnOps(ops)) => returned.push(ops),
+                        _ => {}
+                    }
+                }
+            })
+            .await
+            .expect("the worker did not close its stream before the deadline");
+            results.sort_by_key(|result| result.op_index);
+            (results, returned)
+        }
+    }
+
+    /// A `WorkerService` that hands each session to the test, or turns it
+    /// away while `refusing` (the coordinator is down).
+    struct FakeCoordinator {
+        sessions: mpsc::Sender<FakeSession>,
+        refusing: Arc<AtomicBool>,
+        /// Told of every session turned away.
+        refused: mpsc::UnboundedSender<()>,
+    }
+
+    type CoordinatorStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl WorkerService for FakeCoordinator {
+        type SessionStream = CoordinatorStream;
+
+        async fn session(
+            &self,
+            request: Request<Streaming<WorkerMessage>>,
+        ) -> Result<Response<Self::SessionStream>, Status> {
+            if self.refusing.load(Ordering::SeqCst) {
+                let _ = self.refused.send(());
+                return Err(Status::unavailable("no coordinator here"));
+            }
+            let mut inbound = request.into_inner();
+            let Some(WorkerMessage {
+                msg: Some(worker_message::Msg::Register(register)),
+            }) = inbound.message().await?
+            else {
+                return Err(Status::invalid_argument("first message must be Register"));
+            };
+            let (to_worker, outbound_rx) = mpsc::channel(16);
+            let (from_worker_tx, from_worker) = mpsc::channel(64);
+            to_worker
+                .send(Ok(CoordinatorMessage {
+                    msg: Some(coordinator_message::Msg::Registered(Registered {
+                        worker_id: register.worker_id.clone(),
+                    })),
+                }))
+                .await
+                .map_err(|_| Status::internal("test gone"))?;
+            let until_worker_closes = to_worker.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(message)) = inbound.message().await {
+                    if from_worker_tx.send(message).await.is_err() {
+                        break;
+                    }
+                }
+                // The worker closed its side: end ours too, as a coordinator does.
+                drop(until_worker_closes);
+            });
+            self.sessions
+                .send(FakeSession {
+                    register,
+                    to_worker,
+                    from_worker,
+                })
+                .await
+                .map_err(|_| Status::internal("test gone"))?;
+            Ok(Response::new(Box::pin(ReceiverStream::new(outbound_rx))))
+        }
+
+        async fn list_workers(
+            &self,
+            _: Request<ListWorkersRequest>,
+        ) -> Result<Response<ListWorkersResponse>, Status> {
+            Ok(Response::new(ListWorkersResponse::default()))
+        }
+    }
+
+    struct Harness {
+        url: String,
+        sessions: mpsc::Receiver<FakeSession>,
+        refusing: Arc<AtomicBool>,
+        refused: mpsc::UnboundedReceiver<()>,
+        server_shutdown: CancellationToken,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl Harness {
+        async fn start() -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let (sessions_tx, sessions) = mpsc::channel(4);
+            let refusing = Arc::new(AtomicBool::new(false));
+            let (refused_tx, refused) = mpsc::unbounded_channel();
+            let server_shutdown = CancellationToken::new();
+            let service = WorkerServiceServer::new(FakeCoordinator {
+                sessions: sessions_tx,
+                refusing: Arc::clone(&refusing),
+                refused: refused_tx,
+            });
+            let signal = server_shutdown.clone().cancelled_owned();
+            let server = tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+                    .await
+                    .unwrap();
+            });
+            Self {
+                url,
+                sessions,
+                refusing,
+                refused,
+                server_shutdown,
+                server,
+            }
+        }
+
+        async fn next_session(&mut self) -> FakeSession {
+            tokio::time::timeout(DEADLINE, self.sessions.recv())
+                .await
+                .expect("no session before the deadline")
+                .unwrap()
+        }
+
+        fn refuse(&self, refusing: bool) {
+            self.refusing.store(refusing, Ordering::SeqCst);
+        }
+
+        /// Waits until the worker was turned away: it knows it is disconnected.
+        async fn wait_refused(&mut self) {
+            tokio::time::timeout(DEADLINE, self.refused.recv())
+                .await
+                .expect("the worker did not try to reconnect before the deadline")
+                .unwrap();
+        }
+
+        async fn stop(self, worker: tokio::task::JoinHandle<Result<(), WorkerError>>) {
+            tokio::time::timeout(DEADLINE, worker)
+                .await
+                .expect("the worker did not stop before the deadline")
+                .unwrap()
+                .unwrap();
+            self.server_shutdown.cancel();
+            self.server.await.unwrap();
+        }
+    }
+
+    /// Ops of kind `held`: each says it started, then waits until the test
+    /// releases it (by op index); one dropped before it finished (cancelled)
+    /// says so too.
+    struct HeldOps {
+        gates: Arc<Mutex<HashMap<u32, Arc<Semaphore>>>>,
+        started: mpsc::UnboundedReceiver<u32>,
+        stopped: mpsc::UnboundedReceiver<u32>,
+    }
+
+    /// Tells `stopped` if dropped before `finished` is set.
+    struct StopGuard {
+        op_index: u32,
+        stopped: mpsc::UnboundedSender<u32>,
+        finished: bool,
+    }
+
+    impl Drop for StopGuard {
+        fn drop(&mut self) {
+            if !self.finished {
+                let _ = self.stopped.send(self.op_index);
+            }
+        }
+    }
+
+    fn gate(gates: &Mutex<HashMap<u32, Arc<Semaphore>>>, op_index: u32) -> Arc<Semaphore> {
+        Arc::clone(
+            gates
+                .lock()
+                .unwrap()
+                .entry(op_index)
+                .or_insert_with(|| Arc::new(Semaphore::new(0))),
+        )
+    }
+
+    impl HeldOps {
+        /// The built-ins plus `held`.
+        fn registry() -> (Registry, Self) {
+            let gates: Arc<Mutex<HashMap<u32, Arc<Semaphore>>>> = Arc::default();
+            let (started_tx, started) = mpsc::unbounded_channel();
+            let (stopped_tx, stopped) = mpsc::unbounded_channel();
+            let mut registry = Registry::with_builtins(&crate::BuiltinConfig::default());
+            let handler_gates = Arc::clone(&gates);
+            registry.register(
+                "held",
+                handler_fn(move |ctx, _args| {
+                    let gate = gate(&handler_gates, ctx.op_index());
+                    let started = started_tx.clone();
+                    let stopped = stopped_tx.clone();
+                    async move {
+                        let mut guard = StopGuard {
+                            op_index: ctx.op_index(),
+                            stopped,
+                            finished: false,
+                        };
+                        let _ = started.send(ctx.op_index());
+                        gate.acquire().await.expect("gates stay open").forget();
+                        guard.finished = true;
+                        Ok(OpOutput::text(format!("op {} finished", ctx.op_index())))
+                    }
+                }),
+            );
+            let held = Self {
+                gates,
+                started,
+                stopped,
+            };
+            (registry, held)
+        }
+
+        fn release(&self, op_index: u32) {
+            gate(&self.gates, op_index).add_permits(1);
+        }
+
+        /// Waits until the ops `op_indexes` all started.
+        async fn wait_started(&mut self, op_indexes: &[u32]) {
+            let mut started = Vec::new();
+            tokio::time::timeout(DEADLINE, async {
+                while !op_indexes.iter().all(|index| started.contains(index)) {
+                    started.push(self.started.recv().await.unwrap());
+                }
+            })
+            .await
+            .expect("ops did not start before the deadline");
+        }
+
+        async fn wait_stopped(&mut self) -> u32 {
+            tokio::time::timeout(DEADLINE, self.stopped.recv())
+                .await
+                .expect("no op was stopped before the deadline")
+                .unwrap()
+        }
+    }
+
+    fn held(op_index: u32) -> Assignment {
+        Assignment {
+            batch_id: "batch-1".into(),
+            op_index,
+            op_id: format!("op{op_index}"),
+            kind: "held".into(),
+            attempt: 1,
+            ..Assignment::default()
+        }
+    }
+
+    fn op_ref(op_index: u32) -> OpRef {
+        OpRef {
+            batch_id: "batch-1".into(),
+            op_index,
+            attempt: 1,
+        }
+    }
+
+    fn test_config(url: &str) -> WorkerConfig {
+        let mut config = WorkerConfig::new(url);
+        config.worker_id = Some("test-worker".into());
+        config.slots = 4;
+        config.drain_timeout = Duration::from_secs(60);
+        config
+    }
+
+    #[tokio::test]
+    async fn ops_outlive_a_broken_stream_and_report_on_the_next_session() {
+        let mut harness = Harness::start().await;
+        let (registry, mut held_ops) = HeldOps::registry();
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn(run_worker(
+            test_config(&harness.url),
+            registry,
+            shutdown.clone(),
+        ));
+        let first = harness.next_session().await;
+        assert!(first.register.running.is_empty());
+        first.assign(vec![held(0), held(1)]).await;
+        held_ops.wait_started(&[0, 1]).await;
+
+        // The coordinator goes away and nobody answers for a while; op 0
+        // finishes meanwhile, op 1 is still running when one answers again.
+        harness.refuse(true);
+        first.cut().await;
+        harness.wait_refused().await;
+        held_ops.release(0);
+        harness.refuse(false);
+
+        let mut second = harness.next_session().await;
+        assert_eq!(second.register.worker_id, "test-worker");
+        assert_eq!(second.register.slots, 4, "total slots, not free ones");
+        assert_eq!(second.register.running, [op_ref(0), op_ref(1)]);
+        let results = second.results(1).await;
+        assert_eq!(
+            (
+                results[0].op_index,
+                results[0].ok,
+                results[0].output.as_str()
+            ),
+            (0, true, "op 0 finished")
+        );
+        held_ops.release(1);
+        let results = second.results(1).await;
+        assert_eq!(
+            (
+                results[0].op_index,
+                results[0].ok,
+                results[0].output.as_str()
+            ),
+            (1, true, "op 1 finished")
+        );
+        assert!(
+            held_ops.stopped.try_recv().is_err(),
+            "no op was cancelled by the break"
+        );
+
+        shutdown.cancel();
+        let (results, returned) = second.until_closed().await;
+        assert!(
+            results.is_empty() && returned.is_empty(),
+            "{results:?} {returned:?}"
+        );
+        harness.stop(worker).await;
+    }
+
+    #[tokio::test]
+    async fn a_result_sent_just_before_the_stream_broke_is_sent_again() {
+        let mut harness = Harness::start().await;
+        let (registry, _held_ops) = HeldOps::registry();
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn(run_worker(
+            test_config(&harness.url),
+            registry,
+            shutdown.clone(),
+        ));
+        let mut first = harness.next_session().await;
+        let mut echo = held(0);
+        echo.kind = "echo".into();
+        echo.args_json = serde_json::json!({"text": "hello"}).to_string();
+        first.assign(vec![echo]).await;
+        assert_eq!(first.results(1).await[0].output, "hello");
+        // Without acks the worker cannot know this result was processed.
+        first.cut().await;
+
+        let mut second = harness.next_session().await;
+        assert_eq!(second.register.running, [op_ref(0)]);
+        let results = second.results(1).await;
+        assert_eq!(
+            (results[0].op_index, results[0].output.as_str()),
+            (0, "hello")
+        );
+
+        shutdown.cancel();
+        second.until_closed().await;
+        harness.stop(worker).await;
+    }
+
+    #[tokio::test]
+    async fn cancel_on_a_new_session_stops_an_adopted_op() {
+        let mut harness = Harness::start().await;
+        let (registry, mut held_ops) = HeldOps::registry();
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn(run_worker(
+            test_config(&harness.url),
+            registry,
+            shutdown.clone(),
+        ));
+        let first = harness.next_session().await;
+        first.assign(vec![held(0), held(1)]).await;
+        held_ops.wait_started(&[0, 1]).await;
+        first.cut().await;
+
+        let mut second = harness.next_session().await;
+        assert_eq!(second.register.running, [op_ref(0), op_ref(1)]);
+        second
+            .send(coordinator_message::Msg::Cancel(CancelOps {
+                ops: vec![op_ref(1)],
+            }))
+            .await;
+        let results = second.results(1).await;
+        assert_eq!(results[0].op_index, 1);
+        assert!(!results[0].ok);
+        assert_eq!(results[0].error, "cancelled");
+        assert_eq!(results[0].failure_kind(), FailureKind::Cancelled);
+        assert_eq!(held_ops.wait_stopped().await, 1);
+        // The other adopted op is untouched and still reports.
+        held_ops.release(0);
+        let results = second.results(1).await;
+        assert_eq!((results[0].op_index, results[0].ok), (0, true));
+
+        shutdown.cancel();
+        second.until_closed().await;
+        harness.stop(worker).await;
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_while_disconnected_reconnects_to_deliver_results() {
+        let mut harness = Harness::start().await;
+        let (registry, mut held_ops) = HeldOps::registry();
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn(run_worker(
+            test_config(&harness.url),
+            registry,
+            shutdown.clone(),
+        ));
+        let first = harness.next_session().await;
+        first.assign(vec![held(0)]).await;
+        held_ops.wait_started(&[0]).await;
+        harness.refuse(true);
+        first.cut().await;
+        harness.wait_refused().await;
+        shutdown.cancel();
+        held_ops.release(0);
+        harness.refuse(false);
+
+        // The worker comes back only to report, then closes.
+        let second = harness.next_session().await;
+        assert_eq!(second.register.running, [op_ref(0)]);
+        let (results, returned) = second.until_closed().await;
+        assert!(returned.is_empty(), "{returned:?}");
+        assert_eq!(results.len(), 1, "{results:?}");
+        assert_eq!(
+            (
+                results[0].op_index,
+                results[0].ok,
+                results[0].output.as_str()
+            ),
+            (0, true, "op 0 finished")
+        );
+        harness.stop(worker).await;
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_with_no_coordinator_cancels_ops_at_the_drain_timeout() {
+        let mut harness = Harness::start().await;
+        let (registry, mut held_ops) = HeldOps::registry();
+        let shutdown = CancellationToken::new();
+        let mut config = test_config(&harness.url);
+        config.drain_timeout = Duration::from_millis(200);
+        let worker = tokio::spawn(run_worker(config, registry, shutdown.clone()));
+        let first = harness.next_session().await;
+        first.assign(vec![held(0)]).await;
+        held_ops.wait_started(&[0]).await;
+        harness.refuse(true);
+        first.cut().await;
+        harness.wait_refused().await;
+        shutdown.cancel();
+
+        // Nobody answers: the op is cancelled and the worker stops anyway.
+        assert_eq!(held_ops.wait_stopped().await, 0);
+        harness.stop(worker).await;
     }
 }

@@ -1,54 +1,68 @@
-//! One `WorkerService.Session` stream: register, run assignments, send results in batches, heartbeat, drain.
+//! One `WorkerService.Session` stream: register (listing ops still running), start and cancel ops, send results, heartbeat, drain.
+//!
+//! A session borrows the worker's [`WorkerOps`] and gives them back when its
+//! stream ends, whole: ops keep running across sessions, and results this
+//! session could not (or may not have managed to) deliver go to the next one.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use volley_proto::v1::worker_service_client::WorkerServiceClient;
 use volley_proto::v1::{
-    Assignment, CoordinatorMessage, FailureKind, Heartbeat, OpRef, OpResult, Register, Results,
-    ReturnOps, WorkerMessage, coordinator_message, worker_message,
+    Assignment, CoordinatorMessage, Heartbeat, OpResult, Register, Results, ReturnOps,
+    WorkerMessage, coordinator_message, worker_message,
 };
 
-use crate::executor::Executor;
+use crate::grpc::{KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT};
+use crate::ops::{CANCEL_GRACE, OpKey, WorkerOps, result_size};
 
 /// Messages queued toward the coordinator. Small on purpose: while the send
-/// path is busy, results pile up in the results channel and leave together.
+/// path is busy, results pile up in [`WorkerOps`] and leave together.
 const OUTBOUND_CAPACITY: usize = 2;
 /// Soft cap on one `Results` message, well below the gRPC limit.
 const MAX_RESULTS_BYTES: usize = 8 * 1024 * 1024;
 /// How long a finished session waits for the coordinator to close its side,
 /// so the last results are flushed before the connection is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// How long cancelled ops get to report before they are aborted.
-const CANCEL_GRACE: Duration = Duration::from_secs(2);
+/// How long a sent result is kept to send again if the stream breaks. The
+/// protocol has no acks, and a connection that died silently is only noticed
+/// after a keep-alive interval and timeout: whatever went out in that time
+/// may be lost. Twice that, to be safe; a duplicate is harmless.
+const UNCONFIRMED_WINDOW: Duration = KEEP_ALIVE_INTERVAL
+    .saturating_add(KEEP_ALIVE_TIMEOUT)
+    .saturating_mul(2);
+/// Cap on the results kept to send again (as [`result_size`] counts): past
+/// it the oldest are let go, as most likely delivered.
+const UNCONFIRMED_MAX_BYTES: usize = 8 * MAX_RESULTS_BYTES;
 /// Why assignments that arrive during a drain are handed back.
 const REASON_DRAINING: &str = "worker is draining";
 /// Why ops still running when the drain timeout passes are handed back.
 const REASON_DRAIN_TIMEOUT: &str = "drain timeout";
 
-/// What a session needs that outlives it.
+/// What every session of a worker shares.
 pub(crate) struct SessionParams {
     pub(crate) worker_id: String,
+    pub(crate) kinds: Vec<String>,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) slots: u32,
     pub(crate) heartbeat: Duration,
     pub(crate) drain_timeout: Duration,
-    pub(crate) executor: Arc<Executor>,
     pub(crate) shutdown: CancellationToken,
 }
 
 /// How a session that was opened ended.
 #[derive(Debug)]
 pub(crate) enum SessionEnd {
-    /// `shutdown` fired; running ops were drained and their results sent.
-    Shutdown,
-    /// The stream broke. `registered` says whether the coordinator had accepted us.
+    /// `shutdown` fired and the drain is over: every op reported or was
+    /// handed back, and the coordinator closed its side.
+    Drained,
+    /// The stream broke. `registered` says whether the coordinator had
+    /// accepted us. Ops keep running; unsent results wait in [`WorkerOps`].
     Broken { registered: bool, reason: String },
 }
 
@@ -56,35 +70,34 @@ pub(crate) enum SessionEnd {
 #[derive(Debug)]
 pub(crate) enum OpenError {
     Status(tonic::Status),
-    Shutdown,
+    /// Shutdown fired (or, while draining, the drain deadline passed) before
+    /// the stream opened.
+    Stopped,
 }
 
-/// (batch id, op index, attempt): an op as the coordinator names it.
-type OpKey = (String, u32, u32);
-
-/// How an op task ended.
-#[derive(Debug, PartialEq, Eq)]
-enum OpEnd {
-    /// Its result went to the results channel (or the session was gone).
-    Reported,
-    /// The drain timeout cancelled it: no result was sent, the session hands it back.
-    Interrupted,
-}
-
-/// Opens a `Session` stream on `channel` and serves it until it breaks or `shutdown` fires.
+/// Opens a `Session` stream on `channel` and serves it with `ops` until it
+/// breaks or, after `shutdown`, the drain is over.
 #[tracing::instrument(name = "volley.WorkerService/Session", skip_all, fields(worker = %params.worker_id))]
 pub(crate) async fn run_session(
     channel: Channel,
     params: &SessionParams,
+    ops: &mut WorkerOps,
 ) -> Result<SessionEnd, OpenError> {
     let (outbound_tx, outbound_rx) = mpsc::channel::<WorkerMessage>(OUTBOUND_CAPACITY);
+    let running = ops.held();
+    if !running.is_empty() {
+        tracing::info!(
+            running = running.len(),
+            "registering with ops from an earlier session"
+        );
+    }
     let register = Register {
         worker_id: params.worker_id.clone(),
-        kinds: params.executor.registry().advertised_kinds(),
+        kinds: params.kinds.clone(),
         labels: params.labels.clone().into_iter().collect(),
         slots: params.slots,
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        running: Vec::new(),
+        running,
     };
     // Queued before the call: a coordinator may wait for Register before answering.
     outbound_tx
@@ -101,134 +114,136 @@ pub(crate) async fn run_session(
     let mut client = WorkerServiceClient::new(channel)
         .max_decoding_message_size(volley_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(volley_proto::MAX_MESSAGE_BYTES);
+    // Until shutdown; once draining, until the drain deadline (ops may still
+    // have results to deliver or need handing back).
+    let drain_deadline = ops.drain_deadline();
+    let stop_connecting = async {
+        match drain_deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => params.shutdown.cancelled().await,
+        }
+    };
     let response = tokio::select! {
         response = client.session(ReceiverStream::new(outbound_rx)) => response.map_err(OpenError::Status)?,
-        () = params.shutdown.cancelled() => return Err(OpenError::Shutdown),
+        () = stop_connecting => return Err(OpenError::Stopped),
     };
     let inbound = response.into_inner();
     tracing::debug!("stream open, registering");
-    Ok(Session::new(params, outbound_tx, inbound).serve().await)
+    Ok(Session::new(params, ops, outbound_tx, inbound)
+        .serve()
+        .await)
 }
 
 struct Session<'a> {
     params: &'a SessionParams,
+    ops: &'a mut WorkerOps,
     outbound_tx: mpsc::Sender<WorkerMessage>,
     inbound: tonic::Streaming<CoordinatorMessage>,
-    inbound_open: bool,
     registered: bool,
-    /// Result sender each op task clones; dropped at the end so the sender task finishes.
-    result_tx: Option<mpsc::Sender<OpResult>>,
-    /// The results sender and the heartbeat.
-    helpers: JoinSet<()>,
-    helpers_cancel: CancellationToken,
-    /// Every running op; each returns its key when it finishes.
-    ops: JoinSet<(OpKey, OpEnd)>,
-    /// Parent of every op's token: cancelling it cancels them all.
-    ops_cancel: CancellationToken,
-    /// Fired (before `ops_cancel`) when the drain timeout passes, so op
-    /// tasks know a cancel is the drain's and not the coordinator's.
-    drain_expired: CancellationToken,
-    /// Running ops and the token the coordinator's `CancelOps` fires.
-    running: HashMap<OpKey, CancellationToken>,
-    /// Ops the drain timeout interrupted, to hand back.
-    interrupted: Vec<OpKey>,
+    unconfirmed: Unconfirmed,
 }
 
 impl<'a> Session<'a> {
     fn new(
         params: &'a SessionParams,
+        ops: &'a mut WorkerOps,
         outbound_tx: mpsc::Sender<WorkerMessage>,
         inbound: tonic::Streaming<CoordinatorMessage>,
     ) -> Self {
-        // Room for a result from every slot; an op blocks on a full channel, never drops.
-        let result_capacity = usize::try_from(params.slots)
-            .unwrap_or(usize::MAX)
-            .clamp(1, 4096)
-            * 2;
-        let (result_tx, result_rx) = mpsc::channel::<OpResult>(result_capacity);
-        let helpers_cancel = CancellationToken::new();
-        let mut helpers = JoinSet::new();
-        helpers.spawn(send_results(result_rx, outbound_tx.clone()));
-        helpers.spawn(send_heartbeats(
-            outbound_tx.clone(),
-            params.heartbeat,
-            helpers_cancel.clone(),
-        ));
         Self {
             params,
+            ops,
             outbound_tx,
             inbound,
-            inbound_open: true,
             registered: false,
-            result_tx: Some(result_tx),
-            helpers,
-            helpers_cancel,
-            ops: JoinSet::new(),
-            ops_cancel: CancellationToken::new(),
-            drain_expired: CancellationToken::new(),
-            running: HashMap::new(),
-            interrupted: Vec::new(),
+            unconfirmed: Unconfirmed::default(),
         }
     }
 
     async fn serve(mut self) -> SessionEnd {
+        let every = self.params.heartbeat;
+        // Not at once: Register just went out.
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let broken_reason = loop {
+            let draining = self.ops.is_draining();
+            if draining && self.ops.is_idle() {
+                break None;
+            }
+            let has_outgoing = self.ops.has_interrupted() || self.ops.has_undelivered();
+            // A coordinator that stops reading must not hold the drain open
+            // forever: past the deadline and the cancel graces, give up on it.
+            let give_up_at = self
+                .ops
+                .drain_deadline()
+                .map(|deadline| deadline + CANCEL_GRACE * 2 + CLOSE_GRACE);
+            let give_up = async move {
+                match give_up_at {
+                    Some(give_up_at) => tokio::time::sleep_until(give_up_at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
-                () = self.params.shutdown.cancelled() => break None,
-                Some(joined) = self.ops.join_next(), if !self.ops.is_empty() => self.reap(joined),
+                () = self.params.shutdown.cancelled(), if !draining => {
+                    self.ops.begin_drain(self.params.drain_timeout);
+                }
+                () = self.ops.progress() => {}
                 message = self.inbound.message() => match message {
-                    Ok(Some(message)) => self.handle(message, true).await,
+                    Ok(Some(message)) => self.handle(message).await,
                     Ok(None) => break Some("coordinator closed the stream".to_owned()),
                     Err(status) => break Some(format!("stream failed: {status}")),
                 },
+                // Reserved before a message is taken from `ops`: nothing
+                // leaves them unless it can go out at once. (Owned, so the
+                // other arms may borrow the session.)
+                permit = self.outbound_tx.clone().reserve_owned(), if has_outgoing => match permit {
+                    Ok(permit) => {
+                        permit.send(next_outgoing(self.ops, &mut self.unconfirmed));
+                    }
+                    Err(_) => break Some("the stream's send side closed".to_owned()),
+                },
+                _ = heartbeat.tick() => self.heartbeat(),
+                () = give_up => break Some("drain: the coordinator did not take the last messages in time".to_owned()),
             }
         };
         match broken_reason {
-            None => {
-                self.drain().await;
-                SessionEnd::Shutdown
-            }
-            Some(reason) => {
-                self.abandon(&reason).await;
-                SessionEnd::Broken {
-                    registered: self.registered,
-                    reason,
-                }
-            }
+            None => self.close().await,
+            Some(reason) => self.broken(reason),
         }
     }
 
-    /// Acts on one coordinator message. Not `accepting` (draining):
-    /// assignments are handed straight back with `ReturnOps`.
-    async fn handle(&mut self, message: CoordinatorMessage, accepting: bool) {
+    /// Acts on one coordinator message. While draining, assignments are
+    /// handed straight back with `ReturnOps`.
+    async fn handle(&mut self, message: CoordinatorMessage) {
         match message.msg {
             Some(coordinator_message::Msg::Registered(registered)) => {
                 self.registered = true;
                 tracing::info!(worker = %registered.worker_id, "registered with the coordinator");
             }
             Some(coordinator_message::Msg::Assignments(assignments)) => {
-                if accepting {
+                if self.ops.is_draining() {
+                    let refused = assignments
+                        .assignments
+                        .iter()
+                        .map(OpKey::of_assignment)
+                        .collect();
+                    self.return_ops(refused, REASON_DRAINING).await;
+                } else {
                     for assignment in assignments.assignments {
                         self.start(assignment);
                     }
-                } else {
-                    let refused = assignments
-                        .assignments
-                        .into_iter()
-                        .map(|assignment| {
-                            (assignment.batch_id, assignment.op_index, assignment.attempt)
-                        })
-                        .collect();
-                    self.return_ops(refused, REASON_DRAINING).await;
                 }
             }
             Some(coordinator_message::Msg::Cancel(cancel)) => {
+                // Also for ops started in an earlier session: the coordinator
+                // adopted them from our Register, or found them stale.
                 for op in cancel.ops {
-                    let key = (op.batch_id, op.op_index, op.attempt);
-                    if let Some(token) = self.running.get(&key) {
-                        tracing::info!(batch = %key.0, op_index = key.1, attempt = key.2, "cancelling op");
-                        token.cancel();
+                    let key = OpKey::from_ref(op);
+                    if self.ops.cancel(&key) {
+                        tracing::info!(batch = %key.batch_id, op_index = key.op_index, attempt = key.attempt, "cancelling op");
+                    } else {
+                        tracing::debug!(batch = %key.batch_id, op_index = key.op_index, attempt = key.attempt, "cancel for an op not running here: ignored");
                     }
                 }
             }
@@ -237,52 +252,15 @@ impl<'a> Session<'a> {
     }
 
     fn start(&mut self, assignment: Assignment) {
-        let Some(result_tx) = self.result_tx.clone() else {
-            return;
-        };
-        let key: OpKey = (
-            assignment.batch_id.clone(),
-            assignment.op_index,
-            assignment.attempt,
-        );
-        if self.running.len() >= usize::try_from(self.params.slots).unwrap_or(usize::MAX) {
+        let running = self.ops.running_count();
+        if running >= usize::try_from(self.params.slots).unwrap_or(usize::MAX) {
             tracing::warn!(
-                running = self.running.len(),
+                running,
                 slots = self.params.slots,
                 "coordinator sent more ops than free slots"
             );
         }
-        // Two ways to stop an op: the coordinator's cancel (its own token) and
-        // the drain's (the parent of every op's token).
-        let coordinator_cancel = CancellationToken::new();
-        self.running.insert(key.clone(), coordinator_cancel.clone());
-        let op_cancel = self.ops_cancel.child_token();
-        let drain_expired = self.drain_expired.clone();
-        let executor = Arc::clone(&self.params.executor);
-        self.ops.spawn(async move {
-            let run = executor.run(assignment, op_cancel.clone());
-            tokio::pin!(run);
-            let result = tokio::select! {
-                biased;
-                result = &mut run => result,
-                () = coordinator_cancel.cancelled() => {
-                    op_cancel.cancel();
-                    run.await
-                }
-            };
-            // Cut short by the drain, not by the coordinator: the op did not
-            // really fail, so it goes back to the queue instead.
-            if result.failure_kind() == FailureKind::Cancelled
-                && drain_expired.is_cancelled()
-                && !coordinator_cancel.is_cancelled()
-            {
-                return (key, OpEnd::Interrupted);
-            }
-            if result_tx.send(result).await.is_err() {
-                tracing::warn!(batch = %key.0, op_index = key.1, "result dropped: the session ended first");
-            }
-            (key, OpEnd::Reported)
-        });
+        self.ops.start(assignment);
     }
 
     /// Hands `ops` back to the coordinator (`ReturnOps`): it requeues them at
@@ -296,198 +274,163 @@ impl<'a> Session<'a> {
             reason,
             "handing ops back to the coordinator"
         );
-        let ops = ops
-            .into_iter()
-            .map(|(batch_id, op_index, attempt)| OpRef {
-                batch_id,
-                op_index,
-                attempt,
-            })
-            .collect();
-        let message = WorkerMessage {
-            msg: Some(worker_message::Msg::ReturnOps(ReturnOps {
-                ops,
-                reason: reason.to_owned(),
-            })),
-        };
-        if self.outbound_tx.send(message).await.is_err() {
+        if self
+            .outbound_tx
+            .send(return_ops(ops, reason))
+            .await
+            .is_err()
+        {
+            // The coordinator's lost-worker handling requeues them instead.
             tracing::warn!(reason, "ops not handed back: the stream closed");
         }
     }
 
-    fn reap(&mut self, joined: Result<(OpKey, OpEnd), tokio::task::JoinError>) {
-        match joined {
-            Ok((key, end)) => {
-                self.running.remove(&key);
-                if end == OpEnd::Interrupted {
-                    self.interrupted.push(key);
-                }
-            }
-            Err(error) => tracing::error!(%error, "op task failed"),
-        }
+    fn heartbeat(&mut self) {
+        self.unconfirmed.forget_old(Instant::now());
+        let heartbeat = WorkerMessage {
+            msg: Some(worker_message::Msg::Heartbeat(Heartbeat {})),
+        };
+        // A full queue means traffic is flowing, which is as good as a
+        // heartbeat; a closed one is noticed by the other arms.
+        let _ = self.outbound_tx.try_send(heartbeat);
     }
 
-    /// Shutdown: take no more work (assignments arriving now are handed
-    /// back), let running ops finish and report (up to `drain_timeout`),
-    /// then cancel the rest and hand them back, and finally close our side
-    /// and let the coordinator close its own.
-    async fn drain(mut self) {
-        tracing::info!(running = self.ops.len(), drain_timeout = ?self.params.drain_timeout, "draining");
-        let deadline = tokio::time::sleep(self.params.drain_timeout);
-        tokio::pin!(deadline);
-        let mut expired = false;
-        loop {
-            tokio::select! {
-                biased;
-                joined = self.ops.join_next() => match joined {
-                    Some(joined) => self.reap(joined),
-                    None => break,
-                },
-                () = &mut deadline => {
-                    if expired {
-                        // Cancelled ops that still have not ended (a handler
-                        // blocking its thread): stop waiting for them.
-                        tracing::warn!(running = self.ops.len(), "ops ignored cancel: aborting them");
-                        self.ops.abort_all();
-                        while let Some(joined) = self.ops.join_next().await {
-                            self.reap(joined);
-                        }
-                        break;
-                    }
-                    expired = true;
-                    tracing::warn!(running = self.ops.len(), "drain timeout: cancelling running ops");
-                    // Tell the tasks first, so each sees its cancel was the drain's.
-                    self.drain_expired.cancel();
-                    self.ops_cancel.cancel();
-                    deadline.as_mut().reset(tokio::time::Instant::now() + CANCEL_GRACE);
-                }
-                message = self.inbound.message(), if self.inbound_open => match message {
-                    Ok(Some(message)) => self.handle(message, false).await,
-                    Ok(None) | Err(_) => self.inbound_open = false,
-                },
-            }
-        }
-        // Interrupted ops, and any aborted before they could say so.
-        let mut interrupted = std::mem::take(&mut self.interrupted);
-        interrupted.extend(self.running.drain().map(|(key, _)| key));
-        self.return_ops(interrupted, REASON_DRAIN_TIMEOUT).await;
-        // Every op task is done, so dropping ours closes the results channel:
-        // the sender flushes what is left and finishes.
-        self.result_tx = None;
-        self.helpers_cancel.cancel();
-        while self.helpers.join_next().await.is_some() {}
+    /// Drained: close our side (queued behind the last messages) and let the
+    /// coordinator close its own; once it has, everything we sent arrived.
+    async fn close(self) -> SessionEnd {
         let Session {
+            ops,
             outbound_tx,
             mut inbound,
-            inbound_open,
+            registered,
+            unconfirmed,
             ..
         } = self;
         drop(outbound_tx);
-        if inbound_open {
-            // Our half-close is queued behind the last results; once the
-            // coordinator ends its side, everything we sent has arrived.
-            // Nothing can be handed back any more: an assignment arriving now
-            // is left to the coordinator's lost-worker handling.
-            let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                while let Ok(Some(message)) = inbound.message().await {
-                    if let Some(coordinator_message::Msg::Assignments(assignments)) = message.msg {
-                        tracing::warn!(
-                            count = assignments.assignments.len(),
-                            "assignments after the stream closed: not run"
-                        );
-                    }
+        let closed = tokio::time::timeout(CLOSE_GRACE, async {
+            loop {
+                match inbound.message().await {
+                    // Nothing can be handed back any more: an assignment
+                    // arriving now is left to the coordinator's lost-worker
+                    // handling.
+                    Ok(Some(CoordinatorMessage {
+                        msg: Some(coordinator_message::Msg::Assignments(assignments)),
+                    })) => tracing::warn!(
+                        count = assignments.assignments.len(),
+                        "assignments after the stream closed: not run"
+                    ),
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Ok(()),
+                    Err(status) => return Err(status),
                 }
-            })
-            .await;
+            }
+        })
+        .await;
+        match closed {
+            Ok(Ok(())) => {
+                tracing::info!("drained");
+                SessionEnd::Drained
+            }
+            Err(_elapsed) => {
+                // The coordinator kept its side open; our messages were
+                // flushed ahead of our close all the same.
+                tracing::info!("drained (the coordinator did not close its side)");
+                SessionEnd::Drained
+            }
+            Ok(Err(status)) => {
+                drop(inbound);
+                let resend = unconfirmed.requeue_into(ops);
+                tracing::debug!(resend, "stream broke while closing");
+                SessionEnd::Broken {
+                    registered,
+                    reason: format!("stream failed while closing: {status}"),
+                }
+            }
         }
-        tracing::info!("drained");
     }
 
-    /// The stream broke: results can no longer be delivered, and the
-    /// coordinator will run these ops again, so stop them now.
-    async fn abandon(&mut self, reason: &str) {
-        let running = self.ops.len();
-        if running > 0 {
-            tracing::warn!(
-                running,
-                reason,
-                "stream lost: abandoning running ops, the coordinator will re-run them"
-            );
-        } else {
-            tracing::warn!(reason, "stream lost");
-        }
-        self.ops_cancel.cancel();
-        self.ops.abort_all();
-        while self.ops.join_next().await.is_some() {}
-        self.helpers_cancel.cancel();
-        self.helpers.abort_all();
-        while self.helpers.join_next().await.is_some() {}
+    /// The stream broke: ops keep running; results it may not have delivered
+    /// go back to `ops`, to be sent (again) on the next session.
+    fn broken(self, reason: String) -> SessionEnd {
+        let Session {
+            ops,
+            outbound_tx,
+            inbound,
+            registered,
+            unconfirmed,
+            ..
+        } = self;
+        drop(inbound);
+        drop(outbound_tx);
+        let resend = unconfirmed.requeue_into(ops);
+        tracing::debug!(%reason, resend, running = ops.running_count(), "stream lost");
+        SessionEnd::Broken { registered, reason }
     }
 }
 
-/// Sends results as they finish, coalescing: it waits for one result, then
-/// for the send path to be free, then takes everything buffered by then.
-async fn send_results(
-    mut result_rx: mpsc::Receiver<OpResult>,
-    outbound_tx: mpsc::Sender<WorkerMessage>,
-) {
-    let mut pending: Option<OpResult> = None;
-    loop {
-        let first = match pending.take() {
-            Some(result) => result,
-            None => match result_rx.recv().await {
-                Some(result) => result,
-                None => return,
-            },
-        };
-        let Ok(permit) = outbound_tx.reserve().await else {
-            tracing::warn!("results dropped: the stream closed");
-            return;
-        };
-        let mut bytes = result_size(&first);
-        let mut results = vec![first];
-        while let Ok(result) = result_rx.try_recv() {
-            let size = result_size(&result);
-            if bytes + size > MAX_RESULTS_BYTES {
-                pending = Some(result);
+/// What goes out next: ops to hand back first, else the oldest results,
+/// coalesced up to [`MAX_RESULTS_BYTES`] and remembered in `unconfirmed`.
+fn next_outgoing(ops: &mut WorkerOps, unconfirmed: &mut Unconfirmed) -> WorkerMessage {
+    if ops.has_interrupted() {
+        let interrupted = ops.take_interrupted();
+        tracing::info!(
+            count = interrupted.len(),
+            reason = REASON_DRAIN_TIMEOUT,
+            "handing ops back to the coordinator"
+        );
+        return return_ops(interrupted, REASON_DRAIN_TIMEOUT);
+    }
+    let results = ops.take_results(MAX_RESULTS_BYTES);
+    tracing::trace!(count = results.len(), "sending results");
+    unconfirmed.remember(Instant::now(), &results);
+    WorkerMessage {
+        msg: Some(worker_message::Msg::Results(Results { results })),
+    }
+}
+
+fn return_ops(ops: Vec<OpKey>, reason: &str) -> WorkerMessage {
+    WorkerMessage {
+        msg: Some(worker_message::Msg::ReturnOps(ReturnOps {
+            ops: ops.into_iter().map(OpKey::into_ref).collect(),
+            reason: reason.to_owned(),
+        })),
+    }
+}
+
+/// Results this session sent recently, oldest first: without acks, the ones
+/// that may still be in flight when the stream breaks.
+#[derive(Default)]
+struct Unconfirmed {
+    sent: VecDeque<(Instant, OpResult)>,
+    bytes: usize,
+}
+
+impl Unconfirmed {
+    fn remember(&mut self, now: Instant, results: &[OpResult]) {
+        for result in results {
+            self.bytes += result_size(result);
+            self.sent.push_back((now, result.clone()));
+        }
+        self.forget_old(now);
+    }
+
+    /// Lets go of results sent longer ago than [`UNCONFIRMED_WINDOW`], and of
+    /// the oldest past [`UNCONFIRMED_MAX_BYTES`].
+    fn forget_old(&mut self, now: Instant) {
+        while let Some((sent_at, result)) = self.sent.front() {
+            let expired = now.saturating_duration_since(*sent_at) > UNCONFIRMED_WINDOW;
+            if !expired && self.bytes <= UNCONFIRMED_MAX_BYTES {
                 break;
             }
-            bytes += size;
-            results.push(result);
+            self.bytes -= result_size(result);
+            self.sent.pop_front();
         }
-        tracing::trace!(count = results.len(), "sending results");
-        permit.send(WorkerMessage {
-            msg: Some(worker_message::Msg::Results(Results { results })),
-        });
     }
-}
 
-fn result_size(result: &OpResult) -> usize {
-    result.output.len()
-        + result.error.len()
-        + result.details_json.len()
-        + result.batch_id.len()
-        + 32
-}
-
-async fn send_heartbeats(
-    outbound_tx: mpsc::Sender<WorkerMessage>,
-    every: Duration,
-    cancel: CancellationToken,
-) {
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    interval.tick().await; // the first tick is immediate; Register just went out
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = interval.tick() => {
-                let heartbeat = WorkerMessage { msg: Some(worker_message::Msg::Heartbeat(Heartbeat {})) };
-                // A full queue means traffic is flowing, which is as good as a heartbeat.
-                if let Err(mpsc::error::TrySendError::Closed(_)) = outbound_tx.try_send(heartbeat) {
-                    return;
-                }
-            }
-        }
+    /// Hands every result back to `ops` to send again; returns how many.
+    fn requeue_into(self, ops: &mut WorkerOps) -> usize {
+        let count = self.sent.len();
+        ops.requeue(self.sent.into_iter().map(|(_, result)| result));
+        count
     }
 }
