@@ -302,7 +302,10 @@ async fn sigterm_hands_a_coordinators_batches_over_at_once() {
     let owner_index = Fleet::index_of(&owner).expect("owner is c0 or c1");
     let survivor = Fleet::coordinator_id(1 - owner_index);
     let exit = fleet.stop_coordinator(owner_index).await;
-    assert!(exit.success(), "a coordinator stops cleanly on SIGTERM: {exit:?}");
+    assert!(
+        exit.success(),
+        "a coordinator stops cleanly on SIGTERM: {exit:?}"
+    );
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

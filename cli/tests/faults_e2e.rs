@@ -718,9 +718,15 @@ async fn a_redis_down_for_30_s_and_back_from_its_aof_loses_nothing() {
         );
     }
     for (id, worker) in &mut fleet.workers {
-        assert!(worker.try_wait().expect("poll").is_none(), "worker {id} is still up");
+        assert!(
+            worker.try_wait().expect("poll").is_none(),
+            "worker {id} is still up"
+        );
     }
-    fleet.redis.start_again().expect("redis starts from its AOF");
+    fleet
+        .redis
+        .start_again()
+        .expect("redis starts from its AOF");
 
     let status = finish(&fleet.client, &batch).await;
     assert_eq!(status.state(), BatchState::Succeeded, "{}", status.error);

@@ -54,7 +54,11 @@ pub fn default_coordinator_id() -> String {
         .ok()
         .map(|text| text.trim().to_owned())
         .filter(|text| !text.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok().filter(|text| !text.is_empty()))
+        .or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|text| !text.is_empty())
+        })
         .unwrap_or_else(|| "coordinator".to_owned());
     let random = uuid::Uuid::now_v7().simple().to_string();
     let suffix = &random[random.len() - 4..];

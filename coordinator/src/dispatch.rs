@@ -368,7 +368,10 @@ impl Dispatcher {
         })
         .await;
         match released {
-            Ok(()) => info!(batches = count, "released our batches for other coordinators"),
+            Ok(()) => info!(
+                batches = count,
+                "released our batches for other coordinators"
+            ),
             Err(_) => warn!("releasing batches timed out; their holds run out instead"),
         }
     }
@@ -989,7 +992,9 @@ impl Dispatcher {
                     ));
                 }
             }
-            active.unrunnable_since.retain(|index, _| still.contains(index));
+            active
+                .unrunnable_since
+                .retain(|index, _| still.contains(index));
         }
         for (batch, index, message) in notes {
             warn!(%batch, op_index = index, %message, "op blocked");
@@ -1471,7 +1476,11 @@ impl Dispatcher {
         }
         if !declined.is_empty() {
             debug!(batch = %planned.id, ops = declined.len(), "only workers of other coordinators run these ops: handing them back");
-            if let Err(error) = self.store.return_ops(&planned.id, &declined, now_ms()).await {
+            if let Err(error) = self
+                .store
+                .return_ops(&planned.id, &declined, now_ms())
+                .await
+            {
                 warn!(batch = %planned.id, %error, "could not hand ops back; their leases run out instead");
             }
             let indices = declined.iter().map(|claim| claim.index).collect();

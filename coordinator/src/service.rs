@@ -541,7 +541,10 @@ async fn wait_for_bell(doorbells: &mut broadcast::Receiver<Doorbell>, batch: &Ba
             // The batch ended: its last events are there to read.
             Ok(Doorbell::Ended(rung)) if &rung == batch => return,
             Ok(
-                Doorbell::Batch(_) | Doorbell::Memory(_) | Doorbell::Started(_) | Doorbell::Ended(_),
+                Doorbell::Batch(_)
+                | Doorbell::Memory(_)
+                | Doorbell::Started(_)
+                | Doorbell::Ended(_),
             ) => {}
             // Missed bells or a resync: re-read to be sure.
             Ok(Doorbell::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => return,
@@ -790,6 +793,7 @@ fn new_batch(id: &BatchId, batch: &v1::Batch, plan: &Plan) -> NewBatch {
         } else {
             created_ms + plan.deadline_ms
         },
+        retry_failed_sequential: plan.retry_failed_sequential,
         spec: batch.encode_to_vec(),
         ops: plan.ops.iter().map(|op| new_op(op, created_ms)).collect(),
     }

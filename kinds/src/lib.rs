@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //! - [`args`] — one struct per built-in kind, `parse_args`, `BUILTIN_KINDS`.
-//! - [`touches`] — the files and memory keys an op reads and writes.
+//! - [`touches`](mod@touches) — the files and memory keys an op reads and writes.
 //! - [`template`] — `${ops.ID.output}`, `${ops.ID.status}`, `${memory.KEY}`.
 
 pub mod args;

@@ -69,6 +69,6 @@ for offset = 0, count - 1 do
     end
   end
 end
-local finished = finish_if_done()
+local finished, pass_ready = finish_if_done()
 ring()
-return { 0, '', became_ready, finished, m[4] or 'b' }
+return { 0, '', became_ready + pass_ready, finished, m[4] or 'b' }

@@ -116,7 +116,9 @@ local MAX_DELAY_MS = 1e15
 local function retry_delay(idx, kind, retry_after)
   local flag = KIND_FLAG[kind]
   if not flag then return nil end
-  if redis.call('HGET', K_META, 'fail_fast_fired') == '1' then return nil end
+  -- After fail_fast, and in the sequential pass, every failure is final.
+  local flags_of_batch = redis.call('HMGET', K_META, 'fail_fast_fired', 'sequential')
+  if flags_of_batch[1] == '1' or flags_of_batch[2] == '1' then return nil end
   local _, _, max_attempts, _, retry = op_info(idx)
   local flags, initial, cap, multiplier, jitter =
     string.match(retry or '', '^([01][01][01]),(%d+),(%d+),([^,]+),([01])$')
@@ -323,16 +325,94 @@ local function cancel_where(states, reason)
   return out
 end
 
+-- The message of the `retrying` event of each failed op the sequential pass
+-- runs again (as `sequential_pass_message` in src/model.rs).
+local function sequential_pass_message(failed)
+  local noun = 'ops'
+  if failed == 1 then noun = 'op' end
+  return string.format('retry_failed: sequential pass after the parallel pass (%d %s failed): '
+    .. 'one last attempt each, one op at a time', failed, noun)
+end
+
+-- `retry_failed: sequential` (see Store::complete): every op has ended and
+-- `failed` of them failed. Every Failed or Skipped op goes back to Waiting,
+-- pending = how many of its dependencies are among them; its memory waits
+-- count as arrived (so a late arrival never counts it down), its wait
+-- deadline and final record are dropped. Those pending nothing are queued
+-- in index order. Meta `sequential` = 1 marks the pass: claim runs one op
+-- at a time, every failure is final, and no second pass follows. One scan
+-- of the state hash, once per batch. Returns how many became ready.
+local function start_sequential_pass(failed)
+  local all = redis.call('HGETALL', K_STATE)
+  local selected, again = {}, {}
+  for position = 1, #all, 2 do
+    local code = all[position + 1]
+    if code == 'F' or code == 'K' then
+      local idx = tonumber(all[position])
+      selected[#selected + 1] = idx
+      again[idx] = code
+    end
+  end
+  table.sort(selected)
+  local pending, failed_count, skipped_count = {}, 0, 0
+  for _, idx in ipairs(selected) do
+    if again[idx] == 'F' then failed_count = failed_count + 1 else skipped_count = skipped_count + 1 end
+    local _, _, _, dependents = op_info(idx)
+    for dependent in string.gmatch(dependents or '', '%d+') do
+      local dependent_idx = tonumber(dependent)
+      if again[dependent_idx] then
+        pending[dependent_idx] = (pending[dependent_idx] or 0) + 1
+      end
+    end
+  end
+  redis.call('HSET', K_META, 'sequential', '1')
+  -- (Never HINCRBY by -0: Lua writes it '-0', which Redis refuses.)
+  if failed_count > 0 then redis.call('HINCRBY', K_META, 'failed', -failed_count) end
+  if skipped_count > 0 then redis.call('HINCRBY', K_META, 'skipped', -skipped_count) end
+  -- Every op had ended, so the queues hold nothing claimable: start clean,
+  -- so the pass's order is exactly index order.
+  for priority = 0, PRIORITY_LEVELS - 1 do redis.call('DEL', k_ready(priority)) end
+  local message = sequential_pass_message(failed)
+  local became_ready = 0
+  for _, idx in ipairs(selected) do
+    local raw = redis.call('HGET', K_WAIT_INFO, idx)
+    if raw then
+      local info = cjson.decode(raw)
+      for _, key in ipairs(info.a or {}) do redis.call('SADD', K_ARRIVED, idx .. '|' .. key) end
+      if #(info.y or {}) > 0 then redis.call('SADD', K_ANY_DONE, idx) end
+    end
+    redis.call('ZREM', K_DEADLINES, idx)
+    redis.call('HDEL', K_RESULT, idx)
+    if again[idx] == 'F' then event('retrying', idx, attempts_of(idx), '', message, nil) end
+    local left = pending[idx] or 0
+    if left > 0 then
+      redis.call('HSET', K_STATE, idx, 'W')
+      redis.call('HSET', K_PENDING, idx, left)
+    else
+      local priority = op_info(idx)
+      push_ready(idx, priority or (PRIORITY_LEVELS - 1))
+      became_ready = became_ready + 1
+    end
+  end
+  return became_ready
+end
+
 -- Finishes the batch when every op has ended. Returns the batch state code,
--- or '' when it is not finished (or was already).
+-- or '' when it is not finished (or was already); then how many ops a
+-- sequential pass it started made ready (0 when it started none).
 local function finish_if_done()
   local m = redis.call('HMGET', K_META, 'state', 'total', 'succeeded', 'failed',
-    'skipped', 'cancelled', 'cancel_requested', 'deadline_fired')
-  if m[1] ~= 'running' then return '' end
+    'skipped', 'cancelled', 'cancel_requested', 'deadline_fired', 'fail_fast_fired',
+    'retry_failed', 'sequential')
+  if m[1] ~= 'running' then return '', 0 end
   local total = tonumber(m[2] or '0')
   local succeeded, failed = tonumber(m[3] or '0'), tonumber(m[4] or '0')
   local skipped, cancelled = tonumber(m[5] or '0'), tonumber(m[6] or '0')
-  if succeeded + failed + skipped + cancelled < total then return '' end
+  if succeeded + failed + skipped + cancelled < total then return '', 0 end
+  if failed > 0 and m[10] == '1' and m[11] ~= '1'
+    and m[7] ~= '1' and m[8] ~= '1' and m[9] ~= '1' then
+    return '', start_sequential_pass(failed)
+  end
   local state
   if m[7] == '1' then
     state = 'cancelled'
@@ -350,7 +430,7 @@ local function finish_if_done()
   event('finished', nil, 0, '', redis.call('HGET', K_META, 'error') or '', state)
   for priority = 0, PRIORITY_LEVELS - 1 do redis.call('DEL', k_ready(priority)) end
   redis.call('DEL', K_LEASES, K_DELAYED)
-  return state
+  return state, 0
 end
 
 -- `idx` failed for good: on a fail_fast batch, the first such failure

@@ -65,6 +65,7 @@ for position = 0, count - 1 do
     end
   end
 end
-local finished = finish_if_done()
+local finished, pass_ready = finish_if_done()
 ring()
-return { recorded, retried, stale, became_ready, finished, shared_writes, memory, next_retry_at() }
+return { recorded, retried, stale, became_ready + pass_ready, finished, shared_writes, memory,
+  next_retry_at() }

@@ -46,6 +46,6 @@ for _, idx in ipairs(indices) do
     end
   end
 end
-local finished = finish_if_done()
+local finished, pass_ready = finish_if_done()
 ring()
-return { failed, retried, {}, became_ready, finished, next_retry_at() }
+return { failed, retried, {}, became_ready + pass_ready, finished, next_retry_at() }

@@ -23,8 +23,8 @@ table.sort(indices)
 local failed, became_ready = 0, 0
 for _, idx in ipairs(indices) do
   redis.call('ZREM', K_DEADLINES, idx)
+  -- waitinfo stays: a sequential pass reads it to mark the keys arrived.
   local raw = redis.call('HGET', K_WAIT_INFO, idx)
-  redis.call('HDEL', K_WAIT_INFO, idx)
   if raw and redis.call('HGET', K_STATE, idx) == 'W' then
     local info = cjson.decode(raw)
     local missing = {}
@@ -49,6 +49,6 @@ for _, idx in ipairs(indices) do
     end
   end
 end
-local finished = finish_if_done()
+local finished, pass_ready = finish_if_done()
 ring()
-return { failed, {}, {}, became_ready, finished }
+return { failed, {}, {}, became_ready + pass_ready, finished }

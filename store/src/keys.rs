@@ -13,8 +13,10 @@
 //! - `meta` (hash): name, state, created_ms, finished_ms, max_parallel,
 //!   on_failure, total, the counters, error, `seq` (last event),
 //!   `deadline_ms` (0: none), the flags `cancel_requested` /
-//!   `fail_fast_fired` / `deadline_fired`, and `owner_token` (the last fence
-//!   token handed out by `hold.lua`; absent = 0).
+//!   `fail_fast_fired` / `deadline_fired`, `retry_failed` (1: a sequential
+//!   pass is asked for) and `sequential` (1: that pass started; claims run
+//!   one op at a time, failures are final), and `owner_token` (the last
+//!   fence token handed out by `hold.lua`; absent = 0).
 //! - `owner` (string `<coordinator>|<token>`, with `PX` = the hold's ttl):
 //!   the coordinator holding the batch and its fence token.
 //! - `spec` (string): the opaque spec bytes.
@@ -27,17 +29,21 @@
 //! - `leases` (sorted set: running op index scored by its lease deadline).
 //! - `delayed` (sorted set: index of an op waiting out a retry backoff, state
 //!   Ready but on no ready queue, scored by when it becomes ready).
-//! - `result` (hash index → JSON record of a final op).
+//! - `result` (hash index → JSON record of a final op; dropped when the
+//!   sequential pass runs the op again).
 //! - `ready:<p>` (list of indices, p = 0 critical … 3 low).
 //! - `events` (stream, ids `0-<seq>`).
 //! - `spec_added` (list: the spec chunk of each `add_ops`, in order).
 //! - `arrived` (set of `<op>|<key>`: `wait_for` keys counted for that op, so
-//!   a retried arrival never counts twice).
-//! - `any_done` (set of op indices whose `wait_for_any` group is satisfied).
+//!   a retried arrival never counts twice; the sequential pass adds every
+//!   key of the ops it runs again, so no arrival counts them down).
+//! - `any_done` (set of op indices whose `wait_for_any` group is satisfied,
+//!   or that the sequential pass runs again).
 //! - `deadlines` (sorted set: op index scored by its `wait_deadline_ms`).
 //! - `waitinfo` (hash index → JSON `{"s": since_ms, "a": [all keys], "y":
 //!   [any keys]}` of every op with memory waits, for the error of an expired
-//!   wait and for `op_waits`).
+//!   wait, for `op_waits` and for the sequential pass; kept for the batch's
+//!   life).
 //!
 //! Memory scope keys live under the scope's prefix ([`scope_prefix`]): the
 //! batch's prefix for a batch scope, `volley:{m:<namespace>}:` for a shared

@@ -124,6 +124,36 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// `expire_waits`) take that holder's [`Fence`] and refuse a stale one, so a
 /// coordinator that lost its hold (paused, partitioned) cannot act on the
 /// batch alongside its new owner.
+///
+/// # The sequential pass (`retry_failed: sequential`)
+///
+/// A batch created with [`NewBatch::retry_failed_sequential`] does not finish
+/// when its last op ends if at least one op `Failed` and the batch was not
+/// cancelled, did not reach its deadline and did not fire fail_fast. In that
+/// same atomic step it starts its sequential pass instead — at most once:
+/// - Every `Failed` or `Skipped` op (call them R) goes back to `Waiting`,
+///   pending = how many of its dependencies are in R (counted on the stored
+///   dependents lists); those pending nothing become `Ready` and are queued
+///   in index order (each on its priority's queue). The `failed` / `skipped`
+///   counters drop by as many, so every counter stays exact; their records
+///   lose what the last pass wrote (worker, times, output, error, details)
+///   and keep their attempt counts.
+/// - Each op of R that had failed gets one `OpRetrying` (attempt = its last
+///   attempt, message [`sequential_pass_message`]); a re-queued skipped op
+///   gets no event until it starts.
+/// - Memory waits of R (`wait_for`, `wait_for_any`) are not counted again:
+///   they count as arrived, even keys that never appeared, and their wait
+///   deadlines no longer apply.
+/// - From then on `claim` lets at most one op of the batch run at a time
+///   (on top of `max_parallel`), and every failure is final whatever the
+///   op's retry policy: one more attempt each (attempt numbers go on),
+///   dependents skipped as usual.
+/// - When every op has ended again the batch finishes as usual: `Succeeded`
+///   if all succeeded now, else `Failed` with the usual error.
+///
+/// The verb that ended the last op (`complete`, `expire_leases`,
+/// `expire_waits`, `add_ops`) then reports `finished: None` and counts the
+/// ops the pass made ready in `became_ready`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Returns this store's epoch, writing a new one if none exists yet.
@@ -150,7 +180,8 @@ pub trait Store: Send + Sync + 'static {
     /// priority), marks them running with `attempt + 1`, appends one
     /// `OpStarted` event each. Returns nothing once the batch is finished or
     /// cancelled. Also capped by the batch's `max_parallel` (when > 0) minus
-    /// its running ops, so several coordinators never exceed it together.
+    /// its running ops, so several coordinators never exceed it together,
+    /// and during its sequential pass (see the trait doc) by 1 minus them.
     /// Each claimed attempt is leased until `lease_until_ms`. First, in the
     /// same atomic step, retries delayed by backoff whose ready-at is at or
     /// before `now_ms` join the back of their ready queues.
@@ -177,7 +208,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Running ops whose lease ran out (their worker died or hung) end as a
     /// `LostWorker` failure: another attempt per their retry policy, else
-    /// failed "lost: the worker's lease ran out at <ms>" (`OpFailed`, no
+    /// failed "lost: the worker's lease ran out at `<ms>`" (`OpFailed`, no
     /// worker; dependents skipped, fail_fast applied, as in `complete`).
     /// A retry is `OpRetrying` with that message (plus when, after a
     /// backoff). Their earlier attempt's late results are stale. `recorded`
@@ -237,12 +268,27 @@ pub trait Store: Send + Sync + 'static {
     /// batch or index.
     async fn op_waits(&self, batch: &BatchId, index: u32) -> StoreResult<OpWaits>;
 
+    /// Notes that something may keep op `index` from ever running (no live
+    /// worker runs its kind, a key nothing writes): appends one `OpBlocked`
+    /// event (attempt = the op's attempts so far, no worker, `message`) and
+    /// rings `Batch` — only while the batch is running and the op has not
+    /// ended (waiting, ready or running). Returns whether it appended.
+    /// Changes no state or counter. `BatchNotFound` for an unknown batch or
+    /// index.
+    async fn note_blocked(
+        &self,
+        batch: &BatchId,
+        index: u32,
+        message: &str,
+        now_ms: u64,
+    ) -> StoreResult<bool>;
+
     /// Records results of running ops in one atomic step: a result whose op
     /// is not running or whose attempt differs is stale and ignored (listed in
     /// `stale`). A failure whose kind the op's `RetryPolicy` allows, with
     /// attempts left and fail_fast not fired, gets another attempt
-    /// (`OpRetrying`, message = the error, then "; next attempt at <ms> (in
-    /// <n> ms)" when delayed): the delay is the backoff (jitter drawn by the
+    /// (`OpRetrying`, message = the error, then "; next attempt at `<ms>` (in
+    /// `<n>` ms)" when delayed): the delay is the backoff (jitter drawn by the
     /// store: a per-call random seed for the Redis scripts' `math.random`)
     /// or `retry_after_ms` if larger; 0 → ready queue at once, else the
     /// op stays `Ready` in a delayed set until `claim` sees its ready-at.
@@ -250,7 +296,8 @@ pub trait Store: Send + Sync + 'static {
     /// `store_as` into the batch's memory (unblocking waiters), counts down
     /// dependents (pushing those reaching zero onto the ready queues; those
     /// that needed this op to succeed end `Skipped`, transitively), applies
-    /// `fail_fast`, and finishes the batch when every op has ended. A
+    /// `fail_fast`, and finishes the batch when every op has ended (or starts
+    /// its sequential pass: see the trait doc). A
     /// `store_as` into a batch's own memory is part of that atomic step; into
     /// a shared namespace it is written right after, with `memory_put`'s
     /// code path (content type `text/plain`) — not atomic with the step: a

@@ -122,6 +122,11 @@ struct BatchData {
     cancel_requested: bool,
     fail_fast_fired: bool,
     deadline_fired: bool,
+    /// `retry_failed: sequential` was asked for.
+    retry_failed_sequential: bool,
+    /// The sequential pass started (it runs once): one op at a time, every
+    /// failure final.
+    sequential: bool,
     /// The coordinator holding the batch, until when (unix ms, exclusive).
     owner: Option<(Fence, u64)>,
     /// The last fence token handed out (0: none yet).
@@ -595,7 +600,8 @@ impl BatchData {
             FailureKind::Permanent => false,
         };
         let used = op.record.attempts.saturating_sub(op.handed_back);
-        if !allowed || self.fail_fast_fired || used >= op.max_attempts {
+        // After fail_fast, and in the sequential pass, every failure is final.
+        if !allowed || self.fail_fast_fired || self.sequential || used >= op.max_attempts {
             return None;
         }
         let delay = backoff_delay(&op.retry, used, random_unit());
@@ -800,10 +806,22 @@ impl BatchData {
         cancelled
     }
 
-    /// Finishes the batch if every op has ended.
-    fn finish_if_done(&mut self, now_ms: u64) -> Option<BatchState> {
+    /// Finishes the batch if every op has ended — or, for `retry_failed:
+    /// sequential`, starts its sequential pass instead (as `finish_if_done`
+    /// in `lua/common.lua`). Returns the state it finished in, and how many
+    /// ops a pass it started made ready.
+    fn finish_if_done(&mut self, now_ms: u64) -> (Option<BatchState>, u32) {
         if self.meta.state != BatchState::Running || self.meta.done() < self.meta.total {
-            return None;
+            return (None, 0);
+        }
+        if self.meta.failed > 0
+            && self.retry_failed_sequential
+            && !self.sequential
+            && !self.cancel_requested
+            && !self.deadline_fired
+            && !self.fail_fast_fired
+        {
+            return (None, self.start_sequential_pass(now_ms));
         }
         let state = if self.cancel_requested {
             BatchState::Cancelled
@@ -831,7 +849,78 @@ impl BatchData {
         if let Some(last) = self.events.last_mut() {
             last.batch_state = Some(state);
         }
-        Some(state)
+        (Some(state), 0)
+    }
+
+    /// `retry_failed: sequential` (see the `Store` trait doc): every op has
+    /// ended, some failed. Every Failed or Skipped op goes back to Waiting,
+    /// pending = how many of its dependencies are among them; its memory
+    /// waits count as arrived, its wait deadline and record are dropped.
+    /// Those pending nothing are queued in index order. Returns how many
+    /// became ready.
+    fn start_sequential_pass(&mut self, now_ms: u64) -> u32 {
+        let again: BTreeSet<u32> = (0..self.ops.len() as u32)
+            .filter(|&index| {
+                matches!(
+                    self.ops[index as usize].record.state,
+                    OpState::Failed | OpState::Skipped
+                )
+            })
+            .collect();
+        let mut pending: HashMap<u32, u32> = HashMap::new();
+        for &index in &again {
+            for &dependent in &self.ops[index as usize].dependents {
+                if again.contains(&dependent) {
+                    *pending.entry(dependent).or_default() += 1;
+                }
+            }
+        }
+        self.sequential = true;
+        let message = sequential_pass_message(self.meta.failed);
+        // Every op had ended, so the queues hold nothing claimable.
+        for queue in &mut self.ready {
+            queue.clear();
+        }
+        self.deadlines.retain(|(_, index)| !again.contains(index));
+        let mut became_ready = 0;
+        for &index in &again {
+            let op = &mut self.ops[index as usize];
+            let was = op.record.state;
+            match was {
+                OpState::Failed => self.meta.failed = self.meta.failed.saturating_sub(1),
+                _ => self.meta.skipped = self.meta.skipped.saturating_sub(1),
+            }
+            op.arrived = op.wait_all.iter().cloned().collect();
+            op.any_done = true;
+            op.record = OpRecord {
+                state: OpState::Waiting,
+                attempts: op.record.attempts,
+                worker: String::new(),
+                started_ms: 0,
+                duration_ms: 0,
+                output: String::new(),
+                error: String::new(),
+                details_json: String::new(),
+            };
+            op.pending = pending.get(&index).copied().unwrap_or(0);
+            let attempt = op.record.attempts;
+            let ready = op.pending == 0;
+            if was == OpState::Failed {
+                self.event(
+                    now_ms,
+                    EventKind::OpRetrying,
+                    Some(index),
+                    attempt,
+                    "",
+                    &message,
+                );
+            }
+            if ready {
+                self.push_ready(index);
+                became_ready += 1;
+            }
+        }
+        became_ready
     }
 }
 
@@ -925,6 +1014,8 @@ impl Store for MemoryStore {
                 cancel_requested: false,
                 fail_fast_fired: false,
                 deadline_fired: false,
+                retry_failed_sequential: batch.retry_failed_sequential,
+                sequential: false,
                 owner: None,
                 owner_token: 0,
             };
@@ -939,7 +1030,7 @@ impl Store for MemoryStore {
             inner.register_waits(&mut data, &triples);
             data.event(batch.created_ms, EventKind::BatchSubmitted, None, 0, "", "");
             // An empty batch is finished as soon as it exists.
-            let finished = data.finish_if_done(batch.created_ms);
+            let (finished, _) = data.finish_if_done(batch.created_ms);
             inner.batches.insert(batch.id, data);
             bells.push(Doorbell::Batch(batch_id.clone()));
             if finished.is_none() {
@@ -988,6 +1079,9 @@ impl Store for MemoryStore {
             let mut limit = max;
             if data.meta.max_parallel > 0 {
                 limit = limit.min(data.meta.max_parallel.saturating_sub(data.meta.running));
+            }
+            if data.sequential {
+                limit = limit.min(1u32.saturating_sub(data.meta.running));
             }
             let mut claimed = Vec::new();
             for priority in 0..PRIORITY_LEVELS as usize {
@@ -1107,7 +1201,9 @@ impl Store for MemoryStore {
                     data.apply_fail_fast(index, now_ms);
                 }
             }
-            outcome.finished = data.finish_if_done(now_ms);
+            let (finished, pass_ready) = data.finish_if_done(now_ms);
+            outcome.finished = finished;
+            outcome.became_ready += pass_ready;
             for (key, value) in shared_writes {
                 let written = store_as(inner, &memory, &key, value, now_ms, cap, &mut data);
                 outcome.became_ready += written.became_ready_current;
@@ -1209,7 +1305,9 @@ impl Store for MemoryStore {
                 outcome.became_ready += data.propagate(index, OpState::Failed, now_ms);
                 data.apply_fail_fast(index, now_ms);
             }
-            outcome.finished = data.finish_if_done(now_ms);
+            let (finished, pass_ready) = data.finish_if_done(now_ms);
+            outcome.finished = finished;
+            outcome.became_ready += pass_ready;
             outcome.next_retry_at_ms = data.next_retry_at();
             outcome
         };
@@ -1284,7 +1382,7 @@ impl Store for MemoryStore {
             );
             CompleteOutcome {
                 recorded: cancelled.len() as u32,
-                finished: data.finish_if_done(now_ms),
+                finished: data.finish_if_done(now_ms).0,
                 ..CompleteOutcome::default()
             }
         };
@@ -1337,6 +1435,8 @@ impl Store for MemoryStore {
                     cancel_requested: false,
                     fail_fast_fired: false,
                     deadline_fired: false,
+                    retry_failed_sequential: false,
+                    sequential: false,
                     owner: None,
                     owner_token: 0,
                 };
@@ -1384,6 +1484,38 @@ impl Store for MemoryStore {
         Ok(waits)
     }
 
+    #[tracing::instrument(skip_all, fields(batch = %batch, index))]
+    async fn note_blocked(
+        &self,
+        batch: &BatchId,
+        index: u32,
+        message: &str,
+        now_ms: u64,
+    ) -> StoreResult<bool> {
+        {
+            let mut inner = self.lock();
+            let data = inner.batch_mut(batch)?;
+            let op = data
+                .ops
+                .get(index as usize)
+                .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
+            if data.meta.state != BatchState::Running || op.record.state.is_final() {
+                return Ok(false);
+            }
+            let attempt = op.record.attempts;
+            data.event(
+                now_ms,
+                EventKind::OpBlocked,
+                Some(index),
+                attempt,
+                "",
+                message,
+            );
+        }
+        self.ring(batch);
+        Ok(true)
+    }
+
     #[tracing::instrument(skip_all, fields(batch = %batch))]
     async fn cancel(
         &self,
@@ -1413,7 +1545,7 @@ impl Store for MemoryStore {
                     .map(|(claimed, _)| claimed)
                     .collect(),
             };
-            let finished = data.finish_if_done(now_ms);
+            let (finished, _) = data.finish_if_done(now_ms);
             (outcome, finished)
         };
         self.ring(batch);
@@ -1737,7 +1869,9 @@ impl Store for MemoryStore {
                 outcome.became_ready += data.propagate(index, OpState::Failed, now_ms);
                 data.apply_fail_fast(index, now_ms);
             }
-            outcome.finished = data.finish_if_done(now_ms);
+            let (finished, pass_ready) = data.finish_if_done(now_ms);
+            outcome.finished = finished;
+            outcome.became_ready += pass_ready;
             outcome
         };
         self.ring(batch);
@@ -1830,7 +1964,9 @@ impl Store for MemoryStore {
             }
             let triples = wait_triples(first_index, &ops);
             outcome.became_ready += inner.register_waits(&mut data, &triples);
-            outcome.finished = data.finish_if_done(now_ms);
+            let (finished, pass_ready) = data.finish_if_done(now_ms);
+            outcome.finished = finished;
+            outcome.became_ready += pass_ready;
             inner.batches.insert(batch.clone(), data);
             outcome
         };

@@ -206,6 +206,23 @@ pub struct NewBatch {
     /// Opaque to the store: the coordinator's encoding of the batch.
     pub spec: Vec<u8>,
     pub ops: Vec<NewOp>,
+    /// `retry_failed: sequential`: once every op has ended with at least one
+    /// failed (and no cancel, deadline or fail_fast), the failed and skipped
+    /// ops run again in a second pass, one at a time, one final attempt each
+    /// (see [`crate::Store::complete`]).
+    pub retry_failed_sequential: bool,
+}
+
+/// The message of the `OpRetrying` event each failed op gets when its
+/// batch starts the sequential pass of `retry_failed: sequential`, `failed`
+/// being how many ops failed in the parallel pass (see
+/// [`crate::Store::complete`]). `lua/common.lua` words it identically.
+pub fn sequential_pass_message(failed: u32) -> String {
+    let noun = if failed == 1 { "op" } else { "ops" };
+    format!(
+        "retry_failed: sequential pass after the parallel pass ({failed} {noun} failed): \
+         one last attempt each, one op at a time"
+    )
 }
 
 /// When and how an op gets another attempt.
@@ -341,6 +358,10 @@ pub enum EventKind {
     BatchFinished,
     /// `add_ops` grew the batch; the message says how many ops.
     OpsAdded,
+    /// The coordinator noted that something may keep the op from ever
+    /// running (`Store::note_blocked`); the message says what. The op has
+    /// not ended: this changes no state.
+    OpBlocked,
 }
 
 impl EventKind {
@@ -355,6 +376,7 @@ impl EventKind {
             EventKind::OpRetrying => "retrying",
             EventKind::BatchFinished => "finished",
             EventKind::OpsAdded => "added",
+            EventKind::OpBlocked => "blocked",
         }
     }
 
@@ -369,6 +391,7 @@ impl EventKind {
             "retrying" => EventKind::OpRetrying,
             "finished" => EventKind::BatchFinished,
             "added" => EventKind::OpsAdded,
+            "blocked" => EventKind::OpBlocked,
             _ => return None,
         })
     }
@@ -485,4 +508,40 @@ pub struct WorkerEntry {
     pub slots: u32,
     /// Slots in use when published.
     pub busy: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kind_codes_round_trip() {
+        use EventKind::*;
+        for kind in [
+            BatchSubmitted,
+            OpStarted,
+            OpSucceeded,
+            OpFailed,
+            OpSkipped,
+            OpCancelled,
+            OpRetrying,
+            BatchFinished,
+            OpsAdded,
+            OpBlocked,
+        ] {
+            assert_eq!(EventKind::from_code(kind.code()), Some(kind));
+        }
+        assert_eq!(OpBlocked.code(), "blocked");
+        assert_eq!(EventKind::from_code("nope"), None);
+    }
+
+    #[test]
+    fn sequential_pass_message_counts_ops() {
+        assert_eq!(
+            sequential_pass_message(1),
+            "retry_failed: sequential pass after the parallel pass (1 op failed): \
+             one last attempt each, one op at a time"
+        );
+        assert!(sequential_pass_message(3).contains("(3 ops failed)"));
+    }
 }

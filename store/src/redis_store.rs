@@ -2,8 +2,9 @@
 //!
 //! Hot path: `claim` is one script call, `complete` one script call for a
 //! whole slice of results. Only `create_batch` (pipelined in bounded steps),
-//! `cancel`/fail_fast (one scan of the state hash) and the read verbs
-//! (`op_records`, chunked) are proportional to a batch's size.
+//! `cancel`/fail_fast and the start of a `retry_failed: sequential` pass
+//! (one scan of the state hash each) and the read verbs (`op_records`,
+//! chunked) are proportional to a batch's size.
 //!
 //! Memory: a batch-scope key lives in the batch's slot, so one script
 //! writes it and counts down the batch's waiters. A shared namespace has its
@@ -23,7 +24,7 @@
 //! Ownership: a batch's hold is its `owner` key (`<coordinator>|<token>`,
 //! expiring with `PX` on the server's clock); fenced scripts compare it with
 //! the caller's fence first and answer a mismatch with the error reply
-//! [`NOT_OWNER_REPLY`], mapped to [`StoreError::NotOwner`].
+//! `NOT_OWNER_REPLY`, mapped to [`StoreError::NotOwner`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,6 +110,7 @@ struct Scripts {
     expire_deadline: Script,
     mark_lost: Script,
     op_waits: Script,
+    note_blocked: Script,
     memory_put: Script,
     memory_incr: Script,
     memory_delete: Script,
@@ -136,6 +138,7 @@ impl Scripts {
             expire_deadline: lua_script!("expire_deadline.lua"),
             mark_lost: lua_script!("mark_lost.lua"),
             op_waits: lua_script!("op_waits.lua"),
+            note_blocked: lua_script!("note_blocked.lua"),
             memory_put: memory_script!("memory_put.lua"),
             memory_incr: memory_script!("memory_incr.lua"),
             memory_delete: memory_script!("memory_delete.lua"),
@@ -1044,6 +1047,7 @@ impl Store for RedisStore {
             .arg(batch.ops.len() as u64)
             .arg(memory_code(&scope))
             .arg(batch.deadline_ms)
+            .arg(u8::from(batch.retry_failed_sequential))
             .invoke_async(&mut connection)
             .await?;
         let _: i64 = connection
@@ -1342,6 +1346,25 @@ impl Store for RedisStore {
             lease_until_ms: parse_next_retry(&lease)?,
             retry_at_ms: parse_next_retry(&retry_at)?,
         })
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch, index))]
+    async fn note_blocked(
+        &self,
+        batch: &BatchId,
+        index: u32,
+        message: &str,
+        now_ms: u64,
+    ) -> StoreResult<bool> {
+        let status: i64 = batch_invocation(&self.shared.scripts.note_blocked, batch, now_ms)
+            .arg(index)
+            .arg(message)
+            .invoke_async(&mut self.connection())
+            .await?;
+        if status < 0 {
+            return Err(StoreError::BatchNotFound(batch.clone()));
+        }
+        Ok(status == 1)
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch))]

@@ -111,6 +111,7 @@ async fn million_op_batch_is_writable() {
             deadline_ms: 0,
             spec: vec![0; 1024],
             ops,
+            retry_failed_sequential: false,
         })
         .await
         .expect("create");

@@ -260,7 +260,10 @@ impl Fleet {
 
     /// SIGTERM coordinator `index` and waits for it to exit.
     pub async fn stop_coordinator(&mut self, index: usize) -> std::process::ExitStatus {
-        let mut child = self.coordinators[index].1.take().expect("coordinator running");
+        let mut child = self.coordinators[index]
+            .1
+            .take()
+            .expect("coordinator running");
         Cluster::signal(&child, "TERM");
         tokio::time::timeout(Duration::from_secs(30), child.wait())
             .await
