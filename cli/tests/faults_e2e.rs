@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::json;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use volley_client::v1::{self, BatchState, EventKind, OpState};
 
 /// Leases long enough that a loaded 2-core CI machine never misses one by
@@ -27,6 +30,23 @@ fn op(id: &str, kind: &str, args: serde_json::Value) -> v1::Op {
         args_json: args.to_string(),
         ..Default::default()
     }
+}
+
+/// grpc.health.v1 status "" at `url`; None when it does not answer.
+async fn health(url: &str) -> Option<ServingStatus> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let mut client = HealthClient::new(channel);
+    let response = client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .ok()?;
+    Some(response.into_inner().status())
 }
 
 async fn wait_until<F, Fut>(what: &str, mut check: F)
@@ -406,7 +426,8 @@ async fn a_deadline_ends_the_batch_and_cancels_what_is_left() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn why_says_what_an_op_waits_for() {
-    let cluster = common::Cluster::start_with(1, LEASE).await;
+    let flags = [LEASE, &["--report-blocked-after", "1s"]].concat();
+    let cluster = common::Cluster::start_with(1, &flags).await;
     let mut waiter = op("waiter", "echo", json!({"text": "x"}));
     waiter.wait_for = vec!["go/now".into()];
     let mut gpu = op("gpu", "noop", json!({}));
@@ -479,6 +500,43 @@ async fn why_says_what_an_op_waits_for() {
         .expect("volley why");
     assert_eq!(output.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&output.stdout).contains("go/now"));
+
+    // Ops that may never run say so in the batch's events: the key nothing
+    // writes at once, the op no live worker takes after a while.
+    let mut blocked: HashMap<String, String> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while blocked.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw both ops blocked: {blocked:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stream = cluster
+            .client
+            .watch(&submitted.batch_id, 0)
+            .await
+            .expect("watch");
+        // The batch is still running: read what is there, then stop.
+        let events: Vec<_> = stream
+            .take_until(tokio::time::sleep(Duration::from_millis(300)))
+            .collect()
+            .await;
+        blocked = events
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|event| event.kind() == EventKind::OpBlocked)
+            .map(|event| (event.op_id, event.message))
+            .collect();
+    }
+    assert!(
+        blocked["waiter"].contains("`go/now`")
+            && blocked["waiter"].contains("no op of the batch writes"),
+        "{blocked:?}"
+    );
+    assert!(
+        blocked["gpu"].contains("no live worker runs `noop` ops with labels gpu=yes"),
+        "{blocked:?}"
+    );
     cluster
         .client
         .cancel(&submitted.batch_id)
@@ -490,6 +548,8 @@ async fn why_says_what_an_op_waits_for() {
 async fn sigterm_drains_a_worker_finishing_running_ops_and_handing_back_the_rest() {
     let mut cluster = common::Cluster::start_with(0, LEASE).await;
     let root = cluster.root().to_string_lossy().into_owned();
+    let health_port = common::free_port();
+    let health_address = format!("127.0.0.1:{health_port}");
     cluster
         .add_bare_worker(
             "drains",
@@ -503,6 +563,8 @@ async fn sigterm_drains_a_worker_finishing_running_ops_and_handing_back_the_rest
                 "2",
                 "--drain-timeout",
                 "1500ms",
+                "--health-listen",
+                &health_address,
             ],
         )
         .await;
@@ -541,7 +603,16 @@ async fn sigterm_drains_a_worker_finishing_running_ops_and_handing_back_the_rest
         }
     })
     .await;
+    let health_url = format!("http://{health_address}");
+    assert_eq!(health(&health_url).await, Some(ServingStatus::Serving));
     common::Cluster::signal(&cluster.workers[0], "TERM");
+    // Draining: NOT_SERVING while the long op still runs (it is handed back
+    // only at the drain timeout).
+    wait_until("the draining worker reports NOT_SERVING", || {
+        let health_url = health_url.clone();
+        async move { health(&health_url).await == Some(ServingStatus::NotServing) }
+    })
+    .await;
     let exit = tokio::time::timeout(Duration::from_secs(30), cluster.workers[0].wait())
         .await
         .expect("the worker exits")
@@ -708,6 +779,12 @@ async fn a_redis_down_for_30_s_and_back_from_its_aof_loses_nothing() {
     .await;
 
     fleet.redis.stop();
+    let direct = format!("http://127.0.0.1:{}", fleet.coordinators[0].0);
+    wait_until("a coordinator without Redis reports NOT_SERVING", || {
+        let direct = direct.clone();
+        async move { health(&direct).await == Some(ServingStatus::NotServing) }
+    })
+    .await;
     // The outage itself (connection refused), not a wait for a condition.
     tokio::time::sleep(Duration::from_secs(30)).await;
     for (index, (_, coordinator)) in fleet.coordinators.iter_mut().enumerate() {
@@ -727,6 +804,11 @@ async fn a_redis_down_for_30_s_and_back_from_its_aof_loses_nothing() {
         .redis
         .start_again()
         .expect("redis starts from its AOF");
+    wait_until("the coordinator reports SERVING again", || {
+        let direct = direct.clone();
+        async move { health(&direct).await == Some(ServingStatus::Serving) }
+    })
+    .await;
 
     let status = finish(&fleet.client, &batch).await;
     assert_eq!(status.state(), BatchState::Succeeded, "{}", status.error);
@@ -750,4 +832,78 @@ async fn a_redis_down_for_30_s_and_back_from_its_aof_loses_nothing() {
         .filter(|event| event.kind() == EventKind::OpSucceeded)
         .count();
     assert_eq!(succeeded, 120, "each op reported succeeded exactly once");
+}
+
+/// `retry_failed: sequential`: ops that trip over each other when run in
+/// parallel (each needs a lock directory only one can hold) fail in the
+/// parallel pass, then all succeed when retried one at a time; the
+/// dependents they skipped run too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_failed_sequential_reruns_interfering_ops_one_at_a_time() {
+    let cluster = common::Cluster::start_with(1, LEASE).await;
+    let mut ops = Vec::new();
+    for index in 0..4 {
+        // All four wait until all four started (in the parallel pass), then
+        // race for the lock; in the sequential pass they find their marker
+        // files already there and go straight on.
+        let mut locked = op(
+            &format!("locked{index}"),
+            "shell",
+            json!({ "cmd": format!("touch started-{index}; while [ $(ls started-* | wc -l) -lt 4 ]; do sleep 0.05; done; mkdir lock && sleep 0.3 && rmdir lock && echo ok-{index}") }),
+        );
+        locked.attempts = 1;
+        ops.push(locked);
+    }
+    let mut after = op(
+        "after",
+        "echo",
+        json!({ "text": "after ${ops.locked0.output}" }),
+    );
+    after.after = vec!["locked0".into()];
+    ops.push(after);
+    let submitted = cluster
+        .client
+        .submit(v1::Batch {
+            name: "sequential".into(),
+            retry_failed: v1::RetryFailed::Sequential as i32,
+            ops,
+            ..Default::default()
+        })
+        .await
+        .expect("submit");
+    let status = finish(&cluster.client, &submitted.batch_id).await;
+    assert_eq!(status.state(), BatchState::Succeeded, "{}", status.error);
+    let events: Vec<v1::BatchEvent> = cluster
+        .client
+        .watch(&submitted.batch_id, 0)
+        .await
+        .expect("watch")
+        .filter_map(|event| async move { event.ok() })
+        .collect()
+        .await;
+    let first_pass_end = events
+        .iter()
+        .position(|event| {
+            event.kind() == EventKind::OpRetrying && event.message.contains("sequential pass")
+        })
+        .expect("some op lost the race in the parallel pass");
+    let ops = by_id(&status);
+    for index in 0..4 {
+        let locked = ops[format!("locked{index}").as_str()];
+        assert_eq!(locked.state(), OpState::Succeeded, "{locked:?}");
+        assert_eq!(locked.output.trim_end(), format!("ok-{index}"));
+    }
+    assert_eq!(ops["after"].output.trim_end(), "after ok-0");
+    // The sequential pass never ran two ops at once.
+    let mut running = 0i32;
+    for event in &events[first_pass_end..] {
+        match event.kind() {
+            EventKind::OpStarted => {
+                running += 1;
+                assert!(running <= 1, "two ops ran at once in the sequential pass");
+            }
+            EventKind::OpSucceeded | EventKind::OpFailed => running -= 1,
+            _ => {}
+        }
+    }
 }

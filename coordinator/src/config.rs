@@ -30,6 +30,9 @@ pub struct CoordinatorConfig {
     /// so it can reconnect (to this or another coordinator) and carry on;
     /// past it they run again elsewhere.
     pub reconnect_grace: Duration,
+    /// How long an op may wait for a live worker that runs its kind (and
+    /// labels) before the batch's events say it is blocked.
+    pub report_blocked_after: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -43,6 +46,7 @@ impl Default for CoordinatorConfig {
             lease: Duration::from_secs(15),
             ownership_ttl: Duration::from_secs(5),
             reconnect_grace: Duration::from_secs(3),
+            report_blocked_after: Duration::from_secs(10),
         }
     }
 }

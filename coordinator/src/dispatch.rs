@@ -55,9 +55,6 @@ const DECLINE_HOLD_OFF: Duration = Duration::from_millis(250);
 const DECLINE_HOLD_OFF_MAX: Duration = Duration::from_secs(4);
 /// How long releasing batch holds may take at shutdown.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long an op may wait for a worker that runs its kind (and labels)
-/// before its batch's events say it is blocked.
-const BLOCKED_AFTER: Duration = Duration::from_secs(10);
 
 /// Room for commands: workers send at most one `Completed` per results
 /// message and results are bounded by credits, so this only absorbs bursts.
@@ -246,6 +243,7 @@ pub(crate) struct Dispatcher {
     lease: Duration,
     ownership_ttl: Duration,
     reconnect_grace: Duration,
+    report_blocked_after: Duration,
     /// Batches being loaded (planned from their stored spec).
     loading: HashSet<BatchId>,
     /// Batches this coordinator owns, with its fence for each.
@@ -254,6 +252,8 @@ pub(crate) struct Dispatcher {
     cluster: Vec<(String, WorkerEntry)>,
     /// The store could not be reached at the last tick.
     store_down: bool,
+    /// Told false while the store is unreachable (health: NOT_SERVING).
+    serving: Arc<tokio::sync::watch::Sender<bool>>,
     /// No lease expiry before this: the store just came back, and every
     /// coordinator must first renew what its workers ran meanwhile.
     expire_after: Option<tokio::time::Instant>,
@@ -279,6 +279,7 @@ impl Dispatcher {
         plans: Arc<PlanCache>,
         kinds: Arc<RwLock<KnownKinds>>,
         epoch: String,
+        serving: Arc<tokio::sync::watch::Sender<bool>>,
         shutdown: CancellationToken,
     ) -> Self {
         let doorbells = store.doorbells();
@@ -294,11 +295,13 @@ impl Dispatcher {
             lease: config.lease,
             ownership_ttl: config.ownership_ttl,
             reconnect_grace: config.reconnect_grace,
+            report_blocked_after: config.report_blocked_after,
             loading: HashSet::new(),
             owned: HashMap::new(),
             cluster: Vec::new(),
             store_down: false,
             expire_after: None,
+            serving,
             epoch,
             next_retry_at_ms: None,
             shutdown,
@@ -969,7 +972,7 @@ impl Dispatcher {
                 }
                 still.insert(claim.index);
                 let since = *active.unrunnable_since.entry(claim.index).or_insert(now);
-                if now.duration_since(since) >= BLOCKED_AFTER
+                if now.duration_since(since) >= self.report_blocked_after
                     && active.reported_blocked.insert(claim.index)
                 {
                     let labels = if op.requires.is_empty() {
@@ -1094,6 +1097,7 @@ impl Dispatcher {
                     warn!(%error, "store unreachable; carrying on and retrying");
                 }
                 self.store_down = true;
+                self.serving.send_replace(false);
                 return;
             }
         };
@@ -1103,6 +1107,7 @@ impl Dispatcher {
             // lease is judged run out.
             info!("store reachable again");
             self.store_down = false;
+            self.serving.send_replace(true);
             self.expire_after = Some(tokio::time::Instant::now() + self.resync_interval * 3);
         }
         if epoch == self.epoch {

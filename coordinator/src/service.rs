@@ -42,6 +42,9 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     /// Spawns re-plan a whole batch: one at a time.
     pub(crate) spawn_lock: tokio::sync::Mutex<()>,
+    /// Whether the coordinator can do its work: false while the store is
+    /// unreachable (grpc.health.v1 says NOT_SERVING then).
+    pub(crate) serving: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -73,6 +76,7 @@ impl Coordinator {
         let kinds = Arc::new(RwLock::new(KnownKinds::default()));
         let plans = Arc::new(PlanCache::new(config.finished_plans_cached));
         let (dispatch, commands) = dispatch::channel();
+        let serving = Arc::new(tokio::sync::watch::Sender::new(true));
         let coordinator = Coordinator {
             inner: Arc::new(Inner {
                 store: store.clone(),
@@ -83,6 +87,7 @@ impl Coordinator {
                 tasks: tasks.clone(),
                 shutdown: shutdown.clone(),
                 spawn_lock: tokio::sync::Mutex::new(()),
+                serving: serving.clone(),
             }),
         };
         let dispatcher = dispatch::Dispatcher::new(
@@ -93,6 +98,7 @@ impl Coordinator {
             plans,
             kinds,
             epoch,
+            serving,
             shutdown.child_token(),
         );
         tasks.spawn(
@@ -153,6 +159,12 @@ impl Coordinator {
         batch: &BatchId,
     ) -> Result<Arc<PlannedBatch>, CoordinatorError> {
         self.inner.plans.get(self.store(), batch).await
+    }
+
+    /// Whether the coordinator can do its work now (false while its store is
+    /// unreachable), as it changes.
+    pub fn serving(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.serving.subscribe()
     }
 
     /// Waits for every task the coordinator spawned to end (after shutdown).

@@ -49,6 +49,10 @@ pub struct CoordinatorArgs {
     /// reconnect (anywhere) before they run again elsewhere.
     #[arg(long, env = "VOLLEY_RECONNECT_GRACE", default_value = "3s", value_parser = humantime::parse_duration)]
     pub reconnect_grace: std::time::Duration,
+    /// How long an op may wait for a live worker that runs its kind (and
+    /// labels) before the batch's events say it is blocked.
+    #[arg(long, env = "VOLLEY_REPORT_BLOCKED_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub report_blocked_after: std::time::Duration,
 }
 
 pub async fn run(args: CoordinatorArgs) -> Exit {
@@ -70,6 +74,7 @@ pub async fn run(args: CoordinatorArgs) -> Exit {
     config.lease = args.lease;
     config.ownership_ttl = args.ownership_ttl;
     config.reconnect_grace = args.reconnect_grace;
+    config.report_blocked_after = args.report_blocked_after;
     if let Some(id) = args.id {
         if id.trim().is_empty() {
             eprintln!("error: --id: must not be empty");

@@ -1,6 +1,7 @@
 //! `volley worker`: serve a worker with the built-in kinds.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -42,6 +43,10 @@ pub struct WorkerArgs {
     /// On SIGTERM, how long running ops may take to finish.
     #[arg(long, env = "VOLLEY_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Serve grpc.health.v1 here (for Kubernetes probes): SERVING while
+    /// the worker takes work, NOT_SERVING once it drains.
+    #[arg(long, env = "VOLLEY_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -64,9 +69,26 @@ pub async fn run(args: WorkerArgs) -> Exit {
         None => None,
     };
     let shutdown = CancellationToken::new();
+    let health = match args.health_listen {
+        Some(address) => match serve_health(address).await {
+            Ok(reporter) => Some(reporter),
+            Err(error) => {
+                eprintln!("error: --health-listen {address}: {error}");
+                return Exit::Invalid;
+            }
+        },
+        None => None,
+    };
     let signal = shutdown.clone();
     tokio::spawn(async move {
         super::shutdown_signal().await;
+        // Draining: probes see it before the first op is handed back.
+        if let Some(reporter) = health {
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            tracing::info!("health: NOT_SERVING (draining)");
+        }
         signal.cancel();
     });
     let mut config = WorkerConfig::new(args.coordinator);
@@ -90,4 +112,28 @@ pub async fn run(args: WorkerArgs) -> Exit {
             Exit::Invalid
         }
     }
+}
+
+/// Serves grpc.health.v1 on `address` (status "" SERVING) until the process
+/// ends; the reporter turns it NOT_SERVING when the worker drains.
+async fn serve_health(
+    address: SocketAddr,
+) -> std::io::Result<tonic_health::server::HealthReporter> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    tracing::info!(address = %listener.local_addr()?, "health service listening");
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(error) = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming)
+            .await
+        {
+            tracing::warn!(%error, "health service stopped");
+        }
+    });
+    Ok(reporter)
 }

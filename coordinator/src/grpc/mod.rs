@@ -31,6 +31,35 @@ pub async fn serve(
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    // NOT_SERVING while the store is unreachable: a probe (or a balancer)
+    // sends clients elsewhere, though workers and watches ride it out.
+    let mut serving = coordinator.serving();
+    let reporter = health_reporter.clone();
+    let health_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = health_shutdown.cancelled() => return,
+                changed = serving.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            let status = if *serving.borrow_and_update() {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status(
+                    <BatchServiceServer<batch::BatchAdapter> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+        }
+    });
     let batches = BatchServiceServer::new(batch::BatchAdapter::new(coordinator.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
