@@ -219,6 +219,7 @@ pub fn report_json(status: &v1::BatchStatus) -> serde_json::Value {
         "skipped": status.skipped,
         "cancelled": status.cancelled,
         "error": status.error,
+        "owner": status.owner,
         "ops": ops,
     })
 }
@@ -286,6 +287,9 @@ pub fn report_text(status: &v1::BatchStatus) -> String {
     ));
     if !status.error.is_empty() {
         text.push_str(&format!("error: {}\n", status.error));
+    }
+    if !status.owner.is_empty() {
+        text.push_str(&format!("owned by coordinator {}\n", status.owner));
     }
     if !status.critical_path.is_empty() {
         let path = if status.critical_path.len() > 12 {
