@@ -4,6 +4,9 @@
 -- and during its sequential pass (meta `sequential`) by 1 minus running;
 -- marks them running with attempts + 1, leased until ARGV[5], and appends
 -- one `started` each.
+-- Per claimed op this costs one command (its event's XADD); the rest — the
+-- pops, state and attempt reads and writes, the leases — is one command per
+-- call for all of them.
 -- KEYS[1]  batch prefix `volley:{b:<batch>}:`
 -- ARGV[1..3] channel, batch id, now (see common.lua)
 -- ARGV[4]  max ops to claim
@@ -17,25 +20,41 @@ local limit = tonumber(ARGV[4])
 local max_parallel, running = tonumber(m[2] or '0'), tonumber(m[3] or '0')
 if max_parallel > 0 and max_parallel - running < limit then limit = max_parallel - running end
 if m[4] == '1' and 1 - running < limit then limit = 1 - running end
-local out, claimed = {}, 0
+local claimed, seen = {}, {}
 for priority = 0, PRIORITY_LEVELS - 1 do
-  while claimed < limit do
-    local idx = redis.call('LPOP', k_ready(priority))
-    if not idx then break end
-    -- Entries of ops cancelled while queued are dropped here.
-    if redis.call('HGET', K_STATE, idx) == 'R' then
-      redis.call('HSET', K_STATE, idx, 'U')
-      local attempt = redis.call('HINCRBY', K_ATTEMPTS, idx, 1)
-      redis.call('ZADD', K_LEASES, ARGV[5], idx)
-      event('started', idx, attempt, '', '', nil)
-      out[#out + 1] = tonumber(idx)
-      out[#out + 1] = attempt
-      claimed = claimed + 1
+  while #claimed < limit do
+    local want = limit - #claimed
+    local popped = redis.call('LPOP', k_ready(priority), want)
+    if not popped then break end
+    local states = hmget_many(K_STATE, popped)
+    for position, idx in ipairs(popped) do
+      -- Entries of ops cancelled while queued, and repeats, are dropped.
+      if states[position] == 'R' and not seen[idx] then
+        seen[idx] = true
+        claimed[#claimed + 1] = idx
+      end
     end
+    if #popped < want then break end
   end
 end
-if claimed > 0 then
-  redis.call('HINCRBY', K_META, 'running', claimed)
-  ring()
+if #claimed == 0 then return {} end
+local attempts = hmget_many(K_ATTEMPTS, claimed)
+local out, state_args, attempt_args, lease_args = {}, {}, {}, {}
+for position, idx in ipairs(claimed) do
+  local attempt = tonumber(attempts[position] or '0') + 1
+  state_args[#state_args + 1] = idx
+  state_args[#state_args + 1] = 'U'
+  attempt_args[#attempt_args + 1] = idx
+  attempt_args[#attempt_args + 1] = attempt
+  lease_args[#lease_args + 1] = ARGV[5]
+  lease_args[#lease_args + 1] = idx
+  event('started', idx, attempt, '', '', nil)
+  out[#out + 1] = tonumber(idx)
+  out[#out + 1] = attempt
 end
+call_chunked('HSET', K_STATE, state_args, 2)
+call_chunked('HSET', K_ATTEMPTS, attempt_args, 2)
+call_chunked('ZADD', K_LEASES, lease_args, 2)
+redis.call('HINCRBY', K_META, 'running', #claimed)
+ring()
 return out

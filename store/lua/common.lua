@@ -68,20 +68,44 @@ local function refuse_fence(fence, missing)
   return redis.error_reply('NOTOWNER ' .. holder)
 end
 
--- Appends an event with the next gapless seq as stream id `0-<seq>`.
+-- Appends an event with the next gapless seq as stream id `0-<seq>`: the
+-- stream numbers it (`0-*`: Redis 7 takes the next sequence after the last
+-- id, starting at 1), so an event is one command.
 local function event(kind, idx, attempt, worker, message, batch_state)
-  local seq = redis.call('HINCRBY', K_META, 'seq', 1)
-  redis.call('XADD', K_EVENTS, '0-' .. seq,
+  redis.call('XADD', K_EVENTS, '0-*',
     't', NOW, 'k', kind, 'i', idx or '', 'a', attempt or 0,
     'w', worker or '', 'm', message or '', 'b', batch_state or '')
+end
+
+-- Most arguments one command gets from a Lua table (unpack uses the C stack).
+local MAX_UNPACK = 512
+
+-- `command key args...` in slices of at most MAX_UNPACK arguments, never
+-- splitting a `group`-sized tuple (field/value pairs: 2).
+local function call_chunked(command, key, args, group)
+  local step = MAX_UNPACK - (MAX_UNPACK % group)
+  for first = 1, #args, step do
+    local last = math.min(first + step - 1, #args)
+    redis.call(command, key, unpack(args, first, last))
+  end
+end
+
+-- HMGET of many fields, in slices; values in the order of `fields`.
+local function hmget_many(key, fields)
+  local values = {}
+  for first = 1, #fields, MAX_UNPACK do
+    local last = math.min(first + MAX_UNPACK - 1, #fields)
+    local slice = redis.call('HMGET', key, unpack(fields, first, last))
+    for position = 1, #slice do values[first + position - 1] = slice[position] end
+  end
+  return values
 end
 
 -- info = "priority|run_if_always|max_attempts|retry|d1,d2,..." where retry =
 -- "<on_failure><on_timeout><on_lost_worker>,<initial_ms>,<max_ms>,<multiplier>,<jitter>"
 -- (flags and jitter 0/1). Returns priority, run_if_always, max_attempts,
 -- dependents, retry (the raw retry field; '' = the default policy).
-local function op_info(idx)
-  local raw = redis.call('HGET', K_INFO, idx)
+local function parse_info(raw)
   if not raw then return nil end
   local priority, always, max_attempts, retry, dependents =
     string.match(raw, '^(%d+)|(%d)|(%d+)|([^|]*)|(.*)$')
@@ -91,6 +115,10 @@ local function op_info(idx)
     retry = ''
   end
   return tonumber(priority), always == '1', tonumber(max_attempts), dependents, retry
+end
+
+local function op_info(idx)
+  return parse_info(redis.call('HGET', K_INFO, idx))
 end
 
 local function attempts_of(idx)
@@ -225,6 +253,57 @@ local function count_down(idx)
   local priority = op_info(idx)
   push_ready(idx, priority or (PRIORITY_LEVELS - 1))
   return 1
+end
+
+-- Every op in `ended` succeeded (run_if does not matter then): count down
+-- each of their dependents, in one pass over the lot — one HINCRBY per
+-- distinct dependent, the reads and the ready pushes batched. Dependents
+-- reaching zero are pushed in the order their last input ended, as one
+-- count_down per edge would. Returns how many became ready.
+local function count_down_many(ended)
+  if #ended == 0 then return 0 end
+  local infos = hmget_many(K_INFO, ended)
+  local order, decrements, last = {}, {}, {}
+  local edge = 0
+  for position = 1, #ended do
+    local _, _, _, dependents = parse_info(infos[position])
+    for dependent in string.gmatch(dependents or '', '%d+') do
+      edge = edge + 1
+      if not decrements[dependent] then
+        order[#order + 1] = dependent
+        decrements[dependent] = 0
+      end
+      decrements[dependent] = decrements[dependent] + 1
+      last[dependent] = edge
+    end
+  end
+  if #order == 0 then return 0 end
+  local states = hmget_many(K_STATE, order)
+  local ready = {}
+  for position, dependent in ipairs(order) do
+    if states[position] == 'W' then
+      local left = redis.call('HINCRBY', K_PENDING, dependent, -decrements[dependent])
+      if left <= 0 then ready[#ready + 1] = dependent end
+    end
+  end
+  if #ready == 0 then return 0 end
+  table.sort(ready, function(left, right) return last[left] < last[right] end)
+  call_chunked('HDEL', K_PENDING, ready, 1)
+  local ready_infos = hmget_many(K_INFO, ready)
+  local state_args, by_priority = {}, {}
+  for position, dependent in ipairs(ready) do
+    local priority = parse_info(ready_infos[position]) or (PRIORITY_LEVELS - 1)
+    state_args[#state_args + 1] = dependent
+    state_args[#state_args + 1] = 'R'
+    by_priority[priority] = by_priority[priority] or {}
+    local queue = by_priority[priority]
+    queue[#queue + 1] = dependent
+  end
+  call_chunked('HSET', K_STATE, state_args, 2)
+  for priority = 0, PRIORITY_LEVELS - 1 do
+    if by_priority[priority] then call_chunked('RPUSH', k_ready(priority), by_priority[priority], 1) end
+  end
+  return #ready
 end
 
 -- Memory key `key` arrived for op `idx`, as one of its `wait_for` keys

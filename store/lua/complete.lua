@@ -3,6 +3,14 @@
 -- the batch's own memory, dependents counted down or skipped transitively,
 -- fail_fast, and the batch's end. A store_as into a shared namespace lives
 -- in another slot: it is returned for the caller to write afterwards.
+--
+-- The hot path — a success without a store_as into the batch's memory — is
+-- batched: the states and attempts of the whole slice are read with one
+-- HMGET each, and the successes' writes (states, results, leases, counters,
+-- their dependents' countdowns) are applied together, so a success costs
+-- about one command of its own (its event). Anything else (a failure, a
+-- retry, a store_as that may wake waiters) first applies what is pending,
+-- then runs op by op with fresh reads, exactly as before.
 -- KEYS[1]  batch prefix `volley:{b:<batch>}:` (also its memory scope prefix)
 -- ARGV[1..5] channel, batch id, now, memory bell, change cap (see memory.lua)
 -- ARGV[6]  random seed of this call (backoff jitter)
@@ -24,6 +32,38 @@ local memory = m[2] or 'b'
 local shared = string.sub(memory, 1, 2) == 'm:'
 local recorded, became_ready, retried, stale, shared_writes = 0, 0, {}, {}, {}
 local count = tonumber(ARGV[7])
+
+-- The slice's states and attempts, read once; kept current by the fast
+-- path. `fresh` once a slow step ran: it may have changed any op, so read
+-- each op again from then on.
+local indices = {}
+for position = 0, count - 1 do indices[#indices + 1] = ARGV[8 + position * 12] end
+local known_state = hmget_many(K_STATE, indices)
+local known_attempts = hmget_many(K_ATTEMPTS, indices)
+local cached_state, cached_attempts = {}, {}
+for position, idx in ipairs(indices) do
+  if cached_state[idx] == nil then
+    cached_state[idx] = known_state[position] or false
+    cached_attempts[idx] = tonumber(known_attempts[position] or '0')
+  end
+end
+local fresh = false
+
+-- Successes not yet written.
+local pending_states, pending_results, pending_ops = {}, {}, {}
+local function apply_successes()
+  if #pending_ops == 0 then return end
+  call_chunked('HSET', K_STATE, pending_states, 2)
+  call_chunked('HSET', K_RESULT, pending_results, 2)
+  call_chunked('ZREM', K_LEASES, pending_ops, 1)
+  call_chunked('ZREM', K_DELAYED, pending_ops, 1)
+  call_chunked('HDEL', K_PENDING, pending_ops, 1)
+  redis.call('HINCRBY', K_META, 'running', -#pending_ops)
+  redis.call('HINCRBY', K_META, 'succeeded', #pending_ops)
+  became_ready = became_ready + count_down_many(pending_ops)
+  pending_states, pending_results, pending_ops = {}, {}, {}
+end
+
 for position = 0, count - 1 do
   local base = 8 + position * 12
   local idx, attempt, ok = ARGV[base], tonumber(ARGV[base + 1]), ARGV[base + 2] == 'ok'
@@ -31,9 +71,29 @@ for position = 0, count - 1 do
   local output, err, details = ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
   local worker, started, duration = ARGV[base + 6], ARGV[base + 7], ARGV[base + 8]
   local has_store_as, store_as = ARGV[base + 9] == '1', ARGV[base + 10]
-  if redis.call('HGET', K_STATE, idx) ~= 'U' or attempts_of(idx) ~= attempt then
-    stale[#stale + 1] = tonumber(idx)
+  local state, current
+  if fresh then
+    state, current = redis.call('HGET', K_STATE, idx), attempts_of(idx)
   else
+    state, current = cached_state[idx], cached_attempts[idx]
+  end
+  if state ~= 'U' or current ~= attempt then
+    stale[#stale + 1] = tonumber(idx)
+  elseif ok and not (has_store_as and not shared) then
+    -- The hot path: written with the rest of the slice's successes.
+    cached_state[idx] = 'S'
+    pending_ops[#pending_ops + 1] = idx
+    pending_states[#pending_states + 1] = idx
+    pending_states[#pending_states + 1] = 'S'
+    pending_results[#pending_results + 1] = idx
+    pending_results[#pending_results + 1] = cjson.encode({ w = worker, s = started,
+      d = duration, o = output, e = err, j = details })
+    event('succeeded', idx, attempt, worker, err, nil)
+    recorded = recorded + 1
+    if has_store_as then shared_writes[#shared_writes + 1] = position end
+  else
+    apply_successes()
+    fresh = true
     leave_running(idx)
     local fired = redis.call('HGET', K_META, 'fail_fast_fired') == '1'
     local delay = nil
@@ -49,13 +109,9 @@ for position = 0, count - 1 do
       event(ok and 'succeeded' or 'failed', idx, attempt, worker, err, nil)
       recorded = recorded + 1
       if ok and has_store_as then
-        if shared then
-          shared_writes[#shared_writes + 1] = position
-        else
-          local version = mem_store(store_as, 'text/plain', '', '0', output, nil, nil, #output)
-          local _, ready = mem_written(store_as, version, output, 'text/plain')
-          became_ready = became_ready + ready
-        end
+        local version = mem_store(store_as, 'text/plain', '', '0', output, nil, nil, #output)
+        local _, ready = mem_written(store_as, version, output, 'text/plain')
+        became_ready = became_ready + ready
       end
       became_ready = became_ready + propagate(idx, code)
       if not ok and fail_fast and not fired then
@@ -65,6 +121,7 @@ for position = 0, count - 1 do
     end
   end
 end
+apply_successes()
 local finished, pass_ready = finish_if_done()
 ring()
 return { recorded, retried, stale, became_ready + pass_ready, finished, shared_writes, memory,

@@ -11,7 +11,7 @@
 -- Returns: the batch state code if the batch finished at once (empty), else ''.
 redis.call('HSET', K_META, 'name', ARGV[4], 'created_ms', NOW, 'max_parallel', ARGV[5],
   'on_failure', ARGV[6], 'total', ARGV[7], 'succeeded', 0, 'failed', 0, 'skipped', 0,
-  'cancelled', 0, 'running', 0, 'error', '', 'seq', 0, 'memory', ARGV[8], 'deadline_ms', ARGV[9],
+  'cancelled', 0, 'running', 0, 'error', '', 'memory', ARGV[8], 'deadline_ms', ARGV[9],
   'retry_failed', ARGV[10], 'state', 'running')
 event('submitted', nil, 0, '', '', nil)
 local finished = finish_if_done()

@@ -8,7 +8,7 @@
 if redis.call('EXISTS', K_META) == 1 then return 0 end
 redis.call('HSET', K_META, 'name', '', 'created_ms', NOW, 'finished_ms', NOW,
   'max_parallel', 0, 'on_failure', 'continue', 'total', 0, 'succeeded', 0, 'failed', 0,
-  'skipped', 0, 'cancelled', 0, 'running', 0, 'error', ARGV[4], 'seq', 0, 'memory', 'b',
+  'skipped', 0, 'cancelled', 0, 'running', 0, 'error', ARGV[4], 'memory', 'b',
   'deadline_ms', 0, 'state', 'lost')
 event('finished', nil, 0, '', ARGV[4], 'lost')
 ring()

@@ -11,7 +11,7 @@
 //!
 //! Batch keys:
 //! - `meta` (hash): name, state, created_ms, finished_ms, max_parallel,
-//!   on_failure, total, the counters, error, `seq` (last event),
+//!   on_failure, total, the counters, error,
 //!   `deadline_ms` (0: none), the flags `cancel_requested` /
 //!   `fail_fast_fired` / `deadline_fired`, `retry_failed` (1: a sequential
 //!   pass is asked for) and `sequential` (1: that pass started; claims run
@@ -32,7 +32,7 @@
 //! - `result` (hash index → JSON record of a final op; dropped when the
 //!   sequential pass runs the op again).
 //! - `ready:<p>` (list of indices, p = 0 critical … 3 low).
-//! - `events` (stream, ids `0-<seq>`).
+//! - `events` (stream, ids `0-<seq>`, numbered by Redis: `XADD 0-*`).
 //! - `spec_added` (list: the spec chunk of each `add_ops`, in order).
 //! - `arrived` (set of `<op>|<key>`: `wait_for` keys counted for that op, so
 //!   a retried arrival never counts twice; the sequential pass adds every
