@@ -506,6 +506,12 @@ impl Coordinator {
                 "a worker needs at least one slot".into(),
             ));
         }
+        if register.worker_id.chars().any(char::is_control) {
+            return Err(CoordinatorError::BadRequest(format!(
+                "worker id {:?} holds a control character",
+                register.worker_id
+            )));
+        }
         let conn = self.inner.dispatch.next_conn();
         let worker_id = if register.worker_id.is_empty() {
             format!("worker-{conn}")

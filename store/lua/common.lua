@@ -68,13 +68,18 @@ local function refuse_fence(fence, missing)
   return redis.error_reply('NOTOWNER ' .. holder)
 end
 
+-- Separates an event's fields in its one stream field `e` (ASCII unit
+-- separator; worker ids may not contain control characters, and the
+-- message, which may, comes last).
+local SEP = '\31'
+
 -- Appends an event with the next gapless seq as stream id `0-<seq>`: the
 -- stream numbers it (`0-*`: Redis 7 takes the next sequence after the last
--- id, starting at 1), so an event is one command.
+-- id, starting at 1), so an event is one command. Its fields are packed in
+-- one: `e` = now, kind, op index, attempt, worker, batch state, message.
 local function event(kind, idx, attempt, worker, message, batch_state)
-  redis.call('XADD', K_EVENTS, '0-*',
-    't', NOW, 'k', kind, 'i', idx or '', 'a', attempt or 0,
-    'w', worker or '', 'm', message or '', 'b', batch_state or '')
+  redis.call('XADD', K_EVENTS, '0-*', 'e', NOW .. SEP .. kind .. SEP .. (idx or '') .. SEP ..
+    (attempt or 0) .. SEP .. (worker or '') .. SEP .. (batch_state or '') .. SEP .. (message or ''))
 end
 
 -- Most arguments one command gets from a Lua table (unpack uses the C stack).

@@ -32,7 +32,8 @@
 //! - `result` (hash index → JSON record of a final op; dropped when the
 //!   sequential pass runs the op again).
 //! - `ready:<p>` (list of indices, p = 0 critical … 3 low).
-//! - `events` (stream, ids `0-<seq>`, numbered by Redis: `XADD 0-*`).
+//! - `events` (stream, ids `0-<seq>`, numbered by Redis: `XADD 0-*`; one field
+//!   `e` packing time, kind, op, attempt, worker, batch state and message).
 //! - `spec_added` (list: the spec chunk of each `add_ops`, in order).
 //! - `arrived` (set of `<op>|<key>`: `wait_for` keys counted for that op, so
 //!   a retried arrival never counts twice; the sequential pass adds every

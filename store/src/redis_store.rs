@@ -805,37 +805,53 @@ fn parse_ms(text: &str) -> u64 {
     text.parse().unwrap_or(0)
 }
 
+/// Reads an event: one field `e` packing now, kind, op index, attempt,
+/// worker, batch state and message, separated by `\x1f` (see `event` in
+/// `lua/common.lua`); entries written before that format have one field
+/// each (`t`, `k`, `i`, `a`, `w`, `b`, `m`).
 fn parse_event(id: &str, fields: &HashMap<String, String>) -> StoreResult<Event> {
+    let mut parts: [&str; 7] = [""; 7];
+    match fields.get("e") {
+        Some(packed) => {
+            for (slot, part) in parts.iter_mut().zip(packed.splitn(7, '\x1f')) {
+                *slot = part;
+            }
+        }
+        None => {
+            for (slot, name) in parts.iter_mut().zip(["t", "k", "i", "a", "w", "b", "m"]) {
+                *slot = fields.get(name).map_or("", String::as_str);
+            }
+        }
+    }
+    let [at, kind_code, index, attempt, worker, state, message] = parts;
     let seq = id
         .split_once('-')
         .and_then(|(_, seq)| seq.parse().ok())
         .ok_or_else(|| corrupt(format_args!("event id `{id}`")))?;
-    let field = |name: &str| fields.get(name).cloned().unwrap_or_default();
-    let kind_code = field("k");
-    let kind = EventKind::from_code(&kind_code)
+    let kind = EventKind::from_code(kind_code)
         .ok_or_else(|| corrupt(format_args!("event kind `{kind_code}`")))?;
-    let op_index = match fields.get("i").map(String::as_str) {
-        None | Some("") => None,
-        Some(text) => Some(
+    let op_index = match index {
+        "" => None,
+        text => Some(
             text.parse()
                 .map_err(|_| corrupt(format_args!("event op index `{text}`")))?,
         ),
     };
-    let batch_state = match fields.get("b").map(String::as_str) {
-        None | Some("") => None,
-        Some(code) => Some(
+    let batch_state = match state {
+        "" => None,
+        code => Some(
             BatchState::from_code(code)
                 .ok_or_else(|| corrupt(format_args!("event batch state `{code}`")))?,
         ),
     };
     Ok(Event {
         seq,
-        at_ms: parse_ms(&field("t")),
+        at_ms: parse_ms(at),
         kind,
         op_index,
-        attempt: field("a").parse().unwrap_or(0),
-        worker: field("w"),
-        message: field("m"),
+        attempt: attempt.parse().unwrap_or(0),
+        worker: worker.to_owned(),
+        message: message.to_owned(),
         batch_state,
     })
 }
