@@ -116,6 +116,10 @@ pub(crate) struct WorkerOps {
     /// coordinator: it assigns no more than the worker's free slots, and a
     /// slot only frees up when its result arrives.
     undelivered: VecDeque<OpResult>,
+    /// The keys of `undelivered`, with how many results each has there
+    /// (a requeued result may sit next to its own copy), so checking
+    /// whether an op is held does not scan the queue.
+    undelivered_keys: HashMap<OpKey, u32>,
     /// Ops the drain timeout interrupted, to hand back (`ReturnOps`).
     interrupted: Vec<OpKey>,
 }
@@ -131,6 +135,7 @@ impl WorkerOps {
             drain_cancel: CancellationToken::new(),
             phase: DrainPhase::Serving,
             undelivered: VecDeque::new(),
+            undelivered_keys: HashMap::new(),
             interrupted: Vec::new(),
         }
     }
@@ -184,11 +189,7 @@ impl WorkerOps {
 
     /// Whether `key` runs here or its result waits to be sent.
     fn holds(&self, key: &OpKey) -> bool {
-        self.running.contains_key(key)
-            || self
-                .undelivered
-                .iter()
-                .any(|result| OpKey::of_result(result) == *key)
+        self.running.contains_key(key) || self.undelivered_keys.contains_key(key)
     }
 
     /// A coordinator's `CancelOps`: the op ends and reports `CANCELLED`. Works
@@ -223,7 +224,7 @@ impl WorkerOps {
             .running
             .keys()
             .cloned()
-            .chain(self.undelivered.iter().map(OpKey::of_result))
+            .chain(self.undelivered_keys.keys().cloned())
             .collect();
         keys.sort_unstable();
         keys.dedup();
@@ -245,16 +246,41 @@ impl WorkerOps {
                 break;
             }
             bytes += size;
-            results.extend(self.undelivered.pop_front());
+            if let Some(result) = self.undelivered.pop_front() {
+                self.forget_undelivered(&result);
+                results.push(result);
+            }
         }
         results
+    }
+
+    fn push_undelivered(&mut self, result: OpResult, front: bool) {
+        *self
+            .undelivered_keys
+            .entry(OpKey::of_result(&result))
+            .or_default() += 1;
+        if front {
+            self.undelivered.push_front(result);
+        } else {
+            self.undelivered.push_back(result);
+        }
+    }
+
+    fn forget_undelivered(&mut self, result: &OpResult) {
+        let key = OpKey::of_result(result);
+        if let Some(count) = self.undelivered_keys.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.undelivered_keys.remove(&key);
+            }
+        }
     }
 
     /// Results a broken session may not have delivered: sent again first, in
     /// their order (a coordinator ignores a result it already has).
     pub(crate) fn requeue(&mut self, results: impl DoubleEndedIterator<Item = OpResult>) {
         for result in results.rev() {
-            self.undelivered.push_front(result);
+            self.push_undelivered(result, true);
         }
     }
 
@@ -402,7 +428,7 @@ impl WorkerOps {
         match joined {
             Ok((_, (key, OpEnd::Finished(result)))) => {
                 self.running.remove(&key);
-                self.undelivered.push_back(result);
+                self.push_undelivered(result, false);
             }
             Ok((_, (key, OpEnd::Interrupted))) => {
                 self.running.remove(&key);
@@ -436,7 +462,7 @@ impl WorkerOps {
                         ..OpResult::default()
                     };
                     result.set_failure_kind(FailureKind::Error);
-                    self.undelivered.push_back(result);
+                    self.push_undelivered(result, false);
                 }
             }
         }

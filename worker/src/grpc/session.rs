@@ -39,6 +39,10 @@ const UNCONFIRMED_WINDOW: Duration = KEEP_ALIVE_INTERVAL
 /// Cap on the results kept to send again (as [`result_size`] counts): past
 /// it the oldest are let go, as most likely delivered.
 const UNCONFIRMED_MAX_BYTES: usize = 8 * MAX_RESULTS_BYTES;
+/// Cap on how many results are kept to send again: at high rates only the
+/// most recent can still be in flight, and keeping a minute of them would
+/// cost memory and copies proportional to the rate.
+const UNCONFIRMED_MAX_RESULTS: usize = 4096;
 /// Why assignments that arrive during a drain are handed back.
 const REASON_DRAINING: &str = "worker is draining";
 /// Why ops still running when the drain timeout passes are handed back.
@@ -415,11 +419,14 @@ impl Unconfirmed {
     }
 
     /// Lets go of results sent longer ago than [`UNCONFIRMED_WINDOW`], and of
-    /// the oldest past [`UNCONFIRMED_MAX_BYTES`].
+    /// the oldest past [`UNCONFIRMED_MAX_BYTES`] or [`UNCONFIRMED_MAX_RESULTS`].
     fn forget_old(&mut self, now: Instant) {
         while let Some((sent_at, result)) = self.sent.front() {
             let expired = now.saturating_duration_since(*sent_at) > UNCONFIRMED_WINDOW;
-            if !expired && self.bytes <= UNCONFIRMED_MAX_BYTES {
+            if !expired
+                && self.bytes <= UNCONFIRMED_MAX_BYTES
+                && self.sent.len() <= UNCONFIRMED_MAX_RESULTS
+            {
                 break;
             }
             self.bytes -= result_size(result);
