@@ -513,7 +513,11 @@ local function finish_if_done()
   redis.call('HSET', K_META, 'state', state, 'finished_ms', NOW)
   event('finished', nil, 0, '', redis.call('HGET', K_META, 'error') or '', state)
   for priority = 0, PRIORITY_LEVELS - 1 do redis.call('DEL', k_ready(priority)) end
-  redis.call('DEL', K_LEASES, K_DELAYED)
+  -- Compaction: what only a running batch needs goes (UNLINK: freed off the
+  -- main thread, so a million-op batch does not stall Redis). What stays per
+  -- op: its state, attempts, result, events and spec.
+  redis.call('UNLINK', K_LEASES, K_DELAYED, K_INFO, K_PENDING, K_ARRIVED, K_ANY_DONE,
+    K_DEADLINES, K_WAIT_INFO, K_HANDED_BACK)
   return state, 0
 end
 

@@ -43,8 +43,12 @@
 //! - `deadlines` (sorted set: op index scored by its `wait_deadline_ms`).
 //! - `waitinfo` (hash index → JSON `{"s": since_ms, "a": [all keys], "y":
 //!   [any keys]}` of every op with memory waits, for the error of an expired
-//!   wait, for `op_waits` and for the sequential pass; kept for the batch's
-//!   life).
+//!   wait, for `op_waits` and for the sequential pass).
+//!
+//! When a batch finishes, the keys only a running batch needs go (`leases`,
+//! `delayed`, `info`, `pending`, `arrived`, `any_done`, `deadlines`,
+//! `waitinfo`, `handed_back`, the ready queues): a finished op keeps its
+//! state, attempts, result, events and spec.
 //!
 //! Memory scope keys live under the scope's prefix ([`scope_prefix`]): the
 //! batch's prefix for a batch scope, `volley:{m:<namespace>}:` for a shared
