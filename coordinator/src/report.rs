@@ -24,7 +24,12 @@ pub(crate) fn build(
     } else {
         sequential_ms as f64 / wall_ms as f64
     };
-    let (path, critical_path_ms) = plan.critical_path(&durations);
+    // A summary of a running batch reads no records: no critical path yet.
+    let (path, critical_path_ms) = if records.len() == plan.ops.len() {
+        plan.critical_path(&durations)
+    } else {
+        (Vec::new(), 0)
+    };
     let critical_path = path
         .iter()
         .map(|index| planned.op_id(*index).to_owned())

@@ -332,7 +332,13 @@ impl Coordinator {
             .await?
             .ok_or_else(|| CoordinatorError::BatchNotFound(batch.clone()))?;
         let planned = self.inner.plans.get(self.store(), batch).await?;
-        let records = self.store().op_records(batch).await?;
+        // A summary of a running batch is its counters: reading every op's
+        // record for it would make polling cost as much as the batch.
+        let records = if include_ops || meta.finished_ms.is_some() {
+            self.store().op_records(batch).await?
+        } else {
+            Vec::new()
+        };
         let mut status = report::build(&planned, &meta, &records, include_ops, now_ms());
         if meta.finished_ms.is_none() {
             status.owner = self
