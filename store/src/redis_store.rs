@@ -189,7 +189,12 @@ impl RedisStore {
         url: &str,
         shutdown: CancellationToken,
     ) -> StoreResult<RedisStore> {
-        let client = redis::Client::open(url)?;
+        // TCP_NODELAY: one multiplexed connection carries claims, completions
+        // and event reads from many tasks at once; with Nagle a request
+        // behind an unacknowledged one waits out a delayed ack (~40 ms).
+        let info = redis::IntoConnectionInfo::into_connection_info(url)?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(CONNECTION_TIMEOUT));

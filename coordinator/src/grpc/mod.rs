@@ -7,6 +7,7 @@ mod status;
 mod worker;
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use volley_proto::MAX_MESSAGE_BYTES;
@@ -70,13 +71,20 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let shutdown_signal = shutdown.clone();
+    // `tcp_nodelay` on the builder does not reach sockets we accept
+    // ourselves: without this, small messages (watch events after their
+    // headers, assignments) wait out Nagle and the peer's delayed ack, ~40 ms.
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(stream)
+    });
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(batches)
         .add_service(memory)
         .add_service(workers)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             shutdown_signal.cancelled().await;
         })
         .await
