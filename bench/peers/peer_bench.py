@@ -155,6 +155,9 @@ class CpuMeter:
         self._thread = None
         self._lock = threading.Lock()
         self.own_cpu = 0.0  # CPU of the sampling thread itself, not counted
+        self.machine_start = None
+        self.foreign_cpu = None
+        self.steal = None
 
     def _candidates(self, marker_scan):
         procs = [self.me] + self.extra
@@ -198,7 +201,20 @@ class CpuMeter:
             self._poll()
             self.own_cpu += time.thread_time() - t0
 
+    @staticmethod
+    def _machine_busy():
+        """CPU seconds the whole machine spent busy since boot (/proc/stat)."""
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+        hz = os.sysconf("SC_CLK_TCK")
+        return (user + nice + system + irq + softirq) / hz, steal / hz
+
     def start(self):
+        self.machine_start = self._machine_busy()
         self._poll(marker_scan=True)
         self.started = True
         self._thread = threading.Thread(target=self._run, name="cpu-meter", daemon=True)
@@ -213,7 +229,17 @@ class CpuMeter:
             if delta >= 0.005:
                 log(f"  cpu {delta:7.2f}s  pid {key[0]:>7}  {self.names[key]}")
         log(f"  cpu {-self.own_cpu:7.2f}s  (the sampler's own CPU, taken off the driver's)")
-        return sum(deltas.values()) - self.own_cpu
+        ours = sum(deltas.values())
+        machine_end = self._machine_busy()
+        if self.machine_start is not None and machine_end is not None:
+            # Whatever else ran meanwhile competed for the same 2 cores; steal
+            # is time the hypervisor gave our vCPUs to someone else.
+            busy = machine_end[0] - self.machine_start[0]
+            self.steal = machine_end[1] - self.machine_start[1]
+            self.foreign_cpu = max(0.0, busy - ours)
+            log(f"  machine busy {busy:.2f}s, ours {ours:.2f}s, "
+                f"other processes ~{self.foreign_cpu:.2f}s, steal {self.steal:.2f}s")
+        return ours - self.own_cpu
 
 
 def _alive(proc):
@@ -560,6 +586,7 @@ def parse_args():
     p.add_argument("--run-id", help="marker put in every process's environment (default: random)")
     p.add_argument("--timeout", type=float, default=290.0,
                    help="kill everything and report an error after this many seconds (default 290)")
+    p.add_argument("--skew-file", help="append a line here when other processes competed for the CPU")
     p.add_argument("--sweep", metavar="RUN_ID", help="only kill the leftover processes of RUN_ID")
     args = p.parse_args()
     if not args.sweep and (not args.system or not args.workload):
@@ -617,6 +644,19 @@ def main():
             result["p50_ms"] = round(statistics.median(lat), 3)
             result["p90_ms"] = round(percentile(lat, 90), 3)
         log(f"{system} {workload}: {ops} ops in {wall:.2f} s ({ops / wall:.0f}/s), cpu {cpu:.2f} s")
+        limit = 0.05 * wall * (os.cpu_count() or 1) + 0.2
+        notes = []
+        if meter.foreign_cpu is not None and meter.foreign_cpu > limit:
+            notes.append(f"other processes used ~{meter.foreign_cpu:.1f} CPU s during the timed "
+                         f"section ({meter.foreign_cpu / wall * 100:.0f}% of one core)")
+        if meter.steal is not None and meter.steal > limit:
+            notes.append(f"the hypervisor stole {meter.steal:.1f} CPU s "
+                         f"({meter.steal / wall * 100:.0f}% of one core)")
+        for note in notes:
+            log(f"WARNING: {note}; this result is skewed")
+            if args.skew_file:
+                with open(args.skew_file, "a") as f:
+                    f.write(f"{system} {workload}: {note}\n")
         emit(result)
     except BaseException as e:  # noqa: BLE001 - we always report and clean up
         code = 1

@@ -31,6 +31,9 @@ if awk -v l="$load1" 'BEGIN { exit !(l > 0.7) }'; then
   echo "run_all: warning: load average is $load1 before starting; other work on this machine will skew the numbers" >&2
 fi
 
+skewlog="$(mktemp)"
+trap 'rm -f "$skewlog"' EXIT
+
 for system in "${systems[@]}"; do
   for workload in "${workloads[@]}"; do
     run_id="$(date +%s)-$$-$system-$workload"
@@ -38,7 +41,8 @@ for system in "${systems[@]}"; do
     [ "$smoke" = 1 ] && size_args=(--size "${smoke_size[$workload]}")
     echo "run_all: $system $workload ${size_args[*]:-}" >&2
     out="$(timeout --foreground -k 10 "$run_timeout" "$py" "$here/peer_bench.py" --system "$system" \
-      --workload "$workload" "${size_args[@]}" --run-id "$run_id" --timeout $((run_timeout - 15)))"
+      --workload "$workload" "${size_args[@]}" --run-id "$run_id" --timeout $((run_timeout - 15)) \
+      --skew-file "$skewlog")"
     rc=$?
     "$py" "$here/peer_bench.py" --sweep "$run_id" || true
     "$py" - "$system" "$workload" "$rc" "$run_timeout" "$out" <<'PY'
@@ -63,3 +67,7 @@ print(json.dumps(obj), flush=True)
 PY
   done
 done
+if [ -s "$skewlog" ]; then
+  echo "run_all: warning: other processes competed for the CPU during these runs:" >&2
+  sed 's/^/run_all:   /' "$skewlog" >&2
+fi

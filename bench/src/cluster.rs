@@ -139,6 +139,20 @@ impl Cluster {
         parse_used_memory(&info).context("INFO memory has no used_memory line")
     }
 
+    /// Redis `INFO commandstats`: (commands, script calls). `commands`
+    /// counts every command Redis ran, those inside scripts included (Redis
+    /// counts a script's `redis.call`s under their own names) and the script
+    /// calls themselves excluded; `script calls` counts EVALSHA/EVAL/FCALL.
+    pub async fn command_counts(&self) -> anyhow::Result<(u64, u64)> {
+        let mut connection = self.redis_connection.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut connection)
+            .await
+            .context("INFO commandstats")?;
+        Ok(parse_command_counts(&info))
+    }
+
     /// Kills every member and waits for each (redis-server too).
     pub async fn shutdown(mut self) {
         for member in std::iter::once(&mut self.coordinator).chain(self.workers.iter_mut()) {
@@ -244,6 +258,33 @@ pub fn log_tail(path: &Path) -> String {
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).context("binding a probe port")?;
     Ok(listener.local_addr()?.port())
+}
+
+fn parse_command_counts(info: &str) -> (u64, u64) {
+    let (mut commands, mut scripts) = (0, 0);
+    for line in info.lines() {
+        let Some((name, rest)) = line
+            .trim()
+            .strip_prefix("cmdstat_")
+            .and_then(|line| line.split_once(':'))
+        else {
+            continue;
+        };
+        let calls: u64 = rest
+            .split(',')
+            .find_map(|field| field.strip_prefix("calls="))
+            .and_then(|calls| calls.parse().ok())
+            .unwrap_or(0);
+        match name {
+            "evalsha" | "eval" | "evalsha_ro" | "eval_ro" | "fcall" | "fcall_ro" => {
+                scripts += calls
+            }
+            // Our own INFO and CONFIG calls are not Volley's work.
+            name if name.starts_with("info") || name.starts_with("config") => {}
+            _ => commands += calls,
+        }
+    }
+    (commands, scripts)
 }
 
 fn parse_used_memory(info: &str) -> Option<u64> {

@@ -378,6 +378,14 @@ fn progress(record: &Record) {
             match (record.p50_ms, record.p90_ms) {
                 (Some(p50), Some(p90)) => format!(", p50 {p50:.2} ms, p90 {p90:.2} ms"),
                 _ => String::new(),
+            } + &match (
+                record.extra.get("redis_commands_per_op"),
+                record.extra.get("redis_script_calls_per_op"),
+            ) {
+                (Some(commands), Some(scripts)) => {
+                    format!(", Redis: {commands} commands/op, {scripts} script calls/op")
+                }
+                _ => String::new(),
             }
         ),
     }
@@ -388,6 +396,11 @@ fn batch_record(system: &str, workload: &str, run: &BatchRun) -> Record {
     record.set("batch_wall_ms", run.batch_wall_ms);
     record.set("submit_s", round(run.submit.as_secs_f64(), 4));
     record.set("peak_rss_kib", rss_json(&run.peak_rss_kib));
+    if run.ops > 0 {
+        let per_op = |count: u64| round(count as f64 / run.ops as f64, 2);
+        record.set("redis_commands_per_op", per_op(run.redis_commands));
+        record.set("redis_script_calls_per_op", per_op(run.redis_script_calls));
+    }
     record
 }
 

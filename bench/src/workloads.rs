@@ -144,6 +144,11 @@ pub struct BatchRun {
     pub batch_wall_ms: u64,
     pub cpu: BTreeMap<String, f64>,
     pub peak_rss_kib: BTreeMap<String, u64>,
+    /// Commands Redis ran meanwhile, those inside scripts included (the
+    /// summary reads and this harness's own INFO calls count too).
+    pub redis_commands: u64,
+    /// Script calls (EVALSHA) meanwhile: each is one round trip.
+    pub redis_script_calls: u64,
 }
 
 /// Submits `batch`, follows its events until it finishes, and checks every
@@ -158,6 +163,7 @@ pub async fn run_batch(
     cluster.check_alive()?;
     let processes = cluster.processes();
     let client = cluster.client().clone();
+    let commands_before = cluster.command_counts().await?;
     let before = processes.cpu_snapshot()?;
     let start = Instant::now();
     let mut submitted: Option<(String, Duration)> = None;
@@ -196,7 +202,10 @@ pub async fn run_batch(
         .await
         .with_context(|| format!("reading the status of batch {batch_id}"))?;
     check_succeeded(&batch_id, state, &summary)?;
+    let commands_after = cluster.command_counts().await?;
     Ok(BatchRun {
+        redis_commands: commands_after.0.saturating_sub(commands_before.0),
+        redis_script_calls: commands_after.1.saturating_sub(commands_before.1),
         ops: u64::from(summary.total),
         wall,
         submit,
