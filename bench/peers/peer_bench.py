@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -429,6 +430,7 @@ def start_redis(tmpdir, deadline):
 
 def run_celery(args, size, cleanups, deadline):
     tmpdir = tempfile.mkdtemp(prefix="volley-peer-celery-")
+    cleanups.append(lambda: shutil.rmtree(tmpdir, ignore_errors=True))
     extra_pids = []
     if args.redis_url:
         url = args.redis_url
