@@ -32,6 +32,22 @@ fn op(id: &str, kind: &str, args: serde_json::Value) -> v1::Op {
     }
 }
 
+/// How many `OP_SUCCEEDED` events a finished batch's whole event stream holds.
+async fn successes_reported(client: &volley_client::Client, batch: &str) -> usize {
+    client
+        .watch(batch, 0)
+        .await
+        .expect("watch")
+        .filter(|event| {
+            let succeeded = event
+                .as_ref()
+                .is_ok_and(|event| event.kind() == EventKind::OpSucceeded);
+            async move { succeeded }
+        })
+        .count()
+        .await
+}
+
 /// grpc.health.v1 status "" at `url`; None when it does not answer.
 async fn health(url: &str) -> Option<ServingStatus> {
     let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
@@ -714,19 +730,11 @@ async fn a_redis_that_freezes_for_seconds_loses_nothing() {
     let status = finish(&cluster.client, &batch_id).await;
     assert_eq!(status.state(), BatchState::Succeeded);
     assert_eq!(status.succeeded, 200);
-    let events: Vec<_> = cluster
-        .client
-        .watch(&batch_id, 0)
-        .await
-        .expect("watch")
-        .collect()
-        .await;
-    let succeeded = events
-        .iter()
-        .filter_map(|event| event.as_ref().ok())
-        .filter(|event| event.kind() == EventKind::OpSucceeded)
-        .count();
-    assert_eq!(succeeded, 200, "each op reported succeeded exactly once");
+    assert_eq!(
+        successes_reported(&cluster.client, &batch_id).await,
+        200,
+        "each op reported succeeded exactly once"
+    );
 }
 
 /// Redis killed mid-batch and unreachable (connection refused) for 30 s,
@@ -819,19 +827,11 @@ async fn a_redis_down_for_30_s_and_back_from_its_aof_loses_nothing() {
             assert_eq!(op.output, format!("{index}: succeeded"));
         }
     }
-    let events: Vec<_> = fleet
-        .client
-        .watch(&batch, 0)
-        .await
-        .expect("watch")
-        .collect()
-        .await;
-    let succeeded = events
-        .iter()
-        .filter_map(|event| event.as_ref().ok())
-        .filter(|event| event.kind() == EventKind::OpSucceeded)
-        .count();
-    assert_eq!(succeeded, 120, "each op reported succeeded exactly once");
+    assert_eq!(
+        successes_reported(&fleet.client, &batch).await,
+        120,
+        "each op reported succeeded exactly once"
+    );
 }
 
 /// `retry_failed: sequential`: ops that trip over each other when run in

@@ -191,11 +191,32 @@ struct Worker {
 
 impl Worker {
     fn accepts(&self, kind: &str, requires: &BTreeMap<String, String>) -> bool {
-        self.kinds.contains(kind)
-            && requires
-                .iter()
-                .all(|(key, value)| self.labels.get(key) == Some(value))
+        self.kinds.contains(kind) && has_labels(&self.labels, requires)
     }
+}
+
+/// Whether a worker of the cluster registry (connected here or elsewhere)
+/// runs `kind` with the `requires` labels: [`Worker::accepts`] for entries.
+fn entry_accepts(entry: &WorkerEntry, kind: &str, requires: &BTreeMap<String, String>) -> bool {
+    entry.kinds.iter().any(|known| known == kind) && has_labels(&entry.labels, requires)
+}
+
+fn has_labels(labels: &BTreeMap<String, String>, requires: &BTreeMap<String, String>) -> bool {
+    requires
+        .iter()
+        .all(|(key, value)| labels.get(key) == Some(value))
+}
+
+/// `" with labels k=v,…"` for messages about an op's `requires`; "" for none.
+fn with_labels(requires: &BTreeMap<String, String>) -> String {
+    if requires.is_empty() {
+        return String::new();
+    }
+    let labels: Vec<String> = requires
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    format!(" with labels {}", labels.join(","))
 }
 
 struct ActiveBatch {
@@ -711,11 +732,7 @@ impl Dispatcher {
     /// we hand the op back for that coordinator instead of parking it.
     fn elsewhere_accepts(&self, kind: &str, requires: &BTreeMap<String, String>) -> bool {
         self.cluster.iter().any(|(coordinator, entry)| {
-            coordinator != &self.id
-                && entry.kinds.iter().any(|known| known == kind)
-                && requires
-                    .iter()
-                    .all(|(key, value)| entry.labels.get(key) == Some(value))
+            coordinator != &self.id && entry_accepts(entry, kind, requires)
         })
     }
 
@@ -960,13 +977,10 @@ impl Dispatcher {
                     .workers
                     .values()
                     .any(|worker| worker.accepts(&op.kind, &op.requires))
-                    || self.cluster.iter().any(|(_, entry)| {
-                        entry.kinds.iter().any(|kind| kind == &op.kind)
-                            && op
-                                .requires
-                                .iter()
-                                .all(|(key, value)| entry.labels.get(key) == Some(value))
-                    });
+                    || self
+                        .cluster
+                        .iter()
+                        .any(|(_, entry)| entry_accepts(entry, &op.kind, &op.requires));
                 if runnable {
                     continue;
                 }
@@ -975,16 +989,7 @@ impl Dispatcher {
                 if now.duration_since(since) >= self.report_blocked_after
                     && active.reported_blocked.insert(claim.index)
                 {
-                    let labels = if op.requires.is_empty() {
-                        String::new()
-                    } else {
-                        let labels: Vec<String> = op
-                            .requires
-                            .iter()
-                            .map(|(key, value)| format!("{key}={value}"))
-                            .collect();
-                        format!(" with labels {}", labels.join(","))
-                    };
+                    let labels = with_labels(&op.requires);
                     notes.push((
                         active.planned.id.clone(),
                         claim.index,
@@ -1183,27 +1188,13 @@ impl Dispatcher {
                 continue;
             }
             live += 1;
-            let accepts = entry.kinds.iter().any(|kind| kind == &op.kind)
-                && op
-                    .requires
-                    .iter()
-                    .all(|(key, value)| entry.labels.get(key) == Some(value));
-            if accepts {
+            if entry_accepts(entry, &op.kind, &op.requires) {
                 able += 1;
                 able_free += usize::from(entry.busy < entry.slots);
             }
         }
         if able == 0 {
-            let requires = if op.requires.is_empty() {
-                String::new()
-            } else {
-                let labels: Vec<String> = op
-                    .requires
-                    .iter()
-                    .map(|(key, value)| format!("{key}={value}"))
-                    .collect();
-                format!(" with labels {}", labels.join(","))
-            };
+            let requires = with_labels(&op.requires);
             reasons.push(format!(
                 "no live worker runs `{}` ops{requires} ({live} worker(s) live in the cluster)",
                 op.kind,
