@@ -431,6 +431,7 @@ impl Coordinator {
         sender: mpsc::Sender<Result<v1::BatchEvent, CoordinatorError>>,
     ) {
         let mut doorbells = self.store().doorbells();
+        let mut checked_end = false;
         loop {
             let events = match self.store().events(&planned.id, after_seq, 1000).await {
                 Ok(events) => events,
@@ -458,8 +459,11 @@ impl Coordinator {
             if fetched > 0 {
                 continue;
             }
-            // Resumed at or past the end of a finished batch: nothing more comes.
-            if let Ok(Some(meta)) = self.store().meta(&planned.id).await
+            // Resumed at or past the end of a finished batch: nothing more
+            // comes. Asked once, at the first catch-up: later on, the
+            // batch's end arrives as its `BatchFinished` event.
+            if !checked_end
+                && let Ok(Some(meta)) = self.store().meta(&planned.id).await
                 && meta.finished_ms.is_some()
                 && self
                     .store()
@@ -469,6 +473,7 @@ impl Coordinator {
             {
                 return;
             }
+            checked_end = true;
             tokio::select! {
                 () = self.inner.shutdown.cancelled() => return,
                 () = sender.closed() => return,
