@@ -414,8 +414,10 @@ impl Dispatcher {
             Ok(Doorbell::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
                 self.mark_all_ready()
             }
-            // Memory writes that unblock ops ring those ops' batches too.
-            Ok(Doorbell::Memory(_)) | Err(broadcast::error::RecvError::Closed) => {}
+            // Memory writes that unblock ops ring those ops' batches too;
+            // a claim's or a note's events make nothing claimable.
+            Ok(Doorbell::Memory(_) | Doorbell::Events(_))
+            | Err(broadcast::error::RecvError::Closed) => {}
         }
     }
 

@@ -346,6 +346,7 @@ async fn wait_for_memory_bell(doorbells: &mut broadcast::Receiver<Doorbell>, sco
             Ok(
                 Doorbell::Memory(_)
                 | Doorbell::Batch(_)
+                | Doorbell::Events(_)
                 | Doorbell::Started(_)
                 | Doorbell::Ended(_),
             ) => {}

@@ -566,11 +566,12 @@ impl Coordinator {
 async fn wait_for_bell(doorbells: &mut broadcast::Receiver<Doorbell>, batch: &BatchId) {
     loop {
         match doorbells.recv().await {
-            Ok(Doorbell::Batch(rung)) if &rung == batch => return,
+            Ok(Doorbell::Batch(rung) | Doorbell::Events(rung)) if &rung == batch => return,
             // The batch ended: its last events are there to read.
             Ok(Doorbell::Ended(rung)) if &rung == batch => return,
             Ok(
                 Doorbell::Batch(_)
+                | Doorbell::Events(_)
                 | Doorbell::Memory(_)
                 | Doorbell::Started(_)
                 | Doorbell::Ended(_),

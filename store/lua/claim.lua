@@ -56,5 +56,5 @@ call_chunked('HSET', K_STATE, state_args, 2)
 call_chunked('HSET', K_ATTEMPTS, attempt_args, 2)
 call_chunked('ZADD', K_LEASES, lease_args, 2)
 redis.call('HINCRBY', K_META, 'running', #claimed)
-ring()
+ring_events()
 return out

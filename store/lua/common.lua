@@ -46,6 +46,11 @@ local function ring()
   redis.call('PUBLISH', CHANNEL, 'b:' .. BATCH)
 end
 
+-- Only the batch's events changed (nothing became claimable).
+local function ring_events()
+  redis.call('PUBLISH', CHANNEL, 'v:' .. BATCH)
+end
+
 -- The owner hold `<coordinator>|<token>` split into coordinator, token
 -- (the coordinator id may itself contain '|': the token is after the last).
 local function parse_owner(value)

@@ -15,5 +15,5 @@ local op_state = redis.call('HGET', K_STATE, idx)
 if not op_state then return -1 end
 if state ~= 'running' or FINAL[op_state] then return 0 end
 event('blocked', idx, attempts_of(idx), '', ARGV[5], nil)
-ring()
+ring_events()
 return 1

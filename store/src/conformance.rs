@@ -1197,7 +1197,7 @@ pub async fn case_doorbell_rings_on_complete(store: &dyn Store) {
         .claim(&batch_id, 1, NOW + 1, LEASE)
         .await
         .expect("claim");
-    expect_bell(&mut receiver, &batch_id).await;
+    expect_exact_bell(&mut receiver, &Doorbell::Events(batch_id.clone())).await;
     // Bells arrive in order, so once the marker's bell is in, nothing of
     // the first batch is still under way.
     store
@@ -3282,7 +3282,8 @@ pub async fn case_doorbell_rings_started_and_ended(store: &dyn Store) {
     expect_exact_bell(&mut receiver, &Doorbell::Batch(done.clone())).await;
     expect_exact_bell(&mut receiver, &Doorbell::Started(done.clone())).await;
     run_one(store, &done, 0).await;
-    expect_exact_bell(&mut receiver, &Doorbell::Batch(done.clone())).await;
+    // The claim rings the events bell only: it makes nothing claimable.
+    expect_exact_bell(&mut receiver, &Doorbell::Events(done.clone())).await;
     expect_exact_bell(&mut receiver, &Doorbell::Batch(done.clone())).await;
     expect_exact_bell(&mut receiver, &Doorbell::Ended(done.clone())).await;
     // Cancelled; cancelling again rings nothing.
@@ -4137,7 +4138,8 @@ pub async fn case_note_blocked_appends_an_event_only(store: &dyn Store) {
             .await
             .expect("note_blocked")
     );
-    expect_bell(&mut receiver, &batch_id).await;
+    // Only the events bell: a note makes nothing claimable.
+    expect_exact_bell(&mut receiver, &Doorbell::Events(batch_id.clone())).await;
     assert!(
         store
             .note_blocked(&batch_id, 2, "ready", NOW + 6)

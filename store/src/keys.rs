@@ -80,13 +80,15 @@ pub const ACTIVE: &str = "volley:active";
 /// key (its own slot), written by `publish_workers` with one `HSET`.
 pub const WORKERS: &str = "volley:workers";
 /// Pub/sub channel on which scripts publish what they changed: `b:<batch>`
-/// (a batch's ops or events), `m:<namespace>` (a shared memory scope) or
+/// (a batch's ops, and so its events), `v:<batch>` (only its events: a
+/// claim, a blocked note), `m:<namespace>` (a shared memory scope) or
 /// `mb:<batch>` (a batch's memory scope); and on which the Rust side
 /// publishes, right after it changes [`ACTIVE`], `n:<batch>` (the batch
 /// entered the active set) or `e:<batch>` (it left it).
 pub const DOORBELL_CHANNEL: &str = "volley:doorbell";
 /// Doorbell payload prefixes (see [`DOORBELL_CHANNEL`]).
 pub const BELL_BATCH: &str = "b:";
+pub const BELL_EVENTS: &str = "v:";
 pub const BELL_SHARED_MEMORY: &str = "m:";
 pub const BELL_BATCH_MEMORY: &str = "mb:";
 pub const BELL_STARTED: &str = "n:";

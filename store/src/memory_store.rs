@@ -295,6 +295,10 @@ impl MemoryStore {
         let _ = self.shared.doorbell.send(Doorbell::Batch(batch.clone()));
     }
 
+    fn ring_events(&self, batch: &BatchId) {
+        let _ = self.shared.doorbell.send(Doorbell::Events(batch.clone()));
+    }
+
     fn ring_all(&self, bells: Vec<Doorbell>) {
         for bell in bells {
             let _ = self.shared.doorbell.send(bell);
@@ -1105,7 +1109,7 @@ impl Store for MemoryStore {
             claimed
         };
         if !claimed.is_empty() {
-            self.ring(batch);
+            self.ring_events(batch);
         }
         Ok(claimed)
     }
@@ -1512,7 +1516,7 @@ impl Store for MemoryStore {
                 message,
             );
         }
-        self.ring(batch);
+        self.ring_events(batch);
         Ok(true)
     }
 

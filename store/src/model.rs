@@ -453,7 +453,15 @@ pub struct OpRecord {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Doorbell {
+    /// The batch changed in a way that may make ops claimable (ops became
+    /// ready, were handed back, the batch was cancelled…); its events
+    /// changed too.
     Batch(BatchId),
+    /// Only the batch's events changed (a claim's `started`, an
+    /// `OP_BLOCKED` note): watchers re-read, dispatchers need not claim.
+    /// Claims ring this one so that a claim never wakes every
+    /// coordinator into another, empty claim.
+    Events(BatchId),
     /// The batch was created and is in the active set (a batch that ends at
     /// creation, being empty, never is: no `Started`, no `Ended`). Other
     /// coordinators sharing the store learn of new work from it.

@@ -73,6 +73,13 @@ const CHUNKED_READ_ATTEMPTS: u32 = 5;
 const NOT_OWNER_REPLY: &str = "NOTOWNER";
 
 /// Each script is `lua/common.lua` followed by the verb's file.
+/// `create.lua` with its prelude: `create_batch` loads it by name inside a
+/// pipeline.
+const CREATE_LUA: &str = concat!(
+    include_str!("../lua/common.lua"),
+    include_str!("../lua/create.lua")
+);
+
 macro_rules! lua_script {
     ($file:literal) => {
         Script::new(concat!(
@@ -123,7 +130,7 @@ struct Scripts {
 impl Scripts {
     fn load() -> Scripts {
         Scripts {
-            create: lua_script!("create.lua"),
+            create: Script::new(CREATE_LUA),
             register_waits: lua_script!("register_waits.lua"),
             register_shared: lua_script!("register_shared.lua"),
             arrive: lua_script!("arrive.lua"),
@@ -585,10 +592,75 @@ async fn listen_doorbells(
     }
 }
 
+/// The writes of `create_batch`'s first step for `chunk` (ops `first..`):
+/// static info, state, pending counts (memory waits included), wait
+/// deadlines, wait info and the ready queues of ops that wait for nothing.
+fn write_ops_pipe(batch: &NewBatch, first: u32, chunk: &[NewOp]) -> redis::Pipeline {
+    let mut info = redis::cmd("HSET");
+    info.arg(keys::info(&batch.id));
+    let mut state = redis::cmd("HSET");
+    state.arg(keys::state(&batch.id));
+    let mut pending = redis::cmd("HSET");
+    pending.arg(keys::pending(&batch.id));
+    let mut any_pending = false;
+    let mut deadlines = redis::cmd("ZADD");
+    deadlines.arg(keys::deadlines(&batch.id));
+    let mut wait_info = redis::cmd("HSET");
+    wait_info.arg(keys::wait_info(&batch.id));
+    let mut any_deadline = false;
+    let mut any_wait_info = false;
+    let mut ready: [Vec<u32>; PRIORITY_LEVELS as usize] = Default::default();
+    for (offset, op) in chunk.iter().enumerate() {
+        let index = first + offset as u32;
+        let count = pending_count(op);
+        info.arg(index).arg(packed_info(op, &op.dependents));
+        if count == 0 {
+            state.arg(index).arg(OpState::Ready.code());
+            ready[usize::from(op.priority.min(PRIORITY_LEVELS - 1))].push(index);
+        } else {
+            state.arg(index).arg(OpState::Waiting.code());
+            pending.arg(index).arg(count);
+            any_pending = true;
+        }
+        if let Some(json) = wait_info_json(op, batch.created_ms) {
+            if op.wait_deadline_ms > 0 {
+                deadlines.arg(op.wait_deadline_ms).arg(index);
+                any_deadline = true;
+            }
+            wait_info.arg(index).arg(json);
+            any_wait_info = true;
+        }
+    }
+    let mut pipe = redis::pipe();
+    pipe.add_command(info).ignore();
+    pipe.add_command(state).ignore();
+    if any_pending {
+        pipe.add_command(pending).ignore();
+    }
+    if any_deadline {
+        pipe.add_command(deadlines).ignore();
+    }
+    if any_wait_info {
+        pipe.add_command(wait_info).ignore();
+    }
+    for (priority, indices) in ready.iter().enumerate() {
+        if !indices.is_empty() {
+            pipe.cmd("RPUSH")
+                .arg(keys::ready(&batch.id, priority as u8))
+                .arg(indices)
+                .ignore();
+        }
+    }
+    pipe
+}
+
 /// Reads a doorbell payload (see [`keys::DOORBELL_CHANNEL`]).
 fn parse_bell(payload: &str) -> Option<Doorbell> {
     if let Some(batch) = payload.strip_prefix(keys::BELL_BATCH) {
         return Some(Doorbell::Batch(BatchId::new(batch)));
+    }
+    if let Some(batch) = payload.strip_prefix(keys::BELL_EVENTS) {
+        return Some(Doorbell::Events(BatchId::new(batch)));
     }
     if let Some(batch) = payload.strip_prefix(keys::BELL_STARTED) {
         return Some(Doorbell::Started(BatchId::new(batch)));
@@ -974,91 +1046,15 @@ impl Store for RedisStore {
         if !fresh {
             return Err(StoreError::BatchExists(batch.id));
         }
-        let _: () = connection.set(keys::spec(&batch.id), &batch.spec).await?;
 
         // A batch scope is always the batch's own memory.
         let scope = match &batch.memory {
             MemoryScope::Batch(_) => MemoryScope::Batch(batch.id.clone()),
             shared @ MemoryScope::Shared(_) => shared.clone(),
         };
-
-        // Step 1, pipelined in bounded chunks: static info, state, pending
-        // counts (memory waits included), wait deadlines, and the ready
-        // queues of ops that wait for nothing. Nothing can claim yet: claim
-        // requires meta state `running`.
-        for (chunk_number, chunk) in batch.ops.chunks(WRITE_CHUNK).enumerate() {
-            let first = (chunk_number * WRITE_CHUNK) as u32;
-            let mut info = redis::cmd("HSET");
-            info.arg(keys::info(&batch.id));
-            let mut state = redis::cmd("HSET");
-            state.arg(keys::state(&batch.id));
-            let mut pending = redis::cmd("HSET");
-            pending.arg(keys::pending(&batch.id));
-            let mut any_pending = false;
-            let mut deadlines = redis::cmd("ZADD");
-            deadlines.arg(keys::deadlines(&batch.id));
-            let mut wait_info = redis::cmd("HSET");
-            wait_info.arg(keys::wait_info(&batch.id));
-            let mut any_deadline = false;
-            let mut any_wait_info = false;
-            let mut ready: [Vec<u32>; PRIORITY_LEVELS as usize] = Default::default();
-            for (offset, op) in chunk.iter().enumerate() {
-                let index = first + offset as u32;
-                let count = pending_count(op);
-                info.arg(index).arg(packed_info(op, &op.dependents));
-                if count == 0 {
-                    state.arg(index).arg(OpState::Ready.code());
-                    ready[usize::from(op.priority.min(PRIORITY_LEVELS - 1))].push(index);
-                } else {
-                    state.arg(index).arg(OpState::Waiting.code());
-                    pending.arg(index).arg(count);
-                    any_pending = true;
-                }
-                if let Some(json) = wait_info_json(op, batch.created_ms) {
-                    if op.wait_deadline_ms > 0 {
-                        deadlines.arg(op.wait_deadline_ms).arg(index);
-                        any_deadline = true;
-                    }
-                    wait_info.arg(index).arg(json);
-                    any_wait_info = true;
-                }
-            }
-            let mut pipe = redis::pipe();
-            pipe.add_command(info).ignore();
-            pipe.add_command(state).ignore();
-            if any_pending {
-                pipe.add_command(pending).ignore();
-            }
-            if any_deadline {
-                pipe.add_command(deadlines).ignore();
-            }
-            if any_wait_info {
-                pipe.add_command(wait_info).ignore();
-            }
-            for (priority, indices) in ready.iter().enumerate() {
-                if !indices.is_empty() {
-                    pipe.cmd("RPUSH")
-                        .arg(keys::ready(&batch.id, priority as u8))
-                        .arg(indices)
-                        .ignore();
-                }
-            }
-            let _: () = pipe.query_async(&mut connection).await?;
-        }
-
-        // Step 2: register every memory wait, check-and-register atomically
-        // per key (see register_waits.lua / register_shared.lua). The batch
-        // is written first, so a write racing this step finds its waiters.
         let triples = wait_triples(0, &batch.ops);
-        self.register_waits(&batch.id, &scope, &triples, batch.created_ms)
-            .await?;
-
-        // Step 3: make it visible, append `submitted`, ring.
-        let finished: String = self
-            .shared
-            .scripts
-            .create
-            .key(&prefix)
+        let mut create = self.shared.scripts.create.key(&prefix);
+        create
             .arg(keys::DOORBELL_CHANNEL)
             .arg(batch.id.as_str())
             .arg(batch.created_ms)
@@ -1068,9 +1064,49 @@ impl Store for RedisStore {
             .arg(batch.ops.len() as u64)
             .arg(memory_code(&scope))
             .arg(batch.deadline_ms)
-            .arg(u8::from(batch.retry_failed_sequential))
-            .invoke_async(&mut connection)
+            .arg(u8::from(batch.retry_failed_sequential));
+
+        // A small batch without memory waits (the common case, and every
+        // latency-bound one) is written, made visible and announced in one
+        // round trip: the pipeline runs in order, so the batch is complete
+        // before `create.lua` opens it, and in the active set only after.
+        // A non-empty batch never finishes at creation, so the active set
+        // and the `Started` bell are right without looking at the reply.
+        if !batch.ops.is_empty() && batch.ops.len() <= WRITE_CHUNK && triples.is_empty() {
+            let mut pipe = write_ops_pipe(&batch, 0, &batch.ops);
+            pipe.set(keys::spec(&batch.id), &batch.spec).ignore();
+            // EVALSHA inside a pipeline cannot fall back to loading the
+            // script, so the pipeline loads it first: a hash lookup when
+            // it is cached already, and no NOSCRIPT after a Redis restart.
+            pipe.cmd("SCRIPT").arg("LOAD").arg(CREATE_LUA).ignore();
+            pipe.invoke_script(&create).ignore();
+            pipe.zadd(keys::BATCHES, batch.id.as_str(), batch.created_ms)
+                .ignore();
+            pipe.sadd(keys::ACTIVE, batch.id.as_str()).ignore();
+            pipe.publish(keys::DOORBELL_CHANNEL, keys::started_bell(&batch.id))
+                .ignore();
+            let _: () = pipe.query_async(&mut connection).await?;
+            return Ok(());
+        }
+
+        let _: () = connection.set(keys::spec(&batch.id), &batch.spec).await?;
+        // Step 1, pipelined in bounded chunks: static info, state, pending
+        // counts (memory waits included), wait deadlines, and the ready
+        // queues of ops that wait for nothing. Nothing can claim yet: claim
+        // requires meta state `running`.
+        for (chunk_number, chunk) in batch.ops.chunks(WRITE_CHUNK).enumerate() {
+            let pipe = write_ops_pipe(&batch, (chunk_number * WRITE_CHUNK) as u32, chunk);
+            let _: () = pipe.query_async(&mut connection).await?;
+        }
+
+        // Step 2: register every memory wait, check-and-register atomically
+        // per key (see register_waits.lua / register_shared.lua). The batch
+        // is written first, so a write racing this step finds its waiters.
+        self.register_waits(&batch.id, &scope, &triples, batch.created_ms)
             .await?;
+
+        // Step 3: make it visible, append `submitted`, ring.
+        let finished: String = create.invoke_async(&mut connection).await?;
         let _: i64 = connection
             .zadd(keys::BATCHES, batch.id.as_str(), batch.created_ms)
             .await?;

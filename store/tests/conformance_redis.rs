@@ -125,3 +125,87 @@ async fn million_op_batch_is_writable() {
     assert_eq!(claimed[0].index, 2);
     store.shutdown().await;
 }
+
+/// Creating a small batch is one pipeline ending in `create.lua`; when
+/// Redis has lost its script cache that script fails inside the pipeline,
+/// and the store loads it and finishes the creation: the batch runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_created_after_a_script_flush_runs() {
+    use volley_store::{Completion, FailureKind, NewBatch, NewOp, OnFailure};
+    let server = RedisServer::start().expect("start redis-server");
+    let store = RedisStore::connect(&server.url()).await.expect("connect");
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut connection)
+        .await
+        .expect("script flush");
+    let mut receiver = store.doorbells();
+    let batch_id = BatchId::new("after-flush");
+    let op = NewOp {
+        priority: 2,
+        max_attempts: 1,
+        ..NewOp::default()
+    };
+    store
+        .create_batch(NewBatch {
+            id: batch_id.clone(),
+            name: "after-flush".to_owned(),
+            memory: MemoryScope::Batch(batch_id.clone()),
+            max_parallel: 0,
+            on_failure: OnFailure::Continue,
+            created_ms: 1_000,
+            deadline_ms: 0,
+            spec: b"spec".to_vec(),
+            ops: vec![op.clone(), op],
+            retry_failed_sequential: false,
+        })
+        .await
+        .expect("create after a script flush");
+    assert!(
+        store
+            .active_batches()
+            .await
+            .expect("active")
+            .contains(&batch_id)
+    );
+    let started = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if receiver.recv().await.expect("channel open") == Doorbell::Started(batch_id.clone()) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(started.is_ok(), "no Started bell");
+    let claimed = store
+        .claim(&batch_id, 2, 1_001, 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 2);
+    let completions: Vec<Completion> = claimed
+        .iter()
+        .map(|claimed| Completion {
+            index: claimed.index,
+            attempt: claimed.attempt,
+            ok: true,
+            failure: FailureKind::Error,
+            retry_after_ms: 0,
+            output: String::new(),
+            error: String::new(),
+            details_json: String::new(),
+            ..Completion::default()
+        })
+        .collect();
+    store
+        .complete(&batch_id, &completions, 1_002)
+        .await
+        .expect("complete");
+    let status = store.meta(&batch_id).await.expect("meta").expect("exists");
+    assert_eq!(status.succeeded, 2);
+    store.shutdown().await;
+}
