@@ -33,6 +33,10 @@ pub struct CoordinatorConfig {
     /// How long an op may wait for a live worker that runs its kind (and
     /// labels) before the batch's events say it is blocked.
     pub report_blocked_after: Duration,
+    /// How long a finished batch's records (status, results, events, its
+    /// own memory) stay in the store; then they expire. Zero: kept until
+    /// deleted by hand.
+    pub retain_finished: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -47,6 +51,7 @@ impl Default for CoordinatorConfig {
             ownership_ttl: Duration::from_secs(5),
             reconnect_grace: Duration::from_secs(3),
             report_blocked_after: Duration::from_secs(10),
+            retain_finished: Duration::from_secs(24 * 60 * 60),
         }
     }
 }

@@ -55,6 +55,10 @@ const DECLINE_HOLD_OFF: Duration = Duration::from_millis(250);
 const DECLINE_HOLD_OFF_MAX: Duration = Duration::from_secs(4);
 /// How long releasing batch holds may take at shutdown.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often, and how many entries at a time, the batch index is walked for
+/// batches whose retention ran out.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_STEP: u32 = 1_000;
 
 /// Room for commands: workers send at most one `Completed` per results
 /// message and results are bounded by credits, so this only absorbs bursts.
@@ -288,6 +292,9 @@ pub(crate) struct Dispatcher {
     batches: HashMap<BatchId, ActiveBatch>,
     /// Round-robin order of active batches.
     order: VecDeque<BatchId>,
+    /// When the batch index was last pruned, and where the walk goes on.
+    pruned_at: Option<tokio::time::Instant>,
+    prune_from_ms: u64,
 }
 
 impl Dispatcher {
@@ -329,6 +336,8 @@ impl Dispatcher {
             workers: BTreeMap::new(),
             batches: HashMap::new(),
             order: VecDeque::new(),
+            pruned_at: None,
+            prune_from_ms: 0,
         }
     }
 
@@ -887,6 +896,29 @@ impl Dispatcher {
     /// and for the batches we own end what ran out of time — leases of ops
     /// whose worker died or hung (also those another coordinator handed
     /// out), batch deadlines, waits for keys.
+    /// Once a minute, a step of the walk that drops expired batches from
+    /// the batch index (their records expired by their retention).
+    async fn prune_batch_index(&mut self) {
+        let now = tokio::time::Instant::now();
+        if self.pruned_at.is_some_and(|at| now < at + PRUNE_EVERY) {
+            return;
+        }
+        self.pruned_at = Some(now);
+        match self
+            .store
+            .prune_batch_index(self.prune_from_ms, PRUNE_STEP)
+            .await
+        {
+            Ok((dropped, next)) => {
+                if dropped > 0 {
+                    debug!(dropped, "expired batches left the index");
+                }
+                self.prune_from_ms = next;
+            }
+            Err(error) => warn!(%error, "cannot prune the batch index"),
+        }
+    }
+
     async fn housekeeping(&mut self) {
         self.check_epoch().await;
         self.drop_silent_workers().await;
@@ -895,6 +927,7 @@ impl Dispatcher {
         }
         self.refresh_registry().await;
         self.discover().await;
+        self.prune_batch_index().await;
         self.renew_leases().await;
         self.report_blocked().await;
         let may_expire = match self.expire_after {

@@ -254,7 +254,8 @@ impl Coordinator {
         .map_err(|error| CoordinatorError::BadRequest(format!("planning panicked: {error}")))?;
         let plan = plan.map_err(CoordinatorError::Invalid)?;
         let id = BatchId::new(uuid::Uuid::now_v7().to_string());
-        let new_batch = new_batch(&id, &batch, &plan);
+        let mut new_batch = new_batch(&id, &batch, &plan);
+        new_batch.retain_ms = self.inner.config.retain_finished.as_millis() as u64;
         let op_count = plan.ops.len() as u32;
         let mut warnings = plan.warnings.clone();
         warnings.extend(self.unserved_kinds(&plan));
@@ -824,6 +825,7 @@ fn new_batch(id: &BatchId, batch: &v1::Batch, plan: &Plan) -> NewBatch {
             created_ms + plan.deadline_ms
         },
         retry_failed_sequential: plan.retry_failed_sequential,
+        retain_ms: 0,
         spec: batch.encode_to_vec(),
         ops: plan.ops.iter().map(|op| new_op(op, created_ms)).collect(),
     }

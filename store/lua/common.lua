@@ -486,13 +486,39 @@ local function start_sequential_pass(failed)
   return became_ready
 end
 
+-- Retention: a finished batch's records, and its own memory scope, expire
+-- `retain` ms from now. A memory value with a sooner expiry of its own
+-- keeps it (PEXPIRE … LT). What a finished batch still holds per op is its
+-- state, attempts, result and events; see keys.rs.
+local function expire_finished(retain)
+  for _, key in ipairs({K_META, P .. 'spec', K_STATE, K_ATTEMPTS, K_RESULT, K_EVENTS,
+      K_SPEC_ADDED}) do
+    redis.call('PEXPIRE', key, retain)
+  end
+  if redis.call('HGET', K_META, 'memory') ~= 'b' then return end
+  local mkeys = P .. 'mkeys'
+  for _, key in ipairs(redis.call('ZRANGE', mkeys, 0, -1)) do
+    local mem = P .. 'mem:' .. key
+    local chunked = redis.call('HMGET', mem, 'gen', 'n')
+    redis.call('PEXPIRE', mem, retain, 'LT')
+    if chunked[1] and chunked[1] ~= '' then
+      for number = 0, tonumber(chunked[2] or '0') - 1 do
+        redis.call('PEXPIRE', P .. 'chunk:' .. chunked[1] .. ':' .. number, retain, 'LT')
+      end
+    end
+  end
+  for _, key in ipairs({mkeys, P .. 'changes', P .. 'revision'}) do
+    redis.call('PEXPIRE', key, retain)
+  end
+end
+
 -- Finishes the batch when every op has ended. Returns the batch state code,
 -- or '' when it is not finished (or was already); then how many ops a
 -- sequential pass it started made ready (0 when it started none).
 local function finish_if_done()
   local m = redis.call('HMGET', K_META, 'state', 'total', 'succeeded', 'failed',
     'skipped', 'cancelled', 'cancel_requested', 'deadline_fired', 'fail_fast_fired',
-    'retry_failed', 'sequential')
+    'retry_failed', 'sequential', 'retain_ms')
   if m[1] ~= 'running' then return '', 0 end
   local total = tonumber(m[2] or '0')
   local succeeded, failed = tonumber(m[3] or '0'), tonumber(m[4] or '0')
@@ -523,6 +549,8 @@ local function finish_if_done()
   -- op: its state, attempts, result, events and spec.
   redis.call('UNLINK', K_LEASES, K_DELAYED, K_INFO, K_PENDING, K_ARRIVED, K_ANY_DONE,
     K_DEADLINES, K_WAIT_INFO, K_HANDED_BACK)
+  local retain = tonumber(m[12] or '0')
+  if retain > 0 then expire_finished(retain) end
   return state, 0
 end
 

@@ -96,6 +96,7 @@ macro_rules! conformance_tests {
             case_release_lets_another_take_over_at_once,
             case_hold_refuses_finished_and_unknown_batches,
             case_worker_registry_lists_live_entries,
+            case_finished_batch_expires_after_its_retention,
         );
         $crate::conformance_tests!(@shared_cases $make;
             case_concurrent_cas_increments_lose_none,
@@ -165,6 +166,7 @@ fn batch(batch_id: &str, ops: Vec<NewOp>) -> NewBatch {
         spec: format!("spec of {batch_id}").into_bytes(),
         ops,
         retry_failed_sequential: false,
+        retain_ms: 0,
     }
 }
 
@@ -4232,4 +4234,76 @@ pub async fn case_note_blocked_appends_an_event_only(store: &dyn Store) {
             .await,
         Err(StoreError::BatchNotFound(_))
     ));
+}
+
+/// `retain_ms`: a finished batch stays readable for its retention, then its
+/// records and its own memory scope are gone (a large, chunked value too);
+/// a batch without retention, or still running, stays.
+pub async fn case_finished_batch_expires_after_its_retention(store: &dyn Store) {
+    let short = id("retain-short");
+    let kept = id("retain-kept");
+    let running = id("retain-running");
+    for (batch_id, retain_ms) in [(&short, 300), (&kept, 0), (&running, 300)] {
+        store
+            .create_batch(NewBatch {
+                retain_ms,
+                ..batch(batch_id.as_str(), vec![op(0, &[])])
+            })
+            .await
+            .expect("create");
+    }
+    put(store, &own(&short), "small", b"v").await;
+    let large = vec![7_u8; 600 * 1024];
+    put(store, &own(&short), "large", &large).await;
+    run_one(store, &short, 0).await;
+    run_one(store, &kept, 0).await;
+    // Retained: everything still readable right after it finished.
+    let finished = meta(store, &short).await;
+    assert_eq!(finished.state, BatchState::Succeeded);
+    assert!(
+        !store
+            .events(&short, 0, 100)
+            .await
+            .expect("events")
+            .is_empty()
+    );
+    let gone = tokio::time::timeout(DOORBELL_DEADLINE, async {
+        loop {
+            if store.meta(&short).await.expect("meta").is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the batch outlived its retention");
+    assert!(
+        store
+            .events(&short, 0, 100)
+            .await
+            .expect("events")
+            .is_empty()
+    );
+    assert!(store.batch_spec(&short).await.expect("spec").is_none());
+    for key in ["small", "large"] {
+        assert!(
+            store
+                .memory_get(&own(&short), key)
+                .await
+                .expect("get")
+                .is_none(),
+            "memory key {key} outlived its batch"
+        );
+    }
+    let listed: Vec<BatchId> = store
+        .list_batches(10)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|meta| meta.id)
+        .collect();
+    assert!(!listed.contains(&short));
+    assert!(listed.contains(&kept) && listed.contains(&running));
+    assert_eq!(meta(store, &kept).await.state, BatchState::Succeeded);
+    assert_eq!(meta(store, &running).await.state, BatchState::Running);
 }

@@ -45,6 +45,11 @@
 //!   [any keys]}` of every op with memory waits, for the error of an expired
 //!   wait, for `op_waits` and for the sequential pass).
 //!
+//! A finished batch's remaining keys (and its own memory scope) expire
+//! `retain_ms` after it finished (meta field `retain_ms`, from the
+//! coordinator's `--retain-finished`; 0 keeps them); coordinators then walk
+//! [`BATCHES`] and drop the ids whose `meta` is gone.
+//!
 //! When a batch finishes, the keys only a running batch needs go (`leases`,
 //! `delayed`, `info`, `pending`, `arrived`, `any_done`, `deadlines`,
 //! `waitinfo`, `handed_back`, the ready queues): a finished op keeps its

@@ -337,6 +337,13 @@ pub trait Store: Send + Sync + 'static {
     /// Most recent batches first.
     async fn list_batches(&self, limit: u32) -> StoreResult<Vec<BatchMeta>>;
 
+    /// Walks the batch index (what `list_batches` reads) from creation time
+    /// `from_ms` on, at most `max` entries, and drops those whose batch's
+    /// records have expired (see `NewBatch::retain_ms`), so the index does
+    /// not grow without bound. Returns how many it dropped and where the
+    /// next call goes on from (0: the walk reached the end; start over).
+    async fn prune_batch_index(&self, from_ms: u64, max: u32) -> StoreResult<(u32, u64)>;
+
     /// Writes a memory key and unblocks the ops waiting for it — in the
     /// batch for a batch scope, in every batch waiting on the namespace for
     /// a shared one (idempotent steps, one slot at a time). Values above a

@@ -46,6 +46,37 @@ struct Inner {
     scopes: HashMap<MemoryScope, ScopeData>,
     /// The worker registry: coordinator → (until_ms, its workers).
     workers: BTreeMap<String, (u64, Vec<WorkerEntry>)>,
+    /// When finished batches whose retention ran out were last dropped.
+    swept_at: Option<Instant>,
+}
+
+/// How often `lock` looks for finished batches whose retention ran out (as
+/// Redis expires keys, a little late is fine).
+const RETENTION_SWEEP: Duration = Duration::from_millis(50);
+
+impl Inner {
+    /// Drops every finished batch whose retention ran out, with its own
+    /// memory scope (as their keys expire in Redis).
+    fn sweep_expired(&mut self) {
+        let now = Instant::now();
+        if self
+            .swept_at
+            .is_some_and(|at| now.duration_since(at) < RETENTION_SWEEP)
+        {
+            return;
+        }
+        self.swept_at = Some(now);
+        let expired: Vec<BatchId> = self
+            .batches
+            .iter()
+            .filter(|(_, data)| data.expires.is_some_and(|at| at <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.batches.remove(&id);
+            self.scopes.remove(&MemoryScope::Batch(id));
+        }
+    }
 }
 
 /// One memory scope: its keys, change log and waiters.
@@ -131,6 +162,10 @@ struct BatchData {
     owner: Option<(Fence, u64)>,
     /// The last fence token handed out (0: none yet).
     owner_token: u64,
+    /// Kept this long once finished (0: until deleted); see `NewBatch`.
+    retain_ms: u64,
+    /// When it is dropped: set when it finishes with a retention.
+    expires: Option<Instant>,
 }
 
 struct OpData {
@@ -284,10 +319,13 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves state that is still
         // structurally valid (each verb mutates field by field), so recover.
-        self.shared
+        let mut inner = self
+            .shared
             .state
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        inner.sweep_expired();
+        inner
     }
 
     fn ring(&self, batch: &BatchId) {
@@ -848,6 +886,9 @@ impl BatchData {
         }
         self.meta.state = state;
         self.meta.finished_ms = Some(now_ms);
+        if self.retain_ms > 0 {
+            self.expires = Some(Instant::now() + Duration::from_millis(self.retain_ms));
+        }
         let message = self.meta.error.clone();
         self.event(now_ms, EventKind::BatchFinished, None, 0, "", &message);
         if let Some(last) = self.events.last_mut() {
@@ -1022,6 +1063,8 @@ impl Store for MemoryStore {
                 sequential: false,
                 owner: None,
                 owner_token: 0,
+                retain_ms: batch.retain_ms,
+                expires: None,
             };
             // Same order as the Redis store: first the ops that wait for
             // nothing, then those whose keys are present already.
@@ -1443,6 +1486,8 @@ impl Store for MemoryStore {
                     sequential: false,
                     owner: None,
                     owner_token: 0,
+                    retain_ms: 0,
+                    expires: None,
                 };
                 data.event(now_ms, EventKind::BatchFinished, None, 0, "", reason);
                 if let Some(last) = data.events.last_mut() {
@@ -1594,6 +1639,11 @@ impl Store for MemoryStore {
             .take(max as usize)
             .cloned()
             .collect())
+    }
+
+    async fn prune_batch_index(&self, _from_ms: u64, _max: u32) -> StoreResult<(u32, u64)> {
+        // The index is the batch map itself: an expired batch left it.
+        Ok((0, 0))
     }
 
     async fn list_batches(&self, limit: u32) -> StoreResult<Vec<BatchMeta>> {

@@ -211,6 +211,10 @@ pub struct NewBatch {
     /// ops run again in a second pass, one at a time, one final attempt each
     /// (see [`crate::Store::complete`]).
     pub retry_failed_sequential: bool,
+    /// How long the batch's records (meta, spec, op states, results,
+    /// events, its own memory scope) are kept once it finished, in ms; then
+    /// they expire and the batch is unknown. 0: kept until deleted.
+    pub retain_ms: u64,
 }
 
 /// The message of the `OpRetrying` event each failed op gets when its

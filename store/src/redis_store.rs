@@ -1064,7 +1064,8 @@ impl Store for RedisStore {
             .arg(batch.ops.len() as u64)
             .arg(memory_code(&scope))
             .arg(batch.deadline_ms)
-            .arg(u8::from(batch.retry_failed_sequential));
+            .arg(u8::from(batch.retry_failed_sequential))
+            .arg(batch.retain_ms);
 
         // A small batch without memory waits (the common case, and every
         // latency-bound one) is written, made visible and announced in one
@@ -1555,6 +1556,45 @@ impl Store for RedisStore {
             }
         }
         Ok(out)
+    }
+
+    async fn prune_batch_index(&self, from_ms: u64, max: u32) -> StoreResult<(u32, u64)> {
+        let mut connection = self.connection();
+        let entries: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(keys::BATCHES)
+            .arg(from_ms)
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(max)
+            .query_async(&mut connection)
+            .await?;
+        if entries.is_empty() {
+            return Ok((0, 0));
+        }
+        let mut pipe = redis::pipe();
+        for (id, _) in &entries {
+            pipe.exists(keys::meta(&BatchId::new(id.as_str())));
+        }
+        let exists: Vec<bool> = pipe.query_async(&mut connection).await?;
+        let expired: Vec<&str> = entries
+            .iter()
+            .zip(&exists)
+            .filter(|(_, exists)| !**exists)
+            .map(|((id, _), _)| id.as_str())
+            .collect();
+        let dropped = expired.len() as u32;
+        if !expired.is_empty() {
+            let _: i64 = connection.zrem(keys::BATCHES, expired).await?;
+        }
+        // Go on after the last score seen (ties at that ms are seen again).
+        let next = if entries.len() < max as usize {
+            0
+        } else {
+            entries.last().map_or(0, |(_, score)| *score)
+        };
+        Ok((dropped, next))
     }
 
     #[tracing::instrument(skip_all, fields(scope = %scope, key, size = value.len()))]

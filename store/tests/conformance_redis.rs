@@ -112,6 +112,7 @@ async fn million_op_batch_is_writable() {
             spec: vec![0; 1024],
             ops,
             retry_failed_sequential: false,
+            retain_ms: 0,
         })
         .await
         .expect("create");
@@ -163,6 +164,7 @@ async fn a_batch_created_after_a_script_flush_runs() {
             spec: b"spec".to_vec(),
             ops: vec![op.clone(), op],
             retry_failed_sequential: false,
+            retain_ms: 0,
         })
         .await
         .expect("create after a script flush");
@@ -207,5 +209,83 @@ async fn a_batch_created_after_a_script_flush_runs() {
         .expect("complete");
     let status = store.meta(&batch_id).await.expect("meta").expect("exists");
     assert_eq!(status.succeeded, 2);
+    store.shutdown().await;
+}
+
+/// The batch index (`volley:batches`) loses the entries of batches whose
+/// retention ran out, walked in steps, and keeps the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_drops_expired_batches_from_the_index() {
+    use volley_store::{Completion, FailureKind, NewBatch, NewOp, OnFailure};
+    let server = RedisServer::start().expect("start redis-server");
+    let store = RedisStore::connect(&server.url()).await.expect("connect");
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let op = NewOp {
+        priority: 2,
+        max_attempts: 1,
+        ..NewOp::default()
+    };
+    let mut ids = Vec::new();
+    for (number, retain_ms) in [50, 50, 0, 50].into_iter().enumerate() {
+        let batch_id = BatchId::new(format!("prune-{number}"));
+        store
+            .create_batch(NewBatch {
+                id: batch_id.clone(),
+                name: String::new(),
+                memory: MemoryScope::Batch(batch_id.clone()),
+                max_parallel: 0,
+                on_failure: OnFailure::Continue,
+                created_ms: 1_000 + number as u64,
+                deadline_ms: 0,
+                spec: b"spec".to_vec(),
+                ops: vec![op.clone()],
+                retry_failed_sequential: false,
+                retain_ms,
+            })
+            .await
+            .expect("create");
+        let claimed = store
+            .claim(&batch_id, 1, 2_000, 60_000)
+            .await
+            .expect("claim");
+        let completion = Completion {
+            index: claimed[0].index,
+            attempt: claimed[0].attempt,
+            ok: true,
+            failure: FailureKind::Error,
+            ..Completion::default()
+        };
+        store
+            .complete(&batch_id, &[completion], 2_001)
+            .await
+            .expect("complete");
+        ids.push(batch_id);
+    }
+    tokio::time::timeout(DEADLINE, async {
+        while store.meta(&ids[3]).await.expect("meta").is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("expired before the deadline");
+    // Two entries per step: the walk takes three steps and drops three.
+    let (first, next) = store.prune_batch_index(0, 2).await.expect("prune");
+    assert_eq!((first, next), (2, 1_001));
+    let (second, next) = store.prune_batch_index(next, 2).await.expect("prune");
+    assert_eq!(second, 1);
+    let (third, next) = store.prune_batch_index(next, 2).await.expect("prune");
+    assert_eq!((third, next), (0, 0));
+    let left: Vec<String> = redis::cmd("ZRANGE")
+        .arg("volley:batches")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut connection)
+        .await
+        .expect("zrange");
+    assert_eq!(left, vec!["prune-2".to_owned()]);
     store.shutdown().await;
 }

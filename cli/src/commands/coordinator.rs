@@ -53,6 +53,10 @@ pub struct CoordinatorArgs {
     /// labels) before the batch's events say it is blocked.
     #[arg(long, env = "VOLLEY_REPORT_BLOCKED_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
     pub report_blocked_after: std::time::Duration,
+    /// How long a finished batch's status, results, events and own memory
+    /// stay in Redis before they expire ("0s": until deleted).
+    #[arg(long, env = "VOLLEY_RETAIN_FINISHED", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub retain_finished: std::time::Duration,
 }
 
 pub async fn run(args: CoordinatorArgs) -> Exit {
@@ -75,6 +79,7 @@ pub async fn run(args: CoordinatorArgs) -> Exit {
     config.ownership_ttl = args.ownership_ttl;
     config.reconnect_grace = args.reconnect_grace;
     config.report_blocked_after = args.report_blocked_after;
+    config.retain_finished = args.retain_finished;
     if let Some(id) = args.id {
         if id.trim().is_empty() {
             eprintln!("error: --id: must not be empty");
