@@ -115,10 +115,17 @@ pub async fn run(args: WorkerArgs) -> Exit {
 }
 
 /// Serves grpc.health.v1 on `address` (status "" SERVING) until the process
-/// ends; the reporter turns it NOT_SERVING when the worker drains.
+/// ends, with gRPC reflection of the health service beside it (so `grpcurl`
+/// needs no `.proto`); the reporter turns it NOT_SERVING when the worker
+/// drains.
 async fn serve_health(
     address: SocketAddr,
 ) -> std::io::Result<tonic_health::server::HealthReporter> {
+    let (reflection_v1, reflection_v1alpha) =
+        volley_coordinator::grpc::reflection::reflection_services(&[
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ])
+        .map_err(std::io::Error::other)?;
     let listener = tokio::net::TcpListener::bind(address).await?;
     let (reporter, service) = tonic_health::server::health_reporter();
     reporter
@@ -129,6 +136,8 @@ async fn serve_health(
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         if let Err(error) = tonic::transport::Server::builder()
             .add_service(service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming(incoming)
             .await
         {
