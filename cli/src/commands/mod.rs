@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod coordinator;
+pub mod health;
 pub mod memory;
 pub mod run;
 pub mod spawn;
