@@ -58,6 +58,9 @@ enum Command {
     /// Ask a coordinator (or a worker's health address) whether it is SERVING.
     #[command(after_help = commands::health::EXIT_CODES_HELP)]
     Health(commands::health::HealthArgs),
+    /// Start a local cluster to try Volley: redis-server, a coordinator and workers.
+    #[command(after_help = commands::up::UP_HELP)]
+    Up(commands::up::UpArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -87,6 +90,7 @@ fn main() -> std::process::ExitCode {
             Command::Memory(args) => commands::memory::run(args).await,
             Command::Spawn(args) => commands::spawn::run(args).await,
             Command::Health(args) => commands::health::run(args).await,
+            Command::Up(args) => commands::up::run(args).await,
         }
     });
     // Dropping a runtime waits for blocking tasks; don't let a stuck one

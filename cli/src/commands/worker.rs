@@ -47,6 +47,15 @@ pub struct WorkerArgs {
     /// the worker takes work, NOT_SERVING once it drains.
     #[arg(long, env = "VOLLEY_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
+    /// Stop (drain, as on SIGTERM) when stdin reaches its end: how `volley
+    /// up`'s children learn that `volley up` died.
+    #[arg(
+        long,
+        env = "VOLLEY_STOP_ON_STDIN_EOF",
+        default_value_t = false,
+        hide = true
+    )]
+    pub stop_on_stdin_eof: bool,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -80,8 +89,14 @@ pub async fn run(args: WorkerArgs) -> Exit {
         None => None,
     };
     let signal = shutdown.clone();
+    let stop_on_stdin_eof = args.stop_on_stdin_eof;
     tokio::spawn(async move {
-        super::shutdown_signal().await;
+        tokio::select! {
+            () = super::shutdown_signal() => {}
+            () = super::stdin_closed(), if stop_on_stdin_eof => {
+                tracing::info!("stdin closed (the parent is gone): draining");
+            }
+        }
         // Draining: probes see it before the first op is handed back.
         if let Some(reporter) = health {
             reporter
