@@ -22,6 +22,8 @@ struct Up {
     pid: u32,
     url: String,
     stderr: Arc<Mutex<String>>,
+    /// Ends at the end of stderr: awaited before reading the last lines.
+    stderr_read: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Up {
@@ -41,7 +43,7 @@ impl Up {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut stderr_pipe = child.stderr.take().expect("stderr");
         let collected = stderr.clone();
-        tokio::spawn(async move {
+        let stderr_read = tokio::spawn(async move {
             let mut buffer = [0_u8; 4096];
             while let Ok(read) = stderr_pipe.read(&mut buffer).await {
                 if read == 0 {
@@ -78,6 +80,7 @@ impl Up {
             pid,
             url,
             stderr,
+            stderr_read: Some(stderr_read),
         }
     }
 
@@ -90,6 +93,10 @@ impl Up {
             .await
             .unwrap_or_else(|_| panic!("volley up did not exit; stderr:\n{}", self.stderr()))
             .expect("wait");
+        // The process is gone, but its last lines may still be in the pipe.
+        if let Some(stderr_read) = self.stderr_read.take() {
+            let _ = tokio::time::timeout(DEADLINE, stderr_read).await;
+        }
         status.code()
     }
 }
