@@ -35,11 +35,16 @@ pub struct HealthArgs {
     pub cluster: ClusterArgs,
     /// Check a worker's `--health-listen` address (host:port or URL)
     /// instead of the coordinator.
-    #[arg(long, env = "VOLLEY_HEALTH_WORKER")]
+    #[arg(long, env = "VOLLEY_HEALTH_WORKER", value_name = "ADDR")]
     pub worker: Option<String>,
     /// The service to ask about; "" (the default) is the whole server. A
     /// coordinator also reports `volley.v1.BatchService`.
-    #[arg(long, env = "VOLLEY_HEALTH_SERVICE", default_value = "")]
+    #[arg(
+        long,
+        env = "VOLLEY_HEALTH_SERVICE",
+        value_name = "NAME",
+        default_value = ""
+    )]
     pub service: String,
     /// How long connecting and answering may take before the server counts
     /// as unreachable.

@@ -64,20 +64,30 @@ pub struct UpArgs {
     #[arg(long, env = "VOLLEY_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
     /// Use this Redis instead of starting a redis-server.
-    #[arg(long, env = "VOLLEY_REDIS")]
+    #[arg(long, env = "VOLLEY_REDIS", value_name = "URL")]
     pub redis: Option<String>,
     /// Keep the started Redis's data in DIR (append-only file), so batches
     /// and memory outlive a restart; without it nothing is saved and the
     /// data lives in a temp dir removed on exit.
-    #[arg(long, env = "VOLLEY_UP_PERSIST", conflicts_with = "redis")]
+    #[arg(
+        long,
+        env = "VOLLEY_UP_PERSIST",
+        value_name = "DIR",
+        conflicts_with = "redis"
+    )]
     pub persist: Option<PathBuf>,
     /// The redis-server program to start (a name looked up on the PATH, or
     /// a path).
-    #[arg(long, env = "VOLLEY_REDIS_SERVER", default_value = "redis-server")]
+    #[arg(
+        long,
+        env = "VOLLEY_REDIS_SERVER",
+        value_name = "PROGRAM",
+        default_value = "redis-server"
+    )]
     pub redis_server: PathBuf,
     /// Workers' file kinds work under this directory (default: the current
     /// directory).
-    #[arg(long, env = "VOLLEY_ROOT")]
+    #[arg(long, env = "VOLLEY_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// Let workers run `shell` and `agent` ops (host programs).
     #[arg(long, env = "VOLLEY_ALLOW_SHELL", default_value_t = false)]

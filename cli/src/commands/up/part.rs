@@ -10,6 +10,7 @@
 //! coordinator and workers; `2>file` keeps it all. Stdout stays free for
 //! the one machine-readable "ready" line.
 
+use std::io::Write;
 use std::process::{ExitStatus, Stdio};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -181,7 +182,14 @@ fn relay(relays: &TaskTracker, role: String, pipe: impl AsyncRead + Unpin + Send
                 Ok(0) | Err(_) => return,
                 Ok(_) => {
                     let text = String::from_utf8_lossy(&line);
-                    eprintln!("[{role}] {}", text.trim_end_matches(['\n', '\r']));
+                    // Not `eprintln!`, which panics once stderr is gone
+                    // (`volley up 2>&1 | head`): a lost line is no reason
+                    // to stop relaying.
+                    let _ = writeln!(
+                        std::io::stderr().lock(),
+                        "[{role}] {}",
+                        text.trim_end_matches(['\n', '\r'])
+                    );
                 }
             }
         }
