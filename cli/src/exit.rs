@@ -13,6 +13,9 @@ pub enum Exit {
     Invalid = 2,
     /// The cluster could not be reached.
     Unreachable = 3,
+    /// `volley health`: the server answered, but not SERVING (NOT_SERVING,
+    /// UNKNOWN, or no such service).
+    NotServing = 4,
 }
 
 impl From<Exit> for std::process::ExitCode {

@@ -3,7 +3,8 @@
 //!
 //! Exit codes (the CLI contract): 0 every op succeeded; 1 the batch ran and
 //! some op failed or was cancelled; 2 the batch or the command line is
-//! invalid (nothing ran); 3 the cluster could not be reached.
+//! invalid (nothing ran); 3 the cluster could not be reached; 4 (`volley
+//! health` only) the server answered but is not SERVING.
 
 // The binary writes its data to stdout by design (libraries never do).
 #![allow(clippy::print_stdout)]
@@ -54,6 +55,12 @@ enum Command {
     Memory(commands::memory::MemoryArgs),
     /// Add ops from a file to a running batch (what agents do to fan out).
     Spawn(commands::spawn::SpawnArgs),
+    /// Ask a coordinator (or a worker's health address) whether it is SERVING.
+    #[command(after_help = commands::health::EXIT_CODES_HELP)]
+    Health(commands::health::HealthArgs),
+    /// Start a local cluster to try Volley: redis-server, a coordinator and workers.
+    #[command(after_help = commands::up::UP_HELP)]
+    Up(commands::up::UpArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -82,6 +89,8 @@ fn main() -> std::process::ExitCode {
             Command::Workers(args) => commands::client::workers(args).await,
             Command::Memory(args) => commands::memory::run(args).await,
             Command::Spawn(args) => commands::spawn::run(args).await,
+            Command::Health(args) => commands::health::run(args).await,
+            Command::Up(args) => commands::up::run(args).await,
         }
     });
     // Dropping a runtime waits for blocking tasks; don't let a stuck one

@@ -695,7 +695,7 @@ fn ops_chunk(ops: Vec<v1::Op>) -> v1::SubmitBatchChunk {
 
 /// A transport error's whole chain: its top line alone says only
 /// "transport error".
-fn source_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn source_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -6,12 +6,16 @@
 //! - [`batch_file`] — YAML/JSON batch files → `volley.v1.Batch`.
 //! - [`client`] — `Client`, one connection to a coordinator.
 //! - [`error`] — `ClientError`, statuses mapped back to typed errors.
+//! - [`health`] — `HealthProbe`: grpc.health.v1 `Check` and `Watch` of a
+//!   coordinator or a worker's health address.
 
 pub mod batch_file;
 pub mod client;
 pub mod error;
+pub mod health;
 
 pub use batch_file::{BatchFileError, parse_batch, read_batch_file};
 pub use client::{Client, Memory, MemoryEntry, PutOptions, Scope, WatchOptions};
 pub use error::ClientError;
+pub use health::{HealthProbe, HealthStatus};
 pub use volley_proto::v1;

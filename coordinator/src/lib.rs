@@ -16,7 +16,8 @@
 //!   routing by kind and labels, templates filled in at dispatch.
 //! - `plans`: the cache of planned batches.
 //! - `report`: builds a batch's final report (timings, critical path).
-//! - [`grpc`] — thin tonic adapters and the server.
+//! - [`grpc`] — thin tonic adapters and the server (with health and
+//!   reflection).
 
 pub mod config;
 mod convert;

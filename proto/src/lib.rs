@@ -5,6 +5,7 @@
 //! # Layout
 //! - `v1`: generated code (never edited by hand).
 //! - [`ids`] — `BatchId`, `OpId`, `WorkerId`.
+//! - [`FILE_DESCRIPTOR_SET`] — the encoded descriptors, for gRPC reflection.
 
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
@@ -12,6 +13,12 @@ pub mod v1 {
 }
 
 pub mod ids;
+
+/// The encoded `FileDescriptorSet` of `volley/v1/volley.proto` (and what it
+/// imports), for gRPC server reflection: `grpcurl`, Postman and friends can
+/// list and call Volley's services without a copy of the `.proto`.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/volley_descriptor.bin"));
 
 pub use ids::{BatchId, OpId, WorkerId};
 

@@ -57,11 +57,28 @@ pub struct CoordinatorArgs {
     /// stay in Redis before they expire ("0s": until deleted).
     #[arg(long, env = "VOLLEY_RETAIN_FINISHED", default_value = "24h", value_parser = humantime::parse_duration)]
     pub retain_finished: std::time::Duration,
+    /// Stop (as on SIGTERM) when stdin reaches its end: how `volley up`'s
+    /// children learn that `volley up` died.
+    #[arg(
+        long,
+        env = "VOLLEY_STOP_ON_STDIN_EOF",
+        default_value_t = false,
+        hide = true
+    )]
+    pub stop_on_stdin_eof: bool,
 }
 
 pub async fn run(args: CoordinatorArgs) -> Exit {
     telemetry::init("info");
     let shutdown = CancellationToken::new();
+    if args.stop_on_stdin_eof {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            super::stdin_closed().await;
+            info!("stdin closed (the parent is gone): stopping");
+            stop.cancel();
+        });
+    }
     let store = match RedisStore::connect_with_shutdown(&args.redis, shutdown.child_token()).await {
         Ok(store) => store,
         Err(error) => {

@@ -2,9 +2,11 @@
 
 pub mod client;
 pub mod coordinator;
+pub mod health;
 pub mod memory;
 pub mod run;
 pub mod spawn;
+pub mod up;
 pub mod worker;
 
 use clap::ValueEnum;
@@ -36,6 +38,44 @@ pub enum OutputFormat {
     #[default]
     Table,
     Json,
+}
+
+/// Resolves when this process's stdin reaches its end (or fails).
+///
+/// `volley up` starts its coordinator and workers with a pipe as stdin and
+/// keeps the write end: when `volley up` dies — even by SIGKILL, which it
+/// cannot catch — the kernel closes that end and the child stops cleanly.
+/// A safe stand-in for `PR_SET_PDEATHSIG` (which needs `unsafe` in a
+/// `pre_exec`, and fires when the forking *thread* ends, not the process).
+pub async fn stdin_closed() {
+    let (closed, closed_receiver) = tokio::sync::oneshot::channel::<()>();
+    // A plain thread, not a tracked task: a blocking read of stdin cannot be
+    // cancelled, and a detached thread never holds up the process's exit
+    // (a `spawn_blocking` task would hold up the runtime's shutdown).
+    let spawned = std::thread::Builder::new()
+        .name("stdin-watch".to_owned())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buffer = [0_u8; 256];
+            loop {
+                match std::io::Read::read(&mut stdin, &mut buffer) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = closed.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = closed_receiver.await;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch stdin; carrying on without it");
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

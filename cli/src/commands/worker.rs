@@ -47,6 +47,15 @@ pub struct WorkerArgs {
     /// the worker takes work, NOT_SERVING once it drains.
     #[arg(long, env = "VOLLEY_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
+    /// Stop (drain, as on SIGTERM) when stdin reaches its end: how `volley
+    /// up`'s children learn that `volley up` died.
+    #[arg(
+        long,
+        env = "VOLLEY_STOP_ON_STDIN_EOF",
+        default_value_t = false,
+        hide = true
+    )]
+    pub stop_on_stdin_eof: bool,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -80,8 +89,14 @@ pub async fn run(args: WorkerArgs) -> Exit {
         None => None,
     };
     let signal = shutdown.clone();
+    let stop_on_stdin_eof = args.stop_on_stdin_eof;
     tokio::spawn(async move {
-        super::shutdown_signal().await;
+        tokio::select! {
+            () = super::shutdown_signal() => {}
+            () = super::stdin_closed(), if stop_on_stdin_eof => {
+                tracing::info!("stdin closed (the parent is gone): draining");
+            }
+        }
         // Draining: probes see it before the first op is handed back.
         if let Some(reporter) = health {
             reporter
@@ -115,10 +130,17 @@ pub async fn run(args: WorkerArgs) -> Exit {
 }
 
 /// Serves grpc.health.v1 on `address` (status "" SERVING) until the process
-/// ends; the reporter turns it NOT_SERVING when the worker drains.
+/// ends, with gRPC reflection of the health service beside it (so `grpcurl`
+/// needs no `.proto`); the reporter turns it NOT_SERVING when the worker
+/// drains.
 async fn serve_health(
     address: SocketAddr,
 ) -> std::io::Result<tonic_health::server::HealthReporter> {
+    let (reflection_v1, reflection_v1alpha) =
+        volley_coordinator::grpc::reflection::reflection_services(&[
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ])
+        .map_err(std::io::Error::other)?;
     let listener = tokio::net::TcpListener::bind(address).await?;
     let (reporter, service) = tonic_health::server::health_reporter();
     reporter
@@ -129,6 +151,8 @@ async fn serve_health(
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         if let Err(error) = tonic::transport::Server::builder()
             .add_service(service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming(incoming)
             .await
         {

@@ -3,6 +3,7 @@
 
 mod batch;
 mod memory;
+pub mod reflection;
 mod status;
 mod worker;
 
@@ -17,9 +18,9 @@ use volley_proto::v1::worker_service_server::WorkerServiceServer;
 
 use crate::service::Coordinator;
 
-/// Serves the coordinator's gRPC API (batches, memory, workers, health) on
-/// `listener` until `shutdown` fires. Taking the listener lets tests bind
-/// port 0.
+/// Serves the coordinator's gRPC API (batches, memory, workers, health,
+/// reflection) on `listener` until `shutdown` fires. Taking the listener
+/// lets tests bind port 0.
 pub async fn serve(
     listener: TcpListener,
     coordinator: Coordinator,
@@ -70,6 +71,9 @@ pub async fn serve(
     let workers = WorkerServiceServer::new(worker::WorkerAdapter::new(coordinator.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (reflection_v1, reflection_v1alpha) =
+        reflection::reflection_services(reflection::COORDINATOR_DESCRIPTOR_SETS)
+            .expect("the descriptor sets compiled into this binary decode (a unit test checks)");
     let shutdown_signal = shutdown.clone();
     // `tcp_nodelay` on the builder does not reach sockets we accept
     // ourselves: without this, small messages (watch events after their
@@ -84,6 +88,8 @@ pub async fn serve(
         .add_service(batches)
         .add_service(memory)
         .add_service(workers)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown_signal.cancelled().await;
         })
