@@ -59,6 +59,8 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 /// batches whose retention ran out.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_STEP: u32 = 1_000;
+/// Most expired batches deleted per tick.
+const DROP_STEP: u32 = 100;
 
 /// Room for commands: workers send at most one `Completed` per results
 /// message and results are bounded by credits, so this only absorbs bursts.
@@ -896,6 +898,16 @@ impl Dispatcher {
     /// and for the batches we own end what ran out of time — leases of ops
     /// whose worker died or hung (also those another coordinator handed
     /// out), batch deadlines, waits for keys.
+    /// Deletes finished batches whose retention ran out (every coordinator
+    /// does, each tick; a batch deleted twice is deleted once).
+    async fn drop_expired(&mut self) {
+        match self.store.drop_expired(now_ms(), DROP_STEP).await {
+            Ok(0) => {}
+            Ok(dropped) => debug!(dropped, "finished batches past their retention deleted"),
+            Err(error) => warn!(%error, "cannot delete expired batches"),
+        }
+    }
+
     /// Once a minute, a step of the walk that drops expired batches from
     /// the batch index (their records expired by their retention).
     async fn prune_batch_index(&mut self) {
@@ -927,6 +939,7 @@ impl Dispatcher {
         }
         self.refresh_registry().await;
         self.discover().await;
+        self.drop_expired().await;
         self.prune_batch_index().await;
         self.renew_leases().await;
         self.report_blocked().await;

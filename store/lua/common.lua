@@ -486,8 +486,8 @@ local function start_sequential_pass(failed)
   return became_ready
 end
 
--- Retention: a finished batch's records, and its own memory scope, expire
--- `retain` ms from now. A memory value with a sooner expiry of its own
+-- Retention's safety net: a finished batch's records, and its own memory
+-- scope, expire `retain` ms from now. A memory value with a sooner expiry of its own
 -- keeps it (PEXPIRE … LT). What a finished batch still holds per op is its
 -- state, attempts, result and events; see keys.rs.
 local function expire_finished(retain)
@@ -550,7 +550,9 @@ local function finish_if_done()
   redis.call('UNLINK', K_LEASES, K_DELAYED, K_INFO, K_PENDING, K_ARRIVED, K_ANY_DONE,
     K_DEADLINES, K_WAIT_INFO, K_HANDED_BACK)
   local retain = tonumber(m[12] or '0')
-  if retain > 0 then expire_finished(retain) end
+  -- The coordinators delete the batch (UNLINK) once its retention ran out;
+  -- this TTL, an hour later, only catches a batch they never learnt of.
+  if retain > 0 then expire_finished(retain + 3600000) end
   return state, 0
 end
 

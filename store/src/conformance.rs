@@ -4236,9 +4236,9 @@ pub async fn case_note_blocked_appends_an_event_only(store: &dyn Store) {
     ));
 }
 
-/// `retain_ms`: a finished batch stays readable for its retention, then its
-/// records and its own memory scope are gone (a large, chunked value too);
-/// a batch without retention, or still running, stays.
+/// `retain_ms`: a finished batch stays readable for its retention; then
+/// `drop_expired` deletes its records and its own memory scope (a large,
+/// chunked value too); a batch without retention, or still running, stays.
 pub async fn case_finished_batch_expires_after_its_retention(store: &dyn Store) {
     let short = id("retain-short");
     let kept = id("retain-kept");
@@ -4257,9 +4257,11 @@ pub async fn case_finished_batch_expires_after_its_retention(store: &dyn Store) 
     put(store, &own(&short), "large", &large).await;
     run_one(store, &short, 0).await;
     run_one(store, &kept, 0).await;
-    // Retained: everything still readable right after it finished.
+    // Retained: everything still readable until its time comes.
     let finished = meta(store, &short).await;
     assert_eq!(finished.state, BatchState::Succeeded);
+    let gone_at = finished.finished_ms.expect("finished_ms") + 300;
+    assert_eq!(store.drop_expired(gone_at - 1, 10).await.expect("drop"), 0);
     assert!(
         !store
             .events(&short, 0, 100)
@@ -4267,16 +4269,16 @@ pub async fn case_finished_batch_expires_after_its_retention(store: &dyn Store) 
             .expect("events")
             .is_empty()
     );
-    let gone = tokio::time::timeout(DOORBELL_DEADLINE, async {
-        loop {
-            if store.meta(&short).await.expect("meta").is_none() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-    .await;
-    assert!(gone.is_ok(), "the batch outlived its retention");
+    assert_eq!(store.drop_expired(gone_at, 10).await.expect("drop"), 1);
+    assert!(store.meta(&short).await.expect("meta").is_none());
+    // Nothing more to drop.
+    assert_eq!(
+        store
+            .drop_expired(gone_at + 60_000, 10)
+            .await
+            .expect("drop"),
+        0
+    );
     assert!(
         store
             .events(&short, 0, 100)

@@ -45,10 +45,14 @@
 //!   [any keys]}` of every op with memory waits, for the error of an expired
 //!   wait, for `op_waits` and for the sequential pass).
 //!
-//! A finished batch's remaining keys (and its own memory scope) expire
+//! A finished batch's remaining keys (and its own memory scope) go
 //! `retain_ms` after it finished (meta field `retain_ms`, from the
-//! coordinator's `--retain-finished`; 0 keeps them); coordinators then walk
-//! [`BATCHES`] and drop the ids whose `meta` is gone.
+//! coordinator's `--retain-finished`; 0 keeps them): the Rust side puts it
+//! in [`EXPIRING`] when it sees the finish, and coordinators UNLINK it
+//! (`drop_batch.lua`) once its time came. As a safety net (a coordinator
+//! that died between the finish and the ZADD) the finishing script also
+//! sets a TTL an hour past the retention; coordinators walk [`BATCHES`] and
+//! drop the ids whose `meta` is gone.
 //!
 //! When a batch finishes, the keys only a running batch needs go (`leases`,
 //! `delayed`, `info`, `pending`, `arrived`, `any_done`, `deadlines`,
@@ -67,7 +71,7 @@
 //! - `changes` (stream, ids `0-<revision>`) and `revision` (its counter).
 //! - `waiters:<key>` (set of `<batch>|<op>|<key>|<all|any>`).
 //!
-//! Global keys: [`EPOCH`], [`BATCHES`], [`ACTIVE`], [`WORKERS`], channel
+//! Global keys: [`EPOCH`], [`BATCHES`], [`EXPIRING`], [`ACTIVE`], [`WORKERS`], channel
 //! [`DOORBELL_CHANNEL`].
 
 use volley_proto::BatchId;
@@ -78,6 +82,9 @@ use crate::model::MemoryScope;
 pub const EPOCH: &str = "volley:epoch";
 /// Sorted set of every batch id, scored by `created_ms`.
 pub const BATCHES: &str = "volley:batches";
+/// Sorted set of finished batches with a retention, scored by the unix ms
+/// their records go (finished_ms + retain_ms); `drop_expired` reads it.
+pub const EXPIRING: &str = "volley:expiring";
 /// Set of the ids of batches not yet finished.
 pub const ACTIVE: &str = "volley:active";
 /// Hash of the cluster's worker registry: field = coordinator id, value =

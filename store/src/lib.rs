@@ -337,6 +337,14 @@ pub trait Store: Send + Sync + 'static {
     /// Most recent batches first.
     async fn list_batches(&self, limit: u32) -> StoreResult<Vec<BatchMeta>>;
 
+    /// Deletes up to `max` finished batches whose retention ran out by
+    /// `now_ms` (finished_ms + `NewBatch::retain_ms` ≤ now_ms): their
+    /// records and their own memory scope. Returns how many it deleted.
+    /// Coordinators call it every tick; the Redis store frees the memory
+    /// off Redis's main thread (UNLINK), so a million-op batch going does
+    /// not stall it.
+    async fn drop_expired(&self, now_ms: u64, max: u32) -> StoreResult<u32>;
+
     /// Walks the batch index (what `list_batches` reads) from creation time
     /// `from_ms` on, at most `max` entries, and drops those whose batch's
     /// records have expired (see `NewBatch::retain_ms`), so the index does

@@ -46,37 +46,6 @@ struct Inner {
     scopes: HashMap<MemoryScope, ScopeData>,
     /// The worker registry: coordinator → (until_ms, its workers).
     workers: BTreeMap<String, (u64, Vec<WorkerEntry>)>,
-    /// When finished batches whose retention ran out were last dropped.
-    swept_at: Option<Instant>,
-}
-
-/// How often `lock` looks for finished batches whose retention ran out (as
-/// Redis expires keys, a little late is fine).
-const RETENTION_SWEEP: Duration = Duration::from_millis(50);
-
-impl Inner {
-    /// Drops every finished batch whose retention ran out, with its own
-    /// memory scope (as their keys expire in Redis).
-    fn sweep_expired(&mut self) {
-        let now = Instant::now();
-        if self
-            .swept_at
-            .is_some_and(|at| now.duration_since(at) < RETENTION_SWEEP)
-        {
-            return;
-        }
-        self.swept_at = Some(now);
-        let expired: Vec<BatchId> = self
-            .batches
-            .iter()
-            .filter(|(_, data)| data.expires.is_some_and(|at| at <= now))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in expired {
-            self.batches.remove(&id);
-            self.scopes.remove(&MemoryScope::Batch(id));
-        }
-    }
 }
 
 /// One memory scope: its keys, change log and waiters.
@@ -164,8 +133,9 @@ struct BatchData {
     owner_token: u64,
     /// Kept this long once finished (0: until deleted); see `NewBatch`.
     retain_ms: u64,
-    /// When it is dropped: set when it finishes with a retention.
-    expires: Option<Instant>,
+    /// Unix ms from which `drop_expired` deletes it: set when it finishes
+    /// with a retention.
+    expires_at_ms: Option<u64>,
 }
 
 struct OpData {
@@ -319,13 +289,10 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves state that is still
         // structurally valid (each verb mutates field by field), so recover.
-        let mut inner = self
-            .shared
+        self.shared
             .state
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        inner.sweep_expired();
-        inner
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn ring(&self, batch: &BatchId) {
@@ -887,7 +854,7 @@ impl BatchData {
         self.meta.state = state;
         self.meta.finished_ms = Some(now_ms);
         if self.retain_ms > 0 {
-            self.expires = Some(Instant::now() + Duration::from_millis(self.retain_ms));
+            self.expires_at_ms = Some(now_ms + self.retain_ms);
         }
         let message = self.meta.error.clone();
         self.event(now_ms, EventKind::BatchFinished, None, 0, "", &message);
@@ -1064,7 +1031,7 @@ impl Store for MemoryStore {
                 owner: None,
                 owner_token: 0,
                 retain_ms: batch.retain_ms,
-                expires: None,
+                expires_at_ms: None,
             };
             // Same order as the Redis store: first the ops that wait for
             // nothing, then those whose keys are present already.
@@ -1487,7 +1454,7 @@ impl Store for MemoryStore {
                     owner: None,
                     owner_token: 0,
                     retain_ms: 0,
-                    expires: None,
+                    expires_at_ms: None,
                 };
                 data.event(now_ms, EventKind::BatchFinished, None, 0, "", reason);
                 if let Some(last) = data.events.last_mut() {
@@ -1639,6 +1606,22 @@ impl Store for MemoryStore {
             .take(max as usize)
             .cloned()
             .collect())
+    }
+
+    async fn drop_expired(&self, now_ms: u64, max: u32) -> StoreResult<u32> {
+        let mut inner = self.lock();
+        let due: Vec<BatchId> = inner
+            .batches
+            .iter()
+            .filter(|(_, data)| data.expires_at_ms.is_some_and(|at| at <= now_ms))
+            .map(|(id, _)| id.clone())
+            .take(max as usize)
+            .collect();
+        for id in &due {
+            inner.batches.remove(id);
+            inner.scopes.remove(&MemoryScope::Batch(id.clone()));
+        }
+        Ok(due.len() as u32)
     }
 
     async fn prune_batch_index(&self, _from_ms: u64, _max: u32) -> StoreResult<(u32, u64)> {

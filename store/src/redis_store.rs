@@ -103,6 +103,7 @@ macro_rules! memory_script {
 
 struct Scripts {
     create: Script,
+    drop_batch: Script,
     register_waits: Script,
     register_shared: Script,
     arrive: Script,
@@ -144,6 +145,7 @@ impl Scripts {
             return_ops: lua_script!("return_ops.lua"),
             expire_deadline: lua_script!("expire_deadline.lua"),
             mark_lost: lua_script!("mark_lost.lua"),
+            drop_batch: lua_script!("drop_batch.lua"),
             op_waits: lua_script!("op_waits.lua"),
             note_blocked: lua_script!("note_blocked.lua"),
             memory_put: memory_script!("memory_put.lua"),
@@ -517,7 +519,26 @@ impl RedisStore {
             .ok_or_else(|| corrupt(format_args!("finished state `{code}`")))?;
         self.leave_active(batch).await?;
         self.publish_bell(keys::ended_bell(batch)).await?;
+        self.schedule_expiry(batch).await?;
         Ok(Some(state))
+    }
+
+    /// A finished batch with a retention goes in [`keys::EXPIRING`], scored
+    /// by when `drop_expired` may delete it.
+    async fn schedule_expiry(&self, batch: &BatchId) -> StoreResult<()> {
+        let mut connection = self.connection();
+        let (finished_ms, retain_ms): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(keys::meta(batch))
+            .arg("finished_ms")
+            .arg("retain_ms")
+            .query_async(&mut connection)
+            .await?;
+        if let (Some(finished_ms), Some(retain_ms @ 1..)) = (finished_ms, retain_ms) {
+            let _: i64 = connection
+                .zadd(keys::EXPIRING, batch.as_str(), finished_ms + retain_ms)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn read_meta(&self, batch: &BatchId) -> StoreResult<Option<BatchMeta>> {
@@ -1451,6 +1472,7 @@ impl Store for RedisStore {
         let removed = self.leave_active(batch).await?;
         if removed || !finished.is_empty() {
             self.publish_bell(keys::ended_bell(batch)).await?;
+            self.schedule_expiry(batch).await?;
         }
         Ok(CancelOutcome {
             running: claimed_pairs(&running)?,
@@ -1556,6 +1578,48 @@ impl Store for RedisStore {
             }
         }
         Ok(out)
+    }
+
+    async fn drop_expired(&self, now_ms: u64, max: u32) -> StoreResult<u32> {
+        let mut connection = self.connection();
+        let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(keys::EXPIRING)
+            .arg("-inf")
+            .arg(now_ms)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(max)
+            .query_async(&mut connection)
+            .await?;
+        let mut dropped = 0;
+        for id in &due {
+            let batch = BatchId::new(id.as_str());
+            let outcome: i64 = self
+                .shared
+                .scripts
+                .drop_batch
+                .key(keys::batch_prefix(&batch))
+                .arg(keys::DOORBELL_CHANNEL)
+                .arg(batch.as_str())
+                .arg(now_ms)
+                .invoke_async(&mut connection)
+                .await?;
+            if outcome == 1 {
+                dropped += 1;
+            }
+        }
+        if !due.is_empty() {
+            // A running batch (0) cannot be in the set: it was put there
+            // when it finished. Either way the entry has done its job.
+            let _: () = redis::pipe()
+                .zrem(keys::EXPIRING, &due)
+                .ignore()
+                .zrem(keys::BATCHES, &due)
+                .ignore()
+                .query_async(&mut connection)
+                .await?;
+        }
+        Ok(dropped)
     }
 
     async fn prune_batch_index(&self, from_ms: u64, max: u32) -> StoreResult<(u32, u64)> {

@@ -213,7 +213,8 @@ async fn a_batch_created_after_a_script_flush_runs() {
 }
 
 /// The batch index (`volley:batches`) loses the entries of batches whose
-/// retention ran out, walked in steps, and keeps the rest.
+/// records are gone (expired by the safety-net TTL), walked in steps, and
+/// keeps the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_drops_expired_batches_from_the_index() {
     use volley_store::{Completion, FailureKind, NewBatch, NewOp, OnFailure};
@@ -265,13 +266,15 @@ async fn prune_drops_expired_batches_from_the_index() {
             .expect("complete");
         ids.push(batch_id);
     }
-    tokio::time::timeout(DEADLINE, async {
-        while store.meta(&ids[3]).await.expect("meta").is_some() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("expired before the deadline");
+    // As the safety-net TTL would (a batch no coordinator deleted): the
+    // records of three of them are gone.
+    for number in [0, 1, 3] {
+        let _: i64 = redis::cmd("DEL")
+            .arg(format!("volley:{{b:prune-{number}}}:meta"))
+            .query_async(&mut connection)
+            .await
+            .expect("del");
+    }
     // Two entries per step: the walk takes three steps and drops three.
     let (first, next) = store.prune_batch_index(0, 2).await.expect("prune");
     assert_eq!((first, next), (2, 1_001));
@@ -287,5 +290,89 @@ async fn prune_drops_expired_batches_from_the_index() {
         .await
         .expect("zrange");
     assert_eq!(left, vec!["prune-2".to_owned()]);
+    store.shutdown().await;
+}
+
+/// `drop_expired` leaves no key of the batch behind: not its records, not
+/// its memory (a chunked value's chunks included), not its expiry entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_expired_leaves_no_key_of_the_batch() {
+    use volley_store::{Completion, FailureKind, NewBatch, NewOp, OnFailure, PutOptions};
+    let server = RedisServer::start().expect("start redis-server");
+    let store = RedisStore::connect(&server.url()).await.expect("connect");
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let batch_id = BatchId::new("dropped");
+    let scope = MemoryScope::Batch(batch_id.clone());
+    let op = NewOp {
+        priority: 2,
+        max_attempts: 1,
+        ..NewOp::default()
+    };
+    store
+        .create_batch(NewBatch {
+            id: batch_id.clone(),
+            name: String::new(),
+            memory: scope.clone(),
+            max_parallel: 0,
+            on_failure: OnFailure::Continue,
+            created_ms: 1_000,
+            deadline_ms: 0,
+            spec: b"spec".to_vec(),
+            ops: vec![op.clone(), op],
+            retry_failed_sequential: false,
+            retain_ms: 5_000,
+        })
+        .await
+        .expect("create");
+    store
+        .memory_put(
+            &scope,
+            "big",
+            &vec![1_u8; 700 * 1024],
+            &PutOptions::default(),
+            1_000,
+        )
+        .await
+        .expect("put");
+    let claimed = store
+        .claim(&batch_id, 2, 1_001, 60_000)
+        .await
+        .expect("claim");
+    let completions: Vec<Completion> = claimed
+        .iter()
+        .map(|claimed| Completion {
+            index: claimed.index,
+            attempt: claimed.attempt,
+            ok: true,
+            failure: FailureKind::Error,
+            ..Completion::default()
+        })
+        .collect();
+    store
+        .complete(&batch_id, &completions, 1_002)
+        .await
+        .expect("complete");
+    let count_keys = |mut connection: redis::aio::MultiplexedConnection| async move {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("volley:{b:dropped}:*")
+            .query_async(&mut connection)
+            .await
+            .expect("keys");
+        keys
+    };
+    assert!(!count_keys(connection.clone()).await.is_empty());
+    assert_eq!(store.drop_expired(6_001, 10).await.expect("drop"), 0);
+    assert_eq!(store.drop_expired(6_002, 10).await.expect("drop"), 1);
+    assert_eq!(count_keys(connection.clone()).await, Vec::<String>::new());
+    let expiring: i64 = redis::cmd("ZCARD")
+        .arg("volley:expiring")
+        .query_async(&mut connection)
+        .await
+        .expect("zcard");
+    assert_eq!(expiring, 0);
     store.shutdown().await;
 }
