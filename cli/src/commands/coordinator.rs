@@ -53,6 +53,10 @@ pub struct CoordinatorArgs {
     /// labels) before the batch's events say it is blocked.
     #[arg(long, env = "VOLLEY_REPORT_BLOCKED_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
     pub report_blocked_after: std::time::Duration,
+    /// Serve Prometheus metrics on this address (`GET /metrics`); off
+    /// without it.
+    #[arg(long, env = "VOLLEY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub async fn run(args: CoordinatorArgs) -> Exit {
@@ -89,6 +93,12 @@ pub async fn run(args: CoordinatorArgs) -> Exit {
             return Exit::Invalid;
         }
     };
+    if let Some(address) = args.metrics_listen
+        && let Err(error) = telemetry::install_metrics(address, telemetry::Component::Coordinator)
+    {
+        eprintln!("error: --metrics-listen {address}: {error}");
+        return Exit::Invalid;
+    }
     serve(Arc::new(store), config, listener, shutdown).await
 }
 

@@ -47,6 +47,10 @@ pub struct WorkerArgs {
     /// the worker takes work, NOT_SERVING once it drains.
     #[arg(long, env = "VOLLEY_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics on this address (`GET /metrics`); off
+    /// without it.
+    #[arg(long, env = "VOLLEY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -68,6 +72,12 @@ pub async fn run(args: WorkerArgs) -> Exit {
         },
         None => None,
     };
+    if let Some(address) = args.metrics_listen
+        && let Err(error) = telemetry::install_metrics(address, telemetry::Component::Worker)
+    {
+        eprintln!("error: --metrics-listen {address}: {error}");
+        return Exit::Invalid;
+    }
     let shutdown = CancellationToken::new();
     let health = match args.health_listen {
         Some(address) => match serve_health(address).await {
