@@ -1442,6 +1442,11 @@ impl Dispatcher {
         // waited parked since their own claim.
         let mut sent_fresh = 0usize;
         let mut sent_parked = Vec::new();
+        // Most routes hold no parked op: then no per-op lookup at all.
+        let any_parked = self
+            .batches
+            .get(&planned.id)
+            .is_some_and(|active| !active.parked_since.is_empty());
         let mut outgoing: HashMap<u64, Vec<v1::Assignment>> = HashMap::new();
         let mut parked = Vec::new();
         let mut declined = Vec::new();
@@ -1484,11 +1489,14 @@ impl Dispatcher {
             let Some(worker) = self.workers.get_mut(&conn) else {
                 continue;
             };
-            match self
-                .batches
-                .get_mut(&planned.id)
-                .and_then(|active| active.parked_since.remove(&(claim.index, claim.attempt)))
-            {
+            let parked_since = if any_parked {
+                self.batches
+                    .get_mut(&planned.id)
+                    .and_then(|active| active.parked_since.remove(&(claim.index, claim.attempt)))
+            } else {
+                None
+            };
+            match parked_since {
                 Some(since) => sent_parked.push(since),
                 None => sent_fresh += 1,
             }
