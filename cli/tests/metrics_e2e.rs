@@ -253,6 +253,8 @@ async fn metrics_follow_a_batch_and_the_ready_gauge_drains_to_zero() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(state, BatchState::Succeeded);
+    // A call that fails, for the gRPC counter's code label.
+    assert!(client.summary("no-such-batch").await.is_err());
 
     // Then the gauges drain to zero and the counters add up.
     let done = scrape_until(coordinator_metrics, |scraped| {
@@ -350,6 +352,50 @@ async fn metrics_follow_a_batch_and_the_ready_gauge_drains_to_zero() {
             done.text
         );
     }
+    let grpc = "volley_coordinator_grpc_requests_total";
+    assert_eq!(
+        done.get(
+            grpc,
+            &[
+                ("method", "volley.v1.BatchService/SubmitBatch"),
+                ("code", "OK")
+            ]
+        ),
+        1.0,
+        "{}",
+        done.text
+    );
+    assert!(
+        done.get(
+            grpc,
+            &[
+                ("method", "volley.v1.BatchService/GetBatch"),
+                ("code", "OK")
+            ]
+        ) >= 1.0
+    );
+    assert_eq!(
+        done.get(
+            grpc,
+            &[
+                ("method", "volley.v1.BatchService/GetBatch"),
+                ("code", "NotFound")
+            ]
+        ),
+        1.0,
+        "{}",
+        done.text
+    );
+    assert_eq!(
+        done.get(
+            grpc,
+            &[
+                ("method", "volley.v1.WorkerService/Session"),
+                ("code", "OK")
+            ]
+        ),
+        1.0
+    );
     for name in [
         "volley_coordinator_ops_total",
         "volley_coordinator_ready_ops",

@@ -46,6 +46,7 @@ pub const REDIS_ROUND_TRIPS_TOTAL: &str = "volley_coordinator_redis_round_trips_
 pub const WORKERS_CONNECTED: &str = "volley_coordinator_workers_connected";
 pub const WORKER_SLOTS: &str = "volley_coordinator_worker_slots";
 pub const BATCHES_TOTAL: &str = "volley_coordinator_batches_total";
+pub const GRPC_REQUESTS_TOTAL: &str = "volley_coordinator_grpc_requests_total";
 
 /// The `priority` label of each ready queue (index = the store's priority).
 pub const PRIORITY_NAMES: [&str; PRIORITY_LEVELS as usize] = ["critical", "high", "medium", "low"];
@@ -89,6 +90,10 @@ pub fn describe() {
     metrics::describe_counter!(
         BATCHES_TOTAL,
         "Batches submitted to this coordinator (state=submitted) and batches that ended through one of its store calls, by final state."
+    );
+    metrics::describe_counter!(
+        GRPC_REQUESTS_TOTAL,
+        "gRPC calls served, by method and the status code the response opened with (a stream that fails later counts as OK)."
     );
 }
 
