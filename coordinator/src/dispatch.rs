@@ -45,7 +45,7 @@ use volley_store::{
 };
 
 use crate::config::CoordinatorConfig;
-use crate::metrics::{DispatchMetrics, count_started};
+use crate::metrics::{DispatchMetrics, count_recorded, count_started};
 use crate::plans::{PlanCache, PlannedBatch, replan};
 use crate::service::now_ms;
 
@@ -1384,6 +1384,9 @@ impl Dispatcher {
                 .collect();
             let indices = failed.iter().map(|completion| completion.index).collect();
             let outcome = self.store.complete(batch, &failed, now_ms()).await.ok();
+            if let Some(outcome) = &outcome {
+                count_recorded(&planned.plan, &failed, outcome);
+            }
             self.apply_results(BatchResults {
                 batch: batch.clone(),
                 indices,
@@ -1588,6 +1591,9 @@ impl Dispatcher {
                 .complete(&planned.id, &failed, now_ms())
                 .await
                 .ok();
+            if let Some(outcome) = &outcome {
+                count_recorded(&planned.plan, &failed, outcome);
+            }
             self.apply_results(BatchResults {
                 batch: planned.id.clone(),
                 indices,
