@@ -45,6 +45,7 @@ use volley_store::{
 };
 
 use crate::config::CoordinatorConfig;
+use crate::metrics::{DispatchMetrics, count_recorded, count_started};
 use crate::plans::{PlanCache, PlannedBatch, replan};
 use crate::service::now_ms;
 
@@ -243,6 +244,8 @@ struct ActiveBatch {
     unrunnable_since: HashMap<u32, tokio::time::Instant>,
     /// Parked ops already reported blocked (an `OP_BLOCKED` event).
     reported_blocked: HashSet<u32>,
+    /// When each parked attempt was claimed, for the dispatch latency.
+    parked_since: HashMap<(u32, u32), tokio::time::Instant>,
 }
 
 impl ActiveBatch {
@@ -297,6 +300,7 @@ pub(crate) struct Dispatcher {
     /// When the batch index was last pruned, and where the walk goes on.
     pruned_at: Option<tokio::time::Instant>,
     prune_from_ms: u64,
+    metrics: DispatchMetrics,
 }
 
 impl Dispatcher {
@@ -340,6 +344,7 @@ impl Dispatcher {
             order: VecDeque::new(),
             pruned_at: None,
             prune_from_ms: 0,
+            metrics: DispatchMetrics::new(),
         }
     }
 
@@ -508,6 +513,7 @@ impl Dispatcher {
                     },
                 );
                 self.publish_kinds();
+                self.sample_workers();
                 if adopted > 0 {
                     // Their leases are ours to keep now; stale ones are stopped.
                     self.renew_leases().await;
@@ -517,6 +523,7 @@ impl Dispatcher {
             Command::WorkerLeft { conn, clean } => {
                 if let Some(worker) = self.workers.remove(&conn) {
                     self.publish_kinds();
+                    self.sample_workers();
                     if clean {
                         self.hand_back_unstarted(worker).await;
                     } else {
@@ -568,6 +575,7 @@ impl Dispatcher {
                             hold_off: DECLINE_HOLD_OFF,
                             unrunnable_since: HashMap::new(),
                             reported_blocked: HashSet::new(),
+                            parked_since: HashMap::new(),
                         },
                     );
                 }
@@ -934,11 +942,14 @@ impl Dispatcher {
     async fn housekeeping(&mut self) {
         self.check_epoch().await;
         self.drop_silent_workers().await;
+        self.sample_workers();
         if self.store_down {
             return;
         }
         self.refresh_registry().await;
-        self.discover().await;
+        if let Some(active) = self.discover().await {
+            self.publish_ready_depth(&active).await;
+        }
         self.drop_expired().await;
         self.prune_batch_index().await;
         self.renew_leases().await;
@@ -1100,13 +1111,13 @@ impl Dispatcher {
 
     /// Brings the set of batches we dispatch in line with the store's
     /// active set: batches submitted elsewhere are loaded, batches that
-    /// ended while a bell was missed are dropped.
-    async fn discover(&mut self) {
+    /// ended while a bell was missed are dropped. Returns that set.
+    async fn discover(&mut self) -> Option<Vec<BatchId>> {
         let active = match self.store.active_batches().await {
             Ok(active) => active,
             Err(error) => {
                 warn!(%error, "could not read the active batches");
-                return;
+                return None;
             }
         };
         let live: HashSet<&BatchId> = active.iter().collect();
@@ -1119,9 +1130,44 @@ impl Dispatcher {
         for batch in ended {
             self.batch_ended(&batch);
         }
-        for batch in active {
-            self.load(batch);
+        for batch in &active {
+            self.load(batch.clone());
         }
+        Some(active)
+    }
+
+    /// Reads how many ops wait on the ready queues of every active batch
+    /// (the whole cluster's, not only what our workers could take), sets the
+    /// `ready_ops` gauges and publishes the total as the store's ready gauge
+    /// (`volley:queue:ready`, for KEDA). Every coordinator does this every
+    /// tick: they publish the same queues, so the gauge converges, at most
+    /// one tick stale.
+    async fn publish_ready_depth(&mut self, active: &[BatchId]) {
+        let depth = match self.store.ready_depth(active).await {
+            Ok(depth) => depth,
+            Err(error) => {
+                warn!(%error, "could not read the ready queues' depth");
+                return;
+            }
+        };
+        self.metrics.set_ready(&depth, active.len());
+        if let Err(error) = self.store.publish_ready_gauge(depth.total()).await {
+            warn!(%error, "could not publish the ready gauge");
+        }
+    }
+
+    /// Our workers and their slots, for the gauges.
+    fn sample_workers(&self) {
+        let (mut busy, mut free) = (0u64, 0u64);
+        for worker in self.workers.values() {
+            free += u64::from(worker.free);
+            busy += u64::from(worker.slots.saturating_sub(worker.free));
+        }
+        self.metrics
+            .workers_connected
+            .set(self.workers.len() as f64);
+        self.metrics.slots_busy.set(busy as f64);
+        self.metrics.slots_free.set(free as f64);
     }
 
     /// Tells workers to stop the ops of a batch that ended under them.
@@ -1306,7 +1352,9 @@ impl Dispatcher {
         let mut progress = false;
         if !parked.is_empty() {
             let before = parked.len();
-            self.route(&planned, parked).await;
+            // Each parked op's clock started at its own claim.
+            self.route(&planned, parked, tokio::time::Instant::now())
+                .await;
             let after = self
                 .batches
                 .get(batch)
@@ -1332,6 +1380,7 @@ impl Dispatcher {
         }
         let now = now_ms();
         let lease_until = now + self.lease.as_millis() as u64;
+        let claim_started = tokio::time::Instant::now();
         let claimed = match self.store.claim(batch, want, now, lease_until).await {
             Ok(claimed) => claimed,
             Err(error) => {
@@ -1362,6 +1411,7 @@ impl Dispatcher {
         } else {
             planned
         };
+        count_started(&planned.plan, &claimed);
         let (known, unknown): (Vec<Claimed>, Vec<Claimed>) = claimed
             .into_iter()
             .partition(|claim| (claim.index as usize) < planned.plan.ops.len());
@@ -1380,6 +1430,9 @@ impl Dispatcher {
                 .collect();
             let indices = failed.iter().map(|completion| completion.index).collect();
             let outcome = self.store.complete(batch, &failed, now_ms()).await.ok();
+            if let Some(outcome) = &outcome {
+                count_recorded(&planned.plan, &failed, outcome);
+            }
             self.apply_results(BatchResults {
                 batch: batch.clone(),
                 indices,
@@ -1387,7 +1440,7 @@ impl Dispatcher {
             });
         }
         if !known.is_empty() {
-            self.route(&planned, known).await;
+            self.route(&planned, known, claim_started).await;
         }
         true
     }
@@ -1425,9 +1478,24 @@ impl Dispatcher {
     }
 
     /// Sends claimed ops to workers, many per message; parks what no worker
-    /// can take now.
-    async fn route(&mut self, planned: &Arc<PlannedBatch>, claimed: Vec<Claimed>) {
+    /// can take now. `claimed_at`: when the claim that took them started
+    /// (the dispatch latency's start; a parked op keeps its own).
+    async fn route(
+        &mut self,
+        planned: &Arc<PlannedBatch>,
+        claimed: Vec<Claimed>,
+        claimed_at: tokio::time::Instant,
+    ) {
         let args = self.fill_templates(planned, &claimed).await;
+        // Ops sent now that were claimed at `claimed_at`, and those that
+        // waited parked since their own claim.
+        let mut sent_fresh = 0usize;
+        let mut sent_parked = Vec::new();
+        // Most routes hold no parked op: then no per-op lookup at all.
+        let any_parked = self
+            .batches
+            .get(&planned.id)
+            .is_some_and(|active| !active.parked_since.is_empty());
         let mut outgoing: HashMap<u64, Vec<v1::Assignment>> = HashMap::new();
         let mut parked = Vec::new();
         let mut declined = Vec::new();
@@ -1470,6 +1538,17 @@ impl Dispatcher {
             let Some(worker) = self.workers.get_mut(&conn) else {
                 continue;
             };
+            let parked_since = if any_parked {
+                self.batches
+                    .get_mut(&planned.id)
+                    .and_then(|active| active.parked_since.remove(&(claim.index, claim.attempt)))
+            } else {
+                None
+            };
+            match parked_since {
+                Some(since) => sent_parked.push(since),
+                None => sent_fresh += 1,
+            }
             worker.free -= 1;
             worker
                 .running
@@ -1505,9 +1584,26 @@ impl Dispatcher {
                 }
             }
         }
+        let sent_at = tokio::time::Instant::now();
+        if sent_fresh > 0 {
+            self.metrics
+                .dispatch_latency
+                .record_many(sent_at.duration_since(claimed_at), sent_fresh);
+        }
+        for since in sent_parked {
+            self.metrics
+                .dispatch_latency
+                .record(sent_at.duration_since(since));
+        }
         if let Some(active) = self.batches.get_mut(&planned.id) {
             if !parked.is_empty() {
                 debug!(batch = %planned.id, parked = parked.len(), "no worker for some ops yet");
+            }
+            for claim in &parked {
+                active
+                    .parked_since
+                    .entry((claim.index, claim.attempt))
+                    .or_insert(claimed_at);
             }
             active.parked.extend(parked);
             if !declined.is_empty() && declined.len() == total {
@@ -1541,6 +1637,9 @@ impl Dispatcher {
                 .complete(&planned.id, &failed, now_ms())
                 .await
                 .ok();
+            if let Some(outcome) = &outcome {
+                count_recorded(&planned.plan, &failed, outcome);
+            }
             self.apply_results(BatchResults {
                 batch: planned.id.clone(),
                 indices,

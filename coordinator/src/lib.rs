@@ -10,6 +10,8 @@
 //! - [`error`] — `CoordinatorError`, what every domain call can fail with.
 //! - [`service`] — `Coordinator`, the domain API the gRPC adapters call.
 //! - [`memory`] — memory scopes, writes with fencing, watch and wait.
+//! - [`metrics`] — the coordinator's metrics (`metrics` facade) and the
+//!   counting layer at its store boundary.
 //! - `spawn` — ops a running op adds to its batch.
 //! - `why` — why an op is not running.
 //! - `dispatch`: the dispatcher task: worker credits, batch parallelism,
@@ -25,6 +27,7 @@ mod dispatch;
 pub mod error;
 pub mod grpc;
 pub mod memory;
+pub mod metrics;
 mod plans;
 mod report;
 pub mod service;

@@ -21,6 +21,7 @@ use crate::config::CoordinatorConfig;
 use crate::convert;
 use crate::dispatch::{self, BatchResults, Command, DispatchHandle, KnownKinds};
 use crate::error::CoordinatorError;
+use crate::metrics::{MeteredStore, count_recorded};
 use crate::plans::{PlanCache, PlannedBatch};
 use crate::report;
 
@@ -70,6 +71,8 @@ impl Coordinator {
         config: CoordinatorConfig,
         shutdown: CancellationToken,
     ) -> Result<Coordinator, CoordinatorError> {
+        // Every store call of the coordinator is counted at this one boundary.
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store));
         let epoch = store.epoch().await?;
         info!(epoch = %epoch, coordinator = %config.id, "store epoch");
         let tasks = TaskTracker::new();
@@ -617,6 +620,7 @@ impl WorkerSession {
                         .collect();
                     match self.record(&batch, &completions).await {
                         Ok(outcome) => {
+                            count_recorded(&planned.plan, &completions, &outcome);
                             if !outcome.stale.is_empty() {
                                 warn!(%batch, stale = ?outcome.stale, "stale results ignored");
                             }

@@ -28,6 +28,9 @@ use volley_proto::BatchId;
 use crate::model::*;
 use crate::{Store, StoreError};
 
+mod ready;
+pub use ready::*;
+
 /// Expands into one `#[tokio::test]` per conformance case. Both arguments
 /// are expressions evaluating to a future of `(Arc<dyn Store>, guard)`; the
 /// second's store has a change log cap of [`SMALL_CHANGE_LOG_CAP`].
@@ -97,6 +100,8 @@ macro_rules! conformance_tests {
             case_hold_refuses_finished_and_unknown_batches,
             case_worker_registry_lists_live_entries,
             case_finished_batch_expires_after_its_retention,
+            case_ready_depth_counts_queued_ops_per_priority,
+            case_ready_gauge_is_set_to_the_total_capped,
         );
         $crate::conformance_tests!(@shared_cases $make;
             case_concurrent_cas_increments_lose_none,

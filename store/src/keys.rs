@@ -71,8 +71,8 @@
 //! - `changes` (stream, ids `0-<revision>`) and `revision` (its counter).
 //! - `waiters:<key>` (set of `<batch>|<op>|<key>|<all|any>`).
 //!
-//! Global keys: [`EPOCH`], [`BATCHES`], [`EXPIRING`], [`ACTIVE`], [`WORKERS`], channel
-//! [`DOORBELL_CHANNEL`].
+//! Global keys: [`EPOCH`], [`BATCHES`], [`EXPIRING`], [`ACTIVE`], [`WORKERS`],
+//! [`QUEUE_READY`], channel [`DOORBELL_CHANNEL`].
 
 use volley_proto::BatchId;
 
@@ -91,6 +91,13 @@ pub const ACTIVE: &str = "volley:active";
 /// JSON `{"until_ms": <unix ms>, "workers": [<WorkerEntry>…]}`. One global
 /// key (its own slot), written by `publish_workers` with one `HSET`.
 pub const WORKERS: &str = "volley:workers";
+/// The ready-queue depth as a list for KEDA's `redis` (list) scaler, which
+/// reads only `LLEN`: a list of 1-byte items whose length is the number of
+/// ready (runnable, not yet claimed) ops across every active batch, capped
+/// at [`crate::READY_GAUGE_CAP`]. Its items mean nothing. Coordinators set
+/// its length every housekeeping tick (`publish_ready_gauge`, one script
+/// call on this key alone: its own slot), so it is at most one tick stale.
+pub const QUEUE_READY: &str = "volley:queue:ready";
 /// Pub/sub channel on which scripts publish what they changed: `b:<batch>`
 /// (a batch's ops, and so its events), `v:<batch>` (only its events: a
 /// claim, a blocked note), `m:<namespace>` (a shared memory scope) or

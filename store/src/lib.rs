@@ -494,6 +494,18 @@ pub trait Store: Send + Sync + 'static {
     /// way.
     async fn workers(&self, now_ms: u64) -> StoreResult<Vec<(String, WorkerEntry)>>;
 
+    /// What the ready queues of `batches` hold, per priority: ops ready and
+    /// not yet claimed (a retry waiting out its backoff is not on a queue
+    /// yet). A batch that is unknown or no longer running counts 0. One
+    /// read of every queue length (one pipeline in Redis), no scan.
+    async fn ready_depth(&self, batches: &[BatchId]) -> StoreResult<ReadyDepth>;
+
+    /// Sets the ready gauge ([`keys::QUEUE_READY`], for autoscalers that
+    /// read a list's length) to `min(total, READY_GAUGE_CAP)` items and
+    /// returns that length. Idempotent: coordinators that publish their view
+    /// of the same queues converge on it. Touches only the gauge's own key.
+    async fn publish_ready_gauge(&self, total: u64) -> StoreResult<u64>;
+
     /// Doorbells: a batch's ready queue may have grown or its events moved
     /// (`Batch`), a memory scope changed (`Memory`), a batch entered
     /// (`Started`) or left (`Ended`) the active set. Only a hint — the state

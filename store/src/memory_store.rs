@@ -46,6 +46,8 @@ struct Inner {
     scopes: HashMap<MemoryScope, ScopeData>,
     /// The worker registry: coordinator → (until_ms, its workers).
     workers: BTreeMap<String, (u64, Vec<WorkerEntry>)>,
+    /// The ready gauge's length (`publish_ready_gauge`).
+    ready_gauge: u64,
 }
 
 /// One memory scope: its keys, change log and waiters.
@@ -2092,6 +2094,31 @@ impl Store for MemoryStore {
             (&left.0, &left.1.worker_id).cmp(&(&right.0, &right.1.worker_id))
         });
         Ok(listed)
+    }
+
+    async fn ready_depth(&self, batches: &[BatchId]) -> StoreResult<ReadyDepth> {
+        let inner = self.lock();
+        let mut depth = ReadyDepth::default();
+        for batch in batches {
+            // A finished batch's queues are gone in Redis (compaction).
+            let Some(data) = inner
+                .batches
+                .get(batch)
+                .filter(|data| data.meta.state == BatchState::Running)
+            else {
+                continue;
+            };
+            for (slot, queue) in depth.by_priority.iter_mut().zip(&data.ready) {
+                *slot += queue.len() as u64;
+            }
+        }
+        Ok(depth)
+    }
+
+    async fn publish_ready_gauge(&self, total: u64) -> StoreResult<u64> {
+        let length = total.min(READY_GAUGE_CAP);
+        self.lock().ready_gauge = length;
+        Ok(length)
     }
 
     fn doorbells(&self) -> broadcast::Receiver<Doorbell> {

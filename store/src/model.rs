@@ -507,6 +507,25 @@ pub struct Fence {
 /// `workers`) once its `until_ms` is this far in the past.
 pub const WORKERS_FORGET_AFTER_MS: u64 = 60_000;
 
+/// The most items `Store::publish_ready_gauge` keeps in the ready gauge
+/// ([`crate::keys::QUEUE_READY`]): enough for any autoscaler to decide on,
+/// and a bound on what the gauge costs Redis (about 1 MiB at most).
+pub const READY_GAUGE_CAP: u64 = 100_000;
+
+/// What the ready queues of some batches hold (`Store::ready_depth`): ops
+/// ready and not yet claimed, per priority (index 0 critical … 3 low).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadyDepth {
+    pub by_priority: [u64; PRIORITY_LEVELS as usize],
+}
+
+impl ReadyDepth {
+    /// Every priority together.
+    pub fn total(&self) -> u64 {
+        self.by_priority.iter().sum()
+    }
+}
+
 /// One worker connected to some coordinator, as that coordinator publishes
 /// it to the cluster (`Store::publish_workers`).
 #[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

@@ -45,6 +45,8 @@ use crate::memory_store::{DOORBELL_CAPACITY, added_edges};
 use crate::model::*;
 use crate::{Store, StoreError, StoreResult};
 
+mod ready_gauge;
+
 /// Fields (ops, or op/key pairs) per command while writing a batch: bounds
 /// the size of any single command so a million-op batch is many modest
 /// commands, never one giant one.
@@ -2100,6 +2102,16 @@ impl Store for RedisStore {
             (&left.0, &left.1.worker_id).cmp(&(&right.0, &right.1.worker_id))
         });
         Ok(listed)
+    }
+
+    #[tracing::instrument(skip_all, fields(batches = batches.len()))]
+    async fn ready_depth(&self, batches: &[BatchId]) -> StoreResult<ReadyDepth> {
+        self.read_ready_depth(batches).await
+    }
+
+    #[tracing::instrument(skip_all, fields(total))]
+    async fn publish_ready_gauge(&self, total: u64) -> StoreResult<u64> {
+        self.write_ready_gauge(total).await
     }
 
     fn doorbells(&self) -> broadcast::Receiver<Doorbell> {

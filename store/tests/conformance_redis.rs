@@ -376,3 +376,42 @@ async fn drop_expired_leaves_no_key_of_the_batch() {
     assert_eq!(expiring, 0);
     store.shutdown().await;
 }
+
+/// The ready gauge is a real list that KEDA's `redis` scaler can `LLEN`,
+/// of 1-byte items, gone when the gauge is 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ready_gauge_is_a_list_of_that_length() {
+    let server = RedisServer::start().expect("start redis-server");
+    let store = RedisStore::connect(&server.url()).await.expect("connect");
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let key = volley_store::keys::QUEUE_READY;
+    assert_eq!(key, "volley:queue:ready");
+    for total in [2_500u64, 40, 0, 1] {
+        store.publish_ready_gauge(total).await.expect("publish");
+        let length: u64 = redis::cmd("LLEN")
+            .arg(key)
+            .query_async(&mut connection)
+            .await
+            .expect("llen");
+        assert_eq!(length, total);
+    }
+    let item: Vec<u8> = redis::cmd("LINDEX")
+        .arg(key)
+        .arg(0)
+        .query_async(&mut connection)
+        .await
+        .expect("lindex");
+    assert_eq!(item.len(), 1);
+    store.publish_ready_gauge(0).await.expect("publish");
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg(key)
+        .query_async(&mut connection)
+        .await
+        .expect("exists");
+    assert_eq!(exists, 0);
+    store.shutdown().await;
+}

@@ -11,6 +11,7 @@ use volley_proto::v1::{Assignment, FailureKind, OpResult};
 
 use crate::handler::{HandlerError, OpContext, OpOutput};
 use crate::memory::MemoryStore;
+use crate::metrics::OpMetrics;
 use crate::registry::Registry;
 use crate::spawn::OpSpawner;
 
@@ -24,6 +25,8 @@ pub struct Executor {
     allow_shell: bool,
     coordinator_url: Option<String>,
     spawner: Option<Arc<dyn OpSpawner>>,
+    /// Per-kind metric handles, made once for the registry's kinds.
+    metrics: Arc<OpMetrics>,
 }
 
 impl Executor {
@@ -35,6 +38,7 @@ impl Executor {
         root: Option<PathBuf>,
         allow_shell: bool,
     ) -> Self {
+        let metrics = Arc::new(OpMetrics::new(registry.kinds()));
         Self {
             registry,
             memory,
@@ -42,6 +46,7 @@ impl Executor {
             allow_shell,
             coordinator_url: None,
             spawner: None,
+            metrics,
         }
     }
 
@@ -83,7 +88,8 @@ impl Executor {
         let started_at_ms = unix_millis();
         let started = Instant::now();
         let outcome = self.outcome(&assignment, cancel).await;
-        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let elapsed = started.elapsed();
+        let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         match &outcome {
             Ok(_) => tracing::debug!(duration_ms, "op succeeded"),
             Err(failure) => tracing::info!(
@@ -93,7 +99,9 @@ impl Executor {
                 "op failed"
             ),
         }
-        to_result(&assignment, outcome, started_at_ms, duration_ms)
+        let result = to_result(&assignment, outcome, started_at_ms, duration_ms);
+        self.metrics.record(&assignment.kind, &result, elapsed);
+        result
     }
 
     async fn outcome(

@@ -30,6 +30,8 @@
 //!   (scopes, versions, compare-and-set, ttl, waits), `LocalMemory` for tests.
 //! - [`spawn`] — `ctx.spawn`: adding ops to the running batch (`OpSpawner`).
 //! - [`executor`] — runs one assignment (args, timeout, cancel) into a result.
+//! - [`metrics`] — the worker's metrics (`metrics` facade): slots, ops by
+//!   kind and outcome, op durations, connected, draining.
 //! - `ops` — the ops a worker runs and the results it still owes, kept
 //!   across coordinator sessions; the drain's clock.
 //! - [`runtime`] — `WorkerConfig`, `run_worker`: connect, register, dispatch,
@@ -43,6 +45,7 @@ pub mod executor;
 pub mod grpc;
 pub mod handler;
 pub mod memory;
+pub mod metrics;
 pub(crate) mod ops;
 pub mod registry;
 pub mod runtime;

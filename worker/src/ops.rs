@@ -17,6 +17,7 @@ use tracing::Instrument;
 use volley_proto::v1::{Assignment, FailureKind, OpRef, OpResult};
 
 use crate::executor::Executor;
+use crate::metrics::{SlotGauges, set_draining};
 
 /// How long cancelled ops get to end (and report) before they are aborted.
 pub(crate) const CANCEL_GRACE: Duration = Duration::from_secs(2);
@@ -122,6 +123,8 @@ pub(crate) struct WorkerOps {
     undelivered_keys: HashMap<OpKey, u32>,
     /// Ops the drain timeout interrupted, to hand back (`ReturnOps`).
     interrupted: Vec<OpKey>,
+    /// Busy and free slots, kept as ops start and end (`with_slot_gauges`).
+    slot_gauges: Option<SlotGauges>,
 }
 
 impl WorkerOps {
@@ -137,6 +140,20 @@ impl WorkerOps {
             undelivered: VecDeque::new(),
             undelivered_keys: HashMap::new(),
             interrupted: Vec::new(),
+            slot_gauges: None,
+        }
+    }
+
+    /// Keeps the slot gauges (`volley_worker_slots{state}`) of a worker with
+    /// `slots` slots: busy = ops running.
+    pub(crate) fn with_slot_gauges(mut self, slots: u32) -> Self {
+        self.slot_gauges = Some(SlotGauges::new(slots));
+        self
+    }
+
+    fn sample_slots(&self) {
+        if let Some(gauges) = &self.slot_gauges {
+            gauges.set(self.running.len());
         }
     }
 
@@ -185,6 +202,7 @@ impl WorkerOps {
                 task,
             },
         );
+        self.sample_slots();
     }
 
     /// Whether `key` runs here or its result waits to be sent.
@@ -310,6 +328,7 @@ impl WorkerOps {
         let deadline = Instant::now() + timeout;
         tracing::info!(running = self.running.len(), drain_timeout = ?timeout, "draining");
         self.phase = DrainPhase::Draining { deadline };
+        set_draining(true);
         deadline
     }
 
@@ -407,6 +426,7 @@ impl WorkerOps {
                 self.tasks.detach_all();
                 let stuck: Vec<OpKey> = self.running.drain().map(|(key, _)| key).collect();
                 self.interrupted.extend(stuck);
+                self.sample_slots();
             }
         }
     }
@@ -425,6 +445,11 @@ impl WorkerOps {
     }
 
     fn reap(&mut self, joined: Result<(TaskId, (OpKey, OpEnd)), JoinError>) {
+        self.reap_one(joined);
+        self.sample_slots();
+    }
+
+    fn reap_one(&mut self, joined: Result<(TaskId, (OpKey, OpEnd)), JoinError>) {
         match joined {
             Ok((_, (key, OpEnd::Finished(result)))) => {
                 self.running.remove(&key);

@@ -171,7 +171,9 @@ pub async fn run_worker(
         shutdown: shutdown.clone(),
     };
     // Outlives every session: the ops and the results owed a coordinator.
-    let mut ops = WorkerOps::new(executor);
+    let mut ops = WorkerOps::new(executor).with_slot_gauges(config.slots);
+    crate::metrics::set_connected(false);
+    crate::metrics::set_draining(false);
 
     let mut backoff = BACKOFF_START;
     let mut failures: u32 = 0;

@@ -66,6 +66,10 @@ pub struct CoordinatorArgs {
         hide = true
     )]
     pub stop_on_stdin_eof: bool,
+    /// Serve Prometheus metrics on this address (`GET /metrics`); off
+    /// without it.
+    #[arg(long, env = "VOLLEY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub async fn run(args: CoordinatorArgs) -> Exit {
@@ -111,6 +115,12 @@ pub async fn run(args: CoordinatorArgs) -> Exit {
             return Exit::Invalid;
         }
     };
+    if let Some(address) = args.metrics_listen
+        && let Err(error) = telemetry::install_metrics(address, telemetry::Component::Coordinator)
+    {
+        eprintln!("error: --metrics-listen {address}: {error}");
+        return Exit::Invalid;
+    }
     serve(Arc::new(store), config, listener, shutdown).await
 }
 

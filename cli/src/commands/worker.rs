@@ -56,6 +56,10 @@ pub struct WorkerArgs {
         hide = true
     )]
     pub stop_on_stdin_eof: bool,
+    /// Serve Prometheus metrics on this address (`GET /metrics`); off
+    /// without it.
+    #[arg(long, env = "VOLLEY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -77,6 +81,12 @@ pub async fn run(args: WorkerArgs) -> Exit {
         },
         None => None,
     };
+    if let Some(address) = args.metrics_listen
+        && let Err(error) = telemetry::install_metrics(address, telemetry::Component::Worker)
+    {
+        eprintln!("error: --metrics-listen {address}: {error}");
+        return Exit::Invalid;
+    }
     let shutdown = CancellationToken::new();
     let health = match args.health_listen {
         Some(address) => match serve_health(address).await {

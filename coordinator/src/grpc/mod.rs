@@ -2,6 +2,7 @@
 //! [`Coordinator`]. No logic lives here.
 
 mod batch;
+mod count;
 mod memory;
 pub mod reflection;
 mod status;
@@ -84,6 +85,7 @@ pub async fn serve(
         Ok::<_, std::io::Error>(stream)
     });
     tonic::transport::Server::builder()
+        .layer(tower::layer::layer_fn(count::layer))
         .add_service(health_service)
         .add_service(batches)
         .add_service(memory)

@@ -133,9 +133,11 @@ pub(crate) async fn run_session(
     };
     let inbound = response.into_inner();
     tracing::debug!("stream open, registering");
-    Ok(Session::new(params, ops, outbound_tx, inbound)
+    let end = Session::new(params, ops, outbound_tx, inbound)
         .serve()
-        .await)
+        .await;
+    crate::metrics::set_connected(false);
+    Ok(end)
 }
 
 struct Session<'a> {
@@ -223,6 +225,7 @@ impl<'a> Session<'a> {
         match message.msg {
             Some(coordinator_message::Msg::Registered(registered)) => {
                 self.registered = true;
+                crate::metrics::set_connected(true);
                 tracing::info!(worker = %registered.worker_id, "registered with the coordinator");
             }
             Some(coordinator_message::Msg::Assignments(assignments)) => {
