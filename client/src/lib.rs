@@ -6,10 +6,12 @@
 //! - [`batch_file`] — YAML/JSON batch files → `volley.v1.Batch`.
 //! - [`client`] — `Client`, one connection to a coordinator.
 //! - [`error`] — `ClientError`, statuses mapped back to typed errors.
+//! - `trace` — W3C trace context into request metadata.
 
 pub mod batch_file;
 pub mod client;
 pub mod error;
+mod trace;
 
 pub use batch_file::{BatchFileError, parse_batch, read_batch_file};
 pub use client::{Client, Memory, MemoryEntry, PutOptions, Scope, WatchOptions};

@@ -1469,7 +1469,13 @@ impl Dispatcher {
                 args_json,
                 attempt: claim.attempt,
                 timeout_ms: op.timeout_ms,
-                trace_context: Default::default(),
+                trace_context: planned.trace.dispatch(
+                    &planned.id,
+                    op.id.as_str(),
+                    &op.kind,
+                    claim.attempt,
+                    &worker.worker_id,
+                ),
                 namespace: planned.plan.namespace.clone().unwrap_or_default(),
             });
         }

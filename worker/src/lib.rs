@@ -30,6 +30,7 @@
 //!   (scopes, versions, compare-and-set, ttl, waits), `LocalMemory` for tests.
 //! - [`spawn`] — `ctx.spawn`: adding ops to the running batch (`OpSpawner`).
 //! - [`executor`] — runs one assignment (args, timeout, cancel) into a result.
+//! - `tracing_ctx` — an op's span joins its batch's trace (W3C context from the assignment).
 //! - `ops` — the ops a worker runs and the results it still owes, kept
 //!   across coordinator sessions; the drain's clock.
 //! - [`runtime`] — `WorkerConfig`, `run_worker`: connect, register, dispatch,
@@ -47,6 +48,7 @@ pub(crate) mod ops;
 pub mod registry;
 pub mod runtime;
 pub mod spawn;
+mod tracing_ctx;
 
 pub use confine::{ConfineError, Root};
 pub use executor::Executor;

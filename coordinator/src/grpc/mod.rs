@@ -4,6 +4,7 @@
 mod batch;
 mod memory;
 mod status;
+mod trace;
 mod worker;
 
 use tokio::net::TcpListener;
