@@ -98,6 +98,8 @@ pub fn init(default_filter: &str) {
         .is_ok()
     {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        // For code that uses the OpenTelemetry API directly, not `tracing`.
+        opentelemetry::global::set_tracer_provider(provider.clone());
         if let Ok(mut installed) = PROVIDER.lock() {
             *installed = Some(provider);
         }
