@@ -428,3 +428,100 @@ async fn without_otel_variables_nothing_is_exported() {
     assert!(collector.spans().is_empty(), "nothing exported");
     shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_its_client_sampled_out_is_not_recorded_anywhere() {
+    // The client decides (OTEL_TRACES_SAMPLER=always_off); the coordinator
+    // and the worker sample parent-based by default, so they follow it.
+    let shutdown = CancellationToken::new();
+    let collector = Collector::default();
+    let collector_url = collector.start(shutdown.clone()).await;
+    let redis = RedisServer::start().expect("redis-server starts");
+    let root = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut coordinator = traced(&collector_url, FLUSH_AT_EXIT_ONLY)
+        .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--redis", &redis.url()])
+        .spawn()
+        .expect("coordinator starts");
+    let client = connect_with_deadline(&url, Duration::from_secs(20)).await;
+    let mut worker = traced(&collector_url, FLUSH_AT_EXIT_ONLY)
+        .args(["worker", "--coordinator", &url, "--id", "w0"])
+        .spawn()
+        .expect("worker starts");
+    let connected = client
+        .wait_for_workers(1, Duration::from_secs(20))
+        .await
+        .expect("list workers");
+    assert_eq!(connected, 1, "the worker connected");
+    let file = batch_file(
+        root.path(),
+        "pair.yaml",
+        "name: sampled-out\nops:\n  - {id: a, kind: noop}\n  - {id: b, kind: noop, after: [a]}\n",
+    );
+    let submitted = tokio::time::timeout(
+        Duration::from_secs(60),
+        traced(&collector_url, FLUSH_AT_EXIT_ONLY)
+            .env("OTEL_TRACES_SAMPLER", "always_off")
+            .args(["submit", &file.to_string_lossy(), "--coordinator", &url])
+            .args(["--watch", "--output", "json"])
+            .stdout(Stdio::piped())
+            .output(),
+    )
+    .await
+    .expect("volley submit --watch ends")
+    .expect("volley submit runs");
+    assert!(submitted.status.success(), "volley submit: {submitted:?}");
+    let sampled_out: serde_json::Value =
+        serde_json::from_slice(&submitted.stdout).expect("a JSON report");
+    // The same batch again, sampled: what the first must not have.
+    let sampled = tokio::time::timeout(
+        Duration::from_secs(60),
+        traced(&collector_url, FLUSH_AT_EXIT_ONLY)
+            .args(["submit", &file.to_string_lossy(), "--coordinator", &url])
+            .args(["--watch", "--output", "json"])
+            .stdout(Stdio::piped())
+            .output(),
+    )
+    .await
+    .expect("volley submit --watch ends")
+    .expect("volley submit runs");
+    assert!(sampled.status.success(), "volley submit: {sampled:?}");
+    let sampled: serde_json::Value =
+        serde_json::from_slice(&sampled.stdout).expect("a JSON report");
+    // Every process flushes at exit: after that, nothing more can arrive.
+    Cluster::signal(&worker, "TERM");
+    let _ = tokio::time::timeout(Duration::from_secs(60), worker.wait())
+        .await
+        .expect("worker exits after SIGTERM");
+    Cluster::signal(&coordinator, "TERM");
+    let _ = tokio::time::timeout(Duration::from_secs(60), coordinator.wait())
+        .await
+        .expect("coordinator exits after SIGTERM");
+    let spans = collector.spans();
+    let of_batch = |batch: &serde_json::Value| -> Vec<String> {
+        let batch = batch["batch_id"].as_str().expect("batch_id");
+        spans
+            .iter()
+            .filter(|span| span.name.starts_with("op.") && span.attribute("batch") == batch)
+            .map(|span| format!("{} {}", span.service, span.name))
+            .collect()
+    };
+    assert_eq!(
+        of_batch(&sampled).len(),
+        4,
+        "two dispatch and two execution spans"
+    );
+    let recorded = of_batch(&sampled_out);
+    assert!(recorded.is_empty(), "recorded: {recorded:?}");
+    let roots = spans
+        .iter()
+        .filter(|span| span.name == "submit_batch" || span.name == "batch.SubmitBatch")
+        .count();
+    assert_eq!(
+        roots, 2,
+        "only the sampled batch's client and SubmitBatch spans"
+    );
+    shutdown.cancel();
+}

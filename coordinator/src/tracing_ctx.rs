@@ -69,6 +69,13 @@ impl BatchTrace {
         let Some(parent) = &self.0 else {
             return Carrier::new();
         };
+        if !parent.span().span_context().is_sampled() {
+            // Sampled out where the trace began: no span would be recorded
+            // here or on the worker; pass the decision on, nothing more.
+            let mut carrier = Carrier::new();
+            inject(parent, &mut carrier);
+            return carrier;
+        }
         let span = tracing::info_span!(
             "op.dispatch",
             otel.kind = "producer",
