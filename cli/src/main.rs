@@ -65,6 +65,12 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    telemetry::set_default_service_name(match &cli.command {
+        Command::Coordinator(_) => "volley-coordinator",
+        Command::Worker(_) => "volley-worker",
+        Command::Run(_) => "volley-run",
+        _ => "volley-client",
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,6 +99,9 @@ fn main() -> std::process::ExitCode {
             Command::Up(args) => commands::up::run(args).await,
         }
     });
+    // Every command ends here, a server's after SIGTERM/SIGINT too: send
+    // the spans not exported yet while the runtime still runs the exporter.
+    runtime.block_on(telemetry::shutdown());
     // Dropping a runtime waits for blocking tasks; don't let a stuck one
     // hold the exit code hostage.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));

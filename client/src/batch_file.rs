@@ -355,6 +355,7 @@ impl BatchFile {
                 Some(RetryFailedName::None) => v1::RetryFailed::None,
                 Some(RetryFailedName::Sequential) => v1::RetryFailed::Sequential,
             } as i32,
+            trace_context: Default::default(),
         }
     }
 }

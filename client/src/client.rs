@@ -67,7 +67,12 @@ impl Client {
     }
 
     /// Submits a batch, streamed as a header and chunks of ops.
-    #[tracing::instrument(skip_all, fields(name = %batch.name, ops = batch.ops.len()))]
+    ///
+    /// Runs in a `submit_batch` span; the current OpenTelemetry context (that
+    /// span's, when an OpenTelemetry layer records it) travels in the
+    /// request's metadata as W3C `traceparent`, so the batch's trace goes on
+    /// in the coordinator and the workers.
+    #[tracing::instrument(name = "submit_batch", skip_all, fields(otel.kind = "client", name = %batch.name, ops = batch.ops.len()))]
     pub async fn submit(
         &self,
         mut batch: v1::Batch,
@@ -89,11 +94,9 @@ impl Client {
         if !current.is_empty() {
             chunks.push(ops_chunk(current));
         }
-        let response = self
-            .batches
-            .clone()
-            .submit_batch(tokio_stream::iter(chunks))
-            .await?;
+        let mut request = tonic::Request::new(tokio_stream::iter(chunks));
+        crate::trace::inject_current(request.metadata_mut());
+        let response = self.batches.clone().submit_batch(request).await?;
         Ok(response.into_inner())
     }
 

@@ -8,11 +8,13 @@
 //! - [`error`] — `ClientError`, statuses mapped back to typed errors.
 //! - [`health`] — `HealthProbe`: grpc.health.v1 `Check` and `Watch` of a
 //!   coordinator or a worker's health address.
+//! - `trace` — W3C trace context into request metadata.
 
 pub mod batch_file;
 pub mod client;
 pub mod error;
 pub mod health;
+mod trace;
 
 pub use batch_file::{BatchFileError, parse_batch, read_batch_file};
 pub use client::{Client, Memory, MemoryEntry, PutOptions, Scope, WatchOptions};

@@ -383,6 +383,13 @@ impl Dispatcher {
             while let Ok(bell) = self.doorbells.try_recv() {
                 self.ring(Ok(bell));
             }
+            // Commands sent before a store change whose bell woke us (a
+            // draining worker's `Draining` before its handed-back ops are
+            // ready again) count before the claim that bell leads to:
+            // `select!` may have picked the bell first.
+            while let Ok(command) = self.commands.try_recv() {
+                self.handle(command).await;
+            }
             self.pump().await;
         }
         self.release_holds().await;
@@ -1561,7 +1568,13 @@ impl Dispatcher {
                 args_json,
                 attempt: claim.attempt,
                 timeout_ms: op.timeout_ms,
-                trace_context: Default::default(),
+                trace_context: planned.trace.dispatch(
+                    &planned.id,
+                    op.id.as_str(),
+                    &op.kind,
+                    claim.attempt,
+                    &worker.worker_id,
+                ),
                 namespace: planned.plan.namespace.clone().unwrap_or_default(),
             });
         }

@@ -18,6 +18,8 @@
 //!   routing by kind and labels, templates filled in at dispatch.
 //! - `plans`: the cache of planned batches.
 //! - `report`: builds a batch's final report (timings, critical path).
+//! - `tracing_ctx`: a batch's trace context (stored with it) and the span
+//!   of each op's dispatch.
 //! - [`grpc`] — thin tonic adapters and the server (with health and
 //!   reflection).
 
@@ -32,6 +34,7 @@ mod plans;
 mod report;
 pub mod service;
 mod spawn;
+mod tracing_ctx;
 mod why;
 
 pub use config::CoordinatorConfig;

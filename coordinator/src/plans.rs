@@ -11,12 +11,15 @@ use volley_proto::{BatchId, v1};
 use volley_store::{Store, StoredSpec};
 
 use crate::error::CoordinatorError;
+use crate::tracing_ctx::BatchTrace;
 
 /// A batch's plan with its id.
 #[derive(Debug)]
 pub(crate) struct PlannedBatch {
     pub(crate) id: BatchId,
     pub(crate) plan: Plan,
+    /// What the batch's op spans hang from (none: not traced).
+    pub(crate) trace: BatchTrace,
 }
 
 impl PlannedBatch {
@@ -159,5 +162,6 @@ pub(crate) fn replan(batch: &BatchId, spec: &StoredSpec) -> Result<PlannedBatch,
     Ok(PlannedBatch {
         id: batch.clone(),
         plan,
+        trace: BatchTrace::from_carrier(&decoded.trace_context),
     })
 }

@@ -24,6 +24,7 @@ use crate::error::CoordinatorError;
 use crate::metrics::{MeteredStore, count_recorded};
 use crate::plans::{PlanCache, PlannedBatch};
 use crate::report;
+use crate::tracing_ctx::BatchTrace;
 
 /// The coordinator's domain API. Cheap to clone.
 #[derive(Clone)]
@@ -257,6 +258,7 @@ impl Coordinator {
         .map_err(|error| CoordinatorError::BadRequest(format!("planning panicked: {error}")))?;
         let plan = plan.map_err(CoordinatorError::Invalid)?;
         let id = BatchId::new(uuid::Uuid::now_v7().to_string());
+        let trace = BatchTrace::from_carrier(&batch.trace_context);
         let mut new_batch = new_batch(&id, &batch, &plan);
         new_batch.retain_ms = self.inner.config.retain_finished.as_millis() as u64;
         let op_count = plan.ops.len() as u32;
@@ -267,6 +269,7 @@ impl Coordinator {
         let planned = Arc::new(PlannedBatch {
             id: id.clone(),
             plan,
+            trace,
         });
         self.inner.plans.insert(planned.clone());
         self.inner.dispatch.send(Command::BatchAdded(planned)).await;

@@ -14,6 +14,7 @@ use crate::dispatch::Command;
 use crate::error::CoordinatorError;
 use crate::plans::{PlannedBatch, stored_batch};
 use crate::service::{Coordinator, new_op, now_ms};
+use crate::tracing_ctx::BatchTrace;
 
 /// Tries when another spawn into the same batch wins the race.
 const SPAWN_TRIES: usize = 5;
@@ -39,6 +40,7 @@ impl Coordinator {
                 .ok_or_else(|| CoordinatorError::BatchNotFound(batch.clone()))?;
             let mut combined = stored_batch(batch, &spec)?;
             let first_index = combined.ops.len() as u32;
+            let trace = BatchTrace::from_carrier(&combined.trace_context);
             combined.ops.extend(ops.iter().cloned());
             let coordinator = self.clone();
             let plan = tokio::task::spawn_blocking(move || {
@@ -75,6 +77,7 @@ impl Coordinator {
                     let planned = Arc::new(PlannedBatch {
                         id: batch.clone(),
                         plan,
+                        trace,
                     });
                     self.plans().insert(planned.clone());
                     self.dispatch().send(Command::BatchReplanned(planned)).await;

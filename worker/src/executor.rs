@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use volley_proto::v1::{Assignment, FailureKind, OpResult};
 
 use crate::handler::{HandlerError, OpContext, OpOutput};
@@ -27,6 +28,8 @@ pub struct Executor {
     spawner: Option<Arc<dyn OpSpawner>>,
     /// Per-kind metric handles, made once for the registry's kinds.
     metrics: Arc<OpMetrics>,
+    /// Named in each op's span.
+    worker_id: Option<Arc<str>>,
 }
 
 impl Executor {
@@ -47,7 +50,14 @@ impl Executor {
             coordinator_url: None,
             spawner: None,
             metrics,
+            worker_id: None,
         }
+    }
+
+    /// The worker these ops run on, named in each op's span.
+    pub fn with_worker_id(mut self, worker_id: impl Into<Arc<str>>) -> Self {
+        self.worker_id = Some(worker_id.into());
+        self
     }
 
     /// The coordinator ops run for: its URL (agents get it as
@@ -73,31 +83,57 @@ impl Executor {
     /// `timeout_ms`, `CANCELLED` once `cancel` fired.
     /// `cancel` aborts the op (its handler's future is dropped, so a shell's
     /// process group is killed); so does `timeout_ms`.
-    #[tracing::instrument(skip_all, fields(batch, op, kind, attempt, traceparent))]
+    ///
+    /// The op runs in an `op.execute` span, a child of the coordinator's
+    /// dispatch span when the assignment carries a trace context (W3C, in
+    /// `trace_context`), with how it ended as `outcome` (and an error
+    /// status when it failed).
     pub async fn run(&self, assignment: Assignment, cancel: CancellationToken) -> OpResult {
-        let span = tracing::Span::current();
-        span.record("batch", assignment.batch_id.as_str());
-        span.record("op", assignment.op_id.as_str());
-        span.record("kind", assignment.kind.as_str());
-        span.record("attempt", assignment.attempt);
-        // Until an OpenTelemetry layer joins the trace, at least log which trace the op belongs to.
-        if let Some(traceparent) = assignment.trace_context.get("traceparent") {
-            span.record("traceparent", traceparent.as_str());
+        let span = tracing::info_span!(
+            "op.execute",
+            otel.kind = "consumer",
+            batch = assignment.batch_id.as_str(),
+            op = assignment.op_id.as_str(),
+            kind = assignment.kind.as_str(),
+            attempt = assignment.attempt,
+            worker = self.worker_id.as_deref().unwrap_or(""),
+            outcome = tracing::field::Empty,
+            traceparent = tracing::field::Empty,
+        );
+        if !assignment.trace_context.is_empty() {
+            crate::tracing_ctx::join_trace(&span, &assignment.trace_context);
         }
+        self.run_in_span(assignment, cancel, span.clone())
+            .instrument(span)
+            .await
+    }
 
+    async fn run_in_span(
+        &self,
+        assignment: Assignment,
+        cancel: CancellationToken,
+        span: tracing::Span,
+    ) -> OpResult {
         let started_at_ms = unix_millis();
         let started = Instant::now();
         let outcome = self.outcome(&assignment, cancel).await;
         let elapsed = started.elapsed();
         let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         match &outcome {
-            Ok(_) => tracing::debug!(duration_ms, "op succeeded"),
-            Err(failure) => tracing::info!(
-                duration_ms,
-                error = failure.error.message(),
-                kind = failure.kind.as_str_name(),
-                "op failed"
-            ),
+            Ok(_) => {
+                span.record("outcome", "succeeded");
+                tracing::debug!(duration_ms, "op succeeded");
+            }
+            Err(failure) => {
+                span.record("outcome", failure_outcome(failure.kind));
+                crate::tracing_ctx::mark_failed(&span, failure.error.message());
+                tracing::info!(
+                    duration_ms,
+                    error = failure.error.message(),
+                    kind = failure.kind.as_str_name(),
+                    "op failed"
+                );
+            }
         }
         let result = to_result(&assignment, outcome, started_at_ms, duration_ms);
         self.metrics.record(&assignment.kind, &result, elapsed);
@@ -184,6 +220,16 @@ impl Executor {
                 kind: FailureKind::Cancelled,
             }),
         }
+    }
+}
+
+/// The `outcome` of a failed op's span.
+fn failure_outcome(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::Timeout => "timeout",
+        FailureKind::Cancelled => "cancelled",
+        FailureKind::Permanent => "failed_permanently",
+        FailureKind::Error | FailureKind::Unspecified => "failed",
     }
 }
 

@@ -32,6 +32,7 @@
 //! - [`executor`] — runs one assignment (args, timeout, cancel) into a result.
 //! - [`metrics`] — the worker's metrics (`metrics` facade): slots, ops by
 //!   kind and outcome, op durations, connected, draining.
+//! - `tracing_ctx` — an op's span joins its batch's trace (W3C context from the assignment).
 //! - `ops` — the ops a worker runs and the results it still owes, kept
 //!   across coordinator sessions; the drain's clock.
 //! - [`runtime`] — `WorkerConfig`, `run_worker`: connect, register, dispatch,
@@ -50,6 +51,7 @@ pub(crate) mod ops;
 pub mod registry;
 pub mod runtime;
 pub mod spawn;
+mod tracing_ctx;
 
 pub use confine::{ConfineError, Root};
 pub use executor::Executor;

@@ -158,7 +158,8 @@ pub async fn run_worker(
     let kinds = registry.advertised_kinds();
     let executor = Arc::new(
         Executor::new(registry, memory, config.root.clone(), config.allow_shell)
-            .with_coordinator(config.coordinator.clone(), spawner),
+            .with_coordinator(config.coordinator.clone(), spawner)
+            .with_worker_id(worker_id.as_str()),
     );
     tracing::info!(coordinator = %config.coordinator, slots = config.slots, ?kinds, "worker starting");
     let params = SessionParams {

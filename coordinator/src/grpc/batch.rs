@@ -6,11 +6,14 @@ use futures::Stream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use volley_proto::BatchId;
 use volley_proto::v1::batch_service_server::BatchService;
 use volley_proto::v1::{self, submit_batch_chunk::Part};
 
 use crate::service::Coordinator;
+use crate::tracing_ctx;
 
 pub(crate) struct BatchAdapter {
     coordinator: Coordinator,
@@ -29,12 +32,9 @@ fn batch_id(value: String) -> Result<BatchId, Status> {
     Ok(BatchId::new(value))
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<v1::BatchEvent, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl BatchService for BatchAdapter {
-    #[tracing::instrument(name = "batch.SubmitBatch", skip_all)]
-    async fn submit_batch(
+impl BatchAdapter {
+    /// SubmitBatch's work, inside its span.
+    async fn submit_batch_in_span(
         &self,
         request: Request<Streaming<v1::SubmitBatchChunk>>,
     ) -> Result<Response<v1::SubmitBatchResponse>, Status> {
@@ -53,8 +53,29 @@ impl BatchService for BatchAdapter {
                 (None, _) => return Err(Status::invalid_argument("an empty chunk")),
             }
         }
-        let batch = batch.ok_or_else(|| Status::invalid_argument("no header chunk"))?;
+        let mut batch = batch.ok_or_else(|| Status::invalid_argument("no header chunk"))?;
+        // Stored with the batch: whichever coordinator dispatches its ops
+        // parents their spans on this one. Empty when it is not traced.
+        batch.trace_context = tracing_ctx::carrier_of(&tracing::Span::current());
         Ok(Response::new(self.coordinator.submit(batch).await?))
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::BatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl BatchService for BatchAdapter {
+    async fn submit_batch(
+        &self,
+        request: Request<Streaming<v1::SubmitBatchChunk>>,
+    ) -> Result<Response<v1::SubmitBatchResponse>, Status> {
+        // The span continues the caller's trace (W3C `traceparent` in the
+        // metadata); it must get its parent before it is first entered.
+        let span = tracing::info_span!("batch.SubmitBatch", otel.kind = "server");
+        if let Some(parent) = super::trace::remote_parent(request.metadata()) {
+            let _ = span.set_parent(parent);
+        }
+        self.submit_batch_in_span(request).instrument(span).await
     }
 
     type WatchBatchStream = EventStream;

@@ -6,6 +6,7 @@ mod count;
 mod memory;
 pub mod reflection;
 mod status;
+mod trace;
 mod worker;
 
 use tokio::net::TcpListener;
