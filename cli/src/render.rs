@@ -2,13 +2,13 @@
 //! plain event lines otherwise, both on stderr), then the report on stdout
 //! (a table and the timing lines, or one JSON document).
 
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
 use comfy_table::{ContentArrangement, Table, presets::UTF8_BORDERS_ONLY};
 use futures::{Stream, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
+use serde::Serialize;
 use volley_client::ClientError;
 use volley_client::v1::{self, BatchState, EventKind, OpState};
 
@@ -170,58 +170,144 @@ pub fn duration(ms: u64) -> String {
     }
 }
 
-/// Prints the report to stdout.
+/// Prints the report to stdout: streamed, op by op, never built whole as
+/// one JSON value or one string (a batch may have a million ops).
 pub fn report(status: &v1::BatchStatus, format: OutputFormat) {
-    match format {
-        OutputFormat::Json => {
-            let document = report_json(status);
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&document).unwrap_or_else(|_| "{}".into())
-            );
-        }
-        OutputFormat::Table => print!("{}", report_text(status)),
-    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let written = match format {
+        OutputFormat::Json => write_json_report(&mut out, status),
+        OutputFormat::Table => out.write_all(report_text(status).as_bytes()),
+    };
+    // A closed stdout (`| head`) is not worth a panic.
+    let _ = written.and_then(|()| out.flush());
 }
 
-pub fn report_json(status: &v1::BatchStatus) -> serde_json::Value {
-    let ops: Vec<serde_json::Value> = status
-        .ops
-        .iter()
-        .map(|op| {
-            json!({
-                "id": op.id,
-                "kind": op.kind,
-                "state": op_state_word(op.state()),
-                "attempts": op.attempts,
-                "worker": op.worker,
-                "started_ms": op.started_ms,
-                "duration_ms": op.duration_ms,
-                "output": op.output,
-                "error": op.error,
-                "details": serde_json::from_str::<serde_json::Value>(&op.details_json).unwrap_or(serde_json::Value::Null),
-                "after": op.after,
-            })
-        })
-        .collect();
-    json!({
-        "batch_id": status.batch_id,
-        "name": status.name,
-        "state": state_word(status.state()),
-        "wall_ms": status.wall_ms,
-        "sequential_ms": status.sequential_ms,
-        "speedup": (status.speedup * 100.0).round() / 100.0,
-        "critical_path": status.critical_path,
-        "critical_path_ms": status.critical_path_ms,
-        "total": status.total,
-        "succeeded": status.succeeded,
-        "failed": status.failed,
-        "skipped": status.skipped,
-        "cancelled": status.cancelled,
-        "error": status.error,
-        "owner": status.owner,
-        "ops": ops,
-    })
+/// The JSON report: the batch's fields and every op's, keys sorted (the
+/// order `serde_json::Value` maps print in, which this document has always
+/// had), pretty-printed.
+pub fn write_json_report(out: &mut impl Write, status: &v1::BatchStatus) -> io::Result<()> {
+    let mut writer = JsonReportWriter::begin(out, status)?;
+    for op in &status.ops {
+        writer.op(op)?;
+    }
+    writer.finish(status)
+}
+
+/// Writes the JSON report piece by piece: the fields before `ops`, each op
+/// as it comes, then the rest. Byte for byte what `serde_json`'s pretty
+/// printer makes of the whole document.
+pub struct JsonReportWriter<'out, W: Write> {
+    out: &'out mut W,
+    ops_written: usize,
+    scratch: Vec<u8>,
+}
+
+/// One op in the JSON report (fields in sorted order).
+#[derive(Serialize)]
+struct OpJson<'a> {
+    after: &'a [String],
+    attempts: u32,
+    details: serde_json::Value,
+    duration_ms: u64,
+    error: &'a str,
+    id: &'a str,
+    kind: &'a str,
+    output: &'a str,
+    started_ms: u64,
+    state: &'static str,
+    worker: &'a str,
+}
+
+impl<'out, W: Write> JsonReportWriter<'out, W> {
+    /// Writes the document's opening and the fields that sort before `ops`.
+    pub fn begin(out: &'out mut W, status: &v1::BatchStatus) -> io::Result<Self> {
+        let mut writer = JsonReportWriter {
+            out,
+            ops_written: 0,
+            scratch: Vec::with_capacity(1024),
+        };
+        writer.out.write_all(b"{\n")?;
+        writer.field("batch_id", &status.batch_id)?;
+        writer.field("cancelled", &status.cancelled)?;
+        writer.field("critical_path", &status.critical_path)?;
+        writer.field("critical_path_ms", &status.critical_path_ms)?;
+        writer.field("error", &status.error)?;
+        writer.field("failed", &status.failed)?;
+        writer.field("name", &status.name)?;
+        writer.out.write_all(b"  \"ops\": [")?;
+        Ok(writer)
+    }
+
+    pub fn op(&mut self, op: &v1::OpStatus) -> io::Result<()> {
+        let details = if op.details_json.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&op.details_json).unwrap_or(serde_json::Value::Null)
+        };
+        let row = OpJson {
+            after: &op.after,
+            attempts: op.attempts,
+            details,
+            duration_ms: op.duration_ms,
+            error: &op.error,
+            id: &op.id,
+            kind: &op.kind,
+            output: &op.output,
+            started_ms: op.started_ms,
+            state: op_state_word(op.state()),
+            worker: &op.worker,
+        };
+        self.out
+            .write_all(if self.ops_written == 0 { b"\n" } else { b",\n" })?;
+        self.ops_written += 1;
+        self.out.write_all(b"    ")?;
+        self.value(&row, b"\n    ")
+    }
+
+    /// Closes `ops` and writes the fields that sort after it.
+    pub fn finish(mut self, status: &v1::BatchStatus) -> io::Result<()> {
+        if self.ops_written > 0 {
+            self.out.write_all(b"\n  ")?;
+        }
+        self.out.write_all(b"],\n")?;
+        self.field("owner", &status.owner)?;
+        self.field("sequential_ms", &status.sequential_ms)?;
+        self.field("skipped", &status.skipped)?;
+        self.field("speedup", &((status.speedup * 100.0).round() / 100.0))?;
+        self.field("state", state_word(status.state()))?;
+        self.field("succeeded", &status.succeeded)?;
+        self.field("total", &status.total)?;
+        self.out.write_all(b"  \"wall_ms\": ")?;
+        self.value(&status.wall_ms, b"\n  ")?;
+        self.out.write_all(b"\n}\n")
+    }
+
+    /// `  "key": value,` and a newline.
+    fn field(&mut self, key: &str, value: &(impl Serialize + ?Sized)) -> io::Result<()> {
+        self.out.write_all(b"  ")?;
+        serde_json::to_writer(&mut *self.out, key)?;
+        self.out.write_all(b": ")?;
+        self.value(value, b"\n  ")?;
+        self.out.write_all(b",\n")
+    }
+
+    /// `value` pretty-printed, each line after its first indented as the
+    /// place it is written at (JSON strings hold no raw newlines, so every
+    /// newline is the printer's).
+    fn value(&mut self, value: &(impl Serialize + ?Sized), newline: &[u8]) -> io::Result<()> {
+        self.scratch.clear();
+        serde_json::to_writer_pretty(&mut self.scratch, value)?;
+        let mut lines = self.scratch.split(|byte| *byte == b'\n');
+        if let Some(first) = lines.next() {
+            self.out.write_all(first)?;
+        }
+        for line in lines {
+            self.out.write_all(newline)?;
+            self.out.write_all(line)?;
+        }
+        Ok(())
+    }
 }
 
 pub fn report_text(status: &v1::BatchStatus) -> String {
@@ -315,4 +401,114 @@ pub fn report_text(status: &v1::BatchStatus) -> String {
         status.speedup
     ));
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn op(id: &str, state: OpState, details_json: &str, after: &[&str]) -> v1::OpStatus {
+        v1::OpStatus {
+            id: id.to_owned(),
+            kind: "echo".to_owned(),
+            state: state as i32,
+            attempts: 2,
+            worker: "local-1".to_owned(),
+            started_ms: 3,
+            duration_ms: 4,
+            output: "line one\nline \"two\"".to_owned(),
+            error: String::new(),
+            details_json: details_json.to_owned(),
+            after: after.iter().map(|id| (*id).to_owned()).collect(),
+        }
+    }
+
+    fn status(ops: Vec<v1::OpStatus>) -> v1::BatchStatus {
+        v1::BatchStatus {
+            batch_id: "0193-b".to_owned(),
+            name: "nightly".to_owned(),
+            state: BatchState::Failed as i32,
+            wall_ms: 12,
+            sequential_ms: 30,
+            speedup: 2.5049,
+            total: ops.len() as u32,
+            succeeded: 1,
+            failed: 1,
+            critical_path: vec!["a".to_owned(), "b".to_owned()],
+            critical_path_ms: 8,
+            error: "1 failed".to_owned(),
+            ops,
+            ..v1::BatchStatus::default()
+        }
+    }
+
+    /// What the report was when it was built as one `serde_json::Value`.
+    fn as_one_value(status: &v1::BatchStatus) -> String {
+        let ops: Vec<serde_json::Value> = status
+            .ops
+            .iter()
+            .map(|op| {
+                json!({
+                    "id": op.id,
+                    "kind": op.kind,
+                    "state": op_state_word(op.state()),
+                    "attempts": op.attempts,
+                    "worker": op.worker,
+                    "started_ms": op.started_ms,
+                    "duration_ms": op.duration_ms,
+                    "output": op.output,
+                    "error": op.error,
+                    "details": serde_json::from_str::<serde_json::Value>(&op.details_json).unwrap_or(serde_json::Value::Null),
+                    "after": op.after,
+                })
+            })
+            .collect();
+        let document = json!({
+            "batch_id": status.batch_id,
+            "name": status.name,
+            "state": state_word(status.state()),
+            "wall_ms": status.wall_ms,
+            "sequential_ms": status.sequential_ms,
+            "speedup": (status.speedup * 100.0).round() / 100.0,
+            "critical_path": status.critical_path,
+            "critical_path_ms": status.critical_path_ms,
+            "total": status.total,
+            "succeeded": status.succeeded,
+            "failed": status.failed,
+            "skipped": status.skipped,
+            "cancelled": status.cancelled,
+            "error": status.error,
+            "owner": status.owner,
+            "ops": ops,
+        });
+        serde_json::to_string_pretty(&document).expect("serializes") + "\n"
+    }
+
+    fn streamed(status: &v1::BatchStatus) -> String {
+        let mut out = Vec::new();
+        write_json_report(&mut out, status).expect("writes");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn streamed_json_report_is_byte_for_byte_the_old_document() {
+        let full = status(vec![
+            op("a", OpState::Succeeded, "", &[]),
+            op(
+                "b",
+                OpState::Failed,
+                r#"{"exit_code":1,"stderr":"x\ny","nested":{"list":[1,2]}}"#,
+                &["a"],
+            ),
+            op("c", OpState::Skipped, "not json", &["a", "b"]),
+        ]);
+        assert_eq!(streamed(&full), as_one_value(&full));
+        let empty = status(Vec::new());
+        assert_eq!(streamed(&empty), as_one_value(&empty));
+        let mut no_path = status(vec![op("a", OpState::Succeeded, "{}", &[])]);
+        no_path.critical_path.clear();
+        no_path.speedup = f64::NAN;
+        assert_eq!(streamed(&no_path), as_one_value(&no_path));
+    }
 }
