@@ -9,8 +9,8 @@ use comfy_table::{ContentArrangement, Table, presets::UTF8_BORDERS_ONLY};
 use futures::{Stream, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use volley_client::ClientError;
 use volley_client::v1::{self, BatchState, EventKind, OpState};
+use volley_client::{Client, ClientError};
 
 use super::commands::OutputFormat;
 
@@ -170,33 +170,106 @@ pub fn duration(ms: u64) -> String {
     }
 }
 
-/// Prints the report to stdout: streamed, op by op, never built whole as
-/// one JSON value or one string (a batch may have a million ops).
-pub fn report(status: &v1::BatchStatus, format: OutputFormat) {
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-    let written = match format {
-        OutputFormat::Json => write_json_report(&mut out, status),
-        OutputFormat::Table => out.write_all(report_text(status).as_bytes()),
+/// Ops per status page when a report is read from the coordinator.
+const REPORT_PAGE_OPS: u32 = 2_000;
+
+/// Reads the batch's status page by page and prints its report on stdout
+/// as the pages come: a batch of a million ops is never held whole, as
+/// protos, as one JSON value or as one string. Returns the first page (the
+/// batch's counters, times and critical path; its ops taken out).
+pub async fn print_report(
+    client: &Client,
+    batch_id: &str,
+    format: OutputFormat,
+) -> Result<v1::BatchStatus, ClientError> {
+    let mut summary = client.status_page(batch_id, 0, REPORT_PAGE_OPS).await?;
+    let mut ops = std::mem::take(&mut summary.ops);
+    let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
+    let mut json = match format {
+        OutputFormat::Json => Some(JsonReportWriter::begin(&mut out, &summary)),
+        OutputFormat::Table => None,
+    }
+    .transpose();
+    let mut rows = TableRows::default();
+    let mut next = 0u32;
+    loop {
+        let got = ops.len() as u32;
+        next = next.saturating_add(got);
+        for op in ops {
+            match &mut json {
+                Ok(Some(writer)) => {
+                    if let Err(error) = writer.op(&op) {
+                        json = Err(error);
+                    }
+                }
+                Ok(None) => rows.push(op),
+                // stdout went away: read no more.
+                Err(_) => break,
+            }
+        }
+        // A coordinator that predates paging sent every op at once.
+        if json.is_err() || got < REPORT_PAGE_OPS || next >= summary.total {
+            break;
+        }
+        let mut page = client.status_page(batch_id, next, REPORT_PAGE_OPS).await?;
+        ops = std::mem::take(&mut page.ops);
+    }
+    let written = match json {
+        Ok(Some(writer)) => writer.finish(&summary),
+        Ok(None) => out.write_all(report_text(&summary, &rows).as_bytes()),
+        Err(error) => Err(error),
     };
     // A closed stdout (`| head`) is not worth a panic.
     let _ = written.and_then(|()| out.flush());
+    Ok(summary)
 }
 
-/// The JSON report: the batch's fields and every op's, keys sorted (the
-/// order `serde_json::Value` maps print in, which this document has always
-/// had), pretty-printed.
-pub fn write_json_report(out: &mut impl Write, status: &v1::BatchStatus) -> io::Result<()> {
-    let mut writer = JsonReportWriter::begin(out, status)?;
-    for op in &status.ops {
-        writer.op(op)?;
+/// The ops a table shows, chosen as they stream by: all of them when they
+/// fit, else failures first (what one looks for), each group in index
+/// order.
+#[derive(Default)]
+pub struct TableRows {
+    not_succeeded: Vec<(usize, v1::OpStatus)>,
+    succeeded: Vec<(usize, v1::OpStatus)>,
+    seen: usize,
+}
+
+impl TableRows {
+    pub fn push(&mut self, op: v1::OpStatus) {
+        let kept = if op.state() == OpState::Succeeded {
+            &mut self.succeeded
+        } else {
+            &mut self.not_succeeded
+        };
+        if kept.len() < MAX_TABLE_ROWS {
+            kept.push((self.seen, op));
+        }
+        self.seen += 1;
     }
-    writer.finish(status)
+
+    /// The rows to show, in order.
+    fn chosen(&self) -> Vec<&v1::OpStatus> {
+        let mut chosen: Vec<&(usize, v1::OpStatus)> = self
+            .not_succeeded
+            .iter()
+            .chain(self.succeeded.iter())
+            .collect();
+        if self.seen <= MAX_TABLE_ROWS {
+            chosen.sort_by_key(|(index, _)| *index);
+        }
+        chosen
+            .into_iter()
+            .take(MAX_TABLE_ROWS)
+            .map(|(_, op)| op)
+            .collect()
+    }
 }
 
 /// Writes the JSON report piece by piece: the fields before `ops`, each op
-/// as it comes, then the rest. Byte for byte what `serde_json`'s pretty
-/// printer makes of the whole document.
+/// as it comes, then the rest. Keys are sorted (the order a
+/// `serde_json::Value` map prints in, which this document has always had)
+/// and the whole is byte for byte what `serde_json`'s pretty printer makes
+/// of it.
 pub struct JsonReportWriter<'out, W: Write> {
     out: &'out mut W,
     ops_written: usize,
@@ -310,7 +383,8 @@ impl<'out, W: Write> JsonReportWriter<'out, W> {
     }
 }
 
-pub fn report_text(status: &v1::BatchStatus) -> String {
+/// The table of `rows` and the batch's summary lines.
+pub fn report_text(status: &v1::BatchStatus, rows: &TableRows) -> String {
     let mut table = Table::new();
     table
         .load_style(UTF8_BORDERS_ONLY)
@@ -324,12 +398,7 @@ pub fn report_text(status: &v1::BatchStatus) -> String {
             "duration",
             "output / error",
         ]);
-    // Failures first when the table must be cut: they are what one looks for.
-    let mut rows: Vec<&v1::OpStatus> = status.ops.iter().collect();
-    if rows.len() > MAX_TABLE_ROWS {
-        rows.sort_by_key(|op| op.state() == OpState::Succeeded);
-    }
-    for op in rows.iter().take(MAX_TABLE_ROWS) {
+    for op in rows.chosen() {
         let text = if op.error.is_empty() {
             first_line(&op.output)
         } else {
@@ -346,13 +415,13 @@ pub fn report_text(status: &v1::BatchStatus) -> String {
         ]);
     }
     let mut text = String::new();
-    if !status.ops.is_empty() {
+    if rows.seen > 0 {
         text.push_str(&table.to_string());
         text.push('\n');
-        if status.ops.len() > MAX_TABLE_ROWS {
+        if rows.seen > MAX_TABLE_ROWS {
             text.push_str(&format!(
                 "… and {} more ops (all of them with --output json)\n",
-                status.ops.len() - MAX_TABLE_ROWS
+                rows.seen - MAX_TABLE_ROWS
             ));
         }
     }
@@ -487,8 +556,41 @@ mod tests {
 
     fn streamed(status: &v1::BatchStatus) -> String {
         let mut out = Vec::new();
-        write_json_report(&mut out, status).expect("writes");
+        let mut writer = JsonReportWriter::begin(&mut out, status).expect("writes");
+        for op in &status.ops {
+            writer.op(op).expect("writes");
+        }
+        writer.finish(status).expect("writes");
         String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn table_rows_put_failures_first_only_when_cut() {
+        let state_of = |index: usize| {
+            if index % 7 == 3 {
+                OpState::Failed
+            } else {
+                OpState::Succeeded
+            }
+        };
+        for count in [0, 5, MAX_TABLE_ROWS, MAX_TABLE_ROWS + 1, 3 * MAX_TABLE_ROWS] {
+            let ops: Vec<v1::OpStatus> = (0..count)
+                .map(|index| op(&format!("op-{index}"), state_of(index), "", &[]))
+                .collect();
+            // What the table showed when it had every op at once.
+            let mut expected: Vec<&v1::OpStatus> = ops.iter().collect();
+            if expected.len() > MAX_TABLE_ROWS {
+                expected.sort_by_key(|op| op.state() == OpState::Succeeded);
+            }
+            expected.truncate(MAX_TABLE_ROWS);
+            let mut rows = TableRows::default();
+            for op in ops.iter().cloned() {
+                rows.push(op);
+            }
+            let chosen: Vec<&str> = rows.chosen().iter().map(|op| op.id.as_str()).collect();
+            let expected: Vec<&str> = expected.iter().map(|op| op.id.as_str()).collect();
+            assert_eq!(chosen, expected, "{count} ops");
+        }
     }
 
     #[test]

@@ -150,10 +150,31 @@ impl Client {
         )))
     }
 
+    /// The batch's status with every op in one message (see
+    /// [`Client::status_page`] for a big batch).
     pub async fn status(&self, batch_id: &str) -> Result<v1::BatchStatus, ClientError> {
         let request = v1::GetBatchRequest {
             batch_id: batch_id.to_owned(),
+            ..v1::GetBatchRequest::default()
+        };
+        Ok(self.batches.clone().get_batch(request).await?.into_inner())
+    }
+
+    /// The batch's status with the ops of indices `offset..offset + limit`
+    /// only (`limit` at least 1). The first page (`offset` 0) has the
+    /// critical path and sequential time; later ones have the counters, not
+    /// those. A coordinator that predates paging sends every op.
+    pub async fn status_page(
+        &self,
+        batch_id: &str,
+        offset: u32,
+        limit: u32,
+    ) -> Result<v1::BatchStatus, ClientError> {
+        let request = v1::GetBatchRequest {
+            batch_id: batch_id.to_owned(),
             omit_ops: false,
+            ops_offset: offset,
+            ops_limit: limit.max(1),
         };
         Ok(self.batches.clone().get_batch(request).await?.into_inner())
     }
@@ -163,6 +184,7 @@ impl Client {
         let request = v1::GetBatchRequest {
             batch_id: batch_id.to_owned(),
             omit_ops: true,
+            ..v1::GetBatchRequest::default()
         };
         Ok(self.batches.clone().get_batch(request).await?.into_inner())
     }

@@ -1563,6 +1563,12 @@ impl Store for MemoryStore {
         Ok(data.ops.iter().map(|op| op.record.clone()).collect())
     }
 
+    async fn op_durations(&self, batch: &BatchId) -> StoreResult<Vec<u64>> {
+        let inner = self.lock();
+        let data = inner.batch(batch)?;
+        Ok(data.ops.iter().map(|op| op.record.duration_ms).collect())
+    }
+
     async fn op_records_at(&self, batch: &BatchId, indices: &[u32]) -> StoreResult<Vec<OpRecord>> {
         let inner = self.lock();
         let data = inner.batch(batch)?;
