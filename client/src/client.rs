@@ -72,23 +72,30 @@ impl Client {
         &self,
         mut batch: v1::Batch,
     ) -> Result<v1::SubmitBatchResponse, ClientError> {
-        let ops = std::mem::take(&mut batch.ops);
-        let mut chunks = vec![v1::SubmitBatchChunk {
+        let mut ops = Some(std::mem::take(&mut batch.ops).into_iter());
+        let header = v1::SubmitBatchChunk {
             part: Some(Part::Header(batch)),
-        }];
-        let mut current = Vec::new();
-        let mut current_bytes = 0;
-        for op in ops {
-            current_bytes += op.encoded_len();
-            current.push(op);
-            if current_bytes >= CHUNK_BYTES {
-                chunks.push(ops_chunk(std::mem::take(&mut current)));
-                current_bytes = 0;
+        };
+        // Chunks are cut as the stream is read, one at a time: a big batch
+        // is never held twice (as its ops and as chunks). The ops' buffer
+        // goes with the last chunk, not when the call returns (the stream
+        // lives until the coordinator answers, after planning the batch).
+        let chunks = std::iter::once(header).chain(std::iter::from_fn(move || {
+            let remaining = ops.as_mut()?;
+            let mut current = Vec::new();
+            let mut current_bytes = 0;
+            for op in remaining.by_ref() {
+                current_bytes += op.encoded_len();
+                current.push(op);
+                if current_bytes >= CHUNK_BYTES {
+                    break;
+                }
             }
-        }
-        if !current.is_empty() {
-            chunks.push(ops_chunk(current));
-        }
+            if remaining.as_slice().is_empty() {
+                ops = None;
+            }
+            (!current.is_empty()).then(|| ops_chunk(current))
+        }));
         let response = self
             .batches
             .clone()
