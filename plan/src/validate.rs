@@ -110,9 +110,9 @@ pub fn plan(
     for (index, op) in ops.iter().enumerate() {
         planned_ops.push(checker.check(index as u32, op, &mut accesses));
     }
-    // The id index is done with: freed before the graph is built, not
-    // held with it (tens of MB for a million ops).
-    drop(checker);
+    // The id index is done with (the checker borrowing it is not used
+    // again): freed before the graph is built, not held with it (tens of
+    // MB for a million ops).
     drop(index_of);
 
     // Independent ops that touch no file or key (the usual very big batch)
