@@ -879,23 +879,26 @@ pub(crate) fn new_op(op: &PlannedOp, since_ms: u64) -> NewOp {
         run_if_always: op.run_if_always,
         max_attempts: op.max_attempts,
         deps: op.deps.len() as u32,
-        dependents: op.dependents.clone(),
-        wait_for: op.wait_for.clone(),
-        wait_for_any: op.wait_for_any.clone(),
+        dependents: op.dependents.to_vec(),
+        wait_for: op.wait_for.to_vec(),
+        wait_for_any: op.wait_for_any.to_vec(),
         wait_deadline_ms: if op.wait_timeout_ms == 0 {
             0
         } else {
             since_ms + op.wait_timeout_ms
         },
         after: Vec::new(),
-        retry: RetryPolicy {
-            on_failure: op.retry.on_failure,
-            on_timeout: op.retry.on_timeout,
-            on_lost_worker: op.retry.on_lost_worker,
-            backoff_initial_ms: op.retry.backoff_initial_ms,
-            backoff_max_ms: op.retry.backoff_max_ms,
-            backoff_multiplier: op.retry.backoff_multiplier,
-            backoff_jitter: op.retry.backoff_jitter,
+        retry: {
+            let retry = op.retry();
+            RetryPolicy {
+                on_failure: retry.on_failure,
+                on_timeout: retry.on_timeout,
+                on_lost_worker: retry.on_lost_worker,
+                backoff_initial_ms: retry.backoff_initial_ms,
+                backoff_max_ms: retry.backoff_max_ms,
+                backoff_multiplier: retry.backoff_multiplier,
+                backoff_jitter: retry.backoff_jitter,
+            }
         },
     }
 }

@@ -123,7 +123,7 @@ pub fn plan(
     } else {
         let deps: Vec<Vec<u32>> = planned_ops
             .iter_mut()
-            .map(|op| std::mem::take(&mut op.deps))
+            .map(|op| std::mem::take(&mut op.deps).into_vec())
             .collect();
         let mut graph = Graph::from_deps(deps);
         // Without edges, file order is the topological order (and no heap needed).
@@ -192,8 +192,8 @@ pub fn plan(
     link_wait_writers(&mut planned_ops);
     if let Some(Graph { deps, dependents }) = graph {
         for ((planned, deps), dependents) in planned_ops.iter_mut().zip(deps).zip(dependents) {
-            planned.deps = deps;
-            planned.dependents = dependents;
+            planned.deps = deps.into_boxed_slice();
+            planned.dependents = dependents.into_boxed_slice();
         }
     }
     Ok(Plan {
@@ -538,8 +538,8 @@ impl OpChecker<'_> {
             id: OpId::new(op.id.clone()),
             kind: op.kind.clone(),
             args,
-            deps,
-            dependents: Vec::new(),
+            deps: deps.into_boxed_slice(),
+            dependents: Box::default(),
             run_if_always: op.run_if == RunIf::Always as i32,
             priority: match Priority::try_from(op.priority) {
                 Ok(Priority::Critical) => 0,
@@ -548,7 +548,9 @@ impl OpChecker<'_> {
                 _ => 2,
             },
             max_attempts: op.attempts.max(1),
-            retry: self.retry(index, id, op),
+            retry_policy: Some(self.retry(index, id, op))
+                .filter(|retry| *retry != Retry::default())
+                .map(Box::new),
             timeout_ms: op.timeout_ms,
             store_as: (!op.store_as.is_empty()).then(|| op.store_as.clone()),
             memory_writes: accesses[first_access.min(accesses.len())..]
@@ -559,10 +561,10 @@ impl OpChecker<'_> {
                     Target::File(_) => None,
                 })
                 .collect(),
-            wait_for,
-            wait_for_any,
+            wait_for: wait_for.into_boxed_slice(),
+            wait_for_any: wait_for_any.into_boxed_slice(),
             wait_timeout_ms: op.wait_timeout_ms,
-            wait_writers: Vec::new(),
+            wait_writers: Box::default(),
             requires: op
                 .requires
                 .iter()
@@ -731,7 +733,7 @@ fn link_wait_writers(planned_ops: &mut [PlannedOp]) {
             .collect();
         linked.sort_unstable();
         linked.dedup();
-        op.wait_writers = linked;
+        op.wait_writers = linked.into_boxed_slice();
     }
 }
 
@@ -900,8 +902,8 @@ mod tests {
         both.wait_timeout_ms = 5_000;
         let plan = plan_of(&both).unwrap();
         assert_eq!(
-            plan.ops[1].wait_for_any,
-            vec!["k1".to_owned(), "k2".to_owned()]
+            *plan.ops[1].wait_for_any,
+            ["k1".to_owned(), "k2".to_owned()]
         );
         assert!(
             plan.warnings.is_empty(),
@@ -912,7 +914,7 @@ mod tests {
             plan.ops[1].wait_timeout_ms, 5_000,
             "the batch's wait_timeout is the default"
         );
-        assert_eq!(plan.ops[1].wait_writers, vec![0]);
+        assert_eq!(*plan.ops[1].wait_writers, [0]);
     }
 
     #[test]
@@ -923,8 +925,8 @@ mod tests {
         waiter.wait_for = vec!["k".into()];
         let plan = plan_of(&batch(vec![agent.clone(), waiter])).unwrap();
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
-        assert_eq!(plan.ops[0].memory_writes, vec!["k".to_owned()]);
-        assert_eq!(plan.ops[1].wait_writers, vec![0]);
+        assert_eq!(*plan.ops[0].memory_writes, ["k".to_owned()]);
+        assert_eq!(*plan.ops[1].wait_writers, [0]);
 
         let mut other = op("other", "agent", json!({"cmd": "volley memory put k w"}));
         other.writes = vec!["memory:k".into()];
@@ -953,7 +955,7 @@ mod tests {
         let mut timed = batch(vec![flaky.clone()]);
         timed.deadline_ms = 60_000;
         let plan = plan_of(&timed).unwrap();
-        let retry = &plan.ops[0].retry;
+        let retry = plan.ops[0].retry();
         assert!(!retry.on_failure && !retry.on_timeout && retry.on_lost_worker);
         assert_eq!(
             (
@@ -965,7 +967,7 @@ mod tests {
             (100, 1000, 3.0, false)
         );
         assert_eq!(plan.deadline_ms, 60_000);
-        assert!(plan_of(&batch(vec![noop("plain")])).unwrap().ops[0].retry == Retry::default());
+        assert!(plan_of(&batch(vec![noop("plain")])).unwrap().ops[0].retry() == &Retry::default());
 
         let mut bad = flaky.clone();
         bad.retry_on = vec![42];
@@ -997,7 +999,7 @@ mod tests {
         let mut waiter = op("waiter", "echo", json!({"text": "${memory.k}"}));
         waiter.wait_for = vec!["j".into()];
         let plan = plan_of(&batch(vec![slow, fast, waiter])).unwrap();
-        assert_eq!(plan.ops[2].wait_writers, vec![0, 1]);
+        assert_eq!(*plan.ops[2].wait_writers, [0, 1]);
         assert!(plan.ops[2].deps.is_empty(), "waits are not dispatch edges");
         let (path, total) = plan.critical_path(&[300, 10, 5]);
         assert_eq!(path, vec![0, 2]);
@@ -1345,7 +1347,7 @@ mod tests {
         let plan = plan_of(&ordered).unwrap();
         assert!(plan.ops[0].deps.is_empty());
         for (index, planned) in plan.ops.iter().enumerate().skip(1) {
-            assert_eq!(planned.deps, vec![index as u32 - 1]);
+            assert_eq!(*planned.deps, [index as u32 - 1]);
         }
         ordered.hazards = Hazards::Reject as i32;
         assert_eq!(problems_of(&ordered).len(), op_count - 1);
@@ -1378,10 +1380,10 @@ mod tests {
         order.hazards = Hazards::Order as i32;
         let plan = plan_of(&order).unwrap();
         assert_eq!(plan.hazards, HazardPolicy::Order);
-        let deps: Vec<&[u32]> = plan.ops.iter().map(|op| op.deps.as_slice()).collect();
+        let deps: Vec<&[u32]> = plan.ops.iter().map(|op| &*op.deps).collect();
         // Readers stay parallel between the two writers.
         assert_eq!(deps, vec![&[][..], &[0], &[0], &[1, 2]]);
-        assert_eq!(plan.ops[0].dependents, vec![1, 2]);
+        assert_eq!(*plan.ops[0].dependents, [1, 2]);
     }
 
     #[test]
@@ -1485,13 +1487,13 @@ mod tests {
         assert_eq!(lint.timeout_ms, 600_000);
         assert_eq!(lint.store_as.as_deref(), Some("swarm/lint"));
         assert_eq!(lint.requires.get("gpu").map(String::as_str), Some("true"));
-        assert_eq!(lint.dependents, vec![1]);
+        assert_eq!(*lint.dependents, [1]);
         assert!(!lint.has_templates && !lint.run_if_always);
-        assert_eq!(report.deps, vec![0]);
+        assert_eq!(*report.deps, [0]);
         assert!(report.has_templates && report.run_if_always);
         assert_eq!(
-            report.wait_for,
-            vec!["swarm/lint".to_owned(), "other".to_owned()]
+            *report.wait_for,
+            ["swarm/lint".to_owned(), "other".to_owned()]
         );
         assert_eq!(report.priority, 2);
         assert_eq!(report.max_attempts, 1);
