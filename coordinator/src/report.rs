@@ -49,7 +49,7 @@ pub(crate) fn build(
             .skip(page.offset as usize)
             .zip(page.records)
             .map(|(op, record)| v1::OpStatus {
-                id: op.id.to_string(),
+                id: op.id.as_str().to_owned(),
                 kind: op.kind.clone(),
                 state: convert::op_state(record.state) as i32,
                 attempts: record.attempts,
