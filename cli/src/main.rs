@@ -71,6 +71,9 @@ fn main() -> std::process::ExitCode {
         Command::Run(_) => "volley-run",
         _ => "volley-client",
     });
+    if matches!(cli.command, Command::Run(_)) {
+        limit_malloc_arenas();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -107,3 +110,27 @@ fn main() -> std::process::ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     exit.into()
 }
+
+/// glibc gives each thread that allocates an arena of its own (up to 8 per
+/// core), and memory freed in one arena is reused only by its threads.
+/// `volley run` parses a batch on one thread, decodes it on others and plans
+/// it on a blocking one: with an arena each, a million-op batch's freed
+/// memory was not reused, and its peak RSS went from 0.87 to 1.3 GiB as the
+/// machine got busier. With two arenas it stays at 0.81-0.83 GiB, and runs
+/// as fast (one arena: 0.77 GiB, but 30% slower). An explicit
+/// `MALLOC_ARENA_MAX` is left alone. Before the runtime starts any thread.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    // SAFETY: mallopt takes two integers and only changes glibc's malloc
+    // settings; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}

@@ -422,3 +422,63 @@ async fn memory_commands_against_a_cluster() {
     .await;
     assert_eq!(unreachable.status.code(), Some(3));
 }
+
+/// A report bigger than one status page (2,000 ops) comes whole, in order,
+/// with the first page's critical path; the table still puts a failure
+/// found on a later page first.
+#[tokio::test]
+async fn run_reports_a_batch_of_several_status_pages_whole() {
+    let dir = tempfile::tempdir().expect("dir");
+    let count = 4_500;
+    let failing = 4_321;
+    let ops: Vec<serde_json::Value> = (0..count)
+        .map(|index| match index {
+            0 => serde_json::json!({"id": "op-0", "kind": "noop"}),
+            1 => serde_json::json!({"id": "op-1", "kind": "noop", "after": ["op-0"]}),
+            index if index == failing => serde_json::json!({
+                "id": format!("op-{index}"), "kind": "read", "args": {"path": "missing.txt"}
+            }),
+            index => serde_json::json!({"id": format!("op-{index}"), "kind": "noop"}),
+        })
+        .collect();
+    common::batch_file(
+        dir.path(),
+        "big.json",
+        &serde_json::json!({"name": "big", "ops": ops}).to_string(),
+    );
+    let output = volley(dir.path(), &["run", "big.json", "--output", "json"]).await;
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "stderr: {}",
+        text(&output.stderr)
+    );
+    let document: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON document on stdout");
+    let listed = document["ops"].as_array().expect("ops");
+    assert_eq!(listed.len(), count);
+    for (index, op) in listed.iter().enumerate() {
+        assert_eq!(op["id"], format!("op-{index}"));
+    }
+    assert_eq!(listed[1]["after"], serde_json::json!(["op-0"]));
+    assert_eq!(listed[failing]["state"], "failed");
+    assert_eq!(document["total"], count);
+    assert_eq!(document["failed"], 1);
+    assert!(
+        !document["critical_path"]
+            .as_array()
+            .expect("critical_path")
+            .is_empty(),
+        "{}",
+        document["critical_path"]
+    );
+
+    let output = volley(dir.path(), &["run", "big.json"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains(&format!("op-{failing}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("… and {} more ops", count - 200)),
+        "{stdout}"
+    );
+}

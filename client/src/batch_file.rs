@@ -223,8 +223,8 @@ struct BatchFile {
     deadline: Option<u64>,
     #[serde(default)]
     retry_failed: Option<RetryFailedName>,
-    #[serde(default)]
-    ops: Vec<OpEntry>,
+    #[serde(default, deserialize_with = "ops_as_protos")]
+    ops: Vec<v1::Op>,
 }
 
 #[derive(Deserialize)]
@@ -344,7 +344,7 @@ impl BatchFile {
                 Some(HazardsName::Order) => v1::Hazards::Order,
                 Some(HazardsName::Allow) => v1::Hazards::Allow,
             } as i32,
-            ops: self.ops.into_iter().map(OpEntry::into_op).collect(),
+            ops: self.ops,
             namespace: self.namespace,
             labels: self.labels,
             wait_timeout_ms: self.wait_timeout.unwrap_or(0),
@@ -405,6 +405,30 @@ impl OpEntry {
             requires: self.requires,
         }
     }
+}
+
+/// `ops`, each turned into its proto as it is read: a million-op file is
+/// never held as parsed entries (500+ bytes each) and protos at once.
+fn ops_as_protos<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<v1::Op>, D::Error> {
+    struct Ops;
+
+    impl<'de> Visitor<'de> for Ops {
+        type Value = Vec<v1::Op>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("a sequence")
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut ops = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(entry) = seq.next_element::<OpEntry>()? {
+                ops.push(entry.into_op());
+            }
+            Ok(ops)
+        }
+    }
+
+    deserializer.deserialize_seq(Ops)
 }
 
 /// `args`: any mapping (null counts as none). A visitor rather than a

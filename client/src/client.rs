@@ -77,23 +77,32 @@ impl Client {
         &self,
         mut batch: v1::Batch,
     ) -> Result<v1::SubmitBatchResponse, ClientError> {
-        let ops = std::mem::take(&mut batch.ops);
-        let mut chunks = vec![v1::SubmitBatchChunk {
+        // Reversed, so each chunk is cut off the end and the ops' buffer
+        // shrinks as the chunks go: a big batch is held about once, not as
+        // its ops and its chunks, nor beside the coordinator's copy of it.
+        let mut ops = std::mem::take(&mut batch.ops);
+        ops.reverse();
+        let header = v1::SubmitBatchChunk {
             part: Some(Part::Header(batch)),
-        }];
-        let mut current = Vec::new();
-        let mut current_bytes = 0;
-        for op in ops {
-            current_bytes += op.encoded_len();
-            current.push(op);
-            if current_bytes >= CHUNK_BYTES {
-                chunks.push(ops_chunk(std::mem::take(&mut current)));
-                current_bytes = 0;
+        };
+        let chunks = std::iter::once(header).chain(std::iter::from_fn(move || {
+            let mut count = 0;
+            let mut bytes = 0;
+            for op in ops.iter().rev() {
+                bytes += op.encoded_len();
+                count += 1;
+                if bytes >= CHUNK_BYTES {
+                    break;
+                }
             }
-        }
-        if !current.is_empty() {
-            chunks.push(ops_chunk(current));
-        }
+            if count == 0 {
+                return None;
+            }
+            let mut chunk = ops.split_off(ops.len() - count);
+            chunk.reverse();
+            ops.shrink_to_fit();
+            Some(ops_chunk(chunk))
+        }));
         let mut request = tonic::Request::new(tokio_stream::iter(chunks));
         crate::trace::inject_current(request.metadata_mut());
         let response = self.batches.clone().submit_batch(request).await?;
@@ -153,10 +162,31 @@ impl Client {
         )))
     }
 
+    /// The batch's status with every op in one message (see
+    /// [`Client::status_page`] for a big batch).
     pub async fn status(&self, batch_id: &str) -> Result<v1::BatchStatus, ClientError> {
         let request = v1::GetBatchRequest {
             batch_id: batch_id.to_owned(),
+            ..v1::GetBatchRequest::default()
+        };
+        Ok(self.batches.clone().get_batch(request).await?.into_inner())
+    }
+
+    /// The batch's status with the ops of indices `offset..offset + limit`
+    /// only (`limit` at least 1). The first page (`offset` 0) has the
+    /// critical path and sequential time; later ones have the counters, not
+    /// those. A coordinator that predates paging sends every op.
+    pub async fn status_page(
+        &self,
+        batch_id: &str,
+        offset: u32,
+        limit: u32,
+    ) -> Result<v1::BatchStatus, ClientError> {
+        let request = v1::GetBatchRequest {
+            batch_id: batch_id.to_owned(),
             omit_ops: false,
+            ops_offset: offset,
+            ops_limit: limit.max(1),
         };
         Ok(self.batches.clone().get_batch(request).await?.into_inner())
     }
@@ -166,6 +196,7 @@ impl Client {
         let request = v1::GetBatchRequest {
             batch_id: batch_id.to_owned(),
             omit_ops: true,
+            ..v1::GetBatchRequest::default()
         };
         Ok(self.batches.clone().get_batch(request).await?.into_inner())
     }
@@ -753,6 +784,8 @@ mod tests {
         plan: Mutex<VecDeque<Serve>>,
         /// The `after_seq` of every call, in order.
         after_seqs: Mutex<Vec<u64>>,
+        /// Per submission: how many op chunks came, and the op ids in order.
+        submitted: Mutex<Vec<(usize, Vec<String>)>>,
     }
 
     impl FakeBatchService {
@@ -761,6 +794,7 @@ mod tests {
                 total,
                 plan: Mutex::new(plan.into()),
                 after_seqs: Mutex::new(Vec::new()),
+                submitted: Mutex::new(Vec::new()),
             })
         }
 
@@ -834,9 +868,26 @@ mod tests {
 
         async fn submit_batch(
             &self,
-            _request: tonic::Request<tonic::Streaming<v1::SubmitBatchChunk>>,
+            request: tonic::Request<tonic::Streaming<v1::SubmitBatchChunk>>,
         ) -> Result<tonic::Response<v1::SubmitBatchResponse>, Status> {
-            Err(Status::unimplemented("fake coordinator"))
+            let mut chunks = request.into_inner();
+            let (mut count, mut ids) = (0, Vec::new());
+            while let Some(chunk) = chunks.message().await? {
+                if let Some(Part::Ops(ops)) = chunk.part {
+                    count += 1;
+                    ids.extend(ops.ops.into_iter().map(|op| op.id));
+                }
+            }
+            let op_count = ids.len() as u32;
+            self.submitted
+                .lock()
+                .expect("submitted lock")
+                .push((count, ids));
+            Ok(tonic::Response::new(v1::SubmitBatchResponse {
+                batch_id: "fake".to_owned(),
+                op_count,
+                warnings: Vec::new(),
+            }))
         }
 
         async fn get_batch(
@@ -975,6 +1026,40 @@ mod tests {
             .iter()
             .map(|item| item.as_ref().expect("an event, not an error").seq)
             .collect()
+    }
+
+    #[tokio::test]
+    async fn submit_streams_a_big_batch_in_chunks_in_order() {
+        let service = FakeBatchService::new(1, Vec::new());
+        let coordinator = FakeCoordinator::start(any_port(), service.clone());
+        let client = Client::connect(&coordinator.url()).await.expect("connect");
+        // ~3.5 MB of ops: several chunks.
+        let ids: Vec<String> = (0..30_000).map(|index| format!("{index:0>100}")).collect();
+        let batch = v1::Batch {
+            name: "big".to_owned(),
+            ops: ids
+                .iter()
+                .map(|id| v1::Op {
+                    id: id.clone(),
+                    kind: "noop".to_owned(),
+                    ..v1::Op::default()
+                })
+                .collect(),
+            ..v1::Batch::default()
+        };
+        let response = client.submit(batch).await.expect("submit");
+        assert_eq!(response.op_count, 30_000);
+        let submitted = service.submitted.lock().expect("submitted lock").clone();
+        assert_eq!(submitted.len(), 1);
+        let (chunks, received) = &submitted[0];
+        assert!(*chunks >= 3, "{chunks} chunks");
+        assert_eq!(received, &ids);
+        client
+            .submit(v1::Batch::default())
+            .await
+            .expect("an empty batch");
+        let submitted = service.submitted.lock().expect("submitted lock").clone();
+        assert_eq!(submitted[1], (0, Vec::new()));
     }
 
     #[tokio::test]

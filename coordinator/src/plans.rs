@@ -85,6 +85,12 @@ impl PlanCache {
         inner.plans.insert(planned.id.clone(), planned);
     }
 
+    /// Forgets a plan whose batch never made it into the store.
+    pub(crate) fn remove(&self, batch: &BatchId) {
+        let mut inner = self.inner.lock().expect("plan cache lock poisoned");
+        inner.plans.remove(batch);
+    }
+
     pub(crate) fn cached(&self, batch: &BatchId) -> Option<Arc<PlannedBatch>> {
         let inner = self.inner.lock().expect("plan cache lock poisoned");
         inner.plans.get(batch).cloned()

@@ -7,17 +7,25 @@ use volley_store::{BatchMeta, OpRecord};
 use crate::convert;
 use crate::plans::PlannedBatch;
 
+/// The ops a report carries: their first index and their records.
+pub(crate) struct OpsPage<'a> {
+    pub(crate) offset: u32,
+    pub(crate) records: &'a [OpRecord],
+}
+
+/// `durations`: every op's duration in index order (the sequential time
+/// and the critical path are computed from them), or empty to leave those
+/// out. `ops`: the ops to list, if any.
 pub(crate) fn build(
     planned: &PlannedBatch,
     meta: &BatchMeta,
-    records: &[OpRecord],
-    include_ops: bool,
+    durations: &[u64],
+    ops: Option<OpsPage<'_>>,
     now_ms: u64,
 ) -> v1::BatchStatus {
     let plan = &planned.plan;
     let end_ms = meta.finished_ms.unwrap_or(now_ms);
     let wall_ms = end_ms.saturating_sub(meta.created_ms);
-    let durations: Vec<u64> = records.iter().map(|record| record.duration_ms).collect();
     let sequential_ms: u64 = durations.iter().sum();
     let speedup = if wall_ms == 0 {
         0.0
@@ -25,8 +33,8 @@ pub(crate) fn build(
         sequential_ms as f64 / wall_ms as f64
     };
     // A summary of a running batch reads no records: no critical path yet.
-    let (path, critical_path_ms) = if records.len() == plan.ops.len() {
-        plan.critical_path(&durations)
+    let (path, critical_path_ms) = if !durations.is_empty() && durations.len() == plan.ops.len() {
+        plan.critical_path(durations)
     } else {
         (Vec::new(), 0)
     };
@@ -34,12 +42,14 @@ pub(crate) fn build(
         .iter()
         .map(|index| planned.op_id(*index).to_owned())
         .collect();
-    let ops = if include_ops {
-        plan.ops
+    let ops = match ops {
+        Some(page) => plan
+            .ops
             .iter()
-            .zip(records)
+            .skip(page.offset as usize)
+            .zip(page.records)
             .map(|(op, record)| v1::OpStatus {
-                id: op.id.to_string(),
+                id: op.id.as_str().to_owned(),
                 kind: op.kind.clone(),
                 state: convert::op_state(record.state) as i32,
                 attempts: record.attempts,
@@ -59,9 +69,8 @@ pub(crate) fn build(
                     .map(|index| planned.op_id(*index).to_owned())
                     .collect(),
             })
-            .collect()
-    } else {
-        Vec::new()
+            .collect(),
+        None => Vec::new(),
     };
     v1::BatchStatus {
         batch_id: meta.id.to_string(),

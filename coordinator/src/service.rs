@@ -2,6 +2,7 @@
 //! cancel, list, watch, memory, and the worker sessions.
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -259,19 +260,30 @@ impl Coordinator {
         let plan = plan.map_err(CoordinatorError::Invalid)?;
         let id = BatchId::new(uuid::Uuid::now_v7().to_string());
         let trace = BatchTrace::from_carrier(&batch.trace_context);
-        let mut new_batch = new_batch(&id, &batch, &plan);
+        // The store keeps the submission encoded; the decoded batch goes
+        // before the store's per-op state is built, so a big batch's ops are
+        // never held three times at once (decoded, planned, stored).
+        let spec = batch.encode_to_vec();
+        drop(batch);
+        let mut new_batch = new_batch(&id, spec, &plan);
         new_batch.retain_ms = self.inner.config.retain_finished.as_millis() as u64;
         let op_count = plan.ops.len() as u32;
         let mut warnings = plan.warnings.clone();
         warnings.extend(self.unserved_kinds(&plan));
-        self.inner.store.create_batch(new_batch).await?;
-        self.note_unwritten_waits(&id, &plan).await;
         let planned = Arc::new(PlannedBatch {
             id: id.clone(),
             plan,
             trace,
         });
+        // Cached before the store has the batch: its `Started` bell makes
+        // the dispatcher load it, and a miss then planned it a second time
+        // from the stored spec (for a million ops, ~0.7 GB more at once).
         self.inner.plans.insert(planned.clone());
+        if let Err(error) = self.inner.store.create_batch(new_batch).await {
+            self.inner.plans.remove(&id);
+            return Err(error.into());
+        }
+        self.note_unwritten_waits(&id, &planned.plan).await;
         self.inner.dispatch.send(Command::BatchAdded(planned)).await;
         info!(batch = %id, op_count, "batch accepted");
         Ok(v1::SubmitBatchResponse {
@@ -333,20 +345,57 @@ impl Coordinator {
         batch: &BatchId,
         include_ops: bool,
     ) -> Result<v1::BatchStatus, CoordinatorError> {
+        self.status_page(batch, include_ops.then_some(0..u32::MAX))
+            .await
+    }
+
+    /// The batch's status with the ops of indices in `ops` (clamped to the
+    /// batch), or none. A page that does not start at 0 has no critical
+    /// path and no sequential time (the first page has them): a report read
+    /// in pages reads every op's duration once, not once a page.
+    #[tracing::instrument(skip_all, fields(batch = %batch))]
+    pub async fn status_page(
+        &self,
+        batch: &BatchId,
+        ops: Option<Range<u32>>,
+    ) -> Result<v1::BatchStatus, CoordinatorError> {
         let meta = self
             .store()
             .meta(batch)
             .await?
             .ok_or_else(|| CoordinatorError::BatchNotFound(batch.clone()))?;
         let planned = self.inner.plans.get(self.store(), batch).await?;
+        let total = (planned.plan.ops.len() as u32).min(meta.total);
+        let first_page = ops.as_ref().is_none_or(|range| range.start == 0);
         // A summary of a running batch is its counters: reading every op's
         // record for it would make polling cost as much as the batch.
-        let records = if include_ops || meta.finished_ms.is_some() {
-            self.store().op_records(batch).await?
-        } else {
-            Vec::new()
+        let ops_wanted = ops.is_some();
+        let wants_durations = first_page && (ops_wanted || meta.finished_ms.is_some());
+        let (durations, records, offset) = match ops {
+            // Every op: one read gives the records and the durations.
+            Some(range) if range.start == 0 && range.end >= total => {
+                let records = self.store().op_records(batch).await?;
+                let durations = records.iter().map(|record| record.duration_ms).collect();
+                (durations, records, 0)
+            }
+            Some(range) => {
+                let indices: Vec<u32> = (range.start.min(total)..range.end.min(total)).collect();
+                let records = self.store().op_records_at(batch, &indices).await?;
+                let durations = if wants_durations {
+                    self.store().op_durations(batch).await?
+                } else {
+                    Vec::new()
+                };
+                (durations, records, range.start)
+            }
+            None if wants_durations => (self.store().op_durations(batch).await?, Vec::new(), 0),
+            None => (Vec::new(), Vec::new(), 0),
         };
-        let mut status = report::build(&planned, &meta, &records, include_ops, now_ms());
+        let page = ops_wanted.then_some(report::OpsPage {
+            offset,
+            records: &records,
+        });
+        let mut status = report::build(&planned, &meta, &durations, page, now_ms());
         if meta.finished_ms.is_none() {
             status.owner = self
                 .store()
@@ -810,7 +859,7 @@ fn declared_permanent(details_json: &str) -> bool {
         .is_some_and(|retryable| !retryable)
 }
 
-fn new_batch(id: &BatchId, batch: &v1::Batch, plan: &Plan) -> NewBatch {
+fn new_batch(id: &BatchId, spec: Vec<u8>, plan: &Plan) -> NewBatch {
     let created_ms = now_ms();
     NewBatch {
         id: id.clone(),
@@ -833,7 +882,7 @@ fn new_batch(id: &BatchId, batch: &v1::Batch, plan: &Plan) -> NewBatch {
         },
         retry_failed_sequential: plan.retry_failed_sequential,
         retain_ms: 0,
-        spec: batch.encode_to_vec(),
+        spec,
         ops: plan.ops.iter().map(|op| new_op(op, created_ms)).collect(),
     }
 }
@@ -846,23 +895,26 @@ pub(crate) fn new_op(op: &PlannedOp, since_ms: u64) -> NewOp {
         run_if_always: op.run_if_always,
         max_attempts: op.max_attempts,
         deps: op.deps.len() as u32,
-        dependents: op.dependents.clone(),
-        wait_for: op.wait_for.clone(),
-        wait_for_any: op.wait_for_any.clone(),
+        dependents: op.dependents.to_vec(),
+        wait_for: op.wait_for.to_vec(),
+        wait_for_any: op.wait_for_any.to_vec(),
         wait_deadline_ms: if op.wait_timeout_ms == 0 {
             0
         } else {
             since_ms + op.wait_timeout_ms
         },
         after: Vec::new(),
-        retry: RetryPolicy {
-            on_failure: op.retry.on_failure,
-            on_timeout: op.retry.on_timeout,
-            on_lost_worker: op.retry.on_lost_worker,
-            backoff_initial_ms: op.retry.backoff_initial_ms,
-            backoff_max_ms: op.retry.backoff_max_ms,
-            backoff_multiplier: op.retry.backoff_multiplier,
-            backoff_jitter: op.retry.backoff_jitter,
+        retry: {
+            let retry = op.retry();
+            RetryPolicy {
+                on_failure: retry.on_failure,
+                on_timeout: retry.on_timeout,
+                on_lost_worker: retry.on_lost_worker,
+                backoff_initial_ms: retry.backoff_initial_ms,
+                backoff_max_ms: retry.backoff_max_ms,
+                backoff_multiplier: retry.backoff_multiplier,
+                backoff_jitter: retry.backoff_jitter,
+            }
         },
     }
 }

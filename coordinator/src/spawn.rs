@@ -62,7 +62,7 @@ impl Coordinator {
                 .iter()
                 .map(|op| {
                     let mut new = new_op(op, created_ms.max(now_ms()));
-                    new.after = op.deps.clone();
+                    new.after = op.deps.to_vec();
                     new
                 })
                 .collect();

@@ -87,15 +87,7 @@ pub struct Retry {
 
 impl Default for Retry {
     fn default() -> Self {
-        Retry {
-            on_failure: true,
-            on_timeout: true,
-            on_lost_worker: true,
-            backoff_initial_ms: 0,
-            backoff_max_ms: 0,
-            backoff_multiplier: 2.0,
-            backoff_jitter: true,
-        }
+        DEFAULT_RETRY
     }
 }
 
@@ -106,26 +98,30 @@ pub struct PlannedOp {
     /// The args as submitted (a JSON object), templates not yet filled in.
     pub args: serde_json::Value,
     /// Indices this op runs after: `after`, `${ops.X…}` references and edges
-    /// added by `hazards: order`. Sorted, no duplicates.
-    pub deps: Vec<u32>,
+    /// added by `hazards: order`. Sorted, no duplicates. (The lists of a
+    /// planned op are boxed slices, not `Vec`s: a million-op plan saves
+    /// 8 bytes an op on each.)
+    pub deps: Box<[u32]>,
     /// Indices that run after this op (the reverse of `deps`). Sorted.
-    pub dependents: Vec<u32>,
+    pub dependents: Box<[u32]>,
     pub run_if_always: bool,
     /// 0 = critical … 3 = low (default medium = 2).
     pub priority: u8,
     /// At least 1 (default 1).
     pub max_attempts: u32,
-    pub retry: Retry,
+    /// `None`: [`Retry::default`] (see [`PlannedOp::retry`]); most ops
+    /// have no policy of their own.
+    pub retry_policy: Option<Box<Retry>>,
     /// 0: no timeout.
     pub timeout_ms: u64,
     pub store_as: Option<String>,
     /// Memory keys the op writes: `store_as`, a `memory.put` key, declared
     /// `writes: [memory:KEY]`.
-    pub memory_writes: Vec<String>,
+    pub memory_writes: Box<[String]>,
     /// `wait_for` keys and `${memory.K}` references, deduplicated.
-    pub wait_for: Vec<String>,
+    pub wait_for: Box<[String]>,
     /// `wait_for_any` keys, deduplicated: the first to appear is enough.
-    pub wait_for_any: Vec<String>,
+    pub wait_for_any: Box<[String]>,
     /// How long the op may wait for its keys (its own `wait_timeout`, else
     /// the batch's); 0: as long as it takes.
     pub wait_timeout_ms: u64,
@@ -133,9 +129,27 @@ pub struct PlannedOp {
     /// Ops of this batch that write a key this op waits for (`store_as` or
     /// `memory.put`). Not dispatch edges — a key may come from a client —
     /// but they order ops in time, so the critical path follows them.
-    pub wait_writers: Vec<u32>,
+    pub wait_writers: Box<[u32]>,
     /// The args hold `${…}` templates to fill in at dispatch.
     pub has_templates: bool,
+}
+
+/// [`Retry::default`], as a constant.
+const DEFAULT_RETRY: Retry = Retry {
+    on_failure: true,
+    on_timeout: true,
+    on_lost_worker: true,
+    backoff_initial_ms: 0,
+    backoff_max_ms: 0,
+    backoff_multiplier: 2.0,
+    backoff_jitter: true,
+};
+
+impl PlannedOp {
+    /// Which failures get another attempt, and the backoff.
+    pub fn retry(&self) -> &Retry {
+        self.retry_policy.as_deref().unwrap_or(&DEFAULT_RETRY)
+    }
 }
 
 impl Plan {
@@ -143,5 +157,20 @@ impl Plan {
     /// index): the ops on it in order and its total length.
     pub fn critical_path(&self, durations_ms: &[u64]) -> (Vec<u32>, u64) {
         crate::graph::critical_path(&self.ops, durations_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_planned_op_stays_small() {
+        // A coordinator holds one per op of every batch it runs.
+        assert!(
+            std::mem::size_of::<PlannedOp>() <= 280,
+            "{} bytes",
+            std::mem::size_of::<PlannedOp>()
+        );
     }
 }

@@ -110,44 +110,57 @@ pub fn plan(
     for (index, op) in ops.iter().enumerate() {
         planned_ops.push(checker.check(index as u32, op, &mut accesses));
     }
+    // The id index is done with (the checker borrowing it is not used
+    // again): freed before the graph is built, not held with it (tens of
+    // MB for a million ops).
+    drop(index_of);
 
-    let deps: Vec<Vec<u32>> = planned_ops
-        .iter_mut()
-        .map(|op| std::mem::take(&mut op.deps))
-        .collect();
-    let mut graph = Graph::from_deps(deps);
-    // Without edges, file order is the topological order (and no heap needed).
-    let order = if graph.deps.iter().all(Vec::is_empty) {
-        (0..ops.len() as u32).collect()
+    // Independent ops that touch no file or key (the usual very big batch)
+    // need no graph: no edges, so no cycles, no hazards and nothing to
+    // link; for a million ops that is ~50 MB not allocated.
+    let graph = if accesses.is_empty() && planned_ops.iter().all(|op| op.deps.is_empty()) {
+        None
     } else {
-        graph.topological_order()
-    };
-    let cycles = graph.cycles(&order);
-    for cycle in &cycles {
-        let mut names: Vec<&str> = cycle
-            .iter()
-            .map(|&index| ops[index as usize].id.as_str())
+        let deps: Vec<Vec<u32>> = planned_ops
+            .iter_mut()
+            .map(|op| std::mem::take(&mut op.deps).into_vec())
             .collect();
-        names.push(names[0]);
-        problems.op(
-            cycle[0],
-            &ops[cycle[0] as usize].id,
-            "after",
-            format!(
-                "cycle: {} (each runs after the one before it)",
-                names.join(" -> ")
-            ),
-        );
-    }
-    // A cyclic graph has no topological order to prune reachability with;
-    // the batch is rejected for its cycles anyway.
-    if cycles.is_empty() && !accesses.is_empty() {
-        let mut reach = Reachability::new(&order);
-        for (index, problem) in find_hazards(&accesses, ops, &mut graph, &mut reach, hazard_policy)
-        {
-            problems.list.push((index as u64 + 1, problem));
+        let mut graph = Graph::from_deps(deps);
+        // Without edges, file order is the topological order (and no heap needed).
+        let order = if graph.deps.iter().all(Vec::is_empty) {
+            (0..ops.len() as u32).collect()
+        } else {
+            graph.topological_order()
+        };
+        let cycles = graph.cycles(&order);
+        for cycle in &cycles {
+            let mut names: Vec<&str> = cycle
+                .iter()
+                .map(|&index| ops[index as usize].id.as_str())
+                .collect();
+            names.push(names[0]);
+            problems.op(
+                cycle[0],
+                &ops[cycle[0] as usize].id,
+                "after",
+                format!(
+                    "cycle: {} (each runs after the one before it)",
+                    names.join(" -> ")
+                ),
+            );
         }
-    }
+        // A cyclic graph has no topological order to prune reachability with;
+        // the batch is rejected for its cycles anyway.
+        if cycles.is_empty() && !accesses.is_empty() {
+            let mut reach = Reachability::new(&order);
+            for (index, problem) in
+                find_hazards(&accesses, ops, &mut graph, &mut reach, hazard_policy)
+            {
+                problems.list.push((index as u64 + 1, problem));
+            }
+        }
+        Some(graph)
+    };
     if !problems.list.is_empty() {
         return Err(problems.into_sorted());
     }
@@ -177,10 +190,11 @@ pub fn plan(
         }
     }
     link_wait_writers(&mut planned_ops);
-    let Graph { deps, dependents } = graph;
-    for ((planned, deps), dependents) in planned_ops.iter_mut().zip(deps).zip(dependents) {
-        planned.deps = deps;
-        planned.dependents = dependents;
+    if let Some(Graph { deps, dependents }) = graph {
+        for ((planned, deps), dependents) in planned_ops.iter_mut().zip(deps).zip(dependents) {
+            planned.deps = deps.into_boxed_slice();
+            planned.dependents = dependents.into_boxed_slice();
+        }
     }
     Ok(Plan {
         name: batch.name.clone(),
@@ -524,8 +538,8 @@ impl OpChecker<'_> {
             id: OpId::new(op.id.clone()),
             kind: op.kind.clone(),
             args,
-            deps,
-            dependents: Vec::new(),
+            deps: deps.into_boxed_slice(),
+            dependents: Box::default(),
             run_if_always: op.run_if == RunIf::Always as i32,
             priority: match Priority::try_from(op.priority) {
                 Ok(Priority::Critical) => 0,
@@ -534,7 +548,9 @@ impl OpChecker<'_> {
                 _ => 2,
             },
             max_attempts: op.attempts.max(1),
-            retry: self.retry(index, id, op),
+            retry_policy: Some(self.retry(index, id, op))
+                .filter(|retry| *retry != Retry::default())
+                .map(Box::new),
             timeout_ms: op.timeout_ms,
             store_as: (!op.store_as.is_empty()).then(|| op.store_as.clone()),
             memory_writes: accesses[first_access.min(accesses.len())..]
@@ -545,10 +561,10 @@ impl OpChecker<'_> {
                     Target::File(_) => None,
                 })
                 .collect(),
-            wait_for,
-            wait_for_any,
+            wait_for: wait_for.into_boxed_slice(),
+            wait_for_any: wait_for_any.into_boxed_slice(),
             wait_timeout_ms: op.wait_timeout_ms,
-            wait_writers: Vec::new(),
+            wait_writers: Box::default(),
             requires: op
                 .requires
                 .iter()
@@ -717,7 +733,7 @@ fn link_wait_writers(planned_ops: &mut [PlannedOp]) {
             .collect();
         linked.sort_unstable();
         linked.dedup();
-        op.wait_writers = linked;
+        op.wait_writers = linked.into_boxed_slice();
     }
 }
 
@@ -886,8 +902,8 @@ mod tests {
         both.wait_timeout_ms = 5_000;
         let plan = plan_of(&both).unwrap();
         assert_eq!(
-            plan.ops[1].wait_for_any,
-            vec!["k1".to_owned(), "k2".to_owned()]
+            *plan.ops[1].wait_for_any,
+            ["k1".to_owned(), "k2".to_owned()]
         );
         assert!(
             plan.warnings.is_empty(),
@@ -898,7 +914,7 @@ mod tests {
             plan.ops[1].wait_timeout_ms, 5_000,
             "the batch's wait_timeout is the default"
         );
-        assert_eq!(plan.ops[1].wait_writers, vec![0]);
+        assert_eq!(*plan.ops[1].wait_writers, [0]);
     }
 
     #[test]
@@ -909,8 +925,8 @@ mod tests {
         waiter.wait_for = vec!["k".into()];
         let plan = plan_of(&batch(vec![agent.clone(), waiter])).unwrap();
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
-        assert_eq!(plan.ops[0].memory_writes, vec!["k".to_owned()]);
-        assert_eq!(plan.ops[1].wait_writers, vec![0]);
+        assert_eq!(*plan.ops[0].memory_writes, ["k".to_owned()]);
+        assert_eq!(*plan.ops[1].wait_writers, [0]);
 
         let mut other = op("other", "agent", json!({"cmd": "volley memory put k w"}));
         other.writes = vec!["memory:k".into()];
@@ -939,7 +955,7 @@ mod tests {
         let mut timed = batch(vec![flaky.clone()]);
         timed.deadline_ms = 60_000;
         let plan = plan_of(&timed).unwrap();
-        let retry = &plan.ops[0].retry;
+        let retry = plan.ops[0].retry();
         assert!(!retry.on_failure && !retry.on_timeout && retry.on_lost_worker);
         assert_eq!(
             (
@@ -951,7 +967,7 @@ mod tests {
             (100, 1000, 3.0, false)
         );
         assert_eq!(plan.deadline_ms, 60_000);
-        assert!(plan_of(&batch(vec![noop("plain")])).unwrap().ops[0].retry == Retry::default());
+        assert!(plan_of(&batch(vec![noop("plain")])).unwrap().ops[0].retry() == &Retry::default());
 
         let mut bad = flaky.clone();
         bad.retry_on = vec![42];
@@ -983,7 +999,7 @@ mod tests {
         let mut waiter = op("waiter", "echo", json!({"text": "${memory.k}"}));
         waiter.wait_for = vec!["j".into()];
         let plan = plan_of(&batch(vec![slow, fast, waiter])).unwrap();
-        assert_eq!(plan.ops[2].wait_writers, vec![0, 1]);
+        assert_eq!(*plan.ops[2].wait_writers, [0, 1]);
         assert!(plan.ops[2].deps.is_empty(), "waits are not dispatch edges");
         let (path, total) = plan.critical_path(&[300, 10, 5]);
         assert_eq!(path, vec![0, 2]);
@@ -1331,7 +1347,7 @@ mod tests {
         let plan = plan_of(&ordered).unwrap();
         assert!(plan.ops[0].deps.is_empty());
         for (index, planned) in plan.ops.iter().enumerate().skip(1) {
-            assert_eq!(planned.deps, vec![index as u32 - 1]);
+            assert_eq!(*planned.deps, [index as u32 - 1]);
         }
         ordered.hazards = Hazards::Reject as i32;
         assert_eq!(problems_of(&ordered).len(), op_count - 1);
@@ -1364,10 +1380,10 @@ mod tests {
         order.hazards = Hazards::Order as i32;
         let plan = plan_of(&order).unwrap();
         assert_eq!(plan.hazards, HazardPolicy::Order);
-        let deps: Vec<&[u32]> = plan.ops.iter().map(|op| op.deps.as_slice()).collect();
+        let deps: Vec<&[u32]> = plan.ops.iter().map(|op| &*op.deps).collect();
         // Readers stay parallel between the two writers.
         assert_eq!(deps, vec![&[][..], &[0], &[0], &[1, 2]]);
-        assert_eq!(plan.ops[0].dependents, vec![1, 2]);
+        assert_eq!(*plan.ops[0].dependents, [1, 2]);
     }
 
     #[test]
@@ -1471,13 +1487,13 @@ mod tests {
         assert_eq!(lint.timeout_ms, 600_000);
         assert_eq!(lint.store_as.as_deref(), Some("swarm/lint"));
         assert_eq!(lint.requires.get("gpu").map(String::as_str), Some("true"));
-        assert_eq!(lint.dependents, vec![1]);
+        assert_eq!(*lint.dependents, [1]);
         assert!(!lint.has_templates && !lint.run_if_always);
-        assert_eq!(report.deps, vec![0]);
+        assert_eq!(*report.deps, [0]);
         assert!(report.has_templates && report.run_if_always);
         assert_eq!(
-            report.wait_for,
-            vec!["swarm/lint".to_owned(), "other".to_owned()]
+            *report.wait_for,
+            ["swarm/lint".to_owned(), "other".to_owned()]
         );
         assert_eq!(report.priority, 2);
         assert_eq!(report.max_attempts, 1);

@@ -467,6 +467,20 @@ pub async fn case_op_records_at_reads_the_given_ops(store: &dyn Store) {
         store.op_records_at(&id("no-such-batch"), &[0]).await,
         Err(StoreError::BatchNotFound(_))
     ));
+    let durations = store.op_durations(&batch_id).await.expect("durations");
+    let recorded: Vec<u64> = store
+        .op_records(&batch_id)
+        .await
+        .expect("records")
+        .iter()
+        .map(|record| record.duration_ms)
+        .collect();
+    assert_eq!(durations, recorded);
+    assert_eq!(durations.len(), 3);
+    assert!(matches!(
+        store.op_durations(&id("no-such-batch")).await,
+        Err(StoreError::BatchNotFound(_))
+    ));
 }
 
 pub async fn case_diamond_counts_down(store: &dyn Store) {

@@ -326,6 +326,18 @@ pub trait Store: Send + Sync + 'static {
     /// Per-op records in index order (`0..total`).
     async fn op_records(&self, batch: &BatchId) -> StoreResult<Vec<OpRecord>>;
 
+    /// Every op's `duration_ms` in index order (`0..total`): what a report
+    /// sums and walks for the critical path, without reading every op's
+    /// whole record. `BatchNotFound` for an unknown batch.
+    async fn op_durations(&self, batch: &BatchId) -> StoreResult<Vec<u64>> {
+        Ok(self
+            .op_records(batch)
+            .await?
+            .iter()
+            .map(|record| record.duration_ms)
+            .collect())
+    }
+
     /// The records of the given ops, in the order given: what dispatch reads
     /// to fill in `${ops.X…}` without reading the whole batch. An index the
     /// batch does not have is `BatchNotFound`.

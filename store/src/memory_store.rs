@@ -113,12 +113,21 @@ struct BatchData {
     ready: [VecDeque<u32>; PRIORITY_LEVELS as usize],
     /// (wait deadline, index) of ops with memory waits and a deadline.
     deadlines: BTreeSet<(u64, u32)>,
-    /// (lease deadline, index) of running ops (mirrors `OpData::lease_until`).
+    /// (lease deadline, index) of running ops (mirrors `lease_until`).
     leases: BTreeSet<(u64, u32)>,
+    /// Running op → its lease deadline.
+    lease_until: HashMap<u32, u64>,
     /// (ready-at, index) of ops waiting out a retry backoff: state Ready but
-    /// on no ready queue (mirrors `OpData::retry_at`).
+    /// on no ready queue (mirrors `retry_at`).
     delayed: BTreeSet<(u64, u32)>,
-    events: Vec<Event>,
+    /// Delayed op → its ready-at.
+    retry_at: HashMap<u32, u64>,
+    /// Events, packed (seq = position + 1); see [`PackedEvent`].
+    events: Vec<PackedEvent>,
+    /// Messages of events that have one (`PackedEvent::message` - 1).
+    event_messages: Vec<Box<str>>,
+    /// Worker ids named by records and events; 0 is "" (none).
+    workers: Interned,
     /// Unix ms; 0: none.
     deadline_ms: u64,
     cancel_requested: bool,
@@ -140,61 +149,215 @@ struct BatchData {
     expires_at_ms: Option<u64>,
 }
 
+/// One op. Kept small, since a million-op batch is normal: what most ops
+/// never have (memory waits, a retry policy of their own, texts) is boxed
+/// and absent, worker ids are interned, leases and delays live in the
+/// batch's maps (only running or delayed ops have them).
 struct OpData {
     priority: u8,
     run_if_always: bool,
     max_attempts: u32,
-    dependents: Vec<u32>,
     pending: u32,
+    /// Attempts handed back by `return_ops` (not counted against `max_attempts`).
+    handed_back: u32,
+    dependents: Vec<u32>,
+    /// `None`: the default policy.
+    retry: Option<Box<RetryPolicy>>,
+    /// `None`: the op waits for no memory key.
+    waits: Option<Box<Waits>>,
+    record: Record,
+}
+
+/// The memory waits of an op that has some.
+struct Waits {
     /// `wait_for` and `wait_for_any` keys, sorted and deduplicated.
-    wait_all: Vec<String>,
-    wait_any: Vec<String>,
+    all: Vec<String>,
+    any: Vec<String>,
     /// `wait_for` keys counted so far.
     arrived: BTreeSet<String>,
     any_done: bool,
     /// When the op started waiting (for the error of an expired wait).
-    wait_since_ms: u64,
-    retry: RetryPolicy,
-    /// Attempts handed back by `return_ops` (not counted against `max_attempts`).
-    handed_back: u32,
-    lease_until: Option<u64>,
-    retry_at: Option<u64>,
-    record: OpRecord,
+    since_ms: u64,
 }
+
+impl Waits {
+    /// The keys still missing: `wait_for` keys not arrived, then the whole
+    /// `wait_for_any` group while none arrived.
+    fn missing(&self) -> impl Iterator<Item = &String> {
+        let any: &[String] = if self.any_done { &[] } else { &self.any };
+        self.all
+            .iter()
+            .filter(|key| !self.arrived.contains(*key))
+            .chain(any)
+    }
+}
+
+/// What [`OpRecord`] says, compactly: the worker interned in the batch's
+/// [`Interned`], the texts boxed only when one is not empty.
+struct Record {
+    state: OpState,
+    attempts: u32,
+    worker: u32,
+    /// Unix ms; 0 when it never started.
+    started_ms: u64,
+    duration_ms: u64,
+    texts: Option<Box<Texts>>,
+}
+
+#[derive(Default)]
+struct Texts {
+    output: String,
+    error: String,
+    details_json: String,
+}
+
+impl Record {
+    fn new(state: OpState, attempts: u32) -> Record {
+        Record {
+            state,
+            attempts,
+            worker: 0,
+            started_ms: 0,
+            duration_ms: 0,
+            texts: None,
+        }
+    }
+
+    fn texts_mut(&mut self) -> &mut Texts {
+        self.texts.get_or_insert_with(Box::default)
+    }
+
+    fn set_error(&mut self, error: String) {
+        if !error.is_empty() || self.texts.is_some() {
+            self.texts_mut().error = error;
+        }
+    }
+
+    fn set_result(&mut self, output: &str, details_json: &str) {
+        if output.is_empty() && details_json.is_empty() {
+            if let Some(texts) = &mut self.texts {
+                texts.output.clear();
+                texts.details_json.clear();
+            }
+            return;
+        }
+        let texts = self.texts_mut();
+        output.clone_into(&mut texts.output);
+        details_json.clone_into(&mut texts.details_json);
+    }
+
+    fn to_record(&self, workers: &Interned) -> OpRecord {
+        let (output, error, details_json) = match &self.texts {
+            Some(texts) => (
+                texts.output.clone(),
+                texts.error.clone(),
+                texts.details_json.clone(),
+            ),
+            None => (String::new(), String::new(), String::new()),
+        };
+        OpRecord {
+            state: self.state,
+            attempts: self.attempts,
+            worker: workers.name(self.worker).to_owned(),
+            started_ms: self.started_ms,
+            duration_ms: self.duration_ms,
+            output,
+            error,
+            details_json,
+        }
+    }
+}
+
+/// Strings named by a small number: 0 is always "".
+struct Interned {
+    names: Vec<Box<str>>,
+    numbers: HashMap<Box<str>, u32>,
+}
+
+impl Default for Interned {
+    fn default() -> Self {
+        Interned {
+            names: vec!["".into()],
+            numbers: HashMap::new(),
+        }
+    }
+}
+
+impl Interned {
+    fn number(&mut self, name: &str) -> u32 {
+        if name.is_empty() {
+            return 0;
+        }
+        if let Some(number) = self.numbers.get(name) {
+            return *number;
+        }
+        let number = self.names.len() as u32;
+        self.names.push(name.into());
+        self.numbers.insert(name.into(), number);
+        number
+    }
+
+    fn name(&self, number: u32) -> &str {
+        self.names.get(number as usize).map_or("", |name| name)
+    }
+}
+
+/// An [`Event`] in 32 bytes: its seq is its position, its worker interned,
+/// its message (if any) kept apart.
+struct PackedEvent {
+    at_ms: u64,
+    /// `u32::MAX`: none.
+    op_index: u32,
+    attempt: u32,
+    worker: u32,
+    /// 0: empty; else 1 + its index in `BatchData::event_messages`.
+    message: u32,
+    kind: EventKind,
+    batch_state: Option<BatchState>,
+}
+
+/// The retry policy of an op that has none of its own.
+const DEFAULT_RETRY: RetryPolicy = RetryPolicy {
+    on_failure: true,
+    on_timeout: true,
+    on_lost_worker: true,
+    backoff_initial_ms: 0,
+    backoff_max_ms: 0,
+    backoff_multiplier: 2.0,
+    backoff_jitter: true,
+};
 
 impl OpData {
     fn new(op: &NewOp, dependents: Vec<u32>, since_ms: u64) -> OpData {
-        let (wait_all, wait_any) = wait_keys(op);
+        let (all, any) = wait_keys(op);
+        let waits = (!(all.is_empty() && any.is_empty())).then(|| {
+            Box::new(Waits {
+                all,
+                any,
+                arrived: BTreeSet::new(),
+                any_done: false,
+                since_ms,
+            })
+        });
         OpData {
             priority: op.priority,
             run_if_always: op.run_if_always,
             max_attempts: op.max_attempts.max(1),
-            dependents,
             pending: pending_count(op),
-            wait_all,
-            wait_any,
-            arrived: BTreeSet::new(),
-            any_done: false,
-            wait_since_ms: since_ms,
-            retry: op.retry.clone(),
             handed_back: 0,
-            lease_until: None,
-            retry_at: None,
-            record: OpRecord {
-                state: OpState::Waiting,
-                attempts: 0,
-                worker: String::new(),
-                started_ms: 0,
-                duration_ms: 0,
-                output: String::new(),
-                error: String::new(),
-                details_json: String::new(),
-            },
+            dependents,
+            retry: (op.retry != DEFAULT_RETRY).then(|| Box::new(op.retry.clone())),
+            waits,
+            record: Record::new(OpState::Waiting, 0),
         }
     }
 
     fn has_deadline(&self, op: &NewOp) -> bool {
-        op.wait_deadline_ms > 0 && !(self.wait_all.is_empty() && self.wait_any.is_empty())
+        op.wait_deadline_ms > 0 && self.waits.is_some()
+    }
+
+    fn retry(&self) -> &RetryPolicy {
+        self.retry.as_deref().unwrap_or(&DEFAULT_RETRY)
     }
 }
 
@@ -538,17 +701,43 @@ impl BatchData {
         worker: &str,
         message: &str,
     ) {
-        let seq = self.events.len() as u64 + 1;
-        self.events.push(Event {
-            seq,
+        let worker = self.workers.number(worker);
+        let message = if message.is_empty() {
+            0
+        } else {
+            self.event_messages.push(message.into());
+            self.event_messages.len() as u32
+        };
+        self.events.push(PackedEvent {
             at_ms,
-            kind,
-            op_index,
+            op_index: op_index.unwrap_or(u32::MAX),
             attempt,
-            worker: worker.to_owned(),
-            message: message.to_owned(),
+            worker,
+            message,
+            kind,
             batch_state: None,
         });
+    }
+
+    /// Event `seq` (1-based), unpacked.
+    fn unpack(&self, seq: u64, event: &PackedEvent) -> Event {
+        let message = match event.message {
+            0 => String::new(),
+            number => self
+                .event_messages
+                .get(number as usize - 1)
+                .map_or_else(String::new, |message| message.to_string()),
+        };
+        Event {
+            seq,
+            at_ms: event.at_ms,
+            kind: event.kind,
+            op_index: (event.op_index != u32::MAX).then_some(event.op_index),
+            attempt: event.attempt,
+            worker: self.workers.name(event.worker).to_owned(),
+            message,
+            batch_state: event.batch_state,
+        }
     }
 
     fn push_ready(&mut self, index: u32) {
@@ -576,19 +765,19 @@ impl BatchData {
     }
 
     fn clear_lease(&mut self, index: u32) {
-        if let Some(until) = self.ops[index as usize].lease_until.take() {
+        if let Some(until) = self.lease_until.remove(&index) {
             self.leases.remove(&(until, index));
         }
     }
 
     fn set_lease(&mut self, index: u32, until: u64) {
         self.clear_lease(index);
-        self.ops[index as usize].lease_until = Some(until);
+        self.lease_until.insert(index, until);
         self.leases.insert((until, index));
     }
 
     fn clear_delay(&mut self, index: u32) {
-        if let Some(at) = self.ops[index as usize].retry_at.take() {
+        if let Some(at) = self.retry_at.remove(&index) {
             self.delayed.remove(&(at, index));
         }
     }
@@ -604,10 +793,11 @@ impl BatchData {
     /// `retry_delay` in `lua/common.lua`).
     fn retry_delay(&self, index: u32, kind: FailureKind, retry_after_ms: u64) -> Option<u64> {
         let op = &self.ops[index as usize];
+        let policy = op.retry();
         let allowed = match kind {
-            FailureKind::Error => op.retry.on_failure,
-            FailureKind::Timeout => op.retry.on_timeout,
-            FailureKind::LostWorker => op.retry.on_lost_worker,
+            FailureKind::Error => policy.on_failure,
+            FailureKind::Timeout => policy.on_timeout,
+            FailureKind::LostWorker => policy.on_lost_worker,
             FailureKind::Permanent => false,
         };
         let used = op.record.attempts.saturating_sub(op.handed_back);
@@ -615,7 +805,7 @@ impl BatchData {
         if !allowed || self.fail_fast_fired || self.sequential || used >= op.max_attempts {
             return None;
         }
-        let delay = backoff_delay(&op.retry, used, random_unit());
+        let delay = backoff_delay(policy, used, random_unit());
         Some(delay.max(retry_after_ms.min(MAX_DELAY_MS as u64)))
     }
 
@@ -627,9 +817,8 @@ impl BatchData {
             return now_ms;
         }
         let ready_at = now_ms.saturating_add(delay);
-        let op = &mut self.ops[index as usize];
-        op.record.state = OpState::Ready;
-        op.retry_at = Some(ready_at);
+        self.ops[index as usize].record.state = OpState::Ready;
+        self.retry_at.insert(index, ready_at);
         self.delayed.insert((ready_at, index));
         ready_at
     }
@@ -645,8 +834,8 @@ impl BatchData {
                 break;
             }
             self.delayed.remove(&(at, index));
-            let op = &mut self.ops[index as usize];
-            op.retry_at = None;
+            self.retry_at.remove(&index);
+            let op = &self.ops[index as usize];
             if op.record.state == OpState::Ready {
                 let priority = clamp_priority(op.priority);
                 self.ready[priority].push_back(index);
@@ -695,12 +884,16 @@ impl BatchData {
         if op.record.state != OpState::Waiting {
             return (false, false);
         }
+        // Only an op with memory waits has waiters.
+        let Some(waits) = op.waits.as_deref_mut() else {
+            return (false, false);
+        };
         if any {
-            if op.any_done {
+            if waits.any_done {
                 return (false, false);
             }
-            op.any_done = true;
-        } else if !op.arrived.insert(key.to_owned()) {
+            waits.any_done = true;
+        } else if !waits.arrived.insert(key.to_owned()) {
             return (false, false);
         }
         (true, self.count_down(index))
@@ -718,19 +911,18 @@ impl BatchData {
 
     /// The keys op `index` still misses, as `` `a`, `b` `` (empty: none).
     fn missing_keys(&self, index: u32) -> String {
-        let Some(op) = self.ops.get(index as usize) else {
+        let Some(waits) = self
+            .ops
+            .get(index as usize)
+            .and_then(|op| op.waits.as_deref())
+        else {
             return String::new();
         };
-        let mut missing: Vec<String> = op
-            .wait_all
-            .iter()
-            .filter(|key| !op.arrived.contains(*key))
+        waits
+            .missing()
             .map(|key| format!("`{key}`"))
-            .collect();
-        if !op.wait_any.is_empty() && !op.any_done {
-            missing.extend(op.wait_any.iter().map(|key| format!("`{key}`")));
-        }
-        missing.join(", ")
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn end_op(&mut self, index: u32, state: OpState, error: String) {
@@ -738,7 +930,7 @@ impl BatchData {
         self.clear_delay(index);
         let op = &mut self.ops[index as usize];
         op.record.state = state;
-        op.record.error = error;
+        op.record.set_error(error);
         match state {
             OpState::Succeeded => self.meta.succeeded += 1,
             OpState::Failed => self.meta.failed += 1,
@@ -847,12 +1039,10 @@ impl BatchData {
         if state == BatchState::Failed && !self.deadline_fired {
             self.meta.error = failed_summary(&self.meta);
         }
-        for (_, index) in std::mem::take(&mut self.leases) {
-            self.ops[index as usize].lease_until = None;
-        }
-        for (_, index) in std::mem::take(&mut self.delayed) {
-            self.ops[index as usize].retry_at = None;
-        }
+        self.leases.clear();
+        self.lease_until.clear();
+        self.delayed.clear();
+        self.retry_at.clear();
         self.meta.state = state;
         self.meta.finished_ms = Some(now_ms);
         if self.retain_ms > 0 {
@@ -904,18 +1094,11 @@ impl BatchData {
                 OpState::Failed => self.meta.failed = self.meta.failed.saturating_sub(1),
                 _ => self.meta.skipped = self.meta.skipped.saturating_sub(1),
             }
-            op.arrived = op.wait_all.iter().cloned().collect();
-            op.any_done = true;
-            op.record = OpRecord {
-                state: OpState::Waiting,
-                attempts: op.record.attempts,
-                worker: String::new(),
-                started_ms: 0,
-                duration_ms: 0,
-                output: String::new(),
-                error: String::new(),
-                details_json: String::new(),
-            };
+            if let Some(waits) = op.waits.as_deref_mut() {
+                waits.arrived = waits.all.iter().cloned().collect();
+                waits.any_done = true;
+            }
+            op.record = Record::new(OpState::Waiting, op.record.attempts);
             op.pending = pending.get(&index).copied().unwrap_or(0);
             let attempt = op.record.attempts;
             let ready = op.pending == 0;
@@ -1022,8 +1205,12 @@ impl Store for MemoryStore {
                 ready: Default::default(),
                 deadlines,
                 leases: BTreeSet::new(),
+                lease_until: HashMap::new(),
                 delayed: BTreeSet::new(),
+                retry_at: HashMap::new(),
                 events: Vec::new(),
+                event_messages: Vec::new(),
+                workers: Interned::default(),
                 deadline_ms: batch.deadline_ms,
                 cancel_requested: false,
                 fail_fast_fired: false,
@@ -1179,11 +1366,11 @@ impl Store for MemoryStore {
                 } else {
                     OpState::Failed
                 };
-                op.record.worker = completion.worker.clone();
                 op.record.started_ms = completion.started_ms;
                 op.record.duration_ms = completion.duration_ms;
-                op.record.output = completion.output.clone();
-                op.record.details_json = completion.details_json.clone();
+                op.record
+                    .set_result(&completion.output, &completion.details_json);
+                data.ops[index as usize].record.worker = data.workers.number(&completion.worker);
                 data.end_op(index, state, completion.error.clone());
                 let kind = if completion.ok {
                     EventKind::OpSucceeded
@@ -1445,8 +1632,12 @@ impl Store for MemoryStore {
                     ready: Default::default(),
                     deadlines: BTreeSet::new(),
                     leases: BTreeSet::new(),
+                    lease_until: HashMap::new(),
                     delayed: BTreeSet::new(),
+                    retry_at: HashMap::new(),
                     events: Vec::new(),
+                    event_messages: Vec::new(),
+                    workers: Interned::default(),
                     deadline_ms: 0,
                     cancel_requested: false,
                     fail_fast_fired: false,
@@ -1483,20 +1674,14 @@ impl Store for MemoryStore {
             .get(index as usize)
             .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
         let mut waits = OpWaits {
-            lease_until_ms: op.lease_until,
-            retry_at_ms: op.retry_at,
+            lease_until_ms: data.lease_until.get(&index).copied(),
+            retry_at_ms: data.retry_at.get(&index).copied(),
             ..OpWaits::default()
         };
         if op.record.state == OpState::Waiting {
             waits.pending = op.pending;
-            waits.missing_keys = op
-                .wait_all
-                .iter()
-                .filter(|key| !op.arrived.contains(*key))
-                .cloned()
-                .collect();
-            if !op.wait_any.is_empty() && !op.any_done {
-                waits.missing_keys.extend(op.wait_any.iter().cloned());
+            if let Some(op_waits) = op.waits.as_deref() {
+                waits.missing_keys = op_waits.missing().cloned().collect();
             }
         }
         Ok(waits)
@@ -1578,7 +1763,17 @@ impl Store for MemoryStore {
     async fn op_records(&self, batch: &BatchId) -> StoreResult<Vec<OpRecord>> {
         let inner = self.lock();
         let data = inner.batch(batch)?;
-        Ok(data.ops.iter().map(|op| op.record.clone()).collect())
+        Ok(data
+            .ops
+            .iter()
+            .map(|op| op.record.to_record(&data.workers))
+            .collect())
+    }
+
+    async fn op_durations(&self, batch: &BatchId) -> StoreResult<Vec<u64>> {
+        let inner = self.lock();
+        let data = inner.batch(batch)?;
+        Ok(data.ops.iter().map(|op| op.record.duration_ms).collect())
     }
 
     async fn op_records_at(&self, batch: &BatchId, indices: &[u32]) -> StoreResult<Vec<OpRecord>> {
@@ -1589,7 +1784,7 @@ impl Store for MemoryStore {
             .map(|index| {
                 data.ops
                     .get(*index as usize)
-                    .map(|op| op.record.clone())
+                    .map(|op| op.record.to_record(&data.workers))
                     .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))
             })
             .collect()
@@ -1600,13 +1795,14 @@ impl Store for MemoryStore {
         let Some(data) = inner.batches.get(batch) else {
             return Ok(Vec::new());
         };
-        let start = usize::try_from(after_seq).unwrap_or(usize::MAX);
-        Ok(data
-            .events
+        let start = usize::try_from(after_seq)
+            .unwrap_or(usize::MAX)
+            .min(data.events.len());
+        Ok(data.events[start..]
             .iter()
-            .skip(start)
             .take(max as usize)
-            .cloned()
+            .enumerate()
+            .map(|(offset, event)| data.unpack((start + offset) as u64 + 1, event))
             .collect())
     }
 
@@ -1892,7 +2088,8 @@ impl Store for MemoryStore {
                 if missing.is_empty() {
                     continue;
                 }
-                let waited = now_ms.saturating_sub(op.wait_since_ms);
+                let since_ms = op.waits.as_deref().map_or(0, |waits| waits.since_ms);
+                let waited = now_ms.saturating_sub(since_ms);
                 let attempt = op.record.attempts;
                 let message = format!("memory key {missing} never appeared (waited {waited} ms)");
                 data.end_op(index, OpState::Failed, message.clone());
@@ -2149,5 +2346,34 @@ fn store_as(
             became_ready_current: 0,
             touched: Vec::new(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_retry_policy_is_the_models() {
+        assert_eq!(DEFAULT_RETRY, RetryPolicy::default());
+    }
+
+    #[test]
+    fn per_op_state_stays_small() {
+        // A million-op batch keeps one of each per op (and two events).
+        assert!(std::mem::size_of::<OpData>() <= 96);
+        assert!(std::mem::size_of::<PackedEvent>() <= 32);
+    }
+
+    #[test]
+    fn interned_names_round_trip_and_empty_is_zero() {
+        let mut names = Interned::default();
+        assert_eq!(names.number(""), 0);
+        let first = names.number("local-1");
+        assert_eq!(names.number("local-2"), first + 1);
+        assert_eq!(names.number("local-1"), first);
+        assert_eq!(names.name(first), "local-1");
+        assert_eq!(names.name(0), "");
+        assert_eq!(names.name(999), "");
     }
 }

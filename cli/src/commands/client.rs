@@ -151,11 +151,8 @@ async fn follow_to_report(
     if let Err(error) = render::follow(events, total, output).await {
         return exit::client_error(&error);
     }
-    match client.status(batch_id).await {
-        Ok(status) => {
-            render::report(&status, output);
-            Exit::for_state(status.state())
-        }
+    match render::print_report(client, batch_id, output).await {
+        Ok(status) => Exit::for_state(status.state()),
         Err(error) => exit::client_error(&error),
     }
 }
@@ -179,11 +176,8 @@ pub async fn status(args: StatusArgs) -> Exit {
         Ok(client) => client,
         Err(exit) => return exit,
     };
-    match client.status(&args.batch_id).await {
-        Ok(status) => {
-            render::report(&status, args.output);
-            Exit::for_state(status.state())
-        }
+    match render::print_report(&client, &args.batch_id, args.output).await {
+        Ok(status) => Exit::for_state(status.state()),
         Err(error) => exit::client_error(&error),
     }
 }

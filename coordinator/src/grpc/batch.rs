@@ -99,8 +99,15 @@ impl BatchService for BatchAdapter {
     ) -> Result<Response<v1::BatchStatus>, Status> {
         let request = request.into_inner();
         let batch = batch_id(request.batch_id)?;
+        let ops = if request.omit_ops {
+            None
+        } else if request.ops_limit == 0 {
+            Some(request.ops_offset..u32::MAX)
+        } else {
+            Some(request.ops_offset..request.ops_offset.saturating_add(request.ops_limit))
+        };
         Ok(Response::new(
-            self.coordinator.status(&batch, !request.omit_ops).await?,
+            self.coordinator.status_page(&batch, ops).await?,
         ))
     }
 

@@ -384,12 +384,16 @@ class WatchBatchRequest(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class GetBatchRequest(_message.Message):
-    __slots__ = ("batch_id", "omit_ops")
+    __slots__ = ("batch_id", "omit_ops", "ops_offset", "ops_limit")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     OMIT_OPS_FIELD_NUMBER: _ClassVar[int]
+    OPS_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    OPS_LIMIT_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     omit_ops: bool
-    def __init__(self, batch_id: _Optional[str] = ..., omit_ops: bool = ...) -> None: ...
+    ops_offset: int
+    ops_limit: int
+    def __init__(self, batch_id: _Optional[str] = ..., omit_ops: bool = ..., ops_offset: _Optional[int] = ..., ops_limit: _Optional[int] = ...) -> None: ...
 
 class CancelBatchRequest(_message.Message):
     __slots__ = ("batch_id",)
