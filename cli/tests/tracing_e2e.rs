@@ -245,18 +245,23 @@ ops:
     assert_eq!(report["state"], "succeeded", "{report}");
     let batch_id = report["batch_id"].as_str().expect("batch_id").to_owned();
 
-    // A failing op: its execution span says so.
+    // A failing op: its execution span says so. It also writes down the
+    // trace context its program was given.
+    let traceparent_file = root.path().join("traceparent.txt");
     let failing = batch_file(
         root.path(),
         "failing.yaml",
-        r#"
+        &format!(
+            r#"
 name: traced-failure
 ops:
   - id: broken
     kind: shell
     attempts: 1
-    args: {cmd: "exit 3"}
+    args: {{cmd: "echo $TRACEPARENT > {}; exit 3"}}
 "#,
+            traceparent_file.display()
+        ),
     );
     let failed = tokio::time::timeout(
         Duration::from_secs(60),
@@ -397,6 +402,19 @@ ops:
         .find(|span| span.name == "op.execute" && span.attribute("op") == "broken")
         .expect("the failing op's span");
     assert_ne!(broken.trace_id, trace_id, "another batch, another trace");
+    // Its program ran with the op's W3C context in TRACEPARENT.
+    let traceparent = std::fs::read_to_string(&traceparent_file).expect("traceparent.txt");
+    let fields: Vec<&str> = traceparent.trim().split('-').collect();
+    assert_eq!(fields.len(), 4, "a W3C traceparent: {traceparent:?}");
+    assert_eq!(
+        fields[1],
+        hex(&broken.trace_id),
+        "the op's trace: {traceparent:?}"
+    );
+    assert!(
+        spans.iter().any(|span| hex(&span.span_id) == fields[2]),
+        "its parent is an exported span: {traceparent:?}"
+    );
     assert_eq!(broken.attribute("outcome"), "failed");
     assert_eq!(broken.status, StatusCode::Error as i32, "{broken:?}");
 

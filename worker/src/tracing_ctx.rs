@@ -18,6 +18,25 @@ pub(crate) fn join_trace(span: &tracing::Span, carrier: &HashMap<String, String>
     }
 }
 
+/// The current span's W3C context as environment variables for a program
+/// an op starts (`TRACEPARENT`, `TRACESTATE`: the names OpenTelemetry's
+/// environment-carrier convention uses), so a traced program's spans join
+/// the op's. Empty when nothing is traced (no propagator installed).
+pub(crate) fn child_env() -> Vec<(String, String)> {
+    let context = tracing::Span::current().context();
+    if !context.span().span_context().is_valid() {
+        return Vec::new();
+    }
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut carrier);
+    });
+    carrier
+        .into_iter()
+        .map(|(name, value)| (name.to_ascii_uppercase(), value))
+        .collect()
+}
+
 /// Marks `span` failed (OpenTelemetry status ERROR with the message).
 pub(crate) fn mark_failed(span: &tracing::Span, message: &str) {
     span.set_status(Status::error(message.to_owned()));

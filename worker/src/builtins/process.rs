@@ -46,6 +46,8 @@ pub(super) async fn run_host_program(
         (None, None) => {}
     }
     command
+        // The op's trace context first: the op's own `env` may override it.
+        .envs(crate::tracing_ctx::child_env())
         .envs(program.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
