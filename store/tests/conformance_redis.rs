@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use volley_proto::BatchId;
 use volley_store::conformance::SMALL_CHANGE_LOG_CAP;
-use volley_store::{Doorbell, MemoryScope, PutOptions, RedisStore, Store};
+use volley_store::{
+    Completion, Doorbell, FailureKind, MemoryScope, NewBatch, NewOp, OnFailure, PutOptions,
+    RedisStore, Store,
+};
 use volley_testkit::RedisServer;
 
 async fn make_store() -> (Arc<dyn Store>, RedisServer) {
@@ -78,7 +81,6 @@ async fn restart_sends_resync_and_changes_the_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn million_op_batch_is_writable() {
-    use volley_store::{NewBatch, NewOp, OnFailure};
     let server = RedisServer::start().expect("start redis-server");
     let store = RedisStore::connect(&server.url()).await.expect("connect");
     let batch_id = BatchId::new("million");
@@ -127,19 +129,76 @@ async fn million_op_batch_is_writable() {
     store.shutdown().await;
 }
 
-/// Creating a small batch is one pipeline ending in `create.lua`; when
-/// Redis has lost its script cache that script fails inside the pipeline,
-/// and the store loads it and finishes the creation: the batch runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_created_after_a_script_flush_runs() {
-    use volley_store::{Completion, FailureKind, NewBatch, NewOp, OnFailure};
+/// A store on its own redis-server (kept alive by the returned guard).
+async fn connected_store() -> (RedisStore, RedisServer) {
     let server = RedisServer::start().expect("start redis-server");
     let store = RedisStore::connect(&server.url()).await.expect("connect");
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut connection = client
+    (store, server)
+}
+
+/// A plain connection to `server`, for what the store does not expose.
+async fn raw_connection(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .expect("client")
         .get_multiplexed_async_connection()
         .await
-        .expect("connect");
+        .expect("connect")
+}
+
+/// A batch of `ops` independent one-attempt ops in its own memory scope.
+fn small_batch(id: &str, ops: usize, created_ms: u64, retain_ms: u64) -> NewBatch {
+    let batch_id = BatchId::new(id);
+    let op = NewOp {
+        priority: 2,
+        max_attempts: 1,
+        ..NewOp::default()
+    };
+    NewBatch {
+        id: batch_id.clone(),
+        name: id.to_owned(),
+        memory: MemoryScope::Batch(batch_id),
+        max_parallel: 0,
+        on_failure: OnFailure::Continue,
+        created_ms,
+        deadline_ms: 0,
+        spec: b"spec".to_vec(),
+        ops: vec![op; ops],
+        retry_failed_sequential: false,
+        retain_ms,
+    }
+}
+
+/// Claims every op of `batch_id` (all ready) at `now_ms` and records each a
+/// success a ms later; returns how many ran.
+async fn run_every_op(store: &RedisStore, batch_id: &BatchId, ops: u32, now_ms: u64) -> usize {
+    let claimed = store
+        .claim(batch_id, ops, now_ms, 60_000)
+        .await
+        .expect("claim");
+    let completions: Vec<Completion> = claimed
+        .iter()
+        .map(|claimed| Completion {
+            index: claimed.index,
+            attempt: claimed.attempt,
+            ok: true,
+            failure: FailureKind::Error,
+            ..Completion::default()
+        })
+        .collect();
+    store
+        .complete(batch_id, &completions, now_ms + 1)
+        .await
+        .expect("complete");
+    claimed.len()
+}
+
+/// Creating a small batch is one pipeline that loads `create.lua` (SCRIPT
+/// LOAD) before it runs it, so a Redis that lost its script cache creates
+/// it all the same: the batch starts and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_created_after_a_script_flush_runs() {
+    let (store, server) = connected_store().await;
+    let mut connection = raw_connection(&server).await;
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut connection)
@@ -147,25 +206,8 @@ async fn a_batch_created_after_a_script_flush_runs() {
         .expect("script flush");
     let mut receiver = store.doorbells();
     let batch_id = BatchId::new("after-flush");
-    let op = NewOp {
-        priority: 2,
-        max_attempts: 1,
-        ..NewOp::default()
-    };
     store
-        .create_batch(NewBatch {
-            id: batch_id.clone(),
-            name: "after-flush".to_owned(),
-            memory: MemoryScope::Batch(batch_id.clone()),
-            max_parallel: 0,
-            on_failure: OnFailure::Continue,
-            created_ms: 1_000,
-            deadline_ms: 0,
-            spec: b"spec".to_vec(),
-            ops: vec![op.clone(), op],
-            retry_failed_sequential: false,
-            retain_ms: 0,
-        })
+        .create_batch(small_batch("after-flush", 2, 1_000, 0))
         .await
         .expect("create after a script flush");
     assert!(
@@ -184,29 +226,7 @@ async fn a_batch_created_after_a_script_flush_runs() {
     })
     .await;
     assert!(started.is_ok(), "no Started bell");
-    let claimed = store
-        .claim(&batch_id, 2, 1_001, 60_000)
-        .await
-        .expect("claim");
-    assert_eq!(claimed.len(), 2);
-    let completions: Vec<Completion> = claimed
-        .iter()
-        .map(|claimed| Completion {
-            index: claimed.index,
-            attempt: claimed.attempt,
-            ok: true,
-            failure: FailureKind::Error,
-            retry_after_ms: 0,
-            output: String::new(),
-            error: String::new(),
-            details_json: String::new(),
-            ..Completion::default()
-        })
-        .collect();
-    store
-        .complete(&batch_id, &completions, 1_002)
-        .await
-        .expect("complete");
+    assert_eq!(run_every_op(&store, &batch_id, 2, 1_001).await, 2);
     let status = store.meta(&batch_id).await.expect("meta").expect("exists");
     assert_eq!(status.succeeded, 2);
     store.shutdown().await;
@@ -217,54 +237,18 @@ async fn a_batch_created_after_a_script_flush_runs() {
 /// keeps the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_drops_expired_batches_from_the_index() {
-    use volley_store::{Completion, FailureKind, NewBatch, NewOp, OnFailure};
-    let server = RedisServer::start().expect("start redis-server");
-    let store = RedisStore::connect(&server.url()).await.expect("connect");
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let op = NewOp {
-        priority: 2,
-        max_attempts: 1,
-        ..NewOp::default()
-    };
-    let mut ids = Vec::new();
+    let (store, server) = connected_store().await;
+    let mut connection = raw_connection(&server).await;
     for (number, retain_ms) in [50, 50, 0, 50].into_iter().enumerate() {
-        let batch_id = BatchId::new(format!("prune-{number}"));
-        store
-            .create_batch(NewBatch {
-                id: batch_id.clone(),
-                name: String::new(),
-                memory: MemoryScope::Batch(batch_id.clone()),
-                max_parallel: 0,
-                on_failure: OnFailure::Continue,
-                created_ms: 1_000 + number as u64,
-                deadline_ms: 0,
-                spec: b"spec".to_vec(),
-                ops: vec![op.clone()],
-                retry_failed_sequential: false,
-                retain_ms,
-            })
-            .await
-            .expect("create");
-        let claimed = store
-            .claim(&batch_id, 1, 2_000, 60_000)
-            .await
-            .expect("claim");
-        let completion = Completion {
-            index: claimed[0].index,
-            attempt: claimed[0].attempt,
-            ok: true,
-            failure: FailureKind::Error,
-            ..Completion::default()
-        };
-        store
-            .complete(&batch_id, &[completion], 2_001)
-            .await
-            .expect("complete");
-        ids.push(batch_id);
+        let batch = small_batch(
+            &format!("prune-{number}"),
+            1,
+            1_000 + number as u64,
+            retain_ms,
+        );
+        let batch_id = batch.id.clone();
+        store.create_batch(batch).await.expect("create");
+        assert_eq!(run_every_op(&store, &batch_id, 1, 2_000).await, 1);
     }
     // As the safety-net TTL would (a batch no coordinator deleted): the
     // records of three of them are gone.
@@ -297,37 +281,12 @@ async fn prune_drops_expired_batches_from_the_index() {
 /// its memory (a chunked value's chunks included), not its expiry entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_expired_leaves_no_key_of_the_batch() {
-    use volley_store::{Completion, FailureKind, NewBatch, NewOp, OnFailure, PutOptions};
-    let server = RedisServer::start().expect("start redis-server");
-    let store = RedisStore::connect(&server.url()).await.expect("connect");
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let batch_id = BatchId::new("dropped");
-    let scope = MemoryScope::Batch(batch_id.clone());
-    let op = NewOp {
-        priority: 2,
-        max_attempts: 1,
-        ..NewOp::default()
-    };
-    store
-        .create_batch(NewBatch {
-            id: batch_id.clone(),
-            name: String::new(),
-            memory: scope.clone(),
-            max_parallel: 0,
-            on_failure: OnFailure::Continue,
-            created_ms: 1_000,
-            deadline_ms: 0,
-            spec: b"spec".to_vec(),
-            ops: vec![op.clone(), op],
-            retry_failed_sequential: false,
-            retain_ms: 5_000,
-        })
-        .await
-        .expect("create");
+    let (store, server) = connected_store().await;
+    let mut connection = raw_connection(&server).await;
+    let batch = small_batch("dropped", 2, 1_000, 5_000);
+    let batch_id = batch.id.clone();
+    let scope = batch.memory.clone();
+    store.create_batch(batch).await.expect("create");
     store
         .memory_put(
             &scope,
@@ -338,24 +297,7 @@ async fn drop_expired_leaves_no_key_of_the_batch() {
         )
         .await
         .expect("put");
-    let claimed = store
-        .claim(&batch_id, 2, 1_001, 60_000)
-        .await
-        .expect("claim");
-    let completions: Vec<Completion> = claimed
-        .iter()
-        .map(|claimed| Completion {
-            index: claimed.index,
-            attempt: claimed.attempt,
-            ok: true,
-            failure: FailureKind::Error,
-            ..Completion::default()
-        })
-        .collect();
-    store
-        .complete(&batch_id, &completions, 1_002)
-        .await
-        .expect("complete");
+    assert_eq!(run_every_op(&store, &batch_id, 2, 1_001).await, 2);
     let count_keys = |mut connection: redis::aio::MultiplexedConnection| async move {
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg("volley:{b:dropped}:*")
@@ -381,13 +323,8 @@ async fn drop_expired_leaves_no_key_of_the_batch() {
 /// of 1-byte items, gone when the gauge is 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ready_gauge_is_a_list_of_that_length() {
-    let server = RedisServer::start().expect("start redis-server");
-    let store = RedisStore::connect(&server.url()).await.expect("connect");
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let (store, server) = connected_store().await;
+    let mut connection = raw_connection(&server).await;
     let key = volley_store::keys::QUEUE_READY;
     assert_eq!(key, "volley:queue:ready");
     for total in [2_500u64, 40, 0, 1] {
