@@ -41,6 +41,11 @@ local PRIORITY_LEVELS = 4
 local function k_ready(priority) return P .. 'ready:' .. priority end
 local function k_waiters(key) return P .. 'waiters:' .. key end
 local function k_mem(key) return P .. 'mem:' .. key end
+local function k_chunk(gen, number) return P .. 'chunk:' .. gen .. ':' .. number end
+-- A memory scope's index of keys, change log and its counter.
+local K_MKEYS = P .. 'mkeys'
+local K_CHANGES = P .. 'changes'
+local K_REVISION = P .. 'revision'
 
 local function ring()
   redis.call('PUBLISH', CHANNEL, 'b:' .. BATCH)
@@ -486,6 +491,25 @@ local function start_sequential_pass(failed)
   return became_ready
 end
 
+-- Calls visit(key, what) for every key of the batch's own memory scope:
+-- what = 'value' (a value, or one chunk of a large one), 'waiters' (its
+-- waiters set) or 'index' (the scope's key index, change log, counter).
+-- Nothing when the batch's memory is a shared namespace.
+local function each_own_memory_key(visit)
+  if redis.call('HGET', K_META, 'memory') ~= 'b' then return end
+  for _, key in ipairs(redis.call('ZRANGE', K_MKEYS, 0, -1)) do
+    local chunked = redis.call('HMGET', k_mem(key), 'gen', 'n')
+    visit(k_mem(key), 'value')
+    visit(k_waiters(key), 'waiters')
+    if chunked[1] and chunked[1] ~= '' then
+      for number = 0, tonumber(chunked[2] or '0') - 1 do
+        visit(k_chunk(chunked[1], number), 'value')
+      end
+    end
+  end
+  for _, key in ipairs({K_MKEYS, K_CHANGES, K_REVISION}) do visit(key, 'index') end
+end
+
 -- Retention's safety net: a finished batch's records, and its own memory
 -- scope, expire `retain` ms from now. A memory value with a sooner expiry of its own
 -- keeps it (PEXPIRE … LT). What a finished batch still holds per op is its
@@ -495,21 +519,13 @@ local function expire_finished(retain)
       K_SPEC_ADDED}) do
     redis.call('PEXPIRE', key, retain)
   end
-  if redis.call('HGET', K_META, 'memory') ~= 'b' then return end
-  local mkeys = P .. 'mkeys'
-  for _, key in ipairs(redis.call('ZRANGE', mkeys, 0, -1)) do
-    local mem = P .. 'mem:' .. key
-    local chunked = redis.call('HMGET', mem, 'gen', 'n')
-    redis.call('PEXPIRE', mem, retain, 'LT')
-    if chunked[1] and chunked[1] ~= '' then
-      for number = 0, tonumber(chunked[2] or '0') - 1 do
-        redis.call('PEXPIRE', P .. 'chunk:' .. chunked[1] .. ':' .. number, retain, 'LT')
-      end
+  each_own_memory_key(function(key, what)
+    if what == 'value' then
+      redis.call('PEXPIRE', key, retain, 'LT')
+    elseif what == 'index' then
+      redis.call('PEXPIRE', key, retain)
     end
-  end
-  for _, key in ipairs({mkeys, P .. 'changes', P .. 'revision'}) do
-    redis.call('PEXPIRE', key, retain)
-  end
+  end)
 end
 
 -- Finishes the batch when every op has ended. Returns the batch state code,

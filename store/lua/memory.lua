@@ -15,11 +15,6 @@
 local MEM_BELL = ARGV[4]
 local CHANGE_CAP = ARGV[5]
 local CHANGE_VALUE_LIMIT = 65536
-local K_MKEYS = P .. 'mkeys'
-local K_CHANGES = P .. 'changes'
-local K_REVISION = P .. 'revision'
-
-local function k_chunk(gen, number) return P .. 'chunk:' .. gen .. ':' .. number end
 
 local function drop_chunks(gen, count)
   if not gen or gen == '' then return end

@@ -4,7 +4,7 @@
 -- ARGV[1..3] channel, batch id or '', now (unused)
 -- ARGV[4]  ZRANGEBYLEX min  ARGV[5] max  ARGV[6] prefix  ARGV[7] limit
 -- Returns: a flat list key, version, size, content type, expires_at_ms, ...
-local index = P .. 'mkeys'
+local index = K_MKEYS
 local low, high, prefix, limit = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
 local page = math.max(limit, 64)
 local out, found = {}, 0
