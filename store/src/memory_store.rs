@@ -316,17 +316,6 @@ struct PackedEvent {
     batch_state: Option<BatchState>,
 }
 
-/// The retry policy of an op that has none of its own.
-const DEFAULT_RETRY: RetryPolicy = RetryPolicy {
-    on_failure: true,
-    on_timeout: true,
-    on_lost_worker: true,
-    backoff_initial_ms: 0,
-    backoff_max_ms: 0,
-    backoff_multiplier: 2.0,
-    backoff_jitter: true,
-};
-
 impl OpData {
     fn new(op: &NewOp, dependents: Vec<u32>, since_ms: u64) -> OpData {
         let (all, any) = wait_keys(op);
@@ -346,7 +335,7 @@ impl OpData {
             pending: pending_count(op),
             handed_back: 0,
             dependents,
-            retry: (op.retry != DEFAULT_RETRY).then(|| Box::new(op.retry.clone())),
+            retry: (op.retry != RetryPolicy::DEFAULT).then(|| Box::new(op.retry.clone())),
             waits,
             record: Record::new(OpState::Waiting, 0),
         }
@@ -357,7 +346,7 @@ impl OpData {
     }
 
     fn retry(&self) -> &RetryPolicy {
-        self.retry.as_deref().unwrap_or(&DEFAULT_RETRY)
+        self.retry.as_deref().unwrap_or(&RetryPolicy::DEFAULT)
     }
 }
 
@@ -2352,11 +2341,6 @@ fn store_as(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_default_retry_policy_is_the_models() {
-        assert_eq!(DEFAULT_RETRY, RetryPolicy::default());
-    }
 
     #[test]
     fn per_op_state_stays_small() {

@@ -243,17 +243,23 @@ pub struct RetryPolicy {
     pub backoff_jitter: bool,
 }
 
+impl RetryPolicy {
+    /// The policy of an op that has none of its own: retry every kind of
+    /// failure at once (`Default` too, as a constant the stores can borrow).
+    pub const DEFAULT: RetryPolicy = RetryPolicy {
+        on_failure: true,
+        on_timeout: true,
+        on_lost_worker: true,
+        backoff_initial_ms: 0,
+        backoff_max_ms: 0,
+        backoff_multiplier: 2.0,
+        backoff_jitter: true,
+    };
+}
+
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            on_failure: true,
-            on_timeout: true,
-            on_lost_worker: true,
-            backoff_initial_ms: 0,
-            backoff_max_ms: 0,
-            backoff_multiplier: 2.0,
-            backoff_jitter: true,
-        }
+        RetryPolicy::DEFAULT
     }
 }
 
