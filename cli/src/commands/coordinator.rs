@@ -57,25 +57,14 @@ pub struct CoordinatorArgs {
     /// stay in Redis before they expire ("0s": until deleted).
     #[arg(long, env = "VOLLEY_RETAIN_FINISHED", default_value = "24h", value_parser = humantime::parse_duration)]
     pub retain_finished: std::time::Duration,
-    /// Stop (as on SIGTERM) when stdin reaches its end: how `volley up`'s
-    /// children learn that `volley up` died.
-    #[arg(
-        long,
-        env = "VOLLEY_STOP_ON_STDIN_EOF",
-        default_value_t = false,
-        hide = true
-    )]
-    pub stop_on_stdin_eof: bool,
-    /// Serve Prometheus metrics on this address (`GET /metrics`); off
-    /// without it.
-    #[arg(long, env = "VOLLEY_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub role: super::RoleArgs,
 }
 
 pub async fn run(args: CoordinatorArgs) -> Exit {
     telemetry::init("info");
     let shutdown = CancellationToken::new();
-    if args.stop_on_stdin_eof {
+    if args.role.stop_on_stdin_eof {
         let stop = shutdown.clone();
         tokio::spawn(async move {
             super::stdin_closed().await;
@@ -115,11 +104,8 @@ pub async fn run(args: CoordinatorArgs) -> Exit {
             return Exit::Invalid;
         }
     };
-    if let Some(address) = args.metrics_listen
-        && let Err(error) = telemetry::install_metrics(address, telemetry::Component::Coordinator)
-    {
-        eprintln!("error: --metrics-listen {address}: {error}");
-        return Exit::Invalid;
+    if let Err(exit) = args.role.install_metrics(telemetry::Component::Coordinator) {
+        return exit;
     }
     serve(Arc::new(store), config, listener, shutdown).await
 }

@@ -33,6 +33,41 @@ impl BatchOverrides {
     }
 }
 
+/// Flags of the long-running roles (`coordinator`, `worker`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RoleArgs {
+    /// Stop (as on SIGTERM; a worker drains) when stdin reaches its end:
+    /// how `volley up`'s children learn that `volley up` died.
+    #[arg(
+        long,
+        env = "VOLLEY_STOP_ON_STDIN_EOF",
+        default_value_t = false,
+        hide = true
+    )]
+    pub stop_on_stdin_eof: bool,
+    /// Serve Prometheus metrics on this address (`GET /metrics`); off
+    /// without it.
+    #[arg(long, env = "VOLLEY_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl RoleArgs {
+    /// Serves the metrics endpoint when `--metrics-listen` asks for it; a
+    /// taken address is an invalid command line.
+    pub fn install_metrics(
+        &self,
+        component: crate::telemetry::Component,
+    ) -> Result<(), crate::exit::Exit> {
+        if let Some(address) = self.metrics_listen
+            && let Err(error) = crate::telemetry::install_metrics(address, component)
+        {
+            eprintln!("error: --metrics-listen {address}: {error}");
+            return Err(crate::exit::Exit::Invalid);
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     #[default]

@@ -47,19 +47,8 @@ pub struct WorkerArgs {
     /// the worker takes work, NOT_SERVING once it drains.
     #[arg(long, env = "VOLLEY_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
-    /// Stop (drain, as on SIGTERM) when stdin reaches its end: how `volley
-    /// up`'s children learn that `volley up` died.
-    #[arg(
-        long,
-        env = "VOLLEY_STOP_ON_STDIN_EOF",
-        default_value_t = false,
-        hide = true
-    )]
-    pub stop_on_stdin_eof: bool,
-    /// Serve Prometheus metrics on this address (`GET /metrics`); off
-    /// without it.
-    #[arg(long, env = "VOLLEY_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub role: super::RoleArgs,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -81,11 +70,8 @@ pub async fn run(args: WorkerArgs) -> Exit {
         },
         None => None,
     };
-    if let Some(address) = args.metrics_listen
-        && let Err(error) = telemetry::install_metrics(address, telemetry::Component::Worker)
-    {
-        eprintln!("error: --metrics-listen {address}: {error}");
-        return Exit::Invalid;
+    if let Err(exit) = args.role.install_metrics(telemetry::Component::Worker) {
+        return exit;
     }
     let shutdown = CancellationToken::new();
     let health = match args.health_listen {
@@ -99,7 +85,7 @@ pub async fn run(args: WorkerArgs) -> Exit {
         None => None,
     };
     let signal = shutdown.clone();
-    let stop_on_stdin_eof = args.stop_on_stdin_eof;
+    let stop_on_stdin_eof = args.role.stop_on_stdin_eof;
     tokio::spawn(async move {
         tokio::select! {
             () = super::shutdown_signal() => {}
