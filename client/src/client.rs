@@ -28,18 +28,28 @@ pub struct Client {
     workers: WorkerServiceClient<Channel>,
 }
 
+/// The endpoint of `url` (`http://host:port`, or `host:port`, taken as
+/// http), with `connect_timeout` and TCP_NODELAY; and the url as completed.
+pub(crate) fn endpoint(
+    url: &str,
+    connect_timeout: Duration,
+) -> Result<(String, Endpoint), ClientError> {
+    let url = if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
+    };
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|error| ClientError::unreachable(&url, error))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true);
+    Ok((url, endpoint))
+}
+
 impl Client {
     /// Connects to a coordinator, e.g. `http://127.0.0.1:7070`.
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        let url = if url.contains("://") {
-            url.to_owned()
-        } else {
-            format!("http://{url}")
-        };
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|error| ClientError::unreachable(&url, error))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
+        let (url, endpoint) = endpoint(url, Duration::from_secs(5))?;
         let channel = endpoint
             .connect()
             .await

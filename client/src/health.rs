@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::Stream;
 use tokio_stream::StreamExt;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -71,15 +71,7 @@ impl HealthProbe {
     /// Connects to `url` (`http://host:port`, or `host:port`) within
     /// `timeout`; [`check`](HealthProbe::check) has the same deadline.
     pub async fn connect(url: &str, timeout: Duration) -> Result<HealthProbe, ClientError> {
-        let url = if url.contains("://") {
-            url.to_owned()
-        } else {
-            format!("http://{url}")
-        };
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|error| ClientError::unreachable(&url, error))?
-            .connect_timeout(timeout)
-            .tcp_nodelay(true);
+        let (url, endpoint) = crate::client::endpoint(url, timeout)?;
         let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
             Ok(Ok(channel)) => channel,
             Ok(Err(error)) => return Err(ClientError::unreachable(&url, source_chain(&error))),
