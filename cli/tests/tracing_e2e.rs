@@ -178,6 +178,31 @@ fn traced(collector: &str, schedule_delay_ms: u64) -> Command {
 /// Exported spans only reach the collector through the flush at exit.
 const FLUSH_AT_EXIT_ONLY: u64 = 600_000;
 
+/// `volley submit FILE --watch --output json` against `url` as a traced
+/// client whose spans leave at its exit, sampling with `sampler` when given.
+async fn submit_watched(
+    collector: &str,
+    file: &std::path::Path,
+    url: &str,
+    sampler: Option<&str>,
+) -> std::process::Output {
+    let mut command = traced(collector, FLUSH_AT_EXIT_ONLY);
+    if let Some(sampler) = sampler {
+        command.env("OTEL_TRACES_SAMPLER", sampler);
+    }
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        command
+            .args(["submit", &file.to_string_lossy(), "--coordinator", url])
+            .args(["--watch", "--output", "json"])
+            .stdout(Stdio::piped())
+            .output(),
+    )
+    .await
+    .expect("volley submit --watch ends")
+    .expect("volley submit runs")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_batch_is_one_trace_from_client_to_workers() {
     let shutdown = CancellationToken::new();
@@ -228,17 +253,7 @@ ops:
     after: [b]
 "#,
     );
-    let submitted = tokio::time::timeout(
-        Duration::from_secs(60),
-        traced(&collector_url, FLUSH_AT_EXIT_ONLY)
-            .args(["submit", &chain.to_string_lossy(), "--coordinator", &url])
-            .args(["--watch", "--output", "json"])
-            .stdout(Stdio::piped())
-            .output(),
-    )
-    .await
-    .expect("volley submit --watch ends")
-    .expect("volley submit runs");
+    let submitted = submit_watched(&collector_url, &chain, &url, None).await;
     let report: serde_json::Value =
         serde_json::from_slice(&submitted.stdout).expect("a JSON report");
     assert!(submitted.status.success(), "batch failed: {report}");
@@ -263,17 +278,7 @@ ops:
             traceparent_file.display()
         ),
     );
-    let failed = tokio::time::timeout(
-        Duration::from_secs(60),
-        traced(&collector_url, FLUSH_AT_EXIT_ONLY)
-            .args(["submit", &failing.to_string_lossy(), "--coordinator", &url])
-            .args(["--watch", "--output", "json"])
-            .stdout(Stdio::piped())
-            .output(),
-    )
-    .await
-    .expect("volley submit --watch ends")
-    .expect("volley submit runs");
+    let failed = submit_watched(&collector_url, &failing, &url, None).await;
     assert_eq!(failed.status.code(), Some(1), "the failing batch fails");
 
     // SIGTERM: the workers drain, then flush their spans before exiting.
@@ -478,33 +483,12 @@ async fn a_batch_its_client_sampled_out_is_not_recorded_anywhere() {
         "pair.yaml",
         "name: sampled-out\nops:\n  - {id: a, kind: noop}\n  - {id: b, kind: noop, after: [a]}\n",
     );
-    let submitted = tokio::time::timeout(
-        Duration::from_secs(60),
-        traced(&collector_url, FLUSH_AT_EXIT_ONLY)
-            .env("OTEL_TRACES_SAMPLER", "always_off")
-            .args(["submit", &file.to_string_lossy(), "--coordinator", &url])
-            .args(["--watch", "--output", "json"])
-            .stdout(Stdio::piped())
-            .output(),
-    )
-    .await
-    .expect("volley submit --watch ends")
-    .expect("volley submit runs");
+    let submitted = submit_watched(&collector_url, &file, &url, Some("always_off")).await;
     assert!(submitted.status.success(), "volley submit: {submitted:?}");
     let sampled_out: serde_json::Value =
         serde_json::from_slice(&submitted.stdout).expect("a JSON report");
     // The same batch again, sampled: what the first must not have.
-    let sampled = tokio::time::timeout(
-        Duration::from_secs(60),
-        traced(&collector_url, FLUSH_AT_EXIT_ONLY)
-            .args(["submit", &file.to_string_lossy(), "--coordinator", &url])
-            .args(["--watch", "--output", "json"])
-            .stdout(Stdio::piped())
-            .output(),
-    )
-    .await
-    .expect("volley submit --watch ends")
-    .expect("volley submit runs");
+    let sampled = submit_watched(&collector_url, &file, &url, None).await;
     assert!(sampled.status.success(), "volley submit: {sampled:?}");
     let sampled: serde_json::Value =
         serde_json::from_slice(&sampled.stdout).expect("a JSON report");
