@@ -27,7 +27,7 @@
 //! `NOT_OWNER_REPLY`, mapped to [`StoreError::NotOwner`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -178,6 +178,9 @@ struct Shared {
     listener: Mutex<Option<JoinHandle<()>>>,
     /// Changes kept per memory scope (see [`RedisStore::with_change_log_cap`]).
     change_log_cap: AtomicU64,
+    /// `create.lua` is in Redis's script cache as far as we know: the
+    /// one-pipeline creation then runs it without loading it first.
+    create_loaded: AtomicBool,
 }
 
 impl Drop for Shared {
@@ -227,6 +230,7 @@ impl RedisStore {
                 listener_shutdown,
                 listener: Mutex::new(Some(listener)),
                 change_log_cap: AtomicU64::new(DEFAULT_CHANGE_LOG_CAP),
+                create_loaded: AtomicBool::new(false),
             }),
         })
     }
@@ -1100,17 +1104,40 @@ impl Store for RedisStore {
             let mut pipe = write_ops_pipe(&batch, 0, &batch.ops);
             pipe.set(keys::spec(&batch.id), &batch.spec).ignore();
             // EVALSHA inside a pipeline cannot fall back to loading the
-            // script, so the pipeline loads it first: a hash lookup when
-            // it is cached already, and no NOSCRIPT after a Redis restart.
-            pipe.cmd("SCRIPT").arg("LOAD").arg(CREATE_LUA).ignore();
+            // script: the first creation loads it first (26 KB sent and
+            // hashed, so not on every submit).
+            if !self.shared.create_loaded.load(Ordering::Relaxed) {
+                pipe.cmd("SCRIPT").arg("LOAD").arg(CREATE_LUA).ignore();
+            }
             pipe.invoke_script(&create).ignore();
             pipe.zadd(keys::BATCHES, batch.id.as_str(), batch.created_ms)
                 .ignore();
             pipe.sadd(keys::ACTIVE, batch.id.as_str()).ignore();
             pipe.publish(keys::DOORBELL_CHANNEL, keys::started_bell(&batch.id))
                 .ignore();
-            let _: () = pipe.query_async(&mut connection).await?;
-            return Ok(());
+            match pipe.query_async::<()>(&mut connection).await {
+                Ok(()) => {
+                    self.shared.create_loaded.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
+                // Redis lost its script cache (restarted from its AOF, or
+                // SCRIPT FLUSH): the pipeline's writes went through, only
+                // `create.lua` did not. Load and run it, then announce the
+                // batch again (the active set and the bell are idempotent;
+                // the first `Started` rang before the batch opened, which a
+                // coordinator's claim rides out: it finds nothing running).
+                Err(error)
+                    if error.kind()
+                        == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    self.shared.create_loaded.store(false, Ordering::Relaxed);
+                    let _: String = create.invoke_async(&mut connection).await?;
+                    self.shared.create_loaded.store(true, Ordering::Relaxed);
+                    self.publish_bell(keys::started_bell(&batch.id)).await?;
+                    return Ok(());
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
 
         let _: () = connection.set(keys::spec(&batch.id), &batch.spec).await?;
