@@ -10,7 +10,7 @@
 //! `lua/common.lua`, which is the scripts' half of this module.
 //!
 //! Batch keys:
-//! - `meta` (hash): name, state, created_ms, finished_ms, max_parallel,
+//! - `meta` (hash): name, tenant, state, created_ms, finished_ms, max_parallel,
 //!   on_failure, total, the counters, error,
 //!   `deadline_ms` (0: none), the flags `cancel_requested` /
 //!   `fail_fast_fired` / `deadline_fired`, `retry_failed` (1: a sequential
@@ -26,6 +26,8 @@
 //! - `info` (hash index → `priority|run_if_always|max_attempts|retry|d1,d2,…`,
 //!   retry = `<on_failure><on_timeout><on_lost_worker>,<initial_ms>,<max_ms>,<multiplier>,<jitter>`).
 //! - `handed_back` (hash index → attempts handed back by `return_ops`; absent = 0).
+//! - `holders` (hash index → `<attempt>|<holder>`: the worker identity whose
+//!   coordinator last renewed that attempt's lease; `adopt` checks it).
 //! - `leases` (sorted set: running op index scored by its lease deadline).
 //! - `delayed` (sorted set: index of an op waiting out a retry backoff, state
 //!   Ready but on no ready queue, scored by when it becomes ready).
@@ -56,7 +58,7 @@
 //!
 //! When a batch finishes, the keys only a running batch needs go (`leases`,
 //! `delayed`, `info`, `pending`, `arrived`, `any_done`, `deadlines`,
-//! `waitinfo`, `handed_back`, the ready queues): a finished op keeps its
+//! `waitinfo`, `handed_back`, `holders`, the ready queues): a finished op keeps its
 //! state, attempts, result, events and spec.
 //!
 //! Memory scope keys live under the scope's prefix ([`scope_prefix`]): the
@@ -72,7 +74,8 @@
 //! - `waiters:<key>` (set of `<batch>|<op>|<key>|<all|any>`).
 //!
 //! Global keys: [`EPOCH`], [`BATCHES`], [`EXPIRING`], [`ACTIVE`], [`WORKERS`],
-//! [`QUEUE_READY`], channel [`DOORBELL_CHANNEL`].
+//! [`QUEUE_READY`], the token keys ([`TOKENS`] and its companions), channel
+//! [`DOORBELL_CHANNEL`].
 
 use volley_proto::BatchId;
 
@@ -137,6 +140,20 @@ pub const LEASES: &str = "leases";
 pub const DELAYED: &str = "delayed";
 pub const HANDED_BACK: &str = "handed_back";
 pub const OWNER: &str = "owner";
+pub const HOLDERS: &str = "holders";
+
+/// Hash of every API token: field = token id, value = its
+/// [`crate::TokenRecord`] as JSON (a hash of the token, never the token).
+/// The token keys share the hash tag `{tokens}`: one slot, so
+/// `revoke_token.lua` may touch them together.
+pub const TOKENS: &str = "volley:{tokens}";
+/// Hash token id → unix ms of its revocation.
+pub const TOKENS_REVOKED: &str = "volley:{tokens}:revoked";
+/// Hash token id → unix ms it was last used (written at most once a minute
+/// per token and coordinator).
+pub const TOKENS_USED: &str = "volley:{tokens}:used";
+/// Counter bumped by every revocation; coordinators poll it.
+pub const TOKENS_REVOCATIONS: &str = "volley:{tokens}:revocations";
 
 /// `volley:{b:<batch>}:` — the prefix of every key of the batch.
 pub fn batch_prefix(batch: &BatchId) -> String {

@@ -59,6 +59,8 @@ pub enum StoreError {
     },
     #[error("batch {batch} cannot grow: {reason}")]
     CannotAddOps { batch: BatchId, reason: String },
+    #[error("token id {0} is taken")]
+    TokenExists(String),
     /// A verb that takes a [`Fence`] was called with one that is not the
     /// batch's current live hold: another coordinator took the batch over
     /// (or the hold ran out or was released). Nothing was changed.
@@ -107,6 +109,7 @@ impl StoreError {
             | StoreError::NotAnInteger { .. }
             | StoreError::ChangesTrimmed { .. }
             | StoreError::CannotAddOps { .. }
+            | StoreError::TokenExists(_)
             | StoreError::NotOwner { .. } => false,
         }
     }
@@ -202,7 +205,20 @@ pub trait Store: Send + Sync + 'static {
     async fn renew_leases(
         &self,
         batch: &BatchId,
+        ops: &[Lease],
+        lease_until_ms: u64,
+    ) -> StoreResult<Vec<Claimed>>;
+
+    /// A reconnected worker still runs these attempts: renews their leases
+    /// (as `renew_leases`) only where the op runs that attempt AND its
+    /// recorded holder (see [`Lease`]) is `holder`. Returns the refused
+    /// ones, in the order given: stale, held by another identity, or with
+    /// no holder recorded yet. `BatchNotFound` for an unknown batch.
+    async fn adopt(
+        &self,
+        batch: &BatchId,
         ops: &[Claimed],
+        holder: &str,
         lease_until_ms: u64,
     ) -> StoreResult<Vec<Claimed>>;
 
@@ -347,7 +363,7 @@ pub trait Store: Send + Sync + 'static {
     async fn events(&self, batch: &BatchId, after_seq: u64, max: u32) -> StoreResult<Vec<Event>>;
 
     /// Most recent batches first.
-    async fn list_batches(&self, limit: u32) -> StoreResult<Vec<BatchMeta>>;
+    async fn list_batches(&self, limit: u32, tenant: Option<&str>) -> StoreResult<Vec<BatchMeta>>;
 
     /// Deletes up to `max` finished batches whose retention ran out by
     /// `now_ms` (finished_ms + `NewBatch::retain_ms` ≤ now_ms): their
@@ -517,6 +533,28 @@ pub trait Store: Send + Sync + 'static {
     /// returns that length. Idempotent: coordinators that publish their view
     /// of the same queues converge on it. Touches only the gauge's own key.
     async fn publish_ready_gauge(&self, total: u64) -> StoreResult<u64>;
+
+    /// Stores a new API token's record (its hash, never the token).
+    /// `TokenExists` if its id is taken.
+    async fn create_token(&self, token: &TokenRecord) -> StoreResult<()>;
+
+    /// The token of this id, with `revoked_ms` and `last_used_ms` filled in.
+    async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>>;
+
+    /// Every token, sorted by id.
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+
+    /// Revokes a token and bumps the revocation counter
+    /// ([`Store::token_revocations`]) in one atomic step. `false` for an
+    /// unknown id; revoking twice keeps the first time.
+    async fn revoke_token(&self, id: &str, now_ms: u64) -> StoreResult<bool>;
+
+    /// Records that the token was used (for `volley token ls`).
+    async fn touch_token(&self, id: &str, now_ms: u64) -> StoreResult<()>;
+
+    /// How many revocations there have been: coordinators poll it and drop
+    /// their cache of checked tokens when it moves.
+    async fn token_revocations(&self) -> StoreResult<u64>;
 
     /// Doorbells: a batch's ready queue may have grown or its events moved
     /// (`Batch`), a memory scope changed (`Memory`), a batch entered

@@ -48,6 +48,9 @@ struct Inner {
     workers: BTreeMap<String, (u64, Vec<WorkerEntry>)>,
     /// The ready gauge's length (`publish_ready_gauge`).
     ready_gauge: u64,
+    /// API tokens by id, with `revoked_ms` and `last_used_ms` kept inline.
+    tokens: BTreeMap<String, TokenRecord>,
+    token_revocations: u64,
 }
 
 /// One memory scope: its keys, change log and waiters.
@@ -117,6 +120,9 @@ struct BatchData {
     leases: BTreeSet<(u64, u32)>,
     /// Running op → its lease deadline.
     lease_until: HashMap<u32, u64>,
+    /// Running op → (attempt, holder) of its last renewal with a holder
+    /// (see [`crate::Lease`]); `adopt` checks it.
+    holders: HashMap<u32, (u32, std::sync::Arc<str>)>,
     /// (ready-at, index) of ops waiting out a retry backoff: state Ready but
     /// on no ready queue (mirrors `retry_at`).
     delayed: BTreeSet<(u64, u32)>,
@@ -759,6 +765,13 @@ impl BatchData {
         }
     }
 
+    /// Whether the op runs exactly this attempt now.
+    fn runs(&self, claimed: Claimed) -> bool {
+        self.ops.get(claimed.index as usize).is_some_and(|op| {
+            op.record.state == OpState::Running && op.record.attempts == claimed.attempt
+        })
+    }
+
     fn set_lease(&mut self, index: u32, until: u64) {
         self.clear_lease(index);
         self.lease_until.insert(index, until);
@@ -1186,6 +1199,7 @@ impl Store for MemoryStore {
                     cancelled: 0,
                     running: 0,
                     error: String::new(),
+                    tenant: batch.tenant,
                 },
                 memory,
                 spec: batch.spec,
@@ -1195,6 +1209,7 @@ impl Store for MemoryStore {
                 deadlines,
                 leases: BTreeSet::new(),
                 lease_until: HashMap::new(),
+                holders: HashMap::new(),
                 delayed: BTreeSet::new(),
                 retry_at: HashMap::new(),
                 events: Vec::new(),
@@ -1416,23 +1431,51 @@ impl Store for MemoryStore {
     async fn renew_leases(
         &self,
         batch: &BatchId,
-        ops: &[Claimed],
+        ops: &[Lease],
         lease_until_ms: u64,
     ) -> StoreResult<Vec<Claimed>> {
         let mut inner = self.lock();
         let data = inner.batch_mut(batch)?;
         let mut stale = Vec::new();
-        for claimed in ops {
-            let running_it = data.ops.get(claimed.index as usize).is_some_and(|op| {
-                op.record.state == OpState::Running && op.record.attempts == claimed.attempt
-            });
-            if running_it {
+        for lease in ops {
+            let claimed = lease.claim;
+            if data.runs(claimed) {
                 data.set_lease(claimed.index, lease_until_ms);
+                if !lease.holder.is_empty() {
+                    data.holders
+                        .insert(claimed.index, (claimed.attempt, lease.holder.clone()));
+                }
             } else {
-                stale.push(*claimed);
+                stale.push(claimed);
             }
         }
         Ok(stale)
+    }
+
+    async fn adopt(
+        &self,
+        batch: &BatchId,
+        ops: &[Claimed],
+        holder: &str,
+        lease_until_ms: u64,
+    ) -> StoreResult<Vec<Claimed>> {
+        let mut inner = self.lock();
+        let data = inner.batch_mut(batch)?;
+        let mut refused = Vec::new();
+        for claimed in ops {
+            let held = data
+                .holders
+                .get(&claimed.index)
+                .is_some_and(|(attempt, recorded)| {
+                    *attempt == claimed.attempt && &**recorded == holder
+                });
+            if held && data.runs(*claimed) {
+                data.set_lease(claimed.index, lease_until_ms);
+            } else {
+                refused.push(*claimed);
+            }
+        }
+        Ok(refused)
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch, token = fence.token))]
@@ -1613,6 +1656,7 @@ impl Store for MemoryStore {
                         cancelled: 0,
                         running: 0,
                         error: reason.to_owned(),
+                        tenant: String::new(),
                     },
                     memory: MemoryScope::Batch(batch.clone()),
                     spec: Vec::new(),
@@ -1622,6 +1666,7 @@ impl Store for MemoryStore {
                     deadlines: BTreeSet::new(),
                     leases: BTreeSet::new(),
                     lease_until: HashMap::new(),
+                    holders: HashMap::new(),
                     delayed: BTreeSet::new(),
                     retry_at: HashMap::new(),
                     events: Vec::new(),
@@ -1816,9 +1861,14 @@ impl Store for MemoryStore {
         Ok((0, 0))
     }
 
-    async fn list_batches(&self, limit: u32) -> StoreResult<Vec<BatchMeta>> {
+    async fn list_batches(&self, limit: u32, tenant: Option<&str>) -> StoreResult<Vec<BatchMeta>> {
         let inner = self.lock();
-        let mut metas: Vec<&BatchMeta> = inner.batches.values().map(|data| &data.meta).collect();
+        let mut metas: Vec<&BatchMeta> = inner
+            .batches
+            .values()
+            .map(|data| &data.meta)
+            .filter(|meta| tenant.is_none_or(|tenant| meta.tenant == tenant))
+            .collect();
         metas
             .sort_by(|left, right| (right.created_ms, &right.id).cmp(&(left.created_ms, &left.id)));
         Ok(metas.into_iter().take(limit as usize).cloned().collect())
@@ -2305,6 +2355,47 @@ impl Store for MemoryStore {
         let length = total.min(READY_GAUGE_CAP);
         self.lock().ready_gauge = length;
         Ok(length)
+    }
+
+    async fn create_token(&self, token: &TokenRecord) -> StoreResult<()> {
+        let mut inner = self.lock();
+        if inner.tokens.contains_key(&token.id) {
+            return Err(StoreError::TokenExists(token.id.clone()));
+        }
+        let mut record = token.clone();
+        record.revoked_ms = None;
+        record.last_used_ms = None;
+        inner.tokens.insert(token.id.clone(), record);
+        Ok(())
+    }
+
+    async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>> {
+        Ok(self.lock().tokens.get(id).cloned())
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        Ok(self.lock().tokens.values().cloned().collect())
+    }
+
+    async fn revoke_token(&self, id: &str, now_ms: u64) -> StoreResult<bool> {
+        let mut inner = self.lock();
+        let Some(token) = inner.tokens.get_mut(id) else {
+            return Ok(false);
+        };
+        token.revoked_ms.get_or_insert(now_ms);
+        inner.token_revocations += 1;
+        Ok(true)
+    }
+
+    async fn touch_token(&self, id: &str, now_ms: u64) -> StoreResult<()> {
+        if let Some(token) = self.lock().tokens.get_mut(id) {
+            token.last_used_ms = Some(now_ms);
+        }
+        Ok(())
+    }
+
+    async fn token_revocations(&self) -> StoreResult<u64> {
+        Ok(self.lock().token_revocations)
     }
 
     fn doorbells(&self) -> broadcast::Receiver<Doorbell> {

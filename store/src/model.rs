@@ -215,6 +215,8 @@ pub struct NewBatch {
     /// events, its own memory scope) are kept once it finished, in ms; then
     /// they expire and the batch is unknown. 0: kept until deleted.
     pub retain_ms: u64,
+    /// The submitter's tenant (see [`BatchMeta::tenant`]).
+    pub tenant: String,
 }
 
 /// The message of the `OpRetrying` event each failed op gets when its
@@ -439,6 +441,9 @@ pub struct BatchMeta {
     pub running: u32,
     /// Why the batch ended the way it did, when not all succeeded.
     pub error: String,
+    /// The tenant of the token that submitted it ("" for a store that
+    /// predates tenants: the default tenant's).
+    pub tenant: String,
 }
 
 impl BatchMeta {
@@ -545,6 +550,46 @@ pub struct WorkerEntry {
     pub slots: u32,
     /// Slots in use when published.
     pub busy: u32,
+}
+
+/// An API token as the store keeps it: never the token itself, only its
+/// SHA-256 hash (hex), with who it speaks for. `revoked_ms` and
+/// `last_used_ms` are kept apart from the record (a revocation and a use
+/// are single writes) and filled in when it is read.
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct TokenRecord {
+    /// Public, printed by `volley token ls` and in audit logs.
+    pub id: String,
+    /// SHA-256 of the whole token, lowercase hex.
+    pub hash: String,
+    /// `client`, `worker` or `admin`.
+    pub role: String,
+    pub tenant: String,
+    /// A free-form note (who it is for).
+    pub name: String,
+    pub created_ms: u64,
+    /// Unix ms after which it is refused; 0: never.
+    pub expires_ms: u64,
+    /// For a worker token: the only labels it may register (`k=v`, all of
+    /// them a subset of these); empty: any.
+    pub labels: BTreeMap<String, String>,
+    /// For a worker token: the only kinds it may register; empty: any.
+    pub kinds: Vec<String>,
+    #[serde(skip)]
+    pub revoked_ms: Option<u64>,
+    #[serde(skip)]
+    pub last_used_ms: Option<u64>,
+}
+
+/// A running attempt's lease and who holds it: the identity of the worker
+/// session running it (`<token id>/<worker id>`), so that only that
+/// identity can adopt it after a reconnect. An empty holder keeps the one
+/// recorded (a lease shortened for a worker that went away).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub claim: Claimed,
+    pub holder: std::sync::Arc<str>,
 }
 
 #[cfg(test)]

@@ -52,6 +52,9 @@ mod ready_gauge;
 /// commands, never one giant one.
 const WRITE_CHUNK: usize = 10_000;
 /// Indices per `HMGET` when reading op records back.
+/// `list_batches` looks at most this many batch ids for one tenant's page.
+const LIST_SCAN_MAX: isize = 100_000;
+
 const READ_CHUNK: usize = 10_000;
 /// Large batches make big pipelines and fail_fast/cancel scans: the client's
 /// default 500 ms response timeout is too short for them.
@@ -115,6 +118,7 @@ struct Scripts {
     add_ops: Script,
     expire_waits: Script,
     renew_leases: Script,
+    adopt: Script,
     expire_leases: Script,
     return_ops: Script,
     expire_deadline: Script,
@@ -128,6 +132,7 @@ struct Scripts {
     hold: Script,
     release: Script,
     workers: Script,
+    revoke_token: Script,
 }
 
 impl Scripts {
@@ -143,6 +148,7 @@ impl Scripts {
             add_ops: lua_script!("add_ops.lua"),
             expire_waits: lua_script!("expire_waits.lua"),
             renew_leases: lua_script!("renew_leases.lua"),
+            adopt: lua_script!("adopt.lua"),
             expire_leases: lua_script!("expire_leases.lua"),
             return_ops: lua_script!("return_ops.lua"),
             expire_deadline: lua_script!("expire_deadline.lua"),
@@ -158,6 +164,8 @@ impl Scripts {
             release: lua_script!("release.lua"),
             // Touches no batch: not prefixed with common.lua.
             workers: Script::new(include_str!("../lua/workers.lua")),
+            // Touches the token keys only, through KEYS.
+            revoke_token: Script::new(include_str!("../lua/revoke_token.lua")),
         }
     }
 }
@@ -884,6 +892,7 @@ fn parse_meta(batch: &BatchId, fields: &HashMap<String, String>) -> StoreResult<
         cancelled: number(fields, "cancelled")?,
         running: number(fields, "running")?,
         error: fields.get("error").cloned().unwrap_or_default(),
+        tenant: fields.get("tenant").cloned().unwrap_or_default(),
     }))
 }
 
@@ -1092,7 +1101,8 @@ impl Store for RedisStore {
             .arg(memory_code(&scope))
             .arg(batch.deadline_ms)
             .arg(u8::from(batch.retry_failed_sequential))
-            .arg(batch.retain_ms);
+            .arg(batch.retain_ms)
+            .arg(&batch.tenant);
 
         // A small batch without memory waits (the common case, and every
         // latency-bound one) is written, made visible and announced in one
@@ -1300,12 +1310,12 @@ impl Store for RedisStore {
     async fn renew_leases(
         &self,
         batch: &BatchId,
-        ops: &[Claimed],
+        ops: &[Lease],
         lease_until_ms: u64,
     ) -> StoreResult<Vec<Claimed>> {
         let mut connection = self.connection();
         // An empty slice still checks that the batch exists.
-        let chunks: Vec<&[Claimed]> = if ops.is_empty() {
+        let chunks: Vec<&[Lease]> = if ops.is_empty() {
             vec![ops]
         } else {
             ops.chunks(WRITE_CHUNK).collect()
@@ -1314,8 +1324,11 @@ impl Store for RedisStore {
         for chunk in chunks {
             let mut invocation = batch_invocation(&self.shared.scripts.renew_leases, batch, 0);
             invocation.arg(lease_until_ms);
-            for claimed in chunk {
-                invocation.arg(claimed.index).arg(claimed.attempt);
+            for lease in chunk {
+                invocation
+                    .arg(lease.claim.index)
+                    .arg(lease.claim.attempt)
+                    .arg(&*lease.holder);
             }
             let reply: Value = invocation.invoke_async(&mut connection).await?;
             if let Value::Int(-1) = reply {
@@ -1325,6 +1338,37 @@ impl Store for RedisStore {
             stale.extend(claimed_pairs(&values)?);
         }
         Ok(stale)
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %batch, ops = ops.len()))]
+    async fn adopt(
+        &self,
+        batch: &BatchId,
+        ops: &[Claimed],
+        holder: &str,
+        lease_until_ms: u64,
+    ) -> StoreResult<Vec<Claimed>> {
+        let mut connection = self.connection();
+        let chunks: Vec<&[Claimed]> = if ops.is_empty() {
+            vec![ops]
+        } else {
+            ops.chunks(WRITE_CHUNK).collect()
+        };
+        let mut refused = Vec::new();
+        for chunk in chunks {
+            let mut invocation = batch_invocation(&self.shared.scripts.adopt, batch, 0);
+            invocation.arg(lease_until_ms).arg(holder);
+            for claimed in chunk {
+                invocation.arg(claimed.index).arg(claimed.attempt);
+            }
+            let reply: Value = invocation.invoke_async(&mut connection).await?;
+            if let Value::Int(-1) = reply {
+                return Err(StoreError::BatchNotFound(batch.clone()));
+            }
+            let values: Vec<i64> = redis::from_redis_value(reply).map_err(corrupt)?;
+            refused.extend(claimed_pairs(&values)?);
+        }
+        Ok(refused)
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch, token = fence.token))]
@@ -1584,26 +1628,37 @@ impl Store for RedisStore {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn list_batches(&self, limit: u32) -> StoreResult<Vec<BatchMeta>> {
+    async fn list_batches(&self, limit: u32, tenant: Option<&str>) -> StoreResult<Vec<BatchMeta>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let mut connection = self.connection();
-        let ids: Vec<String> = connection
-            .zrevrange(keys::BATCHES, 0, limit as isize - 1)
-            .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.hgetall(keys::meta(&BatchId::new(id.as_str())));
-        }
-        let metas: Vec<HashMap<String, String>> = pipe.query_async(&mut connection).await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for (id, fields) in ids.into_iter().zip(metas) {
-            if let Some(meta) = parse_meta(&BatchId::new(id), &fields)? {
-                out.push(meta);
+        let mut out = Vec::with_capacity(limit as usize);
+        // Newest first, a page at a time: a tenant's batches may be spread
+        // thin among everyone's, so the scan goes on until `limit` of
+        // theirs are found (at most LIST_SCAN_MAX ids in all).
+        let page = (limit as isize).max(100);
+        let mut start: isize = 0;
+        while out.len() < limit as usize && start < LIST_SCAN_MAX {
+            let ids: Vec<String> = connection
+                .zrevrange(keys::BATCHES, start, start + page - 1)
+                .await?;
+            if ids.is_empty() {
+                break;
+            }
+            start += ids.len() as isize;
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.hgetall(keys::meta(&BatchId::new(id.as_str())));
+            }
+            let metas: Vec<HashMap<String, String>> = pipe.query_async(&mut connection).await?;
+            for (id, fields) in ids.into_iter().zip(metas) {
+                if let Some(meta) = parse_meta(&BatchId::new(id), &fields)?
+                    && tenant.is_none_or(|tenant| meta.tenant == tenant)
+                    && out.len() < limit as usize
+                {
+                    out.push(meta);
+                }
             }
         }
         Ok(out)
@@ -2139,6 +2194,88 @@ impl Store for RedisStore {
     #[tracing::instrument(skip_all, fields(total))]
     async fn publish_ready_gauge(&self, total: u64) -> StoreResult<u64> {
         self.write_ready_gauge(total).await
+    }
+
+    #[tracing::instrument(skip_all, fields(token = %token.id))]
+    async fn create_token(&self, token: &TokenRecord) -> StoreResult<()> {
+        let record = serde_json::to_string(token).map_err(corrupt)?;
+        let created: bool = self
+            .connection()
+            .hset_nx(keys::TOKENS, &token.id, record)
+            .await?;
+        if created {
+            Ok(())
+        } else {
+            Err(StoreError::TokenExists(token.id.clone()))
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(token = id))]
+    async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>> {
+        let mut pipe = redis::pipe();
+        pipe.hget(keys::TOKENS, id)
+            .hget(keys::TOKENS_REVOKED, id)
+            .hget(keys::TOKENS_USED, id);
+        let (record, revoked, used): (Option<String>, Option<u64>, Option<u64>) =
+            pipe.query_async(&mut self.connection()).await?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let mut token: TokenRecord = serde_json::from_str(&record).map_err(corrupt)?;
+        token.revoked_ms = revoked;
+        token.last_used_ms = used;
+        Ok(Some(token))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        let mut pipe = redis::pipe();
+        pipe.hgetall(keys::TOKENS)
+            .hgetall(keys::TOKENS_REVOKED)
+            .hgetall(keys::TOKENS_USED);
+        let (records, revoked, used): (
+            BTreeMap<String, String>,
+            HashMap<String, u64>,
+            HashMap<String, u64>,
+        ) = pipe.query_async(&mut self.connection()).await?;
+        records
+            .into_values()
+            .map(|record| {
+                let mut token: TokenRecord = serde_json::from_str(&record).map_err(corrupt)?;
+                token.revoked_ms = revoked.get(&token.id).copied();
+                token.last_used_ms = used.get(&token.id).copied();
+                Ok(token)
+            })
+            .collect()
+    }
+
+    #[tracing::instrument(skip_all, fields(token = id))]
+    async fn revoke_token(&self, id: &str, now_ms: u64) -> StoreResult<bool> {
+        let revoked: i64 = self
+            .shared
+            .scripts
+            .revoke_token
+            .key(keys::TOKENS)
+            .key(keys::TOKENS_REVOKED)
+            .key(keys::TOKENS_REVOCATIONS)
+            .arg(id)
+            .arg(now_ms)
+            .invoke_async(&mut self.connection())
+            .await?;
+        Ok(revoked == 1)
+    }
+
+    async fn touch_token(&self, id: &str, now_ms: u64) -> StoreResult<()> {
+        let _: i64 = self
+            .connection()
+            .hset(keys::TOKENS_USED, id, now_ms)
+            .await?;
+        Ok(())
+    }
+
+    async fn token_revocations(&self) -> StoreResult<u64> {
+        let count: Option<u64> = self.connection().get(keys::TOKENS_REVOCATIONS).await?;
+        Ok(count.unwrap_or(0))
     }
 
     fn doorbells(&self) -> broadcast::Receiver<Doorbell> {

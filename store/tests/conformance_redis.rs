@@ -115,6 +115,7 @@ async fn million_op_batch_is_writable() {
             ops,
             retry_failed_sequential: false,
             retain_ms: 0,
+            tenant: String::new(),
         })
         .await
         .expect("create");
@@ -165,6 +166,7 @@ fn small_batch(id: &str, ops: usize, created_ms: u64, retain_ms: u64) -> NewBatc
         ops: vec![op; ops],
         retry_failed_sequential: false,
         retain_ms,
+        tenant: String::new(),
     }
 }
 
