@@ -1,6 +1,7 @@
 """Submit a batch from a dict, watch its events, print its results.
 
-Usage: python quickstart.py [ADDRESS]  (default: $VOLLEY_COORDINATOR or 127.0.0.1:7070)
+Usage: python quickstart.py [URL]  (default: $VOLLEY_COORDINATOR or 127.0.0.1:7070;
+the token from $VOLLEY_TOKEN or $VOLLEY_TOKEN_FILE)
 """
 import sys
 

@@ -1,5 +1,6 @@
 """Fixtures: one real cluster (redis-server, a coordinator, two workers) for
-the whole session, and a client connected to it per test."""
+the whole session, and a client connected to it per test (with the
+cluster's admin token once the binary has authentication)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture
 def client(cluster: Cluster) -> Iterator[Client]:
-    with Client(cluster.address, timeout=30) as connected:
+    with cluster.client(timeout=30) as connected:
         yield connected
 
 

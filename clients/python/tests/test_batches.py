@@ -300,7 +300,7 @@ def test_why(client: Client) -> None:
 
 
 def test_closing_the_client_stops_its_watches(cluster: Cluster) -> None:
-    client = Client(cluster.address)
+    client = cluster.client()
     batch_id = client.submit({"ops": [{"id": "slow", "kind": "sleep", "args": {"ms": 600_000}}]})
     try:
         events = client.watch(batch_id)
@@ -309,7 +309,7 @@ def test_closing_the_client_stops_its_watches(cluster: Cluster) -> None:
         with pytest.raises(VolleyError, match="client was closed"):
             list(events)
     finally:
-        with Client(cluster.address) as other:
+        with cluster.client() as other:
             other.cancel(batch_id)
 
 

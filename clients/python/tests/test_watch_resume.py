@@ -15,7 +15,16 @@ import pytest
 from cluster import Cluster
 from proxy import Proxy
 
-from volley import BatchState, Client, EventKind, NotFound, Unavailable, VolleyError, WatchOptions
+from volley import (
+    BatchState,
+    Client,
+    EventKind,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+    VolleyError,
+    WatchOptions,
+)
 from volley._proto.volley.v1 import volley_pb2 as pb
 from volley._proto.volley.v1 import volley_pb2_grpc as pb_grpc
 
@@ -25,7 +34,7 @@ FAST = WatchOptions(reconnect_budget=10.0, initial_backoff=0.01, max_backoff=0.0
 def test_watch_resumes_after_the_connection_drops(cluster: Cluster) -> None:
     proxy = Proxy(cluster.address)
     try:
-        with Client(cluster.address) as direct, Client(proxy.address) as client:
+        with cluster.client() as direct, Client(proxy.address, cluster.admin_token) as client:
             batch_id = direct.submit(
                 {
                     "ops": [
@@ -69,6 +78,8 @@ class FakeBatches(pb_grpc.BatchServiceServicer):
         self.total = total
         self.script = list(script)
         self.after_seqs: List[int] = []
+        #: The `authorization` metadata of each WatchBatch call (None: absent).
+        self.authorizations: List[Optional[str]] = []
         self.lock = threading.Lock()
 
     def event(self, seq: int) -> pb.BatchEvent:
@@ -85,8 +96,11 @@ class FakeBatches(pb_grpc.BatchServiceServicer):
     ) -> Iterator[pb.BatchEvent]:
         if request.batch_id != "b1":
             context.abort(grpc.StatusCode.NOT_FOUND, f"batch {request.batch_id} not found")
+        metadata = {key: value for key, value in context.invocation_metadata()}
         with self.lock:
             self.after_seqs.append(request.after_seq)
+            authorization = metadata.get("authorization")
+            self.authorizations.append(None if authorization is None else str(authorization))
             step: Optional[Step] = self.script.pop(0) if self.script else None
         start = request.after_seq + 1
         if step is None:
@@ -103,14 +117,15 @@ class FakeBatches(pb_grpc.BatchServiceServicer):
 
 
 @contextmanager
-def fake_coordinator(batches: FakeBatches) -> Iterator[Client]:
-    """Serves ``batches`` on a free port; a client connected to it."""
+def fake_coordinator(batches: FakeBatches, token: str = "") -> Iterator[Client]:
+    """Serves ``batches`` on a free port; a client connected to it (sending
+    ``token``; none when empty)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     pb_grpc.add_BatchServiceServicer_to_server(batches, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        with Client(f"127.0.0.1:{port}", watch_options=FAST) as client:
+        with Client(f"127.0.0.1:{port}", token, watch_options=FAST) as client:
             yield client
     finally:
         server.stop(grace=None)
@@ -191,4 +206,31 @@ def test_a_zero_budget_never_reconnects() -> None:
             for event in client.watch("b1", options=options):
                 seqs.append(event.seq)
     assert seqs == [1, 2]
+    assert batches.after_seqs == [0]
+
+
+def test_every_reconnection_sends_the_token() -> None:
+    batches = FakeBatches(
+        9,
+        [
+            ("through", 3, grpc.StatusCode.UNAVAILABLE),
+            ("refuse", grpc.StatusCode.UNAVAILABLE),
+            ("through", 6, None),
+        ],
+    )
+    with fake_coordinator(batches, token="s3cret-token") as client:
+        assert collect(client) == (list(range(1, 10)), None)
+    assert batches.after_seqs == [0, 3, 3, 6]
+    assert batches.authorizations == ["Bearer s3cret-token"] * 4
+
+
+def test_an_unauthenticated_watch_is_not_retried() -> None:
+    batches = FakeBatches(
+        9, [("through", 2, grpc.StatusCode.UNAUTHENTICATED)] + [("through", 9, None)]
+    )
+    with fake_coordinator(batches) as client:
+        seqs, error = collect(client)
+    assert seqs == [1, 2]
+    assert isinstance(error, Unauthenticated)
+    assert "this client sends no token" in str(error)
     assert batches.after_seqs == [0]

@@ -2,12 +2,15 @@
 events, read their results, cancel them, and use memory.
 
 >>> from volley import Client                                # doctest: +SKIP
->>> with Client("127.0.0.1:7070") as client:
+>>> with Client("127.0.0.1:7070", token="…") as client:
 ...     batch_id = client.submit({"name": "hello", "ops": [
 ...         {"id": "greet", "kind": "echo", "args": {"text": "hi"}}]})
 ...     for event in client.watch(batch_id):
 ...         print(event.seq, event.kind, event.op_id)
 ...     print(client.status(batch_id).outputs)
+
+The token comes from ``token=`` or ``$VOLLEY_TOKEN`` / ``$VOLLEY_TOKEN_FILE``;
+an ``https://`` URL means TLS (``tls_ca``, and ``tls_cert``/``tls_key`` for mTLS).
 
 The generated gRPC code is in ``volley._proto.volley.v1`` for anything the
 wrapper does not cover.
@@ -20,8 +23,10 @@ from .errors import (
     InvalidArgument,
     InvalidBatch,
     NotFound,
+    PermissionDenied,
     Problem,
     TimedOut,
+    Unauthenticated,
     Unavailable,
     VolleyError,
 )
@@ -65,9 +70,11 @@ __all__ = [
     "NotFound",
     "OpState",
     "OpStatus",
+    "PermissionDenied",
     "Problem",
     "PutResult",
     "TimedOut",
+    "Unauthenticated",
     "Unavailable",
     "VolleyError",
     "VolleyWarning",

@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass
 from typing import (
     Any,
+    Callable,
     Generator,
     Iterable,
     Iterator,
@@ -18,6 +19,7 @@ from typing import (
     Mapping,
     Optional,
     Sequence,
+    Tuple,
     Type,
     TypeVar,
     Union,
@@ -28,7 +30,15 @@ import grpc
 from ._proto.volley.v1 import volley_pb2 as pb
 from ._proto.volley.v1 import volley_pb2_grpc as pb_grpc
 from .batch import BatchDict, batch_from_dict, ops_from_dicts, read_batch_file
-from .errors import InvalidArgument, InvalidBatch, Unavailable, VolleyError, from_rpc_error
+from .connection import DEFAULT_ADDRESS, MAX_MESSAGE_BYTES, Connection, PathLike, resolve_connection
+from .errors import (
+    InvalidArgument,
+    InvalidBatch,
+    Unauthenticated,
+    Unavailable,
+    VolleyError,
+    from_rpc_error,
+)
 from .models import (
     BatchState,
     BatchStatus,
@@ -46,12 +56,6 @@ from .models import (
 )
 
 __all__ = ["DEFAULT_ADDRESS", "Client", "EventStream", "Memory", "VolleyWarning", "WatchOptions"]
-
-DEFAULT_ADDRESS = "127.0.0.1:7070"
-
-#: Largest message either side accepts (reports of large batches may exceed
-#: gRPC's 4 MiB default); the coordinator uses the same.
-MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 
 #: Ops go to the coordinator in chunks of about this many encoded bytes.
 _CHUNK_BYTES = 1024 * 1024
@@ -87,30 +91,60 @@ def _seconds(value: Optional[Seconds]) -> Optional[float]:
 class Client:
     """A connection to a Volley coordinator.
 
-    >>> with Client("127.0.0.1:7070") as client:          # doctest: +SKIP
+    >>> with Client("https://volley.example.com:7070", token="…") as client:  # doctest: +SKIP
     ...     batch_id = client.submit({"ops": [{"id": "a", "kind": "noop"}]})
     ...     print(client.wait(batch_id).state)
 
-    ``address`` is ``host:port`` (``http://`` and ``https://`` prefixes are
-    accepted; https uses TLS with the system's roots). ``timeout`` is the
-    deadline in seconds of each unary call (None: none); watches and memory
-    waits have their own. ``channel`` overrides the connection altogether.
+    ``url`` is ``host:port``, ``http://host:port`` or ``https://host:port``
+    (default ``$VOLLEY_COORDINATOR``, else ``127.0.0.1:7070``). ``https://``
+    means TLS: the server is verified against ``tls_ca`` (a PEM file; default
+    ``$VOLLEY_TLS_CA``, else the system's roots), and ``tls_cert`` with
+    ``tls_key`` (``$VOLLEY_TLS_CERT``, ``$VOLLEY_TLS_KEY``) are the client
+    certificate a coordinator with mTLS asks for. TLS files with a URL that
+    is not ``https://`` raise ``ValueError``.
+
+    ``token`` is sent as ``authorization: Bearer <token>`` on every call
+    (default ``$VOLLEY_TOKEN``, else the content of ``token_file`` or
+    ``$VOLLEY_TOKEN_FILE``); ``token=""`` sends none. A call without a valid
+    token raises :class:`Unauthenticated`, one the token's role may not make
+    :class:`PermissionDenied`.
+
+    ``timeout`` is the deadline in seconds of each unary call (None: none);
+    watches and memory waits have their own. ``channel`` overrides the
+    connection (the token is still added to its calls).
     """
 
     def __init__(
         self,
-        address: Optional[str] = None,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        tls_ca: Optional[PathLike] = None,
+        tls_cert: Optional[PathLike] = None,
+        tls_key: Optional[PathLike] = None,
         *,
+        token_file: Optional[PathLike] = None,
         timeout: Optional[float] = None,
         watch_options: WatchOptions = WatchOptions(),
         channel: Optional[grpc.Channel] = None,
     ) -> None:
-        address = address or os.environ.get("VOLLEY_COORDINATOR") or DEFAULT_ADDRESS
-        self.address = address
+        self.connection: Connection = resolve_connection(
+            url,
+            token=token,
+            token_file=token_file,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
+        #: The URL as given (or from the environment).
+        self.url = self.connection.url
+        #: Same as :attr:`url` (the name before 0.2).
+        self.address = self.url
         self.timeout = timeout
         self.watch_options = watch_options
         if channel is None:
-            channel = _connect(address)
+            channel = self.connection.channel(_CHANNEL_OPTIONS)
+        else:
+            channel = self.connection.authorize(channel)
         self._channel = channel
         self._batches = pb_grpc.BatchServiceStub(channel)
         self._memory = pb_grpc.MemoryServiceStub(channel)
@@ -129,7 +163,7 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Client({self.address!r})"
+        return f"Client({self.url!r})"  # never the token
 
     # -------------------------------------------------------------- batches
 
@@ -183,6 +217,7 @@ class Client:
             after_seq,
             options or self.watch_options,
             None if timeout is None else time.monotonic() + (_seconds(timeout) or 0.0),
+            self._error,
         )
 
     def status(self, batch_id: str, *, ops: bool = True) -> BatchStatus:
@@ -261,28 +296,38 @@ class Client:
         try:
             return method(request, timeout=self.timeout if timeout == "default" else timeout)
         except grpc.RpcError as error:
-            raise from_rpc_error(error, invalid) from None
+            raise self._error(error, invalid) from None
         except ValueError as error:  # "Cannot invoke RPC on closed channel!"
             if "closed channel" in str(error):
-                raise VolleyError(f"the client for {self.address} is closed") from None
+                raise VolleyError(f"the client for {self.url} is closed") from None
             raise
 
+    def _error(
+        self, error: grpc.RpcError, invalid: Type[InvalidArgument] = InvalidArgument
+    ) -> VolleyError:
+        """The typed error for a failed call; an UNAUTHENTICATED one says
+        where this client's token came from (never the token)."""
+        typed = from_rpc_error(error, invalid)
+        if isinstance(typed, Unauthenticated):
+            source = self.connection.token_source
+            hint = (
+                "this client sends no token: pass token= or set VOLLEY_TOKEN or VOLLEY_TOKEN_FILE"
+                if self.connection.token is None
+                else f"the token from {source} was refused (unknown, expired or revoked)"
+            )
+            typed = Unauthenticated(f"{typed.message} ({hint})", typed.code)
+        return typed
 
-def _connect(address: str) -> grpc.Channel:
-    options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        # Reconnect within seconds when a coordinator comes back (the
-        # default backoff grows to two minutes).
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 2000),
-    ]
-    if address.startswith("https://"):
-        target = address[len("https://") :].rstrip("/")
-        return grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
-    target = address[len("http://") :] if address.startswith("http://") else address
-    return grpc.insecure_channel(target.rstrip("/"), options=options)
+
+_CHANNEL_OPTIONS: List[Tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Reconnect within seconds when a coordinator comes back (the
+    # default backoff grows to two minutes).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
 
 
 def _chunks(batch: pb.Batch) -> Iterator[pb.SubmitBatchChunk]:
@@ -321,6 +366,7 @@ class EventStream(Iterator[Event]):
         after_seq: int,
         options: WatchOptions,
         deadline: Optional[float],
+        to_error: Callable[[grpc.RpcError], VolleyError] = from_rpc_error,
     ) -> None:
         self.batch_id = batch_id
         #: The last event yielded (or ``after_seq``): a new stream starts after it.
@@ -330,6 +376,7 @@ class EventStream(Iterator[Event]):
         self._stub = stub
         self._options = options
         self._deadline = deadline
+        self._to_error = to_error
         self._call: Optional[Any] = None
         self._outage_started: Optional[float] = None
         self._backoff = options.initial_backoff
@@ -382,7 +429,7 @@ class EventStream(Iterator[Event]):
                     return None
                 code = error.code() if isinstance(error, grpc.Call) else None
                 if code not in _RESUMABLE:
-                    raise from_rpc_error(error) from None
+                    raise self._to_error(error) from None
                 interruption = error
             else:
                 return self._accept(message)
@@ -434,7 +481,7 @@ class EventStream(Iterator[Event]):
                     f"the watch of batch {self.batch_id} ended after event {self.last_seq}, "
                     "before the batch finished"
                 )
-            raise from_rpc_error(interruption) from None
+            raise self._to_error(interruption) from None
         delay = min(self._backoff, budget - outage)
         if self._deadline is not None:
             delay = min(delay, max(self._deadline - now, 0.0))
@@ -566,17 +613,17 @@ class Memory:
         )
         call = self._client._call(self._client._memory.WatchMemory, request, timeout=None)
         try:
-            for change in _rpc_iter(call):
+            for change in _rpc_iter(call, self._client._error):
                 yield MemoryChange.from_proto(change)
         finally:
             call.cancel()
 
 
-def _rpc_iter(call: Iterable[T]) -> Iterator[T]:
+def _rpc_iter(call: Iterable[T], to_error: Callable[[grpc.RpcError], VolleyError]) -> Iterator[T]:
     try:
         yield from call
     except grpc.RpcError as error:
-        raise from_rpc_error(error) from None
+        raise to_error(error) from None
 
 
 def _entry(key: str, response: pb.GetMemoryResponse) -> Optional[MemoryEntry]:

@@ -7,7 +7,12 @@ Every error the client raises is a :class:`VolleyError`::
     ├── InvalidArgument      INVALID_ARGUMENT (a bad key, an oversized value, …)
     │   └── InvalidBatch     the batch was rejected (by the server or while
     │                        converting it here); nothing ran
-    ├── NotFound             NOT_FOUND (no such batch or op)
+    ├── NotFound             NOT_FOUND (no such batch or op; also a batch
+    │                        of another tenant)
+    ├── Unauthenticated      UNAUTHENTICATED (no token, or an unknown,
+    │                        expired or revoked one)
+    ├── PermissionDenied     PERMISSION_DENIED (the token's role may not
+    │                        make this call)
     ├── Unavailable          UNAVAILABLE (cannot reach the coordinator, or it
     │                        cannot serve now); retryable
     ├── Conflict             FAILED_PRECONDITION / ABORTED (compare-and-set
@@ -32,8 +37,10 @@ __all__ = [
     "InvalidArgument",
     "InvalidBatch",
     "NotFound",
+    "PermissionDenied",
     "Problem",
     "TimedOut",
+    "Unauthenticated",
     "Unavailable",
     "VolleyError",
 ]
@@ -99,7 +106,20 @@ class InvalidBatch(InvalidArgument):
 
 
 class NotFound(VolleyError):
-    """No such batch, op or key."""
+    """No such batch, op or key. A batch of another tenant is not found
+    either: its id tells a client of another tenant nothing."""
+
+
+class Unauthenticated(VolleyError):
+    """The coordinator did not accept the call's token: there was none, or
+    it is unknown, expired or revoked. Not retryable with the same token
+    (the CLI exits 5 for it)."""
+
+
+class PermissionDenied(VolleyError):
+    """The token is valid but its role may not make this call (a client
+    token managing tokens, a worker token submitting a batch, …; the CLI
+    exits 6 for it)."""
 
 
 class Unavailable(VolleyError):
@@ -119,6 +139,8 @@ class TimedOut(VolleyError):
 
 _BY_CODE = {
     grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.FAILED_PRECONDITION: Conflict,
     grpc.StatusCode.ABORTED: Conflict,
