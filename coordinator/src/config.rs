@@ -37,6 +37,8 @@ pub struct CoordinatorConfig {
     /// own memory) stay in the store; then they expire. Zero: kept until
     /// deleted by hand.
     pub retain_finished: Duration,
+    /// How callers are authenticated (the CLI turns tokens on by default).
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for CoordinatorConfig {
@@ -52,6 +54,7 @@ impl Default for CoordinatorConfig {
             reconnect_grace: Duration::from_secs(3),
             report_blocked_after: Duration::from_secs(10),
             retain_finished: Duration::from_secs(24 * 60 * 60),
+            auth: crate::auth::AuthConfig::None,
         }
     }
 }

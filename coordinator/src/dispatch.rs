@@ -40,8 +40,8 @@ use tracing::{debug, info, warn};
 use volley_kinds::Reference;
 use volley_proto::{BatchId, v1};
 use volley_store::{
-    Claimed, CompleteOutcome, Completion, Doorbell, FailureKind, Fence, MemoryScope, OpRecord,
-    OpState, Store, StoreError, WorkerEntry,
+    Claimed, CompleteOutcome, Completion, Doorbell, FailureKind, Fence, OpRecord,
+    Lease, OpState, Store, StoreError, WorkerEntry,
 };
 
 use crate::config::CoordinatorConfig;
@@ -67,6 +67,31 @@ const DROP_STEP: u32 = 100;
 /// message and results are bounded by credits, so this only absorbs bursts.
 const COMMAND_CAPACITY: usize = 4096;
 
+/// The attempts one worker session was given and has not reported yet.
+/// The dispatcher writes each assignment (and each adoption) here before
+/// sending it; the session takes an attempt off when its result or
+/// hand-back comes, and refuses what is not here. A std mutex: held for one
+/// set operation, never across an await.
+#[derive(Default)]
+pub(crate) struct Ledger {
+    given: std::sync::Mutex<HashSet<(BatchId, u32, u32)>>,
+}
+
+impl Ledger {
+    fn give(&self, batch: &BatchId, index: u32, attempt: u32) {
+        if let Ok(mut given) = self.given.lock() {
+            given.insert((batch.clone(), index, attempt));
+        }
+    }
+
+    /// Whether the attempt was given to this session (and is now taken).
+    pub(crate) fn take(&self, batch: &str, index: u32, attempt: u32) -> bool {
+        self.given
+            .lock()
+            .is_ok_and(|mut given| given.remove(&(BatchId::new(batch), index, attempt)))
+    }
+}
+
 pub(crate) enum Command {
     WorkerJoined {
         conn: u64,
@@ -76,8 +101,14 @@ pub(crate) enum Command {
         slots: u32,
         outbound: mpsc::Sender<v1::CoordinatorMessage>,
         /// Ops it still runs from a session with another (or an earlier)
-        /// coordinator: adopted, not re-run.
+        /// coordinator: adopted, not re-run — if the store says this
+        /// worker's identity held them (see `Store::adopt`).
         running: Vec<(BatchId, Claimed)>,
+        /// Its identity for lease holders: `<token id>/<worker id>`.
+        holder: Arc<str>,
+        token_id: String,
+        /// Where its assignments are written down for its session.
+        ledger: Arc<Ledger>,
     },
     WorkerLeft {
         conn: u64,
@@ -183,6 +214,9 @@ impl KnownKinds {
 
 struct Worker {
     worker_id: String,
+    /// `<token id>/<worker id>`: recorded as the holder of its leases.
+    holder: Arc<str>,
+    ledger: Arc<Ledger>,
     kinds: HashSet<String>,
     labels: BTreeMap<String, String>,
     slots: u32,
@@ -300,6 +334,8 @@ pub(crate) struct Dispatcher {
     /// When the batch index was last pruned, and where the walk goes on.
     pruned_at: Option<tokio::time::Instant>,
     prune_from_ms: u64,
+    /// Mints each assignment's capability token.
+    auth: Arc<crate::auth::Authenticator>,
     metrics: DispatchMetrics,
 }
 
@@ -314,6 +350,7 @@ impl Dispatcher {
         kinds: Arc<RwLock<KnownKinds>>,
         epoch: String,
         serving: Arc<tokio::sync::watch::Sender<bool>>,
+        auth: Arc<crate::auth::Authenticator>,
         shutdown: CancellationToken,
     ) -> Self {
         let doorbells = store.doorbells();
@@ -345,6 +382,7 @@ impl Dispatcher {
             pruned_at: None,
             prune_from_ms: 0,
             metrics: DispatchMetrics::new(),
+            auth,
         }
     }
 
@@ -490,25 +528,30 @@ impl Dispatcher {
                 slots,
                 outbound,
                 running,
+                holder,
+                token_id,
+                ledger,
             } => {
+                let running = self
+                    .adopt(&worker_id, &holder, &token_id, &outbound, running)
+                    .await;
                 let adopted = running.len();
-                let running: HashMap<(BatchId, u32), u32> = running
-                    .into_iter()
-                    .map(|(batch, claim)| ((batch, claim.index), claim.attempt))
-                    .collect();
-                for (batch, _) in running.keys() {
+                for ((batch, index), attempt) in &running {
+                    ledger.give(batch, *index, *attempt);
                     if let Some(active) = self.batches.get_mut(batch) {
                         active.in_flight += 1;
                     }
                 }
                 let free = slots.saturating_sub(running.len() as u32);
                 if adopted > 0 {
-                    info!(worker = %worker_id, ops = adopted, "worker still runs ops from an earlier session: adopting them");
+                    info!(worker = %worker_id, ops = adopted, "worker still runs ops from an earlier session: adopted them");
                 }
                 self.workers.insert(
                     conn,
                     Worker {
                         worker_id,
+                        holder,
+                        ledger,
                         kinds,
                         labels,
                         slots,
@@ -521,10 +564,6 @@ impl Dispatcher {
                 );
                 self.publish_kinds();
                 self.sample_workers();
-                if adopted > 0 {
-                    // Their leases are ours to keep now; stale ones are stopped.
-                    self.renew_leases().await;
-                }
                 self.refresh_registry().await;
             }
             Command::WorkerLeft { conn, clean } => {
@@ -764,6 +803,64 @@ impl Dispatcher {
         })
     }
 
+    /// The ops a (re)connecting worker says it still runs that the store
+    /// says its identity held: their leases are renewed and they are
+    /// adopted. The rest — stale, another identity's, or never renewed for
+    /// it — are refused: counted, logged with the token id, and the worker
+    /// is told to stop them. A worker's word alone never takes a lease.
+    async fn adopt(
+        &mut self,
+        worker_id: &str,
+        holder: &str,
+        token_id: &str,
+        outbound: &mpsc::Sender<v1::CoordinatorMessage>,
+        running: Vec<(BatchId, Claimed)>,
+    ) -> HashMap<(BatchId, u32), u32> {
+        let mut by_batch: HashMap<BatchId, Vec<Claimed>> = HashMap::new();
+        for (batch, claim) in running {
+            by_batch.entry(batch).or_default().push(claim);
+        }
+        let until = now_ms() + self.lease.as_millis() as u64;
+        let mut adopted = HashMap::new();
+        let mut refused_refs = Vec::new();
+        for (batch, claims) in by_batch {
+            let refused: HashSet<(u32, u32)> = match self.store.adopt(&batch, &claims, holder, until).await {
+                Ok(refused) => refused.iter().map(|claim| (claim.index, claim.attempt)).collect(),
+                Err(StoreError::BatchNotFound(_)) => {
+                    claims.iter().map(|claim| (claim.index, claim.attempt)).collect()
+                }
+                Err(error) => {
+                    // Not adopted now; the worker's results would be
+                    // refused, so it is told to stop them and the ops run
+                    // again once their leases run out.
+                    warn!(%batch, %error, "cannot check the ops a worker says it runs");
+                    claims.iter().map(|claim| (claim.index, claim.attempt)).collect()
+                }
+            };
+            for claim in claims {
+                if refused.contains(&(claim.index, claim.attempt)) {
+                    crate::metrics::count_worker_refusal("adopt");
+                    warn!(worker = %worker_id, token = %token_id, %batch, op_index = claim.index, attempt = claim.attempt, "refused to adopt: this worker identity does not hold that attempt");
+                    refused_refs.push(v1::OpRef {
+                        batch_id: batch.to_string(),
+                        op_index: claim.index,
+                        attempt: claim.attempt,
+                    });
+                } else {
+                    adopted.insert((batch.clone(), claim.index), claim.attempt);
+                }
+            }
+        }
+        if !refused_refs.is_empty() {
+            let _ = outbound.try_send(v1::CoordinatorMessage {
+                msg: Some(v1::coordinator_message::Msg::Cancel(v1::CancelOps {
+                    ops: refused_refs,
+                })),
+            });
+        }
+        adopted
+    }
+
     /// A worker is gone (its stream broke, it went silent, or it stopped
     /// taking assignments): the leases of what it ran now end at
     /// `until_ms`. If it reconnects by then (to any coordinator) and reports
@@ -780,7 +877,8 @@ impl Dispatcher {
         }
         for (batch, claims) in by_batch {
             warn!(%batch, worker = %worker.worker_id, ops = claims.len(), why, lease_until_ms = until_ms, "worker gone with ops running; they run again unless it comes back");
-            if let Err(error) = self.store.renew_leases(&batch, &claims, until_ms).await {
+            let leases = leases_keeping_holders(&claims);
+            if let Err(error) = self.store.renew_leases(&batch, &leases, until_ms).await {
                 warn!(%batch, %error, "could not shorten the leases; they run out as they were");
             }
             let indices = claims.iter().map(|claim| claim.index).collect();
@@ -839,12 +937,15 @@ impl Dispatcher {
     /// which then reports them and gets its slot back; parked ones are
     /// dropped.
     async fn renew_leases(&mut self) {
-        let mut by_batch: HashMap<BatchId, Vec<Claimed>> = HashMap::new();
+        let mut by_batch: HashMap<BatchId, Vec<Lease>> = HashMap::new();
         for worker in self.workers.values() {
             for ((batch, index), attempt) in &worker.running {
-                by_batch.entry(batch.clone()).or_default().push(Claimed {
-                    index: *index,
-                    attempt: *attempt,
+                by_batch.entry(batch.clone()).or_default().push(Lease {
+                    claim: Claimed {
+                        index: *index,
+                        attempt: *attempt,
+                    },
+                    holder: worker.holder.clone(),
                 });
             }
         }
@@ -853,12 +954,14 @@ impl Dispatcher {
                 by_batch
                     .entry(active.planned.id.clone())
                     .or_default()
-                    .extend(active.parked.iter().cloned());
+                    .extend(leases_keeping_holders(
+                        &active.parked.iter().copied().collect::<Vec<_>>(),
+                    ));
             }
         }
         let until = now_ms() + self.lease.as_millis() as u64;
-        for (batch, claims) in by_batch {
-            let stale = match self.store.renew_leases(&batch, &claims, until).await {
+        for (batch, leases) in by_batch {
+            let stale = match self.store.renew_leases(&batch, &leases, until).await {
                 Ok(stale) => stale,
                 Err(error) => {
                     warn!(%batch, %error, "could not renew leases");
@@ -1560,6 +1663,10 @@ impl Dispatcher {
             worker
                 .running
                 .insert((planned.id.clone(), claim.index), claim.attempt);
+            worker.ledger.give(&planned.id, claim.index, claim.attempt);
+            let token =
+                self.auth
+                    .capability(&planned.tenant, &planned.id, claim.index, claim.attempt);
             outgoing.entry(conn).or_default().push(v1::Assignment {
                 batch_id: planned.id.to_string(),
                 op_index: claim.index,
@@ -1576,6 +1683,7 @@ impl Dispatcher {
                     &worker.worker_id,
                 ),
                 namespace: planned.plan.namespace.clone().unwrap_or_default(),
+                token,
             });
         }
         for (conn, assignments) in outgoing {
@@ -1707,10 +1815,7 @@ impl Dispatcher {
                 results.push(Ok(op.args.to_string()));
                 continue;
             }
-            let scope = match &planned.plan.namespace {
-                Some(namespace) => MemoryScope::Shared(namespace.clone()),
-                None => MemoryScope::Batch(planned.id.clone()),
-            };
+            let scope = planned.memory_scope();
             let mut memory = HashMap::new();
             if let Ok(references) = volley_kinds::template::references(&op.args) {
                 for reference in references {
@@ -1768,4 +1873,16 @@ fn state_word(state: OpState) -> String {
         OpState::Cancelled => "cancelled",
     }
     .to_owned()
+}
+
+/// Leases for `claims` that keep whatever holder the store recorded.
+fn leases_keeping_holders(claims: &[Claimed]) -> Vec<Lease> {
+    let keep: Arc<str> = Arc::from("");
+    claims
+        .iter()
+        .map(|claim| Lease {
+            claim: *claim,
+            holder: keep.clone(),
+        })
+        .collect()
 }

@@ -17,6 +17,11 @@ pub enum CoordinatorError {
     BadRequest(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    /// A `token create` request that cannot be honoured.
+    #[error("{0}")]
+    Token(#[from] crate::auth::TokenSpecError),
     #[error("the coordinator is shutting down")]
     ShuttingDown,
     #[error("memory value for `{key}` is {size} bytes; the most is {max}")]

@@ -6,6 +6,7 @@
 //! active batches up from the store.
 //!
 //! # Layout
+//! - [`auth`] — who is calling: tokens, roles, tenants, op capabilities.
 //! - [`config`] — `CoordinatorConfig`.
 //! - [`error`] — `CoordinatorError`, what every domain call can fail with.
 //! - [`service`] — `Coordinator`, the domain API the gRPC adapters call.
@@ -13,6 +14,7 @@
 //! - [`metrics`] — the coordinator's metrics (`metrics` facade) and the
 //!   counting layer at its store boundary.
 //! - `spawn` — ops a running op adds to its batch.
+//! - `tokens` — creating, listing and revoking API tokens (admin).
 //! - `why` — why an op is not running.
 //! - `dispatch`: the dispatcher task: worker credits, batch parallelism,
 //!   routing by kind and labels, templates filled in at dispatch.
@@ -23,6 +25,7 @@
 //! - [`grpc`] — thin tonic adapters and the server (with health and
 //!   reflection).
 
+pub mod auth;
 pub mod config;
 mod convert;
 mod dispatch;
@@ -34,6 +37,7 @@ mod plans;
 mod report;
 pub mod service;
 mod spawn;
+mod tokens;
 mod tracing_ctx;
 mod why;
 

@@ -6,15 +6,16 @@
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, info, info_span};
 use volley_proto::{BatchId, v1};
 use volley_store::{
     Doorbell, MemoryChange, MemoryChangeKind, MemoryKeyInfo, MemoryScope, MemoryValue, PutOptions,
     PutOutcome,
 };
 
+use crate::auth::{AuthError, Principal, tenant_namespace};
 use crate::error::CoordinatorError;
-use crate::service::{Coordinator, now_ms};
+use crate::service::{Access, Coordinator, now_ms};
 
 /// Changes read per store call while watching.
 const CHANGES_PER_READ: u32 = 1000;
@@ -36,15 +37,37 @@ impl Coordinator {
     /// otherwise the batch's own memory — or, when the batch was submitted
     /// with a namespace, that namespace, so an op's plain reads and writes
     /// land where its batch's `store_as` and `wait_for` do.
+    ///
+    /// Namespaces are the caller's tenant's (see
+    /// [`crate::auth::tenant_namespace`]); a batch must be one the caller
+    /// may see. An op's token reaches its own batch's memory, or its
+    /// batch's namespace, and nothing else.
     pub async fn memory_scope(
         &self,
         batch_id: &str,
         namespace: &str,
+        principal: &Principal,
     ) -> Result<MemoryScope, CoordinatorError> {
+        if let Some(agent) = &principal.agent {
+            let planned = self.authorize(principal, &agent.batch, Access::Read).await?;
+            if !batch_id.is_empty() && batch_id != agent.batch.as_str() {
+                return Err(CoordinatorError::BatchNotFound(BatchId::new(batch_id)));
+            }
+            if !namespace.is_empty() && planned.plan.namespace.as_deref() != Some(namespace) {
+                return Err(AuthError::PermissionDenied(format!(
+                    "an op's token reaches its batch's memory only, not namespace `{namespace}`"
+                ))
+                .into());
+            }
+            return Ok(planned.memory_scope());
+        }
         if !namespace.is_empty() {
             volley_plan::check_memory_key(namespace)
                 .map_err(|message| CoordinatorError::BadRequest(format!("namespace: {message}")))?;
-            return Ok(MemoryScope::Shared(namespace.to_owned()));
+            return Ok(MemoryScope::Shared(tenant_namespace(
+                &principal.tenant,
+                namespace,
+            )));
         }
         if batch_id.is_empty() {
             return Err(CoordinatorError::BadRequest(
@@ -52,11 +75,8 @@ impl Coordinator {
             ));
         }
         let batch = BatchId::new(batch_id);
-        let planned = self.plan_of(&batch).await?;
-        Ok(match &planned.plan.namespace {
-            Some(namespace) => MemoryScope::Shared(namespace.clone()),
-            None => MemoryScope::Batch(batch),
-        })
+        let planned = self.authorize(principal, &batch, Access::Read).await?;
+        Ok(planned.memory_scope())
     }
 
     fn check_key(key: &str) -> Result<(), CoordinatorError> {
@@ -80,6 +100,7 @@ impl Coordinator {
         value: &[u8],
         options: &PutOptions,
         writer: &Writer,
+        principal: &Principal,
     ) -> Result<PutOutcome, CoordinatorError> {
         Self::check_key(key)?;
         let max = self.config().max_value_bytes;
@@ -90,7 +111,24 @@ impl Coordinator {
                 max,
             });
         }
+        // An op's token writes as that op's attempt, whatever the request
+        // says: a stale attempt's write is refused like any other.
+        let writer = match &principal.agent {
+            Some(agent) => &Writer {
+                batch: Some(agent.batch.clone()),
+                op_id: self
+                    .plan_of(&agent.batch)
+                    .await?
+                    .op_id(agent.op_index)
+                    .to_owned(),
+                attempt: agent.attempt,
+            },
+            None => writer,
+        };
         self.check_writer(writer).await?;
+        if principal.agent.is_none() {
+            info!(%scope, key, audit = "memory.put", token = %principal.token_id, tenant = %principal.tenant, "memory written by a client");
+        }
         Ok(self
             .store()
             .memory_put(scope, key, value, options, now_ms())

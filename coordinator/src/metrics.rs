@@ -33,8 +33,9 @@ use volley_store::{
     BatchMeta, BatchState, CancelOutcome, Claimed, CompleteOutcome, Completion, Doorbell, Event,
     Fence, MemoryChange, MemoryKeyInfo, MemoryScope, MemoryValue, NewBatch, NewOp, OpRecord,
     OpWaits, PRIORITY_LEVELS, PutOptions, PutOutcome, ReadyDepth, Store, StoreResult, StoredSpec,
-    WorkerEntry,
+    TokenRecord, WorkerEntry,
 };
+use volley_store::Lease;
 
 pub const OPS_TOTAL: &str = "volley_coordinator_ops_total";
 pub const READY_OPS: &str = "volley_coordinator_ready_ops";
@@ -47,6 +48,20 @@ pub const WORKERS_CONNECTED: &str = "volley_coordinator_workers_connected";
 pub const WORKER_SLOTS: &str = "volley_coordinator_worker_slots";
 pub const BATCHES_TOTAL: &str = "volley_coordinator_batches_total";
 pub const GRPC_REQUESTS_TOTAL: &str = "volley_coordinator_grpc_requests_total";
+pub const WORKER_REFUSALS_TOTAL: &str = "volley_coordinator_worker_refusals_total";
+pub const AUTH_FAILURES_TOTAL: &str = "volley_coordinator_auth_failures_total";
+
+/// A worker message refused because its session was not given the op
+/// (`what`: result, return, adopt).
+pub fn count_worker_refusal(what: &'static str) {
+    metrics::counter!(WORKER_REFUSALS_TOTAL, "what" => what).increment(1);
+}
+
+/// A call refused by authentication (`code`: unauthenticated,
+/// permission_denied).
+pub fn count_auth_failure(code: &'static str) {
+    metrics::counter!(AUTH_FAILURES_TOTAL, "code" => code).increment(1);
+}
 
 /// The `priority` label of each ready queue (index = the store's priority).
 pub const PRIORITY_NAMES: [&str; PRIORITY_LEVELS as usize] = ["critical", "high", "medium", "low"];
@@ -94,6 +109,14 @@ pub fn describe() {
     metrics::describe_counter!(
         GRPC_REQUESTS_TOTAL,
         "gRPC calls served, by method and the status code the response opened with (a stream that fails later counts as OK)."
+    );
+    metrics::describe_counter!(
+        WORKER_REFUSALS_TOTAL,
+        "Worker messages refused because the session was not given the op attempt they name: forged or confused results (what=result), hand-backs (return) and adoptions after a reconnect (adopt)."
+    );
+    metrics::describe_counter!(
+        AUTH_FAILURES_TOTAL,
+        "Calls refused by authentication: no, unknown, expired or revoked token (code=unauthenticated) or a role that may not make the call (permission_denied)."
     );
 }
 
@@ -201,6 +224,7 @@ verbs! {
     ActiveBatches => "active_batches",
     Claim => "claim",
     RenewLeases => "renew_leases",
+    Adopt => "adopt",
     ExpireLeases => "expire_leases",
     ReturnOps => "return_ops",
     ExpireDeadline => "expire_deadline",
@@ -232,6 +256,7 @@ verbs! {
     Workers => "workers",
     ReadyDepth => "ready_depth",
     PublishReadyGauge => "publish_ready_gauge",
+    Tokens => "tokens",
 }
 
 /// The coordinator's store boundary: every call counts once under its verb
@@ -349,11 +374,22 @@ impl Store for MeteredStore {
     async fn renew_leases(
         &self,
         batch: &BatchId,
-        ops: &[Claimed],
+        ops: &[Lease],
         lease_until_ms: u64,
     ) -> StoreResult<Vec<Claimed>> {
         self.count(Verb::RenewLeases);
         self.inner.renew_leases(batch, ops, lease_until_ms).await
+    }
+
+    async fn adopt(
+        &self,
+        batch: &BatchId,
+        ops: &[Claimed],
+        holder: &str,
+        lease_until_ms: u64,
+    ) -> StoreResult<Vec<Claimed>> {
+        self.count(Verb::Adopt);
+        self.inner.adopt(batch, ops, holder, lease_until_ms).await
     }
 
     async fn expire_leases(
@@ -476,9 +512,9 @@ impl Store for MeteredStore {
         self.inner.events(batch, after_seq, max).await
     }
 
-    async fn list_batches(&self, limit: u32) -> StoreResult<Vec<BatchMeta>> {
+    async fn list_batches(&self, limit: u32, tenant: Option<&str>) -> StoreResult<Vec<BatchMeta>> {
         self.count(Verb::ListBatches);
-        self.inner.list_batches(limit).await
+        self.inner.list_batches(limit, tenant).await
     }
 
     async fn drop_expired(&self, now_ms: u64, max: u32) -> StoreResult<u32> {
@@ -642,6 +678,36 @@ impl Store for MeteredStore {
     async fn publish_ready_gauge(&self, total: u64) -> StoreResult<u64> {
         self.count(Verb::PublishReadyGauge);
         self.inner.publish_ready_gauge(total).await
+    }
+
+    async fn create_token(&self, token: &TokenRecord) -> StoreResult<()> {
+        self.count(Verb::Tokens);
+        self.inner.create_token(token).await
+    }
+
+    async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>> {
+        self.count(Verb::Tokens);
+        self.inner.token(id).await
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        self.count(Verb::Tokens);
+        self.inner.tokens().await
+    }
+
+    async fn revoke_token(&self, id: &str, now_ms: u64) -> StoreResult<bool> {
+        self.count(Verb::Tokens);
+        self.inner.revoke_token(id, now_ms).await
+    }
+
+    async fn touch_token(&self, id: &str, now_ms: u64) -> StoreResult<()> {
+        self.count(Verb::Tokens);
+        self.inner.touch_token(id, now_ms).await
+    }
+
+    async fn token_revocations(&self) -> StoreResult<u64> {
+        self.count(Verb::Tokens);
+        self.inner.token_revocations().await
     }
 
     fn doorbells(&self) -> broadcast::Receiver<Doorbell> {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use prost::Message;
 use volley_plan::{Limits, Plan};
 use volley_proto::{BatchId, v1};
-use volley_store::{Store, StoredSpec};
+use volley_store::{MemoryScope, Store, StoredSpec};
 
 use crate::error::CoordinatorError;
 use crate::tracing_ctx::BatchTrace;
@@ -20,9 +20,24 @@ pub(crate) struct PlannedBatch {
     pub(crate) plan: Plan,
     /// What the batch's op spans hang from (none: not traced).
     pub(crate) trace: BatchTrace,
+    /// The submitter's tenant (never empty: the default tenant for a batch
+    /// stored before tenants).
+    pub(crate) tenant: String,
 }
 
 impl PlannedBatch {
+    /// Where the batch's memory lives: its own scope, or its namespace as
+    /// its tenant's (see [`crate::auth::tenant_namespace`]). The one place
+    /// a plan's namespace becomes a store scope.
+    pub(crate) fn memory_scope(&self) -> MemoryScope {
+        match &self.plan.namespace {
+            Some(namespace) => {
+                MemoryScope::Shared(crate::auth::tenant_namespace(&self.tenant, namespace))
+            }
+            None => MemoryScope::Batch(self.id.clone()),
+        }
+    }
+
     pub(crate) fn op_id(&self, index: u32) -> &str {
         self.plan
             .ops
@@ -169,5 +184,6 @@ pub(crate) fn replan(batch: &BatchId, spec: &StoredSpec) -> Result<PlannedBatch,
         id: batch.clone(),
         plan,
         trace: BatchTrace::from_carrier(&decoded.trace_context),
+        tenant: crate::auth::tenant_or_default(&decoded.tenant).to_owned(),
     })
 }

@@ -14,10 +14,11 @@ use tracing::{Instrument, info, info_span, warn};
 use volley_plan::{Plan, PlannedOp};
 use volley_proto::{BatchId, v1};
 use volley_store::{
-    Claimed, Completion, Doorbell, FailureKind, MemoryScope, NewBatch, NewOp, OnFailure,
+    Claimed, Completion, Doorbell, FailureKind, NewBatch, NewOp, OnFailure,
     RetryPolicy, Store,
 };
 
+use crate::auth::{AuthError, Authenticator, Principal, Role};
 use crate::config::CoordinatorConfig;
 use crate::convert;
 use crate::dispatch::{self, BatchResults, Command, DispatchHandle, KnownKinds};
@@ -48,6 +49,19 @@ pub(crate) struct Inner {
     /// Whether the coordinator can do its work: false while the store is
     /// unreachable (grpc.health.v1 says NOT_SERVING then).
     pub(crate) serving: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Checks callers' tokens; mints op capabilities.
+    pub(crate) auth: Arc<Authenticator>,
+}
+
+/// What a caller wants to do with a batch (see [`Coordinator::authorize`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Status, events, why, memory reads and writes.
+    Read,
+    /// Spawning ops into it.
+    Spawn,
+    /// Cancelling it.
+    Cancel,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -62,6 +76,11 @@ pub(crate) fn now_ms() -> u64 {
 pub struct WorkerSession {
     conn: u64,
     worker_id: String,
+    /// The token the session authenticated with (for refusal logs).
+    token_id: String,
+    /// The attempts assigned to this session (or adopted by it) that it has
+    /// not reported yet: the only ones whose results, hand-backs it may send.
+    ledger: Arc<dispatch::Ledger>,
     coordinator: Coordinator,
 }
 
@@ -82,6 +101,8 @@ impl Coordinator {
         let plans = Arc::new(PlanCache::new(config.finished_plans_cached));
         let (dispatch, commands) = dispatch::channel();
         let serving = Arc::new(tokio::sync::watch::Sender::new(true));
+        let auth = Arc::new(Authenticator::new(&config.auth, store.clone()));
+        tasks.spawn(auth.clone().watch_revocations(shutdown.child_token()));
         let coordinator = Coordinator {
             inner: Arc::new(Inner {
                 store: store.clone(),
@@ -93,6 +114,7 @@ impl Coordinator {
                 shutdown: shutdown.clone(),
                 spawn_lock: tokio::sync::Mutex::new(()),
                 serving: serving.clone(),
+                auth: auth.clone(),
             }),
         };
         let dispatcher = dispatch::Dispatcher::new(
@@ -104,6 +126,7 @@ impl Coordinator {
             kinds,
             epoch,
             serving,
+            auth,
             shutdown.child_token(),
         );
         tasks.spawn(
@@ -156,6 +179,43 @@ impl Coordinator {
 
     pub(crate) fn spawn_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.inner.spawn_lock
+    }
+
+    /// Who a bearer token belongs to (see [`Authenticator::authenticate`]).
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Arc<Principal>, AuthError> {
+        self.inner.auth.authenticate(bearer, now_ms()).await
+    }
+
+    pub(crate) fn authenticator(&self) -> &Authenticator {
+        &self.inner.auth
+    }
+
+    /// The batch's plan, if `principal` may have `access` to it. A batch of
+    /// another tenant is `BatchNotFound`, exactly like one that does not
+    /// exist: its existence is not revealed. An op's capability reaches
+    /// its own batch only, and never cancels it.
+    pub(crate) async fn authorize(
+        &self,
+        principal: &Principal,
+        batch: &BatchId,
+        access: Access,
+    ) -> Result<Arc<PlannedBatch>, CoordinatorError> {
+        if let Some(agent) = &principal.agent {
+            if &agent.batch != batch {
+                return Err(CoordinatorError::BatchNotFound(batch.clone()));
+            }
+            if access == Access::Cancel {
+                return Err(AuthError::PermissionDenied(
+                    "an op's token cannot cancel its batch".to_owned(),
+                )
+                .into());
+            }
+        }
+        let planned = self.plan_of(batch).await?;
+        if !principal.sees_tenant(&planned.tenant) {
+            return Err(CoordinatorError::BatchNotFound(batch.clone()));
+        }
+        Ok(planned)
     }
 
     /// The batch's plan (cached, or rebuilt from its stored spec).
@@ -242,8 +302,18 @@ impl Coordinator {
     #[tracing::instrument(skip_all, fields(name = %batch.name, ops = batch.ops.len()))]
     pub async fn submit(
         &self,
-        batch: v1::Batch,
+        mut batch: v1::Batch,
+        principal: &Principal,
     ) -> Result<v1::SubmitBatchResponse, CoordinatorError> {
+        if !matches!(principal.role, Role::Client | Role::Admin) {
+            return Err(AuthError::PermissionDenied(format!(
+                "a {} token cannot submit batches",
+                principal.role.as_str()
+            ))
+            .into());
+        }
+        // The batch belongs to the submitter's tenant, whatever it says.
+        batch.tenant = principal.tenant.clone();
         self.refresh_kinds_for(&batch).await;
         let coordinator = self.clone();
         // Planning a large batch is CPU work: keep it off the async workers.
@@ -265,8 +335,6 @@ impl Coordinator {
         // never held three times at once (decoded, planned, stored).
         let spec = batch.encode_to_vec();
         drop(batch);
-        let mut new_batch = new_batch(&id, spec, &plan);
-        new_batch.retain_ms = self.inner.config.retain_finished.as_millis() as u64;
         let op_count = plan.ops.len() as u32;
         let mut warnings = plan.warnings.clone();
         warnings.extend(self.unserved_kinds(&plan));
@@ -274,7 +342,14 @@ impl Coordinator {
             id: id.clone(),
             plan,
             trace,
+            tenant: principal.tenant.clone(),
         });
+        let mut new_batch = new_batch(&planned, spec);
+        new_batch.retain_ms = self.inner.config.retain_finished.as_millis() as u64;
+        new_batch.submitted_by = format!(
+            "submitted by token {} (tenant {})",
+            principal.token_id, principal.tenant
+        );
         // Cached before the store has the batch: its `Started` bell makes
         // the dispatcher load it, and a miss then planned it a second time
         // from the stored spec (for a million ops, ~0.7 GB more at once).
@@ -285,7 +360,7 @@ impl Coordinator {
         }
         self.note_unwritten_waits(&id, &planned.plan).await;
         self.inner.dispatch.send(Command::BatchAdded(planned)).await;
-        info!(batch = %id, op_count, "batch accepted");
+        info!(batch = %id, op_count, audit = "submit", token = %principal.token_id, tenant = %principal.tenant, "batch accepted");
         Ok(v1::SubmitBatchResponse {
             batch_id: id.into_string(),
             op_count,
@@ -344,8 +419,9 @@ impl Coordinator {
         &self,
         batch: &BatchId,
         include_ops: bool,
+        principal: &Principal,
     ) -> Result<v1::BatchStatus, CoordinatorError> {
-        self.status_page(batch, include_ops.then_some(0..u32::MAX))
+        self.status_page(batch, include_ops.then_some(0..u32::MAX), principal)
             .await
     }
 
@@ -358,13 +434,14 @@ impl Coordinator {
         &self,
         batch: &BatchId,
         ops: Option<Range<u32>>,
+        principal: &Principal,
     ) -> Result<v1::BatchStatus, CoordinatorError> {
+        let planned = self.authorize(principal, batch, Access::Read).await?;
         let meta = self
             .store()
             .meta(batch)
             .await?
             .ok_or_else(|| CoordinatorError::BatchNotFound(batch.clone()))?;
-        let planned = self.inner.plans.get(self.store(), batch).await?;
         let total = (planned.plan.ops.len() as u32).min(meta.total);
         let first_page = ops.as_ref().is_none_or(|range| range.start == 0);
         // A summary of a running batch is its counters: reading every op's
@@ -412,14 +489,15 @@ impl Coordinator {
     pub async fn cancel(
         &self,
         batch: &BatchId,
+        principal: &Principal,
     ) -> Result<v1::CancelBatchResponse, CoordinatorError> {
+        self.authorize(principal, batch, Access::Cancel).await?;
         if self.store().meta(batch).await?.is_none() {
             return Err(CoordinatorError::BatchNotFound(batch.clone()));
         }
-        let outcome = self
-            .store()
-            .cancel(batch, "cancelled by request", now_ms())
-            .await?;
+        let reason = format!("cancelled by token {}", principal.token_id);
+        let outcome = self.store().cancel(batch, &reason, now_ms()).await?;
+        info!(%batch, audit = "cancel", token = %principal.token_id, tenant = %principal.tenant, cancelled = outcome.cancelled, "batch cancelled");
         self.inner
             .dispatch
             .send(Command::BatchCancelled {
@@ -440,11 +518,16 @@ impl Coordinator {
         })
     }
 
-    pub async fn list(&self, limit: u32) -> Result<v1::ListBatchesResponse, CoordinatorError> {
+    pub async fn list(
+        &self,
+        limit: u32,
+        principal: &Principal,
+    ) -> Result<v1::ListBatchesResponse, CoordinatorError> {
         let limit = if limit == 0 { 50 } else { limit.min(1000) };
+        let tenant = (!principal.is_admin()).then_some(principal.tenant.as_str());
         let batches = self
             .store()
-            .list_batches(limit)
+            .list_batches(limit, tenant)
             .await?
             .into_iter()
             .map(|meta| v1::BatchSummary {
@@ -454,6 +537,7 @@ impl Coordinator {
                 created_at_ms: meta.created_ms,
                 total: meta.total,
                 done: meta.done(),
+                tenant: crate::auth::tenant_or_default(&meta.tenant).to_owned(),
             })
             .collect();
         Ok(v1::ListBatchesResponse { batches })
@@ -466,8 +550,9 @@ impl Coordinator {
         &self,
         batch: BatchId,
         after_seq: u64,
+        principal: &Principal,
     ) -> Result<mpsc::Receiver<Result<v1::BatchEvent, CoordinatorError>>, CoordinatorError> {
-        let planned = self.inner.plans.get(self.store(), &batch).await?;
+        let planned = self.authorize(principal, &batch, Access::Read).await?;
         let (sender, receiver) = mpsc::channel(256);
         let coordinator = self.clone();
         let span = info_span!("coordinator.watch", batch = %batch);
@@ -567,7 +652,17 @@ impl Coordinator {
         &self,
         register: v1::Register,
         outbound: mpsc::Sender<v1::CoordinatorMessage>,
+        principal: &Principal,
     ) -> Result<WorkerSession, CoordinatorError> {
+        if !matches!(principal.role, Role::Worker | Role::Admin) {
+            return Err(AuthError::PermissionDenied(format!(
+                "a {} token cannot register a worker",
+                principal.role.as_str()
+            ))
+            .into());
+        }
+        let labels: BTreeMap<String, String> = register.labels.clone().into_iter().collect();
+        principal.check_worker_limits(&labels, &register.kinds)?;
         if register.slots == 0 {
             return Err(CoordinatorError::BadRequest(
                 "a worker needs at least one slot".into(),
@@ -585,7 +680,8 @@ impl Coordinator {
         } else {
             register.worker_id.clone()
         };
-        info!(worker = %worker_id, slots = register.slots, kinds = ?register.kinds, running = register.running.len(), "worker connected");
+        info!(worker = %worker_id, token = %principal.token_id, slots = register.slots, kinds = ?register.kinds, running = register.running.len(), "worker connected");
+        let ledger = Arc::new(dispatch::Ledger::default());
         let running = register
             .running
             .into_iter()
@@ -605,15 +701,20 @@ impl Coordinator {
                 conn,
                 worker_id: worker_id.clone(),
                 kinds: register.kinds.into_iter().collect(),
-                labels: register.labels.into_iter().collect::<BTreeMap<_, _>>(),
+                labels,
                 slots: register.slots,
                 outbound,
                 running,
+                holder: format!("{}/{worker_id}", principal.token_id).into(),
+                token_id: principal.token_id.clone(),
+                ledger: ledger.clone(),
             })
             .await;
         Ok(WorkerSession {
             conn,
             worker_id,
+            token_id: principal.token_id.clone(),
+            ledger,
             coordinator: self.clone(),
         })
     }
@@ -647,12 +748,40 @@ impl WorkerSession {
         &self.worker_id
     }
 
+    /// Keeps the items about attempts this session was given (taking them
+    /// off its ledger); refuses the others — a result or hand-back for an
+    /// op another session runs is a forgery or a confusion, never recorded
+    /// — counting and logging each refusal with the session's token id.
+    /// The refused still return their credit: a slot count cannot be
+    /// raised by lying, since credits never exceed the slots registered.
+    fn only_ours<T>(
+        &self,
+        items: Vec<T>,
+        what: &'static str,
+        key: impl Fn(&T) -> (&str, u32, u32),
+    ) -> Vec<T> {
+        let mut kept = Vec::with_capacity(items.len());
+        for item in items {
+            let (batch, index, attempt) = key(&item);
+            if self.ledger.take(batch, index, attempt) {
+                kept.push(item);
+            } else {
+                crate::metrics::count_worker_refusal(what);
+                warn!(worker = %self.worker_id, token = %self.token_id, %batch, op_index = index, attempt, what, "refused: this session was not given that attempt");
+            }
+        }
+        kept
+    }
+
     /// Records a flush of results: one store call per batch in it, then
     /// returns the worker's credits to the dispatcher.
     #[tracing::instrument(skip_all, fields(worker = %self.worker_id, results = results.len()))]
     pub async fn results(&self, results: Vec<v1::OpResult>) {
         let returned = results.len() as u32;
         let mut by_batch: BTreeMap<String, Vec<v1::OpResult>> = BTreeMap::new();
+        let results = self.only_ours(results, "result", |result| {
+            (result.batch_id.as_str(), result.op_index, result.attempt)
+        });
         for result in results {
             by_batch
                 .entry(result.batch_id.clone())
@@ -748,6 +877,9 @@ impl WorkerSession {
     #[tracing::instrument(skip_all, fields(worker = %self.worker_id, ops = ops.len()))]
     pub async fn return_ops(&self, ops: Vec<v1::OpRef>, reason: &str) {
         let returned = ops.len() as u32;
+        let ops = self.only_ours(ops, "return", |op| {
+            (op.batch_id.as_str(), op.op_index, op.attempt)
+        });
         // Handing back is what a draining worker does: assign it nothing more.
         self.coordinator
             .inner
@@ -859,15 +991,15 @@ fn declared_permanent(details_json: &str) -> bool {
         .is_some_and(|retryable| !retryable)
 }
 
-fn new_batch(id: &BatchId, spec: Vec<u8>, plan: &Plan) -> NewBatch {
+fn new_batch(planned: &PlannedBatch, spec: Vec<u8>) -> NewBatch {
     let created_ms = now_ms();
+    let plan = &planned.plan;
     NewBatch {
-        id: id.clone(),
+        id: planned.id.clone(),
         name: plan.name.clone(),
-        memory: match &plan.namespace {
-            Some(namespace) => MemoryScope::Shared(namespace.clone()),
-            None => MemoryScope::Batch(id.clone()),
-        },
+        memory: planned.memory_scope(),
+        tenant: planned.tenant.clone(),
+        submitted_by: String::new(),
         max_parallel: plan.max_parallel,
         on_failure: if plan.fail_fast {
             OnFailure::FailFast

@@ -13,7 +13,8 @@ use volley_store::{NewOp, StoreError};
 use crate::dispatch::Command;
 use crate::error::CoordinatorError;
 use crate::plans::{PlannedBatch, stored_batch};
-use crate::service::{Coordinator, new_op, now_ms};
+use crate::auth::Principal;
+use crate::service::{Access, Coordinator, new_op, now_ms};
 use crate::tracing_ctx::BatchTrace;
 
 /// Tries when another spawn into the same batch wins the race.
@@ -26,10 +27,18 @@ impl Coordinator {
         batch: &BatchId,
         ops: Vec<v1::Op>,
         spawned_by: &str,
+        principal: &Principal,
     ) -> Result<v1::SpawnOpsResponse, CoordinatorError> {
         if ops.is_empty() {
             return Err(CoordinatorError::BadRequest("no ops to spawn".into()));
         }
+        let planned = self.authorize(principal, batch, Access::Spawn).await?;
+        // An op's token speaks for that op: what it spawns is recorded as
+        // spawned by it, whatever the request says.
+        let spawner = match &principal.agent {
+            Some(agent) => planned.op_id(agent.op_index),
+            None => spawned_by,
+        };
         // One spawn at a time per coordinator: each re-plans the whole batch.
         let _turn = self.spawn_lock().lock().await;
         for _ in 0..SPAWN_TRIES {
@@ -41,6 +50,7 @@ impl Coordinator {
             let mut combined = stored_batch(batch, &spec)?;
             let first_index = combined.ops.len() as u32;
             let trace = BatchTrace::from_carrier(&combined.trace_context);
+            let tenant = crate::auth::tenant_or_default(&combined.tenant).to_owned();
             combined.ops.extend(ops.iter().cloned());
             let coordinator = self.clone();
             let plan = tokio::task::spawn_blocking(move || {
@@ -78,13 +88,14 @@ impl Coordinator {
                         id: batch.clone(),
                         plan,
                         trace,
+                        tenant,
                     });
                     self.plans().insert(planned.clone());
                     self.dispatch().send(Command::BatchReplanned(planned)).await;
                     if outcome.finished.is_some() {
                         self.plans().finished(batch);
                     }
-                    info!(%batch, added = ops.len(), spawned_by, "ops spawned");
+                    info!(%batch, added = ops.len(), spawned_by = spawner, audit = "spawn", token = %principal.token_id, tenant = %principal.tenant, "ops spawned");
                     return Ok(v1::SpawnOpsResponse {
                         op_count: ops.len() as u32,
                         warnings,

@@ -9,7 +9,8 @@ use volley_store::OpState;
 use crate::convert;
 use crate::dispatch::{Command, WhyAnswer};
 use crate::error::CoordinatorError;
-use crate::service::{Coordinator, now_ms};
+use crate::auth::Principal;
+use crate::service::{Access, Coordinator, now_ms};
 
 impl Coordinator {
     #[tracing::instrument(skip_all, fields(batch = %batch, op = op_id))]
@@ -17,8 +18,9 @@ impl Coordinator {
         &self,
         batch: &BatchId,
         op_id: &str,
+        principal: &Principal,
     ) -> Result<v1::WhyResponse, CoordinatorError> {
-        let planned = self.plan_of(batch).await?;
+        let planned = self.authorize(principal, batch, Access::Read).await?;
         let ops = &planned.plan.ops;
         let index = ops
             .iter()

@@ -12,6 +12,7 @@ use volley_proto::BatchId;
 use volley_proto::v1::batch_service_server::BatchService;
 use volley_proto::v1::{self, submit_batch_chunk::Part};
 
+use super::auth::principal;
 use crate::service::Coordinator;
 use crate::tracing_ctx;
 
@@ -38,6 +39,7 @@ impl BatchAdapter {
         &self,
         request: Request<Streaming<v1::SubmitBatchChunk>>,
     ) -> Result<Response<v1::SubmitBatchResponse>, Status> {
+        let principal = principal(&request)?;
         let mut chunks = request.into_inner();
         let mut batch: Option<v1::Batch> = None;
         while let Some(chunk) = chunks.message().await? {
@@ -57,7 +59,7 @@ impl BatchAdapter {
         // Stored with the batch: whichever coordinator dispatches its ops
         // parents their spans on this one. Empty when it is not traced.
         batch.trace_context = tracing_ctx::carrier_of(&tracing::Span::current());
-        Ok(Response::new(self.coordinator.submit(batch).await?))
+        Ok(Response::new(self.coordinator.submit(batch, &principal).await?))
     }
 }
 
@@ -85,9 +87,13 @@ impl BatchService for BatchAdapter {
         &self,
         request: Request<v1::WatchBatchRequest>,
     ) -> Result<Response<Self::WatchBatchStream>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let batch = batch_id(request.batch_id)?;
-        let events = self.coordinator.watch(batch, request.after_seq).await?;
+        let events = self
+            .coordinator
+            .watch(batch, request.after_seq, &principal)
+            .await?;
         let stream = ReceiverStream::new(events).map(|event| event.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -97,6 +103,7 @@ impl BatchService for BatchAdapter {
         &self,
         request: Request<v1::GetBatchRequest>,
     ) -> Result<Response<v1::BatchStatus>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let batch = batch_id(request.batch_id)?;
         let ops = if request.omit_ops {
@@ -107,7 +114,9 @@ impl BatchService for BatchAdapter {
             Some(request.ops_offset..request.ops_offset.saturating_add(request.ops_limit))
         };
         Ok(Response::new(
-            self.coordinator.status_page(&batch, ops).await?,
+            self.coordinator
+                .status_page(&batch, ops, &principal)
+                .await?,
         ))
     }
 
@@ -116,8 +125,11 @@ impl BatchService for BatchAdapter {
         &self,
         request: Request<v1::CancelBatchRequest>,
     ) -> Result<Response<v1::CancelBatchResponse>, Status> {
+        let principal = principal(&request)?;
         let batch = batch_id(request.into_inner().batch_id)?;
-        Ok(Response::new(self.coordinator.cancel(&batch).await?))
+        Ok(Response::new(
+            self.coordinator.cancel(&batch, &principal).await?,
+        ))
     }
 
     #[tracing::instrument(name = "batch.SpawnOps", skip_all)]
@@ -125,11 +137,12 @@ impl BatchService for BatchAdapter {
         &self,
         request: Request<v1::SpawnOpsRequest>,
     ) -> Result<Response<v1::SpawnOpsResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let batch = batch_id(request.batch_id)?;
         Ok(Response::new(
             self.coordinator
-                .spawn_ops(&batch, request.ops, &request.spawned_by)
+                .spawn_ops(&batch, request.ops, &request.spawned_by, &principal)
                 .await?,
         ))
     }
@@ -139,10 +152,13 @@ impl BatchService for BatchAdapter {
         &self,
         request: Request<v1::WhyRequest>,
     ) -> Result<Response<v1::WhyResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let batch = batch_id(request.batch_id)?;
         Ok(Response::new(
-            self.coordinator.why(&batch, &request.op_id).await?,
+            self.coordinator
+                .why(&batch, &request.op_id, &principal)
+                .await?,
         ))
     }
 
@@ -151,8 +167,11 @@ impl BatchService for BatchAdapter {
         &self,
         request: Request<v1::ListBatchesRequest>,
     ) -> Result<Response<v1::ListBatchesResponse>, Status> {
+        let principal = principal(&request)?;
         Ok(Response::new(
-            self.coordinator.list(request.into_inner().limit).await?,
+            self.coordinator
+                .list(request.into_inner().limit, &principal)
+                .await?,
         ))
     }
 }

@@ -12,6 +12,7 @@ use volley_proto::v1;
 use volley_proto::v1::memory_service_server::MemoryService;
 use volley_store::{MemoryValue, PutOptions};
 
+use super::auth::principal;
 use crate::memory::Writer;
 use crate::service::Coordinator;
 
@@ -46,10 +47,11 @@ impl MemoryService for MemoryAdapter {
         &self,
         request: Request<v1::GetMemoryRequest>,
     ) -> Result<Response<v1::GetMemoryResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let scope = self
             .coordinator
-            .memory_scope(&request.batch_id, &request.namespace)
+            .memory_scope(&request.batch_id, &request.namespace, &principal)
             .await?;
         let value = self.coordinator.memory_get(&scope, &request.key).await?;
         Ok(Response::new(found(value)))
@@ -60,10 +62,11 @@ impl MemoryService for MemoryAdapter {
         &self,
         request: Request<v1::PutMemoryRequest>,
     ) -> Result<Response<v1::PutMemoryResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let scope = self
             .coordinator
-            .memory_scope(&request.batch_id, &request.namespace)
+            .memory_scope(&request.batch_id, &request.namespace, &principal)
             .await?;
         let options = PutOptions {
             content_type: request.content_type,
@@ -77,7 +80,14 @@ impl MemoryService for MemoryAdapter {
         };
         let outcome = self
             .coordinator
-            .memory_put(&scope, &request.key, &request.value, &options, &writer)
+            .memory_put(
+                &scope,
+                &request.key,
+                &request.value,
+                &options,
+                &writer,
+                &principal,
+            )
             .await?;
         Ok(Response::new(v1::PutMemoryResponse {
             unblocked: outcome.unblocked,
@@ -90,10 +100,11 @@ impl MemoryService for MemoryAdapter {
         &self,
         request: Request<v1::DeleteMemoryRequest>,
     ) -> Result<Response<v1::DeleteMemoryResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let scope = self
             .coordinator
-            .memory_scope(&request.batch_id, &request.namespace)
+            .memory_scope(&request.batch_id, &request.namespace, &principal)
             .await?;
         let deleted = self
             .coordinator
@@ -107,10 +118,11 @@ impl MemoryService for MemoryAdapter {
         &self,
         request: Request<v1::ListMemoryRequest>,
     ) -> Result<Response<v1::ListMemoryResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let scope = self
             .coordinator
-            .memory_scope(&request.batch_id, &request.namespace)
+            .memory_scope(&request.batch_id, &request.namespace, &principal)
             .await?;
         let (keys, next_page_token) = self
             .coordinator
@@ -137,10 +149,11 @@ impl MemoryService for MemoryAdapter {
         &self,
         request: Request<v1::IncrMemoryRequest>,
     ) -> Result<Response<v1::IncrMemoryResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let scope = self
             .coordinator
-            .memory_scope(&request.batch_id, &request.namespace)
+            .memory_scope(&request.batch_id, &request.namespace, &principal)
             .await?;
         let (value, outcome) = self
             .coordinator
@@ -160,10 +173,11 @@ impl MemoryService for MemoryAdapter {
         &self,
         request: Request<v1::WatchMemoryRequest>,
     ) -> Result<Response<Self::WatchMemoryStream>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let scope = self
             .coordinator
-            .memory_scope(&request.batch_id, &request.namespace)
+            .memory_scope(&request.batch_id, &request.namespace, &principal)
             .await?;
         let changes = self
             .coordinator
@@ -183,10 +197,11 @@ impl MemoryService for MemoryAdapter {
         &self,
         request: Request<v1::WaitMemoryRequest>,
     ) -> Result<Response<v1::GetMemoryResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let scope = self
             .coordinator
-            .memory_scope(&request.batch_id, &request.namespace)
+            .memory_scope(&request.batch_id, &request.namespace, &principal)
             .await?;
         let timeout = (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms));
         let value = self

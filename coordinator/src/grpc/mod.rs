@@ -1,11 +1,14 @@
 //! Thin tonic adapters: each converts proto ⇄ domain and calls
-//! [`Coordinator`]. No logic lives here.
+//! [`Coordinator`]. No logic lives here; the `auth` layer authenticates
+//! every call but health's before any adapter sees it.
 
+mod auth;
 mod batch;
 mod count;
 mod memory;
 pub mod reflection;
 mod status;
+mod tokens;
 mod trace;
 mod worker;
 
@@ -16,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use volley_proto::MAX_MESSAGE_BYTES;
 use volley_proto::v1::batch_service_server::BatchServiceServer;
 use volley_proto::v1::memory_service_server::MemoryServiceServer;
+use volley_proto::v1::token_service_server::TokenServiceServer;
 use volley_proto::v1::worker_service_server::WorkerServiceServer;
 
 use crate::service::Coordinator;
@@ -73,6 +77,7 @@ pub async fn serve(
     let workers = WorkerServiceServer::new(worker::WorkerAdapter::new(coordinator.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let tokens = TokenServiceServer::new(tokens::TokenAdapter::new(coordinator.clone()));
     let (reflection_v1, reflection_v1alpha) =
         reflection::reflection_services(reflection::COORDINATOR_DESCRIPTOR_SETS)
             .expect("the descriptor sets compiled into this binary decode (a unit test checks)");
@@ -87,10 +92,12 @@ pub async fn serve(
     });
     tonic::transport::Server::builder()
         .layer(tower::layer::layer_fn(count::layer))
+        .layer(tower::layer::layer_fn(auth::layer(coordinator.clone())))
         .add_service(health_service)
         .add_service(batches)
         .add_service(memory)
         .add_service(workers)
+        .add_service(tokens)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, async move {

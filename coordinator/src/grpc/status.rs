@@ -6,6 +6,7 @@ use tonic::{Code, Status};
 use volley_proto::v1;
 use volley_store::StoreError;
 
+use crate::auth::AuthError;
 use crate::error::CoordinatorError;
 
 impl From<CoordinatorError> for Status {
@@ -27,6 +28,13 @@ impl From<CoordinatorError> for Status {
                 Status::with_details(Code::InvalidArgument, message, details.into())
             }
             CoordinatorError::BatchNotFound(_) => Status::not_found(message),
+            CoordinatorError::Auth(AuthError::Unauthenticated(_)) => {
+                Status::unauthenticated(message)
+            }
+            CoordinatorError::Auth(AuthError::PermissionDenied(_)) => {
+                Status::permission_denied(message)
+            }
+            CoordinatorError::Token(_) => Status::invalid_argument(message),
             CoordinatorError::BadRequest(_) => Status::invalid_argument(message),
             CoordinatorError::ShuttingDown => Status::unavailable(message),
             CoordinatorError::ValueTooLarge { .. } => Status::invalid_argument(message),
@@ -41,6 +49,7 @@ impl From<CoordinatorError> for Status {
                 StoreError::NotAnInteger { .. } => Status::failed_precondition(message),
                 StoreError::ChangesTrimmed { .. } => Status::out_of_range(message),
                 StoreError::CannotAddOps { .. } => Status::failed_precondition(message),
+                StoreError::TokenExists(_) => Status::already_exists(message),
                 StoreError::NotOwner { .. } => Status::failed_precondition(message),
                 StoreError::Redis(_) if store_error.is_retryable() => Status::unavailable(message),
                 StoreError::Redis(_) => Status::internal(message),

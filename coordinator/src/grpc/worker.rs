@@ -35,6 +35,7 @@ impl WorkerService for WorkerAdapter {
         &self,
         request: Request<Streaming<v1::WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let principal = super::auth::principal(&request)?;
         let mut inbound = request.into_inner();
         let register = match inbound.message().await? {
             Some(v1::WorkerMessage {
@@ -52,7 +53,7 @@ impl WorkerService for WorkerAdapter {
         let (outbound, outbound_receiver) = mpsc::channel(capacity);
         let session = self
             .coordinator
-            .connect_worker(register, outbound.clone())
+            .connect_worker(register, outbound.clone(), &principal)
             .await?;
         let greeting = v1::CoordinatorMessage {
             msg: Some(v1::coordinator_message::Msg::Registered(v1::Registered {
