@@ -99,3 +99,119 @@ fn tls_config(files: &ClientTlsFiles) -> Result<ClientTlsConfig, TlsError> {
         (None, None) => Ok(config),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{HealthServer, health_status, is_tls_failure};
+    use crate::testing::TestCerts;
+
+    fn generated() -> anyhow::Result<(tempfile::TempDir, TestCerts)> {
+        let dir = tempfile::tempdir()?;
+        let certs = TestCerts::generate(dir.path())?;
+        Ok((dir, certs))
+    }
+
+    #[test]
+    fn an_http_url_with_tls_files_is_refused_with_a_hint_to_use_https() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        let error = client_endpoint("http://127.0.0.1:7070", &certs.client_files())
+            .expect_err("TLS files with a plaintext url");
+        assert!(
+            matches!(&error, TlsError::PlaintextUrlWithTls { url } if url.starts_with("http://127.0.0.1:7070")),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("https://"), "{error}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_bare_host_and_port_with_tls_files_is_refused_too() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        let error = client_endpoint("127.0.0.1:7070", &certs.client_files())
+            .expect_err("a bare host:port is plaintext");
+        assert!(
+            matches!(error, TlsError::PlaintextUrlWithTls { .. }),
+            "{error:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_bare_host_and_port_without_tls_files_is_http() -> anyhow::Result<()> {
+        let endpoint = client_endpoint("127.0.0.1:7070", &ClientTlsFiles::default())?;
+        assert_eq!(endpoint.uri().scheme_str(), Some("http"));
+        Ok(())
+    }
+
+    #[test]
+    fn a_client_certificate_without_its_key_is_refused() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        let files = ClientTlsFiles {
+            key: None,
+            ..certs.client_files_with_identity()
+        };
+        let error = client_endpoint("https://127.0.0.1:7070", &files).expect_err("no key");
+        assert!(
+            matches!(&error, TlsError::CertWithoutKey { cert } if *cert == certs.client_cert),
+            "{error:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_client_key_that_does_not_match_its_certificate_is_refused() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        let files = ClientTlsFiles {
+            key: Some(certs.server_key.clone()),
+            ..certs.client_files_with_identity()
+        };
+        let error = client_endpoint("https://127.0.0.1:7070", &files).expect_err("wrong key");
+        assert!(matches!(error, TlsError::KeyMismatch { .. }), "{error:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_named() -> anyhow::Result<()> {
+        let (dir, _certs) = generated()?;
+        let missing = dir.path().join("absent-ca.crt");
+        let files = ClientTlsFiles {
+            ca: Some(missing.clone()),
+            ..ClientTlsFiles::default()
+        };
+        let error = client_endpoint("https://127.0.0.1:7070", &files).expect_err("no CA file");
+        assert!(
+            matches!(&error, TlsError::Read { role: FileRole::ServerCa, path, .. } if *path == missing),
+            "{error:?}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn https_against_a_plaintext_server_fails_with_a_tls_error() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        let server = HealthServer::start(None).await?;
+        let endpoint = client_endpoint(&server.https_url(), &certs.client_files())?;
+        let error = health_status(endpoint)
+            .await
+            .expect_err("https:// never falls back to plaintext");
+        assert!(is_tls_failure(&error), "{error:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn https_without_a_ca_file_trusts_only_the_public_roots() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        let tls = crate::ServerTls::load(certs.server_files())?;
+        let server = HealthServer::start(Some(std::sync::Arc::new(tls))).await?;
+        let endpoint = client_endpoint(&server.https_url(), &ClientTlsFiles::default())?;
+        let error = health_status(endpoint)
+            .await
+            .expect_err("a private CA is not among the webpki roots");
+        assert!(is_tls_failure(&error), "{error:?}");
+        // The same server over plaintext: refused too, never a downgrade.
+        let endpoint = client_endpoint(&server.http_url(), &ClientTlsFiles::default())?;
+        assert!(health_status(endpoint).await.is_err());
+        Ok(())
+    }
+}

@@ -275,3 +275,221 @@ async fn handshake(
         io: Io::Tls(Box::new(stream)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::client::client_endpoint;
+    use crate::server::ServerTlsFiles;
+    use crate::test_support::{
+        DEADLINE, HealthServer, SERVING, SecretDir, health_status, is_tls_failure, leaf_of,
+        raw_tls_connect,
+    };
+    use crate::testing::{CLIENT_COMMON_NAME, TestCerts};
+
+    fn generated() -> anyhow::Result<(tempfile::TempDir, TestCerts)> {
+        let dir = tempfile::tempdir()?;
+        let certs = TestCerts::generate(dir.path())?;
+        Ok((dir, certs))
+    }
+
+    async fn tls_server(files: ServerTlsFiles) -> anyhow::Result<HealthServer> {
+        HealthServer::start(Some(Arc::new(ServerTls::load(files)?))).await
+    }
+
+    #[tokio::test]
+    async fn without_tls_the_stream_serves_plaintext() -> anyhow::Result<()> {
+        let server = HealthServer::start(None).await?;
+        let endpoint = client_endpoint(&server.addr.to_string(), &Default::default())?;
+        assert_eq!(health_status(endpoint).await?, SERVING);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_client_trusting_the_ca_gets_serving_over_tls() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        let server = tls_server(certs.server_files()).await?;
+        let endpoint = client_endpoint(&server.https_url(), &certs.client_files())?;
+        assert_eq!(health_status(endpoint).await?, SERVING);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_client_trusting_another_ca_fails_the_handshake() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        let (_other_dir, other_certs) = generated()?;
+        let server = tls_server(certs.server_files()).await?;
+        let endpoint = client_endpoint(&server.https_url(), &other_certs.client_files())?;
+        let error = health_status(endpoint)
+            .await
+            .expect_err("the server's certificate is not from the client's CA");
+        assert!(is_tls_failure(&error), "{error:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn with_a_client_ca_a_client_without_a_certificate_is_refused() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        let server = tls_server(certs.server_files_with_client_ca()).await?;
+        let endpoint = client_endpoint(&server.https_url(), &certs.client_files())?;
+        let error = health_status(endpoint)
+            .await
+            .expect_err("mTLS requires a client certificate");
+        assert!(is_tls_failure(&error), "{error:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn with_a_client_ca_a_client_certificate_from_another_ca_is_refused() -> anyhow::Result<()>
+    {
+        let (_dir, certs) = generated()?;
+        let (_other_dir, other_certs) = generated()?;
+        let server = tls_server(certs.server_files_with_client_ca()).await?;
+        let files = crate::ClientTlsFiles {
+            ca: Some(certs.ca_cert.clone()),
+            cert: Some(other_certs.client_cert.clone()),
+            key: Some(other_certs.client_key.clone()),
+        };
+        let error = health_status(client_endpoint(&server.https_url(), &files)?)
+            .await
+            .expect_err("the client certificate is not from the client CA");
+        assert!(is_tls_failure(&error), "{error:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn with_a_client_ca_a_client_certificate_from_it_gets_serving() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        let server = tls_server(certs.server_files_with_client_ca()).await?;
+        let endpoint = client_endpoint(&server.https_url(), &certs.client_files_with_identity())?;
+        assert_eq!(health_status(endpoint).await?, SERVING);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_connect_info_names_the_client_certificate() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        let tls = Arc::new(ServerTls::load(certs.server_files_with_client_ca())?);
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let mut incoming = std::pin::pin!(server_incoming(listener, Some(tls)));
+        let ca = certs.ca_cert.clone();
+        let (client_cert, client_key) = (certs.client_cert.clone(), certs.client_key.clone());
+        // The client holds its stream until the server has handed over the
+        // connection, so the server's side of the handshake completes.
+        let client = tokio::spawn(async move {
+            raw_tls_connect(addr, &ca, Some((&client_cert, &client_key))).await
+        });
+        let connection = tokio::time::timeout(DEADLINE, incoming.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the stream ended"))??;
+        client.await??;
+        let info = connection.connect_info();
+        assert!(info.tls);
+        assert_eq!(info.remote_addr.map(|remote| remote.ip()), Some(addr.ip()));
+        assert_eq!(
+            info.client_identity.as_deref(),
+            Some(format!("CN={CLIENT_COMMON_NAME}").as_str())
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_does_not_hold_up_the_handshakes_of_others() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        // A deadline far beyond the test's: a server that handshook one
+        // client at a time would make the health check below time out.
+        let tls = ServerTls::load(certs.server_files())?
+            .with_handshake_timeout(Duration::from_secs(3600));
+        let server = HealthServer::start(Some(Arc::new(tls))).await?;
+        let _silent = TcpStream::connect(server.addr).await?;
+        let endpoint = client_endpoint(&server.https_url(), &certs.client_files())?;
+        assert_eq!(health_status(endpoint).await?, SERVING);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_handshake_that_outlives_its_timeout_is_dropped() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        let tls = ServerTls::load(certs.server_files())?
+            .with_handshake_timeout(Duration::from_millis(50));
+        let server = HealthServer::start(Some(Arc::new(tls))).await?;
+        let mut silent = TcpStream::connect(server.addr).await?;
+        let mut buffer = [0_u8; 16];
+        // The server closes the socket: end of file (or a reset).
+        let read = tokio::time::timeout(DEADLINE, silent.read(&mut buffer)).await?;
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn new_connections_see_a_rotated_certificate_and_a_broken_one_keeps_the_last_good()
+    -> anyhow::Result<()> {
+        let (dir, certs) = generated()?;
+        let secret_root = dir.path().join("secret");
+        std::fs::create_dir(&secret_root)?;
+        let mut secret = SecretDir::new(
+            &secret_root,
+            &std::fs::read(&certs.server_cert)?,
+            &std::fs::read(&certs.server_key)?,
+        )?;
+        let tls = Arc::new(
+            ServerTls::load(ServerTlsFiles {
+                cert: secret.cert(),
+                key: secret.key(),
+                client_ca: None,
+            })?
+            .with_reload_interval(Duration::ZERO),
+        );
+        let server = HealthServer::start(Some(Arc::clone(&tls))).await?;
+        let original = leaf_of(&certs.server_cert)?;
+        let (served, _stream) = raw_tls_connect(server.addr, &certs.ca_cert, None).await?;
+        assert_eq!(served, original);
+
+        let rotated_cert = dir.path().join("rotated.crt");
+        let rotated_key = dir.path().join("rotated.key");
+        certs.issue_server_cert("rotated", &rotated_cert, &rotated_key)?;
+        secret.swap(
+            &std::fs::read(&rotated_cert)?,
+            &std::fs::read(&rotated_key)?,
+        )?;
+        let rotated = leaf_of(&rotated_cert)?;
+        // A connection triggers the check; a later one gets the result.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let (served, _stream) = raw_tls_connect(server.addr, &certs.ca_cert, None).await?;
+            if served == rotated {
+                break;
+            }
+            assert_eq!(served, original);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never served the rotated certificate"
+            );
+        }
+        // The rotated certificate also passes tonic's verification.
+        let endpoint = client_endpoint(&server.https_url(), &certs.client_files())?;
+        assert_eq!(health_status(endpoint).await?, SERVING);
+
+        secret.swap(b"not a certificate", &std::fs::read(&rotated_key)?)?;
+        let (_, rejected_before) = tls.reload_counts();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while tls.reload_counts().1 == rejected_before {
+            let (served, _stream) = raw_tls_connect(server.addr, &certs.ca_cert, None).await?;
+            assert_eq!(served, rotated);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the broken files were never checked"
+            );
+        }
+        let (served, _stream) = raw_tls_connect(server.addr, &certs.ca_cert, None).await?;
+        assert_eq!(
+            served, rotated,
+            "a broken rotation keeps the last good certificate"
+        );
+        Ok(())
+    }
+}

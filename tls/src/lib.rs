@@ -22,6 +22,8 @@ mod error;
 mod incoming;
 mod pem;
 mod server;
+#[cfg(test)]
+mod test_support;
 #[cfg(any(test, feature = "test-certs"))]
 pub mod testing;
 

@@ -291,3 +291,181 @@ fn log_loaded(files: &ServerTlsFiles, leaf: &Leaf, what: &str) {
         "{what} the TLS certificate"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::SecretDir;
+    use crate::testing::TestCerts;
+
+    fn generated() -> anyhow::Result<(tempfile::TempDir, TestCerts)> {
+        let dir = tempfile::tempdir()?;
+        let certs = TestCerts::generate(dir.path())?;
+        Ok((dir, certs))
+    }
+
+    #[test]
+    fn a_missing_certificate_file_is_named_with_its_role() -> anyhow::Result<()> {
+        let (dir, certs) = generated()?;
+        let missing = dir.path().join("absent.crt");
+        let files = ServerTlsFiles {
+            cert: missing.clone(),
+            ..certs.server_files()
+        };
+        let error = ServerTls::load(files).expect_err("the certificate file is missing");
+        assert!(
+            matches!(&error, TlsError::Read { role: FileRole::ServerCertificate, path, .. } if *path == missing),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("absent.crt"), "{error}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_client_ca_file_is_named_with_its_role() -> anyhow::Result<()> {
+        let (dir, certs) = generated()?;
+        let files = ServerTlsFiles {
+            client_ca: Some(dir.path().join("absent-ca.crt")),
+            ..certs.server_files()
+        };
+        let error = ServerTls::load(files).expect_err("the client CA file is missing");
+        assert!(
+            matches!(
+                error,
+                TlsError::Read {
+                    role: FileRole::ClientCa,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_certificate_file_without_a_certificate_is_refused() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        let files = ServerTlsFiles {
+            // The key file is PEM, but holds no certificate.
+            cert: certs.server_key.clone(),
+            ..certs.server_files()
+        };
+        let error = ServerTls::load(files).expect_err("no certificate in the file");
+        assert!(
+            matches!(&error, TlsError::NoCertificate { role: FileRole::ServerCertificate, path } if *path == certs.server_key),
+            "{error:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_key_file_without_a_key_is_refused() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        let files = ServerTlsFiles {
+            key: certs.server_cert.clone(),
+            ..certs.server_files()
+        };
+        let error = ServerTls::load(files).expect_err("no key in the file");
+        assert!(
+            matches!(
+                error,
+                TlsError::NoPrivateKey {
+                    role: FileRole::ServerKey,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_the_certificate_is_refused() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        let files = ServerTlsFiles {
+            key: certs.client_key.clone(),
+            ..certs.server_files()
+        };
+        let error = ServerTls::load(files).expect_err("the client key is not the server's");
+        assert!(
+            matches!(&error, TlsError::KeyMismatch { cert, key } if *cert == certs.server_cert && *key == certs.client_key),
+            "{error:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_check_is_claimed_once_per_interval_and_one_at_a_time() -> anyhow::Result<()> {
+        let (_dir, certs) = generated()?;
+        let tls =
+            ServerTls::load(certs.server_files())?.with_reload_interval(Duration::from_secs(3600));
+        let now = Instant::now();
+        assert!(!tls.claim_reload(now), "not due before the interval");
+        let later = now + Duration::from_secs(7200);
+        assert!(tls.claim_reload(later));
+        assert!(!tls.claim_reload(later), "one check at a time");
+        tls.reload();
+        let soon = Instant::now() + Duration::from_secs(1800);
+        assert!(
+            !tls.claim_reload(soon),
+            "the next check is an interval away"
+        );
+        let after_the_interval = Instant::now() + Duration::from_secs(7200);
+        assert!(tls.claim_reload(after_the_interval));
+        Ok(())
+    }
+
+    #[test]
+    fn a_rotated_secret_is_swapped_in_and_a_broken_one_keeps_the_previous() -> anyhow::Result<()> {
+        let (dir, certs) = generated()?;
+        let secret_root = dir.path().join("secret");
+        std::fs::create_dir(&secret_root)?;
+        let mut secret = SecretDir::new(
+            &secret_root,
+            &std::fs::read(&certs.server_cert)?,
+            &std::fs::read(&certs.server_key)?,
+        )?;
+        let tls = ServerTls::load(ServerTlsFiles {
+            cert: secret.cert(),
+            key: secret.key(),
+            client_ca: None,
+        })?
+        .with_reload_interval(Duration::ZERO);
+        let first = tls.config();
+
+        // Unchanged files: nothing is rebuilt.
+        assert!(tls.claim_reload(Instant::now()));
+        tls.reload();
+        assert!(Arc::ptr_eq(&first, &tls.config()));
+        assert_eq!(tls.reload_counts(), (0, 0));
+
+        let rotated_cert = dir.path().join("rotated.crt");
+        let rotated_key = dir.path().join("rotated.key");
+        certs.issue_server_cert("rotated", &rotated_cert, &rotated_key)?;
+        secret.swap(
+            &std::fs::read(&rotated_cert)?,
+            &std::fs::read(&rotated_key)?,
+        )?;
+        assert!(tls.claim_reload(Instant::now()));
+        tls.reload();
+        let second = tls.config();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(tls.reload_counts(), (1, 0));
+
+        // Half a rotation: a new certificate with the old key.
+        let third_cert = dir.path().join("third.crt");
+        let third_key = dir.path().join("third.key");
+        certs.issue_server_cert("third", &third_cert, &third_key)?;
+        secret.swap(&std::fs::read(&third_cert)?, &std::fs::read(&rotated_key)?)?;
+        assert!(tls.claim_reload(Instant::now()));
+        tls.reload();
+        assert!(Arc::ptr_eq(&second, &tls.config()));
+        assert_eq!(tls.reload_counts(), (1, 1));
+
+        // The same broken files are not rebuilt (nor warned about) again.
+        assert!(tls.claim_reload(Instant::now()));
+        tls.reload();
+        assert_eq!(tls.reload_counts(), (1, 1));
+        Ok(())
+    }
+}
