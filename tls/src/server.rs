@@ -3,9 +3,10 @@
 //! One `Arc<ServerConfig>` is swapped, not a `ResolvesServerCert`: a whole
 //! config carries the certificate *and* the client-CA verifier, so a rotated
 //! client CA is picked up the same way as a rotated certificate. Files are
-//! compared by content, read through their paths: cert-manager swaps a
-//! `..data` symlink, which changes neither the path nor (for the file we
-//! open) a stable inode, so content is the only reliable signal.
+//! compared by content, read through their paths: the kubelet publishes a
+//! rotated Secret by renaming a new `..data` symlink over the old one, so
+//! the path stays the same while the file behind it changes, and the
+//! symlink's own mtime and inode say nothing about it.
 //!
 //! The accept loop asks [`ServerTls::claim_reload`] on each connection; at
 //! most once per reload interval it runs [`ServerTls::reload`] on a blocking
