@@ -151,13 +151,27 @@ else
   fail "kubectl kustomize (KEDA overlay)"
 fi
 
-step "plain manifests = the chart's defaults (CPU HPA; KEDA)"
-helm template volley "$CHART" --set autoscaling.hpa.enabled=true > "$WORK/rendered/chart-as-k8s-base.yaml"
-helm template volley "$CHART" --set autoscaling.keda.enabled=true > "$WORK/rendered/chart-as-k8s-keda.yaml"
+step "plain manifests = the chart's defaults (CPU HPA; KEDA; the admin token Secret made by hand)"
+# Plain manifests cannot make a random token: they mount a Secret
+# volley-admin-token that the user creates, as the chart does with
+# adminToken.existingSecret.
+helm template volley "$CHART" --set autoscaling.hpa.enabled=true \
+  --set adminToken.existingSecret=volley-admin-token > "$WORK/rendered/chart-as-k8s-base.yaml"
+helm template volley "$CHART" --set autoscaling.keda.enabled=true \
+  --set adminToken.existingSecret=volley-admin-token > "$WORK/rendered/chart-as-k8s-keda.yaml"
 python deploy/tools/check_manifests.py compare "$WORK/rendered/chart-as-k8s-base.yaml" "$WORK/rendered/k8s-base.yaml" \
   || fail "deploy/k8s differs from the chart (hpa.enabled=true)"
 python deploy/tools/check_manifests.py compare "$WORK/rendered/chart-as-k8s-keda.yaml" "$WORK/rendered/k8s-keda.yaml" \
   || fail "deploy/k8s + keda differs from the chart (keda.enabled=true)"
+
+# ------------------------------------------------------------ security -----
+step "security defaults: tokens on, no --auth none, generated admin token kept, NetworkPolicies on"
+if python deploy/tools/check_manifests.py security "$WORK/rendered/chart-default.yaml" "$WORK"/rendered/chart-*.yaml; then
+  echo "  ok   coordinator --admin-token-file, worker --token-file, admin token Secret (48 chars, kept)," \
+    "NetworkPolicies by default; no --auth none and no Redis password in a URL in any rendering"
+else
+  fail "security defaults"
+fi
 
 # ------------------------------------------------------------ yamllint -----
 step "yamllint (deploy/.yamllint): deploy/ and every rendered manifest"
@@ -181,7 +195,7 @@ EOF
       --kube-version "${KUBE_VERSIONS[0]}" "$mutant" > "$WORK/rendered/mutant-$label.log" 2>&1; then
     fail "self-test $label: '$to' was not caught"
   else
-    echo "  ok   $label ('${from//$'\n'/ }' -> '${to//$'\n'/ }'): $(grep -m1 -oE "(Additional properties|is not|selects no|refers to).{0,70}" "$WORK/rendered/mutant-$label.log" || echo caught)"
+    echo "  ok   $label ('${from//$'\n'/ }' -> '${to//$'\n'/ }'): $(grep -m1 -oE "(Additional properties|is not|selects no|refers to|not under|no file).{0,70}" "$WORK/rendered/mutant-$label.log" || echo caught)"
   fi
 }
 mutate deployment "$WORK/rendered/chart-default.yaml" "  replicas: 2" "  replica: 2"
@@ -191,7 +205,10 @@ mutate triggerauth "$WORK/rendered/chart-keda.yaml" "secretTargetRef:" "secretTa
 mutate servicemonitor "$WORK/rendered/chart-full.yaml" "  endpoints:" "  endpoint:"
 mutate selector "$WORK/rendered/k8s-base.yaml" $'  selector:\n    app.kubernetes.io/component: worker' \
   $'  selector:\n    app.kubernetes.io/component: wroker'
-mutate env-order "$WORK/rendered/chart-full.yaml" "\$(REDIS_PASSWORD)" "\$(REDIS_PASSWROD)"
+mutate token-path "$WORK/rendered/chart-default.yaml" "/var/run/volley/token/token" "/var/run/volley/tokne/token"
+mutate tls-path "$WORK/rendered/chart-security.yaml" '"/etc/volley/tls/ca.crt"' '"/etc/volley/tls/ca.pem"'
+mutate networkpolicy "$WORK/rendered/chart-default.yaml" "- port: grpc" "- port: grcp"
+mutate certificate "$WORK/rendered/chart-security.yaml" "  dnsNames:" "  dnsName:"
 
 echo
 if [ "$failures" -gt 0 ]; then

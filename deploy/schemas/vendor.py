@@ -39,10 +39,14 @@ HERE = pathlib.Path(__file__).resolve().parent
 PACKAGES = {
     "keda": "@kubernetes-models/keda@0.3.2",
     "prometheus-operator": "@kubernetes-models/prometheus-operator@4.0.0",
+    # The last version that embeds schema literals; its cert-manager.io/v1
+    # kinds come from the cert-manager v1.11.2 CRDs.
+    "cert-manager": "@kubernetes-models/cert-manager@4.3.1",
     "apimachinery": "@kubernetes-models/apimachinery@1.2.2",
 }
 
-# (package, file inside the package, output path, apiVersion, kind)
+# (package, file inside the package, output path[, which of the package's
+# `crd-generate.input` URLs the kind comes from; default: those naming it])
 OUTPUTS = [
     ("keda", "keda.sh/v1alpha1/ScaledObject.js",
      "keda/scaledobject_v1alpha1.json"),
@@ -50,6 +54,8 @@ OUTPUTS = [
      "keda/triggerauthentication_v1alpha1.json"),
     ("prometheus-operator", "monitoring.coreos.com/v1/ServiceMonitor.js",
      "prometheus-operator/servicemonitor_v1.json"),
+    ("cert-manager", "cert-manager.io/v1/Certificate.js",
+     "cert-manager/certificate_v1.json", "v1.11.2/cert-manager.crds.yaml"),
 ]
 
 SCHEMA_LITERAL = re.compile(r"^const schema = (\{.*?^\});$", re.S | re.M)
@@ -114,14 +120,15 @@ def main():
         roots, infos = {}, {}
         for key, spec in PACKAGES.items():
             roots[key], infos[key] = npm_pack(spec, tmp)
-        for package, rel, output in OUTPUTS:
+        for package, rel, output, *source in OUTPUTS:
             definitions = {}
             schema = transform(schema_literal(roots[package] / rel),
                                roots["apimachinery"], definitions)
             manifest = json.loads((roots[package] / "package.json").read_text())
             inputs = manifest.get("crd-generate", {}).get("input", [])
             kind = pathlib.Path(rel).stem.lower()
-            upstream = ", ".join([i for i in inputs if kind in i.lower()] or inputs)
+            named = [i for i in inputs if (source[0] in i if source else kind in i.lower())]
+            upstream = ", ".join(named or inputs)
             document = {
                 "$schema": "http://json-schema.org/draft-07/schema#",
                 "description": (

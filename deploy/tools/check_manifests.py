@@ -3,6 +3,7 @@
 
     check_manifests.py validate --out DIR --kube-version V [--kube-version V…] FILE…
     check_manifests.py compare CHART.yaml KUSTOMIZE.yaml
+    check_manifests.py security DEFAULT.yaml [RENDERED.yaml…]
 
 `validate` splits every multi-document FILE into one file per resource and
 - checks each built-in resource with `kubernetes-validate --strict` for every
@@ -14,8 +15,18 @@
   that select pods, named ports that exist, `$(VAR)` references defined
   earlier in the same env list, envFrom ConfigMaps that exist, autoscaler
   targets that exist and leave `replicas` out, workers' --coordinator
-  pointing at a Service port, and the worker's grace period covering its
-  preStop sleep plus its drain timeout.
+  pointing at a Service port, the worker's grace period covering its
+  preStop sleep plus its drain timeout, every file a `volley` flag names
+  (`--admin-token-file`, `--token-file`, `--tls-*`, `--redis-*-file`…)
+  lying in a volume of the pod that holds that file, Secrets and
+  Certificates the chart renders matching the volumes that use them, and
+  NetworkPolicies selecting rendered pods and naming their ports.
+
+`security` checks the chart's secure defaults in DEFAULT.yaml (the
+coordinator gets --admin-token-file, the worker --token-file, the generated
+admin token Secret holds 48 random characters and is kept on uninstall,
+NetworkPolicies are rendered) and, in every file, that no container runs
+with `--auth none` and no Redis URL carries a password.
 
 `compare` checks that the plain manifests (deploy/k8s) match the chart's
 rendering, once Helm's own labels, annotations and test hooks are dropped.
@@ -24,6 +35,7 @@ Tools are run from the directory of this Python interpreter (the venv).
 """
 
 import argparse
+import base64
 import difflib
 import json
 import pathlib
@@ -41,6 +53,7 @@ CRD_SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda/scaledobject_v1alpha1.json",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda/triggerauthentication_v1alpha1.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "prometheus-operator/servicemonitor_v1.json",
+    ("cert-manager.io/v1", "Certificate"): "cert-manager/certificate_v1.json",
 }
 # Groups whose kinds kubernetes-validate bundles schemas for.
 BUILTIN_GROUPS = {"v1", "apps/v1", "policy/v1", "autoscaling/v2", "batch/v1",
@@ -135,6 +148,18 @@ def consistency(docs):
                         env_values.update(configmaps[ref].get("data", {}))
             env_values.update({e["name"]: e.get("value") for e in container.get("env", [])})
             args = [str(a) for a in container.get("args", [])]
+            commands = [args]
+            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                command = container.get(probe, {}).get("exec", {}).get("command")
+                if command:
+                    commands.append([str(a) for a in command])
+            volumes = {v["name"]: v for v in spec.get("volumes", [])}
+            for command in commands:
+                for flag, path in zip(command, command[1:]):
+                    if flag in FILE_FLAGS:
+                        problem = file_problem(path, container, volumes, by_kind)
+                        if problem:
+                            errors.append(f"{cwhere}: {flag} {path}: {problem}")
             if args[:1] == ["worker"]:
                 if "--coordinator" in args:
                     url = args[args.index("--coordinator") + 1]
@@ -161,6 +186,26 @@ def consistency(docs):
                 if (isinstance(target, str) and target not in known) or \
                    (isinstance(target, int) and target not in known.values()):
                     errors.append(f"{name_of(service)}: targetPort {target!r} is not a port of {name_of(owner)}")
+
+    for policy in by_kind.get("NetworkPolicy", {}).values():
+        selector = policy["spec"]["podSelector"].get("matchLabels", {})
+        if selector.get("app.kubernetes.io/component") not in ("coordinator", "worker"):
+            continue  # e.g. the Redis policy: its pods are not the chart's
+        targets = selected_pods(selector)
+        if not targets:
+            errors.append(f"{name_of(policy)}: podSelector {selector} selects no rendered pod")
+        for rule in policy["spec"].get("ingress", []):
+            for port in rule.get("ports", []):
+                for owner, _, spec in targets:
+                    named = port.get("port")
+                    if isinstance(named, str) and named not in container_ports(spec):
+                        errors.append(f"{name_of(policy)}: port {named!r} is not a port of {name_of(owner)}")
+            for peer in rule.get("from", []):
+                labels = peer.get("podSelector", {}).get("matchLabels", {})
+                component = labels.get("app.kubernetes.io/component")
+                if component in ("coordinator", "worker") and "namespaceSelector" not in peer \
+                        and not selected_pods(labels):
+                    errors.append(f"{name_of(policy)}: peer podSelector {labels} selects no rendered pod")
 
     for pdb in by_kind.get("PodDisruptionBudget", {}).values():
         selector = pdb["spec"]["selector"].get("matchLabels", {})
@@ -200,6 +245,55 @@ def consistency(docs):
                 if endpoint.get("port") not in [p.get("name") for p in service["spec"]["ports"]]:
                     errors.append(f"{name_of(monitor)}: {name_of(service)} has no port {endpoint.get('port')!r}")
     return errors
+
+
+# `volley` flags whose value is a file the container must find in a volume.
+FILE_FLAGS = {"--admin-token-file", "--token-file", "--tls-cert", "--tls-key", "--tls-ca",
+              "--tls-client-ca", "--redis-password-file", "--redis-tls-ca",
+              "--redis-tls-cert", "--redis-tls-key"}
+
+
+def volume_files(volume):
+    """(kind, source name, {file path in the volume: key}) of a Secret,
+    ConfigMap or projected volume; None for other volumes."""
+    def items(source):
+        return {i["path"]: i["key"] for i in source.get("items", [])} or None
+    if "secret" in volume:
+        return [("Secret", volume["secret"].get("secretName"), items(volume["secret"]))]
+    if "configMap" in volume:
+        return [("ConfigMap", volume["configMap"].get("name"), items(volume["configMap"]))]
+    if "projected" in volume:
+        found = []
+        for source in volume["projected"].get("sources", []):
+            for kind, key in (("Secret", "secret"), ("ConfigMap", "configMap")):
+                if key in source:
+                    found.append((kind, source[key].get("name"), items(source[key])))
+        return found
+    return None
+
+
+def file_problem(path, container, volumes, by_kind):
+    """Why `path` is not a file of a mounted Secret/ConfigMap (None: it is)."""
+    for mount in container.get("volumeMounts", []):
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(prefix):
+            continue
+        volume = volumes.get(mount["name"])
+        if volume is None:
+            return f"volume {mount['name']!r} is not a volume of the pod"
+        sources = volume_files(volume)
+        if sources is None:
+            return None  # an emptyDir or PVC: nothing to check
+        relative = path[len(prefix):]
+        for kind, name, files in sources:
+            if files is not None and relative not in files:
+                continue
+            rendered = by_kind.get(kind, {}).get(name)
+            if rendered is not None and files is not None and files[relative] not in rendered.get("data", {}):
+                return f"key {files[relative]!r} is not in the rendered {kind}/{name}"
+            return None
+        return f"no file {relative!r} in volume {mount['name']!r}"
+    return "not under any volumeMount of the container"
 
 
 def run(command):
@@ -307,6 +401,48 @@ def _indent(text):
     return "\n".join("       " + line for line in text.splitlines())
 
 
+def security(args):
+    problems = []
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in load(args.default)}
+
+    def container(kind, name):
+        doc = docs.get((kind, name))
+        return doc["spec"]["template"]["spec"]["containers"][0] if doc else {}
+
+    if "--admin-token-file" not in container("Deployment", "volley-coordinator").get("args", []):
+        problems.append("the coordinator has no --admin-token-file by default")
+    if "--token-file" not in container("Deployment", "volley-worker").get("args", []):
+        problems.append("the worker has no --token-file by default")
+    secret = docs.get(("Secret", "volley-admin-token"))
+    if secret is None:
+        problems.append("no generated Secret volley-admin-token by default")
+    else:
+        if secret["metadata"].get("annotations", {}).get("helm.sh/resource-policy") != "keep":
+            problems.append("the generated admin token Secret is not annotated helm.sh/resource-policy: keep")
+        token = base64.b64decode(secret["data"]["token"]).decode()
+        if len(token) != 48 or not token.isalnum():
+            problems.append(f"the generated admin token is not 48 random alphanumerics ({len(token)} chars)")
+    if not any(kind == "NetworkPolicy" for kind, _ in docs):
+        problems.append("no NetworkPolicy by default")
+    for path in [args.default, *args.files]:
+        for doc in load(path):
+            spec, _ = pod_spec(doc) if doc.get("kind") in ("Deployment", "Pod") else (None, None)
+            for c in (spec or {}).get("containers", []):
+                where = f"{path}: {name_of(doc)} container {c['name']}"
+                argv = [str(a) for a in c.get("args", [])]
+                env = {e["name"]: str(e.get("value")) for e in c.get("env", [])}
+                if "--auth=none" in argv or ["--auth", "none"] in [argv[i:i + 2] for i in range(len(argv))] \
+                        or env.get("VOLLEY_AUTH") == "none":
+                    problems.append(f"{where}: runs with --auth none")
+                url = env.get("VOLLEY_REDIS", "")
+                authority = url.split("//", 1)[-1].split("/", 1)[0]
+                if "@" in authority and ":" in authority.rsplit("@", 1)[0]:
+                    problems.append(f"{where}: a password in VOLLEY_REDIS (use --redis-password-file)")
+    for problem in problems:
+        print("  FAIL " + problem)
+    return 1 if problems else 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -317,8 +453,12 @@ def main():
     c = sub.add_parser("compare")
     c.add_argument("chart")
     c.add_argument("plain")
+    s = sub.add_parser("security")
+    s.add_argument("default")
+    s.add_argument("files", nargs="*")
     args = parser.parse_args()
-    sys.exit(validate(args) if args.command == "validate" else compare(args))
+    commands = {"validate": validate, "compare": compare, "security": security}
+    sys.exit(commands[args.command](args))
 
 
 if __name__ == "__main__":

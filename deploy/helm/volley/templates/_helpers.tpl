@@ -102,10 +102,11 @@ The image reference; the tag defaults to the chart's appVersion.
 {{- end }}
 
 {{/*
-The coordinator's in-cluster gRPC address, as workers and clients dial it.
+The coordinator's in-cluster gRPC address, as workers and clients dial it:
+https:// with TLS.
 */}}
 {{- define "volley.coordinator.address" -}}
-{{- printf "http://%s:%v" (include "volley.coordinator.fullname" .) .Values.coordinator.service.port }}
+{{- printf "%s://%s:%v" (ternary "https" "http" .Values.tls.enabled) (include "volley.coordinator.fullname" .) .Values.coordinator.service.port }}
 {{- end }}
 
 {{/*
@@ -124,9 +125,31 @@ render whatever is rendered.
 {{- if and .Values.autoscaling.keda.enabled .Values.autoscaling.hpa.enabled }}
 {{- fail "autoscaling.keda.enabled and autoscaling.hpa.enabled are both true: enable at most one worker autoscaler (KEDA on the ready queue, or the CPU HPA)" }}
 {{- end }}
-{{- if and .Values.redis.url .Values.redis.existingSecret }}
-{{- fail "redis.url and redis.existingSecret are both set: with a password secret, give redis.host/port/db/tls instead of redis.url (the URL is composed with the password from the secret)" }}
+{{- if and .Values.redis.url (regexMatch "^rediss?://[^/]*:[^/@]*@" .Values.redis.url) }}
+{{- fail "redis.url holds a password: put it in a Secret and give redis.passwordSecret.name instead (the URL is in the pod spec in plain text)" }}
 {{- end }}
+{{- if and .Values.redis.url .Values.redis.tls.enabled (hasPrefix "redis://" .Values.redis.url) }}
+{{- fail "redis.tls.enabled is true but redis.url is redis://: use a rediss:// URL for TLS" }}
+{{- end }}
+{{- if and .Values.redis.tls.caSecret.name .Values.redis.tls.caConfigMap.name }}
+{{- fail "redis.tls.caSecret.name and redis.tls.caConfigMap.name are both set: give the Redis CA from one of them" }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) (not .Values.tls.certManager.issuerRef.name) }}
+{{- fail "tls.enabled needs a certificate: set tls.existingSecret (keys tls.crt, tls.key, ca.crt) or tls.certManager.issuerRef.name" }}
+{{- end }}
+{{- if and .Values.tls.enabled .Values.tls.existingSecret .Values.tls.certManager.issuerRef.name }}
+{{- fail "tls.existingSecret and tls.certManager.issuerRef.name are both set: take the certificate from one of them" }}
+{{- end }}
+{{- $args := .Values.coordinator.extraArgs | join " " }}
+{{- $envAuth := dig "VOLLEY_AUTH" "" .Values.config.extraEnv | toString }}
+{{- range .Values.coordinator.extraEnv }}{{ if eq .name "VOLLEY_AUTH" }}{{ $envAuth = (.value | default "" | toString) }}{{ end }}{{ end }}
+{{- if or (regexMatch "(^| )--auth(=| +)none( |$)" $args) (eq $envAuth "none") }}
+{{- fail "--auth none (coordinator.extraArgs, or VOLLEY_AUTH in config.extraEnv / coordinator.extraEnv) turns authentication off: the chart never does that (the coordinator refuses it on a non-loopback address anyway); use tokens" }}
+{{- end }}
+{{- if and .Values.tls.mtls (not .Values.tls.enabled) }}
+{{- fail "tls.mtls needs tls.enabled: client certificates are part of TLS" }}
+{{- end }}
+
 {{- if and .Values.autoscaling.hpa.enabled (not (dig "requests" "cpu" "" .Values.worker.resources)) }}
 {{- fail "autoscaling.hpa.enabled needs worker.resources.requests.cpu: CPU utilization is measured against it" }}
 {{- end }}
@@ -159,41 +182,166 @@ set, else from redis.host/port/db/tls.
 {{- if .Values.redis.url }}
 {{- eq (urlParse .Values.redis.url).scheme "rediss" | toString }}
 {{- else }}
-{{- .Values.redis.tls | toString }}
+{{- .Values.redis.tls.enabled | toString }}
 {{- end }}
 {{- end }}
 
 {{/*
-The coordinator's Redis environment. With a password secret, REDIS_USERNAME
-and REDIS_PASSWORD come first so that VOLLEY_REDIS can refer to them with
-Kubernetes' dependent variable expansion $(NAME).
+Redis's port and ACL user name, from redis.url when set.
 */}}
-{{- define "volley.redis.env" -}}
-{{- $scheme := ternary "rediss" "redis" (.Values.redis.tls | default false) }}
-{{- if .Values.redis.existingSecret }}
-{{- $user := "" }}
-{{- if .Values.redis.usernameKey }}
-{{- $user = "$(REDIS_USERNAME)" }}
-- name: REDIS_USERNAME
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.redis.existingSecret }}
-      key: {{ .Values.redis.usernameKey }}
-{{- end }}
-- name: REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.redis.existingSecret }}
-      key: {{ .Values.redis.passwordKey }}
-- name: VOLLEY_REDIS
-  value: {{ printf "%s://%s:$(REDIS_PASSWORD)@%s:%v/%v" $scheme $user .Values.redis.host .Values.redis.port .Values.redis.db | quote }}
-{{- else if .Values.redis.url }}
-- name: VOLLEY_REDIS
-  value: {{ .Values.redis.url | quote }}
+{{- define "volley.redis.port" -}}
+{{- if .Values.redis.url }}
+{{- $host := (urlParse .Values.redis.url).host }}
+{{- ternary (last (splitList ":" $host)) "6379" (contains ":" $host) }}
 {{- else }}
-- name: VOLLEY_REDIS
-  value: {{ printf "%s://%s:%v/%v" $scheme .Values.redis.host .Values.redis.port .Values.redis.db | quote }}
+{{- .Values.redis.port | toString }}
 {{- end }}
+{{- end }}
+
+{{- define "volley.redis.username" -}}
+{{- if .Values.redis.url }}
+{{- (urlParse .Values.redis.url).userinfo }}
+{{- else }}
+{{- .Values.redis.username }}
+{{- end }}
+{{- end }}
+
+{{/*
+The coordinator's Redis URL: redis.url, or composed from host/port/db/
+username/tls. It never holds the password (that is a mounted file).
+*/}}
+{{- define "volley.redis.url" -}}
+{{- if .Values.redis.url }}
+{{- .Values.redis.url }}
+{{- else }}
+{{- $scheme := ternary "rediss" "redis" .Values.redis.tls.enabled }}
+{{- $user := ternary (printf "%s@" (.Values.redis.username | urlquery)) "" (ne .Values.redis.username "") }}
+{{- printf "%s://%s%s:%v/%v" $scheme $user .Values.redis.host .Values.redis.port .Values.redis.db }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where secrets and certificates are mounted. Fixed file names: the Secret
+keys are mapped onto them (items), whatever the keys are called.
+*/}}
+{{- define "volley.paths.adminToken" -}}/var/run/volley/admin-token/token{{- end }}
+{{- define "volley.paths.workerToken" -}}/var/run/volley/token/token{{- end }}
+{{- define "volley.paths.tls" -}}/etc/volley/tls{{- end }}
+{{- define "volley.paths.redisPassword" -}}/var/run/volley/redis/password{{- end }}
+{{- define "volley.paths.redisTls" -}}/etc/volley/redis-tls{{- end }}
+
+{{/*
+Secret names.
+*/}}
+{{- define "volley.adminToken.secretName" -}}
+{{- default (printf "%s-admin-token" (include "volley.fullname" .)) .Values.adminToken.existingSecret }}
+{{- end }}
+
+{{- define "volley.workerToken.secretName" -}}
+{{- default (include "volley.adminToken.secretName" .) .Values.workerToken.existingSecret }}
+{{- end }}
+
+{{- define "volley.workerToken.key" -}}
+{{- ternary .Values.workerToken.key .Values.adminToken.key (ne .Values.workerToken.existingSecret "") }}
+{{- end }}
+
+{{- define "volley.tls.secretName" -}}
+{{- default (printf "%s-coordinator-tls" (include "volley.fullname" .)) .Values.tls.existingSecret }}
+{{- end }}
+
+{{/*
+The Secret with the workers' (and the test pod's) client certificate under
+mTLS: their own, or a cert-manager one of their own, else the coordinators'.
+*/}}
+{{- define "volley.tls.workerSecretName" -}}
+{{- if .Values.tls.workerExistingSecret }}
+{{- .Values.tls.workerExistingSecret }}
+{{- else if .Values.tls.certManager.issuerRef.name }}
+{{- printf "%s-worker-tls" (include "volley.fullname" .) }}
+{{- else }}
+{{- include "volley.tls.secretName" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The TLS client flags of a `volley` client (worker, test pod, probe): the CA,
+and with mTLS the client certificate.
+*/}}
+{{- define "volley.tls.clientArgs" -}}
+{{- if .Values.tls.enabled }}
+- --tls-ca
+- {{ printf "%s/ca.crt" (include "volley.paths.tls" .) | quote }}
+{{- if .Values.tls.mtls }}
+- --tls-cert
+- {{ printf "%s/tls.crt" (include "volley.paths.tls" .) | quote }}
+- --tls-key
+- {{ printf "%s/tls.key" (include "volley.paths.tls" .) | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The `tls` volume of a TLS client pod (worker, test pod): only ca.crt from
+the coordinators' Secret, or with mTLS the whole client certificate Secret.
+Never the coordinators' private key unless the client Secret is theirs.
+*/}}
+{{- define "volley.tls.clientVolume" -}}
+- name: tls
+  secret:
+    {{- if .Values.tls.mtls }}
+    secretName: {{ include "volley.tls.workerSecretName" . }}
+    defaultMode: 288
+    items:
+      - {key: tls.crt, path: tls.crt}
+      - {key: tls.key, path: tls.key}
+      - {key: ca.crt, path: ca.crt}
+    {{- else }}
+    secretName: {{ include "volley.tls.secretName" . }}
+    defaultMode: 288
+    items:
+      - {key: ca.crt, path: ca.crt}
+    {{- end }}
+{{- end }}
+
+{{/*
+A secret volume holding one key as a file of a fixed name, readable by the
+pod's group (fsGroup) only. Call with (dict "name" "admin-token" "secret" NAME "key" KEY "path" "token").
+*/}}
+{{- define "volley.secretVolume" -}}
+- name: {{ .name }}
+  secret:
+    secretName: {{ .secret }}
+    # 0440: the container's user reads it through fsGroup; nobody else.
+    defaultMode: 288
+    items:
+      - key: {{ .key }}
+        path: {{ .path }}
+{{- end }}
+
+{{/*
+The readiness probe of a gRPC health listener: the kubelet's plain gRPC
+probe, or, when the listener serves TLS (which the kubelet's gRPC probe
+cannot speak), `volley health` run in the container over localhost. Call
+with (dict "root" $ "port" PORT "tls" BOOL "flag" "--coordinator"|"--worker" "timing" PROBE).
+*/}}
+{{- define "volley.readinessProbe" -}}
+{{- if .tls }}
+exec:
+  command:
+    - volley
+    - health
+    - {{ .flag }}
+    - {{ printf "https://localhost:%v" .port | quote }}
+    - --timeout
+    - {{ printf "%vs" (default 1 .timing.timeoutSeconds) | quote }}
+    {{- with include "volley.tls.clientArgs" .root | trim }}
+    {{- . | nindent 4 }}
+    {{- end }}
+{{- else }}
+grpc:
+  port: {{ .port }}
+{{- end }}
+{{- toYaml .timing | nindent 0 }}
 {{- end }}
 
 {{/*
