@@ -208,7 +208,7 @@ class Op(_message.Message):
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., args_json: _Optional[str] = ..., after: _Optional[_Iterable[str]] = ..., run_if: _Optional[_Union[RunIf, str]] = ..., timeout_ms: _Optional[int] = ..., attempts: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., store_as: _Optional[str] = ..., wait_for: _Optional[_Iterable[str]] = ..., reads: _Optional[_Iterable[str]] = ..., writes: _Optional[_Iterable[str]] = ..., requires: _Optional[_Mapping[str, str]] = ..., wait_for_any: _Optional[_Iterable[str]] = ..., wait_timeout_ms: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., retry_on: _Optional[_Iterable[_Union[RetryOn, str]]] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("name", "max_parallel", "on_failure", "hazards", "ops", "namespace", "labels", "wait_timeout_ms", "strict", "deadline_ms", "retry_failed", "trace_context")
+    __slots__ = ("name", "max_parallel", "on_failure", "hazards", "ops", "namespace", "labels", "wait_timeout_ms", "strict", "deadline_ms", "retry_failed", "trace_context", "tenant")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +235,7 @@ class Batch(_message.Message):
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     RETRY_FAILED_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     name: str
     max_parallel: int
     on_failure: OnFailure
@@ -247,7 +248,8 @@ class Batch(_message.Message):
     deadline_ms: int
     retry_failed: RetryFailed
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., max_parallel: _Optional[int] = ..., on_failure: _Optional[_Union[OnFailure, str]] = ..., hazards: _Optional[_Union[Hazards, str]] = ..., ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., wait_timeout_ms: _Optional[int] = ..., strict: bool = ..., deadline_ms: _Optional[int] = ..., retry_failed: _Optional[_Union[RetryFailed, str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, name: _Optional[str] = ..., max_parallel: _Optional[int] = ..., on_failure: _Optional[_Union[OnFailure, str]] = ..., hazards: _Optional[_Union[Hazards, str]] = ..., ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., wait_timeout_ms: _Optional[int] = ..., strict: bool = ..., deadline_ms: _Optional[int] = ..., retry_failed: _Optional[_Union[RetryFailed, str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class SubmitBatchChunk(_message.Message):
     __slots__ = ("header", "ops")
@@ -452,20 +454,22 @@ class SpawnOpsResponse(_message.Message):
     def __init__(self, op_count: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BatchSummary(_message.Message):
-    __slots__ = ("batch_id", "name", "state", "created_at_ms", "total", "done")
+    __slots__ = ("batch_id", "name", "state", "created_at_ms", "total", "done", "tenant")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     name: str
     state: BatchState
     created_at_ms: int
     total: int
     done: int
-    def __init__(self, batch_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[BatchState, str]] = ..., created_at_ms: _Optional[int] = ..., total: _Optional[int] = ..., done: _Optional[int] = ...) -> None: ...
+    tenant: str
+    def __init__(self, batch_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[BatchState, str]] = ..., created_at_ms: _Optional[int] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class ListBatchesResponse(_message.Message):
     __slots__ = ("batches",)
@@ -671,7 +675,7 @@ class Register(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., kinds: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., slots: _Optional[int] = ..., version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[OpRef, _Mapping]]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("batch_id", "op_index", "op_id", "kind", "args_json", "attempt", "timeout_ms", "trace_context", "namespace")
+    __slots__ = ("batch_id", "op_index", "op_id", "kind", "args_json", "attempt", "timeout_ms", "trace_context", "namespace", "token")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -688,6 +692,7 @@ class Assignment(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     op_index: int
     op_id: str
@@ -697,7 +702,8 @@ class Assignment(_message.Message):
     timeout_ms: int
     trace_context: _containers.ScalarMap[str, str]
     namespace: str
-    def __init__(self, batch_id: _Optional[str] = ..., op_index: _Optional[int] = ..., op_id: _Optional[str] = ..., kind: _Optional[str] = ..., args_json: _Optional[str] = ..., attempt: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ...) -> None: ...
+    token: str
+    def __init__(self, batch_id: _Optional[str] = ..., op_index: _Optional[int] = ..., op_id: _Optional[str] = ..., kind: _Optional[str] = ..., args_json: _Optional[str] = ..., attempt: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
 
 class OpResult(_message.Message):
     __slots__ = ("batch_id", "op_index", "attempt", "ok", "output", "error", "details_json", "started_at_ms", "duration_ms", "failure_kind", "retry_after_ms")
@@ -831,3 +837,101 @@ class ListWorkersResponse(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
+
+class TokenInfo(_message.Message):
+    __slots__ = ("id", "role", "tenant", "name", "created_at_ms", "expires_at_ms", "revoked_at_ms", "last_used_at_ms", "labels", "kinds")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    role: str
+    tenant: str
+    name: str
+    created_at_ms: int
+    expires_at_ms: int
+    revoked_at_ms: int
+    last_used_at_ms: int
+    labels: _containers.ScalarMap[str, str]
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., role: _Optional[str] = ..., tenant: _Optional[str] = ..., name: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., revoked_at_ms: _Optional[int] = ..., last_used_at_ms: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., kinds: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CreateTokenRequest(_message.Message):
+    __slots__ = ("role", "tenant", "ttl_ms", "name", "labels", "kinds")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    tenant: str
+    ttl_ms: int
+    name: str
+    labels: _containers.ScalarMap[str, str]
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, role: _Optional[str] = ..., tenant: _Optional[str] = ..., ttl_ms: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., kinds: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CreateTokenResponse(_message.Message):
+    __slots__ = ("token", "info")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    info: TokenInfo
+    def __init__(self, token: _Optional[str] = ..., info: _Optional[_Union[TokenInfo, _Mapping]] = ...) -> None: ...
+
+class ListTokensRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTokensResponse(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenInfo]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeTokenRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class RevokeTokenResponse(_message.Message):
+    __slots__ = ("revoked",)
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    revoked: bool
+    def __init__(self, revoked: bool = ...) -> None: ...
+
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WhoAmIResponse(_message.Message):
+    __slots__ = ("token_id", "role", "tenant")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    token_id: str
+    role: str
+    tenant: str
+    def __init__(self, token_id: _Optional[str] = ..., role: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...

@@ -811,3 +811,207 @@ class WorkerService(object):
             timeout,
             metadata,
             _registered_method=True)
+
+
+class TokenServiceStub(object):
+    """Token management (admin only), and who the caller is (any token).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateToken = channel.unary_unary(
+                '/volley.v1.TokenService/CreateToken',
+                request_serializer=volley_dot_v1_dot_volley__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=volley_dot_v1_dot_volley__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/volley.v1.TokenService/ListTokens',
+                request_serializer=volley_dot_v1_dot_volley__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=volley_dot_v1_dot_volley__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/volley.v1.TokenService/RevokeToken',
+                request_serializer=volley_dot_v1_dot_volley__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=volley_dot_v1_dot_volley__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/volley.v1.TokenService/WhoAmI',
+                request_serializer=volley_dot_v1_dot_volley__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=volley_dot_v1_dot_volley__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
+
+
+class TokenServiceServicer(object):
+    """Token management (admin only), and who the caller is (any token).
+    """
+
+    def CreateToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_TokenServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=volley_dot_v1_dot_volley__pb2.CreateTokenRequest.FromString,
+                    response_serializer=volley_dot_v1_dot_volley__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=volley_dot_v1_dot_volley__pb2.ListTokensRequest.FromString,
+                    response_serializer=volley_dot_v1_dot_volley__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=volley_dot_v1_dot_volley__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=volley_dot_v1_dot_volley__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=volley_dot_v1_dot_volley__pb2.WhoAmIRequest.FromString,
+                    response_serializer=volley_dot_v1_dot_volley__pb2.WhoAmIResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'volley.v1.TokenService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('volley.v1.TokenService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class TokenService(object):
+    """Token management (admin only), and who the caller is (any token).
+    """
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/volley.v1.TokenService/CreateToken',
+            volley_dot_v1_dot_volley__pb2.CreateTokenRequest.SerializeToString,
+            volley_dot_v1_dot_volley__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/volley.v1.TokenService/ListTokens',
+            volley_dot_v1_dot_volley__pb2.ListTokensRequest.SerializeToString,
+            volley_dot_v1_dot_volley__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/volley.v1.TokenService/RevokeToken',
+            volley_dot_v1_dot_volley__pb2.RevokeTokenRequest.SerializeToString,
+            volley_dot_v1_dot_volley__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/volley.v1.TokenService/WhoAmI',
+            volley_dot_v1_dot_volley__pb2.WhoAmIRequest.SerializeToString,
+            volley_dot_v1_dot_volley__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
