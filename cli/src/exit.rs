@@ -16,6 +16,11 @@ pub enum Exit {
     /// `volley health`: the server answered, but not SERVING (NOT_SERVING,
     /// UNKNOWN, or no such service).
     NotServing = 4,
+    /// No token, or one the coordinator does not accept (unknown, expired,
+    /// revoked).
+    Unauthenticated = 5,
+    /// The token is valid but its role or tenant may not do this.
+    PermissionDenied = 6,
 }
 
 impl From<Exit> for std::process::ExitCode {
@@ -65,6 +70,16 @@ pub fn client_error(error: &ClientError) -> Exit {
         ClientError::NotFound(_) => {
             eprintln!("error: {error}");
             Exit::Invalid
+        }
+        ClientError::Unauthenticated(message) => {
+            eprintln!(
+                "error: not authenticated: {message} (give a token with --token, --token-file or VOLLEY_TOKEN; `volley up` prints one)"
+            );
+            Exit::Unauthenticated
+        }
+        ClientError::PermissionDenied(message) => {
+            eprintln!("error: {message}");
+            Exit::PermissionDenied
         }
         ClientError::Conflict(_) | ClientError::TimedOut(_) | ClientError::Other { .. } => {
             eprintln!("error: {error}");

@@ -4,7 +4,9 @@
 //! Exit codes (the CLI contract): 0 every op succeeded; 1 the batch ran and
 //! some op failed or was cancelled; 2 the batch or the command line is
 //! invalid (nothing ran); 3 the cluster could not be reached; 4 (`volley
-//! health` only) the server answered but is not SERVING.
+//! health` only) the server answered but is not SERVING; 5 no token, or one
+//! the coordinator refuses (unknown, expired, revoked); 6 the token's role
+//! or tenant may not do this.
 
 // The binary writes its data to stdout by design (libraries never do).
 #![allow(clippy::print_stdout)]

@@ -356,6 +356,7 @@ impl BatchFile {
                 Some(RetryFailedName::Sequential) => v1::RetryFailed::Sequential,
             } as i32,
             trace_context: Default::default(),
+            tenant: String::new(),
         }
     }
 }

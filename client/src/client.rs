@@ -6,15 +6,21 @@ use futures::Stream;
 use prost::Message;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 use volley_proto::MAX_MESSAGE_BYTES;
 use volley_proto::v1::batch_service_client::BatchServiceClient;
 use volley_proto::v1::memory_service_client::MemoryServiceClient;
+use volley_proto::v1::token_service_client::TokenServiceClient;
 use volley_proto::v1::worker_service_client::WorkerServiceClient;
 use volley_proto::v1::{self, submit_batch_chunk::Part};
 
+use crate::connect::{BearerToken, Connection};
 use crate::error::ClientError;
+
+/// A channel whose every call carries the connection's token.
+pub(crate) type AuthedChannel = InterceptedService<Channel, BearerToken>;
 
 /// Ops go to the coordinator in chunks of about this many encoded bytes,
 /// far below gRPC's 4 MiB default message limit.
@@ -23,52 +29,51 @@ const CHUNK_BYTES: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct Client {
     url: String,
-    batches: BatchServiceClient<Channel>,
-    memory: MemoryServiceClient<Channel>,
-    workers: WorkerServiceClient<Channel>,
-}
-
-/// The endpoint of `url` (`http://host:port`, or `host:port`, taken as
-/// http), with `connect_timeout` and TCP_NODELAY; and the url as completed.
-pub(crate) fn endpoint(
-    url: &str,
-    connect_timeout: Duration,
-) -> Result<(String, Endpoint), ClientError> {
-    let url = if url.contains("://") {
-        url.to_owned()
-    } else {
-        format!("http://{url}")
-    };
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|error| ClientError::unreachable(&url, error))?
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true);
-    Ok((url, endpoint))
+    batches: BatchServiceClient<AuthedChannel>,
+    memory: MemoryServiceClient<AuthedChannel>,
+    workers: WorkerServiceClient<AuthedChannel>,
+    tokens: TokenServiceClient<AuthedChannel>,
 }
 
 impl Client {
-    /// Connects to a coordinator, e.g. `http://127.0.0.1:7070`.
+    /// Connects to a coordinator, e.g. `http://127.0.0.1:7070`, with no
+    /// token and no TLS files (see [`Client::connect_with`]).
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        let (url, endpoint) = endpoint(url, Duration::from_secs(5))?;
-        let channel = endpoint
+        Client::connect_with(&Connection::new(url)).await
+    }
+
+    /// Connects as `connection` says: `https://` means TLS (and fails
+    /// loudly against a plaintext server), and every call carries its token.
+    pub async fn connect_with(connection: &Connection) -> Result<Client, ClientError> {
+        let url = connection.full_url();
+        let bearer = connection.bearer()?;
+        let channel = connection
+            .endpoint(Duration::from_secs(5))?
             .connect()
             .await
             .map_err(|error| ClientError::unreachable(&url, source_chain(&error)))?;
-        Ok(Client::from_channel(url, channel))
+        Ok(Client::from_channel_with(url, channel, bearer))
     }
 
+    /// A client on a channel made elsewhere, sending no token.
     pub fn from_channel(url: String, channel: Channel) -> Client {
+        Client::from_channel_with(url, channel, BearerToken::default())
+    }
+
+    /// A client on a channel made elsewhere whose calls carry `bearer`.
+    pub fn from_channel_with(url: String, channel: Channel, bearer: BearerToken) -> Client {
         Client {
             url,
-            batches: BatchServiceClient::new(channel.clone())
+            batches: BatchServiceClient::with_interceptor(channel.clone(), bearer.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            memory: MemoryServiceClient::new(channel.clone())
+            memory: MemoryServiceClient::with_interceptor(channel.clone(), bearer.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            workers: WorkerServiceClient::new(channel)
+            workers: WorkerServiceClient::with_interceptor(channel.clone(), bearer.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            tokens: TokenServiceClient::with_interceptor(channel, bearer),
         }
     }
 
@@ -270,6 +275,47 @@ impl Client {
         Ok(self.batches.clone().why(request).await?.into_inner())
     }
 
+    /// Mints a token (admin only); the response holds it, once.
+    pub async fn create_token(
+        &self,
+        request: v1::CreateTokenRequest,
+    ) -> Result<v1::CreateTokenResponse, ClientError> {
+        Ok(self.tokens.clone().create_token(request).await?.into_inner())
+    }
+
+    /// Every token's record (admin only).
+    pub async fn list_tokens(&self) -> Result<Vec<v1::TokenInfo>, ClientError> {
+        Ok(self
+            .tokens
+            .clone()
+            .list_tokens(v1::ListTokensRequest {})
+            .await?
+            .into_inner()
+            .tokens)
+    }
+
+    /// Revokes a token (admin only); `false` for an unknown id.
+    pub async fn revoke_token(&self, id: &str) -> Result<bool, ClientError> {
+        let request = v1::RevokeTokenRequest { id: id.to_owned() };
+        Ok(self
+            .tokens
+            .clone()
+            .revoke_token(request)
+            .await?
+            .into_inner()
+            .revoked)
+    }
+
+    /// Who the connection's token speaks for.
+    pub async fn who_am_i(&self) -> Result<v1::WhoAmIResponse, ClientError> {
+        Ok(self
+            .tokens
+            .clone()
+            .who_am_i(v1::WhoAmIRequest {})
+            .await?
+            .into_inner())
+    }
+
     /// A handle on a memory scope: a batch's own memory or a shared namespace.
     pub fn memory(&self, scope: Scope) -> Memory {
         Memory {
@@ -359,7 +405,7 @@ impl std::fmt::Display for Interruption {
 /// One watch's state: enough to reopen its stream right after the last
 /// event it yielded.
 struct ResumableWatch {
-    batches: BatchServiceClient<Channel>,
+    batches: BatchServiceClient<AuthedChannel>,
     batch_id: String,
     options: WatchOptions,
     /// The last event yielded (or the caller's `after_seq`): the next one
@@ -573,7 +619,7 @@ pub struct PutOptions {
 /// Memory calls on one scope. Cheap to clone.
 #[derive(Clone)]
 pub struct Memory {
-    client: MemoryServiceClient<Channel>,
+    client: MemoryServiceClient<AuthedChannel>,
     scope: Scope,
     /// `(op id, attempt)` of the op writing, so a stale attempt's writes
     /// are refused.

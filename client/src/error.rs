@@ -28,6 +28,12 @@ pub enum ClientError {
     /// A wait ran out of time.
     #[error("timed out: {0}")]
     TimedOut(String),
+    /// No token, or one that is unknown, expired or revoked.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+    /// The token's role (or tenant) may not do this.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     #[error("{code:?}: {message}")]
     Other { code: Code, message: String },
 }
@@ -43,7 +49,9 @@ impl ClientError {
             ClientError::Invalid { .. }
             | ClientError::NotFound(_)
             | ClientError::Conflict(_)
-            | ClientError::TimedOut(_) => false,
+            | ClientError::TimedOut(_)
+            | ClientError::Unauthenticated(_)
+            | ClientError::PermissionDenied(_) => false,
         }
     }
 
@@ -69,6 +77,8 @@ impl From<tonic::Status> for ClientError {
             Code::Unavailable => ClientError::Unavailable(message),
             Code::FailedPrecondition | Code::Aborted => ClientError::Conflict(message),
             Code::DeadlineExceeded => ClientError::TimedOut(message),
+            Code::Unauthenticated => ClientError::Unauthenticated(message),
+            Code::PermissionDenied => ClientError::PermissionDenied(message),
             code => ClientError::Other { code, message },
         }
     }

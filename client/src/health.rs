@@ -71,7 +71,16 @@ impl HealthProbe {
     /// Connects to `url` (`http://host:port`, or `host:port`) within
     /// `timeout`; [`check`](HealthProbe::check) has the same deadline.
     pub async fn connect(url: &str, timeout: Duration) -> Result<HealthProbe, ClientError> {
-        let (url, endpoint) = crate::client::endpoint(url, timeout)?;
+        HealthProbe::connect_with(&crate::Connection::new(url), timeout).await
+    }
+
+    /// [`HealthProbe::connect`] with TLS (health needs no token).
+    pub async fn connect_with(
+        connection: &crate::Connection,
+        timeout: Duration,
+    ) -> Result<HealthProbe, ClientError> {
+        let url = connection.full_url();
+        let endpoint = connection.endpoint(timeout)?;
         let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
             Ok(Ok(channel)) => channel,
             Ok(Err(error)) => return Err(ClientError::unreachable(&url, source_chain(&error))),

@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`batch_file`] — YAML/JSON batch files → `volley.v1.Batch`.
 //! - [`client`] — `Client`, one connection to a coordinator.
+//! - [`connect`] — `Connection`: url, token and TLS, for every endpoint.
 //! - [`error`] — `ClientError`, statuses mapped back to typed errors.
 //! - [`health`] — `HealthProbe`: grpc.health.v1 `Check` and `Watch` of a
 //!   coordinator or a worker's health address.
@@ -12,12 +13,15 @@
 
 pub mod batch_file;
 pub mod client;
+pub mod connect;
 pub mod error;
 pub mod health;
 mod trace;
 
 pub use batch_file::{BatchFileError, parse_batch, read_batch_file};
 pub use client::{Client, Memory, MemoryEntry, PutOptions, Scope, WatchOptions};
+pub use connect::{BearerToken, Connection, token_from};
 pub use error::ClientError;
+pub use volley_tls::ClientTlsFiles;
 pub use health::{HealthProbe, HealthStatus};
 pub use volley_proto::v1;

@@ -194,6 +194,9 @@ struct OpContextInner {
     memory: Arc<dyn MemoryStore>,
     coordinator_url: Option<String>,
     spawner: Option<Arc<dyn OpSpawner>>,
+    /// The attempt's capability token from the coordinator ("" without
+    /// authentication). Never printed.
+    token: String,
 }
 
 impl std::fmt::Debug for OpContext {
@@ -236,6 +239,12 @@ impl OpContextBuilder {
     }
 
     /// The URL of the coordinator the worker serves (agents get it as `VOLLEY_COORDINATOR`).
+    /// The attempt's capability token (`Assignment.token`).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.inner.token = token.into();
+        self
+    }
+
     pub fn coordinator_url(mut self, coordinator_url: Option<String>) -> Self {
         self.inner.coordinator_url = coordinator_url;
         self
@@ -293,6 +302,7 @@ impl OpContext {
                 allow_shell: false,
                 memory: Arc::new(crate::memory::LocalMemory::default()),
                 coordinator_url: None,
+                token: String::new(),
                 spawner: None,
             },
         }
@@ -345,6 +355,12 @@ impl OpContext {
     }
 
     /// The URL of the coordinator this worker serves; `None` when the op runs without one.
+    /// The attempt's capability token: what `shell` and `agent` programs
+    /// get as `VOLLEY_TOKEN` ("" without authentication).
+    pub fn token(&self) -> &str {
+        &self.inner.token
+    }
+
     pub fn coordinator_url(&self) -> Option<&str> {
         self.inner.coordinator_url.as_deref()
     }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::confine::Root;
 use crate::executor::Executor;
 use crate::grpc::session::{OpenError, SessionEnd, SessionParams, run_session};
-use crate::grpc::{ConnectError, GrpcMemory, GrpcSpawner, lazy_channel};
+use crate::grpc::{ConnectError, GrpcMemory, GrpcSpawner, WorkerToken, lazy_channel};
 use crate::ops::WorkerOps;
 use crate::registry::Registry;
 
@@ -36,6 +36,11 @@ pub struct WorkerConfig {
     /// On shutdown, how long running ops may take to finish before they are
     /// cancelled and handed back to the coordinator (`ReturnOps`).
     pub drain_timeout: Duration,
+    /// Sent as `authorization: Bearer` on the worker's session (a worker or
+    /// admin token); `None` against a coordinator without authentication.
+    pub token: Option<String>,
+    /// TLS toward the coordinator (`https://` URLs).
+    pub tls: volley_tls::ClientTlsFiles,
 }
 
 impl WorkerConfig {
@@ -54,6 +59,8 @@ impl WorkerConfig {
             allow_shell: false,
             heartbeat: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+            token: None,
+            tls: volley_tls::ClientTlsFiles::default(),
         }
     }
 }
@@ -150,7 +157,8 @@ pub async fn run_worker(
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     validate(&config)?;
-    let channel = lazy_channel(&config.coordinator)?;
+    let channel = lazy_channel(&config.coordinator, &config.tls)?;
+    let worker_token = WorkerToken::new(config.token.as_deref())?;
     let worker_id = config.worker_id.clone().unwrap_or_else(default_worker_id);
     tracing::Span::current().record("worker", worker_id.as_str());
     let memory = Arc::new(GrpcMemory::new(channel.clone()));
@@ -170,6 +178,7 @@ pub async fn run_worker(
         heartbeat: config.heartbeat,
         drain_timeout: config.drain_timeout,
         shutdown: shutdown.clone(),
+        token: worker_token,
     };
     // Outlives every session: the ops and the results owed a coordinator.
     let mut ops = WorkerOps::new(executor).with_slot_gauges(config.slots);
@@ -295,7 +304,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(error, WorkerError::Connect(ConnectError::InvalidUrl { .. })),
+            matches!(error, WorkerError::Connect(ConnectError::Tls { .. })),
             "{error}"
         );
     }

@@ -12,13 +12,23 @@ use crate::{render, telemetry};
 
 #[derive(Args, Debug, Clone)]
 pub struct ClusterArgs {
-    /// The coordinator's gRPC address.
+    /// The coordinator's gRPC address (`https://` always means TLS).
     #[arg(
         long,
         env = "VOLLEY_COORDINATOR",
         default_value = "http://127.0.0.1:7070"
     )]
     pub coordinator: String,
+    #[command(flatten)]
+    pub credentials: super::CredentialArgs,
+}
+
+impl ClusterArgs {
+    /// The coordinator, the token and TLS files as one connection; a token
+    /// file that cannot be read is an invalid command line.
+    pub fn connection(&self) -> Result<volley_client::Connection, Exit> {
+        self.credentials.connection(&self.coordinator)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -82,8 +92,8 @@ pub struct WorkersArgs {
     pub output: OutputFormat,
 }
 
-async fn connect(cluster: &ClusterArgs) -> Result<Client, Exit> {
-    Client::connect(&cluster.coordinator)
+pub(crate) async fn connect(cluster: &ClusterArgs) -> Result<Client, Exit> {
+    Client::connect_with(&cluster.connection()?)
         .await
         .map_err(|error| exit::client_error(&error))
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use futures::StreamExt;
-use volley_client::{Client, Memory, PutOptions, Scope, v1};
+use volley_client::{Memory, PutOptions, Scope, v1};
 
 use super::OutputFormat;
 use super::client::ClusterArgs;
@@ -28,16 +28,14 @@ pub struct MemoryArgs {
     /// The batch whose memory to use (when no namespace is given).
     #[arg(long, global = true, env = "VOLLEY_BATCH", default_value = "")]
     pub batch: String,
-    /// `OP@ATTEMPT` of the op writing (set by the worker for agents), so
-    /// writes from a stale attempt are refused.
-    #[arg(
-        long,
-        global = true,
-        env = "VOLLEY_TOKEN",
-        default_value = "",
-        hide_env_values = true
-    )]
-    pub token: String,
+    /// The op writing, when an op's program writes (the worker sets
+    /// VOLLEY_OP and VOLLEY_ATTEMPT), so writes from a stale attempt are
+    /// refused. An op's token (VOLLEY_TOKEN) says the same to the
+    /// coordinator, which trusts the token over these.
+    #[arg(long, global = true, env = "VOLLEY_OP", default_value = "", hide = true)]
+    pub writer_op: String,
+    #[arg(long, global = true, env = "VOLLEY_ATTEMPT", default_value_t = 0, hide = true)]
+    pub writer_attempt: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -114,19 +112,12 @@ fn scope(args: &MemoryArgs) -> Result<Scope, Exit> {
     }
 }
 
-fn with_token(memory: Memory, token: &str) -> Result<Memory, Exit> {
-    if token.is_empty() {
-        return Ok(memory);
-    }
-    match token
-        .rsplit_once('@')
-        .map(|(op, attempt)| (op, attempt.parse::<u32>()))
-    {
-        Some((op, Ok(attempt))) if !op.is_empty() => Ok(memory.with_writer(op, attempt)),
-        _ => {
-            eprintln!("error: VOLLEY_TOKEN `{token}` is not OP@ATTEMPT");
-            Err(Exit::Invalid)
-        }
+/// The memory handle, writing as the op the worker named (if any).
+fn with_writer(memory: Memory, op: &str, attempt: u32) -> Memory {
+    if op.is_empty() || attempt == 0 {
+        memory
+    } else {
+        memory.with_writer(op, attempt)
     }
 }
 
@@ -142,14 +133,11 @@ pub async fn run(args: MemoryArgs) -> Exit {
         Ok(scope) => scope,
         Err(exit) => return exit,
     };
-    let client = match Client::connect(&args.cluster.coordinator).await {
+    let client = match super::client::connect(&args.cluster).await {
         Ok(client) => client,
-        Err(error) => return exit::client_error(&error),
-    };
-    let memory = match with_token(client.memory(scope), &args.token) {
-        Ok(memory) => memory,
         Err(exit) => return exit,
     };
+    let memory = with_writer(client.memory(scope), &args.writer_op, args.writer_attempt);
     let result = match args.command {
         MemoryCommand::Get { key, output } => match memory.get(&key).await {
             Ok(Some(entry)) => {

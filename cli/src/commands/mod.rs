@@ -9,6 +9,8 @@ pub mod spawn;
 pub mod up;
 pub mod worker;
 
+use std::path::PathBuf;
+
 use clap::ValueEnum;
 
 /// How a batch file is adjusted from the command line.
@@ -30,6 +32,70 @@ impl BatchOverrides {
         if self.strict {
             batch.strict = true;
         }
+    }
+}
+
+/// How a command proves who it is to a coordinator: a token, and TLS.
+#[derive(clap::Args, Clone, Default)]
+pub struct CredentialArgs {
+    /// The API token sent with every call (`authorization: Bearer`).
+    #[arg(long, env = "VOLLEY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the token (a mounted Secret, `volley up`'s admin.token).
+    #[arg(long, env = "VOLLEY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) to trust for an `https://` coordinator
+    /// (default: the public web roots).
+    #[arg(long, env = "VOLLEY_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for mTLS, with --tls-key.
+    #[arg(long, env = "VOLLEY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "VOLLEY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for CredentialArgs {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("CredentialArgs")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("token_file", &self.token_file)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .finish()
+    }
+}
+
+impl CredentialArgs {
+    /// The token, from --token / VOLLEY_TOKEN or else the token file.
+    pub fn token(&self) -> Result<Option<String>, crate::exit::Exit> {
+        volley_client::token_from(self.token.as_deref(), self.token_file.as_ref()).map_err(
+            |message| {
+                eprintln!("error: {message}");
+                crate::exit::Exit::Invalid
+            },
+        )
+    }
+
+    pub fn tls(&self) -> volley_client::ClientTlsFiles {
+        volley_client::ClientTlsFiles {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        }
+    }
+
+    /// A connection to `url` with these credentials.
+    pub fn connection(&self, url: &str) -> Result<volley_client::Connection, crate::exit::Exit> {
+        let mut connection = volley_client::Connection::new(url).with_tls(self.tls());
+        if let Some(token) = self.token()? {
+            connection = connection.with_token(token);
+        }
+        Ok(connection)
     }
 }
 

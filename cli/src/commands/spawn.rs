@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use volley_client::Client;
 
 use super::client::ClusterArgs;
 use crate::exit::{self, Exit};
@@ -32,9 +31,9 @@ pub async fn run(args: SpawnArgs) -> Exit {
         Ok(batch) => batch,
         Err(error) => return exit::batch_file_error(&error),
     };
-    let client = match Client::connect(&args.cluster.coordinator).await {
+    let client = match super::client::connect(&args.cluster).await {
         Ok(client) => client,
-        Err(error) => return exit::client_error(&error),
+        Err(exit) => return exit,
     };
     match client.spawn_ops(&args.batch, batch.ops, &args.op).await {
         Ok(response) => {

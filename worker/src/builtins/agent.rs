@@ -67,11 +67,8 @@ fn agent_env(
     set("VOLLEY_OP", ctx.op_id().as_str().into());
     set("VOLLEY_ATTEMPT", ctx.attempt().to_string().into());
     set("VOLLEY_NAMESPACE", ctx.namespace().into());
-    // What `volley memory put` inside the agent sends as writer_op / writer_attempt.
-    set(
-        "VOLLEY_TOKEN",
-        format!("{}@{}", ctx.op_id(), ctx.attempt()).into(),
-    );
+    // VOLLEY_TOKEN (the attempt's capability) is set for every host
+    // program by the process runner.
     if let Some(volley_bin) = volley_bin {
         set("VOLLEY_BIN", volley_bin.as_os_str().to_owned());
         if let Some(path) = volley_bin

@@ -49,12 +49,23 @@ pub(super) async fn run_host_program(
         // The op's trace context first: the op's own `env` may override it.
         .envs(crate::tracing_ctx::child_env())
         .envs(program.env)
+        // The worker's own credentials never reach an op's program...
+        .env_remove("VOLLEY_TOKEN_FILE")
+        .env_remove("VOLLEY_ADMIN_TOKEN_FILE")
+        .env_remove("VOLLEY_REDIS_PASSWORD_FILE")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own group, so a cancel kills the children `sh` started too.
         .process_group(0)
         .kill_on_drop(true);
+    // ...only the attempt's capability does, set last so an op's `env`
+    // cannot pose as another.
+    if ctx.token().is_empty() {
+        command.env_remove("VOLLEY_TOKEN");
+    } else {
+        command.env("VOLLEY_TOKEN", ctx.token());
+    }
     die_with_worker(&mut command);
 
     let mut child = command

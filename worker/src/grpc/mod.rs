@@ -2,11 +2,15 @@
 
 pub(crate) mod session;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use prost::Message;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
+use volley_tls::ClientTlsFiles;
 use volley_proto::BatchId;
 use volley_proto::v1::batch_service_client::BatchServiceClient;
 use volley_proto::v1::memory_service_client::MemoryServiceClient;
@@ -29,24 +33,77 @@ pub(crate) const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The coordinator's address could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("invalid coordinator url {url}: {source}")]
-    InvalidUrl {
-        url: String,
-        source: tonic::transport::Error,
-    },
     #[error("coordinator at {url} is unreachable: {source}")]
     Unreachable {
         url: String,
         source: tonic::transport::Error,
     },
+    #[error("coordinator url {url}: {source}")]
+    Tls {
+        url: String,
+        source: volley_tls::TlsError,
+    },
+    /// The worker's token cannot be sent as a header.
+    #[error("the worker's token holds characters a header cannot carry")]
+    BadToken,
 }
 
-pub(crate) fn endpoint(url: &str) -> Result<Endpoint, ConnectError> {
-    let endpoint =
-        Endpoint::from_shared(url.to_owned()).map_err(|source| ConnectError::InvalidUrl {
-            url: url.to_owned(),
-            source,
-        })?;
+tokio::task_local! {
+    /// The capability token of the op whose handler runs on this task: the
+    /// memory and spawn calls it makes carry it, so the coordinator scopes
+    /// them to that op's batch and attempt. Set by the executor.
+    pub(crate) static OP_TOKEN: Arc<str>;
+}
+
+/// `message` as a request carrying the current op's token, if any.
+fn op_request<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(Some(header)) = OP_TOKEN.try_with(|token| bearer_value(token).ok()) {
+        request.metadata_mut().insert("authorization", header);
+    }
+    request
+}
+
+fn bearer_value(token: &str) -> Result<MetadataValue<Ascii>, ConnectError> {
+    if token.is_empty() {
+        return Err(ConnectError::BadToken);
+    }
+    format!("Bearer {token}")
+        .parse()
+        .map_err(|_| ConnectError::BadToken)
+}
+
+/// Adds the worker's own token to its session calls.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WorkerToken {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl WorkerToken {
+    pub(crate) fn new(token: Option<&str>) -> Result<WorkerToken, ConnectError> {
+        Ok(WorkerToken {
+            header: token.map(bearer_value).transpose()?,
+        })
+    }
+}
+
+impl Interceptor for WorkerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(header) = &self.header {
+            request.metadata_mut().insert("authorization", header.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub(crate) fn endpoint(url: &str, tls: &ClientTlsFiles) -> Result<Endpoint, ConnectError> {
+    let endpoint = volley_tls::client_endpoint(url, tls).map_err(|source| ConnectError::Tls {
+        url: url.to_owned(),
+        source,
+    })?;
     Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -59,7 +116,7 @@ pub(crate) fn endpoint(url: &str) -> Result<Endpoint, ConnectError> {
 /// Connects to the coordinator at `url` (`http://127.0.0.1:7070`) now,
 /// failing if it cannot be reached.
 pub async fn connect_channel(url: &str) -> Result<Channel, ConnectError> {
-    endpoint(url)?
+    endpoint(url, &ClientTlsFiles::default())?
         .connect()
         .await
         .map_err(|source| ConnectError::Unreachable {
@@ -70,8 +127,8 @@ pub async fn connect_channel(url: &str) -> Result<Channel, ConnectError> {
 
 /// A channel that connects on first use and reconnects by itself after a
 /// failure; calls on it fail (`UNAVAILABLE`) while the coordinator is down.
-pub(crate) fn lazy_channel(url: &str) -> Result<Channel, ConnectError> {
-    Ok(endpoint(url)?.connect_lazy())
+pub(crate) fn lazy_channel(url: &str, tls: &ClientTlsFiles) -> Result<Channel, ConnectError> {
+    Ok(endpoint(url, tls)?.connect_lazy())
 }
 
 /// The coordinator's `MemoryService` as a [`MemoryStore`].
@@ -155,7 +212,7 @@ impl MemoryStore for GrpcMemory {
         let response = self
             .client
             .clone()
-            .get_memory(request)
+            .get_memory(op_request(request))
             .await
             .map_err(|status| memory_error(key, Condition::None, &status))?
             .into_inner();
@@ -196,7 +253,7 @@ impl MemoryStore for GrpcMemory {
         let response = self
             .client
             .clone()
-            .put_memory(request)
+            .put_memory(op_request(request))
             .await
             .map_err(|status| memory_error(key, condition, &status))?
             .into_inner();
@@ -215,7 +272,7 @@ impl MemoryStore for GrpcMemory {
         let response = self
             .client
             .clone()
-            .delete_memory(request)
+            .delete_memory(op_request(request))
             .await
             .map_err(|status| memory_error(key, Condition::None, &status))?
             .into_inner();
@@ -234,7 +291,7 @@ impl MemoryStore for GrpcMemory {
         let response = self
             .client
             .clone()
-            .incr_memory(request)
+            .incr_memory(op_request(request))
             .await
             .map_err(|status| memory_error(key, Condition::None, &status))?
             .into_inner();
@@ -256,7 +313,7 @@ impl MemoryStore for GrpcMemory {
             // 0 means "forever" on the wire, so a zero timeout becomes the shortest real one.
             timeout_ms: timeout.map_or(0, |limit| millis(limit).max(1)),
         };
-        let outcome = self.client.clone().wait_memory(request).await;
+        let outcome = self.client.clone().wait_memory(op_request(request)).await;
         let response = match (outcome, timeout) {
             (Ok(response), _) => response.into_inner(),
             // The coordinator's way of saying the key did not appear in time.
@@ -347,7 +404,7 @@ impl OpSpawner for GrpcSpawner {
         let response = self
             .client
             .clone()
-            .spawn_ops(request)
+            .spawn_ops(op_request(request))
             .await
             .map_err(|status| spawn_error(&status))?
             .into_inner();

@@ -57,6 +57,8 @@ pub(crate) struct SessionParams {
     pub(crate) heartbeat: Duration,
     pub(crate) drain_timeout: Duration,
     pub(crate) shutdown: CancellationToken,
+    /// Adds the worker's token to the session call.
+    pub(crate) token: super::WorkerToken,
 }
 
 /// How a session that was opened ended.
@@ -115,7 +117,7 @@ pub(crate) async fn run_session(
             ))
         })?;
 
-    let mut client = WorkerServiceClient::new(channel)
+    let mut client = WorkerServiceClient::with_interceptor(channel, params.token.clone())
         .max_decoding_message_size(volley_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(volley_proto::MAX_MESSAGE_BYTES);
     // Until shutdown; once draining, until the drain deadline (ops may still
