@@ -57,6 +57,8 @@ enum Command {
     Memory(commands::memory::MemoryArgs),
     /// Add ops from a file to a running batch (what agents do to fan out).
     Spawn(commands::spawn::SpawnArgs),
+    /// Manage API tokens (admin): create, ls, revoke, whoami.
+    Token(commands::token::TokenArgs),
     /// Ask a coordinator (or a worker's health address) whether it is SERVING.
     #[command(after_help = commands::health::EXIT_CODES_HELP)]
     Health(commands::health::HealthArgs),
@@ -100,6 +102,7 @@ fn main() -> std::process::ExitCode {
             Command::Workers(args) => commands::client::workers(args).await,
             Command::Memory(args) => commands::memory::run(args).await,
             Command::Spawn(args) => commands::spawn::run(args).await,
+            Command::Token(args) => commands::token::run(args).await,
             Command::Health(args) => commands::health::run(args).await,
             Command::Up(args) => commands::up::run(args).await,
         }

@@ -1,11 +1,13 @@
 //! `volley coordinator`: serve the coordinator against Redis.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
+use volley_coordinator::auth::{AuthConfig, MIN_ADMIN_TOKEN_CHARS};
 use volley_coordinator::{Coordinator, CoordinatorConfig};
 use volley_store::RedisStore;
 
@@ -57,12 +59,116 @@ pub struct CoordinatorArgs {
     /// stay in Redis before they expire ("0s": until deleted).
     #[arg(long, env = "VOLLEY_RETAIN_FINISHED", default_value = "24h", value_parser = humantime::parse_duration)]
     pub retain_finished: std::time::Duration,
+    /// How callers are authenticated: `token` (every call but health needs
+    /// a token; the default) or `none` (nobody is checked: allowed only on
+    /// a loopback address).
+    #[arg(long, value_enum, env = "VOLLEY_AUTH", default_value_t = AuthMode::Token)]
+    pub auth: AuthMode,
+    /// A file holding the admin token (at least 32 characters), e.g. a
+    /// mounted Kubernetes Secret. Required with `--auth token`.
+    #[arg(long, env = "VOLLEY_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
     #[command(flatten)]
     pub role: super::RoleArgs,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    Token,
+    None,
+}
+
+/// TLS of a gRPC listener (the coordinator's; a worker's health address).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServerTlsArgs {
+    /// The listener's certificate chain (PEM): serve TLS. Reloaded when
+    /// the file changes (cert-manager rotation).
+    #[arg(long, env = "VOLLEY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "VOLLEY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM) on every
+    /// connection (mTLS).
+    #[arg(long, env = "VOLLEY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl ServerTlsArgs {
+    /// The listener's TLS, loaded and checked now (a bad file is an
+    /// invalid command line), or `None` for plaintext.
+    pub fn load(&self) -> Result<Option<Arc<volley_tls::ServerTls>>, Exit> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let files = volley_tls::ServerTlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+        };
+        match volley_tls::ServerTls::load(files) {
+            Ok(tls) => Ok(Some(Arc::new(tls))),
+            Err(error) => {
+                eprintln!("error: {error}");
+                Err(Exit::Invalid)
+            }
+        }
+    }
+}
+
+/// The coordinator's authentication from its flags: a token file is
+/// required unless `--auth none`, which only a loopback listener may use.
+fn auth_config(args: &CoordinatorArgs) -> Result<AuthConfig, Exit> {
+    match (args.auth, &args.admin_token_file) {
+        (AuthMode::None, _) => {
+            if !args.listen.ip().is_loopback() {
+                eprintln!(
+                    "error: --auth none is refused on {}: anyone who reaches it could run commands on every worker; listen on 127.0.0.1, or give --admin-token-file",
+                    args.listen
+                );
+                return Err(Exit::Invalid);
+            }
+            warn!(listen = %args.listen, "--auth none: no caller is checked; anyone who can reach this port controls the cluster");
+            Ok(AuthConfig::None)
+        }
+        (AuthMode::Token, None) => {
+            eprintln!(
+                "error: the coordinator needs an admin token: --admin-token-file FILE (VOLLEY_ADMIN_TOKEN_FILE), or --auth none on a loopback address"
+            );
+            Err(Exit::Invalid)
+        }
+        (AuthMode::Token, Some(file)) => {
+            let text = std::fs::read_to_string(file).map_err(|error| {
+                eprintln!("error: --admin-token-file {}: {error}", file.display());
+                Exit::Invalid
+            })?;
+            let admin_token = text.trim().to_owned();
+            if admin_token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+                eprintln!(
+                    "error: --admin-token-file {}: the admin token must be at least {MIN_ADMIN_TOKEN_CHARS} characters (e.g. `head -c 32 /dev/urandom | base64`)",
+                    file.display()
+                );
+                return Err(Exit::Invalid);
+            }
+            Ok(AuthConfig::Tokens { admin_token })
+        }
+    }
+}
+
 pub async fn run(args: CoordinatorArgs) -> Exit {
     telemetry::init("info");
+    // Checked before anything starts: a coordinator without its token or
+    // with a bad certificate never listens.
+    let auth = match auth_config(&args) {
+        Ok(auth) => auth,
+        Err(exit) => return exit,
+    };
+    let tls = match args.tls.load() {
+        Ok(tls) => tls,
+        Err(exit) => return exit,
+    };
     let shutdown = CancellationToken::new();
     if args.role.stop_on_stdin_eof {
         let stop = shutdown.clone();
@@ -90,6 +196,7 @@ pub async fn run(args: CoordinatorArgs) -> Exit {
     config.reconnect_grace = args.reconnect_grace;
     config.report_blocked_after = args.report_blocked_after;
     config.retain_finished = args.retain_finished;
+    config.auth = auth;
     if let Some(id) = args.id {
         if id.trim().is_empty() {
             eprintln!("error: --id: must not be empty");
@@ -107,7 +214,7 @@ pub async fn run(args: CoordinatorArgs) -> Exit {
     if let Err(exit) = args.role.install_metrics(telemetry::Component::Coordinator) {
         return exit;
     }
-    serve(Arc::new(store), config, listener, shutdown).await
+    serve(Arc::new(store), config, listener, tls, shutdown).await
 }
 
 /// Starts a coordinator on `listener` and serves until SIGINT/SIGTERM or
@@ -116,6 +223,7 @@ pub async fn serve(
     store: Arc<dyn volley_store::Store>,
     config: CoordinatorConfig,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<volley_tls::ServerTls>>,
     shutdown: CancellationToken,
 ) -> Exit {
     let coordinator = match Coordinator::start(store, config, shutdown.child_token()).await {
@@ -129,13 +237,14 @@ pub async fn serve(
         .local_addr()
         .map(|address| address.to_string())
         .unwrap_or_default();
-    info!(%address, "coordinator listening");
+    info!(%address, tls = tls.is_some(), "coordinator listening");
     let signal = shutdown.clone();
     tokio::spawn(async move {
         super::shutdown_signal().await;
         signal.cancel();
     });
-    let served = volley_coordinator::serve(listener, coordinator.clone(), shutdown.clone()).await;
+    let served =
+        volley_coordinator::serve(listener, tls, coordinator.clone(), shutdown.clone()).await;
     shutdown.cancel();
     let _ = tokio::time::timeout(
         volley_coordinator::service::SHUTDOWN_GRACE,

@@ -121,7 +121,9 @@ pub async fn run(args: HealthArgs) -> Exit {
         Some(worker) => ("worker", worker.clone()),
         None => ("coordinator", args.cluster.coordinator.clone()),
     };
-    let probe = match HealthProbe::connect(&address, args.timeout).await {
+    // Health needs no token; TLS as for any call.
+    let connection = volley_client::Connection::new(address).with_tls(args.cluster.credentials.tls());
+    let probe = match HealthProbe::connect_with(&connection, args.timeout).await {
         Ok(probe) => probe,
         Err(error) => return failed(role, &error),
     };

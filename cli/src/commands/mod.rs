@@ -6,6 +6,7 @@ pub mod health;
 pub mod memory;
 pub mod run;
 pub mod spawn;
+pub mod token;
 pub mod up;
 pub mod worker;
 
@@ -97,6 +98,14 @@ impl CredentialArgs {
         }
         Ok(connection)
     }
+}
+
+/// 256 random bits as 64 hex characters: an admin token for `volley up`
+/// and `volley run`.
+pub fn random_token() -> String {
+    let mut bytes = [0_u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system's random source works");
+    hex::encode(bytes)
 }
 
 /// Flags of the long-running roles (`coordinator`, `worker`).

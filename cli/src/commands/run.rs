@@ -10,7 +10,8 @@ use std::time::Duration;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use volley_client::Client;
+use volley_client::{Client, Connection};
+use volley_coordinator::auth::AuthConfig;
 use volley_coordinator::{Coordinator, CoordinatorConfig};
 use volley_store::MemoryStore;
 use volley_worker::{BuiltinConfig, Registry, WorkerConfig, run_worker};
@@ -110,8 +111,18 @@ async fn run_embedded(
         }
     };
     let store = Arc::new(MemoryStore::new());
+    // The loopback port is reachable by every local process: a token only
+    // this process knows keeps the others out (and gives ops their own
+    // capability tokens, as on a cluster).
+    let admin_token = super::random_token();
+    let config = CoordinatorConfig {
+        auth: AuthConfig::Tokens {
+            admin_token: admin_token.clone(),
+        },
+        ..CoordinatorConfig::default()
+    };
     let coordinator =
-        match Coordinator::start(store, CoordinatorConfig::default(), shutdown.child_token()).await
+        match Coordinator::start(store, config, shutdown.child_token()).await
         {
             Ok(coordinator) => coordinator,
             Err(error) => {
@@ -124,7 +135,8 @@ async fn run_embedded(
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             if let Err(error) =
-                volley_coordinator::serve(listener, coordinator.clone(), shutdown.clone()).await
+                volley_coordinator::serve(listener, None, coordinator.clone(), shutdown.clone())
+                    .await
             {
                 tracing::error!(%error, "embedded coordinator failed");
             }
@@ -140,6 +152,7 @@ async fn run_embedded(
         config.allow_shell = true;
         // Embedded runs end when the batch does: nothing to drain.
         config.drain_timeout = Duration::from_secs(1);
+        config.token = Some(admin_token.clone());
         let registry = Registry::with_builtins(&BuiltinConfig {
             root: Some(root.clone()),
             allow_shell: true,
@@ -151,7 +164,8 @@ async fn run_embedded(
             }
         });
     }
-    let client = match Client::connect(&url).await {
+    let connection = Connection::new(url).with_token(admin_token);
+    let client = match Client::connect_with(&connection).await {
         Ok(client) => client,
         Err(error) => return exit::client_error(&error),
     };

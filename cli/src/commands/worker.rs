@@ -47,6 +47,15 @@ pub struct WorkerArgs {
     /// the worker takes work, NOT_SERVING once it drains.
     #[arg(long, env = "VOLLEY_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
+    /// Serve the health address in plaintext even with --tls-cert (for
+    /// Kubernetes `grpc:` probes, which speak plaintext).
+    #[arg(long, env = "VOLLEY_HEALTH_PLAINTEXT", default_value_t = false)]
+    pub health_plaintext: bool,
+    /// The worker's token (a worker or admin token) and TLS toward the
+    /// coordinator; --tls-cert/--tls-key are also its client certificate
+    /// for mTLS and its health address's certificate.
+    #[command(flatten)]
+    pub credentials: super::CredentialArgs,
     #[command(flatten)]
     pub role: super::RoleArgs,
 }
@@ -73,9 +82,30 @@ pub async fn run(args: WorkerArgs) -> Exit {
     if let Err(exit) = args.role.install_metrics(telemetry::Component::Worker) {
         return exit;
     }
+    let token = match args.credentials.token() {
+        Ok(token) => token,
+        Err(exit) => return exit,
+    };
+    let health_tls = match (&args.credentials.tls_cert, &args.credentials.tls_key) {
+        (Some(cert), Some(key)) if !args.health_plaintext && args.health_listen.is_some() => {
+            let files = volley_tls::ServerTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: None,
+            };
+            match volley_tls::ServerTls::load(files) {
+                Ok(tls) => Some(std::sync::Arc::new(tls)),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return Exit::Invalid;
+                }
+            }
+        }
+        _ => None,
+    };
     let shutdown = CancellationToken::new();
     let health = match args.health_listen {
-        Some(address) => match serve_health(address).await {
+        Some(address) => match serve_health(address, health_tls).await {
             Ok(reporter) => Some(reporter),
             Err(error) => {
                 eprintln!("error: --health-listen {address}: {error}");
@@ -103,6 +133,8 @@ pub async fn run(args: WorkerArgs) -> Exit {
         signal.cancel();
     });
     let mut config = WorkerConfig::new(args.coordinator);
+    config.token = token;
+    config.tls = args.credentials.tls();
     if let Some(slots) = args.slots {
         config.slots = slots;
     }
@@ -131,6 +163,7 @@ pub async fn run(args: WorkerArgs) -> Exit {
 /// drains.
 async fn serve_health(
     address: SocketAddr,
+    tls: Option<std::sync::Arc<volley_tls::ServerTls>>,
 ) -> std::io::Result<tonic_health::server::HealthReporter> {
     let (reflection_v1, reflection_v1alpha) =
         volley_coordinator::grpc::reflection::reflection_services(&[
@@ -142,9 +175,9 @@ async fn serve_health(
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    tracing::info!(address = %listener.local_addr()?, "health service listening");
+    tracing::info!(address = %listener.local_addr()?, tls = tls.is_some(), "health service listening");
     tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = volley_tls::server_incoming(listener, tls);
         if let Err(error) = tonic::transport::Server::builder()
             .add_service(service)
             .add_service(reflection_v1)

@@ -12,10 +12,11 @@ mod tokens;
 mod trace;
 mod worker;
 
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use volley_tls::ServerTls;
 use volley_proto::MAX_MESSAGE_BYTES;
 use volley_proto::v1::batch_service_server::BatchServiceServer;
 use volley_proto::v1::memory_service_server::MemoryServiceServer;
@@ -24,11 +25,12 @@ use volley_proto::v1::worker_service_server::WorkerServiceServer;
 
 use crate::service::Coordinator;
 
-/// Serves the coordinator's gRPC API (batches, memory, workers, health,
-/// reflection) on `listener` until `shutdown` fires. Taking the listener
-/// lets tests bind port 0.
+/// Serves the coordinator's gRPC API (batches, memory, workers, tokens,
+/// health, reflection) on `listener` until `shutdown` fires, over TLS when
+/// `tls` is given. Taking the listener lets tests bind port 0.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
     coordinator: Coordinator,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
@@ -82,14 +84,10 @@ pub async fn serve(
         reflection::reflection_services(reflection::COORDINATOR_DESCRIPTOR_SETS)
             .expect("the descriptor sets compiled into this binary decode (a unit test checks)");
     let shutdown_signal = shutdown.clone();
-    // `tcp_nodelay` on the builder does not reach sockets we accept
-    // ourselves: without this, small messages (watch events after their
-    // headers, assignments) wait out Nagle and the peer's delayed ack, ~40 ms.
-    let incoming = TcpListenerStream::new(listener).map(|stream| {
-        let stream = stream?;
-        stream.set_nodelay(true)?;
-        Ok::<_, std::io::Error>(stream)
-    });
+    // TCP_NODELAY on every accepted socket (volley-tls sets it): without
+    // it, small messages (watch events, assignments) wait out Nagle and the
+    // peer's delayed ack, ~40 ms.
+    let incoming = volley_tls::server_incoming(listener, tls);
     tonic::transport::Server::builder()
         .layer(tower::layer::layer_fn(count::layer))
         .layer(tower::layer::layer_fn(auth::layer(coordinator.clone())))
