@@ -11,13 +11,13 @@ mod part;
 mod redis;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
 use tokio::process::Command;
 use tokio_util::task::TaskTracker;
-use volley_client::{Client, HealthProbe};
+use volley_client::{Client, Connection, HealthProbe};
 
 use self::part::{Part, PartKind, describe};
 use crate::exit::Exit;
@@ -265,6 +265,10 @@ struct Ready {
     url: String,
     dial: SocketAddr,
     redis_url: String,
+    /// The admin token every part and the user's commands use, and the
+    /// 0600 file holding it.
+    token: String,
+    token_file: PathBuf,
 }
 
 pub async fn run(args: UpArgs) -> Exit {
@@ -373,6 +377,19 @@ impl Cluster {
         };
         let dial = dial_address(listen);
         let url = format!("http://{dial}");
+        // An admin token of this cluster's own, in a file only this user
+        // reads: the coordinator checks every call against it.
+        let token_dir = match &self.temp_dir {
+            Some(directory) => directory.clone(),
+            None => {
+                let directory = make_temp_dir()?;
+                self.temp_dir = Some(directory.clone());
+                directory
+            }
+        };
+        let token = super::random_token();
+        let token_file = token_dir.join("admin.token");
+        write_private(&token_file, &token)?;
 
         let mut coordinator = Command::new(&plan.exe);
         coordinator
@@ -381,6 +398,8 @@ impl Cluster {
             .arg(listen.to_string())
             .arg("--redis")
             .arg(&redis_url)
+            .arg("--admin-token-file")
+            .arg(&token_file)
             .arg("--stop-on-stdin-eof");
         self.spawn_volley(
             PartKind::Coordinator,
@@ -424,6 +443,8 @@ impl Cluster {
                 .arg(&plan.root)
                 .arg("--drain-timeout")
                 .arg(humantime::format_duration(args.drain_timeout).to_string())
+                .arg("--token-file")
+                .arg(&token_file)
                 .arg("--stop-on-stdin-eof");
             // Short ids on a Redis of our own; on a shared one, the default
             // (hostname-pid-random) cannot clash with another cluster's.
@@ -442,7 +463,8 @@ impl Cluster {
         let wanted = args.workers as usize;
         let workers_registered = async {
             loop {
-                if let Ok(client) = Client::connect(&url).await
+                let connection = Connection::new(url.clone()).with_token(token.clone());
+                if let Ok(client) = Client::connect_with(&connection).await
                     && let Ok(workers) = client.workers().await
                 {
                     registered.set(workers.len());
@@ -465,6 +487,8 @@ impl Cluster {
             url,
             dial,
             redis_url,
+            token,
+            token_file,
         })
     }
 
@@ -628,6 +652,22 @@ async fn first_exit(parts: &mut [Part]) -> usize {
 }
 
 /// A fresh directory for Redis's data: `$TMPDIR/volley-up-<pid>[-n]`.
+/// Writes `text` to a new file only its owner may read (0600).
+fn write_private(path: &Path, text: &str) -> Result<(), UpError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()));
+    written.map_err(|source| UpError::Directory {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 fn make_temp_dir() -> Result<PathBuf, UpError> {
     let base = std::env::temp_dir();
     let pid = std::process::id();
@@ -702,17 +742,23 @@ fn print_ready(args: &UpArgs, plan: &Plan, cluster: &Cluster, ready: &Ready) {
         "    # chain.yaml runs a shell op: start volley up --allow-shell (or try examples/fan-out.yaml)\n"
     };
     eprintln!(
+        "[up] admin token  {} (mode 0600; `volley token create` makes narrower ones)",
+        ready.token_file.display()
+    );
+    eprintln!(
         "\nVolley is up. In another terminal:\n\n    \
          export VOLLEY_COORDINATOR={url}\n    \
+         export VOLLEY_TOKEN={token}\n    \
          volley submit examples/chain.yaml --watch\n{shell_note}    \
          volley workers\n    \
          volley health\n\n\
-         From Python:\n\n    \
+         From Python (it reads VOLLEY_TOKEN too):\n\n    \
          import volley\n    \
          client = volley.Client(\"{dial}\")\n\n\
          Ctrl-C stops everything: workers drain, then the coordinator and Redis stop.\n",
         url = ready.url,
         dial = ready.dial,
+        token = ready.token,
     );
     println!("volley up: ready at {}", ready.url);
 }
