@@ -6,10 +6,9 @@ mod common;
 
 use std::process::Output;
 
-use tokio::process::Command;
 
 async fn volley(dir: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(common::volley_bin())
+    common::volley()
         .args(args)
         .current_dir(dir)
         .env("VOLLEY_LOG", "error")

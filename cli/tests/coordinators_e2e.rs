@@ -166,7 +166,7 @@ async fn two_coordinators_share_batches_and_workers() {
             ops,
             ..Default::default()
         };
-        let client = Client::connect(&fleet.url()).await.expect("connect");
+        let client = common::admin_client(&fleet.url()).await.expect("connect");
         let submitted = client.submit(batch).await.expect("submit");
         batches.push(submitted.batch_id);
     }
@@ -219,7 +219,7 @@ async fn a_killed_owner_is_taken_over_and_watches_resume() {
     let watches = [
         watch_all(&fleet.client, &batch),
         watch_all(
-            &Client::connect(&fleet.url()).await.expect("connect"),
+            &common::admin_client(&fleet.url()).await.expect("connect"),
             &batch,
         ),
     ];

@@ -503,7 +503,7 @@ async fn why_says_what_an_op_waits_for() {
         "{:?}",
         chained.reasons
     );
-    let output = tokio::process::Command::new(common::volley_bin())
+    let output = common::volley()
         .args([
             "why",
             &submitted.batch_id,

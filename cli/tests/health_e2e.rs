@@ -9,7 +9,6 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
@@ -18,7 +17,7 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 const DEADLINE: Duration = Duration::from_secs(60);
 
 async fn volley_health(args: &[&str]) -> Output {
-    Command::new(common::volley_bin())
+    common::volley()
         .arg("health")
         .args(args)
         .env_remove("VOLLEY_COORDINATOR")
@@ -93,7 +92,7 @@ async fn health_is_serving_then_not_serving_once_redis_is_gone() {
     );
     // The default address comes from VOLLEY_COORDINATOR, as for every
     // client command.
-    let from_env = Command::new(common::volley_bin())
+    let from_env = common::volley()
         .args([
             "health",
             "--output",
@@ -126,7 +125,7 @@ async fn health_is_serving_then_not_serving_once_redis_is_gone() {
     );
 
     // A watcher sees SERVING, then NOT_SERVING once Redis is gone.
-    let mut watcher = Command::new(common::volley_bin())
+    let mut watcher = common::volley()
         .args(["health", "--watch", "--coordinator", &url])
         .env("VOLLEY_LOG", "warn")
         .stdout(Stdio::piped())

@@ -391,7 +391,7 @@ async fn a_key_that_never_appears_fails_the_wait_with_its_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_swarm_example_runs_embedded_and_on_a_cluster() {
     // Embedded, from the repository root as the README says.
-    let output = tokio::process::Command::new(common::volley_bin())
+    let output = common::volley()
         .args(["run", "examples/swarm/swarm.yaml", "--output", "json"])
         .current_dir(repo_root())
         .env("VOLLEY_LOG", "error")

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{connect_with_deadline, free_port, volley_bin};
+use common::{connect_with_deadline, free_port};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use volley_client::v1::{self, BatchState};
 use volley_testkit::RedisServer;
 
@@ -146,7 +146,7 @@ async fn ready_list_length(redis: &mut redis::aio::MultiplexedConnection) -> u64
 }
 
 fn spawn(args: &[&str]) -> Child {
-    Command::new(volley_bin())
+    common::volley()
         .args(args)
         .env("VOLLEY_LOG", "warn")
         .stdout(Stdio::null())
@@ -452,7 +452,7 @@ async fn metrics_follow_a_batch_and_the_ready_gauge_drains_to_zero() {
 async fn a_taken_metrics_address_is_refused() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = taken.local_addr().expect("address").to_string();
-    let status = Command::new(volley_bin())
+    let status = common::volley()
         .args([
             "worker",
             "--coordinator",

@@ -22,7 +22,7 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 use volley_testkit::RedisServer;
 
-use common::{Cluster, batch_file, connect_with_deadline, free_port, volley_bin};
+use common::{Cluster, batch_file, connect_with_deadline, free_port};
 
 /// One exported span, flattened with its resource's `service.name`.
 #[derive(Clone, Debug)]
@@ -160,7 +160,7 @@ impl Collector {
 /// its batch span processor waits before an export: a long one means only
 /// the flush at exit can deliver the process's spans.
 fn traced(collector: &str, schedule_delay_ms: u64) -> Command {
-    let mut command = Command::new(volley_bin());
+    let mut command = common::volley();
     command
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector)
         .env("OTEL_BSP_SCHEDULE_DELAY", schedule_delay_ms.to_string())

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const READY_PREFIX: &str = "volley up: ready at ";
@@ -29,7 +29,7 @@ struct Up {
 impl Up {
     /// Starts `volley up` with `args` and waits for its ready line.
     async fn start(args: &[&str]) -> Up {
-        let mut child = Command::new(common::volley_bin())
+        let mut child = common::volley()
             .arg("up")
             .args(args)
             .env("VOLLEY_LOG", "warn")
@@ -212,7 +212,7 @@ async fn up_runs_a_batch_and_sigterm_stops_every_part() {
     );
 
     // What the banner says to do works.
-    let submitted = Command::new(common::volley_bin())
+    let submitted = common::volley()
         .args([
             "submit",
             &example("chain.yaml"),
@@ -241,7 +241,7 @@ async fn up_runs_a_batch_and_sigterm_stops_every_part() {
             .exists(),
         "the write op wrote under --root"
     );
-    let health = Command::new(common::volley_bin())
+    let health = common::volley()
         .args(["health", "--coordinator", &up.url])
         .output()
         .await
@@ -338,7 +338,7 @@ async fn a_killed_up_leaves_no_coordinator_or_workers_behind() {
 #[tokio::test]
 async fn up_without_redis_server_on_the_path_says_what_to_do() {
     let empty = tempfile::tempdir().expect("temp dir");
-    let output = Command::new(common::volley_bin())
+    let output = common::volley()
         .args(["up", "--listen", "127.0.0.1:0"])
         .env("PATH", empty.path())
         .env_remove("VOLLEY_REDIS")
@@ -358,7 +358,7 @@ async fn up_without_redis_server_on_the_path_says_what_to_do() {
 async fn up_on_a_port_in_use_names_the_port() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = holder.local_addr().expect("address");
-    let output = Command::new(common::volley_bin())
+    let output = common::volley()
         .args(["up", "--listen", &address.to_string()])
         .output()
         .await

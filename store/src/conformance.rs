@@ -176,6 +176,7 @@ fn batch(batch_id: &str, ops: Vec<NewOp>) -> NewBatch {
         retry_failed_sequential: false,
         retain_ms: 0,
         tenant: String::new(),
+        submitted_by: String::new(),
     }
 }
 

@@ -1235,7 +1235,14 @@ impl Store for MemoryStore {
             }
             let triples = wait_triples(0, &batch.ops);
             inner.register_waits(&mut data, &triples);
-            data.event(batch.created_ms, EventKind::BatchSubmitted, None, 0, "", "");
+            data.event(
+                batch.created_ms,
+                EventKind::BatchSubmitted,
+                None,
+                0,
+                "",
+                &batch.submitted_by,
+            );
             // An empty batch is finished as soon as it exists.
             let (finished, _) = data.finish_if_done(batch.created_ms);
             inner.batches.insert(batch.id, data);

@@ -217,6 +217,8 @@ pub struct NewBatch {
     pub retain_ms: u64,
     /// The submitter's tenant (see [`BatchMeta::tenant`]).
     pub tenant: String,
+    /// The message of the batch's `BatchSubmitted` event: who submitted it.
+    pub submitted_by: String,
 }
 
 /// The message of the `OpRetrying` event each failed op gets when its

@@ -1102,7 +1102,8 @@ impl Store for RedisStore {
             .arg(batch.deadline_ms)
             .arg(u8::from(batch.retry_failed_sequential))
             .arg(batch.retain_ms)
-            .arg(&batch.tenant);
+            .arg(&batch.tenant)
+            .arg(&batch.submitted_by);
 
         // A small batch without memory waits (the common case, and every
         // latency-bound one) is written, made visible and announced in one

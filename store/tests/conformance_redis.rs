@@ -116,6 +116,7 @@ async fn million_op_batch_is_writable() {
             retry_failed_sequential: false,
             retain_ms: 0,
             tenant: String::new(),
+        submitted_by: String::new(),
         })
         .await
         .expect("create");
@@ -167,6 +168,7 @@ fn small_batch(id: &str, ops: usize, created_ms: u64, retain_ms: u64) -> NewBatc
         retry_failed_sequential: false,
         retain_ms,
         tenant: String::new(),
+        submitted_by: String::new(),
     }
 }
 

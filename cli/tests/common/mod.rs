@@ -16,6 +16,46 @@ pub fn volley_bin() -> &'static str {
     env!("CARGO_BIN_EXE_volley")
 }
 
+/// The admin token of every test cluster: coordinators read it from
+/// [`admin_token_file`], clients and workers send it.
+pub const ADMIN_TOKEN: &str = "volley-e2e-admin-token-0123456789abcdef";
+
+/// A file holding [`ADMIN_TOKEN`] (written once per test process).
+pub fn admin_token_file() -> &'static Path {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("volley-e2e-admin-{}.token", std::process::id()));
+        std::fs::write(&path, ADMIN_TOKEN).expect("write the admin token file");
+        path
+    })
+}
+
+/// `volley` as the tests run it: a coordinator finds the admin token file
+/// in its environment (VOLLEY_ADMIN_TOKEN_FILE), and workers and client
+/// commands send the admin token (VOLLEY_TOKEN). A test about tokens
+/// overrides or removes them.
+pub fn volley() -> Command {
+    let mut command = Command::new(volley_bin());
+    command
+        .env("VOLLEY_ADMIN_TOKEN_FILE", admin_token_file())
+        .env("VOLLEY_TOKEN", ADMIN_TOKEN);
+    command
+}
+
+/// [`volley`] as a blocking `std::process::Command`.
+pub fn volley_std() -> std::process::Command {
+    let mut command = std::process::Command::new(volley_bin());
+    command
+        .env("VOLLEY_ADMIN_TOKEN_FILE", admin_token_file())
+        .env("VOLLEY_TOKEN", ADMIN_TOKEN);
+    command
+}
+
+/// A client of `url` with the admin token.
+pub async fn admin_client(url: &str) -> Result<Client, volley_client::ClientError> {
+    Client::connect_with(&volley_client::Connection::new(url).with_token(ADMIN_TOKEN)).await
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -45,7 +85,7 @@ impl Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
-        let coordinator = Command::new(volley_bin())
+        let coordinator = volley()
             .args([
                 "coordinator",
                 "--listen",
@@ -104,7 +144,7 @@ impl Cluster {
 
     /// A worker with exactly these flags (besides its coordinator and id).
     pub async fn add_bare_worker(&mut self, id: &str, flags: &[&str]) {
-        let worker = Command::new(volley_bin())
+        let worker = volley()
             .args(["worker", "--coordinator", &self.url, "--id", id])
             .args(flags)
             .env("VOLLEY_LOG", "warn")
@@ -121,7 +161,7 @@ impl Cluster {
         let _ = self.coordinator.start_kill();
         let _ = self.coordinator.wait().await;
         let address = self.url.trim_start_matches("http://").to_owned();
-        self.coordinator = Command::new(volley_bin())
+        self.coordinator = volley()
             .args([
                 "coordinator",
                 "--listen",
@@ -156,7 +196,7 @@ impl Cluster {
 pub async fn connect_with_deadline(url: &str, deadline: Duration) -> Client {
     let until = tokio::time::Instant::now() + deadline;
     loop {
-        match Client::connect(url).await {
+        match admin_client(url).await {
             Ok(client) => {
                 if client.workers().await.is_ok() {
                     return client;
@@ -230,7 +270,7 @@ impl Fleet {
     /// answers there directly.
     pub async fn start_coordinator(&mut self, index: usize) {
         let port = self.coordinators[index].0;
-        let child = Command::new(volley_bin())
+        let child = volley()
             .args([
                 "coordinator",
                 "--listen",
@@ -280,7 +320,7 @@ impl Fleet {
     /// 200 ms, rooted in the fleet's temp dir), with extra flags.
     pub async fn add_worker(&mut self, id: &str, extra: &[&str]) {
         let root = self.root.path().to_string_lossy().into_owned();
-        let worker = Command::new(volley_bin())
+        let worker = volley()
             .args(["worker", "--coordinator", &self.url(), "--id", id])
             .args([
                 "--slots",
