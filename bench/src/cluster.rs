@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
-use volley_client::Client;
+use volley_client::{Client, Connection};
 use volley_testkit::RedisServer;
 
 use crate::procs::Processes;
@@ -190,7 +190,8 @@ async fn start_coordinator(
                 last_error = Some(error);
                 break;
             }
-            if let Ok(client) = Client::connect(&url).await {
+            let connection = Connection::new(url.clone()).with_token(BENCH_ADMIN_TOKEN);
+            if let Ok(client) = Client::connect_with(&connection).await {
                 return Ok((member, url, client));
             }
             if tokio::time::Instant::now() >= deadline {
@@ -204,12 +205,23 @@ async fn start_coordinator(
     Err(last_error.unwrap_or_else(|| anyhow::anyhow!("the coordinator did not start")))
 }
 
-/// `volley` with logs at warn to `log`, stdout discarded, killed on drop.
+/// The admin token of the bench's clusters: authentication stays on, as
+/// in production, so its cost is in every number.
+pub const BENCH_ADMIN_TOKEN: &str = "volley-bench-admin-token-0123456789abcdef";
+
+/// `volley` with logs at warn to `log`, stdout discarded, killed on drop;
+/// a coordinator reads the bench's admin token from a file next to `log`,
+/// workers and clients send it.
 pub fn volley_command(volley_bin: &Path, log: &Path) -> anyhow::Result<Command> {
     let log_file =
         std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let token_file = log.with_file_name("admin.token");
+    std::fs::write(&token_file, BENCH_ADMIN_TOKEN)
+        .with_context(|| format!("writing {}", token_file.display()))?;
     let mut command = Command::new(volley_bin);
     command
+        .env("VOLLEY_ADMIN_TOKEN_FILE", &token_file)
+        .env("VOLLEY_TOKEN", BENCH_ADMIN_TOKEN)
         .env("VOLLEY_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
