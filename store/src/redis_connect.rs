@@ -113,26 +113,30 @@ pub enum RedisConnectError {
     /// Redis refused the user or password.
     #[error("redis at {url} refused the credentials (wrong user or password?): {detail}")]
     Authentication { url: String, detail: String },
-    /// Redis could not be reached, or the TLS handshake failed (an
-    /// untrusted certificate, say); `detail` says which.
-    #[error("cannot reach redis at {url}: {detail}{}", tls_hint(*.tls, *.custom_ca))]
-    Unreachable {
+    /// Nothing answered (refused, timed out, dropped): Redis may not be up
+    /// yet.
+    #[error("cannot reach redis at {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    /// Something answered but setting up the connection failed: a TLS
+    /// handshake (an untrusted certificate, a client certificate the server
+    /// wanted), or a server that is not Redis. `tls` adds a hint at the TLS
+    /// flags.
+    #[error("connecting to redis at {url} failed: {detail}{}", tls_hint(*.tls))]
+    Setup {
         url: String,
         detail: String,
         /// The URL is `rediss://`.
         tls: bool,
-        /// `--redis-tls-ca` was given.
-        custom_ca: bool,
     },
 }
 
-fn tls_hint(tls: bool, custom_ca: bool) -> &'static str {
-    match (tls, custom_ca) {
-        (true, false) => {
-            " (rediss://: the server's certificate must chain to a root the system trusts, or to --redis-tls-ca)"
-        }
-        (true, true) => " (rediss://: the server's certificate must chain to --redis-tls-ca)",
-        (false, _) => "",
+fn tls_hint(tls: bool) -> &'static str {
+    if tls {
+        " (TLS: the server's certificate must chain to --redis-tls-ca, or without it to the \
+         system's roots; a server that wants a client certificate needs --redis-tls-cert and \
+         --redis-tls-key)"
+    } else {
+        ""
     }
 }
 
@@ -142,7 +146,8 @@ impl RedisConnectError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RedisConnectError::Unreachable { .. } => true,
-            RedisConnectError::InvalidUrl { .. }
+            RedisConnectError::Setup { .. }
+            | RedisConnectError::InvalidUrl { .. }
             | RedisConnectError::TlsFileWithoutTls { .. }
             | RedisConnectError::HalfClientCertificate
             | RedisConnectError::ReadFile { .. }
@@ -162,7 +167,6 @@ pub(crate) struct PreparedClient {
     /// Scrubbed from any Redis error text we keep.
     password: Option<String>,
     tls: bool,
-    custom_ca: bool,
 }
 
 impl PreparedClient {
@@ -243,7 +247,6 @@ impl PreparedClient {
             redacted_url,
             password,
             tls,
-            custom_ca: options.tls_ca.is_some(),
         })
     }
 
@@ -253,12 +256,16 @@ impl PreparedClient {
         let url = self.redacted_url.clone();
         if is_authentication_error(error) {
             RedisConnectError::Authentication { url, detail }
+        } else if error.is_connection_refusal()
+            || error.is_timeout()
+            || error.is_connection_dropped()
+        {
+            RedisConnectError::Unreachable { url, detail }
         } else {
-            RedisConnectError::Unreachable {
+            RedisConnectError::Setup {
                 url,
                 detail,
                 tls: self.tls,
-                custom_ca: self.custom_ca,
             }
         }
     }

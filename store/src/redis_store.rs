@@ -227,7 +227,7 @@ impl RedisStore {
         let first_subscription = subscribe(&client).await;
         if let Err(error) = &first_subscription {
             let connect_error = prepared.connect_error(error);
-            if !connect_error.is_retryable() || !is_worth_retrying(error) {
+            if !connect_error.is_retryable() {
                 return Err(connect_error);
             }
         }
@@ -581,13 +581,6 @@ impl RedisStore {
         let fields: HashMap<String, String> = self.connection().hgetall(keys::meta(batch)).await?;
         parse_meta(batch, &fields)
     }
-}
-
-/// True for failures a later attempt may get past (Redis not up yet, a
-/// dropped connection); false for a TLS handshake or a setting that fails
-/// the same way every time.
-fn is_worth_retrying(error: &redis::RedisError) -> bool {
-    error.is_connection_refusal() || error.is_timeout() || error.is_connection_dropped()
 }
 
 async fn subscribe(client: &redis::Client) -> redis::RedisResult<PubSub> {
