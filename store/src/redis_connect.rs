@@ -511,12 +511,23 @@ mod tests {
         assert!(printed.contains("redis://u:***@host"), "{printed}");
     }
 
-    fn write_temp(name: &str, content: &[u8]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("volley-store-connect-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join(name);
+    /// A file in the temp dir, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn write_temp(name: &str, content: &[u8]) -> TempFile {
+        let path = std::env::temp_dir().join(format!(
+            "volley-store-connect-{}-{}-{name}",
+            std::process::id(),
+            uuid::Uuid::now_v7()
+        ));
         std::fs::write(&path, content).expect("write temp file");
-        path
+        TempFile(path)
     }
 
     async fn prepare_error(options: RedisConnect) -> RedisConnectError {
@@ -563,9 +574,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_ca_file_without_certificates_is_refused() {
-        let path = write_temp("not-a-ca.pem", b"hello\n");
+        let file = write_temp("not-a-ca.pem", b"hello\n");
         let error = prepare_error(RedisConnect {
-            tls_ca: Some(path),
+            tls_ca: Some(file.0.clone()),
             ..RedisConnect::from_url("rediss://127.0.0.1:6379")
         })
         .await;
@@ -597,9 +608,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_password_file_overrides_the_url_and_loses_its_line_break() {
-        let path = write_temp("password", b"from-file\r\n");
+        let file = write_temp("password", b"from-file\r\n");
         let prepared = PreparedClient::prepare(&RedisConnect {
-            password_file: Some(path),
+            password_file: Some(file.0.clone()),
             ..RedisConnect::from_url("redis://alice:from-url@127.0.0.1:6379")
         })
         .await
@@ -611,9 +622,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_password_file_is_refused() {
-        let path = write_temp("empty-password", b"\n");
+        let file = write_temp("empty-password", b"\n");
         let error = prepare_error(RedisConnect {
-            password_file: Some(path),
+            password_file: Some(file.0.clone()),
             ..RedisConnect::from_url("redis://127.0.0.1:6379")
         })
         .await;
