@@ -743,8 +743,11 @@ async fn a_redis_that_freezes_for_seconds_loses_nothing() {
 /// back, every op succeeded exactly once, none run twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_down_for_30_s_and_back_from_its_aof_loses_nothing() {
-    let redis = volley_testkit::RedisServer::start_with(volley_testkit::RedisOptions { aof: true })
-        .expect("redis-server with AOF");
+    let redis = volley_testkit::RedisServer::start_with(volley_testkit::RedisOptions {
+        aof: true,
+        ..Default::default()
+    })
+    .expect("redis-server with AOF");
     let mut fleet = common::Fleet::start(redis, 2, LEASE).await;
     for number in 0..2 {
         fleet.add_worker(&format!("w{number}"), &[]).await;

@@ -12,6 +12,8 @@
 //! - [`model`] — the types the verbs take and return.
 //! - [`keys`] — every Redis key name (the only place one is spelled).
 //! - [`redis_store`] — the Redis implementation; its scripts live in `lua/`.
+//! - [`redis_connect`] — how it reaches Redis (URL, TLS, password) and
+//!   [`redact_url`], the one way a Redis URL is shown.
 //! - [`memory_store`] — the in-memory implementation, same semantics.
 //! - [`conformance`] — the suite both implementations must pass.
 
@@ -19,6 +21,7 @@ pub mod conformance;
 pub mod keys;
 pub mod memory_store;
 pub mod model;
+pub mod redis_connect;
 pub mod redis_store;
 
 use async_trait::async_trait;
@@ -26,6 +29,7 @@ use volley_proto::BatchId;
 
 pub use memory_store::MemoryStore;
 pub use model::*;
+pub use redis_connect::{RedisConnect, RedisConnectError, redact_url};
 pub use redis_store::RedisStore;
 
 /// What can go wrong talking to the store.

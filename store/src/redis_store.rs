@@ -43,6 +43,7 @@ use volley_proto::BatchId;
 use crate::keys;
 use crate::memory_store::{DOORBELL_CAPACITY, added_edges};
 use crate::model::*;
+use crate::redis_connect::{PreparedClient, RedisConnect, RedisConnectError};
 use crate::{Store, StoreError, StoreResult};
 
 mod ready_gauge;
@@ -198,10 +199,11 @@ impl Drop for Shared {
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://host:port[/db]`) and starts the doorbell
-    /// listener; returns once the doorbell subscription is live, so no bell
-    /// rung after this returns is missed.
-    pub async fn connect(url: &str) -> StoreResult<RedisStore> {
+    /// Connects to `url` (`redis://[user][:password@]host:port[/db]`,
+    /// `rediss://…` for TLS trusting the system's roots) and starts the
+    /// doorbell listener; returns once the doorbell subscription is live, so
+    /// no bell rung after this returns is missed.
+    pub async fn connect(url: &str) -> Result<RedisStore, RedisConnectError> {
         Self::connect_with_shutdown(url, CancellationToken::new()).await
     }
 
@@ -210,18 +212,46 @@ impl RedisStore {
     pub async fn connect_with_shutdown(
         url: &str,
         shutdown: CancellationToken,
-    ) -> StoreResult<RedisStore> {
-        // TCP_NODELAY: one multiplexed connection carries claims, completions
-        // and event reads from many tasks at once; with Nagle a request
-        // behind an unacknowledged one waits out a delayed ack (~40 ms).
-        let info = redis::IntoConnectionInfo::into_connection_info(url)?
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info)?;
+    ) -> Result<RedisStore, RedisConnectError> {
+        Self::connect_with_options(&RedisConnect::from_url(url), shutdown).await
+    }
+
+    /// Like [`RedisStore::connect_with_shutdown`], with TLS files and a
+    /// password file: every connection the store opens (commands, the
+    /// doorbell subscription and its resubscriptions) uses them.
+    ///
+    /// A wrong setting, file or credential fails at once; an unreachable
+    /// Redis is retried for a few seconds first.
+    #[tracing::instrument(skip_all, fields(redis = %options.redacted_url()))]
+    pub async fn connect_with_options(
+        options: &RedisConnect,
+        shutdown: CancellationToken,
+    ) -> Result<RedisStore, RedisConnectError> {
+        let prepared = PreparedClient::prepare(options).await?;
+        let client = prepared.client.clone();
+        // One attempt at the subscription first: a refused password or an
+        // untrusted certificate fails here without the connection manager's
+        // retries (several seconds of backoff that cannot help).
+        let first_subscription = subscribe(&client).await;
+        if let Err(error) = &first_subscription {
+            let connect_error = prepared.connect_error(error);
+            if !connect_error.is_retryable() {
+                return Err(connect_error);
+            }
+        }
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(CONNECTION_TIMEOUT));
-        let connection = client.get_connection_manager_with_config(config).await?;
-        let pubsub = subscribe(&client).await?;
+        let connection = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(|error| prepared.connect_error(&error))?;
+        let pubsub = match first_subscription {
+            Ok(pubsub) => pubsub,
+            Err(_) => subscribe(&client)
+                .await
+                .map_err(|error| prepared.connect_error(&error))?,
+        };
         let (doorbell, _) = broadcast::channel(DOORBELL_CAPACITY);
         let listener_shutdown = shutdown.child_token();
         let listener = tokio::spawn(listen_doorbells(

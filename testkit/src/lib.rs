@@ -3,6 +3,10 @@
 //! database and never touches a shared Redis (no `FLUSHDB`) — and a TCP
 //! balancer standing in for a Kubernetes Service in front of coordinators.
 //!
+//! A server may speak TLS only and want a password: its CA, server and
+//! client certificates are made in-process with `rcgen` when it starts and
+//! written into its temp dir (no key material in git).
+//!
 //! `RedisServer` is blocking (`std::process`, `std::net`), so it works from
 //! sync tests and from async tests alike: starting a server takes a few
 //! milliseconds of polling, which is fine to block a test runtime on.
@@ -10,9 +14,11 @@
 //! serves sync and async tests alike and outlives any test runtime.
 //!
 //! # Layout
-//! - [`RedisServer`]: start (optionally with an append-only file), `url()`,
-//!   `kill()`/`stop()`, `restart()` (empty), `start_again()` (reloads the
-//!   AOF), `pause()`/`resume()`, kill on `Drop`.
+//! - [`RedisServer`]: start (optionally with an append-only file, TLS and a
+//!   password), `url()`, `kill()`/`stop()`, `restart()` (empty),
+//!   `start_again()` (reloads the AOF), `pause()`/`resume()`, kill on `Drop`.
+//! - [`TestCertificates`]: a CA with a server certificate (127.0.0.1,
+//!   localhost) and a client certificate, as PEM files.
 //! - [`TcpBalancer`]: round-robin TCP proxy over backends that may come and
 //!   go, stopped on `Drop`.
 
@@ -37,14 +43,36 @@ const POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// Distinguishes the temp dirs of servers started by one process.
 static NEXT_SERVER: AtomicU64 = AtomicU64::new(0);
 
-/// How a [`RedisServer`] keeps its data.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How a [`RedisServer`] keeps its data and whom it lets in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RedisOptions {
     /// Append-only file on, fsynced before every reply (`appendonly yes`,
     /// `appendfsync always`), in the server's own dir: a server killed with
     /// SIGKILL and started again with [`RedisServer::start_again`] has every
     /// write it acknowledged. Off: nothing is persisted.
     pub aof: bool,
+    /// Speak TLS only (`--port 0 --tls-port <port>`), with certificates made
+    /// for this server ([`RedisServer::certificates`]); `url()` is then
+    /// `rediss://`.
+    pub tls: bool,
+    /// With `tls`: refuse clients without a certificate signed by the
+    /// server's CA (`--tls-auth-clients yes`); otherwise a client
+    /// certificate is optional.
+    pub require_client_cert: bool,
+    /// Want this password (`--requirepass`) from every client; `url()`
+    /// carries it. Keep it URL-safe (letters, digits).
+    pub password: Option<String>,
+}
+
+impl RedisOptions {
+    /// TLS with an optional client certificate, and `password` required.
+    pub fn tls_with_password(password: impl Into<String>) -> RedisOptions {
+        RedisOptions {
+            tls: true,
+            password: Some(password.into()),
+            ..RedisOptions::default()
+        }
+    }
 }
 
 /// A `redis-server` child process on `127.0.0.1:<port>`, with its data in
@@ -53,9 +81,11 @@ pub struct RedisOptions {
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
-    /// Holds the logs and `data/`, the server's `--dir`.
+    /// Holds the logs, `data/` (the server's `--dir`) and `tls/`.
     dir: PathBuf,
     options: RedisOptions,
+    /// With `options.tls`: the files in `dir/tls/`.
+    certificates: Option<TestCertificates>,
 }
 
 impl RedisServer {
@@ -74,16 +104,34 @@ impl RedisServer {
         let data_dir = data_dir(&dir);
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
+        let certificates = if options.tls {
+            match TestCertificates::generate(&dir.join("tls")) {
+                Ok(certificates) => Some(certificates),
+                Err(error) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(error);
+                }
+            }
+        } else {
+            None
+        };
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            match spawn_ready(port, &dir, options) {
+            let launch = Launch {
+                port,
+                dir: &dir,
+                options: &options,
+                certificates: certificates.as_ref(),
+            };
+            match launch.spawn_ready() {
                 Ok(child) => {
                     return Ok(RedisServer {
                         child: Some(child),
                         port,
                         dir,
                         options,
+                        certificates,
                     });
                 }
                 // Most likely a port clash: pick another port.
@@ -94,17 +142,67 @@ impl RedisServer {
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`; with TLS `rediss://`, with a password
+    /// `…://:<password>@127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.options.tls { "rediss" } else { "redis" };
+        match &self.options.password {
+            Some(password) => format!("{scheme}://:{password}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// [`url`](RedisServer::url) without the password (for a test that
+    /// passes the password another way).
+    pub fn url_without_password(&self) -> String {
+        let scheme = if self.options.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    pub fn options(&self) -> RedisOptions {
-        self.options
+    pub fn options(&self) -> &RedisOptions {
+        &self.options
+    }
+
+    /// The password the server wants, if any.
+    pub fn password(&self) -> Option<&str> {
+        self.options.password.as_deref()
+    }
+
+    /// The CA, server and client certificates of a TLS server.
+    pub fn certificates(&self) -> Option<&TestCertificates> {
+        self.certificates.as_ref()
+    }
+
+    /// The PEM CA certificate a client must trust (TLS servers only).
+    pub fn ca_cert_path(&self) -> Option<&Path> {
+        self.certificates.as_ref().map(|tls| tls.ca_cert.as_path())
+    }
+
+    /// A PEM client certificate signed by the server's CA (TLS only).
+    pub fn client_cert_path(&self) -> Option<&Path> {
+        self.certificates
+            .as_ref()
+            .map(|tls| tls.client_cert.as_path())
+    }
+
+    /// The client certificate's PEM private key (TLS only).
+    pub fn client_key_path(&self) -> Option<&Path> {
+        self.certificates
+            .as_ref()
+            .map(|tls| tls.client_key.as_path())
+    }
+
+    fn launch(&self) -> Launch<'_> {
+        Launch {
+            port: self.port,
+            dir: &self.dir,
+            options: &self.options,
+            certificates: self.certificates.as_ref(),
+        }
     }
 
     /// The server's process id, while it runs (to SIGSTOP it, say).
@@ -137,7 +235,7 @@ impl RedisServer {
             .with_context(|| format!("wiping {}", data_dir.display()))?;
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
-        self.child = Some(spawn_ready(self.port, &self.dir, self.options)?);
+        self.child = Some(self.launch().spawn_ready()?);
         Ok(())
     }
 
@@ -147,7 +245,7 @@ impl RedisServer {
     /// which Redis does only once the file is loaded.
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         self.kill();
-        self.child = Some(spawn_ready(self.port, &self.dir, self.options)?);
+        self.child = Some(self.launch().spawn_ready()?);
         Ok(())
     }
 
@@ -161,7 +259,7 @@ impl RedisServer {
     pub fn resume(&self) -> anyhow::Result<()> {
         self.signal("CONT")?;
         let deadline = Instant::now() + READY_DEADLINE;
-        while !ping(self.port) {
+        while !self.launch().ping() {
             if Instant::now() >= deadline {
                 bail!(
                     "redis-server on port {} did not answer PING within {READY_DEADLINE:?} after SIGCONT",
@@ -356,51 +454,228 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Spawns redis-server on `port` (data in `dir/data`, log in `dir`) and
-/// polls `PING` until it answers, the process exits (e.g. port taken) or
-/// the deadline passes.
-fn spawn_ready(port: u16, dir: &Path, options: RedisOptions) -> anyhow::Result<Child> {
-    let log_file = dir.join(format!("redis-{port}.log"));
-    let (appendonly, appendfsync) = if options.aof {
-        ("yes", "always")
-    } else {
-        ("no", "everysec")
-    };
-    let mut child = Command::new("redis-server")
-        .arg("--save")
-        .arg("")
-        .arg("--appendonly")
-        .arg(appendonly)
-        .arg("--appendfsync")
-        .arg(appendfsync)
-        .arg("--port")
-        .arg(port.to_string())
-        .arg("--bind")
-        .arg("127.0.0.1")
-        .arg("--dir")
-        .arg(data_dir(dir))
-        .arg("--logfile")
-        .arg(&log_file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("spawning redis-server (is it on PATH?)")?;
-    let deadline = Instant::now() + READY_DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            let log = std::fs::read_to_string(&log_file).unwrap_or_default();
-            bail!("redis-server on port {port} exited with {status}: {log}");
+/// What a redis-server process is started with.
+struct Launch<'a> {
+    port: u16,
+    dir: &'a Path,
+    options: &'a RedisOptions,
+    certificates: Option<&'a TestCertificates>,
+}
+
+impl Launch<'_> {
+    /// Spawns redis-server on `port` (data in `dir/data`, log in `dir`) and
+    /// polls `PING` until it answers, the process exits (e.g. port taken)
+    /// or the deadline passes.
+    fn spawn_ready(&self) -> anyhow::Result<Child> {
+        let port = self.port;
+        let log_file = self.dir.join(format!("redis-{port}.log"));
+        let (appendonly, appendfsync) = if self.options.aof {
+            ("yes", "always")
+        } else {
+            ("no", "everysec")
+        };
+        let mut command = Command::new("redis-server");
+        command
+            .arg("--save")
+            .arg("")
+            .arg("--appendonly")
+            .arg(appendonly)
+            .arg("--appendfsync")
+            .arg(appendfsync)
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(data_dir(self.dir))
+            .arg("--logfile")
+            .arg(&log_file);
+        match self.certificates {
+            Some(tls) => {
+                let auth_clients = if self.options.require_client_cert {
+                    "yes"
+                } else {
+                    "no"
+                };
+                command
+                    .arg("--port")
+                    .arg("0")
+                    .arg("--tls-port")
+                    .arg(port.to_string())
+                    .arg("--tls-cert-file")
+                    .arg(&tls.server_cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.server_key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca_cert)
+                    .arg("--tls-auth-clients")
+                    .arg(auth_clients);
+            }
+            None => {
+                command.arg("--port").arg(port.to_string());
+            }
         }
-        if ping(port) {
-            return Ok(child);
+        if let Some(password) = &self.options.password {
+            command.arg("--requirepass").arg(password);
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("redis-server on port {port} did not answer PING within {READY_DEADLINE:?}");
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning redis-server (is it on PATH?)")?;
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+                bail!("redis-server on port {port} exited with {status}: {log}");
+            }
+            if self.ping() {
+                return Ok(child);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("redis-server on port {port} did not answer PING within {READY_DEADLINE:?}");
+            }
+            std::thread::sleep(POLL_INTERVAL);
         }
-        std::thread::sleep(POLL_INTERVAL);
+    }
+
+    /// True when the server answers `PING`: a plain server over a bare
+    /// socket, one with TLS or a password through the redis crate (with the
+    /// server's CA, the client certificate and the password).
+    fn ping(&self) -> bool {
+        if self.certificates.is_none() && self.options.password.is_none() {
+            return ping(self.port);
+        }
+        self.ping_with_client().is_ok()
+    }
+
+    fn ping_with_client(&self) -> anyhow::Result<()> {
+        let scheme = if self.certificates.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let mut info = redis::IntoConnectionInfo::into_connection_info(format!(
+            "{scheme}://127.0.0.1:{}",
+            self.port
+        ))?;
+        if let Some(password) = &self.options.password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = match self.certificates {
+            Some(tls) => {
+                install_crypto_provider();
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: Some(redis::ClientTlsConfig {
+                            client_cert: std::fs::read(&tls.client_cert)?,
+                            client_key: std::fs::read(&tls.client_key)?,
+                        }),
+                        root_cert: Some(std::fs::read(&tls.ca_cert)?),
+                    },
+                )?
+            }
+            None => redis::Client::open(info)?,
+        };
+        let mut connection = client.get_connection_with_timeout(Duration::from_millis(500))?;
+        connection.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let reply: String = redis::cmd("PING").query(&mut connection)?;
+        if reply != "PONG" {
+            bail!("PING answered {reply}");
+        }
+        Ok(())
+    }
+}
+
+/// rustls needs a process-wide crypto provider; the workspace builds it
+/// with `ring` only. Installing again fails harmlessly.
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// PEM files of a test CA, a server certificate it signed (SANs
+/// `127.0.0.1` and `localhost`) and a client certificate it signed, each
+/// with its key. Made fresh, never checked in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestCertificates {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestCertificates {
+    /// Makes a fresh CA and both certificates and writes them into `dir`
+    /// (created if needed): `ca.pem`, `server.pem`, `server-key.pem`,
+    /// `client.pem`, `client-key.pem`.
+    pub fn generate(dir: &Path) -> anyhow::Result<TestCertificates> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ca_key = KeyPair::generate().context("generating the CA key")?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "volley test CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key).context("signing the CA")?;
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let leaf = |name: &str,
+                    alt_names: Vec<String>,
+                    usage: ExtendedKeyUsagePurpose|
+         -> anyhow::Result<(String, String)> {
+            let key = KeyPair::generate().with_context(|| format!("generating the {name} key"))?;
+            let mut params = CertificateParams::new(alt_names)?;
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![usage];
+            params.use_authority_key_identifier_extension = true;
+            let cert = params
+                .signed_by(&key, &issuer)
+                .with_context(|| format!("signing the {name} certificate"))?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
+        let (server_pem, server_key_pem) = leaf(
+            "volley test redis",
+            vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        let (client_pem, client_key_pem) = leaf(
+            "volley test client",
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
+        let certificates = TestCertificates {
+            ca_cert: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server-key.pem"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client-key.pem"),
+        };
+        for (path, content) in [
+            (&certificates.ca_cert, ca_cert.pem()),
+            (&certificates.server_cert, server_pem),
+            (&certificates.server_key, server_key_pem),
+            (&certificates.client_cert, client_pem),
+            (&certificates.client_key, client_key_pem),
+        ] {
+            std::fs::write(path, content).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(certificates)
     }
 }
 
@@ -474,7 +749,11 @@ mod tests {
 
     #[test]
     fn an_aof_server_started_again_after_sigkill_has_its_data() {
-        let mut server = RedisServer::start_with(RedisOptions { aof: true }).expect("start");
+        let mut server = RedisServer::start_with(RedisOptions {
+            aof: true,
+            ..RedisOptions::default()
+        })
+        .expect("start");
         let port = server.port();
         assert_eq!(command(port, &["SET", "kept", "yes"]), "+OK\r\n");
 
@@ -593,6 +872,110 @@ mod tests {
         let addr = balancer.addr();
         drop(balancer);
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    /// PINGs through the redis crate with the given pieces; the error text
+    /// on failure.
+    fn client_ping(
+        server: &RedisServer,
+        url: &str,
+        with_ca: bool,
+        with_client_cert: bool,
+    ) -> Result<(), String> {
+        let run = || -> anyhow::Result<()> {
+            install_crypto_provider();
+            let client_tls = if with_client_cert {
+                Some(redis::ClientTlsConfig {
+                    client_cert: std::fs::read(server.client_cert_path().expect("tls"))?,
+                    client_key: std::fs::read(server.client_key_path().expect("tls"))?,
+                })
+            } else {
+                None
+            };
+            let root_cert = if with_ca {
+                Some(std::fs::read(server.ca_cert_path().expect("tls"))?)
+            } else {
+                None
+            };
+            let client = redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls,
+                    root_cert,
+                },
+            )?;
+            let mut connection = client.get_connection_with_timeout(Duration::from_secs(5))?;
+            let _: String = redis::cmd("PING").query(&mut connection)?;
+            Ok(())
+        };
+        run().map_err(|error| format!("{error:#}"))
+    }
+
+    #[test]
+    fn a_tls_server_with_a_password_answers_only_over_tls_with_the_password() {
+        let mut server =
+            RedisServer::start_with(RedisOptions::tls_with_password("s3cret")).expect("start");
+        let port = server.port();
+        assert_eq!(server.url(), format!("rediss://:s3cret@127.0.0.1:{port}"));
+        assert_eq!(
+            server.url_without_password(),
+            format!("rediss://127.0.0.1:{port}")
+        );
+        assert_eq!(server.password(), Some("s3cret"));
+        for path in [
+            server.ca_cert_path(),
+            server.client_cert_path(),
+            server.client_key_path(),
+        ] {
+            assert!(path.expect("a TLS server has certificates").is_file());
+        }
+        // Plaintext gets no +PONG from a TLS port.
+        assert!(!ping(port));
+        client_ping(&server, &server.url(), true, false).expect("TLS + password");
+        // A client certificate is not required, but may be presented.
+        client_ping(&server, &server.url(), true, true).expect("with a client certificate");
+        assert!(client_ping(&server, &server.url_without_password(), true, false).is_err());
+        assert!(client_ping(&server, &server.url(), false, false).is_err());
+
+        // Restarted and started again with the same certificates.
+        server.restart().expect("restart");
+        client_ping(&server, &server.url(), true, false).expect("after restart");
+        server.start_again().expect("start again");
+        client_ping(&server, &server.url(), true, false).expect("after start again");
+    }
+
+    #[test]
+    fn a_server_that_requires_client_certificates_refuses_clients_without_one() {
+        let server = RedisServer::start_with(RedisOptions {
+            tls: true,
+            require_client_cert: true,
+            ..RedisOptions::default()
+        })
+        .expect("start");
+        assert_eq!(
+            server.url(),
+            format!("rediss://127.0.0.1:{}", server.port())
+        );
+        client_ping(&server, &server.url(), true, true).expect("with a client certificate");
+        assert!(client_ping(&server, &server.url(), true, false).is_err());
+    }
+
+    #[test]
+    fn a_password_server_without_tls_wants_the_password() {
+        let server = RedisServer::start_with(RedisOptions {
+            password: Some("pw42".to_owned()),
+            ..RedisOptions::default()
+        })
+        .expect("start");
+        assert_eq!(
+            server.url(),
+            format!("redis://:pw42@127.0.0.1:{}", server.port())
+        );
+        assert!(server.certificates().is_none());
+        assert_eq!(
+            command(server.port(), &["GET", "x"]).get(..7),
+            Some("-NOAUTH")
+        );
     }
 
     #[test]

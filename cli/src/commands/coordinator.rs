@@ -19,9 +19,8 @@ pub struct CoordinatorArgs {
     /// Address to serve gRPC on.
     #[arg(long, env = "VOLLEY_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
-    /// Redis URL (the shared coordination state).
-    #[arg(long, env = "VOLLEY_REDIS", default_value = "redis://127.0.0.1:6379")]
-    pub redis: String,
+    #[command(flatten)]
+    pub redis: super::redis_args::RedisArgs,
     /// Most ops one batch may hold.
     #[arg(long, env = "VOLLEY_MAX_OPS", default_value_t = 1_000_000)]
     pub max_ops: usize,
@@ -178,12 +177,14 @@ pub async fn run(args: CoordinatorArgs) -> Exit {
             stop.cancel();
         });
     }
-    let store = match RedisStore::connect_with_shutdown(&args.redis, shutdown.child_token()).await {
+    let redis = args.redis.connect_options();
+    let store = match RedisStore::connect_with_options(&redis, shutdown.child_token()).await {
         Ok(store) => store,
         Err(error) => {
-            error!(redis = %args.redis, %error, "cannot reach redis");
-            eprintln!("error: cannot reach redis at {}: {error}", args.redis);
-            return Exit::Unreachable;
+            // Redacted: neither the URL nor the error holds the password.
+            error!(redis = %redis.redacted_url(), %error, "cannot connect to redis");
+            eprintln!("error: {error}");
+            return super::redis_args::exit_for(&error);
         }
     };
     let mut config = CoordinatorConfig::default();

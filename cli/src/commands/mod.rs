@@ -4,6 +4,7 @@ pub mod client;
 pub mod coordinator;
 pub mod health;
 pub mod memory;
+pub mod redis_args;
 pub mod run;
 pub mod spawn;
 pub mod token;

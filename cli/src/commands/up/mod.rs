@@ -64,7 +64,7 @@ pub struct UpArgs {
     #[arg(long, env = "VOLLEY_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
     /// Use this Redis instead of starting a redis-server.
-    #[arg(long, env = "VOLLEY_REDIS", value_name = "URL")]
+    #[arg(long, env = "VOLLEY_REDIS", value_name = "URL", hide_env_values = true)]
     pub redis: Option<String>,
     /// Keep the started Redis's data in DIR (append-only file), so batches
     /// and memory outlive a restart; without it nothing is saved and the
@@ -396,8 +396,9 @@ impl Cluster {
             .arg("coordinator")
             .arg("--listen")
             .arg(listen.to_string())
-            .arg("--redis")
-            .arg(&redis_url)
+            // By environment, not argument: a password in the URL would
+            // show in `ps` to every user of the machine.
+            .env("VOLLEY_REDIS", &redis_url)
             .arg("--admin-token-file")
             .arg(&token_file)
             .arg("--stop-on-stdin-eof");
@@ -705,19 +706,19 @@ fn print_ready(args: &UpArgs, plan: &Plan, cluster: &Cluster, ready: &Ready) {
     match (&plan.redis, &cluster.temp_dir, &args.persist) {
         (RedisSource::Start(_), Some(directory), _) => eprintln!(
             "[up] redis        {} (pid {}; data in {}, not saved)",
-            ready.redis_url,
+            volley_store::redact_url(&ready.redis_url),
             pids_of(PartKind::Redis),
             directory.display()
         ),
         (RedisSource::Start(_), None, Some(directory)) => eprintln!(
             "[up] redis        {} (pid {}; data kept in {})",
-            ready.redis_url,
+            volley_store::redact_url(&ready.redis_url),
             pids_of(PartKind::Redis),
             directory.display()
         ),
         _ => eprintln!(
             "[up] redis        {} (not started by volley up)",
-            ready.redis_url
+            volley_store::redact_url(&ready.redis_url)
         ),
     }
     eprintln!(
