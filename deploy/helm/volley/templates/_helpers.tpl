@@ -131,6 +131,9 @@ render whatever is rendered.
 {{- if and .Values.redis.url .Values.redis.tls.enabled (hasPrefix "redis://" .Values.redis.url) }}
 {{- fail "redis.tls.enabled is true but redis.url is redis://: use a rediss:// URL for TLS" }}
 {{- end }}
+{{- if and (or .Values.redis.tls.caSecret.name .Values.redis.tls.caConfigMap.name .Values.redis.tls.clientCertSecret) (ne (include "volley.redis.tls" .) "true") }}
+{{- fail "redis.tls.caSecret / caConfigMap / clientCertSecret are set but Redis is not reached with TLS: set redis.tls.enabled=true (or a rediss:// redis.url)" }}
+{{- end }}
 {{- if and .Values.redis.tls.caSecret.name .Values.redis.tls.caConfigMap.name }}
 {{- fail "redis.tls.caSecret.name and redis.tls.caConfigMap.name are both set: give the Redis CA from one of them" }}
 {{- end }}
