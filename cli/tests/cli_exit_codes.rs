@@ -6,7 +6,6 @@ mod common;
 
 use std::process::Output;
 
-
 async fn volley(dir: &std::path::Path, args: &[&str]) -> Output {
     common::volley()
         .args(args)

@@ -181,8 +181,10 @@ impl Executor {
             .build();
         // The handler's memory and spawn calls carry the attempt's token.
         let token: std::sync::Arc<str> = assignment.token.as_str().into();
-        let run = crate::grpc::OP_TOKEN
-            .scope(token, AssertUnwindSafe(handler.run(&ctx, args)).catch_unwind());
+        let run = crate::grpc::OP_TOKEN.scope(
+            token,
+            AssertUnwindSafe(handler.run(&ctx, args)).catch_unwind(),
+        );
         let timeout =
             (assignment.timeout_ms > 0).then(|| Duration::from_millis(assignment.timeout_ms));
         let timer = async {

@@ -82,6 +82,12 @@ pub enum WorkerError {
     },
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// The coordinator refused the worker's token: none, unknown, expired
+    /// or revoked (`Unauthenticated`), or a role that may not run a worker
+    /// or labels and kinds the token does not allow (`PermissionDenied`).
+    /// Retrying cannot help, so the worker stops.
+    #[error("the coordinator refused this worker: {message}")]
+    Refused { code: tonic::Code, message: String },
 }
 
 /// `<hostname>-<pid>-<4 random hex>`; the hostname from `/etc/hostname`, else
@@ -216,6 +222,19 @@ pub async fn run_worker(
                     retry_in = ?backoff,
                     "coordinator stream ended; ops carry on, reconnecting"
                 );
+            }
+            Err(OpenError::Status(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                tracing::error!(coordinator = %config.coordinator, error = %status, "the coordinator refused this worker's token; stopping");
+                stop_unreachable(&mut ops).await;
+                return Err(WorkerError::Refused {
+                    code: status.code(),
+                    message: status.message().to_owned(),
+                });
             }
             Err(OpenError::Status(status)) => {
                 failures += 1;

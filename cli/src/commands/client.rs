@@ -253,7 +253,7 @@ pub async fn list(args: ListArgs) -> Exit {
                 OutputFormat::Json => {
                     let rows: Vec<_> = batches
                         .iter()
-                        .map(|batch| serde_json::json!({"batch_id": batch.batch_id, "name": batch.name, "state": render::state_word(batch.state()), "created_at_ms": batch.created_at_ms, "total": batch.total, "done": batch.done}))
+                        .map(|batch| serde_json::json!({"batch_id": batch.batch_id, "name": batch.name, "state": render::state_word(batch.state()), "created_at_ms": batch.created_at_ms, "total": batch.total, "done": batch.done, "tenant": batch.tenant}))
                         .collect();
                     println!("{}", serde_json::Value::Array(rows));
                 }

@@ -122,7 +122,8 @@ pub async fn run(args: HealthArgs) -> Exit {
         None => ("coordinator", args.cluster.coordinator.clone()),
     };
     // Health needs no token; TLS as for any call.
-    let connection = volley_client::Connection::new(address).with_tls(args.cluster.credentials.tls());
+    let connection =
+        volley_client::Connection::new(address).with_tls(args.cluster.credentials.tls());
     let probe = match HealthProbe::connect_with(&connection, args.timeout).await {
         Ok(probe) => probe,
         Err(error) => return failed(role, &error),

@@ -32,9 +32,21 @@ pub struct MemoryArgs {
     /// VOLLEY_OP and VOLLEY_ATTEMPT), so writes from a stale attempt are
     /// refused. An op's token (VOLLEY_TOKEN) says the same to the
     /// coordinator, which trusts the token over these.
-    #[arg(long, global = true, env = "VOLLEY_OP", default_value = "", hide = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "VOLLEY_OP",
+        default_value = "",
+        hide = true
+    )]
     pub writer_op: String,
-    #[arg(long, global = true, env = "VOLLEY_ATTEMPT", default_value_t = 0, hide = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "VOLLEY_ATTEMPT",
+        default_value_t = 0,
+        hide = true
+    )]
     pub writer_attempt: u32,
 }
 

@@ -121,15 +121,13 @@ async fn run_embedded(
         },
         ..CoordinatorConfig::default()
     };
-    let coordinator =
-        match Coordinator::start(store, config, shutdown.child_token()).await
-        {
-            Ok(coordinator) => coordinator,
-            Err(error) => {
-                eprintln!("error: cannot start the embedded coordinator: {error}");
-                return Exit::Unreachable;
-            }
-        };
+    let coordinator = match Coordinator::start(store, config, shutdown.child_token()).await {
+        Ok(coordinator) => coordinator,
+        Err(error) => {
+            eprintln!("error: cannot start the embedded coordinator: {error}");
+            return Exit::Unreachable;
+        }
+    };
     {
         let coordinator = coordinator.clone();
         let shutdown = shutdown.clone();

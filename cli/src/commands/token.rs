@@ -156,7 +156,16 @@ fn print_tokens(tokens: &[v1::TokenInfo], output: OutputFormat) {
         OutputFormat::Table => {
             let mut table = comfy_table::Table::new();
             table.load_style(comfy_table::presets::UTF8_BORDERS_ONLY);
-            table.set_header(["ID", "ROLE", "TENANT", "NAME", "CREATED", "EXPIRES", "LAST USED", "STATE"]);
+            table.set_header([
+                "ID",
+                "ROLE",
+                "TENANT",
+                "NAME",
+                "CREATED",
+                "EXPIRES",
+                "LAST USED",
+                "STATE",
+            ]);
             for token in tokens {
                 let state = if token.revoked_at_ms > 0 {
                     "revoked"

@@ -150,6 +150,14 @@ pub async fn run(args: WorkerArgs) -> Exit {
     });
     match run_worker(config, registry, shutdown).await {
         Ok(()) => Exit::Success,
+        Err(error @ volley_worker::WorkerError::Refused { code, .. }) => {
+            eprintln!("error: {error}");
+            if code == tonic::Code::PermissionDenied {
+                Exit::PermissionDenied
+            } else {
+                Exit::Unauthenticated
+            }
+        }
         Err(error) => {
             eprintln!("error: {error}");
             Exit::Invalid

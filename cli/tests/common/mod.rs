@@ -24,7 +24,8 @@ pub const ADMIN_TOKEN: &str = "volley-e2e-admin-token-0123456789abcdef";
 pub fn admin_token_file() -> &'static Path {
     static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     FILE.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("volley-e2e-admin-{}.token", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("volley-e2e-admin-{}.token", std::process::id()));
         std::fs::write(&path, ADMIN_TOKEN).expect("write the admin token file");
         path
     })

@@ -10,7 +10,6 @@ use prost::Message;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
-use volley_tls::ClientTlsFiles;
 use volley_proto::BatchId;
 use volley_proto::v1::batch_service_client::BatchServiceClient;
 use volley_proto::v1::memory_service_client::MemoryServiceClient;
@@ -18,6 +17,7 @@ use volley_proto::v1::{
     DeleteMemoryRequest, GetMemoryRequest, IncrMemoryRequest, Op, PutMemoryRequest,
     SpawnOpsRequest, ValidationFailure, WaitMemoryRequest,
 };
+use volley_tls::ClientTlsFiles;
 
 use crate::memory::{MemoryEntry, MemoryError, MemoryScope, MemoryStore, MemoryWriter, PutOptions};
 use crate::spawn::{OpSpawner, SpawnError, SpawnOutcome};
@@ -93,7 +93,9 @@ impl Interceptor for WorkerToken {
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(header) = &self.header {
-            request.metadata_mut().insert("authorization", header.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
         }
         Ok(request)
     }
