@@ -322,10 +322,11 @@ pod's group (fsGroup) only. Call with (dict "name" "admin-token" "secret" NAME "
 {{- end }}
 
 {{/*
-The readiness probe of a gRPC health listener: the kubelet's plain gRPC
-probe, or, when the listener serves TLS (which the kubelet's gRPC probe
-cannot speak), `volley health` run in the container over localhost. Call
-with (dict "root" $ "port" PORT "tls" BOOL "flag" "--coordinator"|"--worker" "timing" PROBE).
+The coordinator's readiness probe: the kubelet's plain gRPC probe, or, when
+the listener serves TLS (which the kubelet's gRPC probe cannot speak),
+`volley health` run in the container over localhost. (Workers keep a
+plaintext health listener, --health-plaintext.) Call with
+(dict "root" $ "port" PORT "tls" BOOL "flag" "--coordinator" "timing" PROBE).
 */}}
 {{- define "volley.readinessProbe" -}}
 {{- if .tls }}
