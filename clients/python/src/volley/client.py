@@ -146,6 +146,7 @@ class Client:
         else:
             channel = self.connection.authorize(channel)
         self._channel = channel
+        self._closed = False
         self._batches = pb_grpc.BatchServiceStub(channel)
         self._memory = pb_grpc.MemoryServiceStub(channel)
         self._workers = pb_grpc.WorkerServiceStub(channel)
@@ -154,7 +155,13 @@ class Client:
 
     def close(self) -> None:
         """Closes the connection; open watches raise :class:`VolleyError`."""
+        self._closed = True
         self._channel.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     def __enter__(self) -> Client:
         return self
@@ -218,6 +225,7 @@ class Client:
             options or self.watch_options,
             None if timeout is None else time.monotonic() + (_seconds(timeout) or 0.0),
             self._error,
+            lambda: self._closed,
         )
 
     def status(self, batch_id: str, *, ops: bool = True) -> BatchStatus:
@@ -297,8 +305,10 @@ class Client:
             return method(request, timeout=self.timeout if timeout == "default" else timeout)
         except grpc.RpcError as error:
             raise self._error(error, invalid) from None
-        except ValueError as error:  # "Cannot invoke RPC on closed channel!"
-            if "closed channel" in str(error):
+        except ValueError:
+            # gRPC's "Cannot invoke RPC: Channel closed!": told apart by the
+            # client's state, not the message.
+            if self._closed:
                 raise VolleyError(f"the client for {self.url} is closed") from None
             raise
 
@@ -367,6 +377,7 @@ class EventStream(Iterator[Event]):
         options: WatchOptions,
         deadline: Optional[float],
         to_error: Callable[[grpc.RpcError], VolleyError] = from_rpc_error,
+        client_closed: Callable[[], bool] = lambda: False,
     ) -> None:
         self.batch_id = batch_id
         #: The last event yielded (or ``after_seq``): a new stream starts after it.
@@ -377,6 +388,7 @@ class EventStream(Iterator[Event]):
         self._options = options
         self._deadline = deadline
         self._to_error = to_error
+        self._client_closed = client_closed
         self._call: Optional[Any] = None
         self._outage_started: Optional[float] = None
         self._backoff = options.initial_backoff
@@ -422,6 +434,12 @@ class EventStream(Iterator[Event]):
             interruption: Union[grpc.RpcError, None]
             try:
                 message = next(call)
+            except ValueError:
+                # The channel was closed under the call (with an interceptor
+                # on the channel, gRPC reports it at the first read).
+                if self._client_closed():
+                    raise self._closed_error() from None
+                raise
             except StopIteration:
                 interruption = None  # ended before the batch did
             except grpc.RpcError as error:
@@ -443,14 +461,19 @@ class EventStream(Iterator[Event]):
             timeout = max(self._deadline - time.monotonic(), 0.001)
         try:
             call = self._stub.WatchBatch(request, timeout=timeout)
-        except ValueError:  # "Cannot invoke RPC on closed channel!"
-            raise VolleyError(
-                f"the watch of batch {self.batch_id} stopped after event {self.last_seq}: "
-                "its client was closed"
-            ) from None
+        except ValueError:  # "Cannot invoke RPC: Channel closed!"
+            if self._client_closed():
+                raise self._closed_error() from None
+            raise
         self._call = call
         self.streams_opened += 1
         return call
+
+    def _closed_error(self) -> VolleyError:
+        return VolleyError(
+            f"the watch of batch {self.batch_id} stopped after event {self.last_seq}: "
+            "its client was closed"
+        )
 
     def _accept(self, message: pb.BatchEvent) -> Event:
         """Checks that the event follows the last one: never repeat, never
@@ -613,17 +636,22 @@ class Memory:
         )
         call = self._client._call(self._client._memory.WatchMemory, request, timeout=None)
         try:
-            for change in _rpc_iter(call, self._client._error):
+            for change in _rpc_iter(call, self._client):
                 yield MemoryChange.from_proto(change)
         finally:
             call.cancel()
 
 
-def _rpc_iter(call: Iterable[T], to_error: Callable[[grpc.RpcError], VolleyError]) -> Iterator[T]:
+def _rpc_iter(call: Iterable[T], client: Client) -> Iterator[T]:
+    """The messages of a server stream, its failures as typed errors."""
     try:
         yield from call
     except grpc.RpcError as error:
-        raise to_error(error) from None
+        raise client._error(error) from None
+    except ValueError:  # the channel was closed under the stream
+        if client.closed:
+            raise VolleyError(f"the client for {client.url} is closed") from None
+        raise
 
 
 def _entry(key: str, response: pb.GetMemoryResponse) -> Optional[MemoryEntry]:
