@@ -5,6 +5,7 @@ tokens (where it finds them, what it refuses) without a cluster."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 from cluster import Cluster, auth_supported
 
 from volley import Client, NotFound, PermissionDenied, Unauthenticated
+from volley._proto.volley.v1 import volley_pb2 as pb
+from volley._proto.volley.v1 import volley_pb2_grpc as pb_grpc
 from volley.connection import resolve_connection
 
 needs_auth = pytest.mark.skipif(
@@ -98,6 +101,42 @@ def test_a_worker_token_may_not_submit(cluster: Cluster) -> None:
     worker = cluster.client(token=cluster.worker_token, timeout=30)
     with worker, pytest.raises(PermissionDenied):
         worker.submit(NOOP)
+
+
+def token_id(client: Client) -> str:
+    """The token's public id, as the coordinator names it (WhoAmI)."""
+    stub = pb_grpc.TokenServiceStub(client._channel)
+    return str(stub.WhoAmI(pb.WhoAmIRequest(), timeout=30).token_id)
+
+
+def refused_within(client: Client, seconds: float) -> Unauthenticated:
+    """Calls until the token is refused; the Unauthenticated error."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            client.list_batches()
+        except Unauthenticated as error:
+            return error
+        assert time.monotonic() < deadline, f"the token still works after {seconds} s"
+        time.sleep(0.05)
+
+
+@needs_auth
+def test_a_revoked_token_is_refused(cluster: Cluster) -> None:
+    with cluster.client(token=cluster.create_token("client", tenant="a"), timeout=30) as team_a:
+        team_a.list_batches()
+        revoked = cluster.volley("token", "revoke", token_id(team_a))
+        assert revoked.returncode == 0, revoked.stderr
+        error = refused_within(team_a, 30)
+    assert "was refused" in str(error)
+
+
+@needs_auth
+def test_an_expired_token_is_refused(cluster: Cluster) -> None:
+    result = cluster.volley("token", "create", "--role", "client", "--ttl", "1s")
+    assert result.returncode == 0, result.stderr
+    with cluster.client(token=result.stdout.strip(), timeout=30) as short_lived:
+        refused_within(short_lived, 30)
 
 
 # ------------------------------------------------------ settings, no cluster
