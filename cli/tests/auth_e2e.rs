@@ -554,6 +554,8 @@ async fn a_fake_worker_cannot_adopt_an_op_and_hold_its_lease() {
                 batch_id: batch.clone(),
                 op_index: 0,
                 attempt: 1,
+                // A made-up lease ticket: only the cluster can sign one.
+                ticket: "0".repeat(64),
             }],
             ..v1::Register::default()
         },

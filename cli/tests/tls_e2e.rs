@@ -68,7 +68,10 @@ async fn start(mtls: bool) -> TlsCoordinator {
         if health.output().await.expect("volley runs").status.success() {
             return started;
         }
-        assert!(tokio::time::Instant::now() < until, "the TLS coordinator never served");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the TLS coordinator never served"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -167,14 +167,11 @@ pub fn tenant_or_default(tenant: &str) -> &str {
 /// Checks a tenant name: 1 to 63 of `[A-Za-z0-9_-]`.
 pub fn check_tenant(tenant: &str) -> Result<(), String> {
     if tenant.is_empty() || tenant.len() > 63 {
-        return Err(format!(
-            "tenant `{tenant}` must be 1 to 63 characters long"
-        ));
+        return Err(format!("tenant `{tenant}` must be 1 to 63 characters long"));
     }
-    if let Some(bad) = tenant
-        .chars()
-        .find(|character| !(character.is_ascii_alphanumeric() || *character == '-' || *character == '_'))
-    {
+    if let Some(bad) = tenant.chars().find(|character| {
+        !(character.is_ascii_alphanumeric() || *character == '-' || *character == '_')
+    }) {
         return Err(format!(
             "tenant `{tenant}`: `{bad}` is not allowed (letters, digits, `-` and `_`)"
         ));
@@ -396,7 +393,10 @@ impl Authenticator {
     }
 
     fn cache_revocations(&self) -> u64 {
-        self.cache.lock().map(|cache| cache.revocations).unwrap_or(0)
+        self.cache
+            .lock()
+            .map(|cache| cache.revocations)
+            .unwrap_or(0)
     }
 
     /// A cached check of the token, if any; an expired one is refused.
@@ -510,6 +510,40 @@ impl Authenticator {
         format!("{CAPABILITY_PREFIX}{claims}.{mac}")
     }
 
+    /// The lease ticket of an attempt given to `holder` (`<token id>/<worker
+    /// id>`): what lets that identity, and no other, carry the attempt on
+    /// after a reconnect to any coordinator ("" without authentication).
+    pub fn lease_ticket(
+        &self,
+        batch: &BatchId,
+        op_index: u32,
+        attempt: u32,
+        holder: &str,
+    ) -> String {
+        let Mode::Tokens { capability_key, .. } = &self.mode else {
+            return String::new();
+        };
+        let claims = format!("lease|{}|{op_index}|{attempt}|{holder}", batch.as_str());
+        hex::encode(capability_mac(capability_key, &claims))
+    }
+
+    /// Whether `ticket` is the lease ticket of that attempt for `holder`.
+    /// Without authentication every ticket passes (nobody is checked).
+    pub fn check_lease_ticket(
+        &self,
+        batch: &BatchId,
+        op_index: u32,
+        attempt: u32,
+        holder: &str,
+        ticket: &str,
+    ) -> bool {
+        if !self.enabled() {
+            return true;
+        }
+        let expected = self.lease_ticket(batch, op_index, attempt, holder);
+        constant_time_eq_slices(expected.as_bytes(), ticket.as_bytes())
+    }
+
     /// Drops every cached check when the store's revocation counter moved;
     /// runs until `shutdown`.
     pub async fn watch_revocations(self: Arc<Self>, shutdown: CancellationToken) {
@@ -617,7 +651,9 @@ fn constant_time_eq_slices(left: &[u8], right: &[u8]) -> bool {
         && left
             .iter()
             .zip(right)
-            .fold(0_u8, |difference, (left, right)| difference | (left ^ right))
+            .fold(0_u8, |difference, (left, right)| {
+                difference | (left ^ right)
+            })
             == 0
 }
 
@@ -683,10 +719,7 @@ mod tests {
         assert!(minted.token.len() >= 4 + 12 + 1 + 64);
         assert!(!minted.record.hash.contains(&minted.token));
         auth.store.create_token(&minted.record).await.unwrap();
-        let principal = auth
-            .authenticate(Some(&minted.token), 2_000)
-            .await
-            .unwrap();
+        let principal = auth.authenticate(Some(&minted.token), 2_000).await.unwrap();
         assert_eq!(principal.role, Role::Client);
         assert_eq!(principal.tenant, "team-a");
         // From the cache now, and still refused once expired.
@@ -766,13 +799,31 @@ mod tests {
     }
 
     #[test]
+    fn lease_tickets_bind_the_attempt_to_its_holder() {
+        let auth = authenticator();
+        let batch = BatchId::new("0193-batch");
+        let ticket = auth.lease_ticket(&batch, 2, 1, "tok1/w1");
+        assert!(auth.check_lease_ticket(&batch, 2, 1, "tok1/w1", &ticket));
+        assert!(!auth.check_lease_ticket(&batch, 2, 1, "tok2/w1", &ticket));
+        assert!(!auth.check_lease_ticket(&batch, 2, 2, "tok1/w1", &ticket));
+        assert!(!auth.check_lease_ticket(&batch, 3, 1, "tok1/w1", &ticket));
+        assert!(!auth.check_lease_ticket(&batch, 2, 1, "tok1/w1", ""));
+        let open = Authenticator::new(&AuthConfig::None, Arc::new(MemoryStore::new()));
+        assert_eq!(open.lease_ticket(&batch, 2, 1, "anonymous/w1"), "");
+        assert!(open.check_lease_ticket(&batch, 2, 1, "anonymous/w1", ""));
+    }
+
+    #[test]
     fn worker_limits() {
         let mut principal = Principal::anonymous();
         principal.labels = BTreeMap::from([("zone".into(), "eu".into())]);
         principal.kinds = vec!["echo".into()];
         assert!(
             principal
-                .check_worker_limits(&BTreeMap::from([("zone".into(), "eu".into())]), &["echo".into()])
+                .check_worker_limits(
+                    &BTreeMap::from([("zone".into(), "eu".into())]),
+                    &["echo".into()]
+                )
                 .is_ok()
         );
         assert!(
@@ -780,7 +831,11 @@ mod tests {
                 .check_worker_limits(&BTreeMap::from([("zone".into(), "us".into())]), &[])
                 .is_err()
         );
-        assert!(principal.check_worker_limits(&BTreeMap::new(), &["shell".into()]).is_err());
+        assert!(
+            principal
+                .check_worker_limits(&BTreeMap::new(), &["shell".into()])
+                .is_err()
+        );
     }
 
     #[test]
@@ -792,6 +847,9 @@ mod tests {
         assert_eq!(tenant_namespace("default", "shared"), "shared");
         assert_eq!(tenant_namespace("", "shared"), "shared");
         assert_eq!(tenant_namespace("a", "shared"), "a@shared");
-        assert_ne!(tenant_namespace("a", "shared"), tenant_namespace("b", "shared"));
+        assert_ne!(
+            tenant_namespace("a", "shared"),
+            tenant_namespace("b", "shared")
+        );
     }
 }

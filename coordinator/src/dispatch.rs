@@ -40,8 +40,8 @@ use tracing::{debug, info, warn};
 use volley_kinds::Reference;
 use volley_proto::{BatchId, v1};
 use volley_store::{
-    Claimed, CompleteOutcome, Completion, Doorbell, FailureKind, Fence, OpRecord,
-    Lease, OpState, Store, StoreError, WorkerEntry,
+    Claimed, CompleteOutcome, Completion, Doorbell, FailureKind, Fence, OpRecord, OpState, Store,
+    StoreError, WorkerEntry,
 };
 
 use crate::config::CoordinatorConfig;
@@ -78,7 +78,7 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
-    fn give(&self, batch: &BatchId, index: u32, attempt: u32) {
+    pub(crate) fn give(&self, batch: &BatchId, index: u32, attempt: u32) {
         if let Ok(mut given) = self.given.lock() {
             given.insert((batch.clone(), index, attempt));
         }
@@ -101,12 +101,12 @@ pub(crate) enum Command {
         slots: u32,
         outbound: mpsc::Sender<v1::CoordinatorMessage>,
         /// Ops it still runs from a session with another (or an earlier)
-        /// coordinator: adopted, not re-run — if the store says this
-        /// worker's identity held them (see `Store::adopt`).
+        /// coordinator whose lease tickets it showed (the session checked
+        /// them and wrote them in its ledger): adopted, not re-run.
         running: Vec<(BatchId, Claimed)>,
-        /// Its identity for lease holders: `<token id>/<worker id>`.
+        /// Its identity, signed into each assignment's lease ticket:
+        /// `<token id>/<worker id>`.
         holder: Arc<str>,
-        token_id: String,
         /// Where its assignments are written down for its session.
         ledger: Arc<Ledger>,
     },
@@ -214,7 +214,7 @@ impl KnownKinds {
 
 struct Worker {
     worker_id: String,
-    /// `<token id>/<worker id>`: recorded as the holder of its leases.
+    /// `<token id>/<worker id>`: signed into its assignments' lease tickets.
     holder: Arc<str>,
     ledger: Arc<Ledger>,
     kinds: HashSet<String>,
@@ -529,22 +529,21 @@ impl Dispatcher {
                 outbound,
                 running,
                 holder,
-                token_id,
                 ledger,
             } => {
-                let running = self
-                    .adopt(&worker_id, &holder, &token_id, &outbound, running)
-                    .await;
                 let adopted = running.len();
-                for ((batch, index), attempt) in &running {
-                    ledger.give(batch, *index, *attempt);
+                let running: HashMap<(BatchId, u32), u32> = running
+                    .into_iter()
+                    .map(|(batch, claim)| ((batch, claim.index), claim.attempt))
+                    .collect();
+                for (batch, _) in running.keys() {
                     if let Some(active) = self.batches.get_mut(batch) {
                         active.in_flight += 1;
                     }
                 }
                 let free = slots.saturating_sub(running.len() as u32);
                 if adopted > 0 {
-                    info!(worker = %worker_id, ops = adopted, "worker still runs ops from an earlier session: adopted them");
+                    info!(worker = %worker_id, ops = adopted, "worker still runs ops from an earlier session: adopting them");
                 }
                 self.workers.insert(
                     conn,
@@ -564,6 +563,10 @@ impl Dispatcher {
                 );
                 self.publish_kinds();
                 self.sample_workers();
+                if adopted > 0 {
+                    // Their leases are ours to keep now; stale ones are stopped.
+                    self.renew_leases().await;
+                }
                 self.refresh_registry().await;
             }
             Command::WorkerLeft { conn, clean } => {
@@ -728,6 +731,7 @@ impl Dispatcher {
                     batch_id: batch.to_string(),
                     op_index: *index,
                     attempt: *attempt,
+                    ticket: String::new(),
                 })
                 .collect();
             if !ops.is_empty() {
@@ -803,64 +807,6 @@ impl Dispatcher {
         })
     }
 
-    /// The ops a (re)connecting worker says it still runs that the store
-    /// says its identity held: their leases are renewed and they are
-    /// adopted. The rest — stale, another identity's, or never renewed for
-    /// it — are refused: counted, logged with the token id, and the worker
-    /// is told to stop them. A worker's word alone never takes a lease.
-    async fn adopt(
-        &mut self,
-        worker_id: &str,
-        holder: &str,
-        token_id: &str,
-        outbound: &mpsc::Sender<v1::CoordinatorMessage>,
-        running: Vec<(BatchId, Claimed)>,
-    ) -> HashMap<(BatchId, u32), u32> {
-        let mut by_batch: HashMap<BatchId, Vec<Claimed>> = HashMap::new();
-        for (batch, claim) in running {
-            by_batch.entry(batch).or_default().push(claim);
-        }
-        let until = now_ms() + self.lease.as_millis() as u64;
-        let mut adopted = HashMap::new();
-        let mut refused_refs = Vec::new();
-        for (batch, claims) in by_batch {
-            let refused: HashSet<(u32, u32)> = match self.store.adopt(&batch, &claims, holder, until).await {
-                Ok(refused) => refused.iter().map(|claim| (claim.index, claim.attempt)).collect(),
-                Err(StoreError::BatchNotFound(_)) => {
-                    claims.iter().map(|claim| (claim.index, claim.attempt)).collect()
-                }
-                Err(error) => {
-                    // Not adopted now; the worker's results would be
-                    // refused, so it is told to stop them and the ops run
-                    // again once their leases run out.
-                    warn!(%batch, %error, "cannot check the ops a worker says it runs");
-                    claims.iter().map(|claim| (claim.index, claim.attempt)).collect()
-                }
-            };
-            for claim in claims {
-                if refused.contains(&(claim.index, claim.attempt)) {
-                    crate::metrics::count_worker_refusal("adopt");
-                    warn!(worker = %worker_id, token = %token_id, %batch, op_index = claim.index, attempt = claim.attempt, "refused to adopt: this worker identity does not hold that attempt");
-                    refused_refs.push(v1::OpRef {
-                        batch_id: batch.to_string(),
-                        op_index: claim.index,
-                        attempt: claim.attempt,
-                    });
-                } else {
-                    adopted.insert((batch.clone(), claim.index), claim.attempt);
-                }
-            }
-        }
-        if !refused_refs.is_empty() {
-            let _ = outbound.try_send(v1::CoordinatorMessage {
-                msg: Some(v1::coordinator_message::Msg::Cancel(v1::CancelOps {
-                    ops: refused_refs,
-                })),
-            });
-        }
-        adopted
-    }
-
     /// A worker is gone (its stream broke, it went silent, or it stopped
     /// taking assignments): the leases of what it ran now end at
     /// `until_ms`. If it reconnects by then (to any coordinator) and reports
@@ -877,8 +823,7 @@ impl Dispatcher {
         }
         for (batch, claims) in by_batch {
             warn!(%batch, worker = %worker.worker_id, ops = claims.len(), why, lease_until_ms = until_ms, "worker gone with ops running; they run again unless it comes back");
-            let leases = leases_keeping_holders(&claims);
-            if let Err(error) = self.store.renew_leases(&batch, &leases, until_ms).await {
+            if let Err(error) = self.store.renew_leases(&batch, &claims, until_ms).await {
                 warn!(%batch, %error, "could not shorten the leases; they run out as they were");
             }
             let indices = claims.iter().map(|claim| claim.index).collect();
@@ -937,15 +882,12 @@ impl Dispatcher {
     /// which then reports them and gets its slot back; parked ones are
     /// dropped.
     async fn renew_leases(&mut self) {
-        let mut by_batch: HashMap<BatchId, Vec<Lease>> = HashMap::new();
+        let mut by_batch: HashMap<BatchId, Vec<Claimed>> = HashMap::new();
         for worker in self.workers.values() {
             for ((batch, index), attempt) in &worker.running {
-                by_batch.entry(batch.clone()).or_default().push(Lease {
-                    claim: Claimed {
-                        index: *index,
-                        attempt: *attempt,
-                    },
-                    holder: worker.holder.clone(),
+                by_batch.entry(batch.clone()).or_default().push(Claimed {
+                    index: *index,
+                    attempt: *attempt,
                 });
             }
         }
@@ -954,14 +896,12 @@ impl Dispatcher {
                 by_batch
                     .entry(active.planned.id.clone())
                     .or_default()
-                    .extend(leases_keeping_holders(
-                        &active.parked.iter().copied().collect::<Vec<_>>(),
-                    ));
+                    .extend(active.parked.iter().cloned());
             }
         }
         let until = now_ms() + self.lease.as_millis() as u64;
-        for (batch, leases) in by_batch {
-            let stale = match self.store.renew_leases(&batch, &leases, until).await {
+        for (batch, claims) in by_batch {
+            let stale = match self.store.renew_leases(&batch, &claims, until).await {
                 Ok(stale) => stale,
                 Err(error) => {
                     warn!(%batch, %error, "could not renew leases");
@@ -994,6 +934,7 @@ impl Dispatcher {
                         batch_id: batch.to_string(),
                         op_index: *index,
                         attempt: *attempt,
+                        ticket: String::new(),
                     })
                     .collect();
                 if ops.is_empty() {
@@ -1684,6 +1625,12 @@ impl Dispatcher {
                 ),
                 namespace: planned.plan.namespace.clone().unwrap_or_default(),
                 token,
+                lease_ticket: self.auth.lease_ticket(
+                    &planned.id,
+                    claim.index,
+                    claim.attempt,
+                    &worker.holder,
+                ),
             });
         }
         for (conn, assignments) in outgoing {
@@ -1873,16 +1820,4 @@ fn state_word(state: OpState) -> String {
         OpState::Cancelled => "cancelled",
     }
     .to_owned()
-}
-
-/// Leases for `claims` that keep whatever holder the store recorded.
-fn leases_keeping_holders(claims: &[Claimed]) -> Vec<Lease> {
-    let keep: Arc<str> = Arc::from("");
-    claims
-        .iter()
-        .map(|claim| Lease {
-            claim: *claim,
-            holder: keep.clone(),
-        })
-        .collect()
 }

@@ -49,7 +49,9 @@ impl Coordinator {
         principal: &Principal,
     ) -> Result<MemoryScope, CoordinatorError> {
         if let Some(agent) = &principal.agent {
-            let planned = self.authorize(principal, &agent.batch, Access::Read).await?;
+            let planned = self
+                .authorize(principal, &agent.batch, Access::Read)
+                .await?;
             if !batch_id.is_empty() && batch_id != agent.batch.as_str() {
                 return Err(CoordinatorError::BatchNotFound(BatchId::new(batch_id)));
             }

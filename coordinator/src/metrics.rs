@@ -35,7 +35,6 @@ use volley_store::{
     OpWaits, PRIORITY_LEVELS, PutOptions, PutOutcome, ReadyDepth, Store, StoreResult, StoredSpec,
     TokenRecord, WorkerEntry,
 };
-use volley_store::Lease;
 
 pub const OPS_TOTAL: &str = "volley_coordinator_ops_total";
 pub const READY_OPS: &str = "volley_coordinator_ready_ops";
@@ -224,7 +223,6 @@ verbs! {
     ActiveBatches => "active_batches",
     Claim => "claim",
     RenewLeases => "renew_leases",
-    Adopt => "adopt",
     ExpireLeases => "expire_leases",
     ReturnOps => "return_ops",
     ExpireDeadline => "expire_deadline",
@@ -374,22 +372,11 @@ impl Store for MeteredStore {
     async fn renew_leases(
         &self,
         batch: &BatchId,
-        ops: &[Lease],
+        ops: &[Claimed],
         lease_until_ms: u64,
     ) -> StoreResult<Vec<Claimed>> {
         self.count(Verb::RenewLeases);
         self.inner.renew_leases(batch, ops, lease_until_ms).await
-    }
-
-    async fn adopt(
-        &self,
-        batch: &BatchId,
-        ops: &[Claimed],
-        holder: &str,
-        lease_until_ms: u64,
-    ) -> StoreResult<Vec<Claimed>> {
-        self.count(Verb::Adopt);
-        self.inner.adopt(batch, ops, holder, lease_until_ms).await
     }
 
     async fn expire_leases(
@@ -721,7 +708,7 @@ mod tests {
 
     #[test]
     fn every_verb_has_its_name() {
-        assert_eq!(VERB_NAMES.len(), Verb::PublishReadyGauge as usize + 1);
+        assert_eq!(VERB_NAMES.len(), Verb::Tokens as usize + 1);
         assert_eq!(VERB_NAMES[Verb::Claim as usize], "claim");
         assert_eq!(VERB_NAMES[Verb::Complete as usize], "complete");
     }

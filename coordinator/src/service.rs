@@ -14,8 +14,7 @@ use tracing::{Instrument, info, info_span, warn};
 use volley_plan::{Plan, PlannedOp};
 use volley_proto::{BatchId, v1};
 use volley_store::{
-    Claimed, Completion, Doorbell, FailureKind, NewBatch, NewOp, OnFailure,
-    RetryPolicy, Store,
+    Claimed, Completion, Doorbell, FailureKind, NewBatch, NewOp, OnFailure, RetryPolicy, Store,
 };
 
 use crate::auth::{AuthError, Authenticator, Principal, Role};
@@ -81,6 +80,8 @@ pub struct WorkerSession {
     /// The attempts assigned to this session (or adopted by it) that it has
     /// not reported yet: the only ones whose results, hand-backs it may send.
     ledger: Arc<dispatch::Ledger>,
+    /// Ops it said it still runs that it may not adopt: it is told to stop them.
+    refused: Vec<v1::OpRef>,
     coordinator: Coordinator,
 }
 
@@ -682,19 +683,39 @@ impl Coordinator {
         };
         info!(worker = %worker_id, token = %principal.token_id, slots = register.slots, kinds = ?register.kinds, running = register.running.len(), "worker connected");
         let ledger = Arc::new(dispatch::Ledger::default());
-        let running = register
-            .running
-            .into_iter()
-            .map(|op| {
-                (
-                    BatchId::new(op.batch_id),
+        let holder = format!("{}/{worker_id}", principal.token_id);
+        // Only ops whose lease ticket says they were given to this very
+        // identity are adopted; a worker's word alone never takes a lease.
+        let mut running = Vec::with_capacity(register.running.len());
+        let mut refused = Vec::new();
+        for op in register.running {
+            let batch = BatchId::new(op.batch_id.clone());
+            if self.inner.auth.check_lease_ticket(
+                &batch,
+                op.op_index,
+                op.attempt,
+                &holder,
+                &op.ticket,
+            ) {
+                // Written down before the session reads anything: results
+                // of adopted ops may follow the Register at once.
+                ledger.give(&batch, op.op_index, op.attempt);
+                running.push((
+                    batch,
                     Claimed {
                         index: op.op_index,
                         attempt: op.attempt,
                     },
-                )
-            })
-            .collect();
+                ));
+            } else {
+                crate::metrics::count_worker_refusal("adopt");
+                warn!(worker = %worker_id, token = %principal.token_id, batch = %op.batch_id, op_index = op.op_index, attempt = op.attempt, "refused to adopt: no valid lease ticket for this worker identity");
+                refused.push(v1::OpRef {
+                    ticket: String::new(),
+                    ..op
+                });
+            }
+        }
         self.inner
             .dispatch
             .send(Command::WorkerJoined {
@@ -705,8 +726,7 @@ impl Coordinator {
                 slots: register.slots,
                 outbound,
                 running,
-                holder: format!("{}/{worker_id}", principal.token_id).into(),
-                token_id: principal.token_id.clone(),
+                holder: holder.into(),
                 ledger: ledger.clone(),
             })
             .await;
@@ -715,6 +735,7 @@ impl Coordinator {
             worker_id,
             token_id: principal.token_id.clone(),
             ledger,
+            refused,
             coordinator: self.clone(),
         })
     }
@@ -746,6 +767,12 @@ async fn wait_for_bell(doorbells: &mut broadcast::Receiver<Doorbell>, batch: &Ba
 impl WorkerSession {
     pub fn worker_id(&self) -> &str {
         &self.worker_id
+    }
+
+    /// The ops of its Register it may not carry on (no valid lease ticket):
+    /// the adapter tells the worker to stop them, right after the greeting.
+    pub fn take_refused(&mut self) -> Vec<v1::OpRef> {
+        std::mem::take(&mut self.refused)
     }
 
     /// Keeps the items about attempts this session was given (taking them

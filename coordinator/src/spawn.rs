@@ -10,10 +10,10 @@ use tracing::info;
 use volley_proto::{BatchId, v1};
 use volley_store::{NewOp, StoreError};
 
+use crate::auth::Principal;
 use crate::dispatch::Command;
 use crate::error::CoordinatorError;
 use crate::plans::{PlannedBatch, stored_batch};
-use crate::auth::Principal;
 use crate::service::{Access, Coordinator, new_op, now_ms};
 use crate::tracing_ctx::BatchTrace;
 

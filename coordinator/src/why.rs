@@ -6,10 +6,10 @@ use tokio::sync::oneshot;
 use volley_proto::{BatchId, v1};
 use volley_store::OpState;
 
+use crate::auth::Principal;
 use crate::convert;
 use crate::dispatch::{Command, WhyAnswer};
 use crate::error::CoordinatorError;
-use crate::auth::Principal;
 use crate::service::{Access, Coordinator, now_ms};
 
 impl Coordinator {

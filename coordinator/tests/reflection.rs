@@ -23,9 +23,9 @@ async fn start_coordinator() -> anyhow::Result<(String, CancellationToken)> {
     )
     .await?;
     let serve_shutdown = shutdown.clone();
-    tokio::spawn(
-        async move { volley_coordinator::serve(listener, None, coordinator, serve_shutdown).await },
-    );
+    tokio::spawn(async move {
+        volley_coordinator::serve(listener, None, coordinator, serve_shutdown).await
+    });
     Ok((url, shutdown))
 }
 

@@ -32,7 +32,6 @@ local K_SPEC_ADDED = P .. 'spec_added'
 local K_LEASES = P .. 'leases'
 local K_DELAYED = P .. 'delayed'
 local K_HANDED_BACK = P .. 'handed_back'
-local K_HOLDERS = P .. 'holders'
 local K_OWNER = P .. 'owner'
 local CHANNEL = ARGV[1]
 local BATCH = ARGV[2]
@@ -565,7 +564,7 @@ local function finish_if_done()
   -- main thread, so a million-op batch does not stall Redis). What stays per
   -- op: its state, attempts, result, events and spec.
   redis.call('UNLINK', K_LEASES, K_DELAYED, K_INFO, K_PENDING, K_ARRIVED, K_ANY_DONE,
-    K_DEADLINES, K_WAIT_INFO, K_HANDED_BACK, K_HOLDERS)
+    K_DEADLINES, K_WAIT_INFO, K_HANDED_BACK)
   local retain = tonumber(m[12] or '0')
   -- The coordinators delete the batch (UNLINK) once its retention ran out;
   -- this TTL, an hour later, only catches a batch they never learnt of.

@@ -61,7 +61,6 @@ macro_rules! conformance_tests {
             case_large_batch_with_waits_crosses_chunks,
             case_list_batches_newest_first,
             case_list_batches_of_one_tenant,
-            case_adopt_needs_the_recorded_holder,
             case_tokens_are_stored_revoked_and_touched,
             case_memory_put_get_version_content_type,
             case_memory_compare_and_set,
@@ -208,23 +207,6 @@ fn failure(claimed: Claimed, error: &str) -> Completion {
 
 fn claimed(index: u32, attempt: u32) -> Claimed {
     Claimed { index, attempt }
-}
-
-/// Leases for `claims` that keep the recorded holders.
-fn leases(claims: &[Claimed]) -> Vec<Lease> {
-    held_by(claims, "")
-}
-
-/// Leases for `claims` held by `holder`.
-fn held_by(claims: &[Claimed], holder: &str) -> Vec<Lease> {
-    let holder: std::sync::Arc<str> = holder.into();
-    claims
-        .iter()
-        .map(|claim| Lease {
-            claim: *claim,
-            holder: holder.clone(),
-        })
-        .collect()
 }
 
 async fn indices(store: &dyn Store, batch_id: &BatchId, max: u32) -> Vec<u32> {
@@ -1143,7 +1125,7 @@ pub async fn case_unknown_batch(store: &dyn Store) {
         Err(StoreError::BatchNotFound(_))
     ));
     assert!(matches!(
-        store.renew_leases(&batch_id, &leases(&[claimed(0, 1)]), NOW).await,
+        store.renew_leases(&batch_id, &[claimed(0, 1)], NOW).await,
         Err(StoreError::BatchNotFound(_))
     ));
     assert!(matches!(
@@ -1400,71 +1382,12 @@ pub async fn case_list_batches_of_one_tenant(store: &dyn Store) {
             .is_empty()
     );
     assert_eq!(store.list_batches(10, None).await.expect("list").len(), 3);
-    let meta = store.meta(&id("b-only")).await.expect("meta").expect("exists");
+    let meta = store
+        .meta(&id("b-only"))
+        .await
+        .expect("meta")
+        .expect("exists");
     assert_eq!(meta.tenant, "b");
-}
-
-pub async fn case_adopt_needs_the_recorded_holder(store: &dyn Store) {
-    let batch_id = id("adopt");
-    store
-        .create_batch(batch("adopt", vec![op(0, &[]), op(0, &[]), op(0, &[])]))
-        .await
-        .expect("create");
-    let running = store.claim(&batch_id, 3, NOW, NOW + 100).await.expect("claim");
-    assert_eq!(running.len(), 3);
-    // Nobody renewed them yet: no holder is recorded, nobody may adopt.
-    assert_eq!(
-        store
-            .adopt(&batch_id, &running[..1], "t1/w1", NOW + 200)
-            .await
-            .expect("adopt"),
-        vec![running[0]]
-    );
-    // Renewed for w1 (ops 0 and 1) and with the holder kept (op 2).
-    let mut renewals = held_by(&running[..2], "t1/w1");
-    renewals.extend(leases(&running[2..]));
-    assert!(
-        store
-            .renew_leases(&batch_id, &renewals, NOW + 300)
-            .await
-            .expect("renew")
-            .is_empty()
-    );
-    // A lease shortened with an empty holder keeps w1 as the holder.
-    assert!(
-        store
-            .renew_leases(&batch_id, &leases(&running[..1]), NOW + 300)
-            .await
-            .expect("renew")
-            .is_empty()
-    );
-    // Another identity, even with the same worker id, is refused; so is an
-    // op nobody holds, and a stale attempt.
-    let refused = store
-        .adopt(&batch_id, &running, "t2/w1", NOW + 400)
-        .await
-        .expect("adopt");
-    assert_eq!(refused, running);
-    let refused = store
-        .adopt(
-            &batch_id,
-            &[running[0], running[1], running[2], claimed(0, 2)],
-            "t1/w1",
-            NOW + 400,
-        )
-        .await
-        .expect("adopt");
-    assert_eq!(refused, vec![running[2], claimed(0, 2)]);
-    // The holder was w1 for attempt 1 only: once the op runs attempt 2, w1
-    // cannot adopt it by naming the new attempt.
-    store
-        .complete(&batch_id, &[failure(running[0], "boom")], NOW + 500)
-        .await
-        .expect("complete");
-    assert!(matches!(
-        store.adopt(&id("nope"), &[], "t1/w1", NOW).await,
-        Err(StoreError::BatchNotFound(_))
-    ));
 }
 
 pub async fn case_tokens_are_stored_revoked_and_touched(store: &dyn Store) {
@@ -1493,8 +1416,18 @@ pub async fn case_tokens_are_stored_revoked_and_touched(store: &dyn Store) {
     );
     let revocations = store.token_revocations().await.expect("revocations");
     store.touch_token("abc123", NOW + 5).await.expect("touch");
-    assert!(store.revoke_token("abc123", NOW + 10).await.expect("revoke"));
-    assert!(store.revoke_token("abc123", NOW + 20).await.expect("revoke"));
+    assert!(
+        store
+            .revoke_token("abc123", NOW + 10)
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        store
+            .revoke_token("abc123", NOW + 20)
+            .await
+            .expect("revoke")
+    );
     assert!(!store.revoke_token("nope", NOW + 20).await.expect("revoke"));
     assert_eq!(
         store.token_revocations().await.expect("revocations"),
@@ -2757,12 +2690,12 @@ pub async fn case_renew_keeps_a_lease_alive(store: &dyn Store) {
         .await
         .expect("claim");
     store
-        .renew_leases(&batch_id, &leases(&running), NOW + 500)
+        .renew_leases(&batch_id, &running, NOW + 500)
         .await
         .expect("renew");
     // Another attempt and an unknown op are ignored.
     store
-        .renew_leases(&batch_id, &leases(&[claimed(0, 2), claimed(9, 1)]), NOW + 9_000)
+        .renew_leases(&batch_id, &[claimed(0, 2), claimed(9, 1)], NOW + 9_000)
         .await
         .expect("renew");
     assert_eq!(
@@ -2782,7 +2715,7 @@ pub async fn case_renew_keeps_a_lease_alive(store: &dyn Store) {
     assert_eq!(outcome.retried, vec![0]);
     // A renewal of the lost attempt does not bring it back.
     store
-        .renew_leases(&batch_id, &leases(&running), NOW + 9_000)
+        .renew_leases(&batch_id, &running, NOW + 9_000)
         .await
         .expect("renew");
     assert_eq!(op_waits(store, &batch_id, 0).await.lease_until_ms, None);
@@ -3562,7 +3495,7 @@ pub async fn case_renew_reports_stale_attempts(store: &dyn Store) {
     let stale = store
         .renew_leases(
             &batch_id,
-            &leases(&[claimed(0, 2), claimed(1, 1), claimed(0, 1), claimed(9, 1)]),
+            &[claimed(0, 2), claimed(1, 1), claimed(0, 1), claimed(9, 1)],
             NOW + 500,
         )
         .await
@@ -4177,7 +4110,7 @@ pub async fn case_sequential_pass_runs_one_at_a_time_and_failures_are_final(stor
     // A lost worker in the pass is final too.
     let fence = hold(store, &batch_id, NOW + 75).await;
     let lease_ran_out = store
-        .renew_leases(&batch_id, &leases(&third), NOW + 76)
+        .renew_leases(&batch_id, &third, NOW + 76)
         .await
         .expect("renew");
     assert_eq!(lease_ran_out, Vec::<Claimed>::new());

@@ -26,8 +26,6 @@
 //! - `info` (hash index → `priority|run_if_always|max_attempts|retry|d1,d2,…`,
 //!   retry = `<on_failure><on_timeout><on_lost_worker>,<initial_ms>,<max_ms>,<multiplier>,<jitter>`).
 //! - `handed_back` (hash index → attempts handed back by `return_ops`; absent = 0).
-//! - `holders` (hash index → `<attempt>|<holder>`: the worker identity whose
-//!   coordinator last renewed that attempt's lease; `adopt` checks it).
 //! - `leases` (sorted set: running op index scored by its lease deadline).
 //! - `delayed` (sorted set: index of an op waiting out a retry backoff, state
 //!   Ready but on no ready queue, scored by when it becomes ready).
@@ -58,7 +56,7 @@
 //!
 //! When a batch finishes, the keys only a running batch needs go (`leases`,
 //! `delayed`, `info`, `pending`, `arrived`, `any_done`, `deadlines`,
-//! `waitinfo`, `handed_back`, `holders`, the ready queues): a finished op keeps its
+//! `waitinfo`, `handed_back`, the ready queues): a finished op keeps its
 //! state, attempts, result, events and spec.
 //!
 //! Memory scope keys live under the scope's prefix ([`scope_prefix`]): the
@@ -140,7 +138,6 @@ pub const LEASES: &str = "leases";
 pub const DELAYED: &str = "delayed";
 pub const HANDED_BACK: &str = "handed_back";
 pub const OWNER: &str = "owner";
-pub const HOLDERS: &str = "holders";
 
 /// Hash of every API token: field = token id, value = its
 /// [`crate::TokenRecord`] as JSON (a hash of the token, never the token).

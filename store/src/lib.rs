@@ -209,20 +209,7 @@ pub trait Store: Send + Sync + 'static {
     async fn renew_leases(
         &self,
         batch: &BatchId,
-        ops: &[Lease],
-        lease_until_ms: u64,
-    ) -> StoreResult<Vec<Claimed>>;
-
-    /// A reconnected worker still runs these attempts: renews their leases
-    /// (as `renew_leases`) only where the op runs that attempt AND its
-    /// recorded holder (see [`Lease`]) is `holder`. Returns the refused
-    /// ones, in the order given: stale, held by another identity, or with
-    /// no holder recorded yet. `BatchNotFound` for an unknown batch.
-    async fn adopt(
-        &self,
-        batch: &BatchId,
         ops: &[Claimed],
-        holder: &str,
         lease_until_ms: u64,
     ) -> StoreResult<Vec<Claimed>>;
 

@@ -120,9 +120,7 @@ struct BatchData {
     leases: BTreeSet<(u64, u32)>,
     /// Running op → its lease deadline.
     lease_until: HashMap<u32, u64>,
-    /// Running op → (attempt, holder) of its last renewal with a holder
-    /// (see [`crate::Lease`]); `adopt` checks it.
-    holders: HashMap<u32, (u32, std::sync::Arc<str>)>,
+
     /// (ready-at, index) of ops waiting out a retry backoff: state Ready but
     /// on no ready queue (mirrors `retry_at`).
     delayed: BTreeSet<(u64, u32)>,
@@ -1209,7 +1207,6 @@ impl Store for MemoryStore {
                 deadlines,
                 leases: BTreeSet::new(),
                 lease_until: HashMap::new(),
-                holders: HashMap::new(),
                 delayed: BTreeSet::new(),
                 retry_at: HashMap::new(),
                 events: Vec::new(),
@@ -1438,51 +1435,20 @@ impl Store for MemoryStore {
     async fn renew_leases(
         &self,
         batch: &BatchId,
-        ops: &[Lease],
+        ops: &[Claimed],
         lease_until_ms: u64,
     ) -> StoreResult<Vec<Claimed>> {
         let mut inner = self.lock();
         let data = inner.batch_mut(batch)?;
         let mut stale = Vec::new();
-        for lease in ops {
-            let claimed = lease.claim;
-            if data.runs(claimed) {
+        for claimed in ops {
+            if data.runs(*claimed) {
                 data.set_lease(claimed.index, lease_until_ms);
-                if !lease.holder.is_empty() {
-                    data.holders
-                        .insert(claimed.index, (claimed.attempt, lease.holder.clone()));
-                }
             } else {
-                stale.push(claimed);
+                stale.push(*claimed);
             }
         }
         Ok(stale)
-    }
-
-    async fn adopt(
-        &self,
-        batch: &BatchId,
-        ops: &[Claimed],
-        holder: &str,
-        lease_until_ms: u64,
-    ) -> StoreResult<Vec<Claimed>> {
-        let mut inner = self.lock();
-        let data = inner.batch_mut(batch)?;
-        let mut refused = Vec::new();
-        for claimed in ops {
-            let held = data
-                .holders
-                .get(&claimed.index)
-                .is_some_and(|(attempt, recorded)| {
-                    *attempt == claimed.attempt && &**recorded == holder
-                });
-            if held && data.runs(*claimed) {
-                data.set_lease(claimed.index, lease_until_ms);
-            } else {
-                refused.push(*claimed);
-            }
-        }
-        Ok(refused)
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch, token = fence.token))]
@@ -1673,7 +1639,6 @@ impl Store for MemoryStore {
                     deadlines: BTreeSet::new(),
                     leases: BTreeSet::new(),
                     lease_until: HashMap::new(),
-                    holders: HashMap::new(),
                     delayed: BTreeSet::new(),
                     retry_at: HashMap::new(),
                     events: Vec::new(),

@@ -584,16 +584,6 @@ pub struct TokenRecord {
     pub last_used_ms: Option<u64>,
 }
 
-/// A running attempt's lease and who holds it: the identity of the worker
-/// session running it (`<token id>/<worker id>`), so that only that
-/// identity can adopt it after a reconnect. An empty holder keeps the one
-/// recorded (a lease shortened for a worker that went away).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lease {
-    pub claim: Claimed,
-    pub holder: std::sync::Arc<str>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

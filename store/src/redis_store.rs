@@ -119,7 +119,6 @@ struct Scripts {
     add_ops: Script,
     expire_waits: Script,
     renew_leases: Script,
-    adopt: Script,
     expire_leases: Script,
     return_ops: Script,
     expire_deadline: Script,
@@ -149,7 +148,6 @@ impl Scripts {
             add_ops: lua_script!("add_ops.lua"),
             expire_waits: lua_script!("expire_waits.lua"),
             renew_leases: lua_script!("renew_leases.lua"),
-            adopt: lua_script!("adopt.lua"),
             expire_leases: lua_script!("expire_leases.lua"),
             return_ops: lua_script!("return_ops.lua"),
             expire_deadline: lua_script!("expire_deadline.lua"),
@@ -1341,12 +1339,12 @@ impl Store for RedisStore {
     async fn renew_leases(
         &self,
         batch: &BatchId,
-        ops: &[Lease],
+        ops: &[Claimed],
         lease_until_ms: u64,
     ) -> StoreResult<Vec<Claimed>> {
         let mut connection = self.connection();
         // An empty slice still checks that the batch exists.
-        let chunks: Vec<&[Lease]> = if ops.is_empty() {
+        let chunks: Vec<&[Claimed]> = if ops.is_empty() {
             vec![ops]
         } else {
             ops.chunks(WRITE_CHUNK).collect()
@@ -1355,11 +1353,8 @@ impl Store for RedisStore {
         for chunk in chunks {
             let mut invocation = batch_invocation(&self.shared.scripts.renew_leases, batch, 0);
             invocation.arg(lease_until_ms);
-            for lease in chunk {
-                invocation
-                    .arg(lease.claim.index)
-                    .arg(lease.claim.attempt)
-                    .arg(&*lease.holder);
+            for claimed in chunk {
+                invocation.arg(claimed.index).arg(claimed.attempt);
             }
             let reply: Value = invocation.invoke_async(&mut connection).await?;
             if let Value::Int(-1) = reply {
@@ -1369,37 +1364,6 @@ impl Store for RedisStore {
             stale.extend(claimed_pairs(&values)?);
         }
         Ok(stale)
-    }
-
-    #[tracing::instrument(skip_all, fields(batch = %batch, ops = ops.len()))]
-    async fn adopt(
-        &self,
-        batch: &BatchId,
-        ops: &[Claimed],
-        holder: &str,
-        lease_until_ms: u64,
-    ) -> StoreResult<Vec<Claimed>> {
-        let mut connection = self.connection();
-        let chunks: Vec<&[Claimed]> = if ops.is_empty() {
-            vec![ops]
-        } else {
-            ops.chunks(WRITE_CHUNK).collect()
-        };
-        let mut refused = Vec::new();
-        for chunk in chunks {
-            let mut invocation = batch_invocation(&self.shared.scripts.adopt, batch, 0);
-            invocation.arg(lease_until_ms).arg(holder);
-            for claimed in chunk {
-                invocation.arg(claimed.index).arg(claimed.attempt);
-            }
-            let reply: Value = invocation.invoke_async(&mut connection).await?;
-            if let Value::Int(-1) = reply {
-                return Err(StoreError::BatchNotFound(batch.clone()));
-            }
-            let values: Vec<i64> = redis::from_redis_value(reply).map_err(corrupt)?;
-            refused.extend(claimed_pairs(&values)?);
-        }
-        Ok(refused)
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch, token = fence.token))]

@@ -116,7 +116,7 @@ async fn million_op_batch_is_writable() {
             retry_failed_sequential: false,
             retain_ms: 0,
             tenant: String::new(),
-        submitted_by: String::new(),
+            submitted_by: String::new(),
         })
         .await
         .expect("create");

@@ -60,6 +60,7 @@ impl OpKey {
             batch_id: self.batch_id,
             op_index: self.op_index,
             attempt: self.attempt,
+            ticket: String::new(),
         }
     }
 }
@@ -125,6 +126,10 @@ pub(crate) struct WorkerOps {
     interrupted: Vec<OpKey>,
     /// Busy and free slots, kept as ops start and end (`with_slot_gauges`).
     slot_gauges: Option<SlotGauges>,
+    /// The lease ticket of each op held (running, or with a result not yet
+    /// delivered): shown in Register.running so that a coordinator adopts
+    /// the op after a reconnect.
+    tickets: HashMap<OpKey, String>,
 }
 
 impl WorkerOps {
@@ -139,6 +144,7 @@ impl WorkerOps {
             phase: DrainPhase::Serving,
             undelivered: VecDeque::new(),
             undelivered_keys: HashMap::new(),
+            tickets: HashMap::new(),
             interrupted: Vec::new(),
             slot_gauges: None,
         }
@@ -173,6 +179,10 @@ impl WorkerOps {
         let executor = Arc::clone(&self.executor);
         let task_key = key.clone();
         let task_cancel = coordinator_cancel.clone();
+        if !assignment.lease_ticket.is_empty() {
+            self.tickets
+                .insert(key.clone(), assignment.lease_ticket.clone());
+        }
         let op = async move {
             let run = executor.run(assignment, op_cancel.clone());
             tokio::pin!(run);
@@ -246,7 +256,15 @@ impl WorkerOps {
             .collect();
         keys.sort_unstable();
         keys.dedup();
-        keys.into_iter().map(OpKey::into_ref).collect()
+        keys.into_iter()
+            .map(|key| {
+                let ticket = self.tickets.get(&key).cloned().unwrap_or_default();
+                OpRef {
+                    ticket,
+                    ..key.into_ref()
+                }
+            })
+            .collect()
     }
 
     pub(crate) fn has_undelivered(&self) -> bool {
@@ -290,7 +308,15 @@ impl WorkerOps {
             *count -= 1;
             if *count == 0 {
                 self.undelivered_keys.remove(&key);
+                self.release_ticket(&key);
             }
+        }
+    }
+
+    /// Forgets an op's lease ticket once the op is no longer held.
+    fn release_ticket(&mut self, key: &OpKey) {
+        if !self.running.contains_key(key) && !self.undelivered_keys.contains_key(key) {
+            self.tickets.remove(key);
         }
     }
 
@@ -457,6 +483,7 @@ impl WorkerOps {
             }
             Ok((_, (key, OpEnd::Interrupted))) => {
                 self.running.remove(&key);
+                self.release_ticket(&key);
                 self.interrupted.push(key);
             }
             Err(error) => {

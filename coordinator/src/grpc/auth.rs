@@ -71,9 +71,10 @@ where
                 }
                 Err(error) => {
                     let (code, status) = match &error {
-                        AuthError::Unauthenticated(_) => {
-                            ("unauthenticated", Status::unauthenticated(error.to_string()))
-                        }
+                        AuthError::Unauthenticated(_) => (
+                            "unauthenticated",
+                            Status::unauthenticated(error.to_string()),
+                        ),
                         AuthError::PermissionDenied(_) => (
                             "permission_denied",
                             Status::permission_denied(error.to_string()),

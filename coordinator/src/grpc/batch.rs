@@ -59,7 +59,9 @@ impl BatchAdapter {
         // Stored with the batch: whichever coordinator dispatches its ops
         // parents their spans on this one. Empty when it is not traced.
         batch.trace_context = tracing_ctx::carrier_of(&tracing::Span::current());
-        Ok(Response::new(self.coordinator.submit(batch, &principal).await?))
+        Ok(Response::new(
+            self.coordinator.submit(batch, &principal).await?,
+        ))
     }
 }
 

@@ -16,12 +16,12 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use volley_tls::ServerTls;
 use volley_proto::MAX_MESSAGE_BYTES;
 use volley_proto::v1::batch_service_server::BatchServiceServer;
 use volley_proto::v1::memory_service_server::MemoryServiceServer;
 use volley_proto::v1::token_service_server::TokenServiceServer;
 use volley_proto::v1::worker_service_server::WorkerServiceServer;
+use volley_tls::ServerTls;
 
 use crate::service::Coordinator;
 

@@ -51,7 +51,7 @@ impl WorkerService for WorkerAdapter {
         // cancels and the greeting.
         let capacity = register.slots as usize + 16;
         let (outbound, outbound_receiver) = mpsc::channel(capacity);
-        let session = self
+        let mut session = self
             .coordinator
             .connect_worker(register, outbound.clone(), &principal)
             .await?;
@@ -61,6 +61,14 @@ impl WorkerService for WorkerAdapter {
             })),
         };
         let _ = outbound.try_send(greeting);
+        let refused = session.take_refused();
+        if !refused.is_empty() {
+            let _ = outbound.try_send(v1::CoordinatorMessage {
+                msg: Some(v1::coordinator_message::Msg::Cancel(v1::CancelOps {
+                    ops: refused,
+                })),
+            });
+        }
         let span = info_span!("worker.stream", worker = %session.worker_id());
         self.coordinator.spawn(
             async move {
