@@ -686,6 +686,7 @@ mod tests {
             batch_id: "batch-1".into(),
             op_index,
             attempt: 1,
+            ticket: String::new(),
         }
     }
 

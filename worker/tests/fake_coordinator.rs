@@ -594,6 +594,7 @@ async fn cancel_aborts_a_running_op_and_shutdown_drains() {
                 batch_id: "batch-1".into(),
                 op_index: 0,
                 attempt: 1,
+                ticket: String::new(),
             }],
         }),
     )
