@@ -675,7 +675,7 @@ class Register(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., kinds: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., slots: _Optional[int] = ..., version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[OpRef, _Mapping]]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("batch_id", "op_index", "op_id", "kind", "args_json", "attempt", "timeout_ms", "trace_context", "namespace", "token")
+    __slots__ = ("batch_id", "op_index", "op_id", "kind", "args_json", "attempt", "timeout_ms", "trace_context", "namespace", "token", "lease_ticket")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -693,6 +693,7 @@ class Assignment(_message.Message):
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TICKET_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     op_index: int
     op_id: str
@@ -703,7 +704,8 @@ class Assignment(_message.Message):
     trace_context: _containers.ScalarMap[str, str]
     namespace: str
     token: str
-    def __init__(self, batch_id: _Optional[str] = ..., op_index: _Optional[int] = ..., op_id: _Optional[str] = ..., kind: _Optional[str] = ..., args_json: _Optional[str] = ..., attempt: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+    lease_ticket: str
+    def __init__(self, batch_id: _Optional[str] = ..., op_index: _Optional[int] = ..., op_id: _Optional[str] = ..., kind: _Optional[str] = ..., args_json: _Optional[str] = ..., attempt: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., token: _Optional[str] = ..., lease_ticket: _Optional[str] = ...) -> None: ...
 
 class OpResult(_message.Message):
     __slots__ = ("batch_id", "op_index", "attempt", "ok", "output", "error", "details_json", "started_at_ms", "duration_ms", "failure_kind", "retry_after_ms")
@@ -780,14 +782,16 @@ class CancelOps(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[OpRef, _Mapping]]] = ...) -> None: ...
 
 class OpRef(_message.Message):
-    __slots__ = ("batch_id", "op_index", "attempt")
+    __slots__ = ("batch_id", "op_index", "attempt", "ticket")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     OP_INDEX_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     op_index: int
     attempt: int
-    def __init__(self, batch_id: _Optional[str] = ..., op_index: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+    ticket: str
+    def __init__(self, batch_id: _Optional[str] = ..., op_index: _Optional[int] = ..., attempt: _Optional[int] = ..., ticket: _Optional[str] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
     __slots__ = ("registered", "assignments", "cancel")
