@@ -63,7 +63,9 @@ pub fn client_error(error: &ClientError) -> Exit {
             }
             Exit::Invalid
         }
-        ClientError::Unreachable { .. } | ClientError::Unavailable(_) => {
+        ClientError::Unreachable { .. }
+        | ClientError::Unavailable(_)
+        | ClientError::Transport(_) => {
             eprintln!("error: {error}");
             Exit::Unreachable
         }

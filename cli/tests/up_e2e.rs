@@ -211,8 +211,36 @@ async fn up_runs_a_batch_and_sigterm_stops_every_part() {
         "{stderr}"
     );
 
+    // The admin token: printed as an export line, kept in a 0600 file.
+    let token = stderr
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("export VOLLEY_TOKEN="))
+        .unwrap_or_else(|| panic!("no export VOLLEY_TOKEN line: {stderr}"))
+        .to_owned();
+    let token_file = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("[up] admin token  "))
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no admin token line: {stderr}"))
+        .to_owned();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let metadata = std::fs::metadata(&token_file).expect("the token file exists");
+        assert_eq!(metadata.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&token_file).expect("read"), token);
+    }
+    // Without it, the cluster refuses the call.
+    let refused = common::volley()
+        .args(["list", "--coordinator", &up.url])
+        .env_remove("VOLLEY_TOKEN")
+        .output()
+        .await
+        .expect("volley list runs");
+    assert_eq!(refused.status.code(), Some(5), "{refused:?}");
+
     // What the banner says to do works.
     let submitted = common::volley()
+        .env("VOLLEY_TOKEN", &token)
         .args([
             "submit",
             &example("chain.yaml"),

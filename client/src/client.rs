@@ -280,7 +280,12 @@ impl Client {
         &self,
         request: v1::CreateTokenRequest,
     ) -> Result<v1::CreateTokenResponse, ClientError> {
-        Ok(self.tokens.clone().create_token(request).await?.into_inner())
+        Ok(self
+            .tokens
+            .clone()
+            .create_token(request)
+            .await?
+            .into_inner())
     }
 
     /// Every token's record (admin only).

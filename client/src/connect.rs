@@ -80,7 +80,10 @@ pub fn token_from(token: Option<&str>, file: Option<&PathBuf>) -> Result<Option<
         .map_err(|error| format!("--token-file {}: {error}", file.display()))?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(format!("--token-file {}: the file is empty", file.display()));
+        return Err(format!(
+            "--token-file {}: the file is empty",
+            file.display()
+        ));
     }
     Ok(Some(token.to_owned()))
 }
@@ -114,11 +117,16 @@ pub fn bearer_value(token: &str) -> Result<MetadataValue<Ascii>, ClientError> {
 }
 
 impl Interceptor for BearerToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(header) = &self.header
             && !request.metadata().contains_key("authorization")
         {
-            request.metadata_mut().insert("authorization", header.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
         }
         Ok(request)
     }

@@ -18,6 +18,10 @@ pub enum ClientError {
     },
     #[error("not found: {0}")]
     NotFound(String),
+    /// The connection broke under the call, or never carried it (a TLS
+    /// server spoken to in plaintext, a handshake the server refused).
+    #[error("the connection to the coordinator failed: {0}")]
+    Transport(String),
     /// The coordinator is there but cannot serve now (store down, draining).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -42,7 +46,9 @@ impl ClientError {
     /// True when the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Unreachable { .. } | ClientError::Unavailable(_) => true,
+            ClientError::Unreachable { .. }
+            | ClientError::Unavailable(_)
+            | ClientError::Transport(_) => true,
             ClientError::Other { code, .. } => {
                 matches!(code, Code::DeadlineExceeded | Code::Aborted)
             }
@@ -66,6 +72,16 @@ impl ClientError {
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
         let message = status.message().to_owned();
+        // A status made on this side from a transport failure carries that
+        // failure as its source; one the server sent never has a source.
+        if std::error::Error::source(&status).is_some()
+            && matches!(
+                status.code(),
+                Code::Unknown | Code::Internal | Code::Cancelled | Code::Unavailable
+            )
+        {
+            return ClientError::Transport(crate::client::source_chain(&status));
+        }
         match status.code() {
             Code::InvalidArgument => {
                 let problems = v1::ValidationFailure::decode(status.details())

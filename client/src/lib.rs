@@ -22,6 +22,6 @@ pub use batch_file::{BatchFileError, parse_batch, read_batch_file};
 pub use client::{Client, Memory, MemoryEntry, PutOptions, Scope, WatchOptions};
 pub use connect::{BearerToken, Connection, token_from};
 pub use error::ClientError;
-pub use volley_tls::ClientTlsFiles;
 pub use health::{HealthProbe, HealthStatus};
 pub use volley_proto::v1;
+pub use volley_tls::ClientTlsFiles;

@@ -15,6 +15,7 @@ pub struct ClusterArgs {
     /// The coordinator's gRPC address (`https://` always means TLS).
     #[arg(
         long,
+        global = true,
         env = "VOLLEY_COORDINATOR",
         default_value = "http://127.0.0.1:7070"
     )]

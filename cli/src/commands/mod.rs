@@ -41,20 +41,20 @@ impl BatchOverrides {
 #[derive(clap::Args, Clone, Default)]
 pub struct CredentialArgs {
     /// The API token sent with every call (`authorization: Bearer`).
-    #[arg(long, env = "VOLLEY_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "VOLLEY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// A file holding the token (a mounted Secret, `volley up`'s admin.token).
-    #[arg(long, env = "VOLLEY_TOKEN_FILE")]
+    #[arg(long, global = true, env = "VOLLEY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// The CA certificate (PEM) to trust for an `https://` coordinator
     /// (default: the public web roots).
-    #[arg(long, env = "VOLLEY_TLS_CA")]
+    #[arg(long, global = true, env = "VOLLEY_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
     /// A client certificate (PEM) for mTLS, with --tls-key.
-    #[arg(long, env = "VOLLEY_TLS_CERT")]
+    #[arg(long, global = true, env = "VOLLEY_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
-    #[arg(long, env = "VOLLEY_TLS_KEY")]
+    #[arg(long, global = true, env = "VOLLEY_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 }
 

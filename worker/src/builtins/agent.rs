@@ -147,6 +147,7 @@ mod tests {
             .namespace("swarm")
             .coordinator_url(Some("http://127.0.0.1:7070".to_owned()))
             .allow_shell(true)
+            .token("vlycap.the-attempts-capability")
             .build();
         let output = registry
             .get("agent")
@@ -155,14 +156,14 @@ mod tests {
                 &ctx,
                 json!({
                     "cmd": "echo $VOLLEY_BATCH $VOLLEY_OP $VOLLEY_NAMESPACE $VOLLEY_TOKEN; echo $VOLLEY_COORDINATOR $VOLLEY_ATTEMPT $ROLE",
-                    "env": {"ROLE": "lead", "VOLLEY_OP": "impostor"},
+                    "env": {"ROLE": "lead", "VOLLEY_OP": "impostor", "VOLLEY_TOKEN": "forged"},
                 }),
             )
             .await
             .unwrap();
         assert_eq!(
             output.output,
-            "b-42 architect swarm architect@2\nhttp://127.0.0.1:7070 2 lead\n"
+            "b-42 architect swarm vlycap.the-attempts-capability\nhttp://127.0.0.1:7070 2 lead\n"
         );
     }
 

@@ -446,6 +446,9 @@ impl Cluster {
                 .arg(humantime::format_duration(args.drain_timeout).to_string())
                 .arg("--token-file")
                 .arg(&token_file)
+                // A token of another cluster in the user's shell would win
+                // over --token-file.
+                .env_remove("VOLLEY_TOKEN")
                 .arg("--stop-on-stdin-eof");
             // Short ids on a Redis of our own; on a shared one, the default
             // (hostname-pid-random) cannot clash with another cluster's.
