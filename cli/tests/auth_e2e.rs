@@ -674,3 +674,55 @@ async fn an_ops_token_reaches_its_own_batch_only_while_its_attempt_runs() {
     .await;
     assert_eq!(refused.status.code(), Some(5), "{}", stderr(&refused));
 }
+
+#[tokio::test]
+async fn a_tenant_with_many_batches_does_not_starve_a_tenant_with_one() {
+    let cluster = Cluster::start(1).await;
+    let many = create_token(&cluster, &["--role", "client", "--tenant", "many"]).await;
+    let one = create_token(&cluster, &["--role", "client", "--tenant", "one"]).await;
+    let connect = async |token: &str| {
+        Client::connect_with(&volley_client::Connection::new(cluster.url.clone()).with_token(token))
+            .await
+            .expect("connect")
+    };
+    let many = connect(&many).await;
+    let one = connect(&one).await;
+    let sleepers = |name: &str| v1::Batch {
+        name: name.to_owned(),
+        ops: (0..20)
+            .map(|index| v1::Op {
+                id: format!("s{index}"),
+                kind: "sleep".into(),
+                args_json: r#"{"ms": 100}"#.into(),
+                ..v1::Op::default()
+            })
+            .collect(),
+        ..v1::Batch::default()
+    };
+    let mut crowd = Vec::new();
+    for number in 0..20 {
+        crowd.push(
+            many.submit(sleepers(&format!("crowd-{number}")))
+                .await
+                .expect("submit")
+                .batch_id,
+        );
+    }
+    let lone = one.submit(sleepers("lone")).await.expect("submit").batch_id;
+    wait_for("the lone tenant's batch ends", async || {
+        let status = one.summary(&lone).await.ok()?;
+        (status.state != v1::BatchState::Running as i32).then_some(())
+    })
+    .await;
+    let mut crowd_done = 0;
+    for batch in &crowd {
+        crowd_done += many.summary(batch).await.expect("summary").succeeded;
+    }
+    // The worker's 4 slots were shared half and half between the tenants,
+    // so the lone batch's 20 ops ended long before the crowd's 400 did:
+    // shared between 21 batches instead, the crowd would be nearly done.
+    assert!(
+        crowd_done < 200,
+        "the crowd ran {crowd_done} of its 400 ops before the lone batch's 20 ended"
+    );
+}

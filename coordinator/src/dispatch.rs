@@ -291,6 +291,61 @@ impl ActiveBatch {
             max_parallel.saturating_sub(self.in_flight)
         }
     }
+
+    /// Whether a claim now may find ops: the queue may hold some, no
+    /// hand-back pause, room under `max_parallel`.
+    fn wants_credits(&self, now: tokio::time::Instant) -> bool {
+        self.maybe_ready && self.claim_after.is_none_or(|after| after <= now) && self.capacity() > 0
+    }
+}
+
+/// How many credits each batch may claim in one pass of [`Dispatcher::pump`]:
+/// the free credits are split evenly between the tenants that want some,
+/// then a tenant's share evenly between its batches that want some
+/// (rounded up, so every wanting batch can claim at least one). A tenant
+/// with fifty batches gets what a tenant with one gets; the pass repeats
+/// while anything moved, so credits a tenant leaves unused go to the others.
+#[derive(Default)]
+struct FairShares {
+    /// Credits each tenant may still claim in this pass.
+    tenant_budget: HashMap<String, u32>,
+    /// The most one batch of the tenant may claim in this pass.
+    per_batch: HashMap<String, u32>,
+}
+
+impl FairShares {
+    fn new<'a>(free: u32, wanting: impl Iterator<Item = &'a str>) -> FairShares {
+        let mut batches_of: BTreeMap<&str, u32> = BTreeMap::new();
+        for tenant in wanting {
+            *batches_of.entry(tenant).or_default() += 1;
+        }
+        let mut shares = FairShares::default();
+        if batches_of.is_empty() {
+            return shares;
+        }
+        let tenant_share = free.div_ceil(batches_of.len() as u32).max(1);
+        for (tenant, batches) in batches_of {
+            shares.tenant_budget.insert(tenant.to_owned(), tenant_share);
+            shares
+                .per_batch
+                .insert(tenant.to_owned(), tenant_share.div_ceil(batches).max(1));
+        }
+        shares
+    }
+
+    /// The most this batch of `tenant` may claim now (0: its tenant's
+    /// budget is spent, or it wanted nothing when the pass began).
+    fn cap(&self, tenant: &str) -> u32 {
+        let budget = self.tenant_budget.get(tenant).copied().unwrap_or(0);
+        let per_batch = self.per_batch.get(tenant).copied().unwrap_or(0);
+        budget.min(per_batch)
+    }
+
+    fn spend(&mut self, tenant: &str, claimed: u32) {
+        if let Some(budget) = self.tenant_budget.get_mut(tenant) {
+            *budget = budget.saturating_sub(claimed);
+        }
+    }
 }
 
 pub(crate) struct Dispatcher {
@@ -1371,10 +1426,20 @@ impl Dispatcher {
             .sum()
     }
 
-    /// Claims and sends as much as credits and parallelism allow.
+    /// Claims and sends as much as credits and parallelism allow, shared
+    /// fairly between tenants, then between each tenant's batches
+    /// ([`FairShares`]); the batches take turns (round-robin) across passes.
     async fn pump(&mut self) {
         loop {
             let mut progress = false;
+            let now = tokio::time::Instant::now();
+            let mut shares = FairShares::new(
+                self.free_credits(),
+                self.batches
+                    .values()
+                    .filter(|active| active.wants_credits(now))
+                    .map(|active| active.planned.tenant.as_str()),
+            );
             let rounds = self.order.len();
             for _ in 0..rounds {
                 if self.free_credits() == 0 {
@@ -1384,7 +1449,16 @@ impl Dispatcher {
                     return;
                 };
                 self.order.push_back(batch.clone());
-                progress |= self.pump_batch(&batch).await;
+                let Some(tenant) = self
+                    .batches
+                    .get(&batch)
+                    .map(|active| active.planned.tenant.clone())
+                else {
+                    continue;
+                };
+                let (moved, claimed) = self.pump_batch(&batch, shares.cap(&tenant)).await;
+                shares.spend(&tenant, claimed);
+                progress |= moved;
             }
             if !progress {
                 return;
@@ -1393,10 +1467,11 @@ impl Dispatcher {
     }
 
     /// One round for one batch: route parked ops, then claim up to what the
-    /// batch and the free workers can take. Returns whether anything moved.
-    async fn pump_batch(&mut self, batch: &BatchId) -> bool {
+    /// batch, the free workers and `cap` (its fair share) allow. Returns
+    /// whether anything moved, and how many ops it claimed.
+    async fn pump_batch(&mut self, batch: &BatchId, cap: u32) -> (bool, u32) {
         let Some(active) = self.batches.get_mut(batch) else {
-            return false;
+            return (false, 0);
         };
         let planned = active.planned.clone();
         let parked: Vec<Claimed> = active.parked.drain(..).collect();
@@ -1414,20 +1489,20 @@ impl Dispatcher {
         }
         let free = self.free_credits();
         let Some(active) = self.batches.get_mut(batch) else {
-            return progress;
+            return (progress, 0);
         };
         if !active.maybe_ready || free == 0 {
-            return progress;
+            return (progress, 0);
         }
         if let Some(after) = active.claim_after {
             if after > tokio::time::Instant::now() {
-                return progress;
+                return (progress, 0);
             }
             active.claim_after = None;
         }
-        let want = active.capacity().min(free);
+        let want = active.capacity().min(free).min(cap);
         if want == 0 {
-            return progress;
+            return (progress, 0);
         }
         let now = now_ms();
         let lease_until = now + self.lease.as_millis() as u64;
@@ -1436,19 +1511,20 @@ impl Dispatcher {
             Ok(claimed) => claimed,
             Err(error) => {
                 warn!(%batch, %error, "claim failed");
-                return progress;
+                return (progress, 0);
             }
         };
         let Some(active) = self.batches.get_mut(batch) else {
-            return progress;
+            return (progress, 0);
         };
         if (claimed.len() as u32) < want {
             active.maybe_ready = false;
         }
         if claimed.is_empty() {
-            return progress;
+            return (progress, 0);
         }
-        active.in_flight += claimed.len() as u32;
+        let claimed_count = claimed.len() as u32;
+        active.in_flight += claimed_count;
         let planned = if claimed
             .iter()
             .any(|claim| claim.index as usize >= planned.plan.ops.len())
@@ -1493,7 +1569,7 @@ impl Dispatcher {
         if !known.is_empty() {
             self.route(&planned, known, claim_started).await;
         }
-        true
+        (true, claimed_count)
     }
 
     /// Re-plans a batch from its stored spec (the submission and every
@@ -1820,4 +1896,36 @@ fn state_word(state: OpState) -> String {
         OpState::Cancelled => "cancelled",
     }
     .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_with_fifty_batches_gets_what_a_tenant_with_one_gets() {
+        let wanting = std::iter::repeat_n("many", 50).chain(std::iter::once("one"));
+        let mut shares = FairShares::new(10, wanting);
+        assert_eq!(shares.cap("one"), 5);
+        assert_eq!(shares.cap("many"), 1);
+        // The fifty take their five credits one at a time, then no more.
+        for _ in 0..5 {
+            assert_eq!(shares.cap("many"), 1);
+            shares.spend("many", 1);
+        }
+        assert_eq!(shares.cap("many"), 0);
+        assert_eq!(shares.cap("one"), 5);
+        // A batch that wanted nothing when the pass began gets nothing in it.
+        assert_eq!(shares.cap("late"), 0);
+    }
+
+    #[test]
+    fn one_tenant_with_one_batch_may_take_every_credit() {
+        let shares = FairShares::new(64, std::iter::once("default"));
+        assert_eq!(shares.cap("default"), 64);
+        // Fewer credits than batches: each may still claim one.
+        let shares = FairShares::new(2, ["a", "a", "a", "b"].into_iter());
+        assert_eq!(shares.cap("a"), 1);
+        assert_eq!(shares.cap("b"), 1);
+    }
 }
