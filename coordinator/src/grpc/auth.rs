@@ -164,7 +164,7 @@ mod tests {
         assert!(allowed("/volley.v1.TokenService/CreateToken", &client).is_err());
         assert!(allowed("/volley.v1.TokenService/CreateToken", &admin).is_ok());
         assert!(allowed("/volley.v1.TokenService/WhoAmI", &worker).is_ok());
-        let refused = allowed("/volley.v1.MemoryService/PutMemory", &worker).unwrap_err();
+        let refused = allowed("/volley.v1.MemoryService/PutMemory", &worker).expect_err("refused");
         assert_eq!(
             refused.to_string(),
             "permission denied: a worker token may not call volley.v1.MemoryService/PutMemory"

@@ -41,7 +41,7 @@ pub enum ConnectError {
     #[error("coordinator url {url}: {source}")]
     Tls {
         url: String,
-        source: volley_tls::TlsError,
+        source: Box<volley_tls::TlsError>,
     },
     /// The worker's token cannot be sent as a header.
     #[error("the worker's token holds characters a header cannot carry")]
@@ -104,7 +104,7 @@ impl Interceptor for WorkerToken {
 pub(crate) fn endpoint(url: &str, tls: &ClientTlsFiles) -> Result<Endpoint, ConnectError> {
     let endpoint = volley_tls::client_endpoint(url, tls).map_err(|source| ConnectError::Tls {
         url: url.to_owned(),
-        source,
+        source: Box::new(source),
     })?;
     Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
