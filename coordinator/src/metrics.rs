@@ -606,12 +606,13 @@ impl Store for MeteredStore {
         first_index: u32,
         ops: Vec<NewOp>,
         spec: Vec<u8>,
+        note: &str,
         now_ms: u64,
     ) -> StoreResult<CompleteOutcome> {
         self.count(Verb::AddOps);
         let outcome = self
             .inner
-            .add_ops(batch, first_index, ops, spec, now_ms)
+            .add_ops(batch, first_index, ops, spec, note, now_ms)
             .await;
         self.observe(batch, &outcome, false).await;
         outcome

@@ -39,6 +39,12 @@ impl Coordinator {
             Some(agent) => planned.op_id(agent.op_index),
             None => spawned_by,
         };
+        // Recorded in the batch's `OpsAdded` event: who added the ops.
+        let note = if spawner.is_empty() {
+            format!("by token {}", principal.token_id)
+        } else {
+            format!("by token {} (op `{spawner}`)", principal.token_id)
+        };
         // One spawn at a time per coordinator: each re-plans the whole batch.
         let _turn = self.spawn_lock().lock().await;
         for _ in 0..SPAWN_TRIES {
@@ -79,7 +85,7 @@ impl Coordinator {
             let chunk = v1::OpChunk { ops: ops.clone() }.encode_to_vec();
             match self
                 .store()
-                .add_ops(batch, first_index, new_ops, chunk, now_ms())
+                .add_ops(batch, first_index, new_ops, chunk, &note, now_ms())
                 .await
             {
                 Ok(outcome) => {

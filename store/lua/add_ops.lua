@@ -11,6 +11,8 @@
 -- then 5 fields per new op: packed info (dependents among the new ops),
 --   pending count, existing ops it runs after (comma-separated),
 --   wait deadline ms ('0' none), wait info JSON ('' when it waits for no key)
+-- then ARGV[7 + count * 5]: who added them, appended to the `added` event's
+--   message ('' for nothing)
 -- Returns: { status (0 ok, -1 no such batch, -2 cannot add), reason,
 --            became_ready, finished batch state code or '', memory scope code }
 local m = redis.call('HMGET', K_META, 'state', 'total', 'fail_fast_fired', 'memory')
@@ -34,7 +36,9 @@ for offset = 0, count - 1 do
 end
 redis.call('HSET', K_META, 'total', total + count)
 redis.call('RPUSH', K_SPEC_ADDED, ARGV[6])
-event('added', nil, 0, '', count .. ' ops added', nil)
+local note = ARGV[7 + count * 5] or ''
+if note ~= '' then note = ' ' .. note end
+event('added', nil, 0, '', count .. ' ops added' .. note, nil)
 local became_ready = 0
 for offset = 0, count - 1 do
   local idx = first + offset

@@ -2344,7 +2344,14 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
         after(&[3, 4]), // 8
     ];
     let outcome = store
-        .add_ops(&batch_id, 3, added, b"chunk-1".to_vec(), NOW + 10)
+        .add_ops(
+            &batch_id,
+            3,
+            added,
+            b"chunk-1".to_vec(),
+            "by token t1",
+            NOW + 10,
+        )
         .await
         .expect("add_ops");
     assert_eq!(
@@ -2369,7 +2376,7 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
     assert_eq!(
         new_events,
         vec![
-            (OpsAdded, None, "6 ops added".to_owned()),
+            (OpsAdded, None, "6 ops added by token t1".to_owned()),
             (OpSkipped, Some(5), "dependency `2` failed".to_owned()),
             (OpSkipped, Some(6), "dependency `5` skipped".to_owned()),
         ]
@@ -2386,7 +2393,7 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
     assert_eq!(indices(store, &batch_id, 10).await, vec![3]);
     // A mismatched first_index is refused and changes nothing.
     let refused = store
-        .add_ops(&batch_id, 5, vec![op(0, &[])], b"x".to_vec(), NOW + 21)
+        .add_ops(&batch_id, 5, vec![op(0, &[])], b"x".to_vec(), "", NOW + 21)
         .await;
     assert!(
         matches!(refused, Err(StoreError::CannotAddOps { ref batch, .. }) if *batch == batch_id),
@@ -2400,6 +2407,7 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
             9,
             vec![op(0, &[]), waiting_for(&["k"]), waiting_for(&["k2"])],
             b"chunk-2".to_vec(),
+            "",
             NOW + 22,
         )
         .await
@@ -2449,7 +2457,7 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
     );
     // A finished batch cannot grow.
     let finished = store
-        .add_ops(&batch_id, 12, vec![op(0, &[])], Vec::new(), NOW + 50)
+        .add_ops(&batch_id, 12, vec![op(0, &[])], Vec::new(), "", NOW + 50)
         .await;
     assert!(
         matches!(finished, Err(StoreError::CannotAddOps { .. })),
@@ -2457,7 +2465,7 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
     );
     assert!(matches!(
         store
-            .add_ops(&id("no-such"), 0, vec![op(0, &[])], Vec::new(), NOW)
+            .add_ops(&id("no-such"), 0, vec![op(0, &[])], Vec::new(), "", NOW)
             .await,
         Err(StoreError::BatchNotFound(_))
     ));
@@ -2477,6 +2485,7 @@ pub async fn case_add_ops_waits_on_a_shared_scope(store: &dyn Store) {
             1,
             vec![waiting_for(&["here"]), waiting_for_any(&["a", "b"])],
             Vec::new(),
+            "",
             NOW + 1,
         )
         .await

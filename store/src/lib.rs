@@ -456,7 +456,8 @@ pub trait Store: Send + Sync + 'static {
     /// added to their dependents; an edge from an op that already ended
     /// counts down at once (or skips the new op, as `complete` would).
     /// `spec` is appended to the stored spec. Appends `OpsAdded` ("N ops
-    /// added"), then the skips it caused. Memory waits are registered as in
+    /// added", then ` <note>` unless `note` is empty: who added them), then
+    /// the skips it caused. Memory waits are registered as in
     /// `create_batch`. Also `CannotAddOps` when the batch is not running,
     /// after fail_fast fired, or when an op's `after` is inconsistent
     /// (`deps != after.len()`, an index past the new ops, or itself).
@@ -467,6 +468,7 @@ pub trait Store: Send + Sync + 'static {
         first_index: u32,
         ops: Vec<NewOp>,
         spec: Vec<u8>,
+        note: &str,
         now_ms: u64,
     ) -> StoreResult<CompleteOutcome>;
 

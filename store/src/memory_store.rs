@@ -2133,6 +2133,7 @@ impl Store for MemoryStore {
         first_index: u32,
         ops: Vec<NewOp>,
         spec: Vec<u8>,
+        note: &str,
         now_ms: u64,
     ) -> StoreResult<CompleteOutcome> {
         let edges = added_edges(batch, first_index, &ops)?;
@@ -2170,7 +2171,11 @@ impl Store for MemoryStore {
             }
             data.meta.total += ops.len() as u32;
             data.spec_added.push(spec);
-            let message = format!("{} ops added", ops.len());
+            let message = if note.is_empty() {
+                format!("{} ops added", ops.len())
+            } else {
+                format!("{} ops added {note}", ops.len())
+            };
             data.event(now_ms, EventKind::OpsAdded, None, 0, "", &message);
             let mut outcome = CompleteOutcome::default();
             for offset in 0..ops.len() as u32 {

@@ -2030,6 +2030,7 @@ impl Store for RedisStore {
         first_index: u32,
         ops: Vec<NewOp>,
         spec: Vec<u8>,
+        note: &str,
         now_ms: u64,
     ) -> StoreResult<CompleteOutcome> {
         let edges = added_edges(batch, first_index, &ops)?;
@@ -2058,6 +2059,7 @@ impl Store for RedisStore {
                 })
                 .arg(wait_info.unwrap_or_default());
         }
+        invocation.arg(note);
         let (status, reason, mut became_ready, finished, memory): (
             i64,
             String,
