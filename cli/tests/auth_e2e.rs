@@ -190,6 +190,20 @@ async fn calls_without_a_valid_token_exit_5_and_a_revocation_holds_within_a_seco
     .await;
 }
 
+/// Runs `volley worker` with `token` and `flags`: it must stop with exit 6
+/// and say `why`.
+async fn worker_refused(cluster: &Cluster, token: &str, flags: &[&str], why: &str) {
+    let output = volley()
+        .args(["worker", "--coordinator", &cluster.url])
+        .args(flags)
+        .env("VOLLEY_TOKEN", token)
+        .output()
+        .await
+        .expect("volley runs");
+    assert_eq!(output.status.code(), Some(6), "{}", stderr(&output));
+    assert!(stderr(&output).contains(why), "{}", stderr(&output));
+}
+
 #[tokio::test]
 async fn a_client_token_cannot_register_a_worker_and_a_worker_token_cannot_submit() {
     let mut cluster = Cluster::start(0).await;
@@ -200,60 +214,29 @@ async fn a_client_token_cannot_register_a_worker_and_a_worker_token_cannot_submi
     )
     .await;
     // A real `volley worker` with a client token stops with exit 6.
-    let refused = volley()
-        .args(["worker", "--coordinator", &cluster.url, "--id", "intruder"])
-        .env("VOLLEY_TOKEN", &client_token)
-        .output()
-        .await
-        .expect("volley runs");
-    assert_eq!(refused.status.code(), Some(6), "{}", stderr(&refused));
-    assert!(
-        stderr(&refused).contains("may not call volley.v1.WorkerService/Session"),
-        "{}",
-        stderr(&refused)
-    );
-    // A worker token may not claim labels it was not given.
-    let labelled = volley()
-        .args([
-            "worker",
-            "--coordinator",
-            &cluster.url,
-            "--id",
-            "w-us",
-            "--label",
-            "zone=us",
-        ])
-        .env("VOLLEY_TOKEN", &worker_token)
-        .output()
-        .await
-        .expect("volley runs");
-    assert_eq!(labelled.status.code(), Some(6), "{}", stderr(&labelled));
-    assert!(
-        stderr(&labelled).contains("zone=us"),
-        "{}",
-        stderr(&labelled)
-    );
+    worker_refused(
+        &cluster,
+        &client_token,
+        &["--id", "intruder"],
+        "may not call volley.v1.WorkerService/Session",
+    )
+    .await;
+    // A worker token may not claim labels it was not given...
+    worker_refused(
+        &cluster,
+        &worker_token,
+        &["--id", "w-us", "--label", "zone=us"],
+        "zone=us",
+    )
+    .await;
     // ...nor kinds beyond `echo` (a worker advertises every built-in it runs).
-    let kinds = volley()
-        .args([
-            "worker",
-            "--coordinator",
-            &cluster.url,
-            "--id",
-            "w-eu",
-            "--label",
-            "zone=eu",
-        ])
-        .env("VOLLEY_TOKEN", &worker_token)
-        .output()
-        .await
-        .expect("volley runs");
-    assert_eq!(kinds.status.code(), Some(6), "{}", stderr(&kinds));
-    assert!(
-        stderr(&kinds).contains("may not register kind"),
-        "{}",
-        stderr(&kinds)
-    );
+    worker_refused(
+        &cluster,
+        &worker_token,
+        &["--id", "w-eu", "--label", "zone=eu"],
+        "may not register kind",
+    )
+    .await;
     // A worker token calls WorkerService only.
     let submit = volley_as(&cluster, Some(&worker_token), &["list"]).await;
     assert_eq!(submit.status.code(), Some(6), "{}", stderr(&submit));

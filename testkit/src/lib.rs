@@ -105,7 +105,11 @@ impl RedisServer {
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
         let certificates = if options.tls {
-            match TestCertificates::generate(&dir.join("tls")) {
+            let tls_dir = dir.join("tls");
+            let generated = std::fs::create_dir_all(&tls_dir)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| TestCertificates::generate(&tls_dir).map_err(anyhow::Error::from));
+            match generated {
                 Ok(certificates) => Some(certificates),
                 Err(error) => {
                     let _ = std::fs::remove_dir_all(&dir);
@@ -600,84 +604,8 @@ fn install_crypto_provider() {
 
 /// PEM files of a test CA, a server certificate it signed (SANs
 /// `127.0.0.1` and `localhost`) and a client certificate it signed, each
-/// with its key. Made fresh, never checked in.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TestCertificates {
-    pub ca_cert: PathBuf,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-}
-
-impl TestCertificates {
-    /// Makes a fresh CA and both certificates and writes them into `dir`
-    /// (created if needed): `ca.pem`, `server.pem`, `server-key.pem`,
-    /// `client.pem`, `client-key.pem`.
-    pub fn generate(dir: &Path) -> anyhow::Result<TestCertificates> {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
-        };
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let ca_key = KeyPair::generate().context("generating the CA key")?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "volley test CA");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key).context("signing the CA")?;
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let leaf = |name: &str,
-                    alt_names: Vec<String>,
-                    usage: ExtendedKeyUsagePurpose|
-         -> anyhow::Result<(String, String)> {
-            let key = KeyPair::generate().with_context(|| format!("generating the {name} key"))?;
-            let mut params = CertificateParams::new(alt_names)?;
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages = vec![usage];
-            params.use_authority_key_identifier_extension = true;
-            let cert = params
-                .signed_by(&key, &issuer)
-                .with_context(|| format!("signing the {name} certificate"))?;
-            Ok((cert.pem(), key.serialize_pem()))
-        };
-        let (server_pem, server_key_pem) = leaf(
-            "volley test redis",
-            vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )?;
-        let (client_pem, client_key_pem) = leaf(
-            "volley test client",
-            Vec::new(),
-            ExtendedKeyUsagePurpose::ClientAuth,
-        )?;
-        let certificates = TestCertificates {
-            ca_cert: dir.join("ca.pem"),
-            server_cert: dir.join("server.pem"),
-            server_key: dir.join("server-key.pem"),
-            client_cert: dir.join("client.pem"),
-            client_key: dir.join("client-key.pem"),
-        };
-        for (path, content) in [
-            (&certificates.ca_cert, ca_cert.pem()),
-            (&certificates.server_cert, server_pem),
-            (&certificates.server_key, server_key_pem),
-            (&certificates.client_cert, client_pem),
-            (&certificates.client_key, client_key_pem),
-        ] {
-            std::fs::write(path, content).with_context(|| format!("writing {}", path.display()))?;
-        }
-        Ok(certificates)
-    }
-}
+/// with its key: volley-tls's, so Redis and gRPC tests make them one way.
+pub use volley_tls::testing::TestCerts as TestCertificates;
 
 /// True when a server on `port` answers `+PONG` to an inline `PING`.
 fn ping(port: u16) -> bool {
