@@ -257,7 +257,10 @@ enum Mode {
     None,
     Tokens {
         admin_hash: [u8; 32],
-        capability_key: [u8; 32],
+        /// HMAC-SHA256 already keyed with the cluster's capability key:
+        /// each use clones it, so the key is not hashed again for every
+        /// assignment (two MACs an op: its capability and lease ticket).
+        capability_mac: Hmac<Sha256>,
     },
 }
 
@@ -276,9 +279,10 @@ impl Authenticator {
             AuthConfig::None => Mode::None,
             AuthConfig::Tokens { admin_token } => Mode::Tokens {
                 admin_hash: sha256(admin_token.as_bytes()),
-                capability_key: sha256(
+                capability_mac: <Hmac<Sha256> as Mac>::new_from_slice(&sha256(
                     format!("volley capability key v1\0{admin_token}").as_bytes(),
-                ),
+                ))
+                .expect("HMAC takes a key of any length"),
             },
         };
         Authenticator {
@@ -303,7 +307,7 @@ impl Authenticator {
     ) -> Result<Arc<Principal>, AuthError> {
         let Mode::Tokens {
             admin_hash,
-            capability_key,
+            capability_mac,
         } = &self.mode
         else {
             return Ok(self.anonymous.clone());
@@ -321,7 +325,7 @@ impl Authenticator {
             return Ok(self.admin.clone());
         }
         if let Some(capability) = token.strip_prefix(CAPABILITY_PREFIX) {
-            return self.check_capability(capability, capability_key).await;
+            return self.check_capability(capability, capability_mac).await;
         }
         let Some(id) = token
             .strip_prefix(TOKEN_PREFIX)
@@ -446,7 +450,7 @@ impl Authenticator {
     async fn check_capability(
         &self,
         capability: &str,
-        key: &[u8; 32],
+        key: &Hmac<Sha256>,
     ) -> Result<Arc<Principal>, AuthError> {
         let refused = || AuthError::Unauthenticated("invalid op token".to_owned());
         let (claims, mac) = capability.rsplit_once('.').ok_or_else(refused)?;
@@ -498,7 +502,7 @@ impl Authenticator {
     /// The capability token of one attempt of an op ("" without
     /// authentication).
     pub fn capability(&self, tenant: &str, batch: &BatchId, op_index: u32, attempt: u32) -> String {
-        let Mode::Tokens { capability_key, .. } = &self.mode else {
+        let Mode::Tokens { capability_mac: key, .. } = &self.mode else {
             return String::new();
         };
         let claims = format!(
@@ -506,7 +510,7 @@ impl Authenticator {
             tenant_or_default(tenant),
             batch.as_str()
         );
-        let mac = hex::encode(capability_mac(capability_key, &claims));
+        let mac = hex::encode(capability_mac(key, &claims));
         format!("{CAPABILITY_PREFIX}{claims}.{mac}")
     }
 
@@ -520,11 +524,11 @@ impl Authenticator {
         attempt: u32,
         holder: &str,
     ) -> String {
-        let Mode::Tokens { capability_key, .. } = &self.mode else {
+        let Mode::Tokens { capability_mac: key, .. } = &self.mode else {
             return String::new();
         };
         let claims = format!("lease|{}|{op_index}|{attempt}|{holder}", batch.as_str());
-        hex::encode(capability_mac(capability_key, &claims))
+        hex::encode(capability_mac(key, &claims))
     }
 
     /// Whether `ticket` is the lease ticket of that attempt for `holder`.
@@ -629,9 +633,8 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-fn capability_mac(key: &[u8; 32], claims: &str) -> Vec<u8> {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
+fn capability_mac(key: &Hmac<Sha256>, claims: &str) -> Vec<u8> {
+    let mut mac = key.clone();
     mac.update(claims.as_bytes());
     mac.finalize().into_bytes().to_vec()
 }
