@@ -72,23 +72,35 @@ const COMMAND_CAPACITY: usize = 4096;
 /// sending it; the session takes an attempt off when its result or
 /// hand-back comes, and refuses what is not here. A std mutex: held for one
 /// set operation, never across an await.
+///
+/// Kept as 64-bit fingerprints of (batch, op index, attempt) under a
+/// SipHash key of this ledger's own (random, never sent anywhere): no
+/// allocation per op on the dispatcher's hot path, and a worker cannot
+/// aim for a collision with a key it does not know.
 #[derive(Default)]
 pub(crate) struct Ledger {
-    given: std::sync::Mutex<HashSet<(BatchId, u32, u32)>>,
+    key: std::hash::RandomState,
+    given: std::sync::Mutex<HashSet<u64>>,
 }
 
 impl Ledger {
+    fn fingerprint(&self, batch: &str, index: u32, attempt: u32) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.key, (batch, index, attempt))
+    }
+
     pub(crate) fn give(&self, batch: &BatchId, index: u32, attempt: u32) {
+        let fingerprint = self.fingerprint(batch.as_str(), index, attempt);
         if let Ok(mut given) = self.given.lock() {
-            given.insert((batch.clone(), index, attempt));
+            given.insert(fingerprint);
         }
     }
 
     /// Whether the attempt was given to this session (and is now taken).
     pub(crate) fn take(&self, batch: &str, index: u32, attempt: u32) -> bool {
+        let fingerprint = self.fingerprint(batch, index, attempt);
         self.given
             .lock()
-            .is_ok_and(|mut given| given.remove(&(BatchId::new(batch), index, attempt)))
+            .is_ok_and(|mut given| given.remove(&fingerprint))
     }
 }
 

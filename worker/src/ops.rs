@@ -165,7 +165,7 @@ impl WorkerOps {
 
     /// Starts `assignment` unless it already runs here (or its result waits
     /// to be sent): an op never runs twice at once on one worker.
-    pub(crate) fn start(&mut self, assignment: Assignment) {
+    pub(crate) fn start(&mut self, mut assignment: Assignment) {
         let key = OpKey::of_assignment(&assignment);
         if self.holds(&key) {
             tracing::warn!(batch = %key.batch_id, op_index = key.op_index, attempt = key.attempt, "assignment for an op this worker already holds: ignored");
@@ -179,9 +179,9 @@ impl WorkerOps {
         let executor = Arc::clone(&self.executor);
         let task_key = key.clone();
         let task_cancel = coordinator_cancel.clone();
-        if !assignment.lease_ticket.is_empty() {
-            self.tickets
-                .insert(key.clone(), assignment.lease_ticket.clone());
+        let ticket = std::mem::take(&mut assignment.lease_ticket);
+        if !ticket.is_empty() {
+            self.tickets.insert(key.clone(), ticket);
         }
         let op = async move {
             let run = executor.run(assignment, op_cancel.clone());
