@@ -84,7 +84,9 @@ async fn main() -> anyhow::Result<()> {
     config.root = builtin_config.root.clone();
     config.allow_shell = builtin_config.allow_shell;
     // A worker (or admin) token: `volley token create --role worker`.
-    config.token = std::env::var("VOLLEY_TOKEN").ok().filter(|token| !token.is_empty());
+    config.token = std::env::var("VOLLEY_TOKEN")
+        .ok()
+        .filter(|token| !token.is_empty());
 
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
