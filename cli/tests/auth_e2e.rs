@@ -709,3 +709,43 @@ async fn a_tenant_with_many_batches_does_not_starve_a_tenant_with_one() {
         "the crowd ran {crowd_done} of its 400 ops before the lone batch's 20 ended"
     );
 }
+
+#[tokio::test]
+async fn a_revocation_on_one_coordinator_holds_on_the_others() {
+    let redis = volley_testkit::RedisServer::start().expect("redis-server starts");
+    let fleet = common::Fleet::start(redis, 2, &[]).await;
+    let direct = |index: usize| format!("http://127.0.0.1:{}", fleet.coordinators[index].0);
+    let run = async |url: String, token: &str, args: &[&str]| {
+        volley()
+            .args(args)
+            .env("VOLLEY_COORDINATOR", url)
+            .env("VOLLEY_TOKEN", token)
+            .output()
+            .await
+            .expect("volley runs")
+    };
+    let created = run(
+        direct(0),
+        ADMIN_TOKEN,
+        &["token", "create", "--role", "client"],
+    )
+    .await;
+    assert_eq!(created.status.code(), Some(0), "{}", stderr(&created));
+    let token = stdout(&created).trim().to_owned();
+    // Coordinator 1 checks it (and caches the check)...
+    let listed = run(direct(1), &token, &["list"]).await;
+    assert_eq!(listed.status.code(), Some(0), "{}", stderr(&listed));
+    let id = token
+        .strip_prefix("vly_")
+        .and_then(|rest| rest.split_once('_'))
+        .map(|(id, _)| id.to_owned())
+        .expect("a token id");
+    // ...then coordinator 0 revokes it: coordinator 1 refuses it soon after.
+    let revoked = run(direct(0), ADMIN_TOKEN, &["token", "revoke", &id]).await;
+    assert_eq!(revoked.status.code(), Some(0), "{}", stderr(&revoked));
+    wait_for("coordinator 1 refuses the revoked token", async || {
+        let output = run(direct(1), &token, &["list"]).await;
+        (output.status.code() == Some(5)).then_some(())
+    })
+    .await;
+}
