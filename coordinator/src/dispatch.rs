@@ -1867,17 +1867,26 @@ impl Dispatcher {
             }
             let lookup = |reference: &Reference| -> Option<String> {
                 match reference {
+                    // Trailing newlines dropped, as a shell's `$(…)` does:
+                    // `echo hi` fills in `hi`. Reports keep the raw output.
                     Reference::OpOutput(id) => record_of
                         .get(id.as_str())
-                        .map(|record| record.output.clone()),
+                        .map(|record| record.output.trim_end_matches('\n').to_owned()),
                     Reference::OpStatus(id) => record_of
                         .get(id.as_str())
                         .map(|record| state_word(record.state)),
                     Reference::Memory(key) => memory.get(key).cloned().flatten(),
                 }
             };
-            results.push(
+            // A program's `cmd` gets its values through the environment,
+            // never as text the shell would parse (see `render_command`).
+            let rendered = if volley_kinds::HOST_PROGRAM_KINDS.contains(&op.kind.as_str()) {
+                volley_kinds::template::render_command(&op.args, &lookup)
+            } else {
                 volley_kinds::template::render(&op.args, &lookup)
+            };
+            results.push(
+                rendered
                     .map(|value| value.to_string())
                     .map_err(|error| format!("cannot fill in the op's args: {error}")),
             );

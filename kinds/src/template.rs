@@ -4,6 +4,16 @@
 //!
 //! Templates live only in JSON string values (never in object keys). `$${`
 //! is a literal `${`.
+//!
+//! In the `cmd` of a program (`shell`, `agent`) a filled value is never
+//! pasted into the command text, where the shell would parse it:
+//! [`render_command`] puts each value in an environment variable
+//! (`VOLLEY_IN_1`, `VOLLEY_IN_2`, …) and writes a quoted reference to it
+//! where the template was, quoted for the spot it stands in (bare, inside
+//! `'…'` or inside `"…"`). The shell expands a variable's value without
+//! parsing it again, so quotes, `$(…)`, backticks, `;` and newlines in an
+//! op's output stay data whatever the command around them does; each
+//! value is one word.
 
 use std::fmt;
 
@@ -76,6 +86,211 @@ pub fn render(
     lookup: &dyn Fn(&Reference) -> Option<String>,
 ) -> Result<Value, TemplateError> {
     render_at(value, &JsonPath::Root, lookup)
+}
+
+/// The environment variable holding the `number`-th distinct value filled
+/// into a program's `cmd` (1-based).
+pub fn command_variable(number: usize) -> String {
+    format!("VOLLEY_IN_{number}")
+}
+
+/// [`render`] for the args of a program kind (`shell`, `agent`): `cmd`'s
+/// templates become quoted references to environment variables holding
+/// the values (see the module doc), added to `env`; every other string is
+/// filled as [`render`] does. A value with a NUL byte (which no command or
+/// environment can hold) is an error, as is a template right after a
+/// backslash (the shell would escape the quote written for it).
+pub fn render_command(
+    args: &Value,
+    lookup: &dyn Fn(&Reference) -> Option<String>,
+) -> Result<Value, TemplateError> {
+    let Value::Object(map) = args else {
+        return render(args, lookup);
+    };
+    let mut filled = serde_json::Map::with_capacity(map.len() + 1);
+    let mut variables: Vec<(String, String)> = Vec::new();
+    for (key, item) in map {
+        let path = JsonPath::Key(&JsonPath::Root, key);
+        let value = match (key.as_str(), item) {
+            ("cmd", Value::String(cmd)) if string_has_templates(cmd) => Value::String(
+                render_shell(cmd, lookup, &mut variables).map_err(|message| TemplateError {
+                    path: path.to_string(),
+                    message,
+                })?,
+            ),
+            _ => render_at(item, &path, lookup)?,
+        };
+        filled.insert(key.clone(), value);
+    }
+    let env = filled
+        .entry("env")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    if let Value::Object(env) = env {
+        for (name, value) in variables {
+            env.insert(name, Value::String(value));
+        }
+        if let Some((name, _)) = env
+            .iter()
+            .find(|(_, value)| value.as_str().is_some_and(|text| text.contains('\0')))
+        {
+            return Err(TemplateError {
+                path: format!("args.env.{name}"),
+                message: "a filled value holds a NUL byte, which no environment can carry"
+                    .to_owned(),
+            });
+        }
+    }
+    Ok(Value::Object(filled))
+}
+
+/// Where a spot of a shell command stands: bare, or inside quotes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quoting {
+    Bare,
+    Single,
+    Double,
+}
+
+/// The shell's quoting at a spot of a command, followed character by
+/// character: the quotes, and each `$(…)` opened (inside which quoting
+/// starts afresh) with what it returns to. It only picks how a reference
+/// is quoted: were it wrong about a spot, a value could be split into
+/// words or show as `${VOLLEY_IN_1}` literally, never run.
+#[derive(Clone, Debug)]
+struct ShellScan {
+    state: Quoting,
+    /// Per open `$(`: the quoting it returns to, and `(`s open inside it.
+    substitutions: Vec<(Quoting, u32)>,
+    /// The last character was an unconsumed backslash.
+    escaped: bool,
+    /// The last character was a bare or double-quoted `$`.
+    dollar: bool,
+}
+
+impl ShellScan {
+    fn new() -> ShellScan {
+        ShellScan {
+            state: Quoting::Bare,
+            substitutions: Vec::new(),
+            escaped: false,
+            dollar: false,
+        }
+    }
+
+    fn follow(&mut self, text: &str) {
+        for character in text.chars() {
+            if self.escaped {
+                self.escaped = false;
+                self.dollar = false;
+                continue;
+            }
+            let dollar = std::mem::take(&mut self.dollar);
+            match (self.state, character) {
+                (Quoting::Bare | Quoting::Double, '\\') => self.escaped = true,
+                (Quoting::Bare | Quoting::Double, '$') => self.dollar = true,
+                (Quoting::Bare | Quoting::Double, '(') if dollar => {
+                    self.substitutions.push((self.state, 0));
+                    self.state = Quoting::Bare;
+                }
+                (Quoting::Bare, '(') => {
+                    if let Some((_, depth)) = self.substitutions.last_mut() {
+                        *depth += 1;
+                    }
+                }
+                (Quoting::Bare, ')') => match self.substitutions.last_mut() {
+                    Some((_, depth)) if *depth > 0 => *depth -= 1,
+                    Some(_) => {
+                        if let Some((outer, _)) = self.substitutions.pop() {
+                            self.state = outer;
+                        }
+                    }
+                    None => {}
+                },
+                (Quoting::Bare, '\'') => self.state = Quoting::Single,
+                (Quoting::Bare, '"') => self.state = Quoting::Double,
+                (Quoting::Single, '\'') | (Quoting::Double, '"') => self.state = Quoting::Bare,
+                _ => {}
+            }
+        }
+    }
+}
+
+fn render_shell(
+    cmd: &str,
+    lookup: &dyn Fn(&Reference) -> Option<String>,
+    variables: &mut Vec<(String, String)>,
+) -> Result<String, String> {
+    let mut rendered = String::with_capacity(cmd.len() + 32);
+    let mut scan = ShellScan::new();
+    let mut named: Vec<(Reference, String)> = Vec::new();
+    let mut failure: Option<String> = None;
+    scan_pieces(cmd, &mut |piece| {
+        match piece {
+            Piece::Literal(range) => {
+                rendered.push_str(&cmd[range.clone()]);
+                scan.follow(&cmd[range]);
+            }
+            Piece::Escape => {
+                rendered.push_str("${");
+                scan.follow("${");
+            }
+            Piece::Reference(reference) => {
+                if failure.is_some() {
+                    return Ok(());
+                }
+                if scan.escaped {
+                    failure = Some(format!(
+                        "`{reference}` right after a backslash: remove the backslash (a filled value is always one quoted word)"
+                    ));
+                    return Ok(());
+                }
+                let name = match named.iter().find(|(known, _)| known == &reference) {
+                    Some((_, name)) => name.clone(),
+                    None => {
+                        let Some(value) = lookup(&reference) else {
+                            failure = Some(format!("no value for `{reference}`"));
+                            return Ok(());
+                        };
+                        if value.contains('\0') {
+                            failure = Some(format!(
+                                "the value of `{reference}` holds a NUL byte, which no command can carry"
+                            ));
+                            return Ok(());
+                        }
+                        let name = command_variable(variables.len() + 1);
+                        variables.push((name.clone(), value));
+                        named.push((reference, name.clone()));
+                        name
+                    }
+                };
+                // Written out whole: the scan goes on after the reference
+                // as it was before it (a quoted expansion changes no quoting).
+                scan.dollar = false;
+                match scan.state {
+                    Quoting::Bare => {
+                        rendered.push_str("\"${");
+                        rendered.push_str(&name);
+                        rendered.push_str("}\"");
+                    }
+                    Quoting::Double => {
+                        rendered.push_str("${");
+                        rendered.push_str(&name);
+                        rendered.push('}');
+                    }
+                    Quoting::Single => {
+                        rendered.push_str("'\"${");
+                        rendered.push_str(&name);
+                        rendered.push_str("}\"'");
+                    }
+                }
+            }
+        }
+        Ok(())
+    })?;
+    match failure {
+        Some(message) => Err(message),
+        None => Ok(rendered),
+    }
 }
 
 /// Whether `value` holds anything `render` would change (a template or a
@@ -429,5 +644,112 @@ mod tests {
         assert!(has_templates(&json!({"a": ["${memory.k}"]})));
         assert!(has_templates(&json!({"a": "$${x}"})));
         assert!(!has_templates(&json!({"a": "$x {y}", "${k}": 1})));
+    }
+
+    /// Runs a rendered `cmd` the way the process runner does: `sh -c`, with
+    /// the filled values in the environment.
+    fn run_rendered(args: &Value, dir: &std::path::Path) -> String {
+        let cmd = args["cmd"].as_str().unwrap();
+        let mut command = std::process::Command::new("sh");
+        command.arg("-c").arg(cmd).current_dir(dir);
+        if let Some(env) = args["env"].as_object() {
+            for (name, value) in env {
+                command.env(name, value.as_str().unwrap());
+            }
+        }
+        let output = command.output().unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    const HOSTILE: &[&str] = &[
+        "x'; touch PWNED1; echo '",
+        "$(touch PWNED2)",
+        "`touch PWNED3`",
+        "a\"; touch PWNED4; echo \"b",
+        "line\n touch PWNED5",
+        "; touch PWNED6 #",
+        "\\",
+        "${HOME}",
+    ];
+
+    #[test]
+    fn hostile_values_stay_data_in_every_quoting_context() {
+        let dir = std::env::temp_dir().join(format!("volley-template-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for hostile in HOSTILE {
+            let lookup = |_: &Reference| Some((*hostile).to_owned());
+            for (cmd, expected) in [
+                ("printf '%s' ${ops.a.output}", (*hostile).to_owned()),
+                ("printf '%s' '[${ops.a.output}]'", format!("[{hostile}]")),
+                ("printf '%s' \"[${ops.a.output}]\"", format!("[{hostile}]")),
+                (
+                    "printf '%s|%s' \"${ops.a.output}\" '${ops.a.output}'",
+                    format!("{hostile}|{hostile}"),
+                ),
+                (
+                    "echo \"$(printf '%s' ${ops.a.output})\" | tr -d '\\n'",
+                    hostile.replace('\n', ""),
+                ),
+            ] {
+                let rendered = render_command(&json!({"cmd": cmd}), &lookup).unwrap();
+                assert_eq!(
+                    run_rendered(&rendered, &dir),
+                    expected,
+                    "{cmd} with {hostile:?}"
+                );
+            }
+        }
+        let leaked: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.file_name())
+            .collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(leaked.is_empty(), "a value ran as a command: {leaked:?}");
+    }
+
+    #[test]
+    fn command_values_go_to_the_environment_once_each() {
+        let lookup = |reference: &Reference| match reference {
+            Reference::OpOutput(id) => Some(format!("out-{id}")),
+            _ => Some("v".to_owned()),
+        };
+        let rendered = render_command(
+            &json!({
+                "cmd": "echo ${ops.a.output} '${ops.b.output}' \"${ops.a.output}\" $${HOME}",
+                "env": {"MINE": "${ops.b.output}"},
+                "cwd": "dir-${ops.a.output}",
+            }),
+            &lookup,
+        )
+        .unwrap();
+        assert_eq!(
+            rendered,
+            json!({
+                "cmd": "echo \"${VOLLEY_IN_1}\" ''\"${VOLLEY_IN_2}\"'' \"${VOLLEY_IN_1}\" ${HOME}",
+                "env": {"MINE": "out-b", "VOLLEY_IN_1": "out-a", "VOLLEY_IN_2": "out-b"},
+                "cwd": "dir-out-a",
+            })
+        );
+    }
+
+    #[test]
+    fn values_a_command_cannot_carry_are_refused() {
+        let nul = |_: &Reference| Some("a\0b".to_owned());
+        let error = render_command(&json!({"cmd": "echo ${ops.a.output}"}), &nul).unwrap_err();
+        assert_eq!(error.path, "args.cmd");
+        assert!(error.message.contains("NUL"), "{error}");
+        let error = render_command(
+            &json!({"cmd": "true", "env": {"X": "${ops.a.output}"}}),
+            &nul,
+        )
+        .unwrap_err();
+        assert_eq!(error.path, "args.env.X");
+        let plain = |_: &Reference| Some("v".to_owned());
+        let error = render_command(&json!({"cmd": "echo \\${ops.a.output}"}), &plain).unwrap_err();
+        assert!(error.message.contains("backslash"), "{error}");
+        // An escaped `$${` is the shell's own `${`, after a backslash too.
+        let rendered = render_command(&json!({"cmd": "echo \\$${HOME}"}), &plain).unwrap();
+        assert_eq!(rendered["cmd"], "echo \\${HOME}");
     }
 }
