@@ -63,10 +63,94 @@ pub fn parse_batch(text: &str, source_name: &str) -> Result<v1::Batch, BatchFile
         serde_json::from_str::<BatchFile>(text)
             .map_err(|error| json_error(text, source_name, &error))
     } else {
+        check_nesting(text, source_name)?;
         serde_yaml::from_str::<BatchFile>(text)
             .map_err(|error| yaml_error(text, source_name, &error))
     };
     Ok(parsed?.into_batch())
+}
+
+/// The deepest nesting a batch file may have: a batch is a few levels deep
+/// (batch → ops → op → args → a value), and a JSON reader already stops at
+/// 128.
+pub const MAX_NESTING: usize = 64;
+
+/// Refuses YAML nested deeper than [`MAX_NESTING`] before parsing it, in
+/// one pass over the text: a file of 100,000 `[` (or `- ` on one line) is
+/// rejected in milliseconds instead of parsed for a minute. Counts flow
+/// collections (`[`, `{` outside quotes and comments) and the block
+/// sequence entries that open a line (`- - - x`); indentation cannot nest
+/// deeper than the file is long.
+fn check_nesting(text: &str, source_name: &str) -> Result<(), BatchFileError> {
+    #[derive(PartialEq)]
+    enum In {
+        Plain,
+        Single,
+        Double,
+        Comment,
+    }
+    let too_deep = |line: usize, column: usize| BatchFileError::Syntax {
+        source_name: source_name.to_owned(),
+        line,
+        column,
+        message: format!("nested deeper than {MAX_NESTING} levels"),
+    };
+    let mut state = In::Plain;
+    let mut flow_depth: usize = 0;
+    for (line_index, line) in text.lines().enumerate() {
+        if state == In::Comment {
+            state = In::Plain;
+        }
+        // `- - - x`: each leading `- ` opens a sequence inside the last.
+        let trimmed = line.trim_start_matches(' ');
+        let entries = trimmed
+            .as_bytes()
+            .chunks(2)
+            .take_while(|pair| *pair == b"- " || *pair == b"-")
+            .count();
+        if state == In::Plain && flow_depth + entries > MAX_NESTING {
+            return Err(too_deep(line_index + 1, line.len() - trimmed.len() + 1));
+        }
+        let mut previous = ' ';
+        let mut characters = line.char_indices().peekable();
+        while let Some((column, character)) = characters.next() {
+            match state {
+                In::Comment => {}
+                In::Single => {
+                    if character == '\'' {
+                        // `''` is an escaped quote inside single quotes.
+                        if characters.peek().is_some_and(|(_, next)| *next == '\'') {
+                            characters.next();
+                        } else {
+                            state = In::Plain;
+                        }
+                    }
+                }
+                In::Double => match character {
+                    '\\' => {
+                        characters.next();
+                    }
+                    '"' => state = In::Plain,
+                    _ => {}
+                },
+                In::Plain => match character {
+                    '#' if previous.is_whitespace() => state = In::Comment,
+                    '\'' => state = In::Single,
+                    '"' => state = In::Double,
+                    '[' | '{' => {
+                        flow_depth += 1;
+                        if flow_depth + entries > MAX_NESTING {
+                            return Err(too_deep(line_index + 1, column + 1));
+                        }
+                    }
+                    ']' | '}' => flow_depth = flow_depth.saturating_sub(1),
+                    _ => {}
+                },
+            }
+            previous = character;
+        }
+    }
+    Ok(())
 }
 
 fn json_error(text: &str, source_name: &str, error: &serde_json::Error) -> BatchFileError {
@@ -813,5 +897,35 @@ ops:
     fn missing_file_is_io() {
         let error = read_batch_file(Path::new("/nonexistent/volley/batch.yaml")).unwrap_err();
         assert!(matches!(error, BatchFileError::Io { .. }), "{error}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let flow = format!(
+            "name: deep\nops:\n  - {{id: a, kind: echo, args: {{text: {}x{}}}}}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let started = std::time::Instant::now();
+        let error = parse_batch(&flow, "deep.yaml").unwrap_err();
+        assert!(
+            error.to_string().starts_with("deep.yaml:3:")
+                && error.to_string().contains("nested deeper than 64 levels"),
+            "{error}"
+        );
+        // Not a timing assertion: a guard that the check ran before the parser.
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        let dashes = format!("name: deep\nops:\n  {}x\n", "- ".repeat(100_000));
+        let error = parse_batch(&dashes, "dashes.yaml").unwrap_err();
+        assert!(error.to_string().contains("nested deeper"), "{error}");
+        // Brackets in quotes and comments are text, and a real batch passes.
+        let quoted = format!(
+            "name: ok # {}\nops:\n  - {{id: a, kind: echo, args: {{text: '{}'}}}}\n  - {{id: b, kind: echo, args: {{text: \"{}\"}}}}\n",
+            "[".repeat(200),
+            "[".repeat(200),
+            "{".repeat(200)
+        );
+        let batch = parse_batch(&quoted, "ok.yaml").unwrap();
+        assert_eq!(batch.ops.len(), 2);
     }
 }

@@ -665,11 +665,21 @@ impl OpChecker<'_> {
     }
 }
 
-/// Checks a memory key (or namespace name): non-empty, letters, digits and
-/// `/ . - _ :` only.
+/// The longest memory key (or namespace name), in bytes: keys are
+/// addresses, not data, and each one is spelled in several Redis keys.
+pub const MAX_MEMORY_KEY_BYTES: usize = 512;
+
+/// Checks a memory key (or namespace name): non-empty, at most
+/// [`MAX_MEMORY_KEY_BYTES`], letters, digits and `/ . - _ :` only.
 pub fn check_memory_key(key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err("empty memory key".to_owned());
+    }
+    if key.len() > MAX_MEMORY_KEY_BYTES {
+        return Err(format!(
+            "memory key of {} bytes: at most {MAX_MEMORY_KEY_BYTES}",
+            key.len()
+        ));
     }
     if let Some(bad) = key
         .chars()
@@ -861,6 +871,13 @@ mod tests {
         lenient.strict = true;
         let problem = only_problem(&lenient, "waiter", "wait_for");
         assert!(problem.message.contains("nobody/writes"), "{problem:?}");
+    }
+
+    #[test]
+    fn memory_keys_have_a_length_cap() {
+        assert!(check_memory_key(&"k".repeat(MAX_MEMORY_KEY_BYTES)).is_ok());
+        let error = check_memory_key(&"k".repeat(1024 * 1024)).unwrap_err();
+        assert_eq!(error, "memory key of 1048576 bytes: at most 512");
     }
 
     #[test]
