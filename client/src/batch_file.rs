@@ -324,6 +324,8 @@ struct OpEntry {
     run_if: Option<RunIfName>,
     #[serde(default, deserialize_with = "timeout_ms")]
     timeout: Option<u64>,
+    #[serde(default, deserialize_with = "byte_size")]
+    max_output: Option<u64>,
     #[serde(default)]
     attempts: u32,
     #[serde(default)]
@@ -488,6 +490,7 @@ impl OpEntry {
             reads: self.reads,
             writes: self.writes,
             requires: self.requires,
+            max_output_bytes: self.max_output.unwrap_or(0),
         }
     }
 }
@@ -544,6 +547,41 @@ fn args_object<'de, D: Deserializer<'de>>(
 
 /// `timeout`, `wait_timeout`: a humantime duration (`10m`, `1h 30m`, `250ms`) or whole
 /// milliseconds.
+/// `max_output: 16MiB` (or a number of bytes).
+fn byte_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    struct SizeVisitor;
+
+    impl<'de> Visitor<'de> for SizeVisitor {
+        type Value = Option<u64>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("a size like `16MiB` or `500KB`, or whole bytes")
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_u64<E: de::Error>(self, bytes: u64) -> Result<Self::Value, E> {
+            Ok(Some(bytes))
+        }
+
+        fn visit_i64<E: de::Error>(self, bytes: i64) -> Result<Self::Value, E> {
+            u64::try_from(bytes)
+                .map(Some)
+                .map_err(|_| E::custom(format!("bad size {bytes}: a size cannot be negative")))
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            volley_kinds::parse_byte_size(text)
+                .map(Some)
+                .map_err(E::custom)
+        }
+    }
+
+    deserializer.deserialize_any(SizeVisitor)
+}
+
 fn timeout_ms<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
     struct TimeoutVisitor;
 

@@ -1704,6 +1704,7 @@ impl Dispatcher {
                 args_json,
                 attempt: claim.attempt,
                 timeout_ms: op.timeout_ms,
+                max_output_bytes: op.max_output_bytes,
                 trace_context: planned.trace.dispatch(
                     &planned.id,
                     op.id.as_str(),

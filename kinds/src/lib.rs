@@ -6,8 +6,10 @@
 //! - [`args`] — one struct per built-in kind, `parse_args`, `BUILTIN_KINDS`.
 //! - [`touches`](mod@touches) — the files and memory keys an op reads and writes.
 //! - [`template`] — `${ops.ID.output}`, `${ops.ID.status}`, `${memory.KEY}`.
+//! - [`size`] — byte sizes (`16MiB`) as batch files and flags write them.
 
 pub mod args;
+pub mod size;
 pub mod template;
 pub mod touches;
 
@@ -16,6 +18,7 @@ pub use args::{
     HOST_PROGRAM_KINDS, MemoryGetArgs, MemoryPutArgs, NoopArgs, ReadArgs, ShellArgs, SleepArgs,
     WriteArgs, parse_args,
 };
+pub use size::parse_byte_size;
 pub use template::{
     Reference, TemplateError, has_templates, located_references, references, render,
 };

@@ -393,6 +393,7 @@ mod tests {
                 max_attempts: 1,
                 retry_policy: None,
                 timeout_ms: 0,
+                max_output_bytes: 0,
                 store_as: None,
                 memory_writes: Box::default(),
                 wait_for: Box::default(),

@@ -114,6 +114,8 @@ pub struct PlannedOp {
     pub retry_policy: Option<Box<Retry>>,
     /// 0: no timeout.
     pub timeout_ms: u64,
+    /// The most bytes the op's output may hold; 0: the worker's cap.
+    pub max_output_bytes: u64,
     pub store_as: Option<String>,
     /// Memory keys the op writes: `store_as`, a `memory.put` key, declared
     /// `writes: [memory:KEY]`.

@@ -552,6 +552,7 @@ impl OpChecker<'_> {
                 .filter(|retry| *retry != Retry::default())
                 .map(Box::new),
             timeout_ms: op.timeout_ms,
+            max_output_bytes: op.max_output_bytes,
             store_as: (!op.store_as.is_empty()).then(|| op.store_as.clone()),
             memory_writes: accesses[first_access.min(accesses.len())..]
                 .iter()

@@ -30,6 +30,8 @@ pub struct Executor {
     metrics: Arc<OpMetrics>,
     /// Named in each op's span.
     worker_id: Option<Arc<str>>,
+    /// The most bytes any op's output may hold (an op may ask for less).
+    max_output: usize,
 }
 
 impl Executor {
@@ -51,10 +53,18 @@ impl Executor {
             spawner: None,
             metrics,
             worker_id: None,
+            max_output: crate::DEFAULT_MAX_OUTPUT,
         }
     }
 
     /// The worker these ops run on, named in each op's span.
+    /// The most bytes any op's output may hold (default
+    /// [`crate::DEFAULT_MAX_OUTPUT`]); an op's `max_output` may lower it.
+    pub fn with_max_output(mut self, bytes: usize) -> Self {
+        self.max_output = bytes;
+        self
+    }
+
     pub fn with_worker_id(mut self, worker_id: impl Into<Arc<str>>) -> Self {
         self.worker_id = Some(worker_id.into());
         self
@@ -163,6 +173,10 @@ impl Executor {
         };
         // A child token: firing it on timeout must not cancel anything else.
         let op_cancel = cancel.child_token();
+        let max_output = match usize::try_from(assignment.max_output_bytes) {
+            Ok(asked) if asked > 0 => asked.min(self.max_output),
+            _ => self.max_output,
+        };
         let ctx = OpContext::builder(assignment.kind.clone())
             .batch(assignment.batch_id.clone())
             .op(
@@ -178,6 +192,7 @@ impl Executor {
             .coordinator_url(self.coordinator_url.clone())
             .spawner(self.spawner.clone())
             .token(assignment.token.clone())
+            .max_output(max_output)
             .build();
         // The handler's memory and spawn calls carry the attempt's token.
         let token: std::sync::Arc<str> = assignment.token.as_str().into();
@@ -198,6 +213,12 @@ impl Executor {
         tokio::select! {
             biased;
             outcome = run => match outcome {
+                // Never sent: an output past its cap fails the op, and the
+                // worker's stream carries a short error instead.
+                Ok(Ok(output)) if output.output.len() > max_output => Err(Failure {
+                    error: output_exceeded(&assignment.kind, max_output),
+                    kind: FailureKind::Error,
+                }),
                 Ok(Ok(output)) => Ok(output),
                 // A handler that gave up because it saw the cancel was cancelled, not failing.
                 Ok(Err(error)) if cancel.is_cancelled() => Err(Failure { error, kind: FailureKind::Cancelled }),
@@ -227,6 +248,14 @@ impl Executor {
             }),
         }
     }
+}
+
+/// Why an op whose output passed its cap failed: permanent, since another
+/// attempt would write as much.
+pub(crate) fn output_exceeded(kind: &str, max_output: usize) -> HandlerError {
+    HandlerError::permanent(format!(
+        "{kind} output exceeded {max_output} bytes (max_output): raise the op's max_output or the worker's --max-output, or write it to a file"
+    ))
 }
 
 /// The `outcome` of a failed op's span.

@@ -174,6 +174,10 @@ impl From<SpawnError> for HandlerError {
     }
 }
 
+/// The most bytes an op's output may hold unless the worker or the op says
+/// otherwise: 16 MiB.
+pub const DEFAULT_MAX_OUTPUT: usize = 16 * 1024 * 1024;
+
 /// Everything a handler knows about the op it runs. Cheap to clone.
 #[derive(Clone)]
 pub struct OpContext {
@@ -197,6 +201,8 @@ struct OpContextInner {
     /// The attempt's capability token from the coordinator ("" without
     /// authentication). Never printed.
     token: String,
+    /// The most bytes the op's output may hold.
+    max_output: usize,
 }
 
 impl std::fmt::Debug for OpContext {
@@ -239,6 +245,13 @@ impl OpContextBuilder {
     }
 
     /// The URL of the coordinator the worker serves (agents get it as `VOLLEY_COORDINATOR`).
+    /// The most bytes the op's output may hold (default
+    /// [`DEFAULT_MAX_OUTPUT`]).
+    pub fn max_output(mut self, bytes: usize) -> Self {
+        self.inner.max_output = bytes;
+        self
+    }
+
     /// The attempt's capability token (`Assignment.token`).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.inner.token = token.into();
@@ -303,6 +316,7 @@ impl OpContext {
                 memory: Arc::new(crate::memory::LocalMemory::default()),
                 coordinator_url: None,
                 token: String::new(),
+                max_output: DEFAULT_MAX_OUTPUT,
                 spawner: None,
             },
         }
@@ -359,6 +373,13 @@ impl OpContext {
     /// get as `VOLLEY_TOKEN` ("" without authentication).
     pub fn token(&self) -> &str {
         &self.inner.token
+    }
+
+    /// The most bytes the op's output may hold: a handler that would return
+    /// more fails the op ("output exceeded …"), and a program's stdout is
+    /// cut off (and the program killed) once it passes this.
+    pub fn max_output(&self) -> usize {
+        self.inner.max_output
     }
 
     pub fn coordinator_url(&self) -> Option<&str> {

@@ -57,8 +57,8 @@ pub use confine::{ConfineError, Root};
 pub use executor::Executor;
 pub use grpc::{ConnectError, GrpcMemory, GrpcSpawner, connect_channel};
 pub use handler::{
-    FnHandler, Handler, HandlerError, MemoryHandle, OpContext, OpContextBuilder, OpOutput,
-    handler_fn,
+    DEFAULT_MAX_OUTPUT, FnHandler, Handler, HandlerError, MemoryHandle, OpContext,
+    OpContextBuilder, OpOutput, handler_fn,
 };
 pub use memory::{
     LocalMemory, MemoryEntry, MemoryError, MemoryScope, MemoryStore, MemoryWriter, PutOptions,

@@ -41,6 +41,9 @@ pub struct WorkerConfig {
     pub token: Option<String>,
     /// TLS toward the coordinator (`https://` URLs).
     pub tls: volley_tls::ClientTlsFiles,
+    /// The most bytes any op's output may hold (an op's `max_output` may
+    /// ask for less): past it the op fails, and the stream stays up.
+    pub max_output: usize,
 }
 
 impl WorkerConfig {
@@ -61,6 +64,7 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(30),
             token: None,
             tls: volley_tls::ClientTlsFiles::default(),
+            max_output: crate::DEFAULT_MAX_OUTPUT,
         }
     }
 }
@@ -173,7 +177,8 @@ pub async fn run_worker(
     let executor = Arc::new(
         Executor::new(registry, memory, config.root.clone(), config.allow_shell)
             .with_coordinator(config.coordinator.clone(), spawner)
-            .with_worker_id(worker_id.as_str()),
+            .with_worker_id(worker_id.as_str())
+            .with_max_output(config.max_output),
     );
     tracing::info!(coordinator = %config.coordinator, slots = config.slots, ?kinds, "worker starting");
     let params = SessionParams {

@@ -41,6 +41,10 @@ pub struct RunArgs {
     pub slots: u32,
     #[arg(long, value_enum, env = "VOLLEY_OUTPUT", default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// The most any op's output may hold (`16MiB`, `1GiB`, bytes), as
+    /// `volley worker --max-output`.
+    #[arg(long, env = "VOLLEY_MAX_OUTPUT", default_value = "16MiB", value_parser = volley_kinds::parse_byte_size)]
+    pub max_output: u64,
     #[command(flatten)]
     pub overrides: super::BatchOverrides,
 }
@@ -75,6 +79,7 @@ pub async fn run(args: RunArgs) -> Exit {
         batch,
         workers,
         args.slots,
+        usize::try_from(args.max_output).unwrap_or(usize::MAX),
         root,
         args.output,
         &shutdown,
@@ -91,6 +96,7 @@ async fn run_embedded(
     batch: volley_client::v1::Batch,
     workers: u32,
     slots: u32,
+    max_output: usize,
     root: PathBuf,
     output: OutputFormat,
     shutdown: &CancellationToken,
@@ -151,6 +157,7 @@ async fn run_embedded(
         // Embedded runs end when the batch does: nothing to drain.
         config.drain_timeout = Duration::from_secs(1);
         config.token = Some(admin_token.clone());
+        config.max_output = max_output;
         let registry = Registry::with_builtins(&BuiltinConfig {
             root: Some(root.clone()),
             allow_shell: true,

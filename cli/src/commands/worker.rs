@@ -47,6 +47,11 @@ pub struct WorkerArgs {
     /// the worker takes work, NOT_SERVING once it drains.
     #[arg(long, env = "VOLLEY_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
+    /// The most any op's output may hold (`16MiB`, `1GiB`, bytes); an op's
+    /// `max_output` may ask for less. Past it the op fails ("output
+    /// exceeded"), and a program is killed.
+    #[arg(long, env = "VOLLEY_MAX_OUTPUT", default_value = "16MiB", value_parser = volley_kinds::parse_byte_size)]
+    pub max_output: u64,
     /// Serve the health address in plaintext even with --tls-cert (for
     /// Kubernetes `grpc:` probes, which speak plaintext).
     #[arg(long, env = "VOLLEY_HEALTH_PLAINTEXT", default_value_t = false)]
@@ -134,6 +139,7 @@ pub async fn run(args: WorkerArgs) -> Exit {
     });
     let mut config = WorkerConfig::new(args.coordinator);
     config.token = token;
+    config.max_output = usize::try_from(args.max_output).unwrap_or(usize::MAX);
     config.tls = args.credentials.tls();
     if let Some(slots) = args.slots {
         config.slots = slots;

@@ -80,32 +80,63 @@ pub(super) async fn run_host_program(
 
     let mut stdout_pipe = child.stdout.take();
     let mut stderr_pipe = child.stderr.take();
+    let max_output = ctx.max_output();
+    // Both read as they come, neither held whole: stdout up to the op's
+    // output cap (past it the program is killed: its whole group, by the
+    // guard), stderr as its last STDERR_LIMIT_BYTES.
     let read_stdout = async {
         let mut buffer = Vec::new();
         if let Some(pipe) = stdout_pipe.as_mut() {
-            pipe.read_to_end(&mut buffer).await?;
+            let mut chunk = vec![0_u8; 64 * 1024];
+            loop {
+                let read = pipe.read(&mut chunk).await?;
+                if read == 0 {
+                    break;
+                }
+                if buffer.len() + read > max_output {
+                    // Ends the join below at once (the other reads and the
+                    // wait are dropped; the guard kills the program).
+                    return Err(std::io::Error::from(std::io::ErrorKind::FileTooLarge));
+                }
+                buffer.extend_from_slice(&chunk[..read]);
+            }
         }
         Ok::<_, std::io::Error>(buffer)
     };
     let read_stderr = async {
-        let mut buffer = Vec::new();
+        let mut tail = std::collections::VecDeque::new();
+        let mut total = 0_usize;
         if let Some(pipe) = stderr_pipe.as_mut() {
-            pipe.read_to_end(&mut buffer).await?;
+            let mut chunk = vec![0_u8; 64 * 1024];
+            loop {
+                let read = pipe.read(&mut chunk).await?;
+                if read == 0 {
+                    break;
+                }
+                total += read;
+                tail.extend(&chunk[..read]);
+                let excess = tail.len().saturating_sub(STDERR_LIMIT_BYTES);
+                tail.drain(..excess);
+            }
         }
-        Ok::<_, std::io::Error>(buffer)
+        Ok::<_, std::io::Error>((Vec::from(tail), total > STDERR_LIMIT_BYTES))
     };
-    let (stdout, stderr, status) = tokio::select! {
+    let (stdout, (stderr_tail, stderr_truncated), status) = tokio::select! {
         outcome = async { tokio::try_join!(read_stdout, read_stderr, child.wait()) } => {
-            outcome.map_err(|error| HandlerError::retry(format!("{kind} i/o failed: {error}")))?
+            match outcome {
+                Ok(outcome) => outcome,
+                Err(error) if error.kind() == std::io::ErrorKind::FileTooLarge => {
+                    return Err(crate::executor::output_exceeded(kind, max_output));
+                }
+                Err(error) => return Err(HandlerError::retry(format!("{kind} i/o failed: {error}"))),
+            }
         }
         () = ctx.cancellation().cancelled() => return Err(HandlerError::retry("cancelled")),
     };
     group_guard.armed = false;
 
     let stdout = String::from_utf8_lossy(&stdout).into_owned();
-    let stderr_truncated = stderr.len() > STDERR_LIMIT_BYTES;
-    let stderr_tail = &stderr[stderr.len().saturating_sub(STDERR_LIMIT_BYTES)..];
-    let stderr = String::from_utf8_lossy(stderr_tail).into_owned();
+    let stderr = String::from_utf8_lossy(&stderr_tail).into_owned();
     let details = serde_json::json!({
         "exit_code": status.code(),
         "stderr": stderr,

@@ -179,4 +179,44 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await; // poll interval, not a synchronization sleep
         }
     }
+
+    #[tokio::test]
+    async fn output_past_the_cap_fails_the_op_and_kills_the_program() {
+        let config = shell_config(None);
+        let registry = crate::Registry::with_builtins(&config);
+        let ctx = crate::OpContext::builder("shell")
+            .allow_shell(true)
+            .max_output(1000)
+            .build();
+        let shell = registry.get("shell").unwrap();
+        // Endless output: only the cap (and the kill) can end it.
+        let error = shell
+            .run(&ctx, json!({"cmd": "yes volley; echo never >&2"}))
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("output exceeded 1000 bytes (max_output)"),
+            "{error}"
+        );
+        assert!(!error.is_retryable());
+        // At the cap exactly, it is the output.
+        let output = shell
+            .run(&ctx, json!({"cmd": "head -c 1000 /dev/zero | tr '\\0' x"}))
+            .await
+            .unwrap();
+        assert_eq!(output.output.len(), 1000);
+        // A large stderr is kept as its tail, not whole.
+        let output = shell
+            .run(
+                &ctx,
+                json!({"cmd": "head -c 300000 /dev/zero | tr '\\0' e >&2; echo done"}),
+            )
+            .await
+            .unwrap();
+        let details = output.details.unwrap();
+        assert_eq!(details["stderr"].as_str().unwrap().len(), 64 * 1024);
+        assert_eq!(details["stderr_truncated"], true);
+    }
 }

@@ -1,0 +1,107 @@
+//! Limits that hold before memory is spent, on real processes: a 300 MB
+//! output fails its op ("output exceeded …") while the worker's stream
+//! stays up and the next op runs on it; an op's own `max_output` caps it
+//! lower; a batch file nested 100,000 levels deep is refused at once.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::{ADMIN_TOKEN, Cluster, batch_file, volley};
+
+#[tokio::test]
+async fn a_300_mb_output_fails_its_op_and_the_worker_carries_on() {
+    let cluster = Cluster::start(1).await;
+    let file = batch_file(
+        cluster.root(),
+        "big.yaml",
+        r#"name: big-output
+on_failure: continue
+ops:
+  - {id: flood, kind: shell, args: {cmd: "head -c 300000000 /dev/zero"}}
+  - {id: small-cap, kind: shell, max_output: 1KB, args: {cmd: "head -c 2000 /dev/zero"}}
+  - {id: after, kind: shell, after: [flood], run_if: always, args: {cmd: "echo still here"}}
+"#,
+    );
+    let output = volley()
+        .args([
+            "submit",
+            file.to_str().expect("utf-8"),
+            "--watch",
+            "--output",
+            "json",
+        ])
+        .env("VOLLEY_COORDINATOR", &cluster.url)
+        .env("VOLLEY_TOKEN", ADMIN_TOKEN)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("volley submit");
+    // Some op failed: exit 1, and the report says which and why.
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let op = |id: &str| {
+        report["ops"]
+            .as_array()
+            .and_then(|ops| ops.iter().find(|op| op["id"] == id))
+            .cloned()
+            .unwrap_or_else(|| panic!("op {id} in {report}"))
+    };
+    assert_eq!(op("flood")["state"], "failed");
+    assert!(
+        op("flood")["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("output exceeded 16777216 bytes"),
+        "{}",
+        op("flood")
+    );
+    // Permanent: another attempt would write as much.
+    assert_eq!(op("flood")["attempts"], 1);
+    assert!(
+        op("small-cap")["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("output exceeded 1000 bytes"),
+        "{}",
+        op("small-cap")
+    );
+    // The worker's stream stayed up: the same worker ran the next op.
+    assert_eq!(op("after")["state"], "succeeded");
+    assert_eq!(op("after")["output"], "still here\n");
+    assert_eq!(op("after")["worker"], op("flood")["worker"]);
+    assert_eq!(
+        cluster.client.workers().await.expect("workers").len(),
+        1,
+        "the worker is still connected"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_nested_100000_levels_deep_is_refused_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = batch_file(
+        dir.path(),
+        "deep.yaml",
+        &format!(
+            "name: deep\nops:\n  - {{id: a, kind: echo, args: {{text: {}x{}}}}}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        ),
+    );
+    let output = volley()
+        .args(["run", file.to_str().expect("utf-8")])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("volley run");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("deep.yaml:3:"), "{stderr}");
+    assert!(stderr.contains("nested deeper than 64 levels"), "{stderr}");
+}
