@@ -77,9 +77,11 @@ pub async fn run(args: RunArgs) -> Exit {
     let tasks = TaskTracker::new();
     let exit = run_embedded(
         batch,
-        workers,
-        args.slots,
-        usize::try_from(args.max_output).unwrap_or(usize::MAX),
+        EmbeddedWorkers {
+            count: workers,
+            slots: args.slots,
+            max_output: usize::try_from(args.max_output).unwrap_or(usize::MAX),
+        },
         root,
         args.output,
         &shutdown,
@@ -92,11 +94,16 @@ pub async fn run(args: RunArgs) -> Exit {
     exit
 }
 
-async fn run_embedded(
-    batch: volley_client::v1::Batch,
-    workers: u32,
+/// The embedded workers `volley run` starts.
+struct EmbeddedWorkers {
+    count: u32,
     slots: u32,
     max_output: usize,
+}
+
+async fn run_embedded(
+    batch: volley_client::v1::Batch,
+    workers: EmbeddedWorkers,
     root: PathBuf,
     output: OutputFormat,
     shutdown: &CancellationToken,
@@ -148,16 +155,16 @@ async fn run_embedded(
         });
     }
     let url = format!("http://{address}");
-    for number in 1..=workers {
+    for number in 1..=workers.count {
         let mut config = WorkerConfig::new(url.clone());
-        config.slots = slots;
+        config.slots = workers.slots;
         config.worker_id = Some(format!("local-{number}"));
         config.root = Some(root.clone());
         config.allow_shell = true;
         // Embedded runs end when the batch does: nothing to drain.
         config.drain_timeout = Duration::from_secs(1);
         config.token = Some(admin_token.clone());
-        config.max_output = max_output;
+        config.max_output = workers.max_output;
         let registry = Registry::with_builtins(&BuiltinConfig {
             root: Some(root.clone()),
             allow_shell: true,
@@ -175,12 +182,15 @@ async fn run_embedded(
         Err(error) => return exit::client_error(&error),
     };
     match client
-        .wait_for_workers(workers as usize, Duration::from_secs(10))
+        .wait_for_workers(workers.count as usize, Duration::from_secs(10))
         .await
     {
-        Ok(connected) if connected >= workers as usize => {}
+        Ok(connected) if connected >= workers.count as usize => {}
         Ok(connected) => {
-            eprintln!("error: only {connected} of {workers} embedded workers connected");
+            eprintln!(
+                "error: only {connected} of {} embedded workers connected",
+                workers.count
+            );
             return Exit::Unreachable;
         }
         Err(error) => return exit::client_error(&error),
