@@ -42,14 +42,15 @@ impl Exit {
 /// exit code it means.
 pub fn client_error(error: &ClientError) -> Exit {
     match error {
-        ClientError::Invalid { message, problems } => {
+        ClientError::Invalid {
+            message,
+            problems,
+            total,
+        } => {
             if problems.is_empty() {
                 eprintln!("error: {message}");
             } else {
-                eprintln!(
-                    "error: the batch is invalid ({} problem(s)); nothing ran:",
-                    problems.len()
-                );
+                eprintln!("error: the batch is invalid ({total} problem(s)); nothing ran:");
                 for problem in problems {
                     if problem.op_id.is_empty() {
                         eprintln!("  batch: field `{}`: {}", problem.field, problem.message);
@@ -59,6 +60,12 @@ pub fn client_error(error: &ClientError) -> Exit {
                             problem.op_id, problem.field, problem.message
                         );
                     }
+                }
+                if *total > problems.len() {
+                    eprintln!(
+                        "  … and {} more problem(s) not shown",
+                        total - problems.len()
+                    );
                 }
             }
             Exit::Invalid

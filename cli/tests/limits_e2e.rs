@@ -105,3 +105,70 @@ async fn a_batch_nested_100000_levels_deep_is_refused_at_once() {
     assert!(stderr.contains("deep.yaml:3:"), "{stderr}");
     assert!(stderr.contains("nested deeper than 64 levels"), "{stderr}");
 }
+
+/// `volley run FILE` and `volley submit FILE` on a cluster: both exit 2
+/// with a readable list that starts with `error: the batch is invalid`.
+async fn invalid_everywhere(name: &str, text: &str, expect: &[&str]) {
+    let cluster = Cluster::start(0).await;
+    let file = batch_file(cluster.root(), name, text);
+    for args in [
+        vec!["run", file.to_str().expect("utf-8")],
+        vec!["submit", file.to_str().expect("utf-8")],
+    ] {
+        let output = volley()
+            .args(&args)
+            .env("VOLLEY_COORDINATOR", &cluster.url)
+            .env("VOLLEY_TOKEN", ADMIN_TOKEN)
+            .current_dir(cluster.root())
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("volley runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: the batch is invalid"),
+            "{args:?}: {stderr}"
+        );
+        for expected in expect {
+            assert!(
+                stderr.contains(expected),
+                "{args:?}: no {expected:?} in {stderr}"
+            );
+        }
+        assert!(!stderr.contains("h2 protocol error"), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn forty_problems_are_listed_with_exit_2() {
+    let mut text = String::from("name: forty\nops:\n");
+    for index in 0..40 {
+        text.push_str(&format!(
+            "  - {{id: op{index}, kind: echo, after: [nobody{index}], args: {{text: x}}}}\n"
+        ));
+    }
+    invalid_everywhere(
+        "forty.yaml",
+        &text,
+        &["(40 problem(s))", "op `op0`", "nobody0"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_100000_op_cycle_is_refused_with_exit_2() {
+    let mut text = String::from("{\"name\": \"cycle\", \"ops\": [");
+    let count = 100_000;
+    for index in 0..count {
+        if index > 0 {
+            text.push(',');
+        }
+        text.push_str(&format!(
+            "{{\"id\": \"c{index}\", \"kind\": \"noop\", \"after\": [\"c{}\"]}}",
+            (index + 1) % count
+        ));
+    }
+    text.push_str("]}");
+    invalid_everywhere("cycle.json", &text, &["cycle"]).await;
+}

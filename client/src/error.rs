@@ -15,6 +15,9 @@ pub enum ClientError {
     Invalid {
         message: String,
         problems: Vec<v1::Problem>,
+        /// Every problem found: more than `problems` when the coordinator
+        /// cut the list to fit its answer.
+        total: usize,
     },
     #[error("not found: {0}")]
     NotFound(String),
@@ -84,10 +87,13 @@ impl From<tonic::Status> for ClientError {
         }
         match status.code() {
             Code::InvalidArgument => {
-                let problems = v1::ValidationFailure::decode(status.details())
-                    .map(|failure| failure.problems)
-                    .unwrap_or_default();
-                ClientError::Invalid { message, problems }
+                let failure = v1::ValidationFailure::decode(status.details()).unwrap_or_default();
+                let total = (failure.total as usize).max(failure.problems.len());
+                ClientError::Invalid {
+                    message,
+                    problems: failure.problems,
+                    total,
+                }
             }
             Code::NotFound => ClientError::NotFound(message),
             Code::Unavailable => ClientError::Unavailable(message),

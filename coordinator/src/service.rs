@@ -298,6 +298,39 @@ impl Coordinator {
             .collect()
     }
 
+    /// Checks ops of a submission as they arrive, `held` already received:
+    /// past `max_ops` ops, or an op whose args pass `max_arg_bytes`, the
+    /// submission is refused at once, before the rest is read (the whole
+    /// batch is validated again once it is complete).
+    pub fn check_arriving_ops(&self, held: usize, ops: &[v1::Op]) -> Result<(), CoordinatorError> {
+        let limits = &self.inner.config.limits;
+        if held + ops.len() > limits.max_ops {
+            return Err(CoordinatorError::Invalid(vec![volley_plan::Problem {
+                op_id: String::new(),
+                field: "ops".to_owned(),
+                message: format!(
+                    "more than the limit of {} ops (--max-ops): stopped reading the batch there",
+                    limits.max_ops
+                ),
+            }]));
+        }
+        if let Some(op) = ops
+            .iter()
+            .find(|op| op.args_json.len() > limits.max_arg_bytes)
+        {
+            return Err(CoordinatorError::Invalid(vec![volley_plan::Problem {
+                op_id: op.id.clone(),
+                field: "args".to_owned(),
+                message: format!(
+                    "{} bytes, more than the limit of {} (--max-arg-bytes): stopped reading the batch there",
+                    op.args_json.len(),
+                    limits.max_arg_bytes
+                ),
+            }]));
+        }
+        Ok(())
+    }
+
     /// Validates, plans and stores a batch, then hands it to the dispatcher.
     /// An invalid batch stores nothing.
     #[tracing::instrument(skip_all, fields(name = %batch.name, ops = batch.ops.len()))]

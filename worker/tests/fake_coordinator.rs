@@ -294,6 +294,7 @@ impl BatchService for FakeBatches {
                     field: "after".into(),
                     message: "cycle: cycle -> cycle".into(),
                 }],
+                total: 1,
             };
             return Err(Status::with_details(
                 tonic::Code::InvalidArgument,

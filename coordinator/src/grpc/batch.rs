@@ -48,7 +48,13 @@ impl BatchAdapter {
                 (Some(Part::Header(_)), Some(_)) => {
                     return Err(Status::invalid_argument("a second header chunk"));
                 }
-                (Some(Part::Ops(ops)), Some(batch)) => batch.ops.extend(ops.ops),
+                (Some(Part::Ops(ops)), Some(batch)) => {
+                    // Checked as the chunks arrive: a batch past the limits
+                    // is refused before it is held whole.
+                    self.coordinator
+                        .check_arriving_ops(batch.ops.len(), &ops.ops)?;
+                    batch.ops.extend(ops.ops);
+                }
                 (Some(Part::Ops(_)), None) => {
                     return Err(Status::invalid_argument("ops before the header chunk"));
                 }

@@ -432,6 +432,7 @@ mod tests {
                 field: "after".into(),
                 message: "cycle".into(),
             }],
+            total: 1,
         };
         let status = tonic::Status::with_details(
             tonic::Code::InvalidArgument,

@@ -163,7 +163,7 @@ class Backoff(_message.Message):
     def __init__(self, initial_ms: _Optional[int] = ..., max_ms: _Optional[int] = ..., multiplier: _Optional[float] = ..., no_jitter: bool = ...) -> None: ...
 
 class Op(_message.Message):
-    __slots__ = ("id", "kind", "args_json", "after", "run_if", "timeout_ms", "attempts", "priority", "store_as", "wait_for", "reads", "writes", "requires", "wait_for_any", "wait_timeout_ms", "backoff", "retry_on")
+    __slots__ = ("id", "kind", "args_json", "after", "run_if", "timeout_ms", "attempts", "priority", "store_as", "wait_for", "reads", "writes", "requires", "wait_for_any", "wait_timeout_ms", "backoff", "retry_on", "max_output_bytes")
     class RequiresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +188,7 @@ class Op(_message.Message):
     WAIT_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     BACKOFF_FIELD_NUMBER: _ClassVar[int]
     RETRY_ON_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     args_json: str
@@ -205,7 +206,8 @@ class Op(_message.Message):
     wait_timeout_ms: int
     backoff: Backoff
     retry_on: _containers.RepeatedScalarFieldContainer[RetryOn]
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., args_json: _Optional[str] = ..., after: _Optional[_Iterable[str]] = ..., run_if: _Optional[_Union[RunIf, str]] = ..., timeout_ms: _Optional[int] = ..., attempts: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., store_as: _Optional[str] = ..., wait_for: _Optional[_Iterable[str]] = ..., reads: _Optional[_Iterable[str]] = ..., writes: _Optional[_Iterable[str]] = ..., requires: _Optional[_Mapping[str, str]] = ..., wait_for_any: _Optional[_Iterable[str]] = ..., wait_timeout_ms: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., retry_on: _Optional[_Iterable[_Union[RetryOn, str]]] = ...) -> None: ...
+    max_output_bytes: int
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., args_json: _Optional[str] = ..., after: _Optional[_Iterable[str]] = ..., run_if: _Optional[_Union[RunIf, str]] = ..., timeout_ms: _Optional[int] = ..., attempts: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., store_as: _Optional[str] = ..., wait_for: _Optional[_Iterable[str]] = ..., reads: _Optional[_Iterable[str]] = ..., writes: _Optional[_Iterable[str]] = ..., requires: _Optional[_Mapping[str, str]] = ..., wait_for_any: _Optional[_Iterable[str]] = ..., wait_timeout_ms: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., retry_on: _Optional[_Iterable[_Union[RetryOn, str]]] = ..., max_output_bytes: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("name", "max_parallel", "on_failure", "hazards", "ops", "namespace", "labels", "wait_timeout_ms", "strict", "deadline_ms", "retry_failed", "trace_context", "tenant")
@@ -276,10 +278,12 @@ class SubmitBatchResponse(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., op_count: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ValidationFailure(_message.Message):
-    __slots__ = ("problems",)
+    __slots__ = ("problems", "total")
     PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
     problems: _containers.RepeatedCompositeFieldContainer[Problem]
-    def __init__(self, problems: _Optional[_Iterable[_Union[Problem, _Mapping]]] = ...) -> None: ...
+    total: int
+    def __init__(self, problems: _Optional[_Iterable[_Union[Problem, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
 
 class Problem(_message.Message):
     __slots__ = ("op_id", "field", "message")
@@ -675,7 +679,7 @@ class Register(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., kinds: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., slots: _Optional[int] = ..., version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[OpRef, _Mapping]]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("batch_id", "op_index", "op_id", "kind", "args_json", "attempt", "timeout_ms", "trace_context", "namespace", "token", "lease_ticket")
+    __slots__ = ("batch_id", "op_index", "op_id", "kind", "args_json", "attempt", "timeout_ms", "trace_context", "namespace", "token", "lease_ticket", "max_output_bytes")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -694,6 +698,7 @@ class Assignment(_message.Message):
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     LEASE_TICKET_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     op_index: int
     op_id: str
@@ -705,7 +710,8 @@ class Assignment(_message.Message):
     namespace: str
     token: str
     lease_ticket: str
-    def __init__(self, batch_id: _Optional[str] = ..., op_index: _Optional[int] = ..., op_id: _Optional[str] = ..., kind: _Optional[str] = ..., args_json: _Optional[str] = ..., attempt: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., token: _Optional[str] = ..., lease_ticket: _Optional[str] = ...) -> None: ...
+    max_output_bytes: int
+    def __init__(self, batch_id: _Optional[str] = ..., op_index: _Optional[int] = ..., op_id: _Optional[str] = ..., kind: _Optional[str] = ..., args_json: _Optional[str] = ..., attempt: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., token: _Optional[str] = ..., lease_ticket: _Optional[str] = ..., max_output_bytes: _Optional[int] = ...) -> None: ...
 
 class OpResult(_message.Message):
     __slots__ = ("batch_id", "op_index", "attempt", "ok", "output", "error", "details_json", "started_at_ms", "duration_ms", "failure_kind", "retry_after_ms")
