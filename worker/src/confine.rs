@@ -5,8 +5,17 @@
 //! under the canonical root; the part that does not exist yet contains no `..`
 //! and no symlink, so it cannot leave. A symlink that exists but points at
 //! nothing is refused: writing through it would create its target wherever it
-//! points. (Races with a concurrent process that swaps a directory for a
-//! symlink between the check and the use are not defended against.)
+//! points.
+//!
+//! That check gives clear errors, but a concurrent process could swap a
+//! directory for a symlink between the check and the use. So file kinds
+//! open through [`Root::open_read`] and [`Root::open_write`]: on Linux
+//! with `openat2` from a descriptor of the root and `RESOLVE_BENEATH |
+//! RESOLVE_NO_MAGICLINKS`, so the kernel itself refuses any path that
+//! leaves the root while it is resolved, whatever was swapped in; missing
+//! directories are made one at a time under a descriptor of their parent.
+//! Elsewhere (and on a Linux older than 5.6) they open the checked path:
+//! the race remains there.
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -26,10 +35,13 @@ pub enum ConfineError {
     Io { path: String, source: io::Error },
 }
 
-/// The worker's root directory, canonicalized once.
+/// The worker's root directory, canonicalized once, and held open.
 #[derive(Clone, Debug)]
 pub struct Root {
     canonical: PathBuf,
+    /// The root itself (`O_PATH`), what `openat2` resolves beneath.
+    #[cfg(target_os = "linux")]
+    directory: std::sync::Arc<rustix::fd::OwnedFd>,
 }
 
 impl Root {
@@ -48,7 +60,163 @@ impl Root {
                 source,
             });
         }
-        Ok(Self { canonical })
+        #[cfg(target_os = "linux")]
+        let directory = rustix::fs::open(
+            &canonical,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|error| ConfineError::BadRoot {
+            root: root.to_path_buf(),
+            source: error.into(),
+        })?;
+        Ok(Self {
+            canonical,
+            #[cfg(target_os = "linux")]
+            directory: std::sync::Arc::new(directory),
+        })
+    }
+
+    /// Opens the file `requested` names for reading, never outside the root
+    /// (see the module doc).
+    pub fn open_read(&self, requested: &str) -> Result<std::fs::File, ConfineError> {
+        let resolved = self.resolve(requested)?;
+        #[cfg(target_os = "linux")]
+        {
+            let relative = self.relative(&resolved);
+            match beneath(
+                &self.directory,
+                &relative,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            ) {
+                Err(error) if error == rustix::io::Errno::NOSYS => {}
+                opened => {
+                    return opened
+                        .map(std::fs::File::from)
+                        .map_err(|error| self.denied(requested, error));
+                }
+            }
+        }
+        std::fs::File::open(&resolved).map_err(|source| ConfineError::Io {
+            path: requested.to_owned(),
+            source,
+        })
+    }
+
+    /// Opens (creating it, and its missing directories) the file `requested`
+    /// names for writing — appending, or from empty — never outside the root
+    /// (see the module doc).
+    pub fn open_write(&self, requested: &str, append: bool) -> Result<std::fs::File, ConfineError> {
+        let resolved = self.resolve(requested)?;
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::OFlags;
+            let relative = self.relative(&resolved);
+            let mut flags = OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC;
+            flags |= if append {
+                OFlags::APPEND
+            } else {
+                OFlags::TRUNC
+            };
+            let made = match relative.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => self.make_directories(parent),
+                _ => Ok(()),
+            };
+            match made.and_then(|()| beneath(&self.directory, &relative, flags)) {
+                Err(error) if error == rustix::io::Errno::NOSYS => {}
+                opened => {
+                    return opened
+                        .map(std::fs::File::from)
+                        .map_err(|error| self.denied(requested, error));
+                }
+            }
+        }
+        if let Some(parent) = resolved.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| ConfineError::Io {
+                path: requested.to_owned(),
+                source,
+            })?;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true);
+        if append {
+            options.append(true);
+        } else {
+            options.write(true).truncate(true);
+        }
+        options.open(&resolved).map_err(|source| ConfineError::Io {
+            path: requested.to_owned(),
+            source,
+        })
+    }
+
+    /// `resolved` (under the root) relative to the root.
+    #[cfg(target_os = "linux")]
+    fn relative(&self, resolved: &Path) -> PathBuf {
+        let relative = resolved.strip_prefix(&self.canonical).unwrap_or(resolved);
+        if relative.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            relative.to_path_buf()
+        }
+    }
+
+    /// Makes each missing directory of `relative` (a path under the root),
+    /// one component at a time: each is made under a descriptor of its
+    /// parent, opened beneath the root, so no swapped-in symlink can take a
+    /// `mkdir` elsewhere.
+    #[cfg(target_os = "linux")]
+    fn make_directories(&self, relative: &Path) -> rustix::io::Result<()> {
+        use rustix::fs::{Mode, OFlags};
+        let directory_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mut parent = PathBuf::new();
+        for component in relative.components() {
+            let Component::Normal(name) = component else {
+                continue;
+            };
+            let path = parent.join(name);
+            match beneath(&self.directory, &path, directory_flags) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::NOENT) => {
+                    let parent_directory = if parent.as_os_str().is_empty() {
+                        None
+                    } else {
+                        Some(beneath(&self.directory, &parent, directory_flags)?)
+                    };
+                    let made = match &parent_directory {
+                        Some(directory) => {
+                            rustix::fs::mkdirat(directory, name, Mode::from_raw_mode(0o777))
+                        }
+                        None => {
+                            rustix::fs::mkdirat(&*self.directory, name, Mode::from_raw_mode(0o777))
+                        }
+                    };
+                    match made {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+            parent = path;
+        }
+        Ok(())
+    }
+
+    /// An `openat2` refusal as the error the op reports: leaving the root is
+    /// `Escapes`, anything else an I/O error naming the path.
+    #[cfg(target_os = "linux")]
+    fn denied(&self, requested: &str, error: rustix::io::Errno) -> ConfineError {
+        if error == rustix::io::Errno::XDEV || error == rustix::io::Errno::LOOP {
+            ConfineError::Escapes {
+                path: requested.to_owned(),
+            }
+        } else {
+            ConfineError::Io {
+                path: requested.to_owned(),
+                source: error.into(),
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -122,6 +290,30 @@ impl Root {
             .collect();
         parts.join("/")
     }
+}
+
+/// `openat2(root, path, flags, mode, BENEATH | NO_MAGICLINKS)`, the mode
+/// 0o666 (less the umask) for a file it creates.
+#[cfg(target_os = "linux")]
+fn beneath(
+    root: &rustix::fd::OwnedFd,
+    path: &Path,
+    flags: rustix::fs::OFlags,
+) -> rustix::io::Result<rustix::fd::OwnedFd> {
+    use rustix::fs::ResolveFlags;
+    // A mode only with O_CREAT: openat2 refuses one otherwise (EINVAL).
+    let mode = if flags.contains(rustix::fs::OFlags::CREATE) {
+        rustix::fs::Mode::from_raw_mode(0o666)
+    } else {
+        rustix::fs::Mode::empty()
+    };
+    rustix::fs::openat2(
+        root,
+        path,
+        flags,
+        mode,
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    )
 }
 
 /// Removes `.` and resolves `..` without touching the file system; `None` if
@@ -237,6 +429,64 @@ mod tests {
         assert_eq!(
             root.resolve("alias/file.txt").unwrap(),
             root.path().join("sub/file.txt")
+        );
+    }
+
+    /// A symlink swapped in while files are opened never lets a read or a
+    /// write reach outside the root: the directory `inside` and a symlink
+    /// `evil` to a directory outside the root trade places (an atomic
+    /// `RENAME_EXCHANGE`) thousands of times while another thread reads and
+    /// writes `inside/…`, between the path check and the open.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_symlink_swapped_in_mid_open_cannot_escape() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let base = tempfile::tempdir().unwrap();
+        let root_dir = base.path().join("root");
+        let outside = base.path().join("outside");
+        std::fs::create_dir_all(root_dir.join("inside")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(root_dir.join("inside/file.txt"), "inside").unwrap();
+        std::fs::write(outside.join("file.txt"), "SECRET").unwrap();
+        std::os::unix::fs::symlink(&outside, root_dir.join("evil")).unwrap();
+        let root = Root::new(&root_dir).unwrap();
+        let swapping = std::sync::Arc::new(AtomicBool::new(true));
+        let swapper = {
+            let swapping = swapping.clone();
+            let root_dir = root_dir.clone();
+            std::thread::spawn(move || {
+                let directory = std::fs::File::open(&root_dir).unwrap();
+                let mut swaps = 0_u64;
+                while swapping.load(Ordering::Relaxed) {
+                    rustix::fs::renameat_with(
+                        &directory,
+                        "inside",
+                        &directory,
+                        "evil",
+                        rustix::fs::RenameFlags::EXCHANGE,
+                    )
+                    .unwrap();
+                    swaps += 1;
+                }
+                swaps
+            })
+        };
+        for _ in 0..5_000 {
+            if let Ok(mut file) = root.open_read("inside/file.txt") {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut file, &mut text).unwrap();
+                assert_eq!(text, "inside", "a read escaped the root");
+            }
+            if let Ok(mut file) = root.open_write("inside/written.txt", false) {
+                std::io::Write::write_all(&mut file, b"x").unwrap();
+            }
+        }
+        swapping.store(false, Ordering::Relaxed);
+        let swaps = swapper.join().unwrap();
+        assert!(swaps > 10, "the swapper ran");
+        assert!(
+            !outside.join("written.txt").exists(),
+            "a write escaped the root"
         );
     }
 }

@@ -14,13 +14,10 @@ use crate::handler::{HandlerError, OpOutput};
 /// where a file belongs; anything else may be transient.
 fn io_error(action: &str, path: &str, error: &io::Error) -> HandlerError {
     let message = format!("{action} {path}: {error}");
-    match error.kind() {
-        io::ErrorKind::NotFound
-        | io::ErrorKind::PermissionDenied
-        | io::ErrorKind::IsADirectory
-        | io::ErrorKind::NotADirectory
-        | io::ErrorKind::InvalidInput => HandlerError::permanent(message),
-        _ => HandlerError::retry(message),
+    if super::io_is_permanent(error.kind()) {
+        HandlerError::permanent(message)
+    } else {
+        HandlerError::retry(message)
     }
 }
 
@@ -34,10 +31,16 @@ async fn blocking<T: Send + 'static>(
 }
 
 pub(super) async fn read(root: &Root, args: ReadArgs) -> Result<OpOutput, HandlerError> {
-    let path = root.resolve(&args.path)?;
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|error| io_error("read", &args.path, &error))?;
+    let root = root.clone();
+    let path = args.path.clone();
+    let bytes = blocking(move || {
+        let mut file = root.open_read(&path)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes)
+            .map_err(|error| io_error("read", &path, &error))?;
+        Ok(bytes)
+    })
+    .await?;
     let byte_count = bytes.len();
     match String::from_utf8(bytes) {
         Ok(text) => Ok(OpOutput::text(text)),
@@ -50,23 +53,13 @@ pub(super) async fn read(root: &Root, args: ReadArgs) -> Result<OpOutput, Handle
 }
 
 pub(super) async fn write(root: &Root, args: WriteArgs) -> Result<OpOutput, HandlerError> {
-    let path = root.resolve(&args.path)?;
-    if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|error| io_error("create parent of", &args.path, &error))?;
-    }
-    let mut options = tokio::fs::OpenOptions::new();
-    options.create(true);
-    if args.append {
-        options.append(true);
-    } else {
-        options.write(true).truncate(true);
-    }
-    let mut file = options
-        .open(&path)
-        .await
-        .map_err(|error| io_error("open", &args.path, &error))?;
+    let opened = {
+        let root = root.clone();
+        let path = args.path.clone();
+        let append = args.append;
+        blocking(move || Ok(root.open_write(&path, append)?)).await?
+    };
+    let mut file = tokio::fs::File::from_std(opened);
     file.write_all(args.content.as_bytes())
         .await
         .map_err(|error| io_error("write", &args.path, &error))?;
@@ -179,11 +172,10 @@ pub(super) async fn grep(root: &Root, args: GrepArgs) -> Result<OpOutput, Handle
             (None, None) => files_under(&root, ".")?,
         };
         let mut lines = Vec::new();
-        for (named, absolute) in &files {
-            let bytes = match std::fs::read(absolute) {
-                Ok(bytes) => bytes,
-                Err(error) => return Err(io_error("read", named, &error)),
-            };
+        for (named, _) in &files {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut root.open_read(named)?, &mut bytes)
+                .map_err(|error| io_error("read", named, &error))?;
             let text = String::from_utf8_lossy(&bytes);
             for (line_index, line) in text.lines().enumerate() {
                 if regex.is_match(line) {

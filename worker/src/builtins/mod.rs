@@ -121,10 +121,29 @@ impl Handler for Builtin {
     }
 }
 
+/// Whether an I/O error of this kind cannot heal by trying again: a missing
+/// file, a refused permission, a directory where a file belongs, a name
+/// too long or invalid. Anything else may be transient.
+pub(crate) fn io_is_permanent(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        kind,
+        ErrorKind::NotFound
+            | ErrorKind::PermissionDenied
+            | ErrorKind::IsADirectory
+            | ErrorKind::NotADirectory
+            | ErrorKind::InvalidInput
+            | ErrorKind::InvalidFilename
+    )
+}
+
 impl From<ConfineError> for HandlerError {
     fn from(error: ConfineError) -> Self {
         match error {
-            // An I/O error other than "escapes" may be transient (a file being replaced).
+            ConfineError::Io { ref source, .. } if io_is_permanent(source.kind()) => {
+                HandlerError::permanent(error.to_string())
+            }
+            // Another I/O error may be transient (a file being replaced).
             ConfineError::Io { .. } => HandlerError::retry(error.to_string()),
             ConfineError::NoRoot
             | ConfineError::Escapes { .. }
