@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .codec_path("crate::codec::ProtoCodec")
         .file_descriptor_set_path(out_dir.join("volley_descriptor.bin"))
         .compile_protos(&["proto/volley/v1/volley.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/volley/v1/volley.proto");

@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //! - `v1`: generated code (never edited by hand).
+//! - [`codec`] — the services' codec: prost, with malformed input refused
+//!   as INVALID_ARGUMENT.
 //! - [`ids`] — `BatchId`, `OpId`, `WorkerId`.
 //! - [`FILE_DESCRIPTOR_SET`] — the encoded descriptors, for gRPC reflection.
 
@@ -12,6 +14,7 @@ pub mod v1 {
     tonic::include_proto!("volley.v1");
 }
 
+pub mod codec;
 pub mod ids;
 
 /// The encoded `FileDescriptorSet` of `volley/v1/volley.proto` (and what it
