@@ -94,6 +94,36 @@ pub async fn run(args: RunArgs) -> Exit {
     exit
 }
 
+/// A directory only this user may enter (0700), removed on drop.
+struct PrivateDir {
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    fn create() -> std::io::Result<PrivateDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir();
+        let mut last_error = None;
+        for attempt in 0..100_u32 {
+            let path = base.join(format!("volley-run-{}-{attempt}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(PrivateDir { path }),
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| std::io::Error::other("no free name")))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 /// The embedded workers `volley run` starts.
 struct EmbeddedWorkers {
     count: u32,
@@ -109,24 +139,27 @@ async fn run_embedded(
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
 ) -> Exit {
-    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-        Ok(listener) => listener,
+    // No TCP port: a Unix socket in a directory only this user may enter,
+    // removed when the run ends. Ops' programs reach it through
+    // VOLLEY_COORDINATOR (`unix://…`) like any other coordinator.
+    let socket_dir = match PrivateDir::create() {
+        Ok(directory) => directory,
         Err(error) => {
-            eprintln!("error: cannot listen on a loopback port: {error}");
+            eprintln!("error: cannot make a private directory for the run's socket: {error}");
             return Exit::Unreachable;
         }
     };
-    let address = match listener.local_addr() {
-        Ok(address) => address,
+    let socket = socket_dir.path.join("coordinator.sock");
+    let listener = match tokio::net::UnixListener::bind(&socket) {
+        Ok(listener) => listener,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: cannot listen on {}: {error}", socket.display());
             return Exit::Unreachable;
         }
     };
     let store = Arc::new(MemoryStore::new());
-    // The loopback port is reachable by every local process: a token only
-    // this process knows keeps the others out (and gives ops their own
-    // capability tokens, as on a cluster).
+    // Besides the socket's directory, a token only this process knows (and
+    // ops get their own capability tokens, as on a cluster).
     let admin_token = super::random_token();
     let config = CoordinatorConfig {
         auth: AuthConfig::Tokens {
@@ -145,16 +178,19 @@ async fn run_embedded(
         let coordinator = coordinator.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(error) =
-                volley_coordinator::serve(listener, None, coordinator.clone(), shutdown.clone())
-                    .await
+            if let Err(error) = volley_coordinator::grpc::serve_unix(
+                listener,
+                coordinator.clone(),
+                shutdown.clone(),
+            )
+            .await
             {
                 tracing::error!(%error, "embedded coordinator failed");
             }
             coordinator.wait().await;
         });
     }
-    let url = format!("http://{address}");
+    let url = format!("unix://{}", socket.display());
     for number in 1..=workers.count {
         let mut config = WorkerConfig::new(url.clone());
         config.slots = workers.slots;

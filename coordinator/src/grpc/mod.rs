@@ -34,6 +34,49 @@ pub async fn serve(
     coordinator: Coordinator,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    // TCP_NODELAY on every accepted socket (volley-tls sets it): without
+    // it, small messages (watch events, assignments) wait out Nagle and the
+    // peer's delayed ack, ~40 ms.
+    serve_incoming(
+        volley_tls::server_incoming(listener, tls),
+        coordinator,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] on a Unix socket: what `volley run` serves its embedded
+/// coordinator on, in a directory only its user can enter, so no other
+/// process of the machine reaches it.
+#[cfg(unix)]
+pub async fn serve_unix(
+    listener: tokio::net::UnixListener,
+    coordinator: Coordinator,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    serve_incoming(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        coordinator,
+        shutdown,
+    )
+    .await
+}
+
+async fn serve_incoming<I, IO, IE>(
+    incoming: I,
+    coordinator: Coordinator,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error>
+where
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<BatchServiceServer<batch::BatchAdapter>>()
@@ -84,10 +127,6 @@ pub async fn serve(
         reflection::reflection_services(reflection::COORDINATOR_DESCRIPTOR_SETS)
             .expect("the descriptor sets compiled into this binary decode (a unit test checks)");
     let shutdown_signal = shutdown.clone();
-    // TCP_NODELAY on every accepted socket (volley-tls sets it): without
-    // it, small messages (watch events, assignments) wait out Nagle and the
-    // peer's delayed ack, ~40 ms.
-    let incoming = volley_tls::server_incoming(listener, tls);
     tonic::transport::Server::builder()
         .layer(tower::layer::layer_fn(count::layer))
         .layer(tower::layer::layer_fn(auth::layer(coordinator.clone())))
