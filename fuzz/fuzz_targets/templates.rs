@@ -11,7 +11,8 @@ fuzz_target!(|input: (String, String)| {
     let _ = references(&args);
     let _ = render(&args, &|_| Some(value.clone()));
     let marker = "\u{1}volley-fuzz-marker\u{1}";
-    if let Ok(rendered) = render_command(&args, &|_| Some(marker.to_owned()))
+    if !cmd.contains(marker)
+        && let Ok(rendered) = render_command(&args, &|_| Some(marker.to_owned()))
         && let Some(text) = rendered["cmd"].as_str()
     {
         assert!(!text.contains(marker), "a value was pasted into the command");
