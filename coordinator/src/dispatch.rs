@@ -1877,6 +1877,9 @@ impl Dispatcher {
                         .get(id.as_str())
                         .map(|record| state_word(record.state)),
                     Reference::Memory(key) => memory.get(key).cloned().flatten(),
+                    // Never filled here: the worker puts secrets into the
+                    // program's environment (see `render_command`).
+                    Reference::Secret(_) => None,
                 }
             };
             // A program's `cmd` gets its values through the environment,

@@ -28,6 +28,9 @@ pub enum Reference {
     OpStatus(String),
     /// `${memory.KEY}`: the value of memory key `KEY`.
     Memory(String),
+    /// `${secret.NAME}`: a secret the worker that runs the op holds. Never
+    /// filled in by the coordinator: see [`render_command`].
+    Secret(String),
 }
 
 impl Reference {
@@ -35,7 +38,7 @@ impl Reference {
     pub fn op_id(&self) -> Option<&str> {
         match self {
             Reference::OpOutput(id) | Reference::OpStatus(id) => Some(id),
-            Reference::Memory(_) => None,
+            Reference::Memory(_) | Reference::Secret(_) => None,
         }
     }
 }
@@ -46,6 +49,7 @@ impl fmt::Display for Reference {
             Reference::OpOutput(id) => write!(formatter, "${{ops.{id}.output}}"),
             Reference::OpStatus(id) => write!(formatter, "${{ops.{id}.status}}"),
             Reference::Memory(key) => write!(formatter, "${{memory.{key}}}"),
+            Reference::Secret(name) => write!(formatter, "${{secret.{name}}}"),
         }
     }
 }
@@ -118,6 +122,19 @@ pub fn render_command(
                     message,
                 })?,
             ),
+            ("env", Value::Object(env)) => {
+                let mut filled_env = serde_json::Map::with_capacity(env.len());
+                for (name, value) in env {
+                    let entry_path = JsonPath::Key(&path, name);
+                    let filled_value = match value.as_str().and_then(whole_secret) {
+                        // A whole-value secret: the worker puts it there.
+                        Some(secret) => Value::String(format!("{SECRET_MARKER}{secret}")),
+                        None => render_at(value, &entry_path, lookup)?,
+                    };
+                    filled_env.insert(name.clone(), filled_value);
+                }
+                Value::Object(filled_env)
+            }
             _ => render_at(item, &path, lookup)?,
         };
         filled.insert(key.clone(), value);
@@ -129,10 +146,11 @@ pub fn render_command(
         for (name, value) in variables {
             env.insert(name, Value::String(value));
         }
-        if let Some((name, _)) = env
-            .iter()
-            .find(|(_, value)| value.as_str().is_some_and(|text| text.contains('\0')))
-        {
+        if let Some((name, _)) = env.iter().find(|(_, value)| {
+            value
+                .as_str()
+                .is_some_and(|text| text.contains('\0') && !text.starts_with(SECRET_MARKER))
+        }) {
             return Err(TemplateError {
                 path: format!("args.env.{name}"),
                 message: "a filled value holds a NUL byte, which no environment can carry"
@@ -246,6 +264,15 @@ fn render_shell(
                 }
                 let name = match named.iter().find(|(known, _)| known == &reference) {
                     Some((_, name)) => name.clone(),
+                    None if matches!(reference, Reference::Secret(_)) => {
+                        let Reference::Secret(secret) = &reference else {
+                            return Ok(());
+                        };
+                        let name = format!("VOLLEY_SECRET_{secret}");
+                        variables.push((name.clone(), format!("{SECRET_MARKER}{secret}")));
+                        named.push((reference, name.clone()));
+                        name
+                    }
                     None => {
                         let Some(value) = lookup(&reference) else {
                             failure = Some(format!("no value for `{reference}`"));
@@ -291,6 +318,12 @@ fn render_shell(
         Some(message) => Err(message),
         None => Ok(rendered),
     }
+}
+
+/// The secret's name when `text` is exactly one `${secret.NAME}`.
+fn whole_secret(text: &str) -> Option<&str> {
+    let name = text.strip_prefix("${secret.")?.strip_suffix('}')?;
+    (!name.is_empty() && name.bytes().all(is_secret_name_byte)).then_some(name)
 }
 
 /// Whether `value` holds anything `render` would change (a template or a
@@ -410,10 +443,16 @@ fn render_string(
 ) -> Result<String, String> {
     let mut rendered = String::with_capacity(text.len());
     let mut missing: Option<Reference> = None;
+    let mut secret: Option<String> = None;
     scan_pieces(text, &mut |piece| {
         match piece {
             Piece::Literal(range) => rendered.push_str(&text[range]),
             Piece::Escape => rendered.push_str("${"),
+            Piece::Reference(Reference::Secret(name)) => {
+                if secret.is_none() {
+                    secret = Some(name);
+                }
+            }
             Piece::Reference(reference) => match lookup(&reference) {
                 Some(replacement) => rendered.push_str(&replacement),
                 None => {
@@ -425,6 +464,11 @@ fn render_string(
         }
         Ok(())
     })?;
+    if let Some(name) = secret {
+        return Err(format!(
+            "`${{secret.{name}}}` can stand only in a shell or agent `cmd`, or as a whole `env` value: a secret reaches a program's environment, never its args"
+        ));
+    }
     match missing {
         Some(reference) => Err(format!("no value for `{reference}`")),
         None => Ok(rendered),
@@ -510,6 +554,14 @@ fn parse_body(body: &str) -> Result<Reference, String> {
             )),
         };
     }
+    if let Some(name) = body.strip_prefix("secret.") {
+        if name.is_empty() || name.len() > 128 || !name.bytes().all(is_secret_name_byte) {
+            return Err(format!(
+                "malformed reference `${{{body}}}`: a secret's name is 1 to 128 letters, digits and `_`"
+            ));
+        }
+        return Ok(Reference::Secret(name.to_owned()));
+    }
     if let Some(key) = body.strip_prefix("memory.") {
         if key.is_empty() || !key.bytes().all(is_memory_key_byte) {
             return Err(format!(
@@ -522,6 +574,17 @@ fn parse_body(body: &str) -> Result<Reference, String> {
         "unknown reference `${{{body}}}`: {expected} (for a shell variable write `$${{{body}}}` or `${body}`)"
     ))
 }
+
+/// `[A-Za-z0-9_]`: the bytes of a secret's name (also a file name in
+/// `--secret-dir` and the tail of `VOLLEY_SECRET_<NAME>`).
+pub fn is_secret_name_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'_'
+}
+
+/// What a program's environment holds, in place of a secret's value, for
+/// the worker to put it in: NUL-led, which no filled value can be (they are
+/// refused), so only the coordinator writes it.
+pub const SECRET_MARKER: &str = "\0volley-secret:";
 
 /// `[A-Za-z0-9_.-]`: the bytes of an op id.
 pub fn is_id_byte(byte: u8) -> bool {
@@ -620,6 +683,7 @@ mod tests {
             Reference::OpOutput(id) => Some(format!("out-{id}")),
             Reference::OpStatus(_) => Some("succeeded".into()),
             Reference::Memory(key) => Some(format!("mem-{key}")),
+            Reference::Secret(_) => None,
         })
         .unwrap();
         assert_eq!(
@@ -751,5 +815,42 @@ mod tests {
         // An escaped `$${` is the shell's own `${`, after a backslash too.
         let rendered = render_command(&json!({"cmd": "echo \\$${HOME}"}), &plain).unwrap();
         assert_eq!(rendered["cmd"], "echo \\${HOME}");
+    }
+
+    #[test]
+    fn secrets_become_markers_for_the_worker_never_values() {
+        let lookup = |_: &Reference| Some("v".to_owned());
+        let rendered = render_command(
+            &json!({
+                "cmd": "curl -H \"Authorization: Bearer ${secret.API_TOKEN}\" '${secret.API_TOKEN}'",
+                "env": {"TOKEN": "${secret.DEPLOY}", "PLAIN": "x"},
+            }),
+            &lookup,
+        )
+        .unwrap();
+        assert_eq!(
+            rendered["cmd"],
+            "curl -H \"Authorization: Bearer ${VOLLEY_SECRET_API_TOKEN}\" ''\"${VOLLEY_SECRET_API_TOKEN}\"''"
+        );
+        assert_eq!(
+            rendered["env"]["VOLLEY_SECRET_API_TOKEN"],
+            format!("{SECRET_MARKER}API_TOKEN")
+        );
+        assert_eq!(rendered["env"]["TOKEN"], format!("{SECRET_MARKER}DEPLOY"));
+        assert_eq!(rendered["env"]["PLAIN"], "x");
+        // Anywhere else a secret is an error: it would land in args.
+        let error = render(&json!({"text": "${secret.API}"}), &lookup).unwrap_err();
+        assert!(error.message.contains("shell or agent"), "{error}");
+        let error = render_command(
+            &json!({"cmd": "true", "env": {"AUTH": "Bearer ${secret.API}"}}),
+            &lookup,
+        )
+        .unwrap_err();
+        assert_eq!(error.path, "args.env.AUTH");
+        assert!(references(&json!({"cmd": "${secret.bad-name}"})).is_err());
+        assert_eq!(
+            references(&json!({"cmd": "${secret.OK_1}"})).unwrap(),
+            vec![Reference::Secret("OK_1".into())]
+        );
     }
 }

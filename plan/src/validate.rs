@@ -183,7 +183,8 @@ pub fn plan(
         }
         return Err(problems.into_sorted());
     }
-    let warnings = unwritten_warnings(&planned_ops, &unwritten);
+    let mut warnings = unwritten_warnings(&planned_ops, &unwritten);
+    warnings.extend(credential_warnings(&planned_ops));
     for op in &mut planned_ops {
         if op.wait_timeout_ms == 0 {
             op.wait_timeout_ms = batch.wait_timeout_ms;
@@ -417,6 +418,26 @@ impl OpChecker<'_> {
                                     self.resolve(index, id, &path, &target, "refers to")
                                 {
                                     deps.push(dep);
+                                }
+                            }
+                            // Resolved by the worker into the program's
+                            // environment: only a program's `cmd` or a
+                            // whole `env` value may hold one.
+                            Reference::Secret(name) => {
+                                let host =
+                                    volley_kinds::HOST_PROGRAM_KINDS.contains(&op.kind.as_str());
+                                let whole_env_value = path.starts_with("args.env.")
+                                    && args
+                                        .pointer(&format!("/env/{}", &path["args.env.".len()..]))
+                                        .and_then(Value::as_str)
+                                        == Some(format!("${{secret.{name}}}").as_str());
+                                if !host || !(path == "args.cmd" || whole_env_value) {
+                                    self.problems.op(
+                                        index,
+                                        id,
+                                        &path,
+                                        format!("`${{secret.{name}}}` can stand only in a shell or agent `cmd`, or as a whole `env` value: a secret reaches a program's environment, never its args"),
+                                    );
                                 }
                             }
                         }
@@ -804,6 +825,55 @@ fn unwritten_warnings(
     warnings
 }
 
+/// Names of environment variables that usually hold credentials.
+const CREDENTIAL_NAMES: &[&str] = &[
+    "TOKEN",
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "API_KEY",
+    "APIKEY",
+    "PRIVATE_KEY",
+    "CREDENTIAL",
+    "ACCESS_KEY",
+];
+
+/// A warning for each program `env` value that looks like a credential
+/// (by its variable's name) and is written in the batch: it would be stored
+/// with the batch and sent to the worker. `${secret.NAME}` keeps it on the
+/// workers. At most `MAX_WARNINGS`.
+fn credential_warnings(planned_ops: &[PlannedOp]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for op in planned_ops {
+        if !volley_kinds::HOST_PROGRAM_KINDS.contains(&op.kind.as_str()) {
+            continue;
+        }
+        let Some(env) = op.args.get("env").and_then(Value::as_object) else {
+            continue;
+        };
+        for (name, value) in env {
+            let upper = name.to_ascii_uppercase();
+            let literal = value
+                .as_str()
+                .is_some_and(|text| !text.is_empty() && !text.contains("${"));
+            if literal
+                && CREDENTIAL_NAMES
+                    .iter()
+                    .any(|credential| upper.contains(credential))
+            {
+                if warnings.len() == MAX_WARNINGS {
+                    return warnings;
+                }
+                warnings.push(format!(
+                    "op `{}`: env `{name}` looks like a credential written into the batch (stored with it, sent to the worker): pass it as `${{secret.{name}}}`, which the worker fills from --secret-dir or VOLLEY_SECRET_{name}",
+                    op.id
+                ));
+            }
+        }
+    }
+    warnings
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
@@ -872,6 +942,48 @@ mod tests {
         lenient.strict = true;
         let problem = only_problem(&lenient, "waiter", "wait_for");
         assert!(problem.message.contains("nobody/writes"), "{problem:?}");
+    }
+
+    #[test]
+    fn secrets_only_reach_programs_and_literal_credentials_are_warned_about() {
+        let batch = Batch {
+            name: "b".into(),
+            ops: vec![
+                op(
+                    "ok",
+                    "shell",
+                    json!({"cmd": "echo ${secret.A}", "env": {"K": "${secret.B}"}}),
+                ),
+                op("bad", "echo", json!({"text": "${secret.A}"})),
+                op(
+                    "partial",
+                    "shell",
+                    json!({"cmd": "true", "env": {"K": "x ${secret.A}"}}),
+                ),
+            ],
+            ..Batch::default()
+        };
+        let problems = plan(&batch, &|_| true, &Limits::default()).unwrap_err();
+        let fields: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|problem| (problem.op_id.as_str(), problem.field.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            vec![("bad", "args.text"), ("partial", "args.env.K")]
+        );
+        let batch = Batch {
+            name: "b".into(),
+            ops: vec![op(
+                "leaky",
+                "shell",
+                json!({"cmd": "deploy", "env": {"API_TOKEN": "abc123", "MODE": "fast"}}),
+            )],
+            ..Batch::default()
+        };
+        let planned = plan(&batch, &|_| true, &Limits::default()).unwrap();
+        assert_eq!(planned.warnings.len(), 1, "{:?}", planned.warnings);
+        assert!(planned.warnings[0].contains("${secret.API_TOKEN}"));
     }
 
     #[test]
