@@ -493,6 +493,7 @@ mod tests {
         let config = BuiltinConfig {
             root: Some(dir.path().to_path_buf()),
             allow_shell: false,
+            ..BuiltinConfig::default()
         };
         let rooted = Executor::new(
             Registry::with_builtins(&config),

@@ -50,6 +50,7 @@ pub mod metrics;
 pub(crate) mod ops;
 pub mod registry;
 pub mod runtime;
+pub mod secrets;
 pub mod spawn;
 mod tracing_ctx;
 

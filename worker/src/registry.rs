@@ -14,6 +14,9 @@ pub struct BuiltinConfig {
     pub root: Option<PathBuf>,
     /// `shell` and `agent` run host programs only when this is set.
     pub allow_shell: bool,
+    /// Where `${secret.NAME}` values come from (`--secret-dir`, then
+    /// `VOLLEY_SECRET_<NAME>`).
+    pub secrets: crate::secrets::Secrets,
 }
 
 /// Kind name → handler. A worker registers every kind it holds.
@@ -120,6 +123,7 @@ mod advertised_tests {
         let full = Registry::with_builtins(&BuiltinConfig {
             root: Some(std::env::temp_dir()),
             allow_shell: true,
+            ..BuiltinConfig::default()
         });
         assert_eq!(full.advertised_kinds(), full.kinds());
     }

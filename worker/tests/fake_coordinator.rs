@@ -1121,6 +1121,7 @@ async fn ops_outliving_the_drain_timeout_are_cancelled_and_handed_back() {
     let shell_config = BuiltinConfig {
         root: None,
         allow_shell: true,
+        ..BuiltinConfig::default()
     };
     let shell = Registry::with_builtins(&shell_config)
         .get("shell")

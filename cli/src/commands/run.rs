@@ -41,6 +41,10 @@ pub struct RunArgs {
     pub slots: u32,
     #[arg(long, value_enum, env = "VOLLEY_OUTPUT", default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// Where `${secret.NAME}` values come from, as `volley worker
+    /// --secret-dir` (then VOLLEY_SECRET_<NAME> variables).
+    #[arg(long, env = "VOLLEY_SECRET_DIR")]
+    pub secret_dir: Option<PathBuf>,
     /// The most any op's output may hold (`16MiB`, `1GiB`, bytes), as
     /// `volley worker --max-output`.
     #[arg(long, env = "VOLLEY_MAX_OUTPUT", default_value = "16MiB", value_parser = volley_kinds::parse_byte_size)]
@@ -81,6 +85,7 @@ pub async fn run(args: RunArgs) -> Exit {
             count: workers,
             slots: args.slots,
             max_output: usize::try_from(args.max_output).unwrap_or(usize::MAX),
+            secret_dir: args.secret_dir.clone(),
         },
         root,
         args.output,
@@ -129,6 +134,7 @@ struct EmbeddedWorkers {
     count: u32,
     slots: u32,
     max_output: usize,
+    secret_dir: Option<PathBuf>,
 }
 
 async fn run_embedded(
@@ -204,6 +210,7 @@ async fn run_embedded(
         let registry = Registry::with_builtins(&BuiltinConfig {
             root: Some(root.clone()),
             allow_shell: true,
+            secrets: volley_worker::secrets::Secrets::from_dir(workers.secret_dir.clone()),
         });
         let shutdown = shutdown.child_token();
         tasks.spawn(async move {

@@ -47,6 +47,12 @@ pub struct WorkerArgs {
     /// the worker takes work, NOT_SERVING once it drains.
     #[arg(long, env = "VOLLEY_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
+    /// Where `${secret.NAME}` values come from: one file a secret, named as
+    /// it (a mounted Kubernetes Secret); then the worker's own
+    /// VOLLEY_SECRET_<NAME> variables. Values reach ops' programs only,
+    /// never the coordinator, and are masked (`***`) in what ops report.
+    #[arg(long, env = "VOLLEY_SECRET_DIR")]
+    pub secret_dir: Option<PathBuf>,
     /// The most any op's output may hold (`16MiB`, `1GiB`, bytes); an op's
     /// `max_output` may ask for less. Past it the op fails ("output
     /// exceeded"), and a program is killed.
@@ -153,6 +159,7 @@ pub async fn run(args: WorkerArgs) -> Exit {
     let registry = Registry::with_builtins(&BuiltinConfig {
         root,
         allow_shell: args.allow_shell,
+        secrets: volley_worker::secrets::Secrets::from_dir(args.secret_dir.clone()),
     });
     match run_worker(config, registry, shutdown).await {
         Ok(()) => Exit::Success,

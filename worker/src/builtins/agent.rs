@@ -110,6 +110,7 @@ mod tests {
         BuiltinConfig {
             root: root.map(Path::to_path_buf),
             allow_shell: true,
+            ..BuiltinConfig::default()
         }
     }
 

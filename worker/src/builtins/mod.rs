@@ -43,6 +43,7 @@ pub(crate) struct BuiltinState {
     /// `Err` holds why the configured root is unusable, reported on each file op.
     root: Option<Result<Root, String>>,
     allow_shell: bool,
+    pub(crate) secrets: crate::secrets::Secrets,
 }
 
 impl BuiltinState {
@@ -54,6 +55,7 @@ impl BuiltinState {
         Self {
             root,
             allow_shell: config.allow_shell,
+            secrets: config.secrets.clone(),
         }
     }
 
@@ -183,6 +185,7 @@ pub(crate) mod test_support {
         BuiltinConfig {
             root: Some(dir.to_path_buf()),
             allow_shell: false,
+            ..BuiltinConfig::default()
         }
     }
 }

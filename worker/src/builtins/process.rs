@@ -31,6 +31,27 @@ pub(super) async fn run_host_program(
     program: HostProgram<'_>,
 ) -> Result<OpOutput, HandlerError> {
     let kind = program.kind;
+    // `${secret.NAME}` markers become the worker's values here, and nowhere
+    // else; each value is masked in everything the op reports.
+    let mut revealed: Vec<String> = Vec::new();
+    let mut env = Vec::with_capacity(program.env.len());
+    for (name, value) in program.env {
+        match value
+            .to_str()
+            .and_then(|text| text.strip_prefix(volley_kinds::template::SECRET_MARKER))
+        {
+            Some(secret) => {
+                let Some(resolved) = state.secrets.get(secret) else {
+                    return Err(HandlerError::permanent(format!(
+                        "secret `{secret}` is not on this worker: give it --secret-dir DIR with a file named {secret}, or VOLLEY_SECRET_{secret}"
+                    )));
+                };
+                revealed.push(resolved.clone());
+                env.push((name, resolved.into()));
+            }
+            None => env.push((name, value)),
+        }
+    }
     let mut command = tokio::process::Command::new("sh");
     command.arg("-c").arg(program.cmd);
     match (state.optional_root()?, program.cwd) {
@@ -45,10 +66,20 @@ pub(super) async fn run_host_program(
         }
         (None, None) => {}
     }
+    // The worker's own secrets never reach a program (but for the ones the
+    // op asked for, set from `env` below).
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_str()
+            .is_some_and(|name| name.starts_with(crate::secrets::SECRET_ENV_PREFIX))
+        {
+            command.env_remove(&name);
+        }
+    }
     command
         // The op's trace context first: the op's own `env` may override it.
         .envs(crate::tracing_ctx::child_env())
-        .envs(program.env)
+        .envs(env)
         // The worker's own credentials never reach an op's program...
         .env_remove("VOLLEY_TOKEN_FILE")
         .env_remove("VOLLEY_ADMIN_TOKEN_FILE")
@@ -135,8 +166,10 @@ pub(super) async fn run_host_program(
     };
     group_guard.armed = false;
 
-    let stdout = String::from_utf8_lossy(&stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&stderr_tail).into_owned();
+    // Masked before anything leaves: output, error and details are built
+    // from these.
+    let stdout = crate::secrets::mask(&String::from_utf8_lossy(&stdout), &revealed);
+    let stderr = crate::secrets::mask(&String::from_utf8_lossy(&stderr_tail), &revealed);
     let details = serde_json::json!({
         "exit_code": status.code(),
         "stderr": stderr,

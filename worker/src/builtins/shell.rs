@@ -45,6 +45,7 @@ mod tests {
         BuiltinConfig {
             root: root.map(|path| path.to_path_buf()),
             allow_shell: true,
+            ..BuiltinConfig::default()
         }
     }
 
