@@ -15,7 +15,7 @@ const VALUE: &str = "s3cr3t-value-2c9f";
 
 #[tokio::test]
 async fn a_secret_reaches_its_program_and_nothing_else() {
-    let mut cluster = Cluster::start(0).await;
+    let cluster = Cluster::start(0).await;
     let secrets = tempfile::tempdir().expect("temp dir");
     std::fs::write(secrets.path().join("API"), format!("{VALUE}\n")).expect("write the secret");
     let root = cluster.root().to_string_lossy().into_owned();
