@@ -109,7 +109,7 @@ ops:
     assert!(!report.contains(VALUE), "{report}");
     let mut events = cluster
         .client
-        .watch(&json["batch_id"].as_str().expect("id").to_owned(), 0)
+        .watch(json["batch_id"].as_str().expect("id"), 0)
         .await
         .expect("watch");
     while let Some(event) = tokio_stream::StreamExt::next(&mut events).await {
