@@ -172,3 +172,44 @@ async fn a_100000_op_cycle_is_refused_with_exit_2() {
     text.push_str("]}");
     invalid_everywhere("cycle.json", &text, &["cycle"]).await;
 }
+
+#[tokio::test]
+async fn a_submission_past_its_byte_limits_is_refused_as_it_arrives() {
+    let cluster = Cluster::start_with(0, &["--max-batch-bytes", "1MiB"]).await;
+    let text = "x".repeat(10_000);
+    let mut many = String::from("{\"name\": \"heavy\", \"ops\": [");
+    for index in 0..400 {
+        if index > 0 {
+            many.push(',');
+        }
+        many.push_str(&format!(
+            "{{\"id\": \"op{index}\", \"kind\": \"echo\", \"args\": {{\"text\": \"{text}\"}}}}"
+        ));
+    }
+    many.push_str("]}");
+    let huge_arg = format!(
+        "{{\"name\": \"one-huge\", \"ops\": [{{\"id\": \"big\", \"kind\": \"echo\", \"args\": {{\"text\": \"{}\"}}}}]}}",
+        "y".repeat(1_500_000)
+    );
+    for (name, text, expected) in [
+        ("heavy.json", many, "--max-batch-bytes"),
+        ("huge.json", huge_arg, "--max-arg-bytes"),
+    ] {
+        let file = batch_file(cluster.root(), name, &text);
+        let output = volley()
+            .args(["submit", file.to_str().expect("utf-8")])
+            .env("VOLLEY_COORDINATOR", &cluster.url)
+            .env("VOLLEY_TOKEN", ADMIN_TOKEN)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("volley submit");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+    assert!(
+        cluster.client.list(10).await.expect("list").is_empty(),
+        "nothing was stored"
+    );
+}

@@ -177,6 +177,7 @@ pub(crate) fn replan(batch: &BatchId, spec: &StoredSpec) -> Result<PlannedBatch,
     let limits = Limits {
         max_ops: usize::MAX,
         max_arg_bytes: usize::MAX,
+        max_batch_bytes: usize::MAX,
     };
     let plan =
         volley_plan::plan(&decoded, &|_| true, &limits).map_err(CoordinatorError::Invalid)?;

@@ -298,11 +298,18 @@ impl Coordinator {
             .collect()
     }
 
-    /// Checks ops of a submission as they arrive, `held` already received:
-    /// past `max_ops` ops, or an op whose args pass `max_arg_bytes`, the
+    /// Checks ops of a submission as they arrive, `held` (of `held_bytes`)
+    /// already received, and returns the bytes received with these: past
+    /// `max_ops` ops or `max_batch_bytes`, or an op whose args pass
+    /// `max_arg_bytes`, the
     /// submission is refused at once, before the rest is read (the whole
     /// batch is validated again once it is complete).
-    pub fn check_arriving_ops(&self, held: usize, ops: &[v1::Op]) -> Result<(), CoordinatorError> {
+    pub fn check_arriving_ops(
+        &self,
+        held: usize,
+        held_bytes: usize,
+        ops: &[v1::Op],
+    ) -> Result<usize, CoordinatorError> {
         let limits = &self.inner.config.limits;
         if held + ops.len() > limits.max_ops {
             return Err(CoordinatorError::Invalid(vec![volley_plan::Problem {
@@ -328,7 +335,18 @@ impl Coordinator {
                 ),
             }]));
         }
-        Ok(())
+        let bytes = held_bytes + ops.iter().map(prost::Message::encoded_len).sum::<usize>();
+        if bytes > limits.max_batch_bytes {
+            return Err(CoordinatorError::Invalid(vec![volley_plan::Problem {
+                op_id: String::new(),
+                field: "ops".to_owned(),
+                message: format!(
+                    "more than the limit of {} bytes (--max-batch-bytes): stopped reading the batch there",
+                    limits.max_batch_bytes
+                ),
+            }]));
+        }
+        Ok(bytes)
     }
 
     /// Validates, plans and stores a batch, then hands it to the dispatcher.

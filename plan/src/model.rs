@@ -11,6 +11,9 @@ pub struct Limits {
     pub max_ops: usize,
     /// Bytes of one op's `args_json` (default 1 MiB).
     pub max_arg_bytes: usize,
+    /// Encoded bytes of a whole submission's ops (default 512 MiB): the
+    /// coordinator stops reading a batch there.
+    pub max_batch_bytes: usize,
 }
 
 impl Default for Limits {
@@ -18,6 +21,7 @@ impl Default for Limits {
         Limits {
             max_ops: 1_000_000,
             max_arg_bytes: 1024 * 1024,
+            max_batch_bytes: 512 * 1024 * 1024,
         }
     }
 }

@@ -27,6 +27,10 @@ pub struct CoordinatorArgs {
     /// Most bytes one op's args may hold.
     #[arg(long, env = "VOLLEY_MAX_ARG_BYTES", default_value_t = 1024 * 1024)]
     pub max_arg_bytes: usize,
+    /// Most encoded bytes one batch's ops may hold (default 512 MiB):
+    /// reading a submission stops there.
+    #[arg(long, env = "VOLLEY_MAX_BATCH_BYTES", default_value = "512MiB", value_parser = volley_kinds::parse_byte_size)]
+    pub max_batch_bytes: u64,
     /// How long an op's lease lasts without a heartbeat from its worker;
     /// past it the op runs again elsewhere.
     #[arg(long, env = "VOLLEY_LEASE", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -190,6 +194,7 @@ pub async fn run(args: CoordinatorArgs) -> Exit {
     let mut config = CoordinatorConfig::default();
     config.limits.max_ops = args.max_ops;
     config.limits.max_arg_bytes = args.max_arg_bytes;
+    config.limits.max_batch_bytes = usize::try_from(args.max_batch_bytes).unwrap_or(usize::MAX);
     config.resync_interval = args.resync_interval;
     config.max_value_bytes = args.max_value_bytes;
     config.lease = args.lease;

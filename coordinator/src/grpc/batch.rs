@@ -42,6 +42,7 @@ impl BatchAdapter {
         let principal = principal(&request)?;
         let mut chunks = request.into_inner();
         let mut batch: Option<v1::Batch> = None;
+        let mut received_bytes = 0;
         while let Some(chunk) = chunks.message().await? {
             match (chunk.part, batch.as_mut()) {
                 (Some(Part::Header(header)), None) => batch = Some(header),
@@ -51,8 +52,11 @@ impl BatchAdapter {
                 (Some(Part::Ops(ops)), Some(batch)) => {
                     // Checked as the chunks arrive: a batch past the limits
                     // is refused before it is held whole.
-                    self.coordinator
-                        .check_arriving_ops(batch.ops.len(), &ops.ops)?;
+                    received_bytes = self.coordinator.check_arriving_ops(
+                        batch.ops.len(),
+                        received_bytes,
+                        &ops.ops,
+                    )?;
                     batch.ops.extend(ops.ops);
                 }
                 (Some(Part::Ops(_)), None) => {
