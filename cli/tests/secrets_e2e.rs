@@ -135,3 +135,41 @@ ops:
     assert!(logs.contains("holder"), "the worker logged: {logs}");
     assert!(!logs.contains(VALUE), "the value is in the worker's log");
 }
+
+#[tokio::test]
+async fn volley_run_fills_secrets_from_its_secret_dir_and_masks_them() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let secrets = tempfile::tempdir().expect("temp dir");
+    std::fs::write(secrets.path().join("API"), VALUE).expect("write the secret");
+    let file = batch_file(
+        root.path(),
+        "secret.yaml",
+        r#"name: embedded-secret
+ops:
+  - id: use
+    kind: shell
+    args: {cmd: 'printf "%s" "$KEY" > key.txt; echo "key ${secret.API}"', env: {KEY: "${secret.API}"}}
+"#,
+    );
+    let output = volley()
+        .args(["run", file.to_str().expect("utf-8"), "--output", "json"])
+        .args(["--secret-dir", secrets.path().to_str().expect("utf-8")])
+        .current_dir(root.path())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("volley run");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{report} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(report.contains("key ***"), "{report}");
+    assert!(!report.contains(VALUE), "{report}");
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("key.txt")).expect("key.txt"),
+        VALUE
+    );
+}
