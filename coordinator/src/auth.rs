@@ -133,10 +133,13 @@ impl Principal {
         labels: &BTreeMap<String, String>,
         kinds: &[String],
     ) -> Result<(), AuthError> {
+        // `secret.NAME` labels say which secrets a worker holds (names, no
+        // values): an advertisement, not a claim the token must allow.
         if !self.labels.is_empty()
-            && let Some((key, value)) = labels
-                .iter()
-                .find(|(key, value)| self.labels.get(*key) != Some(*value))
+            && let Some((key, value)) = labels.iter().find(|(key, value)| {
+                !key.starts_with(volley_plan::SECRET_LABEL_PREFIX)
+                    && self.labels.get(*key) != Some(*value)
+            })
         {
             return Err(AuthError::PermissionDenied(format!(
                 "token {} may not register label {key}={value}",

@@ -262,14 +262,27 @@ fn has_labels(labels: &BTreeMap<String, String>, requires: &BTreeMap<String, Str
 
 /// `" with labels k=v,…"` for messages about an op's `requires`; "" for none.
 fn with_labels(requires: &BTreeMap<String, String>) -> String {
-    if requires.is_empty() {
-        return String::new();
+    let mut labels = Vec::new();
+    let mut secrets = Vec::new();
+    for (key, value) in requires {
+        match key.strip_prefix(volley_plan::SECRET_LABEL_PREFIX) {
+            Some(secret) => secrets.push(format!("`{secret}`")),
+            None => labels.push(format!("{key}={value}")),
+        }
     }
-    let labels: Vec<String> = requires
-        .iter()
-        .map(|(key, value)| format!("{key}={value}"))
-        .collect();
-    format!(" with labels {}", labels.join(","))
+    let mut words = String::new();
+    if !labels.is_empty() {
+        words.push_str(&format!(" with labels {}", labels.join(",")));
+    }
+    if !secrets.is_empty() {
+        let noun = if secrets.len() == 1 {
+            "secret"
+        } else {
+            "secrets"
+        };
+        words.push_str(&format!(" holding {noun} {}", secrets.join(", ")));
+    }
+    words
 }
 
 struct ActiveBatch {

@@ -16,4 +16,4 @@ pub mod model;
 mod validate;
 
 pub use model::*;
-pub use validate::{MAX_MEMORY_KEY_BYTES, check_memory_key, plan};
+pub use validate::{MAX_MEMORY_KEY_BYTES, SECRET_LABEL_PREFIX, check_memory_key, plan};

@@ -376,6 +376,9 @@ impl OpChecker<'_> {
         };
         let mut deps: Vec<u32> = Vec::new();
         let mut wait_for: Vec<String> = Vec::new();
+        // Secrets the op's program needs: only a worker that holds them
+        // (it advertises a `secret.NAME` label) may take it.
+        let mut secrets: Vec<String> = Vec::new();
         let has_templates = volley_kinds::has_templates(&args);
 
         let builtin = if args_ok {
@@ -424,6 +427,7 @@ impl OpChecker<'_> {
                             // environment: only a program's `cmd` or a
                             // whole `env` value may hold one.
                             Reference::Secret(name) => {
+                                secrets.push(name.clone());
                                 let host =
                                     volley_kinds::HOST_PROGRAM_KINDS.contains(&op.kind.as_str());
                                 let whole_env_value = path.starts_with("args.env.")
@@ -591,6 +595,11 @@ impl OpChecker<'_> {
                 .requires
                 .iter()
                 .map(|(key, value)| (key.clone(), value.clone()))
+                .chain(
+                    secrets
+                        .iter()
+                        .map(|name| (format!("{SECRET_LABEL_PREFIX}{name}"), "1".to_owned())),
+                )
                 .collect(),
             has_templates,
         }
@@ -825,6 +834,10 @@ fn unwritten_warnings(
     warnings
 }
 
+/// The label a worker advertises for each secret it holds
+/// (`secret.NAME=1`), and an op that needs the secret requires.
+pub const SECRET_LABEL_PREFIX: &str = "secret.";
+
 /// Names of environment variables that usually hold credentials.
 const CREDENTIAL_NAMES: &[&str] = &[
     "TOKEN",
@@ -972,6 +985,22 @@ mod tests {
             fields,
             vec![("bad", "args.text"), ("partial", "args.env.K")]
         );
+        let batch = Batch {
+            name: "b".into(),
+            ops: vec![op(
+                "ok",
+                "shell",
+                json!({"cmd": "echo ${secret.A}", "env": {"K": "${secret.B}"}}),
+            )],
+            ..Batch::default()
+        };
+        let planned = plan(&batch, &|_| true, &Limits::default()).unwrap();
+        let requires: Vec<(&str, &str)> = planned.ops[0]
+            .requires
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+            .collect();
+        assert_eq!(requires, vec![("secret.A", "1"), ("secret.B", "1")]);
         let batch = Batch {
             name: "b".into(),
             ops: vec![op(

@@ -25,6 +25,45 @@ impl Secrets {
         Secrets { dir }
     }
 
+    /// The names of the secrets this worker holds now: the files of its
+    /// directory and its `VOLLEY_SECRET_<NAME>` variables. Advertised as
+    /// `secret.NAME=1` labels, so ops that need a secret go to a worker
+    /// that holds it (never the values).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        if let Some(dir) = &self.dir
+            && let Ok(entries) = std::fs::read_dir(dir)
+        {
+            for entry in entries.flatten() {
+                let is_file = std::fs::metadata(entry.path()).is_ok_and(|meta| meta.is_file());
+                if let Some(name) = entry.file_name().to_str()
+                    && is_file
+                    && !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(volley_kinds::template::is_secret_name_byte)
+                {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        for (variable, _) in std::env::vars_os() {
+            if let Some(name) = variable
+                .to_str()
+                .and_then(|variable| variable.strip_prefix(SECRET_ENV_PREFIX))
+                && !name.is_empty()
+                && name
+                    .bytes()
+                    .all(volley_kinds::template::is_secret_name_byte)
+            {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     /// The value of secret `name`, if this worker holds it.
     pub fn get(&self, name: &str) -> Option<String> {
         if name.is_empty()

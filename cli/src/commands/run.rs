@@ -207,6 +207,13 @@ async fn run_embedded(
         config.drain_timeout = Duration::from_secs(1);
         config.token = Some(admin_token.clone());
         config.max_output = workers.max_output;
+        let secrets = volley_worker::secrets::Secrets::from_dir(workers.secret_dir.clone());
+        for name in secrets.names() {
+            config.labels.insert(
+                format!("{}{name}", volley_plan::SECRET_LABEL_PREFIX),
+                "1".to_owned(),
+            );
+        }
         let registry = Registry::with_builtins(&BuiltinConfig {
             root: Some(root.clone()),
             allow_shell: true,

@@ -154,6 +154,14 @@ pub async fn run(args: WorkerArgs) -> Exit {
     config.root = root.clone();
     config.allow_shell = args.allow_shell;
     config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
+    // Which secrets it holds (names only): ops that need one come here.
+    let secrets = volley_worker::secrets::Secrets::from_dir(args.secret_dir.clone());
+    for name in secrets.names() {
+        config.labels.insert(
+            format!("{}{name}", volley_plan::SECRET_LABEL_PREFIX),
+            "1".to_owned(),
+        );
+    }
     config.drain_timeout = args.drain_timeout;
     config.heartbeat = args.heartbeat;
     let registry = Registry::with_builtins(&BuiltinConfig {
