@@ -213,3 +213,34 @@ async fn a_submission_past_its_byte_limits_is_refused_as_it_arrives() {
         "nothing was stored"
     );
 }
+
+#[tokio::test]
+async fn a_300_mb_output_fails_its_op_embedded_too() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let file = batch_file(
+        root.path(),
+        "big.yaml",
+        r#"name: big-output-embedded
+ops:
+  - {id: flood, kind: shell, args: {cmd: "head -c 300000000 /dev/zero"}}
+  - {id: after, kind: shell, after: [flood], run_if: always, args: {cmd: "echo still here"}}
+"#,
+    );
+    let output = volley()
+        .args(["run", file.to_str().expect("utf-8"), "--output", "json"])
+        .current_dir(root.path())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("volley run");
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert!(
+        report["ops"][0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("output exceeded 16777216 bytes"),
+        "{report}"
+    );
+    assert_eq!(report["ops"][1]["output"], "still here\n");
+}
