@@ -6,10 +6,8 @@
 
 mod common;
 
+use common::{Cluster, batch_file, report_op, run_json, submit_watched_json};
 use std::path::Path;
-use std::process::Stdio;
-
-use common::{ADMIN_TOKEN, Cluster, batch_file, volley};
 
 /// The five forms that ran commands before, and what `use` must print.
 const BATCH: &str = r#"name: injection
@@ -33,11 +31,9 @@ const EXPECTED_USE: &str = "x'; touch PWNED1; echo '|$(touch PWNED2)|`touch PWNE
 fn check_report(report: &serde_json::Value, root: &Path) {
     assert_eq!(report["state"], "succeeded", "{report}");
     let output = |id: &str| {
-        report["ops"]
-            .as_array()
-            .and_then(|ops| ops.iter().find(|op| op["id"] == id))
-            .and_then(|op| op["output"].as_str())
-            .unwrap_or_else(|| panic!("op {id} in {report}"))
+        report_op(report, id)["output"]
+            .as_str()
+            .unwrap_or_else(|| panic!("op {id} has no output in {report}"))
             .to_owned()
     };
     assert_eq!(output("use"), EXPECTED_USE);
@@ -60,20 +56,8 @@ fn check_report(report: &serde_json::Value, root: &Path) {
 async fn hostile_outputs_filled_into_a_shell_command_stay_data_embedded() {
     let root = tempfile::tempdir().expect("temp dir");
     let file = batch_file(root.path(), "injection.yaml", BATCH);
-    let output = volley()
-        .args(["run", file.to_str().expect("utf-8"), "--output", "json"])
-        .current_dir(root.path())
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("volley run");
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let (code, report) = run_json(root.path(), &file, &[]).await;
+    assert_eq!(code, Some(0), "{report}");
     check_report(&report, root.path());
 }
 
@@ -81,26 +65,7 @@ async fn hostile_outputs_filled_into_a_shell_command_stay_data_embedded() {
 async fn hostile_outputs_filled_into_a_shell_command_stay_data_on_a_cluster() {
     let cluster = Cluster::start(2).await;
     let file = batch_file(cluster.root(), "injection.yaml", BATCH);
-    let output = volley()
-        .args([
-            "submit",
-            file.to_str().expect("utf-8"),
-            "--watch",
-            "--output",
-            "json",
-        ])
-        .env("VOLLEY_COORDINATOR", &cluster.url)
-        .env("VOLLEY_TOKEN", ADMIN_TOKEN)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("volley submit");
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let (code, report) = submit_watched_json(&cluster, &file).await;
+    assert_eq!(code, Some(0), "{report}");
     check_report(&report, cluster.root());
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Stdio;
 
-use common::{ADMIN_TOKEN, Cluster, batch_file, volley};
+use common::{ADMIN_TOKEN, Cluster, batch_file, report_op, run_json, submit_watched_json, volley};
 
 #[tokio::test]
 async fn a_300_mb_output_fails_its_op_and_the_worker_carries_on() {
@@ -23,35 +23,10 @@ ops:
   - {id: after, kind: shell, after: [flood], run_if: always, args: {cmd: "echo still here"}}
 "#,
     );
-    let output = volley()
-        .args([
-            "submit",
-            file.to_str().expect("utf-8"),
-            "--watch",
-            "--output",
-            "json",
-        ])
-        .env("VOLLEY_COORDINATOR", &cluster.url)
-        .env("VOLLEY_TOKEN", ADMIN_TOKEN)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("volley submit");
     // Some op failed: exit 1, and the report says which and why.
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
-    let op = |id: &str| {
-        report["ops"]
-            .as_array()
-            .and_then(|ops| ops.iter().find(|op| op["id"] == id))
-            .cloned()
-            .unwrap_or_else(|| panic!("op {id} in {report}"))
-    };
+    let (code, report) = submit_watched_json(&cluster, &file).await;
+    assert_eq!(code, Some(1), "{report}");
+    let op = |id: &str| report_op(&report, id);
     assert_eq!(op("flood")["state"], "failed");
     assert!(
         op("flood")["error"]
@@ -226,15 +201,8 @@ ops:
   - {id: after, kind: shell, after: [flood], run_if: always, args: {cmd: "echo still here"}}
 "#,
     );
-    let output = volley()
-        .args(["run", file.to_str().expect("utf-8"), "--output", "json"])
-        .current_dir(root.path())
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("volley run");
-    assert_eq!(output.status.code(), Some(1));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let (code, report) = run_json(root.path(), &file, &[]).await;
+    assert_eq!(code, Some(1), "{report}");
     assert!(
         report["ops"][0]["error"]
             .as_str()

@@ -9,7 +9,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{ADMIN_TOKEN, Cluster, batch_file, volley};
+use common::{Cluster, batch_file, report_op, run_json, submit_watched_json, volley};
 
 const VALUE: &str = "s3cr3t-value-2c9f";
 
@@ -57,30 +57,10 @@ ops:
   - {id: fail, kind: shell, args: {cmd: 'echo "bad ${secret.API}" >&2; exit 3'}}
 "#,
     );
-    let output = volley()
-        .args([
-            "submit",
-            file.to_str().expect("utf-8"),
-            "--watch",
-            "--output",
-            "json",
-        ])
-        .env("VOLLEY_COORDINATOR", &cluster.url)
-        .env("VOLLEY_TOKEN", ADMIN_TOKEN)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("volley submit");
-    let report = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert_eq!(output.status.code(), Some(1), "{report}");
-    let json: serde_json::Value = serde_json::from_str(&report).expect("json");
-    let op = |id: &str| {
-        json["ops"]
-            .as_array()
-            .and_then(|ops| ops.iter().find(|op| op["id"] == id))
-            .cloned()
-            .unwrap_or_else(|| panic!("op {id}"))
-    };
+    let (code, json) = submit_watched_json(&cluster, &file).await;
+    let report = json.to_string();
+    assert_eq!(code, Some(1), "{report}");
+    let op = |id: &str| report_op(&json, id);
     assert_eq!(op("use")["output"], "got *** other=[]\n");
     assert_eq!(op("fail")["state"], "failed");
     assert!(
@@ -174,21 +154,10 @@ ops:
     args: {cmd: 'printf "%s" "$KEY" > key.txt; echo "key ${secret.API}"', env: {KEY: "${secret.API}"}}
 "#,
     );
-    let output = volley()
-        .args(["run", file.to_str().expect("utf-8"), "--output", "json"])
-        .args(["--secret-dir", secrets.path().to_str().expect("utf-8")])
-        .current_dir(root.path())
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("volley run");
-    let report = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{report} {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let secret_dir = secrets.path().to_str().expect("utf-8");
+    let (code, json) = run_json(root.path(), &file, &["--secret-dir", secret_dir]).await;
+    let report = json.to_string();
+    assert_eq!(code, Some(0), "{report}");
     assert!(report.contains("key ***"), "{report}");
     assert!(!report.contains(VALUE), "{report}");
     assert_eq!(

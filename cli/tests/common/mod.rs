@@ -374,3 +374,58 @@ pub fn lazy_channel(url: &str) -> tonic::transport::Channel {
         .expect("valid url")
         .connect_lazy()
 }
+
+/// `volley submit FILE --watch --output json` against `cluster` with the
+/// admin token: the exit code and the report.
+pub async fn submit_watched_json(
+    cluster: &Cluster,
+    file: &Path,
+) -> (Option<i32>, serde_json::Value) {
+    let output = volley()
+        .args([
+            "submit",
+            file.to_str().expect("utf-8"),
+            "--watch",
+            "--output",
+            "json",
+        ])
+        .env("VOLLEY_COORDINATOR", &cluster.url)
+        .env("VOLLEY_TOKEN", ADMIN_TOKEN)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("volley submit");
+    report_of(output)
+}
+
+/// `volley run FILE --output json ARGS…` in `dir`: the exit code and the report.
+pub async fn run_json(dir: &Path, file: &Path, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let output = volley()
+        .args(["run", file.to_str().expect("utf-8"), "--output", "json"])
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("volley run");
+    report_of(output)
+}
+
+fn report_of(output: std::process::Output) -> (Option<i32>, serde_json::Value) {
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "no JSON report ({error}); stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code(), report)
+}
+
+/// Op `id` of a JSON report.
+pub fn report_op(report: &serde_json::Value, id: &str) -> serde_json::Value {
+    report["ops"]
+        .as_array()
+        .and_then(|ops| ops.iter().find(|op| op["id"] == id))
+        .cloned()
+        .unwrap_or_else(|| panic!("no op {id} in {report}"))
+}
