@@ -164,6 +164,7 @@ impl Client {
             backoff: options.initial_backoff,
             attempts: 0,
             ended: false,
+            drained_once: false,
             options,
         };
         watch.open().await?;
@@ -427,6 +428,9 @@ struct ResumableWatch {
     attempts: u32,
     /// Set once the batch finished or an error ended the watch.
     ended: bool,
+    /// A stream of the ended batch was reopened once after it closed
+    /// without its `BatchFinished` (see `next_event`).
+    drained_once: bool,
 }
 
 impl ResumableWatch {
@@ -435,7 +439,16 @@ impl ResumableWatch {
         if self.ended {
             return None;
         }
-        let item = self.next_event().await;
+        let item = match self.next_event().await {
+            Ok(Some(event)) => Ok(event),
+            // The batch ended and no event is left after the last one seen.
+            Ok(None) => {
+                self.ended = true;
+                self.stream = None;
+                return None;
+            }
+            Err(error) => Err(error),
+        };
         let goes_on = matches!(&item, Ok(event) if event.kind() != v1::EventKind::BatchFinished);
         if !goes_on {
             // Done: drop the stream even if the coordinator keeps it open.
@@ -445,15 +458,45 @@ impl ResumableWatch {
         Some(item)
     }
 
-    async fn next_event(&mut self) -> Result<v1::BatchEvent, ClientError> {
+    /// Whether the batch has ended (anything but running): a stream that
+    /// closed without its `BatchFinished` then has nothing more to give —
+    /// the watch resumed at or past its last event, or the batch was lost
+    /// with the store's data and its events were numbered afresh.
+    async fn batch_ended(&mut self) -> bool {
+        let request = v1::GetBatchRequest {
+            batch_id: self.batch_id.clone(),
+            omit_ops: true,
+            ..v1::GetBatchRequest::default()
+        };
+        self.batches
+            .get_batch(request)
+            .await
+            .is_ok_and(|status| status.into_inner().state() != v1::BatchState::Running)
+    }
+
+    async fn next_event(&mut self) -> Result<Option<v1::BatchEvent>, ClientError> {
         loop {
             let Some(stream) = self.stream.as_mut() else {
                 self.open().await?;
                 continue;
             };
             let interruption = match stream.message().await {
-                Ok(Some(event)) => return self.accept(event),
-                Ok(None) => Interruption::EndedEarly,
+                Ok(Some(event)) => return self.accept(event).map(Some),
+                Ok(None) => {
+                    self.stream = None;
+                    // The batch ended: one more stream from the last event
+                    // seen delivers any events still due (its
+                    // `BatchFinished` among them); if that one ends empty
+                    // too, nothing is left to hear.
+                    if self.batch_ended().await {
+                        if self.drained_once {
+                            return Ok(None);
+                        }
+                        self.drained_once = true;
+                        continue;
+                    }
+                    Interruption::EndedEarly
+                }
                 Err(status) if watch_can_resume(&status) => Interruption::Status(status),
                 Err(status) => return Err(ClientError::from(status)),
             };
@@ -464,6 +507,7 @@ impl ResumableWatch {
 
     /// Checks that `event` follows the last one (never repeat, never skip).
     fn accept(&mut self, event: v1::BatchEvent) -> Result<v1::BatchEvent, ClientError> {
+        self.drained_once = false;
         let expected = self.last_seq + 1;
         if event.seq != expected {
             tracing::error!(

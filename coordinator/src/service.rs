@@ -624,7 +624,6 @@ impl Coordinator {
         sender: mpsc::Sender<Result<v1::BatchEvent, CoordinatorError>>,
     ) {
         let mut doorbells = self.store().doorbells();
-        let mut checked_end = false;
         loop {
             let events = match self.store().events(&planned.id, after_seq, 1000).await {
                 Ok(events) => events,
@@ -652,11 +651,12 @@ impl Coordinator {
             if fetched > 0 {
                 continue;
             }
-            // Resumed at or past the end of a finished batch: nothing more
-            // comes. Asked once, at the first catch-up: later on, the
-            // batch's end arrives as its `BatchFinished` event.
-            if !checked_end
-                && let Ok(Some(meta)) = self.store().meta(&planned.id).await
+            // Nothing new: if the batch has ended and no event is left
+            // after `after_seq` (the watch resumed at or past its end, now
+            // or since), nothing more comes. Asked at each idle wake, not
+            // only the first: a watch past the end of a running batch must
+            // end when the batch does, though its `BatchFinished` is behind it.
+            if let Ok(Some(meta)) = self.store().meta(&planned.id).await
                 && meta.finished_ms.is_some()
                 && self
                     .store()
@@ -666,7 +666,6 @@ impl Coordinator {
             {
                 return;
             }
-            checked_end = true;
             tokio::select! {
                 () = self.inner.shutdown.cancelled() => return,
                 () = sender.closed() => return,
