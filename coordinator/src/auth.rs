@@ -619,7 +619,7 @@ impl Authenticator {
             ));
         }
         let id = hex::encode(random_bytes::<6>());
-        let token = format!("{TOKEN_PREFIX}{id}_{}", hex::encode(random_bytes::<32>()));
+        let token = format!("{TOKEN_PREFIX}{id}_{}", random_secret());
         let record = TokenRecord {
             id,
             hash: hex::encode(sha256(token.as_bytes())),
@@ -662,6 +662,12 @@ fn capability_mac(key: &Hmac<Sha256>, claims: &str) -> String {
         text.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
     text
+}
+
+/// 256 random bits as 64 lowercase hex characters: a token's secret, and
+/// the admin tokens `volley up` and `volley run` make.
+pub fn random_secret() -> String {
+    hex::encode(random_bytes::<32>())
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {

@@ -2,12 +2,9 @@
 //! string, a truncated field) is the caller's fault: INVALID_ARGUMENT from
 //! a real coordinator over the wire, not INTERNAL.
 
-use std::sync::Arc;
+mod common;
 
-use tokio_util::sync::CancellationToken;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use volley_coordinator::{Coordinator, CoordinatorConfig};
-use volley_store::MemoryStore;
 
 /// Sends raw bytes as the request; expects an empty response it never gets.
 #[derive(Default)]
@@ -53,19 +50,7 @@ impl Codec for RawCodec {
 
 #[tokio::test]
 async fn undecodable_requests_are_invalid_arguments() -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let coordinator = Coordinator::start(
-        Arc::new(MemoryStore::new()),
-        CoordinatorConfig::default(),
-        shutdown.child_token(),
-    )
-    .await?;
-    let serve_shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        volley_coordinator::serve(listener, None, coordinator, serve_shutdown).await
-    });
+    let (url, shutdown) = common::start_coordinator().await?;
     let channel = tonic::transport::Endpoint::from_shared(url)?
         .connect()
         .await?;

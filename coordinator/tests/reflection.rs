@@ -2,32 +2,11 @@
 //! (v1 and v1alpha) lists Volley's services and health, and resolves
 //! `volley.v1.BatchService` to its file and methods.
 
-use std::sync::Arc;
+mod common;
 
+use common::start_coordinator;
 use prost::Message;
-use tokio_util::sync::CancellationToken;
 use tonic_reflection::pb::{v1, v1alpha};
-use volley_coordinator::{Coordinator, CoordinatorConfig};
-use volley_store::MemoryStore;
-
-/// A coordinator on an in-memory store, served on a free port until the
-/// returned token is cancelled.
-async fn start_coordinator() -> anyhow::Result<(String, CancellationToken)> {
-    let shutdown = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let coordinator = Coordinator::start(
-        Arc::new(MemoryStore::new()),
-        CoordinatorConfig::default(),
-        shutdown.child_token(),
-    )
-    .await?;
-    let serve_shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        volley_coordinator::serve(listener, None, coordinator, serve_shutdown).await
-    });
-    Ok((url, shutdown))
-}
 
 async fn channel(url: &str) -> anyhow::Result<tonic::transport::Channel> {
     Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?

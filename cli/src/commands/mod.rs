@@ -102,11 +102,33 @@ impl CredentialArgs {
 }
 
 /// 256 random bits as 64 hex characters: an admin token for `volley up`
-/// and `volley run`.
+/// and `volley run` (the coordinator's own generator).
 pub fn random_token() -> String {
-    let mut bytes = [0_u8; 32];
-    getrandom::fill(&mut bytes).expect("the operating system's random source works");
-    hex::encode(bytes)
+    volley_coordinator::auth::random_secret()
+}
+
+/// A fresh directory only this user may enter (0700):
+/// `$TMPDIR/<prefix>-<pid>[-n]`, the first free name.
+pub fn private_temp_dir(prefix: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::temp_dir();
+    let pid = std::process::id();
+    let mut last_error = None;
+    for attempt in 0..100 {
+        let path = if attempt == 0 {
+            base.join(format!("{prefix}-{pid}"))
+        } else {
+            base.join(format!("{prefix}-{pid}-{attempt}"))
+        };
+        match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => return Ok(path),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                last_error = Some(error);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no free name")))
 }
 
 /// Flags of the long-running roles (`coordinator`, `worker`).

@@ -106,20 +106,7 @@ struct PrivateDir {
 
 impl PrivateDir {
     fn create() -> std::io::Result<PrivateDir> {
-        use std::os::unix::fs::DirBuilderExt;
-        let base = std::env::temp_dir();
-        let mut last_error = None;
-        for attempt in 0..100_u32 {
-            let path = base.join(format!("volley-run-{}-{attempt}", std::process::id()));
-            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(PrivateDir { path }),
-                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                    last_error = Some(error);
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| std::io::Error::other("no free name")))
+        super::private_temp_dir("volley-run").map(|path| PrivateDir { path })
     }
 }
 

@@ -655,7 +655,6 @@ async fn first_exit(parts: &mut [Part]) -> usize {
     futures::future::select_all(waits).await.0
 }
 
-/// A fresh directory for Redis's data: `$TMPDIR/volley-up-<pid>[-n]`.
 /// Writes `text` to a new file only its owner may read (0600).
 fn write_private(path: &Path, text: &str) -> Result<(), UpError> {
     use std::io::Write;
@@ -672,27 +671,12 @@ fn write_private(path: &Path, text: &str) -> Result<(), UpError> {
     })
 }
 
+/// A fresh directory for Redis's data and the admin token, 0700:
+/// `$TMPDIR/volley-up-<pid>[-n]`.
 fn make_temp_dir() -> Result<PathBuf, UpError> {
-    let base = std::env::temp_dir();
-    let pid = std::process::id();
-    let mut last_error = None;
-    for attempt in 0..100 {
-        let path = if attempt == 0 {
-            base.join(format!("volley-up-{pid}"))
-        } else {
-            base.join(format!("volley-up-{pid}-{attempt}"))
-        };
-        match std::fs::create_dir(&path) {
-            Ok(()) => return Ok(path),
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                last_error = Some(error);
-            }
-            Err(source) => return Err(UpError::Directory { path, source }),
-        }
-    }
-    Err(UpError::Directory {
-        path: base.join(format!("volley-up-{pid}")),
-        source: last_error.unwrap_or_else(|| std::io::Error::other("no free name")),
+    super::private_temp_dir("volley-up").map_err(|source| UpError::Directory {
+        path: std::env::temp_dir().join(format!("volley-up-{}", std::process::id())),
+        source,
     })
 }
 
