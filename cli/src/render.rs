@@ -40,42 +40,27 @@ pub async fn follow(
         None
     };
     let plain_lines = bar.is_none() && format == OutputFormat::Table;
-    let (mut running, mut succeeded, mut failed, mut other) = (0u32, 0u32, 0u32, 0u32);
+    let mut tally = Tally::default();
     let mut last_seq = 0;
     futures::pin_mut!(events);
     while let Some(event) = events.next().await {
         let event = event?;
         last_seq = event.seq;
-        match event.kind() {
-            EventKind::OpStarted => running += 1,
-            EventKind::OpSucceeded => {
-                running = running.saturating_sub(1);
-                succeeded += 1;
+        tally.record(&event);
+        if event.kind() == EventKind::OpsAdded {
+            // "N ops added …": the batch grew while it ran.
+            let added = event
+                .message
+                .split_whitespace()
+                .next()
+                .and_then(|count| count.parse::<u64>().ok());
+            if let (Some(bar), Some(added)) = (&bar, added) {
+                bar.inc_length(added);
             }
-            EventKind::OpFailed => {
-                running = running.saturating_sub(1);
-                failed += 1;
-            }
-            EventKind::OpRetrying => running = running.saturating_sub(1),
-            EventKind::OpSkipped | EventKind::OpCancelled => other += 1,
-            EventKind::OpsAdded => {
-                // "N ops added": the batch grew while it ran.
-                let added = event
-                    .message
-                    .split_whitespace()
-                    .next()
-                    .and_then(|count| count.parse::<u64>().ok());
-                if let (Some(bar), Some(added)) = (&bar, added) {
-                    bar.inc_length(added);
-                }
-            }
-            _ => {}
         }
         if let Some(bar) = &bar {
-            bar.set_position(u64::from(succeeded + failed + other));
-            bar.set_message(format!(
-                "running {running} · succeeded {succeeded} · failed {failed}"
-            ));
+            bar.set_position(u64::from(tally.ended()));
+            bar.set_message(tally.words());
         } else if plain_lines {
             eprintln!("{}", event_line(&event));
         }
@@ -84,6 +69,61 @@ pub async fn follow(
         bar.finish_and_clear();
     }
     Ok(last_seq)
+}
+
+/// Where each op stands, from its events: the last word wins, so an op
+/// that failed and then succeeded in a retry (the sequential pass, say)
+/// counts once, as succeeded, and the counts always add up to the ops seen.
+#[derive(Default)]
+struct Tally {
+    ops: std::collections::HashMap<String, OpPhase>,
+    /// How many ops are in each phase, indexed by `OpPhase as usize`.
+    counts: [u32; 5],
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OpPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    /// Skipped or cancelled.
+    Other,
+}
+
+impl Tally {
+    fn record(&mut self, event: &v1::BatchEvent) {
+        let phase = match event.kind() {
+            EventKind::OpStarted => OpPhase::Running,
+            EventKind::OpSucceeded => OpPhase::Succeeded,
+            EventKind::OpFailed => OpPhase::Failed,
+            EventKind::OpRetrying => OpPhase::Pending,
+            EventKind::OpSkipped | EventKind::OpCancelled => OpPhase::Other,
+            _ => return,
+        };
+        if let Some(before) = self.ops.insert(event.op_id.clone(), phase) {
+            self.counts[before as usize] -= 1;
+        }
+        self.counts[phase as usize] += 1;
+    }
+
+    fn count(&self, phase: OpPhase) -> u32 {
+        self.counts[phase as usize]
+    }
+
+    /// Ops that have ended (succeeded, failed, skipped or cancelled).
+    fn ended(&self) -> u32 {
+        self.count(OpPhase::Succeeded) + self.count(OpPhase::Failed) + self.count(OpPhase::Other)
+    }
+
+    fn words(&self) -> String {
+        format!(
+            "running {} · succeeded {} · failed {}",
+            self.count(OpPhase::Running),
+            self.count(OpPhase::Succeeded),
+            self.count(OpPhase::Failed)
+        )
+    }
 }
 
 fn event_line(event: &v1::BatchEvent) -> String {
@@ -107,15 +147,8 @@ fn event_line(event: &v1::BatchEvent) -> String {
             format!("cancelled {}: {}", event.op_id, first_line(&event.message))
         }
         EventKind::BatchFinished => format!("batch {}", state_word(event.batch_state())),
-        EventKind::OpsAdded => format!(
-            "grew     {} (by {})",
-            event.message,
-            if event.op_id.is_empty() {
-                "a client"
-            } else {
-                &event.op_id
-            }
-        ),
+        // "N ops added by token T (op `X`)": the store's words say who.
+        EventKind::OpsAdded => format!("grew      {}", event.message),
         EventKind::OpBlocked => {
             format!("blocked   {}: {}", event.op_id, first_line(&event.message))
         }
@@ -475,6 +508,48 @@ pub fn report_text(status: &v1::BatchStatus, rows: &TableRows) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn op_event(kind: EventKind, op: &str) -> v1::BatchEvent {
+        v1::BatchEvent {
+            kind: kind as i32,
+            op_id: op.to_owned(),
+            ..v1::BatchEvent::default()
+        }
+    }
+
+    #[test]
+    fn a_tally_counts_each_op_once_in_its_last_state() {
+        // The sequential pass: a1 failed, b skipped; both run again and
+        // succeed. Five ops in all; the bar must end at 5/5, not 7/5.
+        let mut tally = Tally::default();
+        for (kind, op) in [
+            (EventKind::OpStarted, "a1"),
+            (EventKind::OpStarted, "a2"),
+            (EventKind::OpStarted, "a3"),
+            (EventKind::OpSucceeded, "a2"),
+            (EventKind::OpSucceeded, "a3"),
+            (EventKind::OpFailed, "a1"),
+            (EventKind::OpSkipped, "b"),
+            (EventKind::OpSucceeded, "c"),
+            (EventKind::OpRetrying, "a1"),
+            (EventKind::OpRetrying, "b"),
+            (EventKind::OpStarted, "a1"),
+            (EventKind::OpSucceeded, "a1"),
+            (EventKind::OpStarted, "b"),
+            (EventKind::OpSucceeded, "b"),
+            (EventKind::OpsAdded, ""),
+        ] {
+            tally.record(&op_event(kind, op));
+        }
+        assert_eq!(tally.ended(), 4 + 1);
+        assert_eq!(tally.words(), "running 0 · succeeded 5 · failed 0");
+        // Cancelled after a skip counts once.
+        tally.record(&op_event(EventKind::OpSkipped, "d"));
+        tally.record(&op_event(EventKind::OpRetrying, "d"));
+        tally.record(&op_event(EventKind::OpCancelled, "d"));
+        assert_eq!(tally.ended(), 6);
+    }
+
     use serde_json::json;
 
     fn op(id: &str, state: OpState, details_json: &str, after: &[&str]) -> v1::OpStatus {

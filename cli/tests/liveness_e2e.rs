@@ -1,14 +1,20 @@
-//! Watches end: `volley watch ID --after N` with N at or past the batch's
-//! last event ends (with the report and the batch's exit code) once the
-//! batch has ended — at once for a finished batch, and when a running one
-//! finishes — instead of reconnecting forever.
+//! Every end reaches every watcher, and the story a watcher hears adds up:
+//! - `volley watch ID --after N` with N at or past the batch's last event
+//!   ends (with the report and the batch's exit code) once the batch has
+//!   ended — at once for a finished batch, and when a running one finishes;
+//! - watchers of a batch lost with the store's data (Redis restarted empty,
+//!   or FLUSHALL) end with exit 1 and the reason;
+//! - ops spawned through one coordinator are known to the others (status,
+//!   why and watch agree) and a watcher names them;
+//! - the sequential pass tells one story per op;
+//! - `wait_timeout` fires on time, not at the next tick.
 
 mod common;
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{ADMIN_TOKEN, Cluster, batch_file, volley};
+use common::{ADMIN_TOKEN, Cluster, Fleet, batch_file, volley};
 
 /// Only a guard against hanging; never asserted on.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -90,4 +96,97 @@ async fn a_watch_past_the_end_ends_for_finished_and_running_batches() {
     let (code, report) = finished(watcher).await;
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["state"], "succeeded");
+}
+
+/// A `volley` client process against `url`, its output piped.
+fn client_process(url: &str, args: &[&str]) -> tokio::process::Child {
+    volley()
+        .args(args)
+        .env("VOLLEY_COORDINATOR", url)
+        .env("VOLLEY_TOKEN", ADMIN_TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("volley starts")
+}
+
+/// The exit code, stdout and stderr of a client process that must end.
+async fn ended(child: tokio::process::Child, what: &str) -> (Option<i32>, String, String) {
+    let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} never ended"))
+        .expect("volley");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn wait_for_state(cluster_client: &volley_client::Client, batch: &str, running: bool) {
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let state = cluster_client.summary(batch).await.map(|status| status.state);
+        if state.is_ok_and(|state| (state == volley_client::v1::BatchState::Running as i32) == running) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < until, "batch {batch} never got there");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_of_a_lost_batch_end_with_exit_1_and_the_reason() {
+    let mut cluster = Cluster::start(1).await;
+    for (round, lose) in ["restart", "flushall"].into_iter().enumerate() {
+        let file = batch_file(
+            cluster.root(),
+            &format!("doomed{round}.yaml"),
+            "name: doomed\nops:\n  - {id: long, kind: sleep, args: {ms: 120000}}\n",
+        );
+        // Two watchers from before the loss: `submit --watch` (its own
+        // stream) and a `volley watch` of the same batch.
+        let submitter = client_process(
+            &cluster.url,
+            &["submit", file.to_str().expect("utf-8"), "--watch"],
+        );
+        let batch = {
+            let until = tokio::time::Instant::now() + DEADLINE;
+            loop {
+                let listed = cluster.client.list(10).await.expect("list");
+                if let Some(found) = listed
+                    .iter()
+                    .find(|summary| summary.state == volley_client::v1::BatchState::Running as i32)
+                {
+                    break found.batch_id.clone();
+                }
+                assert!(tokio::time::Instant::now() < until, "the batch never ran");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let watcher = client_process(&cluster.url, &["watch", &batch]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match lose {
+            "restart" => cluster.redis.restart().expect("redis restarts empty"),
+            _ => {
+                let flushed = std::process::Command::new("redis-cli")
+                    .args(["-p", &cluster.redis.port().to_string(), "FLUSHALL"])
+                    .output()
+                    .expect("redis-cli");
+                assert!(flushed.status.success(), "FLUSHALL: {flushed:?}");
+            }
+        }
+        for (what, child) in [("submit --watch", submitter), ("watch", watcher)] {
+            let (code, stdout, stderr) = ended(child, what).await;
+            assert_eq!(code, Some(1), "{lose}, {what}: {stdout}\n{stderr}");
+            let said = format!("{stdout}{stderr}");
+            assert!(said.contains("lost"), "{lose}, {what} says the batch is lost: {said}");
+            assert!(
+                said.contains("restarted empty"),
+                "{lose}, {what} gives the reason: {said}"
+            );
+        }
+    }
 }

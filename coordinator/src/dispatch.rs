@@ -29,7 +29,7 @@
 //! still runs, so that coordinator adopts those ops instead of re-running
 //! them.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -406,6 +406,12 @@ pub(crate) struct Dispatcher {
     epoch: String,
     /// When a retry delayed by backoff becomes ready: look again then.
     next_retry_at_ms: Option<u64>,
+    /// When a batch's deadline or an op's `wait_timeout` runs out (unix
+    /// ms), so they fire on time rather than at the next tick. Set when the
+    /// dispatcher learns of the batch or its spawned ops, from its own
+    /// clock (never before the store's deadline, which was counted from
+    /// the creation just before); the tick still checks every batch.
+    timers: BTreeSet<(u64, BatchId)>,
     shutdown: CancellationToken,
     workers: BTreeMap<u64, Worker>,
     batches: HashMap<BatchId, ActiveBatch>,
@@ -455,6 +461,7 @@ impl Dispatcher {
             serving,
             epoch,
             next_retry_at_ms: None,
+            timers: BTreeSet::new(),
             shutdown,
             workers: BTreeMap::new(),
             batches: HashMap::new(),
@@ -496,6 +503,9 @@ impl Dispatcher {
                 () = sleep_until_ms(self.next_retry_at_ms) => {
                     self.next_retry_at_ms = None;
                     self.mark_all_ready();
+                }
+                () = sleep_until_ms(self.timers.first().map(|(at, _)| *at)) => {
+                    self.fire_timers().await;
                 }
             }
             while let Ok(bell) = self.doorbells.try_recv() {
@@ -693,6 +703,7 @@ impl Dispatcher {
                         .filter(|(batch, _)| batch == &id)
                         .count() as u32;
                     self.order.push_back(id.clone());
+                    self.set_timers(&planned, 0);
                     self.batches.insert(
                         id,
                         ActiveBatch {
@@ -718,8 +729,10 @@ impl Dispatcher {
                 if let Some(active) = self.batches.get_mut(&planned.id)
                     && planned.plan.ops.len() >= active.planned.plan.ops.len()
                 {
-                    active.planned = planned;
+                    let known = active.planned.plan.ops.len();
+                    active.planned = planned.clone();
                     active.maybe_ready = true;
+                    self.set_timers(&planned, known);
                 }
             }
             Command::BatchCancelled { batch, running } => {
@@ -791,8 +804,69 @@ impl Dispatcher {
         }
     }
 
+    /// Timers for the batch's deadline (when `from_op` is 0: the batch is
+    /// new to us) and for the `wait_timeout` of its ops from `from_op` on
+    /// (spawned ops count from now, as the store counts them from
+    /// `add_ops`). One timer per distinct instant.
+    fn set_timers(&mut self, planned: &PlannedBatch, from_op: usize) {
+        // A millisecond after the store's instant: the store's deadline was
+        // counted from a creation time taken before this.
+        let now = now_ms() + 1;
+        let plan = &planned.plan;
+        if from_op == 0 && plan.deadline_ms > 0 {
+            self.timers
+                .insert((now + plan.deadline_ms, planned.id.clone()));
+        }
+        let timeouts: BTreeSet<u64> = plan.ops[from_op.min(plan.ops.len())..]
+            .iter()
+            .filter(|op| op.wait_timeout_ms > 0)
+            .map(|op| op.wait_timeout_ms)
+            .collect();
+        for timeout in timeouts {
+            self.timers.insert((now + timeout, planned.id.clone()));
+        }
+    }
+
+    /// Runs the deadline and wait checks of every batch whose timer is due
+    /// (a batch we do not hold, or no longer run, is skipped: its owner or
+    /// the tick sees to it).
+    async fn fire_timers(&mut self) {
+        let now = now_ms();
+        let mut due = BTreeSet::new();
+        while let Some((at, _)) = self.timers.first()
+            && *at <= now
+        {
+            if let Some((_, batch)) = self.timers.pop_first() {
+                due.insert(batch);
+            }
+        }
+        if self.store_down
+            || self
+                .expire_after
+                .is_some_and(|after| after > tokio::time::Instant::now())
+        {
+            return;
+        }
+        for batch in due {
+            let Some(active) = self.batches.get(&batch) else {
+                continue;
+            };
+            let plan = &active.planned.plan;
+            let (has_deadline, has_wait_timeouts) = (
+                plan.deadline_ms > 0,
+                plan.ops.iter().any(|op| op.wait_timeout_ms > 0),
+            );
+            let Some(fence) = self.hold(&batch, now).await else {
+                continue;
+            };
+            self.expire_timers_of(&batch, has_deadline, has_wait_timeouts, &fence)
+                .await;
+        }
+    }
+
     fn remove_batch(&mut self, batch: &BatchId) {
         self.owned.remove(batch);
+        self.timers.retain(|(_, timed)| timed != batch);
         if self.batches.remove(batch).is_some() {
             self.order.retain(|id| id != batch);
         }
@@ -1130,24 +1204,37 @@ impl Dispatcher {
                     continue;
                 }
             }
-            if has_deadline {
-                match self.store.expire_deadline(&batch, now, &fence).await {
-                    Ok(outcome) if outcome.finished.is_some() => {
-                        warn!(%batch, "the batch's deadline passed");
-                        self.cancel_running_of(&batch);
-                        self.apply_results(BatchResults {
-                            batch: batch.clone(),
-                            indices: Vec::new(),
-                            outcome: Some(outcome),
-                        });
-                    }
-                    Ok(_) => {}
-                    Err(error) => self.housekeeping_failed(&batch, "check the deadline", error),
+            self.expire_timers_of(&batch, has_deadline, has_wait_timeouts, &fence)
+                .await;
+        }
+    }
+
+    /// Ends the batch if its deadline passed, and fails its ops that waited
+    /// for memory keys past their `wait_timeout`.
+    async fn expire_timers_of(
+        &mut self,
+        batch: &BatchId,
+        has_deadline: bool,
+        has_wait_timeouts: bool,
+        fence: &Fence,
+    ) {
+        if has_deadline {
+            match self.store.expire_deadline(batch, now_ms(), fence).await {
+                Ok(outcome) if outcome.finished.is_some() => {
+                    warn!(%batch, "the batch's deadline passed");
+                    self.cancel_running_of(batch);
+                    self.apply_results(BatchResults {
+                        batch: batch.clone(),
+                        indices: Vec::new(),
+                        outcome: Some(outcome),
+                    });
                 }
+                Ok(_) => {}
+                Err(error) => self.housekeeping_failed(batch, "check the deadline", error),
             }
-            if has_wait_timeouts {
-                self.expire_waits_of(&batch, &fence).await;
-            }
+        }
+        if has_wait_timeouts {
+            self.expire_waits_of(batch, fence).await;
         }
     }
 

@@ -147,6 +147,48 @@ impl PlanCache {
         }
         Ok(planned)
     }
+    /// The plan of a batch that has at least `ops` ops: the cached one if it
+    /// knows that many, else rebuilt from the stored spec — another
+    /// coordinator spawned ops into the batch since this one planned it.
+    /// Spawned ops are in the store (and its events) the moment `add_ops`
+    /// returns, so any coordinator that sees an index past its plan reads
+    /// the spec again rather than name the op `?`.
+    pub(crate) async fn covering(
+        &self,
+        store: &dyn Store,
+        batch: &BatchId,
+        ops: usize,
+    ) -> Result<Arc<PlannedBatch>, CoordinatorError> {
+        if let Some(planned) = self.cached(batch)
+            && planned.plan.ops.len() >= ops
+        {
+            return Ok(planned);
+        }
+        let spec = store
+            .batch_spec(batch)
+            .await?
+            .ok_or_else(|| CoordinatorError::BatchNotFound(batch.clone()))?;
+        let id = batch.clone();
+        let planned = tokio::task::spawn_blocking(move || replan(&id, &spec))
+            .await
+            .map_err(|error| {
+                CoordinatorError::Store(volley_store::StoreError::Corrupt(format!(
+                    "re-planning batch {batch} panicked: {error}"
+                )))
+            })??;
+        let planned = Arc::new(planned);
+        // Never replace a plan with an older one (a spawn on this
+        // coordinator may have raced the read).
+        let mut inner = self.inner.lock().expect("plan cache lock poisoned");
+        let cached = inner.plans.get(batch).cloned();
+        match cached {
+            Some(cached) if cached.plan.ops.len() >= planned.plan.ops.len() => Ok(cached),
+            _ => {
+                inner.plans.insert(batch.clone(), planned.clone());
+                Ok(planned)
+            }
+        }
+    }
 }
 
 /// The whole batch a stored spec describes: the submission with every

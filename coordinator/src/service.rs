@@ -10,7 +10,7 @@ use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 use volley_plan::{Plan, PlannedOp};
 use volley_proto::{BatchId, v1};
 use volley_store::{
@@ -494,6 +494,8 @@ impl Coordinator {
             .meta(batch)
             .await?
             .ok_or_else(|| CoordinatorError::BatchNotFound(batch.clone()))?;
+        // Ops another coordinator spawned since this one planned the batch.
+        let planned = self.plan_covering(&planned, meta.total).await?;
         let total = (planned.plan.ops.len() as u32).min(meta.total);
         let first_page = ops.as_ref().is_none_or(|range| range.start == 0);
         // A summary of a running batch is its counters: reading every op's
@@ -597,7 +599,10 @@ impl Coordinator {
 
     /// Streams a batch's events after `after_seq`, in order, until the batch
     /// has finished. Wakes on doorbells, and re-reads on a slow timer in
-    /// case one was missed.
+    /// case one was missed. Every stream ends with a `BatchFinished`: the
+    /// store's, or — when the watch resumed at or past the batch's last
+    /// event, or the batch was lost with the store's data and its events
+    /// are gone — one made from the batch's record (see [`final_event`]).
     pub async fn watch(
         &self,
         batch: BatchId,
@@ -619,11 +624,15 @@ impl Coordinator {
 
     async fn pump_events(
         &self,
-        planned: Arc<PlannedBatch>,
+        mut planned: Arc<PlannedBatch>,
         mut after_seq: u64,
         sender: mpsc::Sender<Result<v1::BatchEvent, CoordinatorError>>,
     ) {
         let mut doorbells = self.store().doorbells();
+        // Since when the batch's record has been missing (the store was
+        // emptied and nobody has marked the batch lost yet, or its
+        // retention ran out).
+        let mut missing_since: Option<tokio::time::Instant> = None;
         loop {
             let events = match self.store().events(&planned.id, after_seq, 1000).await {
                 Ok(events) => events,
@@ -637,6 +646,13 @@ impl Coordinator {
             for event in events {
                 after_seq = event.seq;
                 finished |= event.kind == volley_store::EventKind::BatchFinished;
+                // Ops another coordinator spawned into the batch: learn
+                // their names before naming them.
+                if event.op_index.is_some_and(|index| index as usize >= planned.plan.ops.len())
+                    && let Ok(fresh) = self.plan_covering(&planned, event.op_index.unwrap_or(0) + 1).await
+                {
+                    planned = fresh;
+                }
                 if sender
                     .send(Ok(convert::event(&planned, event)))
                     .await
@@ -653,18 +669,35 @@ impl Coordinator {
             }
             // Nothing new: if the batch has ended and no event is left
             // after `after_seq` (the watch resumed at or past its end, now
-            // or since), nothing more comes. Asked at each idle wake, not
-            // only the first: a watch past the end of a running batch must
-            // end when the batch does, though its `BatchFinished` is behind it.
-            if let Ok(Some(meta)) = self.store().meta(&planned.id).await
-                && meta.finished_ms.is_some()
-                && self
-                    .store()
-                    .events(&planned.id, after_seq, 1)
-                    .await
-                    .is_ok_and(|events| events.is_empty())
-            {
-                return;
+            // or since, or the batch was lost with its events), nothing
+            // more comes from the store: end with the batch's final event,
+            // made from its record. Asked at each idle wake, not only the
+            // first: a watch past the end of a running batch must end when
+            // the batch does, though its `BatchFinished` is behind it.
+            match self.store().meta(&planned.id).await {
+                Ok(Some(meta)) => {
+                    missing_since = None;
+                    if meta.finished_ms.is_some()
+                        && self
+                            .store()
+                            .events(&planned.id, after_seq, 1)
+                            .await
+                            .is_ok_and(|events| events.is_empty())
+                    {
+                        let _ = sender.send(Ok(final_event(&meta, after_seq))).await;
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    let since = *missing_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= MISSING_BATCH_GRACE {
+                        let _ = sender
+                            .send(Err(CoordinatorError::BatchNotFound(planned.id.clone())))
+                            .await;
+                        return;
+                    }
+                }
+                Err(error) => debug!(%error, batch = %planned.id, "watch: could not read the batch's record; trying again"),
             }
             tokio::select! {
                 () = self.inner.shutdown.cancelled() => return,
@@ -673,6 +706,20 @@ impl Coordinator {
                 () = tokio::time::sleep(self.inner.config.resync_interval) => {}
             }
         }
+    }
+
+    /// `planned`, or the batch's plan read again from its stored spec when
+    /// `planned` knows fewer than `ops` ops: another coordinator grew the
+    /// batch (spawned ops) since this one planned it.
+    pub(crate) async fn plan_covering(
+        &self,
+        planned: &Arc<PlannedBatch>,
+        ops: u32,
+    ) -> Result<Arc<PlannedBatch>, CoordinatorError> {
+        self.inner
+            .plans
+            .covering(self.store(), &planned.id, ops as usize)
+            .await
     }
 
     /// Live workers of the whole cluster and how busy they are: ours as
@@ -788,6 +835,27 @@ impl Coordinator {
             refused,
             coordinator: self.clone(),
         })
+    }
+}
+
+/// How long a watch waits for a batch whose record is gone to be marked
+/// lost (the store restarted empty) before it ends with "not found" (its
+/// retention ran out).
+const MISSING_BATCH_GRACE: Duration = Duration::from_secs(30);
+
+/// The `BatchFinished` of an ended batch whose own final event the watch
+/// cannot deliver: it resumed at or past it, or the batch was lost with the
+/// store's data (its events were numbered afresh). Numbered right after the
+/// last event the watcher saw, so the stream stays gapless for it; says the
+/// batch's state and why it ended.
+fn final_event(meta: &volley_store::BatchMeta, after_seq: u64) -> v1::BatchEvent {
+    v1::BatchEvent {
+        seq: after_seq + 1,
+        at_ms: meta.finished_ms.unwrap_or_default(),
+        kind: v1::EventKind::BatchFinished as i32,
+        message: meta.error.clone(),
+        batch_state: convert::batch_state(meta.state) as i32,
+        ..v1::BatchEvent::default()
     }
 }
 

@@ -20,7 +20,14 @@ impl Coordinator {
         op_id: &str,
         principal: &Principal,
     ) -> Result<v1::WhyResponse, CoordinatorError> {
-        let planned = self.authorize(principal, batch, Access::Read).await?;
+        let mut planned = self.authorize(principal, batch, Access::Read).await?;
+        if !planned.plan.ops.iter().any(|op| op.id.as_str() == op_id)
+            && let Some(meta) = self.store().meta(batch).await?
+        {
+            // Maybe spawned through another coordinator since this one
+            // planned the batch.
+            planned = self.plan_covering(&planned, meta.total).await?;
+        }
         let ops = &planned.plan.ops;
         let index = ops
             .iter()

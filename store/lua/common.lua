@@ -428,6 +428,11 @@ local function sequential_pass_message(failed)
     .. 'one last attempt each, one op at a time', failed, noun)
 end
 
+-- The message of the `retrying` event of each skipped op the sequential pass
+-- queues again (as `SEQUENTIAL_PASS_REQUEUED` in src/model.rs).
+local SEQUENTIAL_PASS_REQUEUED =
+  'retry_failed: sequential pass: queued again (it was skipped in the parallel pass)'
+
 -- `retry_failed: sequential` (see Store::complete): every op has ended and
 -- `failed` of them failed. Every Failed or Skipped op goes back to Waiting,
 -- pending = how many of its dependencies are among them; its memory waits
@@ -477,7 +482,11 @@ local function start_sequential_pass(failed)
     end
     redis.call('ZREM', K_DEADLINES, idx)
     redis.call('HDEL', K_RESULT, idx)
-    if again[idx] == 'F' then event('retrying', idx, attempts_of(idx), '', message, nil) end
+    if again[idx] == 'F' then
+      event('retrying', idx, attempts_of(idx), '', message, nil)
+    else
+      event('retrying', idx, attempts_of(idx), '', SEQUENTIAL_PASS_REQUEUED, nil)
+    end
     local left = pending[idx] or 0
     if left > 0 then
       redis.call('HSET', K_STATE, idx, 'W')

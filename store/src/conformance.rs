@@ -4036,6 +4036,8 @@ pub async fn case_sequential_pass_reruns_a_failed_chain(store: &dyn Store) {
             (OpSkipped, Some(1), 0),
             (OpSkipped, Some(2), 0),
             (OpRetrying, Some(0), 1),
+            (OpRetrying, Some(1), 0),
+            (OpRetrying, Some(2), 0),
             (OpStarted, Some(0), 2),
             (OpSucceeded, Some(0), 2),
             (OpStarted, Some(1), 1),
@@ -4052,6 +4054,8 @@ pub async fn case_sequential_pass_reruns_a_failed_chain(store: &dyn Store) {
         "retry_failed: sequential pass after the parallel pass (1 op failed): \
          one last attempt each, one op at a time"
     );
+    assert_eq!(events[6].message, SEQUENTIAL_PASS_REQUEUED);
+    assert_eq!(events[7].message, SEQUENTIAL_PASS_REQUEUED);
 }
 
 pub async fn case_sequential_pass_runs_one_at_a_time_and_failures_are_final(store: &dyn Store) {

@@ -146,8 +146,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 ///   lose what the last pass wrote (worker, times, output, error, details)
 ///   and keep their attempt counts.
 /// - Each op of R that had failed gets one `OpRetrying` (attempt = its last
-///   attempt, message [`sequential_pass_message`]); a re-queued skipped op
-///   gets no event until it starts.
+///   attempt, message [`sequential_pass_message`]); each re-queued skipped
+///   op one `OpRetrying` too (attempt = its attempts so far, message
+///   [`SEQUENTIAL_PASS_REQUEUED`]), so every op's events tell one story.
 /// - Memory waits of R (`wait_for`, `wait_for_any`) are not counted again:
 ///   they count as arrived, even keys that never appeared, and their wait
 ///   deadlines no longer apply.

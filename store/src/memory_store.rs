@@ -1102,16 +1102,19 @@ impl BatchData {
             op.pending = pending.get(&index).copied().unwrap_or(0);
             let attempt = op.record.attempts;
             let ready = op.pending == 0;
-            if was == OpState::Failed {
-                self.event(
-                    now_ms,
-                    EventKind::OpRetrying,
-                    Some(index),
-                    attempt,
-                    "",
-                    &message,
-                );
-            }
+            let retrying = if was == OpState::Failed {
+                message.as_str()
+            } else {
+                SEQUENTIAL_PASS_REQUEUED
+            };
+            self.event(
+                now_ms,
+                EventKind::OpRetrying,
+                Some(index),
+                attempt,
+                "",
+                retrying,
+            );
             if ready {
                 self.push_ready(index);
                 became_ready += 1;

@@ -233,6 +233,13 @@ pub fn sequential_pass_message(failed: u32) -> String {
     )
 }
 
+/// The message of the `OpRetrying` event each op skipped in the parallel
+/// pass gets when the sequential pass queues it again, so that every op's
+/// events tell one story (skipped, queued again, then how it ended).
+/// `lua/common.lua` words it identically.
+pub const SEQUENTIAL_PASS_REQUEUED: &str =
+    "retry_failed: sequential pass: queued again (it was skipped in the parallel pass)";
+
 /// When and how an op gets another attempt.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
