@@ -128,11 +128,19 @@ async fn ended(child: tokio::process::Child, what: &str) -> (Option<i32>, String
 async fn wait_for_state(cluster_client: &volley_client::Client, batch: &str, running: bool) {
     let until = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let state = cluster_client.summary(batch).await.map(|status| status.state);
-        if state.is_ok_and(|state| (state == volley_client::v1::BatchState::Running as i32) == running) {
+        let state = cluster_client
+            .summary(batch)
+            .await
+            .map(|status| status.state);
+        if state
+            .is_ok_and(|state| (state == volley_client::v1::BatchState::Running as i32) == running)
+        {
             return;
         }
-        assert!(tokio::time::Instant::now() < until, "batch {batch} never got there");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "batch {batch} never got there"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -182,7 +190,10 @@ async fn watchers_of_a_lost_batch_end_with_exit_1_and_the_reason() {
             let (code, stdout, stderr) = ended(child, what).await;
             assert_eq!(code, Some(1), "{lose}, {what}: {stdout}\n{stderr}");
             let said = format!("{stdout}{stderr}");
-            assert!(said.contains("lost"), "{lose}, {what} says the batch is lost: {said}");
+            assert!(
+                said.contains("lost"),
+                "{lose}, {what} says the batch is lost: {said}"
+            );
             assert!(
                 said.contains("restarted empty"),
                 "{lose}, {what} gives the reason: {said}"

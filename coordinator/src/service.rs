@@ -648,8 +648,12 @@ impl Coordinator {
                 finished |= event.kind == volley_store::EventKind::BatchFinished;
                 // Ops another coordinator spawned into the batch: learn
                 // their names before naming them.
-                if event.op_index.is_some_and(|index| index as usize >= planned.plan.ops.len())
-                    && let Ok(fresh) = self.plan_covering(&planned, event.op_index.unwrap_or(0) + 1).await
+                if event
+                    .op_index
+                    .is_some_and(|index| index as usize >= planned.plan.ops.len())
+                    && let Ok(fresh) = self
+                        .plan_covering(&planned, event.op_index.unwrap_or(0) + 1)
+                        .await
                 {
                     planned = fresh;
                 }
@@ -697,7 +701,9 @@ impl Coordinator {
                         return;
                     }
                 }
-                Err(error) => debug!(%error, batch = %planned.id, "watch: could not read the batch's record; trying again"),
+                Err(error) => {
+                    debug!(%error, batch = %planned.id, "watch: could not read the batch's record; trying again")
+                }
             }
             tokio::select! {
                 () = self.inner.shutdown.cancelled() => return,
