@@ -125,26 +125,6 @@ async fn ended(child: tokio::process::Child, what: &str) -> (Option<i32>, String
     )
 }
 
-async fn wait_for_state(cluster_client: &volley_client::Client, batch: &str, running: bool) {
-    let until = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let state = cluster_client
-            .summary(batch)
-            .await
-            .map(|status| status.state);
-        if state
-            .is_ok_and(|state| (state == volley_client::v1::BatchState::Running as i32) == running)
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "batch {batch} never got there"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_of_a_lost_batch_end_with_exit_1_and_the_reason() {
     let mut cluster = Cluster::start(1).await;
@@ -200,4 +180,175 @@ async fn watchers_of_a_lost_batch_end_with_exit_1_and_the_reason() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_spawned_through_one_coordinator_are_known_to_the_other() {
+    let redis = volley_testkit::RedisServer::start().expect("redis-server starts");
+    let mut fleet = Fleet::start(redis, 2, &[]).await;
+    fleet.add_worker("w", &[]).await;
+    fleet.wait_for_workers(1).await;
+    let direct = |index: usize| format!("http://127.0.0.1:{}", fleet.coordinators[index].0);
+    let (c0, c1) = (direct(0), direct(1));
+    let gated = batch_file(
+        fleet.root.path(),
+        "gated.yaml",
+        "name: grows\nops:\n  - {id: gate, kind: echo, wait_for: [go], args: {text: gated}}\n  - {id: first, kind: echo, args: {text: first}}\n",
+    );
+    let (code, submitted, stderr) = ended(
+        client_process(&c0, &["submit", gated.to_str().expect("utf-8")]),
+        "submit",
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let batch = submitted
+        .split_whitespace()
+        .find(|word| word.len() >= 32)
+        .unwrap_or_else(|| panic!("no batch id in {submitted}"))
+        .to_owned();
+    // Both coordinators plan the batch before it grows.
+    for url in [&c0, &c1] {
+        let (code, _, stderr) = ended(client_process(url, &["status", &batch]), "status").await;
+        assert_eq!(code, Some(0), "{stderr}");
+    }
+    // A watcher on c1, open while c0 grows the batch.
+    let watcher = client_process(&c1, &["watch", &batch]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let children = batch_file(
+        fleet.root.path(),
+        "children.yaml",
+        "ops:\n  - {id: child1, kind: echo, args: {text: one}}\n  - {id: child2, kind: echo, args: {text: two}}\n",
+    );
+    let (code, _, stderr) = ended(
+        client_process(
+            &c0,
+            &[
+                "spawn",
+                children.to_str().expect("utf-8"),
+                "--batch",
+                &batch,
+                "--op",
+                "gate",
+            ],
+        ),
+        "spawn",
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    // c1 agrees at once: status lists all four ops, why knows child2.
+    let (code, status, stderr) = ended(
+        client_process(&c1, &["status", &batch, "--output", "json"]),
+        "status",
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+    let ids: Vec<&str> = status["ops"]
+        .as_array()
+        .expect("ops")
+        .iter()
+        .filter_map(|op| op["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["gate", "first", "child1", "child2"], "{status}");
+    let (code, why, stderr) = ended(client_process(&c1, &["why", &batch, "child2"]), "why").await;
+    assert_eq!(code, Some(0), "{why}{stderr}");
+    assert!(!why.contains("has no op"), "{why}");
+    fleet
+        .client
+        .memory(volley_client::Scope::Batch(batch.clone()))
+        .put("go", b"now".to_vec())
+        .await
+        .expect("open the gate");
+    let (code, _, lines) = ended(watcher, "watch").await;
+    assert_eq!(code, Some(0), "{lines}");
+    assert!(
+        lines.contains("succeeded child2"),
+        "the watcher names spawned ops: {lines}"
+    );
+    assert!(!lines.contains(" ? "), "no op is `?`: {lines}");
+    assert!(
+        lines.contains("grew      2 ops added by token") && lines.contains("(op `gate`)"),
+        "the grew line says who: {lines}"
+    );
+    assert!(!lines.contains("by a client"), "{lines}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sequential_pass_tells_one_story_per_op() {
+    let cluster = Cluster::start(1).await;
+    // `flaky` fails the first time (parallel pass) and succeeds after;
+    // `after1` is skipped with it, then runs in the pass.
+    let file = batch_file(
+        cluster.root(),
+        "seq.yaml",
+        "name: seq\nretry_failed: sequential\nops:\n  - {id: flaky, kind: shell, args: {cmd: 'if [ -e once ]; then echo ok; else touch once; exit 3; fi'}}\n  - {id: after1, kind: echo, after: [flaky], args: {text: after}}\n  - {id: fine, kind: echo, args: {text: fine}}\n",
+    );
+    let (code, _, lines) = ended(
+        client_process(
+            &cluster.url,
+            &["submit", file.to_str().expect("utf-8"), "--watch"],
+        ),
+        "submit --watch",
+    )
+    .await;
+    assert_eq!(code, Some(0), "{lines}");
+    let story = |op: &str| -> Vec<String> {
+        lines
+            .lines()
+            .filter(|line| {
+                line.split_whitespace().nth(3) == Some(op)
+                    || line.split_whitespace().nth(3) == Some(&format!("{op}:"))
+            })
+            .map(|line| line.split_whitespace().nth(2).unwrap_or("").to_owned())
+            .collect()
+    };
+    assert_eq!(
+        story("flaky"),
+        ["started", "failed", "retrying", "started", "succeeded"],
+        "{lines}"
+    );
+    assert_eq!(
+        story("after1"),
+        ["skipped", "retrying", "started", "succeeded"],
+        "{lines}"
+    );
+    assert!(
+        lines.contains("retrying  after1: retry_failed: sequential pass: queued again"),
+        "{lines}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_timeout_fires_on_time_not_at_the_next_tick() {
+    // A 5 s tick: a timeout that waited for the tick would say ~5000 ms.
+    let cluster = Cluster::start_with(1, &["--resync-interval", "5s"]).await;
+    let file = batch_file(
+        cluster.root(),
+        "wait.yaml",
+        "name: waits\nops:\n  - {id: w, kind: echo, wait_for: [never], wait_timeout: 1500ms, args: {text: never}}\n",
+    );
+    let (code, _, lines) = ended(
+        client_process(
+            &cluster.url,
+            &[
+                "submit",
+                file.to_str().expect("utf-8"),
+                "--watch",
+                "--allow-unwritten",
+            ],
+        ),
+        "submit --watch",
+    )
+    .await;
+    assert_eq!(code, Some(1), "{lines}");
+    let waited: u64 = lines
+        .split("waited ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no `waited N ms` in {lines}"));
+    assert!(waited >= 1500, "{lines}");
+    // Not a correctness bound on speed: a tick-driven check would say
+    // about 5000 ms here.
+    assert!(waited < 4000, "fired at the tick, not on time: {lines}");
 }
