@@ -234,3 +234,18 @@ def test_an_unauthenticated_watch_is_not_retried() -> None:
     assert isinstance(error, Unauthenticated)
     assert "this client sends no token" in str(error)
     assert batches.after_seqs == [0]
+
+
+def test_a_watch_past_the_end_of_a_finished_batch_ends_with_its_final_event(
+    client: Client,
+) -> None:
+    batch_id = client.submit({"ops": [{"id": "a", "kind": "echo", "args": {"text": "hi"}}]})
+    assert client.wait(batch_id, timeout=60).state == BatchState.SUCCEEDED
+    for after in (3, 4, 1000):
+        with client.watch(batch_id, after_seq=after, timeout=30, options=FAST) as events:
+            seen = list(events)
+        # The coordinator makes the final event from the batch's record
+        # when the store's is behind the watcher: one, numbered after it.
+        assert [event.kind for event in seen][-1] == EventKind.BATCH_FINISHED, (after, seen)
+        assert seen[-1].batch_state == BatchState.SUCCEEDED
+        assert seen[0].seq == after + 1
