@@ -91,8 +91,10 @@ impl Executor {
     /// failed [`OpResult`] with its `failure_kind` set: the handler's error's
     /// ([`HandlerError::failure_kind`]; a panic is `ERROR`), `TIMEOUT` past
     /// `timeout_ms`, `CANCELLED` once `cancel` fired.
-    /// `cancel` aborts the op (its handler's future is dropped, so a shell's
-    /// process group is killed); so does `timeout_ms`.
+    /// `cancel` aborts the op: its handler's future is dropped, after the
+    /// grace the handler asked for ([`OpContext::ask_cancel_grace`]; a
+    /// shell's process group gets SIGTERM, then SIGKILL). `timeout_ms`
+    /// drops it at once (the group gets SIGKILL).
     ///
     /// The op runs in an `op.execute` span, a child of the coordinator's
     /// dispatch span when the assignment carries a trace context (W3C, in
@@ -200,6 +202,7 @@ impl Executor {
             token,
             AssertUnwindSafe(handler.run(&ctx, args)).catch_unwind(),
         );
+        tokio::pin!(run);
         let timeout =
             (assignment.timeout_ms > 0).then(|| Duration::from_millis(assignment.timeout_ms));
         let timer = async {
@@ -212,7 +215,7 @@ impl Executor {
         // fired in the same poll.
         tokio::select! {
             biased;
-            outcome = run => match outcome {
+            outcome = &mut run => match outcome {
                 // Never sent: an output past its cap fails the op, and the
                 // worker's stream carries a short error instead.
                 Ok(Ok(output)) if output.output.len() > max_output => Err(Failure {
@@ -242,10 +245,19 @@ impl Executor {
                     kind: FailureKind::Timeout,
                 })
             }
-            () = op_cancel.cancelled() => Err(Failure {
-                error: HandlerError::retry("cancelled"),
-                kind: FailureKind::Cancelled,
-            }),
+            () = op_cancel.cancelled() => {
+                // A handler that asked for a grace (a host program that got
+                // SIGTERM) may end on its own first; either way the op was
+                // cancelled, whatever the handler says.
+                let grace = ctx.cancel_grace();
+                if !grace.is_zero() {
+                    let _ = tokio::time::timeout(grace, &mut run).await;
+                }
+                Err(Failure {
+                    error: HandlerError::retry("cancelled"),
+                    kind: FailureKind::Cancelled,
+                })
+            }
         }
     }
 }
