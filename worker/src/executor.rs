@@ -601,6 +601,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_handler_that_asks_for_a_cancel_grace_ends_on_its_own_first() {
+        let cleaned_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut registry = Registry::with_builtins(&BuiltinConfig::default());
+        let flag = Arc::clone(&cleaned_up);
+        registry.register(
+            "tidy",
+            handler_fn(move |ctx, _args| {
+                let flag = Arc::clone(&flag);
+                async move {
+                    ctx.ask_cancel_grace(Duration::from_secs(60));
+                    ctx.cancellation().cancelled().await;
+                    // Cleaning up takes a while (yields), within the grace.
+                    for _ in 0..10 {
+                        tokio::task::yield_now().await;
+                    }
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    Ok(OpOutput::text("finished anyway"))
+                }
+            }),
+        );
+        let executor = Executor::new(registry, Arc::new(LocalMemory::default()), None, false);
+        let cancel = CancellationToken::new();
+        let run = executor.run(assignment("tidy", "{}", 0), cancel.clone());
+        tokio::pin!(run);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), &mut run)
+                .await
+                .is_err()
+        );
+        cancel.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .unwrap();
+        assert!(cleaned_up.load(std::sync::atomic::Ordering::SeqCst));
+        // Cancelled, whatever the handler returned in its grace.
+        assert_eq!(result.failure_kind(), FailureKind::Cancelled);
+        assert_eq!(result.error, "cancelled");
+    }
+
+    #[tokio::test]
     async fn panic_becomes_a_failure() {
         let result = executor()
             .run(assignment("explode", "{}", 0), CancellationToken::new())

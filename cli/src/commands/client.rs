@@ -207,7 +207,7 @@ pub(crate) async fn submit_and_report(
             OutputFormat::Table => println!("{}", submitted.batch_id),
         }
         return Exit::Success;
-    }
+    };
     if output == OutputFormat::Table {
         eprintln!(
             "batch {} submitted: {} ops",

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use super::BuiltinState;
-use crate::op_processes::{self, GroupSignal, TERMINATE_GRACE};
 use crate::handler::{HandlerError, OpContext, OpOutput};
+use crate::op_processes::{self, GroupSignal, TERMINATE_GRACE};
 
 /// Stderr kept in the op's details: its last 64 KiB, where the error usually is.
 const STDERR_LIMIT_BYTES: usize = 64 * 1024;
