@@ -399,6 +399,19 @@ async fn cancel_on_interrupt_without_watch_is_refused_before_anything_is_sent() 
         "stderr:\n{stderr}"
     );
     assert!(output.stdout.is_empty());
+
+    // Its variable takes a boolean, nothing else.
+    let output = volley()
+        .args(["submit", file.to_str().expect("utf-8"), "--watch"])
+        .env("VOLLEY_COORDINATOR", format!("http://127.0.0.1:{port}"))
+        .env("VOLLEY_CANCEL_ON_INTERRUPT", "maybe; rm -rf /")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("volley submit");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr:\n{stderr}");
+    assert!(stderr.contains("cancel-on-interrupt"), "stderr:\n{stderr}");
 }
 
 #[tokio::test]

@@ -256,7 +256,7 @@ async fn follow_interruptibly(
             );
             let cancel_and_report = cancel_and_follow(client, batch_id, follow.as_mut());
             tokio::select! {
-                () = cancel_and_report => {}
+                _ = cancel_and_report => {}
                 signal = interrupts.next() => {
                     eprintln!(
                         "{signal} again: not waiting; batch {batch_id} was asked to cancel (see `volley status {batch_id}`)"
@@ -273,15 +273,15 @@ async fn follow_interruptibly(
 
 /// Cancels the batch, then lets `follow` (already following it) run to the
 /// report, up to [`CANCEL_REPORT_WAIT`]. Errors are printed, not returned:
-/// the caller exits 130 either way.
+/// the caller exits 130 either way. False if the cancel was refused.
 pub(crate) async fn cancel_and_follow(
     client: &Client,
     batch_id: &str,
     follow: std::pin::Pin<&mut impl std::future::Future<Output = Exit>>,
-) {
+) -> bool {
     if let Err(error) = client.cancel(batch_id).await {
         exit::client_error(&error);
-        return;
+        return false;
     }
     if tokio::time::timeout(CANCEL_REPORT_WAIT, follow)
         .await
@@ -292,6 +292,7 @@ pub(crate) async fn cancel_and_follow(
             CANCEL_REPORT_WAIT.as_secs()
         );
     }
+    true
 }
 
 async fn follow_to_report(

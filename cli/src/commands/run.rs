@@ -138,7 +138,10 @@ pub(crate) async fn stop_run(
         TERMINATE_GRACE.as_secs()
     );
     let stop = async {
-        super::client::cancel_and_follow(client, batch_id, follow).await;
+        if !super::client::cancel_and_follow(client, batch_id, follow).await {
+            // No cancel reached the workers: signal the programs ourselves.
+            op_processes::signal_all(GroupSignal::Terminate);
+        }
         // The report may come before the programs are gone: they are still
         // in their grace. A little longer than it, then kill what is left.
         if !op_processes::wait_until_none(TERMINATE_GRACE + Duration::from_secs(2)).await {
