@@ -349,7 +349,9 @@ impl OpContext {
     }
 
     /// Fires when the op is cancelled or times out. The runtime also drops the
-    /// handler's future then; the token lets a handler clean up cooperatively.
+    /// handler's future then (after a cancel, once the grace the handler
+    /// asked for with [`ask_cancel_grace`](Self::ask_cancel_grace) is over);
+    /// the token lets a handler clean up cooperatively.
     pub fn cancellation(&self) -> &CancellationToken {
         &self.inner.cancel
     }
