@@ -21,6 +21,9 @@ pub enum Exit {
     Unauthenticated = 5,
     /// The token is valid but its role or tenant may not do this.
     PermissionDenied = 6,
+    /// Ctrl-C (SIGINT) or SIGTERM stopped the command (128 + SIGINT, as a
+    /// shell reports a process Ctrl-C ended).
+    Interrupted = 130,
 }
 
 impl From<Exit> for std::process::ExitCode {

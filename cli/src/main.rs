@@ -6,7 +6,8 @@
 //! invalid (nothing ran); 3 the cluster could not be reached; 4 (`volley
 //! health` only) the server answered but is not SERVING; 5 no token, or one
 //! the coordinator refuses (unknown, expired, revoked); 6 the token's role
-//! or tenant may not do this.
+//! or tenant may not do this; 130 Ctrl-C (SIGINT) or SIGTERM stopped `run`,
+//! `submit --watch` or `watch` (stderr says what became of the batch).
 
 // The binary writes its data to stdout by design (libraries never do).
 #![allow(clippy::print_stdout)]

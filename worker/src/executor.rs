@@ -91,8 +91,10 @@ impl Executor {
     /// failed [`OpResult`] with its `failure_kind` set: the handler's error's
     /// ([`HandlerError::failure_kind`]; a panic is `ERROR`), `TIMEOUT` past
     /// `timeout_ms`, `CANCELLED` once `cancel` fired.
-    /// `cancel` aborts the op (its handler's future is dropped, so a shell's
-    /// process group is killed); so does `timeout_ms`.
+    /// `cancel` aborts the op: its handler's future is dropped, after the
+    /// grace the handler asked for ([`OpContext::ask_cancel_grace`]; a
+    /// shell's process group gets SIGTERM, then SIGKILL). `timeout_ms`
+    /// drops it at once (the group gets SIGKILL).
     ///
     /// The op runs in an `op.execute` span, a child of the coordinator's
     /// dispatch span when the assignment carries a trace context (W3C, in
@@ -200,6 +202,7 @@ impl Executor {
             token,
             AssertUnwindSafe(handler.run(&ctx, args)).catch_unwind(),
         );
+        tokio::pin!(run);
         let timeout =
             (assignment.timeout_ms > 0).then(|| Duration::from_millis(assignment.timeout_ms));
         let timer = async {
@@ -212,7 +215,7 @@ impl Executor {
         // fired in the same poll.
         tokio::select! {
             biased;
-            outcome = run => match outcome {
+            outcome = &mut run => match outcome {
                 // Never sent: an output past its cap fails the op, and the
                 // worker's stream carries a short error instead.
                 Ok(Ok(output)) if output.output.len() > max_output => Err(Failure {
@@ -242,10 +245,19 @@ impl Executor {
                     kind: FailureKind::Timeout,
                 })
             }
-            () = op_cancel.cancelled() => Err(Failure {
-                error: HandlerError::retry("cancelled"),
-                kind: FailureKind::Cancelled,
-            }),
+            () = op_cancel.cancelled() => {
+                // A handler that asked for a grace (a host program that got
+                // SIGTERM) may end on its own first; either way the op was
+                // cancelled, whatever the handler says.
+                let grace = ctx.cancel_grace();
+                if !grace.is_zero() {
+                    let _ = tokio::time::timeout(grace, &mut run).await;
+                }
+                Err(Failure {
+                    error: HandlerError::retry("cancelled"),
+                    kind: FailureKind::Cancelled,
+                })
+            }
         }
     }
 }
@@ -586,6 +598,46 @@ mod tests {
             assert!(!result.ok, "{kind}");
             assert_eq!(result.failure_kind(), FailureKind::Cancelled, "{kind}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_asks_for_a_cancel_grace_ends_on_its_own_first() {
+        let cleaned_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut registry = Registry::with_builtins(&BuiltinConfig::default());
+        let flag = Arc::clone(&cleaned_up);
+        registry.register(
+            "tidy",
+            handler_fn(move |ctx, _args| {
+                let flag = Arc::clone(&flag);
+                async move {
+                    ctx.ask_cancel_grace(Duration::from_secs(60));
+                    ctx.cancellation().cancelled().await;
+                    // Cleaning up takes a while (yields), within the grace.
+                    for _ in 0..10 {
+                        tokio::task::yield_now().await;
+                    }
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    Ok(OpOutput::text("finished anyway"))
+                }
+            }),
+        );
+        let executor = Executor::new(registry, Arc::new(LocalMemory::default()), None, false);
+        let cancel = CancellationToken::new();
+        let run = executor.run(assignment("tidy", "{}", 0), cancel.clone());
+        tokio::pin!(run);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), &mut run)
+                .await
+                .is_err()
+        );
+        cancel.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .unwrap();
+        assert!(cleaned_up.load(std::sync::atomic::Ordering::SeqCst));
+        // Cancelled, whatever the handler returned in its grace.
+        assert_eq!(result.failure_kind(), FailureKind::Cancelled);
+        assert_eq!(result.error, "cancelled");
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -203,6 +204,9 @@ struct OpContextInner {
     token: String,
     /// The most bytes the op's output may hold.
     max_output: usize,
+    /// How long the executor waits, after the op's cancel, for the handler
+    /// to end on its own before dropping it (ms; 0 until a handler asks).
+    cancel_grace_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for OpContext {
@@ -318,6 +322,7 @@ impl OpContext {
                 token: String::new(),
                 max_output: DEFAULT_MAX_OUTPUT,
                 spawner: None,
+                cancel_grace_ms: AtomicU64::new(0),
             },
         }
     }
@@ -344,13 +349,35 @@ impl OpContext {
     }
 
     /// Fires when the op is cancelled or times out. The runtime also drops the
-    /// handler's future then; the token lets a handler clean up cooperatively.
+    /// handler's future then (after a cancel, once the grace the handler
+    /// asked for with [`ask_cancel_grace`](Self::ask_cancel_grace) is over);
+    /// the token lets a handler clean up cooperatively.
     pub fn cancellation(&self) -> &CancellationToken {
         &self.inner.cancel
     }
 
     pub fn is_cancelled(&self) -> bool {
         self.inner.cancel.is_cancelled()
+    }
+
+    /// Asks that after a cancel the runtime wait up to `grace` for this
+    /// handler to end on its own before dropping it (the process runner
+    /// gives a program SIGTERM and time to clean up). Timeouts never wait.
+    /// The longest grace asked for wins.
+    pub fn ask_cancel_grace(&self, grace: Duration) {
+        let millis = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        self.inner
+            .cancel_grace_ms
+            .fetch_max(millis, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The grace a handler asked for with [`ask_cancel_grace`](Self::ask_cancel_grace); zero by default.
+    pub fn cancel_grace(&self) -> Duration {
+        Duration::from_millis(
+            self.inner
+                .cancel_grace_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// The worker's `--root`, if it has one.

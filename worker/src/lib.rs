@@ -30,6 +30,8 @@
 //!   (scopes, versions, compare-and-set, ttl, waits), `LocalMemory` for tests.
 //! - [`spawn`] — `ctx.spawn`: adding ops to the running batch (`OpSpawner`).
 //! - [`executor`] — runs one assignment (args, timeout, cancel) into a result.
+//! - [`op_processes`] — the process groups of the host programs this process
+//!   runs, to signal them all when it stops (Ctrl-C on `volley run`).
 //! - [`metrics`] — the worker's metrics (`metrics` facade): slots, ops by
 //!   kind and outcome, op durations, connected, draining.
 //! - `tracing_ctx` — an op's span joins its batch's trace (W3C context from the assignment).
@@ -47,6 +49,7 @@ pub mod grpc;
 pub mod handler;
 pub mod memory;
 pub mod metrics;
+pub mod op_processes;
 pub(crate) mod ops;
 pub mod registry;
 pub mod runtime;

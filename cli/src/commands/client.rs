@@ -2,11 +2,13 @@
 //! list, workers.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use volley_client::{Client, v1};
 
 use super::OutputFormat;
+use super::interrupt::Interrupts;
 use crate::exit::{self, Exit};
 use crate::{render, telemetry};
 
@@ -41,6 +43,10 @@ pub struct SubmitArgs {
     /// Follow the batch until it finishes and print its report.
     #[arg(long, env = "VOLLEY_WATCH", default_value_t = false)]
     pub watch: bool,
+    /// With --watch: a Ctrl-C (or SIGTERM) cancels the batch and prints its
+    /// report, instead of leaving it running.
+    #[arg(long, env = "VOLLEY_CANCEL_ON_INTERRUPT", default_value_t = false)]
+    pub cancel_on_interrupt: bool,
     #[command(flatten)]
     pub overrides: super::BatchOverrides,
     #[arg(long, value_enum, env = "VOLLEY_OUTPUT", default_value_t = OutputFormat::Table)]
@@ -101,24 +107,83 @@ pub(crate) async fn connect(cluster: &ClusterArgs) -> Result<Client, Exit> {
 
 pub async fn submit(args: SubmitArgs) -> Exit {
     telemetry::init("warn");
+    if args.cancel_on_interrupt && !args.watch {
+        eprintln!(
+            "error: --cancel-on-interrupt needs --watch (without it, submit returns as soon as the batch is in)"
+        );
+        return Exit::Invalid;
+    }
     let mut batch = match volley_client::read_batch_file(&args.file) {
         Ok(batch) => batch,
         Err(error) => return exit::batch_file_error(&error),
     };
     args.overrides.apply(&mut batch);
+    // Listening before anything is sent: a Ctrl-C at any point is answered.
+    let mut interrupts = if args.watch {
+        match Interrupts::listen() {
+            Ok(interrupts) => Some(interrupts),
+            Err(error) => {
+                eprintln!("error: cannot listen for signals: {error}");
+                return Exit::Invalid;
+            }
+        }
+    } else {
+        None
+    };
     let client = match connect(&args.cluster).await {
         Ok(client) => client,
         Err(exit) => return exit,
     };
-    submit_and_report(&client, batch, args.watch, args.output).await
+    let follow = match interrupts.as_mut() {
+        None => Follow::No,
+        Some(interrupts) => Follow::Yes {
+            interrupts,
+            on_interrupt: if args.cancel_on_interrupt {
+                OnInterrupt::Cancel
+            } else {
+                OnInterrupt::KeepRunning
+            },
+        },
+    };
+    submit_and_report(&client, batch, follow, args.output).await
 }
+
+/// What [`submit_and_report`] does once the batch is in.
+pub(crate) enum Follow<'a> {
+    /// Print the batch's id and return.
+    No,
+    /// Follow the batch to its report; the first Ctrl-C (or SIGTERM) does
+    /// `on_interrupt`.
+    Yes {
+        interrupts: &'a mut Interrupts,
+        on_interrupt: OnInterrupt,
+    },
+}
+
+/// What the first Ctrl-C (or SIGTERM) does to a batch the CLI follows. A
+/// second one always ends the CLI at once. Either way it exits 130.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OnInterrupt {
+    /// The batch goes on: say so, and how to cancel it.
+    KeepRunning,
+    /// Cancel the batch, wait (bounded) for the cancellation to be
+    /// reported, print the report.
+    Cancel,
+    /// `volley run`: cancel the batch, print the report, and wait for the
+    /// ops' host programs (SIGTERM, then SIGKILL) to be gone.
+    StopRun,
+}
+
+/// How long a cancelled batch may take to report that it ended before the
+/// CLI stops waiting (it exits 130 either way).
+const CANCEL_REPORT_WAIT: Duration = Duration::from_secs(30);
 
 /// Submits, then either prints the id or follows the batch to its report.
 /// Shared by `submit` and `run`.
-pub async fn submit_and_report(
+pub(crate) async fn submit_and_report(
     client: &Client,
     batch: v1::Batch,
-    watch: bool,
+    follow: Follow<'_>,
     output: OutputFormat,
 ) -> Exit {
     let total = batch.ops.len() as u32;
@@ -129,7 +194,11 @@ pub async fn submit_and_report(
     for warning in &submitted.warnings {
         eprintln!("warning: {warning}");
     }
-    if !watch {
+    let Follow::Yes {
+        interrupts,
+        on_interrupt,
+    } = follow
+    else {
         match output {
             OutputFormat::Json => println!(
                 "{}",
@@ -138,14 +207,92 @@ pub async fn submit_and_report(
             OutputFormat::Table => println!("{}", submitted.batch_id),
         }
         return Exit::Success;
-    }
+    };
     if output == OutputFormat::Table {
         eprintln!(
             "batch {} submitted: {} ops",
             submitted.batch_id, submitted.op_count
         );
     }
-    follow_to_report(client, &submitted.batch_id, 0, total, output).await
+    follow_interruptibly(
+        client,
+        &submitted.batch_id,
+        0,
+        total,
+        output,
+        interrupts,
+        on_interrupt,
+    )
+    .await
+}
+
+/// Follows a batch to its report, as [`follow_to_report`], until a Ctrl-C
+/// (or SIGTERM): then does `on_interrupt` and exits 130.
+async fn follow_interruptibly(
+    client: &Client,
+    batch_id: &str,
+    after: u64,
+    total: u32,
+    output: OutputFormat,
+    interrupts: &mut Interrupts,
+    on_interrupt: OnInterrupt,
+) -> Exit {
+    let follow = follow_to_report(client, batch_id, after, total, output);
+    tokio::pin!(follow);
+    let signal = tokio::select! {
+        exit = &mut follow => return exit,
+        signal = interrupts.next() => signal,
+    };
+    match on_interrupt {
+        OnInterrupt::KeepRunning => {
+            eprintln!(
+                "{signal}: batch {batch_id} keeps running; cancel it with `volley cancel {batch_id}`"
+            );
+            Exit::Interrupted
+        }
+        OnInterrupt::Cancel => {
+            eprintln!(
+                "{signal}: cancelling batch {batch_id} (Ctrl-C again to stop waiting for it)"
+            );
+            let cancel_and_report = cancel_and_follow(client, batch_id, follow.as_mut());
+            tokio::select! {
+                _ = cancel_and_report => {}
+                signal = interrupts.next() => {
+                    eprintln!(
+                        "{signal} again: not waiting; batch {batch_id} was asked to cancel (see `volley status {batch_id}`)"
+                    );
+                }
+            }
+            Exit::Interrupted
+        }
+        OnInterrupt::StopRun => {
+            super::run::stop_run(client, batch_id, follow.as_mut(), interrupts, signal).await
+        }
+    }
+}
+
+/// Cancels the batch, then lets `follow` (already following it) run to the
+/// report, up to [`CANCEL_REPORT_WAIT`]. Errors are printed, not returned:
+/// the caller exits 130 either way. False if the cancel was refused.
+pub(crate) async fn cancel_and_follow(
+    client: &Client,
+    batch_id: &str,
+    follow: std::pin::Pin<&mut impl std::future::Future<Output = Exit>>,
+) -> bool {
+    if let Err(error) = client.cancel(batch_id).await {
+        exit::client_error(&error);
+        return false;
+    }
+    if tokio::time::timeout(CANCEL_REPORT_WAIT, follow)
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "error: batch {batch_id} did not report its end within {}s of the cancel; see `volley status {batch_id}`",
+            CANCEL_REPORT_WAIT.as_secs()
+        );
+    }
+    true
 }
 
 async fn follow_to_report(
@@ -170,6 +317,14 @@ async fn follow_to_report(
 
 pub async fn watch(args: WatchArgs) -> Exit {
     telemetry::init("warn");
+    // A watch only looks: a Ctrl-C leaves the batch running, and says so.
+    let mut interrupts = match Interrupts::listen() {
+        Ok(interrupts) => interrupts,
+        Err(error) => {
+            eprintln!("error: cannot listen for signals: {error}");
+            return Exit::Invalid;
+        }
+    };
     let client = match connect(&args.cluster).await {
         Ok(client) => client,
         Err(exit) => return exit,
@@ -178,7 +333,16 @@ pub async fn watch(args: WatchArgs) -> Exit {
         Ok(summary) => summary.total,
         Err(error) => return exit::client_error(&error),
     };
-    follow_to_report(&client, &args.batch_id, args.after, total, args.output).await
+    follow_interruptibly(
+        &client,
+        &args.batch_id,
+        args.after,
+        total,
+        args.output,
+        &mut interrupts,
+        OnInterrupt::KeepRunning,
+    )
+    .await
 }
 
 pub async fn status(args: StatusArgs) -> Exit {

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod coordinator;
 pub mod health;
+pub mod interrupt;
 pub mod memory;
 pub mod redis_args;
 pub mod run;

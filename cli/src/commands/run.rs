@@ -14,10 +14,12 @@ use volley_client::{Client, Connection};
 use volley_coordinator::auth::AuthConfig;
 use volley_coordinator::{Coordinator, CoordinatorConfig};
 use volley_store::MemoryStore;
+use volley_worker::op_processes::{self, GroupSignal, TERMINATE_GRACE};
 use volley_worker::{BuiltinConfig, Registry, WorkerConfig, run_worker};
 
 use super::OutputFormat;
-use super::client::submit_and_report;
+use super::client::{Follow, OnInterrupt, submit_and_report};
+use super::interrupt::Interrupts;
 use crate::exit::{self, Exit};
 use crate::telemetry;
 
@@ -77,6 +79,15 @@ pub async fn run(args: RunArgs) -> Exit {
             return Exit::Invalid;
         }
     };
+    // From here on Ctrl-C and SIGTERM are ours: they stop the batch and its
+    // programs instead of ending the process under them.
+    let mut interrupts = match Interrupts::listen() {
+        Ok(interrupts) => interrupts,
+        Err(error) => {
+            eprintln!("error: cannot listen for signals: {error}");
+            return Exit::Invalid;
+        }
+    };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let exit = run_embedded(
@@ -89,6 +100,7 @@ pub async fn run(args: RunArgs) -> Exit {
         },
         root,
         args.output,
+        &mut interrupts,
         &shutdown,
         &tasks,
     )
@@ -96,7 +108,55 @@ pub async fn run(args: RunArgs) -> Exit {
     shutdown.cancel();
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    // No host program outlives the run: whatever is still running now (a
+    // worker that did not stop in time) is killed with its group.
+    let killed = op_processes::signal_all(GroupSignal::Kill);
+    if killed > 0 {
+        tracing::warn!(killed, "killed host programs still running at exit");
+    }
     exit
+}
+
+/// `volley run`'s first Ctrl-C (or SIGTERM), while it follows `batch_id`:
+/// cancel the batch, so its ops end cancelled and not failed (the embedded
+/// workers give each op's process group SIGTERM, then SIGKILL after
+/// [`TERMINATE_GRACE`]); print its report; wait for the programs to be gone.
+/// A second signal SIGKILLs every group at once. Exits 130 either way.
+pub(crate) async fn stop_run(
+    client: &Client,
+    batch_id: &str,
+    follow: std::pin::Pin<&mut impl std::future::Future<Output = Exit>>,
+    interrupts: &mut Interrupts,
+    signal: &str,
+) -> Exit {
+    let running = match client.summary(batch_id).await {
+        Ok(summary) => summary.running as usize,
+        Err(_) => op_processes::count(),
+    };
+    eprintln!(
+        "{signal}: stopping: cancelling batch {batch_id} ({running} op(s) running; their programs get SIGTERM, then SIGKILL after {}s; Ctrl-C again to kill them at once)",
+        TERMINATE_GRACE.as_secs()
+    );
+    let stop = async {
+        if !super::client::cancel_and_follow(client, batch_id, follow).await {
+            // No cancel reached the workers: signal the programs ourselves.
+            op_processes::signal_all(GroupSignal::Terminate);
+        }
+        // The report may come before the programs are gone: they are still
+        // in their grace. A little longer than it, then kill what is left.
+        if !op_processes::wait_until_none(TERMINATE_GRACE + Duration::from_secs(2)).await {
+            let killed = op_processes::signal_all(GroupSignal::Kill);
+            eprintln!("killed {killed} program(s) that outlived their SIGTERM grace");
+        }
+    };
+    tokio::select! {
+        () = stop => {}
+        signal = interrupts.next() => {
+            let killed = op_processes::signal_all(GroupSignal::Kill);
+            eprintln!("{signal} again: killed {killed} program(s) at once");
+        }
+    }
+    Exit::Interrupted
 }
 
 /// A directory only this user may enter (0700), removed on drop.
@@ -129,9 +189,37 @@ async fn run_embedded(
     workers: EmbeddedWorkers,
     root: PathBuf,
     output: OutputFormat,
+    interrupts: &mut Interrupts,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
 ) -> Exit {
+    // Nothing of the batch runs yet: a signal now just ends the run.
+    let (client, _socket_dir) = tokio::select! {
+        started = start_embedded(workers, root, shutdown, tasks) => match started {
+            Ok(started) => started,
+            Err(exit) => return exit,
+        },
+        signal = interrupts.next() => {
+            eprintln!("{signal}: stopped before the batch was submitted");
+            return Exit::Interrupted;
+        }
+    };
+    let follow = Follow::Yes {
+        interrupts,
+        on_interrupt: OnInterrupt::StopRun,
+    };
+    submit_and_report(&client, batch, follow, output).await
+}
+
+/// Starts the embedded coordinator and workers; the client once every
+/// worker is connected, and the socket's directory (removed when dropped:
+/// keep it until the run ends, ops' programs dial the socket).
+async fn start_embedded(
+    workers: EmbeddedWorkers,
+    root: PathBuf,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<(Client, PrivateDir), Exit> {
     // No TCP port: a Unix socket in a directory only this user may enter,
     // removed when the run ends. Ops' programs reach it through
     // VOLLEY_COORDINATOR (`unix://…`) like any other coordinator.
@@ -139,7 +227,7 @@ async fn run_embedded(
         Ok(directory) => directory,
         Err(error) => {
             eprintln!("error: cannot make a private directory for the run's socket: {error}");
-            return Exit::Unreachable;
+            return Err(Exit::Unreachable);
         }
     };
     let socket = socket_dir.path.join("coordinator.sock");
@@ -147,7 +235,7 @@ async fn run_embedded(
         Ok(listener) => listener,
         Err(error) => {
             eprintln!("error: cannot listen on {}: {error}", socket.display());
-            return Exit::Unreachable;
+            return Err(Exit::Unreachable);
         }
     };
     let store = Arc::new(MemoryStore::new());
@@ -164,7 +252,7 @@ async fn run_embedded(
         Ok(coordinator) => coordinator,
         Err(error) => {
             eprintln!("error: cannot start the embedded coordinator: {error}");
-            return Exit::Unreachable;
+            return Err(Exit::Unreachable);
         }
     };
     {
@@ -216,7 +304,7 @@ async fn run_embedded(
     let connection = Connection::new(url).with_token(admin_token);
     let client = match Client::connect_with(&connection).await {
         Ok(client) => client,
-        Err(error) => return exit::client_error(&error),
+        Err(error) => return Err(exit::client_error(&error)),
     };
     match client
         .wait_for_workers(workers.count as usize, Duration::from_secs(10))
@@ -228,9 +316,9 @@ async fn run_embedded(
                 "error: only {connected} of {} embedded workers connected",
                 workers.count
             );
-            return Exit::Unreachable;
+            return Err(Exit::Unreachable);
         }
-        Err(error) => return exit::client_error(&error),
+        Err(error) => return Err(exit::client_error(&error)),
     }
-    submit_and_report(&client, batch, true, output).await
+    Ok((client, socket_dir))
 }

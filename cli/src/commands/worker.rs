@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use tokio_util::sync::CancellationToken;
+use volley_worker::op_processes::GroupSignal;
 use volley_worker::{BuiltinConfig, Registry, WorkerConfig, run_worker};
 
 use crate::exit::Exit;
@@ -169,7 +170,15 @@ pub async fn run(args: WorkerArgs) -> Exit {
         allow_shell: args.allow_shell,
         secrets: volley_worker::secrets::Secrets::from_dir(args.secret_dir.clone()),
     });
-    match run_worker(config, registry, shutdown).await {
+    let ended = run_worker(config, registry, shutdown).await;
+    // The drain cancelled its ops (their groups got SIGTERM, then SIGKILL);
+    // a program whose op task could not be stopped in time must not
+    // outlive the worker either, re-parented to PID 1.
+    let killed = volley_worker::op_processes::signal_all(GroupSignal::Kill);
+    if killed > 0 {
+        tracing::warn!(killed, "killed host programs still running at exit");
+    }
+    match ended {
         Ok(()) => Exit::Success,
         Err(error @ volley_worker::WorkerError::Refused { code, .. }) => {
             eprintln!("error: {error}");

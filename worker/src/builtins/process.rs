@@ -1,12 +1,14 @@
-//! The process runner `shell` and `agent` share: `sh -c cmd` in its own process group, killed as a group when the op is cancelled or times out.
+//! The process runner `shell` and `agent` share: `sh -c cmd` in its own process group; a cancel sends the group SIGTERM, then SIGKILL after a grace, and a timeout kills it at once.
 
 use std::ffi::OsString;
 use std::process::Stdio;
+use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
 use super::BuiltinState;
 use crate::handler::{HandlerError, OpContext, OpOutput};
+use crate::op_processes::{self, GroupSignal, TERMINATE_GRACE};
 
 /// Stderr kept in the op's details: its last 64 KiB, where the error usually is.
 const STDERR_LIMIT_BYTES: usize = 64 * 1024;
@@ -104,10 +106,11 @@ pub(super) async fn run_host_program(
         .map_err(|error| HandlerError::retry(format!("{kind} could not start sh: {error}")))?;
     // Armed until the child is reaped: dropping this future (cancel, timeout)
     // kills the whole group.
-    let mut group_guard = ProcessGroupGuard {
-        process_group_id: child.id(),
-        armed: true,
-    };
+    let process_group_id = child.id().and_then(|id| i32::try_from(id).ok());
+    let mut group_guard = ProcessGroupGuard::new(process_group_id);
+    // A cancelled program gets SIGTERM and TERMINATE_GRACE to end: the
+    // executor waits that long (and a little more) before it drops this.
+    ctx.ask_cancel_grace(TERMINATE_GRACE + Duration::from_millis(500));
 
     let mut stdout_pipe = child.stdout.take();
     let mut stderr_pipe = child.stderr.take();
@@ -152,19 +155,28 @@ pub(super) async fn run_host_program(
         }
         Ok::<_, std::io::Error>((Vec::from(tail), total > STDERR_LIMIT_BYTES))
     };
-    let (stdout, (stderr_tail, stderr_truncated), status) = tokio::select! {
-        outcome = async { tokio::try_join!(read_stdout, read_stderr, child.wait()) } => {
-            match outcome {
-                Ok(outcome) => outcome,
-                Err(error) if error.kind() == std::io::ErrorKind::FileTooLarge => {
-                    return Err(crate::executor::output_exceeded(kind, max_output));
-                }
-                Err(error) => return Err(HandlerError::retry(format!("{kind} i/o failed: {error}"))),
-            }
-        }
-        () = ctx.cancellation().cancelled() => return Err(HandlerError::retry("cancelled")),
+    let ended = tokio::select! {
+        outcome = async { tokio::try_join!(read_stdout, read_stderr, child.wait()) } => Some(outcome),
+        () = ctx.cancellation().cancelled() => None,
     };
-    group_guard.armed = false;
+    let (stdout, (stderr_tail, stderr_truncated), status) = match ended {
+        Some(Ok(outcome)) => outcome,
+        Some(Err(error)) if error.kind() == std::io::ErrorKind::FileTooLarge => {
+            return Err(crate::executor::output_exceeded(kind, max_output));
+        }
+        Some(Err(error)) => return Err(HandlerError::retry(format!("{kind} i/o failed: {error}"))),
+        None => {
+            // Cancelled: the whole group gets SIGTERM, so programs may clean
+            // up; once `sh` has ended, or after the grace, the guard SIGKILLs
+            // what is left of the group.
+            if let Some(group) = process_group_id {
+                op_processes::signal_group(group, GroupSignal::Terminate);
+            }
+            let _ = tokio::time::timeout(TERMINATE_GRACE, child.wait()).await;
+            return Err(HandlerError::retry("cancelled"));
+        }
+    };
+    group_guard.disarm();
 
     // Masked before anything leaves: output, error and details are built
     // from these.
@@ -207,10 +219,31 @@ pub(super) async fn run_host_program(
     Err(HandlerError::retry(message).with_details(details))
 }
 
-/// Kills the child's process group on drop unless disarmed.
+/// Kills the child's process group on drop unless disarmed, and keeps the
+/// group in [`op_processes`] while it may be running.
 struct ProcessGroupGuard {
-    process_group_id: Option<u32>,
+    process_group_id: Option<i32>,
     armed: bool,
+}
+
+impl ProcessGroupGuard {
+    fn new(process_group_id: Option<i32>) -> Self {
+        if let Some(group) = process_group_id {
+            op_processes::register(group);
+        }
+        Self {
+            process_group_id,
+            armed: true,
+        }
+    }
+
+    /// The program was reaped: its group is not ours to kill any more.
+    fn disarm(&mut self) {
+        self.armed = false;
+        if let Some(group) = self.process_group_id {
+            op_processes::unregister(group);
+        }
+    }
 }
 
 impl Drop for ProcessGroupGuard {
@@ -218,9 +251,9 @@ impl Drop for ProcessGroupGuard {
         if !self.armed {
             return;
         }
-        if let Some(process_group_id) = self.process_group_id.and_then(|id| i32::try_from(id).ok())
-        {
-            kill_process_group(process_group_id);
+        if let Some(group) = self.process_group_id {
+            op_processes::signal_group(group, GroupSignal::Kill);
+            op_processes::unregister(group);
         }
     }
 }
@@ -245,16 +278,3 @@ fn die_with_worker(command: &mut tokio::process::Command) {
 
 #[cfg(not(target_os = "linux"))]
 fn die_with_worker(_command: &mut tokio::process::Command) {}
-
-#[allow(unsafe_code)]
-fn kill_process_group(process_group_id: i32) {
-    if process_group_id <= 1 {
-        return; // never signal "every process" or init's group
-    }
-    // SAFETY: killpg takes plain integers and touches no memory of ours; the
-    // group is the one `process_group(0)` created for our child.
-    let result = unsafe { libc::killpg(process_group_id, libc::SIGKILL) };
-    if result != 0 {
-        tracing::debug!(process_group_id, error = %std::io::Error::last_os_error(), "killpg failed (group already gone?)");
-    }
-}

@@ -182,6 +182,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn cancel_gives_the_program_sigterm_before_sigkill() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = dir.path().join("started");
+        let said_goodbye = dir.path().join("goodbye");
+        let registry = Registry::with_builtins(&shell_config(None));
+        let ctx = OpContext::builder("shell").allow_shell(true).build();
+        // On SIGTERM the program cleans up (writes a file) and exits.
+        let cmd = format!(
+            "trap 'echo bye > {}; exit 0' TERM; touch {}; while :; do sleep 0.05; done",
+            said_goodbye.display(),
+            started.display()
+        );
+        let handler = std::sync::Arc::clone(registry.get("shell").unwrap());
+        let run_ctx = ctx.clone();
+        let task = tokio::spawn(async move { handler.run(&run_ctx, json!({"cmd": cmd})).await });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !started.exists() {
+            assert!(tokio::time::Instant::now() < deadline, "never started");
+            tokio::time::sleep(Duration::from_millis(5)).await; // poll interval, not a synchronization sleep
+        }
+        assert!(
+            ctx.cancel_grace() > Duration::ZERO,
+            "asked the executor for a grace"
+        );
+        ctx.cancellation().cancel();
+        let error = tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(error.message(), "cancelled");
+        assert_eq!(
+            std::fs::read_to_string(&said_goodbye).unwrap(),
+            "bye\n",
+            "the program saw SIGTERM and cleaned up"
+        );
+    }
+
+    #[tokio::test]
     async fn output_past_the_cap_fails_the_op_and_kills_the_program() {
         let config = shell_config(None);
         let registry = crate::Registry::with_builtins(&config);
