@@ -352,3 +352,23 @@ async fn a_wait_timeout_fires_on_time_not_at_the_next_tick() {
     // about 5000 ms here.
     assert!(waited < 4000, "fired at the tick, not on time: {lines}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_fires_on_time_not_at_the_next_tick() {
+    // A 5 s tick: a deadline that waited for the tick would end the batch
+    // about 5 s after its start.
+    let cluster = Cluster::start_with(1, &["--resync-interval", "5s"]).await;
+    let file = batch_file(
+        cluster.root(),
+        "deadline.yaml",
+        "name: late\ndeadline: 1500ms\nops:\n  - {id: long, kind: sleep, args: {ms: 60000}}\n",
+    );
+    let (code, report) = common::submit_watched_json(&cluster, &file).await;
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["state"], "failed", "{report}");
+    let wall = report["wall_ms"].as_u64().expect("wall_ms");
+    assert!(wall >= 1500, "{report}");
+    // The store's own measure, not the test's clock: a tick-driven
+    // deadline would read about 5000 here.
+    assert!(wall < 4000, "fired at the tick, not on time: {report}");
+}
