@@ -5,7 +5,6 @@ use std::time::Duration;
 use futures::Stream;
 use prost::Message;
 use tokio::time::Instant;
-use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
