@@ -161,11 +161,11 @@ async fn stop(mut child: Child) -> std::process::Output {
 #[tokio::test]
 async fn a_redis_that_restarts_empty_resets_a_memory_watch_instead_of_skipping() {
     let mut cluster = Cluster::start_with(0, FLAGS).await;
-    let watcher = Watcher::start(&cluster.url, "feed", &[]);
-    // The watch is open once a write made after it shows.
-    put(&cluster.url, "feed", "before/0", "x").await;
-    watcher.wait_for_lines(1).await;
-    for number in 1..3 {
+    // Revision 1, so the watch can start after it: whenever it opens, it
+    // prints every change after that.
+    put(&cluster.url, "feed", "seed", "x").await;
+    let watcher = Watcher::start(&cluster.url, "feed", &["--after", "1"]);
+    for number in 0..3 {
         put(&cluster.url, "feed", &format!("before/{number}"), "x").await;
     }
     watcher.wait_for_lines(3).await;
@@ -182,9 +182,9 @@ async fn a_redis_that_restarts_empty_resets_a_memory_watch_instead_of_skipping()
     assert_eq!(
         printed[..3],
         [
-            (1, "put".to_owned(), "before/0".to_owned()),
-            (2, "put".to_owned(), "before/1".to_owned()),
-            (3, "put".to_owned(), "before/2".to_owned()),
+            (2, "put".to_owned(), "before/0".to_owned()),
+            (3, "put".to_owned(), "before/1".to_owned()),
+            (4, "put".to_owned(), "before/2".to_owned()),
         ],
         "{lines:?}"
     );
@@ -202,7 +202,8 @@ async fn a_redis_that_restarts_empty_resets_a_memory_watch_instead_of_skipping()
 #[tokio::test]
 async fn a_flushed_store_resets_a_memory_watch_even_after_many_new_writes() {
     let cluster = Cluster::start_with(0, FLAGS).await;
-    let watcher = Watcher::start(&cluster.url, "flushed", &[]);
+    put(&cluster.url, "flushed", "seed", "x").await;
+    let watcher = Watcher::start(&cluster.url, "flushed", &["--after", "1"]);
     put(&cluster.url, "flushed", "old", "x").await;
     watcher.wait_for_lines(1).await;
 
@@ -216,13 +217,13 @@ async fn a_flushed_store_resets_a_memory_watch_even_after_many_new_writes() {
         .await
         .expect("FLUSHALL");
     // More writes than the watch had seen: revisions pass its own again.
-    for number in 0..4 {
+    for number in 0..6 {
         put(&cluster.url, "flushed", &format!("new/{number}"), "y").await;
     }
 
     let (code, lines, stderr) = watcher.finished().await;
     let printed = changes(&lines);
-    assert_eq!(printed[0], (1, "put".to_owned(), "old".to_owned()));
+    assert_eq!(printed[0], (2, "put".to_owned(), "old".to_owned()));
     assert_eq!(printed.len(), 2, "only the reset follows: {lines:?}");
     assert_eq!(lines[1]["kind"], "reset", "{lines:?}");
     assert_eq!(code, Some(1), "{stderr}");
@@ -257,7 +258,8 @@ async fn memory_watch_and_wait_ride_out_coordinators_stopping_and_dying() {
     let redis = RedisServer::start().expect("redis-server starts");
     let mut fleet = Fleet::start(redis, 2, FLAGS).await;
     let url = fleet.url();
-    let watcher = Watcher::start(&url, "relay", &[]);
+    put(&url, "relay", "seed", "v").await;
+    let watcher = Watcher::start(&url, "relay", &["--after", "1"]);
     let waiter = memory(&url, "relay", &["wait", "last"]);
     put(&url, "relay", "k/00", "v").await;
     watcher.wait_for_lines(1).await;
@@ -300,8 +302,8 @@ async fn memory_watch_and_wait_ride_out_coordinators_stopping_and_dying() {
     let output = stop(watcher.child).await;
     let printed = changes(&lines);
     let expected: Vec<(u64, String, String)> = (0..total)
-        .map(|number| (number as u64 + 1, "put".to_owned(), format!("k/{number:02}")))
-        .chain([(total as u64 + 1, "put".to_owned(), "last".to_owned())])
+        .map(|number| (number as u64 + 2, "put".to_owned(), format!("k/{number:02}")))
+        .chain([(total as u64 + 2, "put".to_owned(), "last".to_owned())])
         .collect();
     assert_eq!(
         printed,
@@ -338,7 +340,12 @@ async fn no_coordinator_is_exit_3_cluster_unreachable() {
 async fn a_watch_and_a_wait_whose_coordinator_never_comes_back_exit_3() {
     for signal in ["TERM", "KILL"] {
         let mut cluster = Cluster::start_with(0, FLAGS).await;
-        let watcher = Watcher::start(&cluster.url, "gone", &["--reconnect-for", "2s"]);
+        put(&cluster.url, "gone", "seed", "v").await;
+        let watcher = Watcher::start(
+            &cluster.url,
+            "gone",
+            &["--after", "1", "--reconnect-for", "2s"],
+        );
         let waiter = memory(&cluster.url, "gone", &["wait", "never", "--reconnect-for", "2s"]);
         put(&cluster.url, "gone", "k", "v").await;
         watcher.wait_for_lines(1).await;
@@ -347,7 +354,7 @@ async fn a_watch_and_a_wait_whose_coordinator_never_comes_back_exit_3() {
         let _ = cluster.coordinator.wait().await;
 
         let (code, lines, stderr) = watcher.finished().await;
-        assert_eq!(changes(&lines), [(1, "put".to_owned(), "k".to_owned())]);
+        assert_eq!(changes(&lines), [(2, "put".to_owned(), "k".to_owned())]);
         assert_eq!(code, Some(3), "{signal}: {stderr}");
         assert!(stderr.contains("cluster unreachable"), "{signal}: {stderr}");
 
