@@ -241,14 +241,10 @@ async fn a_watch_resuming_past_the_scopes_revision_is_reset_and_odd_flags_are_re
     assert!(stderr.contains("was reset"), "{stderr}");
 
     for bad in ["soon", "-1s", "400days", ""] {
-        let output = memory(
-            &cluster.url,
-            "behind",
-            &["watch", "--reconnect-for", bad],
-        )
-        .wait_with_output()
-        .await
-        .expect("volley memory watch");
+        let output = memory(&cluster.url, "behind", &["watch", "--reconnect-for", bad])
+            .wait_with_output()
+            .await
+            .expect("volley memory watch");
         assert_eq!(output.status.code(), Some(2), "--reconnect-for {bad:?}");
     }
 }
@@ -302,7 +298,13 @@ async fn memory_watch_and_wait_ride_out_coordinators_stopping_and_dying() {
     let output = stop(watcher.child).await;
     let printed = changes(&lines);
     let expected: Vec<(u64, String, String)> = (0..total)
-        .map(|number| (number as u64 + 2, "put".to_owned(), format!("k/{number:02}")))
+        .map(|number| {
+            (
+                number as u64 + 2,
+                "put".to_owned(),
+                format!("k/{number:02}"),
+            )
+        })
         .chain([(total as u64 + 2, "put".to_owned(), "last".to_owned())])
         .collect();
     assert_eq!(
@@ -323,16 +325,17 @@ async fn no_coordinator_is_exit_3_cluster_unreachable() {
         vec!["put", "k", "v"],
         vec!["ls"],
     ] {
-        let output = tokio::time::timeout(
-            DEADLINE,
-            memory(&nowhere, "none", &args).wait_with_output(),
-        )
-        .await
-        .expect("ends")
-        .expect("volley memory");
+        let output =
+            tokio::time::timeout(DEADLINE, memory(&nowhere, "none", &args).wait_with_output())
+                .await
+                .expect("ends")
+                .expect("volley memory");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(3), "{args:?}: {stderr}");
-        assert!(stderr.contains("unreachable") || stderr.contains("cannot reach"), "{stderr}");
+        assert!(
+            stderr.contains("unreachable") || stderr.contains("cannot reach"),
+            "{stderr}"
+        );
     }
 }
 
@@ -346,7 +349,11 @@ async fn a_watch_and_a_wait_whose_coordinator_never_comes_back_exit_3() {
             "gone",
             &["--after", "1", "--reconnect-for", "2s"],
         );
-        let waiter = memory(&cluster.url, "gone", &["wait", "never", "--reconnect-for", "2s"]);
+        let waiter = memory(
+            &cluster.url,
+            "gone",
+            &["wait", "never", "--reconnect-for", "2s"],
+        );
         put(&cluster.url, "gone", "k", "v").await;
         watcher.wait_for_lines(1).await;
 

@@ -888,7 +888,7 @@ impl Memory {
                     if left.is_zero() {
                         return Err(ClientError::TimedOut(format!(
                             "memory key `{key}` did not appear within {}",
-                            humantime_millis(timeout.unwrap_or_default())
+                            humantime::format_duration(timeout.unwrap_or_default())
                         )));
                     }
                     // At least a millisecond: 0 would mean "forever".
@@ -908,23 +908,14 @@ impl Memory {
                         .ok_or_else(|| ClientError::NotFound(format!("memory key {key}")));
                 }
                 Err(status) if watch_can_resume(&status) => {
-                    retry.pause(&options, &status.to_string()).await.map_err(
-                        |()| ClientError::from(status),
-                    )?;
+                    retry
+                        .pause(&options, &status.to_string())
+                        .await
+                        .map_err(|()| ClientError::from(status))?;
                 }
                 Err(status) => return Err(ClientError::from(status)),
             }
         }
-    }
-}
-
-/// `1s 500ms`-style text of a duration, to the millisecond.
-fn humantime_millis(duration: Duration) -> String {
-    let millis = duration.as_millis() as u64;
-    if millis % 1000 == 0 {
-        format!("{}s", millis / 1000)
-    } else {
-        format!("{millis}ms")
     }
 }
 
@@ -1053,8 +1044,7 @@ impl ResumableMemoryWatch {
             return None;
         }
         let item = self.next_change().await;
-        let goes_on =
-            matches!(&item, Ok(change) if change.kind() != v1::MemoryChangeKind::Reset);
+        let goes_on = matches!(&item, Ok(change) if change.kind() != v1::MemoryChangeKind::Reset);
         if !goes_on {
             self.ended = true;
             self.stream = None;
@@ -1152,16 +1142,14 @@ impl ResumableMemoryWatch {
                     self.retry.outage_started = None;
                     self.retry.attempts = 0;
                     let metadata = response.metadata();
-                    if let Some(epoch) = header_text(metadata, volley_proto::STORE_EPOCH_HEADER)
-                    {
+                    if let Some(epoch) = header_text(metadata, volley_proto::STORE_EPOCH_HEADER) {
                         self.store_epoch = epoch;
                     }
                     if self.snapshot {
                         let after = header_text(metadata, volley_proto::WATCH_AFTER_HEADER)
                             .and_then(|text| text.parse::<u64>().ok());
-                        let existing =
-                            header_text(metadata, volley_proto::WATCH_EXISTING_HEADER)
-                                .and_then(|text| text.parse::<u64>().ok());
+                        let existing = header_text(metadata, volley_proto::WATCH_EXISTING_HEADER)
+                            .and_then(|text| text.parse::<u64>().ok());
                         match (after, existing) {
                             (Some(after), Some(existing)) => {
                                 self.last_revision = after;
@@ -1235,6 +1223,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use tokio::sync::oneshot;
+    use tokio_stream::StreamExt;
     use tokio_stream::wrappers::TcpListenerStream;
     use volley_proto::v1::batch_service_server::{BatchService, BatchServiceServer};
 

@@ -372,7 +372,9 @@ impl Coordinator {
                 .await;
             let changes = match read {
                 Ok(changes) => changes,
-                Err(trimmed @ StoreError::ChangesTrimmed { .. }) if self.same_epoch(&pump).await => {
+                Err(trimmed @ StoreError::ChangesTrimmed { .. })
+                    if self.same_epoch(&pump).await =>
+                {
                     let latest = self.store().memory_revision(&pump.scope).await;
                     tracing::warn!(scope = %pump.scope, after = pump.after, "memory watch reset: its changes were trimmed");
                     pump.reset(

@@ -8,9 +8,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
-use volley_proto::{BatchId, STORE_EPOCH_HEADER, WATCH_AFTER_HEADER, WATCH_EXISTING_HEADER};
 use volley_proto::v1;
 use volley_proto::v1::memory_service_server::MemoryService;
+use volley_proto::{BatchId, STORE_EPOCH_HEADER, WATCH_AFTER_HEADER, WATCH_EXISTING_HEADER};
 use volley_store::{MemoryValue, PutOptions};
 
 use super::auth::principal;
@@ -190,8 +190,7 @@ impl MemoryService for MemoryAdapter {
                 &request.store_epoch,
             )
             .await?;
-        let stream =
-            ReceiverStream::new(watch.changes).map(|change| change.map_err(Status::from));
+        let stream = ReceiverStream::new(watch.changes).map(|change| change.map_err(Status::from));
         let mut response = Response::new(Box::pin(stream) as Self::WatchMemoryStream);
         // The epoch the revisions belong to: the client sends it back when
         // it resumes, so a store that restarted empty in between is a reset.
