@@ -764,7 +764,8 @@ class Memory:
                         "took it over"
                     )
                 raise self._client._error(interruption) from None
-            time.sleep(min(backoff, options.reconnect_budget - outage) * (0.5 + random.random() / 2))
+            delay = min(backoff, options.reconnect_budget - outage)
+            time.sleep(delay * (0.5 + random.random() / 2))
             backoff = min(backoff * 2, options.max_backoff)
 
 
