@@ -110,6 +110,13 @@ pub enum MemoryCommand {
         output: OutputFormat,
     },
     /// Print changes under a prefix as they happen (resumable with --after).
+    ///
+    /// Rides out a coordinator that stops or dies: reconnects through the
+    /// same address and goes on after the last revision printed, for up to
+    /// --reconnect-for (then exit 3). When the store restarted empty or the
+    /// changes to resume from were trimmed, prints a `reset` line
+    /// (REVISION, `reset`, empty key, REASON) and exits 1: read the keys
+    /// again, then watch --after that revision.
     Watch {
         #[arg(default_value = "")]
         prefix: String,
@@ -122,7 +129,8 @@ pub enum MemoryCommand {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// Wait until a key exists, then print its value.
+    /// Wait until a key exists, then print its value (riding out a
+    /// coordinator that stops or dies, for up to --reconnect-for).
     Wait {
         key: String,
         #[arg(long, value_parser = humantime::parse_duration)]
