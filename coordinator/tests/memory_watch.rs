@@ -139,3 +139,54 @@ async fn a_coordinator_shutting_down_ends_its_watches_unavailable() -> anyhow::R
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_watch_resuming_before_the_trimmed_changes_is_reset_not_skipped() -> anyhow::Result<()> {
+    // A store that keeps only the last two changes of a scope.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let coordinator = volley_coordinator::Coordinator::start(
+        std::sync::Arc::new(volley_store::MemoryStore::new().with_change_log_cap(2)),
+        volley_coordinator::CoordinatorConfig::default(),
+        shutdown.child_token(),
+    )
+    .await?;
+    let serve_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        volley_coordinator::serve(listener, None, coordinator, serve_shutdown).await
+    });
+    let mut client = MemoryServiceClient::connect(url).await?;
+    for key in ["a", "b", "c", "d", "e"] {
+        put(&mut client, key).await;
+    }
+
+    let mut stream = client
+        .watch_memory(watch_request(1, ""))
+        .await?
+        .into_inner();
+    let reset = stream.message().await?.expect("a reset");
+    assert_eq!(reset.kind(), v1::MemoryChangeKind::Reset, "{reset:?}");
+    assert_eq!(
+        reset.reset_reason(),
+        v1::MemoryResetReason::ChangesTrimmed,
+        "{reset:?}"
+    );
+    assert_eq!(reset.revision, 5);
+    let status = stream.message().await.expect_err("then the error");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("read the keys again"),
+        "{status:?}"
+    );
+
+    // Resuming within what is kept is exact.
+    let mut stream = client
+        .watch_memory(watch_request(3, ""))
+        .await?
+        .into_inner();
+    let change = stream.message().await?.expect("revision 4");
+    assert_eq!((change.key.as_str(), change.revision), ("d", 4));
+    shutdown.cancel();
+    Ok(())
+}
