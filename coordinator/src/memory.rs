@@ -358,8 +358,9 @@ impl Coordinator {
     }
 
     /// Sends changes as they come until the client goes away, the
-    /// coordinator shuts down (the stream then just ends: the client
-    /// resumes elsewhere), or the watch cannot go on (reset or error).
+    /// coordinator shuts down (the stream ends UNAVAILABLE, never as if all
+    /// was said: the client resumes elsewhere), or the watch cannot go on
+    /// (a reset, or the store's error).
     async fn pump_changes(
         &self,
         mut pump: ChangePump,
