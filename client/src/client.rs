@@ -5,7 +5,6 @@ use std::time::Duration;
 use futures::Stream;
 use prost::Message;
 use tokio::time::Instant;
-use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
@@ -782,7 +781,8 @@ impl Memory {
     }
 
     /// Changes under `prefix` after `after_revision` (0: from now on, with
-    /// every existing key first when `include_existing`).
+    /// every existing key first when `include_existing`), riding out
+    /// coordinator failover with the default [`WatchOptions`].
     pub async fn watch(
         &self,
         prefix: &str,
@@ -790,39 +790,409 @@ impl Memory {
         include_existing: bool,
     ) -> Result<impl Stream<Item = Result<v1::MemoryChange, ClientError>> + use<>, ClientError>
     {
-        let (batch_id, namespace) = self.scope.fields();
-        let request = v1::WatchMemoryRequest {
-            batch_id,
-            namespace,
-            prefix: prefix.to_owned(),
+        self.watch_with(
+            prefix,
             after_revision,
             include_existing,
-        };
-        let stream = self
-            .client
-            .clone()
-            .watch_memory(request)
-            .await?
-            .into_inner();
-        Ok(stream.map(|change| change.map_err(ClientError::from)))
+            WatchOptions::default(),
+        )
+        .await
     }
 
-    /// The key's value once it exists; `None` for no timeout.
+    /// Changes under `prefix` after `after_revision`, each exactly once and
+    /// in revision order, without end — unless the watch cannot go on
+    /// without a gap.
+    ///
+    /// When the stream breaks in a way a reconnection can cure (the
+    /// coordinator shut down or died, the connection broke), the watch
+    /// reconnects with backoff — through the same URL, so to any
+    /// coordinator behind it — and resumes after the last revision it
+    /// yielded, until `options.reconnect_budget` runs out; then the last
+    /// error ends it. It sends the store epoch its revisions belong to, so
+    /// a store that restarted empty in between is not mistaken for more
+    /// changes.
+    ///
+    /// When the changes to resume from are gone (the store restarted
+    /// empty, the log was trimmed), the last item is a change of kind
+    /// [`v1::MemoryChangeKind::Reset`]: read the keys again, then watch
+    /// after its revision. A change out of sequence ends the watch with an
+    /// error (revisions are gapless within a prefix's order; a repeat or a
+    /// step back is surfaced, never yielded).
+    ///
+    /// The existing keys (`include_existing`) are a snapshot: if the stream
+    /// breaks before all of them arrived, the watch takes a fresh snapshot
+    /// and yields only the keys (at versions) it has not yielded yet.
+    #[tracing::instrument(name = "client.watch_memory", skip_all, fields(prefix, after_revision))]
+    pub async fn watch_with(
+        &self,
+        prefix: &str,
+        after_revision: u64,
+        include_existing: bool,
+        options: WatchOptions,
+    ) -> Result<impl Stream<Item = Result<v1::MemoryChange, ClientError>> + use<>, ClientError>
+    {
+        let mut watch = ResumableMemoryWatch {
+            memory: self.clone(),
+            prefix: prefix.to_owned(),
+            last_revision: after_revision,
+            store_epoch: String::new(),
+            snapshot: include_existing && after_revision == 0,
+            snapshot_left: 0,
+            snapshot_seen: std::collections::HashSet::new(),
+            stream: None,
+            retry: Reconnect::new(&options),
+            ended: false,
+            options,
+        };
+        watch.open().await?;
+        // Boxed so that callers can poll it without pinning it themselves.
+        Ok(Box::pin(futures::stream::unfold(
+            watch,
+            |mut watch| async move {
+                let item = watch.next().await?;
+                Some((item, watch))
+            },
+        )))
+    }
+
+    /// The key's value once it exists; `None` for no timeout. Rides out
+    /// coordinator failover with the default [`WatchOptions`].
     pub async fn wait(
         &self,
         key: &str,
         timeout: Option<Duration>,
     ) -> Result<MemoryEntry, ClientError> {
+        self.wait_with(key, timeout, WatchOptions::default()).await
+    }
+
+    /// The key's value once it exists; `None` for no timeout.
+    ///
+    /// A wait is only a read: when its call breaks in a way a reconnection
+    /// can cure (see [`Memory::watch_with`]), it is made again, through the
+    /// same URL, for what is left of `timeout`, until the outage has lasted
+    /// `options.reconnect_budget`.
+    #[tracing::instrument(name = "client.wait_memory", skip_all, fields(key))]
+    pub async fn wait_with(
+        &self,
+        key: &str,
+        timeout: Option<Duration>,
+        options: WatchOptions,
+    ) -> Result<MemoryEntry, ClientError> {
         let (batch_id, namespace) = self.scope.fields();
-        let request = v1::WaitMemoryRequest {
-            batch_id,
-            key: key.to_owned(),
-            namespace,
-            timeout_ms: timeout.map_or(0, |timeout| timeout.as_millis() as u64),
-        };
-        let response = self.client.clone().wait_memory(request).await?.into_inner();
-        MemoryEntry::from_response(response)
-            .ok_or_else(|| ClientError::NotFound(format!("memory key {key}")))
+        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        let mut retry = Reconnect::new(&options);
+        loop {
+            let left = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(ClientError::TimedOut(format!(
+                            "memory key `{key}` did not appear within {}",
+                            humantime::format_duration(timeout.unwrap_or_default())
+                        )));
+                    }
+                    // At least a millisecond: 0 would mean "forever".
+                    (left.as_millis() as u64).max(1)
+                }
+                None => 0,
+            };
+            let request = v1::WaitMemoryRequest {
+                batch_id: batch_id.clone(),
+                key: key.to_owned(),
+                namespace: namespace.clone(),
+                timeout_ms: left,
+            };
+            match self.client.clone().wait_memory(request).await {
+                Ok(response) => {
+                    return MemoryEntry::from_response(response.into_inner())
+                        .ok_or_else(|| ClientError::NotFound(format!("memory key {key}")));
+                }
+                Err(status) if watch_can_resume(&status) => {
+                    retry
+                        .pause(&options, &status.to_string())
+                        .await
+                        .map_err(|()| ClientError::from(status))?;
+                }
+                Err(status) => return Err(ClientError::from(status)),
+            }
+        }
+    }
+}
+
+/// One outage's reconnection state: when it started, the next pause.
+struct Reconnect {
+    outage_started: Option<Instant>,
+    backoff: Duration,
+    attempts: u32,
+}
+
+impl Reconnect {
+    fn new(options: &WatchOptions) -> Reconnect {
+        Reconnect {
+            outage_started: None,
+            backoff: options.initial_backoff,
+            attempts: 0,
+        }
+    }
+
+    /// Waits out the backoff before the next attempt; `Err` once the outage
+    /// has lasted the whole budget.
+    async fn pause(&mut self, options: &WatchOptions, error: &str) -> Result<(), ()> {
+        let now = Instant::now();
+        let outage_started = *self.outage_started.get_or_insert(now);
+        let outage = now.duration_since(outage_started);
+        let budget = options.reconnect_budget;
+        if outage >= budget {
+            tracing::warn!(
+                attempts = self.attempts,
+                outage_ms = outage.as_millis() as u64,
+                error,
+                "giving up reconnecting"
+            );
+            return Err(());
+        }
+        let delay = self.backoff.min(budget - outage);
+        if self.attempts == 0 {
+            tracing::warn!(
+                delay_ms = delay.as_millis() as u64,
+                error,
+                "interrupted; reconnecting"
+            );
+        } else {
+            tracing::debug!(
+                attempt = self.attempts,
+                delay_ms = delay.as_millis() as u64,
+                error,
+                "reconnection failed; retrying"
+            );
+        }
+        self.attempts += 1;
+        tokio::time::sleep(delay).await;
+        self.backoff = (self.backoff * 2).min(options.max_backoff);
+        Ok(())
+    }
+}
+
+/// Why a memory watch lost its stream.
+enum MemoryInterruption {
+    /// The call failed with a status a reconnection may cure.
+    Status(Status),
+    /// The stream ended without a reset: memory watches have no natural
+    /// end, so the coordinator went away.
+    EndedEarly,
+}
+
+impl MemoryInterruption {
+    fn into_error(self, last_revision: u64) -> ClientError {
+        match self {
+            MemoryInterruption::Status(status) => ClientError::from(status),
+            MemoryInterruption::EndedEarly => ClientError::Unavailable(format!(
+                "the memory watch ended after revision {last_revision} and no coordinator took it over"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for MemoryInterruption {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemoryInterruption::Status(status) => {
+                write!(formatter, "{:?}: {}", status.code(), status.message())
+            }
+            MemoryInterruption::EndedEarly => formatter.write_str("the stream ended"),
+        }
+    }
+}
+
+/// One memory watch's state: enough to reopen its stream right after the
+/// last change it yielded, in the same store epoch.
+struct ResumableMemoryWatch {
+    memory: Memory,
+    prefix: String,
+    options: WatchOptions,
+    /// The last revision yielded (or where the stream started): a new
+    /// stream starts after it.
+    last_revision: u64,
+    /// The store epoch `last_revision` belongs to (empty until a stream
+    /// said it).
+    store_epoch: String,
+    /// Still in (or yet to start) the snapshot of existing keys.
+    snapshot: bool,
+    /// Changes of the current stream's snapshot not received yet.
+    snapshot_left: u64,
+    /// `(key, version)` of the snapshot changes yielded, so a fresh
+    /// snapshot after a break yields only what is new.
+    snapshot_seen: std::collections::HashSet<(String, u64)>,
+    stream: Option<Streaming<v1::MemoryChange>>,
+    /// The current outage, while the watch is trying to get a stream back.
+    retry: Reconnect,
+    /// Set once a reset or an error ended the watch.
+    ended: bool,
+}
+
+/// A response header's value as text.
+fn header_text(metadata: &tonic::metadata::MetadataMap, name: &str) -> Option<String> {
+    metadata
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+}
+
+impl ResumableMemoryWatch {
+    async fn next(&mut self) -> Option<Result<v1::MemoryChange, ClientError>> {
+        if self.ended {
+            return None;
+        }
+        let item = self.next_change().await;
+        let goes_on = matches!(&item, Ok(change) if change.kind() != v1::MemoryChangeKind::Reset);
+        if !goes_on {
+            self.ended = true;
+            self.stream = None;
+        }
+        Some(item)
+    }
+
+    async fn next_change(&mut self) -> Result<v1::MemoryChange, ClientError> {
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                self.open().await?;
+                continue;
+            };
+            let interruption = match stream.message().await {
+                Ok(Some(change)) => match self.accept(change)? {
+                    Some(change) => return Ok(change),
+                    None => continue,
+                },
+                Ok(None) => MemoryInterruption::EndedEarly,
+                Err(status) if watch_can_resume(&status) => MemoryInterruption::Status(status),
+                Err(status) => return Err(ClientError::from(status)),
+            };
+            self.stream = None;
+            self.pause_before_retry(interruption).await?;
+        }
+    }
+
+    /// Checks `change` against the last one: `None` for a snapshot change
+    /// already yielded before a break.
+    fn accept(
+        &mut self,
+        change: v1::MemoryChange,
+    ) -> Result<Option<v1::MemoryChange>, ClientError> {
+        self.retry = Reconnect::new(&self.options);
+        if change.kind() == v1::MemoryChangeKind::Reset {
+            self.last_revision = change.revision;
+            return Ok(Some(change));
+        }
+        if self.snapshot_left > 0 {
+            self.snapshot_left -= 1;
+            if self.snapshot_left == 0 {
+                self.snapshot = false;
+                self.snapshot_seen.clear();
+            }
+            let fresh = self
+                .snapshot_seen
+                .insert((change.key.clone(), change.version));
+            return Ok(fresh.then_some(change));
+        }
+        self.snapshot = false;
+        if change.revision <= self.last_revision {
+            tracing::error!(
+                last = self.last_revision,
+                received = change.revision,
+                "memory watch: change out of order"
+            );
+            return Err(ClientError::Other {
+                code: Code::Internal,
+                message: format!(
+                    "memory watch: received revision {} after revision {} \
+                     (stopping rather than repeat or reorder)",
+                    change.revision, self.last_revision
+                ),
+            });
+        }
+        self.last_revision = change.revision;
+        Ok(Some(change))
+    }
+
+    /// Opens a stream of the changes after `last_revision`, retrying what
+    /// a reconnection may cure until the budget runs out.
+    async fn open(&mut self) -> Result<(), ClientError> {
+        loop {
+            let (batch_id, namespace) = self.memory.scope.fields();
+            let request = v1::WatchMemoryRequest {
+                batch_id,
+                namespace,
+                prefix: self.prefix.clone(),
+                // A snapshot not yet whole is taken again from now on.
+                after_revision: if self.snapshot { 0 } else { self.last_revision },
+                include_existing: self.snapshot,
+                store_epoch: self.store_epoch.clone(),
+            };
+            match self.memory.client.clone().watch_memory(request).await {
+                Ok(response) => {
+                    if self.retry.attempts > 0 {
+                        tracing::info!(
+                            after_revision = self.last_revision,
+                            attempts = self.retry.attempts,
+                            "memory watch resumed"
+                        );
+                    }
+                    // A new stream starts the count afresh; only a change
+                    // resets the backoff (as batch watches do).
+                    self.retry.outage_started = None;
+                    self.retry.attempts = 0;
+                    let metadata = response.metadata();
+                    if let Some(epoch) = header_text(metadata, volley_proto::STORE_EPOCH_HEADER) {
+                        self.store_epoch = epoch;
+                    }
+                    if self.snapshot {
+                        let after = header_text(metadata, volley_proto::WATCH_AFTER_HEADER)
+                            .and_then(|text| text.parse::<u64>().ok());
+                        let existing = header_text(metadata, volley_proto::WATCH_EXISTING_HEADER)
+                            .and_then(|text| text.parse::<u64>().ok());
+                        match (after, existing) {
+                            (Some(after), Some(existing)) => {
+                                self.last_revision = after;
+                                self.snapshot_left = existing;
+                                self.snapshot = existing > 0;
+                            }
+                            // A coordinator that does not say: resume as
+                            // the old watches did, from the first change.
+                            _ => self.snapshot = false,
+                        }
+                    } else if self.last_revision == 0
+                        && let Some(after) = header_text(metadata, volley_proto::WATCH_AFTER_HEADER)
+                            .and_then(|text| text.parse::<u64>().ok())
+                    {
+                        // "From now on": now has a revision, resume after it.
+                        self.last_revision = after;
+                    }
+                    self.stream = Some(response.into_inner());
+                    return Ok(());
+                }
+                Err(status) if watch_can_resume(&status) => {
+                    self.pause_before_retry(MemoryInterruption::Status(status))
+                        .await?;
+                }
+                Err(status) => return Err(ClientError::from(status)),
+            }
+        }
+    }
+
+    /// Waits out the backoff before the next attempt, or gives up with
+    /// `interruption`'s error once the outage has lasted the whole budget.
+    async fn pause_before_retry(
+        &mut self,
+        interruption: MemoryInterruption,
+    ) -> Result<(), ClientError> {
+        match self
+            .retry
+            .pause(&self.options, &interruption.to_string())
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(()) => Err(interruption.into_error(self.last_revision)),
+        }
     }
 }
 
@@ -853,6 +1223,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use tokio::sync::oneshot;
+    use tokio_stream::StreamExt;
     use tokio_stream::wrappers::TcpListenerStream;
     use volley_proto::v1::batch_service_server::{BatchService, BatchServiceServer};
 

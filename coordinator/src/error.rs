@@ -43,6 +43,17 @@ pub enum CoordinatorError {
         key: String,
         waited: std::time::Duration,
     },
+    /// A memory watch cannot go on without a gap: the store restarted empty
+    /// (its epoch changed, or the scope's revisions went back behind the
+    /// one the watch resumes after).
+    #[error(
+        "memory of {scope} was reset: the store restarted empty and revision {after} is gone (the scope is at revision {latest}); read the keys again"
+    )]
+    MemoryReset {
+        scope: String,
+        after: u64,
+        latest: u64,
+    },
 }
 
 fn summarize(problems: &[Problem]) -> String {

@@ -10,7 +10,7 @@ use tracing::{Instrument, info, info_span};
 use volley_proto::{BatchId, v1};
 use volley_store::{
     Doorbell, MemoryChange, MemoryChangeKind, MemoryKeyInfo, MemoryScope, MemoryValue, PutOptions,
-    PutOutcome,
+    PutOutcome, StoreError,
 };
 
 use crate::auth::{AuthError, Principal, tenant_namespace};
@@ -21,6 +21,8 @@ use crate::service::{Access, Coordinator, now_ms};
 const CHANGES_PER_READ: u32 = 1000;
 /// Longest page of `list`.
 const MAX_LIST_PAGE: u32 = 1000;
+/// Longest `store_epoch` a watch may name (ours are 36-byte UUIDs).
+const MAX_EPOCH_BYTES: usize = 64;
 
 /// Who is writing: an op's attempt, so a write from a stale attempt (the op
 /// was retried elsewhere) is refused.
@@ -230,24 +232,65 @@ impl Coordinator {
     /// Streams changes under `prefix` after `after_revision` (0: from now,
     /// after every existing key when `include_existing`), until the client
     /// goes away. Wakes on memory doorbells, re-reads on a slow timer.
+    ///
+    /// A watch never skips silently. Revisions are only comparable within
+    /// one store epoch: when the store restarted empty (`store_epoch` is
+    /// not the epoch now, the epoch changes while the watch runs, or the
+    /// scope's revision is behind `after_revision`), or the changes to
+    /// resume from were trimmed, the stream's last change is a `RESET`
+    /// carrying the scope's revision now, followed by the error that says
+    /// why (DATA_LOSS or OUT_OF_RANGE, for clients that do not know RESET).
     pub async fn memory_watch(
         &self,
         scope: MemoryScope,
         prefix: String,
         after_revision: u64,
         include_existing: bool,
-    ) -> Result<mpsc::Receiver<Result<v1::MemoryChange, CoordinatorError>>, CoordinatorError> {
+        store_epoch: &str,
+    ) -> Result<MemoryWatch, CoordinatorError> {
+        if store_epoch.len() > MAX_EPOCH_BYTES {
+            return Err(CoordinatorError::BadRequest(format!(
+                "store_epoch is {} bytes; the most is {MAX_EPOCH_BYTES}",
+                store_epoch.len()
+            )));
+        }
         // Subscribe before reading the revision: a write in between rings.
         let doorbells = self.store().doorbells();
+        // The epoch before the revision: a restart in between then shows
+        // as another epoch at the first check, never as a silent gap.
+        let epoch = self.store().epoch().await?;
+        let (sender, receiver) = mpsc::channel(256);
+        let mut watch = MemoryWatch {
+            epoch: epoch.clone(),
+            after: after_revision,
+            existing: 0,
+            changes: receiver,
+        };
+        let latest = self.store().memory_revision(&scope).await?;
+        let epoch_changed = !store_epoch.is_empty() && store_epoch != epoch;
+        if epoch_changed || latest < after_revision {
+            // Nothing to pump: the stream is its reset. The channel has room.
+            let _ = sender.try_send(Ok(reset_change(
+                latest,
+                v1::MemoryResetReason::StoreRestarted,
+            )));
+            let _ = sender.try_send(Err(CoordinatorError::MemoryReset {
+                scope: scope.to_string(),
+                after: after_revision,
+                latest,
+            }));
+            return Ok(watch);
+        }
         let mut start = after_revision;
         let mut existing = Vec::new();
         if after_revision == 0 {
-            start = self.store().memory_revision(&scope).await?;
+            start = latest;
             if include_existing {
                 existing = self.existing_as_changes(&scope, &prefix, start).await?;
             }
         }
-        let (sender, receiver) = mpsc::channel(256);
+        watch.after = start;
+        watch.existing = existing.len() as u64;
         let coordinator = self.clone();
         let span = info_span!("coordinator.watch_memory", scope = %scope, prefix = %prefix);
         self.spawn(
@@ -257,13 +300,18 @@ impl Coordinator {
                         return;
                     }
                 }
-                coordinator
-                    .pump_changes(scope, prefix, start, doorbells, sender)
-                    .await;
+                let pump = ChangePump {
+                    scope,
+                    prefix,
+                    epoch,
+                    after: start,
+                    sender,
+                };
+                coordinator.pump_changes(pump, doorbells).await;
             }
             .instrument(span),
         );
-        Ok(receiver)
+        Ok(watch)
     }
 
     async fn existing_as_changes(
@@ -297,6 +345,7 @@ impl Coordinator {
                         },
                         content_type: value.content_type,
                         at_ms: 0,
+                        reset_reason: v1::MemoryResetReason::Unspecified as i32,
                     });
                 } else {
                     after = Some(info.key);
@@ -308,30 +357,70 @@ impl Coordinator {
         }
     }
 
+    /// Sends changes as they come until the client goes away, the
+    /// coordinator shuts down (the stream ends UNAVAILABLE, never as if all
+    /// was said: the client resumes elsewhere), or the watch cannot go on
+    /// (a reset, or the store's error).
     async fn pump_changes(
         &self,
-        scope: MemoryScope,
-        prefix: String,
-        mut after: u64,
+        mut pump: ChangePump,
         mut doorbells: broadcast::Receiver<Doorbell>,
-        sender: mpsc::Sender<Result<v1::MemoryChange, CoordinatorError>>,
     ) {
         loop {
-            let changes = match self
+            let read = self
                 .store()
-                .memory_changes(&scope, &prefix, after, CHANGES_PER_READ)
-                .await
-            {
+                .memory_changes(&pump.scope, &pump.prefix, pump.after, CHANGES_PER_READ)
+                .await;
+            let changes = match read {
                 Ok(changes) => changes,
+                Err(trimmed @ StoreError::ChangesTrimmed { .. })
+                    if self.same_epoch(&pump).await =>
+                {
+                    let latest = self.store().memory_revision(&pump.scope).await;
+                    tracing::warn!(scope = %pump.scope, after = pump.after, "memory watch reset: its changes were trimmed");
+                    pump.reset(
+                        latest.unwrap_or_default(),
+                        v1::MemoryResetReason::ChangesTrimmed,
+                        Some(trimmed.into()),
+                    )
+                    .await;
+                    return;
+                }
+                Err(StoreError::ChangesTrimmed { .. }) => {
+                    self.reset_restarted(&pump).await;
+                    return;
+                }
                 Err(error) => {
-                    let _ = sender.send(Err(error.into())).await;
+                    let _ = pump.sender.send(Err(error.into())).await;
                     return;
                 }
             };
+            // The changes read are the epoch's only if the epoch still is
+            // the watch's once they were read: a restart before the read
+            // shows here; one after it is the next round's.
+            if !self.same_epoch(&pump).await {
+                self.reset_restarted(&pump).await;
+                return;
+            }
+            if changes.is_empty() {
+                // Belt and braces for a store without epochs: revisions
+                // never go back but after a restart.
+                match self.store().memory_revision(&pump.scope).await {
+                    Ok(latest) if latest < pump.after => {
+                        self.reset_restarted(&pump).await;
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        let _ = pump.sender.send(Err(error.into())).await;
+                        return;
+                    }
+                }
+            }
             let full = changes.len() as u32 == CHANGES_PER_READ;
             for change in changes {
-                after = change.revision;
-                if sender.send(Ok(change_to_proto(change))).await.is_err() {
+                pump.after = change.revision;
+                if pump.sender.send(Ok(change_to_proto(change))).await.is_err() {
                     return;
                 }
             }
@@ -339,12 +428,42 @@ impl Coordinator {
                 continue;
             }
             tokio::select! {
-                () = self.shutdown_token().cancelled() => return,
-                () = sender.closed() => return,
-                () = wait_for_memory_bell(&mut doorbells, &scope) => {}
+                () = self.shutdown_token().cancelled() => {
+                    // Say so rather than end the stream as if all was said:
+                    // the client resumes on another coordinator.
+                    let _ = pump.sender.try_send(Err(CoordinatorError::ShuttingDown));
+                    return;
+                }
+                () = pump.sender.closed() => return,
+                () = wait_for_memory_bell(&mut doorbells, &pump.scope) => {}
                 () = tokio::time::sleep(self.config().resync_interval) => {}
             }
         }
+    }
+
+    /// Whether the store's epoch is still the watch's. A store that cannot
+    /// say counts as the same: the next read fails and says why.
+    async fn same_epoch(&self, pump: &ChangePump) -> bool {
+        match self.store().epoch().await {
+            Ok(epoch) => epoch == pump.epoch,
+            Err(_) => true,
+        }
+    }
+
+    async fn reset_restarted(&self, pump: &ChangePump) {
+        let latest = self
+            .store()
+            .memory_revision(&pump.scope)
+            .await
+            .unwrap_or_default();
+        tracing::warn!(scope = %pump.scope, after = pump.after, latest, "memory watch reset: the store restarted empty");
+        let error = CoordinatorError::MemoryReset {
+            scope: pump.scope.to_string(),
+            after: pump.after,
+            latest,
+        };
+        pump.reset(latest, v1::MemoryResetReason::StoreRestarted, Some(error))
+            .await;
     }
 
     /// The key's value once it exists, or `WaitTimedOut`.
@@ -379,6 +498,62 @@ impl Coordinator {
     }
 }
 
+/// A watch's stream as the coordinator opened it: the store epoch its
+/// revisions belong to (sent as the `volley-store-epoch` header) and its
+/// changes.
+pub struct MemoryWatch {
+    pub epoch: String,
+    /// The revision the stream's changes come after (its first live change
+    /// is `after + 1`).
+    pub after: u64,
+    /// How many changes of existing keys come first (all at `after`).
+    pub existing: u64,
+    pub changes: mpsc::Receiver<Result<v1::MemoryChange, CoordinatorError>>,
+}
+
+/// One watch being pumped: where it is and where its changes go.
+struct ChangePump {
+    scope: MemoryScope,
+    prefix: String,
+    /// The store epoch the watch's revisions belong to.
+    epoch: String,
+    /// The last revision sent (or the resume point).
+    after: u64,
+    sender: mpsc::Sender<Result<v1::MemoryChange, CoordinatorError>>,
+}
+
+impl ChangePump {
+    /// Ends the stream with a `RESET` change at `latest`, then `error`.
+    async fn reset(
+        &self,
+        latest: u64,
+        reason: v1::MemoryResetReason,
+        error: Option<CoordinatorError>,
+    ) {
+        if self
+            .sender
+            .send(Ok(reset_change(latest, reason)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if let Some(error) = error {
+            let _ = self.sender.send(Err(error)).await;
+        }
+    }
+}
+
+/// The change that ends a watch that cannot go on without a gap.
+fn reset_change(latest: u64, reason: v1::MemoryResetReason) -> v1::MemoryChange {
+    v1::MemoryChange {
+        revision: latest,
+        kind: v1::MemoryChangeKind::Reset as i32,
+        reset_reason: reason as i32,
+        ..v1::MemoryChange::default()
+    }
+}
+
 async fn wait_for_memory_bell(doorbells: &mut broadcast::Receiver<Doorbell>, scope: &MemoryScope) {
     loop {
         match doorbells.recv().await {
@@ -410,5 +585,6 @@ pub(crate) fn change_to_proto(change: MemoryChange) -> v1::MemoryChange {
         value_omitted,
         content_type: change.content_type,
         at_ms: change.at_ms,
+        reset_reason: v1::MemoryResetReason::Unspecified as i32,
     }
 }

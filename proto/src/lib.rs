@@ -31,3 +31,16 @@ pub const DEFAULT_COORDINATOR_ADDR: &str = "127.0.0.1:7070";
 /// Largest gRPC message either side accepts. Batches are streamed in chunks
 /// well below this; reports of large batches may exceed gRPC's 4 MiB default.
 pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// Response header of `WatchMemory`: the store epoch the stream's
+/// revisions belong to. A client resuming sends it back as
+/// `WatchMemoryRequest.store_epoch`.
+pub const STORE_EPOCH_HEADER: &str = "volley-store-epoch";
+
+/// Response header of `WatchMemory`: the revision the stream starts after
+/// (the request's `after_revision`, or the scope's revision when that was 0).
+pub const WATCH_AFTER_HEADER: &str = "volley-watch-after";
+
+/// Response header of `WatchMemory`: how many changes of the existing keys
+/// (`include_existing`) come first, all at the stream's start revision.
+pub const WATCH_EXISTING_HEADER: &str = "volley-watch-existing";

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use futures::StreamExt;
-use volley_client::{Memory, PutOptions, Scope, v1};
+use volley_client::{ClientError, Memory, PutOptions, Scope, WatchOptions, v1};
 
 use super::OutputFormat;
 use super::client::ClusterArgs;
@@ -48,6 +48,31 @@ pub struct MemoryArgs {
         hide = true
     )]
     pub writer_attempt: u32,
+    /// How long `watch` and `wait` keep reconnecting (through the same
+    /// address, so to any coordinator behind it) when their coordinator
+    /// goes away, before they give up with exit 3. 0s: never reconnect.
+    #[arg(
+        long,
+        global = true,
+        env = "VOLLEY_RECONNECT_FOR",
+        default_value = "60s",
+        value_parser = parse_reconnect_for
+    )]
+    pub reconnect_for: Duration,
+}
+
+/// The longest `--reconnect-for`: a day. Longer is a typo, not a plan.
+const MAX_RECONNECT_FOR: Duration = Duration::from_secs(24 * 60 * 60);
+
+fn parse_reconnect_for(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    if duration > MAX_RECONNECT_FOR {
+        return Err(format!(
+            "{text} is longer than the most, {}",
+            humantime::format_duration(MAX_RECONNECT_FOR)
+        ));
+    }
+    Ok(duration)
 }
 
 #[derive(Subcommand, Debug)]
@@ -85,6 +110,13 @@ pub enum MemoryCommand {
         output: OutputFormat,
     },
     /// Print changes under a prefix as they happen (resumable with --after).
+    ///
+    /// Rides out a coordinator that stops or dies: reconnects through the
+    /// same address and goes on after the last revision printed, for up to
+    /// --reconnect-for (then exit 3). When the store restarted empty or the
+    /// changes to resume from were trimmed, prints a `reset` line
+    /// (REVISION, `reset`, empty key, REASON) and exits 1: read the keys
+    /// again, then watch --after that revision.
     Watch {
         #[arg(default_value = "")]
         prefix: String,
@@ -97,7 +129,8 @@ pub enum MemoryCommand {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// Wait until a key exists, then print its value.
+    /// Wait until a key exists, then print its value (riding out a
+    /// coordinator that stops or dies, for up to --reconnect-for).
     Wait {
         key: String,
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -150,6 +183,10 @@ pub async fn run(args: MemoryArgs) -> Exit {
         Err(exit) => return exit,
     };
     let memory = with_writer(client.memory(scope), &args.writer_op, args.writer_attempt);
+    let reconnect = WatchOptions {
+        reconnect_budget: args.reconnect_for,
+        ..WatchOptions::default()
+    };
     let result = match args.command {
         MemoryCommand::Get { key, output } => match memory.get(&key).await {
             Ok(Some(entry)) => {
@@ -222,11 +259,14 @@ pub async fn run(args: MemoryArgs) -> Exit {
             after,
             existing,
             output,
-        } => watch(&memory, &prefix, after, existing, output).await,
-        MemoryCommand::Wait { key, timeout } => memory.wait(&key, timeout).await.map(|entry| {
-            write_raw(&entry.value);
-            Exit::Success
-        }),
+        } => watch(&memory, &prefix, after, existing, output, reconnect).await,
+        MemoryCommand::Wait { key, timeout } => memory
+            .wait_with(&key, timeout, reconnect)
+            .await
+            .map(|entry| {
+                write_raw(&entry.value);
+                Exit::Success
+            }),
         MemoryCommand::Incr { key, delta } => memory.incr(&key, delta).await.map(|value| {
             println!("{value}");
             Exit::Success
@@ -234,13 +274,23 @@ pub async fn run(args: MemoryArgs) -> Exit {
     };
     match result {
         Ok(exit) => exit,
-        Err(volley_client::ClientError::Conflict(message)) => {
+        Err(ClientError::Conflict(message)) => {
             eprintln!("error: {message}");
             Exit::OpsFailed
         }
-        Err(volley_client::ClientError::TimedOut(message)) => {
+        Err(ClientError::TimedOut(message)) => {
             eprintln!("error: {message}");
             Exit::OpsFailed
+        }
+        // The coordinator went away and none answered again in time (or
+        // never answered): exit 3, whatever the transport said.
+        Err(
+            error @ (ClientError::Unreachable { .. }
+            | ClientError::Unavailable(_)
+            | ClientError::Transport(_)),
+        ) => {
+            eprintln!("error: cluster unreachable: {error}");
+            Exit::Unreachable
         }
         Err(error) => exit::client_error(&error),
     }
@@ -278,20 +328,30 @@ async fn list(
     Ok(Exit::Success)
 }
 
+/// Prints changes until the watch ends. A watch has no natural end: it
+/// ends on a reset (the store lost the changes to resume from: exit 1,
+/// after printing the reset), on an error, or on Ctrl-C.
 async fn watch(
     memory: &Memory,
     prefix: &str,
     after: u64,
     existing: bool,
     output: OutputFormat,
-) -> Result<Exit, volley_client::ClientError> {
-    let changes = memory.watch(prefix, after, existing).await?;
+    reconnect: WatchOptions,
+) -> Result<Exit, ClientError> {
+    let changes = memory
+        .watch_with(prefix, after, existing, reconnect)
+        .await?;
     futures::pin_mut!(changes);
     while let Some(change) = changes.next().await {
         let change = change?;
         let kind = match change.kind() {
             v1::MemoryChangeKind::Put => "put",
             v1::MemoryChangeKind::Delete => "del",
+            v1::MemoryChangeKind::Reset => {
+                print_reset(memory.scope(), &change, output);
+                return Ok(Exit::OpsFailed);
+            }
             v1::MemoryChangeKind::Unspecified => "?",
         };
         let value = String::from_utf8_lossy(&change.value);
@@ -305,5 +365,38 @@ async fn watch(
             }
         }
     }
-    Ok(Exit::Success)
+    // The watch ended with nothing to say: only a coordinator older than
+    // this client closes a stream so; say so rather than look finished.
+    eprintln!("error: the memory watch ended without a reset or an error; watch again");
+    Ok(Exit::Unreachable)
+}
+
+/// A reset on stdout (a line like any change, so a script reading the
+/// changes sees it in order) and what to do about it on stderr.
+fn print_reset(scope: &Scope, change: &v1::MemoryChange, output: OutputFormat) {
+    let (reason, why) = match change.reset_reason() {
+        v1::MemoryResetReason::ChangesTrimmed => (
+            "changes_trimmed",
+            "the changes after the watch's revision are no longer kept",
+        ),
+        v1::MemoryResetReason::StoreRestarted | v1::MemoryResetReason::Unspecified => (
+            "store_restarted",
+            "the store restarted empty and the changes the watch knew are gone",
+        ),
+    };
+    match output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::json!({"revision": change.revision, "kind": "reset", "reason": reason})
+        ),
+        OutputFormat::Table => println!("{}\treset\t\t{reason}", change.revision),
+    }
+    let scope = match scope {
+        Scope::Batch(batch) => format!("batch {batch}"),
+        Scope::Namespace(namespace) => format!("namespace {namespace}"),
+    };
+    eprintln!(
+        "error: memory of {scope} was reset: {why}; read the keys again (volley memory ls), then watch --after {}",
+        change.revision
+    );
 }

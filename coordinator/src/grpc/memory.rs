@@ -6,10 +6,11 @@ use std::time::Duration;
 use futures::Stream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
-use volley_proto::BatchId;
 use volley_proto::v1;
 use volley_proto::v1::memory_service_server::MemoryService;
+use volley_proto::{BatchId, STORE_EPOCH_HEADER, WATCH_AFTER_HEADER, WATCH_EXISTING_HEADER};
 use volley_store::{MemoryValue, PutOptions};
 
 use super::auth::principal;
@@ -179,17 +180,27 @@ impl MemoryService for MemoryAdapter {
             .coordinator
             .memory_scope(&request.batch_id, &request.namespace, &principal)
             .await?;
-        let changes = self
+        let watch = self
             .coordinator
             .memory_watch(
                 scope,
                 request.prefix,
                 request.after_revision,
                 request.include_existing,
+                &request.store_epoch,
             )
             .await?;
-        let stream = ReceiverStream::new(changes).map(|change| change.map_err(Status::from));
-        Ok(Response::new(Box::pin(stream)))
+        let stream = ReceiverStream::new(watch.changes).map(|change| change.map_err(Status::from));
+        let mut response = Response::new(Box::pin(stream) as Self::WatchMemoryStream);
+        // The epoch the revisions belong to: the client sends it back when
+        // it resumes, so a store that restarted empty in between is a reset.
+        let metadata = response.metadata_mut();
+        if let Ok(epoch) = MetadataValue::try_from(watch.epoch.as_str()) {
+            metadata.insert(STORE_EPOCH_HEADER, epoch);
+        }
+        metadata.insert(WATCH_AFTER_HEADER, MetadataValue::from(watch.after));
+        metadata.insert(WATCH_EXISTING_HEADER, MetadataValue::from(watch.existing));
+        Ok(response)
     }
 
     #[tracing::instrument(name = "memory.WaitMemory", skip_all)]

@@ -93,6 +93,7 @@ impl From<CoordinatorError> for Status {
             CoordinatorError::ValueTooLarge { .. } => Status::invalid_argument(message),
             CoordinatorError::StaleWriter { .. } => Status::failed_precondition(message),
             CoordinatorError::WaitTimedOut { .. } => Status::deadline_exceeded(message),
+            CoordinatorError::MemoryReset { .. } => Status::data_loss(message),
             CoordinatorError::Store(store_error) => match store_error {
                 StoreError::BatchNotFound(_) => Status::not_found(message),
                 StoreError::BatchExists(_) => Status::already_exists(message),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import (
     Any,
     Callable,
+    Dict,
     Generator,
     Iterable,
     Iterator,
@@ -19,6 +20,7 @@ from typing import (
     Mapping,
     Optional,
     Sequence,
+    Set,
     Tuple,
     Type,
     TypeVar,
@@ -34,6 +36,7 @@ from .connection import DEFAULT_ADDRESS, MAX_MESSAGE_BYTES, Connection, PathLike
 from .errors import (
     InvalidArgument,
     InvalidBatch,
+    TimedOut,
     Unauthenticated,
     Unavailable,
     VolleyError,
@@ -597,49 +600,187 @@ class Memory:
         )
         return int(self._client._call(self._client._memory.IncrMemory, request).value)
 
-    def wait(self, key: str, timeout: Optional[Seconds] = None) -> MemoryEntry:
+    def wait(
+        self,
+        key: str,
+        timeout: Optional[Seconds] = None,
+        *,
+        options: Optional[WatchOptions] = None,
+    ) -> MemoryEntry:
         """Blocks until the key exists and returns its value; raises
-        :class:`TimedOut` after ``timeout`` seconds (None: wait forever)."""
+        :class:`TimedOut` after ``timeout`` seconds (None: wait forever).
+
+        A wait is only a read: when the coordinator goes away under it
+        (UNAVAILABLE), it is made again, through the same address, for what
+        is left of ``timeout``, until the outage has lasted the reconnect
+        budget of ``options`` (default: the client's ``watch_options``);
+        then :class:`Unavailable` is raised."""
+        options = options or self._client.watch_options
         seconds = _seconds(timeout)
-        request = pb.WaitMemoryRequest(
-            key=key,
-            timeout_ms=0 if seconds is None else max(1, round(seconds * 1000)),
-            namespace=self.namespace,
-            batch_id=self.batch_id,
-        )
-        # The server times the wait out; the call's own deadline is only a
-        # safety net for a server that never answers.
-        call_timeout = None if seconds is None else seconds + 30.0
-        response = self._client._call(
-            self._client._memory.WaitMemory, request, timeout=call_timeout
-        )
-        entry = _entry(key, response)
-        if entry is None:
-            raise VolleyError(
-                f"wait for memory key {key} returned no value", grpc.StatusCode.INTERNAL
+        deadline = None if seconds is None else time.monotonic() + seconds
+        outage_started: Optional[float] = None
+        backoff = options.initial_backoff
+        while True:
+            left: Optional[float] = None
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimedOut(
+                        f"memory key `{key}` did not appear within {seconds}s",
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    )
+            request = pb.WaitMemoryRequest(
+                key=key,
+                timeout_ms=0 if left is None else max(1, round(left * 1000)),
+                namespace=self.namespace,
+                batch_id=self.batch_id,
             )
-        return entry
+            # The server times the wait out; the call's own deadline is only
+            # a safety net for a server that never answers.
+            call_timeout = None if left is None else left + 30.0
+            try:
+                response = self._client._call(
+                    self._client._memory.WaitMemory, request, timeout=call_timeout
+                )
+            except Unavailable:
+                now = time.monotonic()
+                if outage_started is None:
+                    outage_started = now
+                if now - outage_started >= options.reconnect_budget:
+                    raise
+                time.sleep(min(backoff, options.reconnect_budget - (now - outage_started)))
+                backoff = min(backoff * 2, options.max_backoff)
+                continue
+            entry = _entry(key, response)
+            if entry is None:
+                raise VolleyError(
+                    f"wait for memory key {key} returned no value", grpc.StatusCode.INTERNAL
+                )
+            return entry
 
     def watch(
-        self, prefix: str = "", *, after_revision: int = 0, include_existing: bool = False
+        self,
+        prefix: str = "",
+        *,
+        after_revision: int = 0,
+        include_existing: bool = False,
+        options: Optional[WatchOptions] = None,
     ) -> Generator[MemoryChange, None, None]:
         """Changes under ``prefix`` after ``after_revision`` (0: from now on,
-        with every existing key first when ``include_existing``), until the
-        caller stops iterating. Resume after a break with the last
-        ``revision`` seen."""
-        request = pb.WatchMemoryRequest(
-            prefix=prefix,
-            after_revision=after_revision,
-            include_existing=include_existing,
-            namespace=self.namespace,
-            batch_id=self.batch_id,
-        )
-        call = self._client._call(self._client._memory.WatchMemory, request, timeout=None)
-        try:
-            for change in _rpc_iter(call, self._client):
-                yield MemoryChange.from_proto(change)
-        finally:
-            call.cancel()
+        with every existing key first when ``include_existing``), each once
+        and in revision order, until the caller stops iterating.
+
+        When the coordinator goes away (UNAVAILABLE, CANCELLED, or the
+        stream ends), the watch reconnects through the same address and
+        resumes after the last revision it yielded, in the same store
+        epoch, until the outage has lasted the reconnect budget of
+        ``options`` (default: the client's ``watch_options``); then it
+        raises :class:`Unavailable`. When the changes to resume from are
+        gone (the store restarted empty, or they were trimmed), the last
+        change yielded has ``reset`` set: read the keys again, then watch
+        after its ``revision``."""
+        options = options or self._client.watch_options
+        last = after_revision
+        epoch = ""
+        # Still in (or yet to start) the snapshot of existing keys; a break
+        # in it is cured by a fresh one, of which only what is new is yielded.
+        snapshot = include_existing and after_revision == 0
+        snapshot_left = 0
+        snapshot_seen: Set[Tuple[str, int]] = set()
+        outage_started: Optional[float] = None
+        backoff = options.initial_backoff
+        while True:
+            request = pb.WatchMemoryRequest(
+                prefix=prefix,
+                after_revision=0 if snapshot else last,
+                include_existing=snapshot,
+                store_epoch=epoch,
+                namespace=self.namespace,
+                batch_id=self.batch_id,
+            )
+            interruption: Optional[grpc.RpcError] = None
+            call = None
+            try:
+                call = self._client._memory.WatchMemory(request, timeout=None)
+                headers = {name: value for name, value in (call.initial_metadata() or ())}
+                if headers:
+                    outage_started = None  # a new stream starts the count afresh
+                epoch = headers.get(_STORE_EPOCH_HEADER, epoch)
+                start = _header_int(headers, _WATCH_AFTER_HEADER)
+                existing = _header_int(headers, _WATCH_EXISTING_HEADER)
+                if snapshot:
+                    if start is not None and existing is not None:
+                        last, snapshot_left, snapshot = start, existing, existing > 0
+                    else:
+                        snapshot = False
+                elif last == 0 and start is not None:
+                    last = start
+                for message in call:
+                    outage_started = None
+                    backoff = options.initial_backoff
+                    if message.kind == pb.MEMORY_CHANGE_KIND_RESET:
+                        yield MemoryChange.from_proto(message)
+                        return
+                    if snapshot_left > 0:
+                        snapshot_left -= 1
+                        if snapshot_left == 0:
+                            snapshot = False
+                        fresh = (message.key, message.version) not in snapshot_seen
+                        snapshot_seen.add((message.key, message.version))
+                        if snapshot_left == 0:
+                            snapshot_seen.clear()
+                        if fresh:
+                            yield MemoryChange.from_proto(message)
+                        continue
+                    snapshot = False
+                    if message.revision <= last:
+                        raise VolleyError(
+                            f"memory watch: received revision {message.revision} after "
+                            f"revision {last} (stopping rather than repeat or reorder)",
+                            grpc.StatusCode.INTERNAL,
+                        )
+                    last = message.revision
+                    yield MemoryChange.from_proto(message)
+            except grpc.RpcError as error:
+                code = error.code() if isinstance(error, grpc.Call) else None
+                if code not in _RESUMABLE:
+                    raise self._client._error(error) from None
+                interruption = error
+            except ValueError:  # the channel was closed under the stream
+                if self._client.closed:
+                    raise VolleyError(f"the client for {self._client.url} is closed") from None
+                raise
+            finally:
+                if call is not None:
+                    call.cancel()
+            now = time.monotonic()
+            if outage_started is None:
+                outage_started = now
+            outage = now - outage_started
+            if outage >= options.reconnect_budget:
+                if interruption is None:
+                    raise Unavailable(
+                        f"the memory watch ended after revision {last} and no coordinator "
+                        "took it over"
+                    )
+                raise self._client._error(interruption) from None
+            delay = min(backoff, options.reconnect_budget - outage)
+            time.sleep(delay * (0.5 + random.random() / 2))
+            backoff = min(backoff * 2, options.max_backoff)
+
+
+# Response headers of WatchMemory (see proto/src/lib.rs).
+_STORE_EPOCH_HEADER = "volley-store-epoch"
+_WATCH_AFTER_HEADER = "volley-watch-after"
+_WATCH_EXISTING_HEADER = "volley-watch-existing"
+
+
+def _header_int(headers: Dict[str, Any], name: str) -> Optional[int]:
+    value = headers.get(name)
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
 
 
 def _rpc_iter(call: Iterable[T], client: Client) -> Iterator[T]:

@@ -362,16 +362,33 @@ class MemoryChange:
     ``get`` those)."""
     content_type: str
     at_ms: int
+    reset: bool = False
+    """The watch cannot go on without a gap (the store restarted empty, or
+    the changes to resume from were trimmed): the last change of a watch.
+    Read the keys again, then watch after its ``revision`` (the scope's
+    revision now)."""
+    reset_reason: str = ""
+    """For a reset: ``store_restarted`` or ``changes_trimmed``."""
 
     @classmethod
     def from_proto(cls, change: pb.MemoryChange) -> MemoryChange:
         deleted = change.kind == pb.MEMORY_CHANGE_KIND_DELETE
+        reset = change.kind == pb.MEMORY_CHANGE_KIND_RESET
+        reason = ""
+        if reset:
+            reason = (
+                "changes_trimmed"
+                if change.reset_reason == pb.MEMORY_RESET_REASON_CHANGES_TRIMMED
+                else "store_restarted"
+            )
         return cls(
             revision=change.revision,
             key=change.key,
             deleted=deleted,
             version=change.version,
-            value=None if deleted or change.value_omitted else change.value,
+            value=None if deleted or reset or change.value_omitted else change.value,
             content_type=change.content_type,
             at_ms=change.at_ms,
+            reset=reset,
+            reset_reason=reason,
         )

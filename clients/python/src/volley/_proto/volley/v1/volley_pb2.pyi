@@ -86,6 +86,13 @@ class MemoryChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MEMORY_CHANGE_KIND_UNSPECIFIED: _ClassVar[MemoryChangeKind]
     MEMORY_CHANGE_KIND_PUT: _ClassVar[MemoryChangeKind]
     MEMORY_CHANGE_KIND_DELETE: _ClassVar[MemoryChangeKind]
+    MEMORY_CHANGE_KIND_RESET: _ClassVar[MemoryChangeKind]
+
+class MemoryResetReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MEMORY_RESET_REASON_UNSPECIFIED: _ClassVar[MemoryResetReason]
+    MEMORY_RESET_REASON_STORE_RESTARTED: _ClassVar[MemoryResetReason]
+    MEMORY_RESET_REASON_CHANGES_TRIMMED: _ClassVar[MemoryResetReason]
 
 class FailureKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -144,6 +151,10 @@ EVENT_KIND_OP_BLOCKED: EventKind
 MEMORY_CHANGE_KIND_UNSPECIFIED: MemoryChangeKind
 MEMORY_CHANGE_KIND_PUT: MemoryChangeKind
 MEMORY_CHANGE_KIND_DELETE: MemoryChangeKind
+MEMORY_CHANGE_KIND_RESET: MemoryChangeKind
+MEMORY_RESET_REASON_UNSPECIFIED: MemoryResetReason
+MEMORY_RESET_REASON_STORE_RESTARTED: MemoryResetReason
+MEMORY_RESET_REASON_CHANGES_TRIMMED: MemoryResetReason
 FAILURE_KIND_UNSPECIFIED: FailureKind
 FAILURE_KIND_ERROR: FailureKind
 FAILURE_KIND_TIMEOUT: FailureKind
@@ -610,21 +621,23 @@ class IncrMemoryResponse(_message.Message):
     def __init__(self, value: _Optional[int] = ..., version: _Optional[int] = ..., unblocked: _Optional[int] = ...) -> None: ...
 
 class WatchMemoryRequest(_message.Message):
-    __slots__ = ("batch_id", "namespace", "prefix", "after_revision", "include_existing")
+    __slots__ = ("batch_id", "namespace", "prefix", "after_revision", "include_existing", "store_epoch")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     AFTER_REVISION_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_EXISTING_FIELD_NUMBER: _ClassVar[int]
+    STORE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     namespace: str
     prefix: str
     after_revision: int
     include_existing: bool
-    def __init__(self, batch_id: _Optional[str] = ..., namespace: _Optional[str] = ..., prefix: _Optional[str] = ..., after_revision: _Optional[int] = ..., include_existing: bool = ...) -> None: ...
+    store_epoch: str
+    def __init__(self, batch_id: _Optional[str] = ..., namespace: _Optional[str] = ..., prefix: _Optional[str] = ..., after_revision: _Optional[int] = ..., include_existing: bool = ..., store_epoch: _Optional[str] = ...) -> None: ...
 
 class MemoryChange(_message.Message):
-    __slots__ = ("revision", "key", "kind", "version", "value", "value_omitted", "content_type", "at_ms")
+    __slots__ = ("revision", "key", "kind", "version", "value", "value_omitted", "content_type", "at_ms", "reset_reason")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -633,6 +646,7 @@ class MemoryChange(_message.Message):
     VALUE_OMITTED_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     AT_MS_FIELD_NUMBER: _ClassVar[int]
+    RESET_REASON_FIELD_NUMBER: _ClassVar[int]
     revision: int
     key: str
     kind: MemoryChangeKind
@@ -641,7 +655,8 @@ class MemoryChange(_message.Message):
     value_omitted: bool
     content_type: str
     at_ms: int
-    def __init__(self, revision: _Optional[int] = ..., key: _Optional[str] = ..., kind: _Optional[_Union[MemoryChangeKind, str]] = ..., version: _Optional[int] = ..., value: _Optional[bytes] = ..., value_omitted: bool = ..., content_type: _Optional[str] = ..., at_ms: _Optional[int] = ...) -> None: ...
+    reset_reason: MemoryResetReason
+    def __init__(self, revision: _Optional[int] = ..., key: _Optional[str] = ..., kind: _Optional[_Union[MemoryChangeKind, str]] = ..., version: _Optional[int] = ..., value: _Optional[bytes] = ..., value_omitted: bool = ..., content_type: _Optional[str] = ..., at_ms: _Optional[int] = ..., reset_reason: _Optional[_Union[MemoryResetReason, str]] = ...) -> None: ...
 
 class WaitMemoryRequest(_message.Message):
     __slots__ = ("batch_id", "key", "namespace", "timeout_ms")

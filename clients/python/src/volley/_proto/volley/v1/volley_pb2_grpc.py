@@ -442,6 +442,10 @@ class MemoryServiceServicer(object):
 
     def WatchMemory(self, request, context):
         """Changes under a prefix, in order; resumable from the last revision seen.
+        The response header `volley-store-epoch` names the store epoch the
+        revisions belong to (send it back as `store_epoch` to resume). A
+        stream never ends on its own: it ends with a RESET change, an error,
+        or the coordinator going away (then resume elsewhere).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
