@@ -66,7 +66,11 @@ fn assert_failed_writers_report(code: Option<i32>, report: &serde_json::Value) {
         error("reader"),
         "key `answer` will never be written: its writer `writer` failed"
     );
-    assert_eq!(state("after-reader").as_deref(), Some("skipped"), "{report}");
+    assert_eq!(
+        state("after-reader").as_deref(),
+        Some("skipped"),
+        "{report}"
+    );
     assert_eq!(error("after-reader"), "dependency `reader` skipped");
     assert_eq!(state("always").as_deref(), Some("succeeded"), "{report}");
     assert_eq!(state("stored").as_deref(), Some("failed"), "{report}");
@@ -115,12 +119,9 @@ async fn a_failed_writer_skips_its_waiters_and_submit_watch_ends_with_the_reason
 async fn a_failed_writer_skips_its_waiters_in_volley_run() {
     let root = tempfile::tempdir().expect("temp dir");
     let file = batch_file(root.path(), "failed.yaml", FAILED_WRITERS);
-    let (code, report) = tokio::time::timeout(
-        HANG_GUARD,
-        run_json(root.path(), &file, &[]),
-    )
-    .await
-    .expect("volley run ends instead of waiting forever");
+    let (code, report) = tokio::time::timeout(HANG_GUARD, run_json(root.path(), &file, &[]))
+        .await
+        .expect("volley run ends instead of waiting forever");
     assert_failed_writers_report(code, &report);
 }
 
@@ -138,12 +139,9 @@ ops:
   - {id: wants-kept, kind: echo, args: {text: "kept ${memory.kept}"}}
 "#,
     );
-    let (code, report) = tokio::time::timeout(
-        HANG_GUARD,
-        run_json(root.path(), &file, &[]),
-    )
-    .await
-    .expect("volley run ends instead of waiting forever");
+    let (code, report) = tokio::time::timeout(HANG_GUARD, run_json(root.path(), &file, &[]))
+        .await
+        .expect("volley run ends instead of waiting forever");
     assert_eq!(code, Some(1), "{report}");
     let wants_note = report_op(&report, "wants-note");
     assert_eq!(wants_note["state"], "skipped", "{report}");
@@ -196,8 +194,7 @@ async fn a_shared_store_as_cut_short_by_a_dying_coordinator_is_written_by_the_ne
         .spawn()
         .expect("coordinator starts");
     fleet.coordinators[0].1 = Some(faulty);
-    fleet.client =
-        common::connect_with_deadline(&fleet.url(), Duration::from_secs(20)).await;
+    fleet.client = common::connect_with_deadline(&fleet.url(), Duration::from_secs(20)).await;
     fleet.add_worker("w0", &[]).await;
     fleet.wait_for_workers(1).await;
 
@@ -236,13 +233,15 @@ async fn a_shared_store_as_cut_short_by_a_dying_coordinator_is_written_by_the_ne
         use tokio::io::AsyncReadExt;
         let _ = pipe.read_to_string(&mut stderr).await;
     }
-    assert!(stderr.contains("VOLLEY_TEST_FAULT=after-complete"), "{stderr}");
+    assert!(
+        stderr.contains("VOLLEY_TEST_FAULT=after-complete"),
+        "{stderr}"
+    );
 
     // A coordinator without the fault takes over: it drains the outbox, the
     // key appears, and the consumer runs with it.
     fleet.start_coordinator(0).await;
-    fleet.client =
-        common::connect_with_deadline(&fleet.url(), Duration::from_secs(20)).await;
+    fleet.client = common::connect_with_deadline(&fleet.url(), Duration::from_secs(20)).await;
     let scope = volley_client::Scope::Namespace("pipeline".to_owned());
     eventually("the shared key is written", || {
         let memory = fleet.client.memory(scope.clone());
@@ -279,4 +278,33 @@ async fn a_shared_store_as_cut_short_by_a_dying_coordinator_is_written_by_the_ne
         .expect("get")
         .expect("written");
     assert_eq!(value.version, 1);
+}
+
+#[tokio::test]
+async fn a_run_if_always_waiter_runs_but_cannot_fill_in_the_missing_key() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let file = batch_file(
+        root.path(),
+        "always.yaml",
+        r#"name: always-fill
+ops:
+  - {id: writer, kind: agent, writes: ["memory:answer"], args: {cmd: "exit 3"}}
+  - {id: plain, kind: echo, wait_for: [answer], run_if: always, args: {text: ran}}
+  - {id: templated, kind: echo, run_if: always, args: {text: "got ${memory.answer}"}}
+"#,
+    );
+    let (code, report) = tokio::time::timeout(HANG_GUARD, run_json(root.path(), &file, &[]))
+        .await
+        .expect("volley run ends instead of waiting forever");
+    assert_eq!(code, Some(1), "{report}");
+    let plain = report_op(&report, "plain");
+    assert_eq!(plain["state"], "succeeded", "{report}");
+    assert_eq!(plain["output"], "ran");
+    // It was dispatched: the key it refers to has no value to fill in.
+    let templated = report_op(&report, "templated");
+    assert_eq!(templated["state"], "failed", "{report}");
+    assert_eq!(
+        templated["error"],
+        "cannot fill in the op's args: args.text: no value for `${memory.answer}`"
+    );
 }

@@ -381,8 +381,13 @@ local function writers_ended(indices)
     local list = lists[position]
     if list then
       for key in string.gmatch(list, '[^,]+') do
-        if redis.call('HINCRBY', K_WRITERS_LEFT, key, -1) == 0 then
+        local left = redis.call('HINCRBY', K_WRITERS_LEFT, key, -1)
+        if left == 0 then
           HOPELESS[#HOPELESS + 1] = key
+        elseif left < 0 then
+          -- A writer ending again (a sequential pass): stays at 0, as the
+          -- in-memory store's count saturates, so a writer added later counts.
+          redis.call('HSET', K_WRITERS_LEFT, key, 0)
         end
       end
     end

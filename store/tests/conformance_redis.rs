@@ -437,7 +437,10 @@ async fn a_shared_store_as_lost_in_a_crash_is_repaired_once() {
         .await
         .expect("get")
         .expect("written");
-    assert_eq!((value.value.as_slice(), value.version), (b"42".as_slice(), 1));
+    assert_eq!(
+        (value.value.as_slice(), value.version),
+        (b"42".as_slice(), 1)
+    );
     assert_eq!(
         clean.outboxes_pending(&both).await.expect("pending"),
         Vec::<BatchId>::new()

@@ -234,10 +234,13 @@ pub async fn case_a_key_written_before_its_writer_ended_is_not_hopeless(store: &
     // Judged when the last writer ends: a key present then (written by a
     // client, or by the writer while it ran) is fine.
     let batch_id = id("written-before");
-    let ops = vec![writer_of(&["k"]), NewOp {
-        deps: 1,
-        ..waiting_for(&["k"])
-    }];
+    let ops = vec![
+        writer_of(&["k"]),
+        NewOp {
+            deps: 1,
+            ..waiting_for(&["k"])
+        },
+    ];
     let mut ops = ops;
     ops[0].dependents = vec![1];
     store
@@ -499,7 +502,13 @@ pub async fn case_shared_store_as_is_written_once_even_when_resent(store: &dyn S
         .await
         .expect("complete");
     assert_eq!(again.stale, vec![0]);
-    assert_eq!(store.drain_outbox(&producer, NOW + 40).await.expect("drain"), 0);
+    assert_eq!(
+        store
+            .drain_outbox(&producer, NOW + 40)
+            .await
+            .expect("drain"),
+        0
+    );
     let changes = store
         .memory_changes(&scope, "", 0, 10)
         .await
@@ -508,5 +517,8 @@ pub async fn case_shared_store_as_is_written_once_even_when_resent(store: &dyn S
     assert_eq!(changes[0].version, 1);
     assert_eq!(get(store, &scope, "result").await, Some(b"v1".to_vec()));
     // Unknown batches have nothing to drain.
-    assert_eq!(store.drain_outbox(&id("nobody"), NOW).await.expect("drain"), 0);
+    assert_eq!(
+        store.drain_outbox(&id("nobody"), NOW).await.expect("drain"),
+        0
+    );
 }
