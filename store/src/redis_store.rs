@@ -2252,6 +2252,16 @@ impl Store for RedisStore {
         }
         if handled > 0 {
             tracing::info!(%batch, handled, "drained the outbox of shared store_as writes");
+            // The completion that left these may also have finished the
+            // batch and died before announcing it (`complete` writes, then
+            // announces): do what it would have done. Idempotent.
+            let state: Option<String> = connection.hget(keys::meta(batch), "state").await?;
+            if let Some(state) = state.filter(|state| state != "running" && state != "creating") {
+                let active: bool = connection.sismember(keys::ACTIVE, batch.as_str()).await?;
+                if active {
+                    self.finished_state(batch, &state).await?;
+                }
+            }
         }
         Ok(handled)
     }

@@ -426,6 +426,15 @@ async fn a_shared_store_as_lost_in_a_crash_is_repaired_once() {
         clean.outboxes_pending(&both).await.expect("pending"),
         vec![producer.clone()]
     );
+    // Its finish was never announced: still in the active set, where
+    // coordinators' housekeeping finds its outbox.
+    assert!(
+        clean
+            .active_batches()
+            .await
+            .expect("active")
+            .contains(&producer)
+    );
     // The worker sends its result again: stale, and it drains the outbox.
     let resent = clean
         .complete(&producer, std::slice::from_ref(&completion), 4)
@@ -444,6 +453,11 @@ async fn a_shared_store_as_lost_in_a_crash_is_repaired_once() {
     assert_eq!(
         clean.outboxes_pending(&both).await.expect("pending"),
         Vec::<BatchId>::new()
+    );
+    // The drain announced the finish the dead coordinator did not.
+    assert_eq!(
+        clean.active_batches().await.expect("active"),
+        vec![consumer.clone()]
     );
     let consumer_ops = clean.op_records(&consumer).await.expect("records");
     assert_eq!(consumer_ops[0].state, volley_store::OpState::Ready);
