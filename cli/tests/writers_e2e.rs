@@ -123,6 +123,29 @@ async fn a_failed_writer_skips_its_waiters_in_volley_run() {
         .await
         .expect("volley run ends instead of waiting forever");
     assert_failed_writers_report(code, &report);
+
+    // What a person running it reads.
+    let output = tokio::time::timeout(
+        HANG_GUARD,
+        volley()
+            .args(["run", file.to_str().expect("utf-8")])
+            .current_dir(root.path())
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("volley run ends instead of waiting forever")
+    .expect("volley run");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains("key `total` will never be written: its writer `stored` failed"),
+        "{printed}"
+    );
 }
 
 #[tokio::test]
