@@ -114,6 +114,7 @@ macro_rules! conformance_tests {
             case_lost_and_expired_writers_skip_their_waiters_too,
             case_shared_namespace_keys_are_never_judged,
             case_shared_store_as_is_written_once_even_when_resent,
+            case_an_any_group_with_an_undeclared_key_keeps_waiting,
         );
         $crate::conformance_tests!(@shared_cases $make;
             case_concurrent_cas_increments_lose_none,

@@ -522,3 +522,30 @@ pub async fn case_shared_store_as_is_written_once_even_when_resent(store: &dyn S
         0
     );
 }
+
+pub async fn case_an_any_group_with_an_undeclared_key_keeps_waiting(store: &dyn Store) {
+    let batch_id = id("any-undeclared");
+    store
+        .create_batch(batch(
+            "any-undeclared",
+            vec![writer_of(&["a"]), waiting_for_any(&["a", "free"])],
+        ))
+        .await
+        .expect("create");
+    let writer = claim_one(store, &batch_id, 0).await;
+    let outcome = store
+        .complete(&batch_id, &[permanent(writer, "boom")], NOW + 20)
+        .await
+        .expect("complete");
+    assert_eq!(outcome.finished, None);
+    // `free` has no declared writer: a client may still write it.
+    assert_eq!(
+        states(store, &batch_id).await,
+        vec![OpState::Failed, OpState::Waiting]
+    );
+    assert_eq!(put(store, &own(&batch_id), "free", b"1").await, 1);
+    assert_eq!(
+        states(store, &batch_id).await,
+        vec![OpState::Failed, OpState::Ready]
+    );
+}
