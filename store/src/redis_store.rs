@@ -11,7 +11,11 @@
 //! own slot: a write is one script there (write, log, pop the waiters), then
 //! one idempotent `arrive.lua` per waiting batch in that batch's slot. Large
 //! values are staged as chunks with separate bounded commands and flipped
-//! visible by the write script.
+//! visible by the write script. A `store_as` into a shared namespace cannot
+//! be written by the completion script (another slot): the script records
+//! it in the batch's `outbox`, `complete` writes it right after (guarded by
+//! the op attempt, so no second write adds a revision) and clears the entry,
+//! and [`Store::drain_outbox`] writes what a dead coordinator left there.
 //!
 //! Doorbells: scripts `PUBLISH` `b:<batch>` (a batch changed), `m:<namespace>`
 //! or `mb:<batch>` (a memory scope changed) on [`keys::DOORBELL_CHANNEL`];
