@@ -1154,6 +1154,7 @@ impl Dispatcher {
         self.refresh_registry().await;
         if let Some(active) = self.discover().await {
             self.publish_ready_depth(&active).await;
+            self.drain_outboxes(&active).await;
         }
         self.drop_expired().await;
         self.prune_batch_index().await;
@@ -1293,6 +1294,37 @@ impl Dispatcher {
         }
     }
 
+    /// Writes the shared `store_as` values a coordinator recorded but died
+    /// before writing (`Store::drain_outbox`), for every active batch whose
+    /// outbox holds some: one pipelined read per tick, a drain only where
+    /// needed. A batch whose last op's completion was cut short is still in
+    /// the active set (its finish was never announced), so it is found here
+    /// though nobody holds it; the writes are guarded per op attempt, so
+    /// coordinators draining the same batch write each value once.
+    async fn drain_outboxes(&mut self, active: &[BatchId]) {
+        let pending = match self.store.outboxes_pending(active).await {
+            Ok(pending) => pending,
+            Err(error) => {
+                warn!(%error, "could not read the outboxes of shared writes");
+                return;
+            }
+        };
+        for batch in pending {
+            self.drain_outbox(&batch).await;
+        }
+    }
+
+    async fn drain_outbox(&mut self, batch: &BatchId) {
+        match self.store.drain_outbox(batch, now_ms()).await {
+            Ok(0) => {}
+            Ok(handled) => {
+                info!(%batch, handled, "wrote shared store_as values left by a coordinator that died");
+                self.mark_all_ready();
+            }
+            Err(error) => warn!(%batch, %error, "could not drain the outbox of shared writes"),
+        }
+    }
+
     /// Takes or keeps the batch's hold; `None` when another coordinator
     /// owns it (or the store cannot say).
     async fn hold(&mut self, batch: &BatchId, now: u64) -> Option<Fence> {
@@ -1302,6 +1334,9 @@ impl Dispatcher {
                 if self.owned.get(batch) != Some(&fence) {
                     info!(%batch, token = fence.token, "this coordinator owns the batch now");
                     self.owned.insert(batch.clone(), fence.clone());
+                    // Taken over (or resumed): what the last owner left
+                    // unwritten goes first.
+                    self.drain_outbox(batch).await;
                 }
                 Some(fence)
             }

@@ -255,6 +255,8 @@ verbs! {
     ReadyDepth => "ready_depth",
     PublishReadyGauge => "publish_ready_gauge",
     Tokens => "tokens",
+    DrainOutbox => "drain_outbox",
+    OutboxesPending => "outboxes_pending",
 }
 
 /// The coordinator's store boundary: every call counts once under its verb
@@ -588,6 +590,16 @@ impl Store for MeteredStore {
         self.inner.memory_revision(scope).await
     }
 
+    async fn drain_outbox(&self, batch: &BatchId, now_ms: u64) -> StoreResult<u32> {
+        self.count(Verb::DrainOutbox);
+        self.inner.drain_outbox(batch, now_ms).await
+    }
+
+    async fn outboxes_pending(&self, batches: &[BatchId]) -> StoreResult<Vec<BatchId>> {
+        self.count(Verb::OutboxesPending);
+        self.inner.outboxes_pending(batches).await
+    }
+
     async fn expire_waits(
         &self,
         batch: &BatchId,
@@ -709,7 +721,7 @@ mod tests {
 
     #[test]
     fn every_verb_has_its_name() {
-        assert_eq!(VERB_NAMES.len(), Verb::Tokens as usize + 1);
+        assert_eq!(VERB_NAMES.len(), Verb::OutboxesPending as usize + 1);
         assert_eq!(VERB_NAMES[Verb::Claim as usize], "claim");
         assert_eq!(VERB_NAMES[Verb::Complete as usize], "complete");
     }

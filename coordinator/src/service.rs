@@ -1187,6 +1187,8 @@ pub(crate) fn new_op(op: &PlannedOp, since_ms: u64) -> NewOp {
             since_ms + op.wait_timeout_ms
         },
         after: Vec::new(),
+        // The store judges these only in the batch's own memory.
+        writes: op.memory_writes.to_vec(),
         retry: {
             let retry = op.retry();
             RetryPolicy {

@@ -13,6 +13,8 @@
 --   wait deadline ms ('0' none), wait info JSON ('' when it waits for no key)
 -- then ARGV[7 + count * 5]: who added them, appended to the `added` event's
 --   message ('' for nothing)
+-- then ARGV[8 + count * 5]: the new ops' declared memory writes, JSON
+--   `[[idx, [keys...]], ...]` ('' none; see add_writers in common.lua)
 -- Returns: { status (0 ok, -1 no such batch, -2 cannot add), reason,
 --            became_ready, finished batch state code or '', memory scope code }
 local m = redis.call('HMGET', K_META, 'state', 'total', 'fail_fast_fired', 'memory')
@@ -35,6 +37,7 @@ for offset = 0, count - 1 do
   if field(offset, 4) ~= '' then redis.call('HSET', K_WAIT_INFO, idx, field(offset, 4)) end
 end
 redis.call('HSET', K_META, 'total', total + count)
+add_writers(ARGV[8 + count * 5])
 redis.call('RPUSH', K_SPEC_ADDED, ARGV[6])
 local note = ARGV[7 + count * 5] or ''
 if note ~= '' then note = ' ' .. note end

@@ -33,6 +33,12 @@ local K_LEASES = P .. 'leases'
 local K_DELAYED = P .. 'delayed'
 local K_HANDED_BACK = P .. 'handed_back'
 local K_OWNER = P .. 'owner'
+-- Declared writers of the batch's own memory keys (see settle_hopeless) and
+-- the outbox of shared `store_as` writes (see complete.lua).
+local K_WRITES = P .. 'writes'
+local K_WRITERS_LEFT = P .. 'writers_left'
+local K_WRITER_OPS = P .. 'writer_ops'
+local K_OUTBOX = P .. 'outbox'
 local CHANNEL = ARGV[1]
 local BATCH = ARGV[2]
 local NOW = ARGV[3]
@@ -353,6 +359,70 @@ local COUNTER = { S = 'succeeded', F = 'failed', K = 'skipped', C = 'cancelled' 
 local ENDED_WORD = { F = 'failed', C = 'cancelled', K = 'skipped' }
 local FINAL = { S = true, F = true, K = true, C = true }
 
+-- ---- Declared writers (a key nobody will write) ----
+-- Meta `writers` = 1 when some op of the batch declares writes of its own
+-- memory; then `writes` (op → 'k1,k2'), `writer_ops` (key → 'i1,i2') and
+-- `writers_left` (key → declared writers not yet ended) are kept. An op's
+-- end counts its keys down (HINCRBY, no scan); a key reaching 0 goes on
+-- HOPELESS, which settle_hopeless works off before the batch may finish.
+local HOPELESS = {}
+local writers_flag = nil
+
+local function batch_has_writers()
+  if writers_flag == nil then writers_flag = redis.call('HGET', K_META, 'writers') == '1' end
+  return writers_flag
+end
+
+-- Ops `indices` just ended (any final state): count their declared keys down.
+local function writers_ended(indices)
+  if #indices == 0 or not batch_has_writers() then return end
+  local lists = hmget_many(K_WRITES, indices)
+  for position = 1, #indices do
+    local list = lists[position]
+    if list then
+      for key in string.gmatch(list, '[^,]+') do
+        local left = redis.call('HINCRBY', K_WRITERS_LEFT, key, -1)
+        if left == 0 then
+          HOPELESS[#HOPELESS + 1] = key
+        elseif left < 0 then
+          -- A writer ending again (a sequential pass): stays at 0, as the
+          -- in-memory store's count saturates, so a writer added later counts.
+          redis.call('HSET', K_WRITERS_LEFT, key, 0)
+        end
+      end
+    end
+  end
+end
+
+-- Adds declared writers (create_batch's pipeline writes them itself;
+-- add_ops calls this): `raw` is JSON `[[idx, [keys...]], ...]` ('' none).
+-- Ignored when the batch's memory is a shared namespace.
+local function add_writers(raw)
+  if not raw or raw == '' then return end
+  local entries = cjson.decode(raw)
+  if #entries == 0 or redis.call('HGET', K_META, 'memory') ~= 'b' then return end
+  for _, entry in ipairs(entries) do
+    local idx, keys = tostring(entry[1]), entry[2]
+    redis.call('HSET', K_WRITES, idx, table.concat(keys, ','))
+    for _, key in ipairs(keys) do
+      redis.call('HINCRBY', K_WRITERS_LEFT, key, 1)
+      local ops = redis.call('HGET', K_WRITER_OPS, key)
+      if ops and ops ~= '' then ops = ops .. ',' .. idx else ops = idx end
+      redis.call('HSET', K_WRITER_OPS, key, ops)
+    end
+  end
+  redis.call('HSET', K_META, 'writers', '1')
+  writers_flag = true
+end
+
+-- A key is hopeless when it has declared writers, all of them ended, and
+-- it does not exist.
+local function key_hopeless(key)
+  local left = redis.call('HGET', K_WRITERS_LEFT, key)
+  if not left or tonumber(left) > 0 then return false end
+  return redis.call('EXISTS', k_mem(key)) == 0
+end
+
 local function end_op(idx, code, result_json)
   redis.call('HSET', K_STATE, idx, code)
   redis.call('HDEL', K_PENDING, idx)
@@ -360,6 +430,7 @@ local function end_op(idx, code, result_json)
   redis.call('ZREM', K_DELAYED, idx)
   redis.call('HINCRBY', K_META, COUNTER[code], 1)
   redis.call('HSET', K_RESULT, idx, result_json)
+  writers_ended({ idx })
 end
 
 -- `idx` just ended with `code`: count down or skip its dependents,
@@ -525,7 +596,7 @@ end
 -- state, attempts, result and events; see keys.rs.
 local function expire_finished(retain)
   for _, key in ipairs({K_META, P .. 'spec', K_STATE, K_ATTEMPTS, K_RESULT, K_EVENTS,
-      K_SPEC_ADDED}) do
+      K_SPEC_ADDED, K_OUTBOX}) do
     redis.call('PEXPIRE', key, retain)
   end
   each_own_memory_key(function(key, what)
@@ -537,10 +608,107 @@ local function expire_finished(retain)
   end)
 end
 
--- Finishes the batch when every op has ended. Returns the batch state code,
--- or '' when it is not finished (or was already); then how many ops a
--- sequential pass it started made ready (0 when it started none).
+-- How a writer ended, for a hopeless key's message (as `hopeless_message`
+-- in src/model.rs).
+local WRITER_ENDED = { F = 'failed', K = 'was skipped', C = 'was cancelled',
+  S = 'succeeded without writing it' }
+local WRITER_ENDED_SHORT = { F = 'failed', K = 'skipped', C = 'cancelled',
+  S = 'succeeded without writing it' }
+local HOPELESS_NAMED = 5
+
+local function hopeless_message(key)
+  local writers = {}
+  for writer in string.gmatch(redis.call('HGET', K_WRITER_OPS, key) or '', '%d+') do
+    writers[#writers + 1] = writer
+  end
+  local states = hmget_many(K_STATE, writers)
+  local head = 'key `' .. key .. '` will never be written: '
+  if #writers == 1 then
+    return head .. 'its writer `' .. writers[1] .. '` ' .. (WRITER_ENDED[states[1]] or 'ended')
+  end
+  local named = {}
+  for position = 1, math.min(#writers, HOPELESS_NAMED) do
+    named[#named + 1] = '`' .. writers[position] .. '` ('
+      .. (WRITER_ENDED_SHORT[states[position]] or 'ended') .. ')'
+  end
+  local text = head .. 'its writers ' .. table.concat(named, ', ')
+  if #writers > HOPELESS_NAMED then
+    text = text .. string.format(' and %d more', #writers - HOPELESS_NAMED)
+  end
+  return text
+end
+
+-- Every key of op `idx`'s `wait_for_any` group is hopeless.
+local function any_group_hopeless(idx)
+  local raw = redis.call('HGET', K_WAIT_INFO, idx)
+  if not raw then return false end
+  local group = cjson.decode(raw).y or {}
+  if #group == 0 then return false end
+  for _, key in ipairs(group) do
+    if not key_hopeless(key) then return false end
+  end
+  return true
+end
+
+-- Works off HOPELESS (keys whose last declared writer ended this step): a
+-- key that exists is fine; else its waiters still Waiting — for a
+-- `wait_for` key, or for a `wait_for_any` group all of whose keys are
+-- hopeless — are skipped ("key `k` will never be written: …") with their
+-- dependents, as `after:` skips are; a `run_if: always` waiter counts the
+-- wait as satisfied instead. Skips end more ops, which may make more keys
+-- hopeless: a worklist. Returns how many ops became ready.
+local function settle_hopeless()
+  local became_ready, head = 0, 1
+  while head <= #HOPELESS do
+    local key = HOPELESS[head]
+    head = head + 1
+    if redis.call('EXISTS', k_mem(key)) == 0 then
+      local waiters_key = k_waiters(key)
+      local waits = {}
+      for _, member in ipairs(redis.call('SMEMBERS', waiters_key)) do
+        local idx, mode = parse_waiter(member, key)
+        if idx then waits[#waits + 1] = { idx, mode, member } end
+      end
+      table.sort(waits, function(left, right)
+        if left[1] ~= right[1] then return left[1] < right[1] end
+        return left[2] < right[2]
+      end)
+      local message = nil
+      for _, wait in ipairs(waits) do
+        local idx, mode = tostring(wait[1]), wait[2]
+        if redis.call('HGET', K_STATE, idx) == 'W'
+            and (mode ~= 'any' or any_group_hopeless(idx)) then
+          redis.call('SREM', waiters_key, wait[3])
+          local _, always = op_info(idx)
+          if always then
+            local _, ready = arrive(idx, key, mode)
+            became_ready = became_ready + ready
+          else
+            message = message or hopeless_message(key)
+            end_op(idx, 'K', cjson.encode({ e = message }))
+            event('skipped', idx, attempts_of(idx), '', message, nil)
+            became_ready = became_ready + propagate(idx, 'K')
+          end
+        end
+      end
+    end
+  end
+  HOPELESS = {}
+  return became_ready
+end
+
+-- Finishes the batch when every op has ended (after settling hopeless
+-- keys: see settle_hopeless). Returns the batch state code, or '' when it
+-- is not finished (or was already); then how many ops became ready: by
+-- settling, and by a sequential pass it started.
+local finish_now
 local function finish_if_done()
+  local settled = settle_hopeless()
+  local state, pass_ready = finish_now()
+  return state, pass_ready + settled
+end
+
+finish_now = function()
   local m = redis.call('HMGET', K_META, 'state', 'total', 'succeeded', 'failed',
     'skipped', 'cancelled', 'cancel_requested', 'deadline_fired', 'fail_fast_fired',
     'retry_failed', 'sequential', 'retain_ms')
@@ -573,7 +741,7 @@ local function finish_if_done()
   -- main thread, so a million-op batch does not stall Redis). What stays per
   -- op: its state, attempts, result, events and spec.
   redis.call('UNLINK', K_LEASES, K_DELAYED, K_INFO, K_PENDING, K_ARRIVED, K_ANY_DONE,
-    K_DEADLINES, K_WAIT_INFO, K_HANDED_BACK)
+    K_DEADLINES, K_WAIT_INFO, K_HANDED_BACK, K_WRITES, K_WRITERS_LEFT, K_WRITER_OPS)
   local retain = tonumber(m[12] or '0')
   -- The coordinators delete the batch (UNLINK) once its retention ran out;
   -- this TTL, an hour later, only catches a batch they never learnt of.

@@ -2,7 +2,13 @@
 -- Store::complete): stale check, retry, final state + result, store_as into
 -- the batch's own memory, dependents counted down or skipped transitively,
 -- fail_fast, and the batch's end. A store_as into a shared namespace lives
--- in another slot: it is returned for the caller to write afterwards.
+-- in another slot: it is recorded in the batch's `outbox` (op → JSON
+-- {k = key, a = attempt, q = sequence}; the value is the op's output, kept
+-- in its result) in this same step, and returned for the caller to write
+-- afterwards; whoever writes it clears the entry (outbox_clear.lua), and a
+-- caller that died before is repaired by a drain (Store::drain_outbox).
+-- Ending ops counts their declared memory writes down and may skip the
+-- waiters of a key nobody will write (settle_hopeless in common.lua).
 --
 -- The hot path — a success without a store_as into the batch's memory — is
 -- batched: the states and attempts of the whole slice are read with one
@@ -26,9 +32,10 @@
 --            next delayed ready-at ms or '' }
 if redis.call('EXISTS', K_META) == 0 then return { -1, {}, {}, 0, '', {}, '', '' } end
 math.randomseed(tonumber(ARGV[6]))
-local m = redis.call('HMGET', K_META, 'on_failure', 'memory')
+local m = redis.call('HMGET', K_META, 'on_failure', 'memory', 'writers')
 local fail_fast = m[1] == 'fail_fast'
 local memory = m[2] or 'b'
+writers_flag = m[3] == '1'
 local shared = string.sub(memory, 1, 2) == 'm:'
 local recorded, became_ready, retried, stale, shared_writes = 0, 0, {}, {}, {}
 local count = tonumber(ARGV[7])
@@ -60,6 +67,7 @@ local function apply_successes()
   call_chunked('HDEL', K_PENDING, pending_ops, 1)
   redis.call('HINCRBY', K_META, 'running', -#pending_ops)
   redis.call('HINCRBY', K_META, 'succeeded', #pending_ops)
+  writers_ended(pending_ops)
   became_ready = became_ready + count_down_many(pending_ops)
   pending_states, pending_results, pending_ops = {}, {}, {}
 end
@@ -90,7 +98,11 @@ for position = 0, count - 1 do
       d = duration, o = output, e = err, j = details })
     event('succeeded', idx, attempt, worker, err, nil)
     recorded = recorded + 1
-    if has_store_as then shared_writes[#shared_writes + 1] = position end
+    if has_store_as then
+      shared_writes[#shared_writes + 1] = position
+      local sequence = redis.call('HINCRBY', K_META, 'outbox_seq', 1)
+      redis.call('HSET', K_OUTBOX, idx, cjson.encode({ k = store_as, a = attempt, q = sequence }))
+    end
   else
     apply_successes()
     fresh = true

@@ -30,6 +30,8 @@ use crate::{Store, StoreError};
 
 mod ready;
 pub use ready::*;
+mod writers;
+pub use writers::*;
 
 /// Expands into one `#[tokio::test]` per conformance case. Both arguments
 /// are expressions evaluating to a future of `(Arc<dyn Store>, guard)`; the
@@ -104,6 +106,15 @@ macro_rules! conformance_tests {
             case_finished_batch_expires_after_its_retention,
             case_ready_depth_counts_queued_ops_per_priority,
             case_ready_gauge_is_set_to_the_total_capped,
+            case_failed_writer_skips_its_waiters_and_their_dependents,
+            case_writers_that_end_without_writing_skip_any_groups_last,
+            case_a_writer_that_wrote_its_key_skips_nothing,
+            case_a_key_written_before_its_writer_ended_is_not_hopeless,
+            case_add_ops_judges_waits_on_keys_whose_writers_ended,
+            case_lost_and_expired_writers_skip_their_waiters_too,
+            case_shared_namespace_keys_are_never_judged,
+            case_shared_store_as_is_written_once_even_when_resent,
+            case_an_any_group_with_an_undeclared_key_keeps_waiting,
         );
         $crate::conformance_tests!(@shared_cases $make;
             case_concurrent_cas_increments_lose_none,

@@ -45,6 +45,19 @@
 //!   [any keys]}` of every op with memory waits, for the error of an expired
 //!   wait, for `op_waits` and for the sequential pass).
 //!
+//! - `writes` (hash index → `k1,k2`: the batch's own memory keys the op is
+//!   declared to write), `writer_ops` (hash key → `i1,i2`: its declared
+//!   writers) and `writers_left` (hash key → declared writers not yet
+//!   ended), kept while meta `writers` is 1 (some op declares writes and
+//!   the batch's memory is its own): a key reaching 0 writers left that
+//!   does not exist skips its waiters (see `settle_hopeless` in
+//!   `lua/common.lua`).
+//! - `outbox` (hash index → JSON `{"k": key, "a": attempt, "q": seq}`): a
+//!   succeeded op's `store_as` into the batch's shared namespace, recorded
+//!   by `complete.lua` and dropped once written (`outbox_clear.lua`); the
+//!   value is the op's output in `result`. Kept after the finish (with the
+//!   records' retention) until drained.
+//!
 //! A finished batch's remaining keys (and its own memory scope) go
 //! `retain_ms` after it finished (meta field `retain_ms`, from the
 //! coordinator's `--retain-finished`; 0 keeps them): the Rust side puts it
@@ -70,6 +83,10 @@
 //!   expired ones are dropped lazily by `memory_list`).
 //! - `changes` (stream, ids `0-<revision>`) and `revision` (its counter).
 //! - `waiters:<key>` (set of `<batch>|<op>|<key>|<all|any>`).
+//! - `applied:<batch>|<op>|<attempt>` (string: the version written, with a
+//!   TTL of a day), in a shared namespace only: the marker that one op
+//!   attempt's `store_as` was written, so a drain that writes it again
+//!   does nothing (no second revision).
 //!
 //! Global keys: [`EPOCH`], [`BATCHES`], [`EXPIRING`], [`ACTIVE`], [`WORKERS`],
 //! [`QUEUE_READY`], the token keys ([`TOKENS`] and its companions), channel
@@ -138,6 +155,13 @@ pub const LEASES: &str = "leases";
 pub const DELAYED: &str = "delayed";
 pub const HANDED_BACK: &str = "handed_back";
 pub const OWNER: &str = "owner";
+pub const WRITES: &str = "writes";
+pub const WRITERS_LEFT: &str = "writers_left";
+pub const WRITER_OPS: &str = "writer_ops";
+pub const OUTBOX: &str = "outbox";
+/// Prefix (under a shared namespace's prefix) of the marker of one shared
+/// `store_as` write: `applied:<batch>|<op>|<attempt>`.
+pub const APPLIED: &str = "applied:";
 
 /// Hash of every API token: field = token id, value = its
 /// [`crate::TokenRecord`] as JSON (a hash of the token, never the token).
@@ -169,6 +193,28 @@ pub fn meta(batch: &BatchId) -> String {
 
 pub fn spec(batch: &BatchId) -> String {
     batch_key(batch, SPEC)
+}
+
+pub fn writes(batch: &BatchId) -> String {
+    batch_key(batch, WRITES)
+}
+
+pub fn writers_left(batch: &BatchId) -> String {
+    batch_key(batch, WRITERS_LEFT)
+}
+
+pub fn writer_ops(batch: &BatchId) -> String {
+    batch_key(batch, WRITER_OPS)
+}
+
+pub fn outbox(batch: &BatchId) -> String {
+    batch_key(batch, OUTBOX)
+}
+
+/// The guard of a shared `store_as` write, relative to the namespace's
+/// prefix (`memory_put.lua` prepends it): `applied:<batch>|<op>|<attempt>`.
+pub fn applied_guard(batch: &BatchId, index: u32, attempt: u32) -> String {
+    format!("{APPLIED}{}|{index}|{attempt}", batch.as_str())
 }
 
 pub fn state(batch: &BatchId) -> String {

@@ -306,16 +306,53 @@ pub trait Store: Send + Sync + 'static {
     /// that needed this op to succeed end `Skipped`, transitively), applies
     /// `fail_fast`, and finishes the batch when every op has ended (or starts
     /// its sequential pass: see the trait doc). A
-    /// `store_as` into a batch's own memory is part of that atomic step; into
-    /// a shared namespace it is written right after, with `memory_put`'s
-    /// code path (content type `text/plain`) — not atomic with the step: a
-    /// crash in between loses the write though the op is recorded.
+    /// `store_as` into a batch's own memory is part of that atomic step.
+    /// Into a shared namespace (another slot) the step records it in the
+    /// batch's outbox instead, and `complete` then writes it with
+    /// `memory_put`'s code path (content type `text/plain`), guarded by the
+    /// op's attempt, and clears the entry. If the caller dies in between,
+    /// the entry stays until [`Store::drain_outbox`] writes it; a result of
+    /// that op sent again (stale now) drains the batch's outbox too. The
+    /// guard makes every write of one op attempt's value happen once: a
+    /// second one adds no revision. The in-memory store writes it inside
+    /// the step (one lock), so its outbox is always empty.
+    ///
+    /// # Keys nobody will write (declared writers)
+    ///
+    /// In a batch whose memory is its own, each op's [`NewOp::writes`]
+    /// declares keys it writes; the store keeps, per key, how many declared
+    /// writers have not ended. Whenever an op ends — in any verb, any final
+    /// state — its keys count down; a key reaching 0 that does not exist in
+    /// the batch's memory is hopeless. In the same atomic step every op still
+    /// `Waiting` for it — a `wait_for` key, or a `wait_for_any` group every
+    /// key of which is hopeless — ends `Skipped` with
+    /// [`hopeless_message`] ("key `k` will never be written: its writer
+    /// `<op>` failed"), its dependents skipped transitively as for a failed
+    /// dependency (no fail_fast: a skip is no failure), and the batch may
+    /// finish. A `run_if_always` waiter instead counts the wait as satisfied
+    /// (it may run without the key). Keys with no declared writer are never
+    /// judged (a client may write them), nor anything in a shared namespace.
+    /// `add_ops` adds writers (a key may become writable again) and judges
+    /// its new ops' waits at once. During a sequential pass a writer ending
+    /// again judges nothing (its waiters' waits count as arrived anyway).
     async fn complete(
         &self,
         batch: &BatchId,
         completions: &[Completion],
         now_ms: u64,
     ) -> StoreResult<CompleteOutcome>;
+
+    /// Writes the shared `store_as` values still in the batch's outbox (see
+    /// [`Store::complete`]): those a coordinator recorded but died before
+    /// writing. Oldest first, each guarded by its op attempt, so a drain
+    /// racing the first writer (or another drain) writes each value once.
+    /// Works on finished batches too. Returns how many entries it handled.
+    /// 0 for an unknown batch or an empty outbox (always, in memory).
+    async fn drain_outbox(&self, batch: &BatchId, now_ms: u64) -> StoreResult<u32>;
+
+    /// The given batches whose outbox holds something (one read each,
+    /// pipelined; no scan): what a coordinator's housekeeping drains.
+    async fn outboxes_pending(&self, batches: &[BatchId]) -> StoreResult<Vec<BatchId>>;
 
     /// Cancels every op not yet ended (running ones included: their late
     /// results become stale) and finishes the batch `Cancelled`. Returns the

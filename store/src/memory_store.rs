@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 use volley_proto::BatchId;
 
 use crate::model::*;
-use crate::redis_store::{pending_count, wait_keys, wait_triples};
+use crate::redis_store::{declared_writers, pending_count, wait_keys, wait_triples};
 use crate::{Store, StoreError, StoreResult};
 
 /// Doorbell channel capacity; a receiver that lags gets `Lagged` and should
@@ -151,6 +151,57 @@ struct BatchData {
     /// Unix ms from which `drop_expired` deletes it: set when it finishes
     /// with a retention.
     expires_at_ms: Option<u64>,
+    /// Declared writers of the batch's own memory keys (empty for a shared
+    /// namespace): see [`Store::complete`].
+    writers: Writers,
+}
+
+/// The declared writers of a batch's own memory keys, as the Redis store's
+/// `writes` / `writer_ops` / `writers_left` hashes.
+#[derive(Default)]
+struct Writers {
+    /// Op → the keys it declares (only ops that declare some).
+    by_op: HashMap<u32, Box<[String]>>,
+    /// Key → (declared writers not yet ended, its writers in order).
+    by_key: HashMap<String, (u32, Vec<u32>)>,
+    /// Keys whose last writer ended in this step, not yet settled (FIFO).
+    hopeless: Vec<String>,
+}
+
+impl Writers {
+    fn add(&mut self, first_index: u32, ops: &[NewOp]) {
+        let declared = declared_writers(first_index, ops);
+        for (index, keys) in declared.by_op {
+            self.by_op.insert(index, keys.into_boxed_slice());
+        }
+        for (key, writers) in declared.by_key {
+            let entry = self.by_key.entry(key).or_default();
+            entry.0 += writers.len() as u32;
+            entry.1.extend(writers);
+        }
+    }
+
+    /// Op `index` ended: count its keys down; those reaching 0 queue up.
+    fn ended(&mut self, index: u32) {
+        let Some(keys) = self.by_op.get(&index) else {
+            return;
+        };
+        for key in keys.iter() {
+            if let Some((left, _)) = self.by_key.get_mut(key)
+                && *left > 0
+            {
+                *left -= 1;
+                if *left == 0 {
+                    self.hopeless.push(key.clone());
+                }
+            }
+        }
+    }
+
+    /// Every declared writer of `key` ended (it has some).
+    fn all_ended(&self, key: &str) -> bool {
+        self.by_key.get(key).is_some_and(|(left, _)| *left == 0)
+    }
 }
 
 /// One op. Kept small, since a million-op batch is normal: what most ops
@@ -938,6 +989,7 @@ impl BatchData {
             OpState::Cancelled => self.meta.cancelled += 1,
             _ => {}
         }
+        self.writers.ended(index);
     }
 
     /// `index` just ended in `state`: counts down or skips its dependents,
@@ -1225,7 +1277,11 @@ impl Store for MemoryStore {
                 owner_token: 0,
                 retain_ms: batch.retain_ms,
                 expires_at_ms: None,
+                writers: Writers::default(),
             };
+            if matches!(data.memory, MemoryScope::Batch(_)) {
+                data.writers.add(0, &batch.ops);
+            }
             // Same order as the Redis store: first the ops that wait for
             // nothing, then those whose keys are present already.
             for index in 0..data.meta.total {
@@ -1415,6 +1471,7 @@ impl Store for MemoryStore {
                     data.apply_fail_fast(index, now_ms);
                 }
             }
+            outcome.became_ready += settle_hopeless(&mut inner.scopes, &mut data, now_ms);
             let (finished, pass_ready) = data.finish_if_done(now_ms);
             outcome.finished = finished;
             outcome.became_ready += pass_ready;
@@ -1462,8 +1519,12 @@ impl Store for MemoryStore {
         fence: &Fence,
     ) -> StoreResult<CompleteOutcome> {
         let outcome = {
-            let mut inner = self.lock();
-            let data = inner.batch_mut(batch)?;
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let data = inner
+                .batches
+                .get_mut(batch)
+                .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
             data.check_fence(fence, now_ms)?;
             let mut outcome = CompleteOutcome::default();
             let due: Vec<(u64, u32)> = data
@@ -1516,6 +1577,7 @@ impl Store for MemoryStore {
                 outcome.became_ready += data.propagate(index, OpState::Failed, now_ms);
                 data.apply_fail_fast(index, now_ms);
             }
+            outcome.became_ready += settle_hopeless(&mut inner.scopes, data, now_ms);
             let (finished, pass_ready) = data.finish_if_done(now_ms);
             outcome.finished = finished;
             outcome.became_ready += pass_ready;
@@ -1657,6 +1719,7 @@ impl Store for MemoryStore {
                     owner_token: 0,
                     retain_ms: 0,
                     expires_at_ms: None,
+                    writers: Writers::default(),
                 };
                 data.event(now_ms, EventKind::BatchFinished, None, 0, "", reason);
                 if let Some(last) = data.events.last_mut() {
@@ -2063,6 +2126,17 @@ impl Store for MemoryStore {
             .map_or(0, |scope_data| scope_data.revision))
     }
 
+    /// Nothing is ever pending: `complete` writes a shared `store_as` inside
+    /// its one critical section.
+    async fn drain_outbox(&self, batch: &BatchId, _now_ms: u64) -> StoreResult<u32> {
+        let _ = batch;
+        Ok(0)
+    }
+
+    async fn outboxes_pending(&self, _batches: &[BatchId]) -> StoreResult<Vec<BatchId>> {
+        Ok(Vec::new())
+    }
+
     #[tracing::instrument(skip_all, fields(batch = %batch, token = fence.token))]
     async fn expire_waits(
         &self,
@@ -2071,8 +2145,12 @@ impl Store for MemoryStore {
         fence: &Fence,
     ) -> StoreResult<CompleteOutcome> {
         let outcome = {
-            let mut inner = self.lock();
-            let data = inner.batch_mut(batch)?;
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let data = inner
+                .batches
+                .get_mut(batch)
+                .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
             data.check_fence(fence, now_ms)?;
             let mut outcome = CompleteOutcome::default();
             let due: Vec<(u64, u32)> = data
@@ -2119,6 +2197,7 @@ impl Store for MemoryStore {
                 outcome.became_ready += data.propagate(index, OpState::Failed, now_ms);
                 data.apply_fail_fast(index, now_ms);
             }
+            outcome.became_ready += settle_hopeless(&mut inner.scopes, data, now_ms);
             let (finished, pass_ready) = data.finish_if_done(now_ms);
             outcome.finished = finished;
             outcome.became_ready += pass_ready;
@@ -2173,6 +2252,9 @@ impl Store for MemoryStore {
                 data.ops.push(op);
             }
             data.meta.total += ops.len() as u32;
+            if matches!(data.memory, MemoryScope::Batch(_)) {
+                data.writers.add(first_index, &ops);
+            }
             data.spec_added.push(spec);
             let message = if note.is_empty() {
                 format!("{} ops added", ops.len())
@@ -2217,8 +2299,22 @@ impl Store for MemoryStore {
                     }
                 }
             }
+            // As the Redis store: keys the skips above made hopeless are
+            // settled first (add_ops.lua), then the new waits, among them
+            // waits for keys nobody will write any more (register_waits.lua).
+            outcome.became_ready += settle_hopeless(&mut inner.scopes, &mut data, now_ms);
             let triples = wait_triples(first_index, &ops);
             outcome.became_ready += inner.register_waits(&mut data, &triples);
+            if matches!(data.memory, MemoryScope::Batch(_)) {
+                for (_, key, _) in &triples {
+                    if !data.writers.hopeless.contains(key)
+                        && key_hopeless(inner.scopes.get_mut(&data.memory), &data.writers, key)
+                    {
+                        data.writers.hopeless.push(key.clone());
+                    }
+                }
+                outcome.became_ready += settle_hopeless(&mut inner.scopes, &mut data, now_ms);
+            }
             let (finished, pass_ready) = data.finish_if_done(now_ms);
             outcome.finished = finished;
             outcome.became_ready += pass_ready;
@@ -2384,6 +2480,108 @@ impl Store for MemoryStore {
 }
 
 /// A `store_as` write of `data`'s op into `memory` (the batch's scope).
+/// A key is hopeless when it has declared writers, all ended, and it does
+/// not exist in the batch's memory.
+fn key_hopeless(scope_data: Option<&mut ScopeData>, writers: &Writers, key: &str) -> bool {
+    writers.all_ended(key) && scope_data.is_none_or(|scope_data| scope_data.live(key).is_none())
+}
+
+/// Works off the keys whose last declared writer ended (see
+/// `settle_hopeless` in `lua/common.lua`, which this mirrors): waiters of a
+/// hopeless key still waiting — for a `wait_for` key, or for a
+/// `wait_for_any` group all of whose keys are hopeless — are skipped with
+/// their dependents; a `run_if_always` one counts the wait as satisfied.
+/// Returns how many ops became ready.
+fn settle_hopeless(
+    scopes: &mut HashMap<MemoryScope, ScopeData>,
+    data: &mut BatchData,
+    now_ms: u64,
+) -> u32 {
+    let mut became_ready = 0;
+    let mut head = 0;
+    while head < data.writers.hopeless.len() {
+        let key = data.writers.hopeless[head].clone();
+        head += 1;
+        let mut scope_data = scopes.get_mut(&data.memory);
+        if scope_data
+            .as_deref_mut()
+            .is_some_and(|scope_data| scope_data.live(&key).is_some())
+        {
+            continue;
+        }
+        let waits: Vec<Waiter> = scope_data
+            .as_deref()
+            .and_then(|scope_data| scope_data.waiters.get(&key))
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut message: Option<String> = None;
+        for waiter in waits {
+            let Some(op) = data.ops.get(waiter.index as usize) else {
+                continue;
+            };
+            if op.record.state != OpState::Waiting {
+                continue;
+            }
+            if waiter.any {
+                let group: Vec<String> = op
+                    .waits
+                    .as_deref()
+                    .map(|waits| waits.any.clone())
+                    .unwrap_or_default();
+                let all_hopeless = !group.is_empty()
+                    && group.iter().all(|other| {
+                        key_hopeless(scopes.get_mut(&data.memory), &data.writers, other)
+                    });
+                if !all_hopeless {
+                    continue;
+                }
+            }
+            if let Some(set) = scopes
+                .get_mut(&data.memory)
+                .and_then(|scope_data| scope_data.waiters.get_mut(&key))
+            {
+                set.remove(&waiter);
+            }
+            let op = &data.ops[waiter.index as usize];
+            if op.run_if_always {
+                if data.arrive(waiter.index, &key, waiter.any).1 {
+                    became_ready += 1;
+                }
+                continue;
+            }
+            let message = message
+                .get_or_insert_with(|| {
+                    let writers: Vec<(u32, OpState)> = data
+                        .writers
+                        .by_key
+                        .get(&key)
+                        .map(|(_, writers)| {
+                            writers
+                                .iter()
+                                .map(|&writer| (writer, data.ops[writer as usize].record.state))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    hopeless_message(&key, &writers)
+                })
+                .clone();
+            let attempt = op.record.attempts;
+            data.end_op(waiter.index, OpState::Skipped, message.clone());
+            data.event(
+                now_ms,
+                EventKind::OpSkipped,
+                Some(waiter.index),
+                attempt,
+                "",
+                &message,
+            );
+            became_ready += data.propagate(waiter.index, OpState::Skipped, now_ms);
+        }
+    }
+    data.writers.hopeless.clear();
+    became_ready
+}
+
 fn store_as(
     inner: &mut Inner,
     memory: &MemoryScope,

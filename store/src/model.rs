@@ -240,6 +240,44 @@ pub fn sequential_pass_message(failed: u32) -> String {
 pub const SEQUENTIAL_PASS_REQUEUED: &str =
     "retry_failed: sequential pass: queued again (it was skipped in the parallel pass)";
 
+/// How a declared writer ended, as a hopeless key's message says it.
+fn writer_ended(state: OpState, short: bool) -> &'static str {
+    match (state, short) {
+        (OpState::Failed, _) => "failed",
+        (OpState::Skipped, false) => "was skipped",
+        (OpState::Skipped, true) => "skipped",
+        (OpState::Cancelled, false) => "was cancelled",
+        (OpState::Cancelled, true) => "cancelled",
+        (OpState::Succeeded, _) => "succeeded without writing it",
+        _ => "ended",
+    }
+}
+
+/// Writers a hopeless key's message names; the rest are counted.
+const HOPELESS_NAMED: usize = 5;
+
+/// Why an op waiting for memory key `key` was skipped: every declared
+/// writer of the key (`writers`: index and how it ended, in declaration
+/// order) ended and the key does not exist. Ops are named by index in
+/// backticks, as in every store message (the coordinator names them).
+/// `hopeless_message` in `lua/common.lua` words it identically.
+pub fn hopeless_message(key: &str, writers: &[(u32, OpState)]) -> String {
+    let head = format!("key `{key}` will never be written: ");
+    if let [(index, state)] = writers {
+        return format!("{head}its writer `{index}` {}", writer_ended(*state, false));
+    }
+    let named: Vec<String> = writers
+        .iter()
+        .take(HOPELESS_NAMED)
+        .map(|(index, state)| format!("`{index}` ({})", writer_ended(*state, true)))
+        .collect();
+    let mut text = format!("{head}its writers {}", named.join(", "));
+    if writers.len() > HOPELESS_NAMED {
+        text.push_str(&format!(" and {} more", writers.len() - HOPELESS_NAMED));
+    }
+    text
+}
+
 /// When and how an op gets another attempt.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
@@ -301,6 +339,13 @@ pub struct NewOp {
     /// count there.
     pub after: Vec<u32>,
     pub retry: RetryPolicy,
+    /// Keys of the batch's own memory this op is declared to write
+    /// (`store_as`, a `memory.put` key, `writes: [memory:KEY]`). When every
+    /// declared writer of a key has ended and the key does not exist, the
+    /// ops still waiting for it are skipped (see [`crate::Store::complete`]).
+    /// Not looked at when the batch's memory is a shared namespace (others
+    /// may write its keys).
+    pub writes: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,7 +11,11 @@
 //! own slot: a write is one script there (write, log, pop the waiters), then
 //! one idempotent `arrive.lua` per waiting batch in that batch's slot. Large
 //! values are staged as chunks with separate bounded commands and flipped
-//! visible by the write script.
+//! visible by the write script. A `store_as` into a shared namespace cannot
+//! be written by the completion script (another slot): the script records
+//! it in the batch's `outbox`, `complete` writes it right after (guarded by
+//! the op attempt, so no second write adds a revision) and clears the entry,
+//! and [`Store::drain_outbox`] writes what a dead coordinator left there.
 //!
 //! Doorbells: scripts `PUBLISH` `b:<batch>` (a batch changed), `m:<namespace>`
 //! or `mb:<batch>` (a memory scope changed) on [`keys::DOORBELL_CHANNEL`];
@@ -78,6 +82,13 @@ const CHUNKED_READ_ATTEMPTS: u32 = 5;
 /// <holder>`, the holder '' when nobody holds the batch.
 const NOT_OWNER_REPLY: &str = "NOTOWNER";
 
+/// How long the marker of a shared `store_as` write
+/// ([`keys::applied_guard`]) lives: far longer than any drain takes, so a
+/// second write of the same op attempt (a drain racing the first writer,
+/// or a coordinator that died between the write and clearing the outbox)
+/// finds it and writes nothing.
+const APPLIED_GUARD_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
 /// Each script is `lua/common.lua` followed by the verb's file.
 /// `create.lua` with its prelude: `create_batch` loads it by name inside a
 /// pipeline.
@@ -133,6 +144,7 @@ struct Scripts {
     release: Script,
     workers: Script,
     revoke_token: Script,
+    outbox_clear: Script,
 }
 
 impl Scripts {
@@ -165,6 +177,7 @@ impl Scripts {
             workers: Script::new(include_str!("../lua/workers.lua")),
             // Touches the token keys only, through KEYS.
             revoke_token: Script::new(include_str!("../lua/revoke_token.lua")),
+            outbox_clear: lua_script!("outbox_clear.lua"),
         }
     }
 }
@@ -188,6 +201,9 @@ struct Shared {
     /// `create.lua` is in Redis's script cache as far as we know: the
     /// one-pipeline creation then runs it without loading it first.
     create_loaded: AtomicBool,
+    /// The test-only fault point `after-complete`, when set.
+    #[cfg(debug_assertions)]
+    fault_after_complete: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Drop for Shared {
@@ -267,6 +283,8 @@ impl RedisStore {
                 listener: Mutex::new(Some(listener)),
                 change_log_cap: AtomicU64::new(DEFAULT_CHANGE_LOG_CAP),
                 create_loaded: AtomicBool::new(false),
+                #[cfg(debug_assertions)]
+                fault_after_complete: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -279,6 +297,20 @@ impl RedisStore {
         self.shared
             .change_log_cap
             .store(cap.max(1), Ordering::Relaxed);
+        self
+    }
+
+    /// Test-only fault point (debug builds only): `fault` runs inside
+    /// `complete`, right after the completion script recorded a shared
+    /// `store_as` in the batch's outbox and before the namespace write —
+    /// the crash window the outbox exists for. The `volley coordinator`
+    /// binary sets it from `VOLLEY_TEST_FAULT=after-complete` (exiting the
+    /// process) so end-to-end tests can die exactly there. Set once; later
+    /// calls are ignored.
+    #[cfg(debug_assertions)]
+    #[doc(hidden)]
+    pub fn with_test_fault_after_complete(self, fault: impl Fn() + Send + Sync + 'static) -> Self {
+        let _ = self.shared.fault_after_complete.set(Box::new(fault));
         self
     }
 
@@ -345,16 +377,19 @@ impl RedisStore {
     /// add_ops both need: in the batch's slot for its own memory; for a
     /// shared namespace, first in the namespace's slot, then the keys found
     /// present are applied in the batch's slot (`arrive.lua`). Returns how
-    /// many ops became ready.
+    /// many ops became ready, and the batch's finished state code when a
+    /// key nobody will write any more skipped the last ops ('' else; see
+    /// `register_waits.lua`).
     async fn register_waits(
         &self,
         batch: &BatchId,
         scope: &MemoryScope,
         triples: &[(u32, String, &'static str)],
         now_ms: u64,
-    ) -> StoreResult<u32> {
+    ) -> StoreResult<(u32, String)> {
         let mut connection = self.connection();
         let mut became_ready = 0;
+        let mut finished = String::new();
         match scope {
             MemoryScope::Batch(_) => {
                 for chunk in triples.chunks(WRITE_CHUNK) {
@@ -370,8 +405,12 @@ impl RedisStore {
                     for (index, key, mode) in chunk {
                         invocation.arg(*index).arg(key).arg(*mode);
                     }
-                    let ready: u32 = invocation.invoke_async(&mut connection).await?;
+                    let (ready, ended): (u32, String) =
+                        invocation.invoke_async(&mut connection).await?;
                     became_ready += ready;
+                    if !ended.is_empty() {
+                        finished = ended;
+                    }
                 }
             }
             MemoryScope::Shared(_) => {
@@ -402,7 +441,7 @@ impl RedisStore {
                 became_ready += ready;
             }
         }
-        Ok(became_ready)
+        Ok((became_ready, finished))
     }
 
     /// Marks keys arrived for ops of `batch` (idempotent). Returns
@@ -435,12 +474,17 @@ impl RedisStore {
     /// waiters and a shared `store_as`): stages chunks of a large value,
     /// runs the write script in the scope's slot, then applies the popped
     /// waiters of a shared scope batch by batch.
+    ///
+    /// `guard`: the marker of this exact write ([`keys::applied_guard`]):
+    /// when it exists the write was done already and nothing is written
+    /// (`Written::version` is the version written then).
     async fn write_memory(
         &self,
         scope: &MemoryScope,
         key: &str,
         value: &[u8],
         options: &PutOptions,
+        guard: Option<&str>,
         now_ms: u64,
     ) -> StoreResult<Written> {
         let mut connection = self.connection();
@@ -481,10 +525,24 @@ impl RedisStore {
                 .arg(staged.len())
                 .arg(value.len());
         } else {
-            invocation.arg("i").arg(value);
+            invocation.arg("i").arg(value).arg("").arg("");
         }
+        invocation
+            .arg(guard.unwrap_or(""))
+            .arg(APPLIED_GUARD_TTL_MS);
         let reply: Vec<Value> = invocation.invoke_async(&mut connection).await?;
         let status = reply.first().map(value_i64).transpose()?.unwrap_or(-2);
+        if status == -3 {
+            if !staged.is_empty() {
+                let _: i64 = connection.del(&staged).await?;
+            }
+            let version = reply.get(1).map(value_i64).transpose()?.unwrap_or(0);
+            return Ok(Written {
+                version: version as u64,
+                unblocked: 0,
+                became_ready: Vec::new(),
+            });
+        }
         if status < 0 {
             if !staged.is_empty() {
                 let _: i64 = connection.del(&staged).await?;
@@ -586,6 +644,51 @@ impl RedisStore {
     async fn read_meta(&self, batch: &BatchId) -> StoreResult<Option<BatchMeta>> {
         let fields: HashMap<String, String> = self.connection().hgetall(keys::meta(batch)).await?;
         parse_meta(batch, &fields)
+    }
+
+    /// Writes one outboxed shared `store_as` (op `index`, `attempt`) into
+    /// `scope`, guarded by that attempt (a second write does nothing), then
+    /// clears its outbox entry. Returns how many ops of `batch` it made
+    /// ready.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_outboxed(
+        &self,
+        batch: &BatchId,
+        scope: &MemoryScope,
+        index: u32,
+        attempt: u32,
+        key: &str,
+        value: &[u8],
+        now_ms: u64,
+    ) -> StoreResult<u32> {
+        let options = PutOptions {
+            content_type: TEXT_CONTENT_TYPE.to_owned(),
+            ..PutOptions::default()
+        };
+        let guard = keys::applied_guard(batch, index, attempt);
+        let written = self
+            .write_memory(scope, key, value, &options, Some(&guard), now_ms)
+            .await?;
+        let _: i64 = batch_invocation(&self.shared.scripts.outbox_clear, batch, now_ms)
+            .arg(index)
+            .arg(attempt)
+            .invoke_async(&mut self.connection())
+            .await?;
+        Ok(written
+            .became_ready
+            .iter()
+            .filter(|(ready_batch, _)| ready_batch == batch)
+            .map(|(_, ready)| *ready)
+            .sum())
+    }
+
+    /// The test-only fault point `after-complete` (see
+    /// [`RedisStore::with_test_fault_after_complete`]).
+    fn test_fault_after_complete(&self) {
+        #[cfg(debug_assertions)]
+        if let Some(fault) = self.shared.fault_after_complete.get() {
+            fault();
+        }
     }
 }
 
@@ -766,6 +869,66 @@ pub(crate) fn wait_triples(first_index: u32, ops: &[NewOp]) -> Vec<(u32, String,
         triples.extend(any.into_iter().map(|key| (index, key, "any")));
     }
     triples
+}
+
+/// The declared memory writes of `ops` (numbered from `first_index`): per
+/// op with any, its keys sorted and deduplicated; per key, its writers in
+/// index order.
+pub(crate) struct DeclaredWriters {
+    pub(crate) by_op: Vec<(u32, Vec<String>)>,
+    pub(crate) by_key: BTreeMap<String, Vec<u32>>,
+}
+
+pub(crate) fn declared_writers(first_index: u32, ops: &[NewOp]) -> DeclaredWriters {
+    let mut declared = DeclaredWriters {
+        by_op: Vec::new(),
+        by_key: BTreeMap::new(),
+    };
+    for (offset, op) in ops.iter().enumerate() {
+        if op.writes.is_empty() {
+            continue;
+        }
+        let index = first_index + offset as u32;
+        let mut keys = op.writes.clone();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in &keys {
+            declared.by_key.entry(key.clone()).or_default().push(index);
+        }
+        declared.by_op.push((index, keys));
+    }
+    declared
+}
+
+/// Adds to `pipe` the writes of a new batch's declared writers (see
+/// `keys.rs`): `writes`, `writers_left`, `writer_ops` and meta `writers`.
+fn add_writer_commands(pipe: &mut redis::Pipeline, batch: &BatchId, declared: &DeclaredWriters) {
+    if declared.by_op.is_empty() {
+        return;
+    }
+    for chunk in declared.by_op.chunks(WRITE_CHUNK) {
+        let mut writes = redis::cmd("HSET");
+        writes.arg(keys::writes(batch));
+        for (index, keys) in chunk {
+            writes.arg(*index).arg(keys.join(","));
+        }
+        pipe.add_command(writes).ignore();
+    }
+    let by_key: Vec<(&String, &Vec<u32>)> = declared.by_key.iter().collect();
+    for chunk in by_key.chunks(WRITE_CHUNK) {
+        let mut left = redis::cmd("HSET");
+        left.arg(keys::writers_left(batch));
+        let mut ops = redis::cmd("HSET");
+        ops.arg(keys::writer_ops(batch));
+        for (key, writers) in chunk {
+            left.arg(*key).arg(writers.len());
+            let joined: Vec<String> = writers.iter().map(u32::to_string).collect();
+            ops.arg(*key).arg(joined.join(","));
+        }
+        pipe.add_command(left).ignore();
+        pipe.add_command(ops).ignore();
+    }
+    pipe.hset(keys::meta(batch), "writers", "1").ignore();
 }
 
 /// An op's `wait_for` and `wait_for_any` keys, each sorted and deduplicated.
@@ -1139,8 +1302,15 @@ impl Store for RedisStore {
         // before `create.lua` opens it, and in the active set only after.
         // A non-empty batch never finishes at creation, so the active set
         // and the `Started` bell are right without looking at the reply.
+        // Declared writers of the batch's own memory (none judged in a
+        // shared namespace): written before the batch opens.
+        let declared = match scope {
+            MemoryScope::Batch(_) => declared_writers(0, &batch.ops),
+            MemoryScope::Shared(_) => declared_writers(0, &[]),
+        };
         if !batch.ops.is_empty() && batch.ops.len() <= WRITE_CHUNK && triples.is_empty() {
             let mut pipe = write_ops_pipe(&batch, 0, &batch.ops);
+            add_writer_commands(&mut pipe, &batch.id, &declared);
             pipe.set(keys::spec(&batch.id), &batch.spec).ignore();
             // EVALSHA inside a pipeline cannot fall back to loading the
             // script: the first creation loads it first (26 KB sent and
@@ -1188,10 +1358,16 @@ impl Store for RedisStore {
             let pipe = write_ops_pipe(&batch, (chunk_number * WRITE_CHUNK) as u32, chunk);
             let _: () = pipe.query_async(&mut connection).await?;
         }
+        if !declared.by_op.is_empty() {
+            let mut pipe = redis::pipe();
+            add_writer_commands(&mut pipe, &batch.id, &declared);
+            let _: () = pipe.query_async(&mut connection).await?;
+        }
 
         // Step 2: register every memory wait, check-and-register atomically
         // per key (see register_waits.lua / register_shared.lua). The batch
         // is written first, so a write racing this step finds its waiters.
+        // (Nothing is judged hopeless yet: no writer has ended.)
         self.register_waits(&batch.id, &scope, &triples, batch.created_ms)
             .await?;
 
@@ -1299,10 +1475,14 @@ impl Store for RedisStore {
         if recorded < 0 {
             return Err(StoreError::BatchNotFound(batch.clone()));
         }
-        // store_as into a shared namespace: written after the completion
-        // script, with memory_put's code path. Not atomic with it: a crash in
-        // between loses the write (the op is recorded succeeded).
+        // store_as into a shared namespace: the script recorded each in the
+        // batch's outbox, atomically with the completion; written now, each
+        // guarded by its op attempt, then cleared. A crash in between leaves
+        // the entry for a drain (`drain_outbox`) to write.
         let scope = scope_from_code(batch, &memory);
+        if !shared_writes.is_empty() {
+            self.test_fault_after_complete();
+        }
         for position in shared_writes {
             let Some(completion) = completions.get(position) else {
                 return Err(corrupt(format_args!("store_as position {position}")));
@@ -1310,19 +1490,27 @@ impl Store for RedisStore {
             let Some(key) = completion.store_as.as_deref() else {
                 continue;
             };
-            let options = PutOptions {
-                content_type: TEXT_CONTENT_TYPE.to_owned(),
-                ..PutOptions::default()
-            };
-            let written = self
-                .write_memory(&scope, key, completion.output.as_bytes(), &options, now_ms)
+            became_ready += self
+                .write_outboxed(
+                    batch,
+                    &scope,
+                    completion.index,
+                    completion.attempt,
+                    key,
+                    completion.output.as_bytes(),
+                    now_ms,
+                )
                 .await?;
-            became_ready += written
-                .became_ready
+        }
+        // A result sent again (its first delivery was recorded, and maybe
+        // its coordinator died before the shared write): repair it now.
+        let resent_store_as = stale.iter().any(|index| {
+            completions
                 .iter()
-                .filter(|(ready_batch, _)| ready_batch == batch)
-                .map(|(_, ready)| *ready)
-                .sum::<u32>();
+                .any(|completion| completion.index == *index && completion.store_as.is_some())
+        });
+        if resent_store_as && matches!(scope, MemoryScope::Shared(_)) {
+            self.drain_outbox(batch, now_ms).await?;
         }
         let finished = self.finished_state(batch, &finished).await?;
         Ok(CompleteOutcome {
@@ -1750,7 +1938,7 @@ impl Store for RedisStore {
         now_ms: u64,
     ) -> StoreResult<PutOutcome> {
         let written = self
-            .write_memory(scope, key, value, options, now_ms)
+            .write_memory(scope, key, value, options, None, now_ms)
             .await?;
         Ok(PutOutcome {
             version: written.version,
@@ -1999,6 +2187,106 @@ impl Store for RedisStore {
         Ok(revision.unwrap_or(0))
     }
 
+    #[tracing::instrument(skip_all, fields(batch = %batch))]
+    async fn drain_outbox(&self, batch: &BatchId, now_ms: u64) -> StoreResult<u32> {
+        let mut connection = self.connection();
+        let (entries, memory): (HashMap<String, String>, Option<String>) = redis::pipe()
+            .hgetall(keys::outbox(batch))
+            .hget(keys::meta(batch), "memory")
+            .query_async(&mut connection)
+            .await?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let scope = scope_from_code(batch, memory.as_deref().unwrap_or("b"));
+        #[derive(serde::Deserialize)]
+        struct OutboxEntry {
+            k: String,
+            a: u32,
+            q: u64,
+        }
+        let mut pending: Vec<(u64, u32, u32, String)> = Vec::with_capacity(entries.len());
+        for (index, raw) in &entries {
+            let index: u32 = index
+                .parse()
+                .map_err(|_| corrupt(format_args!("outbox index `{index}`")))?;
+            let entry: OutboxEntry = serde_json::from_str(raw).map_err(corrupt)?;
+            pending.push((entry.q, index, entry.a, entry.k));
+        }
+        pending.sort();
+        let mut handled = 0;
+        for (_, index, attempt, key) in pending {
+            let result: Option<String> = connection.hget(keys::result(batch), index).await?;
+            let output = match result {
+                Some(raw) => {
+                    let record: serde_json::Value = serde_json::from_str(&raw).map_err(corrupt)?;
+                    Some(
+                        record
+                            .get("o")
+                            .and_then(serde_json::Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                    )
+                }
+                None => None,
+            };
+            let output = match output {
+                Some(output) => output,
+                None => {
+                    tracing::warn!(%batch, index, "outboxed store_as without a result: dropped");
+                    let _: i64 = connection.hdel(keys::outbox(batch), index).await?;
+                    continue;
+                }
+            };
+            if matches!(scope, MemoryScope::Shared(_)) {
+                self.write_outboxed(
+                    batch,
+                    &scope,
+                    index,
+                    attempt,
+                    &key,
+                    output.as_bytes(),
+                    now_ms,
+                )
+                .await?;
+            } else {
+                let _: i64 = connection.hdel(keys::outbox(batch), index).await?;
+            }
+            handled += 1;
+        }
+        if handled > 0 {
+            tracing::info!(%batch, handled, "drained the outbox of shared store_as writes");
+            // The completion that left these may also have finished the
+            // batch and died before announcing it (`complete` writes, then
+            // announces): do what it would have done. Idempotent.
+            let state: Option<String> = connection.hget(keys::meta(batch), "state").await?;
+            if let Some(state) = state.filter(|state| state != "running" && state != "creating") {
+                let active: bool = connection.sismember(keys::ACTIVE, batch.as_str()).await?;
+                if active {
+                    self.finished_state(batch, &state).await?;
+                }
+            }
+        }
+        Ok(handled)
+    }
+
+    async fn outboxes_pending(&self, batches: &[BatchId]) -> StoreResult<Vec<BatchId>> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for batch in batches {
+            pipe.hlen(keys::outbox(batch));
+        }
+        let lengths: Vec<u64> = pipe.query_async(&mut self.connection()).await?;
+        Ok(batches
+            .iter()
+            .zip(lengths)
+            .filter(|(_, length)| *length > 0)
+            .map(|(batch, _)| batch.clone())
+            .collect())
+    }
+
     #[tracing::instrument(skip_all, fields(batch = %batch, token = fence.token))]
     async fn expire_waits(
         &self,
@@ -2060,7 +2348,13 @@ impl Store for RedisStore {
                 .arg(wait_info.unwrap_or_default());
         }
         invocation.arg(note);
-        let (status, reason, mut became_ready, finished, memory): (
+        let declared = declared_writers(first_index, &ops);
+        if declared.by_op.is_empty() {
+            invocation.arg("");
+        } else {
+            invocation.arg(serde_json::to_string(&declared.by_op).map_err(corrupt)?);
+        }
+        let (status, reason, mut became_ready, mut finished, memory): (
             i64,
             String,
             u32,
@@ -2079,7 +2373,11 @@ impl Store for RedisStore {
         }
         let scope = scope_from_code(batch, &memory);
         let triples = wait_triples(first_index, &ops);
-        became_ready += self.register_waits(batch, &scope, &triples, now_ms).await?;
+        let (ready, ended) = self.register_waits(batch, &scope, &triples, now_ms).await?;
+        became_ready += ready;
+        if finished.is_empty() {
+            finished = ended;
+        }
         Ok(CompleteOutcome {
             became_ready,
             finished: self.finished_state(batch, &finished).await?,

@@ -362,3 +362,128 @@ async fn the_ready_gauge_is_a_list_of_that_length() {
     assert_eq!(exists, 0);
     store.shutdown().await;
 }
+
+/// The crash window of a shared `store_as`: the completion script recorded
+/// the op (and the batch finished) but the coordinator died before the
+/// namespace write. The outbox keeps the write; the worker's resent result
+/// repairs it, and a second drain of the same entry adds no revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_store_as_lost_in_a_crash_is_repaired_once() {
+    let (clean, server) = connected_store().await;
+    let faulty = RedisStore::connect(&server.url())
+        .await
+        .expect("connect")
+        .with_test_fault_after_complete(|| panic!("the coordinator dies here"));
+    let scope = MemoryScope::Shared("pipe".to_owned());
+    let producer = BatchId::new("producer");
+    let consumer = BatchId::new("consumer");
+    let shared_batch = |id: &BatchId, op: NewOp| NewBatch {
+        memory: scope.clone(),
+        ops: vec![op],
+        ..small_batch(id.as_str(), 0, 1, 0)
+    };
+    let plain = NewOp {
+        priority: 2,
+        max_attempts: 1,
+        ..NewOp::default()
+    };
+    clean
+        .create_batch(shared_batch(&producer, plain.clone()))
+        .await
+        .expect("create");
+    clean
+        .create_batch(shared_batch(
+            &consumer,
+            NewOp {
+                wait_for: vec!["result".to_owned()],
+                ..plain
+            },
+        ))
+        .await
+        .expect("create");
+    let claimed = faulty.claim(&producer, 1, 2, 60_000).await.expect("claim");
+    let completion = Completion {
+        index: claimed[0].index,
+        attempt: claimed[0].attempt,
+        ok: true,
+        output: "42".to_owned(),
+        store_as: Some("result".to_owned()),
+        ..Completion::default()
+    };
+    let dying = {
+        let faulty = faulty.clone();
+        let completion = completion.clone();
+        let producer = producer.clone();
+        tokio::spawn(async move { faulty.complete(&producer, &[completion], 3).await })
+    };
+    assert!(dying.await.expect_err("the fault fires").is_panic());
+    // Recorded and finished, but nothing written: the consumer would hang.
+    let meta = clean.meta(&producer).await.expect("meta").expect("exists");
+    assert_eq!(meta.state, volley_store::BatchState::Succeeded);
+    assert_eq!(clean.memory_get(&scope, "result").await.expect("get"), None);
+    let both = [producer.clone(), consumer.clone()];
+    assert_eq!(
+        clean.outboxes_pending(&both).await.expect("pending"),
+        vec![producer.clone()]
+    );
+    // Its finish was never announced: still in the active set, where
+    // coordinators' housekeeping finds its outbox.
+    assert!(
+        clean
+            .active_batches()
+            .await
+            .expect("active")
+            .contains(&producer)
+    );
+    // The worker sends its result again: stale, and it drains the outbox.
+    let resent = clean
+        .complete(&producer, std::slice::from_ref(&completion), 4)
+        .await
+        .expect("complete");
+    assert_eq!(resent.stale, vec![0]);
+    let value = clean
+        .memory_get(&scope, "result")
+        .await
+        .expect("get")
+        .expect("written");
+    assert_eq!(
+        (value.value.as_slice(), value.version),
+        (b"42".as_slice(), 1)
+    );
+    assert_eq!(
+        clean.outboxes_pending(&both).await.expect("pending"),
+        Vec::<BatchId>::new()
+    );
+    // The drain announced the finish the dead coordinator did not.
+    assert_eq!(
+        clean.active_batches().await.expect("active"),
+        vec![consumer.clone()]
+    );
+    let consumer_ops = clean.op_records(&consumer).await.expect("records");
+    assert_eq!(consumer_ops[0].state, volley_store::OpState::Ready);
+    // A coordinator that died after the write but before clearing the entry:
+    // the next drain finds the write's guard and writes nothing again.
+    let mut connection = raw_connection(&server).await;
+    let _: () = redis::cmd("HSET")
+        .arg(volley_store::keys::outbox(&producer))
+        .arg(0)
+        .arg(r#"{"k":"result","a":1,"q":1}"#)
+        .query_async(&mut connection)
+        .await
+        .expect("hset");
+    assert_eq!(clean.drain_outbox(&producer, 5).await.expect("drain"), 1);
+    assert_eq!(clean.drain_outbox(&producer, 6).await.expect("drain"), 0);
+    let changes = clean
+        .memory_changes(&scope, "", 0, 10)
+        .await
+        .expect("changes");
+    assert_eq!(changes.len(), 1);
+    let value = clean
+        .memory_get(&scope, "result")
+        .await
+        .expect("get")
+        .expect("written");
+    assert_eq!(value.version, 1);
+    clean.shutdown().await;
+    faulty.shutdown().await;
+}

@@ -191,6 +191,7 @@ pub async fn run(args: CoordinatorArgs) -> Exit {
             return super::redis_args::exit_for(&error);
         }
     };
+    let store = with_test_faults(store);
     let mut config = CoordinatorConfig::default();
     config.limits.max_ops = args.max_ops;
     config.limits.max_arg_bytes = args.max_arg_bytes;
@@ -264,4 +265,29 @@ pub async fn serve(
             Exit::Unreachable
         }
     }
+}
+
+/// Test-only fault points, in debug builds only (end-to-end tests run debug
+/// binaries; a release `volley` never reads this): `VOLLEY_TEST_FAULT=
+/// after-complete` makes the coordinator exit (code 86, no cleanup) right
+/// after a completion script recorded a shared `store_as` and before its
+/// namespace write — the crash window the store's outbox covers (see
+/// docs/failures.md). Any other value is ignored.
+#[cfg(debug_assertions)]
+fn with_test_faults(store: RedisStore) -> RedisStore {
+    match std::env::var("VOLLEY_TEST_FAULT").as_deref() {
+        Ok("after-complete") => {
+            warn!("VOLLEY_TEST_FAULT=after-complete: exiting at the first shared store_as");
+            store.with_test_fault_after_complete(|| {
+                eprintln!("VOLLEY_TEST_FAULT=after-complete: exiting after the completion script");
+                std::process::exit(86)
+            })
+        }
+        _ => store,
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn with_test_faults(store: RedisStore) -> RedisStore {
+    store
 }
