@@ -297,10 +297,9 @@ pub(crate) fn wait_cycles(
             }
             for &(waiter, in_any_group) in waiters.get(key.as_str()).map_or(&[][..], Vec::as_slice)
             {
-                if in_any_group {
-                    if std::mem::replace(&mut any_met[waiter as usize], true) {
-                        continue;
-                    }
+                // A group is released once, by its first key.
+                if in_any_group && std::mem::replace(&mut any_met[waiter as usize], true) {
+                    continue;
                 }
                 release(waiter, &mut ready);
             }
