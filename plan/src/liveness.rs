@@ -66,11 +66,10 @@ pub(crate) struct UnwrittenWait {
 impl UnwrittenWait {
     /// `` `k` `` or `` any of `a`, `b` ``.
     pub(crate) fn keys_text(&self) -> String {
-        let quoted: Vec<String> = self.keys.iter().map(|key| format!("`{key}`")).collect();
         if self.keys.len() == 1 {
-            format!("memory key {}", quoted[0])
+            format!("memory key `{}`", self.keys[0])
         } else {
-            format!("any of memory keys {}", quoted.join(", "))
+            format!("any of memory keys {}", key_list(&self.keys))
         }
     }
 
@@ -82,21 +81,63 @@ impl UnwrittenWait {
     }
 }
 
-/// The field of op `proto`'s wait for `key`: `wait_for` when it names the
-/// key there, else the args path of its first `${memory.key}`.
-fn wait_field(proto: &Op, planned: &PlannedOp, key: &str) -> String {
-    if proto.wait_for.iter().any(|waited| waited == key) {
-        return "wait_for".to_owned();
+/// Keys of a `wait_for_any` group named in a message.
+const MAX_KEYS_NAMED: usize = 5;
+
+/// `` `a`, `b` ``, the first [`MAX_KEYS_NAMED`] and a count of the rest.
+fn key_list(keys: &[String]) -> String {
+    let mut named: Vec<String> = keys
+        .iter()
+        .take(MAX_KEYS_NAMED)
+        .map(|key| format!("`{key}`"))
+        .collect();
+    if keys.len() > MAX_KEYS_NAMED {
+        named.push(format!("{} more", keys.len() - MAX_KEYS_NAMED));
     }
-    volley_kinds::located_references(&planned.args)
-        .ok()
-        .and_then(|references| {
-            references.into_iter().find_map(|(path, reference)| {
-                matches!(&reference, Reference::Memory(referenced) if referenced == key)
-                    .then_some(path)
-            })
-        })
-        .unwrap_or_else(|| "args".to_owned())
+    named.join(", ")
+}
+
+/// Where an op's waits come from, to name the field of each: built once
+/// per op that has a problem, so an op with many keys costs one pass over
+/// its args, not one per key.
+struct WaitFields<'a> {
+    /// The op's `wait_for` list.
+    listed: HashSet<&'a str>,
+    /// The args path of the first `${memory.K}` of each key K.
+    paths: HashMap<String, String>,
+}
+
+impl<'a> WaitFields<'a> {
+    fn of(proto: &'a Op, planned: &PlannedOp) -> WaitFields<'a> {
+        let listed: HashSet<&str> = proto.wait_for.iter().map(String::as_str).collect();
+        let mut paths: HashMap<String, String> = HashMap::new();
+        // Only needed when some key comes from the args alone.
+        if planned
+            .wait_for
+            .iter()
+            .any(|key| !listed.contains(key.as_str()))
+            && let Ok(references) = volley_kinds::located_references(&planned.args)
+        {
+            for (path, reference) in references {
+                if let Reference::Memory(key) = reference {
+                    paths.entry(key).or_insert(path);
+                }
+            }
+        }
+        WaitFields { listed, paths }
+    }
+
+    /// `wait_for` when the op lists `key` there, else the args path of its
+    /// first `${memory.key}`.
+    fn field(&self, key: &str) -> String {
+        if self.listed.contains(key) {
+            return "wait_for".to_owned();
+        }
+        self.paths
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| "args".to_owned())
+    }
 }
 
 /// Every wait of an op at or past `check.checked_from` for keys that no op
@@ -106,7 +147,7 @@ pub(crate) fn unwritten_waits(
     proto_ops: &[Op],
     planned_ops: &[PlannedOp],
     check: &LivenessCheck,
-    suggestion_budget: &mut usize,
+    suggestion_cells: &mut usize,
 ) -> Vec<UnwrittenWait> {
     let checked_from = check.checked_from as usize;
     if planned_ops
@@ -127,13 +168,15 @@ pub(crate) fn unwritten_waits(
     candidates.sort_unstable();
     let mut unwritten = Vec::new();
     for (index, op) in planned_ops.iter().enumerate().skip(checked_from) {
+        let mut fields: Option<WaitFields> = None;
         for key in &op.wait_for {
             if !written.contains(key.as_str()) {
+                let fields = fields.get_or_insert_with(|| WaitFields::of(&proto_ops[index], op));
                 unwritten.push(UnwrittenWait {
                     op: index as u32,
-                    field: wait_field(&proto_ops[index], op, key),
+                    field: fields.field(key),
                     keys: vec![key.clone()],
-                    suggestion: closest(key, &candidates, suggestion_budget).map(str::to_owned),
+                    suggestion: closest(key, &candidates, suggestion_cells).map(str::to_owned),
                 });
             }
         }
@@ -146,7 +189,7 @@ pub(crate) fn unwritten_waits(
             let suggestion = op
                 .wait_for_any
                 .iter()
-                .find_map(|key| closest(key, &candidates, suggestion_budget))
+                .find_map(|key| closest(key, &candidates, suggestion_cells))
                 .map(str::to_owned);
             unwritten.push(UnwrittenWait {
                 op: index as u32,
@@ -159,23 +202,30 @@ pub(crate) fn unwritten_waits(
     unwritten
 }
 
+/// Cells of edit-distance tables filled, over a whole batch, when looking
+/// for a written key close to a missing one: keys are up to 512 bytes, so
+/// the bound is on the work (about a tenth of a second), not on the
+/// number of keys compared.
+pub(crate) const KEY_SUGGESTION_CELLS: usize = 50_000_000;
+
 /// The closest of `candidates` within edit distance 2 of `missing` (ties:
-/// the first), while `budget` comparisons last, so a batch full of typos
-/// stays linear.
+/// the first), while `cells` (the work left, see [`KEY_SUGGESTION_CELLS`])
+/// lasts, so a batch full of long typos stays fast.
 pub(crate) fn closest<'a>(
     missing: &str,
     candidates: &[&'a str],
-    budget: &mut usize,
+    cells: &mut usize,
 ) -> Option<&'a str> {
-    if *budget < candidates.len() {
-        return None;
-    }
-    *budget -= candidates.len();
     let mut best: Option<(usize, &str)> = None;
     for &candidate in candidates {
         if candidate.len().abs_diff(missing.len()) > 2 || candidate.is_empty() {
             continue;
         }
+        let cost = (missing.len() + 1) * (candidate.len() + 1);
+        if *cells < cost {
+            break;
+        }
+        *cells -= cost;
         if let Some(distance) = bounded_edit_distance(missing, candidate, 2)
             && best.is_none_or(|(best_distance, _)| distance < best_distance)
         {
@@ -219,11 +269,16 @@ pub(crate) struct WaitCycle {
 }
 
 /// Every key-wait cycle (one per strongly connected component of stuck
-/// ops, at most [`MAX_CYCLES`]) with at least one op at or past
+/// ops, at most [`MAX_CYCLES`] described) with at least one op at or past
 /// `check.checked_from`, and how many there are in all. `deps` are the
 /// batch's dependency edges (`after`, `${ops.…}`, hazard ordering); a key
 /// no op writes (already reported, or allowed) or that is present blocks
 /// nothing.
+///
+/// The stuck ops are searched in a graph with a node per key besides the
+/// ops (op → key it waits for → each writer of the key), so that many
+/// waiters of a key with many writers cost waiters + writers edges, not
+/// their product.
 pub(crate) fn wait_cycles(
     proto_ops: &[Op],
     planned_ops: &[PlannedOp],
@@ -243,38 +298,56 @@ pub(crate) fn wait_cycles(
     let dependents_of =
         |index: usize| graph.map_or(no_edges, |graph| graph.dependents[index].as_slice());
 
-    let mut writers: HashMap<&str, Vec<u32>> = HashMap::new();
+    // The keys that block: written by some op and not present yet, each
+    // with a number and its writers.
+    let mut key_number: HashMap<&str, u32> = HashMap::new();
+    let mut keys: Vec<&str> = Vec::new();
+    let mut writers: Vec<Vec<u32>> = Vec::new();
     for (index, op) in planned_ops.iter().enumerate() {
         for key in &op.memory_writes {
-            if !check.present_keys.contains(key) {
-                writers.entry(key.as_str()).or_default().push(index as u32);
+            if check.present_keys.contains(key) {
+                continue;
+            }
+            let number = *key_number.entry(key.as_str()).or_insert_with(|| {
+                keys.push(key.as_str());
+                writers.push(Vec::new());
+                keys.len() as u32 - 1
+            });
+            let key_writers = &mut writers[number as usize];
+            if key_writers.last() != Some(&(index as u32)) {
+                key_writers.push(index as u32);
             }
         }
     }
-    // Which keys block: written by some op and not present yet.
-    let blocks = |key: &str| writers.contains_key(key);
+    let number_of = |key: &str| key_number.get(key).copied();
 
     // The fixpoint: `pending[i]` counts what op i still waits on (each dep,
     // each blocking `wait_for` key, and its `wait_for_any` group as one).
-    let mut waiters: HashMap<&str, Vec<(u32, bool)>> = HashMap::new();
+    let mut waiters: Vec<Vec<(u32, bool)>> = vec![Vec::new(); keys.len()];
     let mut pending: Vec<u32> = Vec::with_capacity(op_count);
+    // Whether the op's `wait_for_any` group blocks at all (every key of it
+    // has a writer and none is present).
+    let mut any_blocks: Vec<bool> = Vec::with_capacity(op_count);
     for (index, op) in planned_ops.iter().enumerate() {
         let mut count = deps_of(index).len() as u32;
-        for key in op.wait_for.iter().filter(|key| blocks(key)) {
+        for number in op.wait_for.iter().filter_map(|key| number_of(key)) {
             count += 1;
-            waiters.entry(key).or_default().push((index as u32, false));
+            waiters[number as usize].push((index as u32, false));
         }
-        if !op.wait_for_any.is_empty() && op.wait_for_any.iter().all(|key| blocks(key)) {
+        let group_blocks =
+            !op.wait_for_any.is_empty() && op.wait_for_any.iter().all(|key| number_of(key).is_some());
+        if group_blocks {
             count += 1;
-            for key in &op.wait_for_any {
-                waiters.entry(key).or_default().push((index as u32, true));
+            for number in op.wait_for_any.iter().filter_map(|key| number_of(key)) {
+                waiters[number as usize].push((index as u32, true));
             }
         }
+        any_blocks.push(group_blocks);
         pending.push(count);
     }
     let mut runs = vec![false; op_count];
     let mut any_met = vec![false; op_count];
-    let mut key_met: HashSet<&str> = HashSet::new();
+    let mut key_met = vec![false; keys.len()];
     let mut ready: Vec<u32> = (0..op_count as u32)
         .filter(|&index| pending[index as usize] == 0)
         .collect();
@@ -291,12 +364,15 @@ pub(crate) fn wait_cycles(
         for &dependent in dependents_of(index) {
             release(dependent, &mut ready);
         }
-        for key in &planned_ops[index].memory_writes {
-            if !key_met.insert(key.as_str()) {
+        for number in planned_ops[index]
+            .memory_writes
+            .iter()
+            .filter_map(|key| number_of(key))
+        {
+            if std::mem::replace(&mut key_met[number as usize], true) {
                 continue;
             }
-            for &(waiter, in_any_group) in waiters.get(key.as_str()).map_or(&[][..], Vec::as_slice)
-            {
+            for &(waiter, in_any_group) in &waiters[number as usize] {
                 // A group is released once, by its first key.
                 if in_any_group && std::mem::replace(&mut any_met[waiter as usize], true) {
                     continue;
@@ -308,12 +384,13 @@ pub(crate) fn wait_cycles(
     if runs.iter().all(|&runs| runs) {
         return (Vec::new(), 0);
     }
+    drop(waiters);
 
-    // What blocks each stuck op, as edges to the stuck ops it waits on.
-    let stuck = |index: u32| !runs[index as usize];
-    let unmet_key = |key: &str| blocks(key) && !key_met.contains(key);
-    let mut blocked_by: Vec<Vec<u32>> = vec![Vec::new(); op_count];
-    let mut self_waits: Vec<(u32, String)> = Vec::new();
+    // Node `op_count + number` is key `number`. A stuck op points at the
+    // stuck ops and unmet keys it waits on, an unmet key at its writers
+    // (all stuck: none of them ran).
+    let key_node = |number: u32| op_count as u32 + number;
+    let mut blocked_by: Vec<Vec<u32>> = vec![Vec::new(); op_count + keys.len()];
     for (index, op) in planned_ops.iter().enumerate() {
         if runs[index] {
             continue;
@@ -321,168 +398,177 @@ pub(crate) fn wait_cycles(
         let mut edges: Vec<u32> = deps_of(index)
             .iter()
             .copied()
-            .filter(|&dep| stuck(dep))
+            .filter(|&dep| !runs[dep as usize])
             .collect();
-        let any_unmet = !op.wait_for_any.is_empty()
-            && op.wait_for_any.iter().all(|key| blocks(key))
-            && !any_met[index];
-        let blocking_keys = op
-            .wait_for
-            .iter()
-            .filter(|key| unmet_key(key))
-            .chain(op.wait_for_any.iter().filter(|_| any_unmet));
-        for key in blocking_keys {
-            let key_writers = &writers[key.as_str()];
-            if key_writers == &[index as u32] && op.wait_for.contains(key) {
-                self_waits.push((index as u32, key.clone()));
-            }
-            edges.extend(key_writers.iter().copied().filter(|&w| w != index as u32));
+        let unmet = |number: &u32| !key_met[*number as usize];
+        edges.extend(
+            op.wait_for
+                .iter()
+                .filter_map(|key| number_of(key))
+                .filter(unmet)
+                .map(key_node),
+        );
+        if any_blocks[index] && !any_met[index] {
+            edges.extend(
+                op.wait_for_any
+                    .iter()
+                    .filter_map(|key| number_of(key))
+                    .map(key_node),
+            );
         }
         edges.sort_unstable();
         edges.dedup();
         blocked_by[index] = edges;
     }
+    for (number, key_writers) in writers.iter().enumerate() {
+        if !key_met[number] {
+            blocked_by[op_count + number] = key_writers.clone();
+        }
+    }
     let blocking = Graph::from_deps(blocked_by);
-    let running: Vec<u32> = (0..op_count as u32).filter(|&index| !stuck(index)).collect();
+    let running: Vec<u32> = (0..op_count as u32)
+        .filter(|&index| runs[index as usize])
+        .collect();
     let checked_from = check.checked_from;
 
     let mut cycles: Vec<WaitCycle> = Vec::new();
     let mut total = 0;
-    for (index, key) in &self_waits {
-        if *index < checked_from {
-            continue;
-        }
-        total += 1;
-        if cycles.len() < MAX_CYCLES {
-            let proto = &proto_ops[*index as usize];
-            let planned = &planned_ops[*index as usize];
-            cycles.push(WaitCycle {
-                op: *index,
-                field: wait_field(proto, planned, key),
-                message: format!(
-                    "waits for memory key `{key}`, which only this op writes: it would wait forever"
-                ),
-            });
-        }
-    }
     for cycle in blocking.cycles(&running) {
-        if cycle.iter().all(|&index| index < checked_from) {
+        let is_op = |node: &u32| (*node as usize) < op_count;
+        if cycle
+            .iter()
+            .filter(|node| is_op(node))
+            .all(|&index| index < checked_from)
+        {
             continue;
         }
         total += 1;
         if cycles.len() >= MAX_CYCLES {
             continue;
         }
-        // `cycle` runs in dependents order: each op is blocked by the one
-        // before it. Told the other way: each op waits on the next.
+        // `cycle` runs in dependents order, from its lowest node (an op:
+        // ops are numbered before keys): each node is blocked by the one
+        // before it. Told the other way: each op waits on the next node.
         let mut waits_on: Vec<u32> = vec![cycle[0]];
         waits_on.extend(cycle[1..].iter().rev());
-        let mut steps: Vec<String> = Vec::with_capacity(waits_on.len());
-        let mut first_field = String::new();
-        for (position, &waiter) in waits_on.iter().enumerate() {
-            let next = waits_on[(position + 1) % waits_on.len()];
-            let (field, step) = describe_wait(
-                proto_ops, planned_ops, &writers, &key_met, waiter, next, &deps_of,
-            );
-            if position == 0 {
-                first_field = field;
-            }
-            steps.push(step);
-        }
-        let through_keys = if steps.iter().any(|step| step.contains(" runs after ")) {
-            "through memory keys and `after`"
-        } else {
-            "through memory keys"
+        let describe = CycleWords {
+            proto_ops,
+            planned_ops,
+            keys: &keys,
+            writers: &writers,
         };
-        cycles.push(WaitCycle {
-            op: waits_on[0],
-            field: first_field,
-            message: format!(
-                "ops wait for each other {through_keys}, so none of them would ever run: {}",
-                steps.join(", ")
-            ),
-        });
+        cycles.push(describe.cycle(&waits_on));
     }
     cycles.sort_by_key(|cycle| cycle.op);
     (cycles, total)
 }
 
-/// How stuck op `waiter` waits on stuck op `next`: the field and a step of
-/// a cycle's description (`` `a` waits for `k` (written by `b`) `` or
-/// `` `a` runs after `b` ``).
-fn describe_wait<'a>(
-    proto_ops: &[Op],
-    planned_ops: &[PlannedOp],
-    writers: &HashMap<&'a str, Vec<u32>>,
-    key_met: &HashSet<&str>,
-    waiter: u32,
-    next: u32,
-    deps_of: &dyn Fn(usize) -> &'a [u32],
-) -> (String, String) {
-    let op = &planned_ops[waiter as usize];
-    let name = |index: u32| planned_ops[index as usize].id.as_str().to_owned();
-    let written_by = |key: &str| {
-        let key_writers = &writers[key];
-        let mut names: Vec<String> = vec![format!("`{}`", name(next))];
+/// Words for a cycle of the blocking graph.
+struct CycleWords<'a> {
+    proto_ops: &'a [Op],
+    planned_ops: &'a [PlannedOp],
+    keys: &'a [&'a str],
+    writers: &'a [Vec<u32>],
+}
+
+impl CycleWords<'_> {
+    fn name(&self, index: u32) -> &str {
+        self.planned_ops[index as usize].id.as_str()
+    }
+
+    /// `waits_on`: nodes in the order each waits on the next (the last on
+    /// the first), starting with an op.
+    fn cycle(&self, waits_on: &[u32]) -> WaitCycle {
+        let op_count = self.planned_ops.len() as u32;
+        let first = waits_on[0];
+        let first_fields = WaitFields::of(&self.proto_ops[first as usize], &self.planned_ops[first as usize]);
+        let at = |position: usize| waits_on[position % waits_on.len()];
+        let ops_in_cycle = waits_on.iter().filter(|&&node| node < op_count).count();
+        if ops_in_cycle == 1 {
+            // Op → key → the op itself.
+            let key = self.keys[(at(1) - op_count) as usize];
+            return WaitCycle {
+                op: first,
+                field: first_fields.field(key),
+                message: format!(
+                    "waits for memory key `{key}`, which only this op writes: it would wait forever"
+                ),
+            };
+        }
+        let mut steps: Vec<String> = Vec::new();
+        let mut first_field = String::new();
+        let mut through_after = false;
+        let mut position = 0;
+        while position < waits_on.len() {
+            let waiter = waits_on[position];
+            let next = at(position + 1);
+            let op = &self.planned_ops[waiter as usize];
+            if next < op_count {
+                through_after = true;
+                let after = self.proto_ops[waiter as usize]
+                    .after
+                    .iter()
+                    .any(|after| after == self.name(next));
+                if position == 0 {
+                    first_field = if after { "after" } else { "args" }.to_owned();
+                }
+                steps.push(format!("`{}` runs after `{}`", op.id, self.name(next)));
+                position += 1;
+                continue;
+            }
+            let number = (next - op_count) as usize;
+            let key = self.keys[number];
+            let writer = at(position + 2);
+            let written_by = self.written_by(number, writer);
+            if op.wait_for.iter().any(|waited| waited == key) {
+                if position == 0 {
+                    first_field = first_fields.field(key);
+                }
+                steps.push(format!("`{}` waits for `{key}` ({written_by})", op.id));
+            } else {
+                if position == 0 {
+                    first_field = "wait_for_any".to_owned();
+                }
+                steps.push(format!(
+                    "`{}` waits for any of {}, and `{key}` is {written_by}",
+                    op.id,
+                    key_list(&op.wait_for_any)
+                ));
+            }
+            position += 2;
+        }
+        let through = if through_after {
+            "through memory keys and `after`"
+        } else {
+            "through memory keys"
+        };
+        WaitCycle {
+            op: first,
+            field: first_field,
+            message: format!(
+                "ops wait for each other {through}, so none of them would ever run: {}",
+                steps.join(", ")
+            ),
+        }
+    }
+
+    /// `written by `b``, or with the key's other writers (all stuck too).
+    fn written_by(&self, number: usize, writer: u32) -> String {
+        let key_writers = &self.writers[number];
+        if key_writers.len() == 1 {
+            return format!("written by `{}`", self.name(writer));
+        }
+        let mut names: Vec<String> = vec![format!("`{}`", self.name(writer))];
         names.extend(
             key_writers
                 .iter()
-                .filter(|&&writer| writer != next)
+                .filter(|&&other| other != writer)
                 .take(MAX_WRITERS_NAMED - 1)
-                .map(|&writer| format!("`{}`", name(writer))),
+                .map(|&other| format!("`{}`", self.name(other))),
         );
         if key_writers.len() > MAX_WRITERS_NAMED {
-            names.push(format!(
-                "{} more",
-                key_writers.len() - MAX_WRITERS_NAMED
-            ));
+            names.push(format!("{} more", key_writers.len() - MAX_WRITERS_NAMED));
         }
-        if key_writers.len() > 1 {
-            format!("written by {}, each waiting too", names.join(", "))
-        } else {
-            format!("written by {}", names[0])
-        }
-    };
-    let writes = |key: &&String| {
-        !key_met.contains(key.as_str())
-            && writers
-                .get(key.as_str())
-                .is_some_and(|key_writers| key_writers.contains(&next))
-    };
-    if let Some(key) = op.wait_for.iter().find(writes) {
-        return (
-            wait_field(&proto_ops[waiter as usize], op, key),
-            format!("`{}` waits for `{key}` ({})", op.id, written_by(key)),
-        );
+        format!("written by {}, each waiting too", names.join(", "))
     }
-    if let Some(key) = op.wait_for_any.iter().find(writes) {
-        let group: Vec<String> = op
-            .wait_for_any
-            .iter()
-            .map(|key| format!("`{key}`"))
-            .collect();
-        return (
-            "wait_for_any".to_owned(),
-            format!(
-                "`{}` waits for any of {}, and `{key}` is {}",
-                op.id,
-                group.join(", "),
-                written_by(key)
-            ),
-        );
-    }
-    debug_assert!(deps_of(waiter as usize).contains(&next));
-    let field = if proto_ops[waiter as usize]
-        .after
-        .iter()
-        .any(|after| after == planned_ops[next as usize].id.as_str())
-    {
-        "after"
-    } else {
-        "args"
-    };
-    (
-        field.to_owned(),
-        format!("`{}` runs after `{}`", op.id, name(next)),
-    )
 }

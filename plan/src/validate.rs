@@ -14,7 +14,8 @@ use volley_proto::v1::{Batch, Hazards, OnFailure, Op, Priority, RetryFailed, Ret
 use crate::graph::{Graph, Reachability};
 use crate::hazards::{Access, compile_glob, find_hazards};
 use crate::liveness::{
-    LivenessCheck, MAX_CYCLES, UnwrittenWait, bounded_edit_distance, unwritten_waits, wait_cycles,
+    KEY_SUGGESTION_CELLS, LivenessCheck, MAX_CYCLES, UnwrittenWait, bounded_edit_distance,
+    unwritten_waits, wait_cycles,
 };
 use crate::model::{HazardPolicy, Limits, Plan, PlannedOp, Problem, Retry};
 
@@ -125,7 +126,6 @@ pub fn plan_with(
     for (index, op) in ops.iter().enumerate() {
         planned_ops.push(checker.check(index as u32, op, &mut accesses));
     }
-    let mut suggestion_budget = checker.suggestion_budget;
     // The id index is done with (the checker borrowing it is not used
     // again): freed before the graph is built, not held with it (tens of
     // MB for a million ops).
@@ -179,10 +179,11 @@ pub fn plan_with(
     };
     // Keys of a shared namespace may come from other batches or clients:
     // only a batch's own memory can be checked for writers and cycles.
+    let mut suggestion_cells = KEY_SUGGESTION_CELLS;
     let unwritten = if namespace.is_some() {
         Vec::new()
     } else {
-        unwritten_waits(ops, &planned_ops, liveness, &mut suggestion_budget)
+        unwritten_waits(ops, &planned_ops, liveness, &mut suggestion_cells)
     };
     // A client may be expected to write them (`allow_unwritten`), unless
     // every warning is to be an error (`strict`).
@@ -1175,6 +1176,59 @@ mod tests {
         assert_eq!(problems[0].field, "ops");
         assert!(problems[0].message.contains("5 more cycles"), "{problems:?}");
         assert_eq!(problems[1].op_id, "a0");
+    }
+
+    #[test]
+    fn many_waiters_of_a_key_with_many_stuck_writers_cost_their_sum_not_product() {
+        // 20,000 writers of `k`, all waiting for `j`, whose one writer
+        // waits for `k`; 20,000 more ops wait for `k`. A waiter × writer
+        // edge each would be 8 × 10^8 edges.
+        let count = 20_000;
+        let mut ops: Vec<Op> = Vec::with_capacity(2 * count + 1);
+        for index in 0..count {
+            let mut writer = noop(&format!("w{index}"));
+            writer.store_as = "k".into();
+            writer.wait_for = vec!["j".into()];
+            ops.push(writer);
+            let mut waiter = noop(&format!("r{index}"));
+            waiter.wait_for = vec!["k".into()];
+            ops.push(waiter);
+        }
+        let mut hinge = noop("hinge");
+        hinge.store_as = "j".into();
+        hinge.wait_for = vec!["k".into()];
+        ops.push(hinge);
+        let mut racy = batch(ops);
+        racy.hazards = Hazards::Allow as i32;
+        let problems = problems_of(&racy);
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0].message.contains("`w0`, `w1`, `w2`, 19997 more, each waiting too"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn long_misspelt_keys_stay_cheap_to_suggest_for() {
+        // 3,000 writers and 3,000 waiters of 500-byte keys that differ only
+        // at the end: every comparison would fill a 500 × 500 table.
+        let stem = "k".repeat(494);
+        let mut ops: Vec<Op> = Vec::new();
+        for index in 0..3_000 {
+            let mut writer = noop(&format!("w{index}"));
+            writer.store_as = format!("{stem}{index:06}");
+            ops.push(writer);
+            let mut waiter = noop(&format!("r{index}"));
+            waiter.wait_for = vec![format!("{stem}x{index:05}")];
+            ops.push(waiter);
+        }
+        let problems = problems_of(&batch(ops));
+        assert_eq!(problems.len(), 3_000);
+        assert!(
+            problems[0].message.contains("did you mean"),
+            "the first ones still get a suggestion: {}",
+            problems[0].message
+        );
     }
 
     #[test]
