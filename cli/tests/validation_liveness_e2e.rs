@@ -80,14 +80,12 @@ async fn a_misspelt_key_is_refused_by_submit_and_run_with_did_you_mean() {
             "{how}: {stderr}"
         );
         assert!(
-            stderr.contains("op `templated`: field `args.text`: waits for memory key `report/fnal`")
+            stderr
+                .contains("op `templated`: field `args.text`: waits for memory key `report/fnal`")
                 && stderr.contains("--allow-unwritten"),
             "{how}: {stderr}"
         );
-        assert!(
-            text(&output.stdout).trim().is_empty(),
-            "{how}: no batch id"
-        );
+        assert!(text(&output.stdout).trim().is_empty(), "{how}: no batch id");
     }
     assert_eq!(batches_on(&cluster).await, 0, "nothing was stored");
 }
@@ -138,7 +136,11 @@ async fn allow_unwritten_accepts_a_key_a_client_writes() {
         "the client's write lets it finish: {}",
         text(&watched.stderr)
     );
-    assert!(text(&watched.stdout).contains("went now"), "{}", text(&watched.stdout));
+    assert!(
+        text(&watched.stdout).contains("went now"),
+        "{}",
+        text(&watched.stdout)
+    );
 
     // The batch file's `allow_unwritten: true` does the same, and `volley
     // run` honours it: with nobody to write the key, the wait times out.
@@ -151,7 +153,11 @@ async fn allow_unwritten_accepts_a_key_a_client_writes() {
     let stderr = text(&ran.stderr);
     assert_eq!(ran.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("warning: op `gate`"), "{stderr}");
-    assert!(text(&ran.stdout).contains("never appeared"), "{}", text(&ran.stdout));
+    assert!(
+        text(&ran.stdout).contains("never appeared"),
+        "{}",
+        text(&ran.stdout)
+    );
 
     // A shared namespace: other batches write its keys, so no error either.
     let shared = volley_in(

@@ -180,9 +180,8 @@ pub(crate) fn replan(batch: &BatchId, spec: &StoredSpec) -> Result<PlannedBatch,
         max_arg_bytes: usize::MAX,
         max_batch_bytes: usize::MAX,
     };
-    let plan =
-        volley_plan::plan_with(&decoded, &|_| true, &limits, &LivenessCheck::accepted())
-            .map_err(CoordinatorError::Invalid)?;
+    let plan = volley_plan::plan_with(&decoded, &|_| true, &limits, &LivenessCheck::accepted())
+        .map_err(CoordinatorError::Invalid)?;
     Ok(PlannedBatch {
         id: batch.clone(),
         plan,

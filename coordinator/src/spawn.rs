@@ -20,10 +20,10 @@ use crate::auth::Principal;
 use crate::dispatch::Command;
 use crate::error::CoordinatorError;
 use crate::plans::{PlannedBatch, stored_batch};
-use volley_plan::LivenessCheck;
-use volley_store::MemoryScope;
 use crate::service::{Access, Coordinator, new_op, now_ms};
 use crate::tracing_ctx::BatchTrace;
+use volley_plan::LivenessCheck;
+use volley_store::MemoryScope;
 
 /// Tries when another spawn into the same batch wins the race.
 const SPAWN_TRIES: usize = 5;
@@ -57,7 +57,9 @@ impl Coordinator {
         } else {
             format!("by token {} (op `{spawner}`)", principal.token_id)
         };
-        let present_keys = self.present_wait_keys(&planned.memory_scope(), &ops).await?;
+        let present_keys = self
+            .present_wait_keys(&planned.memory_scope(), &ops)
+            .await?;
         // One spawn at a time per coordinator: each re-plans the whole batch.
         let _turn = self.spawn_lock().lock().await;
         for _ in 0..SPAWN_TRIES {
@@ -156,12 +158,12 @@ impl Coordinator {
             if let Ok(args) = serde_json::from_str::<serde_json::Value>(&op.args_json)
                 && let Ok(references) = volley_kinds::located_references(&args)
             {
-                waited.extend(references.into_iter().filter_map(|(_, reference)| {
-                    match reference {
+                waited.extend(references.into_iter().filter_map(
+                    |(_, reference)| match reference {
                         volley_kinds::Reference::Memory(key) => Some(key),
                         _ => None,
-                    }
-                }));
+                    },
+                ));
             }
         }
         if waited.len() > MAX_KEYS_LOOKED_UP {

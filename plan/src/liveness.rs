@@ -204,9 +204,9 @@ pub(crate) fn unwritten_waits(
 
 /// Cells of edit-distance tables filled, over a whole batch, when looking
 /// for a written key close to a missing one: keys are up to 512 bytes, so
-/// the bound is on the work (about a tenth of a second), not on the
+/// the bound is on the work (some milliseconds), not on the
 /// number of keys compared.
-pub(crate) const KEY_SUGGESTION_CELLS: usize = 50_000_000;
+pub(crate) const KEY_SUGGESTION_CELLS: usize = 10_000_000;
 
 /// The closest of `candidates` within edit distance 2 of `missing` (ties:
 /// the first), while `cells` (the work left, see [`KEY_SUGGESTION_CELLS`])
@@ -334,8 +334,8 @@ pub(crate) fn wait_cycles(
             count += 1;
             waiters[number as usize].push((index as u32, false));
         }
-        let group_blocks =
-            !op.wait_for_any.is_empty() && op.wait_for_any.iter().all(|key| number_of(key).is_some());
+        let group_blocks = !op.wait_for_any.is_empty()
+            && op.wait_for_any.iter().all(|key| number_of(key).is_some());
         if group_blocks {
             count += 1;
             for number in op.wait_for_any.iter().filter_map(|key| number_of(key)) {
@@ -481,7 +481,10 @@ impl CycleWords<'_> {
     fn cycle(&self, waits_on: &[u32]) -> WaitCycle {
         let op_count = self.planned_ops.len() as u32;
         let first = waits_on[0];
-        let first_fields = WaitFields::of(&self.proto_ops[first as usize], &self.planned_ops[first as usize]);
+        let first_fields = WaitFields::of(
+            &self.proto_ops[first as usize],
+            &self.planned_ops[first as usize],
+        );
         let at = |position: usize| waits_on[position % waits_on.len()];
         let ops_in_cycle = waits_on.iter().filter(|&&node| node < op_count).count();
         if ops_in_cycle == 1 {

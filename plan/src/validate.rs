@@ -212,7 +212,12 @@ pub fn plan_with(
     }
     // Cycles through keys are looked for in a graph that is otherwise
     // sound: an `after` cycle or a bad reference would show up again here.
-    let graph_is_sound = problems.list.len() == if unwritten_allowed { 0 } else { unwritten.len() };
+    let graph_is_sound = problems.list.len()
+        == if unwritten_allowed {
+            0
+        } else {
+            unwritten.len()
+        };
     if namespace.is_none() && graph_is_sound {
         let (cycles, total) = wait_cycles(ops, &planned_ops, graph.as_ref(), liveness);
         for cycle in &cycles {
@@ -1003,7 +1008,11 @@ mod tests {
             .collect();
         assert_eq!(
             fields,
-            vec![("first", "args.text"), ("first", "wait_for"), ("second", "kind")],
+            vec![
+                ("first", "args.text"),
+                ("first", "wait_for"),
+                ("second", "kind")
+            ],
             "{problems:#?}"
         );
     }
@@ -1019,7 +1028,8 @@ mod tests {
         let plan = plan_of(&allowed).unwrap();
         assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
         assert!(
-            plan.warnings[0].contains("`confg`") && plan.warnings[0].contains("did you mean `config`?"),
+            plan.warnings[0].contains("`confg`")
+                && plan.warnings[0].contains("did you mean `config`?"),
             "{:?}",
             plan.warnings
         );
@@ -1030,7 +1040,10 @@ mod tests {
         );
         allowed.allow_unwritten = false;
         let problems = problems_of(&allowed);
-        let fields: Vec<&str> = problems.iter().map(|problem| problem.field.as_str()).collect();
+        let fields: Vec<&str> = problems
+            .iter()
+            .map(|problem| problem.field.as_str())
+            .collect();
         assert_eq!(fields, vec!["args.text", "wait_for_any"], "{problems:#?}");
     }
 
@@ -1051,7 +1064,15 @@ mod tests {
             (problems[0].op_id.as_str(), problems[0].field.as_str()),
             ("new", "wait_for")
         );
-        assert!(plan_with(&grown, &known, &Limits::default(), &LivenessCheck::accepted()).is_ok());
+        assert!(
+            plan_with(
+                &grown,
+                &known,
+                &Limits::default(),
+                &LivenessCheck::accepted()
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -1073,7 +1094,10 @@ mod tests {
         let mut counter = op("counter", "echo", json!({"text": "${memory.count}"}));
         counter.store_as = "count".into();
         let problem = only_problem(&batch(vec![counter.clone()]), "counter", "args.text");
-        assert!(problem.message.contains("only this op writes"), "{problem:?}");
+        assert!(
+            problem.message.contains("only this op writes"),
+            "{problem:?}"
+        );
         // Another writer can start it.
         let mut seed = noop("seed");
         seed.store_as = "count".into();
@@ -1092,7 +1116,11 @@ mod tests {
         let mut third = after(noop("c"), &["b"]);
         third.store_as = "k".into();
         let unrelated = noop("d");
-        let problem = only_problem(&batch(vec![first, second, third, unrelated]), "a", "wait_for");
+        let problem = only_problem(
+            &batch(vec![first, second, third, unrelated]),
+            "a",
+            "wait_for",
+        );
         assert_eq!(
             problem.message,
             "ops wait for each other through memory keys and `after`, so none of them would ever run: `a` waits for `k` (written by `c`), `c` runs after `b`, `b` runs after `a`"
@@ -1124,8 +1152,12 @@ mod tests {
         let problems = problems_of(&stuck);
         assert_eq!(problems.len(), 1, "{problems:#?}");
         assert!(
-            problems[0].message.contains("written by `b`, `c`, each waiting too")
-                || problems[0].message.contains("written by `c`, `b`, each waiting too"),
+            problems[0]
+                .message
+                .contains("written by `b`, `c`, each waiting too")
+                || problems[0]
+                    .message
+                    .contains("written by `c`, `b`, each waiting too"),
             "{problems:#?}"
         );
     }
@@ -1154,7 +1186,9 @@ mod tests {
             ("a", "wait_for_any")
         );
         assert!(
-            problems[0].message.contains("`a` waits for any of `k2`, `free`, and `"),
+            problems[0]
+                .message
+                .contains("`a` waits for any of `k2`, `free`, and `"),
             "{problems:#?}"
         );
     }
@@ -1174,7 +1208,10 @@ mod tests {
         let problems = problems_of(&batch(ops));
         assert_eq!(problems.len(), MAX_CYCLES + 1, "{problems:#?}");
         assert_eq!(problems[0].field, "ops");
-        assert!(problems[0].message.contains("5 more cycles"), "{problems:?}");
+        assert!(
+            problems[0].message.contains("5 more cycles"),
+            "{problems:?}"
+        );
         assert_eq!(problems[1].op_id, "a0");
     }
 
@@ -1203,7 +1240,9 @@ mod tests {
         let problems = problems_of(&racy);
         assert_eq!(problems.len(), 1, "{problems:#?}");
         assert!(
-            problems[0].message.contains("`w0`, `w1`, `w2`, 19997 more, each waiting too"),
+            problems[0]
+                .message
+                .contains("`w0`, `w1`, `w2`, 19997 more, each waiting too"),
             "{problems:?}"
         );
     }
