@@ -298,5 +298,17 @@ async fn spawned_ops_are_held_to_the_same_rules_against_keys_already_written() {
     let status = cluster.client.status(&batch_id).await.expect("status");
     let ids: Vec<&str> = status.ops.iter().map(|op| op.id.as_str()).collect();
     assert_eq!(ids, ["slow", "f", "g"], "only the valid spawn joined");
+
+    // Past 256 distinct keys a spawn's keys are not looked up one by one
+    // in the store: its waits are taken on trust (docs/memory.md).
+    let mut many = String::from("ops:\n");
+    for index in 0..257 {
+        many.push_str(&format!(
+            "  - {{id: m{index}, kind: echo, wait_for: [elsewhere/{index}], args: {{text: x}}}}\n"
+        ));
+    }
+    batch_file(dir, "many.yaml", &many);
+    let trusted = spawn("many.yaml").await;
+    assert_eq!(trusted.status.code(), Some(0), "{}", text(&trusted.stderr));
     cluster.client.cancel(&batch_id).await.expect("cancel");
 }
