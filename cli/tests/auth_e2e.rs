@@ -258,7 +258,7 @@ async fn another_tenants_batches_and_memory_are_not_found() {
     let file = batch_file(
         cluster.root(),
         "a.yaml",
-        "name: secret-of-a\nops:\n  - {id: hold, kind: echo, args: {text: hi}, wait_for: [go]}\n",
+        "name: secret-of-a\nallow_unwritten: true\nops:\n  - {id: hold, kind: echo, args: {text: hi}, wait_for: [go]}\n",
     );
     let submitted = volley_as(
         &cluster,

@@ -289,14 +289,18 @@ async fn submit_watch_status_against_a_cluster() {
 }
 
 #[tokio::test]
-async fn strict_turns_an_unwritten_wait_into_exit_2_and_without_it_a_warning() {
+async fn strict_turns_an_allowed_unwritten_wait_into_exit_2_and_without_it_a_warning() {
     let dir = tempfile::tempdir().expect("dir");
     common::batch_file(
         dir.path(),
         "waits.yaml",
         "ops:\n  - {id: waiter, kind: echo, wait_for: [nobody/writes], wait_timeout: 300ms, args: {text: hi}}\n",
     );
-    let output = volley(dir.path(), &["run", "waits.yaml", "--strict"]).await;
+    let output = volley(
+        dir.path(),
+        &["run", "waits.yaml", "--allow-unwritten", "--strict"],
+    )
+    .await;
     assert_eq!(
         output.status.code(),
         Some(2),
@@ -311,7 +315,7 @@ async fn strict_turns_an_unwritten_wait_into_exit_2_and_without_it_a_warning() {
         "{stderr}"
     );
 
-    let output = volley(dir.path(), &["run", "waits.yaml"]).await;
+    let output = volley(dir.path(), &["run", "waits.yaml", "--allow-unwritten"]).await;
     assert_eq!(
         output.status.code(),
         Some(1),

@@ -328,6 +328,8 @@ async fn failures_skip_dependents_and_a_client_put_unblocks_a_wait() {
     let batch = v1::Batch {
         name: "failures".into(),
         ops: vec![broken, dependent, always, waiter],
+        // The test writes `signal` as a client.
+        allow_unwritten: true,
         ..Default::default()
     };
     let submitted = cluster.client.submit(batch).await.expect("submit");

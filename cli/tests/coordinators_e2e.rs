@@ -58,6 +58,8 @@ fn gated_batch(name: &str, sleepers: usize, ms: u64, gated: usize) -> v1::Batch 
     v1::Batch {
         name: name.to_owned(),
         ops,
+        // The test writes `go` as a client.
+        allow_unwritten: true,
         ..Default::default()
     }
 }

@@ -454,6 +454,8 @@ async fn why_says_what_an_op_waits_for() {
         .client
         .submit(v1::Batch {
             name: "why".into(),
+            // Nothing writes `go/now`: the waiter stays blocked.
+            allow_unwritten: true,
             ops: vec![waiter, gpu, chained],
             ..Default::default()
         })

@@ -78,7 +78,7 @@ async fn a_watch_past_the_end_ends_for_finished_and_running_batches() {
     let gated = batch_file(
         cluster.root(),
         "gated.yaml",
-        "name: gated\nops:\n  - {id: g, kind: echo, wait_for: [go], args: {text: gated}}\n",
+        "name: gated\nallow_unwritten: true\nops:\n  - {id: g, kind: echo, wait_for: [go], args: {text: gated}}\n",
     );
     let running = cluster
         .client

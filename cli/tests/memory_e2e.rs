@@ -353,6 +353,8 @@ async fn a_key_that_never_appears_fails_the_wait_with_its_name() {
     dependent.after = vec!["waiter".into()];
     let batch = v1::Batch {
         name: "timeout".into(),
+        // Nothing writes the key: the wait times out.
+        allow_unwritten: true,
         ops: vec![waiter, dependent],
         ..Default::default()
     };
@@ -372,6 +374,8 @@ async fn a_key_that_never_appears_fails_the_wait_with_its_name() {
     any.wait_for_any = vec!["a/one".into(), "a/two".into()];
     let batch = v1::Batch {
         name: "any".into(),
+        // The test writes a key as a client.
+        allow_unwritten: true,
         ops: vec![any],
         ..Default::default()
     };

@@ -303,6 +303,8 @@ struct BatchFile {
     wait_timeout: Option<u64>,
     #[serde(default)]
     strict: bool,
+    #[serde(default)]
+    allow_unwritten: bool,
     #[serde(default, deserialize_with = "timeout_ms")]
     deadline: Option<u64>,
     #[serde(default)]
@@ -443,6 +445,7 @@ impl BatchFile {
             } as i32,
             trace_context: Default::default(),
             tenant: String::new(),
+            allow_unwritten: self.allow_unwritten,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use prost::Message;
-use volley_plan::{Limits, Plan};
+use volley_plan::{Limits, LivenessCheck, Plan};
 use volley_proto::{BatchId, v1};
 use volley_store::{MemoryScope, Store, StoredSpec};
 
@@ -213,7 +213,8 @@ pub(crate) fn stored_batch(
 }
 
 /// Plans a stored spec again. It was valid when stored, so every kind is
-/// accepted now (the workers that knew it may be gone).
+/// accepted now (the workers that knew it may be gone), and so are its
+/// waits (a key a client was to write may still be missing).
 pub(crate) fn replan(batch: &BatchId, spec: &StoredSpec) -> Result<PlannedBatch, CoordinatorError> {
     let decoded = stored_batch(batch, spec)?;
     let limits = Limits {
@@ -221,8 +222,8 @@ pub(crate) fn replan(batch: &BatchId, spec: &StoredSpec) -> Result<PlannedBatch,
         max_arg_bytes: usize::MAX,
         max_batch_bytes: usize::MAX,
     };
-    let plan =
-        volley_plan::plan(&decoded, &|_| true, &limits).map_err(CoordinatorError::Invalid)?;
+    let plan = volley_plan::plan_with(&decoded, &|_| true, &limits, &LivenessCheck::accepted())
+        .map_err(CoordinatorError::Invalid)?;
     Ok(PlannedBatch {
         id: batch.clone(),
         plan,

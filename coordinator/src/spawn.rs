@@ -2,7 +2,13 @@
 //! validated with the whole batch, like a submission (ids unique across the
 //! batch, `after` may name existing ops, no cycles, no hazards), then the
 //! store grows the batch in one step and the dispatcher gets the new plan.
+//!
+//! A new op may wait for a key no op writes only if that key already exists
+//! in the batch's memory (or the batch allows unwritten keys): a key the
+//! ops already running wrote, or a client did, is as good as a writer. The
+//! ops already in the batch were accepted once and are not judged again.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use prost::Message;
@@ -16,9 +22,15 @@ use crate::error::CoordinatorError;
 use crate::plans::{PlannedBatch, stored_batch};
 use crate::service::{Access, Coordinator, new_op, now_ms};
 use crate::tracing_ctx::BatchTrace;
+use volley_plan::LivenessCheck;
+use volley_store::MemoryScope;
 
 /// Tries when another spawn into the same batch wins the race.
 const SPAWN_TRIES: usize = 5;
+/// Keys looked up in the batch's memory for one spawn. Past it the new ops'
+/// waits are taken on trust (as if every key existed): a warning, never a
+/// refusal, rather than one store call per key of a huge spawn.
+const MAX_KEYS_LOOKED_UP: usize = 256;
 
 impl Coordinator {
     #[tracing::instrument(skip_all, fields(batch = %batch, ops = ops.len(), spawned_by))]
@@ -45,6 +57,9 @@ impl Coordinator {
         } else {
             format!("by token {} (op `{spawner}`)", principal.token_id)
         };
+        let present_keys = self
+            .present_wait_keys(&planned.memory_scope(), &ops)
+            .await?;
         // One spawn at a time per coordinator: each re-plans the whole batch.
         let _turn = self.spawn_lock().lock().await;
         for _ in 0..SPAWN_TRIES {
@@ -59,11 +74,16 @@ impl Coordinator {
             let tenant = crate::auth::tenant_or_default(&combined.tenant).to_owned();
             combined.ops.extend(ops.iter().cloned());
             let coordinator = self.clone();
+            let liveness = LivenessCheck {
+                checked_from: first_index,
+                present_keys: present_keys.clone(),
+            };
             let plan = tokio::task::spawn_blocking(move || {
-                volley_plan::plan(
+                volley_plan::plan_with(
                     &combined,
                     &|kind| coordinator.known_kind(kind),
                     &coordinator.config().limits,
+                    &liveness,
                 )
             })
             .await
@@ -117,5 +137,52 @@ impl Coordinator {
         Err(CoordinatorError::BadRequest(format!(
             "batch {batch} kept growing under this spawn; try again"
         )))
+    }
+
+    /// The keys `ops` wait for (`wait_for`, `wait_for_any`, `${memory.K}`)
+    /// that already exist in `scope`. A shared namespace is not checked (the
+    /// planner does not judge its waits), nor is a spawn that waits for more
+    /// than [`MAX_KEYS_LOOKED_UP`] keys: all its keys count as present.
+    async fn present_wait_keys(
+        &self,
+        scope: &MemoryScope,
+        ops: &[v1::Op],
+    ) -> Result<HashSet<String>, CoordinatorError> {
+        if matches!(scope, MemoryScope::Shared(_)) {
+            return Ok(HashSet::new());
+        }
+        let mut waited: HashSet<String> = HashSet::new();
+        for op in ops {
+            waited.extend(op.wait_for.iter().chain(&op.wait_for_any).cloned());
+            // Args that do not parse are the planner's to report.
+            if let Ok(args) = serde_json::from_str::<serde_json::Value>(&op.args_json)
+                && let Ok(references) = volley_kinds::located_references(&args)
+            {
+                waited.extend(references.into_iter().filter_map(
+                    |(_, reference)| match reference {
+                        volley_kinds::Reference::Memory(key) => Some(key),
+                        _ => None,
+                    },
+                ));
+            }
+        }
+        if waited.len() > MAX_KEYS_LOOKED_UP {
+            return Ok(waited);
+        }
+        let mut present = HashSet::new();
+        for key in waited {
+            // Bad keys are the planner's to report, not the store's.
+            if volley_plan::check_memory_key(&key).is_err() {
+                continue;
+            }
+            // A listing from the key itself holds it first if it exists
+            // (it sorts before every longer key it prefixes), without
+            // reading its value.
+            let listed = self.store().memory_list(scope, &key, None, 1).await?;
+            if listed.first().is_some_and(|info| info.key == key) {
+                present.insert(key);
+            }
+        }
+        Ok(present)
     }
 }

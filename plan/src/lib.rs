@@ -9,11 +9,15 @@
 //! - `validate`: the checks, `plan()`.
 //! - `hazards`: unordered ops touching the same file or key.
 //! - `graph`: cycles, reachability, critical path.
+//! - `liveness`: waits that could never end — keys no op writes, ops that
+//!   wait for each other through keys — and [`LivenessCheck`].
 
 mod graph;
 mod hazards;
+mod liveness;
 pub mod model;
 mod validate;
 
+pub use liveness::LivenessCheck;
 pub use model::*;
-pub use validate::{MAX_MEMORY_KEY_BYTES, SECRET_LABEL_PREFIX, check_memory_key, plan};
+pub use validate::{MAX_MEMORY_KEY_BYTES, SECRET_LABEL_PREFIX, check_memory_key, plan, plan_with};

@@ -13,6 +13,10 @@ use volley_proto::v1::{Batch, Hazards, OnFailure, Op, Priority, RetryFailed, Ret
 
 use crate::graph::{Graph, Reachability};
 use crate::hazards::{Access, compile_glob, find_hazards};
+use crate::liveness::{
+    KEY_SUGGESTION_CELLS, LivenessCheck, MAX_CYCLES, UnwrittenWait, bounded_edit_distance,
+    unwritten_waits, wait_cycles,
+};
 use crate::model::{HazardPolicy, Limits, Plan, PlannedOp, Problem, Retry};
 
 /// Declared `reads:`/`writes:` entries with this prefix name memory keys.
@@ -35,6 +39,18 @@ pub fn plan(
     batch: &Batch,
     known_kinds: &dyn Fn(&str) -> bool,
     limits: &Limits,
+) -> Result<Plan, Vec<Problem>> {
+    plan_with(batch, known_kinds, limits, &LivenessCheck::default())
+}
+
+/// [`plan`], with what the liveness checks may take as given: ops accepted
+/// earlier (a batch growing by `SpawnOps`, or planned again from the
+/// store) and keys already in the batch's memory.
+pub fn plan_with(
+    batch: &Batch,
+    known_kinds: &dyn Fn(&str) -> bool,
+    limits: &Limits,
+    liveness: &LivenessCheck,
 ) -> Result<Plan, Vec<Problem>> {
     let ops = &batch.ops;
     let mut problems = Problems::default();
@@ -161,26 +177,68 @@ pub fn plan(
         }
         Some(graph)
     };
-    if !problems.list.is_empty() {
-        return Err(problems.into_sorted());
-    }
-
     // Keys of a shared namespace may come from other batches or clients:
-    // only a batch's own memory can be checked for writers.
+    // only a batch's own memory can be checked for writers and cycles.
+    let mut suggestion_cells = KEY_SUGGESTION_CELLS;
     let unwritten = if namespace.is_some() {
         Vec::new()
     } else {
-        unwritten_waits(&planned_ops)
+        unwritten_waits(ops, &planned_ops, liveness, &mut suggestion_cells)
     };
-    if batch.strict && !unwritten.is_empty() {
-        for (index, field, key) in &unwritten {
+    // A client may be expected to write them (`allow_unwritten`), unless
+    // every warning is to be an error (`strict`).
+    let unwritten_allowed = batch.allow_unwritten && !batch.strict;
+    if !unwritten_allowed {
+        for wait in &unwritten {
+            let (then, remedy) = if batch.strict {
+                ("", " (strict)")
+            } else {
+                (
+                    ", so it would wait forever",
+                    " (if a client writes it, submit with --allow-unwritten or `allow_unwritten: true`)",
+                )
+            };
             problems.op(
-                *index as u32,
-                planned_ops[*index].id.as_str(),
-                field,
-                format!("waits for memory key `{key}`, which no op of this batch writes (strict)"),
+                wait.op,
+                planned_ops[wait.op as usize].id.as_str(),
+                &wait.field,
+                format!(
+                    "waits for {}, which no op of this batch writes{then}{}{remedy}",
+                    wait.keys_text(),
+                    wait.hint()
+                ),
             );
         }
+    }
+    // Cycles through keys are looked for in a graph that is otherwise
+    // sound: an `after` cycle or a bad reference would show up again here.
+    let graph_is_sound = problems.list.len()
+        == if unwritten_allowed {
+            0
+        } else {
+            unwritten.len()
+        };
+    if namespace.is_none() && graph_is_sound {
+        let (cycles, total) = wait_cycles(ops, &planned_ops, graph.as_ref(), liveness);
+        for cycle in &cycles {
+            problems.op(
+                cycle.op,
+                planned_ops[cycle.op as usize].id.as_str(),
+                &cycle.field,
+                cycle.message.clone(),
+            );
+        }
+        if total > cycles.len() {
+            problems.batch(
+                "ops",
+                format!(
+                    "… and {} more cycles of ops waiting for each other (the first {MAX_CYCLES} are named)",
+                    total - cycles.len()
+                ),
+            );
+        }
+    }
+    if !problems.list.is_empty() {
         return Err(problems.into_sorted());
     }
     let mut warnings = unwritten_warnings(&planned_ops, &unwritten);
@@ -723,30 +781,6 @@ pub fn check_memory_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Levenshtein distance over bytes, `None` once it must exceed `bound`.
-fn bounded_edit_distance(left: &str, right: &str, bound: usize) -> Option<usize> {
-    let (left, right) = (left.as_bytes(), right.as_bytes());
-    let mut previous: Vec<usize> = (0..=right.len()).collect();
-    let mut current = vec![0; right.len() + 1];
-    for (row, &left_byte) in left.iter().enumerate() {
-        current[0] = row + 1;
-        let mut row_minimum = current[0];
-        for (column, &right_byte) in right.iter().enumerate() {
-            let substitution = previous[column] + usize::from(left_byte != right_byte);
-            current[column + 1] = substitution
-                .min(previous[column + 1] + 1)
-                .min(current[column] + 1);
-            row_minimum = row_minimum.min(current[column + 1]);
-        }
-        if row_minimum > bound {
-            return None;
-        }
-        std::mem::swap(&mut previous, &mut current);
-    }
-    let distance = previous[right.len()];
-    (distance <= bound).then_some(distance)
-}
-
 /// Fills `wait_writers`: for each key an op waits for, the ops of the batch
 /// that write it.
 fn link_wait_writers(planned_ops: &mut [PlannedOp]) {
@@ -778,50 +812,17 @@ fn link_wait_writers(planned_ops: &mut [PlannedOp]) {
     }
 }
 
-/// Waits for keys that no op of the batch writes: (op index, field, key).
-/// A `wait_for_any` group counts only when none of its keys is written.
-fn unwritten_waits(planned_ops: &[PlannedOp]) -> Vec<(usize, &'static str, String)> {
-    if planned_ops
-        .iter()
-        .all(|op| op.wait_for.is_empty() && op.wait_for_any.is_empty())
-    {
-        return Vec::new();
-    }
-    let written: HashSet<&str> = planned_ops
-        .iter()
-        .flat_map(|op| op.memory_writes.iter().map(String::as_str))
-        .collect();
-    let mut unwritten = Vec::new();
-    for (index, op) in planned_ops.iter().enumerate() {
-        for key in &op.wait_for {
-            if !written.contains(key.as_str()) {
-                unwritten.push((index, "wait_for", key.clone()));
-            }
-        }
-        if !op.wait_for_any.is_empty()
-            && !op
-                .wait_for_any
-                .iter()
-                .any(|key| written.contains(key.as_str()))
-        {
-            unwritten.push((index, "wait_for_any", op.wait_for_any.join("`, `")));
-        }
-    }
-    unwritten
-}
-
 /// The warnings for `unwritten_waits`, at most `MAX_WARNINGS` and a count.
-fn unwritten_warnings(
-    planned_ops: &[PlannedOp],
-    unwritten: &[(usize, &'static str, String)],
-) -> Vec<String> {
+fn unwritten_warnings(planned_ops: &[PlannedOp], unwritten: &[UnwrittenWait]) -> Vec<String> {
     let mut warnings: Vec<String> = unwritten
         .iter()
         .take(MAX_WARNINGS)
-        .map(|(index, _, key)| {
+        .map(|wait| {
             format!(
-                "op `{}` waits for memory key `{key}`, which no op of this batch writes; it runs only when a client writes it",
-                planned_ops[*index].id
+                "op `{}` waits for {}, which no op of this batch writes{}; it runs only when a client writes it",
+                planned_ops[wait.op as usize].id,
+                wait.keys_text(),
+                wait.hint()
             )
         })
         .collect();
@@ -945,16 +946,342 @@ mod tests {
     }
 
     #[test]
-    fn strict_turns_an_unwritten_wait_into_an_error_naming_op_and_field() {
+    fn strict_turns_an_allowed_unwritten_wait_back_into_an_error() {
         let mut waiter = op("waiter", "echo", json!({"text": "x"}));
         waiter.wait_for = vec!["nobody/writes".into()];
         let mut lenient = batch(vec![waiter]);
+        lenient.allow_unwritten = true;
         let plan = plan_of(&lenient).unwrap();
         assert_eq!(plan.warnings.len(), 1);
         assert!(plan.warnings[0].contains("nobody/writes"));
         lenient.strict = true;
         let problem = only_problem(&lenient, "waiter", "wait_for");
         assert!(problem.message.contains("nobody/writes"), "{problem:?}");
+        assert!(problem.message.ends_with("(strict)"), "{problem:?}");
+    }
+
+    #[test]
+    fn a_misspelt_key_is_an_error_naming_op_field_and_the_close_key() {
+        let mut writer = op("writer", "echo", json!({"text": "x"}));
+        writer.store_as = "results/summary".into();
+        let mut waiter = op("waiter", "echo", json!({"text": "x"}));
+        waiter.wait_for = vec!["results/sumary".into()];
+        let problem = only_problem(&batch(vec![writer.clone(), waiter]), "waiter", "wait_for");
+        assert_eq!(
+            problem.message,
+            "waits for memory key `results/sumary`, which no op of this batch writes, so it would wait forever; did you mean `results/summary`? (if a client writes it, submit with --allow-unwritten or `allow_unwritten: true`)"
+        );
+
+        // A `${memory.K}` reference is named by its place in the args.
+        let reader = op(
+            "reader",
+            "shell",
+            json!({"cmd": "true", "env": {"SUMMARY": "${memory.results/summray}"}}),
+        );
+        let problem = only_problem(
+            &batch(vec![writer.clone(), reader]),
+            "reader",
+            "args.env.SUMMARY",
+        );
+        assert!(
+            problem.message.contains("`results/summray`")
+                && problem.message.contains("did you mean `results/summary`?"),
+            "{problem:?}"
+        );
+
+        // Nothing close: no suggestion.
+        let mut far = op("far", "echo", json!({"text": "x"}));
+        far.wait_for = vec!["something/else".into()];
+        let problem = only_problem(&batch(vec![writer, far]), "far", "wait_for");
+        assert!(!problem.message.contains("did you mean"), "{problem:?}");
+    }
+
+    #[test]
+    fn every_unwritten_wait_is_reported_at_once_with_other_problems() {
+        let mut first = op("first", "echo", json!({"text": "${memory.a}"}));
+        first.wait_for = vec!["b".into()];
+        let bad_kind = op("second", "no-such-kind", json!({}));
+        let problems = problems_of(&batch(vec![first, bad_kind]));
+        let fields: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|problem| (problem.op_id.as_str(), problem.field.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                ("first", "args.text"),
+                ("first", "wait_for"),
+                ("second", "kind")
+            ],
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn allow_unwritten_keeps_an_unwritten_wait_a_warning_with_its_suggestion() {
+        let mut writer = op("writer", "echo", json!({"text": "x"}));
+        writer.store_as = "config".into();
+        let mut waiter = op("waiter", "echo", json!({"text": "${memory.confg}"}));
+        waiter.wait_for_any = vec!["approval/yes".into(), "approval/no".into()];
+        let mut allowed = batch(vec![writer, waiter]);
+        allowed.allow_unwritten = true;
+        let plan = plan_of(&allowed).unwrap();
+        assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
+        assert!(
+            plan.warnings[0].contains("`confg`")
+                && plan.warnings[0].contains("did you mean `config`?"),
+            "{:?}",
+            plan.warnings
+        );
+        assert!(
+            plan.warnings[1].contains("any of memory keys `approval/yes`, `approval/no`"),
+            "{:?}",
+            plan.warnings
+        );
+        allowed.allow_unwritten = false;
+        let problems = problems_of(&allowed);
+        let fields: Vec<&str> = problems
+            .iter()
+            .map(|problem| problem.field.as_str())
+            .collect();
+        assert_eq!(fields, vec!["args.text", "wait_for_any"], "{problems:#?}");
+    }
+
+    #[test]
+    fn keys_already_present_count_as_written_and_accepted_ops_are_not_judged() {
+        let mut old = op("old", "echo", json!({"text": "x"}));
+        old.wait_for = vec!["from/client".into()];
+        let mut new = op("new", "echo", json!({"text": "${memory.exists}"}));
+        new.wait_for = vec!["missing".into()];
+        let grown = batch(vec![old, new]);
+        let check = LivenessCheck {
+            checked_from: 1,
+            present_keys: ["exists".to_owned()].into(),
+        };
+        let problems = plan_with(&grown, &known, &Limits::default(), &check).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert_eq!(
+            (problems[0].op_id.as_str(), problems[0].field.as_str()),
+            ("new", "wait_for")
+        );
+        assert!(
+            plan_with(
+                &grown,
+                &known,
+                &Limits::default(),
+                &LivenessCheck::accepted()
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn two_ops_waiting_for_each_other_through_keys_are_a_cycle() {
+        let mut first = op("a", "echo", json!({"text": "x"}));
+        first.store_as = "k1".into();
+        first.wait_for = vec!["k2".into()];
+        let mut second = op("b", "echo", json!({"text": "${memory.k1}"}));
+        second.store_as = "k2".into();
+        let problem = only_problem(&batch(vec![first, second]), "a", "wait_for");
+        assert_eq!(
+            problem.message,
+            "ops wait for each other through memory keys, so none of them would ever run: `a` waits for `k2` (written by `b`), `b` waits for `k1` (written by `a`)"
+        );
+    }
+
+    #[test]
+    fn an_op_waiting_for_a_key_only_it_writes_is_refused() {
+        let mut counter = op("counter", "echo", json!({"text": "${memory.count}"}));
+        counter.store_as = "count".into();
+        let problem = only_problem(&batch(vec![counter.clone()]), "counter", "args.text");
+        assert!(
+            problem.message.contains("only this op writes"),
+            "{problem:?}"
+        );
+        // Another writer can start it.
+        let mut seed = noop("seed");
+        seed.store_as = "count".into();
+        let mut ordered = batch(vec![seed, after(counter, &["seed"])]);
+        ordered.hazards = Hazards::Order as i32;
+        assert!(plan_of(&ordered).is_ok());
+    }
+
+    #[test]
+    fn a_cycle_through_after_is_named_with_its_keys_and_edges() {
+        // `a` waits for `k`, written by `c`, which runs after `b`, which
+        // runs after `a`.
+        let mut first = op("a", "echo", json!({"text": "x"}));
+        first.wait_for = vec!["k".into()];
+        let second = after(noop("b"), &["a"]);
+        let mut third = after(noop("c"), &["b"]);
+        third.store_as = "k".into();
+        let unrelated = noop("d");
+        let problem = only_problem(
+            &batch(vec![first, second, third, unrelated]),
+            "a",
+            "wait_for",
+        );
+        assert_eq!(
+            problem.message,
+            "ops wait for each other through memory keys and `after`, so none of them would ever run: `a` waits for `k` (written by `c`), `c` runs after `b`, `b` runs after `a`"
+        );
+    }
+
+    #[test]
+    fn a_key_with_a_writer_outside_the_loop_is_no_cycle() {
+        // `a` and `b` would be a cycle through `k2`, but `seed` writes `k2`
+        // too and waits for nothing: it unblocks `a`, which unblocks `b`.
+        let mut first = op("a", "echo", json!({"text": "x"}));
+        first.store_as = "k1".into();
+        first.wait_for = vec!["k2".into()];
+        let mut second = op("b", "echo", json!({"text": "x"}));
+        second.store_as = "k2".into();
+        second.wait_for = vec!["k1".into()];
+        let mut seed = op("seed", "memory.put", json!({"key": "k2", "value": "v"}));
+        seed.after = vec![];
+        let mut ordered = batch(vec![first.clone(), second.clone(), seed]);
+        ordered.hazards = Hazards::Allow as i32;
+        assert!(plan_of(&ordered).is_ok(), "{:?}", plan_of(&ordered).err());
+
+        // With every writer of `k2` inside the loop, it is one.
+        let mut third = op("c", "echo", json!({"text": "x"}));
+        third.store_as = "k2".into();
+        third.wait_for = vec!["k1".into()];
+        let mut stuck = batch(vec![first, second, third]);
+        stuck.hazards = Hazards::Allow as i32;
+        let problems = problems_of(&stuck);
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0]
+                .message
+                .contains("written by `b`, `c`, each waiting too")
+                || problems[0]
+                    .message
+                    .contains("written by `c`, `b`, each waiting too"),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn wait_for_any_blocks_in_a_cycle_only_when_every_key_of_it_does() {
+        // `a` waits for any of `k2` (written by `b`, which waits for `a`)
+        // and `free` (written by `w`, which waits for nothing).
+        let mut first = op("a", "echo", json!({"text": "x"}));
+        first.store_as = "k1".into();
+        first.wait_for_any = vec!["k2".into(), "free".into()];
+        let mut second = op("b", "echo", json!({"text": "x"}));
+        second.store_as = "k2".into();
+        second.wait_for = vec!["k1".into()];
+        let mut free_writer = noop("w");
+        free_writer.store_as = "free".into();
+        assert!(plan_of(&batch(vec![first.clone(), second.clone(), free_writer])).is_ok());
+
+        let mut blocked_writer = noop("w");
+        blocked_writer.store_as = "free".into();
+        blocked_writer.wait_for = vec!["k1".into()];
+        let problems = problems_of(&batch(vec![first, second, blocked_writer]));
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert_eq!(
+            (problems[0].op_id.as_str(), problems[0].field.as_str()),
+            ("a", "wait_for_any")
+        );
+        assert!(
+            problems[0]
+                .message
+                .contains("`a` waits for any of `k2`, `free`, and `"),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn every_cycle_is_reported_at_once_up_to_a_bound() {
+        let mut ops = Vec::new();
+        for pair in 0..(MAX_CYCLES + 5) {
+            let mut first = noop(&format!("a{pair}"));
+            first.store_as = format!("x{pair}");
+            first.wait_for = vec![format!("y{pair}")];
+            let mut second = noop(&format!("b{pair}"));
+            second.store_as = format!("y{pair}");
+            second.wait_for = vec![format!("x{pair}")];
+            ops.extend([first, second]);
+        }
+        let problems = problems_of(&batch(ops));
+        assert_eq!(problems.len(), MAX_CYCLES + 1, "{problems:#?}");
+        assert_eq!(problems[0].field, "ops");
+        assert!(
+            problems[0].message.contains("5 more cycles"),
+            "{problems:?}"
+        );
+        assert_eq!(problems[1].op_id, "a0");
+    }
+
+    #[test]
+    fn many_waiters_of_a_key_with_many_stuck_writers_cost_their_sum_not_product() {
+        // 20,000 writers of `k`, all waiting for `j`, whose one writer
+        // waits for `k`; 20,000 more ops wait for `k`. A waiter × writer
+        // edge each would be 8 × 10^8 edges.
+        let count = 20_000;
+        let mut ops: Vec<Op> = Vec::with_capacity(2 * count + 1);
+        for index in 0..count {
+            let mut writer = noop(&format!("w{index}"));
+            writer.store_as = "k".into();
+            writer.wait_for = vec!["j".into()];
+            ops.push(writer);
+            let mut waiter = noop(&format!("r{index}"));
+            waiter.wait_for = vec!["k".into()];
+            ops.push(waiter);
+        }
+        let mut hinge = noop("hinge");
+        hinge.store_as = "j".into();
+        hinge.wait_for = vec!["k".into()];
+        ops.push(hinge);
+        let mut racy = batch(ops);
+        racy.hazards = Hazards::Allow as i32;
+        let problems = problems_of(&racy);
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0]
+                .message
+                .contains("`w0`, `w1`, `w2`, 19997 more, each waiting too"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn long_misspelt_keys_stay_cheap_to_suggest_for() {
+        // 3,000 writers and 3,000 waiters of 500-byte keys that differ only
+        // at the end: every comparison would fill a 500 × 500 table.
+        let stem = "k".repeat(494);
+        let mut ops: Vec<Op> = Vec::new();
+        for index in 0..3_000 {
+            let mut writer = noop(&format!("w{index}"));
+            writer.store_as = format!("{stem}{index:06}");
+            ops.push(writer);
+            let mut waiter = noop(&format!("r{index}"));
+            waiter.wait_for = vec![format!("{stem}x{index:05}")];
+            ops.push(waiter);
+        }
+        let problems = problems_of(&batch(ops));
+        assert_eq!(problems.len(), 3_000);
+        assert!(
+            problems[0].message.contains("did you mean"),
+            "the first ones still get a suggestion: {}",
+            problems[0].message
+        );
+    }
+
+    #[test]
+    fn a_shared_namespace_keeps_unwritten_waits_and_key_loops_unjudged() {
+        let mut first = op("a", "echo", json!({"text": "x"}));
+        first.store_as = "k1".into();
+        first.wait_for = vec!["k2".into(), "from/elsewhere".into()];
+        let mut second = op("b", "echo", json!({"text": "x"}));
+        second.store_as = "k2".into();
+        second.wait_for = vec!["k1".into()];
+        let mut shared = batch(vec![first, second]);
+        shared.namespace = "team".into();
+        let plan = plan_of(&shared).unwrap();
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
     }
 
     #[test]
@@ -1050,7 +1377,9 @@ mod tests {
     fn wait_for_any_keys_are_checked_deduplicated_and_warned_only_when_none_is_written() {
         let mut bad = op("a", "echo", json!({"text": "x"}));
         bad.wait_for_any = vec!["ok".into(), "not ok".into()];
-        only_problem(&batch(vec![bad]), "a", "wait_for_any");
+        let mut ok_writer = noop("w");
+        ok_writer.store_as = "ok".into();
+        only_problem(&batch(vec![bad, ok_writer]), "a", "wait_for_any");
 
         let mut writer = op("w", "echo", json!({"text": "x"}));
         writer.store_as = "k1".into();
@@ -1633,6 +1962,8 @@ mod tests {
         let mut fail_fast = batch(vec![lint, report, empty_args]);
         fail_fast.on_failure = OnFailure::FailFast as i32;
         fail_fast.max_parallel = 4;
+        // `other` comes from a client.
+        fail_fast.allow_unwritten = true;
 
         let plan = plan_of(&fail_fast).unwrap();
         assert!(plan.fail_fast);

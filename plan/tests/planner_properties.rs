@@ -1,6 +1,8 @@
 //! The planner over generated batches: it never panics; a batch whose
 //! `after` edges only point backwards (a DAG) always plans, with every
-//! edge kept; adding one edge that closes a loop is always a cycle.
+//! edge kept; adding one edge that closes a loop is always a cycle. The
+//! same for memory waits: ops that wait only for keys earlier ops write
+//! always plan, and a wait that closes a loop of waits is refused.
 
 use proptest::prelude::*;
 use volley_plan::{Limits, plan};
@@ -73,5 +75,37 @@ proptest! {
         ops[0].after.push(format!("op{last}"));
         let problems = plan(&batch(ops), &|_| true, &Limits::default()).expect_err("a cycle");
         prop_assert!(problems.iter().any(|problem| problem.message.contains("cycle")), "{:?}", problems);
+    }
+
+    #[test]
+    fn waits_on_earlier_writers_plan_and_closing_a_wait_loop_is_refused(edges in dag()) {
+        // Op i writes `k{i}` and waits for the keys of the ops `edges[i]` names.
+        let ops: Vec<v1::Op> = edges.iter().enumerate().map(|(index, waits)| v1::Op {
+            store_as: format!("k{index}"),
+            wait_for: waits.iter().map(|dep| format!("k{dep}")).collect(),
+            ..op(index, &[])
+        }).collect();
+        let planned = plan(&batch(ops.clone()), &|_| true, &Limits::default()).expect("waits on earlier writers plan");
+        prop_assert!(planned.warnings.is_empty(), "{:?}", planned.warnings);
+
+        // Op 0 also waits for the last op's key: a loop exactly when the
+        // last op (transitively) waits for op 0.
+        let last = edges.len() - 1;
+        let mut reaches_first = vec![false; edges.len()];
+        reaches_first[0] = true;
+        for (index, waits) in edges.iter().enumerate().skip(1) {
+            reaches_first[index] = waits.iter().any(|&dep| reaches_first[dep]);
+        }
+        let mut looped = ops;
+        looped[0].wait_for.push(format!("k{last}"));
+        match plan(&batch(looped), &|_| true, &Limits::default()) {
+            Ok(_) => prop_assert!(!reaches_first[last], "a loop through op0 and op{} was accepted", last),
+            Err(problems) => {
+                prop_assert!(reaches_first[last], "{:?}", problems);
+                prop_assert_eq!(problems.len(), 1, "{:?}", problems);
+                prop_assert!(problems[0].message.contains("wait for each other") || problems[0].message.contains("only this op writes"), "{:?}", problems);
+                prop_assert_eq!(problems[0].op_id.as_str(), "op0");
+            }
+        }
     }
 }

@@ -25,6 +25,10 @@ pub struct BatchOverrides {
     /// Treat warnings (e.g. waiting for a key nothing writes) as errors.
     #[arg(long, env = "VOLLEY_STRICT", default_value_t = false)]
     pub strict: bool,
+    /// Accept a wait for a memory key that no op of the batch writes (a
+    /// warning, not an error): a client will write it (`volley memory put`).
+    #[arg(long, env = "VOLLEY_ALLOW_UNWRITTEN", default_value_t = false)]
+    pub allow_unwritten: bool,
 }
 
 impl BatchOverrides {
@@ -34,6 +38,9 @@ impl BatchOverrides {
         }
         if self.strict {
             batch.strict = true;
+        }
+        if self.allow_unwritten {
+            batch.allow_unwritten = true;
         }
     }
 }

@@ -23,6 +23,7 @@ labels: {team: x}
 deadline: 1h
 retry_failed: sequential
 strict: true
+allow_unwritten: true
 ops:
   - id: lint
     kind: shell
@@ -67,7 +68,7 @@ def test_a_full_yaml_file(tmp_path: Path) -> None:
     assert batch.on_failure == pb.ON_FAILURE_FAIL_FAST
     assert batch.hazards == pb.HAZARDS_ORDER
     assert batch.retry_failed == pb.RETRY_FAILED_SEQUENTIAL
-    assert (batch.deadline_ms, batch.strict) == (3_600_000, True)
+    assert (batch.deadline_ms, batch.strict, batch.allow_unwritten) == (3_600_000, True, True)
     assert dict(batch.labels) == {"team": "x"}
     lint, report, idle = batch.ops
     assert (lint.kind, lint.timeout_ms, lint.attempts) == ("shell", 600_000, 3)
@@ -153,6 +154,7 @@ def test_json_and_a_dict_give_the_same_batch() -> None:
         ({"ops": ["a"]}, "", "op", "op #1"),
         ({"on_failure": "stop"}, "", "on_failure", "`fail_fast`"),
         ({"strict": "yes"}, "", "strict", "true or false"),
+        ({"allow_unwritten": 1}, "", "allow_unwritten", "true or false"),
         ({"labels": {"a": [1]}}, "", "labels", "`a`"),
     ],
 )

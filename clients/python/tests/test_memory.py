@@ -107,6 +107,9 @@ def test_batch_scope(client: Client) -> None:
     with pytest.warns(VolleyWarning, match="no op of this batch writes"):
         batch_id = client.submit(
             {
+                # The test writes `gate` as a client: without this the
+                # coordinator refuses a wait nothing in the batch can end.
+                "allow_unwritten": True,
                 "ops": [
                     {
                         "id": "gate",

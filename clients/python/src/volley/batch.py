@@ -65,6 +65,7 @@ _BATCH_FIELDS = (
     "labels",
     "wait_timeout",
     "strict",
+    "allow_unwritten",
     "deadline",
     "retry_failed",
     "ops",
@@ -124,6 +125,7 @@ def batch_from_dict(batch: BatchDict, source: str = "") -> pb.Batch:
         labels=_string_map(batch, "labels", where),
         wait_timeout_ms=_duration(batch, "wait_timeout", where),
         strict=_boolean(batch, "strict", where, False),
+        allow_unwritten=_boolean(batch, "allow_unwritten", where, False),
         deadline_ms=_duration(batch, "deadline", where),
         retry_failed=_choice(batch, "retry_failed", _RETRY_FAILED, where),
     )

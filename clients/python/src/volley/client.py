@@ -69,7 +69,8 @@ T = TypeVar("T")
 
 class VolleyWarning(UserWarning):
     """A warning the coordinator returned with a submission (a wait for a
-    key nothing writes, …). ``strict: true`` in the batch makes them errors."""
+    key nothing writes, accepted with ``allow_unwritten: true``, …).
+    ``strict: true`` in the batch makes them errors."""
 
 
 @dataclass(frozen=True)
