@@ -480,23 +480,24 @@ const COLUMNS: [&str; 7] = [
     "op",
     "kind",
     "state",
-    "attempts",
+    "tries",
     "worker",
-    "duration",
+    "time",
     "output / error",
 ];
+const WORKER_COLUMN: usize = 4;
 const OUTPUT_COLUMN: usize = 6;
 /// The columns that give up room to the output column when the terminal
 /// is narrow, and the fewest characters each keeps.
-const SHRINKABLE: [(usize, usize); 3] = [(0, 10), (1, 5), (4, 6)];
+const SHRINKABLE: [(usize, usize); 3] = [(0, 12), (1, 5), (4, 6)];
 /// The widest a cell is without a terminal to fit (a file, a pipe):
 /// still one line.
 const MAX_CELL_CHARS: usize = 80;
-/// What a table of `n` columns with [`UTF8_BORDERS_ONLY`] spends on
-/// borders and padding: the two outer borders and one space each side of
-/// every cell.
+/// What a table of `columns` columns with [`UTF8_BORDERS_ONLY`] spends on
+/// borders and padding: the two outer borders, one space each side of
+/// every cell, and the (blank) line between two columns.
 fn table_overhead(columns: usize) -> usize {
-    2 + 2 * columns
+    2 + 2 * columns + columns.saturating_sub(1)
 }
 
 /// How wide the report may be: `COLUMNS` when set (as a shell sets it for
@@ -513,42 +514,50 @@ fn report_width() -> Option<usize> {
     Table::new().width().map(usize::from)
 }
 
-/// Each column's width: what its cells need when that fits in `width`;
-/// else the op, kind and worker columns give up room (widest first, down
-/// to a floor) until the output column has a fair share, and the output
-/// column takes what is left.
-fn fit_widths(natural: [usize; 7], width: Option<usize>) -> [usize; 7] {
+/// Each column's width (`None`: not shown): what its cells need when that
+/// fits in `width`; else the worker column goes (the least a reader needs
+/// at a glance), then the op, kind and worker columns give up room (widest
+/// first, down to a floor) until the output column has a fair share, and
+/// the output column takes what is left.
+fn fit_widths(natural: [usize; 7], width: Option<usize>) -> [Option<usize>; 7] {
     let Some(width) = width else {
-        return natural;
+        return natural.map(Some);
     };
-    let available = width.saturating_sub(table_overhead(natural.len()));
-    let total: usize = natural.iter().sum();
-    if total <= available {
-        return natural;
+    if natural.iter().sum::<usize>() + table_overhead(natural.len()) <= width {
+        return natural.map(Some);
     }
-    let mut widths = natural;
-    let others = |widths: &[usize; 7]| -> usize {
+    let mut widths = natural.map(Some);
+    widths[WORKER_COLUMN] = None;
+    let shown = widths.iter().flatten().count();
+    let available = width.saturating_sub(table_overhead(shown));
+    let others = |widths: &[Option<usize>; 7]| -> usize {
         widths
             .iter()
             .enumerate()
             .filter(|(column, _)| *column != OUTPUT_COLUMN)
-            .map(|(_, width)| width)
+            .filter_map(|(_, width)| *width)
             .sum()
     };
     let output_wish = natural[OUTPUT_COLUMN].min((available * 2 / 5).max(12));
     while others(&widths) + output_wish > available {
         let widest = SHRINKABLE
             .iter()
-            .filter(|(column, floor)| widths[*column] > *floor)
-            .max_by_key(|(column, floor)| widths[*column] - floor);
+            .filter_map(|(column, floor)| {
+                widths[*column]
+                    .filter(|width| width > floor)
+                    .map(|width| (*column, width - floor))
+            })
+            .max_by_key(|(_, room)| *room);
         match widest {
-            Some((column, _)) => widths[*column] -= 1,
+            Some((column, _)) => widths[column] = widths[column].map(|width| width - 1),
             None => break,
         }
     }
-    widths[OUTPUT_COLUMN] = natural[OUTPUT_COLUMN]
-        .min(available.saturating_sub(others(&widths)))
-        .max(3);
+    widths[OUTPUT_COLUMN] = Some(
+        natural[OUTPUT_COLUMN]
+            .min(available.saturating_sub(others(&widths)))
+            .max(3),
+    );
     widths
 }
 
@@ -632,15 +641,16 @@ fn report_text_within(status: &v1::BatchStatus, rows: &TableRows, width: Option<
             COLUMNS
                 .iter()
                 .zip(widths)
-                .map(|(header, width)| one_line(header, width)),
+                .filter_map(|(header, width)| width.map(|width| one_line(header, width))),
         );
     for row in cells {
         let mut fitted = Vec::with_capacity(row.len());
-        for (column, cell) in row.into_iter().enumerate() {
-            if cell.chars().count() > widths[column] || cell.ends_with('…') {
+        for (cell, width) in row.into_iter().zip(widths) {
+            let Some(width) = width else { continue };
+            if cell.chars().count() > width || cell.ends_with('…') {
                 more_to_see = true;
             }
-            fitted.push(one_line(&cell, widths[column]));
+            fitted.push(one_line(&cell, width));
         }
         table.add_row(fitted);
     }
@@ -963,10 +973,13 @@ mod tests {
         }
         let text = report_text_within(&status(ops), &rows, Some(80));
         for line in text.lines() {
-            assert!(line.chars().count() <= 80, "{line:?}\n{text}");
             assert!(!line.contains('\u{1b}'), "{line:?}");
         }
-        assert!(text.contains("│ build-the-whole-workspace "), "{text}");
+        // The table fits; the summary lines are what they are.
+        for line in text.lines().filter(|line| line.starts_with(['┌', '│', '╞', '└'])) {
+            assert!(line.chars().count() <= 80, "{line:?}\n{text}");
+        }
+        assert!(text.contains("│ build-the-whol…   echo "), "{text}");
         assert!(text.contains("one op's whole output and stderr: volley logs 0193-b OP\n"), "{text}");
         let closing: Vec<&str> = text
             .lines()
@@ -1006,12 +1019,17 @@ mod tests {
 
     #[test]
     fn widths_fit_or_give_the_output_column_the_room() {
-        let natural = [25, 5, 9, 8, 6, 8, 80];
-        assert_eq!(fit_widths(natural, None), natural);
-        assert_eq!(fit_widths(natural, Some(200)), natural);
+        let natural = [25, 5, 9, 5, 8, 6, 80];
+        assert_eq!(fit_widths(natural, None), natural.map(Some));
+        assert_eq!(fit_widths(natural, Some(200)), natural.map(Some));
         let fitted = fit_widths(natural, Some(80));
-        assert!(fitted.iter().sum::<usize>() + table_overhead(7) <= 80, "{fitted:?}");
-        assert!(fitted[OUTPUT_COLUMN] >= 20, "{fitted:?}");
+        assert_eq!(fitted[WORKER_COLUMN], None, "{fitted:?}");
+        let shown = fitted.iter().flatten().count();
+        assert!(
+            fitted.iter().flatten().sum::<usize>() + table_overhead(shown) <= 80,
+            "{fitted:?}"
+        );
+        assert!(fitted[OUTPUT_COLUMN] >= Some(24), "{fitted:?}");
         assert_eq!(one_line("abcdef", 4), "abc…");
         assert_eq!(one_line("abcd", 4), "abcd");
         assert_eq!(one_line("a\tb\rc", 10), "a bc");

@@ -748,7 +748,7 @@ mod tests {
             list_text(&batches),
             "BATCH                                 STATE       DONE/TOTAL  STARTED (UTC)            WALL  NAME\n\
              0193a2b4-5c6d-7e8f-9a0b-1c2d3e4f5a6b  succeeded          3/3  2025-12-02 04:07:25     1.25s  nightly\n\
-             0193a2b4-5c6d-7e8f-9a0b-1c2d3e4f5a6c  running           17/200  2025-12-02 04:07:25         —  \n"
+             0193a2b4-5c6d-7e8f-9a0b-1c2d3e4f5a6c  running         17/200  2025-12-02 04:07:25         —  \n"
         );
     }
 }
