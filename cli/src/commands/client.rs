@@ -655,12 +655,22 @@ pub async fn logs(args: LogsArgs) -> Exit {
         .get("stderr")
         .and_then(serde_json::Value::as_str)
         .unwrap_or("");
+    // A failed program's stdout is in its details (a failed op has no
+    // output).
+    let stdout_text = if op.output.is_empty() {
+        details
+            .get("stdout")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+    } else {
+        op.output.as_str()
+    };
     use std::io::Write;
     if args.stream != LogStream::Stderr {
         let mut stdout = std::io::stdout().lock();
         // A closed stdout (`| head`) is not worth a panic.
         let _ = stdout
-            .write_all(op.output.as_bytes())
+            .write_all(stdout_text.as_bytes())
             .and_then(|()| stdout.flush());
     }
     if args.stream != LogStream::Stdout {
