@@ -960,7 +960,12 @@ mod tests {
     #[test]
     fn a_report_fits_eighty_columns_and_names_its_failed_ops() {
         let mut rows = TableRows::default();
-        let mut ops = vec![op("build-the-whole-workspace", OpState::Succeeded, r#"{"stderr":"warn\n"}"#, &[])];
+        let mut ops = vec![op(
+            "build-the-whole-workspace",
+            OpState::Succeeded,
+            r#"{"stderr":"warn\n"}"#,
+            &[],
+        )];
         ops[0].output = "x".repeat(300);
         for index in 0..12 {
             ops.push(failing_op(
@@ -976,19 +981,34 @@ mod tests {
             assert!(!line.contains('\u{1b}'), "{line:?}");
         }
         // The table fits; the summary lines are what they are.
-        for line in text.lines().filter(|line| line.starts_with(['┌', '│', '╞', '└'])) {
+        for line in text
+            .lines()
+            .filter(|line| line.starts_with(['┌', '│', '╞', '└']))
+        {
             assert!(line.chars().count() <= 80, "{line:?}\n{text}");
         }
         assert!(text.contains("│ build-the-whol…   echo "), "{text}");
-        assert!(text.contains("one op's whole output and stderr: volley logs 0193-b OP\n"), "{text}");
+        assert!(
+            text.contains("one op's whole output and stderr: volley logs 0193-b OP\n"),
+            "{text}"
+        );
         let closing: Vec<&str> = text
             .lines()
             .skip_while(|line| !line.starts_with("failed ops"))
             .collect();
         assert_eq!(closing[0], "failed ops (12):");
-        assert_eq!(closing[1], "  test-0  sh exited with code 1: suite 0 tab[31mred");
-        assert_eq!(closing[10], "  test-9  sh exited with code 1: suite 9 tab[31mred");
-        assert_eq!(closing[11], "  … and 2 more failed (all of them with --output json)");
+        assert_eq!(
+            closing[1],
+            "  test-0  sh exited with code 1: suite 0 tab[31mred"
+        );
+        assert_eq!(
+            closing[10],
+            "  test-9  sh exited with code 1: suite 9 tab[31mred"
+        );
+        assert_eq!(
+            closing[11],
+            "  … and 2 more failed (all of them with --output json)"
+        );
         assert_eq!(closing[12], "  see one in full: volley logs 0193-b test-0");
     }
 
@@ -1012,8 +1032,14 @@ mod tests {
         let text = report_text_within(&batch, &rows, None);
         assert!(text.contains("\ncancelled by token t1\n"), "{text}");
         assert!(!text.contains("cancelled: "), "{text}");
-        assert!(text.ends_with("wall 0ms · sequential 0ms · speedup —\n"), "{text}");
-        let row = text.lines().find(|line| line.starts_with("│ hold")).expect("row");
+        assert!(
+            text.ends_with("wall 0ms · sequential 0ms · speedup —\n"),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|line| line.starts_with("│ hold"))
+            .expect("row");
         assert!(row.contains(" — ") && !row.contains("0ms"), "{row}");
     }
 

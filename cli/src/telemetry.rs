@@ -92,7 +92,7 @@ pub fn init(default_filter: &str) {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(EnvFilter::new(filter))
                 .with_writer(std::io::stderr)
-            .with_ansi(colour_on_stderr())
+                .with_ansi(colour_on_stderr())
                 .with_target(false)
                 .try_init();
             tracing::warn!(%error, "OpenTelemetry export is off: cannot build the OTLP exporter");
@@ -102,7 +102,7 @@ pub fn init(default_filter: &str) {
     let level = trace_level();
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-            .with_ansi(colour_on_stderr())
+        .with_ansi(colour_on_stderr())
         .with_target(false)
         .with_filter(EnvFilter::new(filter));
     let spans = tracing_opentelemetry::layer()

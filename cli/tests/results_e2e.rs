@@ -121,12 +121,12 @@ async fn a_failed_batch_names_its_failed_ops_and_logs_prints_one_in_full() {
     // 80 columns: every line fits, one line a row, and the cut output
     // points to `volley logs`.
     for line in table_lines(&report) {
-        assert!(line.chars().count() <= 80, "wider than 80: {line:?}\n{report}");
+        assert!(
+            line.chars().count() <= 80,
+            "wider than 80: {line:?}\n{report}"
+        );
     }
-    let rows = report
-        .lines()
-        .filter(|line| line.starts_with("│ "))
-        .count();
+    let rows = report.lines().filter(|line| line.starts_with("│ ")).count();
     assert_eq!(rows, 1 + 4, "a header and one line an op:\n{report}");
     assert!(
         report.contains(&format!(
@@ -166,7 +166,11 @@ async fn a_failed_batch_names_its_failed_ops_and_logs_prints_one_in_full() {
         stderr(&failed),
         "oops: no such suite\nvolley logs: op `bad1` failed after 1 attempt(s): shell exited with code 3: oops: no such suite\n"
     );
-    let echoed = admin(&cluster, &["logs", &batch, "long-output-in-a-narrow-terminal"]).await;
+    let echoed = admin(
+        &cluster,
+        &["logs", &batch, "long-output-in-a-narrow-terminal"],
+    )
+    .await;
     assert!(
         stdout(&echoed).contains("into seven lines a row and more"),
         "the whole output: {}",
@@ -183,7 +187,12 @@ async fn a_failed_batch_names_its_failed_ops_and_logs_prints_one_in_full() {
     // Odd characters and a huge id: refused, nothing printed on stdout.
     for odd in ["a b/../$(x)\n", "ok\u{7}", "", &"x".repeat(5000)] {
         let output = admin(&cluster, &["logs", &batch, odd]).await;
-        assert_eq!(output.status.code(), Some(2), "{odd:?}: {}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{odd:?}: {}",
+            stderr(&output)
+        );
         assert_eq!(stdout(&output), "", "{odd:?}");
     }
     let huge = admin(&cluster, &["logs", &batch, &"x".repeat(5000)]).await;
@@ -299,7 +308,10 @@ async fn batch_ids_take_a_unique_prefix_and_list_has_a_header_and_times() {
         .lines()
         .find(|line| line.starts_with("│ hold "))
         .expect("the op's row");
-    assert!(row.contains(" — "), "no 0ms for an op that never ran: {row}");
+    assert!(
+        row.contains(" — "),
+        "no 0ms for an op that never ran: {row}"
+    );
     assert!(!row.contains("0ms"), "{row}");
 
     // The list: a header, then each batch with its start time and, once
@@ -310,7 +322,9 @@ async fn batch_ids_take_a_unique_prefix_and_list_has_a_header_and_times() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert!(
-        lines[0].starts_with("BATCH") && lines[0].contains("STARTED (UTC)") && lines[0].contains("WALL"),
+        lines[0].starts_with("BATCH")
+            && lines[0].contains("STARTED (UTC)")
+            && lines[0].contains("WALL"),
         "{text}"
     );
     let first_row = lines
@@ -324,7 +338,10 @@ async fn batch_ids_take_a_unique_prefix_and_list_has_a_header_and_times() {
         .iter()
         .find(|line| line.starts_with(&second))
         .expect("the second batch listed");
-    assert!(second_row.contains("running") && second_row.contains("0/1"), "{second_row}");
+    assert!(
+        second_row.contains("running") && second_row.contains("0/1"),
+        "{second_row}"
+    );
     let _ = admin(&cluster, &["cancel", &second]).await;
 }
 
@@ -403,10 +420,17 @@ async fn a_failed_run_names_its_failed_ops_and_points_to_json() {
         "{report}"
     );
     for line in table_lines(&report) {
-        assert!(line.chars().count() <= 60, "wider than 60: {line:?}\n{report}");
+        assert!(
+            line.chars().count() <= 60,
+            "wider than 60: {line:?}\n{report}"
+        );
     }
     assert!(
-        report.lines().last().unwrap_or_default().contains("speedup"),
+        report
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .contains("speedup"),
         "{report}"
     );
 }

@@ -368,7 +368,6 @@ impl Client {
     }
 }
 
-
 /// How a watch rides out a coordinator going away (see
 /// [`Client::watch_with`]).
 #[derive(Clone, Debug)]

@@ -641,7 +641,10 @@ pub async fn logs(args: LogsArgs) -> Exit {
     let op = match client.op_status(&batch_id, &args.op_id).await {
         Ok(Some(op)) => op,
         Ok(None) => {
-            eprintln!("error: not found: batch {batch_id} has no op `{}`", args.op_id);
+            eprintln!(
+                "error: not found: batch {batch_id} has no op `{}`",
+                args.op_id
+            );
             return Exit::Invalid;
         }
         Err(error) => return exit::client_error(&error),
@@ -680,7 +683,11 @@ pub async fn logs(args: LogsArgs) -> Exit {
             .and_then(|()| stderr.flush());
     }
     let mut notes = Vec::new();
-    if details.get("stderr_truncated").and_then(serde_json::Value::as_bool) == Some(true) {
+    if details
+        .get("stderr_truncated")
+        .and_then(serde_json::Value::as_bool)
+        == Some(true)
+    {
         notes.push(format!(
             "the op's stderr was longer than the worker keeps: this is its end ({} bytes)",
             stderr_text.len()
@@ -700,7 +707,11 @@ pub async fn logs(args: LogsArgs) -> Exit {
                 format!(" after {} attempt(s)", op.attempts)
             };
             if op.error.is_empty() {
-                notes.push(format!("op `{}` {}{attempts}", op.id, render::op_state_word(state)));
+                notes.push(format!(
+                    "op `{}` {}{attempts}",
+                    op.id,
+                    render::op_state_word(state)
+                ));
             } else {
                 notes.push(format!(
                     "op `{}` {}{attempts}: {}",
