@@ -434,3 +434,57 @@ async fn a_failed_run_names_its_failed_ops_and_points_to_json() {
         "{report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ops_token_reads_the_logs_of_its_own_batch_only() {
+    let cluster = Cluster::start(1).await;
+    let other = batch_file(
+        cluster.root(),
+        "other.yaml",
+        "name: other\nops:\n  - {id: ok, kind: echo, args: {text: the-other-batchs-secret}}\n",
+    );
+    let watched = admin(
+        &cluster,
+        &["submit", other.to_str().expect("utf-8"), "--watch"],
+    )
+    .await;
+    assert_eq!(watched.status.code(), Some(0), "{}", stderr(&watched));
+    let other_batch = stdout(&watched)
+        .lines()
+        .find_map(|line| line.strip_prefix("batch other ("))
+        .and_then(|rest| rest.split(')').next())
+        .expect("the summary line names the batch")
+        .to_owned();
+    let agent = batch_file(
+        cluster.root(),
+        "agent.yaml",
+        &format!(
+            "name: agentic\nops:\n  - {{id: first, kind: echo, args: {{text: mine}}}}\n  - id: think\n    kind: agent\n    after: [first]\n    args: {{cmd: 'volley logs {other_batch} ok; echo \"other exit $?\"; volley logs {} ok; echo \"prefix exit $?\"; volley logs \"$VOLLEY_BATCH\" first; echo \" own exit $?\"'}}\n",
+            &other_batch[..8]
+        ),
+    );
+    let output = admin(
+        &cluster,
+        &[
+            "submit",
+            agent.to_str().expect("utf-8"),
+            "--watch",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json report");
+    let think = common::report_op(&report, "think");
+    let printed = think["output"].as_str().unwrap_or_default();
+    let errors = think["details"]["stderr"].as_str().unwrap_or_default();
+    assert!(printed.contains("other exit 2"), "{think}");
+    assert!(printed.contains("prefix exit 2"), "{think}");
+    assert!(printed.contains("mine own exit 0"), "{think}");
+    assert!(!printed.contains("the-other-batchs-secret"), "{think}");
+    assert!(
+        errors.contains(&format!("batch {other_batch} not found")),
+        "{think}"
+    );
+}
