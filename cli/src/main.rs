@@ -48,6 +48,8 @@ enum Command {
     Status(commands::client::StatusArgs),
     /// Why an op is not running: what it waits for, which workers could take it.
     Why(commands::client::WhyArgs),
+    /// One op's whole output (stdout) and stderr: `volley logs BATCH OP`.
+    Logs(commands::client::LogsArgs),
     /// Cancel a batch: pending ops at once, running ones are told to stop.
     Cancel(commands::client::CancelArgs),
     /// List recent batches.
@@ -99,6 +101,7 @@ fn main() -> std::process::ExitCode {
             Command::Status(args) => commands::client::status(args).await,
             Command::Cancel(args) => commands::client::cancel(args).await,
             Command::Why(args) => commands::client::why(args).await,
+            Command::Logs(args) => commands::client::logs(args).await,
             Command::List(args) => commands::client::list(args).await,
             Command::Workers(args) => commands::client::workers(args).await,
             Command::Memory(args) => commands::memory::run(args).await,

@@ -18,6 +18,19 @@ use super::commands::OutputFormat;
 /// them are in `--output json`).
 const MAX_TABLE_ROWS: usize = 200;
 
+/// At most this many failed ops are named under a report's summary (with
+/// their first error line); the rest are counted.
+const MAX_FAILED_NAMED: usize = 10;
+
+/// Set by `volley run`: its batch is gone once the report is printed, so
+/// the report points to `--output json`, not to `volley logs`.
+static REPORT_OF_A_RUN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The reports this process prints are of `volley run`'s own batch.
+pub fn reports_are_of_a_run() {
+    REPORT_OF_A_RUN.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Follows a batch's events to its end, showing progress on stderr.
 /// Returns the last sequence number seen.
 pub async fn follow(
@@ -129,7 +142,10 @@ impl Tally {
 fn event_line(event: &v1::BatchEvent) -> String {
     let what = match event.kind() {
         EventKind::BatchSubmitted => "batch submitted".to_owned(),
-        EventKind::OpStarted => format!("started   {} (attempt {})", event.op_id, event.attempt),
+        // The coordinator has claimed the op to hand it to a worker; when
+        // no worker can take it a `blocked` line follows, so "started"
+        // would tell a story that did not happen.
+        EventKind::OpStarted => format!("starting  {} (attempt {})", event.op_id, event.attempt),
         EventKind::OpSucceeded => format!("succeeded {} on {}", event.op_id, event.worker),
         EventKind::OpFailed => format!(
             "failed    {} on {}: {}",
@@ -144,7 +160,11 @@ fn event_line(event: &v1::BatchEvent) -> String {
             format!("skipped   {}: {}", event.op_id, first_line(&event.message))
         }
         EventKind::OpCancelled => {
-            format!("cancelled {}: {}", event.op_id, first_line(&event.message))
+            format!(
+                "cancelled {}: {}",
+                event.op_id,
+                first_line(error_words(&event.message))
+            )
         }
         EventKind::BatchFinished => format!("batch {}", state_word(event.batch_state())),
         // "N ops added by token T (op `X`)": the store's words say who.
@@ -182,13 +202,41 @@ pub fn op_state_word(state: OpState) -> &'static str {
 }
 
 fn first_line(text: &str) -> String {
-    let line = text
-        .lines()
+    one_line(first_line_of(text), 80)
+}
+
+/// The first line of `text` that is not blank.
+fn first_line_of(text: &str) -> &str {
+    text.lines()
         .find(|line| !line.trim().is_empty())
-        .unwrap_or("");
-    let mut shown: String = line.chars().take(80).collect();
-    if line.chars().count() > 80 {
-        shown.push('…');
+        .unwrap_or("")
+}
+
+/// `line` as one printable line of at most `max` characters, `…` last
+/// when cut: tabs become spaces and other control characters (a stray
+/// `\r`, an escape sequence an op printed) are dropped, so a cell can
+/// neither wrap nor paint the terminal.
+fn one_line(line: &str, max: usize) -> String {
+    let mut printable = line
+        .chars()
+        .filter_map(|character| match character {
+            '\t' => Some(' '),
+            character if character.is_control() => None,
+            character => Some(character),
+        })
+        .peekable();
+    let mut shown = String::new();
+    let mut count = 0;
+    while let Some(character) = printable.next() {
+        if count + 1 == max && printable.peek().is_some() {
+            shown.push('…');
+            break;
+        }
+        if count == max {
+            break;
+        }
+        shown.push(character);
+        count += 1;
     }
     shown
 }
@@ -265,10 +313,21 @@ pub struct TableRows {
     not_succeeded: Vec<(usize, v1::OpStatus)>,
     succeeded: Vec<(usize, v1::OpStatus)>,
     seen: usize,
+    /// The first [`MAX_FAILED_NAMED`] failed ops, id and first error line,
+    /// named under the summary; `failed_seen` counts them all.
+    failed: Vec<(String, String)>,
+    failed_seen: usize,
 }
 
 impl TableRows {
     pub fn push(&mut self, op: v1::OpStatus) {
+        if op.state() == OpState::Failed {
+            if self.failed.len() < MAX_FAILED_NAMED {
+                self.failed
+                    .push((op.id.clone(), one_line(first_line_of(&op.error), 100)));
+            }
+            self.failed_seen += 1;
+        }
         let kept = if op.state() == OpState::Succeeded {
             &mut self.succeeded
         } else {
@@ -416,36 +475,184 @@ impl<'out, W: Write> JsonReportWriter<'out, W> {
     }
 }
 
+/// The table's columns, in order.
+const COLUMNS: [&str; 7] = [
+    "op",
+    "kind",
+    "state",
+    "tries",
+    "worker",
+    "time",
+    "output / error",
+];
+const WORKER_COLUMN: usize = 4;
+const OUTPUT_COLUMN: usize = 6;
+/// The columns that give up room to the output column when the terminal
+/// is narrow, and the fewest characters each keeps.
+const SHRINKABLE: [(usize, usize); 3] = [(0, 12), (1, 5), (4, 6)];
+/// The widest a cell is without a terminal to fit (a file, a pipe):
+/// still one line.
+const MAX_CELL_CHARS: usize = 80;
+/// What a table of `columns` columns with [`UTF8_BORDERS_ONLY`] spends on
+/// borders and padding: the two outer borders, one space each side of
+/// every cell, and the (blank) line between two columns.
+fn table_overhead(columns: usize) -> usize {
+    2 + 2 * columns + columns.saturating_sub(1)
+}
+
+/// How wide the report may be: `COLUMNS` when set (as a shell sets it for
+/// scripts, and as tests pin it), else the terminal's width when stdout is
+/// one, else no limit.
+fn report_width() -> Option<usize> {
+    if let Some(columns) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|value| value.trim().parse::<usize>().ok())
+        .filter(|columns| *columns >= 20)
+    {
+        return Some(columns);
+    }
+    Table::new().width().map(usize::from)
+}
+
+/// Each column's width (`None`: not shown): what its cells need when that
+/// fits in `width`; else the worker column goes (the least a reader needs
+/// at a glance), then the op, kind and worker columns give up room (widest
+/// first, down to a floor) until the output column has a fair share, and
+/// the output column takes what is left.
+fn fit_widths(natural: [usize; 7], width: Option<usize>) -> [Option<usize>; 7] {
+    let Some(width) = width else {
+        return natural.map(Some);
+    };
+    if natural.iter().sum::<usize>() + table_overhead(natural.len()) <= width {
+        return natural.map(Some);
+    }
+    let mut widths = natural.map(Some);
+    widths[WORKER_COLUMN] = None;
+    let shown = widths.iter().flatten().count();
+    let available = width.saturating_sub(table_overhead(shown));
+    let others = |widths: &[Option<usize>; 7]| -> usize {
+        widths
+            .iter()
+            .enumerate()
+            .filter(|(column, _)| *column != OUTPUT_COLUMN)
+            .filter_map(|(_, width)| *width)
+            .sum()
+    };
+    let output_wish = natural[OUTPUT_COLUMN].min((available * 2 / 5).max(12));
+    while others(&widths) + output_wish > available {
+        let widest = SHRINKABLE
+            .iter()
+            .filter_map(|(column, floor)| {
+                widths[*column]
+                    .filter(|width| width > floor)
+                    .map(|width| (*column, width - floor))
+            })
+            .max_by_key(|(_, room)| *room);
+        match widest {
+            Some((column, _)) => widths[column] = widths[column].map(|width| width - 1),
+            None => break,
+        }
+    }
+    widths[OUTPUT_COLUMN] = Some(
+        natural[OUTPUT_COLUMN]
+            .min(available.saturating_sub(others(&widths)))
+            .max(3),
+    );
+    widths
+}
+
+/// An op's duration cell: `—` for an op that never ran (a cancelled or
+/// skipped op's 0 ms says nothing).
+fn duration_cell(op: &v1::OpStatus) -> String {
+    if op.attempts == 0 && op.duration_ms == 0 {
+        "—".to_owned()
+    } else {
+        duration(op.duration_ms)
+    }
+}
+
+/// An error as the report words it: the store spells a cancel's reason
+/// after `cancelled: `, which the state already says.
+fn error_words(error: &str) -> &str {
+    error.strip_prefix("cancelled: ").unwrap_or(error)
+}
+
+/// Whether the op's details hold a stderr with something in it (a `shell`
+/// op's, say): the table shows none of it.
+fn has_stderr(op: &v1::OpStatus) -> bool {
+    !op.details_json.is_empty()
+        && serde_json::from_str::<serde_json::Value>(&op.details_json).is_ok_and(|details| {
+            details
+                .get("stderr")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|stderr| !stderr.trim().is_empty())
+        })
+}
+
 /// The table of `rows` and the batch's summary lines.
 pub fn report_text(status: &v1::BatchStatus, rows: &TableRows) -> String {
+    report_text_within(status, rows, report_width())
+}
+
+/// [`report_text`] fitted to `width` characters (none: no limit): every
+/// cell one line, cut with `…`, the output column given the room.
+fn report_text_within(status: &v1::BatchStatus, rows: &TableRows, width: Option<usize>) -> String {
+    let of_a_run = REPORT_OF_A_RUN.load(std::sync::atomic::Ordering::Relaxed);
+    let chosen = rows.chosen();
+    // Something more than the table shows: a cut cell, a second line, a
+    // stderr kept in the details.
+    let mut more_to_see = false;
+    let cells: Vec<[String; 7]> = chosen
+        .iter()
+        .map(|op| {
+            let text = if op.error.is_empty() {
+                &op.output
+            } else {
+                error_words(&op.error)
+            };
+            let line = first_line_of(text);
+            if line.len() < text.trim_end().len() || has_stderr(op) {
+                more_to_see = true;
+            }
+            [
+                one_line(&op.id, 128),
+                one_line(&op.kind, 64),
+                op_state_word(op.state()).to_owned(),
+                op.attempts.to_string(),
+                one_line(&op.worker, 64),
+                duration_cell(op),
+                one_line(line, MAX_CELL_CHARS),
+            ]
+        })
+        .collect();
+    let mut natural = COLUMNS.map(|header| header.chars().count());
+    for row in &cells {
+        for (column, cell) in row.iter().enumerate() {
+            natural[column] = natural[column].max(cell.chars().count());
+        }
+    }
+    let widths = fit_widths(natural, width);
     let mut table = Table::new();
     table
         .load_style(UTF8_BORDERS_ONLY)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(vec![
-            "op",
-            "kind",
-            "state",
-            "attempts",
-            "worker",
-            "duration",
-            "output / error",
-        ]);
-    for op in rows.chosen() {
-        let text = if op.error.is_empty() {
-            first_line(&op.output)
-        } else {
-            first_line(&op.error)
-        };
-        table.add_row(vec![
-            op.id.clone(),
-            op.kind.clone(),
-            op_state_word(op.state()).to_owned(),
-            op.attempts.to_string(),
-            op.worker.clone(),
-            duration(op.duration_ms),
-            text,
-        ]);
+        // Cells are cut to their width here: comfy_table never wraps one.
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(
+            COLUMNS
+                .iter()
+                .zip(widths)
+                .filter_map(|(header, width)| width.map(|width| one_line(header, width))),
+        );
+    for row in cells {
+        let mut fitted = Vec::with_capacity(row.len());
+        for (cell, width) in row.into_iter().zip(widths) {
+            let Some(width) = width else { continue };
+            if cell.chars().count() > width || cell.ends_with('…') {
+                more_to_see = true;
+            }
+            fitted.push(one_line(&cell, width));
+        }
+        table.add_row(fitted);
     }
     let mut text = String::new();
     if rows.seen > 0 {
@@ -456,6 +663,16 @@ pub fn report_text(status: &v1::BatchStatus, rows: &TableRows) -> String {
                 "… and {} more ops (all of them with --output json)\n",
                 rows.seen - MAX_TABLE_ROWS
             ));
+        }
+        if more_to_see {
+            if of_a_run {
+                text.push_str("every op's whole output and stderr: --output json\n");
+            } else {
+                text.push_str(&format!(
+                    "one op's whole output and stderr: volley logs {} OP\n",
+                    status.batch_id
+                ));
+            }
         }
     }
     text.push_str(&format!(
@@ -474,10 +691,43 @@ pub fn report_text(status: &v1::BatchStatus, rows: &TableRows) -> String {
         status.total,
     ));
     if !status.error.is_empty() {
-        text.push_str(&format!("error: {}\n", status.error));
+        if let Some(reason) = status
+            .error
+            .strip_prefix("cancelled: ")
+            .filter(|_| status.state() == BatchState::Cancelled)
+        {
+            text.push_str(&format!("cancelled {reason}\n"));
+        } else {
+            text.push_str(&format!("error: {}\n", status.error));
+        }
     }
-    if !status.owner.is_empty() {
-        text.push_str(&format!("owned by coordinator {}\n", status.owner));
+    if rows.failed_seen > 0 {
+        let name_width = rows
+            .failed
+            .iter()
+            .map(|(id, _)| id.chars().count())
+            .max()
+            .unwrap_or(0);
+        text.push_str(&format!("failed ops ({}):\n", rows.failed_seen));
+        for (id, error) in &rows.failed {
+            text.push_str(&format!("  {id:<name_width$}  {error}\n"));
+        }
+        if rows.failed_seen > rows.failed.len() {
+            text.push_str(&format!(
+                "  … and {} more failed (all of them with --output json)\n",
+                rows.failed_seen - rows.failed.len()
+            ));
+        }
+        if !of_a_run {
+            let first = rows.failed.first().map_or("OP", |(id, _)| id.as_str());
+            text.push_str(&format!(
+                "  see one in full: volley logs {} {first}\n",
+                status.batch_id
+            ));
+        }
+    }
+    if let Some(owner) = (!status.owner.is_empty()).then_some(&status.owner) {
+        text.push_str(&format!("owned by coordinator {owner}\n"));
     }
     if !status.critical_path.is_empty() {
         let path = if status.critical_path.len() > 12 {
@@ -496,11 +746,21 @@ pub fn report_text(status: &v1::BatchStatus, rows: &TableRows) -> String {
             status.critical_path.len()
         ));
     }
+    // A batch that ran nothing (cancelled before any op ended, say) has no
+    // speedup worth a number.
+    let speedup = if status.sequential_ms > 0
+        && status.wall_ms > 0
+        && status.speedup.is_finite()
+        && status.speedup > 0.0
+    {
+        format!("{:.2}x", status.speedup)
+    } else {
+        "—".to_owned()
+    };
     text.push_str(&format!(
-        "wall {} · sequential {} · speedup {:.2}x\n",
+        "wall {} · sequential {} · speedup {speedup}\n",
         duration(status.wall_ms),
         duration(status.sequential_ms),
-        status.speedup
     ));
     text
 }
@@ -687,5 +947,117 @@ mod tests {
         no_path.critical_path.clear();
         no_path.speedup = f64::NAN;
         assert_eq!(streamed(&no_path), as_one_value(&no_path));
+    }
+
+    fn failing_op(id: &str, error: &str) -> v1::OpStatus {
+        v1::OpStatus {
+            error: error.to_owned(),
+            output: String::new(),
+            ..op(id, OpState::Failed, "", &[])
+        }
+    }
+
+    #[test]
+    fn a_report_fits_eighty_columns_and_names_its_failed_ops() {
+        let mut rows = TableRows::default();
+        let mut ops = vec![op(
+            "build-the-whole-workspace",
+            OpState::Succeeded,
+            r#"{"stderr":"warn\n"}"#,
+            &[],
+        )];
+        ops[0].output = "x".repeat(300);
+        for index in 0..12 {
+            ops.push(failing_op(
+                &format!("test-{index}"),
+                &format!("sh exited with code 1: suite {index}\ttab\u{1b}[31mred\nsecond line"),
+            ));
+        }
+        for op in ops.iter().cloned() {
+            rows.push(op);
+        }
+        let text = report_text_within(&status(ops), &rows, Some(80));
+        for line in text.lines() {
+            assert!(!line.contains('\u{1b}'), "{line:?}");
+        }
+        // The table fits; the summary lines are what they are.
+        for line in text
+            .lines()
+            .filter(|line| line.starts_with(['┌', '│', '╞', '└']))
+        {
+            assert!(line.chars().count() <= 80, "{line:?}\n{text}");
+        }
+        assert!(text.contains("│ build-the-whol…   echo "), "{text}");
+        assert!(
+            text.contains("one op's whole output and stderr: volley logs 0193-b OP\n"),
+            "{text}"
+        );
+        let closing: Vec<&str> = text
+            .lines()
+            .skip_while(|line| !line.starts_with("failed ops"))
+            .collect();
+        assert_eq!(closing[0], "failed ops (12):");
+        assert_eq!(
+            closing[1],
+            "  test-0  sh exited with code 1: suite 0 tab[31mred"
+        );
+        assert_eq!(
+            closing[10],
+            "  test-9  sh exited with code 1: suite 9 tab[31mred"
+        );
+        assert_eq!(
+            closing[11],
+            "  … and 2 more failed (all of them with --output json)"
+        );
+        assert_eq!(closing[12], "  see one in full: volley logs 0193-b test-0");
+    }
+
+    #[test]
+    fn a_cancelled_batch_that_ran_nothing_has_no_speedup_or_durations() {
+        let cancelled = v1::OpStatus {
+            attempts: 0,
+            duration_ms: 0,
+            error: "cancelled: by token t1".to_owned(),
+            ..op("hold", OpState::Cancelled, "", &[])
+        };
+        let mut rows = TableRows::default();
+        rows.push(cancelled.clone());
+        let mut batch = status(vec![cancelled]);
+        batch.state = BatchState::Cancelled as i32;
+        batch.error = "cancelled: by token t1".to_owned();
+        batch.wall_ms = 0;
+        batch.sequential_ms = 0;
+        batch.speedup = 0.0;
+        batch.critical_path.clear();
+        let text = report_text_within(&batch, &rows, None);
+        assert!(text.contains("\ncancelled by token t1\n"), "{text}");
+        assert!(!text.contains("cancelled: "), "{text}");
+        assert!(
+            text.ends_with("wall 0ms · sequential 0ms · speedup —\n"),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|line| line.starts_with("│ hold"))
+            .expect("row");
+        assert!(row.contains(" — ") && !row.contains("0ms"), "{row}");
+    }
+
+    #[test]
+    fn widths_fit_or_give_the_output_column_the_room() {
+        let natural = [25, 5, 9, 5, 8, 6, 80];
+        assert_eq!(fit_widths(natural, None), natural.map(Some));
+        assert_eq!(fit_widths(natural, Some(200)), natural.map(Some));
+        let fitted = fit_widths(natural, Some(80));
+        assert_eq!(fitted[WORKER_COLUMN], None, "{fitted:?}");
+        let shown = fitted.iter().flatten().count();
+        assert!(
+            fitted.iter().flatten().sum::<usize>() + table_overhead(shown) <= 80,
+            "{fitted:?}"
+        );
+        assert!(fitted[OUTPUT_COLUMN] >= Some(24), "{fitted:?}");
+        assert_eq!(one_line("abcdef", 4), "abc…");
+        assert_eq!(one_line("abcd", 4), "abcd");
+        assert_eq!(one_line("a\tb\rc", 10), "a bc");
     }
 }

@@ -57,6 +57,21 @@ pub fn set_default_service_name(name: &'static str) {
     let _ = DEFAULT_SERVICE_NAME.set(name);
 }
 
+/// Whether log lines on stderr get ANSI colours: only on a terminal (a
+/// log written to a file or a pipe holds no escape codes), and never when
+/// `NO_COLOR` is set to anything (no-color.org).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    colour_wanted(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+fn colour_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
 pub fn init(default_filter: &str) {
     let filter = std::env::var("VOLLEY_LOG")
         .ok()
@@ -66,6 +81,7 @@ pub fn init(default_filter: &str) {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(EnvFilter::new(filter))
             .with_writer(std::io::stderr)
+            .with_ansi(colour_on_stderr())
             .with_target(false)
             .try_init();
         return;
@@ -76,6 +92,7 @@ pub fn init(default_filter: &str) {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(EnvFilter::new(filter))
                 .with_writer(std::io::stderr)
+                .with_ansi(colour_on_stderr())
                 .with_target(false)
                 .try_init();
             tracing::warn!(%error, "OpenTelemetry export is off: cannot build the OTLP exporter");
@@ -85,6 +102,7 @@ pub fn init(default_filter: &str) {
     let level = trace_level();
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .with_target(false)
         .with_filter(EnvFilter::new(filter));
     let spans = tracing_opentelemetry::layer()
@@ -238,4 +256,20 @@ pub fn install_metrics(address: SocketAddr, component: Component) -> anyhow::Res
     }
     tracing::info!(%address, "metrics endpoint listening (GET /metrics)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::colour_wanted;
+
+    #[test]
+    fn log_lines_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(colour_wanted(true, None));
+        assert!(colour_wanted(true, Some(OsStr::new(""))));
+        assert!(!colour_wanted(true, Some(OsStr::new("1"))));
+        assert!(!colour_wanted(false, None));
+        assert!(!colour_wanted(false, Some(OsStr::new("1"))));
+    }
 }

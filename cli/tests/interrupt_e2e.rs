@@ -305,7 +305,7 @@ async fn ctrl_c_on_submit_watch_and_watch_leaves_the_batch_running_and_says_how_
     let mut stderr = BufReader::new(watch.stderr.take().expect("stderr piped"));
     // Once it follows the batch (the op started before: its event is replayed).
     let mut seen = String::new();
-    read_until(&mut stderr, &mut seen, "started").await;
+    read_until(&mut stderr, &mut seen, "starting").await;
     Cluster::signal(&watch, "INT");
     let (code, _stdout, stderr) = ended(watch, Some(stderr), seen).await;
     assert_eq!(code, Some(130), "stderr:\n{stderr}");

@@ -304,12 +304,12 @@ async fn the_sequential_pass_tells_one_story_per_op() {
     };
     assert_eq!(
         story("flaky"),
-        ["started", "failed", "retrying", "started", "succeeded"],
+        ["starting", "failed", "retrying", "starting", "succeeded"],
         "{lines}"
     );
     assert_eq!(
         story("after1"),
-        ["skipped", "retrying", "started", "succeeded"],
+        ["skipped", "retrying", "starting", "succeeded"],
         "{lines}"
     );
     assert!(

@@ -202,6 +202,7 @@ impl Client {
             omit_ops: false,
             ops_offset: offset,
             ops_limit: limit.max(1),
+            ..v1::GetBatchRequest::default()
         };
         Ok(self.batches.clone().get_batch(request).await?.into_inner())
     }
@@ -343,6 +344,26 @@ impl Client {
             spawned_by: spawned_by.to_owned(),
         };
         Ok(self.batches.clone().spawn_ops(request).await?.into_inner())
+    }
+}
+impl Client {
+    /// The op `op_id` of the batch, with its whole output and details (what
+    /// `volley logs` prints). `None` when the batch has no such op and the
+    /// coordinator predates the lookup by id (a newer one says NOT_FOUND,
+    /// naming a close id).
+    pub async fn op_status(
+        &self,
+        batch_id: &str,
+        op_id: &str,
+    ) -> Result<Option<v1::OpStatus>, ClientError> {
+        let request = v1::GetBatchRequest {
+            batch_id: batch_id.to_owned(),
+            op_id: op_id.to_owned(),
+            ..v1::GetBatchRequest::default()
+        };
+        let status = self.batches.clone().get_batch(request).await?.into_inner();
+        // A coordinator that ignores `op_id` sends every op: pick ours.
+        Ok(status.ops.into_iter().find(|op| op.id == op_id))
     }
 }
 

@@ -12,6 +12,13 @@ pub enum CoordinatorError {
     Invalid(Vec<Problem>),
     #[error("batch {0} not found")]
     BatchNotFound(BatchId),
+    /// The batch has no op of this id (it is visible to the caller).
+    #[error("batch {batch} has no op `{op_id}`{}", suggestion.as_ref().map(|close| format!("; did you mean `{close}`?")).unwrap_or_default())]
+    OpNotFound {
+        batch: BatchId,
+        op_id: String,
+        suggestion: Option<String>,
+    },
     /// The request itself is malformed (not the batch's content).
     #[error("bad request: {0}")]
     BadRequest(String),

@@ -31,6 +31,7 @@ mod convert;
 mod dispatch;
 pub mod error;
 pub mod grpc;
+mod logs;
 pub mod memory;
 pub mod metrics;
 mod plans;

@@ -549,7 +549,9 @@ impl Coordinator {
         if self.store().meta(batch).await?.is_none() {
             return Err(CoordinatorError::BatchNotFound(batch.clone()));
         }
-        let reason = format!("cancelled by token {}", principal.token_id);
+        // The store prefixes "cancelled: ", so the op errors read
+        // "cancelled: by token T".
+        let reason = format!("by token {}", principal.token_id);
         let outcome = self.store().cancel(batch, &reason, now_ms()).await?;
         info!(%batch, audit = "cancel", token = %principal.token_id, tenant = %principal.tenant, cancelled = outcome.cancelled, "batch cancelled");
         self.inner
@@ -592,6 +594,7 @@ impl Coordinator {
                 total: meta.total,
                 done: meta.done(),
                 tenant: crate::auth::tenant_or_default(&meta.tenant).to_owned(),
+                finished_at_ms: meta.finished_ms.unwrap_or(0),
             })
             .collect();
         Ok(v1::ListBatchesResponse { batches })

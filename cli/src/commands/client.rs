@@ -1,5 +1,6 @@
 //! Commands that talk to a running cluster: submit, watch, status, cancel,
-//! list, workers.
+//! list, logs, workers; and how a batch id given on the command line (or a
+//! unique prefix of one) becomes a batch.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -329,13 +330,17 @@ pub async fn watch(args: WatchArgs) -> Exit {
         Ok(client) => client,
         Err(exit) => return exit,
     };
-    let total = match client.summary(&args.batch_id).await {
+    let batch_id = match resolve_batch_id(&client, &args.batch_id).await {
+        Ok(batch_id) => batch_id,
+        Err(exit) => return exit,
+    };
+    let total = match client.summary(&batch_id).await {
         Ok(summary) => summary.total,
         Err(error) => return exit::client_error(&error),
     };
     follow_interruptibly(
         &client,
-        &args.batch_id,
+        &batch_id,
         args.after,
         total,
         args.output,
@@ -351,7 +356,11 @@ pub async fn status(args: StatusArgs) -> Exit {
         Ok(client) => client,
         Err(exit) => return exit,
     };
-    match render::print_report(&client, &args.batch_id, args.output).await {
+    let batch_id = match resolve_batch_id(&client, &args.batch_id).await {
+        Ok(batch_id) => batch_id,
+        Err(exit) => return exit,
+    };
+    match render::print_report(&client, &batch_id, args.output).await {
         Ok(status) => Exit::for_state(status.state()),
         Err(error) => exit::client_error(&error),
     }
@@ -371,7 +380,11 @@ pub async fn why(args: WhyArgs) -> Exit {
         Ok(client) => client,
         Err(exit) => return exit,
     };
-    match client.why(&args.batch_id, &args.op_id).await {
+    let batch_id = match resolve_batch_id(&client, &args.batch_id).await {
+        Ok(batch_id) => batch_id,
+        Err(exit) => return exit,
+    };
+    match client.why(&batch_id, &args.op_id).await {
         Ok(response) => {
             println!(
                 "{}: {}",
@@ -393,7 +406,11 @@ pub async fn cancel(args: CancelArgs) -> Exit {
         Ok(client) => client,
         Err(exit) => return exit,
     };
-    match client.cancel(&args.batch_id).await {
+    let batch_id = match resolve_batch_id(&client, &args.batch_id).await {
+        Ok(batch_id) => batch_id,
+        Err(exit) => return exit,
+    };
+    match client.cancel(&batch_id).await {
         Ok(response) => {
             println!(
                 "{}: {} ops cancelled",
@@ -418,22 +435,11 @@ pub async fn list(args: ListArgs) -> Exit {
                 OutputFormat::Json => {
                     let rows: Vec<_> = batches
                         .iter()
-                        .map(|batch| serde_json::json!({"batch_id": batch.batch_id, "name": batch.name, "state": render::state_word(batch.state()), "created_at_ms": batch.created_at_ms, "total": batch.total, "done": batch.done, "tenant": batch.tenant}))
+                        .map(|batch| serde_json::json!({"batch_id": batch.batch_id, "name": batch.name, "state": render::state_word(batch.state()), "created_at_ms": batch.created_at_ms, "finished_at_ms": batch.finished_at_ms, "total": batch.total, "done": batch.done, "tenant": batch.tenant}))
                         .collect();
                     println!("{}", serde_json::Value::Array(rows));
                 }
-                OutputFormat::Table => {
-                    for batch in &batches {
-                        println!(
-                            "{}  {:<10} {:>7}/{:<7} {}",
-                            batch.batch_id,
-                            render::state_word(batch.state()),
-                            batch.done,
-                            batch.total,
-                            batch.name
-                        );
-                    }
-                }
+                OutputFormat::Table => print!("{}", list_text(&batches)),
             }
             Exit::Success
         }
@@ -474,5 +480,296 @@ pub async fn workers(args: WorkersArgs) -> Exit {
             Exit::Success
         }
         Err(error) => exit::client_error(&error),
+    }
+}
+
+/// `volley list`'s table: a header, then one line a batch, its id first.
+fn list_text(batches: &[v1::BatchSummary]) -> String {
+    let mut text = format!(
+        "{:<36}  {:<9}  {:>11}  {:<19}  {:>8}  NAME\n",
+        "BATCH", "STATE", "DONE/TOTAL", "STARTED (UTC)", "WALL"
+    );
+    for batch in batches {
+        let wall = if batch.finished_at_ms == 0 {
+            "—".to_owned()
+        } else {
+            render::duration(batch.finished_at_ms.saturating_sub(batch.created_at_ms))
+        };
+        text.push_str(&format!(
+            "{:<36}  {:<9}  {:>11}  {:<19}  {:>8}  {}\n",
+            batch.batch_id,
+            render::state_word(batch.state()),
+            format!("{}/{}", batch.done, batch.total),
+            utc_time(batch.created_at_ms),
+            wall,
+            batch.name
+        ));
+    }
+    text
+}
+
+/// `2026-12-02 04:07:25`: unix ms as a UTC date and time to the second.
+fn utc_time(unix_ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms);
+    humantime::format_rfc3339_seconds(time)
+        .to_string()
+        .trim_end_matches('Z')
+        .replacen('T', " ", 1)
+}
+
+/// The shortest batch id prefix accepted: shorter ones would match most
+/// batches and say nothing.
+pub(crate) const MIN_BATCH_ID_PREFIX: usize = 4;
+/// How many of the caller's most recent batches a prefix is matched
+/// against (one ListBatches call, the coordinator's largest page): a
+/// prefix costs the same bounded work however many batches exist.
+const PREFIX_SEARCH_BATCHES: u32 = 1000;
+/// At most this many candidates are listed for an ambiguous prefix.
+const MAX_CANDIDATES_SHOWN: usize = 10;
+
+/// Whether `id` is a whole batch id as coordinators make them (a UUID,
+/// `8-4-4-4-12` hex digits): it is used as it is, with no lookup.
+fn is_whole_batch_id(id: &str) -> bool {
+    id.len() == 36
+        && id.char_indices().all(|(index, character)| match index {
+            8 | 13 | 18 | 23 => character == '-',
+            _ => character.is_ascii_hexdigit(),
+        })
+}
+
+/// The batch a command line names: a whole id as it is, or the one batch
+/// whose id starts with `given` (as git and docker take a commit's or a
+/// container's). The prefix is matched against the caller's own most
+/// recent batches (ListBatches shows a token only its tenant's), so it
+/// never reveals another tenant's batch. Too short, ambiguous or matching
+/// nothing: the error is printed and the exit code returned. A token that
+/// may not list batches (an op's) names its batch in full, as it is given.
+pub(crate) async fn resolve_batch_id(client: &Client, given: &str) -> Result<String, Exit> {
+    let given = given.trim();
+    if is_whole_batch_id(given) {
+        return Ok(given.to_owned());
+    }
+    if given.chars().count() < MIN_BATCH_ID_PREFIX {
+        eprintln!(
+            "error: batch id `{given}` is too short: give the whole id or at least {MIN_BATCH_ID_PREFIX} of its first characters (see `volley list`)"
+        );
+        return Err(Exit::Invalid);
+    }
+    let batches = match client.list(PREFIX_SEARCH_BATCHES).await {
+        Ok(batches) => batches,
+        Err(volley_client::ClientError::PermissionDenied(_)) => return Ok(given.to_owned()),
+        Err(error) => return Err(exit::client_error(&error)),
+    };
+    if let Some(exact) = batches.iter().find(|batch| batch.batch_id == given) {
+        return Ok(exact.batch_id.clone());
+    }
+    let wanted = given.to_ascii_lowercase();
+    let matching: Vec<&v1::BatchSummary> = batches
+        .iter()
+        .filter(|batch| batch.batch_id.to_ascii_lowercase().starts_with(&wanted))
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(one.batch_id.clone()),
+        [] => {
+            eprintln!(
+                "error: not found: no batch id starts with `{given}` (among your {PREFIX_SEARCH_BATCHES} most recent batches; see `volley list`)"
+            );
+            Err(Exit::Invalid)
+        }
+        several => {
+            eprintln!(
+                "error: batch id prefix `{given}` is ambiguous: {} batches start with it; give more characters:",
+                several.len()
+            );
+            for batch in several.iter().take(MAX_CANDIDATES_SHOWN) {
+                eprintln!(
+                    "  {}  {:<9}  {}",
+                    batch.batch_id,
+                    render::state_word(batch.state()),
+                    batch.name
+                );
+            }
+            if several.len() > MAX_CANDIDATES_SHOWN {
+                eprintln!("  … and {} more", several.len() - MAX_CANDIDATES_SHOWN);
+            }
+            Err(Exit::Invalid)
+        }
+    }
+}
+
+/// Which of an op's streams `volley logs` prints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    #[default]
+    Both,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The batch (its id, or a unique prefix of it).
+    pub batch_id: String,
+    /// The op's id.
+    pub op_id: String,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Which of the op's streams to print: its output (stdout) on stdout,
+    /// its stderr on stderr, or both.
+    #[arg(long, value_enum, env = "VOLLEY_LOGS_STREAM", default_value_t = LogStream::Both)]
+    pub stream: LogStream,
+}
+
+/// `volley logs BATCH OP`: the op's whole output on stdout, then its
+/// stderr (what the worker kept of it) on stderr, byte for byte; then, on
+/// stderr and marked `volley logs:`, what else there is to know — the op
+/// failed and why, it has not ended, its stderr was cut.
+pub async fn logs(args: LogsArgs) -> Exit {
+    telemetry::init("warn");
+    let client = match connect(&args.cluster).await {
+        Ok(client) => client,
+        Err(exit) => return exit,
+    };
+    if args.op_id.is_empty() {
+        eprintln!("error: name the op: volley logs BATCH OP (its id, as in the report)");
+        return Exit::Invalid;
+    }
+    let batch_id = match resolve_batch_id(&client, &args.batch_id).await {
+        Ok(batch_id) => batch_id,
+        Err(exit) => return exit,
+    };
+    let op = match client.op_status(&batch_id, &args.op_id).await {
+        Ok(Some(op)) => op,
+        Ok(None) => {
+            eprintln!(
+                "error: not found: batch {batch_id} has no op `{}`",
+                args.op_id
+            );
+            return Exit::Invalid;
+        }
+        Err(error) => return exit::client_error(&error),
+    };
+    let details: serde_json::Value = if op.details_json.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&op.details_json).unwrap_or(serde_json::Value::Null)
+    };
+    let stderr_text = details
+        .get("stderr")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("");
+    // A failed program's stdout is in its details (a failed op has no
+    // output).
+    let stdout_text = if op.output.is_empty() {
+        details
+            .get("stdout")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+    } else {
+        op.output.as_str()
+    };
+    use std::io::Write;
+    if args.stream != LogStream::Stderr {
+        let mut stdout = std::io::stdout().lock();
+        // A closed stdout (`| head`) is not worth a panic.
+        let _ = stdout
+            .write_all(stdout_text.as_bytes())
+            .and_then(|()| stdout.flush());
+    }
+    if args.stream != LogStream::Stdout {
+        let mut stderr = std::io::stderr().lock();
+        let _ = stderr
+            .write_all(stderr_text.as_bytes())
+            .and_then(|()| stderr.flush());
+    }
+    let mut notes = Vec::new();
+    if details
+        .get("stderr_truncated")
+        .and_then(serde_json::Value::as_bool)
+        == Some(true)
+    {
+        notes.push(format!(
+            "the op's stderr was longer than the worker keeps: this is its end ({} bytes)",
+            stderr_text.len()
+        ));
+    }
+    match op.state() {
+        v1::OpState::Succeeded => {}
+        v1::OpState::Waiting | v1::OpState::Ready | v1::OpState::Running => notes.push(format!(
+            "op `{}` is {}: its output is kept when it ends (`volley watch {batch_id}` follows it)",
+            op.id,
+            render::op_state_word(op.state())
+        )),
+        state => {
+            let attempts = if op.attempts == 0 {
+                String::new()
+            } else {
+                format!(" after {} attempt(s)", op.attempts)
+            };
+            if op.error.is_empty() {
+                notes.push(format!(
+                    "op `{}` {}{attempts}",
+                    op.id,
+                    render::op_state_word(state)
+                ));
+            } else {
+                notes.push(format!(
+                    "op `{}` {}{attempts}: {}",
+                    op.id,
+                    render::op_state_word(state),
+                    op.error
+                ));
+            }
+        }
+    }
+    for note in notes {
+        eprintln!("volley logs: {note}");
+    }
+    Exit::Success
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_uuid_is_a_whole_batch_id() {
+        assert!(is_whole_batch_id("0193a2b4-5c6d-7e8f-9a0b-1c2d3e4f5a6b"));
+        assert!(!is_whole_batch_id("0193a2b4"));
+        assert!(!is_whole_batch_id("0193a2b4-5c6d-7e8f-9a0b-1c2d3e4f5a6g"));
+        assert!(!is_whole_batch_id("0193a2b4x5c6d-7e8f-9a0b-1c2d3e4f5a6b"));
+        assert!(!is_whole_batch_id("ééééééééé-5c6d-7e8f-9a0b-1c2d3e4f5a"));
+    }
+
+    #[test]
+    fn the_list_has_a_header_and_times() {
+        let batches = [
+            v1::BatchSummary {
+                batch_id: "0193a2b4-5c6d-7e8f-9a0b-1c2d3e4f5a6b".to_owned(),
+                name: "nightly".to_owned(),
+                state: v1::BatchState::Succeeded as i32,
+                created_at_ms: 1_764_648_445_000,
+                finished_at_ms: 1_764_648_446_250,
+                total: 3,
+                done: 3,
+                tenant: "default".to_owned(),
+            },
+            v1::BatchSummary {
+                batch_id: "0193a2b4-5c6d-7e8f-9a0b-1c2d3e4f5a6c".to_owned(),
+                name: String::new(),
+                state: v1::BatchState::Running as i32,
+                created_at_ms: 1_764_648_445_000,
+                finished_at_ms: 0,
+                total: 200,
+                done: 17,
+                tenant: "default".to_owned(),
+            },
+        ];
+        assert_eq!(
+            list_text(&batches),
+            "BATCH                                 STATE       DONE/TOTAL  STARTED (UTC)            WALL  NAME\n\
+             0193a2b4-5c6d-7e8f-9a0b-1c2d3e4f5a6b  succeeded          3/3  2025-12-02 04:07:25     1.25s  nightly\n\
+             0193a2b4-5c6d-7e8f-9a0b-1c2d3e4f5a6c  running         17/200  2025-12-02 04:07:25         —  \n"
+        );
     }
 }

@@ -208,6 +208,7 @@ async fn run_embedded(
         interrupts,
         on_interrupt: OnInterrupt::StopRun,
     };
+    crate::render::reports_are_of_a_run();
     submit_and_report(&client, batch, follow, output).await
 }
 

@@ -118,6 +118,13 @@ impl BatchService for BatchAdapter {
         let principal = principal(&request)?;
         let request = request.into_inner();
         let batch = batch_id(request.batch_id)?;
+        if !request.op_id.is_empty() {
+            return Ok(Response::new(
+                self.coordinator
+                    .op_status(&batch, &request.op_id, &principal)
+                    .await?,
+            ));
+        }
         let ops = if request.omit_ops {
             None
         } else if request.ops_limit == 0 {

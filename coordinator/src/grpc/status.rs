@@ -81,6 +81,7 @@ impl From<CoordinatorError> for Status {
         match error {
             CoordinatorError::Invalid(problems) => invalid(problems),
             CoordinatorError::BatchNotFound(_) => Status::not_found(message),
+            CoordinatorError::OpNotFound { .. } => Status::not_found(message),
             CoordinatorError::Auth(AuthError::Unauthenticated(_)) => {
                 Status::unauthenticated(message)
             }

@@ -214,6 +214,11 @@ pub(super) async fn run_host_program(
     } else {
         format!("{ended}: {last_stderr_line}")
     };
+    // A failed op has no output, but what its program printed before it
+    // failed is what one reads to see why (a test runner's report):
+    // kept in the details, under the same cap as an output.
+    let mut details = details;
+    details["stdout"] = serde_json::Value::String(stdout);
     // A command may fail for reasons another attempt does not share; the op's
     // `attempts` bounds how often.
     Err(HandlerError::retry(message).with_details(details))

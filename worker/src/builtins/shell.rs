@@ -91,6 +91,15 @@ mod tests {
         .unwrap_err();
         assert_eq!(error.message(), "shell exited with code 3: boom");
         assert_eq!(error.details().unwrap()["exit_code"], 3);
+        // What it printed before it failed is kept with the failure.
+        let error = run_kind(
+            &shell_config(None),
+            "shell",
+            json!({"cmd": "echo partial; exit 3"}),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(error.details().unwrap()["stdout"], "partial\n");
     }
 
     #[tokio::test]

@@ -403,16 +403,18 @@ class WatchBatchRequest(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class GetBatchRequest(_message.Message):
-    __slots__ = ("batch_id", "omit_ops", "ops_offset", "ops_limit")
+    __slots__ = ("batch_id", "omit_ops", "ops_offset", "ops_limit", "op_id")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     OMIT_OPS_FIELD_NUMBER: _ClassVar[int]
     OPS_OFFSET_FIELD_NUMBER: _ClassVar[int]
     OPS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     omit_ops: bool
     ops_offset: int
     ops_limit: int
-    def __init__(self, batch_id: _Optional[str] = ..., omit_ops: bool = ..., ops_offset: _Optional[int] = ..., ops_limit: _Optional[int] = ...) -> None: ...
+    op_id: str
+    def __init__(self, batch_id: _Optional[str] = ..., omit_ops: bool = ..., ops_offset: _Optional[int] = ..., ops_limit: _Optional[int] = ..., op_id: _Optional[str] = ...) -> None: ...
 
 class CancelBatchRequest(_message.Message):
     __slots__ = ("batch_id",)
@@ -471,7 +473,7 @@ class SpawnOpsResponse(_message.Message):
     def __init__(self, op_count: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BatchSummary(_message.Message):
-    __slots__ = ("batch_id", "name", "state", "created_at_ms", "total", "done", "tenant")
+    __slots__ = ("batch_id", "name", "state", "created_at_ms", "total", "done", "tenant", "finished_at_ms")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -479,6 +481,7 @@ class BatchSummary(_message.Message):
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     name: str
     state: BatchState
@@ -486,7 +489,8 @@ class BatchSummary(_message.Message):
     total: int
     done: int
     tenant: str
-    def __init__(self, batch_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[BatchState, str]] = ..., created_at_ms: _Optional[int] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
+    finished_at_ms: int
+    def __init__(self, batch_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[BatchState, str]] = ..., created_at_ms: _Optional[int] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., tenant: _Optional[str] = ..., finished_at_ms: _Optional[int] = ...) -> None: ...
 
 class ListBatchesResponse(_message.Message):
     __slots__ = ("batches",)
