@@ -1,6 +1,5 @@
-"""Batches as dicts (the shape of a YAML batch file, see the README's "The
-batch file") and
-files, converted to ``volley.v1.Batch`` the way the Rust client's
+"""Batches as dicts (the shape of a YAML batch file: the README's "The
+batch file") and files, converted to ``volley.v1.Batch`` the way the Rust client's
 ``batch_file.rs`` does: unknown fields are refused, durations are
 ``"10m"``/``"1h 30m"``/``"250ms"`` or whole milliseconds, enums are their
 lower-case names. A bad value raises :class:`~volley.errors.InvalidBatch`
