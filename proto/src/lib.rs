@@ -1,6 +1,29 @@
 //! Volley's public contract: the generated `volley.v1` messages and services,
-//! the id newtypes every crate passes around, and the table that maps error
-//! codes to gRPC codes.
+//! the id newtypes every crate passes around, and (below) which gRPC code a
+//! failure travels as.
+//!
+//! # Status codes
+//! The mapping itself is code, not data, and lives with the errors it maps:
+//! `From<CoordinatorError> for Status` in `coordinator/src/grpc/status.rs`
+//! (the only place a domain error becomes a status; every variant matched
+//! explicitly) and, back on the client, `From<Status> for ClientError` in
+//! `client/src/error.rs` (whose `is_retryable()` is true for `UNAVAILABLE`
+//! and transport failures only). What a caller can rely on:
+//!
+//! | Code | When |
+//! |---|---|
+//! | `INVALID_ARGUMENT` | an invalid batch (details: `ValidationFailure`, every problem with op id and field), a malformed request, a value too large, a bad token request, a message the codec cannot decode |
+//! | `NOT_FOUND` | no such batch (or not visible to the caller's tenant) |
+//! | `ALREADY_EXISTS` | a batch or token id already taken |
+//! | `FAILED_PRECONDITION` | a memory write's version check failed, a stale writer, a value that is not an integer, a batch that cannot grow, a batch owned by another coordinator |
+//! | `OUT_OF_RANGE` | memory changes asked from a revision no longer kept: read the keys again |
+//! | `DEADLINE_EXCEEDED` | a memory wait timed out |
+//! | `UNAUTHENTICATED` / `PERMISSION_DENIED` | no valid token / the token's role or tenant may not do this |
+//! | `UNAVAILABLE` | the coordinator is shutting down, or the store is unreachable for now (retryable) |
+//! | `DATA_LOSS` | the store restarted empty: state in flight was lost |
+//! | `INTERNAL` | a corrupt record, or a store error retrying cannot fix |
+//!
+//! The CLI turns these into exit codes (`cli/src/exit.rs`).
 //!
 //! # Layout
 //! - `v1`: generated code (never edited by hand).

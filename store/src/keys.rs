@@ -1,4 +1,5 @@
-//! Every Redis key and channel name Volley uses: the only place one is spelled.
+//! Every Redis key and channel name Volley uses, as the Rust side spells it:
+//! the source of truth for key names.
 //!
 //! All keys of one batch share the hash tag `{b:<batch>}`, so a batch lives
 //! in one Redis Cluster slot and its scripts touch one slot. Scripts receive
@@ -6,8 +7,18 @@
 //! `KEYS[1]` and derive per-batch names by appending the suffixes below
 //! (`meta`, `ready:<p>`, `waiters:<key>`, …). That is cluster-safe: every
 //! derived name carries the same hash tag as the declared key, so it maps to
-//! the same slot. The suffixes are spelled here and, identically, in
-//! `lua/common.lua`, which is the scripts' half of this module.
+//! the same slot.
+//!
+//! Key names are spelled in two places: here, and in `lua/common.lua`,
+//! the scripts' half of this module (its `K_*` names and `k_*` builders,
+//! which every script gets as its prelude). This module is the source: a
+//! new key is added here first, then spelled alike in `common.lua`.
+//! `tests/keys_spelling.rs` keeps the two aligned: it parses both files
+//! (every suffix defined here is spelled in `common.lua`, and no script
+//! appends a suffix, names a global key or rings a doorbell this module
+//! does not define), and runs `common.lua` on a real `redis-server` to
+//! compare each name it builds with the builder here for the same batch
+//! or namespace.
 //!
 //! Batch keys:
 //! - `meta` (hash): name, tenant, state, created_ms, finished_ms, max_parallel,

@@ -10,7 +10,8 @@
 //!
 //! # Layout
 //! - [`model`] — the types the verbs take and return.
-//! - [`keys`] — every Redis key name (the only place one is spelled).
+//! - [`keys`] — every Redis key name, the source `lua/common.lua` follows
+//!   (`tests/keys_spelling.rs` checks they agree).
 //! - [`redis_store`] — the Redis implementation; its scripts live in `lua/`.
 //! - [`redis_connect`] — how it reaches Redis (URL, TLS, password) and
 //!   [`redact_url`], the one way a Redis URL is shown.

@@ -1,6 +1,6 @@
-"""Batches as dicts (the shape of a YAML batch file, see DESIGN.md) and
-files, converted to ``volley.v1.Batch`` the way the Rust client's
-``batch_file.rs`` does: unknown fields are refused, durations are
+"""Batches as dicts (the shape of a YAML batch file: the README's "The
+batch file") and files, converted to ``volley.v1.Batch`` the way the
+Rust client's ``batch_file.rs`` does: unknown fields are refused, durations are
 ``"10m"``/``"1h 30m"``/``"250ms"`` or whole milliseconds, enums are their
 lower-case names. A bad value raises :class:`~volley.errors.InvalidBatch`
 naming the op (by id, or by position when it has none) and the field.
