@@ -13,10 +13,18 @@
 --   wait deadline ms ('0' none), wait info JSON ('' when it waits for no key)
 -- then ARGV[7 + count * 5]: who added them, appended to the `added` event's
 --   message ('' for nothing)
--- Returns: { status (0 ok, -1 no such batch, -2 cannot add), reason,
---            became_ready, finished batch state code or '', memory scope code }
+-- then ARGV[8 + count * 5]: an idempotency key ('' for none) and
+--   ARGV[9 + count * 5]: the record kept under it (see Store::add_ops)
+-- Returns: { status (0 ok, -1 no such batch, -2 cannot add, -3 the key was
+--            used: reason is its record), reason, became_ready, finished
+--            batch state code or '', memory scope code }
 local m = redis.call('HMGET', K_META, 'state', 'total', 'fail_fast_fired', 'memory')
 if not m[1] or m[1] == 'creating' then return { -1, '', 0, '', '' } end
+local once_key = ARGV[8 + tonumber(ARGV[5]) * 5] or ''
+if once_key ~= '' then
+  local record = redis.call('HGET', K_SPAWN_KEYS, once_key)
+  if record then return { -3, record, 0, '', '' } end
+end
 if m[1] ~= 'running' then return { -2, 'batch is ' .. m[1], 0, '', '' } end
 if m[3] == '1' then return { -2, 'fail_fast fired', 0, '', '' } end
 local first, count = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -35,6 +43,9 @@ for offset = 0, count - 1 do
   if field(offset, 4) ~= '' then redis.call('HSET', K_WAIT_INFO, idx, field(offset, 4)) end
 end
 redis.call('HSET', K_META, 'total', total + count)
+if once_key ~= '' then
+  redis.call('HSET', K_SPAWN_KEYS, once_key, ARGV[9 + count * 5])
+end
 redis.call('RPUSH', K_SPEC_ADDED, ARGV[6])
 local note = ARGV[7 + count * 5] or ''
 if note ~= '' then note = ' ' .. note end

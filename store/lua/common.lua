@@ -33,6 +33,8 @@ local K_LEASES = P .. 'leases'
 local K_DELAYED = P .. 'delayed'
 local K_HANDED_BACK = P .. 'handed_back'
 local K_OWNER = P .. 'owner'
+-- idempotent add_ops: key -> the first call's record (see add_ops.lua)
+local K_SPAWN_KEYS = P .. 'spawn_keys'
 local CHANNEL = ARGV[1]
 local BATCH = ARGV[2]
 local NOW = ARGV[3]
@@ -516,7 +518,7 @@ end
 -- state, attempts, result and events; see keys.rs.
 local function expire_finished(retain)
   for _, key in ipairs({K_META, P .. 'spec', K_STATE, K_ATTEMPTS, K_RESULT, K_EVENTS,
-      K_SPEC_ADDED}) do
+      K_SPEC_ADDED, K_SPAWN_KEYS}) do
     redis.call('PEXPIRE', key, retain)
   end
   each_own_memory_key(function(key, what)
@@ -580,6 +582,17 @@ local function apply_fail_fast(idx)
     redis.call('HSET', K_META, 'fail_fast_fired', '1')
     cancel_where({ W = true, R = true }, 'cancelled: fail_fast after op `' .. idx .. '` failed')
   end
+end
+
+-- Every key of a batch's records and of its own memory scope (drop_batch.lua
+-- deletes them; reserve.lua clears a half-written batch with them).
+local function batch_record_keys()
+  local all = {K_META, P .. 'spec', K_STATE, K_ATTEMPTS, K_RESULT, K_EVENTS, K_SPEC_ADDED,
+    K_OWNER, K_LEASES, K_DELAYED, K_INFO, K_PENDING, K_ARRIVED, K_ANY_DONE, K_DEADLINES,
+    K_WAIT_INFO, K_HANDED_BACK, K_SPAWN_KEYS}
+  for priority = 0, PRIORITY_LEVELS - 1 do all[#all + 1] = k_ready(priority) end
+  each_own_memory_key(function(key) all[#all + 1] = key end)
+  return all
 end
 
 -- ---- end of common.lua; the verb's script follows ----

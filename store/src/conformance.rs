@@ -176,6 +176,7 @@ fn batch(batch_id: &str, ops: Vec<NewOp>) -> NewBatch {
         retain_ms: 0,
         tenant: String::new(),
         submitted_by: String::new(),
+        request_digest: String::new(),
     }
 }
 
@@ -2351,6 +2352,7 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
             b"chunk-1".to_vec(),
             "by token t1",
             NOW + 10,
+            None,
         )
         .await
         .expect("add_ops");
@@ -2393,7 +2395,7 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
     assert_eq!(indices(store, &batch_id, 10).await, vec![3]);
     // A mismatched first_index is refused and changes nothing.
     let refused = store
-        .add_ops(&batch_id, 5, vec![op(0, &[])], b"x".to_vec(), "", NOW + 21)
+        .add_ops(&batch_id, 5, vec![op(0, &[])], b"x".to_vec(), "", NOW + 21, None)
         .await;
     assert!(
         matches!(refused, Err(StoreError::CannotAddOps { ref batch, .. }) if *batch == batch_id),
@@ -2409,6 +2411,7 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
             b"chunk-2".to_vec(),
             "",
             NOW + 22,
+            None,
         )
         .await
         .expect("add_ops");
@@ -2457,7 +2460,7 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
     );
     // A finished batch cannot grow.
     let finished = store
-        .add_ops(&batch_id, 12, vec![op(0, &[])], Vec::new(), "", NOW + 50)
+        .add_ops(&batch_id, 12, vec![op(0, &[])], Vec::new(), "", NOW + 50, None)
         .await;
     assert!(
         matches!(finished, Err(StoreError::CannotAddOps { .. })),
@@ -2465,7 +2468,7 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
     );
     assert!(matches!(
         store
-            .add_ops(&id("no-such"), 0, vec![op(0, &[])], Vec::new(), "", NOW)
+            .add_ops(&id("no-such"), 0, vec![op(0, &[])], Vec::new(), "", NOW, None)
             .await,
         Err(StoreError::BatchNotFound(_))
     ));
@@ -2487,6 +2490,7 @@ pub async fn case_add_ops_waits_on_a_shared_scope(store: &dyn Store) {
             Vec::new(),
             "",
             NOW + 1,
+            None,
         )
         .await
         .expect("add_ops");

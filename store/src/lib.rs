@@ -65,6 +65,18 @@ pub enum StoreError {
     CannotAddOps { batch: BatchId, reason: String },
     #[error("token id {0} is taken")]
     TokenExists(String),
+    /// An idempotent `create_batch` found its id taken by another
+    /// submission (another request digest, or another tenant).
+    #[error("batch {0} was created by another submission")]
+    IdempotencyConflict(BatchId),
+    /// An idempotent `create_batch` found its batch still being written by
+    /// another call (claimed at `claimed_ms`); try again shortly.
+    #[error("batch {0} is still being created by an earlier call")]
+    StillCreating(BatchId),
+    /// An idempotent `add_ops` found its key already used in this batch:
+    /// nothing was added; `record` is what the first call stored.
+    #[error("batch {batch} already has ops spawned with this idempotency key")]
+    AlreadySpawned { batch: BatchId, record: String },
     /// A verb that takes a [`Fence`] was called with one that is not the
     /// batch's current live hold: another coordinator took the batch over
     /// (or the hold ran out or was released). Nothing was changed.
@@ -105,8 +117,12 @@ impl StoreError {
                         )
                     )
             }
+            // Another call is writing the batch: it is there in a moment.
+            StoreError::StillCreating(_) => true,
             StoreError::BatchNotFound(_)
             | StoreError::BatchExists(_)
+            | StoreError::IdempotencyConflict(_)
+            | StoreError::AlreadySpawned { .. }
             | StoreError::Corrupt(_)
             | StoreError::EpochLost { .. }
             | StoreError::VersionMismatch { .. }
@@ -120,6 +136,12 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// How long an idempotent `create_batch` waits for another call that is
+/// still writing the same batch before it takes over (that call's
+/// coordinator died half way): far longer than writing even a million-op
+/// batch takes.
+pub const CREATING_STALE_MS: u64 = 60_000;
 
 /// The verbs the coordinator needs. Every verb that changes more than one
 /// thing does it atomically (one Lua script in Redis, one lock in memory).
@@ -174,7 +196,18 @@ pub trait Store: Send + Sync + 'static {
     /// `BatchSubmitted` event (seq 1). Fails with `BatchExists` on a reused id.
     /// Rings `Batch`, then `Started` once the batch is in the active set
     /// (not for an empty batch, which ends at once).
-    async fn create_batch(&self, batch: NewBatch) -> StoreResult<()>;
+    ///
+    /// Idempotent submissions (non-empty [`NewBatch::request_digest`]; the
+    /// caller derives the id from the tenant and the key, so the id is the
+    /// key's mapping and is claimed atomically with the creation): a taken
+    /// id whose batch has the same tenant and digest returns
+    /// `Created::Existing` and writes nothing, whatever the batch's state
+    /// (running or ended, as long as it is retained); another digest or
+    /// tenant is `IdempotencyConflict`. A batch another call is still
+    /// writing is `StillCreating` (retryable) — unless that call claimed it
+    /// more than [`CREATING_STALE_MS`] before `created_ms` (it died half
+    /// way): then its records are removed and the batch is created anew.
+    async fn create_batch(&self, batch: NewBatch) -> StoreResult<Created>;
 
     /// The opaque spec bytes given at creation (the coordinator's encoding of
     /// the batch) and by each `add_ops`, so any coordinator can resume it.
@@ -462,6 +495,13 @@ pub trait Store: Send + Sync + 'static {
     /// after fail_fast fired, or when an op's `after` is inconsistent
     /// (`deps != after.len()`, an index past the new ops, or itself).
     /// `became_ready` counts ops made ready.
+    ///
+    /// With `once` (an idempotent spawn), `once.record` is kept under
+    /// `once.key` for the batch in the same atomic step, as long as the
+    /// batch is retained; a key already kept is `AlreadySpawned` with the
+    /// first call's record, and nothing is added (checked before anything
+    /// else but the batch's existence).
+    #[allow(clippy::too_many_arguments)]
     async fn add_ops(
         &self,
         batch: &BatchId,
@@ -470,7 +510,12 @@ pub trait Store: Send + Sync + 'static {
         spec: Vec<u8>,
         note: &str,
         now_ms: u64,
+        once: Option<&SpawnOnce>,
     ) -> StoreResult<CompleteOutcome>;
+
+    /// The record an idempotent `add_ops` kept under `key` for this batch,
+    /// if any (`None` for an unknown batch too).
+    async fn spawn_record(&self, batch: &BatchId, key: &str) -> StoreResult<Option<String>>;
 
     /// Takes or keeps `coordinator`'s hold on a running batch for `ttl_ms`
     /// (at least 1). Nobody holds it, or the last hold ran out or was

@@ -151,6 +151,10 @@ struct BatchData {
     /// Unix ms from which `drop_expired` deletes it: set when it finishes
     /// with a retention.
     expires_at_ms: Option<u64>,
+    /// The request digest of an idempotent submission ('' for none).
+    request_digest: String,
+    /// Idempotent `add_ops`: key → the first call's record.
+    spawn_keys: HashMap<String, String>,
 }
 
 /// One op. Kept small, since a million-op batch is normal: what most ops
@@ -1159,13 +1163,22 @@ impl Store for MemoryStore {
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch.id))]
-    async fn create_batch(&self, batch: NewBatch) -> StoreResult<()> {
+    async fn create_batch(&self, batch: NewBatch) -> StoreResult<Created> {
         let batch_id = batch.id.clone();
         let mut bells = Vec::new();
         {
             let mut inner = self.lock();
-            if inner.batches.contains_key(&batch.id) {
-                return Err(StoreError::BatchExists(batch.id));
+            // One lock: a batch here is always whole (never `creating`).
+            if let Some(existing) = inner.batches.get(&batch.id) {
+                if batch.request_digest.is_empty() {
+                    return Err(StoreError::BatchExists(batch.id));
+                }
+                if existing.request_digest == batch.request_digest
+                    && existing.meta.tenant == batch.tenant
+                {
+                    return Ok(Created::Existing);
+                }
+                return Err(StoreError::IdempotencyConflict(batch.id));
             }
             // A batch scope is always the batch's own memory.
             let memory = match batch.memory {
@@ -1222,6 +1235,8 @@ impl Store for MemoryStore {
                 owner_token: 0,
                 retain_ms: batch.retain_ms,
                 expires_at_ms: None,
+                request_digest: batch.request_digest,
+                spawn_keys: HashMap::new(),
             };
             // Same order as the Redis store: first the ops that wait for
             // nothing, then those whose keys are present already.
@@ -1249,7 +1264,15 @@ impl Store for MemoryStore {
             }
         }
         self.ring_all(bells);
-        Ok(())
+        Ok(Created::New)
+    }
+
+    async fn spawn_record(&self, batch: &BatchId, key: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .lock()
+            .batches
+            .get(batch)
+            .and_then(|data| data.spawn_keys.get(key).cloned()))
     }
 
     async fn batch_spec(&self, batch: &BatchId) -> StoreResult<Option<StoredSpec>> {
@@ -1654,6 +1677,8 @@ impl Store for MemoryStore {
                     owner_token: 0,
                     retain_ms: 0,
                     expires_at_ms: None,
+                    request_digest: String::new(),
+                    spawn_keys: HashMap::new(),
                 };
                 data.event(now_ms, EventKind::BatchFinished, None, 0, "", reason);
                 if let Some(last) = data.events.last_mut() {
@@ -2135,12 +2160,19 @@ impl Store for MemoryStore {
         spec: Vec<u8>,
         note: &str,
         now_ms: u64,
+        once: Option<&SpawnOnce>,
     ) -> StoreResult<CompleteOutcome> {
         let edges = added_edges(batch, first_index, &ops)?;
         let outcome = {
             let mut guard = self.lock();
             let inner = &mut *guard;
             let data = inner.batch_mut(batch)?;
+            if let Some(record) = once.and_then(|once| data.spawn_keys.get(&once.key)) {
+                return Err(StoreError::AlreadySpawned {
+                    batch: batch.clone(),
+                    record: record.clone(),
+                });
+            }
             let cannot = |reason: String| StoreError::CannotAddOps {
                 batch: batch.clone(),
                 reason,
@@ -2171,6 +2203,10 @@ impl Store for MemoryStore {
             }
             data.meta.total += ops.len() as u32;
             data.spec_added.push(spec);
+            if let Some(once) = once {
+                data.spawn_keys
+                    .insert(once.key.clone(), once.record.clone());
+            }
             let message = if note.is_empty() {
                 format!("{} ops added", ops.len())
             } else {

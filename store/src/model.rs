@@ -219,6 +219,29 @@ pub struct NewBatch {
     pub tenant: String,
     /// The message of the batch's `BatchSubmitted` event: who submitted it.
     pub submitted_by: String,
+    /// Set for a submission made with an idempotency key (see
+    /// [`crate::Store::create_batch`]): a digest of what was submitted, kept
+    /// with the batch. Empty: not idempotent (a reused id is `BatchExists`).
+    pub request_digest: String,
+}
+
+/// What [`crate::Store::create_batch`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// The batch was created now.
+    New,
+    /// An idempotent submission found its batch already there (same id,
+    /// tenant and request digest): nothing was written.
+    Existing,
+}
+
+/// An idempotent [`crate::Store::add_ops`]: the caller's key (per batch)
+/// and what to remember under it, written in the same atomic step as the
+/// ops (opaque to the store; the coordinator keeps its answer there).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpawnOnce {
+    pub key: String,
+    pub record: String,
 }
 
 /// The message of the `OpRetrying` event each failed op gets when its

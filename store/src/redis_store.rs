@@ -109,6 +109,7 @@ macro_rules! memory_script {
 
 struct Scripts {
     create: Script,
+    reserve: Script,
     drop_batch: Script,
     register_waits: Script,
     register_shared: Script,
@@ -139,6 +140,7 @@ impl Scripts {
     fn load() -> Scripts {
         Scripts {
             create: Script::new(CREATE_LUA),
+            reserve: lua_script!("reserve.lua"),
             register_waits: lua_script!("register_waits.lua"),
             register_shared: lua_script!("register_shared.lua"),
             arrive: lua_script!("arrive.lua"),
@@ -1100,15 +1102,40 @@ impl Store for RedisStore {
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch.id, ops = batch.ops.len()))]
-    async fn create_batch(&self, batch: NewBatch) -> StoreResult<()> {
+    async fn create_batch(&self, batch: NewBatch) -> StoreResult<Created> {
         let mut connection = self.connection();
         let prefix = keys::batch_prefix(&batch.id);
         // Claims the id: a reused id fails here, before anything is written.
-        let fresh: bool = connection
-            .hset_nx(keys::meta(&batch.id), "state", "creating")
-            .await?;
-        if !fresh {
-            return Err(StoreError::BatchExists(batch.id));
+        if batch.request_digest.is_empty() {
+            let fresh: bool = connection
+                .hset_nx(keys::meta(&batch.id), "state", "creating")
+                .await?;
+            if !fresh {
+                return Err(StoreError::BatchExists(batch.id));
+            }
+        } else {
+            // An idempotent submission: the id is the key's mapping, and
+            // the claim records the digest and tenant it answers to.
+            let claim: String = self
+                .shared
+                .scripts
+                .reserve
+                .key(&prefix)
+                .arg(keys::DOORBELL_CHANNEL)
+                .arg(batch.id.as_str())
+                .arg(batch.created_ms)
+                .arg(&batch.request_digest)
+                .arg(&batch.tenant)
+                .arg(crate::CREATING_STALE_MS)
+                .invoke_async(&mut connection)
+                .await?;
+            match claim.as_str() {
+                "new" => {}
+                "existing" => return Ok(Created::Existing),
+                "creating" => return Err(StoreError::StillCreating(batch.id)),
+                "conflict" => return Err(StoreError::IdempotencyConflict(batch.id)),
+                other => return Err(corrupt(format_args!("reserve.lua answered `{other}`"))),
+            }
         }
 
         // A batch scope is always the batch's own memory.
@@ -1157,7 +1184,7 @@ impl Store for RedisStore {
             match pipe.query_async::<()>(&mut connection).await {
                 Ok(()) => {
                     self.shared.create_loaded.store(true, Ordering::Relaxed);
-                    return Ok(());
+                    return Ok(Created::New);
                 }
                 // Redis lost its script cache (restarted from its AOF, or
                 // SCRIPT FLUSH): the pipeline's writes went through, only
@@ -1173,7 +1200,7 @@ impl Store for RedisStore {
                     let _: String = create.invoke_async(&mut connection).await?;
                     self.shared.create_loaded.store(true, Ordering::Relaxed);
                     self.publish_bell(keys::started_bell(&batch.id)).await?;
-                    return Ok(());
+                    return Ok(Created::New);
                 }
                 Err(error) => return Err(error.into()),
             }
@@ -1204,7 +1231,7 @@ impl Store for RedisStore {
             let _: i64 = connection.sadd(keys::ACTIVE, batch.id.as_str()).await?;
             self.publish_bell(keys::started_bell(&batch.id)).await?;
         }
-        Ok(())
+        Ok(Created::New)
     }
 
     async fn batch_spec(&self, batch: &BatchId) -> StoreResult<Option<StoredSpec>> {
@@ -2032,6 +2059,7 @@ impl Store for RedisStore {
         spec: Vec<u8>,
         note: &str,
         now_ms: u64,
+        once: Option<&SpawnOnce>,
     ) -> StoreResult<CompleteOutcome> {
         let edges = added_edges(batch, first_index, &ops)?;
         let mut invocation = self.shared.scripts.add_ops.key(keys::batch_prefix(batch));
@@ -2060,6 +2088,10 @@ impl Store for RedisStore {
                 .arg(wait_info.unwrap_or_default());
         }
         invocation.arg(note);
+        match once {
+            Some(once) => invocation.arg(&once.key).arg(&once.record),
+            None => invocation.arg("").arg(""),
+        };
         let (status, reason, mut became_ready, finished, memory): (
             i64,
             String,
@@ -2075,6 +2107,12 @@ impl Store for RedisStore {
                     reason,
                 });
             }
+            -3 => {
+                return Err(StoreError::AlreadySpawned {
+                    batch: batch.clone(),
+                    record: reason,
+                });
+            }
             _ => {}
         }
         let scope = scope_from_code(batch, &memory);
@@ -2085,6 +2123,13 @@ impl Store for RedisStore {
             finished: self.finished_state(batch, &finished).await?,
             ..CompleteOutcome::default()
         })
+    }
+
+    async fn spawn_record(&self, batch: &BatchId, key: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .connection()
+            .hget(keys::spawn_keys(batch), key)
+            .await?)
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch, coordinator, ttl_ms))]

@@ -117,6 +117,7 @@ async fn million_op_batch_is_writable() {
             retain_ms: 0,
             tenant: String::new(),
             submitted_by: String::new(),
+            request_digest: String::new(),
         })
         .await
         .expect("create");
@@ -169,6 +170,7 @@ fn small_batch(id: &str, ops: usize, created_ms: u64, retain_ms: u64) -> NewBatc
         retain_ms,
         tenant: String::new(),
         submitted_by: String::new(),
+        request_digest: String::new(),
     }
 }
 

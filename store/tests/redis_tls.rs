@@ -93,6 +93,7 @@ async fn do_real_work(store: &RedisStore) {
             retain_ms: 0,
             tenant: String::new(),
             submitted_by: String::new(),
+            request_digest: String::new(),
         })
         .await
         .expect("create a batch");
