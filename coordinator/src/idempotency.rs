@@ -107,6 +107,23 @@ fn hash_map(hasher: &mut Sha256, map: &std::collections::HashMap<String, String>
     }
 }
 
+/// A test-only crash point, compiled into debug builds only: when the
+/// environment variable `VOLLEY_TEST_FAULT` names `point`, the process
+/// aborts on the spot, as a `kill -9` would end it there. The points:
+/// `submit-stored` (a batch was stored, its answer not yet sent) and
+/// `spawn-stored` (spawned ops were stored, the answer not yet sent). The
+/// end-to-end tests of retried calls use them (cli/tests/idempotency_e2e.rs).
+#[cfg(debug_assertions)]
+pub(crate) fn fault_point(point: &str) {
+    if std::env::var("VOLLEY_TEST_FAULT").is_ok_and(|fault| fault == point) {
+        tracing::error!(point, "VOLLEY_TEST_FAULT: aborting");
+        std::process::abort();
+    }
+}
+
+#[cfg(not(debug_assertions))]
+pub(crate) fn fault_point(_point: &str) {}
+
 /// What an idempotent spawn keeps in the store under its key: its digest
 /// and the answer the first call gave.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

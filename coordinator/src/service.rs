@@ -467,6 +467,7 @@ impl Coordinator {
         self.note_unwritten_waits(&id, &planned.plan).await;
         self.inner.dispatch.send(Command::BatchAdded(planned)).await;
         info!(batch = %id, op_count, audit = "submit", token = %principal.token_id, tenant = %principal.tenant, "batch accepted");
+        idempotency::fault_point("submit-stored");
         Ok(v1::SubmitBatchResponse {
             batch_id: id.into_string(),
             op_count,

@@ -138,6 +138,7 @@ impl Coordinator {
                         self.plans().finished(batch);
                     }
                     info!(%batch, added = ops.len(), spawned_by = spawner, audit = "spawn", token = %principal.token_id, tenant = %principal.tenant, "ops spawned");
+                    idempotency::fault_point("spawn-stored");
                     return Ok(v1::SpawnOpsResponse {
                         op_count: ops.len() as u32,
                         warnings,
