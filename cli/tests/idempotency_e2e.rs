@@ -92,7 +92,10 @@ async fn submitting_twice_with_one_key_makes_one_batch_whose_ops_run_once() {
     assert_eq!(code, Some(0), "stderr: {stderr}");
     let first_id = first_id.trim().to_owned();
     assert!(!first_id.is_empty());
-    assert_eq!(ended(&cluster.client, &first_id).await, BatchState::Succeeded);
+    assert_eq!(
+        ended(&cluster.client, &first_id).await,
+        BatchState::Succeeded
+    );
     // Again, after it ran: the same batch id, and nothing runs again.
     let (code, second_id, stderr) = volley_at(
         &cluster.url,
@@ -114,7 +117,10 @@ async fn submitting_twice_with_one_key_makes_one_batch_whose_ops_run_once() {
     )
     .await;
     assert_eq!(code, Some(0), "stderr: {stderr}");
-    assert!(stderr.contains(&format!("batch {first_id} submitted: 3 ops")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("batch {first_id} submitted: 3 ops")),
+        "{stderr}"
+    );
     assert_eq!(runs(cluster.root()), vec!["op0", "op1", "op2"]);
     let batches = cluster.client.list(100).await.expect("list");
     assert_eq!(batches.len(), 1, "{batches:?}");
@@ -131,13 +137,23 @@ async fn a_key_reused_for_another_batch_or_malformed_is_refused_with_exit_2() {
     let other = batch_file(cluster.root(), "b.yaml", &counting_batch("b", 2));
     let (code, first_id, stderr) = volley_at(
         &cluster.url,
-        &["submit", first.to_str().expect("utf-8"), "--idempotency-key", "k-1"],
+        &[
+            "submit",
+            first.to_str().expect("utf-8"),
+            "--idempotency-key",
+            "k-1",
+        ],
     )
     .await;
     assert_eq!(code, Some(0), "stderr: {stderr}");
     let (code, stdout, stderr) = volley_at(
         &cluster.url,
-        &["submit", other.to_str().expect("utf-8"), "--idempotency-key", "k-1"],
+        &[
+            "submit",
+            other.to_str().expect("utf-8"),
+            "--idempotency-key",
+            "k-1",
+        ],
     )
     .await;
     assert_eq!(code, Some(2), "stdout: {stdout} stderr: {stderr}");
@@ -152,14 +168,22 @@ async fn a_key_reused_for_another_batch_or_malformed_is_refused_with_exit_2() {
     // Malformed keys: too long, spaces, control bytes, non-ASCII.
     let long = "k".repeat(129);
     for (key, says) in [
-        (long.as_str(), "idempotency key is 129 bytes; the most is 128"),
+        (
+            long.as_str(),
+            "idempotency key is 129 bytes; the most is 128",
+        ),
         ("two words", "byte 0x20"),
         ("bell\u{7}", "byte 0x07"),
         ("clé", "byte 0xc3"),
     ] {
         let (code, _, stderr) = volley_at(
             &cluster.url,
-            &["submit", first.to_str().expect("utf-8"), "--idempotency-key", key],
+            &[
+                "submit",
+                first.to_str().expect("utf-8"),
+                "--idempotency-key",
+                key,
+            ],
         )
         .await;
         assert_eq!(code, Some(2), "key {key:?}: {stderr}");
@@ -169,11 +193,19 @@ async fn a_key_reused_for_another_batch_or_malformed_is_refused_with_exit_2() {
     let huge = "k".repeat(100_000);
     let (code, _, stderr) = volley_at(
         &cluster.url,
-        &["submit", first.to_str().expect("utf-8"), "--idempotency-key", &huge],
+        &[
+            "submit",
+            first.to_str().expect("utf-8"),
+            "--idempotency-key",
+            &huge,
+        ],
     )
     .await;
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("idempotency key is 100000 bytes"), "{stderr}");
+    assert!(
+        stderr.contains("idempotency key is 100000 bytes"),
+        "{stderr}"
+    );
     assert_eq!(cluster.client.list(100).await.expect("list").len(), 1);
 }
 
@@ -250,7 +282,10 @@ async fn spawning_twice_with_one_key_gives_the_first_answer() {
         .put("go", b"now".to_vec())
         .await
         .expect("put go");
-    assert_eq!(ended(&cluster.client, &batch_id).await, BatchState::Succeeded);
+    assert_eq!(
+        ended(&cluster.client, &batch_id).await,
+        BatchState::Succeeded
+    );
     let status = cluster.client.status(&batch_id).await.expect("status");
     assert_eq!(status.ops.len(), 2, "{status:?}");
     assert_eq!(runs(cluster.root()), vec!["child"]);
@@ -267,8 +302,7 @@ async fn an_unreachable_coordinator_is_exit_3_for_submit_and_spawn() {
     assert!(stdout.is_empty());
     assert!(stderr.contains("cannot reach the coordinator"), "{stderr}");
     assert!(stderr.contains("was not sent"), "{stderr}");
-    let (code, _, stderr) =
-        volley_at(&nobody, &["spawn", file, "--batch", "some-batch"]).await;
+    let (code, _, stderr) = volley_at(&nobody, &["spawn", file, "--batch", "some-batch"]).await;
     assert_eq!(code, Some(3), "stderr: {stderr}");
     assert!(stderr.contains("cannot reach the coordinator"), "{stderr}");
 }
@@ -374,7 +408,13 @@ async fn a_coordinator_dying_during_a_submit_is_retried_into_one_batch() {
     // No key given: the CLI makes one and keeps it across its retries.
     let (code, stdout, stderr) = volley_at(
         &fleet.balancer.url(),
-        &["submit", file.to_str().expect("utf-8"), "--watch", "--output", "json"],
+        &[
+            "submit",
+            file.to_str().expect("utf-8"),
+            "--watch",
+            "--output",
+            "json",
+        ],
     )
     .await;
     assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
@@ -398,7 +438,8 @@ async fn a_coordinator_dying_during_a_spawn_is_retried_into_one_spawn() {
         "gated.yaml",
         "name: gated\nops:\n  - {id: gate, kind: echo, wait_for: [go], args: {text: 'go ${memory.go}'}}\n",
     );
-    let (code, batch_id, stderr) = volley_at(&url, &["submit", gated.to_str().expect("utf-8")]).await;
+    let (code, batch_id, stderr) =
+        volley_at(&url, &["submit", gated.to_str().expect("utf-8")]).await;
     assert_eq!(code, Some(0), "stderr: {stderr}");
     let batch_id = batch_id.trim().to_owned();
     let children = batch_file(
@@ -408,7 +449,12 @@ async fn a_coordinator_dying_during_a_spawn_is_retried_into_one_spawn() {
     );
     let (code, _, stderr) = volley_at(
         &url,
-        &["spawn", children.to_str().expect("utf-8"), "--batch", &batch_id],
+        &[
+            "spawn",
+            children.to_str().expect("utf-8"),
+            "--batch",
+            &batch_id,
+        ],
     )
     .await;
     assert_eq!(code, Some(0), "stderr: {stderr}");

@@ -307,8 +307,21 @@ struct BatchFile {
     deadline: Option<u64>,
     #[serde(default)]
     retry_failed: Option<RetryFailedName>,
+    /// `retry: {lost_worker: N}`: runs again after a lost worker, per op.
+    #[serde(default)]
+    retry: Option<BatchRetryEntry>,
     #[serde(default, deserialize_with = "ops_as_protos")]
     ops: Vec<v1::Op>,
+}
+
+/// A batch's `retry:` block.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRetryEntry {
+    /// How many times an op may run again because its worker was lost,
+    /// apart from its `attempts` (default 3; 0: none).
+    #[serde(default)]
+    lost_worker: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -441,6 +454,7 @@ impl BatchFile {
                 Some(RetryFailedName::None) => v1::RetryFailed::None,
                 Some(RetryFailedName::Sequential) => v1::RetryFailed::Sequential,
             } as i32,
+            lost_worker_retries: self.retry.and_then(|retry| retry.lost_worker),
             trace_context: Default::default(),
             tenant: String::new(),
         }

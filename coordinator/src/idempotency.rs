@@ -24,9 +24,7 @@ pub const MAX_KEY_BYTES: usize = 128;
 pub enum KeyError {
     #[error("idempotency key is {0} bytes; the most is {MAX_KEY_BYTES}")]
     TooLong(usize),
-    #[error(
-        "idempotency key has a byte 0x{0:02x}: only printable ASCII (0x21..=0x7e) is allowed"
-    )]
+    #[error("idempotency key has a byte 0x{0:02x}: only printable ASCII (0x21..=0x7e) is allowed")]
     NotPrintable(u8),
 }
 
@@ -55,7 +53,11 @@ pub fn batch_id_for(tenant: &str, key: &str) -> BatchId {
     let hash = hasher.finalize();
     let mut bytes = [0_u8; 16];
     bytes.copy_from_slice(&hash[..16]);
-    BatchId::new(uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string())
+    BatchId::new(
+        uuid::Builder::from_custom_bytes(bytes)
+            .into_uuid()
+            .to_string(),
+    )
 }
 
 /// A digest of a submission: the same batch gives the same digest however
@@ -147,7 +149,10 @@ mod tests {
     #[test]
     fn long_or_unprintable_keys_are_refused_with_the_reason() {
         assert_eq!(check_key(&"k".repeat(129)), Err(KeyError::TooLong(129)));
-        assert_eq!(check_key(&"k".repeat(1 << 20)), Err(KeyError::TooLong(1 << 20)));
+        assert_eq!(
+            check_key(&"k".repeat(1 << 20)),
+            Err(KeyError::TooLong(1 << 20))
+        );
         assert_eq!(check_key("a b"), Err(KeyError::NotPrintable(b' ')));
         assert_eq!(check_key("a\nb"), Err(KeyError::NotPrintable(b'\n')));
         assert_eq!(check_key("nul\0"), Err(KeyError::NotPrintable(0)));
@@ -199,10 +204,7 @@ mod tests {
         let mut relabelled = batch();
         relabelled.labels.insert("l0".to_owned(), "x".to_owned());
         assert_ne!(submission_digest(&mut relabelled), digest);
-        assert_eq!(
-            spawn_digest(&mut [op("a")]),
-            spawn_digest(&mut [op("a")])
-        );
+        assert_eq!(spawn_digest(&mut [op("a")]), spawn_digest(&mut [op("a")]));
         assert_ne!(spawn_digest(&mut [op("a")]), spawn_digest(&mut [op("b")]));
     }
 }

@@ -30,10 +30,10 @@ use tracing::warn;
 use volley_plan::Plan;
 use volley_proto::BatchId;
 use volley_store::{
-    BatchMeta, BatchState, CancelOutcome, Claimed, CompleteOutcome, Completion, Created, Doorbell, Event,
-    Fence, MemoryChange, MemoryKeyInfo, MemoryScope, MemoryValue, NewBatch, NewOp, OpRecord,
-    OpWaits, PRIORITY_LEVELS, PutOptions, PutOutcome, ReadyDepth, Store, StoreResult, StoredSpec,
-    SpawnOnce, TokenRecord, WorkerEntry,
+    BatchMeta, BatchState, CancelOutcome, Claimed, CompleteOutcome, Completion, Created, Doorbell,
+    Event, Fence, MemoryChange, MemoryKeyInfo, MemoryScope, MemoryValue, NewBatch, NewOp, OpRecord,
+    OpWaits, PRIORITY_LEVELS, PutOptions, PutOutcome, ReadyDepth, SpawnOnce, Store, StoreResult,
+    StoredSpec, TokenRecord, WorkerEntry,
 };
 
 pub const OPS_TOTAL: &str = "volley_coordinator_ops_total";
@@ -376,14 +376,17 @@ impl Store for MeteredStore {
         self.inner.claim(batch, max, now_ms, lease_until_ms).await
     }
 
-    async fn renew_leases(
+    async fn renew_leases_on(
         &self,
         batch: &BatchId,
         ops: &[Claimed],
         lease_until_ms: u64,
+        worker: &str,
     ) -> StoreResult<Vec<Claimed>> {
         self.count(Verb::RenewLeases);
-        self.inner.renew_leases(batch, ops, lease_until_ms).await
+        self.inner
+            .renew_leases_on(batch, ops, lease_until_ms, worker)
+            .await
     }
 
     async fn expire_leases(

@@ -14,9 +14,13 @@ use tracing::{Instrument, info, info_span, warn};
 use volley_plan::{Plan, PlannedOp};
 use volley_proto::{BatchId, v1};
 use volley_store::{
-    Claimed, Completion, Created, Doorbell, FailureKind, NewBatch, NewOp, OnFailure, RetryPolicy,
-    Store, StoreError,
+    Claimed, Completion, Created, DEFAULT_LOST_WORKER_RETRIES, Doorbell, FailureKind, NewBatch,
+    NewOp, OnFailure, RetryPolicy, Store, StoreError,
 };
+
+/// The most lost-worker retries a batch may ask for per op: enough for any
+/// real outage, not enough to loop on a poisoned op for ever.
+const MAX_LOST_WORKER_RETRIES: u32 = 100;
 
 use crate::auth::{AuthError, Authenticator, Principal, Role};
 use crate::config::CoordinatorConfig;
@@ -376,6 +380,18 @@ impl Coordinator {
         }
         // The batch belongs to the submitter's tenant, whatever it says.
         batch.tenant = principal.tenant.clone();
+        let lost_worker_retries = batch
+            .lost_worker_retries
+            .unwrap_or(DEFAULT_LOST_WORKER_RETRIES);
+        if lost_worker_retries > MAX_LOST_WORKER_RETRIES {
+            return Err(CoordinatorError::Invalid(vec![volley_plan::Problem {
+                op_id: String::new(),
+                field: "retry.lost_worker".to_owned(),
+                message: format!(
+                    "{lost_worker_retries} lost-worker retries; the most is {MAX_LOST_WORKER_RETRIES}"
+                ),
+            }]));
+        }
         let request_digest = if idempotency_key.is_empty() {
             String::new()
         } else {
@@ -417,6 +433,7 @@ impl Coordinator {
         });
         let mut new_batch = new_batch(&planned, spec);
         new_batch.request_digest = request_digest;
+        new_batch.lost_worker_retries = lost_worker_retries;
         new_batch.retain_ms = self.inner.config.retain_finished.as_millis() as u64;
         new_batch.submitted_by = format!(
             "submitted by token {} (tenant {})",
@@ -1128,6 +1145,7 @@ fn new_batch(planned: &PlannedBatch, spec: Vec<u8>) -> NewBatch {
     let plan = &planned.plan;
     NewBatch {
         request_digest: String::new(),
+        lost_worker_retries: DEFAULT_LOST_WORKER_RETRIES,
         id: planned.id.clone(),
         name: plan.name.clone(),
         memory: planned.memory_scope(),

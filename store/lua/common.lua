@@ -35,6 +35,10 @@ local K_HANDED_BACK = P .. 'handed_back'
 local K_OWNER = P .. 'owner'
 -- idempotent add_ops: key -> the first call's record (see add_ops.lua)
 local K_SPAWN_KEYS = P .. 'spawn_keys'
+-- lost-worker retries each op had (see expire_leases.lua)
+local K_LOST_WORKERS = P .. 'lost_workers'
+-- the worker a coordinator saw an orphaned attempt on (see renew_leases.lua)
+local K_RUNNING_ON = P .. 'running_on'
 local CHANNEL = ARGV[1]
 local BATCH = ARGV[2]
 local NOW = ARGV[3]
@@ -566,7 +570,7 @@ local function finish_if_done()
   -- main thread, so a million-op batch does not stall Redis). What stays per
   -- op: its state, attempts, result, events and spec.
   redis.call('UNLINK', K_LEASES, K_DELAYED, K_INFO, K_PENDING, K_ARRIVED, K_ANY_DONE,
-    K_DEADLINES, K_WAIT_INFO, K_HANDED_BACK)
+    K_DEADLINES, K_WAIT_INFO, K_HANDED_BACK, K_LOST_WORKERS, K_RUNNING_ON)
   local retain = tonumber(m[12] or '0')
   -- The coordinators delete the batch (UNLINK) once its retention ran out;
   -- this TTL, an hour later, only catches a batch they never learnt of.
@@ -589,10 +593,32 @@ end
 local function batch_record_keys()
   local all = {K_META, P .. 'spec', K_STATE, K_ATTEMPTS, K_RESULT, K_EVENTS, K_SPEC_ADDED,
     K_OWNER, K_LEASES, K_DELAYED, K_INFO, K_PENDING, K_ARRIVED, K_ANY_DONE, K_DEADLINES,
-    K_WAIT_INFO, K_HANDED_BACK, K_SPAWN_KEYS}
+    K_WAIT_INFO, K_HANDED_BACK, K_SPAWN_KEYS, K_LOST_WORKERS, K_RUNNING_ON}
   for priority = 0, PRIORITY_LEVELS - 1 do all[#all + 1] = k_ready(priority) end
   each_own_memory_key(function(key) all[#all + 1] = key end)
   return all
+end
+
+-- A unix ms time as RFC 3339 UTC with ms (`2026-12-02T03:04:05.123Z`), as
+-- model.rs's rfc3339_ms spells it (civil-from-days, H. Hinnant).
+local function rfc3339_ms(unix_ms)
+  local ms = tonumber(unix_ms)
+  local millis = ms % 1000
+  local secs = (ms - millis) / 1000
+  local in_day = secs % 86400
+  local z = (secs - in_day) / 86400 + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400
+  if month <= 2 then year = year + 1 end
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', year, month, day,
+    math.floor(in_day / 3600), math.floor(in_day % 3600 / 60), in_day % 60, millis)
 end
 
 -- ---- end of common.lua; the verb's script follows ----

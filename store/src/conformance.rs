@@ -179,6 +179,7 @@ fn batch(batch_id: &str, ops: Vec<NewOp>) -> NewBatch {
         tenant: String::new(),
         submitted_by: String::new(),
         request_digest: String::new(),
+        lost_worker_retries: 0,
     }
 }
 
@@ -2397,7 +2398,15 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
     assert_eq!(indices(store, &batch_id, 10).await, vec![3]);
     // A mismatched first_index is refused and changes nothing.
     let refused = store
-        .add_ops(&batch_id, 5, vec![op(0, &[])], b"x".to_vec(), "", NOW + 21, None)
+        .add_ops(
+            &batch_id,
+            5,
+            vec![op(0, &[])],
+            b"x".to_vec(),
+            "",
+            NOW + 21,
+            None,
+        )
         .await;
     assert!(
         matches!(refused, Err(StoreError::CannotAddOps { ref batch, .. }) if *batch == batch_id),
@@ -2462,7 +2471,15 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
     );
     // A finished batch cannot grow.
     let finished = store
-        .add_ops(&batch_id, 12, vec![op(0, &[])], Vec::new(), "", NOW + 50, None)
+        .add_ops(
+            &batch_id,
+            12,
+            vec![op(0, &[])],
+            Vec::new(),
+            "",
+            NOW + 50,
+            None,
+        )
         .await;
     assert!(
         matches!(finished, Err(StoreError::CannotAddOps { .. })),
@@ -2470,7 +2487,15 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
     );
     assert!(matches!(
         store
-            .add_ops(&id("no-such"), 0, vec![op(0, &[])], Vec::new(), "", NOW, None)
+            .add_ops(
+                &id("no-such"),
+                0,
+                vec![op(0, &[])],
+                Vec::new(),
+                "",
+                NOW,
+                None
+            )
             .await,
         Err(StoreError::BatchNotFound(_))
     ));
@@ -2544,7 +2569,14 @@ pub async fn case_idempotent_create_returns_the_existing_batch(store: &dyn Store
     // Ended, the batch still answers its key while it is retained.
     for claimed in [0, 1] {
         store
-            .complete(&batch_id, &[success(Claimed { index: claimed, attempt: 1 })], NOW + 5)
+            .complete(
+                &batch_id,
+                &[success(Claimed {
+                    index: claimed,
+                    attempt: 1,
+                })],
+                NOW + 5,
+            )
             .await
             .expect("complete");
     }
@@ -2553,7 +2585,13 @@ pub async fn case_idempotent_create_returns_the_existing_batch(store: &dyn Store
         store.create_batch(first).await.expect("after the end"),
         Created::Existing
     );
-    assert_eq!(all_events(store, &batch_id).await.last().map(|event| event.kind), Some(EventKind::BatchFinished));
+    assert_eq!(
+        all_events(store, &batch_id)
+            .await
+            .last()
+            .map(|event| event.kind),
+        Some(EventKind::BatchFinished)
+    );
     // An idempotent submission whose id was taken by a plain one: refused.
     store
         .create_batch(batch("plain", vec![op(0, &[])]))
@@ -2577,9 +2615,20 @@ pub async fn case_idempotent_add_ops_keeps_the_first_record(store: &dyn Store) {
         key: "k1".to_owned(),
         record: "first answer".to_owned(),
     };
-    assert_eq!(store.spawn_record(&batch_id, "k1").await.expect("read"), None);
+    assert_eq!(
+        store.spawn_record(&batch_id, "k1").await.expect("read"),
+        None
+    );
     store
-        .add_ops(&batch_id, 1, vec![op(0, &[])], b"c1".to_vec(), "", NOW + 1, Some(&once))
+        .add_ops(
+            &batch_id,
+            1,
+            vec![op(0, &[])],
+            b"c1".to_vec(),
+            "",
+            NOW + 1,
+            Some(&once),
+        )
         .await
         .expect("add_ops");
     assert_eq!(
@@ -2592,7 +2641,15 @@ pub async fn case_idempotent_add_ops_keeps_the_first_record(store: &dyn Store) {
         record: "second answer".to_owned(),
     };
     let refused = store
-        .add_ops(&batch_id, 2, vec![op(0, &[])], b"c2".to_vec(), "", NOW + 2, Some(&retried))
+        .add_ops(
+            &batch_id,
+            2,
+            vec![op(0, &[])],
+            b"c2".to_vec(),
+            "",
+            NOW + 2,
+            Some(&retried),
+        )
         .await;
     assert!(
         matches!(refused, Err(StoreError::AlreadySpawned { ref record, .. }) if record == "first answer"),
@@ -2611,11 +2668,27 @@ pub async fn case_idempotent_add_ops_keeps_the_first_record(store: &dyn Store) {
         record: "other".to_owned(),
     };
     store
-        .add_ops(&batch_id, 2, vec![op(0, &[])], b"c2".to_vec(), "", NOW + 3, Some(&other))
+        .add_ops(
+            &batch_id,
+            2,
+            vec![op(0, &[])],
+            b"c2".to_vec(),
+            "",
+            NOW + 3,
+            Some(&other),
+        )
         .await
         .expect("another key");
     store
-        .add_ops(&batch_id, 3, vec![op(0, &[])], b"c3".to_vec(), "", NOW + 4, None)
+        .add_ops(
+            &batch_id,
+            3,
+            vec![op(0, &[])],
+            b"c3".to_vec(),
+            "",
+            NOW + 4,
+            None,
+        )
         .await
         .expect("no key");
     assert_eq!(meta(store, &batch_id).await.total, 4);
@@ -2624,15 +2697,41 @@ pub async fn case_idempotent_add_ops_keeps_the_first_record(store: &dyn Store) {
         .create_batch(batch("grow-once-2", vec![op(0, &[])]))
         .await
         .expect("create");
-    assert_eq!(store.spawn_record(&id("grow-once-2"), "k1").await.expect("read"), None);
-    assert_eq!(store.spawn_record(&id("no-such"), "k1").await.expect("read"), None);
+    assert_eq!(
+        store
+            .spawn_record(&id("grow-once-2"), "k1")
+            .await
+            .expect("read"),
+        None
+    );
+    assert_eq!(
+        store
+            .spawn_record(&id("no-such"), "k1")
+            .await
+            .expect("read"),
+        None
+    );
     // Once the batch ended, its keys still answer (before the state check).
-    let claimed = store.claim(&batch_id, 10, NOW + 5, LEASE).await.expect("claim");
+    let claimed = store
+        .claim(&batch_id, 10, NOW + 5, LEASE)
+        .await
+        .expect("claim");
     let done: Vec<Completion> = claimed.into_iter().map(success).collect();
-    store.complete(&batch_id, &done, NOW + 6).await.expect("complete");
+    store
+        .complete(&batch_id, &done, NOW + 6)
+        .await
+        .expect("complete");
     assert_eq!(meta(store, &batch_id).await.state, BatchState::Succeeded);
     let after_end = store
-        .add_ops(&batch_id, 4, vec![op(0, &[])], Vec::new(), "", NOW + 7, Some(&retried))
+        .add_ops(
+            &batch_id,
+            4,
+            vec![op(0, &[])],
+            Vec::new(),
+            "",
+            NOW + 7,
+            Some(&retried),
+        )
         .await;
     assert!(
         matches!(after_end, Err(StoreError::AlreadySpawned { .. })),

@@ -244,15 +244,42 @@ pub trait Store: Send + Sync + 'static {
         batch: &BatchId,
         ops: &[Claimed],
         lease_until_ms: u64,
+    ) -> StoreResult<Vec<Claimed>> {
+        self.renew_leases_on(batch, ops, lease_until_ms, "").await
+    }
+
+    /// [`Store::renew_leases`], noting that these attempts run on `worker`
+    /// (unless empty) — what a coordinator says when it lost that worker
+    /// and shortens their leases: if a lease then runs out, its error names
+    /// the worker. Kept per attempt until `expire_leases` reads it or the
+    /// batch ends.
+    async fn renew_leases_on(
+        &self,
+        batch: &BatchId,
+        ops: &[Claimed],
+        lease_until_ms: u64,
+        worker: &str,
     ) -> StoreResult<Vec<Claimed>>;
 
-    /// Running ops whose lease ran out (their worker died or hung) end as a
-    /// `LostWorker` failure: another attempt per their retry policy, else
-    /// failed "lost: the worker's lease ran out at `<ms>`" (`OpFailed`, no
-    /// worker; dependents skipped, fail_fast applied, as in `complete`).
-    /// A retry is `OpRetrying` with that message (plus when, after a
-    /// backoff). Their earlier attempt's late results are stale. `recorded`
-    /// = ops failed, `retried` = ops given another attempt.
+    /// Running ops whose lease ran out (their worker died, hung or was cut
+    /// off) lost their worker, which is not their fault. The error is
+    /// [`lost_worker_message`]: the worker noted by
+    /// [`Store::renew_leases_on`] for that attempt (else "its worker") and
+    /// when the lease ran out, as RFC 3339.
+    /// - While an op has lost-worker retries left (fewer than the batch's
+    ///   [`NewBatch::lost_worker_retries`] so far, and fail_fast has not
+    ///   fired), it goes back to the ready queue at once and the attempt is
+    ///   handed back (not counted against `max_attempts`): `OpRetrying`
+    ///   with the worker and "<error>; runs again (lost-worker retry n of
+    ///   N)".
+    /// - Past them it is a `LostWorker` failure: another attempt per its
+    ///   retry policy (`OpRetrying` with the error, plus when after a
+    ///   backoff), else failed (`OpFailed` with the worker; its record
+    ///   keeps the worker; dependents skipped, fail_fast applied, as in
+    ///   `complete`).
+    ///
+    /// Their earlier attempt's late results are stale. `recorded` = ops
+    /// failed, `retried` = ops given another attempt.
     /// `NotOwner` (nothing changed) unless `fence` is the batch's live hold,
     /// checked in the same atomic step; `BatchNotFound` first.
     async fn expire_leases(

@@ -155,6 +155,12 @@ struct BatchData {
     request_digest: String,
     /// Idempotent `add_ops`: key → the first call's record.
     spawn_keys: HashMap<String, String>,
+    /// Lost-worker retries per op (see `NewBatch::lost_worker_retries`).
+    lost_worker_retries: u32,
+    /// Op → lost-worker retries it had (only ops that lost a worker).
+    lost_workers: HashMap<u32, u32>,
+    /// Op → (attempt, worker) noted by `renew_leases_on`.
+    running_on: HashMap<u32, (u32, String)>,
 }
 
 /// One op. Kept small, since a million-op batch is normal: what most ops
@@ -1237,6 +1243,9 @@ impl Store for MemoryStore {
                 expires_at_ms: None,
                 request_digest: batch.request_digest,
                 spawn_keys: HashMap::new(),
+                lost_worker_retries: batch.lost_worker_retries,
+                lost_workers: HashMap::new(),
+                running_on: HashMap::new(),
             };
             // Same order as the Redis store: first the ops that wait for
             // nothing, then those whose keys are present already.
@@ -1455,11 +1464,12 @@ impl Store for MemoryStore {
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch, ops = ops.len()))]
-    async fn renew_leases(
+    async fn renew_leases_on(
         &self,
         batch: &BatchId,
         ops: &[Claimed],
         lease_until_ms: u64,
+        worker: &str,
     ) -> StoreResult<Vec<Claimed>> {
         let mut inner = self.lock();
         let data = inner.batch_mut(batch)?;
@@ -1467,6 +1477,10 @@ impl Store for MemoryStore {
         for claimed in ops {
             if data.runs(*claimed) {
                 data.set_lease(claimed.index, lease_until_ms);
+                if !worker.is_empty() {
+                    data.running_on
+                        .insert(claimed.index, (claimed.attempt, worker.to_owned()));
+                }
             } else {
                 stale.push(*claimed);
             }
@@ -1510,13 +1524,38 @@ impl Store for MemoryStore {
                 }
                 let attempt = op.record.attempts;
                 data.leave_running(index);
-                let error = format!("lost: the worker's lease ran out at {until}");
+                let worker = match data.running_on.remove(&index) {
+                    Some((noted_attempt, worker)) if noted_attempt == attempt => worker,
+                    _ => String::new(),
+                };
+                let error = lost_worker_message(&worker, until);
+                let lost = data.lost_workers.get(&index).copied().unwrap_or(0);
+                if lost < data.lost_worker_retries && !data.fail_fast_fired {
+                    data.lost_workers.insert(index, lost + 1);
+                    data.ops[index as usize].handed_back += 1;
+                    data.requeue(index, 0, now_ms);
+                    let message = format!(
+                        "{error}; runs again (lost-worker retry {} of {})",
+                        lost + 1,
+                        data.lost_worker_retries
+                    );
+                    data.event(
+                        now_ms,
+                        EventKind::OpRetrying,
+                        Some(index),
+                        attempt,
+                        &worker,
+                        &message,
+                    );
+                    outcome.retried.push(index);
+                    continue;
+                }
                 if data.retry_or_not(
                     index,
                     attempt,
                     FailureKind::LostWorker,
                     0,
-                    "",
+                    &worker,
                     &error,
                     now_ms,
                 ) {
@@ -1524,12 +1563,18 @@ impl Store for MemoryStore {
                     continue;
                 }
                 data.end_op(index, OpState::Failed, error.clone());
+                // As the Redis store keeps it: the worker, no times.
+                let worker_number = data.workers.number(&worker);
+                let record = &mut data.ops[index as usize].record;
+                record.worker = worker_number;
+                record.started_ms = 0;
+                record.duration_ms = 0;
                 data.event(
                     now_ms,
                     EventKind::OpFailed,
                     Some(index),
                     attempt,
-                    "",
+                    &worker,
                     &error,
                 );
                 outcome.recorded += 1;
@@ -1679,6 +1724,9 @@ impl Store for MemoryStore {
                     expires_at_ms: None,
                     request_digest: String::new(),
                     spawn_keys: HashMap::new(),
+                    lost_worker_retries: 0,
+                    lost_workers: HashMap::new(),
+                    running_on: HashMap::new(),
                 };
                 data.event(now_ms, EventKind::BatchFinished, None, 0, "", reason);
                 if let Some(last) = data.events.last_mut() {

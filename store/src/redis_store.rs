@@ -1158,7 +1158,8 @@ impl Store for RedisStore {
             .arg(u8::from(batch.retry_failed_sequential))
             .arg(batch.retain_ms)
             .arg(&batch.tenant)
-            .arg(&batch.submitted_by);
+            .arg(&batch.submitted_by)
+            .arg(batch.lost_worker_retries);
 
         // A small batch without memory waits (the common case, and every
         // latency-bound one) is written, made visible and announced in one
@@ -1363,11 +1364,12 @@ impl Store for RedisStore {
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch, ops = ops.len()))]
-    async fn renew_leases(
+    async fn renew_leases_on(
         &self,
         batch: &BatchId,
         ops: &[Claimed],
         lease_until_ms: u64,
+        worker: &str,
     ) -> StoreResult<Vec<Claimed>> {
         let mut connection = self.connection();
         // An empty slice still checks that the batch exists.
@@ -1379,7 +1381,7 @@ impl Store for RedisStore {
         let mut stale = Vec::new();
         for chunk in chunks {
             let mut invocation = batch_invocation(&self.shared.scripts.renew_leases, batch, 0);
-            invocation.arg(lease_until_ms);
+            invocation.arg(lease_until_ms).arg(worker);
             for claimed in chunk {
                 invocation.arg(claimed.index).arg(claimed.attempt);
             }
@@ -2126,10 +2128,7 @@ impl Store for RedisStore {
     }
 
     async fn spawn_record(&self, batch: &BatchId, key: &str) -> StoreResult<Option<String>> {
-        Ok(self
-            .connection()
-            .hget(keys::spawn_keys(batch), key)
-            .await?)
+        Ok(self.connection().hget(keys::spawn_keys(batch), key).await?)
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch, coordinator, ttl_ms))]

@@ -118,6 +118,7 @@ async fn million_op_batch_is_writable() {
             tenant: String::new(),
             submitted_by: String::new(),
             request_digest: String::new(),
+            lost_worker_retries: 0,
         })
         .await
         .expect("create");
@@ -171,6 +172,7 @@ fn small_batch(id: &str, ops: usize, created_ms: u64, retain_ms: u64) -> NewBatc
         tenant: String::new(),
         submitted_by: String::new(),
         request_digest: String::new(),
+        lost_worker_retries: 0,
     }
 }
 

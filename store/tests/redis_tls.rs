@@ -94,6 +94,7 @@ async fn do_real_work(store: &RedisStore) {
             tenant: String::new(),
             submitted_by: String::new(),
             request_digest: String::new(),
+            lost_worker_retries: 0,
         })
         .await
         .expect("create a batch");

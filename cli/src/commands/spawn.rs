@@ -39,11 +39,7 @@ pub async fn run(args: SpawnArgs) -> Exit {
     let spawned = call_with_retries(&args.cluster, "spawn", &key, |client| {
         let ops = batch.ops.clone();
         let (batch_id, op, key) = (args.batch.clone(), args.op.clone(), key.clone());
-        async move {
-            client
-                .spawn_ops_idempotent(&batch_id, ops, &op, &key)
-                .await
-        }
+        async move { client.spawn_ops_idempotent(&batch_id, ops, &op, &key).await }
     })
     .await;
     match spawned {

@@ -254,12 +254,14 @@ class Batch(_message.Message):
     def __init__(self, name: _Optional[str] = ..., max_parallel: _Optional[int] = ..., on_failure: _Optional[_Union[OnFailure, str]] = ..., hazards: _Optional[_Union[Hazards, str]] = ..., ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., wait_timeout_ms: _Optional[int] = ..., strict: bool = ..., deadline_ms: _Optional[int] = ..., retry_failed: _Optional[_Union[RetryFailed, str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class SubmitBatchChunk(_message.Message):
-    __slots__ = ("header", "ops")
+    __slots__ = ("header", "ops", "idempotency_key")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     header: Batch
     ops: OpChunk
-    def __init__(self, header: _Optional[_Union[Batch, _Mapping]] = ..., ops: _Optional[_Union[OpChunk, _Mapping]] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, header: _Optional[_Union[Batch, _Mapping]] = ..., ops: _Optional[_Union[OpChunk, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class OpChunk(_message.Message):
     __slots__ = ("ops",)
@@ -440,14 +442,16 @@ class WhyResponse(_message.Message):
     def __init__(self, op_id: _Optional[str] = ..., state: _Optional[_Union[OpState, str]] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SpawnOpsRequest(_message.Message):
-    __slots__ = ("batch_id", "ops", "spawned_by")
+    __slots__ = ("batch_id", "ops", "spawned_by", "idempotency_key")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
     SPAWNED_BY_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     ops: _containers.RepeatedCompositeFieldContainer[Op]
     spawned_by: str
-    def __init__(self, batch_id: _Optional[str] = ..., ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ..., spawned_by: _Optional[str] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, batch_id: _Optional[str] = ..., ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ..., spawned_by: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class SpawnOpsResponse(_message.Message):
     __slots__ = ("op_count", "warnings")
