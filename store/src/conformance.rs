@@ -81,6 +81,8 @@ macro_rules! conformance_tests {
             case_add_ops_waits_on_a_shared_scope,
             case_idempotent_create_returns_the_existing_batch,
             case_idempotent_add_ops_keeps_the_first_record,
+            case_lost_workers_have_a_budget_of_their_own,
+            case_lost_worker_retries_stop_after_fail_fast,
             case_lease_expiry_requeues_and_the_old_attempt_is_stale,
             case_renew_keeps_a_lease_alive,
             case_lost_worker_fails_when_the_policy_says_no,
@@ -2926,6 +2928,146 @@ pub async fn case_lease_expiry_requeues_and_the_old_attempt_is_stale(store: &dyn
         .await
         .expect("expire");
     assert_eq!(outcome, CompleteOutcome::default());
+}
+
+/// Losing a worker is not the op's fault: the batch's lost-worker retries
+/// run it again without using up its `max_attempts` (1 here); the errors
+/// name the worker a coordinator noted and show times as RFC 3339; past the
+/// budget it is an ordinary lost-worker failure, whose record keeps the
+/// worker.
+pub async fn case_lost_workers_have_a_budget_of_their_own(store: &dyn Store) {
+    use EventKind::*;
+    let batch_id = id("lost-budget");
+    store
+        .create_batch(NewBatch {
+            lost_worker_retries: 2,
+            ..batch("lost-budget", vec![op(0, &[])])
+        })
+        .await
+        .expect("create");
+    let fence = hold(store, &batch_id, NOW).await;
+    // Attempt 1: nobody said which worker ran it.
+    let first = store
+        .claim(&batch_id, 10, NOW + 1, NOW + 100)
+        .await
+        .expect("claim");
+    assert_eq!(first, vec![claimed(0, 1)]);
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 100, &fence)
+        .await
+        .expect("expire");
+    assert_eq!(outcome.retried, vec![0]);
+    assert_eq!(outcome.recorded, 0);
+    // Attempt 2: its coordinator lost worker `w9` and shortened the lease.
+    let second = store
+        .claim(&batch_id, 10, NOW + 110, NOW + 300)
+        .await
+        .expect("claim");
+    assert_eq!(second, vec![claimed(0, 2)]);
+    let stale = store
+        .renew_leases_on(&batch_id, &second, NOW + 200, "w9")
+        .await
+        .expect("renew");
+    assert!(stale.is_empty());
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 200, &fence)
+        .await
+        .expect("expire");
+    assert_eq!(outcome.retried, vec![0]);
+    // Attempt 3: the budget is spent; with max_attempts 1 (two attempts
+    // handed back, one used) the loss of `w7` is final.
+    let third = store
+        .claim(&batch_id, 10, NOW + 210, NOW + 400)
+        .await
+        .expect("claim");
+    assert_eq!(third, vec![claimed(0, 3)]);
+    store
+        .renew_leases_on(&batch_id, &third, NOW + 350, "w7")
+        .await
+        .expect("renew");
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 350, &fence)
+        .await
+        .expect("expire");
+    assert_eq!(outcome.recorded, 1);
+    assert_eq!(outcome.finished, Some(BatchState::Failed));
+    assert_eq!(
+        event_shapes(store, &batch_id).await,
+        vec![
+            (BatchSubmitted, None, 0),
+            (OpStarted, Some(0), 1),
+            (OpRetrying, Some(0), 1),
+            (OpStarted, Some(0), 2),
+            (OpRetrying, Some(0), 2),
+            (OpStarted, Some(0), 3),
+            (OpFailed, Some(0), 3),
+            (BatchFinished, None, 0),
+        ]
+    );
+    let events = all_events(store, &batch_id).await;
+    assert_eq!(
+        events[2].message,
+        format!(
+            "{}; runs again (lost-worker retry 1 of 2)",
+            lost_worker_message("", NOW + 100)
+        )
+    );
+    assert_eq!(
+        lost_worker_message("", 1_796_170_339_293),
+        "lost: its worker stopped renewing its lease (ran out at 2026-12-02T00:12:19.293Z)"
+    );
+    assert_eq!(events[4].worker, "w9");
+    assert_eq!(
+        events[4].message,
+        format!(
+            "{}; runs again (lost-worker retry 2 of 2)",
+            lost_worker_message("w9", NOW + 200)
+        )
+    );
+    assert!(
+        events[4].message.starts_with(
+            "lost: worker `w9` stopped renewing its lease (ran out at 2023-11-14T22:13:20.200Z)"
+        ),
+        "{}",
+        events[4].message
+    );
+    assert_eq!(events[6].worker, "w7");
+    assert_eq!(events[6].message, lost_worker_message("w7", NOW + 350));
+    let records = store.op_records(&batch_id).await.expect("records");
+    assert_eq!(records[0].state, OpState::Failed);
+    assert_eq!(records[0].attempts, 3);
+    assert_eq!(records[0].worker, "w7");
+    assert_eq!(records[0].error, lost_worker_message("w7", NOW + 350));
+}
+
+/// After fail_fast fired, a lost worker is final like every failure.
+pub async fn case_lost_worker_retries_stop_after_fail_fast(store: &dyn Store) {
+    let batch_id = id("lost-ff");
+    store
+        .create_batch(NewBatch {
+            lost_worker_retries: 3,
+            on_failure: OnFailure::FailFast,
+            ..batch("lost-ff", vec![op(0, &[]), op(0, &[])])
+        })
+        .await
+        .expect("create");
+    let fence = hold(store, &batch_id, NOW).await;
+    let running = store
+        .claim(&batch_id, 10, NOW + 1, NOW + 100)
+        .await
+        .expect("claim");
+    assert_eq!(running.len(), 2);
+    // Op 0 fails for good; fail_fast cancels what waits, op 1 runs on.
+    store
+        .complete(&batch_id, &[failure(running[0], "boom")], NOW + 5)
+        .await
+        .expect("complete");
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 100, &fence)
+        .await
+        .expect("expire");
+    assert!(outcome.retried.is_empty(), "{outcome:?}");
+    assert_eq!(states(store, &batch_id).await[1], OpState::Failed);
 }
 
 pub async fn case_renew_keeps_a_lease_alive(store: &dyn Store) {
