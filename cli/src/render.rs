@@ -148,13 +148,17 @@ pub fn op_state_word(state: OpState) -> &'static str {
     }
 }
 
+/// The most characters of a message an event line shows: room for a lost
+/// worker's error with its name, time and retry count.
+const EVENT_MESSAGE_CHARS: usize = 160;
+
 fn first_line(text: &str) -> String {
     let line = text
         .lines()
         .find(|line| !line.trim().is_empty())
         .unwrap_or("");
-    let mut shown: String = line.chars().take(80).collect();
-    if line.chars().count() > 80 {
+    let mut shown: String = line.chars().take(EVENT_MESSAGE_CHARS).collect();
+    if line.chars().count() > EVENT_MESSAGE_CHARS {
         shown.push('…');
     }
     shown
