@@ -158,7 +158,9 @@ mod tests {
         assert_eq!(check_key("nul\0"), Err(KeyError::NotPrintable(0)));
         assert_eq!(check_key("é"), Err(KeyError::NotPrintable(0xc3)));
         assert_eq!(check_key("\x1b[31m"), Err(KeyError::NotPrintable(0x1b)));
-        let message = check_key(&"k".repeat(200)).unwrap_err().to_string();
+        let message = check_key(&"k".repeat(200))
+            .expect_err("too long")
+            .to_string();
         assert_eq!(message, "idempotency key is 200 bytes; the most is 128");
     }
 
