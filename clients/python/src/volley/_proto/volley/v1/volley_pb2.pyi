@@ -210,7 +210,7 @@ class Op(_message.Message):
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., args_json: _Optional[str] = ..., after: _Optional[_Iterable[str]] = ..., run_if: _Optional[_Union[RunIf, str]] = ..., timeout_ms: _Optional[int] = ..., attempts: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., store_as: _Optional[str] = ..., wait_for: _Optional[_Iterable[str]] = ..., reads: _Optional[_Iterable[str]] = ..., writes: _Optional[_Iterable[str]] = ..., requires: _Optional[_Mapping[str, str]] = ..., wait_for_any: _Optional[_Iterable[str]] = ..., wait_timeout_ms: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., retry_on: _Optional[_Iterable[_Union[RetryOn, str]]] = ..., max_output_bytes: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("name", "max_parallel", "on_failure", "hazards", "ops", "namespace", "labels", "wait_timeout_ms", "strict", "deadline_ms", "retry_failed", "trace_context", "tenant")
+    __slots__ = ("name", "max_parallel", "on_failure", "hazards", "ops", "namespace", "labels", "wait_timeout_ms", "strict", "deadline_ms", "retry_failed", "trace_context", "tenant", "lost_worker_retries")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +238,7 @@ class Batch(_message.Message):
     RETRY_FAILED_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    LOST_WORKER_RETRIES_FIELD_NUMBER: _ClassVar[int]
     name: str
     max_parallel: int
     on_failure: OnFailure
@@ -251,7 +252,8 @@ class Batch(_message.Message):
     retry_failed: RetryFailed
     trace_context: _containers.ScalarMap[str, str]
     tenant: str
-    def __init__(self, name: _Optional[str] = ..., max_parallel: _Optional[int] = ..., on_failure: _Optional[_Union[OnFailure, str]] = ..., hazards: _Optional[_Union[Hazards, str]] = ..., ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., wait_timeout_ms: _Optional[int] = ..., strict: bool = ..., deadline_ms: _Optional[int] = ..., retry_failed: _Optional[_Union[RetryFailed, str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., tenant: _Optional[str] = ...) -> None: ...
+    lost_worker_retries: int
+    def __init__(self, name: _Optional[str] = ..., max_parallel: _Optional[int] = ..., on_failure: _Optional[_Union[OnFailure, str]] = ..., hazards: _Optional[_Union[Hazards, str]] = ..., ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., wait_timeout_ms: _Optional[int] = ..., strict: bool = ..., deadline_ms: _Optional[int] = ..., retry_failed: _Optional[_Union[RetryFailed, str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., tenant: _Optional[str] = ..., lost_worker_retries: _Optional[int] = ...) -> None: ...
 
 class SubmitBatchChunk(_message.Message):
     __slots__ = ("header", "ops", "idempotency_key")
