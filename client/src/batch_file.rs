@@ -674,6 +674,20 @@ fn string_map<'de, D: Deserializer<'de>>(
 mod tests {
     use super::*;
 
+    #[test]
+    fn retry_lost_worker_sets_the_batch_s_lost_worker_retries() {
+        let unset = parse_batch("ops: []", "b.yaml").unwrap();
+        assert_eq!(unset.lost_worker_retries, None);
+        let none = parse_batch("retry: {lost_worker: 0}\nops: []", "b.yaml").unwrap();
+        assert_eq!(none.lost_worker_retries, Some(0));
+        let five = parse_batch("retry: {lost_worker: 5}\nops: []", "b.yaml").unwrap();
+        assert_eq!(five.lost_worker_retries, Some(5));
+        let typo = parse_batch("retry: {lost_workers: 5}\nops: []", "b.yaml").unwrap_err();
+        assert!(typo.to_string().contains("lost_workers"), "{typo}");
+        let negative = parse_batch("retry: {lost_worker: -1}\nops: []", "b.yaml").unwrap_err();
+        assert!(negative.to_string().contains("lost_worker"), "{negative}");
+    }
+
     const GOOD_YAML: &str = r#"
 name: release-check
 max_parallel: 8
