@@ -141,6 +141,9 @@ async fn with_no_lost_worker_retries_the_loss_fails_the_op_and_names_the_worker(
     let op = common::report_op(&report, "slow");
     assert_eq!(op["state"], "failed", "{op}");
     assert_eq!(op["worker"], "w1", "{op}");
+    // Its real duration: from its start until its lease ran out, not 0.
+    assert!(op["duration_ms"].as_u64().is_some_and(|ms| ms > 0), "{op}");
+    assert!(op["started_ms"].as_u64().is_some_and(|ms| ms > 0), "{op}");
     let error = op["error"].as_str().expect("an error");
     assert!(
         error.starts_with("lost: worker `w1` stopped renewing its lease (ran out at 20")

@@ -28,6 +28,22 @@ if m[1] ~= 'running' then
   return { 0, {}, {}, 0, '', '' }
 end
 local lost_budget = tonumber(m[2] or '0') or 0
+-- When a lost attempt started, for the record of a final loss (a rare
+-- path): its `started` event among the batch's latest STARTED_LOOKBACK
+-- events (almost always there); '' when not found (no start, no duration).
+local STARTED_LOOKBACK = 10000
+local function started_at(idx, attempt)
+  local wanted = SEP .. 'started' .. SEP .. idx .. SEP .. attempt .. SEP
+  local entries = redis.call('XREVRANGE', K_EVENTS, '+', '-', 'COUNT', STARTED_LOOKBACK)
+  for _, entry in ipairs(entries) do
+    local packed = entry[2][2] or ''
+    local first = string.find(packed, SEP, 1, true)
+    if first and string.sub(packed, first, first + #wanted - 1) == wanted then
+      return string.sub(packed, 1, first - 1)
+    end
+  end
+  return ''
+end
 math.randomseed(tonumber(ARGV[4]))
 local indices = {}
 for position, member in ipairs(due) do indices[position] = tonumber(member) end
@@ -68,7 +84,14 @@ for _, idx in ipairs(indices) do
         event('retrying', idx, attempt, worker, retry_message(err, delay, ready_at), nil)
         retried[#retried + 1] = idx
       else
-        end_op(idx, 'F', cjson.encode({ e = err, w = worker }))
+        -- The record keeps the worker and how long the attempt ran, from
+        -- its start to the end of its lease.
+        local started = started_at(idx, attempt)
+        local duration = ''
+        if started ~= '' then
+          duration = string.format('%d', math.max(0, tonumber(deadline) - tonumber(started)))
+        end
+        end_op(idx, 'F', cjson.encode({ e = err, w = worker, s = started, d = duration }))
         event('failed', idx, attempt, worker, err, nil)
         failed = failed + 1
         became_ready = became_ready + propagate(idx, 'F')

@@ -3037,6 +3037,11 @@ pub async fn case_lost_workers_have_a_budget_of_their_own(store: &dyn Store) {
     assert_eq!(records[0].state, OpState::Failed);
     assert_eq!(records[0].attempts, 3);
     assert_eq!(records[0].worker, "w7");
+    // Attempt 3 started at NOW + 210 (its claim) and lost its lease at NOW + 350.
+    assert_eq!(
+        (records[0].started_ms, records[0].duration_ms),
+        (NOW + 210, 140)
+    );
     assert_eq!(records[0].error, lost_worker_message("w7", NOW + 350));
 }
 

@@ -275,8 +275,10 @@ pub trait Store: Send + Sync + 'static {
     /// - Past them it is a `LostWorker` failure: another attempt per its
     ///   retry policy (`OpRetrying` with the error, plus when after a
     ///   backoff), else failed (`OpFailed` with the worker; its record
-    ///   keeps the worker; dependents skipped, fail_fast applied, as in
-    ///   `complete`).
+    ///   keeps the worker, the attempt's start — its `OpStarted` event,
+    ///   looked for among the batch's latest 10,000 events, else 0 — and
+    ///   its duration up to the lease's end; dependents skipped, fail_fast
+    ///   applied, as in `complete`).
     ///
     /// Their earlier attempt's late results are stale. `recorded` = ops
     /// failed, `retried` = ops given another attempt.

@@ -22,6 +22,11 @@ use crate::model::*;
 use crate::redis_store::{pending_count, wait_keys, wait_triples};
 use crate::{Store, StoreError, StoreResult};
 
+/// How many of a batch's latest events a final lost-worker failure looks
+/// through for its attempt's start (`STARTED_LOOKBACK` in
+/// `lua/expire_leases.lua`).
+const STARTED_LOOKBACK: usize = 10_000;
+
 /// Doorbell channel capacity; a receiver that lags gets `Lagged` and should
 /// resync, exactly as after `Doorbell::Resync`.
 pub(crate) const DOORBELL_CAPACITY: usize = 1024;
@@ -693,6 +698,22 @@ impl BatchData {
                 holder: live.map(|live| live.coordinator.clone()),
             }),
         }
+    }
+
+    /// When attempt `attempt` of op `index` started: its `OpStarted` event
+    /// among the latest [`STARTED_LOOKBACK`] events (as `expire_leases.lua`
+    /// looks).
+    fn attempt_started_ms(&self, index: u32, attempt: u32) -> Option<u64> {
+        self.events
+            .iter()
+            .rev()
+            .take(STARTED_LOOKBACK)
+            .find(|event| {
+                event.kind == EventKind::OpStarted
+                    && event.op_index == index
+                    && event.attempt == attempt
+            })
+            .map(|event| event.at_ms)
     }
 
     fn event(
@@ -1563,12 +1584,16 @@ impl Store for MemoryStore {
                     continue;
                 }
                 data.end_op(index, OpState::Failed, error.clone());
-                // As the Redis store keeps it: the worker, no times.
+                // The record keeps the worker and how long the attempt ran,
+                // from its `started` event (looked for as the Redis store
+                // does, among the latest STARTED_LOOKBACK events) to the end
+                // of its lease.
+                let started_ms = data.attempt_started_ms(index, attempt);
                 let worker_number = data.workers.number(&worker);
                 let record = &mut data.ops[index as usize].record;
                 record.worker = worker_number;
-                record.started_ms = 0;
-                record.duration_ms = 0;
+                record.started_ms = started_ms.unwrap_or(0);
+                record.duration_ms = started_ms.map_or(0, |started| until.saturating_sub(started));
                 data.event(
                     now_ms,
                     EventKind::OpFailed,
