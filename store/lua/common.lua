@@ -98,6 +98,28 @@ local function event(kind, idx, attempt, worker, message, batch_state)
     (attempt or 0) .. SEP .. (worker or '') .. SEP .. (batch_state or '') .. SEP .. (message or ''))
 end
 
+-- A unix ms time as RFC 3339 UTC with ms (`2026-12-02T03:04:05.123Z`), as
+-- model.rs's rfc3339_ms spells it (civil-from-days, H. Hinnant).
+local function rfc3339_ms(unix_ms)
+  local ms = tonumber(unix_ms)
+  local millis = ms % 1000
+  local secs = (ms - millis) / 1000
+  local in_day = secs % 86400
+  local z = (secs - in_day) / 86400 + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400
+  if month <= 2 then year = year + 1 end
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', year, month, day,
+    math.floor(in_day / 3600), math.floor(in_day % 3600 / 60), in_day % 60, millis)
+end
+
 -- Most arguments one command gets from a Lua table (unpack uses the C stack).
 local MAX_UNPACK = 512
 
@@ -228,7 +250,7 @@ end
 -- The message of a `retrying` event: the failure, then when.
 local function retry_message(err, delay, ready_at)
   if delay <= 0 then return err end
-  local when = string.format('next attempt at %d (in %d ms)', ready_at, delay)
+  local when = string.format('next attempt at %s (in %d ms)', rfc3339_ms(ready_at), delay)
   if err == nil or err == '' then return when end
   return err .. '; ' .. when
 end
@@ -597,28 +619,6 @@ local function batch_record_keys()
   for priority = 0, PRIORITY_LEVELS - 1 do all[#all + 1] = k_ready(priority) end
   each_own_memory_key(function(key) all[#all + 1] = key end)
   return all
-end
-
--- A unix ms time as RFC 3339 UTC with ms (`2026-12-02T03:04:05.123Z`), as
--- model.rs's rfc3339_ms spells it (civil-from-days, H. Hinnant).
-local function rfc3339_ms(unix_ms)
-  local ms = tonumber(unix_ms)
-  local millis = ms % 1000
-  local secs = (ms - millis) / 1000
-  local in_day = secs % 86400
-  local z = (secs - in_day) / 86400 + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-    - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local day = doy - math.floor((153 * mp + 2) / 5) + 1
-  local month = mp < 10 and mp + 3 or mp - 9
-  local year = yoe + era * 400
-  if month <= 2 then year = year + 1 end
-  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', year, month, day,
-    math.floor(in_day / 3600), math.floor(in_day % 3600 / 60), in_day % 60, millis)
 end
 
 -- ---- end of common.lua; the verb's script follows ----

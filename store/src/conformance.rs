@@ -3397,7 +3397,7 @@ pub async fn case_backoff_delays_a_retry(store: &dyn Store) {
     assert!(
         retry_events[0]
             .message
-            .contains(&format!("next attempt at {}", NOW + 1_010)),
+            .contains(&format!("next attempt at {} (in", rfc3339_ms(NOW + 1_010))),
         "{}",
         retry_events[0].message
     );

@@ -356,7 +356,7 @@ pub trait Store: Send + Sync + 'static {
     /// is not running or whose attempt differs is stale and ignored (listed in
     /// `stale`). A failure whose kind the op's `RetryPolicy` allows, with
     /// attempts left and fail_fast not fired, gets another attempt
-    /// (`OpRetrying`, message = the error, then "; next attempt at `<ms>` (in
+    /// (`OpRetrying`, message = the error, then "; next attempt at `<RFC 3339>` (in
     /// `<n>` ms)" when delayed): the delay is the backoff (jitter drawn by the
     /// store: a per-call random seed for the Redis scripts' `math.random`)
     /// or `retry_after_ms` if larger; 0 → ready queue at once, else the

@@ -1158,7 +1158,7 @@ fn retry_message(error: &str, delay: u64, ready_at: u64) -> String {
     if delay == 0 {
         return error.to_owned();
     }
-    let when = format!("next attempt at {ready_at} (in {delay} ms)");
+    let when = format!("next attempt at {} (in {delay} ms)", rfc3339_ms(ready_at));
     if error.is_empty() {
         when
     } else {
