@@ -335,11 +335,13 @@ fn coordinator_with_fault(redis: &RedisServer, port: u16, id: &str, fault: &str)
         .expect("coordinator starts")
 }
 
-/// Two coordinators behind a balancer, each dying right after it stored a
-/// new batch (before answering), and one worker through the balancer.
+/// Coordinators behind a balancer, each dying at the crash point `fault`
+/// (right after it stored a new batch or spawn, before answering), and one
+/// worker through the balancer.
 struct FaultyFleet {
-    _redis: RedisServer,
+    redis: RedisServer,
     balancer: TcpBalancer,
+    ports: Vec<u16>,
     coordinators: Vec<Child>,
     _worker: Child,
     root: tempfile::TempDir,
@@ -347,8 +349,12 @@ struct FaultyFleet {
 
 impl FaultyFleet {
     async fn start(fault: &str) -> FaultyFleet {
+        FaultyFleet::start_with(fault, 2).await
+    }
+
+    async fn start_with(fault: &str, coordinators: usize) -> FaultyFleet {
         let redis = RedisServer::start().expect("redis-server starts");
-        let ports = [free_port(), free_port()];
+        let ports: Vec<u16> = (0..coordinators).map(|_| free_port()).collect();
         let balancer = TcpBalancer::start(
             ports
                 .iter()
@@ -361,7 +367,7 @@ impl FaultyFleet {
             .enumerate()
             .map(|(index, port)| coordinator_with_fault(&redis, *port, &format!("c{index}"), fault))
             .collect();
-        for port in ports {
+        for port in &ports {
             connect_with_deadline(&format!("http://127.0.0.1:{port}"), HANG_GUARD).await;
         }
         let root = tempfile::tempdir().expect("temp dir");
@@ -381,8 +387,9 @@ impl FaultyFleet {
             .await
             .expect("the worker connects");
         FaultyFleet {
-            _redis: redis,
+            redis,
             balancer,
+            ports,
             coordinators,
             _worker: worker,
             root,
@@ -471,4 +478,40 @@ async fn a_coordinator_dying_during_a_spawn_is_retried_into_one_spawn() {
         .expect("put go");
     assert_eq!(ended(&client, &batch_id).await, BatchState::Succeeded);
     assert_eq!(runs(fleet.root.path()), vec!["child"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_no_coordinator_answers_exits_3_with_the_key_that_retries_it_safely() {
+    let mut fleet = FaultyFleet::start_with("submit-stored", 1).await;
+    let file = batch_file(fleet.root.path(), "count.yaml", &counting_batch("count", 2));
+    let file = file.to_str().expect("utf-8").to_owned();
+    let url = fleet.balancer.url();
+    // The only coordinator stores the batch and dies before answering; the
+    // retries find nobody.
+    let (code, stdout, stderr) = volley_at(&url, &["submit", &file]).await;
+    assert_eq!(code, Some(3), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(fleet.dead(), 1);
+    let key = stderr
+        .split("--idempotency-key ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no key in:\n{stderr}"))
+        .to_owned();
+    assert!(
+        stderr.contains("may or may not have taken effect"),
+        "{stderr}"
+    );
+    // A coordinator is back (without the crash point): the same command
+    // with that key gets the batch the first call made, which runs once.
+    fleet.coordinators[0] = coordinator_with_fault(&fleet.redis, fleet.ports[0], "c0", "none");
+    let client = connect_with_deadline(&url, HANG_GUARD).await;
+    let (code, batch_id, stderr) =
+        volley_at(&url, &["submit", &file, "--idempotency-key", &key]).await;
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    let batches = client.list(100).await.expect("list");
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_eq!(batches[0].batch_id, batch_id.trim());
+    assert_eq!(ended(&client, batch_id.trim()).await, BatchState::Succeeded);
+    assert_eq!(runs(fleet.root.path()), vec!["op0", "op1"]);
 }
