@@ -150,6 +150,20 @@ async fn with_no_lost_worker_retries_the_loss_fails_the_op_and_names_the_worker(
             && error.ends_with("Z)"),
         "{error}"
     );
+    // `volley why` says the same, names and time as they are.
+    let batch_id = report["batch_id"].as_str().expect("batch id");
+    let why = volley()
+        .args(["why", batch_id, "slow"])
+        .env("VOLLEY_COORDINATOR", &cluster.url)
+        .env("VOLLEY_TOKEN", ADMIN_TOKEN)
+        .output()
+        .await
+        .expect("volley why");
+    let why_stdout = String::from_utf8_lossy(&why.stdout);
+    assert!(
+        why_stdout.contains(&format!("it has ended (failed): {error}")),
+        "{why_stdout}"
+    );
     // A bad budget is refused before anything runs.
     let bad = batch_file(
         cluster.root(),
