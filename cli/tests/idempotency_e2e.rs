@@ -515,3 +515,70 @@ async fn a_submit_no_coordinator_answers_exits_3_with_the_key_that_retries_it_sa
     assert_eq!(ended(&client, batch_id.trim()).await, BatchState::Succeeded);
     assert_eq!(runs(fleet.root.path()), vec!["op0", "op1"]);
 }
+
+/// `volley token create ARGS…` as the admin: the token (stdout's one line).
+async fn token(cluster: &Cluster, args: &[&str]) -> String {
+    let mut full = vec!["token", "create"];
+    full.extend_from_slice(args);
+    let (code, stdout, stderr) = volley_at(&cluster.url, &full).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    stdout.trim().to_owned()
+}
+
+/// `volley ARGS…` against the cluster as the holder of `token`.
+async fn volley_as(cluster: &Cluster, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = tokio::time::timeout(
+        HANG_GUARD,
+        volley()
+            .args(args)
+            .env("VOLLEY_COORDINATOR", &cluster.url)
+            .env("VOLLEY_TOKEN", token)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("volley ends within the hang guard")
+    .expect("volley runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_in_two_tenants_is_two_batches_neither_sees_the_other() {
+    let cluster = Cluster::start(1).await;
+    let tenant_a = token(&cluster, &["--role", "client", "--tenant", "a"]).await;
+    let tenant_b = token(&cluster, &["--role", "client", "--tenant", "b"]).await;
+    let first = batch_file(cluster.root(), "a.yaml", &counting_batch("a", 1));
+    let other = batch_file(cluster.root(), "b.yaml", &counting_batch("b", 2));
+    let submit = |file: &Path| {
+        vec![
+            "submit".to_owned(),
+            file.to_str().expect("utf-8").to_owned(),
+            "--idempotency-key".to_owned(),
+            "shared-key".to_owned(),
+        ]
+    };
+    let args = submit(&first);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, a_id, stderr) = volley_as(&cluster, &tenant_a, &args).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    // Tenant b, same key, another batch: no conflict, and no hint of a's.
+    let args = submit(&other);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, b_id, stderr) = volley_as(&cluster, &tenant_b, &args).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_ne!(a_id.trim(), b_id.trim());
+    assert!(!stderr.contains(a_id.trim()), "{stderr}");
+    // Each tenant's retry finds its own batch; neither can read the other's.
+    let args = submit(&other);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, b_again, _) = volley_as(&cluster, &tenant_b, &args).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(b_again.trim(), b_id.trim());
+    let (code, _, stderr) = volley_as(&cluster, &tenant_b, &["status", a_id.trim()]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("not found"), "{stderr}");
+}
