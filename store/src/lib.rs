@@ -70,7 +70,8 @@ pub enum StoreError {
     #[error("batch {0} was created by another submission")]
     IdempotencyConflict(BatchId),
     /// An idempotent `create_batch` found its batch still being written by
-    /// another call (claimed at `claimed_ms`); try again shortly.
+    /// another call (its claim is younger than [`CREATING_STALE_MS`]); try
+    /// again shortly.
     #[error("batch {0} is still being created by an earlier call")]
     StillCreating(BatchId),
     /// An idempotent `add_ops` found its key already used in this batch:
