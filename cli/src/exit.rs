@@ -93,6 +93,12 @@ pub fn client_error(error: &ClientError) -> Exit {
             eprintln!("error: {message}");
             Exit::PermissionDenied
         }
+        // Refused (an idempotency key reused for another request): nothing
+        // was done, as for an invalid batch.
+        ClientError::AlreadyExists(_) => {
+            eprintln!("error: {error}");
+            Exit::Invalid
+        }
         ClientError::Conflict(_) | ClientError::TimedOut(_) | ClientError::Other { .. } => {
             eprintln!("error: {error}");
             Exit::OpsFailed

@@ -201,8 +201,12 @@ pub fn op_state_word(state: OpState) -> &'static str {
     }
 }
 
+/// The most characters of a message an event line shows: room for a lost
+/// worker's error with its name, time and retry count.
+const EVENT_MESSAGE_CHARS: usize = 160;
+
 fn first_line(text: &str) -> String {
-    one_line(first_line_of(text), 80)
+    one_line(first_line_of(text), EVENT_MESSAGE_CHARS)
 }
 
 /// The first line of `text` that is not blank.

@@ -309,8 +309,21 @@ struct BatchFile {
     deadline: Option<u64>,
     #[serde(default)]
     retry_failed: Option<RetryFailedName>,
+    /// `retry: {lost_worker: N}`: runs again after a lost worker, per op.
+    #[serde(default)]
+    retry: Option<BatchRetryEntry>,
     #[serde(default, deserialize_with = "ops_as_protos")]
     ops: Vec<v1::Op>,
+}
+
+/// A batch's `retry:` block.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRetryEntry {
+    /// How many times an op may run again because its worker was lost,
+    /// apart from its `attempts` (default 3; 0: none).
+    #[serde(default)]
+    lost_worker: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -443,6 +456,7 @@ impl BatchFile {
                 Some(RetryFailedName::None) => v1::RetryFailed::None,
                 Some(RetryFailedName::Sequential) => v1::RetryFailed::Sequential,
             } as i32,
+            lost_worker_retries: self.retry.and_then(|retry| retry.lost_worker),
             trace_context: Default::default(),
             tenant: String::new(),
             allow_unwritten: self.allow_unwritten,
@@ -662,6 +676,20 @@ fn string_map<'de, D: Deserializer<'de>>(
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_lost_worker_sets_the_batch_s_lost_worker_retries() {
+        let unset = parse_batch("ops: []", "b.yaml").unwrap();
+        assert_eq!(unset.lost_worker_retries, None);
+        let none = parse_batch("retry: {lost_worker: 0}\nops: []", "b.yaml").unwrap();
+        assert_eq!(none.lost_worker_retries, Some(0));
+        let five = parse_batch("retry: {lost_worker: 5}\nops: []", "b.yaml").unwrap();
+        assert_eq!(five.lost_worker_retries, Some(5));
+        let typo = parse_batch("retry: {lost_workers: 5}\nops: []", "b.yaml").unwrap_err();
+        assert!(typo.to_string().contains("lost_workers"), "{typo}");
+        let negative = parse_batch("retry: {lost_worker: -1}\nops: []", "b.yaml").unwrap_err();
+        assert!(negative.to_string().contains("lost_worker"), "{negative}");
+    }
 
     const GOOD_YAML: &str = r#"
 name: release-check

@@ -86,10 +86,24 @@ impl Client {
     /// span's, when an OpenTelemetry layer records it) travels in the
     /// request's metadata as W3C `traceparent`, so the batch's trace goes on
     /// in the coordinator and the workers.
+    ///
+    /// Sends a new idempotency key; to retry a call whose answer was lost
+    /// without risking a second batch, use [`Client::submit_idempotent`]
+    /// with one key for every try.
+    pub async fn submit(&self, batch: v1::Batch) -> Result<v1::SubmitBatchResponse, ClientError> {
+        self.submit_idempotent(batch, &new_idempotency_key()).await
+    }
+
+    /// Submits a batch with an idempotency key (at most 128 bytes of
+    /// printable ASCII): a retry with the same key and the same batch gets
+    /// the first call's answer (same batch id) instead of a second batch,
+    /// on any coordinator of the cluster. The same key with another batch
+    /// fails with [`ClientError::AlreadyExists`].
     #[tracing::instrument(name = "submit_batch", skip_all, fields(otel.kind = "client", name = %batch.name, ops = batch.ops.len()))]
-    pub async fn submit(
+    pub async fn submit_idempotent(
         &self,
         mut batch: v1::Batch,
+        idempotency_key: &str,
     ) -> Result<v1::SubmitBatchResponse, ClientError> {
         // Reversed, so each chunk is cut off the end and the ops' buffer
         // shrinks as the chunks go: a big batch is held about once, not as
@@ -98,6 +112,7 @@ impl Client {
         ops.reverse();
         let header = v1::SubmitBatchChunk {
             part: Some(Part::Header(batch)),
+            idempotency_key: idempotency_key.to_owned(),
         };
         let chunks = std::iter::once(header).chain(std::iter::from_fn(move || {
             let mut count = 0;
@@ -338,10 +353,26 @@ impl Client {
         ops: Vec<v1::Op>,
         spawned_by: &str,
     ) -> Result<v1::SpawnOpsResponse, ClientError> {
+        self.spawn_ops_idempotent(batch_id, ops, spawned_by, &new_idempotency_key())
+            .await
+    }
+
+    /// Adds ops with an idempotency key: a retry with the same key and the
+    /// same ops gets the first call's answer instead of adding them again
+    /// (or failing on their ids); the same key with other ops fails with
+    /// [`ClientError::AlreadyExists`].
+    pub async fn spawn_ops_idempotent(
+        &self,
+        batch_id: &str,
+        ops: Vec<v1::Op>,
+        spawned_by: &str,
+        idempotency_key: &str,
+    ) -> Result<v1::SpawnOpsResponse, ClientError> {
         let request = v1::SpawnOpsRequest {
             batch_id: batch_id.to_owned(),
             ops,
             spawned_by: spawned_by.to_owned(),
+            idempotency_key: idempotency_key.to_owned(),
         };
         Ok(self.batches.clone().spawn_ops(request).await?.into_inner())
     }
@@ -1217,8 +1248,16 @@ impl ResumableMemoryWatch {
     }
 }
 
+/// A fresh idempotency key: 128 random bits in hex (32 characters).
+pub fn new_idempotency_key() -> String {
+    let mut bytes = [0_u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's random source works");
+    hex::encode(bytes)
+}
+
 fn ops_chunk(ops: Vec<v1::Op>) -> v1::SubmitBatchChunk {
     v1::SubmitBatchChunk {
+        idempotency_key: String::new(),
         part: Some(Part::Ops(v1::OpChunk { ops })),
     }
 }

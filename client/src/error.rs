@@ -32,6 +32,10 @@ pub enum ClientError {
     /// stale attempt.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// What the call would create exists already, made by another request
+    /// (e.g. an idempotency key reused for another batch); nothing was done.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
     /// A wait ran out of time.
     #[error("timed out: {0}")]
     TimedOut(String),
@@ -58,6 +62,7 @@ impl ClientError {
             ClientError::Invalid { .. }
             | ClientError::NotFound(_)
             | ClientError::Conflict(_)
+            | ClientError::AlreadyExists(_)
             | ClientError::TimedOut(_)
             | ClientError::Unauthenticated(_)
             | ClientError::PermissionDenied(_) => false,
@@ -96,6 +101,7 @@ impl From<tonic::Status> for ClientError {
                 }
             }
             Code::NotFound => ClientError::NotFound(message),
+            Code::AlreadyExists => ClientError::AlreadyExists(message),
             Code::Unavailable => ClientError::Unavailable(message),
             Code::FailedPrecondition | Code::Aborted => ClientError::Conflict(message),
             Code::DeadlineExceeded => ClientError::TimedOut(message),

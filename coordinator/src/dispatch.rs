@@ -965,8 +965,9 @@ impl Dispatcher {
     /// taking assignments): the leases of what it ran now end at
     /// `until_ms`. If it reconnects by then (to any coordinator) and reports
     /// those ops, they are adopted and carry on; otherwise the batch's owner
-    /// expires the leases and the ops run again (attempt + 1, a lost-worker
-    /// failure for their retry policy).
+    /// expires the leases and the ops run again (attempt + 1; a lost-worker
+    /// retry while the batch allows, then a lost-worker failure for their
+    /// retry policy).
     async fn orphan(&mut self, worker: Worker, until_ms: u64, why: &str) {
         let mut by_batch: HashMap<BatchId, Vec<Claimed>> = HashMap::new();
         for ((batch, index), attempt) in worker.running {
@@ -977,7 +978,12 @@ impl Dispatcher {
         }
         for (batch, claims) in by_batch {
             warn!(%batch, worker = %worker.worker_id, ops = claims.len(), why, lease_until_ms = until_ms, "worker gone with ops running; they run again unless it comes back");
-            if let Err(error) = self.store.renew_leases(&batch, &claims, until_ms).await {
+            // Noting the worker: if the leases run out, the errors name it.
+            if let Err(error) = self
+                .store
+                .renew_leases_on(&batch, &claims, until_ms, &worker.worker_id)
+                .await
+            {
                 warn!(%batch, %error, "could not shorten the leases; they run out as they were");
             }
             let indices = claims.iter().map(|claim| claim.index).collect();

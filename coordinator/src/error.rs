@@ -29,6 +29,11 @@ pub enum CoordinatorError {
     /// A `token create` request that cannot be honoured.
     #[error("{0}")]
     Token(#[from] crate::auth::TokenSpecError),
+    /// An idempotency key came again with another request than the one
+    /// it was first used for (`what`: the batch it created, or the ops it
+    /// spawned); nothing was done.
+    #[error("idempotency key `{key}` was used for {what}; use a new key for a new request")]
+    IdempotencyConflict { key: String, what: String },
     #[error("the coordinator is shutting down")]
     ShuttingDown,
     #[error("memory value for `{key}` is {size} bytes; the most is {max}")]

@@ -14,6 +14,8 @@
 //! - [`metrics`] — the coordinator's metrics (`metrics` facade) and the
 //!   counting layer at its store boundary.
 //! - `spawn` — ops a running op adds to its batch.
+//! - [`idempotency`] — idempotency keys of submit and spawn: key checks,
+//!   batch ids derived from them, request digests.
 //! - `tokens` — creating, listing and revoking API tokens (admin).
 //! - `why` — why an op is not running.
 //! - `dispatch`: the dispatcher task: worker credits, batch parallelism,
@@ -31,6 +33,7 @@ mod convert;
 mod dispatch;
 pub mod error;
 pub mod grpc;
+pub mod idempotency;
 mod logs;
 pub mod memory;
 pub mod metrics;

@@ -30,10 +30,10 @@ use tracing::warn;
 use volley_plan::Plan;
 use volley_proto::BatchId;
 use volley_store::{
-    BatchMeta, BatchState, CancelOutcome, Claimed, CompleteOutcome, Completion, Doorbell, Event,
-    Fence, MemoryChange, MemoryKeyInfo, MemoryScope, MemoryValue, NewBatch, NewOp, OpRecord,
-    OpWaits, PRIORITY_LEVELS, PutOptions, PutOutcome, ReadyDepth, Store, StoreResult, StoredSpec,
-    TokenRecord, WorkerEntry,
+    BatchMeta, BatchState, CancelOutcome, Claimed, CompleteOutcome, Completion, Created, Doorbell,
+    Event, Fence, MemoryChange, MemoryKeyInfo, MemoryScope, MemoryValue, NewBatch, NewOp, OpRecord,
+    OpWaits, PRIORITY_LEVELS, PutOptions, PutOutcome, ReadyDepth, SpawnOnce, Store, StoreResult,
+    StoredSpec, TokenRecord, WorkerEntry,
 };
 
 pub const OPS_TOTAL: &str = "volley_coordinator_ops_total";
@@ -247,6 +247,7 @@ verbs! {
     MemoryRevision => "memory_revision",
     ExpireWaits => "expire_waits",
     AddOps => "add_ops",
+    SpawnRecord => "spawn_record",
     HoldBatch => "hold_batch",
     ReleaseBatch => "release_batch",
     BatchOwner => "batch_owner",
@@ -341,13 +342,19 @@ impl Store for MeteredStore {
         self.inner.epoch().await
     }
 
-    async fn create_batch(&self, batch: NewBatch) -> StoreResult<()> {
+    async fn create_batch(&self, batch: NewBatch) -> StoreResult<Created> {
         self.count(Verb::CreateBatch);
         let created = self.inner.create_batch(batch).await;
-        if created.is_ok() {
+        // A replayed idempotent submission created nothing.
+        if matches!(created, Ok(Created::New)) {
             metrics::counter!(BATCHES_TOTAL, "state" => "submitted").increment(1);
         }
         created
+    }
+
+    async fn spawn_record(&self, batch: &BatchId, key: &str) -> StoreResult<Option<String>> {
+        self.count(Verb::SpawnRecord);
+        self.inner.spawn_record(batch, key).await
     }
 
     async fn batch_spec(&self, batch: &BatchId) -> StoreResult<Option<StoredSpec>> {
@@ -371,14 +378,17 @@ impl Store for MeteredStore {
         self.inner.claim(batch, max, now_ms, lease_until_ms).await
     }
 
-    async fn renew_leases(
+    async fn renew_leases_on(
         &self,
         batch: &BatchId,
         ops: &[Claimed],
         lease_until_ms: u64,
+        worker: &str,
     ) -> StoreResult<Vec<Claimed>> {
         self.count(Verb::RenewLeases);
-        self.inner.renew_leases(batch, ops, lease_until_ms).await
+        self.inner
+            .renew_leases_on(batch, ops, lease_until_ms, worker)
+            .await
     }
 
     async fn expire_leases(
@@ -620,11 +630,12 @@ impl Store for MeteredStore {
         spec: Vec<u8>,
         note: &str,
         now_ms: u64,
+        once: Option<&SpawnOnce>,
     ) -> StoreResult<CompleteOutcome> {
         self.count(Verb::AddOps);
         let outcome = self
             .inner
-            .add_ops(batch, first_index, ops, spec, note, now_ms)
+            .add_ops(batch, first_index, ops, spec, note, now_ms, once)
             .await;
         self.observe(batch, &outcome, false).await;
         outcome

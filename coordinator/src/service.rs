@@ -14,14 +14,20 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use volley_plan::{Plan, PlannedOp};
 use volley_proto::{BatchId, v1};
 use volley_store::{
-    Claimed, Completion, Doorbell, FailureKind, NewBatch, NewOp, OnFailure, RetryPolicy, Store,
+    Claimed, Completion, Created, DEFAULT_LOST_WORKER_RETRIES, Doorbell, FailureKind, NewBatch,
+    NewOp, OnFailure, RetryPolicy, Store, StoreError,
 };
+
+/// The most lost-worker retries a batch may ask for per op: enough for any
+/// real outage, not enough to loop on a poisoned op for ever.
+const MAX_LOST_WORKER_RETRIES: u32 = 100;
 
 use crate::auth::{AuthError, Authenticator, Principal, Role};
 use crate::config::CoordinatorConfig;
 use crate::convert;
 use crate::dispatch::{self, BatchResults, Command, DispatchHandle, KnownKinds};
 use crate::error::CoordinatorError;
+use crate::idempotency;
 use crate::metrics::{MeteredStore, count_recorded};
 use crate::plans::{PlanCache, PlannedBatch};
 use crate::report;
@@ -352,11 +358,19 @@ impl Coordinator {
     /// Validates, plans and stores a batch, then hands it to the dispatcher.
     /// An invalid batch stores nothing.
     #[tracing::instrument(skip_all, fields(name = %batch.name, ops = batch.ops.len()))]
+    ///
+    /// With an idempotency key (see [`crate::idempotency`]), a retry of a
+    /// submission that was stored already gets the first call's answer
+    /// (same batch id, same response) and nothing is created again; the
+    /// same key with another batch is refused.
     pub async fn submit(
         &self,
         mut batch: v1::Batch,
+        idempotency_key: &str,
         principal: &Principal,
     ) -> Result<v1::SubmitBatchResponse, CoordinatorError> {
+        idempotency::check_key(idempotency_key)
+            .map_err(|error| CoordinatorError::BadRequest(error.to_string()))?;
         if !matches!(principal.role, Role::Client | Role::Admin) {
             return Err(AuthError::PermissionDenied(format!(
                 "a {} token cannot submit batches",
@@ -366,6 +380,23 @@ impl Coordinator {
         }
         // The batch belongs to the submitter's tenant, whatever it says.
         batch.tenant = principal.tenant.clone();
+        let lost_worker_retries = batch
+            .lost_worker_retries
+            .unwrap_or(DEFAULT_LOST_WORKER_RETRIES);
+        if lost_worker_retries > MAX_LOST_WORKER_RETRIES {
+            return Err(CoordinatorError::Invalid(vec![volley_plan::Problem {
+                op_id: String::new(),
+                field: "retry.lost_worker".to_owned(),
+                message: format!(
+                    "{lost_worker_retries} lost-worker retries; the most is {MAX_LOST_WORKER_RETRIES}"
+                ),
+            }]));
+        }
+        let request_digest = if idempotency_key.is_empty() {
+            String::new()
+        } else {
+            idempotency::submission_digest(&mut batch)
+        };
         self.refresh_kinds_for(&batch).await;
         let coordinator = self.clone();
         // Planning a large batch is CPU work: keep it off the async workers.
@@ -380,7 +411,11 @@ impl Coordinator {
         .await
         .map_err(|error| CoordinatorError::BadRequest(format!("planning panicked: {error}")))?;
         let plan = plan.map_err(CoordinatorError::Invalid)?;
-        let id = BatchId::new(uuid::Uuid::now_v7().to_string());
+        let id = if idempotency_key.is_empty() {
+            BatchId::new(uuid::Uuid::now_v7().to_string())
+        } else {
+            idempotency::batch_id_for(&principal.tenant, idempotency_key)
+        };
         let trace = BatchTrace::from_carrier(&batch.trace_context);
         // The store keeps the submission encoded; the decoded batch goes
         // before the store's per-op state is built, so a big batch's ops are
@@ -397,6 +432,8 @@ impl Coordinator {
             tenant: principal.tenant.clone(),
         });
         let mut new_batch = new_batch(&planned, spec);
+        new_batch.request_digest = request_digest;
+        new_batch.lost_worker_retries = lost_worker_retries;
         new_batch.retain_ms = self.inner.config.retain_finished.as_millis() as u64;
         new_batch.submitted_by = format!(
             "submitted by token {} (tenant {})",
@@ -405,14 +442,49 @@ impl Coordinator {
         // Cached before the store has the batch: its `Started` bell makes
         // the dispatcher load it, and a miss then planned it a second time
         // from the stored spec (for a million ops, ~0.7 GB more at once).
-        self.inner.plans.insert(planned.clone());
-        if let Err(error) = self.inner.store.create_batch(new_batch).await {
-            self.inner.plans.remove(&id);
-            return Err(error.into());
+        // A retried idempotent submission may find its batch cached here,
+        // grown by spawns since: that plan stays.
+        let replayed = self.inner.plans.cached(&id).is_some();
+        if !replayed {
+            self.inner.plans.insert(planned.clone());
+        }
+        match self.inner.store.create_batch(new_batch).await {
+            // (Cached, but gone from the store: retention ran out.)
+            Ok(Created::New) if replayed => self.inner.plans.insert(planned.clone()),
+            Ok(Created::New) => {}
+            // A retried submission: the batch (and its dispatch) exist
+            // already; the answer is the first call's.
+            Ok(Created::Existing) => {
+                if !replayed {
+                    self.inner.plans.remove(&id);
+                }
+                info!(batch = %id, op_count, audit = "submit", token = %principal.token_id, tenant = %principal.tenant, "idempotent retry: batch exists");
+                return Ok(v1::SubmitBatchResponse {
+                    batch_id: id.into_string(),
+                    op_count,
+                    warnings,
+                });
+            }
+            Err(StoreError::IdempotencyConflict(batch)) => {
+                if !replayed {
+                    self.inner.plans.remove(&id);
+                }
+                return Err(CoordinatorError::IdempotencyConflict {
+                    key: idempotency_key.to_owned(),
+                    what: format!("another batch `{batch}`"),
+                });
+            }
+            Err(error) => {
+                if !replayed {
+                    self.inner.plans.remove(&id);
+                }
+                return Err(error.into());
+            }
         }
         self.note_unwritten_waits(&id, &planned.plan).await;
         self.inner.dispatch.send(Command::BatchAdded(planned)).await;
         info!(batch = %id, op_count, audit = "submit", token = %principal.token_id, tenant = %principal.tenant, "batch accepted");
+        idempotency::fault_point("submit-stored");
         Ok(v1::SubmitBatchResponse {
             batch_id: id.into_string(),
             op_count,
@@ -1149,6 +1221,8 @@ fn new_batch(planned: &PlannedBatch, spec: Vec<u8>) -> NewBatch {
     let created_ms = now_ms();
     let plan = &planned.plan;
     NewBatch {
+        request_digest: String::new(),
+        lost_worker_retries: DEFAULT_LOST_WORKER_RETRIES,
         id: planned.id.clone(),
         name: plan.name.clone(),
         memory: planned.memory_scope(),

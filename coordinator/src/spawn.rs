@@ -7,6 +7,10 @@
 //! in the batch's memory (or the batch allows unwritten keys): a key the
 //! ops already running wrote, or a client did, is as good as a writer. The
 //! ops already in the batch were accepted once and are not judged again.
+//!
+//! A spawn with an idempotency key keeps its answer under the key in that
+//! same step, so a retried call gets the first call's answer instead of a
+//! "duplicate id" for the ops it added.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,11 +18,12 @@ use std::sync::Arc;
 use prost::Message;
 use tracing::info;
 use volley_proto::{BatchId, v1};
-use volley_store::{NewOp, StoreError};
+use volley_store::{NewOp, SpawnOnce, StoreError};
 
 use crate::auth::Principal;
 use crate::dispatch::Command;
 use crate::error::CoordinatorError;
+use crate::idempotency::{self, SpawnRecord};
 use crate::plans::{PlannedBatch, stored_batch};
 use crate::service::{Access, Coordinator, new_op, now_ms};
 use crate::tracing_ctx::BatchTrace;
@@ -37,14 +42,29 @@ impl Coordinator {
     pub async fn spawn_ops(
         &self,
         batch: &BatchId,
-        ops: Vec<v1::Op>,
+        mut ops: Vec<v1::Op>,
         spawned_by: &str,
+        idempotency_key: &str,
         principal: &Principal,
     ) -> Result<v1::SpawnOpsResponse, CoordinatorError> {
         if ops.is_empty() {
             return Err(CoordinatorError::BadRequest("no ops to spawn".into()));
         }
+        idempotency::check_key(idempotency_key)
+            .map_err(|error| CoordinatorError::BadRequest(error.to_string()))?;
         let planned = self.authorize(principal, batch, Access::Spawn).await?;
+        let digest = if idempotency_key.is_empty() {
+            String::new()
+        } else {
+            idempotency::spawn_digest(&mut ops)
+        };
+        // A retry of a spawn that went through: the first call's answer.
+        // (Read before planning, which would find the ops' ids taken.)
+        if !idempotency_key.is_empty()
+            && let Some(record) = self.store().spawn_record(batch, idempotency_key).await?
+        {
+            return replayed_spawn(batch, idempotency_key, &digest, &record);
+        }
         // An op's token speaks for that op: what it spawns is recorded as
         // spawned by it, whatever the request says.
         let spawner = match &principal.agent {
@@ -103,13 +123,30 @@ impl Coordinator {
                 })
                 .collect();
             let chunk = v1::OpChunk { ops: ops.clone() }.encode_to_vec();
+            let warnings = plan.warnings.clone();
+            let once = (!idempotency_key.is_empty()).then(|| SpawnOnce {
+                key: idempotency_key.to_owned(),
+                record: serde_json::to_string(&SpawnRecord {
+                    digest: digest.clone(),
+                    op_count: ops.len() as u32,
+                    warnings: warnings.clone(),
+                })
+                .expect("a SpawnRecord always serializes"),
+            });
             match self
                 .store()
-                .add_ops(batch, first_index, new_ops, chunk, &note, now_ms())
+                .add_ops(
+                    batch,
+                    first_index,
+                    new_ops,
+                    chunk,
+                    &note,
+                    now_ms(),
+                    once.as_ref(),
+                )
                 .await
             {
                 Ok(outcome) => {
-                    let warnings = plan.warnings.clone();
                     let planned = Arc::new(PlannedBatch {
                         id: batch.clone(),
                         plan,
@@ -122,10 +159,16 @@ impl Coordinator {
                         self.plans().finished(batch);
                     }
                     info!(%batch, added = ops.len(), spawned_by = spawner, audit = "spawn", token = %principal.token_id, tenant = %principal.tenant, "ops spawned");
+                    idempotency::fault_point("spawn-stored");
                     return Ok(v1::SpawnOpsResponse {
                         op_count: ops.len() as u32,
                         warnings,
                     });
+                }
+                // The same key won a race with this call (on another
+                // coordinator): its answer.
+                Err(StoreError::AlreadySpawned { record, .. }) => {
+                    return replayed_spawn(batch, idempotency_key, &digest, &record);
                 }
                 // Another spawn grew the batch first: plan again on top of it.
                 Err(StoreError::CannotAddOps { reason, .. }) if reason.contains("index") => {
@@ -185,4 +228,30 @@ impl Coordinator {
         }
         Ok(present)
     }
+}
+
+/// The answer to a spawn whose key was used already: the first call's if
+/// the ops are the same, else an error.
+fn replayed_spawn(
+    batch: &BatchId,
+    key: &str,
+    digest: &str,
+    record: &str,
+) -> Result<v1::SpawnOpsResponse, CoordinatorError> {
+    let record: SpawnRecord = serde_json::from_str(record).map_err(|error| {
+        StoreError::Corrupt(format!(
+            "spawn record of key `{key}` in batch {batch}: {error}"
+        ))
+    })?;
+    if record.digest != digest {
+        return Err(CoordinatorError::IdempotencyConflict {
+            key: key.to_owned(),
+            what: format!("other ops spawned into batch `{batch}`"),
+        });
+    }
+    info!(%batch, key, "idempotent retry: ops spawned already");
+    Ok(v1::SpawnOpsResponse {
+        op_count: record.op_count,
+        warnings: record.warnings,
+    })
 }

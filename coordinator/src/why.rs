@@ -54,7 +54,10 @@ impl Coordinator {
                     )
                     .to_lowercase()
                 } else {
-                    format!("it has ended ({:?}): {error}", record.state).to_lowercase()
+                    // Only the state word is lowercased: the error keeps its
+                    // names and times as they are.
+                    let state = format!("{:?}", record.state).to_lowercase();
+                    format!("it has ended ({state}): {error}")
                 });
             }
             OpState::Running => {

@@ -15,10 +15,18 @@
 --   message ('' for nothing)
 -- then ARGV[8 + count * 5]: the new ops' declared memory writes, JSON
 --   `[[idx, [keys...]], ...]` ('' none; see add_writers in common.lua)
--- Returns: { status (0 ok, -1 no such batch, -2 cannot add), reason,
---            became_ready, finished batch state code or '', memory scope code }
+-- then ARGV[9 + count * 5]: an idempotency key ('' for none) and
+--   ARGV[10 + count * 5]: the record kept under it (see Store::add_ops)
+-- Returns: { status (0 ok, -1 no such batch, -2 cannot add, -3 the key was
+--            used: reason is its record), reason, became_ready, finished
+--            batch state code or '', memory scope code }
 local m = redis.call('HMGET', K_META, 'state', 'total', 'fail_fast_fired', 'memory')
 if not m[1] or m[1] == 'creating' then return { -1, '', 0, '', '' } end
+local once_key = ARGV[9 + tonumber(ARGV[5]) * 5] or ''
+if once_key ~= '' then
+  local record = redis.call('HGET', K_SPAWN_KEYS, once_key)
+  if record then return { -3, record, 0, '', '' } end
+end
 if m[1] ~= 'running' then return { -2, 'batch is ' .. m[1], 0, '', '' } end
 if m[3] == '1' then return { -2, 'fail_fast fired', 0, '', '' } end
 local first, count = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -38,6 +46,9 @@ for offset = 0, count - 1 do
 end
 redis.call('HSET', K_META, 'total', total + count)
 add_writers(ARGV[8 + count * 5])
+if once_key ~= '' then
+  redis.call('HSET', K_SPAWN_KEYS, once_key, ARGV[10 + count * 5])
+end
 redis.call('RPUSH', K_SPEC_ADDED, ARGV[6])
 local note = ARGV[7 + count * 5] or ''
 if note ~= '' then note = ' ' .. note end

@@ -39,6 +39,12 @@ local K_WRITES = P .. 'writes'
 local K_WRITERS_LEFT = P .. 'writers_left'
 local K_WRITER_OPS = P .. 'writer_ops'
 local K_OUTBOX = P .. 'outbox'
+-- idempotent add_ops: key -> the first call's record (see add_ops.lua)
+local K_SPAWN_KEYS = P .. 'spawn_keys'
+-- lost-worker retries each op had (see expire_leases.lua)
+local K_LOST_WORKERS = P .. 'lost_workers'
+-- the worker a coordinator saw an orphaned attempt on (see renew_leases.lua)
+local K_RUNNING_ON = P .. 'running_on'
 local CHANNEL = ARGV[1]
 local BATCH = ARGV[2]
 local NOW = ARGV[3]
@@ -96,6 +102,28 @@ local SEP = '\31'
 local function event(kind, idx, attempt, worker, message, batch_state)
   redis.call('XADD', K_EVENTS, '0-*', 'e', NOW .. SEP .. kind .. SEP .. (idx or '') .. SEP ..
     (attempt or 0) .. SEP .. (worker or '') .. SEP .. (batch_state or '') .. SEP .. (message or ''))
+end
+
+-- A unix ms time as RFC 3339 UTC with ms (`2026-12-02T03:04:05.123Z`), as
+-- model.rs's rfc3339_ms spells it (civil-from-days, H. Hinnant).
+local function rfc3339_ms(unix_ms)
+  local ms = tonumber(unix_ms)
+  local millis = ms % 1000
+  local secs = (ms - millis) / 1000
+  local in_day = secs % 86400
+  local z = (secs - in_day) / 86400 + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400
+  if month <= 2 then year = year + 1 end
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', year, month, day,
+    math.floor(in_day / 3600), math.floor(in_day % 3600 / 60), in_day % 60, millis)
 end
 
 -- Most arguments one command gets from a Lua table (unpack uses the C stack).
@@ -228,7 +256,7 @@ end
 -- The message of a `retrying` event: the failure, then when.
 local function retry_message(err, delay, ready_at)
   if delay <= 0 then return err end
-  local when = string.format('next attempt at %d (in %d ms)', ready_at, delay)
+  local when = string.format('next attempt at %s (in %d ms)', rfc3339_ms(ready_at), delay)
   if err == nil or err == '' then return when end
   return err .. '; ' .. when
 end
@@ -596,7 +624,7 @@ end
 -- state, attempts, result and events; see keys.rs.
 local function expire_finished(retain)
   for _, key in ipairs({K_META, P .. 'spec', K_STATE, K_ATTEMPTS, K_RESULT, K_EVENTS,
-      K_SPEC_ADDED, K_OUTBOX}) do
+      K_SPEC_ADDED, K_OUTBOX, K_SPAWN_KEYS}) do
     redis.call('PEXPIRE', key, retain)
   end
   each_own_memory_key(function(key, what)
@@ -741,7 +769,8 @@ finish_now = function()
   -- main thread, so a million-op batch does not stall Redis). What stays per
   -- op: its state, attempts, result, events and spec.
   redis.call('UNLINK', K_LEASES, K_DELAYED, K_INFO, K_PENDING, K_ARRIVED, K_ANY_DONE,
-    K_DEADLINES, K_WAIT_INFO, K_HANDED_BACK, K_WRITES, K_WRITERS_LEFT, K_WRITER_OPS)
+    K_DEADLINES, K_WAIT_INFO, K_HANDED_BACK, K_WRITES, K_WRITERS_LEFT, K_WRITER_OPS,
+    K_LOST_WORKERS, K_RUNNING_ON)
   local retain = tonumber(m[12] or '0')
   -- The coordinators delete the batch (UNLINK) once its retention ran out;
   -- this TTL, an hour later, only catches a batch they never learnt of.
@@ -757,6 +786,18 @@ local function apply_fail_fast(idx)
     redis.call('HSET', K_META, 'fail_fast_fired', '1')
     cancel_where({ W = true, R = true }, 'cancelled: fail_fast after op `' .. idx .. '` failed')
   end
+end
+
+-- Every key of a batch's records and of its own memory scope (drop_batch.lua
+-- deletes them; reserve.lua clears a half-written batch with them).
+local function batch_record_keys()
+  local all = {K_META, P .. 'spec', K_STATE, K_ATTEMPTS, K_RESULT, K_EVENTS, K_SPEC_ADDED,
+    K_OWNER, K_LEASES, K_DELAYED, K_INFO, K_PENDING, K_ARRIVED, K_ANY_DONE, K_DEADLINES,
+    K_WAIT_INFO, K_HANDED_BACK, K_SPAWN_KEYS, K_LOST_WORKERS, K_RUNNING_ON,
+    K_WRITES, K_WRITERS_LEFT, K_WRITER_OPS, K_OUTBOX}
+  for priority = 0, PRIORITY_LEVELS - 1 do all[#all + 1] = k_ready(priority) end
+  each_own_memory_key(function(key) all[#all + 1] = key end)
+  return all
 end
 
 -- ---- end of common.lua; the verb's script follows ----

@@ -12,11 +12,13 @@
 --          ('0': until deleted)
 -- ARGV[12] tenant: the submitter's
 -- ARGV[13] the `submitted` event's message (who submitted it)
+-- ARGV[14] lost-worker retries per op (see expire_leases.lua)
 -- Returns: the batch state code if the batch finished at once (empty), else ''.
 redis.call('HSET', K_META, 'name', ARGV[4], 'created_ms', NOW, 'max_parallel', ARGV[5],
   'on_failure', ARGV[6], 'total', ARGV[7], 'succeeded', 0, 'failed', 0, 'skipped', 0,
   'cancelled', 0, 'running', 0, 'error', '', 'memory', ARGV[8], 'deadline_ms', ARGV[9],
-  'retry_failed', ARGV[10], 'retain_ms', ARGV[11], 'tenant', ARGV[12], 'state', 'running')
+  'retry_failed', ARGV[10], 'retain_ms', ARGV[11], 'tenant', ARGV[12],
+  'lost_worker_retries', ARGV[14], 'state', 'running')
 event('submitted', nil, 0, '', ARGV[13], nil)
 local finished = finish_if_done()
 ring()

@@ -81,6 +81,10 @@ macro_rules! conformance_tests {
             case_expire_waits_finishes_with_fail_fast,
             case_add_ops_grows_a_running_batch,
             case_add_ops_waits_on_a_shared_scope,
+            case_idempotent_create_returns_the_existing_batch,
+            case_idempotent_add_ops_keeps_the_first_record,
+            case_lost_workers_have_a_budget_of_their_own,
+            case_lost_worker_retries_stop_after_fail_fast,
             case_lease_expiry_requeues_and_the_old_attempt_is_stale,
             case_renew_keeps_a_lease_alive,
             case_lost_worker_fails_when_the_policy_says_no,
@@ -187,6 +191,8 @@ fn batch(batch_id: &str, ops: Vec<NewOp>) -> NewBatch {
         retain_ms: 0,
         tenant: String::new(),
         submitted_by: String::new(),
+        request_digest: String::new(),
+        lost_worker_retries: 0,
     }
 }
 
@@ -2362,6 +2368,7 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
             b"chunk-1".to_vec(),
             "by token t1",
             NOW + 10,
+            None,
         )
         .await
         .expect("add_ops");
@@ -2404,7 +2411,15 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
     assert_eq!(indices(store, &batch_id, 10).await, vec![3]);
     // A mismatched first_index is refused and changes nothing.
     let refused = store
-        .add_ops(&batch_id, 5, vec![op(0, &[])], b"x".to_vec(), "", NOW + 21)
+        .add_ops(
+            &batch_id,
+            5,
+            vec![op(0, &[])],
+            b"x".to_vec(),
+            "",
+            NOW + 21,
+            None,
+        )
         .await;
     assert!(
         matches!(refused, Err(StoreError::CannotAddOps { ref batch, .. }) if *batch == batch_id),
@@ -2420,6 +2435,7 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
             b"chunk-2".to_vec(),
             "",
             NOW + 22,
+            None,
         )
         .await
         .expect("add_ops");
@@ -2468,7 +2484,15 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
     );
     // A finished batch cannot grow.
     let finished = store
-        .add_ops(&batch_id, 12, vec![op(0, &[])], Vec::new(), "", NOW + 50)
+        .add_ops(
+            &batch_id,
+            12,
+            vec![op(0, &[])],
+            Vec::new(),
+            "",
+            NOW + 50,
+            None,
+        )
         .await;
     assert!(
         matches!(finished, Err(StoreError::CannotAddOps { .. })),
@@ -2476,7 +2500,15 @@ pub async fn case_add_ops_grows_a_running_batch(store: &dyn Store) {
     );
     assert!(matches!(
         store
-            .add_ops(&id("no-such"), 0, vec![op(0, &[])], Vec::new(), "", NOW)
+            .add_ops(
+                &id("no-such"),
+                0,
+                vec![op(0, &[])],
+                Vec::new(),
+                "",
+                NOW,
+                None
+            )
             .await,
         Err(StoreError::BatchNotFound(_))
     ));
@@ -2498,12 +2530,226 @@ pub async fn case_add_ops_waits_on_a_shared_scope(store: &dyn Store) {
             Vec::new(),
             "",
             NOW + 1,
+            None,
         )
         .await
         .expect("add_ops");
     assert_eq!(outcome.became_ready, 1);
     assert_eq!(put(store, &scope, "b", b"2").await, 1);
     assert_eq!(indices(store, &batch_id, 10).await, vec![0, 1, 2]);
+}
+
+// ---- idempotency ---------------------------------------------------------------
+
+/// An idempotent submission: `digest` set, as the coordinator does.
+fn idempotent_batch(batch_id: &str, tenant: &str, digest: &str, ops: Vec<NewOp>) -> NewBatch {
+    NewBatch {
+        tenant: tenant.to_owned(),
+        request_digest: digest.to_owned(),
+        ..batch(batch_id, ops)
+    }
+}
+
+pub async fn case_idempotent_create_returns_the_existing_batch(store: &dyn Store) {
+    let batch_id = id("idem");
+    let first = idempotent_batch("idem", "acme", "d1", vec![op(0, &[]), op(0, &[])]);
+    assert_eq!(
+        store.create_batch(first.clone()).await.expect("create"),
+        Created::New
+    );
+    // The same submission again: nothing written, not even an event.
+    let again = store.create_batch(first.clone()).await.expect("again");
+    assert_eq!(again, Created::Existing);
+    assert_eq!(meta(store, &batch_id).await.total, 2);
+    assert_eq!(all_events(store, &batch_id).await.len(), 1);
+    assert_eq!(indices(store, &batch_id, 10).await, vec![0, 1]);
+    // Another body under the same key, or another tenant: refused.
+    let other_body = idempotent_batch("idem", "acme", "d2", vec![op(0, &[])]);
+    assert!(matches!(
+        store.create_batch(other_body).await,
+        Err(StoreError::IdempotencyConflict(ref batch)) if *batch == batch_id
+    ));
+    let other_tenant = idempotent_batch("idem", "globex", "d1", vec![op(0, &[]), op(0, &[])]);
+    assert!(matches!(
+        store.create_batch(other_tenant).await,
+        Err(StoreError::IdempotencyConflict(_))
+    ));
+    // A submission without a key never reuses an id.
+    assert!(matches!(
+        store.create_batch(batch("idem", vec![op(0, &[])])).await,
+        Err(StoreError::BatchExists(_))
+    ));
+    // Ended, the batch still answers its key while it is retained.
+    for claimed in [0, 1] {
+        store
+            .complete(
+                &batch_id,
+                &[success(Claimed {
+                    index: claimed,
+                    attempt: 1,
+                })],
+                NOW + 5,
+            )
+            .await
+            .expect("complete");
+    }
+    assert_eq!(meta(store, &batch_id).await.state, BatchState::Succeeded);
+    assert_eq!(
+        store.create_batch(first).await.expect("after the end"),
+        Created::Existing
+    );
+    assert_eq!(
+        all_events(store, &batch_id)
+            .await
+            .last()
+            .map(|event| event.kind),
+        Some(EventKind::BatchFinished)
+    );
+    // An idempotent submission whose id was taken by a plain one: refused.
+    store
+        .create_batch(batch("plain", vec![op(0, &[])]))
+        .await
+        .expect("plain");
+    assert!(matches!(
+        store
+            .create_batch(idempotent_batch("plain", "", "d1", vec![op(0, &[])]))
+            .await,
+        Err(StoreError::IdempotencyConflict(_))
+    ));
+}
+
+pub async fn case_idempotent_add_ops_keeps_the_first_record(store: &dyn Store) {
+    let batch_id = id("grow-once");
+    store
+        .create_batch(batch("grow-once", vec![op(0, &[])]))
+        .await
+        .expect("create");
+    let once = SpawnOnce {
+        key: "k1".to_owned(),
+        record: "first answer".to_owned(),
+    };
+    assert_eq!(
+        store.spawn_record(&batch_id, "k1").await.expect("read"),
+        None
+    );
+    store
+        .add_ops(
+            &batch_id,
+            1,
+            vec![op(0, &[])],
+            b"c1".to_vec(),
+            "",
+            NOW + 1,
+            Some(&once),
+        )
+        .await
+        .expect("add_ops");
+    assert_eq!(
+        store.spawn_record(&batch_id, "k1").await.expect("read"),
+        Some("first answer".to_owned())
+    );
+    // The same key again (even at the right index): nothing added.
+    let retried = SpawnOnce {
+        key: "k1".to_owned(),
+        record: "second answer".to_owned(),
+    };
+    let refused = store
+        .add_ops(
+            &batch_id,
+            2,
+            vec![op(0, &[])],
+            b"c2".to_vec(),
+            "",
+            NOW + 2,
+            Some(&retried),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::AlreadySpawned { ref record, .. }) if record == "first answer"),
+        "{refused:?}"
+    );
+    assert_eq!(meta(store, &batch_id).await.total, 2);
+    let added_events = all_events(store, &batch_id)
+        .await
+        .iter()
+        .filter(|event| event.kind == EventKind::OpsAdded)
+        .count();
+    assert_eq!(added_events, 1);
+    // Another key, and none, add as usual.
+    let other = SpawnOnce {
+        key: "k2".to_owned(),
+        record: "other".to_owned(),
+    };
+    store
+        .add_ops(
+            &batch_id,
+            2,
+            vec![op(0, &[])],
+            b"c2".to_vec(),
+            "",
+            NOW + 3,
+            Some(&other),
+        )
+        .await
+        .expect("another key");
+    store
+        .add_ops(
+            &batch_id,
+            3,
+            vec![op(0, &[])],
+            b"c3".to_vec(),
+            "",
+            NOW + 4,
+            None,
+        )
+        .await
+        .expect("no key");
+    assert_eq!(meta(store, &batch_id).await.total, 4);
+    // Keys are per batch.
+    store
+        .create_batch(batch("grow-once-2", vec![op(0, &[])]))
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .spawn_record(&id("grow-once-2"), "k1")
+            .await
+            .expect("read"),
+        None
+    );
+    assert_eq!(
+        store
+            .spawn_record(&id("no-such"), "k1")
+            .await
+            .expect("read"),
+        None
+    );
+    // Once the batch ended, its keys still answer (before the state check).
+    let claimed = store
+        .claim(&batch_id, 10, NOW + 5, LEASE)
+        .await
+        .expect("claim");
+    let done: Vec<Completion> = claimed.into_iter().map(success).collect();
+    store
+        .complete(&batch_id, &done, NOW + 6)
+        .await
+        .expect("complete");
+    assert_eq!(meta(store, &batch_id).await.state, BatchState::Succeeded);
+    let after_end = store
+        .add_ops(
+            &batch_id,
+            4,
+            vec![op(0, &[])],
+            Vec::new(),
+            "",
+            NOW + 7,
+            Some(&retried),
+        )
+        .await;
+    assert!(
+        matches!(after_end, Err(StoreError::AlreadySpawned { .. })),
+        "{after_end:?}"
+    );
 }
 
 // ---- concurrency (these take the store shared, to spawn tasks) ---------------
@@ -2693,6 +2939,151 @@ pub async fn case_lease_expiry_requeues_and_the_old_attempt_is_stale(store: &dyn
         .await
         .expect("expire");
     assert_eq!(outcome, CompleteOutcome::default());
+}
+
+/// Losing a worker is not the op's fault: the batch's lost-worker retries
+/// run it again without using up its `max_attempts` (1 here); the errors
+/// name the worker a coordinator noted and show times as RFC 3339; past the
+/// budget it is an ordinary lost-worker failure, whose record keeps the
+/// worker.
+pub async fn case_lost_workers_have_a_budget_of_their_own(store: &dyn Store) {
+    use EventKind::*;
+    let batch_id = id("lost-budget");
+    store
+        .create_batch(NewBatch {
+            lost_worker_retries: 2,
+            ..batch("lost-budget", vec![op(0, &[])])
+        })
+        .await
+        .expect("create");
+    let fence = hold(store, &batch_id, NOW).await;
+    // Attempt 1: nobody said which worker ran it.
+    let first = store
+        .claim(&batch_id, 10, NOW + 1, NOW + 100)
+        .await
+        .expect("claim");
+    assert_eq!(first, vec![claimed(0, 1)]);
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 100, &fence)
+        .await
+        .expect("expire");
+    assert_eq!(outcome.retried, vec![0]);
+    assert_eq!(outcome.recorded, 0);
+    // Attempt 2: its coordinator lost worker `w9` and shortened the lease.
+    let second = store
+        .claim(&batch_id, 10, NOW + 110, NOW + 300)
+        .await
+        .expect("claim");
+    assert_eq!(second, vec![claimed(0, 2)]);
+    let stale = store
+        .renew_leases_on(&batch_id, &second, NOW + 200, "w9")
+        .await
+        .expect("renew");
+    assert!(stale.is_empty());
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 200, &fence)
+        .await
+        .expect("expire");
+    assert_eq!(outcome.retried, vec![0]);
+    // Attempt 3: the budget is spent; with max_attempts 1 (two attempts
+    // handed back, one used) the loss of `w7` is final.
+    let third = store
+        .claim(&batch_id, 10, NOW + 210, NOW + 400)
+        .await
+        .expect("claim");
+    assert_eq!(third, vec![claimed(0, 3)]);
+    store
+        .renew_leases_on(&batch_id, &third, NOW + 350, "w7")
+        .await
+        .expect("renew");
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 350, &fence)
+        .await
+        .expect("expire");
+    assert_eq!(outcome.recorded, 1);
+    assert_eq!(outcome.finished, Some(BatchState::Failed));
+    assert_eq!(
+        event_shapes(store, &batch_id).await,
+        vec![
+            (BatchSubmitted, None, 0),
+            (OpStarted, Some(0), 1),
+            (OpRetrying, Some(0), 1),
+            (OpStarted, Some(0), 2),
+            (OpRetrying, Some(0), 2),
+            (OpStarted, Some(0), 3),
+            (OpFailed, Some(0), 3),
+            (BatchFinished, None, 0),
+        ]
+    );
+    let events = all_events(store, &batch_id).await;
+    assert_eq!(
+        events[2].message,
+        format!(
+            "{}; runs again (lost-worker retry 1 of 2)",
+            lost_worker_message("", NOW + 100)
+        )
+    );
+    assert_eq!(
+        lost_worker_message("", 1_796_170_339_293),
+        "lost: its worker stopped renewing its lease (ran out at 2026-12-02T00:12:19.293Z)"
+    );
+    assert_eq!(events[4].worker, "w9");
+    assert_eq!(
+        events[4].message,
+        format!(
+            "{}; runs again (lost-worker retry 2 of 2)",
+            lost_worker_message("w9", NOW + 200)
+        )
+    );
+    assert!(
+        events[4].message.starts_with(
+            "lost: worker `w9` stopped renewing its lease (ran out at 2023-11-14T22:13:20.200Z)"
+        ),
+        "{}",
+        events[4].message
+    );
+    assert_eq!(events[6].worker, "w7");
+    assert_eq!(events[6].message, lost_worker_message("w7", NOW + 350));
+    let records = store.op_records(&batch_id).await.expect("records");
+    assert_eq!(records[0].state, OpState::Failed);
+    assert_eq!(records[0].attempts, 3);
+    assert_eq!(records[0].worker, "w7");
+    // Attempt 3 started at NOW + 210 (its claim) and lost its lease at NOW + 350.
+    assert_eq!(
+        (records[0].started_ms, records[0].duration_ms),
+        (NOW + 210, 140)
+    );
+    assert_eq!(records[0].error, lost_worker_message("w7", NOW + 350));
+}
+
+/// After fail_fast fired, a lost worker is final like every failure.
+pub async fn case_lost_worker_retries_stop_after_fail_fast(store: &dyn Store) {
+    let batch_id = id("lost-ff");
+    store
+        .create_batch(NewBatch {
+            lost_worker_retries: 3,
+            on_failure: OnFailure::FailFast,
+            ..batch("lost-ff", vec![op(0, &[]), op(0, &[])])
+        })
+        .await
+        .expect("create");
+    let fence = hold(store, &batch_id, NOW).await;
+    let running = store
+        .claim(&batch_id, 10, NOW + 1, NOW + 100)
+        .await
+        .expect("claim");
+    assert_eq!(running.len(), 2);
+    // Op 0 fails for good; fail_fast cancels what waits, op 1 runs on.
+    store
+        .complete(&batch_id, &[failure(running[0], "boom")], NOW + 5)
+        .await
+        .expect("complete");
+    let outcome = store
+        .expire_leases(&batch_id, NOW + 100, &fence)
+        .await
+        .expect("expire");
+    assert!(outcome.retried.is_empty(), "{outcome:?}");
+    assert_eq!(states(store, &batch_id).await[1], OpState::Failed);
 }
 
 pub async fn case_renew_keeps_a_lease_alive(store: &dyn Store) {
@@ -3017,7 +3408,7 @@ pub async fn case_backoff_delays_a_retry(store: &dyn Store) {
     assert!(
         retry_events[0]
             .message
-            .contains(&format!("next attempt at {}", NOW + 1_010)),
+            .contains(&format!("next attempt at {} (in", rfc3339_ms(NOW + 1_010))),
         "{}",
         retry_events[0].message
     );

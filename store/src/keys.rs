@@ -46,6 +46,10 @@
 //! - `events` (stream, ids `0-<seq>`, numbered by Redis: `XADD 0-*`; one field
 //!   `e` packing time, kind, op, attempt, worker, batch state and message).
 //! - `spec_added` (list: the spec chunk of each `add_ops`, in order).
+//! - `spawn_keys` (hash idempotency key → the record an idempotent
+//!   `add_ops` kept; retained with the batch).
+//! - `meta` of an idempotent submission also holds `digest` (of the
+//!   request) and `claimed_ms` (when `reserve.lua` claimed its id).
 //! - `arrived` (set of `<op>|<key>`: `wait_for` keys counted for that op, so
 //!   a retried arrival never counts twice; the sequential pass adds every
 //!   key of the ops it runs again, so no arrival counts them down).
@@ -173,6 +177,7 @@ pub const OUTBOX: &str = "outbox";
 /// Prefix (under a shared namespace's prefix) of the marker of one shared
 /// `store_as` write: `applied:<batch>|<op>|<attempt>`.
 pub const APPLIED: &str = "applied:";
+pub const SPAWN_KEYS: &str = "spawn_keys";
 
 /// Hash of every API token: field = token id, value = its
 /// [`crate::TokenRecord`] as JSON (a hash of the token, never the token).
@@ -286,6 +291,10 @@ pub fn handed_back(batch: &BatchId) -> String {
 
 pub fn owner(batch: &BatchId) -> String {
     batch_key(batch, OWNER)
+}
+
+pub fn spawn_keys(batch: &BatchId) -> String {
+    batch_key(batch, SPAWN_KEYS)
 }
 
 /// The doorbell payload announcing that `batch` entered the active set.

@@ -66,6 +66,19 @@ pub enum StoreError {
     CannotAddOps { batch: BatchId, reason: String },
     #[error("token id {0} is taken")]
     TokenExists(String),
+    /// An idempotent `create_batch` found its id taken by another
+    /// submission (another request digest, or another tenant).
+    #[error("batch {0} was created by another submission")]
+    IdempotencyConflict(BatchId),
+    /// An idempotent `create_batch` found its batch still being written by
+    /// another call (its claim is younger than [`CREATING_STALE_MS`]); try
+    /// again shortly.
+    #[error("batch {0} is still being created by an earlier call")]
+    StillCreating(BatchId),
+    /// An idempotent `add_ops` found its key already used in this batch:
+    /// nothing was added; `record` is what the first call stored.
+    #[error("batch {batch} already has ops spawned with this idempotency key")]
+    AlreadySpawned { batch: BatchId, record: String },
     /// A verb that takes a [`Fence`] was called with one that is not the
     /// batch's current live hold: another coordinator took the batch over
     /// (or the hold ran out or was released). Nothing was changed.
@@ -106,8 +119,12 @@ impl StoreError {
                         )
                     )
             }
+            // Another call is writing the batch: it is there in a moment.
+            StoreError::StillCreating(_) => true,
             StoreError::BatchNotFound(_)
             | StoreError::BatchExists(_)
+            | StoreError::IdempotencyConflict(_)
+            | StoreError::AlreadySpawned { .. }
             | StoreError::Corrupt(_)
             | StoreError::EpochLost { .. }
             | StoreError::VersionMismatch { .. }
@@ -121,6 +138,12 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// How long an idempotent `create_batch` waits for another call that is
+/// still writing the same batch before it takes over (that call's
+/// coordinator died half way): far longer than writing even a million-op
+/// batch takes.
+pub const CREATING_STALE_MS: u64 = 60_000;
 
 /// The verbs the coordinator needs. Every verb that changes more than one
 /// thing does it atomically (one Lua script in Redis, one lock in memory).
@@ -176,7 +199,18 @@ pub trait Store: Send + Sync + 'static {
     /// `BatchSubmitted` event (seq 1). Fails with `BatchExists` on a reused id.
     /// Rings `Batch`, then `Started` once the batch is in the active set
     /// (not for an empty batch, which ends at once).
-    async fn create_batch(&self, batch: NewBatch) -> StoreResult<()>;
+    ///
+    /// Idempotent submissions (non-empty [`NewBatch::request_digest`]; the
+    /// caller derives the id from the tenant and the key, so the id is the
+    /// key's mapping and is claimed atomically with the creation): a taken
+    /// id whose batch has the same tenant and digest returns
+    /// `Created::Existing` and writes nothing, whatever the batch's state
+    /// (running or ended, as long as it is retained); another digest or
+    /// tenant is `IdempotencyConflict`. A batch another call is still
+    /// writing is `StillCreating` (retryable) — unless that call claimed it
+    /// more than [`CREATING_STALE_MS`] before `created_ms` (it died half
+    /// way): then its records are removed and the batch is created anew.
+    async fn create_batch(&self, batch: NewBatch) -> StoreResult<Created>;
 
     /// The opaque spec bytes given at creation (the coordinator's encoding of
     /// the batch) and by each `add_ops`, so any coordinator can resume it.
@@ -213,15 +247,44 @@ pub trait Store: Send + Sync + 'static {
         batch: &BatchId,
         ops: &[Claimed],
         lease_until_ms: u64,
+    ) -> StoreResult<Vec<Claimed>> {
+        self.renew_leases_on(batch, ops, lease_until_ms, "").await
+    }
+
+    /// [`Store::renew_leases`], noting that these attempts run on `worker`
+    /// (unless empty) — what a coordinator says when it lost that worker
+    /// and shortens their leases: if a lease then runs out, its error names
+    /// the worker. Kept per attempt until `expire_leases` reads it or the
+    /// batch ends.
+    async fn renew_leases_on(
+        &self,
+        batch: &BatchId,
+        ops: &[Claimed],
+        lease_until_ms: u64,
+        worker: &str,
     ) -> StoreResult<Vec<Claimed>>;
 
-    /// Running ops whose lease ran out (their worker died or hung) end as a
-    /// `LostWorker` failure: another attempt per their retry policy, else
-    /// failed "lost: the worker's lease ran out at `<ms>`" (`OpFailed`, no
-    /// worker; dependents skipped, fail_fast applied, as in `complete`).
-    /// A retry is `OpRetrying` with that message (plus when, after a
-    /// backoff). Their earlier attempt's late results are stale. `recorded`
-    /// = ops failed, `retried` = ops given another attempt.
+    /// Running ops whose lease ran out (their worker died, hung or was cut
+    /// off) lost their worker, which is not their fault. The error is
+    /// [`lost_worker_message`]: the worker noted by
+    /// [`Store::renew_leases_on`] for that attempt (else "its worker") and
+    /// when the lease ran out, as RFC 3339.
+    /// - While an op has lost-worker retries left (fewer than the batch's
+    ///   [`NewBatch::lost_worker_retries`] so far, and fail_fast has not
+    ///   fired), it goes back to the ready queue at once and the attempt is
+    ///   handed back (not counted against `max_attempts`): `OpRetrying`
+    ///   with the worker and "<error>; runs again (lost-worker retry n of
+    ///   N)".
+    /// - Past them it is a `LostWorker` failure: another attempt per its
+    ///   retry policy (`OpRetrying` with the error, plus when after a
+    ///   backoff), else failed (`OpFailed` with the worker; its record
+    ///   keeps the worker, the attempt's start — its `OpStarted` event,
+    ///   looked for among the batch's latest 10,000 events, else 0 — and
+    ///   its duration up to the lease's end; dependents skipped, fail_fast
+    ///   applied, as in `complete`).
+    ///
+    /// Their earlier attempt's late results are stale. `recorded` = ops
+    /// failed, `retried` = ops given another attempt.
     /// `NotOwner` (nothing changed) unless `fence` is the batch's live hold,
     /// checked in the same atomic step; `BatchNotFound` first.
     async fn expire_leases(
@@ -296,7 +359,7 @@ pub trait Store: Send + Sync + 'static {
     /// is not running or whose attempt differs is stale and ignored (listed in
     /// `stale`). A failure whose kind the op's `RetryPolicy` allows, with
     /// attempts left and fail_fast not fired, gets another attempt
-    /// (`OpRetrying`, message = the error, then "; next attempt at `<ms>` (in
+    /// (`OpRetrying`, message = the error, then "; next attempt at `<RFC 3339>` (in
     /// `<n>` ms)" when delayed): the delay is the backoff (jitter drawn by the
     /// store: a per-call random seed for the Redis scripts' `math.random`)
     /// or `retry_after_ms` if larger; 0 → ready queue at once, else the
@@ -501,6 +564,13 @@ pub trait Store: Send + Sync + 'static {
     /// after fail_fast fired, or when an op's `after` is inconsistent
     /// (`deps != after.len()`, an index past the new ops, or itself).
     /// `became_ready` counts ops made ready.
+    ///
+    /// With `once` (an idempotent spawn), `once.record` is kept under
+    /// `once.key` for the batch in the same atomic step, as long as the
+    /// batch is retained; a key already kept is `AlreadySpawned` with the
+    /// first call's record, and nothing is added (checked before anything
+    /// else but the batch's existence).
+    #[allow(clippy::too_many_arguments)]
     async fn add_ops(
         &self,
         batch: &BatchId,
@@ -509,7 +579,12 @@ pub trait Store: Send + Sync + 'static {
         spec: Vec<u8>,
         note: &str,
         now_ms: u64,
+        once: Option<&SpawnOnce>,
     ) -> StoreResult<CompleteOutcome>;
+
+    /// The record an idempotent `add_ops` kept under `key` for this batch,
+    /// if any (`None` for an unknown batch too).
+    async fn spawn_record(&self, batch: &BatchId, key: &str) -> StoreResult<Option<String>>;
 
     /// Takes or keeps `coordinator`'s hold on a running batch for `ttl_ms`
     /// (at least 1). Nobody holds it, or the last hold ran out or was

@@ -22,6 +22,11 @@ use crate::model::*;
 use crate::redis_store::{declared_writers, pending_count, wait_keys, wait_triples};
 use crate::{Store, StoreError, StoreResult};
 
+/// How many of a batch's latest events a final lost-worker failure looks
+/// through for its attempt's start (`STARTED_LOOKBACK` in
+/// `lua/expire_leases.lua`).
+const STARTED_LOOKBACK: usize = 10_000;
+
 /// Doorbell channel capacity; a receiver that lags gets `Lagged` and should
 /// resync, exactly as after `Doorbell::Resync`.
 pub(crate) const DOORBELL_CAPACITY: usize = 1024;
@@ -151,6 +156,16 @@ struct BatchData {
     /// Unix ms from which `drop_expired` deletes it: set when it finishes
     /// with a retention.
     expires_at_ms: Option<u64>,
+    /// The request digest of an idempotent submission ('' for none).
+    request_digest: String,
+    /// Idempotent `add_ops`: key → the first call's record.
+    spawn_keys: HashMap<String, String>,
+    /// Lost-worker retries per op (see `NewBatch::lost_worker_retries`).
+    lost_worker_retries: u32,
+    /// Op → lost-worker retries it had (only ops that lost a worker).
+    lost_workers: HashMap<u32, u32>,
+    /// Op → (attempt, worker) noted by `renew_leases_on`.
+    running_on: HashMap<u32, (u32, String)>,
     /// Declared writers of the batch's own memory keys (empty for a shared
     /// namespace): see [`Store::complete`].
     writers: Writers,
@@ -736,6 +751,22 @@ impl BatchData {
         }
     }
 
+    /// When attempt `attempt` of op `index` started: its `OpStarted` event
+    /// among the latest [`STARTED_LOOKBACK`] events (as `expire_leases.lua`
+    /// looks).
+    fn attempt_started_ms(&self, index: u32, attempt: u32) -> Option<u64> {
+        self.events
+            .iter()
+            .rev()
+            .take(STARTED_LOOKBACK)
+            .find(|event| {
+                event.kind == EventKind::OpStarted
+                    && event.op_index == index
+                    && event.attempt == attempt
+            })
+            .map(|event| event.at_ms)
+    }
+
     fn event(
         &mut self,
         at_ms: u64,
@@ -1182,7 +1213,7 @@ fn retry_message(error: &str, delay: u64, ready_at: u64) -> String {
     if delay == 0 {
         return error.to_owned();
     }
-    let when = format!("next attempt at {ready_at} (in {delay} ms)");
+    let when = format!("next attempt at {} (in {delay} ms)", rfc3339_ms(ready_at));
     if error.is_empty() {
         when
     } else {
@@ -1214,13 +1245,22 @@ impl Store for MemoryStore {
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch.id))]
-    async fn create_batch(&self, batch: NewBatch) -> StoreResult<()> {
+    async fn create_batch(&self, batch: NewBatch) -> StoreResult<Created> {
         let batch_id = batch.id.clone();
         let mut bells = Vec::new();
         {
             let mut inner = self.lock();
-            if inner.batches.contains_key(&batch.id) {
-                return Err(StoreError::BatchExists(batch.id));
+            // One lock: a batch here is always whole (never `creating`).
+            if let Some(existing) = inner.batches.get(&batch.id) {
+                if batch.request_digest.is_empty() {
+                    return Err(StoreError::BatchExists(batch.id));
+                }
+                if existing.request_digest == batch.request_digest
+                    && existing.meta.tenant == batch.tenant
+                {
+                    return Ok(Created::Existing);
+                }
+                return Err(StoreError::IdempotencyConflict(batch.id));
             }
             // A batch scope is always the batch's own memory.
             let memory = match batch.memory {
@@ -1277,6 +1317,11 @@ impl Store for MemoryStore {
                 owner_token: 0,
                 retain_ms: batch.retain_ms,
                 expires_at_ms: None,
+                request_digest: batch.request_digest,
+                spawn_keys: HashMap::new(),
+                lost_worker_retries: batch.lost_worker_retries,
+                lost_workers: HashMap::new(),
+                running_on: HashMap::new(),
                 writers: Writers::default(),
             };
             if matches!(data.memory, MemoryScope::Batch(_)) {
@@ -1308,7 +1353,15 @@ impl Store for MemoryStore {
             }
         }
         self.ring_all(bells);
-        Ok(())
+        Ok(Created::New)
+    }
+
+    async fn spawn_record(&self, batch: &BatchId, key: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .lock()
+            .batches
+            .get(batch)
+            .and_then(|data| data.spawn_keys.get(key).cloned()))
     }
 
     async fn batch_spec(&self, batch: &BatchId) -> StoreResult<Option<StoredSpec>> {
@@ -1492,11 +1545,12 @@ impl Store for MemoryStore {
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch, ops = ops.len()))]
-    async fn renew_leases(
+    async fn renew_leases_on(
         &self,
         batch: &BatchId,
         ops: &[Claimed],
         lease_until_ms: u64,
+        worker: &str,
     ) -> StoreResult<Vec<Claimed>> {
         let mut inner = self.lock();
         let data = inner.batch_mut(batch)?;
@@ -1504,6 +1558,10 @@ impl Store for MemoryStore {
         for claimed in ops {
             if data.runs(*claimed) {
                 data.set_lease(claimed.index, lease_until_ms);
+                if !worker.is_empty() {
+                    data.running_on
+                        .insert(claimed.index, (claimed.attempt, worker.to_owned()));
+                }
             } else {
                 stale.push(*claimed);
             }
@@ -1551,13 +1609,38 @@ impl Store for MemoryStore {
                 }
                 let attempt = op.record.attempts;
                 data.leave_running(index);
-                let error = format!("lost: the worker's lease ran out at {until}");
+                let worker = match data.running_on.remove(&index) {
+                    Some((noted_attempt, worker)) if noted_attempt == attempt => worker,
+                    _ => String::new(),
+                };
+                let error = lost_worker_message(&worker, until);
+                let lost = data.lost_workers.get(&index).copied().unwrap_or(0);
+                if lost < data.lost_worker_retries && !data.fail_fast_fired {
+                    data.lost_workers.insert(index, lost + 1);
+                    data.ops[index as usize].handed_back += 1;
+                    data.requeue(index, 0, now_ms);
+                    let message = format!(
+                        "{error}; runs again (lost-worker retry {} of {})",
+                        lost + 1,
+                        data.lost_worker_retries
+                    );
+                    data.event(
+                        now_ms,
+                        EventKind::OpRetrying,
+                        Some(index),
+                        attempt,
+                        &worker,
+                        &message,
+                    );
+                    outcome.retried.push(index);
+                    continue;
+                }
                 if data.retry_or_not(
                     index,
                     attempt,
                     FailureKind::LostWorker,
                     0,
-                    "",
+                    &worker,
                     &error,
                     now_ms,
                 ) {
@@ -1565,12 +1648,22 @@ impl Store for MemoryStore {
                     continue;
                 }
                 data.end_op(index, OpState::Failed, error.clone());
+                // The record keeps the worker and how long the attempt ran,
+                // from its `started` event (looked for as the Redis store
+                // does, among the latest STARTED_LOOKBACK events) to the end
+                // of its lease.
+                let started_ms = data.attempt_started_ms(index, attempt);
+                let worker_number = data.workers.number(&worker);
+                let record = &mut data.ops[index as usize].record;
+                record.worker = worker_number;
+                record.started_ms = started_ms.unwrap_or(0);
+                record.duration_ms = started_ms.map_or(0, |started| until.saturating_sub(started));
                 data.event(
                     now_ms,
                     EventKind::OpFailed,
                     Some(index),
                     attempt,
-                    "",
+                    &worker,
                     &error,
                 );
                 outcome.recorded += 1;
@@ -1719,6 +1812,11 @@ impl Store for MemoryStore {
                     owner_token: 0,
                     retain_ms: 0,
                     expires_at_ms: None,
+                    request_digest: String::new(),
+                    spawn_keys: HashMap::new(),
+                    lost_worker_retries: 0,
+                    lost_workers: HashMap::new(),
+                    running_on: HashMap::new(),
                     writers: Writers::default(),
                 };
                 data.event(now_ms, EventKind::BatchFinished, None, 0, "", reason);
@@ -2217,12 +2315,19 @@ impl Store for MemoryStore {
         spec: Vec<u8>,
         note: &str,
         now_ms: u64,
+        once: Option<&SpawnOnce>,
     ) -> StoreResult<CompleteOutcome> {
         let edges = added_edges(batch, first_index, &ops)?;
         let outcome = {
             let mut guard = self.lock();
             let inner = &mut *guard;
             let data = inner.batch_mut(batch)?;
+            if let Some(record) = once.and_then(|once| data.spawn_keys.get(&once.key)) {
+                return Err(StoreError::AlreadySpawned {
+                    batch: batch.clone(),
+                    record: record.clone(),
+                });
+            }
             let cannot = |reason: String| StoreError::CannotAddOps {
                 batch: batch.clone(),
                 reason,
@@ -2256,6 +2361,10 @@ impl Store for MemoryStore {
                 data.writers.add(first_index, &ops);
             }
             data.spec_added.push(spec);
+            if let Some(once) = once {
+                data.spawn_keys
+                    .insert(once.key.clone(), once.record.clone());
+            }
             let message = if note.is_empty() {
                 format!("{} ops added", ops.len())
             } else {

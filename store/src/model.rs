@@ -219,6 +219,61 @@ pub struct NewBatch {
     pub tenant: String,
     /// The message of the batch's `BatchSubmitted` event: who submitted it.
     pub submitted_by: String,
+    /// How many times each op may run again after losing its worker (its
+    /// lease ran out), apart from `max_attempts` (see
+    /// [`crate::Store::expire_leases`]). 0: a lost worker is a failure like
+    /// any other.
+    pub lost_worker_retries: u32,
+    /// Set for a submission made with an idempotency key (see
+    /// [`crate::Store::create_batch`]): a digest of what was submitted, kept
+    /// with the batch. Empty: not idempotent (a reused id is `BatchExists`).
+    pub request_digest: String,
+}
+
+/// Lost-worker retries per op when a batch does not say (see
+/// [`NewBatch::lost_worker_retries`]).
+pub const DEFAULT_LOST_WORKER_RETRIES: u32 = 3;
+
+/// How a time reads in errors and events: RFC 3339, UTC, with
+/// milliseconds (`2026-12-02T03:04:05.123Z`). `lua/common.lua`'s
+/// `rfc3339_ms` spells it identically.
+pub fn rfc3339_ms(unix_ms: u64) -> String {
+    let since_epoch = std::time::Duration::from_millis(unix_ms);
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + since_epoch).to_string()
+}
+
+/// The error of an attempt whose worker was lost: its lease ran out at
+/// `lease_until_ms` (`worker` empty when the store never learnt which).
+/// `lua/expire_leases.lua` words it identically.
+pub fn lost_worker_message(worker: &str, lease_until_ms: u64) -> String {
+    let who = if worker.is_empty() {
+        "its worker".to_owned()
+    } else {
+        format!("worker `{worker}`")
+    };
+    format!(
+        "lost: {who} stopped renewing its lease (ran out at {})",
+        rfc3339_ms(lease_until_ms)
+    )
+}
+
+/// What [`crate::Store::create_batch`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// The batch was created now.
+    New,
+    /// An idempotent submission found its batch already there (same id,
+    /// tenant and request digest): nothing was written.
+    Existing,
+}
+
+/// An idempotent [`crate::Store::add_ops`]: the caller's key (per batch)
+/// and what to remember under it, written in the same atomic step as the
+/// ops (opaque to the store; the coordinator keeps its answer there).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpawnOnce {
+    pub key: String,
+    pub record: String,
 }
 
 /// The message of the `OpRetrying` event each failed op gets when its

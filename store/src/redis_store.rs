@@ -120,6 +120,7 @@ macro_rules! memory_script {
 
 struct Scripts {
     create: Script,
+    reserve: Script,
     drop_batch: Script,
     register_waits: Script,
     register_shared: Script,
@@ -151,6 +152,7 @@ impl Scripts {
     fn load() -> Scripts {
         Scripts {
             create: Script::new(CREATE_LUA),
+            reserve: lua_script!("reserve.lua"),
             register_waits: lua_script!("register_waits.lua"),
             register_shared: lua_script!("register_shared.lua"),
             arrive: lua_script!("arrive.lua"),
@@ -1263,15 +1265,40 @@ impl Store for RedisStore {
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch.id, ops = batch.ops.len()))]
-    async fn create_batch(&self, batch: NewBatch) -> StoreResult<()> {
+    async fn create_batch(&self, batch: NewBatch) -> StoreResult<Created> {
         let mut connection = self.connection();
         let prefix = keys::batch_prefix(&batch.id);
         // Claims the id: a reused id fails here, before anything is written.
-        let fresh: bool = connection
-            .hset_nx(keys::meta(&batch.id), "state", "creating")
-            .await?;
-        if !fresh {
-            return Err(StoreError::BatchExists(batch.id));
+        if batch.request_digest.is_empty() {
+            let fresh: bool = connection
+                .hset_nx(keys::meta(&batch.id), "state", "creating")
+                .await?;
+            if !fresh {
+                return Err(StoreError::BatchExists(batch.id));
+            }
+        } else {
+            // An idempotent submission: the id is the key's mapping, and
+            // the claim records the digest and tenant it answers to.
+            let claim: String = self
+                .shared
+                .scripts
+                .reserve
+                .key(&prefix)
+                .arg(keys::DOORBELL_CHANNEL)
+                .arg(batch.id.as_str())
+                .arg(batch.created_ms)
+                .arg(&batch.request_digest)
+                .arg(&batch.tenant)
+                .arg(crate::CREATING_STALE_MS)
+                .invoke_async(&mut connection)
+                .await?;
+            match claim.as_str() {
+                "new" => {}
+                "existing" => return Ok(Created::Existing),
+                "creating" => return Err(StoreError::StillCreating(batch.id)),
+                "conflict" => return Err(StoreError::IdempotencyConflict(batch.id)),
+                other => return Err(corrupt(format_args!("reserve.lua answered `{other}`"))),
+            }
         }
 
         // A batch scope is always the batch's own memory.
@@ -1294,7 +1321,8 @@ impl Store for RedisStore {
             .arg(u8::from(batch.retry_failed_sequential))
             .arg(batch.retain_ms)
             .arg(&batch.tenant)
-            .arg(&batch.submitted_by);
+            .arg(&batch.submitted_by)
+            .arg(batch.lost_worker_retries);
 
         // A small batch without memory waits (the common case, and every
         // latency-bound one) is written, made visible and announced in one
@@ -1327,7 +1355,7 @@ impl Store for RedisStore {
             match pipe.query_async::<()>(&mut connection).await {
                 Ok(()) => {
                     self.shared.create_loaded.store(true, Ordering::Relaxed);
-                    return Ok(());
+                    return Ok(Created::New);
                 }
                 // Redis lost its script cache (restarted from its AOF, or
                 // SCRIPT FLUSH): the pipeline's writes went through, only
@@ -1343,7 +1371,7 @@ impl Store for RedisStore {
                     let _: String = create.invoke_async(&mut connection).await?;
                     self.shared.create_loaded.store(true, Ordering::Relaxed);
                     self.publish_bell(keys::started_bell(&batch.id)).await?;
-                    return Ok(());
+                    return Ok(Created::New);
                 }
                 Err(error) => return Err(error.into()),
             }
@@ -1380,7 +1408,7 @@ impl Store for RedisStore {
             let _: i64 = connection.sadd(keys::ACTIVE, batch.id.as_str()).await?;
             self.publish_bell(keys::started_bell(&batch.id)).await?;
         }
-        Ok(())
+        Ok(Created::New)
     }
 
     async fn batch_spec(&self, batch: &BatchId) -> StoreResult<Option<StoredSpec>> {
@@ -1524,11 +1552,12 @@ impl Store for RedisStore {
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch, ops = ops.len()))]
-    async fn renew_leases(
+    async fn renew_leases_on(
         &self,
         batch: &BatchId,
         ops: &[Claimed],
         lease_until_ms: u64,
+        worker: &str,
     ) -> StoreResult<Vec<Claimed>> {
         let mut connection = self.connection();
         // An empty slice still checks that the batch exists.
@@ -1540,7 +1569,7 @@ impl Store for RedisStore {
         let mut stale = Vec::new();
         for chunk in chunks {
             let mut invocation = batch_invocation(&self.shared.scripts.renew_leases, batch, 0);
-            invocation.arg(lease_until_ms);
+            invocation.arg(lease_until_ms).arg(worker);
             for claimed in chunk {
                 invocation.arg(claimed.index).arg(claimed.attempt);
             }
@@ -2320,6 +2349,7 @@ impl Store for RedisStore {
         spec: Vec<u8>,
         note: &str,
         now_ms: u64,
+        once: Option<&SpawnOnce>,
     ) -> StoreResult<CompleteOutcome> {
         let edges = added_edges(batch, first_index, &ops)?;
         let mut invocation = self.shared.scripts.add_ops.key(keys::batch_prefix(batch));
@@ -2354,6 +2384,10 @@ impl Store for RedisStore {
         } else {
             invocation.arg(serde_json::to_string(&declared.by_op).map_err(corrupt)?);
         }
+        match once {
+            Some(once) => invocation.arg(&once.key).arg(&once.record),
+            None => invocation.arg("").arg(""),
+        };
         let (status, reason, mut became_ready, mut finished, memory): (
             i64,
             String,
@@ -2367,6 +2401,12 @@ impl Store for RedisStore {
                 return Err(StoreError::CannotAddOps {
                     batch: batch.clone(),
                     reason,
+                });
+            }
+            -3 => {
+                return Err(StoreError::AlreadySpawned {
+                    batch: batch.clone(),
+                    record: reason,
                 });
             }
             _ => {}
@@ -2383,6 +2423,10 @@ impl Store for RedisStore {
             finished: self.finished_state(batch, &finished).await?,
             ..CompleteOutcome::default()
         })
+    }
+
+    async fn spawn_record(&self, batch: &BatchId, key: &str) -> StoreResult<Option<String>> {
+        Ok(self.connection().hget(keys::spawn_keys(batch), key).await?)
     }
 
     #[tracing::instrument(skip_all, fields(batch = %batch, coordinator, ttl_ms))]

@@ -117,6 +117,8 @@ async fn million_op_batch_is_writable() {
             retain_ms: 0,
             tenant: String::new(),
             submitted_by: String::new(),
+            request_digest: String::new(),
+            lost_worker_retries: 0,
         })
         .await
         .expect("create");
@@ -169,6 +171,8 @@ fn small_batch(id: &str, ops: usize, created_ms: u64, retain_ms: u64) -> NewBatc
         retain_ms,
         tenant: String::new(),
         submitted_by: String::new(),
+        request_digest: String::new(),
+        lost_worker_retries: 0,
     }
 }
 
@@ -486,4 +490,80 @@ async fn a_shared_store_as_lost_in_a_crash_is_repaired_once() {
     assert_eq!(value.version, 1);
     clean.shutdown().await;
     faulty.shutdown().await;
+}
+
+/// An idempotent submission whose coordinator died half way leaves its
+/// batch `creating`: a retry within [`volley_store::CREATING_STALE_MS`] is
+/// told to come back (retryable); a retry after it clears the half-written
+/// records and creates the batch whole, which then runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_created_idempotent_batch_is_taken_over_once_stale() {
+    let (store, server) = connected_store().await;
+    let mut connection = raw_connection(&server).await;
+    let batch_id = BatchId::new("half");
+    let claimed_ms = 1_000_u64;
+    // What the dead call left: its claim and a stray ready entry.
+    let _: () = redis::pipe()
+        .hset_multiple(
+            volley_store::keys::meta(&batch_id),
+            &[
+                ("state", "creating".to_owned()),
+                ("digest", "d1".to_owned()),
+                ("tenant", "acme".to_owned()),
+                ("claimed_ms", claimed_ms.to_string()),
+            ],
+        )
+        .rpush(volley_store::keys::ready(&batch_id, 2), 0)
+        .query_async(&mut connection)
+        .await
+        .expect("half-written batch");
+    let submission = |created_ms: u64, digest: &str| NewBatch {
+        tenant: "acme".to_owned(),
+        request_digest: digest.to_owned(),
+        ..small_batch("half", 1, created_ms, 0)
+    };
+    let soon = store
+        .create_batch(submission(claimed_ms + 10, "d1"))
+        .await
+        .expect_err("still creating");
+    assert!(
+        matches!(soon, volley_store::StoreError::StillCreating(_)) && soon.is_retryable(),
+        "{soon}"
+    );
+    let other = store
+        .create_batch(submission(claimed_ms + 10, "d2"))
+        .await
+        .expect_err("another digest");
+    assert!(
+        matches!(other, volley_store::StoreError::IdempotencyConflict(_)),
+        "{other}"
+    );
+    let later = claimed_ms + volley_store::CREATING_STALE_MS;
+    assert_eq!(
+        store
+            .create_batch(submission(later, "d1"))
+            .await
+            .expect("taken over"),
+        volley_store::Created::New
+    );
+    // The stray entry went with the rest: the one op is claimed once.
+    let claimed = store
+        .claim(&batch_id, 10, later + 1, later + 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        store
+            .claim(&batch_id, 10, later + 2, later + 60_000)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .create_batch(submission(later + 5, "d1"))
+            .await
+            .expect("a retry now"),
+        volley_store::Created::Existing
+    );
 }

@@ -93,6 +93,8 @@ async fn do_real_work(store: &RedisStore) {
             retain_ms: 0,
             tenant: String::new(),
             submitted_by: String::new(),
+            request_digest: String::new(),
+            lost_worker_retries: 0,
         })
         .await
         .expect("create a batch");

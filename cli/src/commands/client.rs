@@ -2,11 +2,12 @@
 //! list, logs, workers; and how a batch id given on the command line (or a
 //! unique prefix of one) becomes a batch.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use volley_client::{Client, v1};
+use volley_client::{Client, ClientError, v1};
 
 use super::OutputFormat;
 use super::interrupt::Interrupts;
@@ -52,6 +53,30 @@ pub struct SubmitArgs {
     pub overrides: super::BatchOverrides,
     #[arg(long, value_enum, env = "VOLLEY_OUTPUT", default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub idempotency: IdempotencyArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct IdempotencyArgs {
+    /// Sent with the call so that trying it again can never do it twice:
+    /// the same key with the same batch (or ops) gives back the first
+    /// call's answer — the same batch id — on any coordinator of the
+    /// cluster. At most 128 bytes of printable ASCII. Default: a new
+    /// random key for each command, kept across its own retries.
+    #[arg(long, env = "VOLLEY_IDEMPOTENCY_KEY", default_value = "")]
+    pub idempotency_key: String,
+}
+
+impl IdempotencyArgs {
+    /// The key to send: the one given, or a new one.
+    pub fn key(&self) -> String {
+        if self.idempotency_key.is_empty() {
+            volley_client::client::new_idempotency_key()
+        } else {
+            self.idempotency_key.clone()
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -131,8 +156,19 @@ pub async fn submit(args: SubmitArgs) -> Exit {
     } else {
         None
     };
-    let client = match connect(&args.cluster).await {
-        Ok(client) => client,
+    let total = batch.ops.len() as u32;
+    let key = args.idempotency.key();
+    let submitted = call_with_retries(&args.cluster, "submission", &key, |client| {
+        let batch = batch.clone();
+        let key = key.clone();
+        async move {
+            let submitted = client.submit_idempotent(batch, &key).await?;
+            Ok((client, submitted))
+        }
+    })
+    .await;
+    let (client, submitted) = match submitted {
+        Ok(done) => done,
         Err(exit) => return exit,
     };
     let follow = match interrupts.as_mut() {
@@ -146,7 +182,7 @@ pub async fn submit(args: SubmitArgs) -> Exit {
             },
         },
     };
-    submit_and_report(&client, batch, follow, args.output).await
+    report_submitted(&client, submitted, total, follow, args.output).await
 }
 
 /// What [`submit_and_report`] does once the batch is in.
@@ -179,8 +215,76 @@ pub(crate) enum OnInterrupt {
 /// CLI stops waiting (it exits 130 either way).
 const CANCEL_REPORT_WAIT: Duration = Duration::from_secs(30);
 
-/// Submits, then either prints the id or follows the batch to its report.
-/// Shared by `submit` and `run`.
+/// How often a submit or spawn whose connection broke is tried in all, and
+/// the pause before the first retry (doubling: 0.25, 0.5, 1, 2, 4 s, so
+/// about 10 s with the connection attempts). Each retry connects anew, so
+/// behind a balancer it reaches another coordinator; the idempotency key
+/// makes it safe whether or not the broken call took effect.
+const CALL_TRIES: u32 = 6;
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// True for the failures another try (on a new connection) may cure: the
+/// coordinator could not be reached, the connection broke under the call,
+/// or it could not serve it now.
+fn worth_retrying(error: &ClientError) -> bool {
+    matches!(
+        error,
+        ClientError::Unreachable { .. } | ClientError::Transport(_) | ClientError::Unavailable(_)
+    )
+}
+
+/// Connects and makes `call`, again on a new connection (same key) while
+/// it fails in a way a retry may cure; then gives up with exit 3 and says
+/// whether the call may have taken effect and which key retries it safely.
+pub(crate) async fn call_with_retries<T, Call, Answer>(
+    cluster: &ClusterArgs,
+    what: &str,
+    key: &str,
+    mut call: Call,
+) -> Result<T, Exit>
+where
+    Call: FnMut(Client) -> Answer,
+    Answer: Future<Output = Result<T, ClientError>>,
+{
+    let connection = cluster.connection()?;
+    let mut pause = FIRST_RETRY_PAUSE;
+    // Whether a call went out on a connection: then it may have taken effect.
+    let mut sent = false;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let error = match Client::connect_with(&connection).await {
+            Ok(client) => {
+                sent = true;
+                match call(client).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(error) => error,
+                }
+            }
+            Err(error) => error,
+        };
+        if !worth_retrying(&error) {
+            return Err(exit::client_error(&error));
+        }
+        if tries >= CALL_TRIES {
+            eprintln!("error: {error}");
+            if sent {
+                eprintln!(
+                    "error: the {what} may or may not have taken effect; to retry it safely, run the same command with --idempotency-key {key}"
+                );
+            } else {
+                eprintln!("error: the {what} was not sent (tried {tries} times)");
+            }
+            return Err(Exit::Unreachable);
+        }
+        tracing::warn!(%error, try_number = tries, "retrying with the same idempotency key");
+        tokio::time::sleep(pause).await;
+        pause *= 2;
+    }
+}
+
+/// Submits, then either prints the id or follows the batch to its report
+/// (`volley run`: its own coordinator, in this process).
 pub(crate) async fn submit_and_report(
     client: &Client,
     batch: v1::Batch,
@@ -192,6 +296,17 @@ pub(crate) async fn submit_and_report(
         Ok(submitted) => submitted,
         Err(error) => return exit::client_error(&error),
     };
+    report_submitted(client, submitted, total, follow, output).await
+}
+
+/// Prints a submission's id, or follows the batch to its report.
+async fn report_submitted(
+    client: &Client,
+    submitted: v1::SubmitBatchResponse,
+    total: u32,
+    follow: Follow<'_>,
+    output: OutputFormat,
+) -> Exit {
     for warning in &submitted.warnings {
         eprintln!("warning: {warning}");
     }

@@ -1,13 +1,15 @@
 //! `volley spawn FILE`: adds ops to a running batch — what an `agent` does
 //! to fan out work it discovers while it runs. The file is a batch file
 //! whose `ops` are added; the batch and the spawning op come from the
-//! environment the worker gives agents (`VOLLEY_BATCH`, `VOLLEY_OP`).
+//! environment the worker gives agents (`VOLLEY_BATCH`, `VOLLEY_OP`). A
+//! call whose connection broke is retried with the same idempotency key,
+//! so the ops are added once.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
-use super::client::ClusterArgs;
+use super::client::{ClusterArgs, IdempotencyArgs, call_with_retries};
 use crate::exit::{self, Exit};
 use crate::telemetry;
 
@@ -23,6 +25,8 @@ pub struct SpawnArgs {
     /// The op that spawns (recorded with the new ops).
     #[arg(long, env = "VOLLEY_OP", default_value = "")]
     pub op: String,
+    #[command(flatten)]
+    pub idempotency: IdempotencyArgs,
 }
 
 pub async fn run(args: SpawnArgs) -> Exit {
@@ -31,11 +35,14 @@ pub async fn run(args: SpawnArgs) -> Exit {
         Ok(batch) => batch,
         Err(error) => return exit::batch_file_error(&error),
     };
-    let client = match super::client::connect(&args.cluster).await {
-        Ok(client) => client,
-        Err(exit) => return exit,
-    };
-    match client.spawn_ops(&args.batch, batch.ops, &args.op).await {
+    let key = args.idempotency.key();
+    let spawned = call_with_retries(&args.cluster, "spawn", &key, |client| {
+        let ops = batch.ops.clone();
+        let (batch_id, op, key) = (args.batch.clone(), args.op.clone(), key.clone());
+        async move { client.spawn_ops_idempotent(&batch_id, ops, &op, &key).await }
+    })
+    .await;
+    match spawned {
         Ok(response) => {
             for warning in &response.warnings {
                 eprintln!("warning: {warning}");
@@ -43,6 +50,6 @@ pub async fn run(args: SpawnArgs) -> Exit {
             eprintln!("{} op(s) added to batch {}", response.op_count, args.batch);
             Exit::Success
         }
-        Err(error) => exit::client_error(&error),
+        Err(exit) => exit,
     }
 }

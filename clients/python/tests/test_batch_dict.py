@@ -212,3 +212,17 @@ def test_durations() -> None:
 def test_a_dict_converts_to_the_equivalent_proto() -> None:
     batch = pb.Batch(name="raw", ops=[pb.Op(id="a", kind="noop")])
     assert batch_from_dict({"name": "raw", "ops": [{"id": "a", "kind": "noop"}]}) == batch
+
+
+def test_retry_lost_worker_sets_the_batch_s_lost_worker_retries() -> None:
+    unset = batch_from_dict({"ops": []})
+    none = batch_from_dict({"retry": {"lost_worker": 0}, "ops": []})
+    five = batch_from_dict({"retry": {"lost_worker": 5}, "ops": []})
+    with pytest.raises(InvalidBatch, match="unknown field `lost_workers`"):
+        batch_from_dict({"retry": {"lost_workers": 1}})
+    with pytest.raises(InvalidBatch, match="expected a mapping"):
+        batch_from_dict({"retry": 3})
+
+    assert not unset.HasField("lost_worker_retries")
+    assert none.HasField("lost_worker_retries") and none.lost_worker_retries == 0
+    assert five.lost_worker_retries == 5

@@ -329,3 +329,24 @@ def test_spawn_ops_adds_to_a_running_batch(client: Client, namespace: str) -> No
     assert any(problem.op_id == "gate" for problem in raised.value.problems), raised.value
     assert status.ok and status.outputs == {"gate": "", "extra": "more"}
     assert EventKind.OPS_ADDED in [event.kind for event in client.watch(batch_id)]
+
+
+def test_one_idempotency_key_gives_one_batch_and_one_spawn(client: Client, namespace: str) -> None:
+    batch = {"namespace": namespace, "ops": [{"id": "gate", "kind": "noop", "wait_for": ["go"]}]}
+    first = client.submit(batch, idempotency_key="py-submit-1")
+    again = client.submit(batch, idempotency_key="py-submit-1")
+    fresh = client.submit(batch)  # a new key each call
+    with pytest.raises(VolleyError, match="was used for another batch"):
+        client.submit({"ops": [{"id": "other", "kind": "noop"}]}, idempotency_key="py-submit-1")
+    with pytest.raises(InvalidBatch, match="idempotency key"):
+        client.submit(batch, idempotency_key="not ascii é")
+    child = [{"id": "child", "kind": "echo", "after": ["gate"], "args": {"text": "once"}}]
+    added = client.spawn_ops(first, child, idempotency_key="py-spawn-1")
+    added_again = client.spawn_ops(first, child, idempotency_key="py-spawn-1")
+    client.memory(namespace=namespace).put("go", "1")
+    status = client.wait(first, timeout=30)
+    client.wait(fresh, timeout=30)
+
+    assert again == first and fresh != first
+    assert added == added_again == 1
+    assert status.ok and status.outputs == {"gate": "", "child": "once"}

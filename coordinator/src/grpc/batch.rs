@@ -43,9 +43,13 @@ impl BatchAdapter {
         let mut chunks = request.into_inner();
         let mut batch: Option<v1::Batch> = None;
         let mut received_bytes = 0;
+        let mut idempotency_key = String::new();
         while let Some(chunk) = chunks.message().await? {
             match (chunk.part, batch.as_mut()) {
-                (Some(Part::Header(header)), None) => batch = Some(header),
+                (Some(Part::Header(header)), None) => {
+                    batch = Some(header);
+                    idempotency_key = chunk.idempotency_key;
+                }
                 (Some(Part::Header(_)), Some(_)) => {
                     return Err(Status::invalid_argument("a second header chunk"));
                 }
@@ -70,7 +74,9 @@ impl BatchAdapter {
         // parents their spans on this one. Empty when it is not traced.
         batch.trace_context = tracing_ctx::carrier_of(&tracing::Span::current());
         Ok(Response::new(
-            self.coordinator.submit(batch, &principal).await?,
+            self.coordinator
+                .submit(batch, &idempotency_key, &principal)
+                .await?,
         ))
     }
 }
@@ -161,7 +167,13 @@ impl BatchService for BatchAdapter {
         let batch = batch_id(request.batch_id)?;
         Ok(Response::new(
             self.coordinator
-                .spawn_ops(&batch, request.ops, &request.spawned_by, &principal)
+                .spawn_ops(
+                    &batch,
+                    request.ops,
+                    &request.spawned_by,
+                    &request.idempotency_key,
+                    &principal,
+                )
                 .await?,
         ))
     }

@@ -90,6 +90,7 @@ impl From<CoordinatorError> for Status {
             }
             CoordinatorError::Token(_) => Status::invalid_argument(message),
             CoordinatorError::BadRequest(_) => Status::invalid_argument(message),
+            CoordinatorError::IdempotencyConflict { .. } => Status::already_exists(message),
             CoordinatorError::ShuttingDown => Status::unavailable(message),
             CoordinatorError::ValueTooLarge { .. } => Status::invalid_argument(message),
             CoordinatorError::StaleWriter { .. } => Status::failed_precondition(message),
@@ -105,6 +106,12 @@ impl From<CoordinatorError> for Status {
                 StoreError::ChangesTrimmed { .. } => Status::out_of_range(message),
                 StoreError::CannotAddOps { .. } => Status::failed_precondition(message),
                 StoreError::TokenExists(_) => Status::already_exists(message),
+                StoreError::IdempotencyConflict(_) => Status::already_exists(message),
+                // Another call is creating the same batch: a retry finds it.
+                StoreError::StillCreating(_) => Status::unavailable(message),
+                // The coordinator answers a replayed spawn itself; reaching
+                // here means its record could not be read back.
+                StoreError::AlreadySpawned { .. } => Status::already_exists(message),
                 StoreError::NotOwner { .. } => Status::failed_precondition(message),
                 StoreError::Redis(_) if store_error.is_retryable() => Status::unavailable(message),
                 StoreError::Redis(_) => Status::internal(message),

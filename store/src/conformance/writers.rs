@@ -286,7 +286,7 @@ pub async fn case_add_ops_judges_waits_on_keys_whose_writers_ended(store: &dyn S
         waiting_for(&["j"]),
     ];
     let outcome = store
-        .add_ops(&batch_id, 2, added, b"more".to_vec(), "", NOW + 30)
+        .add_ops(&batch_id, 2, added, b"more".to_vec(), "", NOW + 30, None)
         .await
         .expect("add_ops");
     assert_eq!(outcome.became_ready, 1);
@@ -326,6 +326,7 @@ pub async fn case_add_ops_judges_waits_on_keys_whose_writers_ended(store: &dyn S
             b"again".to_vec(),
             "",
             NOW + 40,
+            None,
         )
         .await
         .expect("add_ops");

@@ -402,6 +402,8 @@ impl OpSpawner for GrpcSpawner {
             batch_id: batch_id.as_str().to_owned(),
             ops,
             spawned_by: spawned_by.to_owned(),
+            // An agent's spawn is not retried by this call.
+            idempotency_key: String::new(),
         };
         let response = self
             .client

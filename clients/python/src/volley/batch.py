@@ -68,6 +68,7 @@ _BATCH_FIELDS = (
     "allow_unwritten",
     "deadline",
     "retry_failed",
+    "retry",
     "ops",
 )
 _OP_FIELDS = (
@@ -90,6 +91,7 @@ _OP_FIELDS = (
     "requires",
 )
 _BACKOFF_FIELDS = ("initial", "max", "multiplier", "jitter")
+_RETRY_FIELDS = ("lost_worker",)
 
 
 class _Where:
@@ -129,6 +131,15 @@ def batch_from_dict(batch: BatchDict, source: str = "") -> pb.Batch:
         deadline_ms=_duration(batch, "deadline", where),
         retry_failed=_choice(batch, "retry_failed", _RETRY_FAILED, where),
     )
+    retry = batch.get("retry")
+    if retry is not None:
+        if not isinstance(retry, Mapping):
+            where.fail(
+                "retry", f"expected a mapping like {{lost_worker: 3}}, got {_type_name(retry)}"
+            )
+        _refuse_unknown(retry, _RETRY_FIELDS, where)
+        if retry.get("lost_worker") is not None:
+            message.lost_worker_retries = _integer(retry, "lost_worker", where, _U32)
     ops = batch.get("ops")
     if ops is not None:
         message.ops.extend(ops_from_dicts(ops, source))

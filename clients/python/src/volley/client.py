@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import secrets
 import time
 import warnings
 from dataclasses import dataclass
@@ -178,7 +179,9 @@ class Client:
 
     # -------------------------------------------------------------- batches
 
-    def submit(self, batch: Union[BatchDict, pb.Batch]) -> str:
+    def submit(
+        self, batch: Union[BatchDict, pb.Batch], idempotency_key: Optional[str] = None
+    ) -> str:
         """Submits a batch and returns its id.
 
         ``batch`` is a dict with the batch file's schema (``name``,
@@ -186,13 +189,20 @@ class Client:
         wait_for, …}]`` …) or a ``volley.v1.Batch``. It is streamed in
         chunks, so no batch is too large for one gRPC message.
 
+        ``idempotency_key`` (at most 128 bytes of printable ASCII; default:
+        a new random key) makes a retry safe: submitting the same batch
+        again with the same key returns the first call's batch id instead
+        of creating a second batch. The same key with another batch raises
+        a :class:`VolleyError` with code ``ALREADY_EXISTS``.
+
         Raises :class:`InvalidBatch` when the batch is rejected (nothing
         ran): its ``problems`` name each op and field. Warnings come back as
         :class:`VolleyWarning`.
         """
         message = batch if isinstance(batch, pb.Batch) else batch_from_dict(batch)
+        key = idempotency_key if idempotency_key is not None else new_idempotency_key()
         response: pb.SubmitBatchResponse = self._call(
-            self._batches.SubmitBatch, _chunks(message), invalid=InvalidBatch
+            self._batches.SubmitBatch, _chunks(message, key), invalid=InvalidBatch
         )
         for warning in response.warnings:
             warnings.warn(VolleyWarning(warning), stacklevel=2)
@@ -264,12 +274,25 @@ class Client:
         return WhyResult(response.op_id, OpState.from_proto(response.state), list(response.reasons))
 
     def spawn_ops(
-        self, batch_id: str, ops: Sequence[Mapping[str, Any]], spawned_by: str = ""
+        self,
+        batch_id: str,
+        ops: Sequence[Mapping[str, Any]],
+        spawned_by: str = "",
+        idempotency_key: Optional[str] = None,
     ) -> int:
         """Adds ops (dicts, as in a batch's ``ops``) to a running batch;
-        they are validated with it. Returns how many were added."""
+        they are validated with it. Returns how many were added.
+
+        ``idempotency_key`` (default: a new random key): the same ops again
+        with the same key return the first call's answer instead of adding
+        them twice (or failing on their ids)."""
         request = pb.SpawnOpsRequest(
-            batch_id=batch_id, ops=ops_from_dicts(ops), spawned_by=spawned_by
+            batch_id=batch_id,
+            ops=ops_from_dicts(ops),
+            spawned_by=spawned_by,
+            idempotency_key=(
+                idempotency_key if idempotency_key is not None else new_idempotency_key()
+            ),
         )
         response = self._call(self._batches.SpawnOps, request, invalid=InvalidBatch)
         for warning in response.warnings:
@@ -344,12 +367,18 @@ _CHANNEL_OPTIONS: List[Tuple[str, Any]] = [
 ]
 
 
-def _chunks(batch: pb.Batch) -> Iterator[pb.SubmitBatchChunk]:
-    """The header (the batch without its ops), then the ops in chunks."""
+def new_idempotency_key() -> str:
+    """A fresh idempotency key: 128 random bits in hex."""
+    return secrets.token_hex(16)
+
+
+def _chunks(batch: pb.Batch, idempotency_key: str = "") -> Iterator[pb.SubmitBatchChunk]:
+    """The header (the batch without its ops, with the idempotency key),
+    then the ops in chunks."""
     header = pb.Batch()
     header.CopyFrom(batch)
     del header.ops[:]
-    yield pb.SubmitBatchChunk(header=header)
+    yield pb.SubmitBatchChunk(header=header, idempotency_key=idempotency_key)
     chunk: List[pb.Op] = []
     size = 0
     for op in batch.ops:

@@ -221,7 +221,7 @@ class Op(_message.Message):
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., args_json: _Optional[str] = ..., after: _Optional[_Iterable[str]] = ..., run_if: _Optional[_Union[RunIf, str]] = ..., timeout_ms: _Optional[int] = ..., attempts: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., store_as: _Optional[str] = ..., wait_for: _Optional[_Iterable[str]] = ..., reads: _Optional[_Iterable[str]] = ..., writes: _Optional[_Iterable[str]] = ..., requires: _Optional[_Mapping[str, str]] = ..., wait_for_any: _Optional[_Iterable[str]] = ..., wait_timeout_ms: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., retry_on: _Optional[_Iterable[_Union[RetryOn, str]]] = ..., max_output_bytes: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("name", "max_parallel", "on_failure", "hazards", "ops", "namespace", "labels", "wait_timeout_ms", "strict", "deadline_ms", "retry_failed", "trace_context", "tenant", "allow_unwritten")
+    __slots__ = ("name", "max_parallel", "on_failure", "hazards", "ops", "namespace", "labels", "wait_timeout_ms", "strict", "deadline_ms", "retry_failed", "trace_context", "tenant", "allow_unwritten", "lost_worker_retries")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -250,6 +250,7 @@ class Batch(_message.Message):
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     ALLOW_UNWRITTEN_FIELD_NUMBER: _ClassVar[int]
+    LOST_WORKER_RETRIES_FIELD_NUMBER: _ClassVar[int]
     name: str
     max_parallel: int
     on_failure: OnFailure
@@ -264,15 +265,18 @@ class Batch(_message.Message):
     trace_context: _containers.ScalarMap[str, str]
     tenant: str
     allow_unwritten: bool
-    def __init__(self, name: _Optional[str] = ..., max_parallel: _Optional[int] = ..., on_failure: _Optional[_Union[OnFailure, str]] = ..., hazards: _Optional[_Union[Hazards, str]] = ..., ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., wait_timeout_ms: _Optional[int] = ..., strict: bool = ..., deadline_ms: _Optional[int] = ..., retry_failed: _Optional[_Union[RetryFailed, str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., tenant: _Optional[str] = ..., allow_unwritten: bool = ...) -> None: ...
+    lost_worker_retries: int
+    def __init__(self, name: _Optional[str] = ..., max_parallel: _Optional[int] = ..., on_failure: _Optional[_Union[OnFailure, str]] = ..., hazards: _Optional[_Union[Hazards, str]] = ..., ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., wait_timeout_ms: _Optional[int] = ..., strict: bool = ..., deadline_ms: _Optional[int] = ..., retry_failed: _Optional[_Union[RetryFailed, str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., tenant: _Optional[str] = ..., allow_unwritten: bool = ..., lost_worker_retries: _Optional[int] = ...) -> None: ...
 
 class SubmitBatchChunk(_message.Message):
-    __slots__ = ("header", "ops")
+    __slots__ = ("header", "ops", "idempotency_key")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     header: Batch
     ops: OpChunk
-    def __init__(self, header: _Optional[_Union[Batch, _Mapping]] = ..., ops: _Optional[_Union[OpChunk, _Mapping]] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, header: _Optional[_Union[Batch, _Mapping]] = ..., ops: _Optional[_Union[OpChunk, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class OpChunk(_message.Message):
     __slots__ = ("ops",)
@@ -455,14 +459,16 @@ class WhyResponse(_message.Message):
     def __init__(self, op_id: _Optional[str] = ..., state: _Optional[_Union[OpState, str]] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SpawnOpsRequest(_message.Message):
-    __slots__ = ("batch_id", "ops", "spawned_by")
+    __slots__ = ("batch_id", "ops", "spawned_by", "idempotency_key")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
     SPAWNED_BY_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     ops: _containers.RepeatedCompositeFieldContainer[Op]
     spawned_by: str
-    def __init__(self, batch_id: _Optional[str] = ..., ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ..., spawned_by: _Optional[str] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, batch_id: _Optional[str] = ..., ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ..., spawned_by: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class SpawnOpsResponse(_message.Message):
     __slots__ = ("op_count", "warnings")
