@@ -216,7 +216,7 @@ async fn spawning_twice_with_one_key_gives_the_first_answer() {
     let gated = batch_file(
         cluster.root(),
         "gated.yaml",
-        "name: gated\nops:\n  - {id: gate, kind: echo, wait_for: [go], args: {text: 'go ${memory.go}'}}\n",
+        "name: gated\nallow_unwritten: true\nops:\n  - {id: gate, kind: echo, wait_for: [go], args: {text: 'go ${memory.go}'}}\n",
     );
     let (code, batch_id, stderr) =
         volley_at(&cluster.url, &["submit", gated.to_str().expect("utf-8")]).await;
@@ -443,7 +443,7 @@ async fn a_coordinator_dying_during_a_spawn_is_retried_into_one_spawn() {
     let gated = batch_file(
         fleet.root.path(),
         "gated.yaml",
-        "name: gated\nops:\n  - {id: gate, kind: echo, wait_for: [go], args: {text: 'go ${memory.go}'}}\n",
+        "name: gated\nallow_unwritten: true\nops:\n  - {id: gate, kind: echo, wait_for: [go], args: {text: 'go ${memory.go}'}}\n",
     );
     let (code, batch_id, stderr) =
         volley_at(&url, &["submit", gated.to_str().expect("utf-8")]).await;

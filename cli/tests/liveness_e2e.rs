@@ -193,7 +193,7 @@ async fn ops_spawned_through_one_coordinator_are_known_to_the_other() {
     let gated = batch_file(
         fleet.root.path(),
         "gated.yaml",
-        "name: grows\nops:\n  - {id: gate, kind: echo, wait_for: [go], args: {text: gated}}\n  - {id: first, kind: echo, args: {text: first}}\n",
+        "name: grows\nallow_unwritten: true\nops:\n  - {id: gate, kind: echo, wait_for: [go], args: {text: gated}}\n  - {id: first, kind: echo, args: {text: first}}\n",
     );
     let (code, submitted, stderr) = ended(
         client_process(&c0, &["submit", gated.to_str().expect("utf-8")]),

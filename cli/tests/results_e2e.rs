@@ -65,6 +65,26 @@ fn table_lines(report: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Submits `file` (no watch) and returns the batch id.
+/// Two keys whose batch ids, for the default tenant, start alike for
+/// `chars` characters (a birthday search: a few hundred hashes for 4).
+fn keys_with_a_shared_id_prefix(chars: usize) -> (String, String) {
+    let mut seen = std::collections::HashMap::new();
+    for number in 0.. {
+        let key = format!("results-e2e-{number}");
+        let id = volley_coordinator::idempotency::batch_id_for("default", &key);
+        if let Some(earlier) = seen.insert(id.as_str()[..chars].to_owned(), key.clone()) {
+            return (earlier, key);
+        }
+    }
+    unreachable!()
+}
+
+async fn submit_with_key(cluster: &Cluster, file: &str, key: &str) -> String {
+    let output = admin(cluster, &["submit", file, "--idempotency-key", key]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    stdout(&output).trim().to_owned()
+}
+
 async fn submit(cluster: &Cluster, file: &str) -> String {
     let output = admin(cluster, &["submit", file]).await;
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
@@ -242,18 +262,15 @@ async fn batch_ids_take_a_unique_prefix_and_list_has_a_header_and_times() {
     let file = batch_file(
         cluster.root(),
         "hold.yaml",
-        "name: held\nops:\n  - {id: hold, kind: echo, args: {text: hi}, wait_for: [go]}\n",
+        "name: held\nallow_unwritten: true\nops:\n  - {id: hold, kind: echo, args: {text: hi}, wait_for: [go]}\n",
     );
     let file = file.to_str().expect("utf-8");
-    let first = submit(&cluster, file).await;
-    let second = submit(&cluster, file).await;
-    // Ids made within the same minute share their first characters.
-    let shared = first
-        .chars()
-        .zip(second.chars())
-        .take_while(|(left, right)| left == right)
-        .count();
-    assert!(shared >= 4, "{first} {second}");
+    // Two idempotency keys whose batch ids (derived from the key) share
+    // their first 4 characters, for an ambiguous prefix.
+    let (key_a, key_b) = keys_with_a_shared_id_prefix(4);
+    let first = submit_with_key(&cluster, file, &key_a).await;
+    let second = submit_with_key(&cluster, file, &key_b).await;
+    assert_eq!(first[..4], second[..4], "{first} {second}");
 
     // Too short, ambiguous, no match: each says what to do; nothing runs.
     let short = admin(&cluster, &["status", &first[..1]]).await;

@@ -174,10 +174,9 @@ pub const WRITES: &str = "writes";
 pub const WRITERS_LEFT: &str = "writers_left";
 pub const WRITER_OPS: &str = "writer_ops";
 pub const OUTBOX: &str = "outbox";
-/// Prefix (under a shared namespace's prefix) of the marker of one shared
-/// `store_as` write: `applied:<batch>|<op>|<attempt>`.
-pub const APPLIED: &str = "applied:";
 pub const SPAWN_KEYS: &str = "spawn_keys";
+pub const LOST_WORKERS: &str = "lost_workers";
+pub const RUNNING_ON: &str = "running_on";
 
 /// Hash of every API token: field = token id, value = its
 /// [`crate::TokenRecord`] as JSON (a hash of the token, never the token).
@@ -229,8 +228,9 @@ pub fn outbox(batch: &BatchId) -> String {
 
 /// The guard of a shared `store_as` write, relative to the namespace's
 /// prefix (`memory_put.lua` prepends it): `applied:<batch>|<op>|<attempt>`.
+/// Only Rust spells it: the scripts get it whole as an argument.
 pub fn applied_guard(batch: &BatchId, index: u32, attempt: u32) -> String {
-    format!("{APPLIED}{}|{index}|{attempt}", batch.as_str())
+    format!("applied:{}|{index}|{attempt}", batch.as_str())
 }
 
 pub fn state(batch: &BatchId) -> String {
@@ -295,6 +295,14 @@ pub fn owner(batch: &BatchId) -> String {
 
 pub fn spawn_keys(batch: &BatchId) -> String {
     batch_key(batch, SPAWN_KEYS)
+}
+
+pub fn lost_workers(batch: &BatchId) -> String {
+    batch_key(batch, LOST_WORKERS)
+}
+
+pub fn running_on(batch: &BatchId) -> String {
+    batch_key(batch, RUNNING_ON)
 }
 
 /// The doorbell payload announcing that `batch` entered the active set.

@@ -113,7 +113,15 @@ fn literals_after<'a>(code: &'a str, marker: &str) -> Vec<&'a str> {
     let mut found = Vec::new();
     let mut rest = code;
     while let Some(at) = rest.find(marker) {
+        // `SEP .. 'x'` is not `P .. 'x'`: the marker starts a name.
+        let starts_a_name = rest[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|before| !(before.is_alphanumeric() || before == '_'));
         rest = &rest[at + marker.len()..];
+        if !starts_a_name {
+            continue;
+        }
         if let Some(after_quote) = rest.strip_prefix('\'')
             && let Some(end) = after_quote.find('\'')
         {
@@ -260,6 +268,13 @@ async fn common_lua_builds_the_names_keys_rs_builds() {
             ("K_DELAYED", keys::delayed(&batch)),
             ("K_HANDED_BACK", keys::handed_back(&batch)),
             ("K_OWNER", keys::owner(&batch)),
+            ("K_WRITES", keys::writes(&batch)),
+            ("K_WRITERS_LEFT", keys::writers_left(&batch)),
+            ("K_WRITER_OPS", keys::writer_ops(&batch)),
+            ("K_OUTBOX", keys::outbox(&batch)),
+            ("K_SPAWN_KEYS", keys::spawn_keys(&batch)),
+            ("K_LOST_WORKERS", keys::lost_workers(&batch)),
+            ("K_RUNNING_ON", keys::running_on(&batch)),
             ("K_MKEYS", in_prefix(keys::MEMORY_KEYS)),
             ("K_CHANGES", keys::changes(&own_memory)),
             ("K_REVISION", keys::revision(&own_memory)),
