@@ -14,7 +14,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{ADMIN_TOKEN, Cluster, Fleet, batch_file, volley};
+use common::{ADMIN_TOKEN, Cluster, Fleet, batch_file, client_process, volley};
 
 /// Only a guard against hanging; never asserted on.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -96,20 +96,6 @@ async fn a_watch_past_the_end_ends_for_finished_and_running_batches() {
     let (code, report) = finished(watcher).await;
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["state"], "succeeded");
-}
-
-/// A `volley` client process against `url`, its output piped.
-fn client_process(url: &str, args: &[&str]) -> tokio::process::Child {
-    volley()
-        .args(args)
-        .env("VOLLEY_COORDINATOR", url)
-        .env("VOLLEY_TOKEN", ADMIN_TOKEN)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("volley starts")
 }
 
 /// The exit code, stdout and stderr of a client process that must end.

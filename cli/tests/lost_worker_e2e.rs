@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{ADMIN_TOKEN, Cluster, batch_file, volley};
@@ -43,17 +42,9 @@ async fn first_run_started(root: &Path) {
 
 /// `volley submit FILE --watch ARGS…` started in the background.
 fn submit_watched(cluster: &Cluster, file: &Path, args: &[&str]) -> tokio::process::Child {
-    volley()
-        .args(["submit", file.to_str().expect("utf-8"), "--watch"])
-        .args(args)
-        .env("VOLLEY_COORDINATOR", &cluster.url)
-        .env("VOLLEY_TOKEN", ADMIN_TOKEN)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("volley submit starts")
+    let mut all = vec!["submit", file.to_str().expect("utf-8"), "--watch"];
+    all.extend_from_slice(args);
+    common::client_process(&cluster.url, &all)
 }
 
 /// Kills worker `w1` (the only one) once the op runs on it, and starts `w2`.

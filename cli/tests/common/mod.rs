@@ -429,3 +429,17 @@ pub fn report_op(report: &serde_json::Value, id: &str) -> serde_json::Value {
         .cloned()
         .unwrap_or_else(|| panic!("no op {id} in {report}"))
 }
+
+/// A `volley` client process against `url`, its output piped.
+pub fn client_process(url: &str, args: &[&str]) -> tokio::process::Child {
+    volley()
+        .args(args)
+        .env("VOLLEY_COORDINATOR", url)
+        .env("VOLLEY_TOKEN", ADMIN_TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("volley starts")
+}
