@@ -276,6 +276,28 @@ async fn spawning_twice_with_one_key_gives_the_first_answer() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, _, stderr) = volley_at(&cluster.url, &args).await;
     assert_eq!(code, Some(2), "stderr: {stderr}");
+    // An op's spawn (as an agent's `volley spawn`, VOLLEY_OP set) without
+    // a key: its next attempt spawning the same ops gets the first answer.
+    let agent_children = batch_file(
+        cluster.root(),
+        "agent-children.yaml",
+        "ops:\n  - {id: agent-child, kind: shell, args: {cmd: 'echo agent-child >> ran.txt'}}\n",
+    );
+    for attempt in 1..=2 {
+        let (code, _, stderr) = volley_at(
+            &cluster.url,
+            &[
+                "spawn",
+                agent_children.to_str().expect("utf-8"),
+                "--batch",
+                &batch_id,
+                "--op",
+                "gate",
+            ],
+        )
+        .await;
+        assert_eq!(code, Some(0), "attempt {attempt}: {stderr}");
+    }
     cluster
         .client
         .memory(volley_client::Scope::Batch(batch_id.clone()))
@@ -287,8 +309,8 @@ async fn spawning_twice_with_one_key_gives_the_first_answer() {
         BatchState::Succeeded
     );
     let status = cluster.client.status(&batch_id).await.expect("status");
-    assert_eq!(status.ops.len(), 2, "{status:?}");
-    assert_eq!(runs(cluster.root()), vec!["child"]);
+    assert_eq!(status.ops.len(), 3, "{status:?}");
+    assert_eq!(runs(cluster.root()), vec!["agent-child", "child"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

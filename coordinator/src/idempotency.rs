@@ -12,9 +12,9 @@
 //! key for another batch (an error). Spawn keys are kept per batch by
 //! `add_ops`, with the first call's answer.
 
-use prost::Message;
 use sha2::{Digest, Sha256};
-use volley_proto::{BatchId, v1};
+use volley_proto::BatchId;
+pub use volley_proto::digest::{op_spawn_key, spawn_digest, submission_digest};
 
 /// The longest idempotency key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 128;
@@ -58,55 +58,6 @@ pub fn batch_id_for(tenant: &str, key: &str) -> BatchId {
             .into_uuid()
             .to_string(),
     )
-}
-
-/// A digest of a submission: the same batch gives the same digest however
-/// its maps (labels, `requires`) happen to be ordered; the trace context,
-/// which differs on every retry, is left out.
-pub fn submission_digest(batch: &mut v1::Batch) -> String {
-    let mut hasher = Sha256::new();
-    let ops = std::mem::take(&mut batch.ops);
-    let labels = std::mem::take(&mut batch.labels);
-    let trace_context = std::mem::take(&mut batch.trace_context);
-    hasher.update(b"header\0");
-    hasher.update(batch.encode_to_vec());
-    hash_map(&mut hasher, &labels);
-    batch.labels = labels;
-    batch.trace_context = trace_context;
-    batch.ops = ops;
-    hash_ops(&mut hasher, &mut batch.ops);
-    hex::encode(hasher.finalize())
-}
-
-/// A digest of the ops of a spawn (see [`submission_digest`]).
-pub fn spawn_digest(ops: &mut [v1::Op]) -> String {
-    let mut hasher = Sha256::new();
-    hash_ops(&mut hasher, ops);
-    hex::encode(hasher.finalize())
-}
-
-fn hash_ops(hasher: &mut Sha256, ops: &mut [v1::Op]) {
-    for op in ops {
-        let requires = std::mem::take(&mut op.requires);
-        hasher.update(b"op\0");
-        let encoded = op.encode_to_vec();
-        hasher.update((encoded.len() as u64).to_le_bytes());
-        hasher.update(&encoded);
-        hash_map(hasher, &requires);
-        op.requires = requires;
-    }
-}
-
-fn hash_map(hasher: &mut Sha256, map: &std::collections::HashMap<String, String>) {
-    let mut entries: Vec<(&String, &String)> = map.iter().collect();
-    entries.sort();
-    hasher.update((entries.len() as u64).to_le_bytes());
-    for (key, value) in entries {
-        for text in [key, value] {
-            hasher.update((text.len() as u64).to_le_bytes());
-            hasher.update(text.as_bytes());
-        }
-    }
 }
 
 /// A test-only crash point, compiled into debug builds only: when the
@@ -174,39 +125,5 @@ mod tests {
         assert_ne!(batch_id_for("a", "bc"), batch_id_for("ab", "c"));
         let parsed = uuid::Uuid::parse_str(first.as_str()).expect("a uuid");
         assert_eq!(parsed.get_version_num(), 8);
-    }
-
-    #[test]
-    fn digests_ignore_map_order_and_trace_context_but_not_content() {
-        let op = |id: &str| v1::Op {
-            id: id.to_owned(),
-            kind: "shell".to_owned(),
-            requires: (0..20)
-                .map(|n| (format!("r{n}"), format!("v{n}")))
-                .collect(),
-            ..v1::Op::default()
-        };
-        let batch = || v1::Batch {
-            name: "b".to_owned(),
-            labels: (0..20).map(|n| (format!("l{n}"), n.to_string())).collect(),
-            ops: vec![op("a"), op("b")],
-            ..v1::Batch::default()
-        };
-        let mut first = batch();
-        let digest = submission_digest(&mut first);
-        assert_eq!(first, batch(), "the batch is given back whole");
-        for _ in 0..5 {
-            let mut again = batch();
-            again.trace_context = [("traceparent".to_owned(), "00-1-2-01".to_owned())].into();
-            assert_eq!(submission_digest(&mut again), digest);
-        }
-        let mut other = batch();
-        other.ops[1].id = "c".to_owned();
-        assert_ne!(submission_digest(&mut other), digest);
-        let mut relabelled = batch();
-        relabelled.labels.insert("l0".to_owned(), "x".to_owned());
-        assert_ne!(submission_digest(&mut relabelled), digest);
-        assert_eq!(spawn_digest(&mut [op("a")]), spawn_digest(&mut [op("a")]));
-        assert_ne!(spawn_digest(&mut [op("a")]), spawn_digest(&mut [op("b")]));
     }
 }

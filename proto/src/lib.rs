@@ -38,6 +38,7 @@ pub mod v1 {
 }
 
 pub mod codec;
+pub mod digest;
 pub mod ids;
 
 /// The encoded `FileDescriptorSet` of `volley/v1/volley.proto` (and what it

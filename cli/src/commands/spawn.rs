@@ -3,7 +3,9 @@
 //! whose `ops` are added; the batch and the spawning op come from the
 //! environment the worker gives agents (`VOLLEY_BATCH`, `VOLLEY_OP`). A
 //! call whose connection broke is retried with the same idempotency key,
-//! so the ops are added once.
+//! so the ops are added once; an op's spawn without a key gets one derived
+//! from the op and its ops, so the op's next attempt spawning them again is
+//! answered as the first.
 
 use std::path::PathBuf;
 
@@ -35,7 +37,15 @@ pub async fn run(args: SpawnArgs) -> Exit {
         Ok(batch) => batch,
         Err(error) => return exit::batch_file_error(&error),
     };
-    let key = args.idempotency.key();
+    // An op spawning (an agent: VOLLEY_OP is set) without a key of its own
+    // gets one derived from it and its ops, so its next attempt spawning
+    // the same ops is answered as the first, not refused as duplicates.
+    let key = if args.idempotency.idempotency_key.is_empty() && !args.op.is_empty() {
+        let mut ops = batch.ops.clone();
+        volley_proto::digest::op_spawn_key(&args.op, &mut ops)
+    } else {
+        args.idempotency.key()
+    };
     let spawned = call_with_retries(&args.cluster, "spawn", &key, |client| {
         let ops = batch.ops.clone();
         let (batch_id, op, key) = (args.batch.clone(), args.op.clone(), key.clone());

@@ -398,12 +398,19 @@ impl OpSpawner for GrpcSpawner {
         ops: Vec<Op>,
         spawned_by: &str,
     ) -> Result<SpawnOutcome, SpawnError> {
+        let mut ops = ops;
+        // Derived from the op and its ops: the op's next attempt spawning
+        // the same ops gets this attempt's answer, not "duplicate id".
+        let idempotency_key = if spawned_by.is_empty() {
+            String::new()
+        } else {
+            volley_proto::digest::op_spawn_key(spawned_by, &mut ops)
+        };
         let request = SpawnOpsRequest {
             batch_id: batch_id.as_str().to_owned(),
             ops,
             spawned_by: spawned_by.to_owned(),
-            // An agent's spawn is not retried by this call.
-            idempotency_key: String::new(),
+            idempotency_key,
         };
         let response = self
             .client
