@@ -174,9 +174,7 @@ impl Client {
             batch_id: batch_id.to_owned(),
             last_seq: after_seq,
             stream: None,
-            outage_started: None,
-            backoff: options.initial_backoff,
-            attempts: 0,
+            retry: Reconnect::new(&options),
             ended: false,
             drained_once: false,
             options,
@@ -425,23 +423,22 @@ impl Default for WatchOptions {
     }
 }
 
-/// Why a watch lost its stream.
+/// Why a watch (of a batch or of memory) lost its stream.
 enum Interruption {
     /// The call failed with a status a reconnection may cure.
     Status(Status),
-    /// The coordinator closed the stream before the batch finished (it
+    /// The coordinator closed the stream before the watch was done (it
     /// shut down, say).
     EndedEarly,
 }
 
 impl Interruption {
-    /// The error the caller sees if the watch gives up on this.
-    fn into_error(self, batch_id: &str, last_seq: u64) -> ClientError {
+    /// The error the caller sees if the watch gives up on this;
+    /// `ended_early` says what ended, for [`Interruption::EndedEarly`].
+    fn into_error(self, ended_early: impl FnOnce() -> String) -> ClientError {
         match self {
             Interruption::Status(status) => ClientError::from(status),
-            Interruption::EndedEarly => ClientError::Unavailable(format!(
-                "the watch of batch {batch_id} ended after event {last_seq}, before the batch finished"
-            )),
+            Interruption::EndedEarly => ClientError::Unavailable(ended_early()),
         }
     }
 }
@@ -452,9 +449,7 @@ impl std::fmt::Display for Interruption {
             Interruption::Status(status) => {
                 write!(formatter, "{:?}: {}", status.code(), status.message())
             }
-            Interruption::EndedEarly => {
-                formatter.write_str("stream ended before the batch finished")
-            }
+            Interruption::EndedEarly => formatter.write_str("the stream ended early"),
         }
     }
 }
@@ -469,14 +464,10 @@ struct ResumableWatch {
     /// must be `last_seq + 1`, and a new stream starts after it.
     last_seq: u64,
     stream: Option<Streaming<v1::BatchEvent>>,
-    /// When the watch lost its stream, while it is trying to get one back.
-    outage_started: Option<Instant>,
-    /// The pause before the next reconnection attempt. Only an event resets
-    /// it, so a coordinator that accepts watches and fails them at once is
-    /// retried at `max_backoff`, not in a tight loop.
-    backoff: Duration,
-    /// Reconnection attempts in the current outage, for the logs.
-    attempts: u32,
+    /// The current outage, while the watch is trying to get a stream back.
+    /// Only an event resets it, so a coordinator that accepts watches and
+    /// fails them at once is retried at `max_backoff`, not in a tight loop.
+    retry: Reconnect,
     /// Set once the batch finished or an error ended the watch.
     ended: bool,
     /// A stream of the ended batch was reopened once after it closed
@@ -577,9 +568,7 @@ impl ResumableWatch {
             });
         }
         self.last_seq = event.seq;
-        self.outage_started = None;
-        self.attempts = 0;
-        self.backoff = self.options.initial_backoff;
+        self.retry = Reconnect::new(&self.options);
         Ok(event)
     }
 
@@ -593,15 +582,15 @@ impl ResumableWatch {
             };
             match self.batches.clone().watch_batch(request).await {
                 Ok(response) => {
-                    if self.outage_started.take().is_some() {
+                    if self.retry.outage_started.take().is_some() {
                         tracing::info!(
                             batch = %self.batch_id,
                             after_seq = self.last_seq,
-                            attempts = self.attempts,
+                            attempts = self.retry.attempts,
                             "watch resumed"
                         );
                     }
-                    self.attempts = 0;
+                    self.retry.attempts = 0;
                     self.stream = Some(response.into_inner());
                     return Ok(());
                 }
@@ -617,44 +606,23 @@ impl ResumableWatch {
     /// Waits out the backoff before the next attempt, or gives up with
     /// `interruption`'s error once the outage has lasted the whole budget.
     async fn pause_before_retry(&mut self, interruption: Interruption) -> Result<(), ClientError> {
-        let now = Instant::now();
-        let outage_started = *self.outage_started.get_or_insert(now);
-        let outage = now.duration_since(outage_started);
-        let budget = self.options.reconnect_budget;
-        if outage >= budget {
-            tracing::warn!(
-                batch = %self.batch_id,
-                after_seq = self.last_seq,
-                attempts = self.attempts,
-                outage_ms = outage.as_millis() as u64,
-                error = %interruption,
-                "watch: giving up reconnecting"
-            );
-            return Err(interruption.into_error(&self.batch_id, self.last_seq));
+        let span = tracing::info_span!("watch", batch = %self.batch_id, after_seq = self.last_seq);
+        let paused = tracing::Instrument::instrument(
+            self.retry.pause(&self.options, &interruption.to_string()),
+            span,
+        )
+        .await;
+        match paused {
+            Ok(()) => Ok(()),
+            Err(()) => {
+                let (batch_id, last_seq) = (&self.batch_id, self.last_seq);
+                Err(interruption.into_error(|| {
+                    format!(
+                        "the watch of batch {batch_id} ended after event {last_seq}, before the batch finished"
+                    )
+                }))
+            }
         }
-        let delay = self.backoff.min(budget - outage);
-        if self.attempts == 0 {
-            tracing::warn!(
-                batch = %self.batch_id,
-                after_seq = self.last_seq,
-                delay_ms = delay.as_millis() as u64,
-                error = %interruption,
-                "watch interrupted; reconnecting"
-            );
-        } else {
-            tracing::debug!(
-                batch = %self.batch_id,
-                after_seq = self.last_seq,
-                attempt = self.attempts,
-                delay_ms = delay.as_millis() as u64,
-                error = %interruption,
-                "watch: reconnection failed; retrying"
-            );
-        }
-        self.attempts += 1;
-        tokio::time::sleep(delay).await;
-        self.backoff = (self.backoff * 2).min(self.options.max_backoff);
-        Ok(())
     }
 }
 
@@ -1025,37 +993,6 @@ impl Reconnect {
     }
 }
 
-/// Why a memory watch lost its stream.
-enum MemoryInterruption {
-    /// The call failed with a status a reconnection may cure.
-    Status(Status),
-    /// The stream ended without a reset: memory watches have no natural
-    /// end, so the coordinator went away.
-    EndedEarly,
-}
-
-impl MemoryInterruption {
-    fn into_error(self, last_revision: u64) -> ClientError {
-        match self {
-            MemoryInterruption::Status(status) => ClientError::from(status),
-            MemoryInterruption::EndedEarly => ClientError::Unavailable(format!(
-                "the memory watch ended after revision {last_revision} and no coordinator took it over"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for MemoryInterruption {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MemoryInterruption::Status(status) => {
-                write!(formatter, "{:?}: {}", status.code(), status.message())
-            }
-            MemoryInterruption::EndedEarly => formatter.write_str("the stream ended"),
-        }
-    }
-}
-
 /// One memory watch's state: enough to reopen its stream right after the
 /// last change it yielded, in the same store epoch.
 struct ResumableMemoryWatch {
@@ -1115,8 +1052,8 @@ impl ResumableMemoryWatch {
                     Some(change) => return Ok(change),
                     None => continue,
                 },
-                Ok(None) => MemoryInterruption::EndedEarly,
-                Err(status) if watch_can_resume(&status) => MemoryInterruption::Status(status),
+                Ok(None) => Interruption::EndedEarly,
+                Err(status) if watch_can_resume(&status) => Interruption::Status(status),
                 Err(status) => return Err(ClientError::from(status)),
             };
             self.stream = None;
@@ -1223,7 +1160,7 @@ impl ResumableMemoryWatch {
                     return Ok(());
                 }
                 Err(status) if watch_can_resume(&status) => {
-                    self.pause_before_retry(MemoryInterruption::Status(status))
+                    self.pause_before_retry(Interruption::Status(status))
                         .await?;
                 }
                 Err(status) => return Err(ClientError::from(status)),
@@ -1233,17 +1170,21 @@ impl ResumableMemoryWatch {
 
     /// Waits out the backoff before the next attempt, or gives up with
     /// `interruption`'s error once the outage has lasted the whole budget.
-    async fn pause_before_retry(
-        &mut self,
-        interruption: MemoryInterruption,
-    ) -> Result<(), ClientError> {
+    async fn pause_before_retry(&mut self, interruption: Interruption) -> Result<(), ClientError> {
         match self
             .retry
             .pause(&self.options, &interruption.to_string())
             .await
         {
             Ok(()) => Ok(()),
-            Err(()) => Err(interruption.into_error(self.last_revision)),
+            Err(()) => {
+                let last_revision = self.last_revision;
+                Err(interruption.into_error(|| {
+                    format!(
+                        "the memory watch ended after revision {last_revision} and no coordinator took it over"
+                    )
+                }))
+            }
         }
     }
 }
