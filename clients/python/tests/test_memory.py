@@ -118,7 +118,7 @@ def test_batch_scope(client: Client) -> None:
                         "args": {"text": "${memory.gate}"},
                     },
                     {"id": "store", "kind": "echo", "args": {"text": "stored"}, "store_as": "out"},
-                ]
+                ],
             }
         )
     memory = client.memory(batch=batch_id)
