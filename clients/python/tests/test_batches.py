@@ -243,9 +243,11 @@ def test_server_warnings_come_back_as_python_warnings(client: Client) -> None:
     with pytest.warns(VolleyWarning, match="never"):
         batch_id = client.submit(
             {
+                # A key nobody writes is an error unless allowed; then a warning.
+                "allow_unwritten": True,
                 "ops": [
                     {"id": "waits", "kind": "noop", "wait_for": ["never"], "wait_timeout": "200ms"},
-                ]
+                ],
             }
         )
     status = client.wait(batch_id, timeout=30)
