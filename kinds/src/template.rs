@@ -320,6 +320,46 @@ fn render_shell(
     }
 }
 
+/// `cmd` with each of `spots` (byte ranges of `cmd`, in order, none
+/// overlapping) replaced by a reference to the environment variable named
+/// with it, quoted for where it stands as [`render_command`] quotes a
+/// filled template: the variable's value reaches the program as one word
+/// and is never parsed as shell syntax. Each reference is written with the
+/// `$${` escape (`"$${NAME}"`), so the template pass at dispatch turns it
+/// into `"${NAME}"` and leaves it to the shell. A spot right after a
+/// backslash is an error, as in [`render_command`].
+///
+/// For placeholders a client fills in before submitting (a batch file's
+/// `foreach` items), which are not templates the coordinator knows.
+pub fn quote_variables(cmd: &str, spots: &[(std::ops::Range<usize>, &str)]) -> Result<String, String> {
+    let mut rendered = String::with_capacity(cmd.len() + spots.len() * 24);
+    let mut scan = ShellScan::new();
+    let mut done = 0;
+    for (range, name) in spots {
+        let Some(literal) = cmd.get(done..range.start) else {
+            return Err(format!("spot {}..{} is out of order", range.start, range.end));
+        };
+        rendered.push_str(literal);
+        scan.follow(literal);
+        if scan.escaped {
+            return Err(format!(
+                "`{}` right after a backslash: remove the backslash (a filled value is always one quoted word)",
+                cmd.get(range.clone()).unwrap_or_default()
+            ));
+        }
+        scan.dollar = false;
+        match scan.state {
+            Quoting::Bare => rendered.push_str(&format!("\"$${{{name}}}\"")),
+            Quoting::Double => rendered.push_str(&format!("$${{{name}}}")),
+            Quoting::Single => rendered.push_str(&format!("'\"$${{{name}}}\"'")),
+        }
+        done = range.end;
+    }
+    let rest = cmd.get(done..).unwrap_or_default();
+    rendered.push_str(rest);
+    Ok(rendered)
+}
+
 /// The secret's name when `text` is exactly one `${secret.NAME}`.
 fn whole_secret(text: &str) -> Option<&str> {
     let name = text.strip_prefix("${secret.")?.strip_suffix('}')?;
