@@ -128,6 +128,11 @@ async fn a_bad_item_or_source_is_refused_before_anything_runs_naming_op_item_and
             "ops:\n  - id: touch\n    kind: shell\n    foreach: {range: [0, 9999999999]}\n    args: {cmd: \"touch ran-${item}\"}\n",
             "op `touch` (line 4): field `foreach`: `range: [0, 9999999999]` has 10000000000 items",
         ),
+        (
+            "race.yaml",
+            "ops:\n  - id: touch\n    kind: write\n    foreach: [a, b]\n    args: {path: ran-out.txt, content: \"${item}\"}\n",
+            "op `touch-b`: field `writes`: races with op `touch-a` on file `ran-out.txt`",
+        ),
     ] {
         let file = batch_file(root.path(), name, text);
         let output = tokio::time::timeout(

@@ -858,6 +858,36 @@ mod tests {
     }
 
     #[test]
+    fn quote_variables_fits_each_spot_and_keeps_the_escape_for_dispatch() {
+        let cmd = "echo x${a} '${a}' \"${b}\" $(cat ${a})";
+        let spot = |needle: &str, from: usize| {
+            let start = cmd[from..].find(needle).unwrap() + from;
+            start..start + needle.len()
+        };
+        let first = spot("${a}", 0);
+        let second = spot("${a}", first.end);
+        let third = spot("${b}", 0);
+        let fourth = spot("${a}", third.end);
+        let quoted = quote_variables(
+            cmd,
+            &[(first, "A"), (second, "A"), (third, "B"), (fourth, "A")],
+        )
+        .unwrap();
+        assert_eq!(
+            quoted,
+            "echo x\"$${A}\" ''\"$${A}\"'' \"$${B}\" $(cat \"$${A}\")"
+        );
+        // The template pass at dispatch leaves plain `${A}` to the shell.
+        let rendered = render(&json!(quoted), &|_| None).unwrap();
+        assert_eq!(
+            rendered,
+            json!("echo x\"${A}\" ''\"${A}\"'' \"${B}\" $(cat \"${A}\")")
+        );
+        let escaped = quote_variables("echo \\${a}", &[(6..10, "A")]).unwrap_err();
+        assert!(escaped.contains("backslash"), "{escaped}");
+    }
+
+    #[test]
     fn secrets_become_markers_for_the_worker_never_values() {
         let lookup = |_: &Reference| Some("v".to_owned());
         let rendered = render_command(
