@@ -40,7 +40,7 @@ pub enum BatchFileError {
     #[error("{source_name}: {foreach}")]
     Foreach {
         source_name: String,
-        foreach: crate::matrix::ForeachError,
+        foreach: Box<crate::matrix::ForeachError>,
     },
 }
 
@@ -89,7 +89,7 @@ pub fn parse_batch_in(
     crate::matrix::expand(&mut batch.ops, foreach, base_dir, text).map_err(|foreach| {
         BatchFileError::Foreach {
             source_name: source_name.to_owned(),
-            foreach,
+            foreach: Box::new(foreach),
         }
     })?;
     Ok(batch)
@@ -555,8 +555,10 @@ fn ops_as_protos<'de, D: Deserializer<'de>>(
         }
 
         fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut read = crate::matrix::ReadOps::default();
-            read.ops = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            let mut read = crate::matrix::ReadOps {
+                ops: Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096)),
+                foreach: Vec::new(),
+            };
             while let Some(mut entry) = seq.next_element::<OpEntry>()? {
                 if let Some(foreach) = entry.foreach.take() {
                     read.foreach.push((read.ops.len(), foreach));

@@ -13,11 +13,11 @@
 //! - `trace` — W3C trace context into request metadata.
 
 pub mod batch_file;
-pub mod matrix;
 pub mod client;
 pub mod connect;
 pub mod error;
 pub mod health;
+pub mod matrix;
 mod trace;
 
 pub use batch_file::{BatchFileError, parse_batch, parse_batch_in, read_batch_file};

@@ -217,7 +217,10 @@ fn item_from_value(value: Value) -> Result<Item, String> {
     };
     let mut fields = BTreeMap::new();
     for (name, field) in map {
-        if name.is_empty() || !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
         {
             return Err(format!(
                 "field `{name}`: a field's name is letters, digits and `_`"
@@ -473,7 +476,9 @@ fn expanded_ids(id: &str, items: &[Item]) -> Vec<String> {
             return named.iter().map(|name| format!("{id}-{name}")).collect();
         }
     }
-    (1..=items.len()).map(|number| format!("{id}-{number}")).collect()
+    (1..=items.len())
+        .map(|number| format!("{id}-{number}"))
+        .collect()
 }
 
 /// A placeholder found in a string.
@@ -517,11 +522,7 @@ fn placeholders(text: &str) -> Vec<(std::ops::Range<usize>, Placeholder<'_>)> {
     found
 }
 
-fn value_of(
-    placeholder: &Placeholder<'_>,
-    item: &Item,
-    number: usize,
-) -> Result<String, String> {
+fn value_of(placeholder: &Placeholder<'_>, item: &Item, number: usize) -> Result<String, String> {
     match (placeholder, item) {
         (Placeholder::Index, _) => Ok(number.to_string()),
         (Placeholder::Item, Item::Scalar(text)) => Ok(text.clone()),
@@ -579,7 +580,12 @@ fn variable_name(placeholder: &Placeholder<'_>) -> String {
     }
 }
 
-fn fill_value(value: &Value, path: &str, item: &Item, number: usize) -> Result<Value, (String, String)> {
+fn fill_value(
+    value: &Value,
+    path: &str,
+    item: &Item,
+    number: usize,
+) -> Result<Value, (String, String)> {
     Ok(match value {
         Value::String(text) => Value::String(
             fill(text, item, number, true).map_err(|message| (path.to_owned(), message))?,
@@ -594,7 +600,10 @@ fn fill_value(value: &Value, path: &str, item: &Item, number: usize) -> Result<V
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(key, inner)| {
-                    Ok((key.clone(), fill_value(inner, &format!("{path}.{key}"), item, number)?))
+                    Ok((
+                        key.clone(),
+                        fill_value(inner, &format!("{path}.{key}"), item, number)?,
+                    ))
                 })
                 .collect::<Result<_, (String, String)>>()?,
         ),
@@ -604,7 +613,12 @@ fn fill_value(value: &Value, path: &str, item: &Item, number: usize) -> Result<V
 
 /// The args of one expansion. A program's `cmd` gets its values through
 /// the environment (see the module doc).
-fn fill_args(kind: &str, args: &Value, item: &Item, number: usize) -> Result<Value, (String, String)> {
+fn fill_args(
+    kind: &str,
+    args: &Value,
+    item: &Item,
+    number: usize,
+) -> Result<Value, (String, String)> {
     let Value::Object(map) = args else {
         return fill_value(args, "args", item, number);
     };
@@ -619,8 +633,8 @@ fn fill_args(kind: &str, args: &Value, item: &Item, number: usize) -> Result<Val
                 let mut spots = Vec::with_capacity(found.len());
                 for (range, placeholder) in &found {
                     let name = variable_name(placeholder);
-                    let value =
-                        value_of(placeholder, item, number).map_err(|message| (path.clone(), message))?;
+                    let value = value_of(placeholder, item, number)
+                        .map_err(|message| (path.clone(), message))?;
                     if !variables.iter().any(|(known, _)| known == &name) {
                         variables.push((name.clone(), value));
                     }
@@ -711,7 +725,10 @@ mod tests {
         .unwrap();
         let ids: Vec<&str> = batch.ops.iter().map(|op| op.id.as_str()).collect();
         assert_eq!(ids, ["test-unit", "test-api", "sum"]);
-        assert_eq!(args(&batch.ops[1]), serde_json::json!({"text": "suite api #2"}));
+        assert_eq!(
+            args(&batch.ops[1]),
+            serde_json::json!({"text": "suite api #2"})
+        );
         assert_eq!(batch.ops[2].after, ["test-unit", "test-api"]);
     }
 
@@ -776,7 +793,10 @@ mod tests {
         }
         let many: Vec<String> = (0..10_001).map(|n| n.to_string()).collect();
         let error = parse_batch(
-            &format!("ops:\n  - id: big\n    kind: noop\n    foreach: [{}]\n", many.join(",")),
+            &format!(
+                "ops:\n  - id: big\n    kind: noop\n    foreach: [{}]\n",
+                many.join(",")
+            ),
             "m.yaml",
         )
         .unwrap_err();
@@ -815,7 +835,10 @@ mod tests {
         assert_eq!(second["env"]["VOLLEY_ITEM"], "$${memory.k}");
         assert_eq!(second["cwd"], "d-$${memory.k}");
         let refs = volley_kinds::references(&second).unwrap();
-        assert_eq!(refs, vec![volley_kinds::Reference::OpOutput("x".to_owned())]);
+        assert_eq!(
+            refs,
+            vec![volley_kinds::Reference::OpOutput("x".to_owned())]
+        );
     }
 
     #[test]
@@ -834,7 +857,10 @@ mod tests {
         let batch = crate::read_batch_file(&path).unwrap();
         let ids: Vec<&str> = batch.ops.iter().map(|op| op.id.as_str()).collect();
         assert_eq!(ids, ["py-tests_a.py", "py-tests_b.py"]);
-        assert_eq!(args(&batch.ops[0]), serde_json::json!({"text": "tests/a.py"}));
+        assert_eq!(
+            args(&batch.ops[0]),
+            serde_json::json!({"text": "tests/a.py"})
+        );
         std::fs::write(
             &path,
             "ops:\n  - id: py\n    kind: echo\n    foreach: {glob: \"nothing/*.rs\"}\n",

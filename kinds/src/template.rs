@@ -331,13 +331,19 @@ fn render_shell(
 ///
 /// For placeholders a client fills in before submitting (a batch file's
 /// `foreach` items), which are not templates the coordinator knows.
-pub fn quote_variables(cmd: &str, spots: &[(std::ops::Range<usize>, &str)]) -> Result<String, String> {
+pub fn quote_variables(
+    cmd: &str,
+    spots: &[(std::ops::Range<usize>, &str)],
+) -> Result<String, String> {
     let mut rendered = String::with_capacity(cmd.len() + spots.len() * 24);
     let mut scan = ShellScan::new();
     let mut done = 0;
     for (range, name) in spots {
         let Some(literal) = cmd.get(done..range.start) else {
-            return Err(format!("spot {}..{} is out of order", range.start, range.end));
+            return Err(format!(
+                "spot {}..{} is out of order",
+                range.start, range.end
+            ));
         };
         rendered.push_str(literal);
         scan.follow(literal);
