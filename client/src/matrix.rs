@@ -438,7 +438,11 @@ pub fn expand(
 fn foreach_lines(text: &str) -> Vec<usize> {
     let mut lines = Vec::new();
     for (number, line) in text.lines().enumerate() {
-        let mut rest = line;
+        // A YAML comment's `foreach:` is no key.
+        let mut rest = line.split(" #").next().unwrap_or(line);
+        if rest.trim_start().starts_with('#') {
+            continue;
+        }
         while let Some(at) = rest.find("foreach") {
             let after = rest[at + "foreach".len()..].trim_start_matches('"');
             if after.trim_start().starts_with(':') {
@@ -869,6 +873,21 @@ mod tests {
         let error = crate::read_batch_file(&path).unwrap_err();
         assert!(error.to_string().contains("matches no file"), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_json_batch_file_expands_and_names_the_line_of_its_foreach() {
+        let text = "{\"ops\": [\n {\"id\": \"a\", \"kind\": \"noop\"},\n {\"id\": \"t\", \"kind\": \"echo\", \"foreach\": [1, 2], \"args\": {\"text\": \"${item}\"}},\n {\"id\": \"u\", \"kind\": \"noop\", \"foreach\": {\"range\": [3, 1]}}\n]}";
+        let error = parse_batch(text, "m.json").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("m.json: op `u` (line 4): field `foreach`: "),
+            "{error}"
+        );
+        let batch = parse_batch(&text.replace("[3, 1]", "[1, 1]"), "m.json").unwrap();
+        let ids: Vec<&str> = batch.ops.iter().map(|op| op.id.as_str()).collect();
+        assert_eq!(ids, ["a", "t-1", "t-2", "u-1"]);
     }
 
     #[test]

@@ -616,6 +616,12 @@ fn parse_body(body: &str) -> Result<Reference, String> {
         }
         return Ok(Reference::Memory(key.to_owned()));
     }
+    if body == "item" || body == "index" || body.starts_with("item.") {
+        // What a batch file's `foreach` fills in before submitting.
+        return Err(format!(
+            "unknown reference `${{{body}}}`: `${{item}}`, `${{item.FIELD}}` and `${{index}}` are filled only in an op with `foreach:` (for a shell variable write `$${{{body}}}`)"
+        ));
+    }
     Err(format!(
         "unknown reference `${{{body}}}`: {expected} (for a shell variable write `$${{{body}}}` or `${body}`)"
     ))
@@ -700,6 +706,12 @@ mod tests {
         assert_eq!(error.path, "args.list[1]");
         assert!(
             error.message.contains("unknown reference"),
+            "{}",
+            error.message
+        );
+        let error = references(&json!({"cmd": "echo ${item.suite}"})).unwrap_err();
+        assert!(
+            error.message.contains("only in an op with `foreach:`"),
             "{}",
             error.message
         );
