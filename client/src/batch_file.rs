@@ -36,6 +36,12 @@ pub enum BatchFileError {
         field: String,
         message: String,
     },
+    /// An op's `foreach` could not be expanded (see [`crate::matrix`]).
+    #[error("{source_name}: {foreach}")]
+    Foreach {
+        source_name: String,
+        foreach: Box<crate::matrix::ForeachError>,
+    },
 }
 
 fn op_prefix(op_id: &Option<String>) -> String {
@@ -51,12 +57,22 @@ pub fn read_batch_file(path: &Path) -> Result<v1::Batch, BatchFileError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_batch(&text, &path.display().to_string())
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    parse_batch_in(&text, &path.display().to_string(), base_dir)
 }
 
 /// Parses a batch file's text: JSON when it starts with `{`, YAML otherwise.
 /// `source_name` (usually the path) is only used in errors.
 pub fn parse_batch(text: &str, source_name: &str) -> Result<v1::Batch, BatchFileError> {
+    parse_batch_in(text, source_name, Path::new("."))
+}
+
+/// [`parse_batch`], with `foreach: {glob: …}` resolved under `base_dir`.
+pub fn parse_batch_in(
+    text: &str,
+    source_name: &str,
+    base_dir: &Path,
+) -> Result<v1::Batch, BatchFileError> {
     let text = text.trim_start_matches('\u{feff}');
     let is_json = text.trim_start().starts_with('{');
     let parsed = if is_json {
@@ -67,7 +83,16 @@ pub fn parse_batch(text: &str, source_name: &str) -> Result<v1::Batch, BatchFile
         serde_yaml::from_str::<BatchFile>(text)
             .map_err(|error| yaml_error(text, source_name, &error))
     };
-    Ok(parsed?.into_batch())
+    let mut parsed = parsed?;
+    let foreach = std::mem::take(&mut parsed.ops.foreach);
+    let mut batch = parsed.into_batch();
+    crate::matrix::expand(&mut batch.ops, foreach, base_dir, text).map_err(|foreach| {
+        BatchFileError::Foreach {
+            source_name: source_name.to_owned(),
+            foreach: Box::new(foreach),
+        }
+    })?;
+    Ok(batch)
 }
 
 /// The deepest nesting a batch file may have: a batch is a few levels deep
@@ -313,7 +338,7 @@ struct BatchFile {
     #[serde(default)]
     retry: Option<BatchRetryEntry>,
     #[serde(default, deserialize_with = "ops_as_protos")]
-    ops: Vec<v1::Op>,
+    ops: crate::matrix::ReadOps,
 }
 
 /// A batch's `retry:` block.
@@ -363,6 +388,9 @@ struct OpEntry {
     writes: Vec<String>,
     #[serde(default, deserialize_with = "string_map")]
     requires: HashMap<String, String>,
+    /// Expanded by [`crate::matrix`] once the file is read.
+    #[serde(default, deserialize_with = "crate::matrix::foreach_field")]
+    foreach: Option<serde_json::Value>,
 }
 
 /// `backoff: {initial: 1s, max: 30s, multiplier: 2, jitter: true}`.
@@ -445,7 +473,7 @@ impl BatchFile {
                 Some(HazardsName::Order) => v1::Hazards::Order,
                 Some(HazardsName::Allow) => v1::Hazards::Allow,
             } as i32,
-            ops: self.ops,
+            ops: self.ops.ops,
             namespace: self.namespace,
             labels: self.labels,
             wait_timeout_ms: self.wait_timeout.unwrap_or(0),
@@ -514,22 +542,30 @@ impl OpEntry {
 
 /// `ops`, each turned into its proto as it is read: a million-op file is
 /// never held as parsed entries (500+ bytes each) and protos at once.
-fn ops_as_protos<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<v1::Op>, D::Error> {
+fn ops_as_protos<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<crate::matrix::ReadOps, D::Error> {
     struct Ops;
 
     impl<'de> Visitor<'de> for Ops {
-        type Value = Vec<v1::Op>;
+        type Value = crate::matrix::ReadOps;
 
         fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
             formatter.write_str("a sequence")
         }
 
         fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut ops = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-            while let Some(entry) = seq.next_element::<OpEntry>()? {
-                ops.push(entry.into_op());
+            let mut read = crate::matrix::ReadOps {
+                ops: Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096)),
+                foreach: Vec::new(),
+            };
+            while let Some(mut entry) = seq.next_element::<OpEntry>()? {
+                if let Some(foreach) = entry.foreach.take() {
+                    read.foreach.push((read.ops.len(), foreach));
+                }
+                read.ops.push(entry.into_op());
             }
-            Ok(ops)
+            Ok(read)
         }
     }
 

@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`batch_file`] — YAML/JSON batch files → `volley.v1.Batch`.
+//! - [`matrix`] — `foreach:` on an op, expanded into ops as the file is read.
 //! - [`client`] — `Client`, one connection to a coordinator.
 //! - [`connect`] — `Connection`: url, token and TLS, for every endpoint.
 //! - [`error`] — `ClientError`, statuses mapped back to typed errors.
@@ -16,9 +17,10 @@ pub mod client;
 pub mod connect;
 pub mod error;
 pub mod health;
+pub mod matrix;
 mod trace;
 
-pub use batch_file::{BatchFileError, parse_batch, read_batch_file};
+pub use batch_file::{BatchFileError, parse_batch, parse_batch_in, read_batch_file};
 pub use client::{Client, Memory, MemoryEntry, PutOptions, Scope, WatchOptions};
 pub use connect::{BearerToken, Connection, token_from};
 pub use error::ClientError;

@@ -320,6 +320,52 @@ fn render_shell(
     }
 }
 
+/// `cmd` with each of `spots` (byte ranges of `cmd`, in order, none
+/// overlapping) replaced by a reference to the environment variable named
+/// with it, quoted for where it stands as [`render_command`] quotes a
+/// filled template: the variable's value reaches the program as one word
+/// and is never parsed as shell syntax. Each reference is written with the
+/// `$${` escape (`"$${NAME}"`), so the template pass at dispatch turns it
+/// into `"${NAME}"` and leaves it to the shell. A spot right after a
+/// backslash is an error, as in [`render_command`].
+///
+/// For placeholders a client fills in before submitting (a batch file's
+/// `foreach` items), which are not templates the coordinator knows.
+pub fn quote_variables(
+    cmd: &str,
+    spots: &[(std::ops::Range<usize>, &str)],
+) -> Result<String, String> {
+    let mut rendered = String::with_capacity(cmd.len() + spots.len() * 24);
+    let mut scan = ShellScan::new();
+    let mut done = 0;
+    for (range, name) in spots {
+        let Some(literal) = cmd.get(done..range.start) else {
+            return Err(format!(
+                "spot {}..{} is out of order",
+                range.start, range.end
+            ));
+        };
+        rendered.push_str(literal);
+        scan.follow(literal);
+        if scan.escaped {
+            return Err(format!(
+                "`{}` right after a backslash: remove the backslash (a filled value is always one quoted word)",
+                cmd.get(range.clone()).unwrap_or_default()
+            ));
+        }
+        scan.dollar = false;
+        match scan.state {
+            Quoting::Bare => rendered.push_str(&format!("\"$${{{name}}}\"")),
+            Quoting::Double => rendered.push_str(&format!("$${{{name}}}")),
+            Quoting::Single => rendered.push_str(&format!("'\"$${{{name}}}\"'")),
+        }
+        done = range.end;
+    }
+    let rest = cmd.get(done..).unwrap_or_default();
+    rendered.push_str(rest);
+    Ok(rendered)
+}
+
 /// The secret's name when `text` is exactly one `${secret.NAME}`.
 fn whole_secret(text: &str) -> Option<&str> {
     let name = text.strip_prefix("${secret.")?.strip_suffix('}')?;
@@ -570,6 +616,12 @@ fn parse_body(body: &str) -> Result<Reference, String> {
         }
         return Ok(Reference::Memory(key.to_owned()));
     }
+    if body == "item" || body == "index" || body.starts_with("item.") {
+        // What a batch file's `foreach` fills in before submitting.
+        return Err(format!(
+            "unknown reference `${{{body}}}`: `${{item}}`, `${{item.FIELD}}` and `${{index}}` are filled only in an op with `foreach:` (for a shell variable write `$${{{body}}}`)"
+        ));
+    }
     Err(format!(
         "unknown reference `${{{body}}}`: {expected} (for a shell variable write `$${{{body}}}` or `${body}`)"
     ))
@@ -654,6 +706,12 @@ mod tests {
         assert_eq!(error.path, "args.list[1]");
         assert!(
             error.message.contains("unknown reference"),
+            "{}",
+            error.message
+        );
+        let error = references(&json!({"cmd": "echo ${item.suite}"})).unwrap_err();
+        assert!(
+            error.message.contains("only in an op with `foreach:`"),
             "{}",
             error.message
         );
@@ -815,6 +873,36 @@ mod tests {
         // An escaped `$${` is the shell's own `${`, after a backslash too.
         let rendered = render_command(&json!({"cmd": "echo \\$${HOME}"}), &plain).unwrap();
         assert_eq!(rendered["cmd"], "echo \\${HOME}");
+    }
+
+    #[test]
+    fn quote_variables_fits_each_spot_and_keeps_the_escape_for_dispatch() {
+        let cmd = "echo x${a} '${a}' \"${b}\" $(cat ${a})";
+        let spot = |needle: &str, from: usize| {
+            let start = cmd[from..].find(needle).unwrap() + from;
+            start..start + needle.len()
+        };
+        let first = spot("${a}", 0);
+        let second = spot("${a}", first.end);
+        let third = spot("${b}", 0);
+        let fourth = spot("${a}", third.end);
+        let quoted = quote_variables(
+            cmd,
+            &[(first, "A"), (second, "A"), (third, "B"), (fourth, "A")],
+        )
+        .unwrap();
+        assert_eq!(
+            quoted,
+            "echo x\"$${A}\" ''\"$${A}\"'' \"$${B}\" $(cat \"$${A}\")"
+        );
+        // The template pass at dispatch leaves plain `${A}` to the shell.
+        let rendered = render(&json!(quoted), &|_| None).unwrap();
+        assert_eq!(
+            rendered,
+            json!("echo x\"${A}\" ''\"${A}\"'' \"${B}\" $(cat \"${A}\")")
+        );
+        let escaped = quote_variables("echo \\${a}", &[(6..10, "A")]).unwrap_err();
+        assert!(escaped.contains("backslash"), "{escaped}");
     }
 
     #[test]
