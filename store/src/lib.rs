@@ -18,6 +18,7 @@
 //! - [`memory_store`] — the in-memory implementation, same semantics.
 //! - [`conformance`] — the suite both implementations must pass.
 
+mod common;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod keys;
