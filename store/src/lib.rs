@@ -16,8 +16,15 @@
 //! - [`redis_connect`] — how it reaches Redis (URL, TLS, password) and
 //!   [`redact_url`], the one way a Redis URL is shown.
 //! - [`memory_store`] — the in-memory implementation, same semantics.
-//! - [`conformance`] — the suite both implementations must pass.
+//! - `common` — what both compute alike from a batch's ops (memory waits,
+//!   declared writers, added edges, backoff multiplier), so neither
+//!   implementation imports the other.
+//! - `conformance` — the suite both implementations must pass, by section
+//!   under `conformance/`; compiled only with the `conformance` feature,
+//!   which the store's own tests enable.
 
+mod common;
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod keys;
 pub mod memory_store;

@@ -18,18 +18,17 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 use volley_proto::BatchId;
 
+use crate::common::{
+    DOORBELL_CAPACITY, added_edges, declared_writers, pending_count, sane_multiplier, wait_keys,
+    wait_triples,
+};
 use crate::model::*;
-use crate::redis_store::{declared_writers, pending_count, wait_keys, wait_triples};
 use crate::{Store, StoreError, StoreResult};
 
 /// How many of a batch's latest events a final lost-worker failure looks
 /// through for its attempt's start (`STARTED_LOOKBACK` in
 /// `lua/expire_leases.lua`).
 const STARTED_LOOKBACK: usize = 10_000;
-
-/// Doorbell channel capacity; a receiver that lags gets `Lagged` and should
-/// resync, exactly as after `Doorbell::Resync`.
-pub(crate) const DOORBELL_CAPACITY: usize = 1024;
 
 /// An in-process [`Store`]. Cheap to clone: clones share the state.
 #[derive(Clone)]
@@ -420,53 +419,6 @@ impl OpData {
     }
 }
 
-/// The edges of ops added to a batch, from their `after` lists.
-pub(crate) struct AddedEdges {
-    /// Per new op: the existing ops (index < first_index) it runs after.
-    pub(crate) existing_after: Vec<Vec<u32>>,
-    /// Per new op: the new ops that run after it.
-    pub(crate) new_dependents: Vec<Vec<u32>>,
-}
-
-/// Checks the `after` lists of ops added at `first_index` and splits them
-/// into edges from existing ops and edges among the new ones.
-pub(crate) fn added_edges(
-    batch: &BatchId,
-    first_index: u32,
-    ops: &[NewOp],
-) -> StoreResult<AddedEdges> {
-    let end = u64::from(first_index) + ops.len() as u64;
-    let mut edges = AddedEdges {
-        existing_after: vec![Vec::new(); ops.len()],
-        new_dependents: vec![Vec::new(); ops.len()],
-    };
-    for (offset, op) in ops.iter().enumerate() {
-        let index = first_index + offset as u32;
-        let cannot = |reason: String| StoreError::CannotAddOps {
-            batch: batch.clone(),
-            reason,
-        };
-        if op.deps as usize != op.after.len() {
-            return Err(cannot(format!(
-                "op {index} has deps {} but {} `after` entries",
-                op.deps,
-                op.after.len()
-            )));
-        }
-        for &before in &op.after {
-            if u64::from(before) >= end || before == index {
-                return Err(cannot(format!("op {index} runs after op {before}")));
-            }
-            if before < first_index {
-                edges.existing_after[offset].push(before);
-            } else {
-                edges.new_dependents[(before - first_index) as usize].push(index);
-            }
-        }
-    }
-    Ok(edges)
-}
-
 /// What one memory write did.
 struct Written {
     version: u64,
@@ -689,15 +641,6 @@ fn clamp_priority(priority: u8) -> usize {
 
 /// Longest backoff delay (as `MAX_DELAY_MS` in `lua/common.lua`).
 const MAX_DELAY_MS: f64 = 1e15;
-
-/// A backoff multiplier both stores can use: not finite or negative → 1.
-pub(crate) fn sane_multiplier(multiplier: f64) -> f64 {
-    if multiplier.is_finite() && multiplier >= 0.0 {
-        multiplier
-    } else {
-        1.0
-    }
-}
 
 /// The backoff before the attempt after `used` attempts (as `retry_delay`
 /// in `lua/common.lua`): `initial * multiplier^(used - 1)`, at most `max`

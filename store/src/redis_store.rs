@@ -44,8 +44,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use volley_proto::BatchId;
 
+use crate::common::{
+    DOORBELL_CAPACITY, DeclaredWriters, added_edges, declared_writers, pending_count,
+    sane_multiplier, wait_keys, wait_triples,
+};
 use crate::keys;
-use crate::memory_store::{DOORBELL_CAPACITY, added_edges};
 use crate::model::*;
 use crate::redis_connect::{PreparedClient, RedisConnect, RedisConnectError};
 use crate::{Store, StoreError, StoreResult};
@@ -859,49 +862,6 @@ fn scope_from_code(batch: &BatchId, code: &str) -> MemoryScope {
     }
 }
 
-/// `(op index, key, "all"|"any")` of every memory wait of `ops` (numbered
-/// from `first_index`), in index order; per op its `wait_for` keys sorted,
-/// then its `wait_for_any` keys sorted, duplicates dropped.
-pub(crate) fn wait_triples(first_index: u32, ops: &[NewOp]) -> Vec<(u32, String, &'static str)> {
-    let mut triples = Vec::new();
-    for (offset, op) in ops.iter().enumerate() {
-        let index = first_index + offset as u32;
-        let (all, any) = wait_keys(op);
-        triples.extend(all.into_iter().map(|key| (index, key, "all")));
-        triples.extend(any.into_iter().map(|key| (index, key, "any")));
-    }
-    triples
-}
-
-/// The declared memory writes of `ops` (numbered from `first_index`): per
-/// op with any, its keys sorted and deduplicated; per key, its writers in
-/// index order.
-pub(crate) struct DeclaredWriters {
-    pub(crate) by_op: Vec<(u32, Vec<String>)>,
-    pub(crate) by_key: BTreeMap<String, Vec<u32>>,
-}
-
-pub(crate) fn declared_writers(first_index: u32, ops: &[NewOp]) -> DeclaredWriters {
-    let mut declared = DeclaredWriters {
-        by_op: Vec::new(),
-        by_key: BTreeMap::new(),
-    };
-    for (offset, op) in ops.iter().enumerate() {
-        if op.writes.is_empty() {
-            continue;
-        }
-        let index = first_index + offset as u32;
-        let mut keys = op.writes.clone();
-        keys.sort_unstable();
-        keys.dedup();
-        for key in &keys {
-            declared.by_key.entry(key.clone()).or_default().push(index);
-        }
-        declared.by_op.push((index, keys));
-    }
-    declared
-}
-
 /// Adds to `pipe` the writes of a new batch's declared writers (see
 /// `keys.rs`): `writes`, `writers_left`, `writer_ops` and meta `writers`.
 fn add_writer_commands(pipe: &mut redis::Pipeline, batch: &BatchId, declared: &DeclaredWriters) {
@@ -931,24 +891,6 @@ fn add_writer_commands(pipe: &mut redis::Pipeline, batch: &BatchId, declared: &D
         pipe.add_command(ops).ignore();
     }
     pipe.hset(keys::meta(batch), "writers", "1").ignore();
-}
-
-/// An op's `wait_for` and `wait_for_any` keys, each sorted and deduplicated.
-pub(crate) fn wait_keys(op: &NewOp) -> (Vec<String>, Vec<String>) {
-    let mut all = op.wait_for.clone();
-    all.sort_unstable();
-    all.dedup();
-    let mut any = op.wait_for_any.clone();
-    any.sort_unstable();
-    any.dedup();
-    (all, any)
-}
-
-/// Inputs an op waits for: its dependencies, each `wait_for` key, and one
-/// for its `wait_for_any` group.
-pub(crate) fn pending_count(op: &NewOp) -> u32 {
-    let (all, any) = wait_keys(op);
-    op.deps + all.len() as u32 + u32::from(!any.is_empty())
 }
 
 /// The `waitinfo` JSON of an op with memory waits (what `expire_waits`
@@ -1199,7 +1141,7 @@ fn packed_retry(policy: &RetryPolicy) -> String {
         u8::from(policy.on_lost_worker),
         policy.backoff_initial_ms,
         policy.backoff_max_ms,
-        crate::memory_store::sane_multiplier(policy.backoff_multiplier),
+        sane_multiplier(policy.backoff_multiplier),
         u8::from(policy.backoff_jitter)
     )
 }
