@@ -73,9 +73,17 @@ pub fn client_error(error: &ClientError) -> Exit {
             }
             Exit::Invalid
         }
-        ClientError::Unreachable { .. }
-        | ClientError::Unavailable(_)
-        | ClientError::Transport(_) => {
+        ClientError::Unreachable { url, message } => {
+            eprintln!(
+                "error: cannot reach the coordinator at {url}: {}",
+                dedup_causes(message)
+            );
+            eprintln!(
+                "hint: no coordinator at {url}: start one with `volley up` (or `volley run FILE` to run without a cluster), or point VOLLEY_COORDINATOR / --coordinator at yours"
+            );
+            Exit::Unreachable
+        }
+        ClientError::Unavailable(_) | ClientError::Transport(_) => {
             eprintln!("error: {error}");
             Exit::Unreachable
         }
@@ -109,4 +117,31 @@ pub fn client_error(error: &ClientError) -> Exit {
 pub fn batch_file_error(error: &BatchFileError) -> Exit {
     eprintln!("error: {error}");
     Exit::Invalid
+}
+
+/// A cause chain (`a: b: c`) without the parts that repeat the one before
+/// them: transports wrap an error in one that prints the same text
+/// (`tcp connect error: tcp connect error: Connection refused`).
+fn dedup_causes(chain: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in chain.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dedup_causes;
+
+    #[test]
+    fn repeated_causes_are_printed_once() {
+        assert_eq!(
+            dedup_causes("tcp connect error: tcp connect error: Connection refused (os error 111)"),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+        assert_eq!(dedup_causes("a: b: a"), "a: b: a");
+    }
 }
