@@ -15,10 +15,14 @@ pub mod batch_file;
 pub mod client;
 pub mod connect;
 pub mod error;
+mod file_problems;
 pub mod health;
 mod trace;
 
-pub use batch_file::{BatchFileError, parse_batch, read_batch_file};
+pub use batch_file::{
+    BatchFileError, FileProblem, parse_batch, parse_batch_with_warnings, read_batch_file,
+    read_batch_file_with_warnings,
+};
 pub use client::{Client, Memory, MemoryEntry, PutOptions, Scope, WatchOptions};
 pub use connect::{BearerToken, Connection, token_from};
 pub use error::ClientError;
