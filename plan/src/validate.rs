@@ -446,6 +446,12 @@ impl OpChecker<'_> {
         };
         match builtin {
             Ok(Some(builtin)) => {
+                if let volley_kinds::BuiltinArgs::Grep(grep) = &builtin
+                    && !volley_kinds::has_templates(&Value::String(grep.pattern.clone()))
+                    && let Err(message) = check_grep_pattern(&grep.pattern)
+                {
+                    self.problems.op(index, id, "args.pattern", message);
+                }
                 let touched = volley_kinds::touches(&builtin);
                 for (targets, write) in [(touched.reads, false), (touched.writes, true)] {
                     for target in targets {
@@ -751,6 +757,35 @@ impl OpChecker<'_> {
             }
         }
         best.map(|(_, id)| id)
+    }
+}
+
+/// A `grep` pattern compiled as the worker's `grep` compiles it (the
+/// `regex` crate, default options), so a bad one is refused before
+/// anything runs. The crate's multi-line report (pattern, caret, reason)
+/// is folded into one line.
+fn check_grep_pattern(pattern: &str) -> Result<(), String> {
+    match regex::Regex::new(pattern) {
+        Ok(_) => Ok(()),
+        Err(regex::Error::Syntax(report)) => {
+            // The last line says what is wrong ("error: unclosed group").
+            let reason = report
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|line| !line.is_empty())
+                .unwrap_or("invalid")
+                .trim_start_matches("error: ");
+            Err(format!("invalid regex `{pattern}`: {reason}"))
+        }
+        Err(error) => Err(format!(
+            "invalid regex `{pattern}`: {}",
+            error
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        )),
     }
 }
 
@@ -1500,6 +1535,25 @@ mod tests {
 
     fn read(id: &str, path: &str) -> Op {
         op(id, "read", json!({"path": path}))
+    }
+
+    #[test]
+    fn a_bad_grep_pattern_is_refused_naming_op_field_and_reason() {
+        let ops = vec![
+            op("g", "grep", json!({"pattern": "(unclosed", "path": "src"})),
+            op(
+                "ok",
+                "grep",
+                json!({"pattern": "fn [a-z]+\\(", "path": "src"}),
+            ),
+            op(
+                "t",
+                "grep",
+                json!({"pattern": "${ops.ok.output}(", "path": "src"}),
+            ),
+        ];
+        let problem = only_problem(&batch(ops), "g", "args.pattern");
+        assert_eq!(problem.message, "invalid regex `(unclosed`: unclosed group");
     }
 
     #[test]

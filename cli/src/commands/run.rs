@@ -58,8 +58,14 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs) -> Exit {
     telemetry::init("warn");
     // Read and parse first: a broken file needs nothing started.
-    let mut batch = match volley_client::read_batch_file(&args.file) {
-        Ok(batch) => batch,
+    exit::use_json_errors(matches!(args.output, OutputFormat::Json));
+    let mut batch = match volley_client::read_batch_file_with_warnings(&args.file) {
+        Ok((batch, warnings)) => {
+            for warning in warnings {
+                eprintln!("warning: {warning}");
+            }
+            batch
+        }
         Err(error) => return exit::batch_file_error(&error),
     };
     args.overrides.apply(&mut batch);
