@@ -227,3 +227,77 @@ async fn a_missing_cwd_on_a_worker_is_named_with_where_it_resolved() {
     assert!(op.to_string().contains(&expected), "{op}");
     assert!(!op.to_string().contains("could not start sh"), "{op}");
 }
+
+#[tokio::test]
+async fn run_refuses_paths_leaving_its_root_and_root_sets_where_paths_resolve() {
+    let dir = tempfile::tempdir().expect("dir");
+    let root = dir.path().join("project");
+    std::fs::create_dir_all(root.join("sub")).expect("root");
+    std::fs::write(root.join("sub/note.txt"), "inside").expect("file");
+    let canonical_root = root.canonicalize().expect("canonical root");
+    batch_file(
+        dir.path(),
+        "escape.yaml",
+        "ops:\n  - {id: r, kind: read, args: {path: /etc/hostname}}\n  - {id: s, kind: shell, args: {cmd: pwd, cwd: ../up}}\n  - {id: g, kind: grep, args: {pattern: x, path: sub/../../..}}\n",
+    );
+    let output = run_in(dir.path(), &["escape.yaml", "--root", "project"]).await;
+    assert_eq!(output.status.code(), Some(2));
+    let root_text = canonical_root.display();
+    assert_eq!(
+        text(&output.stderr),
+        format!(
+            "error: the batch is invalid (3 problem(s)); nothing ran:
+  op `r`: field `args.path`: `/etc/hostname` is outside the root {root_text}: paths resolve against it; give a path inside it, or choose the root with `volley run --root DIR`
+  op `s`: field `args.cwd`: `../up` is outside the root {root_text}: paths resolve against it; give a path inside it, or choose the root with `volley run --root DIR`
+  op `g`: field `args.path`: `sub/../../..` is outside the root {root_text}: paths resolve against it; give a path inside it, or choose the root with `volley run --root DIR`
+"
+        )
+    );
+
+    // Inside the root: relative paths and `cwd` resolve against --root.
+    batch_file(
+        dir.path(),
+        "inside.yaml",
+        "ops:\n  - {id: r, kind: read, args: {path: sub/note.txt}}\n  - {id: s, kind: shell, args: {cmd: pwd, cwd: sub}}\n",
+    );
+    let output = run_in(
+        dir.path(),
+        &["inside.yaml", "--root", "project", "--output", "json"],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("report");
+    assert_eq!(report_op(&report, "r")["output"], "inside");
+    assert_eq!(
+        report_op(&report, "s")["output"].as_str().map(str::trim),
+        Some(canonical_root.join("sub").to_str().expect("utf-8"))
+    );
+
+    // A root that is not there is refused before anything starts.
+    let output = run_in(dir.path(), &["inside.yaml", "--root", "missing"]).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).starts_with("error: --root missing: "),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_refuses_a_file_path_climbing_above_any_root() {
+    let cluster = Cluster::start(1).await;
+    let dir = tempfile::tempdir().expect("dir");
+    batch_file(
+        dir.path(),
+        "climb.yaml",
+        "ops:\n  - {id: r, kind: read, args: {path: ../secrets.txt}}\n",
+    );
+    let output = submit_to(&cluster.url, dir.path(), &["climb.yaml"]).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        text(&output.stderr),
+        "error: the batch is invalid (1 problem(s)); nothing ran:
+  op `r`: field `args.path`: `../secrets.txt` climbs above the worker's root, where no file op may reach: paths resolve against the worker's --root (`volley run`: its --root, or the current directory); give a path inside it
+"
+    );
+}
