@@ -7,6 +7,8 @@
 //! - [`client`] — `Client`, one connection to a coordinator.
 //! - [`connect`] — `Connection`: url, token and TLS, for every endpoint.
 //! - [`error`] — `ClientError`, statuses mapped back to typed errors.
+//! - `file_problems` — a batch file's unknown fields (all at once, with a
+//!   "did you mean"), non-mapping files and bare-millisecond durations.
 //! - [`health`] — `HealthProbe`: grpc.health.v1 `Check` and `Watch` of a
 //!   coordinator or a worker's health address.
 //! - `trace` — W3C trace context into request metadata.

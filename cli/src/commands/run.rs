@@ -116,7 +116,6 @@ pub async fn run(args: RunArgs) -> Exit {
                     op_id: problem.op_id,
                     field: problem.field,
                     message: problem.message,
-                    ..Default::default()
                 })
                 .collect(),
             total,
