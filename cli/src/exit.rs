@@ -192,7 +192,11 @@ pub fn batch_file_error(error: &BatchFileError) -> Exit {
                 )
             })
             .collect();
-        print_invalid_json(&error.to_string(), problems.len(), listed);
+        let total = match error {
+            BatchFileError::UnknownFields { total, .. } => *total,
+            _ => problems.len(),
+        };
+        print_invalid_json(&error.to_string(), total, listed);
         return Exit::Invalid;
     }
     eprintln!("error: {error}");

@@ -48,14 +48,16 @@ pub enum BatchFileError {
         message: String,
     },
     /// Fields the schema does not have, every one of them at once.
-    #[error("{source_name}: {} unknown field(s); nothing ran:{}", problems.len(), problem_lines(problems))]
+    #[error("{source_name}: {total} unknown field(s); nothing ran:{}", problem_lines(problems, *total))]
     UnknownFields {
         source_name: String,
+        /// The first few (`file_problems::MAX_LISTED`).
         problems: Vec<FileProblem>,
+        total: usize,
     },
 }
 
-fn problem_lines(problems: &[FileProblem]) -> String {
+fn problem_lines(problems: &[FileProblem], total: usize) -> String {
     let mut text = String::new();
     for problem in problems {
         text.push_str("\n  ");
@@ -66,6 +68,12 @@ fn problem_lines(problems: &[FileProblem]) -> String {
         }
         text.push_str(": ");
         text.push_str(&problem.message);
+    }
+    if total > problems.len() {
+        text.push_str(&format!(
+            "\n  … and {} more not shown",
+            total - problems.len()
+        ));
     }
     text
 }
@@ -173,10 +181,11 @@ fn shape_error(text: &str, source_name: &str) -> Option<BatchFileError> {
         backoff: file_problems::struct_fields::<BackoffEntry>(),
         retry: file_problems::struct_fields::<BatchRetryEntry>(),
     };
-    let problems = file_problems::unknown_fields(text, &document, &schema);
-    (!problems.is_empty()).then(|| BatchFileError::UnknownFields {
+    let found = file_problems::unknown_fields(text, &document, &schema);
+    (found.total > 0).then(|| BatchFileError::UnknownFields {
         source_name: source_name.to_owned(),
-        problems,
+        problems: found.listed,
+        total: found.total,
     })
 }
 
@@ -1027,6 +1036,34 @@ ops:
                 .message
                 .starts_with("unknown field; known fields are `id`, `kind`")
         );
+    }
+
+    #[test]
+    fn a_typo_in_every_op_of_a_big_file_lists_a_few_and_counts_the_rest() {
+        let mut text = String::from("ops:\n");
+        for index in 0..20_000 {
+            text.push_str(&format!(
+                "  - id: op{index}\n    kind: noop\n    timout: 1s\n"
+            ));
+        }
+        let started = std::time::Instant::now();
+        let error = parse_batch(&text, "big.yaml").unwrap_err();
+        let BatchFileError::UnknownFields {
+            problems, total, ..
+        } = &error
+        else {
+            panic!("{error}")
+        };
+        assert_eq!(
+            (problems.len(), *total),
+            (file_problems::MAX_LISTED, 20_000)
+        );
+        assert_eq!(problems[99].line, Some(301));
+        assert!(
+            error.to_string().ends_with("… and 19900 more not shown"),
+            "{error}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
     }
 
     #[test]

@@ -79,8 +79,8 @@ pub(crate) fn not_a_batch(document: &Value) -> Option<String> {
 }
 
 /// Every unknown field of the batch and of every op, in file order.
-pub(crate) fn unknown_fields(text: &str, document: &Value, schema: &Schema) -> Vec<FileProblem> {
-    let mut problems = Vec::new();
+pub(crate) fn unknown_fields(text: &str, document: &Value, schema: &Schema) -> Found {
+    let mut problems = Found::default();
     let Value::Mapping(batch) = document else {
         return problems;
     };
@@ -88,7 +88,7 @@ pub(crate) fn unknown_fields(text: &str, document: &Value, schema: &Schema) -> V
     for (key, value) in batch {
         let Some(key) = key.as_str() else { continue };
         if !schema.batch.contains(&key) {
-            problems.push(FileProblem {
+            problems.push(|| FileProblem {
                 op_id: None,
                 field: key.to_owned(),
                 line: lines.top_level(key),
@@ -114,7 +114,7 @@ pub(crate) fn unknown_fields(text: &str, document: &Value, schema: &Schema) -> V
             let Some(key) = key.as_str() else { continue };
             let line = lines.op_field(index, key);
             if !schema.op.contains(&key) {
-                problems.push(FileProblem {
+                problems.push(|| FileProblem {
                     op_id: op_id.clone(),
                     field: key.to_owned(),
                     line,
@@ -135,8 +135,30 @@ pub(crate) fn unknown_fields(text: &str, document: &Value, schema: &Schema) -> V
     problems
 }
 
+/// Unknown fields listed, at most: a generated file with the same typo in
+/// every op needs one fix, not a million lines.
+pub(crate) const MAX_LISTED: usize = 100;
+
+/// The problems found: the first [`MAX_LISTED`], and how many in all. A
+/// problem past the cap is counted, never built (its line is not looked
+/// for).
+#[derive(Default)]
+pub(crate) struct Found {
+    pub(crate) listed: Vec<FileProblem>,
+    pub(crate) total: usize,
+}
+
+impl Found {
+    fn push(&mut self, problem: impl FnOnce() -> FileProblem) {
+        self.total += 1;
+        if self.listed.len() < MAX_LISTED {
+            self.listed.push(problem());
+        }
+    }
+}
+
 fn nested_unknown(
-    problems: &mut Vec<FileProblem>,
+    problems: &mut Found,
     value: &Value,
     parent: &str,
     known: &[&str],
@@ -148,7 +170,7 @@ fn nested_unknown(
     };
     for key in fields.keys().filter_map(Value::as_str) {
         if !known.contains(&key) {
-            problems.push(FileProblem {
+            problems.push(|| FileProblem {
                 op_id: op_id.clone(),
                 field: format!("{parent}.{key}"),
                 line,
