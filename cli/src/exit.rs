@@ -1,7 +1,66 @@
 //! Exit codes of the CLI contract, and how errors map onto them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use volley_client::{BatchFileError, ClientError};
 use volley_proto::v1::BatchState;
+
+/// Whether an invalid batch is reported as one JSON document on stdout
+/// (`--output json`) rather than text on stderr: set once by the command
+/// that reads a batch, before anything is printed.
+static JSON_ERRORS: AtomicBool = AtomicBool::new(false);
+
+/// Reports invalid batches as JSON from now on (`--output json`).
+pub fn use_json_errors(json: bool) {
+    JSON_ERRORS.store(json, Ordering::Relaxed);
+}
+
+fn json_errors() -> bool {
+    JSON_ERRORS.load(Ordering::Relaxed)
+}
+
+/// `{"error":"invalid","message":…,"total":N,"problems":[{"op":…,"field":…,"line":…,"message":…}]}`
+/// on stdout: what a script reads instead of the text.
+fn print_invalid_json(message: &str, total: usize, problems: Vec<serde_json::Value>) {
+    let document = serde_json::json!({
+        "error": "invalid",
+        "message": message,
+        "total": total,
+        "problems": problems,
+    });
+    println!("{document}");
+}
+
+/// A problem as JSON; `op` and `line` are null when there is none.
+fn problem_json(
+    op_id: Option<&str>,
+    field: &str,
+    line: Option<usize>,
+    message: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "op": op_id,
+        "field": field,
+        "line": line,
+        "message": message,
+    })
+}
+
+/// Says the coordinator could not be reached, once, and how to get one.
+pub fn print_unreachable(error: &ClientError) {
+    match error {
+        ClientError::Unreachable { url, message } => {
+            eprintln!(
+                "error: cannot reach the coordinator at {url}: {}",
+                dedup_causes(message)
+            );
+            eprintln!(
+                "hint: no coordinator at {url}: start one with `volley up` (or `volley run FILE` to run without a cluster), or point VOLLEY_COORDINATOR / --coordinator at yours"
+            );
+        }
+        other => eprintln!("error: {other}"),
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -50,6 +109,17 @@ pub fn client_error(error: &ClientError) -> Exit {
             problems,
             total,
         } => {
+            if json_errors() {
+                let listed = problems
+                    .iter()
+                    .map(|problem| {
+                        let op_id = (!problem.op_id.is_empty()).then_some(problem.op_id.as_str());
+                        problem_json(op_id, &problem.field, None, &problem.message)
+                    })
+                    .collect();
+                print_invalid_json(message, *total, listed);
+                return Exit::Invalid;
+            }
             if problems.is_empty() {
                 eprintln!("error: {message}");
             } else {
@@ -73,9 +143,11 @@ pub fn client_error(error: &ClientError) -> Exit {
             }
             Exit::Invalid
         }
-        ClientError::Unreachable { .. }
-        | ClientError::Unavailable(_)
-        | ClientError::Transport(_) => {
+        ClientError::Unreachable { .. } => {
+            print_unreachable(error);
+            Exit::Unreachable
+        }
+        ClientError::Unavailable(_) | ClientError::Transport(_) => {
             eprintln!("error: {error}");
             Exit::Unreachable
         }
@@ -107,6 +179,53 @@ pub fn client_error(error: &ClientError) -> Exit {
 }
 
 pub fn batch_file_error(error: &BatchFileError) -> Exit {
+    if json_errors() {
+        let problems = error.problems();
+        let listed = problems
+            .iter()
+            .map(|problem| {
+                problem_json(
+                    problem.op_id.as_deref(),
+                    &problem.field,
+                    problem.line,
+                    &problem.message,
+                )
+            })
+            .collect();
+        let total = match error {
+            BatchFileError::UnknownFields { total, .. } => *total,
+            _ => problems.len(),
+        };
+        print_invalid_json(&error.to_string(), total, listed);
+        return Exit::Invalid;
+    }
     eprintln!("error: {error}");
     Exit::Invalid
+}
+
+/// A cause chain (`a: b: c`) without the parts that repeat the one before
+/// them: transports wrap an error in one that prints the same text
+/// (`tcp connect error: tcp connect error: Connection refused`).
+fn dedup_causes(chain: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in chain.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dedup_causes;
+
+    #[test]
+    fn repeated_causes_are_printed_once() {
+        assert_eq!(
+            dedup_causes("tcp connect error: tcp connect error: Connection refused (os error 111)"),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+        assert_eq!(dedup_causes("a: b: a"), "a: b: a");
+    }
 }

@@ -10,6 +10,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use volley_proto::v1;
 
+use crate::file_problems;
+pub use crate::file_problems::FileProblem;
+
 /// Why a batch file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchFileError {
@@ -34,6 +37,8 @@ pub enum BatchFileError {
         source_name: String,
         op_id: Option<String>,
         field: String,
+        /// Also in `message`, for a reader that wants it apart.
+        line: Option<usize>,
         message: String,
     },
     /// An op's `foreach` could not be expanded (see [`crate::matrix`]).
@@ -42,6 +47,77 @@ pub enum BatchFileError {
         source_name: String,
         foreach: Box<crate::matrix::ForeachError>,
     },
+    /// Well-formed, but not a mapping: no batch file at all.
+    #[error("{source_name}: {message}")]
+    NotABatch {
+        source_name: String,
+        message: String,
+    },
+    /// Fields the schema does not have, every one of them at once.
+    #[error("{source_name}: {total} unknown field(s); nothing ran:{}", problem_lines(problems, *total))]
+    UnknownFields {
+        source_name: String,
+        /// The first few (`file_problems::MAX_LISTED`).
+        problems: Vec<FileProblem>,
+        total: usize,
+    },
+}
+
+fn problem_lines(problems: &[FileProblem], total: usize) -> String {
+    let mut text = String::new();
+    for problem in problems {
+        text.push_str("\n  ");
+        text.push_str(&op_prefix(&problem.op_id));
+        text.push_str(&format!("field `{}`", problem.field));
+        if let Some(line) = problem.line {
+            text.push_str(&format!(" (line {line})"));
+        }
+        text.push_str(": ");
+        text.push_str(&problem.message);
+    }
+    if total > problems.len() {
+        text.push_str(&format!(
+            "\n  … and {} more not shown",
+            total - problems.len()
+        ));
+    }
+    text
+}
+
+impl BatchFileError {
+    /// The error as a list of problems, one per thing to fix, for a reader
+    /// that wants them apart (`--output json`).
+    pub fn problems(&self) -> Vec<FileProblem> {
+        match self {
+            BatchFileError::Io { .. }
+            | BatchFileError::NotABatch { .. }
+            | BatchFileError::Foreach { .. } => vec![FileProblem {
+                op_id: None,
+                field: String::new(),
+                line: None,
+                message: self.to_string(),
+            }],
+            BatchFileError::Syntax { line, .. } => vec![FileProblem {
+                op_id: None,
+                field: String::new(),
+                line: Some(*line),
+                message: self.to_string(),
+            }],
+            BatchFileError::Field {
+                op_id,
+                field,
+                line,
+                message,
+                ..
+            } => vec![FileProblem {
+                op_id: op_id.clone(),
+                field: field.clone(),
+                line: *line,
+                message: message.clone(),
+            }],
+            BatchFileError::UnknownFields { problems, .. } => problems.clone(),
+        }
+    }
 }
 
 fn op_prefix(op_id: &Option<String>) -> String {
@@ -61,6 +137,78 @@ pub fn read_batch_file(path: &Path) -> Result<v1::Batch, BatchFileError> {
     parse_batch_in(&text, &path.display().to_string(), base_dir)
 }
 
+/// [`read_batch_file`], with warnings about what is valid but likely not
+/// meant (a bare `timeout: 30` is 30 ms).
+pub fn read_batch_file_with_warnings(
+    path: &Path,
+) -> Result<(v1::Batch, Vec<String>), BatchFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BatchFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    parse_batch_with_warnings_in(&text, &path.display().to_string(), base_dir)
+}
+
+thread_local! {
+    /// Set while parsing when a duration was a bare number small enough to
+    /// be a forgotten unit: only then is the file read again to name them.
+    static SMALL_BARE_MILLIS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`parse_batch`], with warnings about what is valid but likely not meant.
+pub fn parse_batch_with_warnings(
+    text: &str,
+    source_name: &str,
+) -> Result<(v1::Batch, Vec<String>), BatchFileError> {
+    parse_batch_with_warnings_in(text, source_name, Path::new("."))
+}
+
+/// [`parse_batch_with_warnings`], with `foreach: {glob: …}` resolved under
+/// `base_dir` (the batch file's directory).
+fn parse_batch_with_warnings_in(
+    text: &str,
+    source_name: &str,
+    base_dir: &Path,
+) -> Result<(v1::Batch, Vec<String>), BatchFileError> {
+    SMALL_BARE_MILLIS.with(|flag| flag.set(false));
+    let batch = parse_batch_in(text, source_name, base_dir)?;
+    let warnings = if SMALL_BARE_MILLIS.with(std::cell::Cell::get) {
+        let text = text.trim_start_matches('\u{feff}');
+        serde_yaml::from_str::<serde_yaml::Value>(text)
+            .map(|document| file_problems::bare_millis_warnings(&document))
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    Ok((batch, warnings))
+}
+
+/// The problems of the file's shape, every one at once: the typed reader
+/// stops at the first. Only read once that reader failed, so a good file
+/// is parsed once.
+fn shape_error(text: &str, source_name: &str) -> Option<BatchFileError> {
+    let document: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    if let Some(message) = file_problems::not_a_batch(&document) {
+        return Some(BatchFileError::NotABatch {
+            source_name: source_name.to_owned(),
+            message,
+        });
+    }
+    let schema = file_problems::Schema {
+        batch: file_problems::struct_fields::<BatchFile>(),
+        op: file_problems::struct_fields::<OpEntry>(),
+        backoff: file_problems::struct_fields::<BackoffEntry>(),
+        retry: file_problems::struct_fields::<BatchRetryEntry>(),
+    };
+    let found = file_problems::unknown_fields(text, &document, &schema);
+    (found.total > 0).then(|| BatchFileError::UnknownFields {
+        source_name: source_name.to_owned(),
+        problems: found.listed,
+        total: found.total,
+    })
+}
+
 /// Parses a batch file's text: JSON when it starts with `{`, YAML otherwise.
 /// `source_name` (usually the path) is only used in errors.
 pub fn parse_batch(text: &str, source_name: &str) -> Result<v1::Batch, BatchFileError> {
@@ -76,12 +224,14 @@ pub fn parse_batch_in(
     let text = text.trim_start_matches('\u{feff}');
     let is_json = text.trim_start().starts_with('{');
     let parsed = if is_json {
-        serde_json::from_str::<BatchFile>(text)
-            .map_err(|error| json_error(text, source_name, &error))
+        serde_json::from_str::<BatchFile>(text).map_err(|error| {
+            shape_error(text, source_name).unwrap_or_else(|| json_error(text, source_name, &error))
+        })
     } else {
         check_nesting(text, source_name)?;
-        serde_yaml::from_str::<BatchFile>(text)
-            .map_err(|error| yaml_error(text, source_name, &error))
+        serde_yaml::from_str::<BatchFile>(text).map_err(|error| {
+            shape_error(text, source_name).unwrap_or_else(|| yaml_error(text, source_name, &error))
+        })
     };
     let mut parsed = parsed?;
     let foreach = std::mem::take(&mut parsed.ops.foreach);
@@ -271,6 +421,7 @@ fn field_error(
         source_name: source_name.to_owned(),
         op_id,
         field,
+        line: location.map(|(line, _)| line),
         message,
     }
 }
@@ -650,10 +801,16 @@ fn timeout_ms<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>,
         }
 
         fn visit_u64<E: de::Error>(self, millis: u64) -> Result<Self::Value, E> {
+            if (1..file_problems::BARE_MILLIS_WARN_BELOW).contains(&millis) {
+                SMALL_BARE_MILLIS.with(|flag| flag.set(true));
+            }
             Ok(Some(millis))
         }
 
         fn visit_i64<E: de::Error>(self, millis: i64) -> Result<Self::Value, E> {
+            if let Ok(unsigned) = u64::try_from(millis) {
+                return self.visit_u64(unsigned);
+            }
             u64::try_from(millis).map(Some).map_err(|_| {
                 E::custom(format!(
                     "bad duration {millis}: a timeout cannot be negative"
@@ -874,36 +1031,120 @@ ops:
     fn unknown_op_field() {
         let text = "ops:\n  - id: a\n    kind: noop\n  - id: b\n    kind: noop\n    afer: [a]\n";
         let error = parse_batch(text, "typo.yaml").unwrap_err();
-        let BatchFileError::Field {
-            op_id,
-            field,
-            message,
-            ..
+        assert_eq!(
+            error.to_string(),
+            "typo.yaml: 1 unknown field(s); nothing ran:\n  op `b`: field `afer` (line 6): unknown field; did you mean `after`?"
+        );
+    }
+
+    #[test]
+    fn every_unknown_field_is_named_at_once_with_a_suggestion_or_its_place() {
+        let text = "name: x\nmax_paralel: 2\nops:\n  - id: a\n    kind: shell\n    timout: 5s\n    args:\n      cmd: ls\n  - id: b\n    kind: shell\n    cmd: ls\n    backoff: {inital: 1s}\n  - id: c\n    kind: custom\n    zzzzzz: 1\n";
+        let error = parse_batch(text, "t.yaml").unwrap_err();
+        let BatchFileError::UnknownFields { problems, .. } = &error else {
+            panic!("{error}")
+        };
+        let found: Vec<(Option<&str>, &str, Option<usize>)> = problems
+            .iter()
+            .map(|problem| {
+                (
+                    problem.op_id.as_deref(),
+                    problem.field.as_str(),
+                    problem.line,
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (None, "max_paralel", Some(2)),
+                (Some("a"), "timout", Some(6)),
+                (Some("b"), "cmd", Some(11)),
+                (Some("b"), "backoff.inital", Some(12)),
+                (Some("c"), "zzzzzz", Some(15)),
+            ]
+        );
+        assert_eq!(
+            problems[0].message,
+            "unknown field; did you mean `max_parallel`?"
+        );
+        assert_eq!(
+            problems[1].message,
+            "unknown field; did you mean `timeout`?"
+        );
+        assert_eq!(
+            problems[2].message,
+            "unknown field: `cmd` belongs under `args:` (kind `shell` takes `cmd`); indent it under `args:`"
+        );
+        assert_eq!(
+            problems[3].message,
+            "unknown field; did you mean `initial`?"
+        );
+        assert!(
+            problems[4]
+                .message
+                .starts_with("unknown field; known fields are `id`, `kind`")
+        );
+    }
+
+    #[test]
+    fn a_typo_in_every_op_of_a_big_file_lists_a_few_and_counts_the_rest() {
+        let mut text = String::from("ops:\n");
+        for index in 0..20_000 {
+            text.push_str(&format!(
+                "  - id: op{index}\n    kind: noop\n    timout: 1s\n"
+            ));
+        }
+        let started = std::time::Instant::now();
+        let error = parse_batch(&text, "big.yaml").unwrap_err();
+        let BatchFileError::UnknownFields {
+            problems, total, ..
         } = &error
         else {
             panic!("{error}")
         };
-        assert_eq!(op_id.as_deref(), Some("b"));
-        assert_eq!(field, "afer");
-        assert!(
-            message.contains("unknown field `afer`") && message.contains("line 6"),
-            "{message}"
+        assert_eq!(
+            (problems.len(), *total),
+            (file_problems::MAX_LISTED, 20_000)
         );
+        assert_eq!(problems[99].line, Some(301));
         assert!(
-            error
-                .to_string()
-                .starts_with("typo.yaml: op `b`: field `afer`: "),
+            error.to_string().ends_with("… and 19900 more not shown"),
             "{error}"
         );
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn small_bare_durations_are_warned_about_and_units_silence_them() {
+        let text = "deadline: 20\nops:\n  - id: a\n    kind: noop\n    timeout: 30\n    backoff: {initial: 5}\n  - id: b\n    kind: noop\n    timeout: 30ms\n    wait_timeout: 5000\n";
+        let (batch, warnings) = parse_batch_with_warnings(text, "t.yaml").unwrap();
+        assert_eq!(batch.ops[0].timeout_ms, 30);
+        assert_eq!(
+            warnings,
+            [
+                "the batch: `deadline: 20` is 20 ms; write `20s` if you meant seconds (write `20ms` to silence this)",
+                "op `a`: `timeout: 30` is 30 ms; write `30s` if you meant seconds (write `30ms` to silence this)",
+                "op `a`: `backoff.initial: 5` is 5 ms; write `5s` if you meant seconds (write `5ms` to silence this)",
+            ]
+        );
+        let (_, warnings) =
+            parse_batch_with_warnings("ops:\n  - {id: a, kind: noop, timeout: 30s}\n", "t")
+                .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]
     fn unknown_top_level_field() {
         let error = parse_batch("nmae: x\nops: []\n", "typo.yaml").unwrap_err();
-        let BatchFileError::Field { op_id, field, .. } = &error else {
+        let BatchFileError::UnknownFields { problems, .. } = &error else {
             panic!("{error}")
         };
-        assert_eq!((op_id.as_deref(), field.as_str()), (None, "nmae"));
+        assert_eq!(
+            (problems[0].op_id.as_deref(), problems[0].field.as_str()),
+            (None, "nmae")
+        );
+        assert_eq!(problems[0].message, "unknown field; did you mean `name`?");
     }
 
     #[test]
@@ -913,10 +1154,13 @@ ops:
             "t.json",
         )
         .unwrap_err();
-        let BatchFileError::Field { op_id, field, .. } = &error else {
+        let BatchFileError::UnknownFields { problems, .. } = &error else {
             panic!("{error}")
         };
-        assert_eq!((op_id.as_deref(), field.as_str()), (Some("a"), "afer"));
+        assert_eq!(
+            (problems[0].op_id.as_deref(), problems[0].field.as_str()),
+            (Some("a"), "afer")
+        );
     }
 
     #[test]
@@ -939,10 +1183,13 @@ ops:
     #[test]
     fn not_a_mapping() {
         let error = parse_batch("- a\n- b\n", "t.yaml").unwrap_err();
-        let BatchFileError::Field { op_id, field, .. } = &error else {
-            panic!("{error}")
-        };
-        assert_eq!((op_id.as_deref(), field.as_str()), (None, "batch"));
+        assert!(matches!(error, BatchFileError::NotABatch { .. }), "{error}");
+        let error = parse_batch("hello world\n", "notes.txt").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "notes.txt: a batch file is a YAML or JSON mapping with `ops:` (a list of ops, each with `id`, `kind` and `args`) and optional batch settings; line 1 is plain text"
+        );
+        assert!(!error.to_string().contains("BatchFile"));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`client`] — `Client`, one connection to a coordinator.
 //! - [`connect`] — `Connection`: url, token and TLS, for every endpoint.
 //! - [`error`] — `ClientError`, statuses mapped back to typed errors.
+//! - `file_problems` — a batch file's unknown fields (all at once, with a
+//!   "did you mean"), non-mapping files and bare-millisecond durations.
 //! - [`health`] — `HealthProbe`: grpc.health.v1 `Check` and `Watch` of a
 //!   coordinator or a worker's health address.
 //! - `trace` — W3C trace context into request metadata.
@@ -16,11 +18,15 @@ pub mod batch_file;
 pub mod client;
 pub mod connect;
 pub mod error;
+mod file_problems;
 pub mod health;
 pub mod matrix;
 mod trace;
 
-pub use batch_file::{BatchFileError, parse_batch, parse_batch_in, read_batch_file};
+pub use batch_file::{
+    BatchFileError, FileProblem, parse_batch, parse_batch_in, parse_batch_with_warnings,
+    read_batch_file, read_batch_file_with_warnings,
+};
 pub use client::{Client, Memory, MemoryEntry, PutOptions, Scope, WatchOptions};
 pub use connect::{BearerToken, Connection, token_from};
 pub use error::ClientError;

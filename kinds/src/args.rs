@@ -280,6 +280,26 @@ pub fn parse_args(kind: &str, args: &serde_json::Value) -> Result<Option<Builtin
     Ok(Some(parsed))
 }
 
+/// The arg names a built-in kind takes, `None` for a kind not built in: a
+/// batch file reader uses them to say "`cmd` belongs under `args:`".
+pub fn builtin_arg_names(kind: &str) -> Option<Vec<&'static str>> {
+    let schema = match kind {
+        "noop" => NOOP_SCHEMA,
+        "echo" => ECHO_SCHEMA,
+        "sleep" => SLEEP_SCHEMA,
+        "read" => READ_SCHEMA,
+        "write" => WRITE_SCHEMA,
+        "glob" => GLOB_SCHEMA,
+        "grep" => GREP_SCHEMA,
+        "shell" => SHELL_SCHEMA,
+        "agent" => AGENT_SCHEMA,
+        "memory.put" => MEMORY_PUT_SCHEMA,
+        "memory.get" => MEMORY_GET_SCHEMA,
+        _ => return None,
+    };
+    Some(schema.iter().map(|(name, _)| *name).collect())
+}
+
 fn require_non_empty(value: &str, field: &str) -> Result<(), ArgsError> {
     if value.is_empty() {
         Err(ArgsError::new(field, "must not be empty"))

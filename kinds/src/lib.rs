@@ -16,7 +16,7 @@ pub mod touches;
 pub use args::{
     AgentArgs, ArgsError, BUILTIN_KINDS, BuiltinArgs, EchoArgs, FILE_KINDS, GlobArgs, GrepArgs,
     HOST_PROGRAM_KINDS, MemoryGetArgs, MemoryPutArgs, NoopArgs, ReadArgs, ShellArgs, SleepArgs,
-    WriteArgs, parse_args,
+    WriteArgs, builtin_arg_names, parse_args,
 };
 pub use size::parse_byte_size;
 pub use template::{

@@ -18,6 +18,9 @@ mod liveness;
 pub mod model;
 mod validate;
 
-pub use liveness::LivenessCheck;
+pub use liveness::{LivenessCheck, bounded_edit_distance};
 pub use model::*;
-pub use validate::{MAX_MEMORY_KEY_BYTES, SECRET_LABEL_PREFIX, check_memory_key, plan, plan_with};
+pub use validate::{
+    MAX_MEMORY_KEY_BYTES, SECRET_LABEL_PREFIX, check_memory_key, paths_outside_root, plan,
+    plan_with,
+};

@@ -236,7 +236,7 @@ pub(crate) fn closest<'a>(
 }
 
 /// Levenshtein distance over bytes, `None` once it must exceed `bound`.
-pub(crate) fn bounded_edit_distance(left: &str, right: &str, bound: usize) -> Option<usize> {
+pub fn bounded_edit_distance(left: &str, right: &str, bound: usize) -> Option<usize> {
     let (left, right) = (left.as_bytes(), right.as_bytes());
     let mut previous: Vec<usize> = (0..=right.len()).collect();
     let mut current = vec![0; right.len() + 1];

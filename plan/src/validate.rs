@@ -446,6 +446,24 @@ impl OpChecker<'_> {
         };
         match builtin {
             Ok(Some(builtin)) => {
+                if let volley_kinds::BuiltinArgs::Grep(grep) = &builtin
+                    && !volley_kinds::has_templates(&Value::String(grep.pattern.clone()))
+                    && let Err(message) = check_grep_pattern(&grep.pattern)
+                {
+                    self.problems.op(index, id, "args.pattern", message);
+                }
+                for (field, path) in file_path_args(&builtin) {
+                    if climbs_above_start(path) {
+                        self.problems.op(
+                            index,
+                            id,
+                            field,
+                            format!(
+                                "`{path}` climbs above the worker's root, where no file op may reach: paths resolve against the worker's --root (`volley run`: its --root, or the current directory); give a path inside it"
+                            ),
+                        );
+                    }
+                }
                 let touched = volley_kinds::touches(&builtin);
                 for (targets, write) in [(touched.reads, false), (touched.writes, true)] {
                     for target in targets {
@@ -752,6 +770,118 @@ impl OpChecker<'_> {
         }
         best.map(|(_, id)| id)
     }
+}
+
+/// A `grep` pattern compiled as the worker's `grep` compiles it (the
+/// `regex` crate, default options), so a bad one is refused before
+/// anything runs. The crate's multi-line report (pattern, caret, reason)
+/// is folded into one line.
+fn check_grep_pattern(pattern: &str) -> Result<(), String> {
+    match regex::Regex::new(pattern) {
+        Ok(_) => Ok(()),
+        Err(regex::Error::Syntax(report)) => {
+            // The last line says what is wrong ("error: unclosed group").
+            let reason = report
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|line| !line.is_empty())
+                .unwrap_or("invalid")
+                .trim_start_matches("error: ");
+            Err(format!("invalid regex `{pattern}`: {reason}"))
+        }
+        Err(error) => Err(format!(
+            "invalid regex `{pattern}`: {}",
+            error
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        )),
+    }
+}
+
+/// The file paths an op's args name, by field, as the file kinds resolve
+/// them against the worker's root. Templated ones are filled in later and
+/// left out.
+fn file_path_args(builtin: &volley_kinds::BuiltinArgs) -> Vec<(&'static str, &str)> {
+    use volley_kinds::BuiltinArgs;
+    let mut paths: Vec<(&'static str, &str)> = match builtin {
+        BuiltinArgs::Read(read) => vec![("args.path", read.path.as_str())],
+        BuiltinArgs::Write(write) => vec![("args.path", write.path.as_str())],
+        BuiltinArgs::Glob(glob) => vec![("args.pattern", glob.pattern.as_str())],
+        BuiltinArgs::Grep(grep) => [("args.path", &grep.path), ("args.glob", &grep.glob)]
+            .into_iter()
+            .filter_map(|(field, path)| path.as_deref().map(|path| (field, path)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    paths.retain(|(_, path)| !volley_kinds::has_templates(&Value::String((*path).to_owned())));
+    paths
+}
+
+/// The `cwd` a host program runs in, unless templated.
+fn cwd_arg(builtin: &volley_kinds::BuiltinArgs) -> Option<&str> {
+    use volley_kinds::BuiltinArgs;
+    let cwd = match builtin {
+        BuiltinArgs::Shell(shell) => shell.cwd.as_deref(),
+        BuiltinArgs::Agent(agent) => agent.cwd.as_deref(),
+        _ => None,
+    }?;
+    (!volley_kinds::has_templates(&Value::String(cwd.to_owned()))).then_some(cwd)
+}
+
+/// A relative path whose `..` climb above where it starts: outside any
+/// root, whatever the root is.
+fn climbs_above_start(path: &str) -> bool {
+    if path.starts_with('/') {
+        return false;
+    }
+    let normalized = normalize_path(path);
+    normalized == ".." || normalized.starts_with("../")
+}
+
+/// The paths of `batch` that leave `root` (absolute, canonical): the
+/// checks `volley run` adds to [`plan`], since only it knows the root its
+/// workers use. File paths and `cwd`, absolute or climbing out with `..`.
+pub fn paths_outside_root(batch: &Batch, root: &std::path::Path) -> Vec<Problem> {
+    let root_text = root.to_string_lossy();
+    let mut problems = Vec::new();
+    for op in &batch.ops {
+        let Ok(args) = serde_json::from_str::<Value>(if op.args_json.is_empty() {
+            "{}"
+        } else {
+            &op.args_json
+        }) else {
+            continue;
+        };
+        let Ok(Some(builtin)) = volley_kinds::parse_args(&op.kind, &args) else {
+            continue;
+        };
+        let mut paths = file_path_args(&builtin);
+        if let Some(cwd) = cwd_arg(&builtin) {
+            paths.push(("args.cwd", cwd));
+        }
+        for (field, path) in paths {
+            let outside = if path.starts_with('/') {
+                let normalized = normalize_path(path);
+                !(normalized == root_text
+                    || normalized.starts_with(&format!("{}/", root_text.trim_end_matches('/'))))
+            } else {
+                climbs_above_start(path)
+            };
+            if outside {
+                problems.push(Problem {
+                    op_id: op.id.clone(),
+                    field: field.to_owned(),
+                    message: format!(
+                        "`{path}` is outside the root {root_text}: paths resolve against it; give a path inside it, or choose the root with `volley run --root DIR`"
+                    ),
+                });
+            }
+        }
+    }
+    problems
 }
 
 /// The longest memory key (or namespace name), in bytes: keys are
@@ -1500,6 +1630,61 @@ mod tests {
 
     fn read(id: &str, path: &str) -> Op {
         op(id, "read", json!({"path": path}))
+    }
+
+    #[test]
+    fn a_bad_grep_pattern_is_refused_naming_op_field_and_reason() {
+        let ops = vec![
+            op("g", "grep", json!({"pattern": "(unclosed", "path": "src"})),
+            op(
+                "ok",
+                "grep",
+                json!({"pattern": "fn [a-z]+\\(", "path": "src"}),
+            ),
+            op(
+                "t",
+                "grep",
+                json!({"pattern": "${ops.ok.output}(", "path": "src"}),
+            ),
+        ];
+        let problem = only_problem(&batch(ops), "g", "args.pattern");
+        assert_eq!(problem.message, "invalid regex `(unclosed`: unclosed group");
+    }
+
+    #[test]
+    fn paths_climbing_above_any_root_are_refused_and_the_run_root_bounds_absolute_ones() {
+        let ops = vec![
+            op("r", "read", json!({"path": "../secrets.txt"})),
+            op("ok", "read", json!({"path": "a/../b.txt"})),
+            op("sh", "shell", json!({"cmd": "ls", "cwd": "../elsewhere"})),
+        ];
+        let problem = only_problem(&batch(ops.clone()), "r", "args.path");
+        assert!(
+            problem
+                .message
+                .starts_with("`../secrets.txt` climbs above the worker's root"),
+            "{problem:?}"
+        );
+        let mut with_absolute = ops;
+        with_absolute.push(op("abs", "write", json!({"path": "/etc/x", "content": ""})));
+        with_absolute.push(op(
+            "in",
+            "write",
+            json!({"path": "/work/root/x", "content": ""}),
+        ));
+        let outside = paths_outside_root(&batch(with_absolute), std::path::Path::new("/work/root"));
+        let named: Vec<(&str, &str)> = outside
+            .iter()
+            .map(|problem| (problem.op_id.as_str(), problem.field.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            [("r", "args.path"), ("sh", "args.cwd"), ("abs", "args.path")]
+        );
+        assert_eq!(
+            outside[2].message,
+            "`/etc/x` is outside the root /work/root: paths resolve against it; give a path inside it, or choose the root with `volley run --root DIR`"
+        );
     }
 
     #[test]

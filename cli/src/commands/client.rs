@@ -139,8 +139,14 @@ pub async fn submit(args: SubmitArgs) -> Exit {
         );
         return Exit::Invalid;
     }
-    let mut batch = match volley_client::read_batch_file(&args.file) {
-        Ok(batch) => batch,
+    exit::use_json_errors(matches!(args.output, OutputFormat::Json));
+    let mut batch = match volley_client::read_batch_file_with_warnings(&args.file) {
+        Ok((batch, warnings)) => {
+            for warning in warnings {
+                eprintln!("warning: {warning}");
+            }
+            batch
+        }
         Err(error) => return exit::batch_file_error(&error),
     };
     args.overrides.apply(&mut batch);
@@ -267,7 +273,7 @@ where
             return Err(exit::client_error(&error));
         }
         if tries >= CALL_TRIES {
-            eprintln!("error: {error}");
+            exit::print_unreachable(&error);
             if sent {
                 eprintln!(
                     "error: the {what} may or may not have taken effect; to retry it safely, run the same command with --idempotency-key {key}"

@@ -51,6 +51,11 @@ pub struct RunArgs {
     /// `volley worker --max-output`.
     #[arg(long, env = "VOLLEY_MAX_OUTPUT", default_value = "16MiB", value_parser = volley_kinds::parse_byte_size)]
     pub max_output: u64,
+    /// The directory file ops and `cwd` resolve against (the embedded
+    /// workers' root); paths leaving it are refused before anything runs.
+    /// Default: the current directory.
+    #[arg(long, env = "VOLLEY_RUN_ROOT")]
+    pub root: Option<PathBuf>,
     #[command(flatten)]
     pub overrides: super::BatchOverrides,
 }
@@ -58,8 +63,14 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs) -> Exit {
     telemetry::init("warn");
     // Read and parse first: a broken file needs nothing started.
-    let mut batch = match volley_client::read_batch_file(&args.file) {
-        Ok(batch) => batch,
+    exit::use_json_errors(matches!(args.output, OutputFormat::Json));
+    let mut batch = match volley_client::read_batch_file_with_warnings(&args.file) {
+        Ok((batch, warnings)) => {
+            for warning in warnings {
+                eprintln!("warning: {warning}");
+            }
+            batch
+        }
         Err(error) => return exit::batch_file_error(&error),
     };
     args.overrides.apply(&mut batch);
@@ -72,13 +83,44 @@ pub async fn run(args: RunArgs) -> Exit {
             .map(|count| count.get() as u32)
             .unwrap_or(1)
     });
-    let root = match std::env::current_dir().and_then(std::fs::canonicalize) {
-        Ok(root) => root,
-        Err(error) => {
-            eprintln!("error: cannot resolve the current directory: {error}");
-            return Exit::Invalid;
-        }
+    let root = match &args.root {
+        Some(root) => match std::fs::canonicalize(root) {
+            Ok(root) if root.is_dir() => root,
+            Ok(_) => {
+                eprintln!("error: --root {}: not a directory", root.display());
+                return Exit::Invalid;
+            }
+            Err(error) => {
+                eprintln!("error: --root {}: {error}", root.display());
+                return Exit::Invalid;
+            }
+        },
+        None => match std::env::current_dir().and_then(std::fs::canonicalize) {
+            Ok(root) => root,
+            Err(error) => {
+                eprintln!("error: cannot resolve the current directory: {error}");
+                return Exit::Invalid;
+            }
+        },
     };
+    // Only `volley run` knows its workers' root, so it checks paths against
+    // it here; the coordinator's validation follows.
+    let outside = volley_plan::paths_outside_root(&batch, &root);
+    if !outside.is_empty() {
+        let total = outside.len();
+        return exit::client_error(&volley_client::ClientError::Invalid {
+            message: format!("invalid batch: {total} problem(s)"),
+            problems: outside
+                .into_iter()
+                .map(|problem| volley_client::v1::Problem {
+                    op_id: problem.op_id,
+                    field: problem.field,
+                    message: problem.message,
+                })
+                .collect(),
+            total,
+        });
+    }
     // From here on Ctrl-C and SIGTERM are ours: they stop the batch and its
     // programs instead of ending the process under them.
     let mut interrupts = match Interrupts::listen() {

@@ -24,6 +24,25 @@ pub(super) struct HostProgram<'a> {
     pub(super) env: Vec<(OsString, OsString)>,
 }
 
+/// A `cwd` that is not a directory fails the op naming the directory: left
+/// to the spawn, the error would blame `sh` ("could not start sh: No such
+/// file or directory"). Permanent: another try on this worker finds the
+/// same tree.
+fn check_cwd(cwd: &str, resolved: &std::path::Path, against: &str) -> Result<(), HandlerError> {
+    if resolved.is_dir() {
+        return Ok(());
+    }
+    let what = if resolved.exists() {
+        "is not a directory"
+    } else {
+        "does not exist"
+    };
+    Err(HandlerError::permanent(format!(
+        "cwd `{cwd}` (resolved to {}) {what} on this worker (a relative cwd resolves against {against})",
+        resolved.display()
+    )))
+}
+
 /// Runs `program` to completion: stdout is the output, a non-zero exit fails
 /// with its code and the last stderr line, stderr goes in the details. The
 /// caller checks `allow_shell`.
@@ -58,12 +77,16 @@ pub(super) async fn run_host_program(
     command.arg("-c").arg(program.cmd);
     match (state.optional_root()?, program.cwd) {
         (Some(root), Some(cwd)) => {
-            command.current_dir(root.resolve(cwd)?);
+            let resolved = root.resolve(cwd)?;
+            check_cwd(cwd, &resolved, "the worker's --root")?;
+            command.current_dir(resolved);
         }
         (Some(root), None) => {
             command.current_dir(root.path());
         }
         (None, Some(cwd)) => {
+            let resolved = std::path::absolute(cwd).unwrap_or_else(|_| cwd.into());
+            check_cwd(cwd, &resolved, "the worker's own directory")?;
             command.current_dir(cwd);
         }
         (None, None) => {}

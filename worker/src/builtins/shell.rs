@@ -128,6 +128,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_missing_cwd_is_named_not_sh() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = shell_config(Some(dir.path()));
+        let error = run_kind(&config, "shell", json!({"cmd": "pwd", "cwd": "alpha"}))
+            .await
+            .unwrap_err();
+        let resolved = dir.path().canonicalize().unwrap().join("alpha");
+        assert_eq!(
+            error.message(),
+            format!(
+                "cwd `alpha` (resolved to {}) does not exist on this worker (a relative cwd resolves against the worker's --root)",
+                resolved.display()
+            )
+        );
+        assert!(!error.is_retryable());
+    }
+
+    #[tokio::test]
     async fn shell_stderr_is_truncated() {
         let output = run_kind(
             &shell_config(None),
