@@ -309,6 +309,23 @@ async fn batch_ids_take_a_unique_prefix_and_list_has_a_header_and_times() {
     // A unique prefix works for why and cancel; the cancelled report says
     // so once, with no durations or speedup for what never ran.
     let unique = &first[..first.len() - 2];
+    // `memory --batch` takes the prefix too: the key lands in that batch.
+    let put = admin(
+        &cluster,
+        &["memory", "--batch", unique, "put", "note", "by-prefix"],
+    )
+    .await;
+    assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
+    let got = admin(&cluster, &["memory", "--batch", &first, "get", "note"]).await;
+    assert_eq!(stdout(&got), "by-prefix", "{}", stderr(&got));
+    let ambiguous_memory =
+        admin(&cluster, &["memory", "--batch", &first[..4], "get", "note"]).await;
+    assert_eq!(
+        ambiguous_memory.status.code(),
+        Some(2),
+        "{}",
+        stderr(&ambiguous_memory)
+    );
     let why = admin(&cluster, &["why", unique, "hold"]).await;
     assert_eq!(why.status.code(), Some(0), "{}", stderr(&why));
     assert!(stdout(&why).starts_with("hold: "), "{}", stdout(&why));

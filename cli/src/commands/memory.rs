@@ -182,6 +182,14 @@ pub async fn run(args: MemoryArgs) -> Exit {
         Ok(client) => client,
         Err(exit) => return exit,
     };
+    // `--batch` takes a unique prefix of the id, as `status` does.
+    let scope = match scope {
+        Scope::Batch(given) => match super::client::resolve_batch_id(&client, &given).await {
+            Ok(batch) => Scope::Batch(batch),
+            Err(exit) => return exit,
+        },
+        other => other,
+    };
     let memory = with_writer(client.memory(scope), &args.writer_op, args.writer_attempt);
     let reconnect = WatchOptions {
         reconnect_budget: args.reconnect_for,
