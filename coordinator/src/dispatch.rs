@@ -46,7 +46,7 @@ use volley_store::{
 
 use crate::config::CoordinatorConfig;
 use crate::metrics::{DispatchMetrics, count_recorded, count_started};
-use crate::plans::{PlanCache, PlannedBatch, replan};
+use crate::plans::{PlanCache, PlannedBatch};
 use crate::service::now_ms;
 
 /// The first pause before claiming again from a batch whose last claim held
@@ -1678,13 +1678,15 @@ impl Dispatcher {
         }
         let claimed_count = claimed.len() as u32;
         active.in_flight += claimed_count;
-        let planned = if claimed
+        let needed = claimed
             .iter()
-            .any(|claim| claim.index as usize >= planned.plan.ops.len())
-        {
+            .map(|claim| claim.index as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let planned = if needed > planned.plan.ops.len() {
             // The batch grew (spawned ops) and the store made the new ops
             // ready before the new plan reached us: read it from the store.
-            match self.reload_plan(batch).await {
+            match self.reload_plan(batch, needed).await {
                 Some(reloaded) => reloaded,
                 None => planned,
             }
@@ -1725,33 +1727,19 @@ impl Dispatcher {
         (true, claimed_count)
     }
 
-    /// Re-plans a batch from its stored spec (the submission and every
-    /// spawned chunk) and dispatches from that plan on.
-    async fn reload_plan(&mut self, batch: &BatchId) -> Option<Arc<PlannedBatch>> {
-        let spec = match self.store.batch_spec(batch).await {
-            Ok(Some(spec)) => spec,
-            Ok(None) => return None,
-            Err(error) => {
-                warn!(%batch, %error, "could not read the batch's spec");
-                return None;
-            }
-        };
-        let id = batch.clone();
-        let replanned = tokio::task::spawn_blocking(move || replan(&id, &spec)).await;
-        match replanned {
-            Ok(Ok(planned)) => {
-                let planned = Arc::new(planned);
+    /// The batch's plan with at least `ops` ops — the cache's, or re-planned
+    /// from its stored spec (the submission and every spawned chunk) by
+    /// [`PlanCache::covering`] — and dispatches from that plan on.
+    async fn reload_plan(&mut self, batch: &BatchId, ops: usize) -> Option<Arc<PlannedBatch>> {
+        match self.plans.covering(self.store.as_ref(), batch, ops).await {
+            Ok(planned) => {
                 if let Some(active) = self.batches.get_mut(batch) {
                     active.planned = planned.clone();
                 }
                 Some(planned)
             }
-            Ok(Err(error)) => {
-                warn!(%batch, %error, "could not re-plan the batch");
-                None
-            }
             Err(error) => {
-                warn!(%batch, %error, "re-planning panicked");
+                warn!(%batch, %error, "could not re-plan the batch from its stored spec");
                 None
             }
         }
