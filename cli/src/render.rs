@@ -22,6 +22,9 @@ const MAX_TABLE_ROWS: usize = 200;
 /// their first error line); the rest are counted.
 const MAX_FAILED_NAMED: usize = 10;
 
+/// At most this many `foreach:` groups are summed up under a table.
+const MAX_GROUPS_NAMED: usize = 20;
+
 /// Set by `volley run`: its batch is gone once the report is printed, so
 /// the report points to `--output json`, not to `volley logs`.
 static REPORT_OF_A_RUN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -321,10 +324,73 @@ pub struct TableRows {
     /// named under the summary; `failed_seen` counts them all.
     failed: Vec<(String, String)>,
     failed_seen: usize,
+    /// Each `foreach:` group's ops counted by state, in the order first
+    /// seen.
+    groups: Vec<GroupTally>,
+    group_at: std::collections::HashMap<String, usize>,
+}
+
+/// The ops of one `foreach:` group, counted by state.
+struct GroupTally {
+    id: String,
+    total: u32,
+    succeeded: u32,
+    failed: u32,
+    skipped: u32,
+    cancelled: u32,
+}
+
+impl GroupTally {
+    fn count(&mut self, state: OpState) {
+        self.total += 1;
+        match state {
+            OpState::Succeeded => self.succeeded += 1,
+            OpState::Failed => self.failed += 1,
+            OpState::Skipped => self.skipped += 1,
+            OpState::Cancelled => self.cancelled += 1,
+            _ => {}
+        }
+    }
+
+    /// `200 ops: 196 succeeded, 4 failed` (states with no op left out).
+    fn words(&self) -> String {
+        let ended = self.succeeded + self.failed + self.skipped + self.cancelled;
+        let counts: Vec<String> = [
+            (self.succeeded, "succeeded"),
+            (self.failed, "failed"),
+            (self.skipped, "skipped"),
+            (self.cancelled, "cancelled"),
+            (self.total - ended, "not finished"),
+        ]
+        .into_iter()
+        .filter(|(count, _)| *count > 0)
+        .map(|(count, word)| format!("{count} {word}"))
+        .collect();
+        let ops = if self.total == 1 { "op" } else { "ops" };
+        format!("{} {ops}: {}", self.total, counts.join(", "))
+    }
 }
 
 impl TableRows {
     pub fn push(&mut self, op: v1::OpStatus) {
+        if !op.group.is_empty() {
+            let at = match self.group_at.get(&op.group) {
+                Some(at) => *at,
+                None => {
+                    self.group_at.insert(op.group.clone(), self.groups.len());
+                    self.groups.push(GroupTally {
+                        id: op.group.clone(),
+                        total: 0,
+                        succeeded: 0,
+                        failed: 0,
+                        skipped: 0,
+                        cancelled: 0,
+                    });
+                    self.groups.len() - 1
+                }
+            };
+            self.groups[at].count(op.state());
+        }
         if op.state() == OpState::Failed {
             if self.failed.len() < MAX_FAILED_NAMED {
                 self.failed
@@ -380,6 +446,10 @@ struct OpJson<'a> {
     details: serde_json::Value,
     duration_ms: u64,
     error: &'a str,
+    /// Only for ops expanded from a `foreach:` (documents of batches
+    /// without one read as they always have).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    group: &'a str,
     id: &'a str,
     kind: &'a str,
     output: &'a str,
@@ -420,6 +490,7 @@ impl<'out, W: Write> JsonReportWriter<'out, W> {
             details,
             duration_ms: op.duration_ms,
             error: &op.error,
+            group: &op.group,
             id: &op.id,
             kind: &op.kind,
             output: &op.output,
@@ -668,6 +739,25 @@ fn report_text_within(status: &v1::BatchStatus, rows: &TableRows, width: Option<
                 rows.seen - MAX_TABLE_ROWS
             ));
         }
+        if !rows.groups.is_empty() {
+            let id_width = rows
+                .groups
+                .iter()
+                .take(MAX_GROUPS_NAMED)
+                .map(|group| group.id.chars().count())
+                .max()
+                .unwrap_or(0);
+            text.push_str("foreach groups:\n");
+            for group in rows.groups.iter().take(MAX_GROUPS_NAMED) {
+                text.push_str(&format!("  {:<id_width$}  {}\n", group.id, group.words()));
+            }
+            if rows.groups.len() > MAX_GROUPS_NAMED {
+                text.push_str(&format!(
+                    "  … and {} more groups\n",
+                    rows.groups.len() - MAX_GROUPS_NAMED
+                ));
+            }
+        }
         if more_to_see {
             if of_a_run {
                 text.push_str("every op's whole output and stderr: --output json\n");
@@ -829,6 +919,7 @@ mod tests {
             error: String::new(),
             details_json: details_json.to_owned(),
             after: after.iter().map(|id| (*id).to_owned()).collect(),
+            group: String::new(),
         }
     }
 
@@ -1014,6 +1105,40 @@ mod tests {
             "  … and 2 more failed (all of them with --output json)"
         );
         assert_eq!(closing[12], "  see one in full: volley logs 0193-b test-0");
+    }
+
+    #[test]
+    fn foreach_groups_are_summed_up_under_the_table_and_named_in_json() {
+        let mut ops = Vec::new();
+        for index in 0..5 {
+            let mut member = if index == 3 {
+                failing_op(&format!("test-{index}"), "sh exited with code 1")
+            } else {
+                op(&format!("test-{index}"), OpState::Succeeded, "", &[])
+            };
+            member.group = "test".to_owned();
+            ops.push(member);
+        }
+        let mut lint = op("lint-a", OpState::Skipped, "", &[]);
+        lint.group = "lint".to_owned();
+        ops.push(lint);
+        ops.push(op("sum", OpState::Succeeded, "", &[]));
+        let mut rows = TableRows::default();
+        for op in ops.iter().cloned() {
+            rows.push(op);
+        }
+        let text = report_text_within(&status(ops.clone()), &rows, Some(80));
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines
+            .iter()
+            .position(|line| *line == "foreach groups:")
+            .unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(lines[at + 1], "  test  5 ops: 4 succeeded, 1 failed");
+        assert_eq!(lines[at + 2], "  lint  1 op: 1 skipped");
+        let json = streamed(&status(ops));
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["ops"][0]["group"], "test");
+        assert!(value["ops"][6].get("group").is_none(), "{json}");
     }
 
     #[test]

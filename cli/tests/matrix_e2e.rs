@@ -97,7 +97,8 @@ async fn a_failing_expansion_is_named_in_what_the_user_sees() {
     assert_eq!(report_op(&report, "test-api")["state"], "failed");
     assert_eq!(report_op(&report, "test-unit")["state"], "succeeded");
     assert_eq!(report_op(&report, "test-e2e")["state"], "succeeded");
-    // The table names the op too.
+    assert_eq!(report_op(&report, "test-api")["group"], "test", "{report}");
+    // The table names the op too, and sums the group up.
     let output = tokio::time::timeout(
         HANG_GUARD,
         volley()
@@ -112,6 +113,10 @@ async fn a_failing_expansion_is_named_in_what_the_user_sees() {
     assert_eq!(output.status.code(), Some(1));
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.contains("test-api"), "{table}");
+    assert!(
+        table.contains("foreach groups:\n  test  3 ops: 2 succeeded, 1 failed\n"),
+        "{table}"
+    );
 }
 
 #[tokio::test]
@@ -225,7 +230,9 @@ ops:
     for (number, line) in ["two=4", "three=9", "four=16"].iter().enumerate() {
         let op = report_op(&report, &format!("square-{}", number + 1));
         assert_eq!(op["output"], format!("{line}\n"), "{op}");
+        assert_eq!(op["group"], "square", "{op}");
     }
+    assert!(report_op(&report, "read").get("group").is_none());
     assert!(
         report_op(&report, "read")["output"]
             .as_str()

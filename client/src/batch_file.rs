@@ -648,6 +648,7 @@ impl OpEntry {
         v1::Op {
             id: self.id,
             kind: self.kind,
+            group: String::new(), // set by `foreach:` expansion
             args_json: self.args.map(|args| args.to_string()).unwrap_or_default(),
             after: self.after,
             run_if: match self.run_if {

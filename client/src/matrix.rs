@@ -687,6 +687,7 @@ fn expand_one(
 ) -> Result<v1::Op, (String, String)> {
     let mut op = template.clone();
     op.id = id;
+    op.group = template.id.clone();
     if !template.args_json.is_empty() {
         let args: Value = serde_json::from_str(&template.args_json)
             .map_err(|error| ("args".to_owned(), error.to_string()))?;
@@ -734,6 +735,8 @@ mod tests {
             serde_json::json!({"text": "suite api #2"})
         );
         assert_eq!(batch.ops[2].after, ["test-unit", "test-api"]);
+        let groups: Vec<&str> = batch.ops.iter().map(|op| op.group.as_str()).collect();
+        assert_eq!(groups, ["test", "test", ""]);
     }
 
     #[test]

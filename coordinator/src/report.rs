@@ -46,9 +46,10 @@ pub(crate) fn build(
         Some(page) => plan
             .ops
             .iter()
+            .enumerate()
             .skip(page.offset as usize)
             .zip(page.records)
-            .map(|(op, record)| v1::OpStatus {
+            .map(|((index, op), record)| v1::OpStatus {
                 id: op.id.as_str().to_owned(),
                 kind: op.kind.clone(),
                 state: convert::op_state(record.state) as i32,
@@ -68,6 +69,7 @@ pub(crate) fn build(
                     .iter()
                     .map(|index| planned.op_id(*index).to_owned())
                     .collect(),
+                group: plan.group_of(index as u32).unwrap_or_default().to_owned(),
             })
             .collect(),
         None => Vec::new(),

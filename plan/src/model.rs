@@ -73,6 +73,19 @@ pub struct Plan {
     /// `retry_failed: sequential`: once nothing else can run, the ops that
     /// failed get one more attempt each, one at a time.
     pub retry_failed_sequential: bool,
+    /// Runs of ops expanded from one `foreach:` op (`Op.group`), for
+    /// reports: kept once per run, not once per op, so a plan of a million
+    /// ungrouped ops pays nothing. Sorted by first index, not overlapping.
+    pub groups: Vec<GroupRun>,
+}
+
+/// Ops `start..end` (by index) were all expanded from the `foreach:` op
+/// `id`. One group may be several runs when its ops are not contiguous.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRun {
+    pub start: u32,
+    pub end: u32,
+    pub id: String,
 }
 
 /// Which failures get another attempt, and how long to wait first.
@@ -164,11 +177,70 @@ impl Plan {
     pub fn critical_path(&self, durations_ms: &[u64]) -> (Vec<u32>, u64) {
         crate::graph::critical_path(&self.ops, durations_ms)
     }
+
+    /// The `foreach:` op the op at `index` was expanded from, if any.
+    pub fn group_of(&self, index: u32) -> Option<&str> {
+        let after = self.groups.partition_point(|run| run.start <= index);
+        let run = self.groups.get(after.checked_sub(1)?)?;
+        (index < run.end).then_some(run.id.as_str())
+    }
+}
+
+/// The runs of `groups` (one per op, by index; empty: none).
+pub fn group_runs<'a>(groups: impl IntoIterator<Item = &'a str>) -> Vec<GroupRun> {
+    let mut runs: Vec<GroupRun> = Vec::new();
+    for (index, group) in groups.into_iter().enumerate() {
+        let index = index as u32;
+        if group.is_empty() {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(run) if run.end == index && run.id == group => run.end += 1,
+            _ => runs.push(GroupRun {
+                start: index,
+                end: index + 1,
+                id: group.to_owned(),
+            }),
+        }
+    }
+    runs
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_are_found_by_index_across_runs() {
+        let runs = group_runs(["", "t", "t", "", "u", "t", "t"]);
+        assert_eq!(runs.len(), 3);
+        let plan = Plan {
+            name: String::new(),
+            max_parallel: 0,
+            fail_fast: false,
+            hazards: HazardPolicy::Reject,
+            ops: Vec::new(),
+            warnings: Vec::new(),
+            namespace: None,
+            deadline_ms: 0,
+            retry_failed_sequential: false,
+            groups: runs,
+        };
+        let found: Vec<Option<&str>> = (0..8).map(|index| plan.group_of(index)).collect();
+        assert_eq!(
+            found,
+            [
+                None,
+                Some("t"),
+                Some("t"),
+                None,
+                Some("u"),
+                Some("t"),
+                Some("t"),
+                None
+            ]
+        );
+    }
 
     #[test]
     fn a_planned_op_stays_small() {

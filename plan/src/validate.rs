@@ -265,6 +265,7 @@ pub fn plan_with(
         namespace,
         deadline_ms: batch.deadline_ms,
         retry_failed_sequential,
+        groups: crate::model::group_runs(batch.ops.iter().map(|op| op.group.as_str())),
     })
 }
 
@@ -319,6 +320,16 @@ fn index_ids<'a>(ops: &'a [Op], problems: &mut Problems) -> HashMap<&'a str, u32
                 &op.id,
                 "id",
                 format!("bad id: an id is 1 to {MAX_ID_LEN} of `A-Z a-z 0-9 _ . -`"),
+            );
+        }
+        if op.group.len() > MAX_ID_LEN || !op.group.bytes().all(is_id_byte) {
+            problems.op(
+                index,
+                &op.id,
+                "group",
+                format!(
+                    "bad group: a group is the id of the `foreach:` op it was expanded from, up to {MAX_ID_LEN} of `A-Z a-z 0-9 _ . -`"
+                ),
             );
         }
         match index_of.entry(op.id.as_str()) {
