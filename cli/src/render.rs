@@ -1136,7 +1136,7 @@ mod tests {
         assert_eq!(lines[at + 1], "  test  5 ops: 4 succeeded, 1 failed");
         assert_eq!(lines[at + 2], "  lint  1 op: 1 skipped");
         let json = streamed(&status(ops));
-        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).expect("the report is JSON");
         assert_eq!(value["ops"][0]["group"], "test");
         assert!(value["ops"][6].get("group").is_none(), "{json}");
     }
