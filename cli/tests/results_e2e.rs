@@ -186,6 +186,22 @@ async fn a_failed_batch_names_its_failed_ops_and_logs_prints_one_in_full() {
         stderr(&failed),
         "oops: no such suite\nvolley logs: op `bad1` failed after 1 attempt(s): shell exited with code 3: oops: no such suite\n"
     );
+    // The same for a script: one JSON document.
+    let json = admin(&cluster, &["logs", &batch[..8], "bad1", "--output", "json"]).await;
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    assert_eq!(stderr(&json), "");
+    let document: serde_json::Value =
+        serde_json::from_str(&stdout(&json)).expect("logs --output json prints JSON");
+    assert_eq!(document["batch_id"], batch.as_str());
+    assert_eq!(document["op_id"], "bad1");
+    assert_eq!(document["state"], "failed");
+    assert_eq!(document["attempts"], 1);
+    assert_eq!(document["stdout"], "partial\n");
+    assert_eq!(document["stderr"], "oops: no such suite\n");
+    assert_eq!(
+        document["error"],
+        "shell exited with code 3: oops: no such suite"
+    );
     let echoed = admin(
         &cluster,
         &["logs", &batch, "long-output-in-a-narrow-terminal"],

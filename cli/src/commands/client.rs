@@ -739,6 +739,10 @@ pub struct LogsArgs {
     /// its stderr on stderr, or both.
     #[arg(long, value_enum, env = "VOLLEY_LOGS_STREAM", default_value_t = LogStream::Both)]
     pub stream: LogStream,
+    /// `json`: one JSON document on stdout with the op's state, whole
+    /// output and stderr, error and attempts (`--stream` does not apply).
+    #[arg(long, value_enum, env = "VOLLEY_OUTPUT", default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
 /// `volley logs BATCH OP`: the op's whole output on stdout, then its
@@ -790,6 +794,33 @@ pub async fn logs(args: LogsArgs) -> Exit {
         op.output.as_str()
     };
     use std::io::Write;
+    let stderr_truncated = details
+        .get("stderr_truncated")
+        .and_then(serde_json::Value::as_bool)
+        == Some(true);
+    if args.output == OutputFormat::Json {
+        let document = serde_json::json!({
+            "batch_id": batch_id,
+            "op_id": op.id,
+            "kind": op.kind,
+            "group": op.group,
+            "state": render::op_state_word(op.state()),
+            "attempts": op.attempts,
+            "worker": op.worker,
+            "started_ms": op.started_ms,
+            "duration_ms": op.duration_ms,
+            "stdout": stdout_text,
+            "stderr": stderr_text,
+            "stderr_truncated": stderr_truncated,
+            "error": op.error,
+        });
+        let mut stdout = std::io::stdout().lock();
+        let _ = serde_json::to_writer_pretty(&mut stdout, &document)
+            .map_err(std::io::Error::from)
+            .and_then(|()| stdout.write_all(b"\n"))
+            .and_then(|()| stdout.flush());
+        return Exit::Success;
+    }
     if args.stream != LogStream::Stderr {
         let mut stdout = std::io::stdout().lock();
         // A closed stdout (`| head`) is not worth a panic.
@@ -804,11 +835,7 @@ pub async fn logs(args: LogsArgs) -> Exit {
             .and_then(|()| stderr.flush());
     }
     let mut notes = Vec::new();
-    if details
-        .get("stderr_truncated")
-        .and_then(serde_json::Value::as_bool)
-        == Some(true)
-    {
+    if stderr_truncated {
         notes.push(format!(
             "the op's stderr was longer than the worker keeps: this is its end ({} bytes)",
             stderr_text.len()
