@@ -342,6 +342,33 @@ async fn batch_ids_take_a_unique_prefix_and_list_has_a_header_and_times() {
         "{}",
         stderr(&ambiguous_memory)
     );
+    // So does `spawn --batch`: the op is added to that batch, and the
+    // message names it in full.
+    batch_file(
+        cluster.root(),
+        "more.yaml",
+        "ops:\n  - {id: extra, kind: echo, args: {text: more}}\n",
+    );
+    let spawned = admin(&cluster, &["spawn", "more.yaml", "--batch", unique]).await;
+    assert_eq!(spawned.status.code(), Some(0), "{}", stderr(&spawned));
+    assert_eq!(
+        stderr(&spawned).trim(),
+        format!("1 op(s) added to batch {first}")
+    );
+    let summary = cluster.client.summary(&first).await.expect("summary");
+    assert_eq!(summary.total, 2, "{summary:?}");
+    let ambiguous_spawn = admin(&cluster, &["spawn", "more.yaml", "--batch", &first[..4]]).await;
+    assert_eq!(
+        ambiguous_spawn.status.code(),
+        Some(2),
+        "{}",
+        stderr(&ambiguous_spawn)
+    );
+    assert!(
+        stderr(&ambiguous_spawn).contains("is ambiguous"),
+        "{}",
+        stderr(&ambiguous_spawn)
+    );
     let why = admin(&cluster, &["why", unique, "hold"]).await;
     assert_eq!(why.status.code(), Some(0), "{}", stderr(&why));
     assert!(stdout(&why).starts_with("hold: "), "{}", stdout(&why));

@@ -650,7 +650,7 @@ const MAX_CANDIDATES_SHOWN: usize = 10;
 
 /// Whether `id` is a whole batch id as coordinators make them (a UUID,
 /// `8-4-4-4-12` hex digits): it is used as it is, with no lookup.
-fn is_whole_batch_id(id: &str) -> bool {
+pub(crate) fn is_whole_batch_id(id: &str) -> bool {
     id.len() == 36
         && id.char_indices().all(|(index, character)| match index {
             8 | 13 | 18 | 23 => character == '-',

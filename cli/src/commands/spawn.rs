@@ -21,7 +21,7 @@ pub struct SpawnArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// The running batch to grow.
+    /// The running batch to grow (its id, or a unique prefix of it).
     #[arg(long, env = "VOLLEY_BATCH")]
     pub batch: String,
     /// The op that spawns (recorded with the new ops).
@@ -46,9 +46,23 @@ pub async fn run(args: SpawnArgs) -> Exit {
     } else {
         args.idempotency.key()
     };
+    // `--batch` takes a unique prefix of the id, as `status` does (an
+    // agent's VOLLEY_BATCH is always whole: no call for it).
+    let batch_id = if super::client::is_whole_batch_id(args.batch.trim()) {
+        args.batch.trim().to_owned()
+    } else {
+        let client = match super::client::connect(&args.cluster).await {
+            Ok(client) => client,
+            Err(exit) => return exit,
+        };
+        match super::client::resolve_batch_id(&client, &args.batch).await {
+            Ok(batch_id) => batch_id,
+            Err(exit) => return exit,
+        }
+    };
     let spawned = call_with_retries(&args.cluster, "spawn", &key, |client| {
         let ops = batch.ops.clone();
-        let (batch_id, op, key) = (args.batch.clone(), args.op.clone(), key.clone());
+        let (batch_id, op, key) = (batch_id.clone(), args.op.clone(), key.clone());
         async move { client.spawn_ops_idempotent(&batch_id, ops, &op, &key).await }
     })
     .await;
@@ -57,7 +71,7 @@ pub async fn run(args: SpawnArgs) -> Exit {
             for warning in &response.warnings {
                 eprintln!("warning: {warning}");
             }
-            eprintln!("{} op(s) added to batch {}", response.op_count, args.batch);
+            eprintln!("{} op(s) added to batch {batch_id}", response.op_count);
             Exit::Success
         }
         Err(exit) => exit,
