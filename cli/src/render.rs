@@ -835,9 +835,14 @@ fn report_text_within(status: &v1::BatchStatus, rows: &TableRows, width: Option<
             status.critical_path.join(" → ")
         };
         text.push_str(&format!(
-            "critical path: {} ({} ops): {path}\n",
+            "critical path: {} ({} {}): {path}\n",
             duration(status.critical_path_ms),
-            status.critical_path.len()
+            status.critical_path.len(),
+            if status.critical_path.len() == 1 {
+                "op"
+            } else {
+                "ops"
+            }
         ));
     }
     // A batch that ran nothing (cancelled before any op ended, say) has no
