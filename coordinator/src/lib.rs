@@ -43,6 +43,7 @@ pub mod service;
 mod spawn;
 mod tokens;
 mod tracing_ctx;
+pub mod views;
 mod why;
 
 pub use config::CoordinatorConfig;
