@@ -120,6 +120,32 @@ async fn a_failing_expansion_is_named_in_what_the_user_sees() {
 }
 
 #[tokio::test]
+async fn a_numeric_item_works_inside_shell_arithmetic() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let file = batch_file(
+        root.path(),
+        "modulo.yaml",
+        "name: modulo\nops:\n  - id: cmd\n    kind: shell\n    foreach: {range: [35, 38]}\n    args: {cmd: \"test $((${item} % 37)) -ne 0 && echo ${item}\"}\n",
+    );
+    let (code, report) = tokio::time::timeout(HANG_GUARD, run_json(root.path(), &file, &[]))
+        .await
+        .expect("volley run ends");
+    assert_eq!(code, Some(1), "{report}");
+    for (item, state) in [
+        (35, "succeeded"),
+        (36, "succeeded"),
+        (37, "failed"),
+        (38, "succeeded"),
+    ] {
+        let op = report_op(&report, &format!("cmd-{item}"));
+        assert_eq!(op["state"], state, "{op}");
+        if state == "succeeded" {
+            assert_eq!(op["output"], format!("{item}\n"), "{op}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_bad_item_or_source_is_refused_before_anything_runs_naming_op_item_and_line() {
     let root = tempfile::tempdir().expect("temp dir");
     for (name, text, expected) in [
@@ -132,6 +158,11 @@ async fn a_bad_item_or_source_is_refused_before_anything_runs_naming_op_item_and
             "huge.yaml",
             "ops:\n  - id: touch\n    kind: shell\n    foreach: {range: [0, 9999999999]}\n    args: {cmd: \"touch ran-${item}\"}\n",
             "op `touch` (line 4): field `foreach`: `range: [0, 9999999999]` has 10000000000 items",
+        ),
+        (
+            "arithmetic.yaml",
+            "ops:\n  - id: touch\n    kind: shell\n    foreach: [1, \"a[$(touch ran-pwned)]\"]\n    args: {cmd: \"touch ran-$((${item} % 37))\"}\n",
+            "op `touch` (line 4) item 2 (`a[$(touch ran-pwned)]`): field `args.cmd`: `${item}` stands inside `$((…))`, where only a whole number can go",
         ),
         (
             "race.yaml",

@@ -644,9 +644,16 @@ fn fill_args(
                     }
                     spots.push((range.clone(), name));
                 }
-                let spots: Vec<(std::ops::Range<usize>, &str)> = spots
+                let spots: Vec<volley_kinds::template::Spot<'_>> = spots
                     .iter()
-                    .map(|(range, name)| (range.clone(), name.as_str()))
+                    .map(|(range, name)| volley_kinds::template::Spot {
+                        range: range.clone(),
+                        name: name.as_str(),
+                        value: variables
+                            .iter()
+                            .find(|(known, _)| known == name)
+                            .map_or("", |(_, value)| value.as_str()),
+                    })
                     .collect();
                 let quoted = volley_kinds::template::quote_variables(cmd, &spots)
                     .map_err(|message| (path.clone(), message))?;

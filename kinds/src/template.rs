@@ -177,8 +177,12 @@ enum Quoting {
 #[derive(Clone, Debug)]
 struct ShellScan {
     state: Quoting,
-    /// Per open `$(`: the quoting it returns to, and `(`s open inside it.
-    substitutions: Vec<(Quoting, u32)>,
+    /// Per open `$(`: the quoting it returns to, `(`s open inside it, and
+    /// whether it is an arithmetic expansion (`$((`).
+    substitutions: Vec<(Quoting, u32, bool)>,
+    /// The last character opened a `$(` (a `(` right after it makes it
+    /// `$((`).
+    opened: bool,
     /// The last character was an unconsumed backslash.
     escaped: bool,
     /// The last character was a bare or double-quoted `$`.
@@ -192,7 +196,16 @@ impl ShellScan {
             substitutions: Vec::new(),
             escaped: false,
             dollar: false,
+            opened: false,
         }
+    }
+
+    /// Whether the spot is inside `$((…))` (innermost), where a shell
+    /// takes only a number: a quoted word there is a syntax error.
+    fn in_arithmetic(&self) -> bool {
+        self.substitutions
+            .last()
+            .is_some_and(|(_, _, arithmetic)| *arithmetic)
     }
 
     fn follow(&mut self, text: &str) {
@@ -203,22 +216,27 @@ impl ShellScan {
                 continue;
             }
             let dollar = std::mem::take(&mut self.dollar);
+            let opened = std::mem::take(&mut self.opened);
             match (self.state, character) {
                 (Quoting::Bare | Quoting::Double, '\\') => self.escaped = true,
                 (Quoting::Bare | Quoting::Double, '$') => self.dollar = true,
                 (Quoting::Bare | Quoting::Double, '(') if dollar => {
-                    self.substitutions.push((self.state, 0));
+                    self.substitutions.push((self.state, 0, false));
                     self.state = Quoting::Bare;
+                    self.opened = true;
                 }
                 (Quoting::Bare, '(') => {
-                    if let Some((_, depth)) = self.substitutions.last_mut() {
+                    if let Some((_, depth, arithmetic)) = self.substitutions.last_mut() {
                         *depth += 1;
+                        if opened {
+                            *arithmetic = true;
+                        }
                     }
                 }
                 (Quoting::Bare, ')') => match self.substitutions.last_mut() {
-                    Some((_, depth)) if *depth > 0 => *depth -= 1,
+                    Some((_, depth, _)) if *depth > 0 => *depth -= 1,
                     Some(_) => {
-                        if let Some((outer, _)) = self.substitutions.pop() {
+                        if let Some((outer, _, _)) = self.substitutions.pop() {
                             self.state = outer;
                         }
                     }
@@ -260,6 +278,24 @@ fn render_shell(
                     failure = Some(format!(
                         "`{reference}` right after a backslash: remove the backslash (a filled value is always one quoted word)"
                     ));
+                    return Ok(());
+                }
+                if scan.in_arithmetic() {
+                    // `$((…))` takes a number, never a quoted word: a
+                    // whole number is pasted as its digits (nothing else
+                    // can ride along), anything else is refused.
+                    scan.dollar = false;
+                    let value = match &reference {
+                        Reference::Secret(_) => None,
+                        _ => lookup(&reference),
+                    };
+                    match value.as_deref().map(whole_number) {
+                        Some(Ok(number)) => rendered.push_str(&number),
+                        Some(Err(())) | None => {
+                            failure =
+                                Some(arithmetic_refusal(&reference.to_string(), value.as_deref()));
+                        }
+                    }
                     return Ok(());
                 }
                 let name = match named.iter().find(|(known, _)| known == &reference) {
@@ -331,14 +367,11 @@ fn render_shell(
 ///
 /// For placeholders a client fills in before submitting (a batch file's
 /// `foreach` items), which are not templates the coordinator knows.
-pub fn quote_variables(
-    cmd: &str,
-    spots: &[(std::ops::Range<usize>, &str)],
-) -> Result<String, String> {
+pub fn quote_variables(cmd: &str, spots: &[Spot<'_>]) -> Result<String, String> {
     let mut rendered = String::with_capacity(cmd.len() + spots.len() * 24);
     let mut scan = ShellScan::new();
     let mut done = 0;
-    for (range, name) in spots {
+    for Spot { range, name, value } in spots {
         let Some(literal) = cmd.get(done..range.start) else {
             return Err(format!(
                 "spot {}..{} is out of order",
@@ -354,6 +387,14 @@ pub fn quote_variables(
             ));
         }
         scan.dollar = false;
+        if scan.in_arithmetic() {
+            let number = whole_number(value).map_err(|()| {
+                arithmetic_refusal(cmd.get(range.clone()).unwrap_or_default(), Some(value))
+            })?;
+            rendered.push_str(&number);
+            done = range.end;
+            continue;
+        }
         match scan.state {
             Quoting::Bare => rendered.push_str(&format!("\"$${{{name}}}\"")),
             Quoting::Double => rendered.push_str(&format!("$${{{name}}}")),
@@ -364,6 +405,44 @@ pub fn quote_variables(
     let rest = cmd.get(done..).unwrap_or_default();
     rendered.push_str(rest);
     Ok(rendered)
+}
+
+/// A placeholder of a command that [`quote_variables`] replaces.
+#[derive(Clone, Debug)]
+pub struct Spot<'a> {
+    /// Its bytes in the command.
+    pub range: std::ops::Range<usize>,
+    /// The environment variable that holds its value.
+    pub name: &'a str,
+    /// Its value: pasted as digits where only a number can stand.
+    pub value: &'a str,
+}
+
+/// `value` as the digits of a whole number (surrounding whitespace, such
+/// as an output's last newline, dropped), or `Err` when it is not one.
+fn whole_number(value: &str) -> Result<String, ()> {
+    let trimmed = value.trim();
+    let digits = trimmed.strip_prefix('-').unwrap_or(trimmed);
+    if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(());
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Why a value cannot stand inside `$((…))`.
+fn arithmetic_refusal(spot: &str, value: Option<&str>) -> String {
+    match value {
+        Some(value) => {
+            let shown: String = value.trim().chars().take(40).collect();
+            format!(
+                "`{spot}` stands inside `$((…))`, where only a whole number can go, and its value `{}` is not one",
+                shown.escape_debug()
+            )
+        }
+        None => format!(
+            "`{spot}` stands inside `$((…))`, where only a whole number can go (a secret never can)"
+        ),
+    }
 }
 
 /// The secret's name when `text` is exactly one `${secret.NAME}`.
@@ -886,9 +965,19 @@ mod tests {
         let second = spot("${a}", first.end);
         let third = spot("${b}", 0);
         let fourth = spot("${a}", third.end);
+        let at = |range: std::ops::Range<usize>, name| Spot {
+            range,
+            name,
+            value: "v",
+        };
         let quoted = quote_variables(
             cmd,
-            &[(first, "A"), (second, "A"), (third, "B"), (fourth, "A")],
+            &[
+                at(first, "A"),
+                at(second, "A"),
+                at(third, "B"),
+                at(fourth, "A"),
+            ],
         )
         .unwrap();
         assert_eq!(
@@ -901,8 +990,73 @@ mod tests {
             rendered,
             json!("echo x\"${A}\" ''\"${A}\"'' \"${B}\" $(cat \"${A}\")")
         );
-        let escaped = quote_variables("echo \\${a}", &[(6..10, "A")]).unwrap_err();
+        let escaped = quote_variables("echo \\${a}", &[at(6..10, "A")]).unwrap_err();
         assert!(escaped.contains("backslash"), "{escaped}");
+    }
+
+    #[test]
+    fn inside_arithmetic_a_whole_number_is_pasted_and_anything_else_refused() {
+        let cmd = "test $((${a} % 37)) -ne 0 && echo \"$(( ${a} + $(wc -c < ${a}) ))\"";
+        let spots: Vec<std::ops::Range<usize>> = cmd
+            .match_indices("${a}")
+            .map(|(start, found)| start..start + found.len())
+            .collect();
+        let with = |value| {
+            let spots: Vec<Spot<'_>> = spots
+                .iter()
+                .map(|range| Spot {
+                    range: range.clone(),
+                    name: "A",
+                    value,
+                })
+                .collect();
+            quote_variables(cmd, &spots)
+        };
+        assert_eq!(
+            with(" 74\n").unwrap(),
+            "test $((74 % 37)) -ne 0 && echo \"$(( 74 + $(wc -c < \"$${A}\") ))\""
+        );
+        assert_eq!(
+            with("-3").unwrap(),
+            "test $((-3 % 37)) -ne 0 && echo \"$(( -3 + $(wc -c < \"$${A}\") ))\""
+        );
+        for hostile in [
+            "a[$(touch pwned)]",
+            "1+1",
+            "",
+            "1 2",
+            "0x10",
+            "99999999999999999999",
+        ] {
+            let refused = with(hostile).unwrap_err();
+            assert!(
+                refused.contains("stands inside `$((…))`, where only a whole number can go"),
+                "{hostile:?}: {refused}"
+            );
+        }
+        // At dispatch: an op's output the same way.
+        let lookup = |reference: &Reference| match reference {
+            Reference::OpOutput(id) if id == "n" => Some("42\n".to_owned()),
+            _ => Some("$(touch pwned)".to_owned()),
+        };
+        let rendered = render_command(
+            &json!({"cmd": "echo $(( ${ops.n.output} * 2 )) ${ops.n.output}"}),
+            &lookup,
+        )
+        .unwrap();
+        assert_eq!(
+            rendered["cmd"],
+            json!("echo $(( 42 * 2 )) \"${VOLLEY_IN_1}\"")
+        );
+        let refused =
+            render_command(&json!({"cmd": "echo $(( ${ops.x.output} ))"}), &lookup).unwrap_err();
+        assert!(refused.to_string().contains("is not one"), "{refused}");
+        let secret =
+            render_command(&json!({"cmd": "echo $(( ${secret.S} ))"}), &lookup).unwrap_err();
+        assert!(
+            secret.to_string().contains("a secret never can"),
+            "{secret}"
+        );
     }
 
     #[test]
