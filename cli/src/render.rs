@@ -29,6 +29,72 @@ const MAX_GROUPS_NAMED: usize = 20;
 /// the report points to `--output json`, not to `volley logs`.
 static REPORT_OF_A_RUN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Set by `--logs-dir`: where the report writes each op's output and
+/// stderr, one file each, as the ops stream by.
+static LOGS_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Reports from now on also write each op's output to `DIR/OP.out` and
+/// its stderr to `DIR/OP.err` (`--logs-dir`). Creates `dir`; an error says
+/// why it cannot be used, before anything runs.
+pub fn write_logs_to(dir: &std::path::Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|error| format!("--logs-dir {}: {error}", dir.display()))?;
+    let _ = LOGS_DIR.set(dir.to_owned());
+    Ok(())
+}
+
+/// An op's two streams as the user wants them: its output (a failed
+/// program's stdout is in its details, a failed op having no output), its
+/// stderr (what the worker kept), and whether that stderr was cut.
+pub fn op_streams(op: &v1::OpStatus) -> (String, String, bool) {
+    let details: serde_json::Value = if op.details_json.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&op.details_json).unwrap_or(serde_json::Value::Null)
+    };
+    let text = |field: &str| {
+        details
+            .get(field)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let stdout = if op.output.is_empty() {
+        text("stdout")
+    } else {
+        op.output.clone()
+    };
+    let truncated = details
+        .get("stderr_truncated")
+        .and_then(serde_json::Value::as_bool)
+        == Some(true);
+    (stdout, text("stderr"), truncated)
+}
+
+/// Writes `op`'s streams under the `--logs-dir`, if one was given. An op
+/// id is a file name (`A-Z a-z 0-9 _ . -`, no `/`), so nothing lands
+/// outside the directory. False once a write failed (said once).
+fn write_op_logs(op: &v1::OpStatus) -> bool {
+    let Some(dir) = LOGS_DIR.get() else {
+        return true;
+    };
+    if op.id.is_empty() || op.id.contains(['/', '\\', '\0']) {
+        return true;
+    }
+    let (stdout, stderr, _) = op_streams(op);
+    let written = std::fs::write(dir.join(format!("{}.out", op.id)), stdout)
+        .and_then(|()| std::fs::write(dir.join(format!("{}.err", op.id)), stderr));
+    if let Err(error) = written {
+        eprintln!(
+            "warning: --logs-dir {}: cannot write op `{}`'s logs: {error}",
+            dir.display(),
+            op.id
+        );
+        return false;
+    }
+    true
+}
+
 /// The reports this process prints are of `volley run`'s own batch.
 pub fn reports_are_of_a_run() {
     REPORT_OF_A_RUN.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -280,10 +346,14 @@ pub async fn print_report(
     .transpose();
     let mut rows = TableRows::default();
     let mut next = 0u32;
+    let mut logs_ok = true;
     loop {
         let got = ops.len() as u32;
         next = next.saturating_add(got);
         for op in ops {
+            if logs_ok {
+                logs_ok = write_op_logs(&op);
+            }
             match &mut json {
                 Ok(Some(writer)) => {
                     if let Err(error) = writer.op(&op) {
@@ -758,9 +828,16 @@ fn report_text_within(status: &v1::BatchStatus, rows: &TableRows, width: Option<
                 ));
             }
         }
-        if more_to_see {
+        if let Some(dir) = LOGS_DIR.get() {
+            text.push_str(&format!(
+                "each op's whole output and stderr: {}/OP.out, OP.err\n",
+                dir.display()
+            ));
+        } else if more_to_see {
             if of_a_run {
-                text.push_str("every op's whole output and stderr: --output json\n");
+                text.push_str(
+                    "every op's whole output and stderr: --logs-dir DIR (a file each) or --output json\n",
+                );
             } else {
                 text.push_str(&format!(
                     "one op's whole output and stderr: volley logs {} OP\n",

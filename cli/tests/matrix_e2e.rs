@@ -113,10 +113,44 @@ async fn a_failing_expansion_is_named_in_what_the_user_sees() {
     assert_eq!(output.status.code(), Some(1));
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.contains("test-api"), "{table}");
+
     assert!(
         table.contains("foreach groups:\n  test  3 ops: 2 succeeded, 1 failed\n"),
         "{table}"
     );
+}
+
+#[tokio::test]
+async fn run_writes_each_ops_output_and_stderr_to_the_logs_dir() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let file = batch_file(
+        root.path(),
+        "suites.yaml",
+        "name: suites\nops:\n  - id: suite\n    kind: shell\n    foreach: [unit, api]\n    args: {cmd: \"echo ran ${item}; echo ${item} says >&2; test ${item} != api\"}\n",
+    );
+    let output = tokio::time::timeout(
+        HANG_GUARD,
+        volley()
+            .args([
+                "run",
+                file.to_str().expect("utf-8"),
+                "--logs-dir",
+                "out/logs",
+            ])
+            .current_dir(root.path())
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("volley run ends")
+    .expect("volley run");
+    assert_eq!(output.status.code(), Some(1));
+    let read =
+        |name: &str| std::fs::read_to_string(root.path().join("out/logs").join(name)).expect(name);
+    assert_eq!(read("suite-unit.out"), "ran unit\n");
+    assert_eq!(read("suite-unit.err"), "unit says\n");
+    assert_eq!(read("suite-api.out"), "ran api\n");
+    assert_eq!(read("suite-api.err"), "api says\n");
 }
 
 #[tokio::test]

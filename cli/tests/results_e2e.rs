@@ -166,6 +166,53 @@ async fn a_failed_batch_names_its_failed_ops_and_logs_prints_one_in_full() {
         stdout(&status)
     );
 
+    // Every op's streams as files: `--logs-dir`, beside the same report.
+    let logs_dir = cluster.root().join("logs-of-mixed");
+    let with_files = admin(
+        &cluster,
+        &[
+            "status",
+            &batch,
+            "--logs-dir",
+            logs_dir.to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    assert_eq!(with_files.status.code(), Some(1), "{}", stderr(&with_files));
+    let read = |name: &str| std::fs::read_to_string(logs_dir.join(name)).expect(name);
+    assert_eq!(read("ok.out"), "line1\nline2\n");
+    assert_eq!(read("ok.err"), "to stderr\n");
+    assert_eq!(read("bad1.out"), "partial\n");
+    assert_eq!(read("bad1.err"), "oops: no such suite\n");
+    assert!(
+        stdout(&with_files).contains(&format!(
+            "each op's whole output and stderr: {}/OP.out, OP.err",
+            logs_dir.display()
+        )),
+        "{}",
+        stdout(&with_files)
+    );
+    // A directory that cannot be made: refused before anything is read.
+    let blocked = cluster.root().join("a-file");
+    std::fs::write(&blocked, "x").expect("write");
+    let refused = admin(
+        &cluster,
+        &[
+            "status",
+            &batch,
+            "--logs-dir",
+            blocked.join("sub").to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).starts_with("error: --logs-dir "),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(stdout(&refused), "");
+
     // One op in full: stdout on stdout, stderr on stderr, exit 0.
     let logs = admin(&cluster, &["logs", &batch, "ok"]).await;
     assert_eq!(logs.status.code(), Some(0), "{}", stderr(&logs));
@@ -493,7 +540,9 @@ async fn a_failed_run_names_its_failed_ops_and_points_to_json() {
     // The batch of a run is gone once it ends: no `volley logs` to point at.
     assert!(!report.contains("volley logs"), "{report}");
     assert!(
-        report.contains("every op's whole output and stderr: --output json"),
+        report.contains(
+            "every op's whole output and stderr: --logs-dir DIR (a file each) or --output json"
+        ),
         "{report}"
     );
     for line in table_lines(&report) {

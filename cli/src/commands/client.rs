@@ -53,6 +53,10 @@ pub struct SubmitArgs {
     pub overrides: super::BatchOverrides,
     #[arg(long, value_enum, env = "VOLLEY_OUTPUT", default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// Also write each op's whole output to DIR/OP.out and its stderr to
+    /// DIR/OP.err as the report is printed (DIR is created if missing).
+    #[arg(long, value_name = "DIR", env = "VOLLEY_LOGS_DIR")]
+    pub logs_dir: Option<PathBuf>,
     #[command(flatten)]
     pub idempotency: IdempotencyArgs,
 }
@@ -89,6 +93,10 @@ pub struct WatchArgs {
     pub after: u64,
     #[arg(long, value_enum, env = "VOLLEY_OUTPUT", default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// Also write each op's whole output to DIR/OP.out and its stderr to
+    /// DIR/OP.err as the report is printed (DIR is created if missing).
+    #[arg(long, value_name = "DIR", env = "VOLLEY_LOGS_DIR")]
+    pub logs_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -98,6 +106,10 @@ pub struct StatusArgs {
     pub cluster: ClusterArgs,
     #[arg(long, value_enum, env = "VOLLEY_OUTPUT", default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// Also write each op's whole output to DIR/OP.out and its stderr to
+    /// DIR/OP.err as the report is printed (DIR is created if missing).
+    #[arg(long, value_name = "DIR", env = "VOLLEY_LOGS_DIR")]
+    pub logs_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -131,8 +143,21 @@ pub(crate) async fn connect(cluster: &ClusterArgs) -> Result<Client, Exit> {
         .map_err(|error| exit::client_error(&error))
 }
 
+/// `--logs-dir`: made ready before anything is sent, so a directory that
+/// cannot be written stops the command at once.
+pub(crate) fn use_logs_dir(dir: Option<&std::path::Path>) -> Result<(), Exit> {
+    let Some(dir) = dir else { return Ok(()) };
+    render::write_logs_to(dir).map_err(|message| {
+        eprintln!("error: {message}");
+        Exit::Invalid
+    })
+}
+
 pub async fn submit(args: SubmitArgs) -> Exit {
     telemetry::init("warn");
+    if let Err(exit) = use_logs_dir(args.logs_dir.as_deref()) {
+        return exit;
+    }
     if args.cancel_on_interrupt && !args.watch {
         eprintln!(
             "error: --cancel-on-interrupt needs --watch (without it, submit returns as soon as the batch is in)"
@@ -439,6 +464,9 @@ async fn follow_to_report(
 
 pub async fn watch(args: WatchArgs) -> Exit {
     telemetry::init("warn");
+    if let Err(exit) = use_logs_dir(args.logs_dir.as_deref()) {
+        return exit;
+    }
     // A watch only looks: a Ctrl-C leaves the batch running, and says so.
     let mut interrupts = match Interrupts::listen() {
         Ok(interrupts) => interrupts,
@@ -473,6 +501,9 @@ pub async fn watch(args: WatchArgs) -> Exit {
 
 pub async fn status(args: StatusArgs) -> Exit {
     telemetry::init("warn");
+    if let Err(exit) = use_logs_dir(args.logs_dir.as_deref()) {
+        return exit;
+    }
     let client = match connect(&args.cluster).await {
         Ok(client) => client,
         Err(exit) => return exit,
@@ -774,30 +805,8 @@ pub async fn logs(args: LogsArgs) -> Exit {
         }
         Err(error) => return exit::client_error(&error),
     };
-    let details: serde_json::Value = if op.details_json.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(&op.details_json).unwrap_or(serde_json::Value::Null)
-    };
-    let stderr_text = details
-        .get("stderr")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("");
-    // A failed program's stdout is in its details (a failed op has no
-    // output).
-    let stdout_text = if op.output.is_empty() {
-        details
-            .get("stdout")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("")
-    } else {
-        op.output.as_str()
-    };
+    let (stdout_text, stderr_text, stderr_truncated) = render::op_streams(&op);
     use std::io::Write;
-    let stderr_truncated = details
-        .get("stderr_truncated")
-        .and_then(serde_json::Value::as_bool)
-        == Some(true);
     if args.output == OutputFormat::Json {
         let document = serde_json::json!({
             "batch_id": batch_id,

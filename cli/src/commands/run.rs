@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// Default: the current directory.
     #[arg(long, env = "VOLLEY_RUN_ROOT")]
     pub root: Option<PathBuf>,
+    /// Also write each op's whole output to DIR/OP.out and its stderr to
+    /// DIR/OP.err as the report is printed (DIR is created if missing).
+    #[arg(long, value_name = "DIR", env = "VOLLEY_LOGS_DIR")]
+    pub logs_dir: Option<PathBuf>,
     #[command(flatten)]
     pub overrides: super::BatchOverrides,
 }
@@ -64,6 +68,9 @@ pub async fn run(args: RunArgs) -> Exit {
     telemetry::init("warn");
     // Read and parse first: a broken file needs nothing started.
     exit::use_json_errors(matches!(args.output, OutputFormat::Json));
+    if let Err(exit) = super::client::use_logs_dir(args.logs_dir.as_deref()) {
+        return exit;
+    }
     let mut batch = match volley_client::read_batch_file_with_warnings(&args.file) {
         Ok((batch, warnings)) => {
             for warning in warnings {
