@@ -398,6 +398,10 @@ pub struct TableRows {
     /// seen.
     groups: Vec<GroupTally>,
     group_at: std::collections::HashMap<String, usize>,
+    /// The first [`MAX_FAILED_NAMED`] ops that succeeded only after more
+    /// than one attempt; `retried_seen` counts them all.
+    retried: Vec<String>,
+    retried_seen: usize,
 }
 
 /// The ops of one `foreach:` group, counted by state.
@@ -443,6 +447,12 @@ impl GroupTally {
 
 impl TableRows {
     pub fn push(&mut self, op: v1::OpStatus) {
+        if op.state() == OpState::Succeeded && op.attempts > 1 {
+            if self.retried.len() < MAX_FAILED_NAMED {
+                self.retried.push(op.id.clone());
+            }
+            self.retried_seen += 1;
+        }
         if !op.group.is_empty() {
             let at = match self.group_at.get(&op.group) {
                 Some(at) => *at,
@@ -897,6 +907,19 @@ fn report_text_within(status: &v1::BatchStatus, rows: &TableRows, width: Option<
             ));
         }
     }
+    if rows.retried_seen > 0 {
+        let more = rows.retried_seen - rows.retried.len();
+        text.push_str(&format!(
+            "succeeded after a retry ({}): {}{}\n",
+            rows.retried_seen,
+            rows.retried.join(", "),
+            if more > 0 {
+                format!(", … and {more} more")
+            } else {
+                String::new()
+            }
+        ));
+    }
     if let Some(owner) = (!status.owner.is_empty()).then_some(&status.owner) {
         text.push_str(&format!("owned by coordinator {owner}\n"));
     }
@@ -1221,6 +1244,27 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&json).expect("the report is JSON");
         assert_eq!(value["ops"][0]["group"], "test");
         assert!(value["ops"][6].get("group").is_none(), "{json}");
+    }
+
+    #[test]
+    fn ops_that_needed_a_retry_are_named_under_the_summary() {
+        let mut rows = TableRows::default();
+        let mut ops = Vec::new();
+        for index in 0..13 {
+            let mut op = op(&format!("cmd-{index}"), OpState::Succeeded, "", &[]);
+            op.attempts = if index % 2 == 0 { 2 } else { 1 };
+            ops.push(op);
+        }
+        for op in ops.iter().cloned() {
+            rows.push(op);
+        }
+        let text = report_text_within(&status(ops), &rows, Some(80));
+        assert!(
+            text.contains(
+                "succeeded after a retry (7): cmd-0, cmd-2, cmd-4, cmd-6, cmd-8, cmd-10, cmd-12\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -425,6 +425,9 @@ pub fn expand(
                     })
                     .collect();
             }
+            if clash.is_none() {
+                clash = group_reference(&op, &groups);
+            }
             ops.push(op);
         }
     }
@@ -432,6 +435,32 @@ pub fn expand(
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// A `${ops.G.…}` in `op`'s args where `G` is a `foreach` op: there is no
+/// op `G` any more, only its expansions, and no one value to fill in.
+fn group_reference(op: &v1::Op, groups: &HashMap<String, Vec<String>>) -> Option<ForeachError> {
+    let mut rest = op.args_json.as_str();
+    while let Some(at) = rest.find("${ops.") {
+        rest = &rest[at + "${ops.".len()..];
+        let named = rest.split(['.', '}']).next().unwrap_or_default();
+        let Some(members) = groups.get(named) else {
+            continue;
+        };
+        let first = members.first().map_or("", String::as_str);
+        let last = members.last().map_or("", String::as_str);
+        return Some(ForeachError {
+            op_id: op.id.clone(),
+            line: None,
+            item: None,
+            field: "args".to_owned(),
+            message: format!(
+                "`${{ops.{named}.…}}` names the foreach op `{named}`, which became {} ops (`{first}` … `{last}`) with no one value: name one of them (`${{ops.{first}.output}}`), or give each a `store_as: {named}/${{item}}` and read those keys (`volley memory ls {named}/`)",
+                members.len()
+            ),
+        });
+    }
+    None
 }
 
 /// The line (from 1) of each `foreach` key in the file, in order.
@@ -744,6 +773,20 @@ mod tests {
         assert_eq!(batch.ops[2].after, ["test-unit", "test-api"]);
         let groups: Vec<&str> = batch.ops.iter().map(|op| op.group.as_str()).collect();
         assert_eq!(groups, ["test", "test", ""]);
+    }
+
+    #[test]
+    fn a_reference_to_a_foreach_op_says_it_became_many() {
+        let error = parse_batch(
+            "ops:\n  - id: grep\n    kind: echo\n    foreach: {range: [1, 20]}\n    args: {text: \"${item}\"}\n  - id: sum\n    kind: echo\n    after: [grep]\n    args: {text: \"${ops.grep.output}\"}\n",
+            "m.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("op `sum`: field `args`: `${ops.grep.…}` names the foreach op `grep`, which became 20 ops (`grep-1` … `grep-20`) with no one value: name one of them (`${ops.grep-1.output}`)"),
+            "{error}"
+        );
     }
 
     #[test]
