@@ -80,6 +80,15 @@ async fn a_glob_runs_one_op_per_file_relative_to_the_batch_file() {
         report_op(&report, "cat-suites_api.txt")["output"],
         "suite api.txt\n"
     );
+    // Named bare, from its own directory, as a user types it.
+    let (code, report) = tokio::time::timeout(
+        HANG_GUARD,
+        run_json(root.path(), std::path::Path::new("glob.yaml"), &[]),
+    )
+    .await
+    .expect("volley run ends");
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["total"], 2, "{report}");
 }
 
 #[tokio::test]

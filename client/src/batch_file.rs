@@ -127,13 +127,21 @@ fn op_prefix(op_id: &Option<String>) -> String {
     }
 }
 
+/// The directory a batch file's `foreach` globs resolve under: its own
+/// (`.` for a bare file name, whose parent is empty).
+fn directory_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Reads and parses the batch file at `path`.
 pub fn read_batch_file(path: &Path) -> Result<v1::Batch, BatchFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| BatchFileError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let base_dir = path.parent().unwrap_or(Path::new("."));
+    let base_dir = directory_of(path);
     parse_batch_in(&text, &path.display().to_string(), base_dir)
 }
 
@@ -146,7 +154,7 @@ pub fn read_batch_file_with_warnings(
         path: path.to_path_buf(),
         source,
     })?;
-    let base_dir = path.parent().unwrap_or(Path::new("."));
+    let base_dir = directory_of(path);
     parse_batch_with_warnings_in(&text, &path.display().to_string(), base_dir)
 }
 
