@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-from cluster import Cluster
+from cluster import Cluster, volley_bin
 
 from volley import (
     BatchState,
@@ -109,7 +110,8 @@ def test_mapping_items_fill_fields_and_a_missing_field_names_the_item() -> None:
         ("{range: [1]}", "takes two integers"),
         ("{glob: 7}", "takes a pattern"),
         ('{glob: ""}', "an empty `glob` pattern"),
-        ('{glob: "a/{b,{c}}"}', "nested alternate groups are not allowed"),
+        ('{glob: "a/{b,c"}', "unclosed alternate group; missing '}'"),
+        ('{glob: "a/b}"}', "unopened alternate group"),
         ('{glob: "a/[b"}', "unclosed character class"),
         ("{range: [1, 2], glob: x}", "expected a list"),
         ("[null]", "an item is a string, a number, a boolean or a mapping"),
@@ -466,3 +468,110 @@ def test_the_python_expansion_is_the_rust_one(
     assert list(python_ops) == list(rust_ops)
     assert python_ops == rust_ops
     assert any(group for _, _, group, _, _ in python_ops.values())
+
+
+BAD_FILES = [
+    "ops:\n  - id: t\n    kind: echo\n    foreach: [{s: a}, {n: b}]\n"
+    '    args: {text: "${item.s}"}\n',
+    "ops:\n  - id: t\n    kind: noop\n    foreach: {range: [0, 9999999999]}\n",
+    "ops:\n  - id: t\n    kind: noop\n    foreach: {range: [3, 1]}\n",
+    "ops:\n  - id: t-a\n    kind: noop\n  - id: t\n    kind: noop\n    foreach: [a, b]\n",
+    'ops:\n  - id: t\n    kind: shell\n    foreach: [a]\n    args: {cmd: "echo \\\\${item}"}\n',
+    "ops:\n  - id: t\n    kind: shell\n    foreach: [a]\n"
+    '    args: {cmd: "${item}", env: {VOLLEY_ITEM: x}}\n',
+    'ops:\n  - id: t\n    kind: noop\n    foreach: {glob: "a/[b"}\n',
+    'ops:\n  - id: t\n    kind: noop\n    foreach: {glob: "a/{b,{c}"}\n',
+    'ops:\n  - id: t\n    kind: noop\n    foreach: {glob: "a/b,c}"}\n',
+    'ops:\n  - id: t\n    kind: noop\n    foreach: {glob: "a/{b,{c,d}}"}\n',
+    'ops:\n  - id: t\n    kind: noop\n    foreach: {glob: "a/[z-a]"}\n',
+    'ops:\n  - id: t\n    kind: noop\n    foreach: {glob: "a\\\\"}\n',
+    'ops:\n  - id: t\n    kind: noop\n    foreach: {glob: "x/../y"}\n',
+    'ops:\n  - id: t\n    kind: noop\n    foreach: {glob: "none/*.txt"}\n',
+    "ops:\n  - id: t\n    kind: noop\n    foreach: [[1]]\n",
+    "ops:\n  - id: t\n    kind: noop\n    foreach: [{a: [1]}]\n",
+    "ops:\n  - id: t\n    kind: noop\n    foreach: {sql: x}\n",
+    'ops:\n  - id: t\n    kind: noop\n    foreach: ["a\\0"]\n',
+    "ops:\n  - id: t\n    kind: noop\n    foreach: [x]\n    store_as: ${item.k}\n",
+    '{"ops": [\n {"id": "t", "kind": "noop",\n  "foreach": {"range": [1]}}]}',
+]
+
+
+@pytest.mark.parametrize("text", BAD_FILES)
+def test_a_bad_foreach_is_refused_in_the_rust_clients_words(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(InvalidBatch) as caught:
+        read_batch_file(path)
+    python_error = str(caught.value)
+    assert f"{path}: op `t" in python_error, python_error
+    # `volley run` refuses the file before running anything (exit 2).
+    rust = subprocess.run(
+        [str(volley_bin()), "run", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    assert rust.returncode == 2, rust.stderr
+    assert python_error in rust.stderr, f"python: {python_error}\nrust: {rust.stderr}"
+
+
+GLOBS = [
+    "**",
+    "*",
+    "**/*.txt",
+    "d/**",
+    "d/**/x*",
+    "{a,d/*}.txt",
+    "[a-c]*",
+    "[!a-c]*.txt",
+    "d/*/e.txt",
+    ".*",
+    "**/.h*",
+    "d/{e,f}/**",
+    "d/**/*.{txt,md}",
+    "d/f/e[.]md",
+    "?.txt",
+    "**/x y*",
+    "d/{f/{e,z},g}*",
+]
+
+
+def test_a_glob_lists_the_files_the_rust_client_lists(tmp_path: Path) -> None:
+    for name in [
+        "a.txt",
+        "b.txt",
+        "c.md",
+        ".hidden.txt",
+        "z.txt",
+        "d/e.txt",
+        "d/x1.txt",
+        "d/f/e.md",
+        "d/f/e.txt",
+        "d/f/x y.txt",
+        "d/g.txt",
+        "d/.h/deep.txt",
+        "./a.txt,b.txt",
+    ]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    ops = "".join(
+        f"  - id: g{number}\n    kind: echo\n    foreach: {{glob: {json.dumps(pattern)}}}\n"
+        f'    args: {{text: "${{index}}:${{item}}"}}\n'
+        for number, pattern in enumerate(GLOBS)
+    )
+    path = tmp_path / "globs.yaml"
+    path.write_text(f"name: globs\nops:\n{ops}")
+    rust = subprocess.run(
+        [str(volley_bin()), "run", str(path), "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    assert rust.returncode == 0, rust.stderr
+    rust_ops = [(op["id"], op["group"], op["output"]) for op in json.loads(rust.stdout)["ops"]]
+    python_ops = [(op.id, op.group, args(op)["text"]) for op in read_batch_file(path).ops]
+    assert python_ops == rust_ops

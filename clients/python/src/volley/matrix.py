@@ -267,7 +267,8 @@ class _GlobSyntax(Exception):
 def _glob_regex(pattern: str) -> re.Pattern[str]:
     """The pattern as globset (the Rust client's glob crate) reads it with
     `literal_separator`: `*` and `?` stop at `/`, `**` as a whole component
-    crosses directories, `[…]`/`[!…]` classes, `{a,b}` alternates and `\\`
+    crosses directories, `[…]`/`[!…]` classes, `{a,b}` alternates (nested
+    too) and `\\`
     escapes; the whole path must match."""
     try:
         return re.compile(_GlobParser(pattern).parse(), re.DOTALL)
@@ -284,14 +285,16 @@ _Token = Tuple[str, str]
 
 
 class _GlobParser:
-    """A port of globset's parser (glob.rs), emitting a Python regex."""
+    """A port of globset 0.4.21's parser (glob.rs), emitting a Python regex."""
 
     def __init__(self, pattern: str) -> None:
         self.chars = pattern
         self.position = 0
         self.previous: Optional[str] = None
-        # The outer tokens, then one list per branch of an open `{…}`.
+        # The outer tokens, then one list per branch of each open `{…}`
+        # (they nest), and where each open `{…}`'s branches start.
         self.stack: List[List[_Token]] = [[]]
+        self.alternates_starts: List[int] = []
 
     def peek(self) -> Optional[str]:
         return self.chars[self.position] if self.position < len(self.chars) else None
@@ -320,17 +323,20 @@ class _GlobParser:
             elif character == "[":
                 self.klass()
             elif character == "{":
-                if len(self.stack) > 1:
-                    raise _GlobSyntax("nested alternate groups are not allowed")
+                self.alternates_starts.append(len(self.stack))
                 self.stack.append([])
             elif character == "}":
-                branches: List[List[_Token]] = []
-                while len(self.stack) >= 2:
-                    branches.append(self.stack.pop())
-                parts = [_tokens_regex(branch) for branch in reversed(branches)]
+                if not self.alternates_starts:
+                    raise _GlobSyntax(
+                        "unopened alternate group; missing '{' (maybe escape '}' with '[}]'?)"
+                    )
+                start = self.alternates_starts.pop()
+                branches = self.stack[start:]
+                del self.stack[start:]
+                parts = [_tokens_regex(branch) for branch in branches]
                 parts = [part for part in parts if part]
                 self.push(("alternates", f"(?:{'|'.join(parts)})" if parts else ""))
-            elif character == "," and len(self.stack) > 1:
+            elif character == "," and self.alternates_starts:
                 self.stack.append([])
             elif character == "\\":
                 escaped = self.bump()
@@ -340,7 +346,9 @@ class _GlobParser:
             else:
                 self.push(("literal", re.escape(character)))
         if len(self.stack) > 1:
-            raise _GlobSyntax("unclosed alternate group; missing '}'")
+            raise _GlobSyntax(
+                "unclosed alternate group; missing '}' (maybe escape '{' with '[{]'?)"
+            )
         tokens = self.stack[0]
         if tokens == [_RECURSIVE_PREFIX]:
             return r".*\Z"
