@@ -261,13 +261,19 @@ def test_a_dict_expands_too_without_lines() -> None:
     batch = batch_from_dict(
         {
             "ops": [
-                {"id": "n", "kind": "echo", "foreach": [1.5, True, 1e-05, 10**20], "args": {}},
+                {
+                    "id": "n",
+                    "kind": "echo",
+                    "foreach": [1.5, True, 1e-05, 10**20],
+                    "args": {"text": "${item}"},
+                },
                 {"id": "z", "kind": "noop", "foreach": [{"a": 1}], "after": ["n"]},
             ]
         }
     )
-    # Numbers read as serde_json prints them.
-    assert ids(batch) == ["n-1.5", "n-true", "n-0.00001", "n-1e20", "z-1"]
+    # Numbers read as serde_json prints them; `+` is no id character.
+    assert ids(batch) == ["n-1", "n-2", "n-3", "n-4", "z-1"]
+    assert [args(op)["text"] for op in batch.ops[:4]] == ["1.5", "true", "0.00001", "1e+20"]
     assert list(batch.ops[4].after) == ids(batch)[:4]
     with pytest.raises(InvalidBatch) as caught:
         batch_from_dict(
@@ -575,3 +581,33 @@ def test_a_glob_lists_the_files_the_rust_client_lists(tmp_path: Path) -> None:
     rust_ops = [(op["id"], op["group"], op["output"]) for op in json.loads(rust.stdout)["ops"]]
     python_ops = [(op.id, op.group, args(op)["text"]) for op in read_batch_file(path).ops]
     assert python_ops == rust_ops
+
+
+def test_plain_yaml_items_read_as_the_rust_client_reads_them(tmp_path: Path) -> None:
+    # PyYAML reads YAML 1.1 (`yes` is true, `010` is 8, `1e3` a string);
+    # the Rust client YAML 1.2: a foreach's items are read its way.
+    items = (
+        "[yes, on, 010, 0o17, 1_000, 0x1F, 1e3, .5, 1:30, +5, 0b11, 1.0, 2.50, -0, True, TRUE,"
+        " 12e03, 0.1e-7, 1E5, 2001-12-14, -0x10, 18446744073709551615, 1e300, 1.5e-300,"
+        " 123456789e10, 0.00001234, 'yes', é, ~x]"
+    )
+    path = tmp_path / "items.yaml"
+    path.write_text(
+        f"ops:\n  - id: y\n    kind: echo\n    foreach: {items}\n"
+        '    args: {text: "${item}"}\n'
+        "  - id: m\n    kind: echo\n    foreach: [{a: yes, b: 010}]\n"
+        '    args: {text: "${item.a} ${item.b}"}\n'
+    )
+    rust = subprocess.run(
+        [str(volley_bin()), "run", str(path), "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    assert rust.returncode == 0, rust.stderr
+    rust_ops = [(op["id"], op["output"]) for op in json.loads(rust.stdout)["ops"]]
+    python_ops = [(op.id, args(op)["text"]) for op in read_batch_file(path).ops]
+    assert python_ops == rust_ops
+    assert python_ops[0] == ("y-1", "yes")

@@ -25,7 +25,7 @@ import yaml
 
 from ._proto.volley.v1 import volley_pb2 as pb
 from .errors import InvalidBatch, Problem
-from .matrix import ForeachError, expand
+from .matrix import ForeachError, expand, foreach_values_as_rust_reads_them
 
 __all__ = [
     "BatchDict",
@@ -124,9 +124,16 @@ def batch_from_dict(batch: BatchDict, source: str = "", *, base_dir: str = ".") 
     return _batch_from_dict(batch, source, base_dir, None)
 
 
-def _batch_from_dict(batch: BatchDict, source: str, base_dir: str, text: Optional[str]) -> pb.Batch:
+def _batch_from_dict(
+    batch: BatchDict,
+    source: str,
+    base_dir: str,
+    text: Optional[str],
+    foreach_values: Optional[Mapping[int, Any]] = None,
+) -> pb.Batch:
     """:func:`batch_from_dict`; ``text`` (the file's, when there is one)
-    gives errors about a ``foreach`` its line."""
+    gives errors about a ``foreach`` its line, and ``foreach_values`` are
+    the ops' ``foreach`` as the Rust client reads the file."""
     where = _Where(source)
     if not isinstance(batch, Mapping):
         where.fail("batch", f"expected a mapping of batch fields, got {_type_name(batch)}")
@@ -155,7 +162,7 @@ def _batch_from_dict(batch: BatchDict, source: str, base_dir: str, text: Optiona
             message.lost_worker_retries = _integer(retry, "lost_worker", where, _U32)
     ops = batch.get("ops")
     if ops is not None:
-        message.ops.extend(_ops_from_dicts(ops, source, base_dir, text))
+        message.ops.extend(_ops_from_dicts(ops, source, base_dir, text, foreach_values))
     return message
 
 
@@ -168,14 +175,21 @@ def ops_from_dicts(
 
 
 def _ops_from_dicts(
-    ops: Sequence[Mapping[str, Any]], source: str, base_dir: str, text: Optional[str]
+    ops: Sequence[Mapping[str, Any]],
+    source: str,
+    base_dir: str,
+    text: Optional[str],
+    foreach_values: Optional[Mapping[int, Any]] = None,
 ) -> List[pb.Op]:
     if isinstance(ops, (str, bytes)) or not isinstance(ops, Sequence):
         _Where(source).fail("ops", f"expected a list of ops, got {_type_name(ops)}")
     messages = [_op_from_dict(op, index, source) for index, op in enumerate(ops)]
     # Each op's `foreach` (by index), kept as written for `expand` to check.
+    rust_read = foreach_values or {}
     foreach: List[Tuple[int, Any]] = [
-        (index, op["foreach"]) for index, op in enumerate(ops) if op.get("foreach") is not None
+        (index, rust_read.get(index, op["foreach"]))
+        for index, op in enumerate(ops)
+        if op.get("foreach") is not None
     ]
     try:
         return expand(messages, foreach, base_dir, text)
@@ -260,6 +274,7 @@ def parse_batch(text: str, source: str = "<batch>", *, base_dir: str = ".") -> p
     ``foreach: {glob: …}`` is resolved under ``base_dir``."""
     text = text.lstrip("\ufeff")
     document: Any
+    foreach_values: Optional[Dict[int, Any]] = None
     if text.lstrip().startswith("{"):
         try:
             document = json.loads(text)
@@ -274,9 +289,13 @@ def parse_batch(text: str, source: str = "<batch>", *, base_dir: str = ".") -> p
             _syntax_error(source, line, column, str(error.problem or error))
         except yaml.YAMLError as error:
             _syntax_error(source, 1, 1, str(error))
+        if "foreach" in text:
+            # Items are read as the Rust client reads them (`yes` is the
+            # text `yes`), so both expand a file into the same ops.
+            foreach_values = foreach_values_as_rust_reads_them(text)
     if document is None:
         document = {}
-    return _batch_from_dict(document, source, base_dir, text)
+    return _batch_from_dict(document, source, base_dir, text, foreach_values)
 
 
 def _syntax_error(source: str, line: int, column: int, message: str) -> NoReturn:

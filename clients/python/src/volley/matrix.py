@@ -26,6 +26,8 @@ import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
+import yaml
+
 from ._proto.volley.v1 import volley_pb2 as pb
 
 #: The most ops one ``foreach`` may expand into.
@@ -109,8 +111,9 @@ def _label(item: Item) -> str:
 
 
 def _float_text(value: float) -> Optional[str]:
-    """A float as serde_json prints it (ryu's shortest form), None for NaN
-    and infinities (which a JSON value cannot hold)."""
+    """A float as serde_json prints it (zmij's shortest digits: fixed from
+    1e-5 to below 1e16, `1.5e+20` and `1e-7` beyond), None for NaN and
+    infinities (which a JSON value cannot hold)."""
     if math.isnan(value) or math.isinf(value):
         return None
     if value == 0:
@@ -129,9 +132,9 @@ def _float_text(value: float) -> Optional[str]:
     elif -5 < magnitude <= 0:
         text = "0." + "0" * -magnitude + digits
     elif length == 1:
-        text = f"{digits}e{magnitude - 1}"
+        text = f"{digits}e{magnitude - 1:+d}"
     else:
-        text = f"{digits[0]}.{digits[1:]}e{magnitude - 1}"
+        text = f"{digits[0]}.{digits[1:]}e{magnitude - 1:+d}"
     return sign + text
 
 
@@ -255,6 +258,127 @@ def _source_from_value(value: Any) -> _Source:
             return _Source(glob=inner)
         raise _Refused(f"unknown source `{key}`: {_EXPECTED}")
     raise _Refused(_EXPECTED)
+
+
+# ------------------------------------------------------- YAML as Rust reads it
+
+
+class _SerdeYamlLoader(yaml.SafeLoader):
+    """YAML read as serde_yaml 0.9 (the Rust client's reader) reads it: a
+    plain scalar is null, a boolean, a number or a string by the YAML 1.2
+    core rules, not PyYAML's 1.1 ones (where `yes`, `on`, `010`, `1_000`
+    and `1:30` are a boolean and numbers, and `1e3` a string)."""
+
+    yaml_implicit_resolvers: Dict[Any, Any] = {}
+
+
+_PLAIN_TAG = "tag:volley,2026:plain"
+_SerdeYamlLoader.add_implicit_resolver(_PLAIN_TAG, re.compile(r".*", re.DOTALL), None)
+
+_RADIX_DIGITS = {
+    16: re.compile(r"[0-9a-fA-F]+\Z"),
+    8: re.compile(r"[0-7]+\Z"),
+    2: re.compile(r"[01]+\Z"),
+}
+_DECIMAL = re.compile(r"[+-]?[0-9]+\Z")
+_RUST_FLOAT = re.compile(
+    r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z|[+-]?(?:inf|infinity|nan)\Z",
+    re.IGNORECASE,
+)
+
+
+def _digits_but_not_number(text: str) -> bool:
+    """A leading zero before digits (`010`) is a string in YAML 1.2."""
+    text = text[1:] if text[:1] in ("-", "+") else text
+    return len(text) > 1 and text.startswith("0") and text[1:].isdigit() and text.isascii()
+
+
+def _unsigned_int(text: str, largest: int) -> Optional[int]:
+    unpositive = text[1:] if text.startswith("+") else text
+    if text.startswith("+") and unpositive[:1] in ("+", "-"):
+        return None
+    for prefix, radix in (("0x", 16), ("0o", 8), ("0b", 2)):
+        if unpositive.startswith(prefix):
+            rest = unpositive[2:]
+            if _RADIX_DIGITS[radix].match(rest) and int(rest, radix) <= largest:
+                return int(rest, radix)
+    if unpositive[:1] in ("+", "-") or _digits_but_not_number(text):
+        return None
+    if _DECIMAL.match(unpositive) and int(unpositive) <= largest:
+        return int(unpositive)
+    return None
+
+
+def _negative_int(text: str, smallest: int) -> Optional[int]:
+    for prefix, radix in (("-0x", 16), ("-0o", 8), ("-0b", 2)):
+        if text.startswith(prefix):
+            rest = text[3:]
+            if _RADIX_DIGITS[radix].match(rest) and -int(rest, radix) >= smallest:
+                return -int(rest, radix)
+    if _digits_but_not_number(text) or not _DECIMAL.match(text) or text.startswith("+"):
+        return None
+    value = int(text)
+    return value if smallest <= value <= 0 else None
+
+
+def _rust_f64(text: str) -> Optional[float]:
+    unpositive = text[1:] if text.startswith("+") else text
+    if text.startswith("+") and unpositive[:1] in ("+", "-"):
+        return None
+    if unpositive in (".inf", ".Inf", ".INF"):
+        return math.inf
+    if text in ("-.inf", "-.Inf", "-.INF"):
+        return -math.inf
+    if text in (".nan", ".NaN", ".NAN"):
+        return math.nan
+    if _RUST_FLOAT.match(unpositive):
+        value = float(unpositive)
+        if math.isfinite(value):
+            return value
+    return None
+
+
+def _construct_plain(loader: _SerdeYamlLoader, node: yaml.ScalarNode) -> Any:
+    text = loader.construct_scalar(node)
+    if text in ("", "~", "null", "Null", "NULL"):
+        return None
+    if text in ("true", "True", "TRUE"):
+        return True
+    if text in ("false", "False", "FALSE"):
+        return False
+    for number in (
+        _unsigned_int(text, _U64_MAX),
+        _negative_int(text, _I64_MIN),
+        _unsigned_int(text, 2**128 - 1),
+        _negative_int(text, -(2**127)),
+    ):
+        if number is not None:
+            return number
+    if not _digits_but_not_number(text):
+        value = _rust_f64(text)
+        if value is not None:
+            return value
+    return text
+
+
+_SerdeYamlLoader.add_constructor(_PLAIN_TAG, _construct_plain)
+
+
+def foreach_values_as_rust_reads_them(text: str) -> Dict[int, Any]:
+    """Each op's ``foreach`` (by the op's index) in a YAML batch file, read
+    as the Rust client reads it; empty when the file cannot be read so."""
+    try:
+        document = yaml.load(text, Loader=_SerdeYamlLoader)
+    except yaml.YAMLError:
+        return {}
+    ops = document.get("ops") if isinstance(document, Mapping) else None
+    if not isinstance(ops, list):
+        return {}
+    return {
+        index: op["foreach"]
+        for index, op in enumerate(ops)
+        if isinstance(op, Mapping) and op.get("foreach") is not None
+    }
 
 
 # -------------------------------------------------------------------- globs
