@@ -30,6 +30,16 @@ import yaml
 
 from ._proto.volley.v1 import volley_pb2 as pb
 
+__all__ = [
+    "MAX_EXPANDED_OPS",
+    "MAX_EXPANSION",
+    "ForeachError",
+    "Item",
+    "expand",
+    "foreach_values_as_rust_reads_them",
+    "quote_variables",
+]
+
 #: The most ops one ``foreach`` may expand into.
 MAX_EXPANSION = 10_000
 
