@@ -265,7 +265,8 @@ def read_batch_file(path: Union[str, os.PathLike[str]]) -> pb.Batch:
     name = os.fspath(path)
     with open(name, encoding="utf-8-sig") as file:
         text = file.read()
-    # A `foreach: {glob: …}` is relative to the file's directory.
+    # A `foreach: {glob: …}` is relative to the file's directory (`.` for
+    # a bare file name, where the Rust client's `Path::parent` gives ``).
     return parse_batch(text, name, base_dir=os.path.dirname(name) or ".")
 
 

@@ -615,6 +615,11 @@ def _glob_items(pattern: str, base_dir: str) -> List[str]:
             except OSError:
                 continue
             path = [*relative, entry.name]
+            if is_file and not entry.name.isascii():
+                try:
+                    entry.name.encode("utf-8")
+                except UnicodeEncodeError:
+                    continue  # not UTF-8: no item (Rust skips it too)
             if is_file:
                 text = "/".join(path)
                 if matcher.match(text):
