@@ -175,7 +175,8 @@ def test_items_in_a_shell_cmd_go_through_the_environment() -> None:
     [
         ("'; rm -rf /", "rm ${item}", 'rm "$${VOLLEY_ITEM}"'),
         ("x", 'echo "a $(cat ${item})"', 'echo "a $(cat "$${VOLLEY_ITEM}")"'),
-        ("x", "echo $(( ${index} + 1 ))", 'echo $(( "$${VOLLEY_INDEX}" + 1 ))'),
+        ("x", "echo $(( ${index} + 1 ))", "echo $(( 1 + 1 ))"),
+        ("x", "echo $(echo ${index})", 'echo $(echo "$${VOLLEY_INDEX}")'),
     ],
 )
 def test_a_cmd_quotes_each_reference_for_where_it_stands(item: str, cmd: str, quoted: str) -> None:
@@ -190,6 +191,28 @@ def test_a_cmd_quotes_each_reference_for_where_it_stands(item: str, cmd: str, qu
     assert filled["env"] == (
         {"VOLLEY_INDEX": "1"} if "index" in cmd else {"VOLLEY_ITEM": item.replace("${", "$${")}
     )
+
+
+def test_inside_arithmetic_a_whole_number_is_pasted_and_anything_else_refused() -> None:
+    cmd = 'test $((${item} % 37)) -ne 0 && echo \\"$(( ${item} + $(wc -c < ${item}) ))\\"'
+    batch = parse_batch(
+        'ops:\n  - id: s\n    kind: shell\n    foreach: [" 74", "-3"]\n'
+        f'    args: {{cmd: "{cmd}"}}\n'
+    )
+    assert [args(op)["cmd"] for op in batch.ops] == [
+        f'test $(({n} % 37)) -ne 0 && echo "$(( {n} + $(wc -c < "$${{VOLLEY_ITEM}}") ))"'
+        for n in ("74", "-3")
+    ]
+    for hostile in ["a[$(touch pwned)]", "1+1", "", "1 2", "0x10", "99999999999999999999"]:
+        text = refused(
+            "ops:\n  - id: s\n    kind: shell\n"
+            f'    foreach: [{json.dumps(hostile)}]\n    args: {{cmd: "{cmd}"}}\n'
+        )
+        assert text == (
+            f"m.yaml: op `s` (line 4) item 1 (`{hostile}`): field `args.cmd`: `${{item}}` stands "
+            "inside `$((\u2026))`, where only a whole number can go, and its value "
+            f"`{hostile}` is not one"
+        ), text
 
 
 def test_a_cmd_refuses_a_reference_after_a_backslash_and_a_taken_variable() -> None:
@@ -498,6 +521,10 @@ BAD_FILES = [
     "ops:\n  - id: t\n    kind: noop\n    foreach: {sql: x}\n",
     'ops:\n  - id: t\n    kind: noop\n    foreach: ["a\\0"]\n',
     "ops:\n  - id: t\n    kind: noop\n    foreach: [x]\n    store_as: ${item.k}\n",
+    'ops:\n  - id: t\n    kind: shell\n    foreach: ["1; touch x"]\n'
+    '    args: {cmd: "echo $((${item} + 1))"}\n',
+    'ops:\n  - id: t\n    kind: shell\n    foreach: [{n: "2\\tx\'\\""}]\n'
+    '    args: {cmd: "echo $(( $(echo 1) + ${item.n} ))"}\n',
     '{"ops": [\n {"id": "t", "kind": "noop",\n  "foreach": {"range": [1]}}]}',
 ]
 

@@ -881,7 +881,10 @@ def _fill_args(kind: str, args: Any, item: Item, number: int) -> Any:
                 variables.setdefault(variable, value)
                 spots.append((start, end, variable))
             try:
-                filled[key] = quote_variables(inner, spots)
+                filled[key] = quote_variables(
+                    inner,
+                    [(start, end, variable, variables[variable]) for start, end, variable in spots],
+                )
             except _Refused as refused:
                 raise _FieldRefused(path, str(refused)) from None
         else:
@@ -943,10 +946,19 @@ class _ShellScan:
 
     def __init__(self) -> None:
         self.state = "bare"
-        # Per open `$(`: the quoting it returns to, and `(`s open inside it.
+        # Per open `$(`: the quoting it returns to, `(`s open inside it,
+        # and whether it is an arithmetic expansion (`$((`).
         self.substitutions: List[List[Any]] = []
+        # The last character opened a `$(` (a `(` right after it makes it
+        # `$((`).
+        self.opened = False
         self.escaped = False
         self.dollar = False
+
+    def in_arithmetic(self) -> bool:
+        """Whether the spot is inside `$((…))` (innermost), where a shell
+        takes only a number: a quoted word there is a syntax error."""
+        return bool(self.substitutions) and bool(self.substitutions[-1][2])
 
     def follow(self, text: str) -> None:
         for character in text:
@@ -955,17 +967,21 @@ class _ShellScan:
                 self.dollar = False
                 continue
             dollar, self.dollar = self.dollar, False
+            opened, self.opened = self.opened, False
             unquoted_or_double = self.state in ("bare", "double")
             if unquoted_or_double and character == "\\":
                 self.escaped = True
             elif unquoted_or_double and character == "$":
                 self.dollar = True
             elif unquoted_or_double and character == "(" and dollar:
-                self.substitutions.append([self.state, 0])
+                self.substitutions.append([self.state, 0, False])
                 self.state = "bare"
+                self.opened = True
             elif self.state == "bare" and character == "(":
                 if self.substitutions:
                     self.substitutions[-1][1] += 1
+                    if opened:
+                        self.substitutions[-1][2] = True
             elif self.state == "bare" and character == ")":
                 if self.substitutions:
                     if self.substitutions[-1][1] > 0:
@@ -982,18 +998,58 @@ class _ShellScan:
                 self.state = "bare"
 
 
-def quote_variables(cmd: str, spots: Sequence[Tuple[int, int, str]]) -> str:
-    """``cmd`` with each of ``spots`` (``(start, end, NAME)``, in order,
-    none overlapping) replaced by a reference to the environment variable
-    NAME, quoted for where it stands, so its value reaches the program as
-    one word and is never parsed as shell syntax. Each reference is written
-    with the ``$${`` escape (``"$${NAME}"``): the template pass at dispatch
-    turns it into ``"${NAME}"`` for the shell. A spot right after a
-    backslash is refused. (``volley_kinds::template::quote_variables``.)"""
+def _whole_number(value: str) -> Optional[str]:
+    """``value`` as the digits of a whole number (surrounding whitespace
+    dropped), or None when it is not one."""
+    trimmed = value.strip()
+    digits = trimmed[1:] if trimmed.startswith("-") else trimmed
+    if not digits or len(digits) > 18 or not (digits.isascii() and digits.isdigit()):
+        return None
+    return trimmed
+
+
+_ESCAPES = {
+    "\t": "\\t",
+    "\r": "\\r",
+    "\n": "\\n",
+    "\\": "\\\\",
+    "'": "\\'",
+    '"': '\\"',
+    "\0": "\\0",
+}
+
+
+def _escape_debug(text: str) -> str:
+    """Rust's ``str::escape_debug``, near enough."""
+    return "".join(
+        _ESCAPES.get(character)
+        or (character if character.isprintable() else f"\\u{{{ord(character):x}}}")
+        for character in text
+    )
+
+
+def _arithmetic_refusal(spot: str, value: str) -> str:
+    shown = _escape_debug(value.strip()[:40])
+    return (
+        f"`{spot}` stands inside `$((\u2026))`, where only a whole number can go, "
+        f"and its value `{shown}` is not one"
+    )
+
+
+def quote_variables(cmd: str, spots: Sequence[Tuple[int, int, str, str]]) -> str:
+    """``cmd`` with each of ``spots`` (``(start, end, NAME, VALUE)``, in
+    order, none overlapping) replaced by a reference to the environment
+    variable NAME, quoted for where it stands, so its value reaches the
+    program as one word and is never parsed as shell syntax. Each reference
+    is written with the ``$${`` escape (``"$${NAME}"``): the template pass
+    at dispatch turns it into ``"${NAME}"`` for the shell. Inside
+    ``$((…))``, where a shell takes only a number, VALUE is pasted when it
+    is a whole number and refused otherwise. A spot right after a backslash
+    is refused. (``volley_kinds::template::quote_variables``.)"""
     rendered: List[str] = []
     scan = _ShellScan()
     done = 0
-    for start, end, name in spots:
+    for start, end, name, value in spots:
         if start < done:
             raise _Refused(f"spot {start}..{end} is out of order")
         literal = cmd[done:start]
@@ -1005,6 +1061,13 @@ def quote_variables(cmd: str, spots: Sequence[Tuple[int, int, str]]) -> str:
                 "(a filled value is always one quoted word)"
             )
         scan.dollar = False
+        if scan.in_arithmetic():
+            number = _whole_number(value)
+            if number is None:
+                raise _Refused(_arithmetic_refusal(cmd[start:end], value))
+            rendered.append(number)
+            done = end
+            continue
         if scan.state == "bare":
             rendered.append(f'"$${{{name}}}"')
         elif scan.state == "double":
