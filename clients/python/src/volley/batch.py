@@ -5,6 +5,9 @@ Rust client's ``batch_file.rs`` does: unknown fields are refused, durations are
 lower-case names. A bad value raises :class:`~volley.errors.InvalidBatch`
 naming the op (by id, or by position when it has none) and the field.
 
+An op's ``foreach:`` is expanded here into ordinary ops (see
+:mod:`volley.matrix`), as the Rust client does, before anything is sent.
+
 Everything else (ids, references, cycles, kinds, args that do not fit the
 kind, hazards) is the server's to check: it reports every problem at once.
 """
@@ -16,12 +19,13 @@ import difflib
 import json
 import os
 import re
-from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, TypeVar, Union
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple, TypeVar, Union
 
 import yaml
 
 from ._proto.volley.v1 import volley_pb2 as pb
 from .errors import InvalidBatch, Problem
+from .matrix import ForeachError, expand, foreach_values_as_rust_reads_them
 
 __all__ = [
     "BatchDict",
@@ -89,6 +93,7 @@ _OP_FIELDS = (
     "reads",
     "writes",
     "requires",
+    "foreach",
 )
 _BACKOFF_FIELDS = ("initial", "max", "multiplier", "jitter")
 _RETRY_FIELDS = ("lost_worker",)
@@ -108,12 +113,27 @@ class _Where:
         raise InvalidBatch(f"{prefix}{problem}", [problem], code=None)
 
 
-def batch_from_dict(batch: BatchDict, source: str = "") -> pb.Batch:
+def batch_from_dict(batch: BatchDict, source: str = "", *, base_dir: str = ".") -> pb.Batch:
     """Converts a batch dict (the schema of a batch file) to a ``Batch``.
 
     ``source`` (a file name, say) prefixes error messages. Raises
     :class:`InvalidBatch` naming the op and field of the first bad value.
+    An op's ``foreach`` is expanded, a ``{glob: …}`` resolved under
+    ``base_dir`` (default: the current directory).
     """
+    return _batch_from_dict(batch, source, base_dir, None)
+
+
+def _batch_from_dict(
+    batch: BatchDict,
+    source: str,
+    base_dir: str,
+    text: Optional[str],
+    foreach_values: Optional[Mapping[int, Any]] = None,
+) -> pb.Batch:
+    """:func:`batch_from_dict`; ``text`` (the file's, when there is one)
+    gives errors about a ``foreach`` its line, and ``foreach_values`` are
+    the ops' ``foreach`` as the Rust client reads the file."""
     where = _Where(source)
     if not isinstance(batch, Mapping):
         where.fail("batch", f"expected a mapping of batch fields, got {_type_name(batch)}")
@@ -142,15 +162,41 @@ def batch_from_dict(batch: BatchDict, source: str = "") -> pb.Batch:
             message.lost_worker_retries = _integer(retry, "lost_worker", where, _U32)
     ops = batch.get("ops")
     if ops is not None:
-        message.ops.extend(ops_from_dicts(ops, source))
+        message.ops.extend(_ops_from_dicts(ops, source, base_dir, text, foreach_values))
     return message
 
 
-def ops_from_dicts(ops: Sequence[Mapping[str, Any]], source: str = "") -> List[pb.Op]:
-    """Converts a list of op dicts (the ``ops`` of a batch) to ``Op``s."""
+def ops_from_dicts(
+    ops: Sequence[Mapping[str, Any]], source: str = "", *, base_dir: str = "."
+) -> List[pb.Op]:
+    """Converts a list of op dicts (the ``ops`` of a batch) to ``Op``s,
+    each ``foreach`` expanded (a ``{glob: …}`` under ``base_dir``)."""
+    return _ops_from_dicts(ops, source, base_dir, None)
+
+
+def _ops_from_dicts(
+    ops: Sequence[Mapping[str, Any]],
+    source: str,
+    base_dir: str,
+    text: Optional[str],
+    foreach_values: Optional[Mapping[int, Any]] = None,
+) -> List[pb.Op]:
     if isinstance(ops, (str, bytes)) or not isinstance(ops, Sequence):
         _Where(source).fail("ops", f"expected a list of ops, got {_type_name(ops)}")
-    return [_op_from_dict(op, index, source) for index, op in enumerate(ops)]
+    messages = [_op_from_dict(op, index, source) for index, op in enumerate(ops)]
+    # Each op's `foreach` (by index), kept as written for `expand` to check.
+    rust_read = foreach_values or {}
+    foreach: List[Tuple[int, Any]] = [
+        (index, rust_read.get(index, op["foreach"]))
+        for index, op in enumerate(ops)
+        if op.get("foreach") is not None
+    ]
+    try:
+        return expand(messages, foreach, base_dir, text)
+    except ForeachError as error:
+        prefix = f"{source}: " if source else ""
+        problem = Problem(error.op_id, error.field, error.message)
+        raise InvalidBatch(f"{prefix}{error}", [problem], code=None) from error
 
 
 def _op_from_dict(op: Any, index: int, source: str) -> pb.Op:
@@ -219,13 +265,17 @@ def read_batch_file(path: Union[str, os.PathLike[str]]) -> pb.Batch:
     name = os.fspath(path)
     with open(name, encoding="utf-8-sig") as file:
         text = file.read()
-    return parse_batch(text, name)
+    # A `foreach: {glob: …}` is relative to the file's directory (`.` for
+    # a bare file name, where the Rust client's `Path::parent` gives ``).
+    return parse_batch(text, name, base_dir=os.path.dirname(name) or ".")
 
 
-def parse_batch(text: str, source: str = "<batch>") -> pb.Batch:
-    """Parses a batch file's text (see :func:`read_batch_file`)."""
+def parse_batch(text: str, source: str = "<batch>", *, base_dir: str = ".") -> pb.Batch:
+    """Parses a batch file's text (see :func:`read_batch_file`); a
+    ``foreach: {glob: …}`` is resolved under ``base_dir``."""
     text = text.lstrip("\ufeff")
     document: Any
+    foreach_values: Optional[Dict[int, Any]] = None
     if text.lstrip().startswith("{"):
         try:
             document = json.loads(text)
@@ -240,9 +290,13 @@ def parse_batch(text: str, source: str = "<batch>") -> pb.Batch:
             _syntax_error(source, line, column, str(error.problem or error))
         except yaml.YAMLError as error:
             _syntax_error(source, 1, 1, str(error))
+        if "foreach" in text:
+            # Items are read as the Rust client reads them (`yes` is the
+            # text `yes`), so both expand a file into the same ops.
+            foreach_values = foreach_values_as_rust_reads_them(text)
     if document is None:
         document = {}
-    return batch_from_dict(document, source)
+    return _batch_from_dict(document, source, base_dir, text, foreach_values)
 
 
 def _syntax_error(source: str, line: int, column: int, message: str) -> NoReturn:

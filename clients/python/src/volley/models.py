@@ -156,6 +156,9 @@ class OpStatus:
     details_json: str
     after: List[str]
     """Its resolved dependencies."""
+    group: str = ""
+    """The ``foreach:`` op it was expanded from (its id); empty for an op
+    written by hand."""
 
     @property
     def details(self) -> Any:
@@ -177,6 +180,7 @@ class OpStatus:
             error=op.error,
             details_json=op.details_json,
             after=list(op.after),
+            group=op.group,
         )
 
 

@@ -174,7 +174,7 @@ class Backoff(_message.Message):
     def __init__(self, initial_ms: _Optional[int] = ..., max_ms: _Optional[int] = ..., multiplier: _Optional[float] = ..., no_jitter: bool = ...) -> None: ...
 
 class Op(_message.Message):
-    __slots__ = ("id", "kind", "args_json", "after", "run_if", "timeout_ms", "attempts", "priority", "store_as", "wait_for", "reads", "writes", "requires", "wait_for_any", "wait_timeout_ms", "backoff", "retry_on", "max_output_bytes")
+    __slots__ = ("id", "kind", "args_json", "after", "run_if", "timeout_ms", "attempts", "priority", "store_as", "wait_for", "reads", "writes", "requires", "wait_for_any", "wait_timeout_ms", "backoff", "retry_on", "max_output_bytes", "group")
     class RequiresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +200,7 @@ class Op(_message.Message):
     BACKOFF_FIELD_NUMBER: _ClassVar[int]
     RETRY_ON_FIELD_NUMBER: _ClassVar[int]
     MAX_OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     args_json: str
@@ -218,7 +219,8 @@ class Op(_message.Message):
     backoff: Backoff
     retry_on: _containers.RepeatedScalarFieldContainer[RetryOn]
     max_output_bytes: int
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., args_json: _Optional[str] = ..., after: _Optional[_Iterable[str]] = ..., run_if: _Optional[_Union[RunIf, str]] = ..., timeout_ms: _Optional[int] = ..., attempts: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., store_as: _Optional[str] = ..., wait_for: _Optional[_Iterable[str]] = ..., reads: _Optional[_Iterable[str]] = ..., writes: _Optional[_Iterable[str]] = ..., requires: _Optional[_Mapping[str, str]] = ..., wait_for_any: _Optional[_Iterable[str]] = ..., wait_timeout_ms: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., retry_on: _Optional[_Iterable[_Union[RetryOn, str]]] = ..., max_output_bytes: _Optional[int] = ...) -> None: ...
+    group: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., args_json: _Optional[str] = ..., after: _Optional[_Iterable[str]] = ..., run_if: _Optional[_Union[RunIf, str]] = ..., timeout_ms: _Optional[int] = ..., attempts: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., store_as: _Optional[str] = ..., wait_for: _Optional[_Iterable[str]] = ..., reads: _Optional[_Iterable[str]] = ..., writes: _Optional[_Iterable[str]] = ..., requires: _Optional[_Mapping[str, str]] = ..., wait_for_any: _Optional[_Iterable[str]] = ..., wait_timeout_ms: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., retry_on: _Optional[_Iterable[_Union[RetryOn, str]]] = ..., max_output_bytes: _Optional[int] = ..., group: _Optional[str] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("name", "max_parallel", "on_failure", "hazards", "ops", "namespace", "labels", "wait_timeout_ms", "strict", "deadline_ms", "retry_failed", "trace_context", "tenant", "allow_unwritten", "lost_worker_retries")
@@ -333,7 +335,7 @@ class BatchEvent(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., at_ms: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., op_id: _Optional[str] = ..., attempt: _Optional[int] = ..., worker: _Optional[str] = ..., message: _Optional[str] = ..., batch_state: _Optional[_Union[BatchState, str]] = ...) -> None: ...
 
 class OpStatus(_message.Message):
-    __slots__ = ("id", "kind", "state", "attempts", "worker", "started_ms", "duration_ms", "output", "error", "details_json", "after")
+    __slots__ = ("id", "kind", "state", "attempts", "worker", "started_ms", "duration_ms", "output", "error", "details_json", "after", "group")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +347,7 @@ class OpStatus(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     state: OpState
@@ -356,7 +359,8 @@ class OpStatus(_message.Message):
     error: str
     details_json: str
     after: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[OpState, str]] = ..., attempts: _Optional[int] = ..., worker: _Optional[str] = ..., started_ms: _Optional[int] = ..., duration_ms: _Optional[int] = ..., output: _Optional[str] = ..., error: _Optional[str] = ..., details_json: _Optional[str] = ..., after: _Optional[_Iterable[str]] = ...) -> None: ...
+    group: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[OpState, str]] = ..., attempts: _Optional[int] = ..., worker: _Optional[str] = ..., started_ms: _Optional[int] = ..., duration_ms: _Optional[int] = ..., output: _Optional[str] = ..., error: _Optional[str] = ..., details_json: _Optional[str] = ..., after: _Optional[_Iterable[str]] = ..., group: _Optional[str] = ...) -> None: ...
 
 class BatchStatus(_message.Message):
     __slots__ = ("batch_id", "name", "state", "created_at_ms", "wall_ms", "sequential_ms", "speedup", "total", "succeeded", "failed", "skipped", "cancelled", "running", "ops", "critical_path", "critical_path_ms", "error", "owner")
