@@ -1,0 +1,238 @@
+"""Browser checks of the Volley dashboard in a real headless Chromium.
+
+They drive Debian's chromium through Playwright's sync API against a running
+dashboard; they start nothing themselves. Environment:
+
+    VOLLEY_DASHBOARD_URL            base URL, e.g. http://127.0.0.1:8377 (required)
+    VOLLEY_DASHBOARD_TOKEN          a token that logs in (GET /login?token=…)
+    VOLLEY_DASHBOARD_BIG_BATCH      id of a finished 20,000-op batch
+    VOLLEY_DASHBOARD_RUNNING_BATCH  id of a batch that runs while the tests do
+    VOLLEY_DASHBOARD_SCREENSHOTS    a directory: when set, PNGs of the list, a
+                                    DAG, a timeline and an op panel go there
+    CHROMIUM                        the browser (default /usr/bin/chromium)
+
+    pip install pytest playwright   # no `playwright install`: Debian's chromium is used
+    pytest dashboard/tests/test_dashboard.py
+
+Without VOLLEY_DASHBOARD_URL every test is skipped.
+"""
+
+import os
+import re
+import time
+import urllib.parse
+
+import pytest
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+BASE = (os.environ.get("VOLLEY_DASHBOARD_URL") or "").rstrip("/")
+TOKEN = os.environ.get("VOLLEY_DASHBOARD_TOKEN", "")
+BIG = os.environ.get("VOLLEY_DASHBOARD_BIG_BATCH")
+RUNNING = os.environ.get("VOLLEY_DASHBOARD_RUNNING_BATCH")
+SHOTS = os.environ.get("VOLLEY_DASHBOARD_SCREENSHOTS")
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+BATCH_STATES = re.compile(r"^(running|succeeded|failed|cancelled)$")
+
+if not BASE:
+    pytest.skip("VOLLEY_DASHBOARD_URL is not set", allow_module_level=True)
+
+
+def q(s):
+    return urllib.parse.quote(s, safe="")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def anon(browser):
+    """A browser context without a session."""
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900})
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture()
+def page(browser):
+    """A page in a context that has logged in through the one-time link."""
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900})
+    pg = ctx.new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    resp = pg.goto(f"{BASE}/login?token={q(TOKEN)}&next=/")
+    assert resp is not None and resp.ok, f"login with VOLLEY_DASHBOARD_TOKEN failed: {resp and resp.status}"
+    assert urllib.parse.urlsplit(pg.url).path == "/", f"login did not land on /: {pg.url}"
+    yield pg
+    ctx.close()
+    assert not errors, f"script errors on the page: {errors}"
+
+
+def api_json(pg, path):
+    r = pg.request.get(f"{BASE}{path}")
+    assert r.ok, f"{path}: {r.status}"
+    return r.json()
+
+
+def some_batch(pg):
+    if BIG:
+        return BIG
+    batches = api_json(pg, "/api/batches?limit=1")["batches"]
+    if not batches:
+        pytest.skip("no batch on the server")
+    return batches[0]["id"]
+
+
+def test_list_shows_batches(page):
+    rows = page.get_by_test_id("batch-row")
+    expect(rows.first).to_be_visible(timeout=10_000)
+    first = api_json(page, "/api/batches?limit=50")["batches"]
+    assert first, "the API lists no batch"
+    expect(page.locator(f'[data-testid="batch-row"][data-id="{first[0]["id"]}"]')).to_be_visible()
+    expect(rows.first.locator(".badge")).to_have_text(BATCH_STATES)
+
+
+def test_list_row_opens_batch_page(page):
+    row = page.get_by_test_id("batch-row").first
+    expect(row).to_be_visible(timeout=10_000)
+    bid = row.get_attribute("data-id")
+    row.locator("td").nth(2).click()
+    page.wait_for_url(f"**/batches/{q(bid)}")
+    expect(page.get_by_test_id("batch-state")).to_be_visible(timeout=5_000)
+
+
+def test_batch_page_shows_state_and_critical_path(page):
+    bid = some_batch(page)
+    info = api_json(page, f"/api/batches/{q(bid)}")
+    page.goto(f"{BASE}/batches/{q(bid)}")
+    expect(page.get_by_test_id("batch-state")).to_have_text(BATCH_STATES, timeout=5_000)
+    expect(page.get_by_test_id("op-count")).to_have_text(f"{info['total']} ops")
+    path = info["critical_path"]
+    assert path, "the batch has no critical path to show"
+    ops = page.get_by_test_id("critical-op")
+    expect(ops.first).to_have_text(path[0])
+    shown = ops.all_inner_texts()
+    if len(path) <= 60:
+        assert shown == path
+    else:
+        assert shown[:30] == path[:30] and shown[-30:] == path[-30:]
+
+
+def test_big_batch_page_within_5s(page):
+    if not BIG:
+        pytest.skip("VOLLEY_DASHBOARD_BIG_BATCH is not set")
+    total = api_json(page, f"/api/batches/{q(BIG)}")["total"]
+    assert total >= 20_000, f"VOLLEY_DASHBOARD_BIG_BATCH has only {total} ops"
+    t0 = time.monotonic()
+    page.goto(f"{BASE}/batches/{q(BIG)}", wait_until="commit")
+    expect(page.get_by_test_id("op-count")).to_have_text(f"{total} ops", timeout=5_000)
+    expect(page.get_by_test_id("batch-state")).to_have_text(BATCH_STATES, timeout=max(1, 5_000 - (time.monotonic() - t0) * 1000))
+    elapsed = time.monotonic() - t0
+    assert elapsed < 5.0, f"{total}-op batch page took {elapsed:.2f}s"
+    # The graph (aggregated server-side) is drawn too.
+    expect(page.locator('[data-testid="dag-canvas"][data-ready="1"]')).to_be_attached(timeout=10_000)
+
+
+def header_snapshot(pg):
+    return (pg.get_by_test_id("batch-state").inner_text(), pg.get_by_test_id("batch-counts").inner_text())
+
+
+def test_running_batch_changes_without_reload(page):
+    if not RUNNING:
+        pytest.skip("VOLLEY_DASHBOARD_RUNNING_BATCH is not set")
+    page.goto(f"{BASE}/batches/{q(RUNNING)}")
+    expect(page.get_by_test_id("batch-state")).to_have_text("running", timeout=5_000)
+    navigations = []
+    page.on("framenavigated", lambda f: navigations.append(f.url) if f == page.main_frame else None)
+    page.evaluate("window.__volleyNoReload = 1")
+    before = header_snapshot(page)
+    deadline = time.monotonic() + 60
+    after = before
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        after = header_snapshot(page)
+        if after != before:
+            break
+    assert after != before, f"the page did not change in 60 s: {before}"
+    assert page.evaluate("window.__volleyNoReload") == 1, "the page was reloaded"
+    assert not navigations, f"the page navigated: {navigations}"
+
+
+def test_nothing_without_login(anon):
+    bid = BIG or RUNNING or "any"
+    for path in ("/api/batches", f"/api/batches/{q(bid)}", f"/api/batches/{q(bid)}/graph", "/api/workers",
+                 "/api/session"):
+        r = anon.request.get(f"{BASE}{path}", max_redirects=0)
+        assert r.status == 401, f"{path} answered {r.status} without a session"
+        assert r.json().get("error") == "unauthenticated"
+    r = anon.request.post(f"{BASE}/api/batches/{q(bid)}/cancel", max_redirects=0)
+    assert r.status in (401, 403), f"cancel answered {r.status} without a session"
+    pg = anon.new_page()
+    for path in ("/", f"/batches/{q(bid)}", "/workers"):
+        pg.goto(f"{BASE}{path}")
+        url = urllib.parse.urlsplit(pg.url)
+        assert url.path == "/login", f"{path} showed {pg.url} without a session"
+        assert urllib.parse.parse_qs(url.query).get("next") == [urllib.parse.unquote(path)]
+        expect(pg.locator('input[name="token"]')).to_be_visible()
+        assert pg.get_by_test_id("batch-state").count() == 0
+        assert pg.get_by_test_id("batch-row").count() == 0
+
+
+def test_bad_token_does_not_log_in(anon):
+    r = anon.request.get(f"{BASE}/login?token=not-a-token-{time.time_ns()}&next=/", max_redirects=0)
+    assert r.status == 401
+    assert anon.request.get(f"{BASE}/api/batches").status == 401
+
+
+def test_op_panel_opens_from_critical_path(page):
+    bid = some_batch(page)
+    page.goto(f"{BASE}/batches/{q(bid)}")
+    op = page.get_by_test_id("critical-op").first
+    expect(op).to_be_visible(timeout=5_000)
+    name = op.inner_text()
+    op.click()
+    panel = page.get_by_test_id("op-panel")
+    expect(panel).to_be_visible(timeout=5_000)
+    expect(panel.locator("h1")).to_have_text(name)
+    expect(page.get_by_test_id("op-args")).to_be_visible()
+    assert f"op={q(name)}" in page.url or f"op={name}" in page.url
+
+
+def take_screenshots(pg, out_dir, batch_id, running_id=None):
+    """PNGs of the list, a DAG, a timeline and an op panel, into out_dir."""
+    os.makedirs(out_dir, exist_ok=True)
+    pg.goto(f"{BASE}/")
+    expect(pg.get_by_test_id("batch-row").first).to_be_visible(timeout=10_000)
+    pg.screenshot(path=os.path.join(out_dir, "list.png"))
+    pg.goto(f"{BASE}/batches/{q(running_id or batch_id)}?tab=graph")
+    expect(pg.locator('[data-testid="dag-canvas"][data-ready="1"]')).to_be_attached(timeout=15_000)
+    pg.wait_for_timeout(300)
+    pg.screenshot(path=os.path.join(out_dir, "dag.png"))
+    pg.goto(f"{BASE}/batches/{q(batch_id)}?tab=timeline")
+    expect(pg.locator('[data-testid="timeline-canvas"][data-loaded]')).to_be_attached(timeout=30_000)
+    pg.wait_for_timeout(300)
+    pg.screenshot(path=os.path.join(out_dir, "timeline.png"))
+    op = pg.get_by_test_id("critical-op").first
+    op.click()
+    expect(pg.get_by_test_id("op-panel")).to_be_visible(timeout=5_000)
+    pg.wait_for_timeout(200)
+    pg.screenshot(path=os.path.join(out_dir, "op-panel.png"))
+
+
+def test_screenshots(page):
+    if not SHOTS:
+        pytest.skip("VOLLEY_DASHBOARD_SCREENSHOTS is not set")
+    take_screenshots(page, SHOTS, some_batch(page), RUNNING)
+    for name in ("list", "dag", "timeline", "op-panel"):
+        assert os.path.getsize(os.path.join(SHOTS, f"{name}.png")) > 10_000
+
+
+if __name__ == "__main__":
+    raise SystemExit(pytest.main([__file__, "-v"]))
