@@ -138,7 +138,7 @@ impl PlanCache {
             .batch_spec(batch)
             .await?
             .ok_or_else(|| CoordinatorError::BatchNotFound(batch.clone()))?;
-        let planned = Arc::new(replan(batch, &spec)?);
+        let planned = Arc::new(replan_blocking(batch, spec).await?);
         self.insert(planned.clone());
         if let Some(meta) = store.meta(batch).await?
             && meta.finished_ms.is_some()
@@ -168,15 +168,7 @@ impl PlanCache {
             .batch_spec(batch)
             .await?
             .ok_or_else(|| CoordinatorError::BatchNotFound(batch.clone()))?;
-        let id = batch.clone();
-        let planned = tokio::task::spawn_blocking(move || replan(&id, &spec))
-            .await
-            .map_err(|error| {
-                CoordinatorError::Store(volley_store::StoreError::Corrupt(format!(
-                    "re-planning batch {batch} panicked: {error}"
-                )))
-            })??;
-        let planned = Arc::new(planned);
+        let planned = Arc::new(replan_blocking(batch, spec).await?);
         // Never replace a plan with an older one (a spawn on this
         // coordinator may have raced the read).
         let mut inner = self.inner.lock().expect("plan cache lock poisoned");
@@ -210,6 +202,23 @@ pub(crate) fn stored_batch(
         decoded.ops.extend(added.ops);
     }
     Ok(decoded)
+}
+
+/// [`replan`] on the blocking pool: planning a big batch is CPU work, kept
+/// off the async workers as submit's planning is. The one way the cache
+/// re-plans.
+async fn replan_blocking(
+    batch: &BatchId,
+    spec: StoredSpec,
+) -> Result<PlannedBatch, CoordinatorError> {
+    let id = batch.clone();
+    tokio::task::spawn_blocking(move || replan(&id, &spec))
+        .await
+        .map_err(|error| {
+            CoordinatorError::Store(volley_store::StoreError::Corrupt(format!(
+                "re-planning batch {batch} panicked: {error}"
+            )))
+        })?
 }
 
 /// Plans a stored spec again. It was valid when stored, so every kind is
