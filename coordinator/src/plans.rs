@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use prost::Message;
 use volley_plan::{Limits, LivenessCheck, Plan};
 use volley_proto::{BatchId, v1};
-use volley_store::{MemoryScope, Store, StoredSpec};
+use volley_store::{Cause, MemoryScope, Store, StoredSpec};
 
 use crate::error::CoordinatorError;
 use crate::tracing_ctx::BatchTrace;
@@ -46,30 +46,19 @@ impl PlannedBatch {
             .unwrap_or("?")
     }
 
-    /// Store messages name ops by index in backticks (`` `7` ``); say their
-    /// ids instead.
-    pub(crate) fn name_indices(&self, message: &str) -> String {
-        if !message.contains('`') {
-            return message.to_owned();
+    /// What the store wrote for an op it ended without running (a
+    /// record's error, an event's message), its ops named by id from the
+    /// cause's data. A message without a cause (one that names no op, or
+    /// one stored before causes were kept) reads as it is.
+    pub(crate) fn describe(&self, cause: Option<&Cause>, message: &str) -> String {
+        match cause {
+            Some(cause) => cause.render(&|index| match self.plan.ops.get(index as usize) {
+                Some(op) => op.id.as_str().to_owned(),
+                // An op past the plan keeps its index, as the store wrote it.
+                None => index.to_string(),
+            }),
+            None => message.to_owned(),
         }
-        let mut named = String::with_capacity(message.len());
-        let mut rest = message;
-        while let Some(open) = rest.find('`') {
-            named.push_str(&rest[..=open]);
-            let after = &rest[open + 1..];
-            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-            let closes = digits > 0 && after.as_bytes().get(digits) == Some(&b'`');
-            match after[..digits].parse::<u32>() {
-                Ok(index) if closes && (index as usize) < self.plan.ops.len() => {
-                    named.push_str(self.op_id(index));
-                    named.push('`');
-                    rest = &after[digits + 1..];
-                }
-                _ => rest = after,
-            }
-        }
-        named.push_str(rest);
-        named
     }
 }
 

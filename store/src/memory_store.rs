@@ -23,7 +23,7 @@ use crate::common::{
     wait_triples,
 };
 use crate::model::*;
-use crate::{Store, StoreError, StoreResult};
+use crate::{AddOpsRefusal, Store, StoreError, StoreResult};
 
 /// How many of a batch's latest events a final lost-worker failure looks
 /// through for its attempt's start (`STARTED_LOOKBACK` in
@@ -134,6 +134,10 @@ struct BatchData {
     events: Vec<PackedEvent>,
     /// Messages of events that have one (`PackedEvent::message` - 1).
     event_messages: Vec<Box<str>>,
+    /// Causes of events that have one, by their `PackedEvent::message`
+    /// (only skips and fail_fast cancels have one: kept apart so every
+    /// event stays small).
+    event_causes: HashMap<u32, Cause>,
     /// Worker ids named by records and events; 0 is "" (none).
     workers: Interned,
     /// Unix ms; 0: none.
@@ -277,6 +281,8 @@ struct Record {
 struct Texts {
     output: String,
     error: String,
+    /// What `error` names as data, when the store wrote it.
+    cause: Option<Cause>,
     details_json: String,
 }
 
@@ -296,9 +302,11 @@ impl Record {
         self.texts.get_or_insert_with(Box::default)
     }
 
-    fn set_error(&mut self, error: String) {
-        if !error.is_empty() || self.texts.is_some() {
-            self.texts_mut().error = error;
+    fn set_error(&mut self, error: String, cause: Option<Cause>) {
+        if !error.is_empty() || cause.is_some() || self.texts.is_some() {
+            let texts = self.texts_mut();
+            texts.error = error;
+            texts.cause = cause;
         }
     }
 
@@ -316,13 +324,14 @@ impl Record {
     }
 
     fn to_record(&self, workers: &Interned) -> OpRecord {
-        let (output, error, details_json) = match &self.texts {
+        let (output, error, cause, details_json) = match &self.texts {
             Some(texts) => (
                 texts.output.clone(),
                 texts.error.clone(),
+                texts.cause.clone(),
                 texts.details_json.clone(),
             ),
-            None => (String::new(), String::new(), String::new()),
+            None => (String::new(), String::new(), None, String::new()),
         };
         OpRecord {
             state: self.state,
@@ -332,6 +341,7 @@ impl Record {
             duration_ms: self.duration_ms,
             output,
             error,
+            cause,
             details_json,
         }
     }
@@ -718,7 +728,7 @@ impl BatchData {
         attempt: u32,
         worker: &str,
         message: &str,
-    ) {
+    ) -> u32 {
         let worker = self.workers.number(worker);
         let message = if message.is_empty() {
             0
@@ -735,6 +745,24 @@ impl BatchData {
             kind,
             batch_state: None,
         });
+        message
+    }
+
+    /// Ends op `index` in `state` (skipped or cancelled) for `cause`, whose
+    /// message and data its record and its event (`kind`) both carry.
+    fn end_op_for(
+        &mut self,
+        index: u32,
+        state: OpState,
+        kind: EventKind,
+        cause: &Cause,
+        now_ms: u64,
+    ) {
+        let attempt = self.ops[index as usize].record.attempts;
+        let message = cause.message();
+        self.end_op_caused(index, state, message.clone(), Some(cause.clone()));
+        let number = self.event(now_ms, kind, Some(index), attempt, "", &message);
+        self.event_causes.insert(number, cause.clone());
     }
 
     /// Event `seq` (1-based), unpacked.
@@ -754,6 +782,7 @@ impl BatchData {
             attempt: event.attempt,
             worker: self.workers.name(event.worker).to_owned(),
             message,
+            cause: self.event_causes.get(&event.message).cloned(),
             batch_state: event.batch_state,
         }
     }
@@ -929,8 +958,13 @@ impl BatchData {
     fn apply_fail_fast(&mut self, index: u32, now_ms: u64) {
         if self.meta.on_failure == OnFailure::FailFast && !self.fail_fast_fired {
             self.fail_fast_fired = true;
-            let reason = format!("cancelled: fail_fast after op `{index}` failed");
-            self.cancel_where(&[OpState::Waiting, OpState::Ready], &reason, now_ms);
+            let cause = Cause::FailFast { index };
+            self.cancel_where(
+                &[OpState::Waiting, OpState::Ready],
+                &cause.message(),
+                Some(&cause),
+                now_ms,
+            );
         }
     }
 
@@ -951,11 +985,15 @@ impl BatchData {
     }
 
     fn end_op(&mut self, index: u32, state: OpState, error: String) {
+        self.end_op_caused(index, state, error, None);
+    }
+
+    fn end_op_caused(&mut self, index: u32, state: OpState, error: String, cause: Option<Cause>) {
         self.clear_lease(index);
         self.clear_delay(index);
         let op = &mut self.ops[index as usize];
         op.record.state = state;
-        op.record.set_error(error);
+        op.record.set_error(error, cause);
         match state {
             OpState::Succeeded => self.meta.succeeded += 1,
             OpState::Failed => self.meta.failed += 1,
@@ -982,16 +1020,16 @@ impl BatchData {
                         became_ready += 1;
                     }
                 } else if !op.record.state.is_final() {
-                    let reason = format!("dependency `{ended}` {}", ended_word(ended_state));
-                    let attempt = op.record.attempts;
-                    self.end_op(dependent, OpState::Skipped, reason.clone());
-                    self.event(
-                        now_ms,
+                    let cause = Cause::Dependency {
+                        index: ended,
+                        state: ended_state,
+                    };
+                    self.end_op_for(
+                        dependent,
+                        OpState::Skipped,
                         EventKind::OpSkipped,
-                        Some(dependent),
-                        attempt,
-                        "",
-                        &reason,
+                        &cause,
+                        now_ms,
                     );
                     worklist.push_back((dependent, OpState::Skipped));
                 }
@@ -1006,6 +1044,7 @@ impl BatchData {
         &mut self,
         states: &[OpState],
         reason: &str,
+        cause: Option<&Cause>,
         now_ms: u64,
     ) -> Vec<(Claimed, bool)> {
         let mut cancelled = Vec::new();
@@ -1018,8 +1057,8 @@ impl BatchData {
             if was == OpState::Running {
                 self.meta.running = self.meta.running.saturating_sub(1);
             }
-            self.end_op(index, OpState::Cancelled, reason.to_owned());
-            self.event(
+            self.end_op_caused(index, OpState::Cancelled, reason.to_owned(), cause.cloned());
+            let number = self.event(
                 now_ms,
                 EventKind::OpCancelled,
                 Some(index),
@@ -1027,6 +1066,9 @@ impl BatchData {
                 "",
                 reason,
             );
+            if let Some(cause) = cause {
+                self.event_causes.insert(number, cause.clone());
+            }
             cancelled.push((Claimed { index, attempt }, was == OpState::Running));
         }
         for queue in &mut self.ready {
@@ -1164,15 +1206,6 @@ fn retry_message(error: &str, delay: u64, ready_at: u64) -> String {
     }
 }
 
-/// How a dependency's end is worded in a skip reason.
-pub(crate) fn ended_word(state: OpState) -> &'static str {
-    match state {
-        OpState::Failed => "failed",
-        OpState::Cancelled => "cancelled",
-        _ => "skipped",
-    }
-}
-
 /// The batch error of a batch that ended `Failed`.
 pub(crate) fn failed_summary(meta: &BatchMeta) -> String {
     format!(
@@ -1249,6 +1282,7 @@ impl Store for MemoryStore {
                 retry_at: HashMap::new(),
                 events: Vec::new(),
                 event_messages: Vec::new(),
+                event_causes: HashMap::new(),
                 workers: Interned::default(),
                 deadline_ms: batch.deadline_ms,
                 cancel_requested: false,
@@ -1687,6 +1721,7 @@ impl Store for MemoryStore {
             let cancelled = data.cancel_where(
                 &[OpState::Waiting, OpState::Ready, OpState::Running],
                 "cancelled: the batch's deadline passed",
+                None,
                 now_ms,
             );
             CompleteOutcome {
@@ -1744,6 +1779,7 @@ impl Store for MemoryStore {
                     retry_at: HashMap::new(),
                     events: Vec::new(),
                     event_messages: Vec::new(),
+                    event_causes: HashMap::new(),
                     workers: Interned::default(),
                     deadline_ms: 0,
                     cancel_requested: false,
@@ -1851,6 +1887,7 @@ impl Store for MemoryStore {
             let cancelled = data.cancel_where(
                 &[OpState::Waiting, OpState::Ready, OpState::Running],
                 &reason,
+                None,
                 now_ms,
             );
             let outcome = CancelOutcome {
@@ -2271,21 +2308,21 @@ impl Store for MemoryStore {
                     record: record.clone(),
                 });
             }
-            let cannot = |reason: String| StoreError::CannotAddOps {
+            let cannot = |reason: AddOpsRefusal| StoreError::CannotAddOps {
                 batch: batch.clone(),
                 reason,
             };
             if data.meta.state != BatchState::Running {
-                return Err(cannot(format!("batch is {}", data.meta.state.code())));
+                return Err(cannot(AddOpsRefusal::NotRunning(data.meta.state)));
             }
             if data.fail_fast_fired {
-                return Err(cannot("fail_fast fired".to_owned()));
+                return Err(cannot(AddOpsRefusal::FailFastFired));
             }
             if data.meta.total != first_index {
-                return Err(cannot(format!(
-                    "first_index is {first_index} but the batch has {} ops",
-                    data.meta.total
-                )));
+                return Err(cannot(AddOpsRefusal::FirstIndexTaken {
+                    first_index,
+                    total: data.meta.total,
+                }));
             }
             let mut data = inner
                 .batches
@@ -2336,16 +2373,16 @@ impl Store for MemoryStore {
                             outcome.became_ready += 1;
                         }
                     } else if !op.record.state.is_final() {
-                        let reason = format!("dependency `{before}` {}", ended_word(before_state));
-                        let attempt = op.record.attempts;
-                        data.end_op(index, OpState::Skipped, reason.clone());
-                        data.event(
-                            now_ms,
+                        let cause = Cause::Dependency {
+                            index: before,
+                            state: before_state,
+                        };
+                        data.end_op_for(
+                            index,
+                            OpState::Skipped,
                             EventKind::OpSkipped,
-                            Some(index),
-                            attempt,
-                            "",
-                            &reason,
+                            &cause,
+                            now_ms,
                         );
                         outcome.became_ready += data.propagate(index, OpState::Skipped, now_ms);
                     }
@@ -2566,7 +2603,7 @@ fn settle_hopeless(
             .and_then(|scope_data| scope_data.waiters.get(&key))
             .map(|set| set.iter().cloned().collect())
             .unwrap_or_default();
-        let mut message: Option<String> = None;
+        let mut cause: Option<Cause> = None;
         for waiter in waits {
             let Some(op) = data.ops.get(waiter.index as usize) else {
                 continue;
@@ -2601,7 +2638,7 @@ fn settle_hopeless(
                 }
                 continue;
             }
-            let message = message
+            let cause = cause
                 .get_or_insert_with(|| {
                     let writers: Vec<(u32, OpState)> = data
                         .writers
@@ -2614,18 +2651,15 @@ fn settle_hopeless(
                                 .collect()
                         })
                         .unwrap_or_default();
-                    hopeless_message(&key, &writers)
+                    Cause::never_written(&key, &writers)
                 })
                 .clone();
-            let attempt = op.record.attempts;
-            data.end_op(waiter.index, OpState::Skipped, message.clone());
-            data.event(
-                now_ms,
+            data.end_op_for(
+                waiter.index,
+                OpState::Skipped,
                 EventKind::OpSkipped,
-                Some(waiter.index),
-                attempt,
-                "",
-                &message,
+                &cause,
+                now_ms,
             );
             became_ready += data.propagate(waiter.index, OpState::Skipped, now_ms);
         }

@@ -51,7 +51,7 @@ use crate::common::{
 use crate::keys;
 use crate::model::*;
 use crate::redis_connect::{PreparedClient, RedisConnect, RedisConnectError};
-use crate::{Store, StoreError, StoreResult};
+use crate::{AddOpsRefusal, Store, StoreError, StoreResult};
 
 mod ready_gauge;
 
@@ -1047,6 +1047,65 @@ struct ResultJson {
     e: String,
     #[serde(default)]
     j: String,
+    /// What `e` names, when a script wrote it (see [`CauseJson`]).
+    #[serde(default)]
+    c: Option<serde_json::Value>,
+}
+
+/// A [`Cause`] as the scripts keep it (`cause_dependency`,
+/// `cause_fail_fast` and `hopeless_message` in `lua/common.lua`):
+/// `{"d":7,"s":"F"}`, `{"f":7}`, `{"k":"key","w":[[3,"F"]],"m":0}`.
+#[derive(serde::Deserialize)]
+struct CauseJson {
+    #[serde(default)]
+    d: Option<u32>,
+    #[serde(default)]
+    s: Option<String>,
+    #[serde(default)]
+    f: Option<u32>,
+    #[serde(default)]
+    k: Option<String>,
+    #[serde(default)]
+    w: Vec<(u32, String)>,
+    #[serde(default)]
+    m: u32,
+}
+
+impl CauseJson {
+    /// `None` for a cause this version cannot read: the message is then
+    /// shown as it is, as for records kept before causes were.
+    fn into_cause(self) -> Option<Cause> {
+        if let Some(index) = self.d {
+            let state = OpState::from_code(self.s.as_deref()?)?;
+            return Some(Cause::Dependency { index, state });
+        }
+        if let Some(index) = self.f {
+            return Some(Cause::FailFast { index });
+        }
+        let key = self.k?;
+        let writers = self
+            .w
+            .into_iter()
+            .map(|(index, code)| Some((index, OpState::from_code(&code)?)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Cause::NeverWritten {
+            key,
+            writers,
+            more: self.m,
+        })
+    }
+
+    fn parse(json: &str) -> Option<Cause> {
+        serde_json::from_str::<CauseJson>(json)
+            .ok()
+            .and_then(CauseJson::into_cause)
+    }
+
+    fn from_value(value: serde_json::Value) -> Option<Cause> {
+        serde_json::from_value::<CauseJson>(value)
+            .ok()
+            .and_then(CauseJson::into_cause)
+    }
 }
 
 fn parse_ms(text: &str) -> u64 {
@@ -1100,6 +1159,7 @@ fn parse_event(id: &str, fields: &HashMap<String, String>) -> StoreResult<Event>
         attempt: attempt.parse().unwrap_or(0),
         worker: worker.to_owned(),
         message: message.to_owned(),
+        cause: fields.get("c").and_then(|json| CauseJson::parse(json)),
         batch_state,
     })
 }
@@ -1755,6 +1815,7 @@ impl Store for RedisStore {
                     duration_ms: parse_ms(&result.d),
                     output: result.o,
                     error: result.e,
+                    cause: result.c.and_then(CauseJson::from_value),
                     details_json: result.j,
                 });
             }
@@ -2340,9 +2401,26 @@ impl Store for RedisStore {
         match status {
             -1 => return Err(StoreError::BatchNotFound(batch.clone())),
             -2 => {
+                let state = BatchState::from_code(&reason)
+                    .ok_or_else(|| corrupt(format_args!("batch {batch} has state `{reason}`")))?;
                 return Err(StoreError::CannotAddOps {
                     batch: batch.clone(),
-                    reason,
+                    reason: AddOpsRefusal::NotRunning(state),
+                });
+            }
+            -4 => {
+                return Err(StoreError::CannotAddOps {
+                    batch: batch.clone(),
+                    reason: AddOpsRefusal::FailFastFired,
+                });
+            }
+            -5 => {
+                let total = reason
+                    .parse()
+                    .map_err(|_| corrupt(format_args!("batch {batch} has `{reason}` ops")))?;
+                return Err(StoreError::CannotAddOps {
+                    batch: batch.clone(),
+                    reason: AddOpsRefusal::FirstIndexTaken { first_index, total },
                 });
             }
             -3 => {
