@@ -10,6 +10,8 @@
 //!
 //! # Layout
 //! - [`model`] — the types the verbs take and return.
+//! - `cause` — [`Cause`]: the ops a skip's or a fail_fast cancel's message
+//!   names, as data beside the message.
 //! - [`keys`] — every Redis key name, the source `lua/common.lua` follows
 //!   (`tests/keys_spelling.rs` checks they agree).
 //! - [`redis_store`] — the Redis implementation; its scripts live in `lua/`.
@@ -23,6 +25,7 @@
 //!   under `conformance/`; compiled only with the `conformance` feature,
 //!   which the store's own tests enable.
 
+mod cause;
 mod common;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -35,6 +38,7 @@ pub mod redis_store;
 use async_trait::async_trait;
 use volley_proto::BatchId;
 
+pub use cause::*;
 pub use memory_store::MemoryStore;
 pub use model::*;
 pub use redis_connect::{RedisConnect, RedisConnectError, redact_url};
