@@ -229,3 +229,72 @@ pub(crate) fn replan(batch: &BatchId, spec: &StoredSpec) -> Result<PlannedBatch,
         tenant: crate::auth::tenant_or_default(&decoded.tenant).to_owned(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use volley_store::OpState;
+
+    use super::*;
+
+    /// A batch of two ops, `build` (0) and `test` (1), planned from its
+    /// stored spec.
+    fn planned() -> PlannedBatch {
+        let batch = v1::Batch {
+            name: "named".to_owned(),
+            ops: ["build", "test"]
+                .iter()
+                .map(|id| v1::Op {
+                    id: (*id).to_owned(),
+                    kind: "echo".to_owned(),
+                    args_json: r#"{"text": "hi"}"#.to_owned(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let spec = StoredSpec {
+            base: batch.encode_to_vec(),
+            added: Vec::new(),
+        };
+        replan(&BatchId::new("named"), &spec).expect("the spec plans")
+    }
+
+    #[test]
+    fn describe_names_the_ops_a_cause_holds() {
+        let planned = planned();
+        let dependency = Cause::Dependency {
+            index: 0,
+            state: OpState::Failed,
+        };
+        assert_eq!(
+            planned.describe(Some(&dependency), &dependency.message()),
+            "dependency `build` failed"
+        );
+        let fail_fast = Cause::FailFast { index: 1 };
+        assert_eq!(
+            planned.describe(Some(&fail_fast), &fail_fast.message()),
+            "cancelled: fail_fast after op `test` failed"
+        );
+        let hopeless = Cause::never_written("k", &[(0, OpState::Failed), (1, OpState::Skipped)]);
+        assert_eq!(
+            planned.describe(Some(&hopeless), &hopeless.message()),
+            "key `k` will never be written: its writers `build` (failed), `test` (skipped)"
+        );
+    }
+
+    #[test]
+    fn describe_keeps_a_message_without_a_cause_and_indices_past_the_plan() {
+        let planned = planned();
+        // A worker's error, a cancel reason, or a record stored before
+        // causes were kept: as it is, backticked numbers and all.
+        assert_eq!(planned.describe(None, "exit `1`"), "exit `1`");
+        let past = Cause::Dependency {
+            index: 7,
+            state: OpState::Skipped,
+        };
+        assert_eq!(
+            planned.describe(Some(&past), &past.message()),
+            "dependency `7` skipped"
+        );
+    }
+}
