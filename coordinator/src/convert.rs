@@ -54,7 +54,7 @@ pub(crate) fn event(planned: &PlannedBatch, event: Event) -> v1::BatchEvent {
         op_id,
         attempt: event.attempt,
         worker: event.worker,
-        message: planned.name_indices(&event.message),
+        message: planned.describe(event.cause.as_ref(), &event.message),
         batch_state: event
             .batch_state
             .map(|state| batch_state(state) as i32)

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use prost::Message;
 use volley_plan::{Limits, LivenessCheck, Plan};
 use volley_proto::{BatchId, v1};
-use volley_store::{MemoryScope, Store, StoredSpec};
+use volley_store::{Cause, MemoryScope, Store, StoredSpec};
 
 use crate::error::CoordinatorError;
 use crate::tracing_ctx::BatchTrace;
@@ -46,30 +46,19 @@ impl PlannedBatch {
             .unwrap_or("?")
     }
 
-    /// Store messages name ops by index in backticks (`` `7` ``); say their
-    /// ids instead.
-    pub(crate) fn name_indices(&self, message: &str) -> String {
-        if !message.contains('`') {
-            return message.to_owned();
+    /// What the store wrote for an op it ended without running (a
+    /// record's error, an event's message), its ops named by id from the
+    /// cause's data. A message without a cause (one that names no op, or
+    /// one stored before causes were kept) reads as it is.
+    pub(crate) fn describe(&self, cause: Option<&Cause>, message: &str) -> String {
+        match cause {
+            Some(cause) => cause.render(&|index| match self.plan.ops.get(index as usize) {
+                Some(op) => op.id.as_str().to_owned(),
+                // An op past the plan keeps its index, as the store wrote it.
+                None => index.to_string(),
+            }),
+            None => message.to_owned(),
         }
-        let mut named = String::with_capacity(message.len());
-        let mut rest = message;
-        while let Some(open) = rest.find('`') {
-            named.push_str(&rest[..=open]);
-            let after = &rest[open + 1..];
-            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-            let closes = digits > 0 && after.as_bytes().get(digits) == Some(&b'`');
-            match after[..digits].parse::<u32>() {
-                Ok(index) if closes && (index as usize) < self.plan.ops.len() => {
-                    named.push_str(self.op_id(index));
-                    named.push('`');
-                    rest = &after[digits + 1..];
-                }
-                _ => rest = after,
-            }
-        }
-        named.push_str(rest);
-        named
     }
 }
 
@@ -138,7 +127,7 @@ impl PlanCache {
             .batch_spec(batch)
             .await?
             .ok_or_else(|| CoordinatorError::BatchNotFound(batch.clone()))?;
-        let planned = Arc::new(replan(batch, &spec)?);
+        let planned = Arc::new(replan_blocking(batch, spec).await?);
         self.insert(planned.clone());
         if let Some(meta) = store.meta(batch).await?
             && meta.finished_ms.is_some()
@@ -168,15 +157,7 @@ impl PlanCache {
             .batch_spec(batch)
             .await?
             .ok_or_else(|| CoordinatorError::BatchNotFound(batch.clone()))?;
-        let id = batch.clone();
-        let planned = tokio::task::spawn_blocking(move || replan(&id, &spec))
-            .await
-            .map_err(|error| {
-                CoordinatorError::Store(volley_store::StoreError::Corrupt(format!(
-                    "re-planning batch {batch} panicked: {error}"
-                )))
-            })??;
-        let planned = Arc::new(planned);
+        let planned = Arc::new(replan_blocking(batch, spec).await?);
         // Never replace a plan with an older one (a spawn on this
         // coordinator may have raced the read).
         let mut inner = self.inner.lock().expect("plan cache lock poisoned");
@@ -212,6 +193,23 @@ pub(crate) fn stored_batch(
     Ok(decoded)
 }
 
+/// [`replan`] on the blocking pool: planning a big batch is CPU work, kept
+/// off the async workers as submit's planning is. The one way the cache
+/// re-plans.
+async fn replan_blocking(
+    batch: &BatchId,
+    spec: StoredSpec,
+) -> Result<PlannedBatch, CoordinatorError> {
+    let id = batch.clone();
+    tokio::task::spawn_blocking(move || replan(&id, &spec))
+        .await
+        .map_err(|error| {
+            CoordinatorError::Store(volley_store::StoreError::Corrupt(format!(
+                "re-planning batch {batch} panicked: {error}"
+            )))
+        })?
+}
+
 /// Plans a stored spec again. It was valid when stored, so every kind is
 /// accepted now (the workers that knew it may be gone), and so are its
 /// waits (a key a client was to write may still be missing).
@@ -230,4 +228,73 @@ pub(crate) fn replan(batch: &BatchId, spec: &StoredSpec) -> Result<PlannedBatch,
         trace: BatchTrace::from_carrier(&decoded.trace_context),
         tenant: crate::auth::tenant_or_default(&decoded.tenant).to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use volley_store::OpState;
+
+    use super::*;
+
+    /// A batch of two ops, `build` (0) and `test` (1), planned from its
+    /// stored spec.
+    fn planned() -> PlannedBatch {
+        let batch = v1::Batch {
+            name: "named".to_owned(),
+            ops: ["build", "test"]
+                .iter()
+                .map(|id| v1::Op {
+                    id: (*id).to_owned(),
+                    kind: "echo".to_owned(),
+                    args_json: r#"{"text": "hi"}"#.to_owned(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let spec = StoredSpec {
+            base: batch.encode_to_vec(),
+            added: Vec::new(),
+        };
+        replan(&BatchId::new("named"), &spec).expect("the spec plans")
+    }
+
+    #[test]
+    fn describe_names_the_ops_a_cause_holds() {
+        let planned = planned();
+        let dependency = Cause::Dependency {
+            index: 0,
+            state: OpState::Failed,
+        };
+        assert_eq!(
+            planned.describe(Some(&dependency), &dependency.message()),
+            "dependency `build` failed"
+        );
+        let fail_fast = Cause::FailFast { index: 1 };
+        assert_eq!(
+            planned.describe(Some(&fail_fast), &fail_fast.message()),
+            "cancelled: fail_fast after op `test` failed"
+        );
+        let hopeless = Cause::never_written("k", &[(0, OpState::Failed), (1, OpState::Skipped)]);
+        assert_eq!(
+            planned.describe(Some(&hopeless), &hopeless.message()),
+            "key `k` will never be written: its writers `build` (failed), `test` (skipped)"
+        );
+    }
+
+    #[test]
+    fn describe_keeps_a_message_without_a_cause_and_indices_past_the_plan() {
+        let planned = planned();
+        // A worker's error, a cancel reason, or a record stored before
+        // causes were kept: as it is, backticked numbers and all.
+        assert_eq!(planned.describe(None, "exit `1`"), "exit `1`");
+        let past = Cause::Dependency {
+            index: 7,
+            state: OpState::Skipped,
+        };
+        assert_eq!(
+            planned.describe(Some(&past), &past.message()),
+            "dependency `7` skipped"
+        );
+    }
 }

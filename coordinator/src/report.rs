@@ -62,7 +62,7 @@ pub(crate) fn build(
                 },
                 duration_ms: record.duration_ms,
                 output: record.output.clone(),
-                error: planned.name_indices(&record.error),
+                error: planned.describe(record.cause.as_ref(), &record.error),
                 details_json: record.details_json.clone(),
                 after: op
                     .deps
@@ -91,7 +91,8 @@ pub(crate) fn build(
         ops,
         critical_path,
         critical_path_ms,
-        error: planned.name_indices(&meta.error),
+        // The batch's error names no op by index.
+        error: meta.error.clone(),
         owner: String::new(),
     }
 }

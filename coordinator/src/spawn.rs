@@ -18,7 +18,7 @@ use std::sync::Arc;
 use prost::Message;
 use tracing::info;
 use volley_proto::{BatchId, v1};
-use volley_store::{NewOp, SpawnOnce, StoreError};
+use volley_store::{AddOpsRefusal, NewOp, SpawnOnce, StoreError};
 
 use crate::auth::Principal;
 use crate::dispatch::Command;
@@ -171,7 +171,10 @@ impl Coordinator {
                     return replayed_spawn(batch, idempotency_key, &digest, &record);
                 }
                 // Another spawn grew the batch first: plan again on top of it.
-                Err(StoreError::CannotAddOps { reason, .. }) if reason.contains("index") => {
+                Err(StoreError::CannotAddOps {
+                    reason: AddOpsRefusal::FirstIndexTaken { .. },
+                    ..
+                }) => {
                     continue;
                 }
                 Err(error) => return Err(error.into()),

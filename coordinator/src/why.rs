@@ -46,7 +46,7 @@ impl Coordinator {
         let mut reasons = Vec::new();
         match record.state {
             OpState::Succeeded | OpState::Failed | OpState::Skipped | OpState::Cancelled => {
-                let error = planned.name_indices(&record.error);
+                let error = planned.describe(record.cause.as_ref(), &record.error);
                 reasons.push(if error.is_empty() {
                     format!(
                         "it has ended: {:?} after {} attempt(s)",

@@ -17,8 +17,10 @@
 --   `[[idx, [keys...]], ...]` ('' none; see add_writers in common.lua)
 -- then ARGV[9 + count * 5]: an idempotency key ('' for none) and
 --   ARGV[10 + count * 5]: the record kept under it (see Store::add_ops)
--- Returns: { status (0 ok, -1 no such batch, -2 cannot add, -3 the key was
---            used: reason is its record), reason, became_ready, finished
+-- Returns: { status (0 ok, -1 no such batch, -2 the batch is not running:
+--            reason is its state code, -3 the key was used: reason is its
+--            record, -4 fail_fast fired, -5 first_index is not the batch's
+--            op count: reason is that count), reason, became_ready, finished
 --            batch state code or '', memory scope code }
 local m = redis.call('HMGET', K_META, 'state', 'total', 'fail_fast_fired', 'memory')
 if not m[1] or m[1] == 'creating' then return { -1, '', 0, '', '' } end
@@ -27,13 +29,11 @@ if once_key ~= '' then
   local record = redis.call('HGET', K_SPAWN_KEYS, once_key)
   if record then return { -3, record, 0, '', '' } end
 end
-if m[1] ~= 'running' then return { -2, 'batch is ' .. m[1], 0, '', '' } end
-if m[3] == '1' then return { -2, 'fail_fast fired', 0, '', '' } end
+if m[1] ~= 'running' then return { -2, m[1], 0, '', '' } end
+if m[3] == '1' then return { -4, '', 0, '', '' } end
 local first, count = tonumber(ARGV[4]), tonumber(ARGV[5])
 local total = tonumber(m[2] or '0')
-if first ~= total then
-  return { -2, string.format('first_index is %d but the batch has %d ops', first, total), 0, '', '' }
-end
+if first ~= total then return { -5, tostring(total), 0, '', '' } end
 local function field(offset, number) return ARGV[7 + offset * 5 + number] end
 for offset = 0, count - 1 do
   local idx = first + offset
@@ -72,8 +72,9 @@ for offset = 0, count - 1 do
         became_ready = became_ready + count_down(idx)
       elseif not FINAL[redis.call('HGET', K_STATE, idx)] then
         local reason = 'dependency `' .. before .. '` ' .. (ENDED_WORD[state] or 'skipped')
-        end_op(idx, 'K', cjson.encode({ e = reason }))
-        event('skipped', idx, attempts_of(idx), '', reason, nil)
+        local cause = cause_dependency(before, state)
+        end_op(idx, 'K', cjson.encode({ e = reason, c = cause }))
+        event('skipped', idx, attempts_of(idx), '', reason, nil, cause)
         became_ready = became_ready + propagate(idx, 'K')
       end
     else

@@ -99,9 +99,28 @@ local SEP = '\31'
 -- stream numbers it (`0-*`: Redis 7 takes the next sequence after the last
 -- id, starting at 1), so an event is one command. Its fields are packed in
 -- one: `e` = now, kind, op index, attempt, worker, batch state, message.
-local function event(kind, idx, attempt, worker, message, batch_state)
-  redis.call('XADD', K_EVENTS, '0-*', 'e', NOW .. SEP .. kind .. SEP .. (idx or '') .. SEP ..
-    (attempt or 0) .. SEP .. (worker or '') .. SEP .. (batch_state or '') .. SEP .. (message or ''))
+-- A message that names ops (see `cause_*` below) has its cause beside it,
+-- as JSON in field `c`.
+local function event(kind, idx, attempt, worker, message, batch_state, cause)
+  local packed = NOW .. SEP .. kind .. SEP .. (idx or '') .. SEP .. (attempt or 0) .. SEP ..
+    (worker or '') .. SEP .. (batch_state or '') .. SEP .. (message or '')
+  if cause then
+    redis.call('XADD', K_EVENTS, '0-*', 'e', packed, 'c', cjson.encode(cause))
+  else
+    redis.call('XADD', K_EVENTS, '0-*', 'e', packed)
+  end
+end
+
+-- Causes (`Cause` in src/model.rs): the ops a skip's or a fail_fast
+-- cancel's message names, as data, kept beside the message (`c` in the
+-- op's result JSON and in its event) so readers never parse the text.
+-- Dependency `idx` ended with state `code`.
+local function cause_dependency(idx, code)
+  return { d = tonumber(idx), s = code }
+end
+-- The batch is fail_fast and op `idx` failed for good.
+local function cause_fail_fast(idx)
+  return { f = tonumber(idx) }
 end
 
 -- A unix ms time as RFC 3339 UTC with ms (`2026-12-02T03:04:05.123Z`), as
@@ -478,9 +497,10 @@ local function propagate(idx, code)
         local state = redis.call('HGET', K_STATE, dependent)
         if state and not FINAL[state] then
           local reason = 'dependency `' .. ended .. '` ' .. (ENDED_WORD[ended_code] or 'skipped')
+          local cause = cause_dependency(ended, ended_code)
           local attempt = attempts_of(dependent)
-          end_op(dependent, 'K', cjson.encode({ e = reason }))
-          event('skipped', dependent, attempt, '', reason, nil)
+          end_op(dependent, 'K', cjson.encode({ e = reason, c = cause }))
+          event('skipped', dependent, attempt, '', reason, nil, cause)
           queue_idx[#queue_idx + 1] = dependent
           queue_code[#queue_code + 1] = 'K'
         end
@@ -492,8 +512,9 @@ end
 
 -- Cancels every op whose state is in `states` (a set of codes), in index
 -- order, and empties the ready queues. Scans the state hash once (only
--- cancel and fail_fast do this). Returns a flat list idx, attempt, was_running.
-local function cancel_where(states, reason)
+-- cancel and fail_fast do this). `cause`: what `reason` names (nil: none).
+-- Returns a flat list idx, attempt, was_running.
+local function cancel_where(states, reason, cause)
   local all = redis.call('HGETALL', K_STATE)
   local selected = {}
   for position = 1, #all, 2 do
@@ -503,13 +524,13 @@ local function cancel_where(states, reason)
   end
   table.sort(selected)
   local out = {}
-  local result_json = cjson.encode({ e = reason })
+  local result_json = cjson.encode({ e = reason, c = cause })
   for _, idx in ipairs(selected) do
     local was_running = redis.call('HGET', K_STATE, idx) == 'U'
     if was_running then redis.call('HINCRBY', K_META, 'running', -1) end
     local attempt = attempts_of(idx)
     end_op(idx, 'C', result_json)
-    event('cancelled', idx, attempt, '', reason, nil)
+    event('cancelled', idx, attempt, '', reason, nil, cause)
     out[#out + 1] = idx
     out[#out + 1] = attempt
     out[#out + 1] = was_running and 1 or 0
@@ -644,15 +665,24 @@ local WRITER_ENDED_SHORT = { F = 'failed', K = 'skipped', C = 'cancelled',
   S = 'succeeded without writing it' }
 local HOPELESS_NAMED = 5
 
+-- The message and the cause of skipping a waiter of hopeless key `key`:
+-- its first HOPELESS_NAMED writers with how each ended (`w`), how many more
+-- there are (`m`).
 local function hopeless_message(key)
   local writers = {}
   for writer in string.gmatch(redis.call('HGET', K_WRITER_OPS, key) or '', '%d+') do
     writers[#writers + 1] = writer
   end
   local states = hmget_many(K_STATE, writers)
+  local cause_writers = {}
+  for position = 1, math.min(#writers, HOPELESS_NAMED) do
+    cause_writers[position] = { tonumber(writers[position]), states[position] or '' }
+  end
+  local cause = { k = key, w = cause_writers, m = math.max(#writers - HOPELESS_NAMED, 0) }
   local head = 'key `' .. key .. '` will never be written: '
   if #writers == 1 then
-    return head .. 'its writer `' .. writers[1] .. '` ' .. (WRITER_ENDED[states[1]] or 'ended')
+    return head .. 'its writer `' .. writers[1] .. '` ' .. (WRITER_ENDED[states[1]] or 'ended'),
+      cause
   end
   local named = {}
   for position = 1, math.min(#writers, HOPELESS_NAMED) do
@@ -663,7 +693,7 @@ local function hopeless_message(key)
   if #writers > HOPELESS_NAMED then
     text = text .. string.format(' and %d more', #writers - HOPELESS_NAMED)
   end
-  return text
+  return text, cause
 end
 
 -- Every key of op `idx`'s `wait_for_any` group is hopeless.
@@ -701,7 +731,7 @@ local function settle_hopeless()
         if left[1] ~= right[1] then return left[1] < right[1] end
         return left[2] < right[2]
       end)
-      local message = nil
+      local message, cause = nil, nil
       for _, wait in ipairs(waits) do
         local idx, mode = tostring(wait[1]), wait[2]
         if redis.call('HGET', K_STATE, idx) == 'W'
@@ -712,9 +742,9 @@ local function settle_hopeless()
             local _, ready = arrive(idx, key, mode)
             became_ready = became_ready + ready
           else
-            message = message or hopeless_message(key)
-            end_op(idx, 'K', cjson.encode({ e = message }))
-            event('skipped', idx, attempts_of(idx), '', message, nil)
+            if not message then message, cause = hopeless_message(key) end
+            end_op(idx, 'K', cjson.encode({ e = message, c = cause }))
+            event('skipped', idx, attempts_of(idx), '', message, nil, cause)
             became_ready = became_ready + propagate(idx, 'K')
           end
         end
@@ -784,7 +814,8 @@ local function apply_fail_fast(idx)
   local m = redis.call('HMGET', K_META, 'on_failure', 'fail_fast_fired')
   if m[1] == 'fail_fast' and m[2] ~= '1' then
     redis.call('HSET', K_META, 'fail_fast_fired', '1')
-    cancel_where({ W = true, R = true }, 'cancelled: fail_fast after op `' .. idx .. '` failed')
+    cancel_where({ W = true, R = true }, 'cancelled: fail_fast after op `' .. idx .. '` failed',
+      cause_fail_fast(idx))
   end
 end
 

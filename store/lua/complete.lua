@@ -128,7 +128,8 @@ for position = 0, count - 1 do
       became_ready = became_ready + propagate(idx, code)
       if not ok and fail_fast and not fired then
         redis.call('HSET', K_META, 'fail_fast_fired', '1')
-        cancel_where({ W = true, R = true }, 'cancelled: fail_fast after op `' .. idx .. '` failed')
+        cancel_where({ W = true, R = true }, 'cancelled: fail_fast after op `' .. idx .. '` failed',
+          cause_fail_fast(idx))
       end
     end
   end

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use volley_proto::BatchId;
 
 use crate::model::NewOp;
-use crate::{StoreError, StoreResult};
+use crate::{AddOpsRefusal, StoreError, StoreResult};
 
 /// Doorbell channel capacity; a receiver that lags gets `Lagged` and should
 /// resync, exactly as after `Doorbell::Resync`.
@@ -37,20 +37,20 @@ pub(crate) fn added_edges(
     };
     for (offset, op) in ops.iter().enumerate() {
         let index = first_index + offset as u32;
-        let cannot = |reason: String| StoreError::CannotAddOps {
+        let cannot = |reason: AddOpsRefusal| StoreError::CannotAddOps {
             batch: batch.clone(),
             reason,
         };
         if op.deps as usize != op.after.len() {
-            return Err(cannot(format!(
-                "op {index} has deps {} but {} `after` entries",
-                op.deps,
-                op.after.len()
-            )));
+            return Err(cannot(AddOpsRefusal::DepsMismatch {
+                index,
+                deps: op.deps,
+                after: op.after.len() as u32,
+            }));
         }
         for &before in &op.after {
             if u64::from(before) >= end || before == index {
-                return Err(cannot(format!("op {index} runs after op {before}")));
+                return Err(cannot(AddOpsRefusal::BadAfter { index, before }));
             }
             if before < first_index {
                 edges.existing_after[offset].push(before);

@@ -37,6 +37,8 @@
 //! - `memory` — the memory verbs and their change log;
 //! - `waits` — ops waiting for memory keys, and their expiry;
 //! - `writers` — declared writers, and shared `store_as` writes;
+//! - `causes` — the ops a skip's or a cancel's message names, as data, and
+//!   `add_ops`'s typed refusals;
 //! - `add_ops`, `idempotency`, `sequential` (the sequential pass),
 //!   `tokens`, `ready` (ready depth and gauge).
 
@@ -46,12 +48,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use volley_proto::BatchId;
 
 use crate::model::*;
-use crate::{Store, StoreError};
+use crate::{AddOpsRefusal, Store, StoreError};
 
 mod add_ops;
 pub use add_ops::*;
 mod batches;
 pub use batches::*;
+mod causes;
+pub use causes::*;
 mod claims;
 pub use claims::*;
 mod completion;
@@ -163,6 +167,12 @@ macro_rules! conformance_tests {
             case_shared_namespace_keys_are_never_judged,
             case_shared_store_as_is_written_once_even_when_resent,
             case_an_any_group_with_an_undeclared_key_keeps_waiting,
+            case_skips_carry_the_dependency_as_data,
+            case_fail_fast_cancels_carry_the_failed_op_as_data,
+            case_a_cancel_reason_carries_no_cause,
+            case_hopeless_skips_carry_the_key_and_its_writers_as_data,
+            case_add_ops_skips_carry_causes_and_refusals_are_typed,
+            case_add_ops_after_fail_fast_is_refused_by_type,
         );
         $crate::conformance_tests!(@shared_cases $make;
             case_concurrent_cas_increments_lose_none,

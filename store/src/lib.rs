@@ -10,6 +10,8 @@
 //!
 //! # Layout
 //! - [`model`] — the types the verbs take and return.
+//! - `cause` — [`Cause`]: the ops a skip's or a fail_fast cancel's message
+//!   names, as data beside the message.
 //! - [`keys`] — every Redis key name, the source `lua/common.lua` follows
 //!   (`tests/keys_spelling.rs` checks they agree).
 //! - [`redis_store`] — the Redis implementation; its scripts live in `lua/`.
@@ -23,6 +25,7 @@
 //!   under `conformance/`; compiled only with the `conformance` feature,
 //!   which the store's own tests enable.
 
+mod cause;
 mod common;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -35,6 +38,7 @@ pub mod redis_store;
 use async_trait::async_trait;
 use volley_proto::BatchId;
 
+pub use cause::*;
 pub use memory_store::MemoryStore;
 pub use model::*;
 pub use redis_connect::{RedisConnect, RedisConnectError, redact_url};
@@ -70,7 +74,10 @@ pub enum StoreError {
         oldest: u64,
     },
     #[error("batch {batch} cannot grow: {reason}")]
-    CannotAddOps { batch: BatchId, reason: String },
+    CannotAddOps {
+        batch: BatchId,
+        reason: AddOpsRefusal,
+    },
     #[error("token id {0} is taken")]
     TokenExists(String),
     /// An idempotent `create_batch` found its id taken by another
@@ -98,6 +105,29 @@ pub enum StoreError {
         /// The coordinator holding the batch now, if any.
         holder: Option<String>,
     },
+}
+
+/// Why [`Store::add_ops`] refused to grow a batch, as data: the caller
+/// tells "another spawn grew it first, plan again"
+/// ([`AddOpsRefusal::FirstIndexTaken`]) from the rest by type.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddOpsRefusal {
+    /// The batch has ended (or was lost).
+    #[error("batch is {}", .0.code())]
+    NotRunning(BatchState),
+    /// The batch is fail_fast and one of its ops failed for good.
+    #[error("fail_fast fired")]
+    FailFastFired,
+    /// The new ops were numbered from `first_index` but the batch has
+    /// `total` ops: another call grew it in between.
+    #[error("first_index is {first_index} but the batch has {total} ops")]
+    FirstIndexTaken { first_index: u32, total: u32 },
+    /// New op `index` declares `deps` dependencies but lists `after` of them.
+    #[error("op {index} has deps {deps} but {after} `after` entries")]
+    DepsMismatch { index: u32, deps: u32, after: u32 },
+    /// New op `index` runs after `before`, itself or an op that does not exist.
+    #[error("op {index} runs after op {before}")]
+    BadAfter { index: u32, before: u32 },
 }
 
 fn owner_words(holder: &Option<String>) -> String {

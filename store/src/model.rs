@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use volley_proto::BatchId;
 
+pub use crate::cause::{Cause, HOPELESS_NAMED, hopeless_message};
+
 /// Op states. The one-letter codes are how the Redis store keeps them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OpState {
@@ -295,44 +297,6 @@ pub fn sequential_pass_message(failed: u32) -> String {
 pub const SEQUENTIAL_PASS_REQUEUED: &str =
     "retry_failed: sequential pass: queued again (it was skipped in the parallel pass)";
 
-/// How a declared writer ended, as a hopeless key's message says it.
-fn writer_ended(state: OpState, short: bool) -> &'static str {
-    match (state, short) {
-        (OpState::Failed, _) => "failed",
-        (OpState::Skipped, false) => "was skipped",
-        (OpState::Skipped, true) => "skipped",
-        (OpState::Cancelled, false) => "was cancelled",
-        (OpState::Cancelled, true) => "cancelled",
-        (OpState::Succeeded, _) => "succeeded without writing it",
-        _ => "ended",
-    }
-}
-
-/// Writers a hopeless key's message names; the rest are counted.
-const HOPELESS_NAMED: usize = 5;
-
-/// Why an op waiting for memory key `key` was skipped: every declared
-/// writer of the key (`writers`: index and how it ended, in declaration
-/// order) ended and the key does not exist. Ops are named by index in
-/// backticks, as in every store message (the coordinator names them).
-/// `hopeless_message` in `lua/common.lua` words it identically.
-pub fn hopeless_message(key: &str, writers: &[(u32, OpState)]) -> String {
-    let head = format!("key `{key}` will never be written: ");
-    if let [(index, state)] = writers {
-        return format!("{head}its writer `{index}` {}", writer_ended(*state, false));
-    }
-    let named: Vec<String> = writers
-        .iter()
-        .take(HOPELESS_NAMED)
-        .map(|(index, state)| format!("`{index}` ({})", writer_ended(*state, true)))
-        .collect();
-    let mut text = format!("{head}its writers {}", named.join(", "));
-    if writers.len() > HOPELESS_NAMED {
-        text.push_str(&format!(" and {} more", writers.len() - HOPELESS_NAMED));
-    }
-    text
-}
-
 /// When and how an op gets another attempt.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
@@ -529,6 +493,10 @@ pub struct Event {
     pub worker: String,
     /// Reason of a skip, error of a failure, … (may be empty).
     pub message: String,
+    /// What the message names as data (ops by index), for the messages
+    /// that name ops (see [`Cause`]); `None` for the others, and for events
+    /// stored before causes were kept.
+    pub cause: Option<Cause>,
     /// Set on `BatchFinished`.
     pub batch_state: Option<BatchState>,
 }
@@ -572,6 +540,10 @@ pub struct OpRecord {
     pub output: String,
     /// The error of a failure, or why it was skipped or cancelled.
     pub error: String,
+    /// What `error` names as data when the store wrote it (see [`Cause`]);
+    /// `None` for a worker's error, and for records stored before causes
+    /// were kept.
+    pub cause: Option<Cause>,
     pub details_json: String,
 }
 

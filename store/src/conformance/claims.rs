@@ -71,6 +71,7 @@ pub async fn case_chain_completes_in_order(store: &dyn Store) {
                 duration_ms: 7,
                 output: format!("out-{index}"),
                 error: String::new(),
+                cause: None,
                 details_json: format!("{{\"op\":{index}}}"),
             }
         );

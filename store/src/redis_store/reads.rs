@@ -1,0 +1,155 @@
+//! Reading a batch: its meta, op records, events, and the batch list.
+
+use super::*;
+
+/// One chunk of op records as three `HMGET`s read it: states, attempts,
+/// result JSON.
+type RecordColumns = (Vec<Option<String>>, Vec<Option<u32>>, Vec<Option<String>>);
+
+pub(super) async fn batch_spec(
+    store: &RedisStore,
+    batch: &BatchId,
+) -> StoreResult<Option<StoredSpec>> {
+    let (base, added): (Option<Vec<u8>>, Vec<Vec<u8>>) = redis::pipe()
+        .get(keys::spec(batch))
+        .lrange(keys::spec_added(batch), 0, -1)
+        .query_async(&mut store.connection())
+        .await?;
+    Ok(base.map(|base| StoredSpec { base, added }))
+}
+
+pub(super) async fn active_batches(store: &RedisStore) -> StoreResult<Vec<BatchId>> {
+    let mut connection = store.connection();
+    let ids: Vec<String> = connection.smembers(keys::ACTIVE).await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for id in &ids {
+        pipe.hget(keys::meta(&BatchId::new(id.as_str())), "created_ms");
+    }
+    let created: Vec<Option<u64>> = pipe.query_async(&mut connection).await?;
+    let mut active: Vec<(u64, String)> = ids
+        .into_iter()
+        .zip(created)
+        .map(|(id, created_ms)| (created_ms.unwrap_or(0), id))
+        .collect();
+    active.sort();
+    Ok(active.into_iter().map(|(_, id)| BatchId::new(id)).collect())
+}
+
+pub(super) async fn meta(store: &RedisStore, batch: &BatchId) -> StoreResult<Option<BatchMeta>> {
+    store.read_meta(batch).await
+}
+
+pub(super) async fn op_records(store: &RedisStore, batch: &BatchId) -> StoreResult<Vec<OpRecord>> {
+    let meta = store
+        .read_meta(batch)
+        .await?
+        .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
+    let indices: Vec<u32> = (0..meta.total).collect();
+    store.op_records_at(batch, &indices).await
+}
+
+pub(super) async fn op_records_at(
+    store: &RedisStore,
+    batch: &BatchId,
+    indices: &[u32],
+) -> StoreResult<Vec<OpRecord>> {
+    let mut connection = store.connection();
+    let mut records = Vec::with_capacity(indices.len());
+    for chunk in indices.chunks(READ_CHUNK) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(keys::state(batch)).arg(chunk);
+        pipe.cmd("HMGET").arg(keys::attempts(batch)).arg(chunk);
+        pipe.cmd("HMGET").arg(keys::result(batch)).arg(chunk);
+        let (states, attempts, results): RecordColumns = pipe.query_async(&mut connection).await?;
+        for (offset, index) in chunk.iter().enumerate() {
+            let Some(code) = states.get(offset).cloned().flatten() else {
+                return Err(StoreError::BatchNotFound(batch.clone()));
+            };
+            let state = OpState::from_code(&code)
+                .ok_or_else(|| corrupt(format_args!("op {index} has state `{code}`")))?;
+            let result: ResultJson = match results.get(offset).cloned().flatten() {
+                Some(json) => serde_json::from_str(&json)
+                    .map_err(|error| corrupt(format_args!("op {index} result: {error}")))?,
+                None => ResultJson::default(),
+            };
+            records.push(OpRecord {
+                state,
+                attempts: attempts.get(offset).copied().flatten().unwrap_or(0),
+                worker: result.w,
+                started_ms: parse_ms(&result.s),
+                duration_ms: parse_ms(&result.d),
+                output: result.o,
+                error: result.e,
+                cause: result.c.and_then(CauseJson::from_value),
+                details_json: result.j,
+            });
+        }
+    }
+    Ok(records)
+}
+
+pub(super) async fn events(
+    store: &RedisStore,
+    batch: &BatchId,
+    after_seq: u64,
+    max: u32,
+) -> StoreResult<Vec<Event>> {
+    if max == 0 {
+        return Ok(Vec::new());
+    }
+    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(keys::events(batch))
+        .arg(format!("(0-{after_seq}"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(max)
+        .query_async(&mut store.connection())
+        .await?;
+    entries
+        .iter()
+        .map(|(id, fields)| parse_event(id, fields))
+        .collect()
+}
+
+pub(super) async fn list_batches(
+    store: &RedisStore,
+    limit: u32,
+    tenant: Option<&str>,
+) -> StoreResult<Vec<BatchMeta>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut connection = store.connection();
+    let mut out = Vec::with_capacity(limit as usize);
+    // Newest first, a page at a time: a tenant's batches may be spread
+    // thin among everyone's, so the scan goes on until `limit` of
+    // theirs are found (at most LIST_SCAN_MAX ids in all).
+    let page = (limit as isize).max(100);
+    let mut start: isize = 0;
+    while out.len() < limit as usize && start < LIST_SCAN_MAX {
+        let ids: Vec<String> = connection
+            .zrevrange(keys::BATCHES, start, start + page - 1)
+            .await?;
+        if ids.is_empty() {
+            break;
+        }
+        start += ids.len() as isize;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hgetall(keys::meta(&BatchId::new(id.as_str())));
+        }
+        let metas: Vec<HashMap<String, String>> = pipe.query_async(&mut connection).await?;
+        for (id, fields) in ids.into_iter().zip(metas) {
+            if let Some(meta) = parse_meta(&BatchId::new(id), &fields)?
+                && tenant.is_none_or(|tenant| meta.tenant == tenant)
+                && out.len() < limit as usize
+            {
+                out.push(meta);
+            }
+        }
+    }
+    Ok(out)
+}
