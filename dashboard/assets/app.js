@@ -163,7 +163,7 @@ function batchPage(id) {
         stat("Wall", fmtMs(b.wall_ms)), stat("Sequential", fmtMs(b.sequential_ms)),
         stat("Speedup", fmtSpeedup(b.speedup)), stat("Critical path", fmtMs(b.critical_path_ms)),
         stat("Done", `${fmtNum(b.succeeded + b.failed + b.skipped + b.cancelled)} / ${fmtNum(b.total)}`)),
-      h("div", { class: "counts", "data-testid": "batch-counts" },
+      h("div", { class: "counts", "data-testid": "batch-counts", "data-seq": lastSeq },
         Object.entries(counts).map(([s, c]) => h("span", { "data-state": s },
           h("i", { class: "dot", style: { "--dot": STATE_COLORS[s] } }), `${s} ${fmtNum(c || 0)}`))),
       h("div", { class: "critical-path", "data-testid": "critical-path" },
@@ -263,7 +263,7 @@ function batchPage(id) {
     try {
       const d = await api(`${base}/ops/${enc(op)}`);
       if (openOpId !== op) return;
-      renderOpPanel(d, base);
+      renderOpPanel(d, base, closePanel);
     } catch (e) {
       if (openOpId === op) clear(panel, closeBtn(), errorBox(e));
     }
@@ -301,6 +301,7 @@ function batchPage(id) {
         return;
       }
       if (typeof ev.seq === "number") lastSeq = Math.max(lastSeq, ev.seq);
+      document.body.dataset.eventSeq = String(lastSeq);
       refreshHeader();
       if (current && current.onEvent) current.onEvent(ev);
       if (openOpId && ev.op_id === openOpId) refreshPanel();
@@ -375,7 +376,7 @@ function setParam(key, value, replace = false) {
 }
 
 // ---------------------------------------------------------------- op panel --
-function renderOpPanel(d, base) {
+function renderOpPanel(d, base, close) {
   const logLink = (stream, bytes) =>
     h("a", { href: `${base}/ops/${enc(d.id)}/logs?stream=${stream}`, target: "_blank", rel: "noopener" },
       `whole ${stream} (${fmtBytes(bytes)})`);
@@ -386,10 +387,7 @@ function renderOpPanel(d, base) {
     h("pre", { "data-testid": `op-${stream}` }, body || ""), logLink(stream, bytes)];
   };
   clear(panel,
-    h("button", { class: "btn close", "aria-label": "close", onclick: () => {
-      panel.hidden = true;
-      setParam("op", null);
-    } }, "×"),
+    h("button", { class: "btn close", "aria-label": "close", onclick: close }, "×"),
     h("div", { "data-testid": "op-panel" },
       h("h1", { class: "mono", style: { fontSize: "16px", paddingRight: "40px" } }, d.id),
       h("div", null, badge(d.state, { "data-testid": "op-state" }), " ", h("span", { class: "muted" }, `#${d.index}`)),

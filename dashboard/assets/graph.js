@@ -180,10 +180,14 @@ export class GraphView {
   fit() {
     if (!this.layout || !this.cssW) return;
     const { width, height } = this.layout;
-    const scale = Math.min(this.cssW / width, this.cssH / height, 1.4);
-    this.view.scale = Math.max(scale, 0.02);
+    // The whole graph if it stays legible; an expanded group of hundreds of
+    // members is too tall for that, so then keep nodes readable (or at
+    // least the full width) and start at the top: the user pans down.
+    const whole = Math.min(this.cssW / width, this.cssH / height, 1.4);
+    const legible = Math.min(0.45, this.cssW / width);
+    this.view.scale = Math.max(whole, legible, 0.02);
     this.view.tx = (this.cssW - width * this.view.scale) / 2;
-    this.view.ty = (this.cssH - height * this.view.scale) / 2;
+    this.view.ty = height * this.view.scale <= this.cssH ? (this.cssH - height * this.view.scale) / 2 : 8;
     this.fitPending = false;
   }
 

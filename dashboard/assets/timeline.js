@@ -48,7 +48,7 @@ export class TimelineView {
     this.error = h("div");
     clear(root,
       h("div", { class: "toolbar" }, legend, h("span", { class: "spacer" }), this.status,
-        h("button", { class: "btn", onclick: () => { this.view = null; this.requestDraw(); } }, "Fit")),
+        h("button", { class: "btn", onclick: () => { this.view = null; this.userMoved = false; this.requestDraw(); } }, "Fit")),
       this.error, this.box);
     this.bindInput();
     this.resizeObserver = new ResizeObserver(() => this.resize());
@@ -108,12 +108,17 @@ export class TimelineView {
   async loadFrom(from) {
     let offset = from;
     const t0 = performance.now();
+    let pending = this.opts.fetchPage(offset, PAGE);
     for (;;) {
-      const page = await this.opts.fetchPage(offset, PAGE);
+      const page = await pending;
       if (this.stopped) return;
+      // Ask for the next page before digesting this one: the server and
+      // the page then work at the same time.
+      if (page.next != null) pending = this.opts.fetchPage(page.next, PAGE);
       this.put(offset, page);
       if (from === 0 && offset === 0) this.n = page.spans.length; // a full reload starts afresh
       this.pack();
+      if (!this.userMoved) this.view = null; // follow the batch until the user zooms or pans
       this.status.textContent = page.next == null
         ? `${fmtNum(this.n)} spans · ${this.workers.length} workers`
         : `loading ${fmtNum(this.n)} / ${fmtNum(page.total)} spans…`;
@@ -276,7 +281,9 @@ export class TimelineView {
     for (let r = 0; r < this.rowCount; r++) {
       const ry = y0 + this.rowY[r];
       if (ry > this.cssH || ry + ROW_H < AXIS_H) continue;
-      let lastPx = -1, lastSt = -1;
+      // Runs of thin same-state spans that touch at this zoom become one
+      // rectangle: zoomed out, 100,000 spans are a few thousand rects.
+      let runSt = -1, runEnd = -Infinity, runAt = -1;
       const end = this.rowStart[r + 1];
       for (let p = this.firstEndingAfter(r, t0); p < end; p++) {
         const i = this.rowList[p];
@@ -285,24 +292,26 @@ export class TimelineView {
         let x = LABEL_W + (s - t0) * k;
         let wd = this.dur[i] * k;
         const st = this.state[i];
-        if (wd < 1) {
-          const px = x | 0;
-          if (px === lastPx && st === lastSt) continue;
-          lastPx = px;
-          lastSt = st;
-          wd = 1;
-        }
+        if (wd < 1) wd = 1;
         if (x < LABEL_W) {
           wd -= LABEL_W - x;
           x = LABEL_W;
           if (wd <= 0) continue;
         }
         const b = rects[st];
+        if (st === runSt && wd < 3 && x - runEnd < 1) {
+          runEnd = Math.max(runEnd, x + wd);
+          b[runAt + 2] = runEnd - b[runAt];
+          continue;
+        }
         const f = fill[st] * 3;
         b[f] = x;
         b[f + 1] = ry;
         b[f + 2] = wd > 2 ? wd - 0.5 : wd; // a hair of gap between neighbours
         fill[st]++;
+        runSt = wd < 3 ? st : -1;
+        runEnd = x + wd;
+        runAt = f;
       }
     }
     for (let si = 0; si < STATES.length; si++) {
@@ -393,6 +402,7 @@ export class TimelineView {
     }
     ctx.stroke();
     this.lastDrawMs = performance.now() - t;
+    this.canvas.dataset.drawMs = this.lastDrawMs.toFixed(1);
   }
 
   // -- input ---------------------------------------------------------------
@@ -448,6 +458,7 @@ export class TimelineView {
           c.classList.add("dragging");
         }
         if (drag.moved) {
+          this.userMoved = true;
           this.view.t0 = drag.t0 - dx / this.view.k;
           const maxY = Math.max(0, this.contentH - (this.cssH - AXIS_H) + 10);
           this.view.y = Math.min(maxY, Math.max(0, drag.vy - dy));
@@ -486,6 +497,7 @@ export class TimelineView {
     c.addEventListener("wheel", (ev) => {
       ev.preventDefault();
       this.ensureView();
+      this.userMoved = true;
       if (ev.shiftKey) {
         const maxY = Math.max(0, this.contentH - (this.cssH - AXIS_H) + 10);
         this.view.y = Math.min(maxY, Math.max(0, this.view.y + ev.deltaY));
