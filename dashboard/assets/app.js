@@ -35,7 +35,10 @@ function loginPage() {
   document.querySelector(".topbar nav").hidden = true;
   const params = new URLSearchParams(location.search);
   const next = params.get("next") || "/";
-  const err = params.get("error");
+  // A bad token is answered 401 with this same page: the navigation's
+  // status says so (a good one redirects away).
+  const nav = performance.getEntriesByType("navigation")[0];
+  const err = params.get("error") || (nav && nav.responseStatus === 401 ? "invalid" : null);
   clear(main, h("div", { class: "login card" },
     h("h1", null, "Log in to Volley"),
     h("p", { class: "muted" }, "Paste an API token. A one-time link (/login?token=…&next=…) works too."),
@@ -189,11 +192,11 @@ function batchPage(id) {
   const readHeader = async () => {
     batch = await api(base);
     setTitle(batch.name || batch.id);
-    renderHeader();
     if (batch.state !== "running" && events && !finished) {
       // The stream may not have told us (yet); the header is the truth.
       finish();
     }
+    renderHeader();
   };
   const refreshHeader = throttled(readHeader, 1000);
 
@@ -600,7 +603,18 @@ function route() {
   session().then((s) => {
     const info = document.getElementById("session-info");
     info.textContent = s.auth ? [s.tenant, s.role].filter(Boolean).join(" · ") : "no auth";
-    document.getElementById("logout").hidden = !s.auth;
+    const logout = document.getElementById("logout");
+    logout.hidden = !s.auth;
+    logout.onsubmit = async (ev) => {
+      // Sent with the CSRF header like every other change; the plain form
+      // post stays as the fallback should this fail.
+      ev.preventDefault();
+      try {
+        await fetch("/logout", { method: "POST", headers: { "X-Volley-Csrf": s.csrf || "" }, credentials: "same-origin" });
+      } finally {
+        location.assign("/login");
+      }
+    };
     if (s.mode === "file") main.prepend(h("div", { class: "banner" }, "Viewing an exported batch file (read-only)."));
   }).catch(() => {});
   let m;
