@@ -208,8 +208,24 @@ function batchPage(id) {
         onOp: openOp,
       });
       view.load();
+      view.setLive(!!batch && batch.state === "running" && !finished);
       const live = throttled(() => view.refreshLive(), 2000);
-      return { view, onEvent: live, onFinish: () => view.load(), stop: () => { live.cancel(); view.stop(); } };
+      return {
+        view,
+        onEvent: (ev) => {
+          view.setLive(!finished);
+          view.applyEvent(ev, batch && batch.created_at_ms);
+          live();
+        },
+        onFinish: () => {
+          view.setLive(false);
+          view.load();
+        },
+        stop: () => {
+          live.cancel();
+          view.stop();
+        },
+      };
     }
     if (name === "ops") return opsTab(content, base, openOp, () => batch);
     if (name === "memory") {

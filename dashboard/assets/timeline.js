@@ -57,6 +57,7 @@ export class TimelineView {
 
   stop() {
     this.stopped = true;
+    this.setLive(false);
     this.resizeObserver.disconnect();
     hideTooltip();
   }
@@ -101,7 +102,9 @@ export class TimelineView {
     this.n = Math.max(this.n, need);
     this.workers = page.workers || this.workers;
     this.wall = Math.max(page.wall_ms || 0, 1);
+    this.wallAt = performance.now();
     this.total = page.total;
+    this.idIndex = null; // rebuilt when an event needs it
   }
 
   /** Read every page from `from` on; draws as pages arrive. */
@@ -141,7 +144,9 @@ export class TimelineView {
 
   /**
    * While the batch runs, only spans from the first one still running on
-   * can change (spans come in start order), so re-read from there.
+   * can change (spans come in start order), so re-read from there — unless
+   * that is a lot, then read only the spans that are new and let the
+   * events (applyEvent) finish the ones already drawn.
    */
   async refreshLive() {
     const running = STATE_CODE.running;
@@ -152,11 +157,41 @@ export class TimelineView {
         break;
       }
     }
+    if (this.n - first > 2 * PAGE) first = this.n;
     try {
       await this.loadFrom(first);
     } catch (e) {
       clear(this.error, errorBox(e));
     }
+  }
+
+  /** An op's end, from the events stream, onto a span already drawn. */
+  applyEvent(ev, createdAtMs) {
+    const ended = { op_succeeded: "succeeded", op_failed: "failed", op_skipped: "skipped", op_cancelled: "cancelled" };
+    const st = ended[ev.kind];
+    if (!st || !ev.op_id || !this.n) return;
+    if (!this.idIndex) {
+      this.idIndex = new Map();
+      for (let i = 0; i < this.n; i++) this.idIndex.set(this.ids[i], i);
+    }
+    const i = this.idIndex.get(ev.op_id);
+    if (i == null) return;
+    this.state[i] = STATE_CODE[st];
+    if (createdAtMs && ev.at_ms) this.dur[i] = Math.max(this.dur[i], ev.at_ms - createdAtMs - this.start[i]);
+    this.requestDraw();
+  }
+
+  /** Redraw now and then while the batch runs, so running spans grow. */
+  setLive(on) {
+    if (on && !this.ticker) this.ticker = setInterval(() => this.requestDraw(), 1000);
+    if (!on && this.ticker) {
+      clearInterval(this.ticker);
+      this.ticker = null;
+    }
+  }
+
+  nowWall() {
+    return this.ticker ? this.wall + (performance.now() - (this.wallAt || 0)) : this.wall;
   }
 
   /** Assign spans to rows within their worker's lane and index rows. */
@@ -171,7 +206,8 @@ export class TimelineView {
       let r = 0;
       while (r < e.length && e[r] > s) r++;
       if (r === e.length) e.push(0);
-      e[r] = s + Math.max(this.dur[i], 1);
+      // A running span's end is unknown: nothing else goes after it in its row.
+      e[r] = this.state[i] === STATE_CODE.running ? Infinity : s + Math.max(this.dur[i], 1);
       this.row[i] = r;
     }
     // Lane layout: rows per lane, first global row of each lane.
@@ -278,6 +314,8 @@ export class TimelineView {
     // Spans, bucketed by state then filled with one path per state.
     const fill = new Int32Array(STATES.length);
     const rects = this.rects;
+    const runningCode = STATE_CODE.running;
+    const nowWall = this.nowWall();
     for (let r = 0; r < this.rowCount; r++) {
       const ry = y0 + this.rowY[r];
       if (ry > this.cssH || ry + ROW_H < AXIS_H) continue;
@@ -290,8 +328,8 @@ export class TimelineView {
         const s = this.start[i];
         if (s > tEnd) break;
         let x = LABEL_W + (s - t0) * k;
-        let wd = this.dur[i] * k;
         const st = this.state[i];
+        let wd = (st === runningCode ? Math.max(this.dur[i], nowWall - s) : this.dur[i]) * k;
         if (wd < 1) wd = 1;
         if (x < LABEL_W) {
           wd -= LABEL_W - x;
