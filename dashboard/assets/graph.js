@@ -83,6 +83,12 @@ export class GraphView {
     const key = data.nodes.map((n) => n.id).join("\n") + "|" + data.edges.map((e) => `${e.from}>${e.to}`).join("\n");
     if (key !== this.key || !this.layout) {
       this.key = key;
+      if (data.nodes.length > 300) {
+        // dagre takes a second or two at this size: say so first.
+        this.status.textContent = `laying out ${fmtNum(data.nodes.length)} nodes…`;
+        await new Promise((r) => requestAnimationFrame(() => setTimeout(r, 0)));
+        if (this.stopped || this.data !== data) return;
+      }
       this.relayout();
     } else {
       for (const n of data.nodes) {
@@ -90,9 +96,10 @@ export class GraphView {
         if (ln) ln.node = n;
       }
       this.setCritical();
+      const counts = new Map(data.edges.map((x) => [`${x.from}>${x.to}`, x.count]));
       for (const e of this.layout.edges) {
-        const found = data.edges.find((x) => x.from === e.from && x.to === e.to);
-        if (found) e.count = found.count;
+        const c = counts.get(`${e.from}>${e.to}`);
+        if (c != null) e.count = c;
       }
     }
     this.status.textContent = `${fmtNum(data.op_count)} ops · ${data.nodes.length} nodes · ${data.layers} layers`;
@@ -141,7 +148,9 @@ export class GraphView {
     for (const e of this.data.edges) {
       if (nodes.has(e.from) && nodes.has(e.to)) g.setEdge(e.from, e.to);
     }
+    const t0 = performance.now();
     dagre.layout(g);
+    this.canvas.dataset.layoutMs = (performance.now() - t0).toFixed(0);
     for (const [id, ln] of nodes) {
       const p = g.node(id);
       ln.x = p.x - ln.w / 2;
