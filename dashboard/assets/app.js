@@ -35,7 +35,10 @@ function loginPage() {
   document.querySelector(".topbar nav").hidden = true;
   const params = new URLSearchParams(location.search);
   const next = params.get("next") || "/";
-  const err = params.get("error");
+  // A bad token is answered 401 with this same page: the navigation's
+  // status says so (a good one redirects away).
+  const nav = performance.getEntriesByType("navigation")[0];
+  const err = params.get("error") || (nav && nav.responseStatus === 401 ? "invalid" : null);
   clear(main, h("div", { class: "login card" },
     h("h1", null, "Log in to Volley"),
     h("p", { class: "muted" }, "Paste an API token. A one-time link (/login?token=…&next=…) works too."),
@@ -163,7 +166,7 @@ function batchPage(id) {
         stat("Wall", fmtMs(b.wall_ms)), stat("Sequential", fmtMs(b.sequential_ms)),
         stat("Speedup", fmtSpeedup(b.speedup)), stat("Critical path", fmtMs(b.critical_path_ms)),
         stat("Done", `${fmtNum(b.succeeded + b.failed + b.skipped + b.cancelled)} / ${fmtNum(b.total)}`)),
-      h("div", { class: "counts", "data-testid": "batch-counts" },
+      h("div", { class: "counts", "data-testid": "batch-counts", "data-seq": lastSeq },
         Object.entries(counts).map(([s, c]) => h("span", { "data-state": s },
           h("i", { class: "dot", style: { "--dot": STATE_COLORS[s] } }), `${s} ${fmtNum(c || 0)}`))),
       h("div", { class: "critical-path", "data-testid": "critical-path" },
@@ -189,11 +192,11 @@ function batchPage(id) {
   const readHeader = async () => {
     batch = await api(base);
     setTitle(batch.name || batch.id);
-    renderHeader();
     if (batch.state !== "running" && events && !finished) {
       // The stream may not have told us (yet); the header is the truth.
       finish();
     }
+    renderHeader();
   };
   const refreshHeader = throttled(readHeader, 1000);
 
@@ -205,8 +208,24 @@ function batchPage(id) {
         onOp: openOp,
       });
       view.load();
+      view.setLive(!!batch && batch.state === "running" && !finished);
       const live = throttled(() => view.refreshLive(), 2000);
-      return { view, onEvent: live, onFinish: () => view.load(), stop: () => { live.cancel(); view.stop(); } };
+      return {
+        view,
+        onEvent: (ev) => {
+          view.setLive(!finished);
+          view.applyEvent(ev, batch && batch.created_at_ms);
+          live();
+        },
+        onFinish: () => {
+          view.setLive(false);
+          view.load();
+        },
+        stop: () => {
+          live.cancel();
+          view.stop();
+        },
+      };
     }
     if (name === "ops") return opsTab(content, base, openOp, () => batch);
     if (name === "memory") {
@@ -263,7 +282,7 @@ function batchPage(id) {
     try {
       const d = await api(`${base}/ops/${enc(op)}`);
       if (openOpId !== op) return;
-      renderOpPanel(d, base);
+      renderOpPanel(d, base, closePanel);
     } catch (e) {
       if (openOpId === op) clear(panel, closeBtn(), errorBox(e));
     }
@@ -301,6 +320,7 @@ function batchPage(id) {
         return;
       }
       if (typeof ev.seq === "number") lastSeq = Math.max(lastSeq, ev.seq);
+      document.body.dataset.eventSeq = String(lastSeq);
       refreshHeader();
       if (current && current.onEvent) current.onEvent(ev);
       if (openOpId && ev.op_id === openOpId) refreshPanel();
@@ -375,7 +395,7 @@ function setParam(key, value, replace = false) {
 }
 
 // ---------------------------------------------------------------- op panel --
-function renderOpPanel(d, base) {
+function renderOpPanel(d, base, close) {
   const logLink = (stream, bytes) =>
     h("a", { href: `${base}/ops/${enc(d.id)}/logs?stream=${stream}`, target: "_blank", rel: "noopener" },
       `whole ${stream} (${fmtBytes(bytes)})`);
@@ -386,10 +406,7 @@ function renderOpPanel(d, base) {
     h("pre", { "data-testid": `op-${stream}` }, body || ""), logLink(stream, bytes)];
   };
   clear(panel,
-    h("button", { class: "btn close", "aria-label": "close", onclick: () => {
-      panel.hidden = true;
-      setParam("op", null);
-    } }, "×"),
+    h("button", { class: "btn close", "aria-label": "close", onclick: close }, "×"),
     h("div", { "data-testid": "op-panel" },
       h("h1", { class: "mono", style: { fontSize: "16px", paddingRight: "40px" } }, d.id),
       h("div", null, badge(d.state, { "data-testid": "op-state" }), " ", h("span", { class: "muted" }, `#${d.index}`)),
@@ -602,7 +619,18 @@ function route() {
   session().then((s) => {
     const info = document.getElementById("session-info");
     info.textContent = s.auth ? [s.tenant, s.role].filter(Boolean).join(" · ") : "no auth";
-    document.getElementById("logout").hidden = !s.auth;
+    const logout = document.getElementById("logout");
+    logout.hidden = !s.auth;
+    logout.onsubmit = async (ev) => {
+      // Sent with the CSRF header like every other change; the plain form
+      // post stays as the fallback should this fail.
+      ev.preventDefault();
+      try {
+        await fetch("/logout", { method: "POST", headers: { "X-Volley-Csrf": s.csrf || "" }, credentials: "same-origin" });
+      } finally {
+        location.assign("/login");
+      }
+    };
     if (s.mode === "file") main.prepend(h("div", { class: "banner" }, "Viewing an exported batch file (read-only)."));
   }).catch(() => {});
   let m;

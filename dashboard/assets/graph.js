@@ -83,6 +83,12 @@ export class GraphView {
     const key = data.nodes.map((n) => n.id).join("\n") + "|" + data.edges.map((e) => `${e.from}>${e.to}`).join("\n");
     if (key !== this.key || !this.layout) {
       this.key = key;
+      if (data.nodes.length > 300) {
+        // dagre takes a second or two at this size: say so first.
+        this.status.textContent = `laying out ${fmtNum(data.nodes.length)} nodes…`;
+        await new Promise((r) => requestAnimationFrame(() => setTimeout(r, 0)));
+        if (this.stopped || this.data !== data) return;
+      }
       this.relayout();
     } else {
       for (const n of data.nodes) {
@@ -90,9 +96,10 @@ export class GraphView {
         if (ln) ln.node = n;
       }
       this.setCritical();
+      const counts = new Map(data.edges.map((x) => [`${x.from}>${x.to}`, x.count]));
       for (const e of this.layout.edges) {
-        const found = data.edges.find((x) => x.from === e.from && x.to === e.to);
-        if (found) e.count = found.count;
+        const c = counts.get(`${e.from}>${e.to}`);
+        if (c != null) e.count = c;
       }
     }
     this.status.textContent = `${fmtNum(data.op_count)} ops · ${data.nodes.length} nodes · ${data.layers} layers`;
@@ -141,7 +148,9 @@ export class GraphView {
     for (const e of this.data.edges) {
       if (nodes.has(e.from) && nodes.has(e.to)) g.setEdge(e.from, e.to);
     }
+    const t0 = performance.now();
     dagre.layout(g);
+    this.canvas.dataset.layoutMs = (performance.now() - t0).toFixed(0);
     for (const [id, ln] of nodes) {
       const p = g.node(id);
       ln.x = p.x - ln.w / 2;
@@ -180,10 +189,14 @@ export class GraphView {
   fit() {
     if (!this.layout || !this.cssW) return;
     const { width, height } = this.layout;
-    const scale = Math.min(this.cssW / width, this.cssH / height, 1.4);
-    this.view.scale = Math.max(scale, 0.02);
+    // The whole graph if it stays legible; an expanded group of hundreds of
+    // members is too tall for that, so then keep nodes readable (or at
+    // least the full width) and start at the top: the user pans down.
+    const whole = Math.min(this.cssW / width, this.cssH / height, 1.4);
+    const legible = Math.min(0.45, this.cssW / width);
+    this.view.scale = Math.max(whole, legible, 0.02);
     this.view.tx = (this.cssW - width * this.view.scale) / 2;
-    this.view.ty = (this.cssH - height * this.view.scale) / 2;
+    this.view.ty = height * this.view.scale <= this.cssH ? (this.cssH - height * this.view.scale) / 2 : 8;
     this.fitPending = false;
   }
 

@@ -48,7 +48,7 @@ export class TimelineView {
     this.error = h("div");
     clear(root,
       h("div", { class: "toolbar" }, legend, h("span", { class: "spacer" }), this.status,
-        h("button", { class: "btn", onclick: () => { this.view = null; this.requestDraw(); } }, "Fit")),
+        h("button", { class: "btn", onclick: () => { this.view = null; this.userMoved = false; this.requestDraw(); } }, "Fit")),
       this.error, this.box);
     this.bindInput();
     this.resizeObserver = new ResizeObserver(() => this.resize());
@@ -57,6 +57,7 @@ export class TimelineView {
 
   stop() {
     this.stopped = true;
+    this.setLive(false);
     this.resizeObserver.disconnect();
     hideTooltip();
   }
@@ -101,19 +102,26 @@ export class TimelineView {
     this.n = Math.max(this.n, need);
     this.workers = page.workers || this.workers;
     this.wall = Math.max(page.wall_ms || 0, 1);
+    this.wallAt = performance.now();
     this.total = page.total;
+    this.idIndex = null; // rebuilt when an event needs it
   }
 
   /** Read every page from `from` on; draws as pages arrive. */
   async loadFrom(from) {
     let offset = from;
     const t0 = performance.now();
+    let pending = this.opts.fetchPage(offset, PAGE);
     for (;;) {
-      const page = await this.opts.fetchPage(offset, PAGE);
+      const page = await pending;
       if (this.stopped) return;
+      // Ask for the next page before digesting this one: the server and
+      // the page then work at the same time.
+      if (page.next != null) pending = this.opts.fetchPage(page.next, PAGE);
       this.put(offset, page);
       if (from === 0 && offset === 0) this.n = page.spans.length; // a full reload starts afresh
       this.pack();
+      if (!this.userMoved) this.view = null; // follow the batch until the user zooms or pans
       this.status.textContent = page.next == null
         ? `${fmtNum(this.n)} spans · ${this.workers.length} workers`
         : `loading ${fmtNum(this.n)} / ${fmtNum(page.total)} spans…`;
@@ -136,7 +144,9 @@ export class TimelineView {
 
   /**
    * While the batch runs, only spans from the first one still running on
-   * can change (spans come in start order), so re-read from there.
+   * can change (spans come in start order), so re-read from there — unless
+   * that is a lot, then read only the spans that are new and let the
+   * events (applyEvent) finish the ones already drawn.
    */
   async refreshLive() {
     const running = STATE_CODE.running;
@@ -147,11 +157,41 @@ export class TimelineView {
         break;
       }
     }
+    if (this.n - first > 2 * PAGE) first = this.n;
     try {
       await this.loadFrom(first);
     } catch (e) {
       clear(this.error, errorBox(e));
     }
+  }
+
+  /** An op's end, from the events stream, onto a span already drawn. */
+  applyEvent(ev, createdAtMs) {
+    const ended = { op_succeeded: "succeeded", op_failed: "failed", op_skipped: "skipped", op_cancelled: "cancelled" };
+    const st = ended[ev.kind];
+    if (!st || !ev.op_id || !this.n) return;
+    if (!this.idIndex) {
+      this.idIndex = new Map();
+      for (let i = 0; i < this.n; i++) this.idIndex.set(this.ids[i], i);
+    }
+    const i = this.idIndex.get(ev.op_id);
+    if (i == null) return;
+    this.state[i] = STATE_CODE[st];
+    if (createdAtMs && ev.at_ms) this.dur[i] = Math.max(this.dur[i], ev.at_ms - createdAtMs - this.start[i]);
+    this.requestDraw();
+  }
+
+  /** Redraw now and then while the batch runs, so running spans grow. */
+  setLive(on) {
+    if (on && !this.ticker) this.ticker = setInterval(() => this.requestDraw(), 1000);
+    if (!on && this.ticker) {
+      clearInterval(this.ticker);
+      this.ticker = null;
+    }
+  }
+
+  nowWall() {
+    return this.ticker ? this.wall + (performance.now() - (this.wallAt || 0)) : this.wall;
   }
 
   /** Assign spans to rows within their worker's lane and index rows. */
@@ -166,7 +206,8 @@ export class TimelineView {
       let r = 0;
       while (r < e.length && e[r] > s) r++;
       if (r === e.length) e.push(0);
-      e[r] = s + Math.max(this.dur[i], 1);
+      // A running span's end is unknown: nothing else goes after it in its row.
+      e[r] = this.state[i] === STATE_CODE.running ? Infinity : s + Math.max(this.dur[i], 1);
       this.row[i] = r;
     }
     // Lane layout: rows per lane, first global row of each lane.
@@ -273,36 +314,42 @@ export class TimelineView {
     // Spans, bucketed by state then filled with one path per state.
     const fill = new Int32Array(STATES.length);
     const rects = this.rects;
+    const runningCode = STATE_CODE.running;
+    const nowWall = this.nowWall();
     for (let r = 0; r < this.rowCount; r++) {
       const ry = y0 + this.rowY[r];
       if (ry > this.cssH || ry + ROW_H < AXIS_H) continue;
-      let lastPx = -1, lastSt = -1;
+      // Runs of thin same-state spans that touch at this zoom become one
+      // rectangle: zoomed out, 100,000 spans are a few thousand rects.
+      let runSt = -1, runEnd = -Infinity, runAt = -1;
       const end = this.rowStart[r + 1];
       for (let p = this.firstEndingAfter(r, t0); p < end; p++) {
         const i = this.rowList[p];
         const s = this.start[i];
         if (s > tEnd) break;
         let x = LABEL_W + (s - t0) * k;
-        let wd = this.dur[i] * k;
         const st = this.state[i];
-        if (wd < 1) {
-          const px = x | 0;
-          if (px === lastPx && st === lastSt) continue;
-          lastPx = px;
-          lastSt = st;
-          wd = 1;
-        }
+        let wd = (st === runningCode ? Math.max(this.dur[i], nowWall - s) : this.dur[i]) * k;
+        if (wd < 1) wd = 1;
         if (x < LABEL_W) {
           wd -= LABEL_W - x;
           x = LABEL_W;
           if (wd <= 0) continue;
         }
         const b = rects[st];
+        if (st === runSt && wd < 3 && x - runEnd < 1) {
+          runEnd = Math.max(runEnd, x + wd);
+          b[runAt + 2] = runEnd - b[runAt];
+          continue;
+        }
         const f = fill[st] * 3;
         b[f] = x;
         b[f + 1] = ry;
         b[f + 2] = wd > 2 ? wd - 0.5 : wd; // a hair of gap between neighbours
         fill[st]++;
+        runSt = wd < 3 ? st : -1;
+        runEnd = x + wd;
+        runAt = f;
       }
     }
     for (let si = 0; si < STATES.length; si++) {
@@ -393,6 +440,7 @@ export class TimelineView {
     }
     ctx.stroke();
     this.lastDrawMs = performance.now() - t;
+    this.canvas.dataset.drawMs = this.lastDrawMs.toFixed(1);
   }
 
   // -- input ---------------------------------------------------------------
@@ -448,6 +496,7 @@ export class TimelineView {
           c.classList.add("dragging");
         }
         if (drag.moved) {
+          this.userMoved = true;
           this.view.t0 = drag.t0 - dx / this.view.k;
           const maxY = Math.max(0, this.contentH - (this.cssH - AXIS_H) + 10);
           this.view.y = Math.min(maxY, Math.max(0, drag.vy - dy));
@@ -486,6 +535,7 @@ export class TimelineView {
     c.addEventListener("wheel", (ev) => {
       ev.preventDefault();
       this.ensureView();
+      this.userMoved = true;
       if (ev.shiftKey) {
         const maxY = Math.max(0, this.contentH - (this.cssH - AXIS_H) + 10);
         this.view.y = Math.min(maxY, Math.max(0, this.view.y + ev.deltaY));

@@ -43,6 +43,10 @@ CONTENT_TYPES = {
 }
 
 
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
 def now_ms():
     return int(time.time() * 1000)
 
@@ -263,8 +267,10 @@ class Handler(BaseHTTPRequestHandler):
         return None
 
     def shell(self, code=200):
+        # The strict policy the real server is proposed to send: the pages
+        # must work under it (no inline script, no external origin).
         with open(os.path.join(ASSETS, "index.html"), "rb") as f:
-            self.send(code, f.read(), CONTENT_TYPES[".html"])
+            self.send(code, f.read(), CONTENT_TYPES[".html"], [("Content-Security-Policy", CSP)])
 
     def login(self, token, nxt):
         if token != self.server.opts.token:
