@@ -73,6 +73,14 @@ pub struct Plan {
     /// `retry_failed: sequential`: once nothing else can run, the ops that
     /// failed get one more attempt each, one at a time.
     pub retry_failed_sequential: bool,
+    /// Ops of a batch with its own memory that wait for keys no op of the
+    /// batch writes (accepted only with `allow_unwritten`): by op index,
+    /// ascending, the op's unwritten `wait_for` keys in order, then its
+    /// whole `wait_for_any` group when no key of it is written. Only a
+    /// client or an agent's put can unblock them, which the coordinator
+    /// says in the batch's events as it starts. Empty for a shared
+    /// namespace and for ops accepted earlier (see `LivenessCheck`).
+    pub unwritten_waits: Vec<(u32, Vec<String>)>,
 }
 
 /// Which failures get another attempt, and how long to wait first.
