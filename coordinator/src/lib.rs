@@ -9,7 +9,10 @@
 //! - [`auth`] — who is calling: tokens, roles, tenants, op capabilities.
 //! - [`config`] — `CoordinatorConfig`.
 //! - [`error`] — `CoordinatorError`, what every domain call can fail with.
-//! - [`service`] — `Coordinator`, the domain API the gRPC adapters call.
+//! - [`service`] — `Coordinator`, the domain API the gRPC adapters call
+//!   (`service/`: submit, status, watch, workers).
+//! - [`domain`] — what that API takes and answers (`SubmitOutcome`,
+//!   `OpResult`, `WorkerInfo`…), converted to and from proto in `grpc/`.
 //! - [`memory`] — memory scopes, writes with fencing, watch and wait.
 //! - [`metrics`] — the coordinator's metrics (`metrics` facade) and the
 //!   counting layer at its store boundary.
@@ -31,6 +34,7 @@ pub mod auth;
 pub mod config;
 mod convert;
 mod dispatch;
+pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod idempotency;

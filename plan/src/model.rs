@@ -77,6 +77,14 @@ pub struct Plan {
     /// reports: kept once per run, not once per op, so a plan of a million
     /// ungrouped ops pays nothing. Sorted by first index, not overlapping.
     pub groups: Vec<GroupRun>,
+    /// Ops of a batch with its own memory that wait for keys no op of the
+    /// batch writes (accepted only with `allow_unwritten`): by op index,
+    /// ascending, the op's unwritten `wait_for` keys in order, then its
+    /// whole `wait_for_any` group when no key of it is written. Only a
+    /// client or an agent's put can unblock them, which the coordinator
+    /// says in the batch's events as it starts. Empty for a shared
+    /// namespace and for ops accepted earlier (see `LivenessCheck`).
+    pub unwritten_waits: Vec<(u32, Vec<String>)>,
 }
 
 /// Ops `start..end` (by index) were all expanded from the `foreach:` op
@@ -225,6 +233,7 @@ mod tests {
             deadline_ms: 0,
             retry_failed_sequential: false,
             groups: runs,
+            unwritten_waits: Vec::new(),
         };
         let found: Vec<Option<&str>> = (0..8).map(|index| plan.group_of(index)).collect();
         assert_eq!(

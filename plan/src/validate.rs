@@ -242,6 +242,7 @@ pub fn plan_with(
         return Err(problems.into_sorted());
     }
     let mut warnings = unwritten_warnings(&planned_ops, &unwritten);
+    let unwritten_waits = unwritten_by_op(unwritten);
     warnings.extend(credential_warnings(&planned_ops));
     for op in &mut planned_ops {
         if op.wait_timeout_ms == 0 {
@@ -266,6 +267,7 @@ pub fn plan_with(
         deadline_ms: batch.deadline_ms,
         retry_failed_sequential,
         groups: crate::model::group_runs(batch.ops.iter().map(|op| op.group.as_str())),
+        unwritten_waits,
     })
 }
 
@@ -953,6 +955,19 @@ fn link_wait_writers(planned_ops: &mut [PlannedOp]) {
     }
 }
 
+/// The unwritten waits (in op order) as [`Plan::unwritten_waits`]: each
+/// op once, with the keys of all its waits in the order they were found.
+fn unwritten_by_op(unwritten: Vec<UnwrittenWait>) -> Vec<(u32, Vec<String>)> {
+    let mut by_op: Vec<(u32, Vec<String>)> = Vec::new();
+    for wait in unwritten {
+        match by_op.last_mut() {
+            Some((op, keys)) if *op == wait.op => keys.extend(wait.keys),
+            _ => by_op.push((wait.op, wait.keys)),
+        }
+    }
+    by_op
+}
+
 /// The warnings for `unwritten_waits`, at most `MAX_WARNINGS` and a count.
 fn unwritten_warnings(planned_ops: &[PlannedOp], unwritten: &[UnwrittenWait]) -> Vec<String> {
     let mut warnings: Vec<String> = unwritten
@@ -1179,6 +1194,18 @@ mod tests {
             "{:?}",
             plan.warnings
         );
+        // The plan hands the waits over by op, `wait_for` keys first.
+        assert_eq!(
+            plan.unwritten_waits,
+            vec![(
+                1,
+                vec![
+                    "confg".to_owned(),
+                    "approval/yes".to_owned(),
+                    "approval/no".to_owned()
+                ]
+            )]
+        );
         allowed.allow_unwritten = false;
         let problems = problems_of(&allowed);
         let fields: Vec<&str> = problems
@@ -1205,15 +1232,15 @@ mod tests {
             (problems[0].op_id.as_str(), problems[0].field.as_str()),
             ("new", "wait_for")
         );
-        assert!(
-            plan_with(
-                &grown,
-                &known,
-                &Limits::default(),
-                &LivenessCheck::accepted()
-            )
-            .is_ok()
-        );
+        let replanned = plan_with(
+            &grown,
+            &known,
+            &Limits::default(),
+            &LivenessCheck::accepted(),
+        )
+        .unwrap();
+        // Accepted ops' waits were handed over when they were first planned.
+        assert!(replanned.unwritten_waits.is_empty());
     }
 
     #[test]
@@ -1423,6 +1450,7 @@ mod tests {
         shared.namespace = "team".into();
         let plan = plan_of(&shared).unwrap();
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        assert!(plan.unwritten_waits.is_empty());
     }
 
     #[test]

@@ -13,6 +13,8 @@ use volley_proto::v1::batch_service_server::BatchService;
 use volley_proto::v1::{self, submit_batch_chunk::Part};
 
 use super::auth::principal;
+use crate::convert;
+use crate::domain::{BatchSummary, SubmitOutcome};
 use crate::service::Coordinator;
 use crate::tracing_ctx;
 
@@ -73,11 +75,11 @@ impl BatchAdapter {
         // Stored with the batch: whichever coordinator dispatches its ops
         // parents their spans on this one. Empty when it is not traced.
         batch.trace_context = tracing_ctx::carrier_of(&tracing::Span::current());
-        Ok(Response::new(
-            self.coordinator
-                .submit(batch, &idempotency_key, &principal)
-                .await?,
-        ))
+        let outcome = self
+            .coordinator
+            .submit(batch, &idempotency_key, &principal)
+            .await?;
+        Ok(Response::new(submit_response(outcome)))
     }
 }
 
@@ -152,9 +154,14 @@ impl BatchService for BatchAdapter {
     ) -> Result<Response<v1::CancelBatchResponse>, Status> {
         let principal = principal(&request)?;
         let batch = batch_id(request.into_inner().batch_id)?;
-        Ok(Response::new(
-            self.coordinator.cancel(&batch, &principal).await?,
-        ))
+        let outcome = self.coordinator.cancel(&batch, &principal).await?;
+        Ok(Response::new(v1::CancelBatchResponse {
+            state: outcome
+                .state
+                .map(|state| convert::batch_state(state) as i32)
+                .unwrap_or_default(),
+            cancelled: outcome.cancelled,
+        }))
     }
 
     #[tracing::instrument(name = "batch.SpawnOps", skip_all)]
@@ -199,10 +206,33 @@ impl BatchService for BatchAdapter {
         request: Request<v1::ListBatchesRequest>,
     ) -> Result<Response<v1::ListBatchesResponse>, Status> {
         let principal = principal(&request)?;
-        Ok(Response::new(
-            self.coordinator
-                .list(request.into_inner().limit, &principal)
-                .await?,
-        ))
+        let batches = self
+            .coordinator
+            .list(request.into_inner().limit, &principal)
+            .await?;
+        Ok(Response::new(v1::ListBatchesResponse {
+            batches: batches.into_iter().map(batch_summary).collect(),
+        }))
+    }
+}
+
+fn submit_response(outcome: SubmitOutcome) -> v1::SubmitBatchResponse {
+    v1::SubmitBatchResponse {
+        batch_id: outcome.batch.into_string(),
+        op_count: outcome.op_count,
+        warnings: outcome.warnings,
+    }
+}
+
+fn batch_summary(summary: BatchSummary) -> v1::BatchSummary {
+    v1::BatchSummary {
+        batch_id: summary.batch.into_string(),
+        name: summary.name,
+        state: convert::batch_state(summary.state) as i32,
+        created_at_ms: summary.created_ms,
+        total: summary.total,
+        done: summary.done,
+        tenant: summary.tenant,
+        finished_at_ms: summary.finished_ms.unwrap_or(0),
     }
 }
