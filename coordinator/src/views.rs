@@ -123,8 +123,94 @@ impl Coordinator {
                     record.started_ms.saturating_sub(view.created_ms)
                 },
                 duration_ms: record.duration_ms,
-                error: record.error.lines().next().unwrap_or_default().to_owned(),
+                error: self::first_line(
+                    &view.planned.describe(record.cause.as_ref(), &record.error),
+                ),
             })
             .collect())
+    }
+
+    /// The events of the op at `index`, in order: at most `max` of them,
+    /// from the first `scan` events of the batch (a batch's events are
+    /// read in order; an op's are among the first of a small batch, and a
+    /// page of them is all a panel shows).
+    #[tracing::instrument(skip_all, fields(batch = %view.id(), index))]
+    pub async fn op_events(
+        &self,
+        view: &BatchView,
+        index: u32,
+        max: usize,
+        scan: u64,
+    ) -> Result<Vec<EventRow>, CoordinatorError> {
+        const PAGE: u32 = 1_000;
+        let mut found = Vec::new();
+        let mut after = 0u64;
+        while after < scan && found.len() < max {
+            let events = self.store().events(view.id(), after, PAGE).await?;
+            let Some(last) = events.last() else { break };
+            after = last.seq;
+            let read = events.len();
+            for event in events {
+                if event.op_index == Some(index) && found.len() < max {
+                    found.push(EventRow {
+                        seq: event.seq,
+                        at_ms: event.at_ms,
+                        kind: event_kind_word(crate::convert::event_kind(event.kind)),
+                        attempt: event.attempt,
+                        worker: event.worker,
+                        message: view.planned.describe(event.cause.as_ref(), &event.message),
+                    });
+                }
+            }
+            if read < PAGE as usize {
+                break;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// One event of an op.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRow {
+    pub seq: u64,
+    pub at_ms: u64,
+    /// `op_started`, `op_succeeded`, …
+    pub kind: &'static str,
+    pub attempt: u32,
+    pub worker: String,
+    pub message: String,
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+/// The CLI's word for a batch state.
+pub fn batch_state_word(state: volley_store::BatchState) -> &'static str {
+    match state {
+        volley_store::BatchState::Running => "running",
+        volley_store::BatchState::Succeeded => "succeeded",
+        volley_store::BatchState::Failed => "failed",
+        volley_store::BatchState::Cancelled => "cancelled",
+        volley_store::BatchState::Lost => "lost",
+    }
+}
+
+/// An event kind as a word: `op_started`, `batch_finished`, …
+pub fn event_kind_word(kind: volley_proto::v1::EventKind) -> &'static str {
+    use volley_proto::v1::EventKind;
+    match kind {
+        EventKind::Unspecified => "unknown",
+        EventKind::BatchSubmitted => "batch_submitted",
+        EventKind::OpStarted => "op_started",
+        EventKind::OpSucceeded => "op_succeeded",
+        EventKind::OpFailed => "op_failed",
+        EventKind::OpSkipped => "op_skipped",
+        EventKind::OpCancelled => "op_cancelled",
+        EventKind::OpRetrying => "op_retrying",
+        EventKind::BatchFinished => "batch_finished",
+        EventKind::OpsAdded => "ops_added",
+        EventKind::OpBlocked => "op_blocked",
     }
 }

@@ -1,0 +1,802 @@
+//! The JSON API the pages read (docs/dashboard-api.md): thin handlers over
+//! the coordinator's domain calls, each through the caller's principal, so
+//! the dashboard sees exactly what the gRPC API would show that token.
+//! Answers are paged or aggregated here, never one document of a whole
+//! large batch.
+
+use std::collections::{BTreeMap, HashSet};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use volley_coordinator::CoordinatorError;
+use volley_coordinator::auth::AuthError;
+use volley_coordinator::views::{self, BatchView, OpRow};
+use volley_proto::{BatchId, v1};
+
+use crate::App;
+use crate::graph::{self, GraphOp};
+use crate::session::{Caller, check_csrf};
+
+/// What an API call can fail with, as an HTTP status and
+/// `{"error": …, "message": …}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, word) = self.parts();
+        (
+            status,
+            Json(json!({"error": word, "message": self.to_string()})),
+        )
+            .into_response()
+    }
+}
+
+impl From<CoordinatorError> for ApiError {
+    fn from(error: CoordinatorError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            CoordinatorError::BatchNotFound(_) | CoordinatorError::OpNotFound { .. } => {
+                ApiError::NotFound(message)
+            }
+            CoordinatorError::Invalid(_) | CoordinatorError::BadRequest(_) => {
+                ApiError::Invalid(message)
+            }
+            CoordinatorError::Auth(AuthError::Unauthenticated(_)) => {
+                ApiError::Unauthenticated(message)
+            }
+            CoordinatorError::Auth(AuthError::PermissionDenied(_)) => ApiError::Forbidden(message),
+            _ => ApiError::Unavailable(message),
+        }
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+async fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    app.sessions.caller(&app.coordinator, headers).await
+}
+
+/// A batch id from a path: at most 64 characters of an id's alphabet.
+fn batch_id(raw: &str) -> Result<BatchId, ApiError> {
+    if raw.is_empty()
+        || raw.len() > 64
+        || !raw
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+    {
+        return Err(ApiError::NotFound(format!(
+            "no batch `{}`",
+            raw.chars().take(64).collect::<String>().escape_debug()
+        )));
+    }
+    Ok(BatchId::new(raw))
+}
+
+pub async fn session(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult {
+    let caller = caller(&app, &headers).await?;
+    Ok(Json(json!({
+        "auth": caller.authenticated,
+        "tenant": caller.principal.tenant,
+        "role": format!("{:?}", caller.principal.role).to_lowercase(),
+        "csrf": caller.csrf.clone().unwrap_or_default(),
+        "mode": "live",
+        "can_cancel": caller.may_change(),
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    limit: Option<u32>,
+}
+
+pub async fn batches(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> ApiResult {
+    let caller = caller(&app, &headers).await?;
+    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    let batches = app.coordinator.list(limit, &caller.principal).await?;
+    let now = now_ms();
+    let rows: Vec<Value> = batches
+        .iter()
+        .map(|batch| {
+            let end = batch.finished_ms.unwrap_or(now);
+            json!({
+                "id": batch.batch.to_string(),
+                "name": batch.name,
+                "tenant": batch.tenant,
+                "state": views::batch_state_word(batch.state),
+                "done": batch.done,
+                "total": batch.total,
+                "created_at_ms": batch.created_ms,
+                "finished_at_ms": batch.finished_ms.unwrap_or(0),
+                "wall_ms": end.saturating_sub(batch.created_ms),
+                "speedup": Value::Null,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"batches": rows, "next": Value::Null})).into_response())
+}
+
+fn batch_state_word(state: v1::BatchState) -> &'static str {
+    match state {
+        v1::BatchState::Running => "running",
+        v1::BatchState::Succeeded => "succeeded",
+        v1::BatchState::Failed => "failed",
+        v1::BatchState::Cancelled => "cancelled",
+        v1::BatchState::Lost => "lost",
+        v1::BatchState::Unspecified => "unknown",
+    }
+}
+
+pub async fn batch(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let caller = caller(&app, &headers).await?;
+    let batch = batch_id(&id)?;
+    let view = app
+        .coordinator
+        .batch_view(&batch, &caller.principal)
+        .await?;
+    let status = app
+        .coordinator
+        .status_page(&batch, None, &caller.principal)
+        .await?;
+    let ended = status.succeeded + status.failed + status.skipped + status.cancelled;
+    // A running batch's summary has no critical path yet: the one so far.
+    let (critical_path, critical_path_ms) = if status.critical_path.is_empty() {
+        let rows = app.coordinator.op_rows(&view).await?;
+        let durations: Vec<u64> = rows.iter().map(|row| row.duration_ms).collect();
+        let (path, length) = view.plan().critical_path(&durations);
+        let ids: Vec<String> = path
+            .iter()
+            .map(|index| view.plan().ops[*index as usize].id.as_str().to_owned())
+            .collect();
+        (ids, length)
+    } else {
+        (status.critical_path.clone(), status.critical_path_ms)
+    };
+    Ok(Json(json!({
+        "id": status.batch_id,
+        "name": status.name,
+        "tenant": view.tenant(),
+        "state": batch_state_word(status.state()),
+        "error": status.error,
+        "created_at_ms": status.created_at_ms,
+        "wall_ms": status.wall_ms,
+        "sequential_ms": status.sequential_ms,
+        "speedup": (status.speedup.is_finite() && status.speedup > 0.0).then_some(status.speedup),
+        "total": status.total,
+        "succeeded": status.succeeded,
+        "failed": status.failed,
+        "skipped": status.skipped,
+        "cancelled": status.cancelled,
+        "running": status.running,
+        "waiting": status.total.saturating_sub(ended + status.running),
+        "critical_path": critical_path,
+        "critical_path_ms": critical_path_ms,
+        "namespace": view.plan().namespace,
+        "owner": status.owner,
+        "last_seq": Value::Null,
+    }))
+    .into_response())
+}
+
+async fn view_and_rows(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+) -> Result<(BatchView, Vec<OpRow>), ApiError> {
+    let batch = batch_id(id)?;
+    let view = app
+        .coordinator
+        .batch_view(&batch, &caller.principal)
+        .await?;
+    let rows = app.coordinator.op_rows(&view).await?;
+    Ok((view, rows))
+}
+
+#[derive(Deserialize)]
+pub struct GraphQuery {
+    expand: Option<String>,
+}
+
+pub async fn graph(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<GraphQuery>,
+) -> ApiResult {
+    let caller = caller(&app, &headers).await?;
+    let (view, rows) = view_and_rows(&app, &caller, &id).await?;
+    let plan = view.plan();
+    let ops: Vec<GraphOp<'_>> = plan
+        .ops
+        .iter()
+        .enumerate()
+        .map(|(index, op)| GraphOp {
+            id: op.id.as_str(),
+            kind: &op.kind,
+            group: plan.group_of(index as u32),
+            deps: &op.deps,
+            dependents: &op.dependents,
+            state: rows.get(index).map_or("waiting", |row| row.state),
+        })
+        .collect();
+    let expand: HashSet<String> = query
+        .expand
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|key| !key.is_empty())
+        .take(50)
+        .map(str::to_owned)
+        .collect();
+    let durations: Vec<u64> = rows.iter().map(|row| row.duration_ms).collect();
+    let (critical, _) = plan.critical_path(&durations);
+    Ok(Json(graph::aggregate(&ops, &expand, &critical)).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct OpsQuery {
+    offset: Option<usize>,
+    limit: Option<usize>,
+    state: Option<String>,
+    q: Option<String>,
+    group: Option<String>,
+}
+
+pub async fn ops(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<OpsQuery>,
+) -> ApiResult {
+    let caller = caller(&app, &headers).await?;
+    let (view, rows) = view_and_rows(&app, &caller, &id).await?;
+    let plan = view.plan();
+    let offset = query.offset.unwrap_or(0);
+    let limit = query.limit.unwrap_or(200).clamp(1, 1000);
+    let needle = query.q.as_deref().unwrap_or_default();
+    let matching = plan
+        .ops
+        .iter()
+        .zip(&rows)
+        .enumerate()
+        .filter(|(index, (op, row))| {
+            query
+                .state
+                .as_deref()
+                .is_none_or(|state| state.is_empty() || row.state == state)
+                && (needle.is_empty() || op.id.as_str().contains(needle))
+                && query.group.as_deref().is_none_or(|group| {
+                    group.is_empty() || plan.group_of(*index as u32) == Some(group)
+                })
+        });
+    let mut total = 0usize;
+    let mut page = Vec::new();
+    for (index, (op, row)) in matching {
+        if total >= offset && page.len() < limit {
+            page.push(json!({
+                "index": index,
+                "id": op.id.as_str(),
+                "kind": op.kind,
+                "group": plan.group_of(index as u32),
+                "state": row.state,
+                "attempts": row.attempts,
+                "worker": row.worker,
+                "started_ms": row.started_ms,
+                "duration_ms": row.duration_ms,
+                "error": row.error,
+            }));
+        }
+        total += 1;
+    }
+    Ok(Json(json!({"total": total, "offset": offset, "ops": page})).into_response())
+}
+
+/// Bytes of an op's output and stderr an op panel shows.
+const PANEL_TEXT: usize = 4096;
+
+pub async fn op(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((id, op_id)): Path<(String, String)>,
+) -> ApiResult {
+    let caller = caller(&app, &headers).await?;
+    let batch = batch_id(&id)?;
+    let status = app
+        .coordinator
+        .op_status(&batch, &op_id, &caller.principal)
+        .await?;
+    let Some(op) = status.ops.first() else {
+        return Err(ApiError::NotFound(format!(
+            "batch {batch} has no op `{op_id}`"
+        )));
+    };
+    let view = app
+        .coordinator
+        .batch_view(&batch, &caller.principal)
+        .await?;
+    let index = view
+        .index_of(&op.id)
+        .ok_or_else(|| ApiError::NotFound(format!("batch {batch} has no op `{op_id}`")))?;
+    let planned = &view.plan().ops[index as usize];
+    let events = app.coordinator.op_events(&view, index, 50, 20_000).await?;
+    let why = match op.state() {
+        v1::OpState::Waiting | v1::OpState::Ready => {
+            let answer = app
+                .coordinator
+                .why(&batch, &op.id, &caller.principal)
+                .await?;
+            Some(json!({"reasons": answer.reasons}))
+        }
+        _ => None,
+    };
+    let (stdout, stderr, stderr_truncated) = op_streams(op);
+    Ok(Json(json!({
+        "index": index,
+        "id": op.id,
+        "kind": op.kind,
+        "group": (!op.group.is_empty()).then_some(&op.group),
+        "state": graph::op_state_word(op.state()),
+        "args": mask(&planned.args, 0),
+        "after": op.after,
+        "attempts": op.attempts,
+        "max_attempts": planned.max_attempts,
+        "worker": op.worker,
+        "started_ms": op.started_ms,
+        "duration_ms": op.duration_ms,
+        "output": head(&stdout, PANEL_TEXT),
+        "output_bytes": stdout.len(),
+        "stderr": head(&stderr, PANEL_TEXT),
+        "stderr_bytes": stderr.len(),
+        "stderr_truncated": stderr_truncated,
+        "error": op.error,
+        "events": events.iter().map(|event| json!({
+            "seq": event.seq,
+            "at_ms": event.at_ms,
+            "kind": event.kind,
+            "attempt": event.attempt,
+            "worker": event.worker,
+            "message": event.message,
+        })).collect::<Vec<_>>(),
+        "why": why,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct LogsQuery {
+    stream: Option<String>,
+}
+
+pub async fn op_logs(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((id, op_id)): Path<(String, String)>,
+    Query(query): Query<LogsQuery>,
+) -> ApiResult {
+    let caller = caller(&app, &headers).await?;
+    let batch = batch_id(&id)?;
+    let status = app
+        .coordinator
+        .op_status(&batch, &op_id, &caller.principal)
+        .await?;
+    let Some(op) = status.ops.first() else {
+        return Err(ApiError::NotFound(format!(
+            "batch {batch} has no op `{op_id}`"
+        )));
+    };
+    let (stdout, stderr, _) = op_streams(op);
+    let text = match query.stream.as_deref() {
+        Some("stderr") => stderr,
+        _ => stdout,
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        text,
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct TimelineQuery {
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+pub async fn timeline(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<TimelineQuery>,
+) -> ApiResult {
+    let caller = caller(&app, &headers).await?;
+    let (view, rows) = view_and_rows(&app, &caller, &id).await?;
+    let plan = view.plan();
+    let durations: Vec<u64> = rows.iter().map(|row| row.duration_ms).collect();
+    let (critical, _) = plan.critical_path(&durations);
+    let critical: HashSet<u32> = critical.into_iter().collect();
+    // Started ops, in start order (stable: by index among equal starts).
+    let mut started: Vec<usize> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, row)| row.started_ms > 0 || row.duration_ms > 0)
+        .map(|(index, _)| index)
+        .collect();
+    started.sort_by_key(|index| (rows[*index].started_ms, *index));
+    let mut workers: Vec<&str> = rows
+        .iter()
+        .filter(|row| !row.worker.is_empty())
+        .map(|row| row.worker.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    workers.sort_unstable();
+    let worker_at: BTreeMap<&str, usize> = workers
+        .iter()
+        .enumerate()
+        .map(|(at, worker)| (*worker, at))
+        .collect();
+    let offset = query.offset.unwrap_or(0);
+    let limit = query.limit.unwrap_or(10_000).clamp(1, 20_000);
+    let now = now_ms();
+    let created = view.created_ms();
+    let spans: Vec<Value> = started
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|index| {
+            let row = &rows[*index];
+            // A running op's span is the time so far.
+            let duration = if row.state == "running" {
+                now.saturating_sub(created).saturating_sub(row.started_ms)
+            } else {
+                row.duration_ms
+            };
+            json!([
+                index,
+                plan.ops[*index].id.as_str(),
+                worker_at.get(row.worker.as_str()).copied(),
+                row.started_ms,
+                duration,
+                row.state,
+                critical.contains(&(*index as u32)),
+            ])
+        })
+        .collect();
+    let next = (offset + spans.len() < started.len()).then_some(offset + spans.len());
+    let wall = rows
+        .iter()
+        .map(|row| row.started_ms + row.duration_ms)
+        .max()
+        .unwrap_or(0);
+    Ok(Json(json!({
+        "workers": workers,
+        "total": started.len(),
+        "next": next,
+        "wall_ms": wall,
+        "spans": spans,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    after: Option<String>,
+}
+
+pub async fn events(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let caller = caller(&app, &headers).await?;
+    let batch = batch_id(&id)?;
+    // The browser's reconnect sends Last-Event-ID to the first URL: it wins.
+    let after = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .or(query.after.as_deref())
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let receiver = app
+        .coordinator
+        .watch(batch, after, &caller.principal)
+        .await?;
+    let stream = tokio_stream::wrappers::ReceiverStream::new(receiver)
+        .take_while(|item| std::future::ready(item.is_ok()))
+        .filter_map(|item| async move {
+            let event = item.ok()?;
+            let data = json!({
+                "seq": event.seq,
+                "at_ms": event.at_ms,
+                "kind": views::event_kind_word(event.kind()),
+                "op_id": event.op_id,
+                "attempt": event.attempt,
+                "worker": event.worker,
+                "message": event.message,
+                "batch_state": (event.kind() == v1::EventKind::BatchFinished)
+                    .then(|| batch_state_word(event.batch_state())),
+            });
+            Some(Ok(Event::default()
+                .id(event.seq.to_string())
+                .event("batch")
+                .data(data.to_string())))
+        });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Keys a memory page lists, and how many of them get a preview.
+const MEMORY_KEYS: u32 = 1000;
+const MEMORY_PREVIEWS: usize = 100;
+
+pub async fn batch_memory(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let caller = caller(&app, &headers).await?;
+    let batch = batch_id(&id)?;
+    memory(&app, &caller, batch.as_str(), "").await
+}
+
+pub async fn namespace_memory(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(namespace): Path<String>,
+) -> ApiResult {
+    let caller = caller(&app, &headers).await?;
+    memory(&app, &caller, "", &namespace).await
+}
+
+async fn memory(app: &App, caller: &Caller, batch: &str, namespace: &str) -> ApiResult {
+    let scope = app
+        .coordinator
+        .memory_scope(batch, namespace, &caller.principal)
+        .await?;
+    let (keys, _) = app
+        .coordinator
+        .memory_list(&scope, "", "", MEMORY_KEYS)
+        .await?;
+    let mut rows = Vec::with_capacity(keys.len());
+    for (at, info) in keys.iter().enumerate() {
+        let preview = if at < MEMORY_PREVIEWS {
+            app.coordinator
+                .memory_get(&scope, &info.key)
+                .await?
+                .map(|value| head(&String::from_utf8_lossy(&value.value), 200))
+        } else {
+            None
+        };
+        rows.push(json!({
+            "key": info.key,
+            "version": info.version,
+            "bytes": info.size,
+            "content_type": info.content_type,
+            "expires_at_ms": info.expires_at_ms,
+            "preview": preview,
+        }));
+    }
+    Ok(Json(json!({
+        "scope": if namespace.is_empty() { "batch".to_owned() } else { namespace.to_owned() },
+        "keys": rows,
+    }))
+    .into_response())
+}
+
+pub async fn workers(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult {
+    caller(&app, &headers).await?;
+    let workers = app.coordinator.workers().await;
+    let rows: Vec<Value> = workers
+        .iter()
+        .map(|worker| {
+            json!({
+                "id": worker.worker_id,
+                "slots": worker.slots,
+                "busy": worker.busy,
+                "labels": worker.labels,
+                "kinds": worker.kinds,
+                "coordinator": worker.coordinator,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"workers": rows})).into_response())
+}
+
+pub async fn cancel(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let caller = caller(&app, &headers).await?;
+    check_csrf(&caller, &headers)?;
+    if !caller.may_change() {
+        return Err(ApiError::Forbidden(
+            "this token may not cancel batches".to_owned(),
+        ));
+    }
+    let batch = batch_id(&id)?;
+    let outcome = app.coordinator.cancel(&batch, &caller.principal).await?;
+    Ok(Json(json!({"cancelled": true, "ops": outcome.cancelled})).into_response())
+}
+
+/// An op's output (a failed program's stdout is in its details) and
+/// stderr, and whether the stderr was cut.
+fn op_streams(op: &v1::OpStatus) -> (String, String, bool) {
+    let details: Value = serde_json::from_str(&op.details_json).unwrap_or(Value::Null);
+    let text = |field: &str| {
+        details
+            .get(field)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let stdout = if op.output.is_empty() {
+        text("stdout")
+    } else {
+        op.output.clone()
+    };
+    let truncated = details.get("stderr_truncated").and_then(Value::as_bool) == Some(true);
+    (stdout, text("stderr"), truncated)
+}
+
+/// The first `max` bytes of `text`, cut at a character boundary.
+fn head(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// Args as a panel shows them: values of `env` and of fields named like
+/// credentials masked; `${secret.X}` references are names, not values, and
+/// stay.
+fn mask(value: &Value, depth: usize) -> Value {
+    const MASK: &str = "••••••";
+    match value {
+        Value::Object(map) if depth < 16 => Value::Object(
+            map.iter()
+                .map(|(key, inner)| {
+                    let lower = key.to_ascii_lowercase();
+                    let secret = lower == "env"
+                        || [
+                            "token",
+                            "secret",
+                            "password",
+                            "passwd",
+                            "credential",
+                            "api_key",
+                            "apikey",
+                            "authorization",
+                        ]
+                        .iter()
+                        .any(|word| lower.contains(word));
+                    let shown = if secret {
+                        match inner {
+                            Value::Object(entries) => Value::Object(
+                                entries
+                                    .iter()
+                                    .map(|(name, value)| (name.clone(), masked(value, MASK)))
+                                    .collect(),
+                            ),
+                            other => masked(other, MASK),
+                        }
+                    } else {
+                        mask(inner, depth + 1)
+                    };
+                    (key.clone(), shown)
+                })
+                .collect(),
+        ),
+        Value::Array(items) if depth < 16 => {
+            Value::Array(items.iter().map(|item| mask(item, depth + 1)).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+fn masked(value: &Value, mask: &str) -> Value {
+    match value {
+        Value::String(text) if text.starts_with("${secret.") && text.ends_with('}') => {
+            value.clone()
+        }
+        Value::Null => Value::Null,
+        _ => Value::String(mask.to_owned()),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_and_credential_fields_are_masked_but_secret_references_stay() {
+        let args = json!({
+            "cmd": "deploy",
+            "env": {"TOKEN": "hunter2", "REF": "${secret.DEPLOY}"},
+            "headers": [{"authorization": "Bearer abc"}],
+            "api_key": 12,
+            "path": "a.txt",
+        });
+        assert_eq!(
+            mask(&args, 0),
+            json!({
+                "cmd": "deploy",
+                "env": {"TOKEN": "••••••", "REF": "${secret.DEPLOY}"},
+                "headers": [{"authorization": "••••••"}],
+                "api_key": "••••••",
+                "path": "a.txt",
+            })
+        );
+    }
+
+    #[test]
+    fn hostile_batch_ids_are_not_found_not_errors() {
+        for hostile in ["", "../../etc/passwd", "a b", &"x".repeat(65), "id\u{0}"] {
+            assert!(
+                matches!(batch_id(hostile), Err(ApiError::NotFound(_))),
+                "{hostile:?}"
+            );
+        }
+        assert!(batch_id("0193a2b4-5c6d-7e8f-9a0b-1c2d3e4f5a6b").is_ok());
+    }
+
+    #[test]
+    fn head_cuts_at_a_character() {
+        assert_eq!(head("héllo", 2), "h");
+        assert_eq!(head("abc", 10), "abc");
+    }
+}

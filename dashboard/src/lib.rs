@@ -1,0 +1,268 @@
+//! Volley's web dashboard: the batch list, a batch's DAG, timeline, ops and
+//! memory, workers — served by the coordinator's own process
+//! (`volley coordinator --dashboard-listen ADDR`) from the same store, so
+//! any coordinator shows every batch.
+//!
+//! The pages are static files embedded at build time (`assets/`, no Node
+//! needed) that read a JSON API (`api`, contract in
+//! docs/dashboard-api.md). Every page and API call needs a session made
+//! from a token (`session`), except with `--auth none`.
+//!
+//! # Layout
+//! - `session` — login, cookies, CSRF.
+//! - `api` — the JSON API and the events stream.
+//! - `graph` — a batch's DAG folded to a drawable size.
+
+mod api;
+mod graph;
+mod session;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use volley_coordinator::Coordinator;
+
+use crate::api::ApiError;
+use crate::session::{Sessions, safe_next};
+
+/// Every embedded file: its path under `/assets/`, bytes, content type.
+static ASSETS: &[(&str, &[u8], &str)] = include!(concat!(env!("OUT_DIR"), "/assets.rs"));
+
+/// What the handlers share.
+pub struct App {
+    coordinator: Coordinator,
+    sessions: Sessions,
+}
+
+/// How the dashboard is served.
+#[derive(Clone, Debug, Default)]
+pub struct DashboardConfig {
+    /// Mark cookies `Secure` (the dashboard is reached over TLS, e.g.
+    /// behind an ingress that terminates it).
+    pub secure_cookies: bool,
+}
+
+/// The dashboard's routes over `coordinator`.
+pub fn router(coordinator: Coordinator, config: &DashboardConfig) -> Router {
+    let app = Arc::new(App {
+        coordinator,
+        sessions: Sessions::new(config.secure_cookies),
+    });
+    Router::new()
+        .route("/", get(page))
+        .route("/batches/{id}", get(page))
+        .route("/workers", get(page))
+        .route("/namespaces/{ns}", get(page))
+        .route("/login", get(login_page).post(login_form))
+        .route("/logout", post(logout))
+        .route("/assets/{*path}", get(asset))
+        .route("/api/session", get(api::session))
+        .route("/api/batches", get(api::batches))
+        .route("/api/batches/{id}", get(api::batch))
+        .route("/api/batches/{id}/graph", get(api::graph))
+        .route("/api/batches/{id}/ops", get(api::ops))
+        .route("/api/batches/{id}/ops/{op}", get(api::op))
+        .route("/api/batches/{id}/ops/{op}/logs", get(api::op_logs))
+        .route("/api/batches/{id}/timeline", get(api::timeline))
+        .route("/api/batches/{id}/events", get(api::events))
+        .route("/api/batches/{id}/memory", get(api::batch_memory))
+        .route("/api/batches/{id}/cancel", post(api::cancel))
+        .route("/api/namespaces/{ns}/memory", get(api::namespace_memory))
+        .route("/api/workers", get(api::workers))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(app)
+}
+
+/// Serves the dashboard on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    coordinator: Coordinator,
+    config: DashboardConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "dashboard listening");
+    axum::serve(listener, router(coordinator, &config))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Headers every answer carries: no framing by other sites, no sniffing,
+/// no referrer (a login link holds a token), scripts only from here.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        (
+            "content-security-policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+fn index_html() -> Response {
+    asset_response("index.html").unwrap_or_else(|| StatusCode::NOT_FOUND.into_response())
+}
+
+fn asset_response(path: &str) -> Option<Response> {
+    let (_, bytes, content_type) = ASSETS.iter().find(|(name, _, _)| *name == path)?;
+    Some(
+        (
+            [
+                (header::CONTENT_TYPE, *content_type),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            *bytes,
+        )
+            .into_response(),
+    )
+}
+
+async fn asset(Path(path): Path<String>) -> Response {
+    asset_response(&path).unwrap_or_else(|| StatusCode::NOT_FOUND.into_response())
+}
+
+/// A page: the shell, for a caller with a session; anyone else is sent to
+/// log in, and back here after.
+async fn page(State(app): State<Arc<App>>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    match app.sessions.caller(&app.coordinator, &headers).await {
+        Ok(_) => index_html(),
+        Err(ApiError::Forbidden(_)) => StatusCode::FORBIDDEN.into_response(),
+        Err(_) => {
+            let next = uri
+                .path_and_query()
+                .map_or("/", |path| path.as_str())
+                .to_owned();
+            Redirect::to(&format!("/login?next={}", encode(&next))).into_response()
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    ApiError::NotFound("no such page".to_owned()).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    token: Option<String>,
+    next: Option<String>,
+}
+
+/// `GET /login?token=…&next=…` logs in and goes on; `GET /login` is the
+/// page to paste a token in.
+async fn login_page(State(app): State<Arc<App>>, Query(query): Query<LoginQuery>) -> Response {
+    match query.token {
+        Some(token) => login(&app, &token, query.next.as_deref()).await,
+        None => index_html(),
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+    next: Option<String>,
+}
+
+async fn login_form(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    // A login posted from another site (login CSRF) is refused.
+    if let Some(origin) = headers
+        .get(header::ORIGIN)
+        .and_then(|value| value.to_str().ok())
+    {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        let origin_host = origin.split("://").nth(1).unwrap_or_default();
+        if origin != "null" && origin_host != host {
+            return ApiError::Forbidden("a login from another site".to_owned()).into_response();
+        }
+    }
+    login(&app, form.token.trim(), form.next.as_deref()).await
+}
+
+async fn login(app: &App, token: &str, next: Option<&str>) -> Response {
+    if token.len() > 4096 {
+        return login_refused("that is not a token");
+    }
+    match app.sessions.open(&app.coordinator, token).await {
+        Ok(id) => {
+            let mut response = Redirect::to(&safe_next(next)).into_response();
+            if let Ok(cookie) = HeaderValue::from_str(&app.sessions.set_cookie(&id)) {
+                response.headers_mut().insert(header::SET_COOKIE, cookie);
+            }
+            response
+        }
+        Err(ApiError::Unavailable(message)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
+        }
+        Err(error) => login_refused(&error.to_string()),
+    }
+}
+
+/// The login page again, with `?error=invalid` for the page to say so.
+fn login_refused(reason: &str) -> Response {
+    tracing::info!(reason, "dashboard login refused");
+    let mut response = Redirect::to("/login?error=invalid").into_response();
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    response
+}
+
+async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    app.sessions.close(&headers);
+    let mut response = Redirect::to("/login").into_response();
+    if let Ok(cookie) = HeaderValue::from_str(&app.sessions.clear_cookie()) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// Percent-encodes a path for a query value.
+fn encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~/".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pages_and_their_scripts_are_embedded() {
+        for path in ["index.html", "app.js", "app.css", "vendor/dagre.min.js"] {
+            assert!(asset_response(path).is_some(), "{path}");
+        }
+        assert!(asset_response("../Cargo.toml").is_none());
+    }
+
+    #[test]
+    fn next_is_encoded_for_the_login_link() {
+        assert_eq!(
+            encode("/batches/a?tab=x&op=y"),
+            "/batches/a%3Ftab%3Dx%26op%3Dy"
+        );
+    }
+}
