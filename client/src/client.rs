@@ -413,10 +413,16 @@ pub struct WatchOptions {
     pub max_backoff: Duration,
 }
 
+impl WatchOptions {
+    /// How long a watch or a wait keeps reconnecting by default
+    /// (`volley memory --reconnect-for`).
+    pub const DEFAULT_RECONNECT_BUDGET: Duration = Duration::from_secs(60);
+}
+
 impl Default for WatchOptions {
     fn default() -> WatchOptions {
         WatchOptions {
-            reconnect_budget: Duration::from_secs(60),
+            reconnect_budget: WatchOptions::DEFAULT_RECONNECT_BUDGET,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
         }

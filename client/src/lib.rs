@@ -31,5 +31,5 @@ pub use client::{Client, Memory, MemoryEntry, PutOptions, Scope, WatchOptions};
 pub use connect::{BearerToken, Connection, token_from};
 pub use error::ClientError;
 pub use health::{HealthProbe, HealthStatus};
-pub use volley_proto::v1;
+pub use volley_proto::{DEFAULT_COORDINATOR_URL, v1};
 pub use volley_tls::ClientTlsFiles;

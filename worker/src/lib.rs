@@ -16,7 +16,7 @@
 //!     let text = args["text"].as_str().unwrap_or_default().to_uppercase();
 //!     Ok(OpOutput::text(text))
 //! }));
-//! let config = WorkerConfig::new("http://127.0.0.1:7070");
+//! let config = WorkerConfig::new(volley_worker::DEFAULT_COORDINATOR_URL);
 //! run_worker(config, registry, volley_worker::CancellationToken::new()).await
 //! # }
 //! ```
@@ -75,6 +75,8 @@ pub use spawn::{OpSpawner, SpawnError, SpawnOutcome};
 pub use async_trait::async_trait;
 /// Re-exported so users need not add tokio-util for the shutdown token.
 pub use tokio_util::sync::CancellationToken;
+/// Where a worker looks for its coordinator by default (`http://127.0.0.1:7070`).
+pub use volley_proto::DEFAULT_COORDINATOR_URL;
 /// The contract's messages (`v1::Op` for [`OpContext::spawn`], `v1::Problem`),
 /// re-exported so custom workers need not depend on `volley-proto`.
 pub use volley_proto::v1;

@@ -20,7 +20,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How a worker connects and what it offers.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// The coordinator's URL, e.g. `http://127.0.0.1:7070`.
+    /// The coordinator's URL, e.g. [`volley_proto::DEFAULT_COORDINATOR_URL`].
     pub coordinator: String,
     /// Defaults to `<hostname>-<pid>-<4 hex>` ([`default_worker_id`]).
     pub worker_id: Option<String>,
@@ -47,8 +47,14 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// How often the worker tells the coordinator it is alive, by default.
+    pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+    /// How long running ops may take to finish on shutdown, by default.
+    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
     /// Defaults: one slot per CPU, no labels, no root, no shell, a heartbeat
-    /// every 5 s, 30 s to drain.
+    /// every [`Self::DEFAULT_HEARTBEAT`], [`Self::DEFAULT_DRAIN_TIMEOUT`] to
+    /// drain.
     pub fn new(coordinator: impl Into<String>) -> Self {
         let cpus = std::thread::available_parallelism()
             .map(|count| count.get())
@@ -60,8 +66,8 @@ impl WorkerConfig {
             labels: BTreeMap::new(),
             root: None,
             allow_shell: false,
-            heartbeat: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(30),
+            heartbeat: Self::DEFAULT_HEARTBEAT,
+            drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
             token: None,
             tls: volley_tls::ClientTlsFiles::default(),
             max_output: crate::DEFAULT_MAX_OUTPUT,
@@ -71,7 +77,7 @@ impl WorkerConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self::new(format!("http://{}", volley_proto::DEFAULT_COORDINATOR_ADDR))
+        Self::new(volley_proto::DEFAULT_COORDINATOR_URL)
     }
 }
 

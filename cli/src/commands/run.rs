@@ -49,7 +49,7 @@ pub struct RunArgs {
     pub secret_dir: Option<PathBuf>,
     /// The most any op's output may hold (`16MiB`, `1GiB`, bytes), as
     /// `volley worker --max-output`.
-    #[arg(long, env = "VOLLEY_MAX_OUTPUT", default_value = "16MiB", value_parser = volley_kinds::parse_byte_size)]
+    #[arg(long, env = "VOLLEY_MAX_OUTPUT", default_value = super::size_text(volley_worker::DEFAULT_MAX_OUTPUT), value_parser = volley_kinds::parse_byte_size)]
     pub max_output: u64,
     /// The directory file ops and `cwd` resolve against (the embedded
     /// workers' root); paths leaving it are refused before anything runs.

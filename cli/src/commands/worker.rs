@@ -19,7 +19,7 @@ pub struct WorkerArgs {
     #[arg(
         long,
         env = "VOLLEY_COORDINATOR",
-        default_value = "http://127.0.0.1:7070"
+        default_value = volley_proto::DEFAULT_COORDINATOR_URL
     )]
     pub coordinator: String,
     /// Ops run at once (default: one per CPU).
@@ -39,10 +39,10 @@ pub struct WorkerArgs {
     pub id: Option<String>,
     /// How often the worker tells the coordinator it is alive (keeps its
     /// ops' leases).
-    #[arg(long, env = "VOLLEY_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VOLLEY_HEARTBEAT", default_value = super::duration_text(WorkerConfig::DEFAULT_HEARTBEAT), value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
     /// On SIGTERM, how long running ops may take to finish.
-    #[arg(long, env = "VOLLEY_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VOLLEY_DRAIN_TIMEOUT", default_value = super::duration_text(WorkerConfig::DEFAULT_DRAIN_TIMEOUT), value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
     /// Serve grpc.health.v1 here (for Kubernetes probes): SERVING while
     /// the worker takes work, NOT_SERVING once it drains.
@@ -57,7 +57,7 @@ pub struct WorkerArgs {
     /// The most any op's output may hold (`16MiB`, `1GiB`, bytes); an op's
     /// `max_output` may ask for less. Past it the op fails ("output
     /// exceeded"), and a program is killed.
-    #[arg(long, env = "VOLLEY_MAX_OUTPUT", default_value = "16MiB", value_parser = volley_kinds::parse_byte_size)]
+    #[arg(long, env = "VOLLEY_MAX_OUTPUT", default_value = super::size_text(volley_worker::DEFAULT_MAX_OUTPUT), value_parser = volley_kinds::parse_byte_size)]
     pub max_output: u64,
     /// Serve the health address in plaintext even with --tls-cert (for
     /// Kubernetes `grpc:` probes, which speak plaintext).

@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
     let coordinator = std::env::args()
         .nth(1)
         .or_else(|| std::env::var("VOLLEY_COORDINATOR").ok())
-        .unwrap_or_else(|| "http://127.0.0.1:7070".to_owned());
+        .unwrap_or_else(|| volley_worker::DEFAULT_COORDINATOR_URL.to_owned());
 
     // Built-ins as a cluster worker has them by default: no root (file kinds
     // refused), no shell. The config and the registry must agree.
