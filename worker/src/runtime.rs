@@ -28,9 +28,9 @@ pub struct WorkerConfig {
     pub slots: u32,
     /// Matched against ops' `requires`.
     pub labels: BTreeMap<String, String>,
-    /// What handlers see as their root (give the registry's `BuiltinConfig` the same).
+    /// What handlers see as their root (give the built-ins' `BuiltinConfig` the same).
     pub root: Option<PathBuf>,
-    /// What handlers see as `allow_shell` (give the registry's `BuiltinConfig` the same).
+    /// What handlers see as `allow_shell` (give the built-ins' `BuiltinConfig` the same).
     pub allow_shell: bool,
     pub heartbeat: Duration,
     /// On shutdown, how long running ops may take to finish before they are
@@ -623,12 +623,12 @@ mod tests {
     }
 
     impl HeldOps {
-        /// The built-ins plus `held`.
+        /// `noop`, `echo`, `sleep` (as the built-ins) plus `held`.
         fn registry() -> (Registry, Self) {
             let gates: Arc<Mutex<HashMap<u32, Arc<Semaphore>>>> = Arc::default();
             let (started_tx, started) = mpsc::unbounded_channel();
             let (stopped_tx, stopped) = mpsc::unbounded_channel();
-            let mut registry = Registry::with_builtins(&crate::BuiltinConfig::default());
+            let mut registry = crate::test_kinds::registry();
             let handler_gates = Arc::clone(&gates);
             registry.register(
                 "held",

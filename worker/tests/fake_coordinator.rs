@@ -15,6 +15,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use volley_builtins::{BuiltinConfig, BuiltinRegistry};
 use volley_proto::v1::batch_service_server::{BatchService, BatchServiceServer};
 use volley_proto::v1::memory_service_server::{MemoryService, MemoryServiceServer};
 use volley_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
@@ -30,8 +31,7 @@ use volley_proto::v1::{
     coordinator_message, worker_message,
 };
 use volley_worker::{
-    BuiltinConfig, HandlerError, MemoryError, OpOutput, PutOptions, Registry, WorkerConfig,
-    handler_fn, run_worker,
+    HandlerError, MemoryError, OpOutput, PutOptions, Registry, WorkerConfig, handler_fn, run_worker,
 };
 
 const DEADLINE: Duration = Duration::from_secs(20);

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 use tokio_util::sync::CancellationToken;
-use volley_worker::op_processes::GroupSignal;
-use volley_worker::{BuiltinConfig, Registry, WorkerConfig, run_worker};
+use volley_builtins::op_processes::GroupSignal;
+use volley_builtins::{BuiltinConfig, BuiltinRegistry};
+use volley_worker::{Registry, WorkerConfig, run_worker};
 
 use crate::exit::Exit;
 use crate::telemetry;
@@ -156,7 +157,7 @@ pub async fn run(args: WorkerArgs) -> Exit {
     config.allow_shell = args.allow_shell;
     config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     // Which secrets it holds (names only): ops that need one come here.
-    let secrets = volley_worker::secrets::Secrets::from_dir(args.secret_dir.clone());
+    let secrets = volley_builtins::secrets::Secrets::from_dir(args.secret_dir.clone());
     for name in secrets.names() {
         config.labels.insert(
             format!("{}{name}", volley_plan::SECRET_LABEL_PREFIX),
@@ -168,13 +169,13 @@ pub async fn run(args: WorkerArgs) -> Exit {
     let registry = Registry::with_builtins(&BuiltinConfig {
         root,
         allow_shell: args.allow_shell,
-        secrets: volley_worker::secrets::Secrets::from_dir(args.secret_dir.clone()),
+        secrets: volley_builtins::secrets::Secrets::from_dir(args.secret_dir.clone()),
     });
     let ended = run_worker(config, registry, shutdown).await;
     // The drain cancelled its ops (their groups got SIGTERM, then SIGKILL);
     // a program whose op task could not be stopped in time must not
     // outlive the worker either, re-parented to PID 1.
-    let killed = volley_worker::op_processes::signal_all(GroupSignal::Kill);
+    let killed = volley_builtins::op_processes::signal_all(GroupSignal::Kill);
     if killed > 0 {
         tracing::warn!(killed, "killed host programs still running at exit");
     }
