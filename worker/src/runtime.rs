@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::confine::Root;
 use crate::executor::Executor;
 use crate::grpc::session::{OpenError, SessionEnd, SessionParams, run_session};
-use crate::grpc::{ConnectError, GrpcMemory, GrpcSpawner, WorkerToken, lazy_channel};
+use crate::grpc::{ConnectError, GrpcMemory, GrpcSpawner, lazy_channel, worker_token};
 use crate::ops::WorkerOps;
 use crate::registry::Registry;
 
@@ -174,7 +174,7 @@ pub async fn run_worker(
 ) -> Result<(), WorkerError> {
     validate(&config)?;
     let channel = lazy_channel(&config.coordinator, &config.tls)?;
-    let worker_token = WorkerToken::new(config.token.as_deref())?;
+    let worker_token = worker_token(config.token.as_deref())?;
     let worker_id = config.worker_id.clone().unwrap_or_else(default_worker_id);
     tracing::Span::current().record("worker", worker_id.as_str());
     let memory = Arc::new(GrpcMemory::new(channel.clone()));
