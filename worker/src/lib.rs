@@ -23,10 +23,11 @@
 //!
 //! # Layout
 //! - [`handler`] — `Handler`, `OpContext`, `OpOutput`, `HandlerError`, `handler_fn`.
-//! - [`registry`] — `Registry` (kind name → handler; kinds held but withheld).
+//! - [`registry`] — `Registry` (kind name → handler; kinds held but not
+//!   advertised).
 //! - [`confine`] — resolving paths under the worker's root and refusing escapes.
-//! - [`memory`] — the `MemoryStore` behind `ctx.memory()` and the memory kinds
-//!   (scopes, versions, compare-and-set, ttl, waits), `LocalMemory` for tests.
+//! - [`memory`] — the `MemoryStore` behind `ctx.memory()` (scopes, versions,
+//!   compare-and-set, ttl, waits), `LocalMemory` for tests.
 //! - [`spawn`] — `ctx.spawn`: adding ops to the running batch (`OpSpawner`).
 //! - [`executor`] — runs one assignment (args, timeout, cancel) into a result.
 //! - [`metrics`] — the worker's metrics (`metrics` facade): slots, ops by
@@ -37,8 +38,9 @@
 //!   across coordinator sessions; the drain's clock.
 //! - [`runtime`] — `WorkerConfig`, `run_worker`: connect, register, dispatch,
 //!   batch results, heartbeat, reconnect (ops carry on), drain.
-//! - [`grpc`] — the tonic side: channel setup, the session stream, the
-//!   coordinator-backed `MemoryStore` and `OpSpawner`.
+//! - [`grpc`] — the tonic side: channel setup (the SDK's endpoint builder
+//!   with keepalives), the session stream, the coordinator-backed
+//!   `MemoryStore` (the SDK's `MemoryRpc`) and `OpSpawner`.
 
 pub mod confine;
 pub mod executor;
