@@ -30,7 +30,7 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
 pub fn format_byte_size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (multiplier, unit) in UNITS {
-        if bytes != 0 && bytes % multiplier == 0 {
+        if bytes != 0 && bytes.is_multiple_of(multiplier) {
             return format!("{}{unit}", bytes / multiplier);
         }
     }

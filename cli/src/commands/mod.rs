@@ -25,7 +25,7 @@ pub(crate) fn duration_text(duration: Duration) -> String {
     let millis = duration.as_millis();
     const UNITS: [(u128, &str); 2] = [(3_600_000, "h"), (1000, "s")];
     for (unit_millis, unit) in UNITS {
-        if millis != 0 && millis % unit_millis == 0 {
+        if millis != 0 && millis.is_multiple_of(unit_millis) {
             return format!("{}{unit}", millis / unit_millis);
         }
     }
