@@ -9,15 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::json;
 use volley_client::v1::{self, BatchState, EventKind, OpState};
-
-fn op(id: &str, kind: &str, args: serde_json::Value) -> v1::Op {
-    v1::Op {
-        id: id.to_owned(),
-        kind: kind.to_owned(),
-        args_json: args.to_string(),
-        ..Default::default()
-    }
-}
+use volley_testkit::op;
 
 fn after(mut op: v1::Op, deps: &[String]) -> v1::Op {
     op.after = deps.to_vec();

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use serde_json::json;
 use volley_client::v1::{self, BatchState, EventKind, OpState};
 use volley_client::{Client, Scope};
-use volley_testkit::RedisServer;
+use volley_testkit::{RedisServer, wait_until};
 
 /// Fast ticks; holds that run out quickly when their owner dies.
 const FLAGS: &[&str] = &[
@@ -31,11 +31,8 @@ const FLAGS: &[&str] = &[
 
 fn op(id: &str, kind: &str, args: serde_json::Value) -> v1::Op {
     v1::Op {
-        id: id.to_owned(),
-        kind: kind.to_owned(),
-        args_json: args.to_string(),
         attempts: 3,
-        ..Default::default()
+        ..volley_testkit::op(id, kind, args)
     }
 }
 
@@ -61,21 +58,6 @@ fn gated_batch(name: &str, sleepers: usize, ms: u64, gated: usize) -> v1::Batch 
         // The test writes `go` as a client.
         allow_unwritten: true,
         ..Default::default()
-    }
-}
-
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -15,6 +15,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use volley_client::v1::{self, BatchState, EventKind, OpState};
+use volley_testkit::{op, wait_until};
 
 /// Leases long enough that a loaded 2-core CI machine never misses one by
 /// accident; tests of what is not a lease use these.
@@ -22,15 +23,6 @@ const LEASE: &[&str] = &["--lease", "5s", "--resync-interval", "200ms"];
 /// Short leases, for the tests where a lease running out is the point.
 const SHORT_LEASE: &[&str] = &["--lease", "2s", "--resync-interval", "200ms"];
 const FAST_HEARTBEAT: &[&str] = &["--heartbeat", "200ms", "--slots", "4"];
-
-fn op(id: &str, kind: &str, args: serde_json::Value) -> v1::Op {
-    v1::Op {
-        id: id.to_owned(),
-        kind: kind.to_owned(),
-        args_json: args.to_string(),
-        ..Default::default()
-    }
-}
 
 /// How many `OP_SUCCEEDED` events a finished batch's whole event stream holds.
 async fn successes_reported(client: &volley_client::Client, batch: &str) -> usize {
@@ -63,21 +55,6 @@ async fn health(url: &str) -> Option<ServingStatus> {
         .await
         .ok()?;
     Some(response.into_inner().status())
-}
-
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn finish(client: &volley_client::Client, batch: &str) -> v1::BatchStatus {

@@ -12,15 +12,7 @@ use futures::StreamExt;
 use serde_json::json;
 use volley_client::v1::{self, BatchState, OpState};
 use volley_client::{PutOptions, Scope};
-
-fn op(id: &str, kind: &str, args: serde_json::Value) -> v1::Op {
-    v1::Op {
-        id: id.to_owned(),
-        kind: kind.to_owned(),
-        args_json: args.to_string(),
-        ..Default::default()
-    }
-}
+use volley_testkit::op;
 
 fn waiting(id: &str, key: &str) -> v1::Op {
     let mut waiter = op(

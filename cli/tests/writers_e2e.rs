@@ -177,19 +177,6 @@ ops:
     assert_eq!(wants_kept["output"], "kept yes", "{report}");
 }
 
-/// Polls `probe` until it is true or the hang guard runs out.
-async fn eventually<F, Fut>(what: &str, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = tokio::time::Instant::now() + HANG_GUARD;
-    while !probe().await {
-        assert!(tokio::time::Instant::now() < until, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_shared_store_as_cut_short_by_a_dying_coordinator_is_written_by_the_next() {
     let redis = RedisServer::start().expect("redis-server starts");
@@ -266,7 +253,7 @@ async fn a_shared_store_as_cut_short_by_a_dying_coordinator_is_written_by_the_ne
     fleet.start_coordinator(0).await;
     fleet.client = common::connect_with_deadline(&fleet.url(), Duration::from_secs(20)).await;
     let scope = volley_client::Scope::Namespace("pipeline".to_owned());
-    eventually("the shared key is written", || {
+    volley_testkit::wait_until("the shared key is written", || {
         let memory = fleet.client.memory(scope.clone());
         async move {
             matches!(memory.get("result").await, Ok(Some(value)) if value.value == b"forty-two")

@@ -10,13 +10,15 @@ use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 use volley_proto::MAX_MESSAGE_BYTES;
 use volley_proto::v1::batch_service_client::BatchServiceClient;
-use volley_proto::v1::memory_service_client::MemoryServiceClient;
 use volley_proto::v1::token_service_client::TokenServiceClient;
 use volley_proto::v1::worker_service_client::WorkerServiceClient;
 use volley_proto::v1::{self, submit_batch_chunk::Part};
 
 use crate::connect::{BearerToken, Connection};
 use crate::error::ClientError;
+use crate::memory_rpc::{MemoryRpc, Writer};
+// Where they were first defined; `volley_client::client::Scope` still names them.
+pub use crate::memory_rpc::{MemoryEntry, PutOptions, Scope};
 
 /// A channel whose every call carries the connection's token.
 pub(crate) type AuthedChannel = InterceptedService<Channel, BearerToken>;
@@ -29,7 +31,7 @@ const CHUNK_BYTES: usize = 1024 * 1024;
 pub struct Client {
     url: String,
     batches: BatchServiceClient<AuthedChannel>,
-    memory: MemoryServiceClient<AuthedChannel>,
+    memory: MemoryRpc,
     workers: WorkerServiceClient<AuthedChannel>,
     tokens: TokenServiceClient<AuthedChannel>,
 }
@@ -66,9 +68,7 @@ impl Client {
             batches: BatchServiceClient::with_interceptor(channel.clone(), bearer.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            memory: MemoryServiceClient::with_interceptor(channel.clone(), bearer.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            memory: MemoryRpc::new(channel.clone(), bearer.clone()),
             workers: WorkerServiceClient::with_interceptor(channel.clone(), bearer.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
@@ -338,7 +338,7 @@ impl Client {
     /// A handle on a memory scope: a batch's own memory or a shared namespace.
     pub fn memory(&self, scope: Scope) -> Memory {
         Memory {
-            client: self.memory.clone(),
+            rpc: self.memory.clone(),
             scope,
             writer: None,
         }
@@ -413,10 +413,16 @@ pub struct WatchOptions {
     pub max_backoff: Duration,
 }
 
+impl WatchOptions {
+    /// How long a watch or a wait keeps reconnecting by default
+    /// (`volley memory --reconnect-for`).
+    pub const DEFAULT_RECONNECT_BUDGET: Duration = Duration::from_secs(60);
+}
+
 impl Default for WatchOptions {
     fn default() -> WatchOptions {
         WatchOptions {
-            reconnect_budget: Duration::from_secs(60),
+            reconnect_budget: WatchOptions::DEFAULT_RECONNECT_BUDGET,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
         }
@@ -639,65 +645,22 @@ fn watch_can_resume(status: &Status) -> bool {
     }
 }
 
-/// Where memory calls go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// A batch's own memory (its id).
-    Batch(String),
-    /// A named namespace shared by batches and clients.
-    Namespace(String),
-}
-
-impl Scope {
-    /// `(batch_id, namespace)` as the requests carry them.
-    fn fields(&self) -> (String, String) {
-        match self {
-            Scope::Batch(batch) => (batch.clone(), String::new()),
-            Scope::Namespace(namespace) => (String::new(), namespace.clone()),
-        }
-    }
-}
-
-/// A value read from memory.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemoryEntry {
-    pub value: Vec<u8>,
-    pub content_type: String,
-    pub version: u64,
-}
-
-impl MemoryEntry {
-    fn from_response(response: v1::GetMemoryResponse) -> Option<MemoryEntry> {
-        response.found.then_some(MemoryEntry {
-            value: response.value,
-            content_type: response.content_type,
-            version: response.version,
-        })
-    }
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct PutOptions {
-    pub content_type: String,
-    pub ttl: Option<Duration>,
-    /// Compare-and-set: write only at this version (0: only if absent).
-    pub if_version: Option<u64>,
-}
-
 /// Memory calls on one scope. Cheap to clone.
 #[derive(Clone)]
 pub struct Memory {
-    client: MemoryServiceClient<AuthedChannel>,
+    rpc: MemoryRpc,
     scope: Scope,
-    /// `(op id, attempt)` of the op writing, so a stale attempt's writes
-    /// are refused.
-    writer: Option<(String, u32)>,
+    /// The op attempt writing, so a stale attempt's writes are refused.
+    writer: Option<Writer>,
 }
 
 impl Memory {
     /// Tags writes as coming from this attempt of an op.
     pub fn with_writer(mut self, op_id: &str, attempt: u32) -> Memory {
-        self.writer = Some((op_id.to_owned(), attempt));
+        self.writer = Some(Writer {
+            op_id: op_id.to_owned(),
+            attempt,
+        });
         self
     }
 
@@ -706,14 +669,7 @@ impl Memory {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<MemoryEntry>, ClientError> {
-        let (batch_id, namespace) = self.scope.fields();
-        let request = v1::GetMemoryRequest {
-            batch_id,
-            key: key.to_owned(),
-            namespace,
-        };
-        let response = self.client.clone().get_memory(request).await?.into_inner();
-        Ok(MemoryEntry::from_response(response))
+        Ok(self.rpc.get(&self.scope, key).await?)
     }
 
     /// Writes a key; returns the response (new version, ops unblocked).
@@ -731,38 +687,21 @@ impl Memory {
         value: Vec<u8>,
         options: &PutOptions,
     ) -> Result<v1::PutMemoryResponse, ClientError> {
-        let (batch_id, namespace) = self.scope.fields();
-        let (writer_op, writer_attempt) = self.writer.clone().unwrap_or_default();
-        let request = v1::PutMemoryRequest {
-            batch_id,
-            key: key.to_owned(),
-            value,
-            namespace,
-            content_type: options.content_type.clone(),
-            ttl_ms: options.ttl.map_or(0, |ttl| ttl.as_millis() as u64),
-            if_version: options.if_version,
-            writer_op,
-            writer_attempt,
+        // A ttl under a millisecond has always gone out as 0 (no expiry)
+        // from the SDK (`volley memory put --ttl 0s`); kept so.
+        let options = PutOptions {
+            ttl: options.ttl.filter(|ttl| ttl.as_millis() > 0),
+            ..options.clone()
         };
-        Ok(self.client.clone().put_memory(request).await?.into_inner())
+        Ok(self
+            .rpc
+            .put(&self.scope, key, value, &options, self.writer.as_ref())
+            .await?)
     }
 
     /// Deletes a key (only at `if_version`, when given); whether it existed.
     pub async fn delete(&self, key: &str, if_version: Option<u64>) -> Result<bool, ClientError> {
-        let (batch_id, namespace) = self.scope.fields();
-        let request = v1::DeleteMemoryRequest {
-            batch_id,
-            key: key.to_owned(),
-            namespace,
-            if_version,
-        };
-        Ok(self
-            .client
-            .clone()
-            .delete_memory(request)
-            .await?
-            .into_inner()
-            .deleted)
+        Ok(self.rpc.delete(&self.scope, key, if_version).await?)
     }
 
     /// One page of keys under `prefix`; pass the returned token for the next.
@@ -772,32 +711,14 @@ impl Memory {
         page_token: &str,
         limit: u32,
     ) -> Result<v1::ListMemoryResponse, ClientError> {
-        let (batch_id, namespace) = self.scope.fields();
-        let request = v1::ListMemoryRequest {
-            batch_id,
-            namespace,
-            prefix: prefix.to_owned(),
-            page_token: page_token.to_owned(),
-            limit,
-        };
-        Ok(self.client.clone().list_memory(request).await?.into_inner())
+        Ok(self
+            .rpc
+            .list(&self.scope, prefix, page_token, limit)
+            .await?)
     }
 
     pub async fn incr(&self, key: &str, delta: i64) -> Result<i64, ClientError> {
-        let (batch_id, namespace) = self.scope.fields();
-        let request = v1::IncrMemoryRequest {
-            batch_id,
-            key: key.to_owned(),
-            namespace,
-            delta,
-        };
-        Ok(self
-            .client
-            .clone()
-            .incr_memory(request)
-            .await?
-            .into_inner()
-            .value)
+        Ok(self.rpc.incr(&self.scope, key, delta).await?)
     }
 
     /// Changes under `prefix` after `after_revision` (0: from now on, with
@@ -898,7 +819,6 @@ impl Memory {
         timeout: Option<Duration>,
         options: WatchOptions,
     ) -> Result<MemoryEntry, ClientError> {
-        let (batch_id, namespace) = self.scope.fields();
         let deadline = timeout.map(|timeout| Instant::now() + timeout);
         let mut retry = Reconnect::new(&options);
         loop {
@@ -911,21 +831,13 @@ impl Memory {
                             humantime::format_duration(timeout.unwrap_or_default())
                         )));
                     }
-                    // At least a millisecond: 0 would mean "forever".
-                    (left.as_millis() as u64).max(1)
+                    Some(left)
                 }
-                None => 0,
+                None => None,
             };
-            let request = v1::WaitMemoryRequest {
-                batch_id: batch_id.clone(),
-                key: key.to_owned(),
-                namespace: namespace.clone(),
-                timeout_ms: left,
-            };
-            match self.client.clone().wait_memory(request).await {
-                Ok(response) => {
-                    return MemoryEntry::from_response(response.into_inner())
-                        .ok_or_else(|| ClientError::NotFound(format!("memory key {key}")));
+            match self.rpc.wait(&self.scope, key, left).await {
+                Ok(entry) => {
+                    return entry.ok_or_else(|| ClientError::NotFound(format!("memory key {key}")));
                 }
                 Err(status) if watch_can_resume(&status) => {
                     retry
@@ -1117,7 +1029,7 @@ impl ResumableMemoryWatch {
                 include_existing: self.snapshot,
                 store_epoch: self.store_epoch.clone(),
             };
-            match self.memory.client.clone().watch_memory(request).await {
+            match self.memory.rpc.watch(request).await {
                 Ok(response) => {
                     if self.retry.attempts > 0 {
                         tracing::info!(

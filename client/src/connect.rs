@@ -1,6 +1,7 @@
 //! How to reach a coordinator: its URL, the token every call carries, and
 //! TLS. One [`Connection`] builds every endpoint of the SDK (batches,
-//! memory, workers, tokens, health), so none can forget the token or TLS.
+//! memory, workers, tokens, health), so none can forget the token or TLS;
+//! [`coordinator_endpoint`] is the one endpoint builder, the worker's too.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::transport::Endpoint;
-use volley_tls::ClientTlsFiles;
+use volley_tls::{ClientTlsFiles, TlsError};
 
 use crate::error::ClientError;
 
@@ -56,15 +57,29 @@ impl Connection {
     /// The endpoint: TLS for `https://`, `connect_timeout`, TCP_NODELAY.
     pub(crate) fn endpoint(&self, connect_timeout: Duration) -> Result<Endpoint, ClientError> {
         let url = self.full_url();
-        let endpoint = volley_tls::client_endpoint(&url, &self.tls)
-            .map_err(|error| ClientError::unreachable(&url, error))?;
-        Ok(endpoint.connect_timeout(connect_timeout).tcp_nodelay(true))
+        coordinator_endpoint(&url, &self.tls, connect_timeout)
+            .map_err(|error| ClientError::unreachable(&url, error))
     }
 
     /// The interceptor that adds the token to each call.
     pub(crate) fn bearer(&self) -> Result<BearerToken, ClientError> {
         BearerToken::new(self.token.as_deref())
     }
+}
+
+/// The endpoint of a coordinator at `url` (`https://` means TLS, `http://`
+/// or a bare `host:port` plaintext; see [`volley_tls::client_endpoint`]),
+/// giving up a connection attempt after `connect_timeout`, with
+/// TCP_NODELAY (results and assignments are small, latency-bound messages).
+/// The SDK's clients and the worker's session build theirs here.
+pub fn coordinator_endpoint(
+    url: &str,
+    tls: &ClientTlsFiles,
+    connect_timeout: Duration,
+) -> Result<Endpoint, TlsError> {
+    Ok(volley_tls::client_endpoint(url, tls)?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true))
 }
 
 /// Reads a token from `--token` / `VOLLEY_TOKEN`, or else from the file

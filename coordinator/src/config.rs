@@ -41,19 +41,32 @@ pub struct CoordinatorConfig {
     pub auth: crate::auth::AuthConfig,
 }
 
+/// The defaults, named once: [`CoordinatorConfig::default`] uses them and
+/// the CLI's flags show and fill them (`volley coordinator --help`).
+impl CoordinatorConfig {
+    pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(1);
+    pub const DEFAULT_FINISHED_PLANS_CACHED: usize = 64;
+    pub const DEFAULT_MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
+    pub const DEFAULT_OWNERSHIP_TTL: Duration = Duration::from_secs(5);
+    pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(3);
+    pub const DEFAULT_REPORT_BLOCKED_AFTER: Duration = Duration::from_secs(10);
+    pub const DEFAULT_RETAIN_FINISHED: Duration = Duration::from_secs(24 * 60 * 60);
+}
+
 impl Default for CoordinatorConfig {
     fn default() -> Self {
         CoordinatorConfig {
             id: default_coordinator_id(),
             limits: Limits::default(),
-            resync_interval: Duration::from_secs(1),
-            finished_plans_cached: 64,
-            max_value_bytes: 64 * 1024 * 1024,
-            lease: Duration::from_secs(15),
-            ownership_ttl: Duration::from_secs(5),
-            reconnect_grace: Duration::from_secs(3),
-            report_blocked_after: Duration::from_secs(10),
-            retain_finished: Duration::from_secs(24 * 60 * 60),
+            resync_interval: Self::DEFAULT_RESYNC_INTERVAL,
+            finished_plans_cached: Self::DEFAULT_FINISHED_PLANS_CACHED,
+            max_value_bytes: Self::DEFAULT_MAX_VALUE_BYTES,
+            lease: Self::DEFAULT_LEASE,
+            ownership_ttl: Self::DEFAULT_OWNERSHIP_TTL,
+            reconnect_grace: Self::DEFAULT_RECONNECT_GRACE,
+            report_blocked_after: Self::DEFAULT_REPORT_BLOCKED_AFTER,
+            retain_finished: Self::DEFAULT_RETAIN_FINISHED,
             auth: crate::auth::AuthConfig::None,
         }
     }

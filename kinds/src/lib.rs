@@ -18,7 +18,7 @@ pub use args::{
     HOST_PROGRAM_KINDS, MemoryGetArgs, MemoryPutArgs, NoopArgs, ReadArgs, ShellArgs, SleepArgs,
     WriteArgs, builtin_arg_names, parse_args,
 };
-pub use size::parse_byte_size;
+pub use size::{format_byte_size, parse_byte_size};
 pub use template::{
     Reference, TemplateError, has_templates, located_references, references, render,
 };

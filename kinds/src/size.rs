@@ -24,9 +24,34 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
     number.checked_mul(multiplier).ok_or_else(bad)
 }
 
+/// `bytes` in the largest binary unit that holds it whole (`16MiB`,
+/// `1GiB`, `1000`): how a default size is shown, read back by
+/// [`parse_byte_size`].
+pub fn format_byte_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (multiplier, unit) in UNITS {
+        if bytes != 0 && bytes.is_multiple_of(multiplier) {
+            return format!("{}{unit}", bytes / multiplier);
+        }
+    }
+    bytes.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formatted_sizes_read_back() {
+        assert_eq!(format_byte_size(16 * 1024 * 1024), "16MiB");
+        assert_eq!(format_byte_size(512 * 1024 * 1024), "512MiB");
+        assert_eq!(format_byte_size(2 << 30), "2GiB");
+        assert_eq!(format_byte_size(1000), "1000");
+        assert_eq!(format_byte_size(0), "0");
+        for bytes in [0, 1, 1000, 1024, 1536 * 1024, 16 << 20, 3 << 30] {
+            assert_eq!(parse_byte_size(&format_byte_size(bytes)), Ok(bytes));
+        }
+    }
 
     #[test]
     fn sizes_with_and_without_units() {

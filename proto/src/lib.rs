@@ -49,8 +49,20 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 pub use ids::{BatchId, OpId, WorkerId};
 
-/// Default port of the coordinator's gRPC endpoint.
-pub const DEFAULT_COORDINATOR_ADDR: &str = "127.0.0.1:7070";
+/// The one spelling of the coordinator's default address, so that
+/// [`DEFAULT_COORDINATOR_ADDR`] and [`DEFAULT_COORDINATOR_URL`] cannot drift.
+macro_rules! default_coordinator_addr {
+    () => {
+        "127.0.0.1:7070"
+    };
+}
+
+/// Where a coordinator listens by default (`volley coordinator --listen`).
+pub const DEFAULT_COORDINATOR_ADDR: &str = default_coordinator_addr!();
+
+/// Where clients and workers look for a coordinator by default
+/// (`--coordinator`, `VOLLEY_COORDINATOR`).
+pub const DEFAULT_COORDINATOR_URL: &str = concat!("http://", default_coordinator_addr!());
 
 /// Largest gRPC message either side accepts. Batches are streamed in chunks
 /// well below this; reports of large batches may exceed gRPC's 4 MiB default.

@@ -21,6 +21,21 @@
 //!   localhost) and a client certificate, as PEM files.
 //! - [`TcpBalancer`]: round-robin TCP proxy over backends that may come and
 //!   go, stopped on `Drop`.
+//! - [`poll`]: `wait_until`, polling a condition under a hang guard.
+//! - [`free_port`]: a port the OS considered free a moment ago.
+//! - [`ops`] (feature `proto`): `op(id, kind, args)`.
+//! - [`fake_coordinator`] (feature `proto`): a `WorkerService` that hands
+//!   each worker session to the test.
+
+#[cfg(feature = "proto")]
+pub mod fake_coordinator;
+#[cfg(feature = "proto")]
+pub mod ops;
+pub mod poll;
+
+#[cfg(feature = "proto")]
+pub use ops::op;
+pub use poll::wait_until;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -453,7 +468,7 @@ async fn proxy(mut client: tokio::net::TcpStream, candidates: Vec<SocketAddr>) {
 }
 
 /// A port the OS considered free a moment ago (bind port 0, read, drop).
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a probe port")?;
     Ok(listener.local_addr()?.port())
 }

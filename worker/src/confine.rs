@@ -335,6 +335,41 @@ fn normalize_lexically(path: &Path) -> Option<PathBuf> {
     Some(normalized)
 }
 
+/// Whether an I/O error of this kind cannot heal by trying again: a missing
+/// file, a refused permission, a directory where a file belongs, a name
+/// too long or invalid. Anything else may be transient.
+pub fn io_is_permanent(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        kind,
+        ErrorKind::NotFound
+            | ErrorKind::PermissionDenied
+            | ErrorKind::IsADirectory
+            | ErrorKind::NotADirectory
+            | ErrorKind::InvalidInput
+            | ErrorKind::InvalidFilename
+    )
+}
+
+/// A file op's confinement failure as a handler's failure: permanent unless
+/// the I/O error may be transient (a file being replaced).
+impl From<ConfineError> for crate::handler::HandlerError {
+    fn from(error: ConfineError) -> Self {
+        use crate::handler::HandlerError;
+        match error {
+            ConfineError::Io { ref source, .. } if io_is_permanent(source.kind()) => {
+                HandlerError::permanent(error.to_string())
+            }
+            // Another I/O error may be transient (a file being replaced).
+            ConfineError::Io { .. } => HandlerError::retry(error.to_string()),
+            ConfineError::NoRoot
+            | ConfineError::Escapes { .. }
+            | ConfineError::DanglingSymlink { .. }
+            | ConfineError::BadRoot { .. } => HandlerError::permanent(error.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {

@@ -1,61 +1,60 @@
-//! Volley's worker library: the [`Handler`] trait users implement for their
-//! own op kinds, the built-in kinds (`noop`, `echo`, `sleep`, `read`, `write`,
-//! `glob`, `grep`, `shell`, `memory.put`, `memory.get`, `agent`), and the runtime that
+//! Volley's worker SDK: the [`Handler`] trait users implement for their own
+//! op kinds, the [`Registry`] of kinds a worker runs, and the runtime that
 //! connects to a coordinator, runs the ops it assigns and streams the results
-//! back.
+//! back. The built-in kinds (`noop`, `echo`, `shell`, …) are handlers of
+//! their own crate, `volley-builtins`, so a worker that runs only its own
+//! kinds builds none of what they need.
 //!
-//! A custom worker is a [`Registry`] (built-ins plus your kinds) handed to
-//! [`run_worker`]:
+//! A custom worker is a [`Registry`] of your kinds (plus, if you want them,
+//! `volley_builtins`' `Registry::with_builtins`) handed to [`run_worker`]:
 //!
 //! ```no_run
-//! use volley_worker::{BuiltinConfig, OpOutput, Registry, WorkerConfig, handler_fn, run_worker};
+//! use volley_worker::{OpOutput, Registry, WorkerConfig, handler_fn, run_worker};
 //! # async fn example() -> Result<(), volley_worker::WorkerError> {
-//! let builtin_config = BuiltinConfig::default();
-//! let mut registry = Registry::with_builtins(&builtin_config);
+//! let mut registry = Registry::new();
 //! registry.register("upper", handler_fn(|_ctx, args| async move {
 //!     let text = args["text"].as_str().unwrap_or_default().to_uppercase();
 //!     Ok(OpOutput::text(text))
 //! }));
-//! let config = WorkerConfig::new("http://127.0.0.1:7070");
+//! let config = WorkerConfig::new(volley_worker::DEFAULT_COORDINATOR_URL);
 //! run_worker(config, registry, volley_worker::CancellationToken::new()).await
 //! # }
 //! ```
 //!
 //! # Layout
 //! - [`handler`] — `Handler`, `OpContext`, `OpOutput`, `HandlerError`, `handler_fn`.
-//! - [`registry`] — `Registry` (kind name → handler) and `BuiltinConfig`.
-//! - [`builtins`] — the built-in kinds, one module per family.
+//! - [`registry`] — `Registry` (kind name → handler; kinds held but not
+//!   advertised).
 //! - [`confine`] — resolving paths under the worker's root and refusing escapes.
-//! - [`memory`] — the `MemoryStore` behind `ctx.memory()` and the memory kinds
-//!   (scopes, versions, compare-and-set, ttl, waits), `LocalMemory` for tests.
+//! - [`memory`] — the `MemoryStore` behind `ctx.memory()` (scopes, versions,
+//!   compare-and-set, ttl, waits), `LocalMemory` for tests.
 //! - [`spawn`] — `ctx.spawn`: adding ops to the running batch (`OpSpawner`).
 //! - [`executor`] — runs one assignment (args, timeout, cancel) into a result.
-//! - [`op_processes`] — the process groups of the host programs this process
-//!   runs, to signal them all when it stops (Ctrl-C on `volley run`).
 //! - [`metrics`] — the worker's metrics (`metrics` facade): slots, ops by
 //!   kind and outcome, op durations, connected, draining.
-//! - `tracing_ctx` — an op's span joins its batch's trace (W3C context from the assignment).
+//! - [`tracing_ctx`] — an op's span joins its batch's trace (W3C context from
+//!   the assignment); the same context for a host program's environment.
 //! - `ops` — the ops a worker runs and the results it still owes, kept
 //!   across coordinator sessions; the drain's clock.
 //! - [`runtime`] — `WorkerConfig`, `run_worker`: connect, register, dispatch,
 //!   batch results, heartbeat, reconnect (ops carry on), drain.
-//! - [`grpc`] — the tonic side: channel setup, the session stream, the
-//!   coordinator-backed `MemoryStore` and `OpSpawner`.
+//! - [`grpc`] — the tonic side: channel setup (the SDK's endpoint builder
+//!   with keepalives), the session stream, the coordinator-backed
+//!   `MemoryStore` (the SDK's `MemoryRpc`) and `OpSpawner`.
 
-pub mod builtins;
 pub mod confine;
 pub mod executor;
 pub mod grpc;
 pub mod handler;
 pub mod memory;
 pub mod metrics;
-pub mod op_processes;
 pub(crate) mod ops;
 pub mod registry;
 pub mod runtime;
-pub mod secrets;
 pub mod spawn;
-mod tracing_ctx;
+#[cfg(test)]
+mod test_kinds;
+pub mod tracing_ctx;
 
 pub use confine::{ConfineError, Root};
 pub use executor::Executor;
@@ -67,7 +66,7 @@ pub use handler::{
 pub use memory::{
     LocalMemory, MemoryEntry, MemoryError, MemoryScope, MemoryStore, MemoryWriter, PutOptions,
 };
-pub use registry::{BuiltinConfig, Registry};
+pub use registry::Registry;
 pub use runtime::{WorkerConfig, WorkerError, default_worker_id, run_worker};
 pub use spawn::{OpSpawner, SpawnError, SpawnOutcome};
 
@@ -75,6 +74,8 @@ pub use spawn::{OpSpawner, SpawnError, SpawnOutcome};
 pub use async_trait::async_trait;
 /// Re-exported so users need not add tokio-util for the shutdown token.
 pub use tokio_util::sync::CancellationToken;
+/// Where a worker looks for its coordinator by default (`http://127.0.0.1:7070`).
+pub use volley_proto::DEFAULT_COORDINATOR_URL;
 /// The contract's messages (`v1::Op` for [`OpContext::spawn`], `v1::Problem`),
 /// re-exported so custom workers need not depend on `volley-proto`.
 pub use volley_proto::v1;

@@ -35,15 +35,10 @@ impl std::fmt::Display for MemoryScope {
     }
 }
 
-/// A stored value and what the store knows about it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemoryEntry {
-    pub value: Vec<u8>,
-    /// Empty when the writer gave none.
-    pub content_type: String,
-    /// 1 on the first write, +1 on each.
-    pub version: u64,
-}
+/// A stored value and what the store knows about it (its content type,
+/// empty when the writer gave none; its version, 1 on the first write and
+/// +1 on each): the SDK's type, so one entry type serves both.
+pub use volley_client::MemoryEntry;
 
 /// How a write is made beyond its value.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -535,13 +535,12 @@ pub(crate) fn result_size(result: &OpResult) -> usize {
 mod tests {
     use super::*;
     use crate::memory::LocalMemory;
-    use crate::registry::{BuiltinConfig, Registry};
 
     /// A hang guard, never a timing assertion.
     const DEADLINE: Duration = Duration::from_secs(20);
 
     fn worker_ops() -> WorkerOps {
-        let registry = Registry::with_builtins(&BuiltinConfig::default());
+        let registry = crate::test_kinds::registry();
         let executor = Executor::new(registry, Arc::new(LocalMemory::default()), None, false);
         WorkerOps::new(Arc::new(executor))
     }

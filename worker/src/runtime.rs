@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::confine::Root;
 use crate::executor::Executor;
 use crate::grpc::session::{OpenError, SessionEnd, SessionParams, run_session};
-use crate::grpc::{ConnectError, GrpcMemory, GrpcSpawner, WorkerToken, lazy_channel};
+use crate::grpc::{ConnectError, GrpcMemory, GrpcSpawner, lazy_channel, worker_token};
 use crate::ops::WorkerOps;
 use crate::registry::Registry;
 
@@ -20,7 +20,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How a worker connects and what it offers.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// The coordinator's URL, e.g. `http://127.0.0.1:7070`.
+    /// The coordinator's URL, e.g. [`volley_proto::DEFAULT_COORDINATOR_URL`].
     pub coordinator: String,
     /// Defaults to `<hostname>-<pid>-<4 hex>` ([`default_worker_id`]).
     pub worker_id: Option<String>,
@@ -28,9 +28,9 @@ pub struct WorkerConfig {
     pub slots: u32,
     /// Matched against ops' `requires`.
     pub labels: BTreeMap<String, String>,
-    /// What handlers see as their root (give the registry's `BuiltinConfig` the same).
+    /// What handlers see as their root (give the built-ins' `BuiltinConfig` the same).
     pub root: Option<PathBuf>,
-    /// What handlers see as `allow_shell` (give the registry's `BuiltinConfig` the same).
+    /// What handlers see as `allow_shell` (give the built-ins' `BuiltinConfig` the same).
     pub allow_shell: bool,
     pub heartbeat: Duration,
     /// On shutdown, how long running ops may take to finish before they are
@@ -47,8 +47,14 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// How often the worker tells the coordinator it is alive, by default.
+    pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+    /// How long running ops may take to finish on shutdown, by default.
+    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
     /// Defaults: one slot per CPU, no labels, no root, no shell, a heartbeat
-    /// every 5 s, 30 s to drain.
+    /// every [`Self::DEFAULT_HEARTBEAT`], [`Self::DEFAULT_DRAIN_TIMEOUT`] to
+    /// drain.
     pub fn new(coordinator: impl Into<String>) -> Self {
         let cpus = std::thread::available_parallelism()
             .map(|count| count.get())
@@ -60,8 +66,8 @@ impl WorkerConfig {
             labels: BTreeMap::new(),
             root: None,
             allow_shell: false,
-            heartbeat: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(30),
+            heartbeat: Self::DEFAULT_HEARTBEAT,
+            drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
             token: None,
             tls: volley_tls::ClientTlsFiles::default(),
             max_output: crate::DEFAULT_MAX_OUTPUT,
@@ -71,7 +77,7 @@ impl WorkerConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self::new(format!("http://{}", volley_proto::DEFAULT_COORDINATOR_ADDR))
+        Self::new(volley_proto::DEFAULT_COORDINATOR_URL)
     }
 }
 
@@ -168,7 +174,7 @@ pub async fn run_worker(
 ) -> Result<(), WorkerError> {
     validate(&config)?;
     let channel = lazy_channel(&config.coordinator, &config.tls)?;
-    let worker_token = WorkerToken::new(config.token.as_deref())?;
+    let worker_token = worker_token(config.token.as_deref())?;
     let worker_id = config.worker_id.clone().unwrap_or_else(default_worker_id);
     tracing::Span::current().record("worker", worker_id.as_str());
     let memory = Arc::new(GrpcMemory::new(channel.clone()));
@@ -354,169 +360,24 @@ mod tests {
     // ---- ops across sessions, against a fake coordinator ----
 
     use std::collections::HashMap;
-    use std::pin::Pin;
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicBool, Ordering};
 
     use tokio::sync::{Semaphore, mpsc};
-    use tokio_stream::Stream;
-    use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-    use tonic::{Request, Response, Status, Streaming};
-    use volley_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
-    use volley_proto::v1::{
-        Assignment, Assignments, CancelOps, CoordinatorMessage, FailureKind, ListWorkersRequest,
-        ListWorkersResponse, OpRef, OpResult, Register, Registered, ReturnOps, WorkerMessage,
-        coordinator_message, worker_message,
-    };
+    use tokio_stream::wrappers::TcpListenerStream;
+    use volley_proto::v1::worker_service_server::WorkerServiceServer;
+    use volley_proto::v1::{Assignment, CancelOps, FailureKind, OpRef, coordinator_message};
+    use volley_testkit::fake_coordinator::{FakeSession, FakeSessions, FakeWorkerService};
 
     use crate::handler::{OpOutput, handler_fn};
 
     /// A hang guard, never a timing assertion.
     const DEADLINE: Duration = Duration::from_secs(20);
 
-    /// One accepted session, as the test sees it.
-    struct FakeSession {
-        register: Register,
-        to_worker: mpsc::Sender<Result<CoordinatorMessage, Status>>,
-        from_worker: mpsc::Receiver<WorkerMessage>,
-    }
-
-    impl FakeSession {
-        async fn send(&self, msg: coordinator_message::Msg) {
-            self.to_worker
-                .send(Ok(CoordinatorMessage { msg: Some(msg) }))
-                .await
-                .unwrap();
-        }
-
-        async fn assign(&self, assignments: Vec<Assignment>) {
-            self.send(coordinator_message::Msg::Assignments(Assignments {
-                assignments,
-            }))
-            .await;
-        }
-
-        /// The coordinator goes away: the stream ends with an error.
-        async fn cut(self) {
-            self.to_worker
-                .send(Err(Status::unavailable("coordinator restarting")))
-                .await
-                .unwrap();
-        }
-
-        /// The next results, until `count` arrived; fails at the deadline.
-        async fn results(&mut self, count: usize) -> Vec<OpResult> {
-            let mut results = Vec::new();
-            tokio::time::timeout(DEADLINE, async {
-                while results.len() < count {
-                    let message = self.from_worker.recv().await.expect("stream ended early");
-                    if let Some(worker_message::Msg::Results(batch)) = message.msg {
-                        results.extend(batch.results);
-                    }
-                }
-            })
-            .await
-            .expect("results did not arrive before the deadline");
-            results.sort_by_key(|result| result.op_index);
-            results
-        }
-
-        /// Everything the worker sends until it closes its side (having let
-        /// the fake close its own), as results and hand-backs.
-        async fn until_closed(mut self) -> (Vec<OpResult>, Vec<ReturnOps>) {
-            drop(self.to_worker);
-            let mut results = Vec::new();
-            let mut returned = Vec::new();
-            tokio::time::timeout(DEADLINE, async {
-                while let Some(message) = self.from_worker.recv().await {
-                    match message.msg {
-                        Some(worker_message::Msg::Results(batch)) => results.extend(batch.results),
-                        Some(worker_message::Msg::ReturnOps(ops)) => returned.push(ops),
-                        _ => {}
-                    }
-                }
-            })
-            .await
-            .expect("the worker did not close its stream before the deadline");
-            results.sort_by_key(|result| result.op_index);
-            (results, returned)
-        }
-    }
-
-    /// A `WorkerService` that hands each session to the test, or turns it
-    /// away while `refusing` (the coordinator is down).
-    struct FakeCoordinator {
-        sessions: mpsc::Sender<FakeSession>,
-        refusing: Arc<AtomicBool>,
-        /// Told of every session turned away.
-        refused: mpsc::UnboundedSender<()>,
-    }
-
-    type CoordinatorStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
-
-    #[tonic::async_trait]
-    impl WorkerService for FakeCoordinator {
-        type SessionStream = CoordinatorStream;
-
-        async fn session(
-            &self,
-            request: Request<Streaming<WorkerMessage>>,
-        ) -> Result<Response<Self::SessionStream>, Status> {
-            if self.refusing.load(Ordering::SeqCst) {
-                let _ = self.refused.send(());
-                return Err(Status::unavailable("no coordinator here"));
-            }
-            let mut inbound = request.into_inner();
-            let Some(WorkerMessage {
-                msg: Some(worker_message::Msg::Register(register)),
-            }) = inbound.message().await?
-            else {
-                return Err(Status::invalid_argument("first message must be Register"));
-            };
-            let (to_worker, outbound_rx) = mpsc::channel(16);
-            let (from_worker_tx, from_worker) = mpsc::channel(64);
-            to_worker
-                .send(Ok(CoordinatorMessage {
-                    msg: Some(coordinator_message::Msg::Registered(Registered {
-                        worker_id: register.worker_id.clone(),
-                    })),
-                }))
-                .await
-                .map_err(|_| Status::internal("test gone"))?;
-            let until_worker_closes = to_worker.clone();
-            tokio::spawn(async move {
-                while let Ok(Some(message)) = inbound.message().await {
-                    if from_worker_tx.send(message).await.is_err() {
-                        break;
-                    }
-                }
-                // The worker closed its side: end ours too, as a coordinator does.
-                drop(until_worker_closes);
-            });
-            self.sessions
-                .send(FakeSession {
-                    register,
-                    to_worker,
-                    from_worker,
-                })
-                .await
-                .map_err(|_| Status::internal("test gone"))?;
-            Ok(Response::new(Box::pin(ReceiverStream::new(outbound_rx))))
-        }
-
-        async fn list_workers(
-            &self,
-            _: Request<ListWorkersRequest>,
-        ) -> Result<Response<ListWorkersResponse>, Status> {
-            Ok(Response::new(ListWorkersResponse::default()))
-        }
-    }
-
+    /// A fake coordinator's `WorkerService` (volley-testkit) served on a
+    /// free port.
     struct Harness {
         url: String,
-        sessions: mpsc::Receiver<FakeSession>,
-        refusing: Arc<AtomicBool>,
-        refused: mpsc::UnboundedReceiver<()>,
+        sessions: FakeSessions,
         server_shutdown: CancellationToken,
         server: tokio::task::JoinHandle<()>,
     }
@@ -525,19 +386,12 @@ mod tests {
         async fn start() -> Self {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("http://{}", listener.local_addr().unwrap());
-            let (sessions_tx, sessions) = mpsc::channel(4);
-            let refusing = Arc::new(AtomicBool::new(false));
-            let (refused_tx, refused) = mpsc::unbounded_channel();
+            let (service, sessions) = FakeWorkerService::new();
             let server_shutdown = CancellationToken::new();
-            let service = WorkerServiceServer::new(FakeCoordinator {
-                sessions: sessions_tx,
-                refusing: Arc::clone(&refusing),
-                refused: refused_tx,
-            });
             let signal = server_shutdown.clone().cancelled_owned();
             let server = tokio::spawn(async move {
                 tonic::transport::Server::builder()
-                    .add_service(service)
+                    .add_service(WorkerServiceServer::new(service))
                     .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
                     .await
                     .unwrap();
@@ -545,30 +399,22 @@ mod tests {
             Self {
                 url,
                 sessions,
-                refusing,
-                refused,
                 server_shutdown,
                 server,
             }
         }
 
         async fn next_session(&mut self) -> FakeSession {
-            tokio::time::timeout(DEADLINE, self.sessions.recv())
-                .await
-                .expect("no session before the deadline")
-                .unwrap()
+            self.sessions.next().await
         }
 
         fn refuse(&self, refusing: bool) {
-            self.refusing.store(refusing, Ordering::SeqCst);
+            self.sessions.refuse(refusing);
         }
 
         /// Waits until the worker was turned away: it knows it is disconnected.
         async fn wait_refused(&mut self) {
-            tokio::time::timeout(DEADLINE, self.refused.recv())
-                .await
-                .expect("the worker did not try to reconnect before the deadline")
-                .unwrap();
+            self.sessions.wait_refused().await;
         }
 
         async fn stop(self, worker: tokio::task::JoinHandle<Result<(), WorkerError>>) {
@@ -617,12 +463,12 @@ mod tests {
     }
 
     impl HeldOps {
-        /// The built-ins plus `held`.
+        /// `noop`, `echo`, `sleep` (as the built-ins) plus `held`.
         fn registry() -> (Registry, Self) {
             let gates: Arc<Mutex<HashMap<u32, Arc<Semaphore>>>> = Arc::default();
             let (started_tx, started) = mpsc::unbounded_channel();
             let (stopped_tx, stopped) = mpsc::unbounded_channel();
-            let mut registry = Registry::with_builtins(&crate::BuiltinConfig::default());
+            let mut registry = crate::test_kinds::registry();
             let handler_gates = Arc::clone(&gates);
             registry.register(
                 "held",

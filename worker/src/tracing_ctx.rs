@@ -1,5 +1,4 @@
-//! An op's span joins its batch's trace: the W3C context the coordinator
-//! sent with the assignment is its parent.
+//! An op's span joins its batch's trace (the W3C context the coordinator sent with the assignment is its parent), and the programs it starts get the same context.
 
 use std::collections::HashMap;
 
@@ -22,7 +21,7 @@ pub(crate) fn join_trace(span: &tracing::Span, carrier: &HashMap<String, String>
 /// an op starts (`TRACEPARENT`, `TRACESTATE`: the names OpenTelemetry's
 /// environment-carrier convention uses), so a traced program's spans join
 /// the op's. Empty when nothing is traced (no propagator installed).
-pub(crate) fn child_env() -> Vec<(String, String)> {
+pub fn child_env() -> Vec<(String, String)> {
     let context = tracing::Span::current().context();
     if !context.span().span_context().is_valid() {
         return Vec::new();

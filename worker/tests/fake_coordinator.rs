@@ -12,98 +12,31 @@ use std::time::Duration;
 use prost::Message;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use volley_builtins::{BuiltinConfig, BuiltinRegistry};
 use volley_proto::v1::batch_service_server::{BatchService, BatchServiceServer};
 use volley_proto::v1::memory_service_server::{MemoryService, MemoryServiceServer};
-use volley_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+use volley_proto::v1::worker_service_server::WorkerServiceServer;
 use volley_proto::v1::{
     Assignment, Assignments, BatchEvent, BatchStatus, CancelBatchRequest, CancelBatchResponse,
-    CancelOps, CoordinatorMessage, DeleteMemoryRequest, DeleteMemoryResponse, FailureKind,
-    GetBatchRequest, GetMemoryRequest, GetMemoryResponse, IncrMemoryRequest, IncrMemoryResponse,
-    ListBatchesRequest, ListBatchesResponse, ListMemoryRequest, ListMemoryResponse,
-    ListWorkersRequest, ListWorkersResponse, MemoryChange, Op, OpRef, OpResult, Problem,
-    PutMemoryRequest, PutMemoryResponse, Register, Registered, ReturnOps, SpawnOpsRequest,
-    SpawnOpsResponse, SubmitBatchChunk, SubmitBatchResponse, ValidationFailure, WaitMemoryRequest,
-    WatchBatchRequest, WatchMemoryRequest, WhyRequest, WhyResponse, WorkerMessage,
-    coordinator_message, worker_message,
+    CancelOps, DeleteMemoryRequest, DeleteMemoryResponse, FailureKind, GetBatchRequest,
+    GetMemoryRequest, GetMemoryResponse, IncrMemoryRequest, IncrMemoryResponse, ListBatchesRequest,
+    ListBatchesResponse, ListMemoryRequest, ListMemoryResponse, MemoryChange, Op, OpRef, OpResult,
+    Problem, PutMemoryRequest, PutMemoryResponse, ReturnOps, SpawnOpsRequest, SpawnOpsResponse,
+    SubmitBatchChunk, SubmitBatchResponse, ValidationFailure, WaitMemoryRequest, WatchBatchRequest,
+    WatchMemoryRequest, WhyRequest, WhyResponse, WorkerMessage, coordinator_message,
+    worker_message,
+};
+use volley_testkit::fake_coordinator::{
+    FakeSession, FakeSessions, FakeWorkerService, collect_results,
 };
 use volley_worker::{
-    BuiltinConfig, HandlerError, MemoryError, OpOutput, PutOptions, Registry, WorkerConfig,
-    handler_fn, run_worker,
+    HandlerError, MemoryError, OpOutput, PutOptions, Registry, WorkerConfig, handler_fn, run_worker,
 };
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// One accepted session, as the test sees it.
-struct SessionHandle {
-    register: Register,
-    to_worker: mpsc::Sender<Result<CoordinatorMessage, Status>>,
-    from_worker: mpsc::Receiver<WorkerMessage>,
-}
-
-/// Hands each new session to the test through a channel.
-struct FakeCoordinator {
-    sessions: mpsc::Sender<SessionHandle>,
-}
-
-type CoordinatorStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl WorkerService for FakeCoordinator {
-    type SessionStream = CoordinatorStream;
-
-    async fn session(
-        &self,
-        request: Request<Streaming<WorkerMessage>>,
-    ) -> Result<Response<Self::SessionStream>, Status> {
-        let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty stream"))?;
-        let Some(worker_message::Msg::Register(register)) = first.msg else {
-            return Err(Status::invalid_argument("first message must be Register"));
-        };
-        let (to_worker, outbound_rx) = mpsc::channel(16);
-        let (from_worker_tx, from_worker) = mpsc::channel(64);
-        to_worker
-            .send(Ok(CoordinatorMessage {
-                msg: Some(coordinator_message::Msg::Registered(Registered {
-                    worker_id: register.worker_id.clone(),
-                })),
-            }))
-            .await
-            .map_err(|_| Status::internal("test gone"))?;
-        let forward_to_test = to_worker.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(message)) = inbound.message().await {
-                if from_worker_tx.send(message).await.is_err() {
-                    break;
-                }
-            }
-            // The worker half-closed: end our side too, as a coordinator would.
-            drop(forward_to_test);
-        });
-        self.sessions
-            .send(SessionHandle {
-                register,
-                to_worker,
-                from_worker,
-            })
-            .await
-            .map_err(|_| Status::internal("test gone"))?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(outbound_rx))))
-    }
-
-    async fn list_workers(
-        &self,
-        _: Request<ListWorkersRequest>,
-    ) -> Result<Response<ListWorkersResponse>, Status> {
-        Ok(Response::new(ListWorkersResponse::default()))
-    }
-}
 
 /// (batch_id, namespace, key): the scope as the request names it, and the key.
 type MemoryKey = (String, String, String);
@@ -352,7 +285,7 @@ impl BatchService for FakeBatches {
 
 struct Harness {
     url: String,
-    sessions: mpsc::Receiver<SessionHandle>,
+    sessions: FakeSessions,
     memory: FakeMemory,
     batches: FakeBatches,
     server_shutdown: CancellationToken,
@@ -362,7 +295,7 @@ struct Harness {
 async fn start_fake_coordinator() -> Harness {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let (sessions_tx, sessions) = mpsc::channel(4);
+    let (worker_service, sessions) = FakeWorkerService::new();
     let memory = FakeMemory::default();
     let batches = FakeBatches::default();
     let server_shutdown = CancellationToken::new();
@@ -370,9 +303,7 @@ async fn start_fake_coordinator() -> Harness {
     let services = (memory.clone(), batches.clone());
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(WorkerServiceServer::new(FakeCoordinator {
-                sessions: sessions_tx,
-            }))
+            .add_service(WorkerServiceServer::new(worker_service))
             .add_service(MemoryServiceServer::new(services.0))
             .add_service(BatchServiceServer::new(services.1))
             .serve_with_incoming_shutdown(
@@ -437,34 +368,6 @@ fn assignment(op_index: u32, kind: &str, args: serde_json::Value) -> Assignment 
     }
 }
 
-async fn send(session: &SessionHandle, msg: coordinator_message::Msg) {
-    session
-        .to_worker
-        .send(Ok(CoordinatorMessage { msg: Some(msg) }))
-        .await
-        .unwrap();
-}
-
-/// Collects results until `count` arrived, ignoring heartbeats; fails at the deadline.
-async fn collect_results(
-    from_worker: &mut mpsc::Receiver<WorkerMessage>,
-    count: usize,
-) -> Vec<OpResult> {
-    let mut results = Vec::new();
-    tokio::time::timeout(DEADLINE, async {
-        while results.len() < count {
-            let message = from_worker.recv().await.expect("worker stream ended early");
-            if let Some(worker_message::Msg::Results(batch)) = message.msg {
-                results.extend(batch.results);
-            }
-        }
-    })
-    .await
-    .expect("results did not arrive before the deadline");
-    results.sort_by_key(|result| result.op_index);
-    results
-}
-
 fn config(url: &str) -> WorkerConfig {
     let mut config = WorkerConfig::new(url);
     config.worker_id = Some("test-worker".into());
@@ -484,10 +387,7 @@ async fn registers_runs_assignments_and_returns_results() {
         shutdown.clone(),
     ));
 
-    let mut session = tokio::time::timeout(DEADLINE, harness.sessions.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut session = harness.sessions.next().await;
     assert_eq!(session.register.worker_id, "test-worker");
     assert_eq!(session.register.slots, 4);
     assert_eq!(
@@ -516,16 +416,14 @@ async fn registers_runs_assignments_and_returns_results() {
         );
     }
 
-    send(
-        &session,
-        coordinator_message::Msg::Assignments(Assignments {
+    session
+        .send(coordinator_message::Msg::Assignments(Assignments {
             assignments: vec![
                 assignment(0, "echo", serde_json::json!({"text": "hello volley"})),
                 assignment(1, "wordcount", serde_json::json!({"text": "one two three"})),
             ],
-        }),
-    )
-    .await;
+        }))
+        .await;
     let results = collect_results(&mut session.from_worker, 2).await;
     assert_eq!(results.len(), 2);
     assert!(
@@ -537,13 +435,11 @@ async fn registers_runs_assignments_and_returns_results() {
     assert_eq!(results[1].output, "3");
 
     // A failing op reports a failure, not silence.
-    send(
-        &session,
-        coordinator_message::Msg::Assignments(Assignments {
+    session
+        .send(coordinator_message::Msg::Assignments(Assignments {
             assignments: vec![assignment(2, "no-such-kind", serde_json::json!({}))],
-        }),
-    )
-    .await;
+        }))
+        .await;
     let results = collect_results(&mut session.from_worker, 1).await;
     assert!(!results[0].ok);
     assert!(
@@ -574,32 +470,25 @@ async fn cancel_aborts_a_running_op_and_shutdown_drains() {
         test_registry_with_gate(started_tx),
         shutdown.clone(),
     ));
-    let mut session = tokio::time::timeout(DEADLINE, harness.sessions.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut session = harness.sessions.next().await;
 
     let mut long_sleep = assignment(0, "sleep", serde_json::json!({"ms": 3_600_000}));
     long_sleep.timeout_ms = 0;
-    send(
-        &session,
-        coordinator_message::Msg::Assignments(Assignments {
+    session
+        .send(coordinator_message::Msg::Assignments(Assignments {
             assignments: vec![long_sleep],
-        }),
-    )
-    .await;
-    send(
-        &session,
-        coordinator_message::Msg::Cancel(CancelOps {
+        }))
+        .await;
+    session
+        .send(coordinator_message::Msg::Cancel(CancelOps {
             ops: vec![OpRef {
                 batch_id: "batch-1".into(),
                 op_index: 0,
                 attempt: 1,
                 ticket: String::new(),
             }],
-        }),
-    )
-    .await;
+        }))
+        .await;
     // Same stream, same order: the op is running when the cancel is read.
     let results = collect_results(&mut session.from_worker, 1).await;
     assert!(!results[0].ok);
@@ -607,13 +496,11 @@ async fn cancel_aborts_a_running_op_and_shutdown_drains() {
     assert_eq!(results[0].failure_kind(), FailureKind::Cancelled);
 
     // An op running at shutdown finishes and its result is delivered before the worker returns.
-    send(
-        &session,
-        coordinator_message::Msg::Assignments(Assignments {
+    session
+        .send(coordinator_message::Msg::Assignments(Assignments {
             assignments: vec![assignment(1, "gated", serde_json::json!({"ms": 50}))],
-        }),
-    )
-    .await;
+        }))
+        .await;
     tokio::time::timeout(DEADLINE, started.recv())
         .await
         .unwrap()
@@ -642,10 +529,7 @@ async fn reconnects_and_registers_again_after_the_stream_breaks() {
         shutdown.clone(),
     ));
 
-    let first = tokio::time::timeout(DEADLINE, harness.sessions.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let first = harness.sessions.next().await;
     // Break the stream from the coordinator's side.
     first
         .to_worker
@@ -654,18 +538,13 @@ async fn reconnects_and_registers_again_after_the_stream_breaks() {
         .unwrap();
     drop(first);
 
-    let mut second = tokio::time::timeout(DEADLINE, harness.sessions.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut second = harness.sessions.next().await;
     assert_eq!(second.register.worker_id, "test-worker");
-    send(
-        &second,
-        coordinator_message::Msg::Assignments(Assignments {
+    second
+        .send(coordinator_message::Msg::Assignments(Assignments {
             assignments: vec![assignment(5, "echo", serde_json::json!({"text": "again"}))],
-        }),
-    )
-    .await;
+        }))
+        .await;
     let results = collect_results(&mut second.from_worker, 1).await;
     assert_eq!(results[0].output, "again");
 
@@ -687,19 +566,16 @@ async fn many_results_are_coalesced_into_few_messages() {
     let mut worker_config = config(&harness.url);
     worker_config.slots = 200;
     let worker = tokio::spawn(run_worker(worker_config, test_registry(), shutdown.clone()));
-    let mut session = tokio::time::timeout(DEADLINE, harness.sessions.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut session = harness.sessions.next().await;
 
     let assignments = (0..200)
         .map(|index| assignment(index, "noop", serde_json::json!({})))
         .collect();
-    send(
-        &session,
-        coordinator_message::Msg::Assignments(Assignments { assignments }),
-    )
-    .await;
+    session
+        .send(coordinator_message::Msg::Assignments(Assignments {
+            assignments,
+        }))
+        .await;
     let mut message_count = 0_usize;
     let mut results = Vec::new();
     tokio::time::timeout(DEADLINE, async {
@@ -799,7 +675,7 @@ fn coordination_registry() -> Registry {
 
 async fn stop(
     harness: Harness,
-    session: SessionHandle,
+    session: FakeSession,
     shutdown: CancellationToken,
     worker: tokio::task::JoinHandle<Result<(), volley_worker::WorkerError>>,
 ) {
@@ -823,21 +699,16 @@ async fn ops_write_and_wait_for_memory_in_their_namespace() {
         coordination_registry(),
         shutdown.clone(),
     ));
-    let mut session = tokio::time::timeout(DEADLINE, harness.sessions.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut session = harness.sessions.next().await;
 
     let mut in_namespace = assignment(0, "coordinate", serde_json::json!({}));
     in_namespace.namespace = "swarm".into();
     in_namespace.attempt = 2;
-    send(
-        &session,
-        coordinator_message::Msg::Assignments(Assignments {
+    session
+        .send(coordinator_message::Msg::Assignments(Assignments {
             assignments: vec![in_namespace],
-        }),
-    )
-    .await;
+        }))
+        .await;
     // The op's write names the namespace (not the batch) and its attempt.
     let put = harness
         .memory
@@ -860,13 +731,11 @@ async fn ops_write_and_wait_for_memory_in_their_namespace() {
     assert_eq!(results[0].output, "hello back");
 
     // Without a namespace the op's batch is its scope.
-    send(
-        &session,
-        coordinator_message::Msg::Assignments(Assignments {
+    session
+        .send(coordinator_message::Msg::Assignments(Assignments {
             assignments: vec![assignment(1, "coordinate", serde_json::json!({}))],
-        }),
-    )
-    .await;
+        }))
+        .await;
     let put = harness
         .memory
         .wait_for_put(|put| put.key == "greeting" && put.writer_op == "op1")
@@ -883,13 +752,11 @@ async fn ops_write_and_wait_for_memory_in_their_namespace() {
     assert_eq!(results[0].output, "own memory");
 
     // Compare-and-set: FAILED_PRECONDITION comes back as a version mismatch.
-    send(
-        &session,
-        coordinator_message::Msg::Assignments(Assignments {
+    session
+        .send(coordinator_message::Msg::Assignments(Assignments {
             assignments: vec![assignment(2, "claim", serde_json::json!({}))],
-        }),
-    )
-    .await;
+        }))
+        .await;
     let results = collect_results(&mut session.from_worker, 1).await;
     assert!(results[0].ok, "{:?}", results[0]);
     assert_eq!(results[0].output, "claimed at version 1");
@@ -911,21 +778,16 @@ async fn ops_spawn_ops_and_see_why_invalid_ones_are_refused() {
         coordination_registry(),
         shutdown.clone(),
     ));
-    let mut session = tokio::time::timeout(DEADLINE, harness.sessions.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut session = harness.sessions.next().await;
 
-    send(
-        &session,
-        coordinator_message::Msg::Assignments(Assignments {
+    session
+        .send(coordinator_message::Msg::Assignments(Assignments {
             assignments: vec![
                 assignment(0, "fanout", serde_json::json!({"ids": ["a", "b"]})),
                 assignment(1, "fanout", serde_json::json!({"ids": ["c", "cycle"]})),
             ],
-        }),
-    )
-    .await;
+        }))
+        .await;
     let results = collect_results(&mut session.from_worker, 2).await;
 
     assert!(results[0].ok, "{:?}", results[0]);
@@ -1015,34 +877,27 @@ async fn assignments_arriving_during_a_drain_are_handed_back() {
         test_registry_with_gate(started_tx),
         shutdown.clone(),
     ));
-    let mut session = tokio::time::timeout(DEADLINE, harness.sessions.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut session = harness.sessions.next().await;
 
     // Keeps the drain going while the late assignments arrive.
-    send(
-        &session,
-        coordinator_message::Msg::Assignments(Assignments {
+    session
+        .send(coordinator_message::Msg::Assignments(Assignments {
             assignments: vec![assignment(0, "gated", serde_json::json!({"ms": 500}))],
-        }),
-    )
-    .await;
+        }))
+        .await;
     tokio::time::timeout(DEADLINE, started.recv())
         .await
         .unwrap()
         .unwrap();
     shutdown.cancel();
-    send(
-        &session,
-        coordinator_message::Msg::Assignments(Assignments {
+    session
+        .send(coordinator_message::Msg::Assignments(Assignments {
             assignments: vec![
                 assignment(1, "echo", serde_json::json!({"text": "too late"})),
                 assignment(2, "noop", serde_json::json!({})),
             ],
-        }),
-    )
-    .await;
+        }))
+        .await;
     // Handed back at once, while op 0 is still running.
     let returned = tokio::time::timeout(DEADLINE, async {
         loop {
@@ -1081,18 +936,13 @@ async fn an_op_finishing_within_the_drain_timeout_reports_its_result() {
         test_registry_with_gate(started_tx),
         shutdown.clone(),
     ));
-    let mut session = tokio::time::timeout(DEADLINE, harness.sessions.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut session = harness.sessions.next().await;
 
-    send(
-        &session,
-        coordinator_message::Msg::Assignments(Assignments {
+    session
+        .send(coordinator_message::Msg::Assignments(Assignments {
             assignments: vec![assignment(0, "gated", serde_json::json!({"ms": 300}))],
-        }),
-    )
-    .await;
+        }))
+        .await;
     tokio::time::timeout(DEADLINE, started.recv())
         .await
         .unwrap()
@@ -1129,10 +979,7 @@ async fn ops_outliving_the_drain_timeout_are_cancelled_and_handed_back() {
         .clone();
     registry.register_arc("shell", shell);
     let worker = tokio::spawn(run_worker(worker_config, registry, shutdown.clone()));
-    let mut session = tokio::time::timeout(DEADLINE, harness.sessions.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut session = harness.sessions.next().await;
 
     let mut long_sleep = assignment(0, "sleep", serde_json::json!({"ms": 3_600_000}));
     long_sleep.timeout_ms = 0;
@@ -1142,17 +989,15 @@ async fn ops_outliving_the_drain_timeout_are_cancelled_and_handed_back() {
         serde_json::json!({"cmd": format!("sleep 3600 & echo $! > {}; wait", pid_file.display())}),
     );
     long_shell.timeout_ms = 0;
-    send(
-        &session,
-        coordinator_message::Msg::Assignments(Assignments {
+    session
+        .send(coordinator_message::Msg::Assignments(Assignments {
             assignments: vec![
                 long_sleep,
                 long_shell,
                 assignment(2, "gated", serde_json::json!({"ms": 20})),
             ],
-        }),
-    )
-    .await;
+        }))
+        .await;
     tokio::time::timeout(DEADLINE, started.recv())
         .await
         .unwrap()

@@ -21,7 +21,7 @@ pub struct ClusterArgs {
         long,
         global = true,
         env = "VOLLEY_COORDINATOR",
-        default_value = "http://127.0.0.1:7070"
+        default_value = volley_proto::DEFAULT_COORDINATOR_URL
     )]
     pub coordinator: String,
     #[command(flatten)]

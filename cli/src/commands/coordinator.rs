@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use volley_coordinator::auth::{AuthConfig, MIN_ADMIN_TOKEN_CHARS};
 use volley_coordinator::{Coordinator, CoordinatorConfig};
+use volley_plan::Limits;
 use volley_store::RedisStore;
 
 use crate::exit::Exit;
@@ -17,30 +18,30 @@ use crate::telemetry;
 #[derive(Args, Debug)]
 pub struct CoordinatorArgs {
     /// Address to serve gRPC on.
-    #[arg(long, env = "VOLLEY_LISTEN", default_value = "127.0.0.1:7070")]
+    #[arg(long, env = "VOLLEY_LISTEN", default_value = volley_proto::DEFAULT_COORDINATOR_ADDR)]
     pub listen: SocketAddr,
     #[command(flatten)]
     pub redis: super::redis_args::RedisArgs,
     /// Most ops one batch may hold.
-    #[arg(long, env = "VOLLEY_MAX_OPS", default_value_t = 1_000_000)]
+    #[arg(long, env = "VOLLEY_MAX_OPS", default_value_t = Limits::default().max_ops)]
     pub max_ops: usize,
     /// Most bytes one op's args may hold.
-    #[arg(long, env = "VOLLEY_MAX_ARG_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "VOLLEY_MAX_ARG_BYTES", default_value_t = Limits::default().max_arg_bytes)]
     pub max_arg_bytes: usize,
     /// Most encoded bytes one batch's ops may hold (default 512 MiB):
     /// reading a submission stops there.
-    #[arg(long, env = "VOLLEY_MAX_BATCH_BYTES", default_value = "512MiB", value_parser = volley_kinds::parse_byte_size)]
+    #[arg(long, env = "VOLLEY_MAX_BATCH_BYTES", default_value = super::size_text(Limits::default().max_batch_bytes), value_parser = volley_kinds::parse_byte_size)]
     pub max_batch_bytes: u64,
     /// How long an op's lease lasts without a heartbeat from its worker;
     /// past it the op runs again elsewhere.
-    #[arg(long, env = "VOLLEY_LEASE", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VOLLEY_LEASE", default_value = super::duration_text(CoordinatorConfig::DEFAULT_LEASE), value_parser = humantime::parse_duration)]
     pub lease: std::time::Duration,
     /// Largest memory value accepted, in bytes (default 64 MiB).
-    #[arg(long, env = "VOLLEY_MAX_VALUE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "VOLLEY_MAX_VALUE_BYTES", default_value_t = CoordinatorConfig::DEFAULT_MAX_VALUE_BYTES)]
     pub max_value_bytes: usize,
     /// How often ready queues are re-read without a doorbell (safety net);
     /// also the housekeeping period (leases, batch holds, deadlines).
-    #[arg(long, env = "VOLLEY_RESYNC_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VOLLEY_RESYNC_INTERVAL", default_value = super::duration_text(CoordinatorConfig::DEFAULT_RESYNC_INTERVAL), value_parser = humantime::parse_duration)]
     pub resync_interval: std::time::Duration,
     /// This coordinator's name among those sharing the Redis (default:
     /// hostname-pid-random).
@@ -48,19 +49,19 @@ pub struct CoordinatorArgs {
     pub id: Option<String>,
     /// How long a batch stays owned by a coordinator that stopped renewing
     /// its hold (it died) before another takes it over.
-    #[arg(long, env = "VOLLEY_OWNERSHIP_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VOLLEY_OWNERSHIP_TTL", default_value = super::duration_text(CoordinatorConfig::DEFAULT_OWNERSHIP_TTL), value_parser = humantime::parse_duration)]
     pub ownership_ttl: std::time::Duration,
     /// How long the ops of a worker whose stream broke wait for it to
     /// reconnect (anywhere) before they run again elsewhere.
-    #[arg(long, env = "VOLLEY_RECONNECT_GRACE", default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VOLLEY_RECONNECT_GRACE", default_value = super::duration_text(CoordinatorConfig::DEFAULT_RECONNECT_GRACE), value_parser = humantime::parse_duration)]
     pub reconnect_grace: std::time::Duration,
     /// How long an op may wait for a live worker that runs its kind (and
     /// labels) before the batch's events say it is blocked.
-    #[arg(long, env = "VOLLEY_REPORT_BLOCKED_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VOLLEY_REPORT_BLOCKED_AFTER", default_value = super::duration_text(CoordinatorConfig::DEFAULT_REPORT_BLOCKED_AFTER), value_parser = humantime::parse_duration)]
     pub report_blocked_after: std::time::Duration,
     /// How long a finished batch's status, results, events and own memory
     /// stay in Redis before they expire ("0s": until deleted).
-    #[arg(long, env = "VOLLEY_RETAIN_FINISHED", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VOLLEY_RETAIN_FINISHED", default_value = super::duration_text(CoordinatorConfig::DEFAULT_RETAIN_FINISHED), value_parser = humantime::parse_duration)]
     pub retain_finished: std::time::Duration,
     /// How callers are authenticated: `token` (every call but health needs
     /// a token; the default) or `none` (nobody is checked: allowed only on

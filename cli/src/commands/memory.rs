@@ -55,7 +55,7 @@ pub struct MemoryArgs {
         long,
         global = true,
         env = "VOLLEY_RECONNECT_FOR",
-        default_value = "60s",
+        default_value = super::duration_text(WatchOptions::DEFAULT_RECONNECT_BUDGET),
         value_parser = parse_reconnect_for
     )]
     pub reconnect_for: Duration,

@@ -13,8 +13,29 @@ pub mod up;
 pub mod worker;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::ValueEnum;
+
+/// A default duration as its flag shows it and `humantime` reads it back:
+/// whole hours, else whole seconds, else milliseconds (`24h`, `60s`,
+/// `250ms`). The value itself is a const of the typed config, so it is
+/// spelled once.
+pub(crate) fn duration_text(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    const UNITS: [(u128, &str); 2] = [(3_600_000, "h"), (1000, "s")];
+    for (unit_millis, unit) in UNITS {
+        if millis != 0 && millis.is_multiple_of(unit_millis) {
+            return format!("{}{unit}", millis / unit_millis);
+        }
+    }
+    format!("{millis}ms")
+}
+
+/// A default byte size as its flag shows it (`16MiB`).
+pub(crate) fn size_text(bytes: usize) -> String {
+    volley_kinds::format_byte_size(u64::try_from(bytes).unwrap_or(u64::MAX))
+}
 
 /// How a batch file is adjusted from the command line.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -240,5 +261,24 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+#[cfg(test)]
+mod default_text_tests {
+    use super::*;
+
+    #[test]
+    fn default_durations_read_back() {
+        for (duration, text) in [
+            (Duration::from_secs(24 * 3600), "24h"),
+            (Duration::from_secs(60), "60s"),
+            (Duration::from_secs(15), "15s"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::ZERO, "0ms"),
+        ] {
+            assert_eq!(duration_text(duration), text);
+            assert_eq!(humantime::parse_duration(text).ok(), Some(duration));
+        }
     }
 }

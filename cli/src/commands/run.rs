@@ -10,12 +10,13 @@ use std::time::Duration;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use volley_builtins::op_processes::{self, GroupSignal, TERMINATE_GRACE};
+use volley_builtins::{BuiltinConfig, BuiltinRegistry};
 use volley_client::{Client, Connection};
 use volley_coordinator::auth::AuthConfig;
 use volley_coordinator::{Coordinator, CoordinatorConfig};
 use volley_store::MemoryStore;
-use volley_worker::op_processes::{self, GroupSignal, TERMINATE_GRACE};
-use volley_worker::{BuiltinConfig, Registry, WorkerConfig, run_worker};
+use volley_worker::{Registry, WorkerConfig, run_worker};
 
 use super::OutputFormat;
 use super::client::{Follow, OnInterrupt, submit_and_report};
@@ -49,7 +50,7 @@ pub struct RunArgs {
     pub secret_dir: Option<PathBuf>,
     /// The most any op's output may hold (`16MiB`, `1GiB`, bytes), as
     /// `volley worker --max-output`.
-    #[arg(long, env = "VOLLEY_MAX_OUTPUT", default_value = "16MiB", value_parser = volley_kinds::parse_byte_size)]
+    #[arg(long, env = "VOLLEY_MAX_OUTPUT", default_value = super::size_text(volley_worker::DEFAULT_MAX_OUTPUT), value_parser = volley_kinds::parse_byte_size)]
     pub max_output: u64,
     /// The directory file ops and `cwd` resolve against (the embedded
     /// workers' root); paths leaving it are refused before anything runs.
@@ -332,7 +333,7 @@ async fn start_embedded(
         config.drain_timeout = Duration::from_secs(1);
         config.token = Some(admin_token.clone());
         config.max_output = workers.max_output;
-        let secrets = volley_worker::secrets::Secrets::from_dir(workers.secret_dir.clone());
+        let secrets = volley_builtins::secrets::Secrets::from_dir(workers.secret_dir.clone());
         for name in secrets.names() {
             config.labels.insert(
                 format!("{}{name}", volley_plan::SECRET_LABEL_PREFIX),
@@ -342,7 +343,7 @@ async fn start_embedded(
         let registry = Registry::with_builtins(&BuiltinConfig {
             root: Some(root.clone()),
             allow_shell: true,
-            secrets: volley_worker::secrets::Secrets::from_dir(workers.secret_dir.clone()),
+            secrets: volley_builtins::secrets::Secrets::from_dir(workers.secret_dir.clone()),
         });
         let shutdown = shutdown.child_token();
         tasks.spawn(async move {

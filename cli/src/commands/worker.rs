@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 use tokio_util::sync::CancellationToken;
-use volley_worker::op_processes::GroupSignal;
-use volley_worker::{BuiltinConfig, Registry, WorkerConfig, run_worker};
+use volley_builtins::op_processes::GroupSignal;
+use volley_builtins::{BuiltinConfig, BuiltinRegistry};
+use volley_worker::{Registry, WorkerConfig, run_worker};
 
 use crate::exit::Exit;
 use crate::telemetry;
@@ -19,7 +20,7 @@ pub struct WorkerArgs {
     #[arg(
         long,
         env = "VOLLEY_COORDINATOR",
-        default_value = "http://127.0.0.1:7070"
+        default_value = volley_proto::DEFAULT_COORDINATOR_URL
     )]
     pub coordinator: String,
     /// Ops run at once (default: one per CPU).
@@ -39,10 +40,10 @@ pub struct WorkerArgs {
     pub id: Option<String>,
     /// How often the worker tells the coordinator it is alive (keeps its
     /// ops' leases).
-    #[arg(long, env = "VOLLEY_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VOLLEY_HEARTBEAT", default_value = super::duration_text(WorkerConfig::DEFAULT_HEARTBEAT), value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
     /// On SIGTERM, how long running ops may take to finish.
-    #[arg(long, env = "VOLLEY_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VOLLEY_DRAIN_TIMEOUT", default_value = super::duration_text(WorkerConfig::DEFAULT_DRAIN_TIMEOUT), value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
     /// Serve grpc.health.v1 here (for Kubernetes probes): SERVING while
     /// the worker takes work, NOT_SERVING once it drains.
@@ -57,7 +58,7 @@ pub struct WorkerArgs {
     /// The most any op's output may hold (`16MiB`, `1GiB`, bytes); an op's
     /// `max_output` may ask for less. Past it the op fails ("output
     /// exceeded"), and a program is killed.
-    #[arg(long, env = "VOLLEY_MAX_OUTPUT", default_value = "16MiB", value_parser = volley_kinds::parse_byte_size)]
+    #[arg(long, env = "VOLLEY_MAX_OUTPUT", default_value = super::size_text(volley_worker::DEFAULT_MAX_OUTPUT), value_parser = volley_kinds::parse_byte_size)]
     pub max_output: u64,
     /// Serve the health address in plaintext even with --tls-cert (for
     /// Kubernetes `grpc:` probes, which speak plaintext).
@@ -156,7 +157,7 @@ pub async fn run(args: WorkerArgs) -> Exit {
     config.allow_shell = args.allow_shell;
     config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     // Which secrets it holds (names only): ops that need one come here.
-    let secrets = volley_worker::secrets::Secrets::from_dir(args.secret_dir.clone());
+    let secrets = volley_builtins::secrets::Secrets::from_dir(args.secret_dir.clone());
     for name in secrets.names() {
         config.labels.insert(
             format!("{}{name}", volley_plan::SECRET_LABEL_PREFIX),
@@ -168,13 +169,13 @@ pub async fn run(args: WorkerArgs) -> Exit {
     let registry = Registry::with_builtins(&BuiltinConfig {
         root,
         allow_shell: args.allow_shell,
-        secrets: volley_worker::secrets::Secrets::from_dir(args.secret_dir.clone()),
+        secrets: volley_builtins::secrets::Secrets::from_dir(args.secret_dir.clone()),
     });
     let ended = run_worker(config, registry, shutdown).await;
     // The drain cancelled its ops (their groups got SIGTERM, then SIGKILL);
     // a program whose op task could not be stopped in time must not
     // outlive the worker either, re-parented to PID 1.
-    let killed = volley_worker::op_processes::signal_all(GroupSignal::Kill);
+    let killed = volley_builtins::op_processes::signal_all(GroupSignal::Kill);
     if killed > 0 {
         tracing::warn!(killed, "killed host programs still running at exit");
     }

@@ -58,10 +58,7 @@ pub async fn admin_client(url: &str) -> Result<Client, volley_client::ClientErro
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
+    volley_testkit::free_port().expect("a free port")
 }
 
 pub struct Cluster {

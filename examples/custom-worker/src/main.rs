@@ -1,5 +1,7 @@
-//! A Volley worker with two user-defined kinds next to the built-ins:
-//! `wordcount` (pure) and `split` (uses the op's memory and spawns ops).
+//! A Volley worker with two user-defined kinds: `wordcount` (pure) and
+//! `split` (uses the op's memory and spawns ops). It depends on the worker
+//! SDK alone; the built-in kinds (`echo`, `shell`, …) run on `volley worker`s
+//! beside it (or add `volley-builtins` and `Registry::with_builtins`).
 //!
 //! Usage: `custom-worker [COORDINATOR_URL]` (or `VOLLEY_COORDINATOR`), default
 //! `http://127.0.0.1:7070`. Ctrl-C drains running ops and exits.
@@ -7,8 +9,8 @@
 use async_trait::async_trait;
 use volley_worker::v1::Op;
 use volley_worker::{
-    BuiltinConfig, CancellationToken, Handler, HandlerError, OpContext, OpOutput, Registry,
-    WorkerConfig, run_worker,
+    CancellationToken, Handler, HandlerError, OpContext, OpOutput, Registry, WorkerConfig,
+    run_worker,
 };
 
 /// `wordcount {text}` → the number of whitespace-separated words in `text`.
@@ -71,18 +73,15 @@ async fn main() -> anyhow::Result<()> {
     let coordinator = std::env::args()
         .nth(1)
         .or_else(|| std::env::var("VOLLEY_COORDINATOR").ok())
-        .unwrap_or_else(|| "http://127.0.0.1:7070".to_owned());
+        .unwrap_or_else(|| volley_worker::DEFAULT_COORDINATOR_URL.to_owned());
 
-    // Built-ins as a cluster worker has them by default: no root (file kinds
-    // refused), no shell. The config and the registry must agree.
-    let builtin_config = BuiltinConfig::default();
-    let mut registry = Registry::with_builtins(&builtin_config);
+    // Only this worker's own kinds: the coordinator routes every other op
+    // to a worker that advertises its kind.
+    let mut registry = Registry::new();
     registry.register("wordcount", WordCount);
     registry.register("split", Split);
 
     let mut config = WorkerConfig::new(coordinator);
-    config.root = builtin_config.root.clone();
-    config.allow_shell = builtin_config.allow_shell;
     // A worker (or admin) token: `volley token create --role worker`.
     config.token = std::env::var("VOLLEY_TOKEN")
         .ok()

@@ -8,15 +8,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use prost::Message;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
+use volley_client::{BearerToken, MemoryRpc, Scope};
 use volley_proto::BatchId;
 use volley_proto::v1::batch_service_client::BatchServiceClient;
-use volley_proto::v1::memory_service_client::MemoryServiceClient;
-use volley_proto::v1::{
-    DeleteMemoryRequest, GetMemoryRequest, IncrMemoryRequest, Op, PutMemoryRequest,
-    SpawnOpsRequest, ValidationFailure, WaitMemoryRequest,
-};
+use volley_proto::v1::{Op, SpawnOpsRequest, ValidationFailure};
 use volley_tls::ClientTlsFiles;
 
 use crate::memory::{MemoryEntry, MemoryError, MemoryScope, MemoryStore, MemoryWriter, PutOptions};
@@ -55,68 +51,62 @@ tokio::task_local! {
     pub(crate) static OP_TOKEN: Arc<str>;
 }
 
+/// `Bearer <token>`; an empty token or one a header cannot carry is none.
+fn bearer_value(token: &str) -> Result<MetadataValue<Ascii>, ConnectError> {
+    if token.is_empty() {
+        return Err(ConnectError::BadToken);
+    }
+    volley_client::bearer_value(token).map_err(|_| ConnectError::BadToken)
+}
+
+/// The current op's token as a header, if an op runs on this task.
+fn op_token_header() -> Option<MetadataValue<Ascii>> {
+    OP_TOKEN
+        .try_with(|token| bearer_value(token).ok())
+        .ok()
+        .flatten()
+}
+
 /// `message` as a request carrying the current op's token, if any.
 fn op_request<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    if let Ok(Some(header)) = OP_TOKEN.try_with(|token| bearer_value(token).ok()) {
+    if let Some(header) = op_token_header() {
         request.metadata_mut().insert("authorization", header);
     }
     request
 }
 
-fn bearer_value(token: &str) -> Result<MetadataValue<Ascii>, ConnectError> {
-    if token.is_empty() {
+/// Adds the worker's own token to its session calls (the SDK's bearer
+/// interceptor: the session's calls carry no token of their own).
+pub(crate) type WorkerToken = BearerToken;
+
+/// The interceptor of the worker's session; an empty token is refused.
+pub(crate) fn worker_token(token: Option<&str>) -> Result<WorkerToken, ConnectError> {
+    if token.is_some_and(str::is_empty) {
         return Err(ConnectError::BadToken);
     }
-    format!("Bearer {token}")
-        .parse()
-        .map_err(|_| ConnectError::BadToken)
+    BearerToken::new(token).map_err(|_| ConnectError::BadToken)
 }
 
-/// Adds the worker's own token to its session calls.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct WorkerToken {
-    header: Option<MetadataValue<Ascii>>,
-}
-
-impl WorkerToken {
-    pub(crate) fn new(token: Option<&str>) -> Result<WorkerToken, ConnectError> {
-        Ok(WorkerToken {
-            header: token.map(bearer_value).transpose()?,
-        })
-    }
-}
-
-impl Interceptor for WorkerToken {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(header) = &self.header {
-            request
-                .metadata_mut()
-                .insert("authorization", header.clone());
-        }
-        Ok(request)
-    }
-}
-
+/// The SDK's endpoint ([`volley_client::connect::coordinator_endpoint`]:
+/// TLS by the URL's scheme, the connect timeout, TCP_NODELAY) with HTTP/2
+/// keepalives on top, since a worker holds its session open for hours.
 pub(crate) fn endpoint(url: &str, tls: &ClientTlsFiles) -> Result<Endpoint, ConnectError> {
-    let endpoint = volley_tls::client_endpoint(url, tls).map_err(|source| ConnectError::Tls {
-        url: url.to_owned(),
-        source: Box::new(source),
-    })?;
+    let endpoint = volley_client::connect::coordinator_endpoint(url, tls, CONNECT_TIMEOUT)
+        .map_err(|source| ConnectError::Tls {
+            url: url.to_owned(),
+            source: Box::new(source),
+        })?;
     Ok(endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
         // Notice a coordinator that vanished without closing the connection.
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .keep_alive_while_idle(true))
 }
 
-/// Connects to the coordinator at `url` (`http://127.0.0.1:7070`) now,
-/// failing if it cannot be reached.
+/// Connects to the coordinator at `url` (e.g.
+/// [`volley_proto::DEFAULT_COORDINATOR_URL`]) now, failing if it cannot be
+/// reached.
 pub async fn connect_channel(url: &str) -> Result<Channel, ConnectError> {
     endpoint(url, &ClientTlsFiles::default())?
         .connect()
@@ -133,31 +123,36 @@ pub(crate) fn lazy_channel(url: &str, tls: &ClientTlsFiles) -> Result<Channel, C
     Ok(endpoint(url, tls)?.connect_lazy())
 }
 
-/// The coordinator's `MemoryService` as a [`MemoryStore`].
+/// The coordinator's `MemoryService` as a [`MemoryStore`]: the SDK's
+/// [`MemoryRpc`] with each call carrying the current op's token, and
+/// statuses classified as [`MemoryError`]s.
 #[derive(Clone, Debug)]
 pub struct GrpcMemory {
-    client: MemoryServiceClient<Channel>,
+    rpc: MemoryRpc,
 }
 
 impl GrpcMemory {
     pub fn new(channel: Channel) -> Self {
-        let client = MemoryServiceClient::new(channel)
-            .max_decoding_message_size(volley_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(volley_proto::MAX_MESSAGE_BYTES);
-        Self { client }
+        // No token of the worker's own: each call carries its op's.
+        let rpc = MemoryRpc::new(channel, BearerToken::default());
+        Self { rpc }
+    }
+
+    /// The client for one call, with the current op's token.
+    fn rpc(&self) -> MemoryRpc {
+        match op_token_header() {
+            Some(header) => self.rpc.clone().with_call_token(header),
+            None => self.rpc.clone(),
+        }
     }
 }
 
-/// A scope as the proto spells it: `(batch_id, namespace)`, exactly one set.
-fn scope_fields(scope: &MemoryScope) -> (String, String) {
+/// A scope as the SDK's memory client spells it.
+fn rpc_scope(scope: &MemoryScope) -> Scope {
     match scope {
-        MemoryScope::Batch(batch_id) => (batch_id.as_str().to_owned(), String::new()),
-        MemoryScope::Namespace(namespace) => (String::new(), namespace.clone()),
+        MemoryScope::Batch(batch_id) => Scope::Batch(batch_id.as_str().to_owned()),
+        MemoryScope::Namespace(namespace) => Scope::Namespace(namespace.clone()),
     }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Whether the call carried a compare-and-set condition: the coordinator
@@ -205,24 +200,10 @@ impl MemoryStore for GrpcMemory {
         scope: &MemoryScope,
         key: &str,
     ) -> Result<Option<MemoryEntry>, MemoryError> {
-        let (batch_id, namespace) = scope_fields(scope);
-        let request = GetMemoryRequest {
-            batch_id,
-            key: key.to_owned(),
-            namespace,
-        };
-        let response = self
-            .client
-            .clone()
-            .get_memory(op_request(request))
+        self.rpc()
+            .get(&rpc_scope(scope), key)
             .await
-            .map_err(|status| memory_error(key, Condition::None, &status))?
-            .into_inner();
-        Ok(response.found.then_some(MemoryEntry {
-            value: response.value,
-            content_type: response.content_type,
-            version: response.version,
-        }))
+            .map_err(|status| memory_error(key, Condition::None, &status))
     }
 
     #[tracing::instrument(name = "volley.MemoryService/PutMemory", skip_all, fields(scope = %scope, key = %key))]
@@ -234,70 +215,42 @@ impl MemoryStore for GrpcMemory {
         options: &PutOptions,
         writer: Option<&MemoryWriter>,
     ) -> Result<u64, MemoryError> {
-        let (batch_id, namespace) = scope_fields(scope);
-        let request = PutMemoryRequest {
-            batch_id,
-            key: key.to_owned(),
-            value,
-            namespace,
+        let rpc_options = volley_client::PutOptions {
             content_type: options.content_type.clone().unwrap_or_default(),
-            // A ttl under a millisecond still expires, it does not mean "never".
-            ttl_ms: options.ttl.map_or(0, |ttl| millis(ttl).max(1)),
+            ttl: options.ttl,
             if_version: options.if_version,
-            writer_op: writer.map_or_else(String::new, |writer| writer.op_id.as_str().to_owned()),
-            writer_attempt: writer.map_or(0, |writer| writer.attempt),
         };
+        let writer = writer.map(|writer| volley_client::Writer {
+            op_id: writer.op_id.as_str().to_owned(),
+            attempt: writer.attempt,
+        });
         let condition = if options.if_version.is_some() {
             Condition::IfVersion
         } else {
             Condition::None
         };
         let response = self
-            .client
-            .clone()
-            .put_memory(op_request(request))
+            .rpc()
+            .put(&rpc_scope(scope), key, value, &rpc_options, writer.as_ref())
             .await
-            .map_err(|status| memory_error(key, condition, &status))?
-            .into_inner();
+            .map_err(|status| memory_error(key, condition, &status))?;
         Ok(response.version)
     }
 
     #[tracing::instrument(name = "volley.MemoryService/DeleteMemory", skip_all, fields(scope = %scope, key = %key))]
     async fn delete(&self, scope: &MemoryScope, key: &str) -> Result<bool, MemoryError> {
-        let (batch_id, namespace) = scope_fields(scope);
-        let request = DeleteMemoryRequest {
-            batch_id,
-            key: key.to_owned(),
-            namespace,
-            if_version: None,
-        };
-        let response = self
-            .client
-            .clone()
-            .delete_memory(op_request(request))
+        self.rpc()
+            .delete(&rpc_scope(scope), key, None)
             .await
-            .map_err(|status| memory_error(key, Condition::None, &status))?
-            .into_inner();
-        Ok(response.deleted)
+            .map_err(|status| memory_error(key, Condition::None, &status))
     }
 
     #[tracing::instrument(name = "volley.MemoryService/IncrMemory", skip_all, fields(scope = %scope, key = %key))]
     async fn incr(&self, scope: &MemoryScope, key: &str, delta: i64) -> Result<i64, MemoryError> {
-        let (batch_id, namespace) = scope_fields(scope);
-        let request = IncrMemoryRequest {
-            batch_id,
-            key: key.to_owned(),
-            namespace,
-            delta,
-        };
-        let response = self
-            .client
-            .clone()
-            .incr_memory(op_request(request))
+        self.rpc()
+            .incr(&rpc_scope(scope), key, delta)
             .await
-            .map_err(|status| memory_error(key, Condition::None, &status))?
-            .into_inner();
-        Ok(response.value)
+            .map_err(|status| memory_error(key, Condition::None, &status))
     }
 
     #[tracing::instrument(name = "volley.MemoryService/WaitMemory", skip_all, fields(scope = %scope, key = %key))]
@@ -307,34 +260,23 @@ impl MemoryStore for GrpcMemory {
         key: &str,
         timeout: Option<Duration>,
     ) -> Result<Vec<u8>, MemoryError> {
-        let (batch_id, namespace) = scope_fields(scope);
-        let request = WaitMemoryRequest {
-            batch_id,
-            key: key.to_owned(),
-            namespace,
-            // 0 means "forever" on the wire, so a zero timeout becomes the shortest real one.
-            timeout_ms: timeout.map_or(0, |limit| millis(limit).max(1)),
-        };
-        let outcome = self.client.clone().wait_memory(op_request(request)).await;
-        let response = match (outcome, timeout) {
-            (Ok(response), _) => response.into_inner(),
-            // The coordinator's way of saying the key did not appear in time.
-            (Err(status), Some(limit)) if status.code() == tonic::Code::DeadlineExceeded => {
-                return Err(MemoryError::WaitTimedOut {
-                    key: key.to_owned(),
-                    timeout: limit,
-                });
-            }
-            (Err(status), _) => return Err(memory_error(key, Condition::None, &status)),
-        };
-        if response.found {
-            Ok(response.value)
-        } else {
+        // One call, no reconnecting: an op that cannot reach its
+        // coordinator fails retryably and runs again.
+        match self.rpc().wait(&rpc_scope(scope), key, timeout).await {
+            Ok(Some(entry)) => Ok(entry.value),
             // A coordinator answering without the key breaks the contract; another try may not.
-            Err(MemoryError::Unavailable {
+            Ok(None) => Err(MemoryError::Unavailable {
                 key: key.to_owned(),
                 message: "WaitMemory returned without the key".to_owned(),
-            })
+            }),
+            // The coordinator's way of saying the key did not appear in time.
+            Err(status) if status.code() == tonic::Code::DeadlineExceeded && timeout.is_some() => {
+                Err(MemoryError::WaitTimedOut {
+                    key: key.to_owned(),
+                    timeout: timeout.unwrap_or_default(),
+                })
+            }
+            Err(status) => Err(memory_error(key, Condition::None, &status)),
         }
     }
 }
@@ -483,14 +425,14 @@ mod tests {
     }
 
     #[test]
-    fn scope_sets_exactly_one_field() {
+    fn scopes_become_the_sdk_scopes() {
         assert_eq!(
-            scope_fields(&MemoryScope::Batch(BatchId::new("b1"))),
-            ("b1".to_owned(), String::new())
+            rpc_scope(&MemoryScope::Batch(BatchId::new("b1"))),
+            Scope::Batch("b1".to_owned())
         );
         assert_eq!(
-            scope_fields(&MemoryScope::Namespace("swarm".into())),
-            (String::new(), "swarm".to_owned())
+            rpc_scope(&MemoryScope::Namespace("swarm".into())),
+            Scope::Namespace("swarm".to_owned())
         );
     }
 }

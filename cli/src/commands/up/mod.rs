@@ -61,7 +61,7 @@ pub struct UpArgs {
     pub slots: Option<u32>,
     /// The coordinator's address. Port 0 picks a free port (the ready line
     /// names it).
-    #[arg(long, env = "VOLLEY_LISTEN", default_value = "127.0.0.1:7070")]
+    #[arg(long, env = "VOLLEY_LISTEN", default_value = volley_proto::DEFAULT_COORDINATOR_ADDR)]
     pub listen: SocketAddr,
     /// Use this Redis instead of starting a redis-server.
     #[arg(long, env = "VOLLEY_REDIS", value_name = "URL", hide_env_values = true)]
@@ -97,7 +97,7 @@ pub struct UpArgs {
     pub ready_timeout: Duration,
     /// On stop, how long workers may take to finish their running ops.
     /// Each part gets this plus 10s to exit before it is killed.
-    #[arg(long, env = "VOLLEY_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VOLLEY_DRAIN_TIMEOUT", default_value = super::duration_text(volley_worker::WorkerConfig::DEFAULT_DRAIN_TIMEOUT), value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 }
 

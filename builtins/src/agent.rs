@@ -7,7 +7,7 @@ use volley_kinds::AgentArgs;
 
 use super::BuiltinState;
 use super::process::{HostProgram, run_host_program};
-use crate::handler::{HandlerError, OpContext, OpOutput};
+use volley_worker::{HandlerError, OpContext, OpOutput};
 
 /// The executable name that marks the worker as the `volley` CLI, whose
 /// `volley memory …` agents can then call even where volley is not installed.
@@ -96,15 +96,16 @@ mod tests {
     use std::time::Duration;
 
     use serde_json::json;
-    use tokio_util::sync::CancellationToken;
-    use volley_proto::v1::Assignment;
+    use volley_worker::CancellationToken;
+    use volley_worker::v1::Assignment;
 
     use super::super::test_support::run_kind;
     use super::*;
-    use crate::executor::Executor;
-    use crate::handler::OpContext;
-    use crate::memory::LocalMemory;
-    use crate::registry::{BuiltinConfig, Registry};
+    use crate::{BuiltinConfig, BuiltinRegistry};
+    use volley_worker::Executor;
+    use volley_worker::LocalMemory;
+    use volley_worker::OpContext;
+    use volley_worker::Registry;
 
     fn shell_config(root: Option<&Path>) -> BuiltinConfig {
         BuiltinConfig {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use volley_kinds::SleepArgs;
 
-use crate::handler::{HandlerError, OpContext, OpOutput};
+use volley_worker::{HandlerError, OpContext, OpOutput};
 
 pub(super) async fn sleep(ctx: &OpContext, args: SleepArgs) -> Result<OpOutput, HandlerError> {
     tokio::select! {
@@ -19,8 +19,9 @@ mod tests {
     use serde_json::json;
 
     use super::super::test_support::run_kind;
-    use crate::handler::{OpContext, OpOutput};
-    use crate::registry::{BuiltinConfig, Registry};
+    use crate::{BuiltinConfig, BuiltinRegistry};
+    use volley_worker::Registry;
+    use volley_worker::{OpContext, OpOutput};
 
     #[tokio::test]
     async fn noop_is_empty() {

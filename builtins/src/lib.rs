@@ -1,5 +1,23 @@
-//! The built-in kinds: args read through `volley-kinds`' typed structs, one module per family.
+//! Volley's built-in op kinds (`noop`, `echo`, `sleep`, `read`, `write`,
+//! `glob`, `grep`, `shell`, `agent`, `memory.put`, `memory.get`) as
+//! handlers for the worker SDK (`volley-worker`).
 //!
+//! They live apart from the SDK so that a custom worker that only runs its
+//! own kinds does not build what these need (regex, walkdir, globset,
+//! sha2): `volley worker` and `volley run` register them, a custom worker
+//! may.
+//!
+//! ```no_run
+//! use volley_builtins::{BuiltinConfig, BuiltinRegistry};
+//! use volley_worker::Registry;
+//!
+//! let registry = Registry::with_builtins(&BuiltinConfig::default());
+//! assert!(registry.get("echo").is_some());
+//! ```
+//!
+//! # Layout
+//! - crate root — `BuiltinConfig`, `BuiltinRegistry::with_builtins`, the
+//!   dispatch from a kind's typed args to its module.
 //! - `basic`: `noop`, `echo`, `sleep`.
 //! - `files`: `read`, `write`, `glob`, `grep` (confined to the worker's root).
 //! - `shell`: `shell` (only with `allow_shell`).
@@ -7,6 +25,10 @@
 //!   knows its batch, op and coordinator.
 //! - `process`: the `sh -c` runner `shell` and `agent` share.
 //! - `memory`: `memory.put`, `memory.get`.
+//! - [`op_processes`] — the process groups of the host programs this process
+//!   runs, to signal them all when it stops (Ctrl-C on `volley run`).
+//! - [`secrets`] — `${secret.NAME}` values from `--secret-dir` and
+//!   `VOLLEY_SECRET_<NAME>`, masked in what ops report.
 
 mod agent;
 mod basic;
@@ -15,17 +37,60 @@ mod memory;
 mod process;
 mod shell;
 
+pub mod op_processes;
+pub mod secrets;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use volley_kinds::BuiltinArgs;
+use volley_worker::{ConfineError, Handler, HandlerError, OpContext, OpOutput, Registry, Root};
 
-use crate::confine::{ConfineError, Root};
-use crate::handler::{Handler, HandlerError, OpContext, OpOutput};
-use crate::registry::{BuiltinConfig, Registry};
+/// What the built-in kinds may touch on this host.
+#[derive(Clone, Debug, Default)]
+pub struct BuiltinConfig {
+    /// File kinds work only under this directory; without it they are refused.
+    pub root: Option<PathBuf>,
+    /// `shell` and `agent` run host programs only when this is set.
+    pub allow_shell: bool,
+    /// Where `${secret.NAME}` values come from (`--secret-dir`, then
+    /// `VOLLEY_SECRET_<NAME>`).
+    pub secrets: secrets::Secrets,
+}
 
-/// Registers every built-in kind on `registry`.
-pub(crate) fn register_all(registry: &mut Registry, config: &BuiltinConfig) {
+/// A [`Registry`] with the built-in kinds: `Registry::with_builtins(&config)`
+/// once this trait is in scope.
+pub trait BuiltinRegistry {
+    /// A registry with every built-in kind. File kinds without a root and
+    /// `shell`/`agent` without `allow_shell` are held but not advertised
+    /// (see [`Registry::advertised_kinds`]); an op of theirs that arrives
+    /// anyway is refused with an error that says how to enable them.
+    fn with_builtins(config: &BuiltinConfig) -> Self;
+}
+
+impl BuiltinRegistry for Registry {
+    fn with_builtins(config: &BuiltinConfig) -> Registry {
+        let mut registry = Registry::new();
+        register_all(&mut registry, config);
+        if config.root.is_none() {
+            for kind in volley_kinds::FILE_KINDS {
+                registry.withhold(*kind);
+            }
+        }
+        if !config.allow_shell {
+            for kind in volley_kinds::HOST_PROGRAM_KINDS {
+                registry.withhold(*kind);
+            }
+        }
+        registry
+    }
+}
+
+/// Registers every built-in kind on `registry` (all advertised; see
+/// [`BuiltinRegistry::with_builtins`] for a registry that holds back what
+/// this host cannot run).
+pub fn register_all(registry: &mut Registry, config: &BuiltinConfig) {
     let state = Arc::new(BuiltinState::new(config));
     for kind in volley_kinds::BUILTIN_KINDS {
         registry.register(
@@ -43,7 +108,7 @@ pub(crate) struct BuiltinState {
     /// `Err` holds why the configured root is unusable, reported on each file op.
     root: Option<Result<Root, String>>,
     allow_shell: bool,
-    pub(crate) secrets: crate::secrets::Secrets,
+    pub(crate) secrets: secrets::Secrets,
 }
 
 impl BuiltinState {
@@ -123,45 +188,14 @@ impl Handler for Builtin {
     }
 }
 
-/// Whether an I/O error of this kind cannot heal by trying again: a missing
-/// file, a refused permission, a directory where a file belongs, a name
-/// too long or invalid. Anything else may be transient.
-pub(crate) fn io_is_permanent(kind: std::io::ErrorKind) -> bool {
-    use std::io::ErrorKind;
-    matches!(
-        kind,
-        ErrorKind::NotFound
-            | ErrorKind::PermissionDenied
-            | ErrorKind::IsADirectory
-            | ErrorKind::NotADirectory
-            | ErrorKind::InvalidInput
-            | ErrorKind::InvalidFilename
-    )
-}
-
-impl From<ConfineError> for HandlerError {
-    fn from(error: ConfineError) -> Self {
-        match error {
-            ConfineError::Io { ref source, .. } if io_is_permanent(source.kind()) => {
-                HandlerError::permanent(error.to_string())
-            }
-            // Another I/O error may be transient (a file being replaced).
-            ConfineError::Io { .. } => HandlerError::retry(error.to_string()),
-            ConfineError::NoRoot
-            | ConfineError::Escapes { .. }
-            | ConfineError::DanglingSymlink { .. }
-            | ConfineError::BadRoot { .. } => HandlerError::permanent(error.to_string()),
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 pub(crate) mod test_support {
     use serde_json::Value;
 
-    use crate::handler::{HandlerError, OpContext, OpOutput};
-    use crate::registry::{BuiltinConfig, Registry};
+    use volley_worker::{HandlerError, OpContext, OpOutput, Registry};
+
+    use crate::{BuiltinConfig, BuiltinRegistry};
 
     /// Runs a built-in through a registry, as the executor would.
     pub(crate) async fn run_kind(
@@ -195,8 +229,10 @@ pub(crate) mod test_support {
 mod tests {
     use serde_json::json;
 
+    use volley_worker::Registry;
+
     use super::test_support::run_kind;
-    use crate::registry::{BuiltinConfig, Registry};
+    use crate::{BuiltinConfig, BuiltinRegistry};
 
     #[test]
     fn registers_every_builtin() {
@@ -238,5 +274,35 @@ mod tests {
                 "{kind}: {error}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod advertised_tests {
+    use volley_worker::Registry;
+
+    use crate::{BuiltinConfig, BuiltinRegistry};
+
+    #[test]
+    fn switched_off_kinds_are_not_advertised() {
+        let bare = Registry::with_builtins(&BuiltinConfig::default());
+        let advertised = bare.advertised_kinds();
+        for kind in ["read", "write", "glob", "grep", "shell", "agent"] {
+            assert!(
+                !advertised.contains(&kind.to_owned()),
+                "{kind} advertised: {advertised:?}"
+            );
+            assert!(
+                bare.get(kind).is_some(),
+                "{kind} still refuses with a clear error"
+            );
+        }
+        assert!(advertised.contains(&"echo".to_owned()));
+        let full = Registry::with_builtins(&BuiltinConfig {
+            root: Some(std::env::temp_dir()),
+            allow_shell: true,
+            ..BuiltinConfig::default()
+        });
+        assert_eq!(full.advertised_kinds(), full.kinds());
     }
 }

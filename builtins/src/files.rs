@@ -7,14 +7,14 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use volley_kinds::{GlobArgs, GrepArgs, ReadArgs, WriteArgs};
 
-use crate::confine::Root;
-use crate::handler::{HandlerError, OpOutput};
+use volley_worker::Root;
+use volley_worker::{HandlerError, OpOutput};
 
 /// Retrying cannot fix a missing file, a refused permission or a directory
 /// where a file belongs; anything else may be transient.
 fn io_error(action: &str, path: &str, error: &io::Error) -> HandlerError {
     let message = format!("{action} {path}: {error}");
-    if super::io_is_permanent(error.kind()) {
+    if volley_worker::confine::io_is_permanent(error.kind()) {
         HandlerError::permanent(message)
     } else {
         HandlerError::retry(message)

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use super::BuiltinState;
-use crate::handler::{HandlerError, OpContext, OpOutput};
 use crate::op_processes::{self, GroupSignal, TERMINATE_GRACE};
+use volley_worker::{HandlerError, OpContext, OpOutput};
 
 /// Stderr kept in the op's details: its last 64 KiB, where the error usually is.
 const STDERR_LIMIT_BYTES: usize = 64 * 1024;
@@ -103,7 +103,7 @@ pub(super) async fn run_host_program(
     }
     command
         // The op's trace context first: the op's own `env` may override it.
-        .envs(crate::tracing_ctx::child_env())
+        .envs(volley_worker::tracing_ctx::child_env())
         .envs(env)
         // The worker's own credentials never reach an op's program...
         .env_remove("VOLLEY_TOKEN_FILE")
@@ -185,7 +185,7 @@ pub(super) async fn run_host_program(
     let (stdout, (stderr_tail, stderr_truncated), status) = match ended {
         Some(Ok(outcome)) => outcome,
         Some(Err(error)) if error.kind() == std::io::ErrorKind::FileTooLarge => {
-            return Err(crate::executor::output_exceeded(kind, max_output));
+            return Err(volley_worker::executor::output_exceeded(kind, max_output));
         }
         Some(Err(error)) => return Err(HandlerError::retry(format!("{kind} i/o failed: {error}"))),
         None => {

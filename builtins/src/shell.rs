@@ -4,7 +4,7 @@ use volley_kinds::ShellArgs;
 
 use super::BuiltinState;
 use super::process::{HostProgram, run_host_program};
-use crate::handler::{HandlerError, OpContext, OpOutput};
+use volley_worker::{HandlerError, OpContext, OpOutput};
 
 pub(super) async fn shell(
     state: &BuiltinState,
@@ -38,8 +38,9 @@ mod tests {
     use serde_json::json;
 
     use super::super::test_support::run_kind;
-    use crate::handler::OpContext;
-    use crate::registry::{BuiltinConfig, Registry};
+    use crate::{BuiltinConfig, BuiltinRegistry};
+    use volley_worker::OpContext;
+    use volley_worker::Registry;
 
     fn shell_config(root: Option<&std::path::Path>) -> BuiltinConfig {
         BuiltinConfig {
@@ -250,8 +251,8 @@ mod tests {
     #[tokio::test]
     async fn output_past_the_cap_fails_the_op_and_kills_the_program() {
         let config = shell_config(None);
-        let registry = crate::Registry::with_builtins(&config);
-        let ctx = crate::OpContext::builder("shell")
+        let registry = <volley_worker::Registry as crate::BuiltinRegistry>::with_builtins(&config);
+        let ctx = volley_worker::OpContext::builder("shell")
             .allow_shell(true)
             .max_output(1000)
             .build();

@@ -2,8 +2,8 @@
 
 use volley_kinds::{MemoryGetArgs, MemoryPutArgs};
 
-use crate::handler::{HandlerError, OpContext, OpOutput};
-use crate::memory::PutOptions;
+use volley_worker::PutOptions;
+use volley_worker::{HandlerError, OpContext, OpOutput};
 
 pub(super) async fn put(ctx: &OpContext, args: MemoryPutArgs) -> Result<OpOutput, HandlerError> {
     let ttl = args.ttl.as_deref().map(parse_ttl).transpose()?;
@@ -52,9 +52,10 @@ mod tests {
 
     use std::time::Duration;
 
-    use crate::handler::OpContext;
-    use crate::memory::{LocalMemory, MemoryScope, MemoryStore};
-    use crate::registry::{BuiltinConfig, Registry};
+    use crate::{BuiltinConfig, BuiltinRegistry};
+    use volley_worker::OpContext;
+    use volley_worker::Registry;
+    use volley_worker::{LocalMemory, MemoryScope, MemoryStore};
 
     #[tokio::test]
     async fn put_then_get_round_trips_within_a_batch() {
