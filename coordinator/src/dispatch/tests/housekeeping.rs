@@ -42,6 +42,8 @@ async fn the_tick_renews_the_leases_of_what_our_workers_run() {
 #[tokio::test]
 async fn parked_ops_are_renewed_too_and_dropped_once_stale() {
     let mut harness = harness().await;
+    // Credits to claim with, but no worker for `gamma`.
+    let _alpha = harness.join("alpha", &["alpha"], 1).await;
     let batch = harness.submit(batch(vec![op("g", "gamma")])).await;
     harness.step().await;
     assert_eq!(harness.parked(&batch), vec![0]);
@@ -55,7 +57,7 @@ async fn parked_ops_are_renewed_too_and_dropped_once_stale() {
         .expect("free");
     harness
         .store
-        .expire_leases(&batch, now_ms() + 60_000, &fence)
+        .expire_leases(&batch, now_ms() + 20_000, &fence)
         .await
         .expect("expire");
     harness.dispatcher.renew_leases().await;
@@ -214,20 +216,41 @@ async fn batches_are_lost_when_the_store_restarted_empty() {
     let batch = harness.submit(batch(vec![op("a", "k")])).await;
     harness.step().await;
     let sent = worker.assignments();
+    // One batch the dispatcher runs that the store does not have: gone
+    // with the old store.
+    let gone = BatchId::new("gone");
+    let planned = replan(
+        &gone,
+        &StoredSpec {
+            base: batch_of_one().encode_to_vec(),
+            added: Vec::new(),
+        },
+    )
+    .expect("plans");
+    harness
+        .dispatcher
+        .handle(Command::BatchAdded(Arc::new(planned)))
+        .await;
     // As if the epoch we started with were another store's.
     harness.dispatcher.epoch = "an earlier store".to_owned();
     harness.tick().await;
-    assert_eq!(harness.batch_state(&batch).await, BatchState::Lost);
+
+    assert_eq!(harness.batch_state(&gone).await, BatchState::Lost);
     assert_eq!(
         worker.cancels(),
         vec![(batch.to_string(), 0, sent[0].attempt)]
     );
-    assert_eq!(harness.in_flight(&batch), None);
+    assert_eq!(harness.in_flight(&gone), None, "forgotten");
+}
+
+fn batch_of_one() -> v1::Batch {
+    batch(vec![op("a", "k")])
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_op_no_live_worker_runs_is_reported_blocked_once() {
     let mut harness = harness().await;
+    let _alpha = harness.join("alpha", &["gamma"], 1).await;
     let mut gpu = op("g", "gamma");
     gpu.requires.insert("gpu".to_owned(), "a100".to_owned());
     let batch = harness.submit(batch(vec![gpu])).await;

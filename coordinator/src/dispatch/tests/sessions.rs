@@ -29,12 +29,13 @@ async fn a_worker_that_leaves_cleanly_hands_back_what_it_never_started() {
         vec![OpState::Ready, OpState::Ready]
     );
 
-    // The next worker gets them, without an attempt spent on the goodbye.
+    // The next worker gets them, as new attempts (a late result of the
+    // old ones is stale).
     let mut next = harness.join("next", &["k"], 2).await;
     harness.step().await;
     let sent = next.assignments();
     assert_eq!(op_ids(&sent), vec!["op0", "op1"]);
-    assert!(sent.iter().all(|assignment| assignment.attempt == 1));
+    assert!(sent.iter().all(|assignment| assignment.attempt == 2));
 }
 
 #[tokio::test]

@@ -70,8 +70,23 @@ async fn args_that_cannot_be_filled_fail_the_op_for_good() {
     let mut harness = harness().await;
     let mut worker = harness.join("w", &["k"], 2).await;
     let mut broken = op("broken", "k");
-    broken.args_json = r#"{"v": "${memory.missing}"}"#.to_owned();
-    let batch = harness.submit(batch(vec![broken, op("fine", "k")])).await;
+    broken.args_json = r#"{"v": "${memory.gone}"}"#.to_owned();
+    let planned = harness
+        .store_batch(batch(vec![broken, op("fine", "k")]))
+        .await;
+    let batch = planned.id.clone();
+    // The key arrives (the op is ready), then is deleted before dispatch.
+    put(&harness, &batch, "gone", b"here").await;
+    harness
+        .store
+        .memory_delete(&MemoryScope::Batch(batch.clone()), "gone", None, now_ms())
+        .await
+        .expect("delete");
+    harness.plans.insert(planned.clone());
+    harness
+        .dispatcher
+        .handle(Command::BatchAdded(planned))
+        .await;
     harness.step().await;
 
     assert_eq!(op_ids(&worker.assignments()), vec!["fine"]);
@@ -89,28 +104,41 @@ async fn args_that_cannot_be_filled_fail_the_op_for_good() {
 #[tokio::test]
 async fn a_parked_op_s_args_are_filled_when_a_worker_takes_it() {
     let mut harness = harness().await;
+    // Credits to claim with, but no worker for `gamma`.
+    let _alpha = harness.join("alpha", &["alpha"], 1).await;
     let mut reads = op("reads", "gamma");
-    reads.args_json = r#"{"v": "${memory.later}"}"#.to_owned();
-    let batch = harness.submit(batch(vec![reads])).await;
+    reads.args_json = r#"{"v": "${memory.colour}"}"#.to_owned();
+    let planned = harness.store_batch(batch(vec![reads])).await;
+    let batch = planned.id.clone();
+    put(&harness, &batch, "colour", b"red").await;
+    harness.plans.insert(planned.clone());
+    harness
+        .dispatcher
+        .handle(Command::BatchAdded(planned))
+        .await;
     harness.step().await;
-    // Parked, not failed: nothing was filled in for it yet.
     assert_eq!(harness.parked(&batch), vec![0]);
     assert_eq!(harness.states(&batch).await, vec![OpState::Running]);
 
+    // Filled when sent, not when claimed: the value of then.
+    put(&harness, &batch, "colour", b"green").await;
+    let mut worker = harness.join("w", &["gamma"], 1).await;
+    harness.step().await;
+    let sent = worker.assignments();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].args_json, r#"{"v":"green"}"#);
+}
+
+async fn put(harness: &Harness, batch: &BatchId, key: &str, value: &[u8]) {
     harness
         .store
         .memory_put(
             &MemoryScope::Batch(batch.clone()),
-            "later",
-            b"now",
+            key,
+            value,
             &PutOptions::default(),
             now_ms(),
         )
         .await
         .expect("put");
-    let mut worker = harness.join("w", &["gamma"], 1).await;
-    harness.step().await;
-    let sent = worker.assignments();
-    assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0].args_json, r#"{"v":"now"}"#);
 }
