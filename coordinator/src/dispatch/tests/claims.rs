@@ -45,6 +45,12 @@ async fn max_parallel_bounds_what_a_batch_has_in_flight() {
     let sent = worker.assignments();
     assert_eq!(sent.len(), 2);
     assert_eq!(harness.in_flight(&batch), Some(2));
+    // The store bounds a claim by `max_parallel` too; the dispatcher asks
+    // for no more than the room left, so the claim came back full and the
+    // queue may still hold ops.
+    let active = &harness.dispatcher.batches[&batch];
+    assert!(active.maybe_ready, "asked for 2, got 2");
+    assert_eq!(active.capacity(), 0);
     let why = harness.dispatcher.why(&batch, 4);
     assert!(
         why.reasons
