@@ -723,7 +723,18 @@ fn mask(value: &Value, depth: usize) -> Value {
                             Value::Object(entries) => Value::Object(
                                 entries
                                     .iter()
-                                    .map(|(name, value)| (name.clone(), masked(value, MASK)))
+                                    .map(|(name, value)| {
+                                        // A foreach item is data the batch
+                                        // file spelled out, not a secret.
+                                        let shown = if name.starts_with("VOLLEY_ITEM")
+                                            || name == "VOLLEY_INDEX"
+                                        {
+                                            value.clone()
+                                        } else {
+                                            masked(value, MASK)
+                                        };
+                                        (name.clone(), shown)
+                                    })
                                     .collect(),
                             ),
                             other => masked(other, MASK),
@@ -766,7 +777,7 @@ mod tests {
     fn env_and_credential_fields_are_masked_but_secret_references_stay() {
         let args = json!({
             "cmd": "deploy",
-            "env": {"TOKEN": "hunter2", "REF": "${secret.DEPLOY}"},
+            "env": {"TOKEN": "hunter2", "REF": "${secret.DEPLOY}", "VOLLEY_ITEM": "api"},
             "headers": [{"authorization": "Bearer abc"}],
             "api_key": 12,
             "path": "a.txt",
@@ -775,7 +786,7 @@ mod tests {
             mask(&args, 0),
             json!({
                 "cmd": "deploy",
-                "env": {"TOKEN": "••••••", "REF": "${secret.DEPLOY}"},
+                "env": {"TOKEN": "••••••", "REF": "${secret.DEPLOY}", "VOLLEY_ITEM": "api"},
                 "headers": [{"authorization": "••••••"}],
                 "api_key": "••••••",
                 "path": "a.txt",

@@ -74,6 +74,17 @@ pub struct CoordinatorArgs {
     pub admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub tls: ServerTlsArgs,
+    /// Serve the web dashboard (batches, their DAG and timeline, ops,
+    /// memory, workers) on this address, plain HTTP. It asks for a token
+    /// like the gRPC API (log in at /login or with
+    /// /login?token=…&next=/); with --auth none it must be a loopback
+    /// address too.
+    #[arg(long, env = "VOLLEY_DASHBOARD_LISTEN", value_name = "ADDR")]
+    pub dashboard_listen: Option<SocketAddr>,
+    /// Mark the dashboard's session cookie `Secure`: it is reached through
+    /// an HTTPS proxy or ingress.
+    #[arg(long, env = "VOLLEY_DASHBOARD_SECURE_COOKIES", default_value_t = false)]
+    pub dashboard_secure_cookies: bool,
     #[command(flatten)]
     pub role: super::RoleArgs,
 }
@@ -131,6 +142,15 @@ fn auth_config(args: &CoordinatorArgs) -> Result<AuthConfig, Exit> {
                 eprintln!(
                     "error: --auth none is refused on {}: anyone who reaches it could run commands on every worker; listen on 127.0.0.1, or give --admin-token-file",
                     args.listen
+                );
+                return Err(Exit::Invalid);
+            }
+            if let Some(dashboard) = args
+                .dashboard_listen
+                .filter(|address| !address.ip().is_loopback())
+            {
+                eprintln!(
+                    "error: --auth none is refused with --dashboard-listen {dashboard}: anyone who reaches it could cancel every batch and read every output; listen on 127.0.0.1, or give --admin-token-file"
                 );
                 return Err(Exit::Invalid);
             }
@@ -219,10 +239,31 @@ pub async fn run(args: CoordinatorArgs) -> Exit {
             return Exit::Invalid;
         }
     };
+    let dashboard = match args.dashboard_listen {
+        Some(address) => match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => Some(Dashboard {
+                listener,
+                config: volley_dashboard::DashboardConfig {
+                    secure_cookies: args.dashboard_secure_cookies,
+                },
+            }),
+            Err(error) => {
+                eprintln!("error: cannot listen on {address} (--dashboard-listen): {error}");
+                return Exit::Invalid;
+            }
+        },
+        None => None,
+    };
     if let Err(exit) = args.role.install_metrics(telemetry::Component::Coordinator) {
         return exit;
     }
-    serve(Arc::new(store), config, listener, tls, shutdown).await
+    serve(Arc::new(store), config, listener, tls, dashboard, shutdown).await
+}
+
+/// The web dashboard's listener and settings (`--dashboard-listen`).
+pub struct Dashboard {
+    pub listener: tokio::net::TcpListener,
+    pub config: volley_dashboard::DashboardConfig,
 }
 
 /// Starts a coordinator on `listener` and serves until SIGINT/SIGTERM or
@@ -232,6 +273,7 @@ pub async fn serve(
     config: CoordinatorConfig,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<volley_tls::ServerTls>>,
+    dashboard: Option<Dashboard>,
     shutdown: CancellationToken,
 ) -> Exit {
     let coordinator = match Coordinator::start(store, config, shutdown.child_token()).await {
@@ -251,6 +293,17 @@ pub async fn serve(
         super::shutdown_signal().await;
         signal.cancel();
     });
+    if let Some(Dashboard { listener, config }) = dashboard {
+        let (coordinator, stop) = (coordinator.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let stopped = stop.clone().cancelled_owned();
+            if let Err(error) =
+                volley_dashboard::serve(listener, coordinator, config, stopped).await
+            {
+                error!(%error, "the dashboard stopped");
+            }
+        });
+    }
     let served =
         volley_coordinator::serve(listener, tls, coordinator.clone(), shutdown.clone()).await;
     shutdown.cancel();

@@ -63,6 +63,16 @@ pub struct UpArgs {
     /// names it).
     #[arg(long, env = "VOLLEY_LISTEN", default_value = volley_proto::DEFAULT_COORDINATOR_ADDR)]
     pub listen: SocketAddr,
+    /// The web dashboard's address (`volley coordinator
+    /// --dashboard-listen`). Port 0, the default, picks a free port; the
+    /// start-up lines give a link that logs in.
+    #[arg(
+        long,
+        env = "VOLLEY_DASHBOARD_LISTEN",
+        default_value = "127.0.0.1:0",
+        value_name = "ADDR"
+    )]
+    pub dashboard_listen: SocketAddr,
     /// Use this Redis instead of starting a redis-server.
     #[arg(long, env = "VOLLEY_REDIS", value_name = "URL", hide_env_values = true)]
     pub redis: Option<String>,
@@ -269,6 +279,8 @@ struct Ready {
     /// 0600 file holding it.
     token: String,
     token_file: PathBuf,
+    /// The dashboard's base URL.
+    dashboard: String,
 }
 
 pub async fn run(args: UpArgs) -> Exit {
@@ -377,6 +389,16 @@ impl Cluster {
         };
         let dial = dial_address(listen);
         let url = format!("http://{dial}");
+        let dashboard_listen = if args.dashboard_listen.port() == 0 {
+            let port = free_port(args.dashboard_listen.ip()).map_err(|source| UpError::Listen {
+                address: args.dashboard_listen,
+                source,
+            })?;
+            SocketAddr::new(args.dashboard_listen.ip(), port)
+        } else {
+            args.dashboard_listen
+        };
+        let dashboard = format!("http://{}", dial_address(dashboard_listen));
         // An admin token of this cluster's own, in a file only this user
         // reads: the coordinator checks every call against it.
         let token_dir = match &self.temp_dir {
@@ -401,6 +423,8 @@ impl Cluster {
             .env("VOLLEY_REDIS", &redis_url)
             .arg("--admin-token-file")
             .arg(&token_file)
+            .arg("--dashboard-listen")
+            .arg(dashboard_listen.to_string())
             .arg("--stop-on-stdin-eof");
         self.spawn_volley(
             PartKind::Coordinator,
@@ -493,6 +517,7 @@ impl Cluster {
             redis_url,
             token,
             token_file,
+            dashboard,
         })
     }
 
@@ -732,6 +757,10 @@ fn print_ready(args: &UpArgs, plan: &Plan, cluster: &Cluster, ready: &Ready) {
     eprintln!(
         "[up] admin token  {} (mode 0600; `volley token create` makes narrower ones)",
         ready.token_file.display()
+    );
+    eprintln!(
+        "[up] dashboard    {}/ (this link logs in: {}/login?token={}&next=/)",
+        ready.dashboard, ready.dashboard, ready.token
     );
     eprintln!(
         "\nVolley is up. In another terminal:\n\n    \

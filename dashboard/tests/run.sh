@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The dashboard's browser checks against the real thing: `volley up` (a real
+# redis-server, a coordinator serving --dashboard-listen, two workers, all
+# separate processes), a finished 20,000-op batch, a batch that keeps
+# running while the checks look at it, and Debian's chromium driven by
+# Playwright (no browser download: `executable_path`).
+#
+#   dashboard/tests/run.sh                    # needs target/debug/volley (cargo build --bin volley)
+#   SCREENSHOTS=docs/dashboard dashboard/tests/run.sh   # also refreshes the pictures in docs/
+#
+# Installs what is missing: redis-server and chromium with apt-get, the
+# Python packages (dashboard/tests/requirements.txt) in a venv under
+# target/. Every check must run: a skipped one fails this script.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+volley="${VOLLEY_BIN:-$repo/target/debug/volley}"
+venv="$repo/target/dashboard-venv"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_install() {
+  as_root apt-get update
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+}
+
+if [ ! -x "$volley" ]; then
+  echo "dashboard/tests/run.sh: no volley binary at $volley (cargo build --bin volley)" >&2
+  exit 1
+fi
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+chromium="${CHROMIUM:-/usr/bin/chromium}"
+[ -x "$chromium" ] || apt_install chromium
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q -r "$here/requirements.txt"
+
+work="$(mktemp -d)"
+up_pid=""
+cleanup() {
+  if [ -n "$up_pid" ]; then
+    kill -INT "$up_pid" 2>/dev/null || true
+    wait "$up_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cd "$work"
+"$volley" up --listen 127.0.0.1:0 --workers 2 --allow-shell --root "$work" \
+  >"$work/up.out" 2>"$work/up.err" </dev/null &
+up_pid=$!
+for _ in $(seq 1 300); do
+  grep -q "ready at" "$work/up.out" 2>/dev/null && break
+  if ! kill -0 "$up_pid" 2>/dev/null; then
+    cat "$work/up.err" >&2
+    echo "dashboard/tests/run.sh: volley up exited" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+export VOLLEY_COORDINATOR
+VOLLEY_COORDINATOR="$(grep -o 'http://[0-9.:]*' "$work/up.out" | head -1)"
+export VOLLEY_TOKEN
+VOLLEY_TOKEN="$(grep -o 'VOLLEY_TOKEN=[0-9a-f]*' "$work/up.err" | head -1 | cut -d= -f2)"
+dashboard="$(grep -o '\[up\] dashboard *http://[0-9.:]*' "$work/up.err" | grep -o 'http://[0-9.:]*')"
+[ -n "$VOLLEY_COORDINATOR" ] && [ -n "$VOLLEY_TOKEN" ] && [ -n "$dashboard" ] || {
+  cat "$work/up.err" >&2
+  echo "dashboard/tests/run.sh: no coordinator, token or dashboard in volley up's lines" >&2
+  exit 1
+}
+
+# 20,000 ops: a build, two fan-outs of 10,000, a report.
+cat >"$work/big.yaml" <<'EOF'
+name: twenty-thousand
+ops:
+  - {id: build, kind: echo, args: {text: built}}
+  - id: unit
+    kind: noop
+    after: [build]
+    foreach: {range: [1, 10000]}
+  - id: lint
+    kind: noop
+    after: [build]
+    foreach: {range: [1, 9998]}
+  - {id: report, kind: echo, after: [unit, lint], args: {text: done}}
+EOF
+# Runs for about a minute, one op at a time, so its page has to change.
+cat >"$work/running.yaml" <<'EOF'
+name: still-running
+max_parallel: 1
+ops:
+  - id: step
+    kind: sleep
+    foreach: {range: [1, 60]}
+    args: {ms: 1000}
+  - {id: fetch, kind: shell, args: {cmd: "echo fetched; echo a warning >&2"}}
+  - {id: summary, kind: echo, after: [step, fetch], args: {text: "all steps done"}}
+EOF
+"$volley" submit "$work/big.yaml" --watch --output json >"$work/big.json"
+big="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["batch_id"])' "$work/big.json")"
+running="$("$volley" submit "$work/running.yaml" --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["batch_id"])')"
+
+export VOLLEY_DASHBOARD_URL="$dashboard"
+export VOLLEY_DASHBOARD_TOKEN="$VOLLEY_TOKEN"
+export VOLLEY_DASHBOARD_BIG_BATCH="$big"
+export VOLLEY_DASHBOARD_RUNNING_BATCH="$running"
+export VOLLEY_DASHBOARD_SCREENSHOTS="${SCREENSHOTS:-$work/screenshots}"
+export CHROMIUM="$chromium"
+mkdir -p "$VOLLEY_DASHBOARD_SCREENSHOTS"
+cd "$repo"
+"$venv/bin/python" -m pytest -q -rs -p no:cacheprovider "$here/test_dashboard.py" | tee "$work/pytest.out"
+if grep -qE '[0-9]+ skipped' "$work/pytest.out"; then
+  echo "dashboard/tests/run.sh: a check was skipped; every one must run" >&2
+  exit 1
+fi
