@@ -216,11 +216,11 @@ async fn login(app: &App, token: &str, next: Option<&str>) -> Response {
     }
 }
 
-/// The login page again, with `?error=invalid` for the page to say so.
+/// The login page again, as `401`: the page says the token was refused.
 fn login_refused(reason: &str) -> Response {
     tracing::info!(reason, "dashboard login refused");
-    let mut response = Redirect::to("/login?error=invalid").into_response();
-    *response.status_mut() = StatusCode::SEE_OTHER;
+    let mut response = index_html();
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
     response
 }
 
