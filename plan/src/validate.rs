@@ -191,11 +191,14 @@ pub fn plan_with(
     if !unwritten_allowed {
         for wait in &unwritten {
             let (then, remedy) = if batch.strict {
-                ("", " (strict)")
+                ("", " (strict)".to_owned())
             } else {
+                let key = wait.keys.first().map_or("KEY", String::as_str);
                 (
                     ", so it would wait forever",
-                    " (if a client writes it, submit with --allow-unwritten or `allow_unwritten: true`)",
+                    format!(
+                        " (if an op's program writes it, an agent's `volley memory put`, declare that on the op: `writes: [memory:{key}]`; if a client writes it, submit with --allow-unwritten or `allow_unwritten: true`)"
+                    ),
                 )
             };
             problems.op(
@@ -1125,7 +1128,7 @@ mod tests {
         let problem = only_problem(&batch(vec![writer.clone(), waiter]), "waiter", "wait_for");
         assert_eq!(
             problem.message,
-            "waits for memory key `results/sumary`, which no op of this batch writes, so it would wait forever; did you mean `results/summary`? (if a client writes it, submit with --allow-unwritten or `allow_unwritten: true`)"
+            "waits for memory key `results/sumary`, which no op of this batch writes, so it would wait forever; did you mean `results/summary`? (if an op's program writes it, an agent's `volley memory put`, declare that on the op: `writes: [memory:results/sumary]`; if a client writes it, submit with --allow-unwritten or `allow_unwritten: true`)"
         );
 
         // A `${memory.K}` reference is named by its place in the args.
