@@ -320,6 +320,38 @@ async fn a_failed_batch_names_its_failed_ops_and_logs_prints_one_in_full() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_parallel_beyond_the_workers_slots_is_said_at_submit() {
+    let cluster = Cluster::start(1).await;
+    batch_file(
+        cluster.root(),
+        "wide.yaml",
+        "name: wide\nmax_parallel: 8\nops:\n  - id: n\n    kind: noop\n    foreach: {range: [1, 10]}\n",
+    );
+    let submitted = admin(&cluster, &["submit", "wide.yaml", "--watch"]).await;
+    assert_eq!(submitted.status.code(), Some(0), "{}", stderr(&submitted));
+    assert!(
+        stderr(&submitted).contains(
+            "warning: max_parallel is 8, but the connected workers have 4 slot(s) in all: at most 4 op(s) run at once"
+        ),
+        "{}",
+        stderr(&submitted)
+    );
+    // Within the slots: nothing to say.
+    batch_file(
+        cluster.root(),
+        "narrow.yaml",
+        "name: narrow\nmax_parallel: 4\nops:\n  - id: n\n    kind: noop\n    foreach: {range: [1, 10]}\n",
+    );
+    let narrow = admin(&cluster, &["submit", "narrow.yaml", "--watch"]).await;
+    assert_eq!(narrow.status.code(), Some(0), "{}", stderr(&narrow));
+    assert!(
+        !stderr(&narrow).contains("max_parallel"),
+        "{}",
+        stderr(&narrow)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_ids_take_a_unique_prefix_and_list_has_a_header_and_times() {
     let cluster = Cluster::start(1).await;
     let file = batch_file(

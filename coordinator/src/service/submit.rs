@@ -74,6 +74,26 @@ impl Coordinator {
             .collect()
     }
 
+    /// A `max_parallel` the connected workers cannot reach: the batch
+    /// runs, but never as wide as asked, which is worth saying once.
+    async fn parallelism_beyond_slots(&self, plan: &Plan) -> Option<String> {
+        let wanted = plan.max_parallel as usize;
+        if wanted == 0 || plan.ops.len() <= 1 {
+            return None;
+        }
+        let slots: usize = self
+            .workers()
+            .await
+            .iter()
+            .map(|worker| worker.slots as usize)
+            .sum();
+        (slots > 0 && wanted > slots && plan.ops.len() > slots).then(|| {
+            format!(
+                "max_parallel is {wanted}, but the connected workers have {slots} slot(s) in all: at most {slots} op(s) run at once until more workers (or workers with more --slots) connect"
+            )
+        })
+    }
+
     /// Checks ops of a submission as they arrive, `held` (of `held_bytes`)
     /// already received, and returns the bytes received with these: past
     /// `max_ops` ops or `max_batch_bytes`, or an op whose args pass
@@ -197,6 +217,7 @@ impl Coordinator {
         let op_count = plan.ops.len() as u32;
         let mut warnings = plan.warnings.clone();
         warnings.extend(self.unserved_kinds(&plan));
+        warnings.extend(self.parallelism_beyond_slots(&plan).await);
         let planned = Arc::new(PlannedBatch {
             id: id.clone(),
             plan,
