@@ -392,6 +392,8 @@ async fn memory_commands_against_a_cluster() {
     );
     let listed = text(&run(memory(&["ls", "plan/"])).await.stdout);
     assert!(listed.starts_with("plan/a\tv1"), "{listed}");
+    let keys = text(&run(memory(&["ls", "plan/", "--keys"])).await.stdout);
+    assert_eq!(keys, "plan/a\n", "one key a line, nothing else");
     let missing = run(memory(&["get", "nope"])).await;
     assert_eq!(missing.status.code(), Some(1));
     assert!(text(&missing.stderr).contains("nope"));

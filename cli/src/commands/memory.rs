@@ -102,12 +102,17 @@ pub enum MemoryCommand {
         #[arg(long)]
         if_version: Option<u64>,
     },
-    /// List keys under a prefix.
+    /// List keys under a prefix: one line each, `KEY<TAB>vVERSION<TAB>N
+    /// bytes` (`--keys`: the key alone, for a shell loop; `--output json`:
+    /// an array of objects).
     Ls {
         #[arg(default_value = "")]
         prefix: String,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
+        /// Print only the keys, one a line.
+        #[arg(long, default_value_t = false)]
+        keys: bool,
     },
     /// Print changes under a prefix as they happen (resumable with --after).
     ///
@@ -261,7 +266,11 @@ pub async fn run(args: MemoryArgs) -> Exit {
                 }
             })
         }
-        MemoryCommand::Ls { prefix, output } => list(&memory, &prefix, output).await,
+        MemoryCommand::Ls {
+            prefix,
+            output,
+            keys,
+        } => list(&memory, &prefix, output, keys).await,
         MemoryCommand::Watch {
             prefix,
             after,
@@ -308,6 +317,7 @@ async fn list(
     memory: &Memory,
     prefix: &str,
     output: OutputFormat,
+    keys_only: bool,
 ) -> Result<Exit, volley_client::ClientError> {
     let mut token = String::new();
     let mut rows = Vec::new();
@@ -326,6 +336,11 @@ async fn list(
                 .map(|info| serde_json::json!({"key": info.key, "version": info.version, "size": info.size, "content_type": info.content_type, "expires_at_ms": info.expires_at_ms}))
                 .collect();
             println!("{}", serde_json::Value::Array(rows));
+        }
+        OutputFormat::Table if keys_only => {
+            for info in &rows {
+                println!("{}", info.key);
+            }
         }
         OutputFormat::Table => {
             for info in &rows {
