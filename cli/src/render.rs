@@ -43,32 +43,11 @@ pub fn write_logs_to(dir: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// An op's two streams as the user wants them: its output (a failed
-/// program's stdout is in its details, a failed op having no output), its
-/// stderr (what the worker kept), and whether that stderr was cut.
+/// An op's output and stderr, and whether that stderr was cut (see
+/// [`volley_proto::streams`]).
 pub fn op_streams(op: &v1::OpStatus) -> (String, String, bool) {
-    let details: serde_json::Value = if op.details_json.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(&op.details_json).unwrap_or(serde_json::Value::Null)
-    };
-    let text = |field: &str| {
-        details
-            .get(field)
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
-    let stdout = if op.output.is_empty() {
-        text("stdout")
-    } else {
-        op.output.clone()
-    };
-    let truncated = details
-        .get("stderr_truncated")
-        .and_then(serde_json::Value::as_bool)
-        == Some(true);
-    (stdout, text("stderr"), truncated)
+    let streams = volley_proto::streams::streams(op);
+    (streams.stdout, streams.stderr, streams.stderr_truncated)
 }
 
 /// Writes `op`'s streams under the `--logs-dir`, if one was given. An op

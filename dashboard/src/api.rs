@@ -663,24 +663,10 @@ pub async fn cancel(
     Ok(Json(json!({"cancelled": true, "ops": outcome.cancelled})).into_response())
 }
 
-/// An op's output (a failed program's stdout is in its details) and
-/// stderr, and whether the stderr was cut.
+/// An op's output, stderr and whether the stderr was cut.
 fn op_streams(op: &v1::OpStatus) -> (String, String, bool) {
-    let details: Value = serde_json::from_str(&op.details_json).unwrap_or(Value::Null);
-    let text = |field: &str| {
-        details
-            .get(field)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
-    let stdout = if op.output.is_empty() {
-        text("stdout")
-    } else {
-        op.output.clone()
-    };
-    let truncated = details.get("stderr_truncated").and_then(Value::as_bool) == Some(true);
-    (stdout, text("stderr"), truncated)
+    let streams = volley_proto::streams::streams(op);
+    (streams.stdout, streams.stderr, streams.stderr_truncated)
 }
 
 /// The first `max` bytes of `text`, cut at a character boundary.

@@ -30,6 +30,7 @@
 //! - [`codec`] — the services' codec: prost, with malformed input refused
 //!   as INVALID_ARGUMENT.
 //! - [`ids`] — `BatchId`, `OpId`, `WorkerId`.
+//! - [`streams`] — an op's stdout and stderr, read from its status.
 //! - [`FILE_DESCRIPTOR_SET`] — the encoded descriptors, for gRPC reflection.
 
 pub mod v1 {
@@ -40,6 +41,7 @@ pub mod v1 {
 pub mod codec;
 pub mod digest;
 pub mod ids;
+pub mod streams;
 
 /// The encoded `FileDescriptorSet` of `volley/v1/volley.proto` (and what it
 /// imports), for gRPC server reflection: `grpcurl`, Postman and friends can
