@@ -87,6 +87,15 @@ impl From<CoordinatorError> for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// An op id the coordinator refuses to look up (too long to be one) names
+/// no op: `404`, as an unknown one is.
+fn op_not_found(error: CoordinatorError) -> ApiError {
+    match error {
+        CoordinatorError::BadRequest(message) => ApiError::NotFound(message),
+        other => other.into(),
+    }
+}
+
 /// A path's parameters; one that does not decode (`%FF`) names nothing
 /// here: `404` JSON, like any unknown id.
 pub struct ApiPath<T>(pub T);
@@ -409,7 +418,8 @@ pub async fn op(
     let status = app
         .coordinator
         .op_status(&batch, &op_id, &caller.principal)
-        .await?;
+        .await
+        .map_err(op_not_found)?;
     let Some(op) = status.ops.first() else {
         return Err(ApiError::NotFound(format!(
             "batch {batch} has no op `{op_id}`"
@@ -483,7 +493,8 @@ pub async fn op_logs(
     let status = app
         .coordinator
         .op_status(&batch, &op_id, &caller.principal)
-        .await?;
+        .await
+        .map_err(op_not_found)?;
     let Some(op) = status.ops.first() else {
         return Err(ApiError::NotFound(format!(
             "batch {batch} has no op `{op_id}`"
