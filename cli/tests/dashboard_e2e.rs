@@ -885,6 +885,15 @@ async fn a_500_op_foreach_is_folded_paged_streamed_and_masked_and_hostile_input_
     .json();
     assert_eq!(huge["spans"].as_array().expect("spans").len(), 503);
     assert!(huge["next"].is_null());
+    let past = get(
+        &address,
+        &api("/timeline?offset=18446744073709551615"),
+        &auth,
+    )
+    .await;
+    assert_eq!(past.status, 200, "{}", past.text());
+    assert!(past.json()["spans"].as_array().expect("spans").is_empty());
+    assert!(past.json()["next"].is_null());
 
     // An op panel masks env values, and keeps the command.
     let setup = get(&address, &api("/ops/setup"), &auth).await;

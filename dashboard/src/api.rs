@@ -883,6 +883,24 @@ mod tests {
     }
 
     #[test]
+    fn counts_clamp_instead_of_overflowing_and_refuse_non_digits() {
+        #[derive(Deserialize)]
+        struct Counted {
+            limit: Option<Count>,
+        }
+        let parse = |query: &str| {
+            let uri: axum::http::Uri = format!("/x?{query}").parse().expect("a uri");
+            Query::<Counted>::try_from_uri(&uri).map(|Query(counted)| counted)
+        };
+        let huge = parse("limit=99999999999999999999999").expect("a count");
+        assert_eq!(Count::or(huge.limit, 1), usize::MAX);
+        assert_eq!(Count::or(parse("other=1").expect("none").limit, 7), 7);
+        for bad in ["limit=-1", "limit=abc", "limit=", "limit=1e3"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn head_cuts_at_a_character() {
         assert_eq!(head("héllo", 2), "h");
         assert_eq!(head("abc", 10), "abc");
