@@ -61,8 +61,11 @@ impl Reply {
     }
 }
 
-/// Splits a response's head from its body: status, headers, body offset.
-fn parse_head(raw: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
+/// A response's head: status, headers, and where the body starts.
+type Head = (u16, Vec<(String, String)>, usize);
+
+/// Splits a response's head from its body.
+fn parse_head(raw: &[u8]) -> Option<Head> {
     let end = raw.windows(4).position(|window| window == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&raw[..end]).into_owned();
     let mut lines = head.split("\r\n");
@@ -964,6 +967,17 @@ async fn a_500_op_foreach_is_folded_paged_streamed_and_masked_and_hostile_input_
         .collect();
     let got: Vec<u64> = resumed.iter().map(|(id, _)| *id).collect();
     assert_eq!(got, expected, "resumed after {resume_after}, no duplicates");
+    // The stream of a finished batch ends after `batch_finished` (read to
+    // the end of the connection, no stop word).
+    let ended = tokio::time::timeout(
+        Duration::from_secs(20),
+        exchange(&address, "GET", &api("/events"), &auth, b"", None),
+    )
+    .await
+    .expect("the events stream of a finished batch ends");
+    let ended = sse_events(&ended.text());
+    assert_eq!(ended.len(), events.len());
+    assert_eq!(ended.last().expect("events").1["kind"], "batch_finished");
     // `?after=` does the same; the header wins over it.
     let by_query = exchange(
         &address,
@@ -979,6 +993,17 @@ async fn a_500_op_foreach_is_folded_paged_streamed_and_masked_and_hostile_input_
         .map(|(id, _)| *id)
         .collect();
     assert_eq!(by_query, expected);
+    let both = exchange(
+        &address,
+        "GET",
+        &api("/events?after=0"),
+        &[("Authorization", &admin), ("Last-Event-ID", &resume_text)],
+        b"",
+        Some("batch_finished"),
+    )
+    .await;
+    let both: Vec<u64> = sse_events(&both.text()).iter().map(|(id, _)| *id).collect();
+    assert_eq!(both, expected, "Last-Event-ID wins over ?after=");
 
     // Hostile ids: 404 JSON on every route, never a 500.
     let long = "x".repeat(5000);
