@@ -334,6 +334,24 @@ async fn without_a_session_the_api_is_401_pages_go_to_login_and_logins_are_stric
     }
     let cancel = post(&address, "/api/batches/abc/cancel", &[], b"").await;
     assert_error(&cancel, 401, "unauthenticated", "cancel");
+    // Errors carry the same hardening headers as pages.
+    assert_eq!(cancel.header("x-frame-options"), Some("DENY"));
+    assert_eq!(cancel.header("referrer-policy"), Some("no-referrer"));
+    assert!(
+        cancel
+            .header("content-security-policy")
+            .is_some_and(|policy| policy.contains("frame-ancestors 'none'")),
+        "{:?}",
+        cancel.headers
+    );
+    // A bad bearer token is a 401, never a fall back to no one.
+    let bad_bearer = get(
+        &address,
+        "/api/batches",
+        &[("Authorization", "Bearer vly_nope")],
+    )
+    .await;
+    assert_error(&bad_bearer, 401, "unauthenticated", "bad bearer");
     // A forged cookie is no session either.
     let forged = get(
         &address,
