@@ -9,12 +9,14 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use volley_coordinator::CoordinatorError;
 use volley_coordinator::auth::AuthError;
@@ -85,6 +87,77 @@ impl From<CoordinatorError> for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// An op id the coordinator refuses to look up (too long to be one) names
+/// no op: `404`, as an unknown one is.
+fn op_not_found(error: CoordinatorError) -> ApiError {
+    match error {
+        CoordinatorError::BadRequest(message) => ApiError::NotFound(message),
+        other => other.into(),
+    }
+}
+
+/// A path's parameters; one that does not decode (`%FF`) names nothing
+/// here: `404` JSON, like any unknown id.
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| ApiPath(value))
+            .map_err(|rejection| ApiError::NotFound(rejection.body_text()))
+    }
+}
+
+/// A query string; one that does not parse is `400` JSON (`invalid`), as
+/// every other API error is JSON.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(value)| ApiQuery(value))
+            .map_err(|rejection| ApiError::Invalid(rejection.body_text()))
+    }
+}
+
+/// A count in a query (`limit`, `offset`): digits, and a number too big
+/// for this machine is the biggest there is (then clamped), not an error.
+#[derive(Clone, Copy, Debug)]
+pub struct Count(usize);
+
+impl Count {
+    fn or(count: Option<Count>, default: usize) -> usize {
+        count.map_or(default, |Count(value)| value)
+    }
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Count, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let digits = text.trim();
+        if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+            return Err(serde::de::Error::custom(format!(
+                "`{}` is not a count",
+                digits.chars().take(32).collect::<String>().escape_debug()
+            )));
+        }
+        Ok(Count(digits.parse().unwrap_or(usize::MAX)))
+    }
+}
+
 async fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError> {
     app.sessions.caller(&app.coordinator, headers).await
 }
@@ -120,16 +193,16 @@ pub async fn session(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResu
 
 #[derive(Deserialize)]
 pub struct ListQuery {
-    limit: Option<u32>,
+    limit: Option<Count>,
 }
 
 pub async fn batches(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult {
     let caller = caller(&app, &headers).await?;
-    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    let limit = Count::or(query.limit, 50).clamp(1, 500) as u32;
     let batches = app.coordinator.list(limit, &caller.principal).await?;
     let now = now_ms();
     let rows: Vec<Value> = batches
@@ -167,7 +240,7 @@ fn batch_state_word(state: v1::BatchState) -> &'static str {
 pub async fn batch(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult {
     let caller = caller(&app, &headers).await?;
     let batch = batch_id(&id)?;
@@ -241,8 +314,8 @@ pub struct GraphQuery {
 pub async fn graph(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(query): Query<GraphQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<GraphQuery>,
 ) -> ApiResult {
     let caller = caller(&app, &headers).await?;
     let (view, rows) = view_and_rows(&app, &caller, &id).await?;
@@ -276,8 +349,8 @@ pub async fn graph(
 
 #[derive(Deserialize)]
 pub struct OpsQuery {
-    offset: Option<usize>,
-    limit: Option<usize>,
+    offset: Option<Count>,
+    limit: Option<Count>,
     state: Option<String>,
     q: Option<String>,
     group: Option<String>,
@@ -286,14 +359,14 @@ pub struct OpsQuery {
 pub async fn ops(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(query): Query<OpsQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<OpsQuery>,
 ) -> ApiResult {
     let caller = caller(&app, &headers).await?;
     let (view, rows) = view_and_rows(&app, &caller, &id).await?;
     let plan = view.plan();
-    let offset = query.offset.unwrap_or(0);
-    let limit = query.limit.unwrap_or(200).clamp(1, 1000);
+    let offset = Count::or(query.offset, 0);
+    let limit = Count::or(query.limit, 200).clamp(1, 1000);
     let needle = query.q.as_deref().unwrap_or_default();
     let matching = plan
         .ops
@@ -338,14 +411,15 @@ const PANEL_TEXT: usize = 4096;
 pub async fn op(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path((id, op_id)): Path<(String, String)>,
+    ApiPath((id, op_id)): ApiPath<(String, String)>,
 ) -> ApiResult {
     let caller = caller(&app, &headers).await?;
     let batch = batch_id(&id)?;
     let status = app
         .coordinator
         .op_status(&batch, &op_id, &caller.principal)
-        .await?;
+        .await
+        .map_err(op_not_found)?;
     let Some(op) = status.ops.first() else {
         return Err(ApiError::NotFound(format!(
             "batch {batch} has no op `{op_id}`"
@@ -411,15 +485,16 @@ pub struct LogsQuery {
 pub async fn op_logs(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path((id, op_id)): Path<(String, String)>,
-    Query(query): Query<LogsQuery>,
+    ApiPath((id, op_id)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> ApiResult {
     let caller = caller(&app, &headers).await?;
     let batch = batch_id(&id)?;
     let status = app
         .coordinator
         .op_status(&batch, &op_id, &caller.principal)
-        .await?;
+        .await
+        .map_err(op_not_found)?;
     let Some(op) = status.ops.first() else {
         return Err(ApiError::NotFound(format!(
             "batch {batch} has no op `{op_id}`"
@@ -442,15 +517,15 @@ pub async fn op_logs(
 
 #[derive(Deserialize)]
 pub struct TimelineQuery {
-    offset: Option<usize>,
-    limit: Option<usize>,
+    offset: Option<Count>,
+    limit: Option<Count>,
 }
 
 pub async fn timeline(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(query): Query<TimelineQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<TimelineQuery>,
 ) -> ApiResult {
     let caller = caller(&app, &headers).await?;
     let (view, rows) = view_and_rows(&app, &caller, &id).await?;
@@ -479,8 +554,8 @@ pub async fn timeline(
         .enumerate()
         .map(|(at, worker)| (*worker, at))
         .collect();
-    let offset = query.offset.unwrap_or(0);
-    let limit = query.limit.unwrap_or(10_000).clamp(1, 20_000);
+    let offset = Count::or(query.offset, 0);
+    let limit = Count::or(query.limit, 10_000).clamp(1, 20_000);
     let now = now_ms();
     let created = view.created_ms();
     let spans: Vec<Value> = started
@@ -506,7 +581,9 @@ pub async fn timeline(
             ])
         })
         .collect();
-    let next = (offset + spans.len() < started.len()).then_some(offset + spans.len());
+    // Saturating: `offset` comes from the caller and may be usize::MAX.
+    let end = offset.saturating_add(spans.len());
+    let next = (end < started.len()).then_some(end);
     let wall = rows
         .iter()
         .map(|row| row.started_ms + row.duration_ms)
@@ -530,8 +607,8 @@ pub struct EventsQuery {
 pub async fn events(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(query): Query<EventsQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let caller = caller(&app, &headers).await?;
     let batch = batch_id(&id)?;
@@ -576,7 +653,7 @@ const MEMORY_PREVIEWS: usize = 100;
 pub async fn batch_memory(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult {
     let caller = caller(&app, &headers).await?;
     let batch = batch_id(&id)?;
@@ -586,7 +663,7 @@ pub async fn batch_memory(
 pub async fn namespace_memory(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(namespace): Path<String>,
+    ApiPath(namespace): ApiPath<String>,
 ) -> ApiResult {
     let caller = caller(&app, &headers).await?;
     memory(&app, &caller, "", &namespace).await
@@ -649,7 +726,7 @@ pub async fn workers(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResu
 pub async fn cancel(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult {
     let caller = caller(&app, &headers).await?;
     check_csrf(&caller, &headers)?;
@@ -789,6 +866,24 @@ mod tests {
             );
         }
         assert!(batch_id("0193a2b4-5c6d-7e8f-9a0b-1c2d3e4f5a6b").is_ok());
+    }
+
+    #[test]
+    fn counts_clamp_instead_of_overflowing_and_refuse_non_digits() {
+        #[derive(Deserialize)]
+        struct Counted {
+            limit: Option<Count>,
+        }
+        let parse = |query: &str| {
+            let uri: axum::http::Uri = format!("/x?{query}").parse().expect("a uri");
+            Query::<Counted>::try_from_uri(&uri).map(|Query(counted)| counted)
+        };
+        let huge = parse("limit=99999999999999999999999").expect("a count");
+        assert_eq!(Count::or(huge.limit, 1), usize::MAX);
+        assert_eq!(Count::or(parse("other=1").expect("none").limit, 7), 7);
+        for bad in ["limit=-1", "limit=abc", "limit=", "limit=1e3"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

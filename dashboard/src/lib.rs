@@ -199,7 +199,7 @@ async fn login_form(
 
 async fn login(app: &App, token: &str, next: Option<&str>) -> Response {
     if token.len() > 4096 {
-        return login_refused("that is not a token");
+        return login_refused(StatusCode::UNAUTHORIZED, "that is not a token");
     }
     match app.sessions.open(&app.coordinator, token).await {
         Ok(id) => {
@@ -212,15 +212,21 @@ async fn login(app: &App, token: &str, next: Option<&str>) -> Response {
         Err(ApiError::Unavailable(message)) => {
             (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
         }
-        Err(error) => login_refused(&error.to_string()),
+        // A valid token of a role the dashboard does not take (a worker's)
+        // is refused as such, not as a bad token.
+        Err(error @ ApiError::Forbidden(_)) => {
+            login_refused(StatusCode::FORBIDDEN, &error.to_string())
+        }
+        Err(error) => login_refused(StatusCode::UNAUTHORIZED, &error.to_string()),
     }
 }
 
-/// The login page again, as `401`: the page says the token was refused.
-fn login_refused(reason: &str) -> Response {
-    tracing::info!(reason, "dashboard login refused");
+/// The login page again, as `401` (or `403` for a token of the wrong
+/// role): the page says the token was refused.
+fn login_refused(status: StatusCode, reason: &str) -> Response {
+    tracing::info!(reason, %status, "dashboard login refused");
     let mut response = index_html();
-    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    *response.status_mut() = status;
     response
 }
 
