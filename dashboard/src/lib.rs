@@ -8,14 +8,22 @@
 //! docs/dashboard-api.md). Every page and API call needs a session made
 //! from a token (`session`), except with `--auth none`.
 //!
+//! The same pages and API also show one batch exported with `volley
+//! export` (`volley dashboard --file`, [`file_router`]): read-only, no
+//! cluster and no login, since the file is on the reader's machine.
+//!
 //! # Layout
 //! - `session` — login, cookies, CSRF.
+//! - `source` — where the data comes from: a coordinator or an export.
 //! - `api` — the JSON API and the events stream.
 //! - `graph` — a batch's DAG folded to a drawable size.
+//! - `export` — the export format, and reading one back.
 
 mod api;
+pub mod export;
 mod graph;
 mod session;
+mod source;
 
 use std::sync::Arc;
 
@@ -29,14 +37,16 @@ use tokio::net::TcpListener;
 use volley_coordinator::Coordinator;
 
 use crate::api::ApiError;
+use crate::export::Export;
 use crate::session::{Sessions, safe_next};
+use crate::source::Source;
 
 /// Every embedded file: its path under `/assets/`, bytes, content type.
 static ASSETS: &[(&str, &[u8], &str)] = include!(concat!(env!("OUT_DIR"), "/assets.rs"));
 
 /// What the handlers share.
 pub struct App {
-    coordinator: Coordinator,
+    source: Source,
     sessions: Sessions,
 }
 
@@ -50,8 +60,20 @@ pub struct DashboardConfig {
 
 /// The dashboard's routes over `coordinator`.
 pub fn router(coordinator: Coordinator, config: &DashboardConfig) -> Router {
+    routes(Source::Live(coordinator), config)
+}
+
+/// The dashboard's routes over one exported batch, read-only.
+pub fn file_router(export: Export) -> Router {
+    routes(
+        Source::File(Arc::new(export)),
+        &DashboardConfig::default(),
+    )
+}
+
+fn routes(source: Source, config: &DashboardConfig) -> Router {
     let app = Arc::new(App {
-        coordinator,
+        source,
         sessions: Sessions::new(config.secure_cookies),
     });
     Router::new()
@@ -90,6 +112,19 @@ pub async fn serve(
     let address = listener.local_addr()?;
     tracing::info!(%address, "dashboard listening");
     axum::serve(listener, router(coordinator, &config))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serves one exported batch on `listener` until `shutdown` resolves.
+pub async fn serve_file(
+    listener: TcpListener,
+    export: Export,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let address = listener.local_addr()?;
+    tracing::info!(%address, batch = export.batch_id(), "dashboard serving an exported batch");
+    axum::serve(listener, file_router(export))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -137,7 +172,7 @@ async fn asset(Path(path): Path<String>) -> Response {
 /// A page: the shell, for a caller with a session; anyone else is sent to
 /// log in, and back here after.
 async fn page(State(app): State<Arc<App>>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
-    match app.sessions.caller(&app.coordinator, &headers).await {
+    match api::caller(&app, &headers).await {
         Ok(_) => index_html(),
         Err(ApiError::Forbidden(_)) => StatusCode::FORBIDDEN.into_response(),
         Err(_) => {
@@ -198,10 +233,15 @@ async fn login_form(
 }
 
 async fn login(app: &App, token: &str, next: Option<&str>) -> Response {
+    let coordinator = match &app.source {
+        Source::Live(coordinator) => coordinator,
+        // A file needs no login: go on.
+        Source::File(_) => return Redirect::to(&safe_next(next)).into_response(),
+    };
     if token.len() > 4096 {
         return login_refused("that is not a token");
     }
-    match app.sessions.open(&app.coordinator, token).await {
+    match app.sessions.open(coordinator, token).await {
         Ok(id) => {
             let mut response = Redirect::to(&safe_next(next)).into_response();
             if let Ok(cookie) = HeaderValue::from_str(&app.sessions.set_cookie(&id)) {
