@@ -232,11 +232,7 @@ async fn an_exported_batch_shows_in_the_dashboard_as_it_did_live() {
 
     // The file, served on its own.
     let mut server = volley()
-        .args([
-            "dashboard",
-            "--file",
-            export_path.to_str().expect("utf-8"),
-        ])
+        .args(["dashboard", "--file", export_path.to_str().expect("utf-8")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -314,7 +310,11 @@ async fn an_exported_batch_shows_in_the_dashboard_as_it_did_live() {
     // Hostile files.
     let dir = saved.path();
     let malformed = dir.join("malformed.json");
-    std::fs::write(&malformed, "{\"format\": \"volley-batch-export/1\", \"ops\": [").expect("write");
+    std::fs::write(
+        &malformed,
+        "{\"format\": \"volley-batch-export/1\", \"ops\": [",
+    )
+    .expect("write");
     let message = refused(&["--file", malformed.to_str().expect("utf-8")]).await;
     assert!(message.contains("not a batch export"), "{message}");
     let wrong = dir.join("wrong.json");

@@ -14,7 +14,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use futures::stream::BoxStream;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use volley_coordinator::CoordinatorError;
@@ -719,7 +718,7 @@ pub async fn events(
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<EventsQuery>,
-) -> Result<Sse<BoxStream<'static, Result<Event, Infallible>>>, ApiError> {
+) -> ApiResult {
     let caller = caller(&app, &headers).await?;
     let batch = batch_id(&id)?;
     // The browser's reconnect sends Last-Event-ID to the first URL: it wins.
@@ -756,7 +755,7 @@ pub async fn events(
                         .data(data.to_string()))
                 })
                 .collect();
-            return Ok(Sse::new(futures::stream::iter(events).boxed()));
+            return Ok(Sse::new(futures::stream::iter(events)).into_response());
         }
     };
     let receiver = coordinator.watch(batch, after, &caller.principal).await?;
@@ -775,13 +774,16 @@ pub async fn events(
                 "batch_state": (event.kind() == v1::EventKind::BatchFinished)
                     .then(|| batch_state_word(event.batch_state())),
             });
-            Some(Ok(Event::default()
-                .id(event.seq.to_string())
-                .event("batch")
-                .data(data.to_string())))
-        })
-        .boxed();
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+            Some(Ok::<Event, Infallible>(
+                Event::default()
+                    .id(event.seq.to_string())
+                    .event("batch")
+                    .data(data.to_string()),
+            ))
+        });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// Keys a memory page lists, and how many of them get a preview.

@@ -311,9 +311,7 @@ impl Export {
         }
         let mut previous_end = 0u32;
         for group in &document.graph.groups {
-            if group.start >= group.end
-                || group.end as usize > count
-                || group.start < previous_end
+            if group.start >= group.end || group.end as usize > count || group.start < previous_end
             {
                 return Err(format!(
                     "graph.groups: run {}..{} of `{}` is out of order or range",
@@ -507,7 +505,10 @@ mod tests {
             value
         };
         let message = load(&wrong_version).err().map(|error| error.to_string());
-        assert!(message.as_deref().is_some_and(|m| m.contains("export/9")), "{message:?}");
+        assert!(
+            message.as_deref().is_some_and(|m| m.contains("export/9")),
+            "{message:?}"
+        );
         let cycle = {
             let mut value = document();
             value["graph"]["deps"] = json!([[1], [0]]);
@@ -519,7 +520,10 @@ mod tests {
             value["graph"]["deps"] = json!([[], [7]]);
             value
         };
-        assert!(matches!(load(&out_of_range), Err(ExportError::Invalid { .. })));
+        assert!(matches!(
+            load(&out_of_range),
+            Err(ExportError::Invalid { .. })
+        ));
         assert!(matches!(
             Export::from_slice(b"{not json", "x"),
             Err(ExportError::NotJson { .. })

@@ -65,10 +65,7 @@ pub fn router(coordinator: Coordinator, config: &DashboardConfig) -> Router {
 
 /// The dashboard's routes over one exported batch, read-only.
 pub fn file_router(export: Export) -> Router {
-    routes(
-        Source::File(Arc::new(export)),
-        &DashboardConfig::default(),
-    )
+    routes(Source::File(Arc::new(export)), &DashboardConfig::default())
 }
 
 fn routes(source: Source, config: &DashboardConfig) -> Router {
@@ -200,6 +197,10 @@ struct LoginQuery {
 async fn login_page(State(app): State<Arc<App>>, Query(query): Query<LoginQuery>) -> Response {
     match query.token {
         Some(token) => login(&app, &token, query.next.as_deref()).await,
+        // A file needs no login: go on.
+        None if app.source.is_file() => {
+            Redirect::to(&safe_next(query.next.as_deref())).into_response()
+        }
         None => index_html(),
     }
 }

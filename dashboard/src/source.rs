@@ -40,25 +40,11 @@ impl View {
         }
     }
 
-    pub fn tenant(&self) -> &str {
-        match self {
-            View::Live(view) => view.tenant(),
-            View::File(export) => &export.tenant,
-        }
-    }
-
     /// Unix ms.
     pub fn created_ms(&self) -> u64 {
         match self {
             View::Live(view) => view.created_ms(),
             View::File(export) => export.created_ms,
-        }
-    }
-
-    pub fn index_of(&self, op_id: &str) -> Option<u32> {
-        match self {
-            View::Live(view) => view.index_of(op_id),
-            View::File(export) => export.index_of(op_id),
         }
     }
 

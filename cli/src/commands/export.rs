@@ -96,7 +96,9 @@ pub async fn run(args: ExportArgs) -> Exit {
     match flushed {
         Ok(()) => Exit::Success,
         Err(Failed::Client(error)) => {
-            eprintln!("error: the export of batch {batch_id} stopped half way; its file is incomplete");
+            eprintln!(
+                "error: the export of batch {batch_id} stopped half way; its file is incomplete"
+            );
             exit::client_error(&error)
         }
         Err(Failed::Output(error)) => {
