@@ -77,6 +77,23 @@ fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, S
     (status, body)
 }
 
+/// The status of a GET that names another `Host`.
+fn status_as_host(address: &str, host: &str, path: &str) -> u16 {
+    let mut stream = TcpStream::connect(address).expect("connect to the dashboard");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read the answer");
+    String::from_utf8_lossy(&raw)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
@@ -301,6 +318,9 @@ async fn an_exported_batch_shows_in_the_dashboard_as_it_did_live() {
     assert_eq!(status, 403, "read-only");
     let (status, _) = http(&address, "GET", "/api/batches/0193a2b4-0000/graph", None);
     assert_eq!(status, 404);
+    // A page of another site whose name was rebound to 127.0.0.1 reads nothing.
+    let status = status_as_host(&address, "evil.example", &format!("/api/batches/{batch}"));
+    assert_eq!(status, 403, "a foreign Host is refused");
     let (status, page) = http(&address, "GET", &format!("/batches/{batch}"), None);
     assert_eq!(status, 200, "the page, with no login");
     assert!(page.contains("<script"), "{page}");

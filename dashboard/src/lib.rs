@@ -63,9 +63,48 @@ pub fn router(coordinator: Coordinator, config: &DashboardConfig) -> Router {
     routes(Source::Live(coordinator), config)
 }
 
-/// The dashboard's routes over one exported batch, read-only.
-pub fn file_router(export: Export) -> Router {
-    routes(Source::File(Arc::new(export)), &DashboardConfig::default())
+/// The dashboard's routes over one exported batch, read-only. With
+/// `loopback_only`, a request must name a loopback host: there is no login,
+/// so a page of another site that rebinds its DNS name to 127.0.0.1 must
+/// not read the batch.
+pub fn file_router(export: Export, loopback_only: bool) -> Router {
+    let router = routes(Source::File(Arc::new(export)), &DashboardConfig::default());
+    if loopback_only {
+        router.layer(axum::middleware::from_fn(loopback_host))
+    } else {
+        router
+    }
+}
+
+/// Refuses a request whose `Host` is not a loopback name or address.
+async fn loopback_host(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if is_loopback_host(host) {
+        next.run(request).await
+    } else {
+        ApiError::Forbidden(
+            "this dashboard serves a file to this machine only: open it at 127.0.0.1 or localhost"
+                .to_owned(),
+        )
+        .into_response()
+    }
+}
+
+/// `127.0.0.1:8080`, `localhost`, `[::1]:80`: a loopback host, any port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }
 
 fn routes(source: Source, config: &DashboardConfig) -> Router {
@@ -113,15 +152,17 @@ pub async fn serve(
         .await
 }
 
-/// Serves one exported batch on `listener` until `shutdown` resolves.
+/// Serves one exported batch on `listener` until `shutdown` resolves
+/// (see [`file_router`] for `loopback_only`).
 pub async fn serve_file(
     listener: TcpListener,
     export: Export,
+    loopback_only: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let address = listener.local_addr()?;
     tracing::info!(%address, batch = export.batch_id(), "dashboard serving an exported batch");
-    axum::serve(listener, file_router(export))
+    axum::serve(listener, file_router(export, loopback_only))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -297,6 +338,28 @@ mod tests {
             assert!(asset_response(path).is_some(), "{path}");
         }
         assert!(asset_response("../Cargo.toml").is_none());
+    }
+
+    #[test]
+    fn only_loopback_hosts_are_loopback() {
+        for host in [
+            "127.0.0.1:8080",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:80",
+            "127.0.0.2",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "",
+            "10.0.0.1",
+            "localhost.evil.example",
+            "[::2]",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 
     #[test]

@@ -22,7 +22,9 @@ pub struct DashboardArgs {
     #[arg(long, env = "VOLLEY_DASHBOARD_LISTEN", default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
     /// Serve on an address other machines reach: whoever reaches it reads
-    /// the whole batch, with no login.
+    /// the whole batch, with no login. Without it, a request must name a
+    /// loopback host (no page of another site reads the batch through a
+    /// DNS name rebound to 127.0.0.1).
     #[arg(long, env = "VOLLEY_DASHBOARD_ALLOW_REMOTE", default_value_t = false)]
     pub allow_remote: bool,
     /// A file larger than this is refused before it is read.
@@ -74,8 +76,13 @@ pub async fn run(args: DashboardArgs) -> Exit {
         args.file.display()
     );
     println!("http://{address}/batches/{}", export.batch_id());
-    if let Err(error) =
-        volley_dashboard::serve_file(listener, export, super::shutdown_signal()).await
+    if let Err(error) = volley_dashboard::serve_file(
+        listener,
+        export,
+        !args.allow_remote,
+        super::shutdown_signal(),
+    )
+    .await
     {
         eprintln!("error: the dashboard stopped: {error}");
         return Exit::Invalid;
