@@ -274,6 +274,11 @@ async fn an_exported_batch_shows_in_the_dashboard_as_it_did_live() {
     let session = json_get(&address, "/api/session", None);
     assert_eq!(session["mode"], "file");
     assert_eq!(session["can_cancel"], false);
+    let listed = json_get(&address, "/api/batches", None);
+    assert_eq!(listed["batches"][0]["id"], batch.as_str(), "{listed}");
+    assert_eq!(listed["batches"][0]["state"], "failed", "{listed}");
+    let memory = json_get(&address, &format!("/api/batches/{batch}/memory"), None);
+    assert_eq!(memory["keys"][0]["key"], "result/prep", "{memory}");
     for (path, live_answer) in paths.iter().zip(&live_answers) {
         let from_file = json_get(&address, path, None);
         assert_eq!(
