@@ -52,6 +52,10 @@ enum Command {
     Logs(commands::client::LogsArgs),
     /// Cancel a batch: pending ops at once, running ones are told to stop.
     Cancel(commands::client::CancelArgs),
+    /// Write a batch's whole record as one JSON document: `volley export ID > batch.json`.
+    Export(commands::export::ExportArgs),
+    /// Show an exported batch in the dashboard, read-only: `volley dashboard --file batch.json`.
+    Dashboard(commands::dashboard::DashboardArgs),
     /// List recent batches.
     List(commands::client::ListArgs),
     /// List connected workers.
@@ -102,6 +106,8 @@ fn main() -> std::process::ExitCode {
             Command::Cancel(args) => commands::client::cancel(args).await,
             Command::Why(args) => commands::client::why(args).await,
             Command::Logs(args) => commands::client::logs(args).await,
+            Command::Export(args) => commands::export::run(args).await,
+            Command::Dashboard(args) => commands::dashboard::run(args).await,
             Command::List(args) => commands::client::list(args).await,
             Command::Workers(args) => commands::client::workers(args).await,
             Command::Memory(args) => commands::memory::run(args).await,

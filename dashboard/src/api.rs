@@ -14,18 +14,20 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use volley_coordinator::CoordinatorError;
-use volley_coordinator::auth::AuthError;
-use volley_coordinator::views::{self, BatchView, OpRow};
+use volley_coordinator::auth::{AuthError, Principal, Role};
+use volley_coordinator::views::{self, OpRow};
 use volley_proto::{BatchId, v1};
 
 use crate::App;
+use crate::export::Export;
 use crate::graph::{self, GraphOp};
 use crate::session::{Caller, check_csrf};
+use crate::source::{Source, View};
 
 /// What an API call can fail with, as an HTTP status and
 /// `{"error": …, "message": …}`.
@@ -158,8 +160,39 @@ impl<'de> Deserialize<'de> for Count {
     }
 }
 
-async fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    app.sessions.caller(&app.coordinator, headers).await
+pub(crate) async fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    match &app.source {
+        Source::Live(coordinator) => app.sessions.caller(coordinator, headers).await,
+        Source::File(export) => Ok(file_caller(export)),
+    }
+}
+
+/// Whoever reads an exported file: it is on this machine and holds the
+/// file already, so no login; it may change nothing.
+fn file_caller(export: &Export) -> Caller {
+    Caller {
+        principal: Arc::new(Principal {
+            token_id: "file".to_owned(),
+            role: Role::Client,
+            tenant: export.tenant.clone(),
+            ..Principal::anonymous()
+        }),
+        csrf: None,
+        authenticated: false,
+    }
+}
+
+/// The exported batch `id` names, or not found.
+fn exported<'a>(export: &'a Arc<Export>, id: &str) -> Result<&'a Arc<Export>, ApiError> {
+    let batch = batch_id(id)?;
+    if export.is(batch.as_str()) {
+        Ok(export)
+    } else {
+        Err(ApiError::NotFound(format!(
+            "batch {batch} is not in this file (it holds {})",
+            export.batch_id()
+        )))
+    }
 }
 
 /// A batch id from a path: at most 64 characters of an id's alphabet.
@@ -185,8 +218,8 @@ pub async fn session(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResu
         "tenant": caller.principal.tenant,
         "role": format!("{:?}", caller.principal.role).to_lowercase(),
         "csrf": caller.csrf.clone().unwrap_or_default(),
-        "mode": "live",
-        "can_cancel": caller.may_change(),
+        "mode": if app.source.is_file() { "file" } else { "live" },
+        "can_cancel": !app.source.is_file() && caller.may_change(),
     }))
     .into_response())
 }
@@ -203,7 +236,11 @@ pub async fn batches(
 ) -> ApiResult {
     let caller = caller(&app, &headers).await?;
     let limit = Count::or(query.limit, 50).clamp(1, 500) as u32;
-    let batches = app.coordinator.list(limit, &caller.principal).await?;
+    let coordinator = match &app.source {
+        Source::Live(coordinator) => coordinator,
+        Source::File(export) => return Ok(Json(file_batches(export)).into_response()),
+    };
+    let batches = coordinator.list(limit, &caller.principal).await?;
     let now = now_ms();
     let rows: Vec<Value> = batches
         .iter()
@@ -226,6 +263,37 @@ pub async fn batches(
     Ok(Json(json!({"batches": rows, "next": Value::Null})).into_response())
 }
 
+/// The list of a file: its one batch.
+fn file_batches(export: &Export) -> Value {
+    let header = &export.header;
+    let field = |name: &str| header.get(name).cloned().unwrap_or(Value::Null);
+    let done = ["succeeded", "failed", "skipped", "cancelled"]
+        .iter()
+        .filter_map(|name| header.get(*name).and_then(Value::as_u64))
+        .sum::<u64>();
+    let wall = header.get("wall_ms").and_then(Value::as_u64).unwrap_or(0);
+    let finished = if field("state") == "running" {
+        0
+    } else {
+        export.created_ms + wall
+    };
+    json!({
+        "batches": [{
+            "id": export.batch_id,
+            "name": field("name"),
+            "tenant": export.tenant,
+            "state": field("state"),
+            "done": done,
+            "total": field("total"),
+            "created_at_ms": export.created_ms,
+            "finished_at_ms": finished,
+            "wall_ms": wall,
+            "speedup": field("speedup"),
+        }],
+        "next": Value::Null,
+    })
+}
+
 fn batch_state_word(state: v1::BatchState) -> &'static str {
     match state {
         v1::BatchState::Running => "running",
@@ -243,19 +311,21 @@ pub async fn batch(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult {
     let caller = caller(&app, &headers).await?;
+    let coordinator = match &app.source {
+        Source::Live(coordinator) => coordinator,
+        Source::File(export) => {
+            return Ok(Json(&exported(export, &id)?.header).into_response());
+        }
+    };
     let batch = batch_id(&id)?;
-    let view = app
-        .coordinator
-        .batch_view(&batch, &caller.principal)
-        .await?;
-    let status = app
-        .coordinator
+    let view = coordinator.batch_view(&batch, &caller.principal).await?;
+    let status = coordinator
         .status_page(&batch, None, &caller.principal)
         .await?;
     let ended = status.succeeded + status.failed + status.skipped + status.cancelled;
     // A running batch's summary has no critical path yet: the one so far.
     let (critical_path, critical_path_ms) = if status.critical_path.is_empty() {
-        let rows = app.coordinator.op_rows(&view).await?;
+        let rows = coordinator.op_rows(&view).await?;
         let durations: Vec<u64> = rows.iter().map(|row| row.duration_ms).collect();
         let (path, length) = view.plan().critical_path(&durations);
         let ids: Vec<String> = path
@@ -296,14 +366,18 @@ async fn view_and_rows(
     app: &App,
     caller: &Caller,
     id: &str,
-) -> Result<(BatchView, Vec<OpRow>), ApiError> {
+) -> Result<(View, Vec<OpRow>), ApiError> {
+    let coordinator = match &app.source {
+        Source::Live(coordinator) => coordinator,
+        Source::File(export) => {
+            let export = exported(export, id)?;
+            return Ok((View::File(Arc::clone(export)), export.rows.clone()));
+        }
+    };
     let batch = batch_id(id)?;
-    let view = app
-        .coordinator
-        .batch_view(&batch, &caller.principal)
-        .await?;
-    let rows = app.coordinator.op_rows(&view).await?;
-    Ok((view, rows))
+    let view = coordinator.batch_view(&batch, &caller.principal).await?;
+    let rows = coordinator.op_rows(&view).await?;
+    Ok((View::Live(view), rows))
 }
 
 #[derive(Deserialize)]
@@ -408,16 +482,72 @@ pub async fn ops(
 /// Bytes of an op's output and stderr an op panel shows.
 const PANEL_TEXT: usize = 4096;
 
+/// What an op panel shows, from either source.
+struct OpPanel {
+    index: u32,
+    id: String,
+    kind: String,
+    group: Option<String>,
+    state: &'static str,
+    args: Value,
+    after: Vec<String>,
+    attempts: u32,
+    max_attempts: Option<u32>,
+    worker: String,
+    started_ms: u64,
+    duration_ms: u64,
+    stdout: String,
+    stderr: String,
+    stderr_truncated: bool,
+    error: String,
+    events: Vec<Value>,
+    why: Option<Value>,
+}
+
 pub async fn op(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath((id, op_id)): ApiPath<(String, String)>,
 ) -> ApiResult {
     let caller = caller(&app, &headers).await?;
-    let batch = batch_id(&id)?;
-    let status = app
-        .coordinator
-        .op_status(&batch, &op_id, &caller.principal)
+    let panel = match &app.source {
+        Source::Live(coordinator) => live_op(coordinator, &caller, &id, &op_id).await?,
+        Source::File(export) => file_op(exported(export, &id)?, &op_id)?,
+    };
+    Ok(Json(json!({
+        "index": panel.index,
+        "id": panel.id,
+        "kind": panel.kind,
+        "group": panel.group,
+        "state": panel.state,
+        "args": panel.args,
+        "after": panel.after,
+        "attempts": panel.attempts,
+        "max_attempts": panel.max_attempts,
+        "worker": panel.worker,
+        "started_ms": panel.started_ms,
+        "duration_ms": panel.duration_ms,
+        "output": head(&panel.stdout, PANEL_TEXT),
+        "output_bytes": panel.stdout.len(),
+        "stderr": head(&panel.stderr, PANEL_TEXT),
+        "stderr_bytes": panel.stderr.len(),
+        "stderr_truncated": panel.stderr_truncated,
+        "error": panel.error,
+        "events": panel.events,
+        "why": panel.why,
+    }))
+    .into_response())
+}
+
+async fn live_op(
+    coordinator: &volley_coordinator::Coordinator,
+    caller: &Caller,
+    id: &str,
+    op_id: &str,
+) -> Result<OpPanel, ApiError> {
+    let batch = batch_id(id)?;
+    let status = coordinator
+        .op_status(&batch, op_id, &caller.principal)
         .await
         .map_err(op_not_found)?;
     let Some(op) = status.ops.first() else {
@@ -425,56 +555,104 @@ pub async fn op(
             "batch {batch} has no op `{op_id}`"
         )));
     };
-    let view = app
-        .coordinator
-        .batch_view(&batch, &caller.principal)
-        .await?;
+    let view = coordinator.batch_view(&batch, &caller.principal).await?;
     let index = view
         .index_of(&op.id)
         .ok_or_else(|| ApiError::NotFound(format!("batch {batch} has no op `{op_id}`")))?;
     let planned = &view.plan().ops[index as usize];
-    let events = app.coordinator.op_events(&view, index, 50, 20_000).await?;
+    let events = coordinator.op_events(&view, index, 50, 20_000).await?;
     let why = match op.state() {
         v1::OpState::Waiting | v1::OpState::Ready => {
-            let answer = app
-                .coordinator
-                .why(&batch, &op.id, &caller.principal)
-                .await?;
+            let answer = coordinator.why(&batch, &op.id, &caller.principal).await?;
             Some(json!({"reasons": answer.reasons}))
         }
         _ => None,
     };
     let (stdout, stderr, stderr_truncated) = op_streams(op);
-    Ok(Json(json!({
-        "index": index,
-        "id": op.id,
-        "kind": op.kind,
-        "group": (!op.group.is_empty()).then_some(&op.group),
-        "state": graph::op_state_word(op.state()),
-        "args": mask(&planned.args, 0),
-        "after": op.after,
-        "attempts": op.attempts,
-        "max_attempts": planned.max_attempts,
-        "worker": op.worker,
-        "started_ms": op.started_ms,
-        "duration_ms": op.duration_ms,
-        "output": head(&stdout, PANEL_TEXT),
-        "output_bytes": stdout.len(),
-        "stderr": head(&stderr, PANEL_TEXT),
-        "stderr_bytes": stderr.len(),
-        "stderr_truncated": stderr_truncated,
-        "error": op.error,
-        "events": events.iter().map(|event| json!({
-            "seq": event.seq,
-            "at_ms": event.at_ms,
-            "kind": event.kind,
-            "attempt": event.attempt,
-            "worker": event.worker,
-            "message": event.message,
-        })).collect::<Vec<_>>(),
-        "why": why,
-    }))
-    .into_response())
+    Ok(OpPanel {
+        index,
+        id: op.id.clone(),
+        kind: op.kind.clone(),
+        group: (!op.group.is_empty()).then(|| op.group.clone()),
+        state: graph::op_state_word(op.state()),
+        args: mask(&planned.args, 0),
+        after: op.after.clone(),
+        attempts: op.attempts,
+        max_attempts: Some(planned.max_attempts),
+        worker: op.worker.clone(),
+        started_ms: op.started_ms,
+        duration_ms: op.duration_ms,
+        stdout,
+        stderr,
+        stderr_truncated,
+        error: op.error.clone(),
+        events: events
+            .iter()
+            .map(|event| {
+                json!({
+                    "seq": event.seq,
+                    "at_ms": event.at_ms,
+                    "kind": event.kind,
+                    "attempt": event.attempt,
+                    "worker": event.worker,
+                    "message": event.message,
+                })
+            })
+            .collect(),
+        why,
+    })
+}
+
+/// An exported op's panel: its args were masked when it was exported.
+fn file_op(export: &Export, op_id: &str) -> Result<OpPanel, ApiError> {
+    let index = export.index_of(op_id).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "batch {} has no op `{}`",
+            export.batch_id(),
+            op_id.chars().take(200).collect::<String>()
+        ))
+    })?;
+    let op = &export.ops[index as usize];
+    let events = export
+        .events
+        .iter()
+        .filter(|event| event.op_id == op.id)
+        .take(50)
+        .map(|event| {
+            json!({
+                "seq": event.seq,
+                "at_ms": event.at_ms,
+                "kind": event.kind,
+                "attempt": event.attempt,
+                "worker": event.worker,
+                "message": event.message,
+            })
+        })
+        .collect();
+    let state = export.rows[index as usize].state;
+    let why = matches!(state, "waiting" | "ready").then(|| {
+        json!({"reasons": ["this is an exported batch: it was not running when it was exported, and will not run"]})
+    });
+    Ok(OpPanel {
+        index,
+        id: op.id.clone(),
+        kind: op.kind.clone(),
+        group: op.group.clone().filter(|group| !group.is_empty()),
+        state,
+        args: op.args.clone(),
+        after: op.after.clone(),
+        attempts: op.attempts,
+        max_attempts: op.max_attempts,
+        worker: op.worker.clone(),
+        started_ms: op.started_ms,
+        duration_ms: op.duration_ms,
+        stdout: op.output.clone(),
+        stderr: op.stderr.clone(),
+        stderr_truncated: op.stderr_truncated,
+        error: op.error.clone(),
+        events,
+        why,
+    })
 }
 
 #[derive(Deserialize)]
@@ -489,18 +667,26 @@ pub async fn op_logs(
     ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> ApiResult {
     let caller = caller(&app, &headers).await?;
-    let batch = batch_id(&id)?;
-    let status = app
-        .coordinator
-        .op_status(&batch, &op_id, &caller.principal)
-        .await
-        .map_err(op_not_found)?;
-    let Some(op) = status.ops.first() else {
-        return Err(ApiError::NotFound(format!(
-            "batch {batch} has no op `{op_id}`"
-        )));
+    let (stdout, stderr) = match &app.source {
+        Source::Live(coordinator) => {
+            let batch = batch_id(&id)?;
+            let status = coordinator
+                .op_status(&batch, &op_id, &caller.principal)
+                .await
+                .map_err(op_not_found)?;
+            let Some(op) = status.ops.first() else {
+                return Err(ApiError::NotFound(format!(
+                    "batch {batch} has no op `{op_id}`"
+                )));
+            };
+            let (stdout, stderr, _) = op_streams(op);
+            (stdout, stderr)
+        }
+        Source::File(export) => {
+            let panel = file_op(exported(export, &id)?, &op_id)?;
+            (panel.stdout, panel.stderr)
+        }
     };
-    let (stdout, stderr, _) = op_streams(op);
     let text = match query.stream.as_deref() {
         Some("stderr") => stderr,
         _ => stdout,
@@ -556,7 +742,7 @@ pub async fn timeline(
         .collect();
     let offset = Count::or(query.offset, 0);
     let limit = Count::or(query.limit, 10_000).clamp(1, 20_000);
-    let now = now_ms();
+    let now = view.now_ms();
     let created = view.created_ms();
     let spans: Vec<Value> = started
         .iter()
@@ -609,7 +795,7 @@ pub async fn events(
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<EventsQuery>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> ApiResult {
     let caller = caller(&app, &headers).await?;
     let batch = batch_id(&id)?;
     // The browser's reconnect sends Last-Event-ID to the first URL: it wins.
@@ -619,10 +805,37 @@ pub async fn events(
         .or(query.after.as_deref())
         .and_then(|text| text.trim().parse::<u64>().ok())
         .unwrap_or(0);
-    let receiver = app
-        .coordinator
-        .watch(batch, after, &caller.principal)
-        .await?;
+    let coordinator = match &app.source {
+        Source::Live(coordinator) => coordinator,
+        Source::File(export) => {
+            // The file's events after `after`, then the end: an exported
+            // batch changes no more.
+            let export = exported(export, &id)?;
+            let events: Vec<Result<Event, Infallible>> = export
+                .events
+                .iter()
+                .filter(|event| event.seq > after)
+                .map(|event| {
+                    let data = json!({
+                        "seq": event.seq,
+                        "at_ms": event.at_ms,
+                        "kind": event.kind,
+                        "op_id": event.op_id,
+                        "attempt": event.attempt,
+                        "worker": event.worker,
+                        "message": event.message,
+                        "batch_state": event.batch_state,
+                    });
+                    Ok(Event::default()
+                        .id(event.seq.to_string())
+                        .event("batch")
+                        .data(data.to_string()))
+                })
+                .collect();
+            return Ok(Sse::new(futures::stream::iter(events)).into_response());
+        }
+    };
+    let receiver = coordinator.watch(batch, after, &caller.principal).await?;
     let stream = tokio_stream::wrappers::ReceiverStream::new(receiver)
         .take_while(|item| std::future::ready(item.is_ok()))
         .filter_map(|item| async move {
@@ -638,12 +851,16 @@ pub async fn events(
                 "batch_state": (event.kind() == v1::EventKind::BatchFinished)
                     .then(|| batch_state_word(event.batch_state())),
             });
-            Some(Ok(Event::default()
-                .id(event.seq.to_string())
-                .event("batch")
-                .data(data.to_string())))
+            Some(Ok::<Event, Infallible>(
+                Event::default()
+                    .id(event.seq.to_string())
+                    .event("batch")
+                    .data(data.to_string()),
+            ))
         });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// Keys a memory page lists, and how many of them get a preview.
@@ -670,18 +887,18 @@ pub async fn namespace_memory(
 }
 
 async fn memory(app: &App, caller: &Caller, batch: &str, namespace: &str) -> ApiResult {
-    let scope = app
-        .coordinator
+    let coordinator = match &app.source {
+        Source::Live(coordinator) => coordinator,
+        Source::File(export) => return file_memory(export, batch, namespace),
+    };
+    let scope = coordinator
         .memory_scope(batch, namespace, &caller.principal)
         .await?;
-    let (keys, _) = app
-        .coordinator
-        .memory_list(&scope, "", "", MEMORY_KEYS)
-        .await?;
+    let (keys, _) = coordinator.memory_list(&scope, "", "", MEMORY_KEYS).await?;
     let mut rows = Vec::with_capacity(keys.len());
     for (at, info) in keys.iter().enumerate() {
         let preview = if at < MEMORY_PREVIEWS {
-            app.coordinator
+            coordinator
                 .memory_get(&scope, &info.key)
                 .await?
                 .map(|value| head(&String::from_utf8_lossy(&value.value), 200))
@@ -704,9 +921,56 @@ async fn memory(app: &App, caller: &Caller, batch: &str, namespace: &str) -> Api
     .into_response())
 }
 
+/// The memory a file holds: its batch's keys as they were exported (a
+/// shared namespace's too, when the batch used one).
+fn file_memory(export: &Export, batch: &str, namespace: &str) -> ApiResult {
+    let memory = &export.memory;
+    let asked = if namespace.is_empty() {
+        export.is(batch)
+    } else {
+        memory.scope == namespace
+    };
+    if !asked {
+        return Err(ApiError::NotFound(
+            "this file holds no such memory".to_owned(),
+        ));
+    }
+    let rows: Vec<Value> = memory
+        .keys
+        .iter()
+        .take(MEMORY_KEYS as usize)
+        .enumerate()
+        .map(|(at, info)| {
+            let preview = if at < MEMORY_PREVIEWS {
+                info.value.as_deref().map(|value| head(value, 200))
+            } else {
+                None
+            };
+            json!({
+                "key": info.key,
+                "version": info.version,
+                "bytes": info.bytes,
+                "content_type": info.content_type,
+                "expires_at_ms": info.expires_at_ms,
+                "preview": preview,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "scope": if namespace.is_empty() { "batch".to_owned() } else { namespace.to_owned() },
+        "keys": rows,
+    }))
+    .into_response())
+}
+
 pub async fn workers(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult {
     caller(&app, &headers).await?;
-    let workers = app.coordinator.workers().await;
+    let coordinator = match &app.source {
+        Source::Live(coordinator) => coordinator,
+        // An export holds no cluster: no workers.
+        Source::File(_) => return Ok(Json(json!({"workers": []})).into_response()),
+    };
+    let workers = coordinator.workers().await;
     let rows: Vec<Value> = workers
         .iter()
         .map(|worker| {
@@ -729,6 +993,14 @@ pub async fn cancel(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult {
     let caller = caller(&app, &headers).await?;
+    let coordinator = match &app.source {
+        Source::Live(coordinator) => coordinator,
+        Source::File(_) => {
+            return Err(ApiError::Forbidden(
+                "this is an exported batch file: it is read-only".to_owned(),
+            ));
+        }
+    };
     check_csrf(&caller, &headers)?;
     if !caller.may_change() {
         return Err(ApiError::Forbidden(
@@ -736,7 +1008,7 @@ pub async fn cancel(
         ));
     }
     let batch = batch_id(&id)?;
-    let outcome = app.coordinator.cancel(&batch, &caller.principal).await?;
+    let outcome = coordinator.cancel(&batch, &caller.principal).await?;
     Ok(Json(json!({"cancelled": true, "ops": outcome.cancelled})).into_response())
 }
 
@@ -826,7 +1098,7 @@ fn masked(value: &Value, mask: &str) -> Value {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64)

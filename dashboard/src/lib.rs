@@ -8,14 +8,22 @@
 //! docs/dashboard-api.md). Every page and API call needs a session made
 //! from a token (`session`), except with `--auth none`.
 //!
+//! The same pages and API also show one batch exported with `volley
+//! export` (`volley dashboard --file`, [`file_router`]): read-only, no
+//! cluster and no login, since the file is on the reader's machine.
+//!
 //! # Layout
 //! - `session` — login, cookies, CSRF.
+//! - `source` — where the data comes from: a coordinator or an export.
 //! - `api` — the JSON API and the events stream.
 //! - `graph` — a batch's DAG folded to a drawable size.
+//! - `export` — the export format, and reading one back.
 
 mod api;
+pub mod export;
 mod graph;
 mod session;
+mod source;
 
 use std::sync::Arc;
 
@@ -29,14 +37,16 @@ use tokio::net::TcpListener;
 use volley_coordinator::Coordinator;
 
 use crate::api::ApiError;
+use crate::export::Export;
 use crate::session::{Sessions, safe_next};
+use crate::source::Source;
 
 /// Every embedded file: its path under `/assets/`, bytes, content type.
 static ASSETS: &[(&str, &[u8], &str)] = include!(concat!(env!("OUT_DIR"), "/assets.rs"));
 
 /// What the handlers share.
 pub struct App {
-    coordinator: Coordinator,
+    source: Source,
     sessions: Sessions,
 }
 
@@ -50,8 +60,56 @@ pub struct DashboardConfig {
 
 /// The dashboard's routes over `coordinator`.
 pub fn router(coordinator: Coordinator, config: &DashboardConfig) -> Router {
+    routes(Source::Live(coordinator), config)
+}
+
+/// The dashboard's routes over one exported batch, read-only. With
+/// `loopback_only`, a request must name a loopback host: there is no login,
+/// so a page of another site that rebinds its DNS name to 127.0.0.1 must
+/// not read the batch.
+pub fn file_router(export: Export, loopback_only: bool) -> Router {
+    let router = routes(Source::File(Arc::new(export)), &DashboardConfig::default());
+    if loopback_only {
+        router.layer(axum::middleware::from_fn(loopback_host))
+    } else {
+        router
+    }
+}
+
+/// Refuses a request whose `Host` is not a loopback name or address.
+async fn loopback_host(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if is_loopback_host(host) {
+        next.run(request).await
+    } else {
+        ApiError::Forbidden(
+            "this dashboard serves a file to this machine only: open it at 127.0.0.1 or localhost"
+                .to_owned(),
+        )
+        .into_response()
+    }
+}
+
+/// `127.0.0.1:8080`, `localhost`, `[::1]:80`: a loopback host, any port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
+}
+
+fn routes(source: Source, config: &DashboardConfig) -> Router {
     let app = Arc::new(App {
-        coordinator,
+        source,
         sessions: Sessions::new(config.secure_cookies),
     });
     Router::new()
@@ -90,6 +148,21 @@ pub async fn serve(
     let address = listener.local_addr()?;
     tracing::info!(%address, "dashboard listening");
     axum::serve(listener, router(coordinator, &config))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serves one exported batch on `listener` until `shutdown` resolves
+/// (see [`file_router`] for `loopback_only`).
+pub async fn serve_file(
+    listener: TcpListener,
+    export: Export,
+    loopback_only: bool,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let address = listener.local_addr()?;
+    tracing::info!(%address, batch = export.batch_id(), "dashboard serving an exported batch");
+    axum::serve(listener, file_router(export, loopback_only))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -137,7 +210,7 @@ async fn asset(Path(path): Path<String>) -> Response {
 /// A page: the shell, for a caller with a session; anyone else is sent to
 /// log in, and back here after.
 async fn page(State(app): State<Arc<App>>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
-    match app.sessions.caller(&app.coordinator, &headers).await {
+    match api::caller(&app, &headers).await {
         Ok(_) => index_html(),
         Err(ApiError::Forbidden(_)) => StatusCode::FORBIDDEN.into_response(),
         Err(_) => {
@@ -165,6 +238,10 @@ struct LoginQuery {
 async fn login_page(State(app): State<Arc<App>>, Query(query): Query<LoginQuery>) -> Response {
     match query.token {
         Some(token) => login(&app, &token, query.next.as_deref()).await,
+        // A file needs no login: go on.
+        None if app.source.is_file() => {
+            Redirect::to(&safe_next(query.next.as_deref())).into_response()
+        }
         None => index_html(),
     }
 }
@@ -198,10 +275,15 @@ async fn login_form(
 }
 
 async fn login(app: &App, token: &str, next: Option<&str>) -> Response {
+    let coordinator = match &app.source {
+        Source::Live(coordinator) => coordinator,
+        // A file needs no login: go on.
+        Source::File(_) => return Redirect::to(&safe_next(next)).into_response(),
+    };
     if token.len() > 4096 {
         return login_refused(StatusCode::UNAUTHORIZED, "that is not a token");
     }
-    match app.sessions.open(&app.coordinator, token).await {
+    match app.sessions.open(coordinator, token).await {
         Ok(id) => {
             let mut response = Redirect::to(&safe_next(next)).into_response();
             if let Ok(cookie) = HeaderValue::from_str(&app.sessions.set_cookie(&id)) {
@@ -262,6 +344,28 @@ mod tests {
             assert!(asset_response(path).is_some(), "{path}");
         }
         assert!(asset_response("../Cargo.toml").is_none());
+    }
+
+    #[test]
+    fn only_loopback_hosts_are_loopback() {
+        for host in [
+            "127.0.0.1:8080",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:80",
+            "127.0.0.2",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "",
+            "10.0.0.1",
+            "localhost.evil.example",
+            "[::2]",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 pub mod client;
 pub mod coordinator;
+pub mod dashboard;
+pub mod export;
 pub mod health;
 pub mod interrupt;
 pub mod memory;
