@@ -32,7 +32,7 @@ use volley_proto::BatchId;
 use volley_store::{
     BatchMeta, BatchState, CancelOutcome, Claimed, CompleteOutcome, Completion, Created, Doorbell,
     Event, Fence, MemoryChange, MemoryKeyInfo, MemoryScope, MemoryValue, NewBatch, NewOp, OpRecord,
-    OpWaits, PRIORITY_LEVELS, PutOptions, PutOutcome, ReadyDepth, SpawnOnce, Store, StoreResult,
+    OpSummary, OpWaits, PRIORITY_LEVELS, PutOptions, PutOutcome, ReadyDepth, SpawnOnce, Store, StoreResult,
     StoredSpec, TokenRecord, WorkerEntry,
 };
 
@@ -234,6 +234,7 @@ verbs! {
     Meta => "meta",
     OpRecords => "op_records",
     OpRecordsAt => "op_records_at",
+    OpSummaries => "op_summaries",
     Events => "events",
     ListBatches => "list_batches",
     DropExpired => "drop_expired",
@@ -504,6 +505,15 @@ impl Store for MeteredStore {
     async fn op_records_at(&self, batch: &BatchId, indices: &[u32]) -> StoreResult<Vec<OpRecord>> {
         self.count(Verb::OpRecordsAt);
         self.inner.op_records_at(batch, indices).await
+    }
+
+    async fn op_summaries(
+        &self,
+        batch: &BatchId,
+        range: std::ops::Range<u32>,
+    ) -> StoreResult<Vec<OpSummary>> {
+        self.count(Verb::OpSummaries);
+        self.inner.op_summaries(batch, range).await
     }
 
     async fn events(&self, batch: &BatchId, after_seq: u64, max: u32) -> StoreResult<Vec<Event>> {

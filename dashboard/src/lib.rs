@@ -38,6 +38,8 @@ static ASSETS: &[(&str, &[u8], &str)] = include!(concat!(env!("OUT_DIR"), "/asse
 pub struct App {
     coordinator: Coordinator,
     sessions: Sessions,
+    /// Recently read op rows, so one page load reads a batch once.
+    rows: api::RowsCache,
 }
 
 /// How the dashboard is served.
@@ -53,6 +55,7 @@ pub fn router(coordinator: Coordinator, config: &DashboardConfig) -> Router {
     let app = Arc::new(App {
         coordinator,
         sessions: Sessions::new(config.secure_cookies),
+        rows: api::RowsCache::default(),
     });
     Router::new()
         .route("/", get(page))

@@ -484,6 +484,22 @@ pub trait Store: Send + Sync + 'static {
             .collect())
     }
 
+    /// The summaries of the ops with an index in `range` (clipped to
+    /// `0..total`), in index order: every op's state and timings without
+    /// moving its output, so a view of a 100,000-op batch reads kilobytes
+    /// per op-page instead of every output. `BatchNotFound` for an unknown
+    /// batch. Agrees with [`OpSummary::of_record`] of [`Store::op_records`].
+    async fn op_summaries(
+        &self,
+        batch: &BatchId,
+        range: std::ops::Range<u32>,
+    ) -> StoreResult<Vec<OpSummary>> {
+        let records = self.op_records(batch).await?;
+        let end = (range.end as usize).min(records.len());
+        let start = (range.start as usize).min(end);
+        Ok(records[start..end].iter().map(OpSummary::of_record).collect())
+    }
+
     /// The records of the given ops, in the order given: what dispatch reads
     /// to fill in `${ops.X…}` without reading the whole batch. An index the
     /// batch does not have is `BatchNotFound`.

@@ -51,6 +51,75 @@ pub(super) async fn op_records(store: &RedisStore, batch: &BatchId) -> StoreResu
     store.op_records_at(batch, &indices).await
 }
 
+/// Ops per `op_summaries.lua` call: a slice decodes its results in a few
+/// milliseconds, so a 100,000-op batch never blocks the server for long.
+const SUMMARY_CHUNK: u32 = 5_000;
+
+/// Fields per op in an `op_summaries.lua` reply.
+const SUMMARY_FIELDS: usize = 7;
+
+pub(super) async fn op_summaries(
+    store: &RedisStore,
+    batch: &BatchId,
+    range: std::ops::Range<u32>,
+) -> StoreResult<Vec<OpSummary>> {
+    let mut connection = store.connection();
+    let mut summaries = Vec::new();
+    let mut start = range.start;
+    loop {
+        let end = range.end.min(start.saturating_add(SUMMARY_CHUNK));
+        let (total, fields): (i64, Vec<Vec<u8>>) =
+            batch_invocation(&store.shared.scripts.op_summaries, batch, 0)
+                .arg(start)
+                .arg(end.max(start))
+                // 4 bytes more than kept: a character cut by the script is
+                // past the bound, so the cut here drops it whole.
+                .arg(SUMMARY_ERROR_MAX_BYTES + 4)
+                .invoke_async(&mut connection)
+                .await?;
+        if total < 0 {
+            return Err(StoreError::BatchNotFound(batch.clone()));
+        }
+        summaries.reserve(fields.len() / SUMMARY_FIELDS);
+        for (offset, row) in fields.chunks_exact(SUMMARY_FIELDS).enumerate() {
+            // No state: the batch went (or is still being created), as
+            // `op_records_at` answers it.
+            if row[0].is_empty() {
+                return Err(StoreError::BatchNotFound(batch.clone()));
+            }
+            summaries.push(parse_summary(u64::from(start) + offset as u64, row)?);
+        }
+        start = end;
+        if start >= range.end || u64::from(start) >= total as u64 {
+            break;
+        }
+    }
+    Ok(summaries)
+}
+
+/// One op of an `op_summaries.lua` reply: state, attempts, worker, started,
+/// duration, error line, cause JSON.
+fn parse_summary(index: u64, row: &[Vec<u8>]) -> StoreResult<OpSummary> {
+    let text = |position: usize| String::from_utf8_lossy(&row[position]);
+    let code = text(0);
+    let state = OpState::from_code(&code)
+        .ok_or_else(|| corrupt(format_args!("op {index} has state `{code}`")))?;
+    let cause_json = text(6);
+    Ok(OpSummary {
+        state,
+        attempts: text(1).parse().unwrap_or(0),
+        worker: text(2).into_owned(),
+        started_ms: parse_ms(&text(3)),
+        duration_ms: parse_ms(&text(4)),
+        error_first_line: summary_error_line(&text(5)),
+        cause: if cause_json.is_empty() {
+            None
+        } else {
+            CauseJson::parse(&cause_json)
+        },
+    })
+}
+
 pub(super) async fn op_records_at(
     store: &RedisStore,
     batch: &BatchId,
