@@ -9,18 +9,20 @@
 -- ARGV[5]  end index (exclusive; clipped to the batch's total)
 -- ARGV[6]  the most bytes of an error's first line to return (the Rust
 --          side cuts again on a character boundary)
--- Returns: { -1, {} } for no such batch; else { total, { state, attempts,
---          worker, started, duration, error line, cause JSON or '' }
---          flattened, 7 per op }
+-- Returns: { -1, '' } for no such batch; else { total, packed }: per op,
+--          `state US attempts US worker US started US duration US cause
+--          US <bytes of error> US error` (US = \x1f; the cause is cjson's,
+--          so it holds no raw \x1f; the error is counted, so it may), one
+--          string for the slice: a reply of a few values, not 7 per op.
 local total = redis.call('HGET', K_META, 'total')
-if not total then return { -1, {} } end
+if not total then return { -1, '' } end
 total = tonumber(total)
 local first = tonumber(ARGV[4])
 local stop = math.min(tonumber(ARGV[5]), total)
 local max_error = tonumber(ARGV[6])
 local indices = {}
 for idx = first, stop - 1 do indices[#indices + 1] = idx end
-if #indices == 0 then return { total, {} } end
+if #indices == 0 then return { total, '' } end
 local states = hmget_many(K_STATE, indices)
 local attempts = hmget_many(K_ATTEMPTS, indices)
 local results = hmget_many(K_RESULT, indices)
@@ -41,12 +43,7 @@ for position = 1, #indices do
     if #err > max_error then err = string.sub(err, 1, max_error) end
     if result.c ~= nil and result.c ~= cjson.null then cause = cjson.encode(result.c) end
   end
-  rows[#rows + 1] = states[position] or ''
-  rows[#rows + 1] = attempts[position] or '0'
-  rows[#rows + 1] = tostring(worker)
-  rows[#rows + 1] = tostring(started)
-  rows[#rows + 1] = tostring(duration)
-  rows[#rows + 1] = err
-  rows[#rows + 1] = cause
+  rows[#rows + 1] = table.concat({ states[position] or '', attempts[position] or '0',
+    tostring(worker), tostring(started), tostring(duration), cause, #err, err }, '\31')
 end
-return { total, rows }
+return { total, table.concat(rows) }

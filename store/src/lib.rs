@@ -477,10 +477,10 @@ pub trait Store: Send + Sync + 'static {
     /// whole record. `BatchNotFound` for an unknown batch.
     async fn op_durations(&self, batch: &BatchId) -> StoreResult<Vec<u64>> {
         Ok(self
-            .op_records(batch)
+            .op_summaries(batch, 0..u32::MAX)
             .await?
             .iter()
-            .map(|record| record.duration_ms)
+            .map(|summary| summary.duration_ms)
             .collect())
     }
 
@@ -497,7 +497,10 @@ pub trait Store: Send + Sync + 'static {
         let records = self.op_records(batch).await?;
         let end = (range.end as usize).min(records.len());
         let start = (range.start as usize).min(end);
-        Ok(records[start..end].iter().map(OpSummary::of_record).collect())
+        Ok(records[start..end]
+            .iter()
+            .map(OpSummary::of_record)
+            .collect())
     }
 
     /// The records of the given ops, in the order given: what dispatch reads

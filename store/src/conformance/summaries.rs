@@ -60,15 +60,15 @@ pub async fn case_op_summaries_agree_with_records(store: &dyn Store) {
         (summaries[0].started_ms, summaries[0].duration_ms),
         (NOW + 10, 7)
     );
-    assert_eq!(summaries[1].error_first_line, format!("{}é", "e".repeat(198)));
+    assert_eq!(
+        summaries[1].error_first_line,
+        format!("{}é", "e".repeat(198))
+    );
     assert!(summaries[1].error_first_line.len() <= SUMMARY_ERROR_MAX_BYTES);
     assert!(summaries[2].cause.is_some(), "a skip names its cause");
 
     assert_eq!(
-        store
-            .op_summaries(&batch_id, 1..3)
-            .await
-            .expect("a slice"),
+        store.op_summaries(&batch_id, 1..3).await.expect("a slice"),
         expected[1..3].to_vec()
     );
     assert_eq!(

@@ -55,9 +55,6 @@ pub(super) async fn op_records(store: &RedisStore, batch: &BatchId) -> StoreResu
 /// milliseconds, so a 100,000-op batch never blocks the server for long.
 const SUMMARY_CHUNK: u32 = 5_000;
 
-/// Fields per op in an `op_summaries.lua` reply.
-const SUMMARY_FIELDS: usize = 7;
-
 pub(super) async fn op_summaries(
     store: &RedisStore,
     batch: &BatchId,
@@ -68,7 +65,7 @@ pub(super) async fn op_summaries(
     let mut start = range.start;
     loop {
         let end = range.end.min(start.saturating_add(SUMMARY_CHUNK));
-        let (total, fields): (i64, Vec<Vec<u8>>) =
+        let (total, packed): (i64, Vec<u8>) =
             batch_invocation(&store.shared.scripts.op_summaries, batch, 0)
                 .arg(start)
                 .arg(end.max(start))
@@ -80,14 +77,13 @@ pub(super) async fn op_summaries(
         if total < 0 {
             return Err(StoreError::BatchNotFound(batch.clone()));
         }
-        summaries.reserve(fields.len() / SUMMARY_FIELDS);
-        for (offset, row) in fields.chunks_exact(SUMMARY_FIELDS).enumerate() {
-            // No state: the batch went (or is still being created), as
-            // `op_records_at` answers it.
-            if row[0].is_empty() {
-                return Err(StoreError::BatchNotFound(batch.clone()));
-            }
-            summaries.push(parse_summary(u64::from(start) + offset as u64, row)?);
+        let mut rest: &[u8] = &packed;
+        let mut index = u64::from(start);
+        while !rest.is_empty() {
+            let (summary, after) = parse_summary(batch, index, rest)?;
+            summaries.push(summary);
+            rest = after;
+            index += 1;
         }
         start = end;
         if start >= range.end || u64::from(start) >= total as u64 {
@@ -97,27 +93,162 @@ pub(super) async fn op_summaries(
     Ok(summaries)
 }
 
-/// One op of an `op_summaries.lua` reply: state, attempts, worker, started,
-/// duration, error line, cause JSON.
-fn parse_summary(index: u64, row: &[Vec<u8>]) -> StoreResult<OpSummary> {
-    let text = |position: usize| String::from_utf8_lossy(&row[position]);
-    let code = text(0);
+/// The other way to read summaries, kept to measure against
+/// `op_summaries.lua` (see `summaries_lua_vs_pipelined` below): pipelined
+/// `HMGET`s of states, attempts and whole results, parsed here skipping
+/// the output. It moves every output over the wire.
+#[cfg(test)]
+pub(super) async fn op_summaries_pipelined(
+    store: &RedisStore,
+    batch: &BatchId,
+    range: std::ops::Range<u32>,
+) -> StoreResult<Vec<OpSummary>> {
+    #[derive(serde::Deserialize)]
+    struct Light {
+        #[serde(default)]
+        w: String,
+        #[serde(default)]
+        s: String,
+        #[serde(default)]
+        d: String,
+        #[serde(default)]
+        e: String,
+        #[serde(default)]
+        c: Option<serde_json::Value>,
+    }
+    let meta = store
+        .read_meta(batch)
+        .await?
+        .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
+    let indices: Vec<u32> = (range.start.min(meta.total)..range.end.min(meta.total)).collect();
+    let mut connection = store.connection();
+    let mut summaries = Vec::with_capacity(indices.len());
+    for chunk in indices.chunks(READ_CHUNK) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(keys::state(batch)).arg(chunk);
+        pipe.cmd("HMGET").arg(keys::attempts(batch)).arg(chunk);
+        pipe.cmd("HMGET").arg(keys::result(batch)).arg(chunk);
+        let (states, attempts, results): RecordColumns = pipe.query_async(&mut connection).await?;
+        for (offset, index) in chunk.iter().enumerate() {
+            let Some(code) = states.get(offset).cloned().flatten() else {
+                return Err(StoreError::BatchNotFound(batch.clone()));
+            };
+            let state = OpState::from_code(&code)
+                .ok_or_else(|| corrupt(format_args!("op {index} has state `{code}`")))?;
+            let light: Light = match results.get(offset).and_then(Option::as_deref) {
+                Some(json) => serde_json::from_str(json)
+                    .map_err(|error| corrupt(format_args!("op {index} result: {error}")))?,
+                None => Light {
+                    w: String::new(),
+                    s: String::new(),
+                    d: String::new(),
+                    e: String::new(),
+                    c: None,
+                },
+            };
+            summaries.push(OpSummary {
+                state,
+                attempts: attempts.get(offset).copied().flatten().unwrap_or(0),
+                worker: light.w,
+                started_ms: parse_ms(&light.s),
+                duration_ms: parse_ms(&light.d),
+                error_first_line: summary_error_line(&light.e),
+                cause: light.c.and_then(CauseJson::from_value),
+            });
+        }
+    }
+    Ok(summaries)
+}
+
+#[cfg(test)]
+mod summary_bench {
+    use super::*;
+
+    /// Times both ways on a batch already in a Redis:
+    /// `VOLLEY_BENCH_REDIS=redis://… VOLLEY_BENCH_BATCH=<id> cargo nextest
+    /// run -p volley-store --run-ignored only summaries_lua_vs_pipelined
+    /// --no-capture`.
+    #[tokio::test]
+    #[ignore = "needs a Redis holding a large batch (VOLLEY_BENCH_REDIS, VOLLEY_BENCH_BATCH)"]
+    async fn summaries_lua_vs_pipelined() {
+        let url = std::env::var("VOLLEY_BENCH_REDIS").expect("VOLLEY_BENCH_REDIS");
+        let batch = BatchId::new(std::env::var("VOLLEY_BENCH_BATCH").expect("VOLLEY_BENCH_BATCH"));
+        let store = RedisStore::connect(&url).await.expect("connect");
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            let lua = op_summaries(&store, &batch, 0..u32::MAX)
+                .await
+                .expect("lua");
+            let lua_time = started.elapsed();
+            let started = std::time::Instant::now();
+            let piped = op_summaries_pipelined(&store, &batch, 0..u32::MAX)
+                .await
+                .expect("pipelined");
+            let piped_time = started.elapsed();
+            assert_eq!(lua, piped);
+            eprintln!(
+                "ops={} lua={lua_time:?} pipelined={piped_time:?}",
+                lua.len()
+            );
+        }
+    }
+}
+
+/// One op of an `op_summaries.lua` reply (state, attempts, worker,
+/// started, duration, cause JSON, error length, error, separated by
+/// `\x1f`), and what follows it.
+fn parse_summary<'a>(
+    batch: &BatchId,
+    index: u64,
+    packed: &'a [u8],
+) -> StoreResult<(OpSummary, &'a [u8])> {
+    const SEPARATOR: u8 = 0x1f;
+    let malformed = || corrupt(format_args!("op {index}: malformed summary"));
+    let mut fields: [&[u8]; 7] = [&[]; 7];
+    let mut rest = packed;
+    for field in &mut fields {
+        let end = rest
+            .iter()
+            .position(|byte| *byte == SEPARATOR)
+            .ok_or_else(malformed)?;
+        *field = &rest[..end];
+        rest = &rest[end + 1..];
+    }
+    let [
+        code,
+        attempts,
+        worker,
+        started,
+        duration,
+        cause_json,
+        error_length,
+    ] = fields;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let error_length: usize = text(error_length).parse().map_err(|_| malformed())?;
+    let error = rest.get(..error_length).ok_or_else(malformed)?;
+    let rest = &rest[error_length..];
+    // No state: the batch went (or is still being created), as
+    // `op_records_at` answers it.
+    if code.is_empty() {
+        return Err(StoreError::BatchNotFound(batch.clone()));
+    }
+    let code = text(code);
     let state = OpState::from_code(&code)
         .ok_or_else(|| corrupt(format_args!("op {index} has state `{code}`")))?;
-    let cause_json = text(6);
-    Ok(OpSummary {
+    let summary = OpSummary {
         state,
-        attempts: text(1).parse().unwrap_or(0),
-        worker: text(2).into_owned(),
-        started_ms: parse_ms(&text(3)),
-        duration_ms: parse_ms(&text(4)),
-        error_first_line: summary_error_line(&text(5)),
+        attempts: text(attempts).parse().unwrap_or(0),
+        worker: text(worker),
+        started_ms: parse_ms(&text(started)),
+        duration_ms: parse_ms(&text(duration)),
+        error_first_line: summary_error_line(&String::from_utf8_lossy(error)),
         cause: if cause_json.is_empty() {
             None
         } else {
-            CauseJson::parse(&cause_json)
+            CauseJson::parse(&String::from_utf8_lossy(cause_json))
         },
-    })
+    };
+    Ok((summary, rest))
 }
 
 pub(super) async fn op_records_at(
