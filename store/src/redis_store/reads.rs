@@ -93,107 +93,6 @@ pub(super) async fn op_summaries(
     Ok(summaries)
 }
 
-/// The other way to read summaries, kept to measure against
-/// `op_summaries.lua` (see `summaries_lua_vs_pipelined` below): pipelined
-/// `HMGET`s of states, attempts and whole results, parsed here skipping
-/// the output. It moves every output over the wire.
-#[cfg(test)]
-pub(super) async fn op_summaries_pipelined(
-    store: &RedisStore,
-    batch: &BatchId,
-    range: std::ops::Range<u32>,
-) -> StoreResult<Vec<OpSummary>> {
-    #[derive(serde::Deserialize)]
-    struct Light {
-        #[serde(default)]
-        w: String,
-        #[serde(default)]
-        s: String,
-        #[serde(default)]
-        d: String,
-        #[serde(default)]
-        e: String,
-        #[serde(default)]
-        c: Option<serde_json::Value>,
-    }
-    let meta = store
-        .read_meta(batch)
-        .await?
-        .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
-    let indices: Vec<u32> = (range.start.min(meta.total)..range.end.min(meta.total)).collect();
-    let mut connection = store.connection();
-    let mut summaries = Vec::with_capacity(indices.len());
-    for chunk in indices.chunks(READ_CHUNK) {
-        let mut pipe = redis::pipe();
-        pipe.cmd("HMGET").arg(keys::state(batch)).arg(chunk);
-        pipe.cmd("HMGET").arg(keys::attempts(batch)).arg(chunk);
-        pipe.cmd("HMGET").arg(keys::result(batch)).arg(chunk);
-        let (states, attempts, results): RecordColumns = pipe.query_async(&mut connection).await?;
-        for (offset, index) in chunk.iter().enumerate() {
-            let Some(code) = states.get(offset).cloned().flatten() else {
-                return Err(StoreError::BatchNotFound(batch.clone()));
-            };
-            let state = OpState::from_code(&code)
-                .ok_or_else(|| corrupt(format_args!("op {index} has state `{code}`")))?;
-            let light: Light = match results.get(offset).and_then(Option::as_deref) {
-                Some(json) => serde_json::from_str(json)
-                    .map_err(|error| corrupt(format_args!("op {index} result: {error}")))?,
-                None => Light {
-                    w: String::new(),
-                    s: String::new(),
-                    d: String::new(),
-                    e: String::new(),
-                    c: None,
-                },
-            };
-            summaries.push(OpSummary {
-                state,
-                attempts: attempts.get(offset).copied().flatten().unwrap_or(0),
-                worker: light.w,
-                started_ms: parse_ms(&light.s),
-                duration_ms: parse_ms(&light.d),
-                error_first_line: summary_error_line(&light.e),
-                cause: light.c.and_then(CauseJson::from_value),
-            });
-        }
-    }
-    Ok(summaries)
-}
-
-#[cfg(test)]
-mod summary_bench {
-    use super::*;
-
-    /// Times both ways on a batch already in a Redis:
-    /// `VOLLEY_BENCH_REDIS=redis://… VOLLEY_BENCH_BATCH=<id> cargo nextest
-    /// run -p volley-store --run-ignored only summaries_lua_vs_pipelined
-    /// --no-capture`.
-    #[tokio::test]
-    #[ignore = "needs a Redis holding a large batch (VOLLEY_BENCH_REDIS, VOLLEY_BENCH_BATCH)"]
-    async fn summaries_lua_vs_pipelined() {
-        let url = std::env::var("VOLLEY_BENCH_REDIS").expect("VOLLEY_BENCH_REDIS");
-        let batch = BatchId::new(std::env::var("VOLLEY_BENCH_BATCH").expect("VOLLEY_BENCH_BATCH"));
-        let store = RedisStore::connect(&url).await.expect("connect");
-        for _ in 0..3 {
-            let started = std::time::Instant::now();
-            let lua = op_summaries(&store, &batch, 0..u32::MAX)
-                .await
-                .expect("lua");
-            let lua_time = started.elapsed();
-            let started = std::time::Instant::now();
-            let piped = op_summaries_pipelined(&store, &batch, 0..u32::MAX)
-                .await
-                .expect("pipelined");
-            let piped_time = started.elapsed();
-            assert_eq!(lua, piped);
-            eprintln!(
-                "ops={} lua={lua_time:?} pipelined={piped_time:?}",
-                lua.len()
-            );
-        }
-    }
-}
-
 /// One op of an `op_summaries.lua` reply (state, attempts, worker,
 /// started, duration, cause JSON, error length, error, separated by
 /// `\x1f`), and what follows it.
@@ -352,4 +251,105 @@ pub(super) async fn list_batches(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod summary_bench {
+    use super::*;
+
+    /// The other way to read summaries, kept to measure against
+    /// `op_summaries.lua` (see `summaries_lua_vs_pipelined` below): pipelined
+    /// `HMGET`s of states, attempts and whole results, parsed here skipping
+    /// the output. It moves every output over the wire.
+    async fn op_summaries_pipelined(
+        store: &RedisStore,
+        batch: &BatchId,
+        range: std::ops::Range<u32>,
+    ) -> StoreResult<Vec<OpSummary>> {
+        #[derive(serde::Deserialize)]
+        struct Light {
+            #[serde(default)]
+            w: String,
+            #[serde(default)]
+            s: String,
+            #[serde(default)]
+            d: String,
+            #[serde(default)]
+            e: String,
+            #[serde(default)]
+            c: Option<serde_json::Value>,
+        }
+        let meta = store
+            .read_meta(batch)
+            .await?
+            .ok_or_else(|| StoreError::BatchNotFound(batch.clone()))?;
+        let indices: Vec<u32> = (range.start.min(meta.total)..range.end.min(meta.total)).collect();
+        let mut connection = store.connection();
+        let mut summaries = Vec::with_capacity(indices.len());
+        for chunk in indices.chunks(READ_CHUNK) {
+            let mut pipe = redis::pipe();
+            pipe.cmd("HMGET").arg(keys::state(batch)).arg(chunk);
+            pipe.cmd("HMGET").arg(keys::attempts(batch)).arg(chunk);
+            pipe.cmd("HMGET").arg(keys::result(batch)).arg(chunk);
+            let (states, attempts, results): RecordColumns =
+                pipe.query_async(&mut connection).await?;
+            for (offset, index) in chunk.iter().enumerate() {
+                let Some(code) = states.get(offset).cloned().flatten() else {
+                    return Err(StoreError::BatchNotFound(batch.clone()));
+                };
+                let state = OpState::from_code(&code)
+                    .ok_or_else(|| corrupt(format_args!("op {index} has state `{code}`")))?;
+                let light: Light = match results.get(offset).and_then(Option::as_deref) {
+                    Some(json) => serde_json::from_str(json)
+                        .map_err(|error| corrupt(format_args!("op {index} result: {error}")))?,
+                    None => Light {
+                        w: String::new(),
+                        s: String::new(),
+                        d: String::new(),
+                        e: String::new(),
+                        c: None,
+                    },
+                };
+                summaries.push(OpSummary {
+                    state,
+                    attempts: attempts.get(offset).copied().flatten().unwrap_or(0),
+                    worker: light.w,
+                    started_ms: parse_ms(&light.s),
+                    duration_ms: parse_ms(&light.d),
+                    error_first_line: summary_error_line(&light.e),
+                    cause: light.c.and_then(CauseJson::from_value),
+                });
+            }
+        }
+        Ok(summaries)
+    }
+
+    /// Times both ways on a batch already in a Redis:
+    /// `VOLLEY_BENCH_REDIS=redis://… VOLLEY_BENCH_BATCH=<id> cargo nextest
+    /// run -p volley-store --run-ignored only summaries_lua_vs_pipelined
+    /// --no-capture`.
+    #[tokio::test]
+    #[ignore = "needs a Redis holding a large batch (VOLLEY_BENCH_REDIS, VOLLEY_BENCH_BATCH)"]
+    async fn summaries_lua_vs_pipelined() {
+        let url = std::env::var("VOLLEY_BENCH_REDIS").expect("VOLLEY_BENCH_REDIS");
+        let batch = BatchId::new(std::env::var("VOLLEY_BENCH_BATCH").expect("VOLLEY_BENCH_BATCH"));
+        let store = RedisStore::connect(&url).await.expect("connect");
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            let lua = op_summaries(&store, &batch, 0..u32::MAX)
+                .await
+                .expect("lua");
+            let lua_time = started.elapsed();
+            let started = std::time::Instant::now();
+            let piped = op_summaries_pipelined(&store, &batch, 0..u32::MAX)
+                .await
+                .expect("pipelined");
+            let piped_time = started.elapsed();
+            assert_eq!(lua, piped);
+            eprintln!(
+                "ops={} lua={lua_time:?} pipelined={piped_time:?}",
+                lua.len()
+            );
+        }
+    }
 }
