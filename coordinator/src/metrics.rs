@@ -32,8 +32,8 @@ use volley_proto::BatchId;
 use volley_store::{
     BatchMeta, BatchState, CancelOutcome, Claimed, CompleteOutcome, Completion, Created, Doorbell,
     Event, Fence, MemoryChange, MemoryKeyInfo, MemoryScope, MemoryValue, NewBatch, NewOp, OpRecord,
-    OpWaits, PRIORITY_LEVELS, PutOptions, PutOutcome, ReadyDepth, SpawnOnce, Store, StoreResult,
-    StoredSpec, TokenRecord, WorkerEntry,
+    OpSummary, OpWaits, PRIORITY_LEVELS, PutOptions, PutOutcome, ReadyDepth, SpawnOnce, Store,
+    StoreResult, StoredSpec, TokenRecord, WorkerEntry,
 };
 
 pub const OPS_TOTAL: &str = "volley_coordinator_ops_total";
@@ -234,6 +234,8 @@ verbs! {
     Meta => "meta",
     OpRecords => "op_records",
     OpRecordsAt => "op_records_at",
+    OpSummaries => "op_summaries",
+    OpDurations => "op_durations",
     Events => "events",
     ListBatches => "list_batches",
     DropExpired => "drop_expired",
@@ -504,6 +506,20 @@ impl Store for MeteredStore {
     async fn op_records_at(&self, batch: &BatchId, indices: &[u32]) -> StoreResult<Vec<OpRecord>> {
         self.count(Verb::OpRecordsAt);
         self.inner.op_records_at(batch, indices).await
+    }
+
+    async fn op_durations(&self, batch: &BatchId) -> StoreResult<Vec<u64>> {
+        self.count(Verb::OpDurations);
+        self.inner.op_durations(batch).await
+    }
+
+    async fn op_summaries(
+        &self,
+        batch: &BatchId,
+        range: std::ops::Range<u32>,
+    ) -> StoreResult<Vec<OpSummary>> {
+        self.count(Verb::OpSummaries);
+        self.inner.op_summaries(batch, range).await
     }
 
     async fn events(&self, batch: &BatchId, after_seq: u64, max: u32) -> StoreResult<Vec<Event>> {

@@ -23,6 +23,8 @@ use crate::service::{Access, Coordinator};
 pub struct BatchView {
     planned: Arc<PlannedBatch>,
     created_ms: u64,
+    /// Succeeded, failed or cancelled when read: its rows no longer change.
+    finished: bool,
 }
 
 impl BatchView {
@@ -43,6 +45,13 @@ impl BatchView {
     /// Unix ms.
     pub fn created_ms(&self) -> u64 {
         self.created_ms
+    }
+
+    /// Whether the batch had finished (succeeded, failed or cancelled) when
+    /// this view was read: its ops' rows no longer change, so a reader may
+    /// keep them longer.
+    pub fn finished(&self) -> bool {
+        self.finished
     }
 
     /// The index of the op `op_id`, if the batch has it.
@@ -99,33 +108,48 @@ impl Coordinator {
             .await?
             .ok_or_else(|| CoordinatorError::BatchNotFound(batch.clone()))?;
         let planned = self.plan_covering(&planned, meta.total).await?;
+        let finished = matches!(
+            meta.state,
+            volley_store::BatchState::Succeeded
+                | volley_store::BatchState::Failed
+                | volley_store::BatchState::Cancelled
+        );
         Ok(BatchView {
             planned,
             created_ms: meta.created_ms,
+            finished,
         })
     }
 
-    /// Every op's row, by index (the batch's ops as `view` knows them).
+    /// Every op's row, by index (the batch's ops as `view` knows them):
+    /// read with [`volley_store::Store::op_summaries`], so no op's output
+    /// is moved to draw a picture of the batch.
     #[tracing::instrument(skip_all, fields(batch = %view.id()))]
     pub async fn op_rows(&self, view: &BatchView) -> Result<Vec<OpRow>, CoordinatorError> {
-        let records = self.store().op_records(view.id()).await?;
-        let count = view.plan().ops.len();
-        Ok(records
+        let count = u32::try_from(view.plan().ops.len()).unwrap_or(u32::MAX);
+        let summaries = self.store().op_summaries(view.id(), 0..count).await?;
+        Ok(summaries
             .into_iter()
-            .take(count)
-            .map(|record| OpRow {
-                state: op_state_word(record.state),
-                attempts: record.attempts,
-                worker: record.worker,
-                started_ms: if record.started_ms == 0 {
+            .map(|summary| OpRow {
+                state: op_state_word(summary.state),
+                attempts: summary.attempts,
+                worker: summary.worker,
+                started_ms: if summary.started_ms == 0 {
                     0
                 } else {
-                    record.started_ms.saturating_sub(view.created_ms)
+                    summary.started_ms.saturating_sub(view.created_ms)
                 },
-                duration_ms: record.duration_ms,
-                error: self::first_line(
-                    &view.planned.describe(record.cause.as_ref(), &record.error),
-                ),
+                duration_ms: summary.duration_ms,
+                error: match summary.cause {
+                    // A cause's message is written from the plan (op ids
+                    // for indices): only then is there more to describe.
+                    Some(cause) => self::first_line(
+                        &view
+                            .planned
+                            .describe(Some(&cause), &summary.error_first_line),
+                    ),
+                    None => summary.error_first_line,
+                },
             })
             .collect())
     }

@@ -4,9 +4,10 @@
 //! Answers are paged or aggregated here, never one document of a whole
 //! large batch.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -20,7 +21,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use volley_coordinator::CoordinatorError;
 use volley_coordinator::auth::{AuthError, Principal, Role};
-use volley_coordinator::views::{self, OpRow};
+use volley_coordinator::views::{self, BatchView, OpRow};
 use volley_proto::{BatchId, v1};
 
 use crate::App;
@@ -325,7 +326,7 @@ pub async fn batch(
     let ended = status.succeeded + status.failed + status.skipped + status.cancelled;
     // A running batch's summary has no critical path yet: the one so far.
     let (critical_path, critical_path_ms) = if status.critical_path.is_empty() {
-        let rows = coordinator.op_rows(&view).await?;
+        let rows = app.rows.rows(coordinator, &view).await?;
         let durations: Vec<u64> = rows.iter().map(|row| row.duration_ms).collect();
         let (path, length) = view.plan().critical_path(&durations);
         let ids: Vec<String> = path
@@ -366,18 +367,133 @@ async fn view_and_rows(
     app: &App,
     caller: &Caller,
     id: &str,
-) -> Result<(View, Vec<OpRow>), ApiError> {
+) -> Result<(View, Arc<Vec<OpRow>>), ApiError> {
     let coordinator = match &app.source {
         Source::Live(coordinator) => coordinator,
         Source::File(export) => {
             let export = exported(export, id)?;
-            return Ok((View::File(Arc::clone(export)), export.rows.clone()));
+            return Ok((
+                View::File(Arc::clone(export)),
+                Arc::new(export.rows.clone()),
+            ));
         }
     };
     let batch = batch_id(id)?;
     let view = coordinator.batch_view(&batch, &caller.principal).await?;
-    let rows = coordinator.op_rows(&view).await?;
+    let rows = app.rows.rows(coordinator, &view).await?;
     Ok((View::Live(view), rows))
+}
+
+/// How long a running batch's rows are reused: one page load's header,
+/// graph, ops and timeline calls (issued together) read the store once.
+const RUNNING_ROWS_TTL: Duration = Duration::from_millis(500);
+/// How long a finished batch's rows are reused: they no longer change.
+const FINISHED_ROWS_TTL: Duration = Duration::from_secs(60);
+/// At most this many batches' rows are kept …
+const CACHED_BATCHES: usize = 16;
+/// … and at most this many rows in all (about 100 bytes each, so tens of
+/// megabytes); a batch larger than that is read every time.
+const CACHED_ROWS: usize = 400_000;
+
+/// The rows of recently viewed batches, shared by the handlers: a short
+/// reuse so that one page load (and several viewers polling one batch)
+/// costs one store read, not one per panel. Only rows are kept: every call
+/// still reads its `BatchView` through the caller's principal, so the cache
+/// never answers a caller who may not read the batch.
+#[derive(Default)]
+pub struct RowsCache {
+    entries: std::sync::Mutex<HashMap<BatchId, Arc<CachedRows>>>,
+}
+
+struct CachedRows {
+    /// When the read began (its age is judged from then).
+    read_at: Instant,
+    /// The ops of the view it was read for: a batch that grew is read again.
+    ops: usize,
+    finished: bool,
+    /// Filled by the first caller; the others wait for it (one read each
+    /// time the rows go stale, however many panels ask at once).
+    rows: tokio::sync::OnceCell<Arc<Vec<OpRow>>>,
+}
+
+impl CachedRows {
+    fn fresh(&self, now: Instant) -> bool {
+        let ttl = if self.finished {
+            FINISHED_ROWS_TTL
+        } else {
+            RUNNING_ROWS_TTL
+        };
+        now.saturating_duration_since(self.read_at) < ttl
+    }
+}
+
+impl RowsCache {
+    /// The rows of `view`, reused while fresh.
+    async fn rows(
+        &self,
+        coordinator: &volley_coordinator::Coordinator,
+        view: &BatchView,
+    ) -> Result<Arc<Vec<OpRow>>, ApiError> {
+        let ops = view.plan().ops.len();
+        if ops > CACHED_ROWS {
+            return Ok(Arc::new(coordinator.op_rows(view).await?));
+        }
+        let entry = self.entry(view, ops);
+        // A failed read leaves the cell empty: the next caller tries again.
+        let rows = entry
+            .rows
+            .get_or_try_init(|| async { coordinator.op_rows(view).await.map(Arc::new) })
+            .await?;
+        Ok(Arc::clone(rows))
+    }
+
+    /// The fresh entry for `view`, or a new empty one in its place.
+    fn entry(&self, view: &BatchView, ops: usize) -> Arc<CachedRows> {
+        let now = Instant::now();
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entry) = entries.get(view.id())
+            && entry.ops == ops
+            && entry.finished == view.finished()
+            && entry.fresh(now)
+        {
+            return Arc::clone(entry);
+        }
+        entries.retain(|_, entry| entry.fresh(now));
+        entries.remove(view.id());
+        // Oldest first out, until the new entry fits both bounds.
+        while entries.len() >= CACHED_BATCHES
+            || entries.values().map(|entry| entry.ops).sum::<usize>() + ops > CACHED_ROWS
+        {
+            let Some(oldest) = entries
+                .iter()
+                .min_by_key(|(_, entry)| entry.read_at)
+                .map(|(id, _)| id.clone())
+            else {
+                break;
+            };
+            entries.remove(&oldest);
+        }
+        let entry = Arc::new(CachedRows {
+            read_at: now,
+            ops,
+            finished: view.finished(),
+            rows: tokio::sync::OnceCell::new(),
+        });
+        entries.insert(view.id().clone(), Arc::clone(&entry));
+        entry
+    }
+
+    /// Forgets a batch's rows (after a change made here, e.g. a cancel, so
+    /// the next read shows it).
+    fn forget(&self, batch: &BatchId) {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(batch);
+    }
 }
 
 #[derive(Deserialize)]
@@ -445,7 +561,7 @@ pub async fn ops(
     let matching = plan
         .ops
         .iter()
-        .zip(&rows)
+        .zip(rows.iter())
         .enumerate()
         .filter(|(index, (op, row))| {
             query
@@ -1009,6 +1125,7 @@ pub async fn cancel(
     }
     let batch = batch_id(&id)?;
     let outcome = coordinator.cancel(&batch, &caller.principal).await?;
+    app.rows.forget(&batch);
     Ok(Json(json!({"cancelled": true, "ops": outcome.cancelled})).into_response())
 }
 

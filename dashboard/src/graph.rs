@@ -90,23 +90,30 @@ pub fn aggregate(ops: &[GraphOp<'_>], expand: &HashSet<String>, critical_ops: &[
         distinct = key_of.iter().map(|(key, _)| key.as_str()).collect();
     }
     let _ = distinct;
-    // Nodes in first-seen order.
-    let mut index_of: HashMap<String, usize> = HashMap::new();
+    // Nodes in first-seen order; each op's node by index (looked up by key
+    // once per op, not again per dependency: 100,000 ops, as many edges).
+    let mut index_of: HashMap<&str, usize> = HashMap::new();
+    let mut node_of: Vec<usize> = Vec::with_capacity(ops.len());
     let mut nodes: Vec<Node> = Vec::new();
     for (op, (key, label)) in ops.iter().zip(&key_of) {
-        let at = *index_of.entry(key.clone()).or_insert_with(|| {
-            nodes.push(Node {
-                id: key.clone(),
-                label: label.clone(),
-                kind: op.kind.to_owned(),
-                count: 0,
-                layer: 0,
-                group: op.group.map(str::to_owned),
-                op: None,
-                states: BTreeMap::new(),
-            });
-            nodes.len() - 1
-        });
+        let at = match index_of.get(key.as_str()) {
+            Some(at) => *at,
+            None => {
+                nodes.push(Node {
+                    id: key.clone(),
+                    label: label.clone(),
+                    kind: op.kind.to_owned(),
+                    count: 0,
+                    layer: 0,
+                    group: op.group.map(str::to_owned),
+                    op: None,
+                    states: BTreeMap::new(),
+                });
+                index_of.insert(key.as_str(), nodes.len() - 1);
+                nodes.len() - 1
+            }
+        };
+        node_of.push(at);
         let node = &mut nodes[at];
         node.count += 1;
         *node.states.entry(op.state).or_default() += 1;
@@ -121,12 +128,11 @@ pub fn aggregate(ops: &[GraphOp<'_>], expand: &HashSet<String>, critical_ops: &[
     }
     let mut edge_counts: BTreeMap<(usize, usize), usize> = BTreeMap::new();
     for (index, op) in ops.iter().enumerate() {
-        let to = index_of[&key_of[index].0];
+        let to = node_of[index];
         for dep in op.deps {
-            let Some((key, _)) = key_of.get(*dep as usize) else {
+            let Some(&from) = node_of.get(*dep as usize) else {
                 continue;
             };
-            let from = index_of[key];
             if from != to {
                 *edge_counts.entry((from, to)).or_default() += 1;
             }

@@ -48,6 +48,8 @@ static ASSETS: &[(&str, &[u8], &str)] = include!(concat!(env!("OUT_DIR"), "/asse
 pub struct App {
     source: Source,
     sessions: Sessions,
+    /// Recently read op rows, so one page load reads a batch once.
+    rows: api::RowsCache,
 }
 
 /// How the dashboard is served.
@@ -111,6 +113,7 @@ fn routes(source: Source, config: &DashboardConfig) -> Router {
     let app = Arc::new(App {
         source,
         sessions: Sessions::new(config.secure_cookies),
+        rows: api::RowsCache::default(),
     });
     Router::new()
         .route("/", get(page))

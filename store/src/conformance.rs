@@ -39,6 +39,7 @@
 //! - `writers` — declared writers, and shared `store_as` writes;
 //! - `causes` — the ops a skip's or a cancel's message names, as data, and
 //!   `add_ops`'s typed refusals;
+//! - `summaries` — `op_summaries`, the light rows of a batch's ops;
 //! - `add_ops`, `idempotency`, `sequential` (the sequential pass),
 //!   `tokens`, `ready` (ready depth and gauge).
 
@@ -74,6 +75,8 @@ mod ready;
 pub use ready::*;
 mod sequential;
 pub use sequential::*;
+mod summaries;
+pub use summaries::*;
 mod tokens;
 pub use tokens::*;
 mod waits;
@@ -91,6 +94,8 @@ macro_rules! conformance_tests {
             case_chain_completes_in_order,
             case_diamond_counts_down,
             case_op_records_at_reads_the_given_ops,
+            case_op_summaries_agree_with_records,
+            case_op_summaries_cross_slices,
             case_priorities_then_fifo,
             case_claim_respects_max,
             case_max_parallel_caps_claims,

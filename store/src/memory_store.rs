@@ -347,6 +347,23 @@ impl Record {
         details_json.clone_into(&mut texts.details_json);
     }
 
+    /// [`Self::to_record`] without cloning the output and details.
+    fn to_summary(&self, workers: &Interned) -> OpSummary {
+        let (error_first_line, cause) = match &self.texts {
+            Some(texts) => (summary_error_line(&texts.error), texts.cause.clone()),
+            None => (String::new(), None),
+        };
+        OpSummary {
+            state: self.state,
+            attempts: self.attempts,
+            worker: workers.name(self.worker).to_owned(),
+            started_ms: self.started_ms,
+            duration_ms: self.duration_ms,
+            error_first_line,
+            cause,
+        }
+    }
+
     fn to_record(&self, workers: &Interned) -> OpRecord {
         let (output, error, cause, details_json) = match &self.texts {
             Some(texts) => (

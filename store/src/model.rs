@@ -547,6 +547,56 @@ pub struct OpRecord {
     pub details_json: String,
 }
 
+/// An op's record without its output and details: what a picture of a
+/// whole batch draws (see [`crate::Store::op_summaries`]). Reading it never
+/// moves an op's output, which may be megabytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpSummary {
+    pub state: OpState,
+    pub attempts: u32,
+    pub worker: String,
+    /// Unix ms; 0 when it never started.
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    /// The first line of the record's `error`, at most
+    /// [`SUMMARY_ERROR_MAX_BYTES`] bytes (cut on a character boundary).
+    pub error_first_line: String,
+    /// As in [`OpRecord::cause`].
+    pub cause: Option<Cause>,
+}
+
+/// The bound of [`OpSummary::error_first_line`]: a row shows one short line.
+pub const SUMMARY_ERROR_MAX_BYTES: usize = 200;
+
+impl OpSummary {
+    /// The summary of a whole record (what both stores must agree with).
+    pub fn of_record(record: &OpRecord) -> OpSummary {
+        OpSummary {
+            state: record.state,
+            attempts: record.attempts,
+            worker: record.worker.clone(),
+            started_ms: record.started_ms,
+            duration_ms: record.duration_ms,
+            error_first_line: summary_error_line(&record.error),
+            cause: record.cause.clone(),
+        }
+    }
+}
+
+/// The first line of `error`, cut to [`SUMMARY_ERROR_MAX_BYTES`] on a
+/// character boundary.
+pub fn summary_error_line(error: &str) -> String {
+    let line = error.lines().next().unwrap_or_default();
+    if line.len() <= SUMMARY_ERROR_MAX_BYTES {
+        return line.to_owned();
+    }
+    let mut end = SUMMARY_ERROR_MAX_BYTES;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    line[..end].to_owned()
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Doorbell {
     /// The batch changed in a way that may make ops claimable (ops became

@@ -42,6 +42,21 @@ pub(super) async fn op_records(store: &MemoryStore, batch: &BatchId) -> StoreRes
         .collect())
 }
 
+pub(super) async fn op_summaries(
+    store: &MemoryStore,
+    batch: &BatchId,
+    range: std::ops::Range<u32>,
+) -> StoreResult<Vec<OpSummary>> {
+    let inner = store.lock();
+    let data = inner.batch(batch)?;
+    let end = (range.end as usize).min(data.ops.len());
+    let start = (range.start as usize).min(end);
+    Ok(data.ops[start..end]
+        .iter()
+        .map(|op| op.record.to_summary(&data.workers))
+        .collect())
+}
+
 pub(super) async fn op_records_at(
     store: &MemoryStore,
     batch: &BatchId,

@@ -131,6 +131,14 @@ impl Store for MemoryStore {
         Ok(data.ops.iter().map(|op| op.record.duration_ms).collect())
     }
 
+    async fn op_summaries(
+        &self,
+        batch: &BatchId,
+        range: std::ops::Range<u32>,
+    ) -> StoreResult<Vec<OpSummary>> {
+        reads::op_summaries(self, batch, range).await
+    }
+
     async fn op_records_at(&self, batch: &BatchId, indices: &[u32]) -> StoreResult<Vec<OpRecord>> {
         reads::op_records_at(self, batch, indices).await
     }

@@ -125,6 +125,15 @@ impl Store for RedisStore {
         reads::op_records(self, batch).await
     }
 
+    #[tracing::instrument(skip_all, fields(batch = %batch, start = range.start, end = range.end))]
+    async fn op_summaries(
+        &self,
+        batch: &BatchId,
+        range: std::ops::Range<u32>,
+    ) -> StoreResult<Vec<OpSummary>> {
+        reads::op_summaries(self, batch, range).await
+    }
+
     #[tracing::instrument(skip_all, fields(batch = %batch, ops = indices.len()))]
     async fn op_records_at(&self, batch: &BatchId, indices: &[u32]) -> StoreResult<Vec<OpRecord>> {
         reads::op_records_at(self, batch, indices).await
