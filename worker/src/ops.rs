@@ -272,8 +272,10 @@ impl WorkerOps {
     }
 
     /// The oldest undelivered results, at least one (if any) and no more
-    /// than `max_bytes` (as [`result_size`] counts) in all.
-    pub(crate) fn take_results(&mut self, max_bytes: usize) -> Vec<OpResult> {
+    /// than `max_bytes` (as [`result_size`] counts) in all, each with its
+    /// lease ticket: a result that may not have arrived comes back with it
+    /// ([`Self::requeue`]), so that the next session still adopts its op.
+    pub(crate) fn take_results(&mut self, max_bytes: usize) -> Vec<TakenResult> {
         let mut results = Vec::new();
         let mut bytes = 0;
         while let Some(next) = self.undelivered.front() {
@@ -283,8 +285,8 @@ impl WorkerOps {
             }
             bytes += size;
             if let Some(result) = self.undelivered.pop_front() {
-                self.forget_undelivered(&result);
-                results.push(result);
+                let ticket = self.forget_undelivered(&result);
+                results.push(TakenResult { result, ticket });
             }
         }
         results
@@ -302,28 +304,40 @@ impl WorkerOps {
         }
     }
 
-    fn forget_undelivered(&mut self, result: &OpResult) {
+    /// Takes `result` off the undelivered ones; answers its op's lease
+    /// ticket (empty if it had none).
+    fn forget_undelivered(&mut self, result: &OpResult) -> String {
         let key = OpKey::of_result(result);
         if let Some(count) = self.undelivered_keys.get_mut(&key) {
             *count -= 1;
             if *count == 0 {
                 self.undelivered_keys.remove(&key);
-                self.release_ticket(&key);
+                return self.release_ticket(&key);
             }
         }
+        self.tickets.get(&key).cloned().unwrap_or_default()
     }
 
-    /// Forgets an op's lease ticket once the op is no longer held.
-    fn release_ticket(&mut self, key: &OpKey) {
+    /// Forgets an op's lease ticket once the op is no longer held; answers
+    /// it (empty if it had none).
+    fn release_ticket(&mut self, key: &OpKey) -> String {
         if !self.running.contains_key(key) && !self.undelivered_keys.contains_key(key) {
-            self.tickets.remove(key);
+            self.tickets.remove(key).unwrap_or_default()
+        } else {
+            self.tickets.get(key).cloned().unwrap_or_default()
         }
     }
 
     /// Results a broken session may not have delivered: sent again first, in
-    /// their order (a coordinator ignores a result it already has).
-    pub(crate) fn requeue(&mut self, results: impl DoubleEndedIterator<Item = OpResult>) {
-        for result in results.rev() {
+    /// their order (a coordinator ignores a result it already has). Their
+    /// tickets come back too: the next `Register` lists each op with its
+    /// ticket, or the coordinator would refuse to adopt it and then refuse
+    /// its result, and the op would run again once its lease ran out.
+    pub(crate) fn requeue(&mut self, results: impl DoubleEndedIterator<Item = TakenResult>) {
+        for TakenResult { result, ticket } in results.rev() {
+            if !ticket.is_empty() {
+                self.tickets.insert(OpKey::of_result(&result), ticket);
+            }
             self.push_undelivered(result, true);
         }
     }
@@ -483,7 +497,7 @@ impl WorkerOps {
             }
             Ok((_, (key, OpEnd::Interrupted))) => {
                 self.running.remove(&key);
-                self.release_ticket(&key);
+                let _ = self.release_ticket(&key);
                 self.interrupted.push(key);
             }
             Err(error) => {
@@ -519,6 +533,13 @@ impl WorkerOps {
             }
         }
     }
+}
+
+/// A result on its way to a coordinator, with the lease ticket of its op.
+#[derive(Clone, Debug)]
+pub(crate) struct TakenResult {
+    pub(crate) result: OpResult,
+    pub(crate) ticket: String,
 }
 
 /// Roughly what `result` adds to a `Results` message.
@@ -557,19 +578,22 @@ mod tests {
         }
     }
 
-    fn result(op_index: u32, output_bytes: usize) -> OpResult {
-        OpResult {
-            batch_id: "b".into(),
-            op_index,
-            attempt: 1,
-            ok: true,
-            output: "x".repeat(output_bytes),
-            ..OpResult::default()
+    fn result(op_index: u32, output_bytes: usize) -> TakenResult {
+        TakenResult {
+            result: OpResult {
+                batch_id: "b".into(),
+                op_index,
+                attempt: 1,
+                ok: true,
+                output: "x".repeat(output_bytes),
+                ..OpResult::default()
+            },
+            ticket: String::new(),
         }
     }
 
-    fn indexes(results: &[OpResult]) -> Vec<u32> {
-        results.iter().map(|result| result.op_index).collect()
+    fn indexes(results: &[TakenResult]) -> Vec<u32> {
+        results.iter().map(|taken| taken.result.op_index).collect()
     }
 
     async fn settle(ops: &mut WorkerOps) {
@@ -586,7 +610,7 @@ mod tests {
     async fn results_wait_in_order_and_requeued_ones_go_first() {
         let mut ops = worker_ops();
         ops.requeue([result(0, 10), result(1, 10)].into_iter());
-        let size = result_size(&result(0, 10));
+        let size = result_size(&result(0, 10).result);
         // Coalesced up to the cap, in order.
         let first = ops.take_results(size * 2 - 1);
         assert_eq!(indexes(&first), [0]);
@@ -628,8 +652,34 @@ mod tests {
         settle(&mut ops).await;
         let results = ops.take_results(usize::MAX);
         assert_eq!(indexes(&results), [1, 0]);
-        assert_eq!(results[1].failure_kind(), FailureKind::Cancelled);
+        assert_eq!(results[1].result.failure_kind(), FailureKind::Cancelled);
         assert!(ops.is_idle());
+    }
+
+    #[tokio::test]
+    async fn a_result_sent_again_keeps_its_lease_ticket_for_the_next_register() {
+        let mut ops = worker_ops();
+        ops.start(Assignment {
+            lease_ticket: "ticket-0".into(),
+            ..assignment(0, "noop", serde_json::json!({}))
+        });
+        settle(&mut ops).await;
+        assert_eq!(ops.held()[0].ticket, "ticket-0");
+        // Sent on a session that then broke: it may not have arrived.
+        let sent = ops.take_results(usize::MAX);
+        assert_eq!(sent[0].ticket, "ticket-0");
+        assert!(ops.held().is_empty());
+        ops.requeue(sent.into_iter());
+        let held = ops.held();
+        assert_eq!(held.len(), 1);
+        assert_eq!(
+            held[0].ticket, "ticket-0",
+            "the next Register shows the ticket, so the op is adopted and its result kept"
+        );
+        // Delivered at last: nothing held, the ticket forgotten.
+        let again = ops.take_results(usize::MAX);
+        assert_eq!(again[0].ticket, "ticket-0");
+        assert!(ops.held().is_empty() && ops.is_idle());
     }
 
     #[tokio::test]

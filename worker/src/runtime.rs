@@ -623,13 +623,22 @@ mod tests {
         let mut echo = held(0);
         echo.kind = "echo".into();
         echo.args_json = serde_json::json!({"text": "hello"}).to_string();
+        echo.lease_ticket = "ticket-0".into();
         first.assign(vec![echo]).await;
         assert_eq!(first.results(1).await[0].output, "hello");
         // Without acks the worker cannot know this result was processed.
         first.cut().await;
 
         let mut second = harness.next_session().await;
-        assert_eq!(second.register.running, [op_ref(0)]);
+        // With its lease ticket: without it a coordinator refuses to adopt
+        // the op, then refuses its result, and the op runs again.
+        assert_eq!(
+            second.register.running,
+            [OpRef {
+                ticket: "ticket-0".into(),
+                ..op_ref(0)
+            }]
+        );
         let results = second.results(1).await;
         assert_eq!(
             (results[0].op_index, results[0].output.as_str()),

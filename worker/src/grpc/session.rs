@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use volley_proto::v1::worker_service_client::WorkerServiceClient;
 use volley_proto::v1::{
-    Assignment, CoordinatorMessage, Heartbeat, OpResult, Register, Results, ReturnOps,
-    WorkerMessage, coordinator_message, worker_message,
+    Assignment, CoordinatorMessage, Heartbeat, Register, Results, ReturnOps, WorkerMessage,
+    coordinator_message, worker_message,
 };
 
 use crate::grpc::{KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT};
-use crate::ops::{CANCEL_GRACE, OpKey, WorkerOps, result_size};
+use crate::ops::{CANCEL_GRACE, OpKey, TakenResult, WorkerOps, result_size};
 
 /// Messages queued toward the coordinator. Small on purpose: while the send
 /// path is busy, results pile up in [`WorkerOps`] and leave together.
@@ -389,9 +389,10 @@ fn next_outgoing(ops: &mut WorkerOps, unconfirmed: &mut Unconfirmed) -> WorkerMe
         );
         return return_ops(interrupted, REASON_DRAIN_TIMEOUT);
     }
-    let results = ops.take_results(MAX_RESULTS_BYTES);
-    tracing::trace!(count = results.len(), "sending results");
-    unconfirmed.remember(Instant::now(), &results);
+    let taken = ops.take_results(MAX_RESULTS_BYTES);
+    tracing::trace!(count = taken.len(), "sending results");
+    let results = taken.iter().map(|taken| taken.result.clone()).collect();
+    unconfirmed.remember(Instant::now(), taken);
     WorkerMessage {
         msg: Some(worker_message::Msg::Results(Results { results })),
     }
@@ -410,15 +411,15 @@ fn return_ops(ops: Vec<OpKey>, reason: &str) -> WorkerMessage {
 /// that may still be in flight when the stream breaks.
 #[derive(Default)]
 struct Unconfirmed {
-    sent: VecDeque<(Instant, OpResult)>,
+    sent: VecDeque<(Instant, TakenResult)>,
     bytes: usize,
 }
 
 impl Unconfirmed {
-    fn remember(&mut self, now: Instant, results: &[OpResult]) {
-        for result in results {
-            self.bytes += result_size(result);
-            self.sent.push_back((now, result.clone()));
+    fn remember(&mut self, now: Instant, results: Vec<TakenResult>) {
+        for taken in results {
+            self.bytes += result_size(&taken.result);
+            self.sent.push_back((now, taken));
         }
         self.forget_old(now);
     }
@@ -426,7 +427,7 @@ impl Unconfirmed {
     /// Lets go of results sent longer ago than [`UNCONFIRMED_WINDOW`], and of
     /// the oldest past [`UNCONFIRMED_MAX_BYTES`] or [`UNCONFIRMED_MAX_RESULTS`].
     fn forget_old(&mut self, now: Instant) {
-        while let Some((sent_at, result)) = self.sent.front() {
+        while let Some((sent_at, taken)) = self.sent.front() {
             let expired = now.saturating_duration_since(*sent_at) > UNCONFIRMED_WINDOW;
             if !expired
                 && self.bytes <= UNCONFIRMED_MAX_BYTES
@@ -434,7 +435,7 @@ impl Unconfirmed {
             {
                 break;
             }
-            self.bytes -= result_size(result);
+            self.bytes -= result_size(&taken.result);
             self.sent.pop_front();
         }
     }
@@ -442,7 +443,7 @@ impl Unconfirmed {
     /// Hands every result back to `ops` to send again; returns how many.
     fn requeue_into(self, ops: &mut WorkerOps) -> usize {
         let count = self.sent.len();
-        ops.requeue(self.sent.into_iter().map(|(_, result)| result));
+        ops.requeue(self.sent.into_iter().map(|(_, taken)| taken));
         count
     }
 }
