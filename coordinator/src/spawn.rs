@@ -22,6 +22,7 @@ use volley_store::{AddOpsRefusal, NewOp, SpawnOnce, StoreError};
 
 use crate::auth::Principal;
 use crate::dispatch::Command;
+use crate::domain::SpawnOutcome;
 use crate::error::CoordinatorError;
 use crate::idempotency::{self, SpawnRecord};
 use crate::plans::{PlannedBatch, stored_batch};
@@ -46,7 +47,7 @@ impl Coordinator {
         spawned_by: &str,
         idempotency_key: &str,
         principal: &Principal,
-    ) -> Result<v1::SpawnOpsResponse, CoordinatorError> {
+    ) -> Result<SpawnOutcome, CoordinatorError> {
         if ops.is_empty() {
             return Err(CoordinatorError::BadRequest("no ops to spawn".into()));
         }
@@ -160,7 +161,7 @@ impl Coordinator {
                     }
                     info!(%batch, added = ops.len(), spawned_by = spawner, audit = "spawn", token = %principal.token_id, tenant = %principal.tenant, "ops spawned");
                     idempotency::fault_point("spawn-stored");
-                    return Ok(v1::SpawnOpsResponse {
+                    return Ok(SpawnOutcome {
                         op_count: ops.len() as u32,
                         warnings,
                     });
@@ -240,7 +241,7 @@ fn replayed_spawn(
     key: &str,
     digest: &str,
     record: &str,
-) -> Result<v1::SpawnOpsResponse, CoordinatorError> {
+) -> Result<SpawnOutcome, CoordinatorError> {
     let record: SpawnRecord = serde_json::from_str(record).map_err(|error| {
         StoreError::Corrupt(format!(
             "spawn record of key `{key}` in batch {batch}: {error}"
@@ -253,7 +254,7 @@ fn replayed_spawn(
         });
     }
     info!(%batch, key, "idempotent retry: ops spawned already");
-    Ok(v1::SpawnOpsResponse {
+    Ok(SpawnOutcome {
         op_count: record.op_count,
         warnings: record.warnings,
     })

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use volley_plan::Plan;
 use volley_proto::BatchId;
-use volley_store::OpState;
 
 use crate::auth::Principal;
 use crate::error::CoordinatorError;
@@ -79,19 +78,6 @@ pub struct OpRow {
     pub error: String,
 }
 
-/// The CLI's word for an op state (the one vocabulary of every view).
-pub fn op_state_word(state: OpState) -> &'static str {
-    match state {
-        OpState::Waiting => "waiting",
-        OpState::Ready => "ready",
-        OpState::Running => "running",
-        OpState::Succeeded => "succeeded",
-        OpState::Failed => "failed",
-        OpState::Skipped => "skipped",
-        OpState::Cancelled => "cancelled",
-    }
-}
-
 impl Coordinator {
     /// The batch's view, if `principal` may read it (another tenant's batch
     /// is `BatchNotFound`, as everywhere).
@@ -131,7 +117,7 @@ impl Coordinator {
         Ok(summaries
             .into_iter()
             .map(|summary| OpRow {
-                state: op_state_word(summary.state),
+                state: summary.state.word(),
                 attempts: summary.attempts,
                 worker: summary.worker,
                 started_ms: if summary.started_ms == 0 {
@@ -179,7 +165,7 @@ impl Coordinator {
                     found.push(EventRow {
                         seq: event.seq,
                         at_ms: event.at_ms,
-                        kind: event_kind_word(crate::convert::event_kind(event.kind)),
+                        kind: event.kind.word(),
                         attempt: event.attempt,
                         worker: event.worker,
                         message: view.planned.describe(event.cause.as_ref(), &event.message),
@@ -208,33 +194,4 @@ pub struct EventRow {
 
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().to_owned()
-}
-
-/// The CLI's word for a batch state.
-pub fn batch_state_word(state: volley_store::BatchState) -> &'static str {
-    match state {
-        volley_store::BatchState::Running => "running",
-        volley_store::BatchState::Succeeded => "succeeded",
-        volley_store::BatchState::Failed => "failed",
-        volley_store::BatchState::Cancelled => "cancelled",
-        volley_store::BatchState::Lost => "lost",
-    }
-}
-
-/// An event kind as a word: `op_started`, `batch_finished`, …
-pub fn event_kind_word(kind: volley_proto::v1::EventKind) -> &'static str {
-    use volley_proto::v1::EventKind;
-    match kind {
-        EventKind::Unspecified => "unknown",
-        EventKind::BatchSubmitted => "batch_submitted",
-        EventKind::OpStarted => "op_started",
-        EventKind::OpSucceeded => "op_succeeded",
-        EventKind::OpFailed => "op_failed",
-        EventKind::OpSkipped => "op_skipped",
-        EventKind::OpCancelled => "op_cancelled",
-        EventKind::OpRetrying => "op_retrying",
-        EventKind::BatchFinished => "batch_finished",
-        EventKind::OpsAdded => "ops_added",
-        EventKind::OpBlocked => "op_blocked",
-    }
 }

@@ -3,12 +3,12 @@
 //! kind and labels, whether `max_parallel` holds it back.
 
 use tokio::sync::oneshot;
-use volley_proto::{BatchId, v1};
+use volley_proto::BatchId;
 use volley_store::OpState;
 
 use crate::auth::Principal;
-use crate::convert;
 use crate::dispatch::{Command, WhyAnswer};
+use crate::domain::WhyReport;
 use crate::error::CoordinatorError;
 use crate::service::{Access, Coordinator, now_ms};
 
@@ -19,7 +19,7 @@ impl Coordinator {
         batch: &BatchId,
         op_id: &str,
         principal: &Principal,
-    ) -> Result<v1::WhyResponse, CoordinatorError> {
+    ) -> Result<WhyReport, CoordinatorError> {
         let mut planned = self.authorize(principal, batch, Access::Read).await?;
         if !planned.plan.ops.iter().any(|op| op.id.as_str() == op_id)
             && let Some(meta) = self.store().meta(batch).await?
@@ -121,9 +121,9 @@ impl Coordinator {
                 }
             }
         }
-        Ok(v1::WhyResponse {
+        Ok(WhyReport {
             op_id: op_id.to_owned(),
-            state: convert::op_state(record.state) as i32,
+            state: record.state,
             reasons,
         })
     }

@@ -21,8 +21,10 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use volley_coordinator::CoordinatorError;
 use volley_coordinator::auth::{AuthError, Principal, Role};
-use volley_coordinator::views::{self, BatchView, OpRow};
-use volley_proto::{BatchId, v1};
+use volley_coordinator::domain::{BatchState, OpState};
+use volley_coordinator::views::{BatchView, OpRow};
+use volley_proto::BatchId;
+use volley_proto::streams::{OpStreams, streams_of};
 
 use crate::App;
 use crate::export::Export;
@@ -251,7 +253,7 @@ pub async fn batches(
                 "id": batch.batch.to_string(),
                 "name": batch.name,
                 "tenant": batch.tenant,
-                "state": views::batch_state_word(batch.state),
+                "state": batch.state.word(),
                 "done": batch.done,
                 "total": batch.total,
                 "created_at_ms": batch.created_ms,
@@ -295,17 +297,6 @@ fn file_batches(export: &Export) -> Value {
     })
 }
 
-fn batch_state_word(state: v1::BatchState) -> &'static str {
-    match state {
-        v1::BatchState::Running => "running",
-        v1::BatchState::Succeeded => "succeeded",
-        v1::BatchState::Failed => "failed",
-        v1::BatchState::Cancelled => "cancelled",
-        v1::BatchState::Lost => "lost",
-        v1::BatchState::Unspecified => "unknown",
-    }
-}
-
 pub async fn batch(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -338,12 +329,12 @@ pub async fn batch(
         (status.critical_path.clone(), status.critical_path_ms)
     };
     Ok(Json(json!({
-        "id": status.batch_id,
+        "id": status.batch.to_string(),
         "name": status.name,
         "tenant": view.tenant(),
-        "state": batch_state_word(status.state()),
+        "state": status.state.word(),
         "error": status.error,
-        "created_at_ms": status.created_at_ms,
+        "created_at_ms": status.created_ms,
         "wall_ms": status.wall_ms,
         "sequential_ms": status.sequential_ms,
         "speedup": (status.speedup.is_finite() && status.speedup > 0.0).then_some(status.speedup),
@@ -677,20 +668,24 @@ async fn live_op(
         .ok_or_else(|| ApiError::NotFound(format!("batch {batch} has no op `{op_id}`")))?;
     let planned = &view.plan().ops[index as usize];
     let events = coordinator.op_events(&view, index, 50, 20_000).await?;
-    let why = match op.state() {
-        v1::OpState::Waiting | v1::OpState::Ready => {
+    let why = match op.state {
+        OpState::Waiting | OpState::Ready => {
             let answer = coordinator.why(&batch, &op.id, &caller.principal).await?;
             Some(json!({"reasons": answer.reasons}))
         }
         _ => None,
     };
-    let (stdout, stderr, stderr_truncated) = op_streams(op);
+    let OpStreams {
+        stdout,
+        stderr,
+        stderr_truncated,
+    } = streams_of(&op.output, &op.details_json);
     Ok(OpPanel {
         index,
         id: op.id.clone(),
         kind: op.kind.clone(),
-        group: (!op.group.is_empty()).then(|| op.group.clone()),
-        state: graph::op_state_word(op.state()),
+        group: op.group.clone(),
+        state: op.state.word(),
         args: mask(&planned.args, 0),
         after: op.after.clone(),
         attempts: op.attempts,
@@ -795,8 +790,8 @@ pub async fn op_logs(
                     "batch {batch} has no op `{op_id}`"
                 )));
             };
-            let (stdout, stderr, _) = op_streams(op);
-            (stdout, stderr)
+            let streams = streams_of(&op.output, &op.details_json);
+            (streams.stdout, streams.stderr)
         }
         Source::File(export) => {
             let panel = file_op(exported(export, &id)?, &op_id)?;
@@ -959,13 +954,12 @@ pub async fn events(
             let data = json!({
                 "seq": event.seq,
                 "at_ms": event.at_ms,
-                "kind": views::event_kind_word(event.kind()),
-                "op_id": event.op_id,
+                "kind": event.kind.word(),
+                "op_id": event.op_id.unwrap_or_default(),
                 "attempt": event.attempt,
                 "worker": event.worker,
                 "message": event.message,
-                "batch_state": (event.kind() == v1::EventKind::BatchFinished)
-                    .then(|| batch_state_word(event.batch_state())),
+                "batch_state": event.batch_state.map(BatchState::word),
             });
             Some(Ok::<Event, Infallible>(
                 Event::default()
@@ -1127,12 +1121,6 @@ pub async fn cancel(
     let outcome = coordinator.cancel(&batch, &caller.principal).await?;
     app.rows.forget(&batch);
     Ok(Json(json!({"cancelled": true, "ops": outcome.cancelled})).into_response())
-}
-
-/// An op's output, stderr and whether the stderr was cut.
-fn op_streams(op: &v1::OpStatus) -> (String, String, bool) {
-    let streams = volley_proto::streams::streams(op);
-    (streams.stdout, streams.stderr, streams.stderr_truncated)
 }
 
 /// The first `max` bytes of `text`, cut at a character boundary.

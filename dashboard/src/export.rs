@@ -17,6 +17,7 @@ use serde_json::Value;
 use volley_coordinator::views::OpRow;
 use volley_plan::{GroupRun, HazardPolicy, Plan, PlannedOp};
 use volley_proto::OpId;
+use volley_proto::words;
 
 /// The `format` of the one version this build writes and reads.
 pub const EXPORT_FORMAT: &str = "volley-batch-export/1";
@@ -451,16 +452,7 @@ fn acyclic(deps: &[Vec<u32>], dependents: &[Vec<u32>]) -> bool {
 
 /// An op state word as the one `'static` spelling the views use.
 pub(crate) fn state_word(word: &str) -> Option<&'static str> {
-    Some(match word {
-        "waiting" => "waiting",
-        "ready" => "ready",
-        "running" => "running",
-        "succeeded" => "succeeded",
-        "failed" => "failed",
-        "skipped" => "skipped",
-        "cancelled" => "cancelled",
-        _ => return None,
-    })
+    words::op_state_named(word).map(words::op_state)
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
-use volley_proto::v1;
 
 /// The most members an expanded node shows; the rest stay one node.
 pub const MAX_EXPANDED: usize = 500;
@@ -255,20 +254,6 @@ fn node_layers(count: usize, edges: impl Iterator<Item = (usize, usize)>) -> Vec
         }
     }
     layer
-}
-
-/// The CLI's word for a wire op state.
-pub fn op_state_word(state: v1::OpState) -> &'static str {
-    match state {
-        v1::OpState::Waiting => "waiting",
-        v1::OpState::Ready => "ready",
-        v1::OpState::Running => "running",
-        v1::OpState::Succeeded => "succeeded",
-        v1::OpState::Failed => "failed",
-        v1::OpState::Skipped => "skipped",
-        v1::OpState::Cancelled => "cancelled",
-        v1::OpState::Unspecified => "unknown",
-    }
 }
 
 #[cfg(test)]

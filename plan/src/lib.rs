@@ -21,6 +21,6 @@ mod validate;
 pub use liveness::{LivenessCheck, bounded_edit_distance};
 pub use model::*;
 pub use validate::{
-    MAX_MEMORY_KEY_BYTES, SECRET_LABEL_PREFIX, check_memory_key, paths_outside_root, plan,
-    plan_with,
+    MAX_ID_LEN, MAX_MEMORY_KEY_BYTES, SECRET_LABEL_PREFIX, check_memory_key, paths_outside_root,
+    plan, plan_with,
 };

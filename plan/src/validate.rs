@@ -24,8 +24,8 @@ const MEMORY_PREFIX: &str = "memory:";
 
 /// Most tries an op may ask for.
 const MAX_ATTEMPTS: u32 = 100;
-/// Longest op id.
-const MAX_ID_LEN: usize = 128;
+/// Longest op id (and `foreach:` group name), in bytes.
+pub const MAX_ID_LEN: usize = 128;
 /// Ids compared, over the whole batch, when looking for a close id to
 /// suggest, so a batch full of typos stays linear.
 const SUGGESTION_BUDGET: usize = 2_000_000;
@@ -1764,6 +1764,26 @@ mod tests {
         only_problem(&batch(vec![noop("has space")]), "has space", "id");
         only_problem(&batch(vec![noop(&"x".repeat(129))]), &"x".repeat(129), "id");
         only_problem(&batch(vec![noop("")]), "", "id");
+    }
+
+    #[test]
+    fn bad_group_syntax() {
+        let grouped = |group: &str| Op {
+            group: group.into(),
+            ..noop("a")
+        };
+        for bad in [
+            "has space",
+            "a/b",
+            "$(touch pwned)",
+            "new\nline",
+            &"g".repeat(129),
+        ] {
+            let problem = only_problem(&batch(vec![grouped(bad)]), "a", "group");
+            assert!(problem.message.contains("foreach"), "{}", problem.message);
+        }
+        // A good group, and none at all, plan.
+        plan_of(&batch(vec![grouped("test-suite.v2"), noop("b")])).expect("a good group plans");
     }
 
     #[test]

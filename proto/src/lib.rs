@@ -31,6 +31,7 @@
 //!   as INVALID_ARGUMENT.
 //! - [`ids`] — `BatchId`, `OpId`, `WorkerId`.
 //! - [`streams`] — an op's stdout and stderr, read from its status.
+//! - [`words`] — the words every view prints for states and event kinds.
 //! - [`FILE_DESCRIPTOR_SET`] — the encoded descriptors, for gRPC reflection.
 
 pub mod v1 {
@@ -42,6 +43,7 @@ pub mod codec;
 pub mod digest;
 pub mod ids;
 pub mod streams;
+pub mod words;
 
 /// The encoded `FileDescriptorSet` of `volley/v1/volley.proto` (and what it
 /// imports), for gRPC server reflection: `grpcurl`, Postman and friends can

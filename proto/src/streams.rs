@@ -1,4 +1,4 @@
-//! An op's two streams as a person wants them, read from an `OpStatus`:
+//! An op's two streams as a person wants them, read from its status:
 //! what it printed (a failed program has no output, so its stdout is in
 //! its details) and its stderr (what the worker kept), with whether that
 //! stderr was cut. One reading for every place that shows them (`volley
@@ -17,10 +17,16 @@ pub struct OpStreams {
 
 /// `op`'s stdout and stderr (see the module doc).
 pub fn streams(op: &v1::OpStatus) -> OpStreams {
-    let details: serde_json::Value = if op.details_json.is_empty() {
+    streams_of(&op.output, &op.details_json)
+}
+
+/// The stdout and stderr of an op whose status has `output` and
+/// `details_json` (for a status that is not the wire's `OpStatus`).
+pub fn streams_of(output: &str, details_json: &str) -> OpStreams {
+    let details: serde_json::Value = if details_json.is_empty() {
         serde_json::Value::Null
     } else {
-        serde_json::from_str(&op.details_json).unwrap_or(serde_json::Value::Null)
+        serde_json::from_str(details_json).unwrap_or(serde_json::Value::Null)
     };
     let text = |field: &str| {
         details
@@ -30,10 +36,10 @@ pub fn streams(op: &v1::OpStatus) -> OpStreams {
             .to_owned()
     };
     OpStreams {
-        stdout: if op.output.is_empty() {
+        stdout: if output.is_empty() {
             text("stdout")
         } else {
-            op.output.clone()
+            output.to_owned()
         },
         stderr: text("stderr"),
         stderr_truncated: details

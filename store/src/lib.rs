@@ -34,6 +34,7 @@ pub mod memory_store;
 pub mod model;
 pub mod redis_connect;
 pub mod redis_store;
+mod words;
 
 use async_trait::async_trait;
 use volley_proto::BatchId;

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::Args;
 use volley_client::{Client, ClientError, v1};
+use volley_proto::streams::{OpStreams, streams};
+use volley_proto::words;
 
 use super::OutputFormat;
 use super::interrupt::Interrupts;
@@ -538,11 +540,7 @@ pub async fn why(args: WhyArgs) -> Exit {
     };
     match client.why(&batch_id, &args.op_id).await {
         Ok(response) => {
-            println!(
-                "{}: {}",
-                response.op_id,
-                render::op_state_word(response.state())
-            );
+            println!("{}: {}", response.op_id, words::op_state(response.state()));
             for reason in &response.reasons {
                 println!("  - {reason}");
             }
@@ -566,7 +564,7 @@ pub async fn cancel(args: CancelArgs) -> Exit {
         Ok(response) => {
             println!(
                 "{}: {} ops cancelled",
-                render::state_word(response.state()),
+                words::batch_state(response.state()),
                 response.cancelled
             );
             Exit::Success
@@ -587,7 +585,7 @@ pub async fn list(args: ListArgs) -> Exit {
                 OutputFormat::Json => {
                     let rows: Vec<_> = batches
                         .iter()
-                        .map(|batch| serde_json::json!({"batch_id": batch.batch_id, "name": batch.name, "state": render::state_word(batch.state()), "created_at_ms": batch.created_at_ms, "finished_at_ms": batch.finished_at_ms, "total": batch.total, "done": batch.done, "tenant": batch.tenant}))
+                        .map(|batch| serde_json::json!({"batch_id": batch.batch_id, "name": batch.name, "state": words::batch_state(batch.state()), "created_at_ms": batch.created_at_ms, "finished_at_ms": batch.finished_at_ms, "total": batch.total, "done": batch.done, "tenant": batch.tenant}))
                         .collect();
                     println!("{}", serde_json::Value::Array(rows));
                 }
@@ -650,7 +648,7 @@ fn list_text(batches: &[v1::BatchSummary]) -> String {
         text.push_str(&format!(
             "{:<36}  {:<9}  {:>11}  {:<19}  {:>8}  {}\n",
             batch.batch_id,
-            render::state_word(batch.state()),
+            words::batch_state(batch.state()),
             format!("{}/{}", batch.done, batch.total),
             utc_time(batch.created_at_ms),
             wall,
@@ -737,7 +735,7 @@ pub(crate) async fn resolve_batch_id(client: &Client, given: &str) -> Result<Str
                 eprintln!(
                     "  {}  {:<9}  {}",
                     batch.batch_id,
-                    render::state_word(batch.state()),
+                    words::batch_state(batch.state()),
                     batch.name
                 );
             }
@@ -805,7 +803,11 @@ pub async fn logs(args: LogsArgs) -> Exit {
         }
         Err(error) => return exit::client_error(&error),
     };
-    let (stdout_text, stderr_text, stderr_truncated) = render::op_streams(&op);
+    let OpStreams {
+        stdout: stdout_text,
+        stderr: stderr_text,
+        stderr_truncated,
+    } = streams(&op);
     use std::io::Write;
     if args.output == OutputFormat::Json {
         let document = serde_json::json!({
@@ -813,7 +815,7 @@ pub async fn logs(args: LogsArgs) -> Exit {
             "op_id": op.id,
             "kind": op.kind,
             "group": op.group,
-            "state": render::op_state_word(op.state()),
+            "state": words::op_state(op.state()),
             "attempts": op.attempts,
             "worker": op.worker,
             "started_ms": op.started_ms,
@@ -855,7 +857,7 @@ pub async fn logs(args: LogsArgs) -> Exit {
         v1::OpState::Waiting | v1::OpState::Ready | v1::OpState::Running => notes.push(format!(
             "op `{}` is {}: its output is kept when it ends (`volley watch {batch_id}` follows it)",
             op.id,
-            render::op_state_word(op.state())
+            words::op_state(op.state())
         )),
         state => {
             let attempts = if op.attempts == 0 {
@@ -867,13 +869,13 @@ pub async fn logs(args: LogsArgs) -> Exit {
                 notes.push(format!(
                     "op `{}` {}{attempts}",
                     op.id,
-                    render::op_state_word(state)
+                    words::op_state(state)
                 ));
             } else {
                 notes.push(format!(
                     "op `{}` {}{attempts}: {}",
                     op.id,
-                    render::op_state_word(state),
+                    words::op_state(state),
                     op.error
                 ));
             }

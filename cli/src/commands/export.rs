@@ -22,10 +22,12 @@ use volley_client::{Client, ClientError, Scope, v1};
 use volley_dashboard::export::{
     EXPORT_FORMAT, ExportedEvent, ExportedGraph, ExportedGroup, ExportedKey, ExportedOp,
 };
+use volley_proto::streams::{OpStreams, streams};
+use volley_proto::words;
 
 use super::client::{ClusterArgs, connect, resolve_batch_id};
 use crate::exit::{self, Exit};
-use crate::{render, telemetry};
+use crate::telemetry;
 
 /// Ops per status page (the report's page size).
 const EXPORT_PAGE_OPS: u32 = 1_000;
@@ -222,7 +224,7 @@ fn header(status: &v1::BatchStatus, tenant: &str) -> Value {
         "id": status.batch_id,
         "name": status.name,
         "tenant": tenant,
-        "state": render::state_word(status.state()),
+        "state": words::batch_state(status.state()),
         "error": status.error,
         "created_at_ms": status.created_at_ms,
         "wall_ms": status.wall_ms,
@@ -244,13 +246,17 @@ fn header(status: &v1::BatchStatus, tenant: &str) -> Value {
 }
 
 fn exported_op(index: u32, op: &v1::OpStatus) -> ExportedOp {
-    let (output, stderr, stderr_truncated) = render::op_streams(op);
+    let OpStreams {
+        stdout: output,
+        stderr,
+        stderr_truncated,
+    } = streams(op);
     ExportedOp {
         index,
         id: op.id.clone(),
         kind: op.kind.clone(),
         group: (!op.group.is_empty()).then(|| op.group.clone()),
-        state: render::op_state_word(op.state()).to_owned(),
+        state: words::op_state(op.state()).to_owned(),
         attempts: op.attempts,
         max_attempts: None,
         worker: op.worker.clone(),
@@ -270,13 +276,13 @@ fn exported_event(event: &v1::BatchEvent) -> ExportedEvent {
     ExportedEvent {
         seq: event.seq,
         at_ms: event.at_ms,
-        kind: volley_coordinator::views::event_kind_word(event.kind()).to_owned(),
+        kind: words::event_kind(event.kind()).to_owned(),
         op_id: event.op_id.clone(),
         attempt: event.attempt,
         worker: event.worker.clone(),
         message: event.message.clone(),
         batch_state: (event.kind() == v1::EventKind::BatchFinished)
-            .then(|| render::state_word(event.batch_state()).to_owned()),
+            .then(|| words::batch_state(event.batch_state()).to_owned()),
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 use volley_kinds::Reference;
 use volley_proto::v1;
-use volley_store::{Claimed, Completion, OpRecord, OpState};
+use volley_store::{Claimed, Completion, OpRecord};
 
 use super::batches::{DECLINE_HOLD_OFF, DECLINE_HOLD_OFF_MAX};
 use super::claim::permanent_failure;
@@ -364,7 +364,7 @@ impl Dispatcher {
                         .map(|record| record.output.trim_end_matches('\n').to_owned()),
                     Reference::OpStatus(id) => record_of
                         .get(id.as_str())
-                        .map(|record| state_word(record.state)),
+                        .map(|record| record.state.word().to_owned()),
                     Reference::Memory(key) => memory.get(key).cloned().flatten(),
                     // Never filled here: the worker puts secrets into the
                     // program's environment (see `render_command`).
@@ -386,17 +386,4 @@ impl Dispatcher {
         }
         results
     }
-}
-
-fn state_word(state: OpState) -> String {
-    match state {
-        OpState::Waiting => "waiting",
-        OpState::Ready => "ready",
-        OpState::Running => "running",
-        OpState::Succeeded => "succeeded",
-        OpState::Failed => "failed",
-        OpState::Skipped => "skipped",
-        OpState::Cancelled => "cancelled",
-    }
-    .to_owned()
 }

@@ -13,8 +13,7 @@ use volley_proto::v1::batch_service_server::BatchService;
 use volley_proto::v1::{self, submit_batch_chunk::Part};
 
 use super::auth::principal;
-use crate::convert;
-use crate::domain::{BatchSummary, SubmitOutcome};
+use crate::domain::{BatchEvent, BatchReport, BatchSummary, OpReport, SubmitOutcome};
 use crate::service::Coordinator;
 use crate::tracing_ctx;
 
@@ -114,7 +113,8 @@ impl BatchService for BatchAdapter {
             .coordinator
             .watch(batch, request.after_seq, &principal)
             .await?;
-        let stream = ReceiverStream::new(events).map(|event| event.map_err(Status::from));
+        let stream =
+            ReceiverStream::new(events).map(|event| event.map(batch_event).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -127,11 +127,11 @@ impl BatchService for BatchAdapter {
         let request = request.into_inner();
         let batch = batch_id(request.batch_id)?;
         if !request.op_id.is_empty() {
-            return Ok(Response::new(
+            return Ok(Response::new(batch_status(
                 self.coordinator
                     .op_status(&batch, &request.op_id, &principal)
                     .await?,
-            ));
+            )));
         }
         let ops = if request.omit_ops {
             None
@@ -140,11 +140,11 @@ impl BatchService for BatchAdapter {
         } else {
             Some(request.ops_offset..request.ops_offset.saturating_add(request.ops_limit))
         };
-        Ok(Response::new(
+        Ok(Response::new(batch_status(
             self.coordinator
                 .status_page(&batch, ops, &principal)
                 .await?,
-        ))
+        )))
     }
 
     #[tracing::instrument(name = "batch.CancelBatch", skip_all)]
@@ -158,7 +158,7 @@ impl BatchService for BatchAdapter {
         Ok(Response::new(v1::CancelBatchResponse {
             state: outcome
                 .state
-                .map(|state| convert::batch_state(state) as i32)
+                .map(|state| v1::BatchState::from(state) as i32)
                 .unwrap_or_default(),
             cancelled: outcome.cancelled,
         }))
@@ -172,17 +172,20 @@ impl BatchService for BatchAdapter {
         let principal = principal(&request)?;
         let request = request.into_inner();
         let batch = batch_id(request.batch_id)?;
-        Ok(Response::new(
-            self.coordinator
-                .spawn_ops(
-                    &batch,
-                    request.ops,
-                    &request.spawned_by,
-                    &request.idempotency_key,
-                    &principal,
-                )
-                .await?,
-        ))
+        let outcome = self
+            .coordinator
+            .spawn_ops(
+                &batch,
+                request.ops,
+                &request.spawned_by,
+                &request.idempotency_key,
+                &principal,
+            )
+            .await?;
+        Ok(Response::new(v1::SpawnOpsResponse {
+            op_count: outcome.op_count,
+            warnings: outcome.warnings,
+        }))
     }
 
     #[tracing::instrument(name = "batch.Why", skip_all)]
@@ -193,11 +196,15 @@ impl BatchService for BatchAdapter {
         let principal = principal(&request)?;
         let request = request.into_inner();
         let batch = batch_id(request.batch_id)?;
-        Ok(Response::new(
-            self.coordinator
-                .why(&batch, &request.op_id, &principal)
-                .await?,
-        ))
+        let why = self
+            .coordinator
+            .why(&batch, &request.op_id, &principal)
+            .await?;
+        Ok(Response::new(v1::WhyResponse {
+            op_id: why.op_id,
+            state: v1::OpState::from(why.state) as i32,
+            reasons: why.reasons,
+        }))
     }
 
     #[tracing::instrument(name = "batch.ListBatches", skip_all)]
@@ -228,11 +235,67 @@ fn batch_summary(summary: BatchSummary) -> v1::BatchSummary {
     v1::BatchSummary {
         batch_id: summary.batch.into_string(),
         name: summary.name,
-        state: convert::batch_state(summary.state) as i32,
+        state: v1::BatchState::from(summary.state) as i32,
         created_at_ms: summary.created_ms,
         total: summary.total,
         done: summary.done,
         tenant: summary.tenant,
         finished_at_ms: summary.finished_ms.unwrap_or(0),
+    }
+}
+
+fn batch_status(report: BatchReport) -> v1::BatchStatus {
+    v1::BatchStatus {
+        batch_id: report.batch.to_string(),
+        name: report.name,
+        state: v1::BatchState::from(report.state) as i32,
+        created_at_ms: report.created_ms,
+        wall_ms: report.wall_ms,
+        sequential_ms: report.sequential_ms,
+        speedup: report.speedup,
+        total: report.total,
+        succeeded: report.succeeded,
+        failed: report.failed,
+        skipped: report.skipped,
+        cancelled: report.cancelled,
+        running: report.running,
+        ops: report.ops.into_iter().map(op_status).collect(),
+        critical_path: report.critical_path,
+        critical_path_ms: report.critical_path_ms,
+        error: report.error,
+        owner: report.owner,
+    }
+}
+
+fn op_status(op: OpReport) -> v1::OpStatus {
+    v1::OpStatus {
+        id: op.id,
+        kind: op.kind,
+        state: v1::OpState::from(op.state) as i32,
+        attempts: op.attempts,
+        worker: op.worker,
+        started_ms: op.started_ms,
+        duration_ms: op.duration_ms,
+        output: op.output,
+        error: op.error,
+        details_json: op.details_json,
+        after: op.after,
+        group: op.group.unwrap_or_default(),
+    }
+}
+
+fn batch_event(event: BatchEvent) -> v1::BatchEvent {
+    v1::BatchEvent {
+        seq: event.seq,
+        at_ms: event.at_ms,
+        kind: v1::EventKind::from(event.kind) as i32,
+        op_id: event.op_id.unwrap_or_default(),
+        attempt: event.attempt,
+        worker: event.worker,
+        message: event.message,
+        batch_state: event
+            .batch_state
+            .map(|state| v1::BatchState::from(state) as i32)
+            .unwrap_or_default(),
     }
 }

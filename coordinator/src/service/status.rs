@@ -4,12 +4,12 @@
 use std::ops::Range;
 
 use tracing::info;
-use volley_proto::{BatchId, v1};
+use volley_proto::BatchId;
 
 use super::{Access, Coordinator, now_ms};
 use crate::auth::Principal;
 use crate::dispatch::Command;
-use crate::domain::{BatchSummary, CancelOutcome};
+use crate::domain::{BatchReport, BatchSummary, CancelOutcome};
 use crate::error::CoordinatorError;
 use crate::report;
 
@@ -21,7 +21,7 @@ impl Coordinator {
         batch: &BatchId,
         include_ops: bool,
         principal: &Principal,
-    ) -> Result<v1::BatchStatus, CoordinatorError> {
+    ) -> Result<BatchReport, CoordinatorError> {
         self.status_page(batch, include_ops.then_some(0..u32::MAX), principal)
             .await
     }
@@ -36,7 +36,7 @@ impl Coordinator {
         batch: &BatchId,
         ops: Option<Range<u32>>,
         principal: &Principal,
-    ) -> Result<v1::BatchStatus, CoordinatorError> {
+    ) -> Result<BatchReport, CoordinatorError> {
         let planned = self.authorize(principal, batch, Access::Read).await?;
         let meta = self
             .store()

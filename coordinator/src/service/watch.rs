@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
 use tracing::{Instrument, debug, info_span};
-use volley_proto::{BatchId, v1};
+use volley_proto::BatchId;
 use volley_store::Doorbell;
 
 use super::{Access, Coordinator};
 use crate::auth::Principal;
 use crate::convert;
+use crate::domain::BatchEvent;
 use crate::error::CoordinatorError;
 use crate::plans::PlannedBatch;
 
@@ -27,7 +28,7 @@ impl Coordinator {
         batch: BatchId,
         after_seq: u64,
         principal: &Principal,
-    ) -> Result<mpsc::Receiver<Result<v1::BatchEvent, CoordinatorError>>, CoordinatorError> {
+    ) -> Result<mpsc::Receiver<Result<BatchEvent, CoordinatorError>>, CoordinatorError> {
         let planned = self.authorize(principal, &batch, Access::Read).await?;
         let (sender, receiver) = mpsc::channel(256);
         let coordinator = self.clone();
@@ -45,7 +46,7 @@ impl Coordinator {
         &self,
         mut planned: Arc<PlannedBatch>,
         mut after_seq: u64,
-        sender: mpsc::Sender<Result<v1::BatchEvent, CoordinatorError>>,
+        sender: mpsc::Sender<Result<BatchEvent, CoordinatorError>>,
     ) {
         let mut doorbells = self.store().doorbells();
         // Since when the batch's record has been missing (the store was
@@ -144,14 +145,16 @@ const MISSING_BATCH_GRACE: Duration = Duration::from_secs(30);
 /// store's data (its events were numbered afresh). Numbered right after the
 /// last event the watcher saw, so the stream stays gapless for it; says the
 /// batch's state and why it ended.
-fn final_event(meta: &volley_store::BatchMeta, after_seq: u64) -> v1::BatchEvent {
-    v1::BatchEvent {
+fn final_event(meta: &volley_store::BatchMeta, after_seq: u64) -> BatchEvent {
+    BatchEvent {
         seq: after_seq + 1,
         at_ms: meta.finished_ms.unwrap_or_default(),
-        kind: v1::EventKind::BatchFinished as i32,
+        kind: volley_store::EventKind::BatchFinished,
+        op_id: None,
+        attempt: 0,
+        worker: String::new(),
         message: meta.error.clone(),
-        batch_state: convert::batch_state(meta.state) as i32,
-        ..v1::BatchEvent::default()
+        batch_state: Some(meta.state),
     }
 }
 
