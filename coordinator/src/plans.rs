@@ -23,9 +23,28 @@ pub(crate) struct PlannedBatch {
     /// The submitter's tenant (never empty: the default tenant for a batch
     /// stored before tenants).
     pub(crate) tenant: String,
+    /// Whether any op has a `wait_timeout`: known once, so housekeeping's
+    /// tick does not scan every op of every batch for it.
+    wait_timeouts: bool,
 }
 
 impl PlannedBatch {
+    pub(crate) fn new(id: BatchId, plan: Plan, trace: BatchTrace, tenant: String) -> Self {
+        let wait_timeouts = plan.ops.iter().any(|op| op.wait_timeout_ms > 0);
+        Self {
+            id,
+            plan,
+            trace,
+            tenant,
+            wait_timeouts,
+        }
+    }
+
+    /// Whether any of its ops waits for memory with a `wait_timeout`.
+    pub(crate) fn has_wait_timeouts(&self) -> bool {
+        self.wait_timeouts
+    }
+
     /// Where the batch's memory lives: its own scope, or its namespace as
     /// its tenant's (see [`crate::auth::tenant_namespace`]). The one place
     /// a plan's namespace becomes a store scope.
@@ -222,12 +241,12 @@ pub(crate) fn replan(batch: &BatchId, spec: &StoredSpec) -> Result<PlannedBatch,
     };
     let plan = volley_plan::plan_with(&decoded, &|_| true, &limits, &LivenessCheck::accepted())
         .map_err(CoordinatorError::Invalid)?;
-    Ok(PlannedBatch {
-        id: batch.clone(),
+    Ok(PlannedBatch::new(
+        batch.clone(),
         plan,
-        trace: BatchTrace::from_carrier(&decoded.trace_context),
-        tenant: crate::auth::tenant_or_default(&decoded.tenant).to_owned(),
-    })
+        BatchTrace::from_carrier(&decoded.trace_context),
+        crate::auth::tenant_or_default(&decoded.tenant).to_owned(),
+    ))
 }
 
 #[cfg(test)]

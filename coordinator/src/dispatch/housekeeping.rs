@@ -58,11 +58,10 @@ impl Dispatcher {
             .batches
             .values()
             .map(|active| {
-                let plan = &active.planned.plan;
                 (
                     active.planned.id.clone(),
-                    plan.deadline_ms > 0,
-                    plan.ops.iter().any(|op| op.wait_timeout_ms > 0),
+                    active.planned.plan.deadline_ms > 0,
+                    active.planned.has_wait_timeouts(),
                 )
             })
             .collect();
@@ -207,10 +206,9 @@ impl Dispatcher {
             let Some(active) = self.batches.get(&batch) else {
                 continue;
             };
-            let plan = &active.planned.plan;
             let (has_deadline, has_wait_timeouts) = (
-                plan.deadline_ms > 0,
-                plan.ops.iter().any(|op| op.wait_timeout_ms > 0),
+                active.planned.plan.deadline_ms > 0,
+                active.planned.has_wait_timeouts(),
             );
             let Some(fence) = self.hold(&batch, now).await else {
                 continue;

@@ -218,12 +218,12 @@ impl Coordinator {
         let mut warnings = plan.warnings.clone();
         warnings.extend(self.unserved_kinds(&plan));
         warnings.extend(self.parallelism_beyond_slots(&plan).await);
-        let planned = Arc::new(PlannedBatch {
-            id: id.clone(),
+        let planned = Arc::new(PlannedBatch::new(
+            id.clone(),
             plan,
             trace,
-            tenant: principal.tenant.clone(),
-        });
+            principal.tenant.clone(),
+        ));
         let mut new_batch = new_batch(&planned, spec);
         new_batch.request_digest = request_digest;
         new_batch.lost_worker_retries = lost_worker_retries;
