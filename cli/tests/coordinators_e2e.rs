@@ -368,3 +368,73 @@ async fn a_restarted_coordinator_adopts_the_ops_its_workers_still_run() {
         "nothing ran twice"
     );
 }
+
+/// A coordinator killed while results stream in, then started again: the
+/// results it never recorded are sent again by their workers, which list
+/// those ops (with their lease tickets) as they register anew, so the new
+/// coordinator adopts them and keeps the results. No op that ran to the
+/// end runs again: every op appears in the ledger once. (An assignment
+/// lost in flight never ran, so it may run as a later attempt, once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_mid_stream_makes_no_op_run_twice() {
+    const OPS: usize = 300;
+    let redis = RedisServer::start().expect("redis-server");
+    let mut fleet = Fleet::start(redis, 1, FLAGS).await;
+    for number in 0..2 {
+        fleet.add_worker(&format!("w{number}"), &[]).await;
+    }
+    fleet.wait_for_workers(2).await;
+    let ledger = fleet.root.path().join("ledger");
+    let ledger = ledger.to_string_lossy();
+    let ops = (0..OPS)
+        .map(|index| {
+            op(
+                &format!("op{index}"),
+                "agent",
+                json!({
+                    "cmd": format!(
+                        "echo \"$VOLLEY_OP $VOLLEY_ATTEMPT\" >> {ledger} && sleep 0.05"
+                    )
+                }),
+            )
+        })
+        .collect();
+    let batch = fleet
+        .client
+        .submit(v1::Batch {
+            name: "mid-stream".into(),
+            ops,
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .batch_id;
+    wait_until("a third of the ops are done", || {
+        let client = fleet.client.clone();
+        let batch = batch.clone();
+        async move {
+            client
+                .summary(&batch)
+                .await
+                .is_ok_and(|status| status.succeeded as usize >= OPS / 3)
+        }
+    })
+    .await;
+    fleet.kill_coordinator(0).await;
+    fleet.start_coordinator(0).await;
+
+    let events = watch_all(&fleet.client, &batch).await.expect("watch task");
+    assert_gapless_and_finished(&events, BatchState::Succeeded);
+    let text = std::fs::read_to_string(fleet.root.path().join("ledger")).expect("the ledger");
+    let mut runs: HashMap<&str, Vec<&str>> = HashMap::new();
+    for line in text.lines() {
+        let (id, attempt) = line.split_once(' ').expect("`op attempt` lines");
+        runs.entry(id).or_default().push(attempt);
+    }
+    assert_eq!(runs.len(), OPS, "every op ran");
+    let twice: Vec<_> = runs.iter().filter(|(_, runs)| runs.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "ops ran more than once across a coordinator restart: {twice:?}"
+    );
+}

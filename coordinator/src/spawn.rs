@@ -148,8 +148,7 @@ impl Coordinator {
                 .await
             {
                 Ok(outcome) => {
-                    let planned =
-                        Arc::new(PlannedBatch::new(batch.clone(), plan, trace, tenant));
+                    let planned = Arc::new(PlannedBatch::new(batch.clone(), plan, trace, tenant));
                     self.plans().insert(planned.clone());
                     self.dispatch().send(Command::BatchReplanned(planned)).await;
                     if outcome.finished.is_some() {
