@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use volley_plan::Plan;
 use volley_proto::BatchId;
-use volley_store::OpState;
+use volley_store::{BatchMeta, OpState};
 
 use crate::auth::Principal;
 use crate::error::CoordinatorError;
@@ -22,7 +22,8 @@ use crate::service::{Access, Coordinator};
 #[derive(Clone, Debug)]
 pub struct BatchView {
     planned: Arc<PlannedBatch>,
-    created_ms: u64,
+    /// The batch's record as read with the view: state, counters, times.
+    meta: BatchMeta,
     /// Succeeded, failed or cancelled when read: its rows no longer change.
     finished: bool,
 }
@@ -44,7 +45,13 @@ impl BatchView {
 
     /// Unix ms.
     pub fn created_ms(&self) -> u64 {
-        self.created_ms
+        self.meta.created_ms
+    }
+
+    /// The batch's record when the view was read: its name, state,
+    /// counters, error and times (a batch header reads no more).
+    pub fn meta(&self) -> &BatchMeta {
+        &self.meta
     }
 
     /// Whether the batch had finished (succeeded, failed or cancelled) when
@@ -116,9 +123,24 @@ impl Coordinator {
         );
         Ok(BatchView {
             planned,
-            created_ms: meta.created_ms,
+            meta,
             finished,
         })
+    }
+
+    /// The coordinator holding `view`'s batch while it runs (empty when
+    /// none does, or once it finished).
+    #[tracing::instrument(skip_all, fields(batch = %view.id()))]
+    pub async fn batch_owner_of(&self, view: &BatchView) -> Result<String, CoordinatorError> {
+        if view.meta.finished_ms.is_some() {
+            return Ok(String::new());
+        }
+        Ok(self
+            .store()
+            .batch_owner(view.id(), crate::service::now_ms())
+            .await?
+            .map(|fence| fence.coordinator)
+            .unwrap_or_default())
     }
 
     /// Every op's row, by index (the batch's ops as `view` knows them):
@@ -137,7 +159,7 @@ impl Coordinator {
                 started_ms: if summary.started_ms == 0 {
                     0
                 } else {
-                    summary.started_ms.saturating_sub(view.created_ms)
+                    summary.started_ms.saturating_sub(view.created_ms())
                 },
                 duration_ms: summary.duration_ms,
                 error: match summary.cause {

@@ -21,14 +21,14 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use volley_coordinator::CoordinatorError;
 use volley_coordinator::auth::{AuthError, Principal, Role};
-use volley_coordinator::views::{self, BatchView, OpRow};
+use volley_coordinator::views::{self, BatchView};
 use volley_proto::{BatchId, v1};
 
 use crate::App;
 use crate::export::Export;
 use crate::graph::{self, GraphOp};
 use crate::session::{Caller, check_csrf};
-use crate::source::{Source, View};
+use crate::source::{BatchRows, Source, View};
 
 /// What an API call can fail with, as an HTTP status and
 /// `{"error": …, "message": …}`.
@@ -320,62 +320,64 @@ pub async fn batch(
     };
     let batch = batch_id(&id)?;
     let view = coordinator.batch_view(&batch, &caller.principal).await?;
-    let status = coordinator
-        .status_page(&batch, None, &caller.principal)
-        .await?;
-    let ended = status.succeeded + status.failed + status.skipped + status.cancelled;
-    // A running batch's summary has no critical path yet: the one so far.
-    let (critical_path, critical_path_ms) = if status.critical_path.is_empty() {
-        let rows = app.rows.rows(coordinator, &view).await?;
-        let durations: Vec<u64> = rows.iter().map(|row| row.duration_ms).collect();
-        let (path, length) = view.plan().critical_path(&durations);
-        let ids: Vec<String> = path
-            .iter()
-            .map(|index| view.plan().ops[*index as usize].id.as_str().to_owned())
-            .collect();
-        (ids, length)
-    } else {
-        (status.critical_path.clone(), status.critical_path_ms)
-    };
+    // The same rows the graph and the timeline of this page load read (one
+    // store read), and their critical path computed once for all three.
+    let rows = app.rows.rows(coordinator, &view).await?;
+    let owner = coordinator.batch_owner_of(&view).await?;
+    let meta = view.meta();
+    let plan = view.plan();
+    let summary = rows.summary(plan);
+    let wall_ms = meta
+        .finished_ms
+        .unwrap_or_else(now_ms)
+        .saturating_sub(meta.created_ms);
+    let critical_path: Vec<&str> = summary
+        .critical_path
+        .iter()
+        .map(|index| plan.ops[*index as usize].id.as_str())
+        .collect();
     Ok(Json(json!({
-        "id": status.batch_id,
-        "name": status.name,
+        "id": meta.id.as_str(),
+        "name": meta.name,
         "tenant": view.tenant(),
-        "state": batch_state_word(status.state()),
-        "error": status.error,
-        "created_at_ms": status.created_at_ms,
-        "wall_ms": status.wall_ms,
-        "sequential_ms": status.sequential_ms,
-        "speedup": (status.speedup.is_finite() && status.speedup > 0.0).then_some(status.speedup),
-        "total": status.total,
-        "succeeded": status.succeeded,
-        "failed": status.failed,
-        "skipped": status.skipped,
-        "cancelled": status.cancelled,
-        "running": status.running,
-        "waiting": status.total.saturating_sub(ended + status.running),
+        "state": views::batch_state_word(meta.state),
+        "error": meta.error,
+        "created_at_ms": meta.created_ms,
+        "wall_ms": wall_ms,
+        "sequential_ms": summary.sequential_ms,
+        "speedup": speedup(summary.sequential_ms, wall_ms),
+        "total": meta.total,
+        "succeeded": meta.succeeded,
+        "failed": meta.failed,
+        "skipped": meta.skipped,
+        "cancelled": meta.cancelled,
+        "running": meta.running,
+        "waiting": meta.total.saturating_sub(meta.done() + meta.running),
         "critical_path": critical_path,
-        "critical_path_ms": critical_path_ms,
-        "namespace": view.plan().namespace,
-        "owner": status.owner,
+        "critical_path_ms": summary.critical_path_ms,
+        "namespace": plan.namespace,
+        "owner": owner,
         "last_seq": Value::Null,
     }))
     .into_response())
+}
+
+/// Sequential time over wall time; none before any time passed or any op
+/// took time.
+fn speedup(sequential_ms: u64, wall_ms: u64) -> Option<f64> {
+    (wall_ms > 0 && sequential_ms > 0).then(|| sequential_ms as f64 / wall_ms as f64)
 }
 
 async fn view_and_rows(
     app: &App,
     caller: &Caller,
     id: &str,
-) -> Result<(View, Arc<Vec<OpRow>>), ApiError> {
+) -> Result<(View, Arc<BatchRows>), ApiError> {
     let coordinator = match &app.source {
         Source::Live(coordinator) => coordinator,
         Source::File(export) => {
             let export = exported(export, id)?;
-            return Ok((
-                View::File(Arc::clone(export)),
-                Arc::new(export.rows.clone()),
-            ));
+            return Ok((View::File(Arc::clone(export)), Arc::clone(&export.rows)));
         }
     };
     let batch = batch_id(id)?;
@@ -413,7 +415,7 @@ struct CachedRows {
     finished: bool,
     /// Filled by the first caller; the others wait for it (one read each
     /// time the rows go stale, however many panels ask at once).
-    rows: tokio::sync::OnceCell<Arc<Vec<OpRow>>>,
+    rows: tokio::sync::OnceCell<Arc<BatchRows>>,
 }
 
 impl CachedRows {
@@ -433,16 +435,21 @@ impl RowsCache {
         &self,
         coordinator: &volley_coordinator::Coordinator,
         view: &BatchView,
-    ) -> Result<Arc<Vec<OpRow>>, ApiError> {
+    ) -> Result<Arc<BatchRows>, ApiError> {
         let ops = view.plan().ops.len();
         if ops > CACHED_ROWS {
-            return Ok(Arc::new(coordinator.op_rows(view).await?));
+            return Ok(Arc::new(BatchRows::new(coordinator.op_rows(view).await?)));
         }
         let entry = self.entry(view, ops);
         // A failed read leaves the cell empty: the next caller tries again.
         let rows = entry
             .rows
-            .get_or_try_init(|| async { coordinator.op_rows(view).await.map(Arc::new) })
+            .get_or_try_init(|| async {
+                coordinator
+                    .op_rows(view)
+                    .await
+                    .map(|rows| Arc::new(BatchRows::new(rows)))
+            })
             .await?;
         Ok(Arc::clone(rows))
     }
@@ -510,19 +517,6 @@ pub async fn graph(
     let caller = caller(&app, &headers).await?;
     let (view, rows) = view_and_rows(&app, &caller, &id).await?;
     let plan = view.plan();
-    let ops: Vec<GraphOp<'_>> = plan
-        .ops
-        .iter()
-        .enumerate()
-        .map(|(index, op)| GraphOp {
-            id: op.id.as_str(),
-            kind: &op.kind,
-            group: plan.group_of(index as u32),
-            deps: &op.deps,
-            dependents: &op.dependents,
-            state: rows.get(index).map_or("waiting", |row| row.state),
-        })
-        .collect();
     let expand: HashSet<String> = query
         .expand
         .as_deref()
@@ -532,9 +526,33 @@ pub async fn graph(
         .take(50)
         .map(str::to_owned)
         .collect();
-    let durations: Vec<u64> = rows.iter().map(|row| row.duration_ms).collect();
-    let (critical, _) = plan.critical_path(&durations);
-    Ok(Json(graph::aggregate(&ops, &expand, &critical)).into_response())
+    let critical = &rows.summary(plan).critical_path;
+    let fold = || {
+        let ops: Vec<GraphOp<'_>> = plan
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(index, op)| GraphOp {
+                id: op.id.as_str(),
+                kind: &op.kind,
+                group: plan.group_of(index as u32),
+                deps: &op.deps,
+                dependents: &op.dependents,
+                state: rows.get(index).map_or("waiting", |row| row.state),
+            })
+            .collect();
+        graph::aggregate(&ops, &expand, critical)
+    };
+    if !expand.is_empty() {
+        return Ok(Json(fold()).into_response());
+    }
+    // What every page load asks: folded once per read of the rows.
+    let folded = rows.folded(|| serde_json::to_vec(&fold()).unwrap_or_default());
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        folded.to_vec(),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -832,9 +850,7 @@ pub async fn timeline(
     let caller = caller(&app, &headers).await?;
     let (view, rows) = view_and_rows(&app, &caller, &id).await?;
     let plan = view.plan();
-    let durations: Vec<u64> = rows.iter().map(|row| row.duration_ms).collect();
-    let (critical, _) = plan.critical_path(&durations);
-    let critical: HashSet<u32> = critical.into_iter().collect();
+    let critical = &rows.summary(plan).critical;
     // Started ops, in start order (stable: by index among equal starts).
     let mut started: Vec<usize> = rows
         .iter()

@@ -186,7 +186,7 @@ pub struct Export {
     /// The batch header exactly as `/api/batches/{id}` answered it.
     pub(crate) header: serde_json::Map<String, Value>,
     pub(crate) plan: Plan,
-    pub(crate) rows: Vec<OpRow>,
+    pub(crate) rows: std::sync::Arc<crate::source::BatchRows>,
     pub(crate) ops: Vec<ExportedOp>,
     pub(crate) events: Vec<ExportedEvent>,
     pub(crate) memory: ExportedMemory,
@@ -360,7 +360,7 @@ impl Export {
                 .collect(),
             unwritten_waits: Vec::new(),
         };
-        let rows = document
+        let rows: Vec<OpRow> = document
             .ops
             .iter()
             .map(|op| OpRow {
@@ -379,7 +379,7 @@ impl Export {
             exported_at_ms: document.exported_at_ms,
             header: document.batch,
             plan,
-            rows,
+            rows: std::sync::Arc::new(crate::source::BatchRows::new(rows)),
             ops: document.ops,
             events: document.events,
             memory: document.memory,

@@ -2,10 +2,11 @@
 //! one batch exported with `volley export` (read-only, no cluster), so the
 //! same pages and the same graph, ops and timeline code show both.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 
 use volley_coordinator::Coordinator;
-use volley_coordinator::views::BatchView;
+use volley_coordinator::views::{BatchView, OpRow};
 use volley_plan::Plan;
 
 use crate::export::Export;
@@ -55,5 +56,65 @@ impl View {
             View::Live(_) => crate::api::now_ms(),
             View::File(export) => export.exported_at_ms,
         }
+    }
+}
+
+/// Every op's row of one batch as read once, and what is computed from
+/// them once per read, whichever handler asks first: the header, the graph
+/// and the timeline all want the critical path, and a 100,000-op batch's
+/// costs enough that one page load must not compute it three times.
+pub struct BatchRows {
+    rows: Vec<OpRow>,
+    summary: OnceLock<RowsSummary>,
+    /// The graph folded without any group expanded: what a page load asks.
+    folded: OnceLock<Vec<u8>>,
+}
+
+/// What the rows add up to.
+pub struct RowsSummary {
+    /// The op indices of the longest chain, in order.
+    pub critical_path: Vec<u32>,
+    pub critical_path_ms: u64,
+    /// The same indices, for lookups.
+    pub critical: HashSet<u32>,
+    /// Every op's duration, summed: the batch's sequential time.
+    pub sequential_ms: u64,
+}
+
+impl BatchRows {
+    pub fn new(rows: Vec<OpRow>) -> BatchRows {
+        BatchRows {
+            rows,
+            summary: OnceLock::new(),
+            folded: OnceLock::new(),
+        }
+    }
+
+    /// The summary over `plan` (the plan these rows were read for),
+    /// computed by the first caller.
+    pub fn summary(&self, plan: &Plan) -> &RowsSummary {
+        self.summary.get_or_init(|| {
+            let durations: Vec<u64> = self.rows.iter().map(|row| row.duration_ms).collect();
+            let (critical_path, critical_path_ms) = plan.critical_path(&durations);
+            RowsSummary {
+                critical: critical_path.iter().copied().collect(),
+                critical_path,
+                critical_path_ms,
+                sequential_ms: durations.iter().sum(),
+            }
+        })
+    }
+
+    /// The unexpanded folded graph as JSON, made by `fold` the first time.
+    pub fn folded(&self, fold: impl FnOnce() -> Vec<u8>) -> &[u8] {
+        self.folded.get_or_init(fold)
+    }
+}
+
+impl std::ops::Deref for BatchRows {
+    type Target = [OpRow];
+
+    fn deref(&self) -> &[OpRow] {
+        &self.rows
     }
 }
