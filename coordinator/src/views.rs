@@ -14,6 +14,7 @@ use volley_proto::BatchId;
 use volley_store::{BatchMeta, OpState};
 
 use crate::auth::Principal;
+use crate::domain::BatchSummary;
 use crate::error::CoordinatorError;
 use crate::plans::PlannedBatch;
 use crate::service::{Access, Coordinator};
@@ -72,6 +73,15 @@ impl BatchView {
     }
 }
 
+/// A line of the batch list, with the batch's sequential time so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedBatch {
+    pub summary: BatchSummary,
+    /// Its ended ops' durations, summed (0 for a batch stored before the
+    /// store kept the sum).
+    pub sequential_ms: u64,
+}
+
 /// One op's state and timings: what a graph or a timeline draws.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpRow {
@@ -126,6 +136,38 @@ impl Coordinator {
             meta,
             finished,
         })
+    }
+
+    /// The latest batches as `list` has them (the caller's tenant's only,
+    /// unless an admin), each with its sequential time so far: kept in the
+    /// batch's record, so a list that polls reads no op.
+    pub async fn list_views(
+        &self,
+        limit: u32,
+        principal: &Principal,
+    ) -> Result<Vec<ListedBatch>, CoordinatorError> {
+        let limit = if limit == 0 { 50 } else { limit.min(1000) };
+        let tenant = (!principal.is_admin()).then_some(principal.tenant.as_str());
+        let batches = self
+            .store()
+            .list_batches(limit, tenant)
+            .await?
+            .into_iter()
+            .map(|meta| ListedBatch {
+                sequential_ms: meta.sequential_ms,
+                summary: BatchSummary {
+                    done: meta.done(),
+                    tenant: crate::auth::tenant_or_default(&meta.tenant).to_owned(),
+                    batch: meta.id,
+                    name: meta.name,
+                    state: meta.state,
+                    created_ms: meta.created_ms,
+                    total: meta.total,
+                    finished_ms: meta.finished_ms,
+                },
+            })
+            .collect();
+        Ok(batches)
     }
 
     /// The coordinator holding `view`'s batch while it runs (empty when

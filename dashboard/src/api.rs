@@ -241,12 +241,14 @@ pub async fn batches(
         Source::Live(coordinator) => coordinator,
         Source::File(export) => return Ok(Json(file_batches(export)).into_response()),
     };
-    let batches = coordinator.list(limit, &caller.principal).await?;
+    let batches = coordinator.list_views(limit, &caller.principal).await?;
     let now = now_ms();
     let rows: Vec<Value> = batches
         .iter()
-        .map(|batch| {
+        .map(|listed| {
+            let batch = &listed.summary;
             let end = batch.finished_ms.unwrap_or(now);
+            let wall_ms = end.saturating_sub(batch.created_ms);
             json!({
                 "id": batch.batch.to_string(),
                 "name": batch.name,
@@ -256,8 +258,9 @@ pub async fn batches(
                 "total": batch.total,
                 "created_at_ms": batch.created_ms,
                 "finished_at_ms": batch.finished_ms.unwrap_or(0),
-                "wall_ms": end.saturating_sub(batch.created_ms),
-                "speedup": Value::Null,
+                "wall_ms": wall_ms,
+                "sequential_ms": listed.sequential_ms,
+                "speedup": speedup(listed.sequential_ms, wall_ms),
             })
         })
         .collect();
@@ -289,6 +292,7 @@ fn file_batches(export: &Export) -> Value {
             "created_at_ms": export.created_ms,
             "finished_at_ms": finished,
             "wall_ms": wall,
+            "sequential_ms": field("sequential_ms"),
             "speedup": field("speedup"),
         }],
         "next": Value::Null,

@@ -105,6 +105,21 @@ def test_list_shows_batches(page):
     expect(rows.first.locator(".badge")).to_have_text(BATCH_STATES)
 
 
+def test_list_shows_a_finished_batch_speedup(page):
+    """The list's speedup is the batch's sequential time over its wall time,
+    from the batch's record (the list reads no op)."""
+    if not BIG:
+        pytest.skip("VOLLEY_DASHBOARD_BIG_BATCH is not set")
+    listed = {b["id"]: b for b in api_json(page, "/api/batches?limit=50")["batches"]}
+    big = listed.get(BIG)
+    assert big, "the big batch is not listed"
+    header = api_json(page, f"/api/batches/{q(BIG)}")
+    assert big["sequential_ms"] == header["sequential_ms"] > 0, (big, header["sequential_ms"])
+    assert big["speedup"] == pytest.approx(big["sequential_ms"] / big["wall_ms"])
+    row = page.locator(f'[data-testid="batch-row"][data-id="{BIG}"]')
+    expect(row.locator("td").nth(5)).to_have_text(f"{big['speedup']:.1f}×", timeout=10_000)
+
+
 def test_list_row_opens_batch_page(page):
     row = page.get_by_test_id("batch-row").first
     expect(row).to_be_visible(timeout=10_000)

@@ -521,6 +521,11 @@ pub struct BatchMeta {
     /// The tenant of the token that submitted it ("" for a store that
     /// predates tenants: the default tenant's).
     pub tenant: String,
+    /// The durations of its ended ops, summed: its sequential time so far
+    /// (what [`crate::Store::op_durations`] adds up to), kept with the
+    /// counters so a list of batches shows a speedup without reading their
+    /// ops. 0 for a batch stored before this was kept.
+    pub sequential_ms: u64,
 }
 
 impl BatchMeta {
