@@ -119,6 +119,28 @@ impl Coordinator {
         principal: &Principal,
     ) -> Result<BatchView, CoordinatorError> {
         let planned = self.authorize(principal, batch, Access::Read).await?;
+        self.view_of(batch, planned).await
+    }
+
+    /// The batch's view and the seq of its latest event, read before the
+    /// view: the view shows every event up to that seq (and maybe some
+    /// after), so a reader that follows the stream after it misses none.
+    #[tracing::instrument(skip_all, fields(batch = %batch))]
+    pub async fn batch_view_and_seq(
+        &self,
+        batch: &BatchId,
+        principal: &Principal,
+    ) -> Result<(BatchView, u64), CoordinatorError> {
+        let planned = self.authorize(principal, batch, Access::Read).await?;
+        let last_seq = self.store().last_event_seq(batch).await?;
+        Ok((self.view_of(batch, planned).await?, last_seq))
+    }
+
+    async fn view_of(
+        &self,
+        batch: &BatchId,
+        planned: Arc<PlannedBatch>,
+    ) -> Result<BatchView, CoordinatorError> {
         let meta = self
             .store()
             .meta(batch)

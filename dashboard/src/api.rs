@@ -323,7 +323,12 @@ pub async fn batch(
         }
     };
     let batch = batch_id(&id)?;
-    let view = coordinator.batch_view(&batch, &caller.principal).await?;
+    // The seq is read before the batch: the header shows every event up to
+    // it, and the page follows the stream after it. (The rows may be a
+    // reuse up to RUNNING_ROWS_TTL old; the next event refreshes them.)
+    let (view, last_seq) = coordinator
+        .batch_view_and_seq(&batch, &caller.principal)
+        .await?;
     // The same rows the graph and the timeline of this page load read (one
     // store read), and their critical path computed once for all three.
     let rows = app.rows.rows(coordinator, &view).await?;
@@ -361,7 +366,7 @@ pub async fn batch(
         "critical_path_ms": summary.critical_path_ms,
         "namespace": plan.namespace,
         "owner": owner,
-        "last_seq": Value::Null,
+        "last_seq": last_seq,
     }))
     .into_response())
 }

@@ -210,6 +210,8 @@ def header_snapshot(pg):
 def test_running_batch_changes_without_reload(page):
     if not RUNNING:
         pytest.skip("VOLLEY_DASHBOARD_RUNNING_BATCH is not set")
+    at_load = api_json(page, f"/api/batches/{q(RUNNING)}")["last_seq"]
+    assert isinstance(at_load, int) and at_load > 0, f"last_seq {at_load!r}"
     page.goto(f"{BASE}/batches/{q(RUNNING)}")
     expect(page.get_by_test_id("batch-state")).to_have_text("running", timeout=5_000)
     navigations = []
@@ -224,6 +226,10 @@ def test_running_batch_changes_without_reload(page):
         if after != before:
             break
     assert after != before, f"the page did not change in 60 s: {before}"
+    # The stream went on after the header's last_seq: its events are newer.
+    page.wait_for_function("() => Number(document.body.dataset.eventSeq || 0) > 0", timeout=30_000)
+    seen = int(page.evaluate("document.body.dataset.eventSeq"))
+    assert seen > at_load, f"the page's events ({seen}) are not after the header's last_seq ({at_load})"
     assert page.evaluate("window.__volleyNoReload") == 1, "the page was reloaded"
     assert not navigations, f"the page navigated: {navigations}"
 

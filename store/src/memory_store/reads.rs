@@ -92,6 +92,15 @@ pub(super) async fn events(
         .collect())
 }
 
+pub(super) async fn last_event_seq(store: &MemoryStore, batch: &BatchId) -> StoreResult<u64> {
+    // Seqs are 1, 2, 3, … by position.
+    Ok(store
+        .lock()
+        .batches
+        .get(batch)
+        .map_or(0, |data| data.events.len() as u64))
+}
+
 pub(super) async fn list_batches(
     store: &MemoryStore,
     limit: u32,
