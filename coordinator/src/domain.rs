@@ -58,6 +58,8 @@ pub struct WorkerInfo {
     pub labels: BTreeMap<String, String>,
     pub slots: u32,
     pub busy: u32,
+    /// It is handing its work back (shutting down) and takes no more.
+    pub draining: bool,
     /// The coordinator it is connected to.
     pub coordinator: String,
 }

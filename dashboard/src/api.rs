@@ -1121,6 +1121,7 @@ pub async fn workers(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResu
                 "busy": worker.busy,
                 "labels": worker.labels,
                 "kinds": worker.kinds,
+                "draining": worker.draining,
                 "coordinator": worker.coordinator,
             })
         })

@@ -203,6 +203,21 @@ def test_batch_page_interactive(page):
         assert first < 2_000 and max(again) < 2_000, line
 
 
+def test_workers_page_shows_slots_labels_kinds_and_draining(page):
+    workers = api_json(page, "/api/workers")["workers"]
+    assert workers, "volley up runs workers: none is listed"
+    for worker in workers:
+        assert isinstance(worker["draining"], bool), worker
+        assert worker["slots"] >= 1 and 0 <= worker["busy"] <= worker["slots"], worker
+        assert worker["kinds"], worker
+    page.goto(f"{BASE}/workers")
+    rows = page.get_by_test_id("worker-row")
+    expect(rows).to_have_count(len(workers), timeout=10_000)
+    first = rows.first
+    expect(first.locator("td").nth(4)).not_to_be_empty()
+    expect(first.locator("td").nth(6)).to_have_text(re.compile(r"^(active|draining)$"))
+
+
 def header_snapshot(pg):
     return (pg.get_by_test_id("batch-state").inner_text(), pg.get_by_test_id("batch-counts").inner_text())
 

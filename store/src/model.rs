@@ -686,6 +686,9 @@ pub struct WorkerEntry {
     pub slots: u32,
     /// Slots in use when published.
     pub busy: u32,
+    /// It hands its work back and takes no more (absent in an entry of an
+    /// older coordinator: not draining).
+    pub draining: bool,
 }
 
 /// An API token as the store keeps it: never the token itself, only its
