@@ -43,6 +43,14 @@ ops:
     args: {text: done}
 "#;
 
+/// A batch of a shared namespace: its memory is the namespace's.
+const SHARED_BATCH: &str = r#"
+name: shared
+namespace: team-x
+ops:
+  - {id: put, kind: memory.put, args: {key: shared/greeting, value: hello}}
+"#;
+
 /// One HTTP/1.1 request over a plain socket: the status and the body.
 fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(address).expect("connect to the dashboard");
@@ -240,6 +248,45 @@ async fn an_exported_batch_shows_in_the_dashboard_as_it_did_live() {
         "{keys:?}"
     );
     assert_eq!(document["graph"]["deps"].as_array().map(Vec::len), Some(6));
+    // Each op's args, masked by the coordinator as the op panel masks them.
+    let prep = ops.iter().find(|op| op["id"] == "prep").expect("prep");
+    assert_eq!(prep["args"]["env"]["API_TOKEN"], "••••••", "{prep}");
+    assert!(
+        prep["args"]["cmd"]
+            .as_str()
+            .is_some_and(|cmd| cmd.contains("echo prepared")),
+        "{prep}"
+    );
+    // A foreach item is data, not a secret: shown.
+    assert_eq!(each_a["args"]["env"]["VOLLEY_ITEM"], "a", "{each_a}");
+    assert_eq!(document["memory"]["scope"], "batch");
+
+    // A batch of a shared namespace exports the namespace's keys.
+    let shared_file = batch_file(cluster.root(), "shared.yaml", SHARED_BATCH);
+    let (code, shared_report) = submit_watched_json(&cluster, &shared_file).await;
+    assert_eq!(code, Some(0), "{shared_report}");
+    let shared_batch = shared_report["batch_id"].as_str().expect("batch id");
+    let shared_export = volley_with(ADMIN_TOKEN, &cluster.url, &["export", shared_batch]).await;
+    assert_eq!(
+        shared_export.status.code(),
+        Some(0),
+        "{}",
+        stderr(&shared_export)
+    );
+    let shared_document: Value =
+        serde_json::from_slice(&shared_export.stdout).expect("one JSON document");
+    assert_eq!(shared_document["batch"]["namespace"], "team-x");
+    assert_eq!(shared_document["graph"]["namespace"], "team-x");
+    assert_eq!(shared_document["memory"]["scope"], "team-x");
+    assert!(
+        shared_document["memory"]["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .any(|key| key["key"] == "shared/greeting" && key["value"] == "hello"),
+        "{}",
+        shared_document["memory"]
+    );
     let saved = tempfile::tempdir().expect("temp dir");
     let export_path = saved.path().join("batch.json");
     std::fs::write(&export_path, &text).expect("write the export");
@@ -289,8 +336,8 @@ async fn an_exported_batch_shows_in_the_dashboard_as_it_did_live() {
     }
     for (op, live_answer) in op_ids.iter().zip(&live_ops) {
         let from_file = json_get(&address, &format!("/api/batches/{batch}/ops/{op}"), None);
-        // The gRPC API gives no args or attempt limits out.
-        let ignored = ["args", "max_attempts"];
+        // The gRPC API gives no attempt limits out.
+        let ignored = ["max_attempts"];
         assert_eq!(
             without(from_file, &ignored),
             without(live_answer.clone(), &ignored),

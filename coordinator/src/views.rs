@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use serde_json::Value;
 use volley_plan::Plan;
 use volley_proto::BatchId;
 use volley_store::{BatchMeta, OpState};
@@ -80,6 +81,20 @@ pub struct ListedBatch {
     /// Its ended ops' durations, summed (0 for a batch stored before the
     /// store kept the sum).
     pub sequential_ms: u64,
+}
+
+/// The most ops a [`Coordinator::plan_page`] holds.
+pub const PLAN_PAGE_MAX_OPS: u32 = 1_000;
+
+/// A page of a batch as planned (see [`Coordinator::plan_page`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanPage {
+    /// The shared memory namespace it uses, if any.
+    pub namespace: Option<String>,
+    /// All its ops.
+    pub total: u32,
+    /// The page's ops' args, masked.
+    pub args: Vec<Value>,
 }
 
 /// One op's state and timings: what a graph or a timeline draws.
@@ -192,6 +207,33 @@ impl Coordinator {
         Ok(batches)
     }
 
+    /// A page of the batch as planned, for an export: its namespace and
+    /// the args of the ops of indices `offset..offset + limit` (at most
+    /// [`PLAN_PAGE_MAX_OPS`]), masked with [`mask_args`].
+    #[tracing::instrument(skip_all, fields(batch = %batch, offset, limit))]
+    pub async fn plan_page(
+        &self,
+        batch: &BatchId,
+        offset: u32,
+        limit: u32,
+        principal: &Principal,
+    ) -> Result<PlanPage, CoordinatorError> {
+        let view = self.batch_view(batch, principal).await?;
+        let ops = &view.plan().ops;
+        let start = (offset as usize).min(ops.len());
+        let end = start
+            .saturating_add(limit.min(PLAN_PAGE_MAX_OPS) as usize)
+            .min(ops.len());
+        Ok(PlanPage {
+            namespace: view.plan().namespace.clone(),
+            total: u32::try_from(ops.len()).unwrap_or(u32::MAX),
+            args: ops[start..end]
+                .iter()
+                .map(|op| mask_args(&op.args))
+                .collect(),
+        })
+    }
+
     /// The coordinator holding `view`'s batch while it runs (empty when
     /// none does, or once it finished).
     #[tracing::instrument(skip_all, fields(batch = %view.id()))]
@@ -290,6 +332,83 @@ pub struct EventRow {
     pub attempt: u32,
     pub worker: String,
     pub message: String,
+}
+
+/// An op's args as the dashboard and `volley export` show them: values of
+/// `env` and of fields named like credentials masked; `${secret.X}`
+/// references are names, not values, and stay.
+pub fn mask_args(args: &Value) -> Value {
+    mask_args_at(args, 0)
+}
+
+/// [`mask_args`] of a value `depth` levels down (deeper than 16 is shown
+/// as it is: no args nest so deep).
+pub fn mask_args_at(value: &Value, depth: usize) -> Value {
+    const MASK: &str = "••••••";
+    match value {
+        Value::Object(map) if depth < 16 => Value::Object(
+            map.iter()
+                .map(|(key, inner)| {
+                    let lower = key.to_ascii_lowercase();
+                    let secret = lower == "env"
+                        || [
+                            "token",
+                            "secret",
+                            "password",
+                            "passwd",
+                            "credential",
+                            "api_key",
+                            "apikey",
+                            "authorization",
+                        ]
+                        .iter()
+                        .any(|word| lower.contains(word));
+                    let shown = if secret {
+                        match inner {
+                            Value::Object(entries) => Value::Object(
+                                entries
+                                    .iter()
+                                    .map(|(name, value)| {
+                                        // A foreach item is data the batch
+                                        // file spelled out, not a secret.
+                                        let shown = if name.starts_with("VOLLEY_ITEM")
+                                            || name == "VOLLEY_INDEX"
+                                        {
+                                            value.clone()
+                                        } else {
+                                            masked(value, MASK)
+                                        };
+                                        (name.clone(), shown)
+                                    })
+                                    .collect(),
+                            ),
+                            other => masked(other, MASK),
+                        }
+                    } else {
+                        mask_args_at(inner, depth + 1)
+                    };
+                    (key.clone(), shown)
+                })
+                .collect(),
+        ),
+        Value::Array(items) if depth < 16 => Value::Array(
+            items
+                .iter()
+                .map(|item| mask_args_at(item, depth + 1))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn masked(value: &Value, mask: &str) -> Value {
+    match value {
+        Value::String(text) if text.starts_with("${secret.") && text.ends_with('}') => {
+            value.clone()
+        }
+        Value::Null => Value::Null,
+        _ => Value::String(mask.to_owned()),
+    }
 }
 
 fn first_line(text: &str) -> String {

@@ -782,7 +782,9 @@ fn file_op(export: &Export, op_id: &str) -> Result<OpPanel, ApiError> {
         kind: op.kind.clone(),
         group: op.group.clone().filter(|group| !group.is_empty()),
         state,
-        args: op.args.clone(),
+        // Masked when exported; masked again here (it changes nothing then),
+        // since a file may have been written by anything.
+        args: mask(&op.args, 0),
         after: op.after.clone(),
         attempts: op.attempts,
         max_attempts: op.max_attempts,
@@ -1173,72 +1175,10 @@ fn head(text: &str, max: usize) -> String {
     text[..end].to_owned()
 }
 
-/// Args as a panel shows them: values of `env` and of fields named like
-/// credentials masked; `${secret.X}` references are names, not values, and
-/// stay.
+/// Args as a panel shows them: the coordinator's one masking, the same
+/// `volley export` writes.
 fn mask(value: &Value, depth: usize) -> Value {
-    const MASK: &str = "••••••";
-    match value {
-        Value::Object(map) if depth < 16 => Value::Object(
-            map.iter()
-                .map(|(key, inner)| {
-                    let lower = key.to_ascii_lowercase();
-                    let secret = lower == "env"
-                        || [
-                            "token",
-                            "secret",
-                            "password",
-                            "passwd",
-                            "credential",
-                            "api_key",
-                            "apikey",
-                            "authorization",
-                        ]
-                        .iter()
-                        .any(|word| lower.contains(word));
-                    let shown = if secret {
-                        match inner {
-                            Value::Object(entries) => Value::Object(
-                                entries
-                                    .iter()
-                                    .map(|(name, value)| {
-                                        // A foreach item is data the batch
-                                        // file spelled out, not a secret.
-                                        let shown = if name.starts_with("VOLLEY_ITEM")
-                                            || name == "VOLLEY_INDEX"
-                                        {
-                                            value.clone()
-                                        } else {
-                                            masked(value, MASK)
-                                        };
-                                        (name.clone(), shown)
-                                    })
-                                    .collect(),
-                            ),
-                            other => masked(other, MASK),
-                        }
-                    } else {
-                        mask(inner, depth + 1)
-                    };
-                    (key.clone(), shown)
-                })
-                .collect(),
-        ),
-        Value::Array(items) if depth < 16 => {
-            Value::Array(items.iter().map(|item| mask(item, depth + 1)).collect())
-        }
-        other => other.clone(),
-    }
-}
-
-fn masked(value: &Value, mask: &str) -> Value {
-    match value {
-        Value::String(text) if text.starts_with("${secret.") && text.ends_with('}') => {
-            value.clone()
-        }
-        Value::Null => Value::Null,
-        _ => Value::String(mask.to_owned()),
-    }
+    views::mask_args_at(value, depth)
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -372,12 +372,19 @@ impl Export {
                 error: op.error.lines().next().unwrap_or_default().to_owned(),
             })
             .collect();
+        // The header is written before the events: its `last_seq` is the
+        // file's last event (a page follows the file's stream after it).
+        let mut header = document.batch;
+        if header.get("last_seq").is_none_or(Value::is_null) {
+            let last = document.events.iter().map(|event| event.seq).max();
+            header.insert("last_seq".to_owned(), last.unwrap_or(0).into());
+        }
         Ok(Export {
             batch_id,
             tenant,
             created_ms,
             exported_at_ms: document.exported_at_ms,
-            header: document.batch,
+            header,
             plan,
             rows: std::sync::Arc::new(crate::source::BatchRows::new(rows)),
             ops: document.ops,
