@@ -28,7 +28,7 @@ use crate::App;
 use crate::export::Export;
 use crate::graph::{self, GraphOp};
 use crate::session::{Caller, check_csrf};
-use crate::source::{BatchRows, Source, View};
+use crate::source::{BatchRows, Files, Source, View};
 
 /// What an API call can fail with, as an HTTP status and
 /// `{"error": …, "message": …}`.
@@ -44,6 +44,8 @@ pub enum ApiError {
     Invalid(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl ApiError {
@@ -54,6 +56,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
         }
     }
 }
@@ -164,18 +167,17 @@ impl<'de> Deserialize<'de> for Count {
 pub(crate) async fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError> {
     match &app.source {
         Source::Live(coordinator) => app.sessions.caller(coordinator, headers).await,
-        Source::File(export) => Ok(file_caller(export)),
+        Source::File(_) => Ok(file_caller()),
     }
 }
 
-/// Whoever reads an exported file: it is on this machine and holds the
-/// file already, so no login; it may change nothing.
-fn file_caller(export: &Export) -> Caller {
+/// Whoever reads exported files: they are on this machine and hold the
+/// files already, so no login; they may change nothing in a batch.
+fn file_caller() -> Caller {
     Caller {
         principal: Arc::new(Principal {
             token_id: "file".to_owned(),
             role: Role::Client,
-            tenant: export.tenant.clone(),
             ..Principal::anonymous()
         }),
         csrf: None,
@@ -183,17 +185,24 @@ fn file_caller(export: &Export) -> Caller {
     }
 }
 
-/// The exported batch `id` names, or not found.
-fn exported<'a>(export: &'a Arc<Export>, id: &str) -> Result<&'a Arc<Export>, ApiError> {
+/// The open export of the batch `id` names, or not found.
+fn exported(files: &Files, id: &str) -> Result<Arc<Export>, ApiError> {
     let batch = batch_id(id)?;
-    if export.is(batch.as_str()) {
-        Ok(export)
-    } else {
-        Err(ApiError::NotFound(format!(
-            "batch {batch} is not in this file (it holds {})",
-            export.batch_id()
-        )))
-    }
+    files.find(batch.as_str()).ok_or_else(|| {
+        let open: Vec<String> = files
+            .all()
+            .iter()
+            .map(|export| export.batch_id().to_owned())
+            .collect();
+        ApiError::NotFound(format!(
+            "batch {batch} is not in the open files (they hold {})",
+            if open.is_empty() {
+                "none yet: drop an export on the page".to_owned()
+            } else {
+                open.join(", ")
+            }
+        ))
+    })
 }
 
 /// A batch id from a path: at most 64 characters of an id's alphabet.
@@ -218,8 +227,16 @@ pub async fn session(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResu
         "auth": caller.authenticated,
         "tenant": caller.principal.tenant,
         "role": format!("{:?}", caller.principal.role).to_lowercase(),
-        "csrf": caller.csrf.clone().unwrap_or_default(),
+        // A file dashboard's token is the one a drop must send.
+        "csrf": match &app.source {
+            Source::File(files) => files.open_token.clone(),
+            Source::Live(_) => caller.csrf.clone().unwrap_or_default(),
+        },
         "mode": if app.source.is_file() { "file" } else { "live" },
+        "max_file_bytes": match &app.source {
+            Source::File(files) => Some(files.max_bytes),
+            Source::Live(_) => None,
+        },
         "can_cancel": !app.source.is_file() && caller.may_change(),
     }))
     .into_response())
@@ -239,7 +256,14 @@ pub async fn batches(
     let limit = Count::or(query.limit, 50).clamp(1, 500) as u32;
     let coordinator = match &app.source {
         Source::Live(coordinator) => coordinator,
-        Source::File(export) => return Ok(Json(file_batches(export)).into_response()),
+        Source::File(files) => {
+            let rows: Vec<Value> = files
+                .all()
+                .iter()
+                .map(|export| file_batch(export))
+                .collect();
+            return Ok(Json(json!({"batches": rows, "next": Value::Null})).into_response());
+        }
     };
     let batches = coordinator.list_views(limit, &caller.principal).await?;
     let now = now_ms();
@@ -267,8 +291,8 @@ pub async fn batches(
     Ok(Json(json!({"batches": rows, "next": Value::Null})).into_response())
 }
 
-/// The list of a file: its one batch.
-fn file_batches(export: &Export) -> Value {
+/// The list's row of an exported batch.
+fn file_batch(export: &Export) -> Value {
     let header = &export.header;
     let field = |name: &str| header.get(name).cloned().unwrap_or(Value::Null);
     let done = ["succeeded", "failed", "skipped", "cancelled"]
@@ -282,20 +306,17 @@ fn file_batches(export: &Export) -> Value {
         export.created_ms + wall
     };
     json!({
-        "batches": [{
-            "id": export.batch_id,
-            "name": field("name"),
-            "tenant": export.tenant,
-            "state": field("state"),
-            "done": done,
-            "total": field("total"),
-            "created_at_ms": export.created_ms,
-            "finished_at_ms": finished,
-            "wall_ms": wall,
-            "sequential_ms": field("sequential_ms"),
-            "speedup": field("speedup"),
-        }],
-        "next": Value::Null,
+        "id": export.batch_id,
+        "name": field("name"),
+        "tenant": export.tenant,
+        "state": field("state"),
+        "done": done,
+        "total": field("total"),
+        "created_at_ms": export.created_ms,
+        "finished_at_ms": finished,
+        "wall_ms": wall,
+        "sequential_ms": field("sequential_ms"),
+        "speedup": field("speedup"),
     })
 }
 
@@ -386,7 +407,8 @@ async fn view_and_rows(
         Source::Live(coordinator) => coordinator,
         Source::File(export) => {
             let export = exported(export, id)?;
-            return Ok((View::File(Arc::clone(export)), Arc::clone(&export.rows)));
+            let rows = Arc::clone(&export.rows);
+            return Ok((View::File(export), rows));
         }
     };
     let batch = batch_id(id)?;
@@ -655,7 +677,7 @@ pub async fn op(
     let caller = caller(&app, &headers).await?;
     let panel = match &app.source {
         Source::Live(coordinator) => live_op(coordinator, &caller, &id, &op_id).await?,
-        Source::File(export) => file_op(exported(export, &id)?, &op_id)?,
+        Source::File(export) => file_op(exported(export, &id)?.as_ref(), &op_id)?,
     };
     Ok(Json(json!({
         "index": panel.index,
@@ -828,7 +850,7 @@ pub async fn op_logs(
             (stdout, stderr)
         }
         Source::File(export) => {
-            let panel = file_op(exported(export, &id)?, &op_id)?;
+            let panel = file_op(exported(export, &id)?.as_ref(), &op_id)?;
             (panel.stdout, panel.stderr)
         }
     };
@@ -1032,7 +1054,7 @@ pub async fn namespace_memory(
 async fn memory(app: &App, caller: &Caller, batch: &str, namespace: &str) -> ApiResult {
     let coordinator = match &app.source {
         Source::Live(coordinator) => coordinator,
-        Source::File(export) => return file_memory(export, batch, namespace),
+        Source::File(files) => return file_memory(files, batch, namespace),
     };
     let scope = coordinator
         .memory_scope(batch, namespace, &caller.principal)
@@ -1066,18 +1088,20 @@ async fn memory(app: &App, caller: &Caller, batch: &str, namespace: &str) -> Api
 
 /// The memory a file holds: its batch's keys as they were exported (a
 /// shared namespace's too, when the batch used one).
-fn file_memory(export: &Export, batch: &str, namespace: &str) -> ApiResult {
-    let memory = &export.memory;
-    let asked = if namespace.is_empty() {
-        export.is(batch)
-    } else {
-        memory.scope == namespace
-    };
-    if !asked {
+fn file_memory(files: &Files, batch: &str, namespace: &str) -> ApiResult {
+    let found = files.all().into_iter().find(|export| {
+        if namespace.is_empty() {
+            export.is(batch)
+        } else {
+            export.memory.scope == namespace
+        }
+    });
+    let Some(export) = found else {
         return Err(ApiError::NotFound(
-            "this file holds no such memory".to_owned(),
+            "the open files hold no such memory".to_owned(),
         ));
-    }
+    };
+    let memory = &export.memory;
     let rows: Vec<Value> = memory
         .keys
         .iter()
@@ -1155,6 +1179,85 @@ pub async fn cancel(
     let outcome = coordinator.cancel(&batch, &caller.principal).await?;
     app.rows.forget(&batch);
     Ok(Json(json!({"cancelled": true, "ops": outcome.cancelled})).into_response())
+}
+
+/// The name a dropped file is sent with (its errors name it).
+const FILE_NAME_HEADER: &str = "x-volley-file-name";
+
+/// `POST /api/files` (a file dashboard only): opens an export dropped on
+/// the page. The body is the file; it is read up to the dashboard's file
+/// limit and checked as hostile input (`Export::from_slice`), so a bad
+/// file is a `400` that names the problem and a large one a `413`. Only
+/// the dashboard's own page may open one: the request must carry the
+/// token of `/api/session` (which a page of another site can neither read
+/// nor send without a preflight this server never allows) and, when the
+/// browser names an origin, come from this very host.
+pub async fn open_file(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult {
+    let Source::File(files) = &app.source else {
+        return Err(ApiError::NotFound("no such page".to_owned()));
+    };
+    let sent = headers
+        .get("x-volley-csrf")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if sent.is_empty() || sent != files.open_token {
+        return Err(ApiError::Forbidden(
+            "a file is opened from the dashboard's own page (its X-Volley-Csrf is missing or wrong)"
+                .to_owned(),
+        ));
+    }
+    if !same_origin(&headers) {
+        return Err(ApiError::Forbidden(
+            "a file opened from another site".to_owned(),
+        ));
+    }
+    let name: String = headers
+        .get(FILE_NAME_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(|name| {
+            name.chars()
+                .filter(|character| !character.is_control())
+                .take(200)
+                .collect()
+        })
+        .filter(|name: &String| !name.trim().is_empty())
+        .unwrap_or_else(|| "the dropped file".to_owned());
+    let limit = usize::try_from(files.max_bytes).unwrap_or(usize::MAX);
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::TooLarge(format!(
+            "{name} is larger than the {} bytes a dropped file may have (volley dashboard --max-file-bytes)",
+            files.max_bytes
+        ))
+    })?;
+    let checked_name = name.clone();
+    let export = tokio::task::spawn_blocking(move || Export::from_slice(&bytes, &checked_name))
+        .await
+        .map_err(|error| ApiError::Unavailable(format!("reading {name} failed: {error}")))?
+        .map_err(|error| ApiError::Invalid(error.to_string()))?;
+    let id = export.batch_id().to_owned();
+    let ops = export.op_count();
+    tracing::info!(batch = %id, ops, file = %name, "opened a dropped export");
+    files.open(export);
+    Ok(Json(json!({"id": id, "ops": ops, "url": format!("/batches/{id}")})).into_response())
+}
+
+/// Whether a request's `Origin`, when it has one, is this very host.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers
+        .get(header::ORIGIN)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    origin.split("://").nth(1) == Some(host)
 }
 
 /// An op's output, stderr and whether the stderr was cut.

@@ -1,6 +1,7 @@
 //! Where the dashboard's data comes from: a live cluster's coordinator, or
-//! one batch exported with `volley export` (read-only, no cluster), so the
-//! same pages and the same graph, ops and timeline code show both.
+//! batches exported with `volley export` (read-only, no cluster: the one
+//! given with `--file` and those dropped on the page), so the same pages
+//! and the same graph, ops and timeline code show both.
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
@@ -15,8 +16,62 @@ use crate::export::Export;
 pub enum Source {
     /// The coordinator's store: every batch the caller may read.
     Live(Coordinator),
-    /// One exported batch, read from a file.
-    File(Arc<Export>),
+    /// Exported batches, read from files.
+    File(Files),
+}
+
+/// How many dropped exports are kept (the oldest goes first): each may be
+/// hundreds of megabytes.
+pub const MAX_OPEN_EXPORTS: usize = 4;
+
+/// The exported batches a file dashboard shows: the one it started with,
+/// and those opened since by a drop on the page (`POST /api/files`).
+pub struct Files {
+    exports: std::sync::RwLock<Vec<Arc<Export>>>,
+    /// The most bytes a dropped file may have.
+    pub max_bytes: u64,
+    /// What an open must send in `X-Volley-Csrf`: the pages read it from
+    /// `/api/session`, which a page of another site cannot read, so it
+    /// cannot make the dashboard show a file of its choosing.
+    pub open_token: String,
+}
+
+impl Files {
+    pub fn new(first: Option<Export>, max_bytes: u64, open_token: String) -> Files {
+        Files {
+            exports: std::sync::RwLock::new(first.into_iter().map(Arc::new).collect()),
+            max_bytes,
+            open_token,
+        }
+    }
+
+    /// Every open export, the newest first.
+    pub fn all(&self) -> Vec<Arc<Export>> {
+        let exports = self
+            .exports
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        exports.iter().rev().cloned().collect()
+    }
+
+    /// The export of batch `id`, if one is open.
+    pub fn find(&self, id: &str) -> Option<Arc<Export>> {
+        self.all().into_iter().find(|export| export.is(id))
+    }
+
+    /// Opens `export`, in place of an open one of the same batch; the
+    /// oldest goes when more than [`MAX_OPEN_EXPORTS`] are open.
+    pub fn open(&self, export: Export) {
+        let mut exports = self
+            .exports
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        exports.retain(|open| !open.is(export.batch_id()));
+        exports.push(Arc::new(export));
+        while exports.len() > MAX_OPEN_EXPORTS {
+            exports.remove(0);
+        }
+    }
 }
 
 impl Source {

@@ -42,7 +42,12 @@ fi
 
 work="$(mktemp -d)"
 up_pid=""
+file_pid=""
 cleanup() {
+  if [ -n "$file_pid" ]; then
+    kill -INT "$file_pid" 2>/dev/null || true
+    wait "$file_pid" 2>/dev/null || true
+  fi
   if [ -n "$up_pid" ]; then
     kill -INT "$up_pid" 2>/dev/null || true
     wait "$up_pid" 2>/dev/null || true
@@ -127,6 +132,26 @@ if [ -n "${VOLLEY_DASHBOARD_SCALE_OPS:-}" ]; then
 fi
 running="$("$volley" submit "$work/running.yaml" --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["batch_id"])')"
 
+# A small finished batch, exported, and a file dashboard with nothing open
+# (`volley dashboard`, no --file) that a browser drops the export on.
+printf '%s\n' "name: small" "ops:" \
+  "  - {id: hello, kind: shell, args: {cmd: 'echo hello', env: {API_TOKEN: never-shown}}}" \
+  "  - {id: bye, kind: echo, after: [hello], args: {text: bye}}" >"$work/small.yaml"
+small="$("$volley" submit "$work/small.yaml" --watch --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["batch_id"])')"
+"$volley" export "$small" >"$work/small-export.json"
+"$volley" dashboard --listen 127.0.0.1:0 --max-file-bytes 1000000 \
+  >"$work/file.out" 2>"$work/file.err" </dev/null &
+file_pid=$!
+for _ in $(seq 1 100); do
+  grep -q "http://" "$work/file.out" 2>/dev/null && break
+  sleep 0.1
+done
+file_dashboard="$(grep -o 'http://[0-9.:]*' "$work/file.out" | head -1)"
+[ -n "$file_dashboard" ] || { cat "$work/file.err" >&2; echo "dashboard/tests/run.sh: volley dashboard printed no URL" >&2; exit 1; }
+
+export VOLLEY_DASHBOARD_FILE_URL="$file_dashboard"
+export VOLLEY_DASHBOARD_EXPORT="$work/small-export.json"
+export VOLLEY_DASHBOARD_FILE_MAX_BYTES=1000000
 export VOLLEY_DASHBOARD_URL="$dashboard"
 export VOLLEY_DASHBOARD_TOKEN="$VOLLEY_TOKEN"
 export VOLLEY_DASHBOARD_BIG_BATCH="$big"

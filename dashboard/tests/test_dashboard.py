@@ -11,6 +11,9 @@ dashboard; they start nothing themselves. Environment:
                                     its page must be interactive within 2 s
     VOLLEY_DASHBOARD_TIMINGS        a file: measured times to interactive are
                                     appended there, one line each
+    VOLLEY_DASHBOARD_FILE_URL       a `volley dashboard` (no --file) to drop exports on
+    VOLLEY_DASHBOARD_EXPORT         a small batch's `volley export` file, to drop there
+    VOLLEY_DASHBOARD_FILE_MAX_BYTES that dashboard's --max-file-bytes
     VOLLEY_DASHBOARD_SCREENSHOTS    a directory: when set, PNGs of the list, a
                                     DAG, a timeline and an op panel go there
     CHROMIUM                        the browser (default /usr/bin/chromium)
@@ -21,6 +24,7 @@ dashboard; they start nothing themselves. Environment:
 Without VOLLEY_DASHBOARD_URL every test is skipped.
 """
 
+import json
 import os
 import re
 import time
@@ -37,6 +41,9 @@ BIG = os.environ.get("VOLLEY_DASHBOARD_BIG_BATCH")
 RUNNING = os.environ.get("VOLLEY_DASHBOARD_RUNNING_BATCH")
 SCALE = os.environ.get("VOLLEY_DASHBOARD_SCALE_BATCH")
 TIMINGS = os.environ.get("VOLLEY_DASHBOARD_TIMINGS")
+FILE_URL = (os.environ.get("VOLLEY_DASHBOARD_FILE_URL") or "").rstrip("/")
+EXPORT = os.environ.get("VOLLEY_DASHBOARD_EXPORT")
+FILE_MAX = int(os.environ.get("VOLLEY_DASHBOARD_FILE_MAX_BYTES") or 0)
 SHOTS = os.environ.get("VOLLEY_DASHBOARD_SCREENSHOTS")
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 BATCH_STATES = re.compile(r"^(running|succeeded|failed|cancelled)$")
@@ -320,3 +327,89 @@ def test_screenshots(page):
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main([__file__, "-v"]))
+
+
+# ----------------------------------------------------- a dropped export --
+DROP = """([text, name]) => {
+  const file = new File([text], name, {type: "application/json"});
+  const data = new DataTransfer();
+  data.items.add(file);
+  document.querySelector('[data-testid="drop-zone"]').dispatchEvent(
+    new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true}));
+}"""
+
+
+@pytest.fixture()
+def file_page(anon):
+    if not (FILE_URL and EXPORT):
+        pytest.skip("VOLLEY_DASHBOARD_FILE_URL / VOLLEY_DASHBOARD_EXPORT are not set")
+    pg = anon.new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(f"{FILE_URL}/")
+    expect(pg.get_by_test_id("drop-zone")).to_be_visible(timeout=10_000)
+    yield pg
+    assert not errors, f"script errors on the page: {errors}"
+
+
+def test_an_export_dropped_on_the_file_dashboard_is_shown(file_page):
+    with open(EXPORT, encoding="utf-8") as exported:
+        text = exported.read()
+    document = json.loads(text)
+    batch = document["batch"]["id"]
+    total = len(document["ops"])
+    assert "never-shown" not in text, "the export holds a secret"
+    file_page.evaluate(DROP, [text, "small-export.json"])
+    file_page.wait_for_url(f"**/batches/{q(batch)}", timeout=10_000)
+    expect(file_page.get_by_test_id("batch-state")).to_have_text(BATCH_STATES, timeout=5_000)
+    expect(file_page.get_by_test_id("op-count")).to_have_text(f"{total} ops")
+    # Its op panel shows the args, the secret masked.
+    file_page.get_by_test_id("critical-op").first.click()
+    expect(file_page.get_by_test_id("op-args")).to_be_visible(timeout=5_000)
+    file_page.goto(f"{FILE_URL}/batches/{q(batch)}?op=hello")
+    expect(file_page.get_by_test_id("op-args")).to_contain_text("API_TOKEN", timeout=5_000)
+    expect(file_page.get_by_test_id("op-args")).not_to_contain_text("never-shown")
+    # The list has it now.
+    file_page.goto(f"{FILE_URL}/")
+    expect(file_page.locator(f'[data-testid="batch-row"][data-id="{batch}"]')).to_be_visible(timeout=10_000)
+
+
+def choose(pg, name, payload):
+    pg.get_by_test_id("open-file").set_input_files(
+        {"name": name, "mimeType": "application/json", "buffer": payload})
+    return pg.get_by_test_id("open-error")
+
+
+def test_hostile_drops_get_a_clear_error(file_page):
+    with open(EXPORT, encoding="utf-8") as exported:
+        text = exported.read()
+    expect(choose(file_page, "malformed.json", b'{"format": "volley-batch-export/1", "ops": [')).to_contain_text(
+        "not a batch export", timeout=10_000)
+    wrong = text.replace("volley-batch-export/1", "volley-batch-export/9", 1).encode()
+    expect(choose(file_page, "wrong.json", wrong)).to_contain_text("volley-batch-export/9", timeout=10_000)
+    expect(choose(file_page, "list.json", b"[1, 2, 3]")).to_contain_text("not a batch export", timeout=10_000)
+    assert FILE_MAX > 0
+    huge = b" " * (FILE_MAX + 1)
+    expect(choose(file_page, "huge.json", huge)).to_contain_text("more than", timeout=10_000)
+    assert urllib.parse.urlsplit(file_page.url).path == "/", "a refused file opened nothing"
+    # The server checks too, whatever a page does.
+    csrf = file_page.request.get(f"{FILE_URL}/api/session").json()["csrf"]
+    big = file_page.request.post(f"{FILE_URL}/api/files", data=huge,
+                                 headers={"X-Volley-Csrf": csrf, "Content-Type": "application/json"})
+    assert big.status == 413 and big.json()["error"] == "too_large", big.status
+    forged = file_page.request.post(f"{FILE_URL}/api/files", data=text.encode(),
+                                    headers={"Content-Type": "application/json"})
+    assert forged.status == 403, f"an open without the page's token answered {forged.status}"
+    foreign = file_page.request.post(f"{FILE_URL}/api/files", data=text.encode(),
+                                     headers={"X-Volley-Csrf": csrf, "Origin": "http://evil.example"})
+    assert foreign.status == 403, f"an open from another site answered {foreign.status}"
+
+
+def test_a_live_dashboard_takes_no_file(page):
+    """No write path on a live coordinator: there is no file route there."""
+    with open(EXPORT or __file__, "rb") as exported:
+        body = exported.read()
+    csrf = page.request.get(f"{BASE}/api/session").json()["csrf"]
+    r = page.request.post(f"{BASE}/api/files", data=body,
+                          headers={"X-Volley-Csrf": csrf, "Content-Type": "application/json"})
+    assert r.status in (404, 405), f"POST /api/files on a live dashboard answered {r.status}"
