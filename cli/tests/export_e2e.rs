@@ -85,6 +85,33 @@ fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, S
     (status, body)
 }
 
+/// `POST /api/files` with `body` and these extra header lines: the status
+/// and the body.
+fn post_file(address: &str, headers: &str, body: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect to the dashboard");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        stream,
+        "POST /api/files HTTP/1.1\r\nHost: {address}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .expect("send");
+    // A refusal may come before the whole body is read.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
 /// The status of a GET that names another `Host`.
 fn status_as_host(address: &str, host: &str, path: &str) -> u16 {
     let mut stream = TcpStream::connect(address).expect("connect to the dashboard");
@@ -376,6 +403,47 @@ async fn an_exported_batch_shows_in_the_dashboard_as_it_did_live() {
     let (status, page) = http(&address, "GET", &format!("/batches/{batch}"), None);
     assert_eq!(status, 200, "the page, with no login");
     assert!(page.contains("<script"), "{page}");
+
+    // Another export opened as the page does when one is dropped on it:
+    // only with the page's token, from this origin, checked as hostile.
+    let csrf = session["csrf"].as_str().expect("a token").to_owned();
+    assert_eq!(csrf.len(), 64, "{session}");
+    let with_token = format!("X-Volley-Csrf: {csrf}\r\nX-Volley-File-Name: shared.json\r\n");
+    let shared_text = serde_json::to_vec(&shared_document).expect("json");
+    let (status, _) = post_file(&address, "", &shared_text);
+    assert_eq!(status, 403, "no token");
+    let (status, _) = post_file(&address, "X-Volley-Csrf: nope\r\n", &shared_text);
+    assert_eq!(status, 403, "a wrong token");
+    let (status, _) = post_file(
+        &address,
+        &format!("{with_token}Origin: http://evil.example\r\n"),
+        &shared_text,
+    );
+    assert_eq!(status, 403, "another site");
+    let (status, body) = post_file(&address, &with_token, b"{\"format\": 7");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("shared.json is not a batch export"), "{body}");
+    let (status, body) = post_file(
+        &address,
+        &with_token,
+        &text
+            .replacen("volley-batch-export/1", "volley-batch-export/9", 1)
+            .into_bytes(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("volley-batch-export/9"), "{body}");
+    let (status, body) = post_file(&address, &with_token, &shared_text);
+    assert_eq!(status, 200, "{body}");
+    let opened: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(opened["id"], shared_batch, "{opened}");
+    let listed = json_get(&address, "/api/batches", None);
+    assert_eq!(
+        listed["batches"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    let memory = json_get(&address, "/api/namespaces/team-x/memory", None);
+    assert_eq!(memory["keys"][0]["key"], "shared/greeting", "{memory}");
     let _ = server.start_kill();
     let _ = server.wait().await;
 
