@@ -173,3 +173,49 @@ impl std::ops::Deref for BatchRows {
         &self.rows
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn export(id: &str, name: &str) -> Export {
+        let document = serde_json::json!({
+            "format": crate::export::EXPORT_FORMAT,
+            "batch": {"id": id, "name": name},
+            "ops": [{"index": 0, "id": "a", "kind": "noop", "state": "succeeded"}],
+            "graph": {"deps": [[]]},
+        });
+        Export::from_slice(document.to_string().as_bytes(), "test.json").expect("an export")
+    }
+
+    #[test]
+    fn an_open_replaces_the_same_batch_and_the_oldest_goes_past_the_bound() {
+        let files = Files::new(Some(export("b0", "first")), 10, "token".to_owned());
+        files.open(export("b0", "again"));
+        assert_eq!(files.all().len(), 1);
+        let again = files.find("b0").expect("open");
+        assert_eq!(again.header["name"], "again");
+        for at in 1..=MAX_OPEN_EXPORTS {
+            files.open(export(&format!("b{at}"), "more"));
+        }
+        let open: Vec<String> = files
+            .all()
+            .iter()
+            .map(|export| export.batch_id().to_owned())
+            .collect();
+        assert_eq!(open, vec!["b4", "b3", "b2", "b1"], "newest first, b0 gone");
+        assert!(files.find("b0").is_none());
+    }
+
+    #[test]
+    fn the_summary_is_the_critical_path_and_the_durations_summed() {
+        let export = export("b1", "one");
+        let rows = BatchRows::new(export.rows.to_vec());
+        let summary = rows.summary(&export.plan);
+        assert_eq!(summary.critical_path, vec![0]);
+        assert_eq!(summary.sequential_ms, 0);
+        assert!(summary.critical.contains(&0));
+        assert_eq!(rows.folded(|| b"{}".to_vec()), b"{}");
+        assert_eq!(rows.folded(|| b"other".to_vec()), b"{}", "folded once");
+    }
+}
