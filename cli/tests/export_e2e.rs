@@ -43,6 +43,14 @@ ops:
     args: {text: done}
 "#;
 
+/// A batch of a shared namespace: its memory is the namespace's.
+const SHARED_BATCH: &str = r#"
+name: shared
+namespace: team-x
+ops:
+  - {id: put, kind: memory.put, args: {key: shared/greeting, value: hello}}
+"#;
+
 /// One HTTP/1.1 request over a plain socket: the status and the body.
 fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(address).expect("connect to the dashboard");
@@ -75,6 +83,33 @@ fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, S
         body.to_owned()
     };
     (status, body)
+}
+
+/// `POST /api/files` with `body` and these extra header lines: the status
+/// and the body.
+fn post_file(address: &str, headers: &str, body: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect to the dashboard");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        stream,
+        "POST /api/files HTTP/1.1\r\nHost: {address}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .expect("send");
+    // A refusal may come before the whole body is read.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
 }
 
 /// The status of a GET that names another `Host`.
@@ -240,6 +275,45 @@ async fn an_exported_batch_shows_in_the_dashboard_as_it_did_live() {
         "{keys:?}"
     );
     assert_eq!(document["graph"]["deps"].as_array().map(Vec::len), Some(6));
+    // Each op's args, masked by the coordinator as the op panel masks them.
+    let prep = ops.iter().find(|op| op["id"] == "prep").expect("prep");
+    assert_eq!(prep["args"]["env"]["API_TOKEN"], "••••••", "{prep}");
+    assert!(
+        prep["args"]["cmd"]
+            .as_str()
+            .is_some_and(|cmd| cmd.contains("echo prepared")),
+        "{prep}"
+    );
+    // A foreach item is data, not a secret: shown.
+    assert_eq!(each_a["args"]["env"]["VOLLEY_ITEM"], "a", "{each_a}");
+    assert_eq!(document["memory"]["scope"], "batch");
+
+    // A batch of a shared namespace exports the namespace's keys.
+    let shared_file = batch_file(cluster.root(), "shared.yaml", SHARED_BATCH);
+    let (code, shared_report) = submit_watched_json(&cluster, &shared_file).await;
+    assert_eq!(code, Some(0), "{shared_report}");
+    let shared_batch = shared_report["batch_id"].as_str().expect("batch id");
+    let shared_export = volley_with(ADMIN_TOKEN, &cluster.url, &["export", shared_batch]).await;
+    assert_eq!(
+        shared_export.status.code(),
+        Some(0),
+        "{}",
+        stderr(&shared_export)
+    );
+    let shared_document: Value =
+        serde_json::from_slice(&shared_export.stdout).expect("one JSON document");
+    assert_eq!(shared_document["batch"]["namespace"], "team-x");
+    assert_eq!(shared_document["graph"]["namespace"], "team-x");
+    assert_eq!(shared_document["memory"]["scope"], "team-x");
+    assert!(
+        shared_document["memory"]["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .any(|key| key["key"] == "shared/greeting" && key["value"] == "hello"),
+        "{}",
+        shared_document["memory"]
+    );
     let saved = tempfile::tempdir().expect("temp dir");
     let export_path = saved.path().join("batch.json");
     std::fs::write(&export_path, &text).expect("write the export");
@@ -289,8 +363,8 @@ async fn an_exported_batch_shows_in_the_dashboard_as_it_did_live() {
     }
     for (op, live_answer) in op_ids.iter().zip(&live_ops) {
         let from_file = json_get(&address, &format!("/api/batches/{batch}/ops/{op}"), None);
-        // The gRPC API gives no args or attempt limits out.
-        let ignored = ["args", "max_attempts"];
+        // The gRPC API gives no attempt limits out.
+        let ignored = ["max_attempts"];
         assert_eq!(
             without(from_file, &ignored),
             without(live_answer.clone(), &ignored),
@@ -329,6 +403,47 @@ async fn an_exported_batch_shows_in_the_dashboard_as_it_did_live() {
     let (status, page) = http(&address, "GET", &format!("/batches/{batch}"), None);
     assert_eq!(status, 200, "the page, with no login");
     assert!(page.contains("<script"), "{page}");
+
+    // Another export opened as the page does when one is dropped on it:
+    // only with the page's token, from this origin, checked as hostile.
+    let csrf = session["csrf"].as_str().expect("a token").to_owned();
+    assert_eq!(csrf.len(), 64, "{session}");
+    let with_token = format!("X-Volley-Csrf: {csrf}\r\nX-Volley-File-Name: shared.json\r\n");
+    let shared_text = serde_json::to_vec(&shared_document).expect("json");
+    let (status, _) = post_file(&address, "", &shared_text);
+    assert_eq!(status, 403, "no token");
+    let (status, _) = post_file(&address, "X-Volley-Csrf: nope\r\n", &shared_text);
+    assert_eq!(status, 403, "a wrong token");
+    let (status, _) = post_file(
+        &address,
+        &format!("{with_token}Origin: http://evil.example\r\n"),
+        &shared_text,
+    );
+    assert_eq!(status, 403, "another site");
+    let (status, body) = post_file(&address, &with_token, b"{\"format\": 7");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("shared.json is not a batch export"), "{body}");
+    let (status, body) = post_file(
+        &address,
+        &with_token,
+        &text
+            .replacen("volley-batch-export/1", "volley-batch-export/9", 1)
+            .into_bytes(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("volley-batch-export/9"), "{body}");
+    let (status, body) = post_file(&address, &with_token, &shared_text);
+    assert_eq!(status, 200, "{body}");
+    let opened: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(opened["id"], shared_batch, "{opened}");
+    let listed = json_get(&address, "/api/batches", None);
+    assert_eq!(
+        listed["batches"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    let memory = json_get(&address, "/api/namespaces/team-x/memory", None);
+    assert_eq!(memory["keys"][0]["key"], "shared/greeting", "{memory}");
     let _ = server.start_kill();
     let _ = server.wait().await;
 

@@ -10,6 +10,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 use volley_proto::MAX_MESSAGE_BYTES;
 use volley_proto::v1::batch_service_client::BatchServiceClient;
+use volley_proto::v1::plan_service_client::PlanServiceClient;
 use volley_proto::v1::token_service_client::TokenServiceClient;
 use volley_proto::v1::worker_service_client::WorkerServiceClient;
 use volley_proto::v1::{self, submit_batch_chunk::Part};
@@ -34,6 +35,7 @@ pub struct Client {
     memory: MemoryRpc,
     workers: WorkerServiceClient<AuthedChannel>,
     tokens: TokenServiceClient<AuthedChannel>,
+    plans: PlanServiceClient<AuthedChannel>,
 }
 
 impl Client {
@@ -72,7 +74,9 @@ impl Client {
             workers: WorkerServiceClient::with_interceptor(channel.clone(), bearer.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            tokens: TokenServiceClient::with_interceptor(channel, bearer),
+            tokens: TokenServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            plans: PlanServiceClient::with_interceptor(channel, bearer)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
         }
     }
 
@@ -218,6 +222,28 @@ impl Client {
             ..v1::GetBatchRequest::default()
         };
         Ok(self.batches.clone().get_batch(request).await?.into_inner())
+    }
+
+    /// A page of the batch as planned: its namespace and the args of the
+    /// ops `offset..offset + limit` (at most 1,000), secrets masked by the
+    /// coordinator. A coordinator that predates it answers `Unimplemented`.
+    pub async fn batch_plan(
+        &self,
+        batch_id: &str,
+        offset: u32,
+        limit: u32,
+    ) -> Result<v1::BatchPlanPage, ClientError> {
+        let request = v1::GetBatchPlanRequest {
+            batch_id: batch_id.to_owned(),
+            ops_offset: offset,
+            ops_limit: limit,
+        };
+        Ok(self
+            .plans
+            .clone()
+            .get_batch_plan(request)
+            .await?
+            .into_inner())
     }
 
     /// Counts and timings only, without the per-op list.

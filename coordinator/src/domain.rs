@@ -49,6 +49,9 @@ pub struct BatchSummary {
     pub tenant: String,
     /// `None` while it runs.
     pub finished_ms: Option<u64>,
+    /// Its ended ops' durations, summed, kept in its record (so a list that
+    /// polls reads no op; 0 for a batch stored before the store kept it).
+    pub sequential_ms: u64,
 }
 
 /// A live worker of the cluster and how busy it is.
@@ -59,6 +62,8 @@ pub struct WorkerInfo {
     pub labels: BTreeMap<String, String>,
     pub slots: u32,
     pub busy: u32,
+    /// It is handing its work back (shutting down) and takes no more.
+    pub draining: bool,
     /// The coordinator it is connected to.
     pub coordinator: String,
 }

@@ -237,6 +237,7 @@ verbs! {
     OpSummaries => "op_summaries",
     OpDurations => "op_durations",
     Events => "events",
+    LastEventSeq => "last_event_seq",
     ListBatches => "list_batches",
     DropExpired => "drop_expired",
     PruneBatchIndex => "prune_batch_index",
@@ -525,6 +526,11 @@ impl Store for MeteredStore {
     async fn events(&self, batch: &BatchId, after_seq: u64, max: u32) -> StoreResult<Vec<Event>> {
         self.count(Verb::Events);
         self.inner.events(batch, after_seq, max).await
+    }
+
+    async fn last_event_seq(&self, batch: &BatchId) -> StoreResult<u64> {
+        self.count(Verb::LastEventSeq);
+        self.inner.last_event_seq(batch).await
     }
 
     async fn list_batches(&self, limit: u32, tenant: Option<&str>) -> StoreResult<Vec<BatchMeta>> {

@@ -9,8 +9,10 @@
 
 use std::sync::Arc;
 
+use serde_json::Value;
 use volley_plan::Plan;
 use volley_proto::BatchId;
+use volley_store::BatchMeta;
 
 use crate::auth::Principal;
 use crate::error::CoordinatorError;
@@ -21,7 +23,8 @@ use crate::service::{Access, Coordinator};
 #[derive(Clone, Debug)]
 pub struct BatchView {
     planned: Arc<PlannedBatch>,
-    created_ms: u64,
+    /// The batch's record as read with the view: state, counters, times.
+    meta: BatchMeta,
     /// Succeeded, failed or cancelled when read: its rows no longer change.
     finished: bool,
 }
@@ -43,7 +46,13 @@ impl BatchView {
 
     /// Unix ms.
     pub fn created_ms(&self) -> u64 {
-        self.created_ms
+        self.meta.created_ms
+    }
+
+    /// The batch's record when the view was read: its name, state,
+    /// counters, error and times (a batch header reads no more).
+    pub fn meta(&self) -> &BatchMeta {
+        &self.meta
     }
 
     /// Whether the batch had finished (succeeded, failed or cancelled) when
@@ -62,6 +71,20 @@ impl BatchView {
             .position(|op| op.id.as_str() == op_id)
             .map(|index| index as u32)
     }
+}
+
+/// The most ops a [`Coordinator::plan_page`] holds.
+pub const PLAN_PAGE_MAX_OPS: u32 = 1_000;
+
+/// A page of a batch as planned (see [`Coordinator::plan_page`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanPage {
+    /// The shared memory namespace it uses, if any.
+    pub namespace: Option<String>,
+    /// All its ops.
+    pub total: u32,
+    /// The page's ops' args, masked.
+    pub args: Vec<Value>,
 }
 
 /// One op's state and timings: what a graph or a timeline draws.
@@ -88,6 +111,28 @@ impl Coordinator {
         principal: &Principal,
     ) -> Result<BatchView, CoordinatorError> {
         let planned = self.authorize(principal, batch, Access::Read).await?;
+        self.view_of(batch, planned).await
+    }
+
+    /// The batch's view and the seq of its latest event, read before the
+    /// view: the view shows every event up to that seq (and maybe some
+    /// after), so a reader that follows the stream after it misses none.
+    #[tracing::instrument(skip_all, fields(batch = %batch))]
+    pub async fn batch_view_and_seq(
+        &self,
+        batch: &BatchId,
+        principal: &Principal,
+    ) -> Result<(BatchView, u64), CoordinatorError> {
+        let planned = self.authorize(principal, batch, Access::Read).await?;
+        let last_seq = self.store().last_event_seq(batch).await?;
+        Ok((self.view_of(batch, planned).await?, last_seq))
+    }
+
+    async fn view_of(
+        &self,
+        batch: &BatchId,
+        planned: Arc<PlannedBatch>,
+    ) -> Result<BatchView, CoordinatorError> {
         let meta = self
             .store()
             .meta(batch)
@@ -102,9 +147,51 @@ impl Coordinator {
         );
         Ok(BatchView {
             planned,
-            created_ms: meta.created_ms,
+            meta,
             finished,
         })
+    }
+
+    /// A page of the batch as planned, for an export: its namespace and
+    /// the args of the ops of indices `offset..offset + limit` (at most
+    /// [`PLAN_PAGE_MAX_OPS`]), masked with [`mask_args`].
+    #[tracing::instrument(skip_all, fields(batch = %batch, offset, limit))]
+    pub async fn plan_page(
+        &self,
+        batch: &BatchId,
+        offset: u32,
+        limit: u32,
+        principal: &Principal,
+    ) -> Result<PlanPage, CoordinatorError> {
+        let view = self.batch_view(batch, principal).await?;
+        let ops = &view.plan().ops;
+        let start = (offset as usize).min(ops.len());
+        let end = start
+            .saturating_add(limit.min(PLAN_PAGE_MAX_OPS) as usize)
+            .min(ops.len());
+        Ok(PlanPage {
+            namespace: view.plan().namespace.clone(),
+            total: u32::try_from(ops.len()).unwrap_or(u32::MAX),
+            args: ops[start..end]
+                .iter()
+                .map(|op| mask_args(&op.args))
+                .collect(),
+        })
+    }
+
+    /// The coordinator holding `view`'s batch while it runs (empty when
+    /// none does, or once it finished).
+    #[tracing::instrument(skip_all, fields(batch = %view.id()))]
+    pub async fn batch_owner_of(&self, view: &BatchView) -> Result<String, CoordinatorError> {
+        if view.meta.finished_ms.is_some() {
+            return Ok(String::new());
+        }
+        Ok(self
+            .store()
+            .batch_owner(view.id(), crate::service::now_ms())
+            .await?
+            .map(|fence| fence.coordinator)
+            .unwrap_or_default())
     }
 
     /// Every op's row, by index (the batch's ops as `view` knows them):
@@ -123,7 +210,7 @@ impl Coordinator {
                 started_ms: if summary.started_ms == 0 {
                     0
                 } else {
-                    summary.started_ms.saturating_sub(view.created_ms)
+                    summary.started_ms.saturating_sub(view.created_ms())
                 },
                 duration_ms: summary.duration_ms,
                 error: match summary.cause {
@@ -190,6 +277,83 @@ pub struct EventRow {
     pub attempt: u32,
     pub worker: String,
     pub message: String,
+}
+
+/// An op's args as the dashboard and `volley export` show them: values of
+/// `env` and of fields named like credentials masked; `${secret.X}`
+/// references are names, not values, and stay.
+pub fn mask_args(args: &Value) -> Value {
+    mask_args_at(args, 0)
+}
+
+/// [`mask_args`] of a value `depth` levels down (deeper than 16 is shown
+/// as it is: no args nest so deep).
+pub fn mask_args_at(value: &Value, depth: usize) -> Value {
+    const MASK: &str = "••••••";
+    match value {
+        Value::Object(map) if depth < 16 => Value::Object(
+            map.iter()
+                .map(|(key, inner)| {
+                    let lower = key.to_ascii_lowercase();
+                    let secret = lower == "env"
+                        || [
+                            "token",
+                            "secret",
+                            "password",
+                            "passwd",
+                            "credential",
+                            "api_key",
+                            "apikey",
+                            "authorization",
+                        ]
+                        .iter()
+                        .any(|word| lower.contains(word));
+                    let shown = if secret {
+                        match inner {
+                            Value::Object(entries) => Value::Object(
+                                entries
+                                    .iter()
+                                    .map(|(name, value)| {
+                                        // A foreach item is data the batch
+                                        // file spelled out, not a secret.
+                                        let shown = if name.starts_with("VOLLEY_ITEM")
+                                            || name == "VOLLEY_INDEX"
+                                        {
+                                            value.clone()
+                                        } else {
+                                            masked(value, MASK)
+                                        };
+                                        (name.clone(), shown)
+                                    })
+                                    .collect(),
+                            ),
+                            other => masked(other, MASK),
+                        }
+                    } else {
+                        mask_args_at(inner, depth + 1)
+                    };
+                    (key.clone(), shown)
+                })
+                .collect(),
+        ),
+        Value::Array(items) if depth < 16 => Value::Array(
+            items
+                .iter()
+                .map(|item| mask_args_at(item, depth + 1))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn masked(value: &Value, mask: &str) -> Value {
+    match value {
+        Value::String(text) if text.starts_with("${secret.") && text.ends_with('}') => {
+            value.clone()
+        }
+        Value::Null => Value::Null,
+        _ => Value::String(mask.to_owned()),
+    }
 }
 
 fn first_line(text: &str) -> String {

@@ -606,6 +606,71 @@ function workersPage() {
   }, 2000);
 }
 
+// ---------------------------------------------------------- open a file --
+/**
+ * A file dashboard (`volley dashboard`) opens exports dropped anywhere on
+ * the page or chosen in its drop zone: the file goes to POST /api/files,
+ * which checks it (size, format, every index) and answers what is wrong, or
+ * where the batch now is. A live dashboard has no such route.
+ */
+function fileOpener(s) {
+  const status = h("div", { "data-testid": "open-status", "aria-live": "polite" });
+  const input = h("input", { type: "file", accept: ".json,application/json", "data-testid": "open-file", hidden: true });
+  const fail = (message) => clear(status, h("div", { class: "error-box", role: "alert", "data-testid": "open-error" }, message));
+  const open = async (file) => {
+    if (!file) return;
+    if (s.max_file_bytes != null && file.size > s.max_file_bytes) {
+      fail(`${file.name} is ${fmtBytes(file.size)}, more than the ${fmtBytes(s.max_file_bytes)} a dropped file may have (volley dashboard --max-file-bytes)`);
+      return;
+    }
+    clear(status, h("p", { class: "muted" }, `Opening ${file.name}…`));
+    let resp;
+    let data = null;
+    try {
+      resp = await fetch("/api/files", {
+        method: "POST",
+        credentials: "same-origin",
+        // A header value is Latin-1: other characters of the name become "?".
+        headers: { "X-Volley-Csrf": s.csrf || "", "X-Volley-File-Name": file.name.replace(/[^\x20-\x7e]/g, "?"),
+          "Content-Type": "application/json" },
+        body: file,
+      });
+      data = await resp.json().catch(() => null);
+    } catch (e) {
+      fail(`${file.name} could not be sent: ${e}`);
+      return;
+    }
+    if (!resp.ok) {
+      fail((data && data.message) || `${file.name} was refused (HTTP ${resp.status})`);
+      return;
+    }
+    location.assign(data.url);
+  };
+  input.addEventListener("change", () => open(input.files[0]));
+  const zone = h("div", { class: "dropzone", "data-testid": "drop-zone" },
+    h("strong", null, "Drop a batch export here"),
+    h("span", { class: "muted" }, " (volley export ID > batch.json) or "),
+    h("button", { class: "btn", type: "button", onclick: () => input.click() }, "choose a file"),
+    input, status);
+  // Anywhere on the page.
+  document.addEventListener("dragover", (ev) => {
+    ev.preventDefault();
+    document.body.classList.add("dragging");
+  });
+  document.addEventListener("dragleave", (ev) => {
+    if (!ev.relatedTarget) document.body.classList.remove("dragging");
+  });
+  document.addEventListener("drop", (ev) => {
+    ev.preventDefault();
+    document.body.classList.remove("dragging");
+    const file = ev.dataTransfer && ev.dataTransfer.files && ev.dataTransfer.files[0];
+    if (!zone.isConnected) main.prepend(zone);
+    if (file) open(file);
+    else fail("Nothing to open: drop a file.");
+  });
+  return zone;
+}
+
 // --------------------------------------------------------------- router --
 function notFound() {
   setTitle("Not found");
@@ -631,7 +696,12 @@ function route() {
         location.assign("/login");
       }
     };
-    if (s.mode === "file") main.prepend(h("div", { class: "banner" }, "Viewing an exported batch file (read-only)."));
+    if (s.mode === "file") {
+      const zone = fileOpener(s);
+      // The list shows the drop zone; other pages take a drop anywhere.
+      if (path === "/" || path === "") main.prepend(zone);
+      main.prepend(h("div", { class: "banner" }, "Viewing exported batch files (read-only). Drop another export anywhere on the page to open it."));
+    }
   }).catch(() => {});
   let m;
   if (path === "/" || path === "") return listPage();

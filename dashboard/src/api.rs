@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use volley_coordinator::CoordinatorError;
 use volley_coordinator::auth::{AuthError, Principal, Role};
 use volley_coordinator::domain::{BatchState, OpState};
-use volley_coordinator::views::{BatchView, OpRow};
+use volley_coordinator::views::{self, BatchView};
 use volley_proto::BatchId;
 use volley_proto::streams::{OpStreams, streams_of};
 
@@ -30,7 +30,7 @@ use crate::App;
 use crate::export::Export;
 use crate::graph::{self, GraphOp};
 use crate::session::{Caller, check_csrf};
-use crate::source::{Source, View};
+use crate::source::{BatchRows, Files, Source, View};
 
 /// What an API call can fail with, as an HTTP status and
 /// `{"error": …, "message": …}`.
@@ -46,6 +46,8 @@ pub enum ApiError {
     Invalid(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl ApiError {
@@ -56,6 +58,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
         }
     }
 }
@@ -166,18 +169,17 @@ impl<'de> Deserialize<'de> for Count {
 pub(crate) async fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError> {
     match &app.source {
         Source::Live(coordinator) => app.sessions.caller(coordinator, headers).await,
-        Source::File(export) => Ok(file_caller(export)),
+        Source::File(_) => Ok(file_caller()),
     }
 }
 
-/// Whoever reads an exported file: it is on this machine and holds the
-/// file already, so no login; it may change nothing.
-fn file_caller(export: &Export) -> Caller {
+/// Whoever reads exported files: they are on this machine and hold the
+/// files already, so no login; they may change nothing in a batch.
+fn file_caller() -> Caller {
     Caller {
         principal: Arc::new(Principal {
             token_id: "file".to_owned(),
             role: Role::Client,
-            tenant: export.tenant.clone(),
             ..Principal::anonymous()
         }),
         csrf: None,
@@ -185,17 +187,24 @@ fn file_caller(export: &Export) -> Caller {
     }
 }
 
-/// The exported batch `id` names, or not found.
-fn exported<'a>(export: &'a Arc<Export>, id: &str) -> Result<&'a Arc<Export>, ApiError> {
+/// The open export of the batch `id` names, or not found.
+fn exported(files: &Files, id: &str) -> Result<Arc<Export>, ApiError> {
     let batch = batch_id(id)?;
-    if export.is(batch.as_str()) {
-        Ok(export)
-    } else {
-        Err(ApiError::NotFound(format!(
-            "batch {batch} is not in this file (it holds {})",
-            export.batch_id()
-        )))
-    }
+    files.find(batch.as_str()).ok_or_else(|| {
+        let open: Vec<String> = files
+            .all()
+            .iter()
+            .map(|export| export.batch_id().to_owned())
+            .collect();
+        ApiError::NotFound(format!(
+            "batch {batch} is not in the open files (they hold {})",
+            if open.is_empty() {
+                "none yet: drop an export on the page".to_owned()
+            } else {
+                open.join(", ")
+            }
+        ))
+    })
 }
 
 /// A batch id from a path: at most 64 characters of an id's alphabet.
@@ -220,8 +229,16 @@ pub async fn session(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResu
         "auth": caller.authenticated,
         "tenant": caller.principal.tenant,
         "role": format!("{:?}", caller.principal.role).to_lowercase(),
-        "csrf": caller.csrf.clone().unwrap_or_default(),
+        // A file dashboard's token is the one a drop must send.
+        "csrf": match &app.source {
+            Source::File(files) => files.open_token.clone(),
+            Source::Live(_) => caller.csrf.clone().unwrap_or_default(),
+        },
         "mode": if app.source.is_file() { "file" } else { "live" },
+        "max_file_bytes": match &app.source {
+            Source::File(files) => Some(files.max_bytes),
+            Source::Live(_) => None,
+        },
         "can_cancel": !app.source.is_file() && caller.may_change(),
     }))
     .into_response())
@@ -241,7 +258,14 @@ pub async fn batches(
     let limit = Count::or(query.limit, 50).clamp(1, 500) as u32;
     let coordinator = match &app.source {
         Source::Live(coordinator) => coordinator,
-        Source::File(export) => return Ok(Json(file_batches(export)).into_response()),
+        Source::File(files) => {
+            let rows: Vec<Value> = files
+                .all()
+                .iter()
+                .map(|export| file_batch(export))
+                .collect();
+            return Ok(Json(json!({"batches": rows, "next": Value::Null})).into_response());
+        }
     };
     let batches = coordinator.list(limit, &caller.principal).await?;
     let now = now_ms();
@@ -249,6 +273,7 @@ pub async fn batches(
         .iter()
         .map(|batch| {
             let end = batch.finished_ms.unwrap_or(now);
+            let wall_ms = end.saturating_sub(batch.created_ms);
             json!({
                 "id": batch.batch.to_string(),
                 "name": batch.name,
@@ -258,16 +283,17 @@ pub async fn batches(
                 "total": batch.total,
                 "created_at_ms": batch.created_ms,
                 "finished_at_ms": batch.finished_ms.unwrap_or(0),
-                "wall_ms": end.saturating_sub(batch.created_ms),
-                "speedup": Value::Null,
+                "wall_ms": wall_ms,
+                "sequential_ms": batch.sequential_ms,
+                "speedup": speedup(batch.sequential_ms, wall_ms),
             })
         })
         .collect();
     Ok(Json(json!({"batches": rows, "next": Value::Null})).into_response())
 }
 
-/// The list of a file: its one batch.
-fn file_batches(export: &Export) -> Value {
+/// The list's row of an exported batch.
+fn file_batch(export: &Export) -> Value {
     let header = &export.header;
     let field = |name: &str| header.get(name).cloned().unwrap_or(Value::Null);
     let done = ["succeeded", "failed", "skipped", "cancelled"]
@@ -281,19 +307,17 @@ fn file_batches(export: &Export) -> Value {
         export.created_ms + wall
     };
     json!({
-        "batches": [{
-            "id": export.batch_id,
-            "name": field("name"),
-            "tenant": export.tenant,
-            "state": field("state"),
-            "done": done,
-            "total": field("total"),
-            "created_at_ms": export.created_ms,
-            "finished_at_ms": finished,
-            "wall_ms": wall,
-            "speedup": field("speedup"),
-        }],
-        "next": Value::Null,
+        "id": export.batch_id,
+        "name": field("name"),
+        "tenant": export.tenant,
+        "state": field("state"),
+        "done": done,
+        "total": field("total"),
+        "created_at_ms": export.created_ms,
+        "finished_at_ms": finished,
+        "wall_ms": wall,
+        "sequential_ms": field("sequential_ms"),
+        "speedup": field("speedup"),
     })
 }
 
@@ -310,63 +334,71 @@ pub async fn batch(
         }
     };
     let batch = batch_id(&id)?;
-    let view = coordinator.batch_view(&batch, &caller.principal).await?;
-    let status = coordinator
-        .status_page(&batch, None, &caller.principal)
+    // The seq is read before the batch: the header shows every event up to
+    // it, and the page follows the stream after it. (The rows may be a
+    // reuse up to RUNNING_ROWS_TTL old; the next event refreshes them.)
+    let (view, last_seq) = coordinator
+        .batch_view_and_seq(&batch, &caller.principal)
         .await?;
-    let ended = status.succeeded + status.failed + status.skipped + status.cancelled;
-    // A running batch's summary has no critical path yet: the one so far.
-    let (critical_path, critical_path_ms) = if status.critical_path.is_empty() {
-        let rows = app.rows.rows(coordinator, &view).await?;
-        let durations: Vec<u64> = rows.iter().map(|row| row.duration_ms).collect();
-        let (path, length) = view.plan().critical_path(&durations);
-        let ids: Vec<String> = path
-            .iter()
-            .map(|index| view.plan().ops[*index as usize].id.as_str().to_owned())
-            .collect();
-        (ids, length)
-    } else {
-        (status.critical_path.clone(), status.critical_path_ms)
-    };
+    // The same rows the graph and the timeline of this page load read (one
+    // store read), and their critical path computed once for all three.
+    let rows = app.rows.rows(coordinator, &view).await?;
+    let owner = coordinator.batch_owner_of(&view).await?;
+    let meta = view.meta();
+    let plan = view.plan();
+    let summary = rows.summary(plan);
+    let wall_ms = meta
+        .finished_ms
+        .unwrap_or_else(now_ms)
+        .saturating_sub(meta.created_ms);
+    let critical_path: Vec<&str> = summary
+        .critical_path
+        .iter()
+        .map(|index| plan.ops[*index as usize].id.as_str())
+        .collect();
     Ok(Json(json!({
-        "id": status.batch.to_string(),
-        "name": status.name,
+        "id": meta.id.as_str(),
+        "name": meta.name,
         "tenant": view.tenant(),
-        "state": status.state.word(),
-        "error": status.error,
-        "created_at_ms": status.created_ms,
-        "wall_ms": status.wall_ms,
-        "sequential_ms": status.sequential_ms,
-        "speedup": (status.speedup.is_finite() && status.speedup > 0.0).then_some(status.speedup),
-        "total": status.total,
-        "succeeded": status.succeeded,
-        "failed": status.failed,
-        "skipped": status.skipped,
-        "cancelled": status.cancelled,
-        "running": status.running,
-        "waiting": status.total.saturating_sub(ended + status.running),
+        "state": meta.state.word(),
+        "error": meta.error,
+        "created_at_ms": meta.created_ms,
+        "wall_ms": wall_ms,
+        "sequential_ms": summary.sequential_ms,
+        "speedup": speedup(summary.sequential_ms, wall_ms),
+        "total": meta.total,
+        "succeeded": meta.succeeded,
+        "failed": meta.failed,
+        "skipped": meta.skipped,
+        "cancelled": meta.cancelled,
+        "running": meta.running,
+        "waiting": meta.total.saturating_sub(meta.done() + meta.running),
         "critical_path": critical_path,
-        "critical_path_ms": critical_path_ms,
-        "namespace": view.plan().namespace,
-        "owner": status.owner,
-        "last_seq": Value::Null,
+        "critical_path_ms": summary.critical_path_ms,
+        "namespace": plan.namespace,
+        "owner": owner,
+        "last_seq": last_seq,
     }))
     .into_response())
+}
+
+/// Sequential time over wall time; none before any time passed or any op
+/// took time.
+fn speedup(sequential_ms: u64, wall_ms: u64) -> Option<f64> {
+    (wall_ms > 0 && sequential_ms > 0).then(|| sequential_ms as f64 / wall_ms as f64)
 }
 
 async fn view_and_rows(
     app: &App,
     caller: &Caller,
     id: &str,
-) -> Result<(View, Arc<Vec<OpRow>>), ApiError> {
+) -> Result<(View, Arc<BatchRows>), ApiError> {
     let coordinator = match &app.source {
         Source::Live(coordinator) => coordinator,
         Source::File(export) => {
             let export = exported(export, id)?;
-            return Ok((
-                View::File(Arc::clone(export)),
-                Arc::new(export.rows.clone()),
-            ));
+            let rows = Arc::clone(&export.rows);
+            return Ok((View::File(export), rows));
         }
     };
     let batch = batch_id(id)?;
@@ -404,7 +436,7 @@ struct CachedRows {
     finished: bool,
     /// Filled by the first caller; the others wait for it (one read each
     /// time the rows go stale, however many panels ask at once).
-    rows: tokio::sync::OnceCell<Arc<Vec<OpRow>>>,
+    rows: tokio::sync::OnceCell<Arc<BatchRows>>,
 }
 
 impl CachedRows {
@@ -424,16 +456,21 @@ impl RowsCache {
         &self,
         coordinator: &volley_coordinator::Coordinator,
         view: &BatchView,
-    ) -> Result<Arc<Vec<OpRow>>, ApiError> {
+    ) -> Result<Arc<BatchRows>, ApiError> {
         let ops = view.plan().ops.len();
         if ops > CACHED_ROWS {
-            return Ok(Arc::new(coordinator.op_rows(view).await?));
+            return Ok(Arc::new(BatchRows::new(coordinator.op_rows(view).await?)));
         }
         let entry = self.entry(view, ops);
         // A failed read leaves the cell empty: the next caller tries again.
         let rows = entry
             .rows
-            .get_or_try_init(|| async { coordinator.op_rows(view).await.map(Arc::new) })
+            .get_or_try_init(|| async {
+                coordinator
+                    .op_rows(view)
+                    .await
+                    .map(|rows| Arc::new(BatchRows::new(rows)))
+            })
             .await?;
         Ok(Arc::clone(rows))
     }
@@ -501,19 +538,6 @@ pub async fn graph(
     let caller = caller(&app, &headers).await?;
     let (view, rows) = view_and_rows(&app, &caller, &id).await?;
     let plan = view.plan();
-    let ops: Vec<GraphOp<'_>> = plan
-        .ops
-        .iter()
-        .enumerate()
-        .map(|(index, op)| GraphOp {
-            id: op.id.as_str(),
-            kind: &op.kind,
-            group: plan.group_of(index as u32),
-            deps: &op.deps,
-            dependents: &op.dependents,
-            state: rows.get(index).map_or("waiting", |row| row.state),
-        })
-        .collect();
     let expand: HashSet<String> = query
         .expand
         .as_deref()
@@ -523,9 +547,33 @@ pub async fn graph(
         .take(50)
         .map(str::to_owned)
         .collect();
-    let durations: Vec<u64> = rows.iter().map(|row| row.duration_ms).collect();
-    let (critical, _) = plan.critical_path(&durations);
-    Ok(Json(graph::aggregate(&ops, &expand, &critical)).into_response())
+    let critical = &rows.summary(plan).critical_path;
+    let fold = || {
+        let ops: Vec<GraphOp<'_>> = plan
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(index, op)| GraphOp {
+                id: op.id.as_str(),
+                kind: &op.kind,
+                group: plan.group_of(index as u32),
+                deps: &op.deps,
+                dependents: &op.dependents,
+                state: rows.get(index).map_or("waiting", |row| row.state),
+            })
+            .collect();
+        graph::aggregate(&ops, &expand, critical)
+    };
+    if !expand.is_empty() {
+        return Ok(Json(fold()).into_response());
+    }
+    // What every page load asks: folded once per read of the rows.
+    let folded = rows.folded(|| serde_json::to_vec(&fold()).unwrap_or_default());
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        folded.to_vec(),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -619,7 +667,7 @@ pub async fn op(
     let caller = caller(&app, &headers).await?;
     let panel = match &app.source {
         Source::Live(coordinator) => live_op(coordinator, &caller, &id, &op_id).await?,
-        Source::File(export) => file_op(exported(export, &id)?, &op_id)?,
+        Source::File(export) => file_op(exported(export, &id)?.as_ref(), &op_id)?,
     };
     Ok(Json(json!({
         "index": panel.index,
@@ -750,7 +798,9 @@ fn file_op(export: &Export, op_id: &str) -> Result<OpPanel, ApiError> {
         kind: op.kind.clone(),
         group: op.group.clone().filter(|group| !group.is_empty()),
         state,
-        args: op.args.clone(),
+        // Masked when exported; masked again here (it changes nothing then),
+        // since a file may have been written by anything.
+        args: mask(&op.args, 0),
         after: op.after.clone(),
         attempts: op.attempts,
         max_attempts: op.max_attempts,
@@ -794,7 +844,7 @@ pub async fn op_logs(
             (streams.stdout, streams.stderr)
         }
         Source::File(export) => {
-            let panel = file_op(exported(export, &id)?, &op_id)?;
+            let panel = file_op(exported(export, &id)?.as_ref(), &op_id)?;
             (panel.stdout, panel.stderr)
         }
     };
@@ -827,9 +877,7 @@ pub async fn timeline(
     let caller = caller(&app, &headers).await?;
     let (view, rows) = view_and_rows(&app, &caller, &id).await?;
     let plan = view.plan();
-    let durations: Vec<u64> = rows.iter().map(|row| row.duration_ms).collect();
-    let (critical, _) = plan.critical_path(&durations);
-    let critical: HashSet<u32> = critical.into_iter().collect();
+    let critical = &rows.summary(plan).critical;
     // Started ops, in start order (stable: by index among equal starts).
     let mut started: Vec<usize> = rows
         .iter()
@@ -999,7 +1047,7 @@ pub async fn namespace_memory(
 async fn memory(app: &App, caller: &Caller, batch: &str, namespace: &str) -> ApiResult {
     let coordinator = match &app.source {
         Source::Live(coordinator) => coordinator,
-        Source::File(export) => return file_memory(export, batch, namespace),
+        Source::File(files) => return file_memory(files, batch, namespace),
     };
     let scope = coordinator
         .memory_scope(batch, namespace, &caller.principal)
@@ -1033,18 +1081,20 @@ async fn memory(app: &App, caller: &Caller, batch: &str, namespace: &str) -> Api
 
 /// The memory a file holds: its batch's keys as they were exported (a
 /// shared namespace's too, when the batch used one).
-fn file_memory(export: &Export, batch: &str, namespace: &str) -> ApiResult {
-    let memory = &export.memory;
-    let asked = if namespace.is_empty() {
-        export.is(batch)
-    } else {
-        memory.scope == namespace
-    };
-    if !asked {
+fn file_memory(files: &Files, batch: &str, namespace: &str) -> ApiResult {
+    let found = files.all().into_iter().find(|export| {
+        if namespace.is_empty() {
+            export.is(batch)
+        } else {
+            export.memory.scope == namespace
+        }
+    });
+    let Some(export) = found else {
         return Err(ApiError::NotFound(
-            "this file holds no such memory".to_owned(),
+            "the open files hold no such memory".to_owned(),
         ));
-    }
+    };
+    let memory = &export.memory;
     let rows: Vec<Value> = memory
         .keys
         .iter()
@@ -1090,6 +1140,7 @@ pub async fn workers(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResu
                 "busy": worker.busy,
                 "labels": worker.labels,
                 "kinds": worker.kinds,
+                "draining": worker.draining,
                 "coordinator": worker.coordinator,
             })
         })
@@ -1123,6 +1174,85 @@ pub async fn cancel(
     Ok(Json(json!({"cancelled": true, "ops": outcome.cancelled})).into_response())
 }
 
+/// The name a dropped file is sent with (its errors name it).
+const FILE_NAME_HEADER: &str = "x-volley-file-name";
+
+/// `POST /api/files` (a file dashboard only): opens an export dropped on
+/// the page. The body is the file; it is read up to the dashboard's file
+/// limit and checked as hostile input (`Export::from_slice`), so a bad
+/// file is a `400` that names the problem and a large one a `413`. Only
+/// the dashboard's own page may open one: the request must carry the
+/// token of `/api/session` (which a page of another site can neither read
+/// nor send without a preflight this server never allows) and, when the
+/// browser names an origin, come from this very host.
+pub async fn open_file(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult {
+    let Source::File(files) = &app.source else {
+        return Err(ApiError::NotFound("no such page".to_owned()));
+    };
+    let sent = headers
+        .get("x-volley-csrf")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if sent.is_empty() || sent != files.open_token {
+        return Err(ApiError::Forbidden(
+            "a file is opened from the dashboard's own page (its X-Volley-Csrf is missing or wrong)"
+                .to_owned(),
+        ));
+    }
+    if !same_origin(&headers) {
+        return Err(ApiError::Forbidden(
+            "a file opened from another site".to_owned(),
+        ));
+    }
+    let name: String = headers
+        .get(FILE_NAME_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(|name| {
+            name.chars()
+                .filter(|character| !character.is_control())
+                .take(200)
+                .collect()
+        })
+        .filter(|name: &String| !name.trim().is_empty())
+        .unwrap_or_else(|| "the dropped file".to_owned());
+    let limit = usize::try_from(files.max_bytes).unwrap_or(usize::MAX);
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::TooLarge(format!(
+            "{name} is larger than the {} bytes a dropped file may have (volley dashboard --max-file-bytes)",
+            files.max_bytes
+        ))
+    })?;
+    let checked_name = name.clone();
+    let export = tokio::task::spawn_blocking(move || Export::from_slice(&bytes, &checked_name))
+        .await
+        .map_err(|error| ApiError::Unavailable(format!("reading {name} failed: {error}")))?
+        .map_err(|error| ApiError::Invalid(error.to_string()))?;
+    let id = export.batch_id().to_owned();
+    let ops = export.op_count();
+    tracing::info!(batch = %id, ops, file = %name, "opened a dropped export");
+    files.open(export);
+    Ok(Json(json!({"id": id, "ops": ops, "url": format!("/batches/{id}")})).into_response())
+}
+
+/// Whether a request's `Origin`, when it has one, is this very host.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers
+        .get(header::ORIGIN)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    origin.split("://").nth(1) == Some(host)
+}
+
 /// The first `max` bytes of `text`, cut at a character boundary.
 fn head(text: &str, max: usize) -> String {
     if text.len() <= max {
@@ -1135,72 +1265,10 @@ fn head(text: &str, max: usize) -> String {
     text[..end].to_owned()
 }
 
-/// Args as a panel shows them: values of `env` and of fields named like
-/// credentials masked; `${secret.X}` references are names, not values, and
-/// stay.
+/// Args as a panel shows them: the coordinator's one masking, the same
+/// `volley export` writes.
 fn mask(value: &Value, depth: usize) -> Value {
-    const MASK: &str = "••••••";
-    match value {
-        Value::Object(map) if depth < 16 => Value::Object(
-            map.iter()
-                .map(|(key, inner)| {
-                    let lower = key.to_ascii_lowercase();
-                    let secret = lower == "env"
-                        || [
-                            "token",
-                            "secret",
-                            "password",
-                            "passwd",
-                            "credential",
-                            "api_key",
-                            "apikey",
-                            "authorization",
-                        ]
-                        .iter()
-                        .any(|word| lower.contains(word));
-                    let shown = if secret {
-                        match inner {
-                            Value::Object(entries) => Value::Object(
-                                entries
-                                    .iter()
-                                    .map(|(name, value)| {
-                                        // A foreach item is data the batch
-                                        // file spelled out, not a secret.
-                                        let shown = if name.starts_with("VOLLEY_ITEM")
-                                            || name == "VOLLEY_INDEX"
-                                        {
-                                            value.clone()
-                                        } else {
-                                            masked(value, MASK)
-                                        };
-                                        (name.clone(), shown)
-                                    })
-                                    .collect(),
-                            ),
-                            other => masked(other, MASK),
-                        }
-                    } else {
-                        mask(inner, depth + 1)
-                    };
-                    (key.clone(), shown)
-                })
-                .collect(),
-        ),
-        Value::Array(items) if depth < 16 => {
-            Value::Array(items.iter().map(|item| mask(item, depth + 1)).collect())
-        }
-        other => other.clone(),
-    }
-}
-
-fn masked(value: &Value, mask: &str) -> Value {
-    match value {
-        Value::String(text) if text.starts_with("${secret.") && text.ends_with('}') => {
-            value.clone()
-        }
-        Value::Null => Value::Null,
-        _ => Value::String(mask.to_owned()),
-    }
+    views::mask_args_at(value, depth)
 }
 
 pub(crate) fn now_ms() -> u64 {

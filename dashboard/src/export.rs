@@ -187,7 +187,7 @@ pub struct Export {
     /// The batch header exactly as `/api/batches/{id}` answered it.
     pub(crate) header: serde_json::Map<String, Value>,
     pub(crate) plan: Plan,
-    pub(crate) rows: Vec<OpRow>,
+    pub(crate) rows: std::sync::Arc<crate::source::BatchRows>,
     pub(crate) ops: Vec<ExportedOp>,
     pub(crate) events: Vec<ExportedEvent>,
     pub(crate) memory: ExportedMemory,
@@ -361,7 +361,7 @@ impl Export {
                 .collect(),
             unwritten_waits: Vec::new(),
         };
-        let rows = document
+        let rows: Vec<OpRow> = document
             .ops
             .iter()
             .map(|op| OpRow {
@@ -373,14 +373,21 @@ impl Export {
                 error: op.error.lines().next().unwrap_or_default().to_owned(),
             })
             .collect();
+        // The header is written before the events: its `last_seq` is the
+        // file's last event (a page follows the file's stream after it).
+        let mut header = document.batch;
+        if header.get("last_seq").is_none_or(Value::is_null) {
+            let last = document.events.iter().map(|event| event.seq).max();
+            header.insert("last_seq".to_owned(), last.unwrap_or(0).into());
+        }
         Ok(Export {
             batch_id,
             tenant,
             created_ms,
             exported_at_ms: document.exported_at_ms,
-            header: document.batch,
+            header,
             plan,
-            rows,
+            rows: std::sync::Arc::new(crate::source::BatchRows::new(rows)),
             ops: document.ops,
             events: document.events,
             memory: document.memory,

@@ -65,12 +65,25 @@ pub fn router(coordinator: Coordinator, config: &DashboardConfig) -> Router {
     routes(Source::Live(coordinator), config)
 }
 
-/// The dashboard's routes over one exported batch, read-only. With
-/// `loopback_only`, a request must name a loopback host: there is no login,
-/// so a page of another site that rebinds its DNS name to 127.0.0.1 must
-/// not read the batch.
-pub fn file_router(export: Export, loopback_only: bool) -> Router {
-    let router = routes(Source::File(Arc::new(export)), &DashboardConfig::default());
+/// How a file dashboard is served.
+#[derive(Clone, Debug)]
+pub struct FileConfig {
+    /// A request must name a loopback host: there is no login, so a page
+    /// of another site that rebinds its DNS name to 127.0.0.1 must not
+    /// read the batches.
+    pub loopback_only: bool,
+    /// The most bytes of a file dropped on the page.
+    pub max_file_bytes: u64,
+}
+
+/// The dashboard's routes over exported batches, read-only: `first`, if
+/// any, and those dropped on the page since (`POST /api/files`, the one
+/// write a file dashboard takes: it only adds a file to what it shows, and
+/// a live dashboard has no such route).
+pub fn file_router(first: Option<Export>, config: &FileConfig) -> Router {
+    let files = source::Files::new(first, config.max_file_bytes, session::random_token());
+    let loopback_only = config.loopback_only;
+    let router = routes(Source::File(files), &DashboardConfig::default());
     if loopback_only {
         router.layer(axum::middleware::from_fn(loopback_host))
     } else {
@@ -110,12 +123,23 @@ fn is_loopback_host(host: &str) -> bool {
 }
 
 fn routes(source: Source, config: &DashboardConfig) -> Router {
+    let file_limit = match &source {
+        Source::File(files) => Some(files.max_bytes),
+        Source::Live(_) => None,
+    };
     let app = Arc::new(App {
         source,
         sessions: Sessions::new(config.secure_cookies),
         rows: api::RowsCache::default(),
     });
-    Router::new()
+    let router = Router::new();
+    // Only a file dashboard opens dropped files: a live one takes no file.
+    let router = match file_limit {
+        // The handler reads the body itself, up to the file limit.
+        Some(_) => router.route("/api/files", post(api::open_file)),
+        None => router,
+    };
+    router
         .route("/", get(page))
         .route("/batches/{id}", get(page))
         .route("/workers", get(page))
@@ -155,17 +179,17 @@ pub async fn serve(
         .await
 }
 
-/// Serves one exported batch on `listener` until `shutdown` resolves
-/// (see [`file_router`] for `loopback_only`).
+/// Serves exported batches on `listener` until `shutdown` resolves (see
+/// [`file_router`]).
 pub async fn serve_file(
     listener: TcpListener,
-    export: Export,
-    loopback_only: bool,
+    first: Option<Export>,
+    config: FileConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let address = listener.local_addr()?;
-    tracing::info!(%address, batch = export.batch_id(), "dashboard serving an exported batch");
-    axum::serve(listener, file_router(export, loopback_only))
+    tracing::info!(%address, batch = first.as_ref().map(Export::batch_id), "dashboard serving exported batches");
+    axum::serve(listener, file_router(first, &config))
         .with_graceful_shutdown(shutdown)
         .await
 }

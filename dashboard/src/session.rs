@@ -269,6 +269,11 @@ pub fn safe_next(next: Option<&str>) -> String {
     }
 }
 
+/// A fresh random token (256 bits, hex).
+pub(crate) fn random_token() -> String {
+    random_hex(32)
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut buffer = vec![0u8; bytes];
     // The OS's generator; without one there is no safe session to make.

@@ -7,6 +7,10 @@
 #
 #   dashboard/tests/run.sh                    # needs target/debug/volley (cargo build --bin volley)
 #   SCREENSHOTS=docs/dashboard dashboard/tests/run.sh   # also refreshes the pictures in docs/
+#   VOLLEY_DASHBOARD_SCALE_OPS=100000 dashboard/tests/run.sh
+#       # also a finished batch of that many ops, whose page must be
+#       # interactive within 2 s; the times (cold, then warm) are printed last
+#   PYTEST_ADDOPTS="-k interactive" dashboard/tests/run.sh   # only some checks
 #
 # Installs what is missing: redis-server and chromium with apt-get, the
 # Python packages (dashboard/tests/requirements.txt) in a venv under
@@ -38,7 +42,12 @@ fi
 
 work="$(mktemp -d)"
 up_pid=""
+file_pid=""
 cleanup() {
+  if [ -n "$file_pid" ]; then
+    kill -INT "$file_pid" 2>/dev/null || true
+    wait "$file_pid" 2>/dev/null || true
+  fi
   if [ -n "$up_pid" ]; then
     kill -INT "$up_pid" 2>/dev/null || true
     wait "$up_pid" 2>/dev/null || true
@@ -100,17 +109,66 @@ ops:
 EOF
 "$volley" submit "$work/big.yaml" --watch --output json >"$work/big.json"
 big="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["batch_id"])' "$work/big.json")"
+scale=""
+if [ -n "${VOLLEY_DASHBOARD_SCALE_OPS:-}" ]; then
+  # A build, fan-outs of 10,000 (a foreach's most), a report:
+  # VOLLEY_DASHBOARD_SCALE_OPS ops in all.
+  left=$((VOLLEY_DASHBOARD_SCALE_OPS - 2))
+  fans=()
+  {
+    echo "name: scale-$VOLLEY_DASHBOARD_SCALE_OPS"
+    echo "ops:"
+    echo "  - {id: build, kind: echo, args: {text: built}}"
+    while [ "$left" -gt 0 ]; do
+      n=$((left < 10000 ? left : 10000))
+      fans+=("shard${#fans[@]}")
+      echo "  - {id: ${fans[-1]}, kind: noop, after: [build], foreach: {range: [1, $n]}}"
+      left=$((left - n))
+    done
+    echo "  - {id: report, kind: echo, after: [$(IFS=,; echo "${fans[*]}")], args: {text: done}}"
+  } >"$work/scale.yaml"
+  "$volley" submit "$work/scale.yaml" --watch --output json >"$work/scale.json"
+  scale="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["batch_id"])' "$work/scale.json")"
+fi
 running="$("$volley" submit "$work/running.yaml" --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["batch_id"])')"
 
+# A small finished batch, exported, and a file dashboard with nothing open
+# (`volley dashboard`, no --file) that a browser drops the export on.
+printf '%s\n' "name: small" "ops:" \
+  "  - {id: hello, kind: shell, args: {cmd: 'echo hello', env: {API_TOKEN: never-shown}}}" \
+  "  - {id: bye, kind: echo, after: [hello], args: {text: bye}}" >"$work/small.yaml"
+small="$("$volley" submit "$work/small.yaml" --watch --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["batch_id"])')"
+"$volley" export "$small" >"$work/small-export.json"
+"$volley" dashboard --listen 127.0.0.1:0 --max-file-bytes 1000000 \
+  >"$work/file.out" 2>"$work/file.err" </dev/null &
+file_pid=$!
+for _ in $(seq 1 100); do
+  grep -q "http://" "$work/file.out" 2>/dev/null && break
+  sleep 0.1
+done
+file_dashboard="$(grep -o 'http://[0-9.:]*' "$work/file.out" | head -1)"
+[ -n "$file_dashboard" ] || { cat "$work/file.err" >&2; echo "dashboard/tests/run.sh: volley dashboard printed no URL" >&2; exit 1; }
+
+export VOLLEY_DASHBOARD_FILE_URL="$file_dashboard"
+export VOLLEY_DASHBOARD_EXPORT="$work/small-export.json"
+export VOLLEY_DASHBOARD_FILE_MAX_BYTES=1000000
 export VOLLEY_DASHBOARD_URL="$dashboard"
 export VOLLEY_DASHBOARD_TOKEN="$VOLLEY_TOKEN"
 export VOLLEY_DASHBOARD_BIG_BATCH="$big"
 export VOLLEY_DASHBOARD_RUNNING_BATCH="$running"
+export VOLLEY_DASHBOARD_SCALE_BATCH="$scale"
+export VOLLEY_DASHBOARD_TIMINGS="$work/timings.txt"
 export VOLLEY_DASHBOARD_SCREENSHOTS="${SCREENSHOTS:-$work/screenshots}"
 export CHROMIUM="$chromium"
 mkdir -p "$VOLLEY_DASHBOARD_SCREENSHOTS"
 cd "$repo"
-"$venv/bin/python" -m pytest -q -rs -p no:cacheprovider "$here/test_dashboard.py" | tee "$work/pytest.out"
+status=0
+"$venv/bin/python" -m pytest -q -rs -p no:cacheprovider "$here/test_dashboard.py" | tee "$work/pytest.out" || status=$?
+if [ -s "$work/timings.txt" ]; then
+  echo "time to interactive (navigation until the header, the critical path and the DAG are shown):"
+  cat "$work/timings.txt"
+fi
+[ "$status" = 0 ] || exit "$status"
 if grep -qE '[0-9]+ skipped' "$work/pytest.out"; then
   echo "dashboard/tests/run.sh: a check was skipped; every one must run" >&2
   exit 1

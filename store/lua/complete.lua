@@ -58,8 +58,14 @@ local fresh = false
 
 -- Successes not yet written.
 local pending_states, pending_results, pending_ops = {}, {}, {}
+-- Their durations, summed (kept exact: far below 2^53).
+local pending_duration = 0
 local function apply_successes()
   if #pending_ops == 0 then return end
+  if pending_duration > 0 then
+    redis.call('HINCRBY', K_META, 'duration_sum_ms', string.format('%d', pending_duration))
+  end
+  pending_duration = 0
   call_chunked('HSET', K_STATE, pending_states, 2)
   call_chunked('HSET', K_RESULT, pending_results, 2)
   call_chunked('ZREM', K_LEASES, pending_ops, 1)
@@ -96,6 +102,9 @@ for position = 0, count - 1 do
     pending_results[#pending_results + 1] = idx
     pending_results[#pending_results + 1] = cjson.encode({ w = worker, s = started,
       d = duration, o = output, e = err, j = details })
+    if string.match(duration, '^%d+$') then
+      pending_duration = pending_duration + tonumber(duration)
+    end
     event('succeeded', idx, attempt, worker, err, nil)
     recorded = recorded + 1
     if has_store_as then
@@ -117,7 +126,7 @@ for position = 0, count - 1 do
     else
       local code = ok and 'S' or 'F'
       end_op(idx, code, cjson.encode({ w = worker, s = started, d = duration, o = output,
-        e = err, j = details }))
+        e = err, j = details }), duration)
       event(ok and 'succeeded' or 'failed', idx, attempt, worker, err, nil)
       recorded = recorded + 1
       if ok and has_store_as then

@@ -91,7 +91,7 @@ for _, idx in ipairs(indices) do
         if started ~= '' then
           duration = string.format('%d', math.max(0, tonumber(deadline) - tonumber(started)))
         end
-        end_op(idx, 'F', cjson.encode({ e = err, w = worker, s = started, d = duration }))
+        end_op(idx, 'F', cjson.encode({ e = err, w = worker, s = started, d = duration }), duration)
         event('failed', idx, attempt, worker, err, nil)
         failed = failed + 1
         became_ready = became_ready + propagate(idx, 'F')

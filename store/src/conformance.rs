@@ -96,6 +96,7 @@ macro_rules! conformance_tests {
             case_op_records_at_reads_the_given_ops,
             case_op_summaries_agree_with_records,
             case_op_summaries_cross_slices,
+            case_sequential_time_is_kept_with_the_meta,
             case_priorities_then_fifo,
             case_claim_respects_max,
             case_max_parallel_caps_claims,

@@ -24,7 +24,9 @@
 //! - `meta` (hash): name, tenant, state, created_ms, finished_ms, max_parallel,
 //!   on_failure, total, the counters, error,
 //!   `deadline_ms` (0: none), the flags `cancel_requested` /
-//!   `fail_fast_fired` / `deadline_fired`, `retry_failed` (1: a sequential
+//!   `fail_fast_fired` / `deadline_fired`, `duration_sum_ms` (the final
+//!   records' durations summed, kept by `end_op` and `complete.lua`),
+//!   `retry_failed` (1: a sequential
 //!   pass is asked for) and `sequential` (1: that pass started; claims run
 //!   one op at a time, failures are final), and `owner_token` (the last
 //!   fence token handed out by `hold.lua`; absent = 0).

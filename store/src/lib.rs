@@ -512,6 +512,11 @@ pub trait Store: Send + Sync + 'static {
     /// Events with `seq > after_seq`, in order, at most `max`.
     async fn events(&self, batch: &BatchId, after_seq: u64, max: u32) -> StoreResult<Vec<Event>>;
 
+    /// The seq of the batch's latest event: 0 when it has none (or there
+    /// is no such batch). A reader shows the batch as of this event, and
+    /// follows its stream from there.
+    async fn last_event_seq(&self, batch: &BatchId) -> StoreResult<u64>;
+
     /// Most recent batches first.
     async fn list_batches(&self, limit: u32, tenant: Option<&str>) -> StoreResult<Vec<BatchMeta>>;
 

@@ -521,6 +521,11 @@ pub struct BatchMeta {
     /// The tenant of the token that submitted it ("" for a store that
     /// predates tenants: the default tenant's).
     pub tenant: String,
+    /// The durations of its ended ops, summed: its sequential time so far
+    /// (what [`crate::Store::op_durations`] adds up to), kept with the
+    /// counters so a list of batches shows a speedup without reading their
+    /// ops. 0 for a batch stored before this was kept.
+    pub sequential_ms: u64,
 }
 
 impl BatchMeta {
@@ -681,6 +686,9 @@ pub struct WorkerEntry {
     pub slots: u32,
     /// Slots in use when published.
     pub busy: u32,
+    /// It hands its work back and takes no more (absent in an entry of an
+    /// older coordinator: not draining).
+    pub draining: bool,
 }
 
 /// An API token as the store keeps it: never the token itself, only its

@@ -1,7 +1,9 @@
-//! `volley dashboard --file batch.json`: the dashboard's pages and JSON
-//! API over one exported batch (`volley export`), read-only, with no
-//! coordinator, Redis or login — the file is on this machine, so the
-//! server binds loopback unless told otherwise.
+//! `volley dashboard [--file batch.json]`: the dashboard's pages and JSON
+//! API over exported batches (`volley export`), read-only, with no
+//! coordinator, Redis or login — the files are on this machine, so the
+//! server binds loopback unless told otherwise. More exports are opened by
+//! dropping them on the page (or choosing them there); without `--file`
+//! the page starts empty, waiting for one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,9 +16,10 @@ use crate::telemetry;
 
 #[derive(Args, Debug)]
 pub struct DashboardArgs {
-    /// A batch written by `volley export ID > batch.json`.
+    /// A batch written by `volley export ID > batch.json`. Without it the
+    /// page waits for an export dropped on it.
     #[arg(long, env = "VOLLEY_DASHBOARD_FILE")]
-    pub file: PathBuf,
+    pub file: Option<PathBuf>,
     /// Where to serve it (port 0: a free one). Loopback only, unless
     /// --allow-remote.
     #[arg(long, env = "VOLLEY_DASHBOARD_LISTEN", default_value = "127.0.0.1:0")]
@@ -27,7 +30,8 @@ pub struct DashboardArgs {
     /// DNS name rebound to 127.0.0.1).
     #[arg(long, env = "VOLLEY_DASHBOARD_ALLOW_REMOTE", default_value_t = false)]
     pub allow_remote: bool,
-    /// A file larger than this is refused before it is read.
+    /// A file larger than this is refused before it is read (a dropped
+    /// one too).
     #[arg(long, env = "VOLLEY_DASHBOARD_MAX_FILE_BYTES", default_value_t = DEFAULT_MAX_EXPORT_BYTES)]
     pub max_file_bytes: u64,
 }
@@ -41,19 +45,23 @@ pub async fn run(args: DashboardArgs) -> Exit {
         );
         return Exit::Invalid;
     }
-    let path = args.file.clone();
-    let max = args.max_file_bytes;
-    let loaded = tokio::task::spawn_blocking(move || Export::load(&path, max)).await;
-    let export = match loaded {
-        Ok(Ok(export)) => export,
-        Ok(Err(error)) => {
-            eprintln!("error: {error}");
-            return Exit::Invalid;
+    let export = match &args.file {
+        Some(path) => {
+            let reading = path.clone();
+            let max = args.max_file_bytes;
+            match tokio::task::spawn_blocking(move || Export::load(&reading, max)).await {
+                Ok(Ok(export)) => Some(export),
+                Ok(Err(error)) => {
+                    eprintln!("error: {error}");
+                    return Exit::Invalid;
+                }
+                Err(error) => {
+                    eprintln!("error: reading {} failed: {error}", path.display());
+                    return Exit::Invalid;
+                }
+            }
         }
-        Err(error) => {
-            eprintln!("error: reading {} failed: {error}", args.file.display());
-            return Exit::Invalid;
-        }
+        None => None,
     };
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(listener) => listener,
@@ -69,20 +77,27 @@ pub async fn run(args: DashboardArgs) -> Exit {
             return Exit::Invalid;
         }
     };
-    eprintln!(
-        "serving batch {} ({} ops) from {}, read-only; Ctrl-C stops",
-        export.batch_id(),
-        export.op_count(),
-        args.file.display()
-    );
-    println!("http://{address}/batches/{}", export.batch_id());
-    if let Err(error) = volley_dashboard::serve_file(
-        listener,
-        export,
-        !args.allow_remote,
-        super::shutdown_signal(),
-    )
-    .await
+    match (&export, &args.file) {
+        (Some(export), Some(path)) => {
+            eprintln!(
+                "serving batch {} ({} ops) from {}, read-only (drop more exports on the page); Ctrl-C stops",
+                export.batch_id(),
+                export.op_count(),
+                path.display()
+            );
+            println!("http://{address}/batches/{}", export.batch_id());
+        }
+        _ => {
+            eprintln!("drop an export (volley export ID > batch.json) on the page; Ctrl-C stops");
+            println!("http://{address}/");
+        }
+    }
+    let config = volley_dashboard::FileConfig {
+        loopback_only: !args.allow_remote,
+        max_file_bytes: args.max_file_bytes,
+    };
+    if let Err(error) =
+        volley_dashboard::serve_file(listener, export, config, super::shutdown_signal()).await
     {
         eprintln!("error: the dashboard stopped: {error}");
         return Exit::Invalid;

@@ -4,8 +4,12 @@
 //! gone.
 //!
 //! Everything is read through the public gRPC API with the caller's token
-//! (status pages, the event stream from seq 0, memory list/get), so it
-//! works against any cluster and a tenant exports only its own batches.
+//! (status pages, plan pages for the args — masked by the coordinator with
+//! the dashboard's own masking — the event stream from seq 0, memory
+//! list/get), so it works against any cluster and a tenant exports only its
+//! own batches. A batch with a shared namespace exports that namespace's
+//! keys (its memory). A coordinator too old to give plan pages leaves the
+//! args `null`.
 //! The document is written as it is read: ops page by page, events as the
 //! watch yields them, memory key by key — a 100,000-op batch's outputs are
 //! never held in memory, let alone twice. Only the op ids, their
@@ -92,8 +96,12 @@ pub async fn run(args: ExportArgs) -> Exit {
         Ok(page) => page,
         Err(error) => return exit::client_error(&error),
     };
+    let first_plan = match plan_page(&client, &batch_id, 0).await {
+        Ok(page) => page,
+        Err(error) => return exit::client_error(&error),
+    };
     let mut out = io::BufWriter::with_capacity(256 * 1024, io::stdout());
-    let written = export(&client, &batch_id, first_page, &args, &mut out).await;
+    let written = export(&client, &batch_id, first_page, first_plan, &args, &mut out).await;
     let flushed = written.and_then(|()| out.flush().map_err(Failed::from));
     match flushed {
         Ok(()) => Exit::Success,
@@ -110,13 +118,35 @@ pub async fn run(args: ExportArgs) -> Exit {
     }
 }
 
+/// The plan page of the ops from `offset`: `None` from a coordinator that
+/// predates plan pages.
+async fn plan_page(
+    client: &Client,
+    batch_id: &str,
+    offset: u32,
+) -> Result<Option<v1::BatchPlanPage>, ClientError> {
+    match client.batch_plan(batch_id, offset, EXPORT_PAGE_OPS).await {
+        Ok(page) => Ok(Some(page)),
+        Err(ClientError::Other {
+            code: tonic::Code::Unimplemented,
+            ..
+        }) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 async fn export(
     client: &Client,
     batch_id: &str,
     mut first_page: v1::BatchStatus,
+    first_plan: Option<v1::BatchPlanPage>,
     args: &ExportArgs,
     out: &mut impl Write,
 ) -> Result<(), Failed> {
+    let namespace = first_plan
+        .as_ref()
+        .map(|plan| plan.namespace.clone())
+        .filter(|namespace| !namespace.is_empty());
     let tenant = match client.list(1000).await {
         Ok(batches) => batches
             .into_iter()
@@ -132,7 +162,10 @@ async fn export(
         now_ms(),
         json!(format!("volley {}", env!("CARGO_PKG_VERSION")))
     )?;
-    serde_json::to_writer(&mut *out, &header(&first_page, &tenant))?;
+    serde_json::to_writer(
+        &mut *out,
+        &header(&first_page, &tenant, namespace.as_deref()),
+    )?;
 
     // Ops, page by page; only ids, dependencies and groups are kept.
     out.write_all(b",\n\"ops\":[\n")?;
@@ -141,16 +174,24 @@ async fn export(
     let mut groups: Vec<ExportedGroup> = Vec::new();
     let total = first_page.total;
     let mut ops = std::mem::take(&mut first_page.ops);
+    // The plan page of the same ops: their args, as JSON.
+    let mut plan = first_plan;
     let mut next = 0u32;
     loop {
         let got = ops.len() as u32;
+        let page_start = next;
         for op in ops {
             let index = next;
             next += 1;
             if index > 0 {
                 out.write_all(b",\n")?;
             }
-            serde_json::to_writer(&mut *out, &exported_op(index, &op))?;
+            let op_args = plan
+                .as_ref()
+                .and_then(|plan| plan.args_json.get((index - page_start) as usize))
+                .and_then(|json| serde_json::from_str(json).ok())
+                .unwrap_or(Value::Null);
+            serde_json::to_writer(&mut *out, &exported_op(index, &op, op_args))?;
             if !op.group.is_empty() {
                 match groups.last_mut() {
                     Some(run) if run.end == index && run.id == op.group => run.end += 1,
@@ -171,6 +212,9 @@ async fn export(
             .status_page(batch_id, next, EXPORT_PAGE_OPS)
             .await?
             .ops;
+        if plan.is_some() {
+            plan = plan_page(client, batch_id, next).await?;
+        }
     }
 
     // Events, from the first, until the batch finished or the stream has
@@ -195,7 +239,7 @@ async fn export(
     }
 
     out.write_all(b"\n],\n\"memory\":")?;
-    write_memory(client, batch_id, args, out).await?;
+    write_memory(client, batch_id, namespace.as_deref(), args, out).await?;
 
     let deps: Vec<Vec<u32>> = afters
         .iter()
@@ -209,7 +253,7 @@ async fn export(
     let graph = ExportedGraph {
         deps,
         groups,
-        namespace: None,
+        namespace,
     };
     out.write_all(b",\n\"graph\":")?;
     serde_json::to_writer(&mut *out, &graph)?;
@@ -218,7 +262,7 @@ async fn export(
 }
 
 /// The batch's header, field for field as `/api/batches/{id}` answers.
-fn header(status: &v1::BatchStatus, tenant: &str) -> Value {
+fn header(status: &v1::BatchStatus, tenant: &str, namespace: Option<&str>) -> Value {
     let ended = status.succeeded + status.failed + status.skipped + status.cancelled;
     json!({
         "id": status.batch_id,
@@ -239,13 +283,13 @@ fn header(status: &v1::BatchStatus, tenant: &str) -> Value {
         "waiting": status.total.saturating_sub(ended + status.running),
         "critical_path": status.critical_path,
         "critical_path_ms": status.critical_path_ms,
-        "namespace": Value::Null,
+        "namespace": namespace,
         "owner": status.owner,
         "last_seq": Value::Null,
     })
 }
 
-fn exported_op(index: u32, op: &v1::OpStatus) -> ExportedOp {
+fn exported_op(index: u32, op: &v1::OpStatus, args: Value) -> ExportedOp {
     let OpStreams {
         stdout: output,
         stderr,
@@ -267,8 +311,7 @@ fn exported_op(index: u32, op: &v1::OpStatus) -> ExportedOp {
         stderr_truncated,
         error: op.error.clone(),
         after: op.after.clone(),
-        // The gRPC API does not give an op's args out.
-        args: Value::Null,
+        args,
     }
 }
 
@@ -286,15 +329,22 @@ fn exported_event(event: &v1::BatchEvent) -> ExportedEvent {
     }
 }
 
-/// The batch's memory keys, values up to `--max-value-bytes`.
+/// The batch's memory keys, values up to `--max-value-bytes`: its own, or
+/// its shared namespace's (the batch's scope resolves to it; the file names
+/// the namespace as the scope).
 async fn write_memory(
     client: &Client,
     batch_id: &str,
+    namespace: Option<&str>,
     args: &ExportArgs,
     out: &mut impl Write,
 ) -> Result<(), Failed> {
     let memory = client.memory(Scope::Batch(batch_id.to_owned()));
-    out.write_all(b"{\"scope\":\"batch\",\"keys\":[")?;
+    write!(
+        out,
+        "{{\"scope\":{},\"keys\":[",
+        json!(namespace.unwrap_or("batch"))
+    )?;
     let mut page_token = String::new();
     let mut written = 0usize;
     let mut truncated = false;

@@ -60,6 +60,7 @@ use volley_proto::{BatchId, v1};
 use volley_store::{Claimed, CompleteOutcome, Doorbell, Fence, Store, WorkerEntry};
 
 use crate::config::CoordinatorConfig;
+use crate::domain::WorkerInfo;
 use crate::metrics::DispatchMetrics;
 use crate::plans::{PlanCache, PlannedBatch};
 use crate::service::now_ms;
@@ -109,7 +110,7 @@ pub(crate) enum Command {
         batch: BatchId,
         running: Vec<Claimed>,
     },
-    ListWorkers(oneshot::Sender<Vec<v1::WorkerInfo>>),
+    ListWorkers(oneshot::Sender<Vec<WorkerInfo>>),
     /// A worker is alive: renew the leases of what it runs.
     Heartbeat {
         conn: u64,
@@ -170,7 +171,7 @@ impl DispatchHandle {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(crate) async fn workers(&self) -> Vec<v1::WorkerInfo> {
+    pub(crate) async fn workers(&self) -> Vec<WorkerInfo> {
         let (reply, receiver) = oneshot::channel();
         self.send(Command::ListWorkers(reply)).await;
         receiver.await.unwrap_or_default()

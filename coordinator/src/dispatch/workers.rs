@@ -11,6 +11,7 @@ use volley_proto::{BatchId, v1};
 use volley_store::{Claimed, WorkerEntry};
 
 use super::{BatchResults, Dispatcher};
+use crate::domain::WorkerInfo;
 use crate::service::now_ms;
 
 /// The attempts one worker session was given and has not reported yet.
@@ -227,15 +228,16 @@ impl Dispatcher {
     }
 
     /// Our workers, for `volley workers`.
-    pub(super) fn list_workers(&self) -> Vec<v1::WorkerInfo> {
+    pub(super) fn list_workers(&self) -> Vec<WorkerInfo> {
         self.workers
             .values()
-            .map(|worker| v1::WorkerInfo {
+            .map(|worker| WorkerInfo {
                 worker_id: worker.worker_id.clone(),
                 kinds: worker.kinds.iter().cloned().collect(),
-                labels: worker.labels.clone().into_iter().collect(),
+                labels: worker.labels.clone(),
                 slots: worker.slots,
                 busy: worker.slots.saturating_sub(worker.free),
+                draining: worker.draining,
                 coordinator: self.id.clone(),
             })
             .collect()
@@ -291,6 +293,7 @@ impl Dispatcher {
                     labels: worker.labels.clone(),
                     slots: worker.slots,
                     busy: worker.slots.saturating_sub(worker.free),
+                    draining: worker.draining,
                 }
             })
             .collect();
@@ -325,7 +328,8 @@ impl Dispatcher {
         requires: &BTreeMap<String, String>,
     ) -> bool {
         self.cluster.iter().any(|(coordinator, entry)| {
-            coordinator != &self.id && entry_accepts(entry, kind, requires)
+            // A draining worker takes no more work, there as here.
+            coordinator != &self.id && !entry.draining && entry_accepts(entry, kind, requires)
         })
     }
 

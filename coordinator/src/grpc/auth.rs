@@ -109,6 +109,8 @@ fn allowed(path: &str, principal: &Principal) -> Result<(), AuthError> {
         | "/volley.v1.BatchService/ListBatches"
         | "/volley.v1.BatchService/CancelBatch" => &[Client, Admin],
         "/volley.v1.TokenService/WhoAmI" => &[Client, Worker, Admin, Agent],
+        // Reads a batch, as BatchService's reads do.
+        "/volley.v1.PlanService/GetBatchPlan" => &[Client, Admin, Agent],
         _ if path.starts_with("/volley.v1.BatchService/") => &[Client, Admin, Agent],
         _ if path.starts_with("/volley.v1.MemoryService/") => &[Client, Admin, Agent],
         _ if path.starts_with("/volley.v1.TokenService/") => &[Admin],

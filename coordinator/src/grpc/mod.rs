@@ -6,6 +6,7 @@ mod auth;
 mod batch;
 mod count;
 mod memory;
+mod plan;
 pub mod reflection;
 mod status;
 mod tokens;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use volley_proto::MAX_MESSAGE_BYTES;
 use volley_proto::v1::batch_service_server::BatchServiceServer;
 use volley_proto::v1::memory_service_server::MemoryServiceServer;
+use volley_proto::v1::plan_service_server::PlanServiceServer;
 use volley_proto::v1::token_service_server::TokenServiceServer;
 use volley_proto::v1::worker_service_server::WorkerServiceServer;
 use volley_tls::ServerTls;
@@ -123,6 +125,8 @@ where
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let tokens = TokenServiceServer::new(tokens::TokenAdapter::new(coordinator.clone()));
+    let plans = PlanServiceServer::new(plan::PlanAdapter::new(coordinator.clone()))
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (reflection_v1, reflection_v1alpha) =
         reflection::reflection_services(reflection::COORDINATOR_DESCRIPTOR_SETS)
             .expect("the descriptor sets compiled into this binary decode (a unit test checks)");
@@ -135,6 +139,7 @@ where
         .add_service(memory)
         .add_service(workers)
         .add_service(tokens)
+        .add_service(plans)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, async move {

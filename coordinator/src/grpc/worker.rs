@@ -227,6 +227,7 @@ fn worker_info(worker: WorkerInfo) -> v1::WorkerInfo {
         slots: worker.slots,
         busy: worker.busy,
         coordinator: worker.coordinator,
+        draining: worker.draining,
     }
 }
 

@@ -141,6 +141,7 @@ impl Coordinator {
                 created_ms: meta.created_ms,
                 total: meta.total,
                 finished_ms: meta.finished_ms,
+                sequential_ms: meta.sequential_ms,
             })
             .collect();
         Ok(batches)

@@ -36,14 +36,7 @@ impl Coordinator {
     /// Live workers of the whole cluster and how busy they are: ours as
     /// they are now, those of other coordinators from the registry.
     pub async fn workers(&self) -> Vec<WorkerInfo> {
-        let mut workers: Vec<WorkerInfo> = self
-            .inner
-            .dispatch
-            .workers()
-            .await
-            .into_iter()
-            .map(from_dispatcher)
-            .collect();
+        let mut workers: Vec<WorkerInfo> = self.inner.dispatch.workers().await;
         match self.store().workers(now_ms()).await {
             Ok(cluster) => workers.extend(
                 cluster
@@ -55,6 +48,7 @@ impl Coordinator {
                         labels: entry.labels.into_iter().collect(),
                         slots: entry.slots,
                         busy: entry.busy,
+                        draining: entry.draining,
                         coordinator,
                     }),
             ),
@@ -343,19 +337,6 @@ impl WorkerSession {
                 clean,
             })
             .await;
-    }
-}
-
-/// The dispatcher lists this coordinator's workers as `v1::WorkerInfo`
-/// (its `ListWorkers` command answers so); read into the domain's rows.
-fn from_dispatcher(worker: v1::WorkerInfo) -> WorkerInfo {
-    WorkerInfo {
-        worker_id: worker.worker_id,
-        kinds: worker.kinds,
-        labels: worker.labels.into_iter().collect(),
-        slots: worker.slots,
-        busy: worker.busy,
-        coordinator: worker.coordinator,
     }
 }
 

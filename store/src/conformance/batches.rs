@@ -79,9 +79,16 @@ pub async fn case_events_are_gapless_and_resumable(store: &dyn Store) {
         .expect("create");
     for index in 0..3 {
         run_one(store, &batch_id, index).await;
+        // The latest seq is the last of the stream as it grows.
+        let so_far = all_events(store, &batch_id).await;
+        assert_eq!(
+            store.last_event_seq(&batch_id).await.expect("last seq"),
+            so_far.last().map_or(0, |event| event.seq)
+        );
     }
     let all = all_events(store, &batch_id).await;
     assert_eq!(all.len(), 8);
+    assert_eq!(store.last_event_seq(&batch_id).await.expect("last"), 8);
     let seqs: Vec<u64> = all.iter().map(|event| event.seq).collect();
     assert_eq!(seqs, (1..=8).collect::<Vec<u64>>());
     for after in 0..=all.len() {
@@ -99,6 +106,13 @@ pub async fn case_events_are_gapless_and_resumable(store: &dyn Store) {
     assert_eq!(
         store.events(&id("no-such"), 0, 10).await.expect("events"),
         Vec::<Event>::new()
+    );
+    assert_eq!(
+        store
+            .last_event_seq(&id("no-such"))
+            .await
+            .expect("last seq"),
+        0
     );
 }
 

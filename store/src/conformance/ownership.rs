@@ -305,6 +305,15 @@ fn worker(worker_id: &str, slots: u32, busy: u32) -> WorkerEntry {
         labels: BTreeMap::from([("zone".to_owned(), "eu-1".to_owned())]),
         slots,
         busy,
+        draining: false,
+    }
+}
+
+/// A worker handing its work back: listed so, wherever it is connected.
+fn draining(worker_id: &str, slots: u32, busy: u32) -> WorkerEntry {
+    WorkerEntry {
+        draining: true,
+        ..worker(worker_id, slots, busy)
     }
 }
 
@@ -322,7 +331,7 @@ pub async fn case_worker_registry_lists_live_entries(store: &dyn Store) {
         .await
         .expect("publish");
     store
-        .publish_workers("c1", &[worker("w-z", 8, 8)], NOW + 10_000)
+        .publish_workers("c1", &[draining("w-z", 8, 8)], NOW + 10_000)
         .await
         .expect("publish");
     // No workers: an entry that lists nothing.
@@ -339,7 +348,7 @@ pub async fn case_worker_registry_lists_live_entries(store: &dyn Store) {
     assert_eq!(
         store.workers(NOW).await.expect("workers"),
         listed(&[
-            ("c1", worker("w-z", 8, 8)),
+            ("c1", draining("w-z", 8, 8)),
             ("c2", worker("w-a", 2, 0)),
             ("c2", worker("w-b", 4, 1)),
         ])
@@ -365,7 +374,7 @@ pub async fn case_worker_registry_lists_live_entries(store: &dyn Store) {
         .expect("publish");
     assert_eq!(
         store.workers(NOW).await.expect("workers"),
-        listed(&[("c1", worker("w-z", 8, 8)), ("c2", worker("w-c", 3, 2))])
+        listed(&[("c1", draining("w-z", 8, 8)), ("c2", worker("w-c", 3, 2))])
     );
     // Seen from earlier: c3 is still there, c4 is gone for good.
     assert_eq!(
@@ -374,7 +383,7 @@ pub async fn case_worker_registry_lists_live_entries(store: &dyn Store) {
             .await
             .expect("workers"),
         listed(&[
-            ("c1", worker("w-z", 8, 8)),
+            ("c1", draining("w-z", 8, 8)),
             ("c2", worker("w-c", 3, 2)),
             ("c3", worker("w-late", 1, 0)),
         ])

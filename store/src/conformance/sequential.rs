@@ -63,6 +63,8 @@ pub async fn case_sequential_pass_reruns_a_failed_chain(store: &dyn Store) {
         ),
         (0, 0, 0, 0, 0)
     );
+    // The failed attempt's duration left the sequential time with its record.
+    assert_eq!(meta_now.sequential_ms, 0);
     // The records of the first pass are gone; the attempts stay.
     let records = store.op_records(&batch_id).await.expect("records");
     assert_eq!(

@@ -127,3 +127,62 @@ pub async fn case_op_summaries_cross_slices(store: &dyn Store) {
         expected[4_990..10_010].to_vec()
     );
 }
+
+/// The meta's sequential time is the sum of the ops' durations as they end,
+/// on every path that ends one (a slice of successes, a final failure), and
+/// `list_batches` carries it too.
+pub async fn case_sequential_time_is_kept_with_the_meta(store: &dyn Store) {
+    let batch_id = id("sequential-sum");
+    // 0, 1 and 2 independent; 3 after 2.
+    store
+        .create_batch(batch(
+            "sequential-sum",
+            vec![op(0, &[]), op(0, &[]), op(0, &[3]), op(1, &[])],
+        ))
+        .await
+        .expect("create");
+    assert_eq!(meta(store, &batch_id).await.sequential_ms, 0);
+    let claimed = store
+        .claim(&batch_id, 10, NOW + 1, LEASE)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 3);
+    let completions: Vec<Completion> = claimed
+        .iter()
+        .map(|claim| match claim.index {
+            // A success of its own duration and a plain one (7 ms), written
+            // together; a final failure, written on its own.
+            0 => Completion {
+                duration_ms: 1_000,
+                ..success(*claim)
+            },
+            1 => success(*claim),
+            _ => Completion {
+                duration_ms: 30,
+                ..failure(*claim, "boom")
+            },
+        })
+        .collect();
+    store
+        .complete(&batch_id, &completions, NOW + 20)
+        .await
+        .expect("complete");
+    let durations: u64 = store
+        .op_durations(&batch_id)
+        .await
+        .expect("durations")
+        .iter()
+        .sum();
+    assert_eq!(durations, 1_037);
+    let after = meta(store, &batch_id).await;
+    assert_eq!(after.sequential_ms, durations);
+    assert_eq!(after.state, BatchState::Failed, "3 was skipped");
+    let listed = store
+        .list_batches(10, None)
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|listed| listed.id == batch_id)
+        .expect("listed");
+    assert_eq!(listed.sequential_ms, 1_037);
+}

@@ -3,6 +3,15 @@
 use super::*;
 
 impl BatchData {
+    /// Its meta as read: the counters kept, and the sequential time summed
+    /// from the records here (the Redis store keeps the sum as it goes).
+    pub(super) fn meta_now(&self) -> BatchMeta {
+        BatchMeta {
+            sequential_ms: self.ops.iter().map(|op| op.record.duration_ms).sum(),
+            ..self.meta.clone()
+        }
+    }
+
     /// The hold still live at `now_ms`, if any.
     pub(super) fn live_owner(&self, now_ms: u64) -> Option<&Fence> {
         self.owner

@@ -25,11 +25,7 @@ pub(super) async fn active_batches(store: &MemoryStore) -> StoreResult<Vec<Batch
 }
 
 pub(super) async fn meta(store: &MemoryStore, batch: &BatchId) -> StoreResult<Option<BatchMeta>> {
-    Ok(store
-        .lock()
-        .batches
-        .get(batch)
-        .map(|data| data.meta.clone()))
+    Ok(store.lock().batches.get(batch).map(BatchData::meta_now))
 }
 
 pub(super) async fn op_records(store: &MemoryStore, batch: &BatchId) -> StoreResult<Vec<OpRecord>> {
@@ -96,18 +92,32 @@ pub(super) async fn events(
         .collect())
 }
 
+pub(super) async fn last_event_seq(store: &MemoryStore, batch: &BatchId) -> StoreResult<u64> {
+    // Seqs are 1, 2, 3, … by position.
+    Ok(store
+        .lock()
+        .batches
+        .get(batch)
+        .map_or(0, |data| data.events.len() as u64))
+}
+
 pub(super) async fn list_batches(
     store: &MemoryStore,
     limit: u32,
     tenant: Option<&str>,
 ) -> StoreResult<Vec<BatchMeta>> {
     let inner = store.lock();
-    let mut metas: Vec<&BatchMeta> = inner
+    let mut batches: Vec<&BatchData> = inner
         .batches
         .values()
-        .map(|data| &data.meta)
-        .filter(|meta| tenant.is_none_or(|tenant| meta.tenant == tenant))
+        .filter(|data| tenant.is_none_or(|tenant| data.meta.tenant == tenant))
         .collect();
-    metas.sort_by(|left, right| (right.created_ms, &right.id).cmp(&(left.created_ms, &left.id)));
-    Ok(metas.into_iter().take(limit as usize).cloned().collect())
+    batches.sort_by(|left, right| {
+        (right.meta.created_ms, &right.meta.id).cmp(&(left.meta.created_ms, &left.meta.id))
+    });
+    Ok(batches
+        .into_iter()
+        .take(limit as usize)
+        .map(BatchData::meta_now)
+        .collect())
 }

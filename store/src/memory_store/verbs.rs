@@ -147,6 +147,10 @@ impl Store for MemoryStore {
         reads::events(self, batch, after_seq, max).await
     }
 
+    async fn last_event_seq(&self, batch: &BatchId) -> StoreResult<u64> {
+        reads::last_event_seq(self, batch).await
+    }
+
     async fn drop_expired(&self, now_ms: u64, max: u32) -> StoreResult<u32> {
         lifecycle::drop_expired(self, now_ms, max).await
     }

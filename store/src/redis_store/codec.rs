@@ -252,6 +252,7 @@ pub(super) fn parse_meta(
         running: number(fields, "running")?,
         error: fields.get("error").cloned().unwrap_or_default(),
         tenant: fields.get("tenant").cloned().unwrap_or_default(),
+        sequential_ms: number(fields, "duration_sum_ms")?,
     }))
 }
 

@@ -213,6 +213,22 @@ pub(super) async fn events(
         .collect()
 }
 
+/// One read: the stream's newest entry (ids are `0-<seq>`).
+pub(super) async fn last_event_seq(store: &RedisStore, batch: &BatchId) -> StoreResult<u64> {
+    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XREVRANGE")
+        .arg(keys::events(batch))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut store.connection())
+        .await?;
+    match entries.first() {
+        Some((id, fields)) => Ok(parse_event(id, fields)?.seq),
+        None => Ok(0),
+    }
+}
+
 pub(super) async fn list_batches(
     store: &RedisStore,
     limit: u32,

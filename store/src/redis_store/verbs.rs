@@ -145,6 +145,11 @@ impl Store for RedisStore {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn last_event_seq(&self, batch: &BatchId) -> StoreResult<u64> {
+        reads::last_event_seq(self, batch).await
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn list_batches(&self, limit: u32, tenant: Option<&str>) -> StoreResult<Vec<BatchMeta>> {
         reads::list_batches(self, limit, tenant).await
     }

@@ -135,6 +135,7 @@ async fn an_op_only_another_coordinators_workers_run_is_handed_back() {
                 labels: BTreeMap::new(),
                 slots: 4,
                 busy: 0,
+                draining: false,
             }],
             now_ms() + 60_000,
         )

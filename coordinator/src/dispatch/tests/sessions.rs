@@ -304,7 +304,7 @@ async fn results_from_an_unknown_session_or_batch_change_nothing() {
 #[tokio::test]
 async fn list_workers_reports_slots_and_busy_ones() {
     let mut harness = harness().await;
-    let _worker = harness
+    let worker = harness
         .join_labelled("w", &["k", "j"], &[("zone", "x")], 3)
         .await;
     harness.submit(batch(ops(2, "k"))).await;
@@ -329,6 +329,13 @@ async fn list_workers_reports_slots_and_busy_ones() {
     let mut kinds = info.kinds.clone();
     kinds.sort();
     assert_eq!(kinds, vec!["j", "k"]);
+    assert!(!info.draining);
+    // Once it hands work back it is listed as draining.
+    harness
+        .dispatcher
+        .handle(Command::Draining { conn: worker.conn })
+        .await;
+    assert!(harness.dispatcher.list_workers()[0].draining);
     // The kinds they run are published for the planner.
     let known = harness.kinds.read().expect("kinds");
     assert!(known.contains("j") && known.contains("k") && !known.contains("z"));
