@@ -292,6 +292,7 @@ def test_workers(client: Client, cluster: Cluster) -> None:
     for worker in workers:
         assert worker.slots == cluster.slots
         assert {"noop", "echo", "shell", "memory.put"} <= set(worker.kinds)
+        assert worker.draining is False
 
 
 def test_why(client: Client) -> None:

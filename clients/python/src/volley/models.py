@@ -303,6 +303,8 @@ class WorkerInfo:
     busy: int
     coordinator: str
     """The coordinator it is connected to."""
+    draining: bool = False
+    """It is shutting down: it finishes what it runs and takes nothing new."""
 
     @classmethod
     def from_proto(cls, worker: pb.WorkerInfo) -> WorkerInfo:
@@ -313,6 +315,7 @@ class WorkerInfo:
             slots=worker.slots,
             busy=worker.busy,
             coordinator=worker.coordinator,
+            draining=worker.draining,
         )
 
 

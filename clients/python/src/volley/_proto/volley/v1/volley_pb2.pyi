@@ -686,6 +686,26 @@ class WaitMemoryRequest(_message.Message):
     timeout_ms: int
     def __init__(self, batch_id: _Optional[str] = ..., key: _Optional[str] = ..., namespace: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
+class GetBatchPlanRequest(_message.Message):
+    __slots__ = ("batch_id", "ops_offset", "ops_limit")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    OPS_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    OPS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    ops_offset: int
+    ops_limit: int
+    def __init__(self, batch_id: _Optional[str] = ..., ops_offset: _Optional[int] = ..., ops_limit: _Optional[int] = ...) -> None: ...
+
+class BatchPlanPage(_message.Message):
+    __slots__ = ("namespace", "total", "args_json")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ARGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    total: int
+    args_json: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, namespace: _Optional[str] = ..., total: _Optional[int] = ..., args_json: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class Register(_message.Message):
     __slots__ = ("worker_id", "kinds", "labels", "slots", "version", "running")
     class LabelsEntry(_message.Message):
@@ -851,7 +871,7 @@ class ListWorkersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "kinds", "labels", "slots", "busy", "coordinator")
+    __slots__ = ("worker_id", "kinds", "labels", "slots", "busy", "coordinator", "draining")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -865,13 +885,15 @@ class WorkerInfo(_message.Message):
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     BUSY_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     kinds: _containers.RepeatedScalarFieldContainer[str]
     labels: _containers.ScalarMap[str, str]
     slots: int
     busy: int
     coordinator: str
-    def __init__(self, worker_id: _Optional[str] = ..., kinds: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., slots: _Optional[int] = ..., busy: _Optional[int] = ..., coordinator: _Optional[str] = ...) -> None: ...
+    draining: bool
+    def __init__(self, worker_id: _Optional[str] = ..., kinds: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., slots: _Optional[int] = ..., busy: _Optional[int] = ..., coordinator: _Optional[str] = ..., draining: bool = ...) -> None: ...
 
 class ListWorkersResponse(_message.Message):
     __slots__ = ("workers",)

@@ -357,10 +357,95 @@ class BatchService(object):
             _registered_method=True)
 
 
-class MemoryServiceStub(object):
+class PlanServiceStub(object):
     """A batch's memory, or a shared namespace: keys ops store with `store_as`,
     write with `memory.put` or while they run, and wait for with `wait_for`.
+    A batch as it was planned, for `volley export`: its shared namespace and
+    each op's args, secrets masked exactly as the dashboard's op panel masks
+    them (the masking is the coordinator's, so no secret leaves it).
     """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetBatchPlan = channel.unary_unary(
+                '/volley.v1.PlanService/GetBatchPlan',
+                request_serializer=volley_dot_v1_dot_volley__pb2.GetBatchPlanRequest.SerializeToString,
+                response_deserializer=volley_dot_v1_dot_volley__pb2.BatchPlanPage.FromString,
+                _registered_method=True)
+
+
+class PlanServiceServicer(object):
+    """A batch's memory, or a shared namespace: keys ops store with `store_as`,
+    write with `memory.put` or while they run, and wait for with `wait_for`.
+    A batch as it was planned, for `volley export`: its shared namespace and
+    each op's args, secrets masked exactly as the dashboard's op panel masks
+    them (the masking is the coordinator's, so no secret leaves it).
+    """
+
+    def GetBatchPlan(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PlanServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetBatchPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBatchPlan,
+                    request_deserializer=volley_dot_v1_dot_volley__pb2.GetBatchPlanRequest.FromString,
+                    response_serializer=volley_dot_v1_dot_volley__pb2.BatchPlanPage.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'volley.v1.PlanService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('volley.v1.PlanService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class PlanService(object):
+    """A batch's memory, or a shared namespace: keys ops store with `store_as`,
+    write with `memory.put` or while they run, and wait for with `wait_for`.
+    A batch as it was planned, for `volley export`: its shared namespace and
+    each op's args, secrets masked exactly as the dashboard's op panel masks
+    them (the masking is the coordinator's, so no secret leaves it).
+    """
+
+    @staticmethod
+    def GetBatchPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/volley.v1.PlanService/GetBatchPlan',
+            volley_dot_v1_dot_volley__pb2.GetBatchPlanRequest.SerializeToString,
+            volley_dot_v1_dot_volley__pb2.BatchPlanPage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class MemoryServiceStub(object):
+    """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
         """Constructor.
@@ -406,9 +491,7 @@ class MemoryServiceStub(object):
 
 
 class MemoryServiceServicer(object):
-    """A batch's memory, or a shared namespace: keys ops store with `store_as`,
-    write with `memory.put` or while they run, and wait for with `wait_for`.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def GetMemory(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -505,9 +588,7 @@ def add_MemoryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MemoryService(object):
-    """A batch's memory, or a shared namespace: keys ops store with `store_as`,
-    write with `memory.put` or while they run, and wait for with `wait_for`.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     @staticmethod
     def GetMemory(request,
