@@ -608,6 +608,31 @@ async fn sigterm_drains_a_worker_finishing_running_ops_and_handing_back_the_rest
         async move { health(&health_url).await == Some(ServingStatus::NotServing) }
     })
     .await;
+    // The worker said so at once: listed as draining while its op runs.
+    wait_until("the coordinator lists the worker as draining", || {
+        let client = cluster.client.clone();
+        async move {
+            client.workers().await.is_ok_and(|workers| {
+                workers
+                    .iter()
+                    .any(|worker| worker.worker_id == "drains" && worker.draining)
+            })
+        }
+    })
+    .await;
+    let output = common::volley()
+        .args(["workers", "--coordinator", &cluster.url])
+        .output()
+        .await
+        .expect("volley workers");
+    assert_eq!(output.status.code(), Some(0));
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|line| line.starts_with("drains  busy") && line.ends_with("  draining")),
+        "{listed}"
+    );
     let exit = tokio::time::timeout(Duration::from_secs(30), cluster.workers[0].wait())
         .await
         .expect("the worker exits")

@@ -712,7 +712,11 @@ mod tests {
         let second = harness.next_session().await;
         assert_eq!(second.register.running, [op_ref(0)]);
         let (results, returned) = second.until_closed().await;
-        assert!(returned.is_empty(), "{returned:?}");
+        // It says at once that it drains (a hand-back of nothing), and
+        // hands nothing back: its op finished.
+        assert_eq!(returned.len(), 1, "{returned:?}");
+        assert!(returned[0].ops.is_empty(), "{returned:?}");
+        assert_eq!(returned[0].reason, "worker is draining");
         assert_eq!(results.len(), 1, "{results:?}");
         assert_eq!(
             (

@@ -898,12 +898,14 @@ async fn assignments_arriving_during_a_drain_are_handed_back() {
             ],
         }))
         .await;
-    // Handed back at once, while op 0 is still running.
-    let returned = tokio::time::timeout(DEADLINE, async {
-        loop {
+    // First it says it drains (a hand-back of nothing, at once); then the
+    // late ones are handed back, while op 0 is still running.
+    let mut hand_backs = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while hand_backs.len() < 2 {
             let message = session.from_worker.recv().await.expect("stream ended");
             match message.msg {
-                Some(worker_message::Msg::ReturnOps(ops)) => return ops,
+                Some(worker_message::Msg::ReturnOps(ops)) => hand_backs.push(ops),
                 Some(worker_message::Msg::Results(results)) => {
                     panic!("a result before the hand-back: {results:?}")
                 }
@@ -913,12 +915,17 @@ async fn assignments_arriving_during_a_drain_are_handed_back() {
     })
     .await
     .expect("no ReturnOps before the deadline");
-    assert_eq!(returned.reason, "worker is draining");
-    assert_eq!(returned_indexes(&[returned], "worker is draining"), [1, 2]);
+    assert!(hand_backs[0].ops.is_empty(), "{hand_backs:?}");
+    assert!(
+        hand_backs
+            .iter()
+            .all(|ops| ops.reason == "worker is draining")
+    );
+    assert_eq!(returned_indexes(&hand_backs, "worker is draining"), [1, 2]);
 
     drop(session.to_worker); // lets the fake end its side once the worker half-closes
     let (results, returned) = collect_until_closed(&mut session.from_worker).await;
-    assert!(returned.is_empty(), "{returned:?}");
+    assert_eq!(returned_indexes(&returned, "worker is draining"), [0u32; 0]);
     assert_eq!(results.len(), 1, "{results:?}");
     assert_eq!((results[0].op_index, results[0].ok), (0, true));
     wait_worker(harness, worker).await;
@@ -950,7 +957,9 @@ async fn an_op_finishing_within_the_drain_timeout_reports_its_result() {
     drop(session.to_worker);
     shutdown.cancel();
     let (results, returned) = collect_until_closed(&mut session.from_worker).await;
-    assert!(returned.is_empty(), "{returned:?}");
+    // It said it drains, and handed nothing back.
+    assert_eq!(returned.len(), 1, "{returned:?}");
+    assert!(returned[0].ops.is_empty(), "{returned:?}");
     assert_eq!(results.len(), 1, "{results:?}");
     assert!(results[0].ok, "{:?}", results[0]);
     assert_eq!(results[0].output, "finished");
@@ -1026,8 +1035,11 @@ async fn ops_outliving_the_drain_timeout_are_cancelled_and_handed_back() {
     assert_eq!((results[0].op_index, results[0].ok), (2, true));
     // The long ones come back to be run elsewhere, without a failed attempt.
     assert_eq!(returned_indexes(&returned, "drain timeout"), [0, 1]);
+    // Besides them, only the drain's announcement (a hand-back of nothing).
     assert!(
-        returned.iter().all(|ops| ops.reason == "drain timeout"),
+        returned
+            .iter()
+            .all(|ops| ops.reason == "drain timeout" || ops.ops.is_empty()),
         "{returned:?}"
     );
     wait_worker(harness, worker).await;

@@ -609,7 +609,7 @@ pub async fn workers(args: WorkersArgs) -> Exit {
                 OutputFormat::Json => {
                     let rows: Vec<_> = workers
                         .iter()
-                        .map(|worker| serde_json::json!({"worker_id": worker.worker_id, "slots": worker.slots, "busy": worker.busy, "kinds": worker.kinds, "labels": worker.labels}))
+                        .map(|worker| serde_json::json!({"worker_id": worker.worker_id, "slots": worker.slots, "busy": worker.busy, "kinds": worker.kinds, "labels": worker.labels, "draining": worker.draining}))
                         .collect();
                     println!("{}", serde_json::Value::Array(rows));
                 }
@@ -617,12 +617,14 @@ pub async fn workers(args: WorkersArgs) -> Exit {
                     for worker in &workers {
                         let mut kinds = worker.kinds.clone();
                         kinds.sort();
+                        // A draining worker says so last: it takes nothing new.
                         println!(
-                            "{}  busy {}/{}  kinds {}",
+                            "{}  busy {}/{}  kinds {}{}",
                             worker.worker_id,
                             worker.busy,
                             worker.slots,
-                            kinds.join(",")
+                            kinds.join(","),
+                            if worker.draining { "  draining" } else { "" }
                         );
                     }
                 }

@@ -173,10 +173,25 @@ impl<'a> Session<'a> {
         // Not at once: Register just went out.
         let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut said_draining = false;
         let broken_reason = loop {
             let draining = self.ops.is_draining();
             if draining && self.ops.is_idle() {
                 break None;
+            }
+            if draining && !said_draining {
+                // Said at once, not when the next assignment comes back:
+                // the coordinator routes nothing more here and lists this
+                // worker as draining while its ops finish.
+                said_draining = true;
+                if self
+                    .outbound_tx
+                    .send(return_ops(Vec::new(), REASON_DRAINING))
+                    .await
+                    .is_err()
+                {
+                    break Some("the stream's send side closed".to_owned());
+                }
             }
             let has_outgoing = self.ops.has_interrupted() || self.ops.has_undelivered();
             // A coordinator that stops reading must not hold the drain open
