@@ -3,13 +3,11 @@
 use super::*;
 
 impl BatchData {
-    /// Its meta as read: the counters kept, and the sequential time summed
-    /// from the records here (the Redis store keeps the sum as it goes).
+    /// Its meta as read: the counters and the sequential time, both kept
+    /// as ops end (as the Redis store keeps them), so a read costs nothing
+    /// per op: `volley run` and the batch list read it often.
     pub(super) fn meta_now(&self) -> BatchMeta {
-        BatchMeta {
-            sequential_ms: self.ops.iter().map(|op| op.record.duration_ms).sum(),
-            ..self.meta.clone()
-        }
+        self.meta.clone()
     }
 
     /// The hold still live at `now_ms`, if any.
@@ -504,6 +502,11 @@ impl BatchData {
                 waits.arrived = waits.all.iter().cloned().collect();
                 waits.any_done = true;
             }
+            // Its record goes, and its duration with it from the sum.
+            self.meta.sequential_ms = self
+                .meta
+                .sequential_ms
+                .saturating_sub(op.record.duration_ms);
             op.record = Record::new(OpState::Waiting, op.record.attempts);
             op.pending = pending.get(&index).copied().unwrap_or(0);
             let attempt = op.record.attempts;

@@ -104,6 +104,7 @@ pub(super) async fn complete(
             };
             op.record.started_ms = completion.started_ms;
             op.record.duration_ms = completion.duration_ms;
+            data.meta.sequential_ms += completion.duration_ms;
             op.record
                 .set_result(&completion.output, &completion.details_json);
             data.ops[index as usize].record.worker = data.workers.number(&completion.worker);
@@ -272,6 +273,7 @@ pub(super) async fn expire_leases(
             record.worker = worker_number;
             record.started_ms = started_ms.unwrap_or(0);
             record.duration_ms = started_ms.map_or(0, |started| until.saturating_sub(started));
+            data.meta.sequential_ms += record.duration_ms;
             data.event(
                 now_ms,
                 EventKind::OpFailed,
