@@ -238,6 +238,55 @@ async fn an_exported_batch_shows_in_the_dashboard_as_it_did_live() {
     );
     assert!(refused_export.stdout.is_empty(), "nothing written");
 
+    // GetBatchPlan itself (what export reads args from) checks its caller:
+    // another tenant sees no such batch, a worker token may not call it,
+    // and a bad request names what is wrong.
+    let plan_client = |token: &str| {
+        let connection = volley_client::Connection::new(cluster.url.clone()).with_token(token);
+        async move {
+            volley_client::Client::connect_with(&connection)
+                .await
+                .expect("connect")
+        }
+    };
+    let status = plan_client(&other)
+        .await
+        .batch_plan(&batch, 0, 10)
+        .await
+        .expect_err("another tenant's batch");
+    assert!(status.to_string().contains("not found"), "{status}");
+    let created = volley_with(
+        ADMIN_TOKEN,
+        &cluster.url,
+        &["token", "create", "--role", "worker"],
+    )
+    .await;
+    assert_eq!(created.status.code(), Some(0), "{}", stderr(&created));
+    let worker_token = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    let status = plan_client(&worker_token)
+        .await
+        .batch_plan(&batch, 0, 10)
+        .await
+        .expect_err("a worker token");
+    assert!(
+        status
+            .to_string()
+            .contains("may not call volley.v1.PlanService/GetBatchPlan"),
+        "{status}"
+    );
+    let admin = plan_client(ADMIN_TOKEN).await;
+    let status = admin
+        .batch_plan("", 0, 10)
+        .await
+        .expect_err("an empty batch id");
+    assert!(status.to_string().contains("batch_id is empty"), "{status}");
+    let past_the_end = admin
+        .batch_plan(&batch, u32::MAX, u32::MAX)
+        .await
+        .expect("a page past the end is empty, not an error");
+    assert!(past_the_end.args_json.is_empty());
+    assert_eq!(past_the_end.total, 6);
+
     // The owner exports it by a prefix of its id.
     let exported = volley_with(ADMIN_TOKEN, &cluster.url, &["export", &batch[..8]]).await;
     assert_eq!(exported.status.code(), Some(0), "{}", stderr(&exported));

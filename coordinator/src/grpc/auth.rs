@@ -166,6 +166,9 @@ mod tests {
         assert!(allowed("/volley.v1.TokenService/CreateToken", &client).is_err());
         assert!(allowed("/volley.v1.TokenService/CreateToken", &admin).is_ok());
         assert!(allowed("/volley.v1.TokenService/WhoAmI", &worker).is_ok());
+        assert!(allowed("/volley.v1.PlanService/GetBatchPlan", &worker).is_err());
+        assert!(allowed("/volley.v1.PlanService/GetBatchPlan", &agent).is_ok());
+        assert!(allowed("/volley.v1.PlanService/GetBatchPlan", &client).is_ok());
         let refused = allowed("/volley.v1.MemoryService/PutMemory", &worker).expect_err("refused");
         assert_eq!(
             refused.to_string(),

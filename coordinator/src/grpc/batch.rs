@@ -27,7 +27,8 @@ impl BatchAdapter {
     }
 }
 
-fn batch_id(value: String) -> Result<BatchId, Status> {
+/// A request's `batch_id`, refused when empty (every batch RPC's check).
+pub(super) fn batch_id(value: String) -> Result<BatchId, Status> {
     if value.is_empty() {
         return Err(Status::invalid_argument("batch_id is empty"));
     }

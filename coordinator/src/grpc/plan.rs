@@ -2,10 +2,11 @@
 //! args masked, for `volley export`.
 
 use tonic::{Request, Response, Status};
+use volley_proto::v1;
 use volley_proto::v1::plan_service_server::PlanService;
-use volley_proto::{BatchId, v1};
 
 use super::auth::principal;
+use super::batch::batch_id;
 use crate::service::Coordinator;
 
 pub(crate) struct PlanAdapter {
@@ -30,7 +31,7 @@ impl PlanService for PlanAdapter {
         let page = self
             .coordinator
             .plan_page(
-                &BatchId::new(request.batch_id),
+                &batch_id(request.batch_id)?,
                 request.ops_offset,
                 request.ops_limit,
                 &principal,
