@@ -525,6 +525,12 @@ impl Dispatcher {
             // lease is judged run out.
             info!("store reachable again");
             self.store_down = false;
+            // Silence is counted afresh: while the store was away, a
+            // worker's session could not read its heartbeats.
+            let now = tokio::time::Instant::now();
+            for worker in self.workers.values_mut() {
+                worker.last_seen = now;
+            }
             self.serving.send_replace(true);
             self.expire_after = Some(tokio::time::Instant::now() + self.resync_interval * 3);
         }
@@ -545,8 +551,15 @@ impl Dispatcher {
     }
 
     /// Workers silent for a whole lease period are hung or gone: drop them
-    /// (their stream ends) and re-queue what they ran.
+    /// (their stream ends) and re-queue what they ran. Not while the store
+    /// is away: a worker cannot be heard then, since its session waits for
+    /// the store to record its results and reads nothing else meanwhile
+    /// (its heartbeats queue behind them). Dropping it would cut the leases
+    /// of ops it ran to the end, and they would run again.
     pub(super) async fn drop_silent_workers(&mut self) {
+        if self.store_down {
+            return;
+        }
         let silent: Vec<u64> = self
             .workers
             .iter()

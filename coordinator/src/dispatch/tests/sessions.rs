@@ -218,6 +218,34 @@ async fn a_silent_worker_is_dropped_and_its_ops_run_again() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_worker_is_not_judged_silent_while_the_store_is_away() {
+    let mut harness = harness().await;
+    let mut worker = harness.join("waits-on-the-store", &["k"], 1).await;
+    let batch = harness.submit(batch(vec![op("a", "k")])).await;
+    harness.step().await;
+    assert_eq!(worker.assignments().len(), 1);
+
+    // Its session waits for the store to record its results: unheard.
+    harness.dispatcher.store_down = true;
+    tokio::time::advance(Duration::from_secs(16)).await;
+    harness.dispatcher.drop_silent_workers().await;
+    assert_eq!(
+        harness.worker_ids(),
+        HashSet::from(["waits-on-the-store".to_owned()])
+    );
+    // The store is back: silence is counted from now, not from before.
+    harness.dispatcher.check_epoch().await;
+    assert!(!harness.dispatcher.store_down);
+    harness.dispatcher.drop_silent_workers().await;
+    assert_eq!(harness.worker_ids().len(), 1);
+    assert_eq!(harness.states(&batch).await, vec![OpState::Running]);
+    // Still silent a whole lease later: dropped, as any silent worker.
+    tokio::time::advance(Duration::from_secs(16)).await;
+    harness.tick().await;
+    assert!(harness.worker_ids().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
 async fn heartbeats_keep_a_worker() {
     let mut harness = harness().await;
     let worker = harness.join("alive", &["k"], 1).await;
